@@ -1,0 +1,140 @@
+"""Profiles: one set of code, three sizes (DESIGN §5).
+
+A profile scales the geometry consistently (voxel spacing, canvas, evaluation crop, model input, patch),
+the model size and the schedule lengths. It never switches code paths.
+
+- ``toy``   CI: seconds per notebook on 2 CPU cores.
+- ``demo``  the main job (``make reproduce``) on a laptop-class CPU: minutes.
+- ``paper`` the published geometry (ViT-B/12 at 96³, 224³ canvas, 192³ evaluation crop at 1 mm) and
+  schedule, for a GPU.
+
+The physical field of view is the same in every profile: the canvas covers ~224 mm and the evaluation
+crop ~192 mm, as in the paper's Methods; coarser profiles use coarser voxels.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+__all__ = ["ModelConfig", "Profile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder size. ``embed_dim`` must be divisible by 6 (3-D sine-cosine table) and by ``num_heads``."""
+
+    img_size: int = 96
+    patch_size: int = 12
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    num_register_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that changes with the size of a run. Read it, never branch on ``name``."""
+
+    name: str
+    # geometry (preprocessing, DESIGN §4)
+    spacing_mm: float            # isotropic target spacing
+    canvas: int                  # pad/crop size of the cached volume (paper: 224 at 1 mm)
+    eval_crop: int               # centre crop for evaluation (paper: 192)
+    global_crop: tuple[int, int]  # DINO global crop side range on the canvas (paper: 112–224)
+    local_crop: tuple[int, int]   # DINO local crop side range (paper: 64–112)
+    model: ModelConfig
+    # self-supervised heads
+    dino_out_dim: int            # prototypes (paper 65,536)
+    dino_hidden_dim: int         # paper 2048
+    dino_bottleneck_dim: int     # paper 256
+    mae_decoder_dim: int         # paper 768
+    mae_decoder_depth: int       # paper 8
+    mae_decoder_heads: int       # paper 16
+    # schedules
+    pretrain_epochs: int
+    pretrain_batch_size: int
+    pretrain_warmup_epochs: int
+    finetune_epochs: int         # paper: at most 10
+    finetune_batch_size: int
+    finetune_subset: int         # balanced subset drawn each epoch (paper 5,000 / 500 for CQ500-sized)
+    scratch_grid: dict = field(default_factory=dict)  # scratch hyper-parameter sweep (paper Methods)
+    fewshot_shots: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    fewshot_resamples: int = 5
+    n_bootstrap: int = 100
+    n_permutations: int = 1000
+    # synthetic cohort sizes (scans) and phantom grid
+    synth_grid_mm: float = 1.0
+    synth_internal: int = 0
+    synth_external: int = 0
+    synth_pretrain: int = 0
+
+    @property
+    def input_size(self) -> int:
+        return self.model.img_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch_size
+
+    def replace(self, **changes) -> "Profile":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = self.input_size
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(
+        name="paper",
+        spacing_mm=1.0, canvas=224, eval_crop=192, global_crop=(112, 224), local_crop=(64, 112),
+        model=ModelConfig(img_size=96, patch_size=12, embed_dim=768, depth=12, num_heads=12),
+        dino_out_dim=65536, dino_hidden_dim=2048, dino_bottleneck_dim=256,
+        mae_decoder_dim=768, mae_decoder_depth=8, mae_decoder_heads=16,
+        pretrain_epochs=100, pretrain_batch_size=64, pretrain_warmup_epochs=10,
+        finetune_epochs=10, finetune_batch_size=16, finetune_subset=5000,
+        scratch_grid={"lr": [1e-3, 1e-4, 1e-5], "weight_decay": [0.05, 0.01],
+                      "epochs": [10, 50], "optimizer": ["adamw", "sgd"]},
+        synth_grid_mm=1.0, synth_internal=2000, synth_external=800, synth_pretrain=8000,
+    ),
+    "demo": Profile(
+        name="demo",
+        spacing_mm=3.0, canvas=75, eval_crop=64, global_crop=(38, 75), local_crop=(22, 38),
+        model=ModelConfig(img_size=32, patch_size=8, embed_dim=192, depth=4, num_heads=4),
+        dino_out_dim=1024, dino_hidden_dim=256, dino_bottleneck_dim=64,
+        mae_decoder_dim=96, mae_decoder_depth=2, mae_decoder_heads=4,
+        pretrain_epochs=20, pretrain_batch_size=16, pretrain_warmup_epochs=2,
+        finetune_epochs=10, finetune_batch_size=16, finetune_subset=500,
+        scratch_grid={"lr": [1e-3, 1e-4], "weight_decay": [0.05], "epochs": [10], "optimizer": ["adamw"]},
+        fewshot_shots=(8, 16, 32, 64),
+        synth_grid_mm=2.0, synth_internal=400, synth_external=200, synth_pretrain=1200,
+    ),
+    "toy": Profile(
+        name="toy",
+        spacing_mm=6.0, canvas=37, eval_crop=32, global_crop=(19, 37), local_crop=(11, 19),
+        model=ModelConfig(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=2),
+        dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=16,
+        mae_decoder_dim=24, mae_decoder_depth=1, mae_decoder_heads=2,
+        pretrain_epochs=2, pretrain_batch_size=4, pretrain_warmup_epochs=1,
+        finetune_epochs=2, finetune_batch_size=4, finetune_subset=32,
+        scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [2], "optimizer": ["adamw"]},
+        fewshot_shots=(2, 4), fewshot_resamples=2, n_bootstrap=20, n_permutations=50,
+        synth_grid_mm=3.0, synth_internal=40, synth_external=24, synth_pretrain=60,
+    ),
+}
+
+
+def get_profile(profile: "str | Profile") -> Profile:
+    """Return a profile by name (``toy`` | ``demo`` | ``paper``); a ``Profile`` passes through."""
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}") from None
