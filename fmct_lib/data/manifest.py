@@ -11,13 +11,12 @@ A scan table ``<data root>/<dataset>/scans.csv`` has one row per 3-D volume with
 """
 from __future__ import annotations
 
-import csv
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from ..io import atomic_write_csv
 from ..paths import data_root, manifest_path
 
 __all__ = [
@@ -84,7 +83,7 @@ def register_dataset(name: str, *, description: str, tasks: list[str], licence: 
         "scan_table": f"{name}/scans.csv", "ingest_command": ingest_command,
     }
     df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
-    _atomic_write_csv(df[MANIFEST_COLUMNS], path)
+    atomic_write_csv(df[MANIFEST_COLUMNS], path)
     return True
 
 
@@ -126,17 +125,8 @@ def write_scans(df: pd.DataFrame, name: str, root: Path | None = None) -> Path:
                          f"{list(crossing[crossing > 1].index[:5])}")
     path = scan_table_path(name, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_csv(df, path)
+    atomic_write_csv(df, path)
     return path
 
 
-def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False, quoting=csv.QUOTE_MINIMAL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_atomic_write_csv = atomic_write_csv  # kept for callers written before fmct_lib.io existed

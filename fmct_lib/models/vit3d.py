@@ -47,7 +47,11 @@ def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int, temperature: float
 
 
 class PatchEmbed3d(nn.Module):
-    """Non-overlapping cubic patches → tokens, by a strided ``Conv3d``."""
+    """Non-overlapping cubic patches → tokens, with the weights of a strided ``Conv3d``.
+
+    A convolution whose stride equals its kernel is a matrix product over unfolded patches; computing it
+    that way gives the same numbers as ``self.proj(x)`` and a faster backward on CPUs.
+    """
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
@@ -55,10 +59,14 @@ class PatchEmbed3d(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(s % self.patch_size for s in x.shape[2:]):
-            raise ValueError(f"input spatial shape {tuple(x.shape[2:])} is not divisible by the patch size "
-                             f"{self.patch_size}")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), last axis fastest
+        B, C, *spatial = x.shape
+        p = self.patch_size
+        if any(s % p for s in spatial):
+            raise ValueError(f"input spatial shape {tuple(spatial)} is not divisible by the patch size {p}")
+        g0, g1, g2 = (s // p for s in spatial)
+        # (B, C, g0, p, g1, p, g2, p) → (B, g0·g1·g2, C·p³): patches in grid order, last axis fastest
+        patches = x.reshape(B, C, g0, p, g1, p, g2, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, -1, C * p ** 3)
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 class Attention(nn.Module):
@@ -228,5 +236,5 @@ def vit_from_config(config: ModelConfig | dict) -> VisionTransformer3d:
 
 
 def vit_base_p12_96(**overrides) -> VisionTransformer3d:
-    """The paper's encoder: ViT-B/12 on 3×96³ (512 patch tokens + cls), 86 M parameters."""
+    """The paper's encoder: ViT-B/12 on 3×96³ (512 patch tokens + cls), 89.4 M parameters."""
     return vit_from_config(ModelConfig(**overrides))

@@ -1,0 +1,218 @@
+"""The parts every ingester shares: pseudonyms, atomic NIfTI writing, the resumable job loop, the tables.
+
+An ingester (RSNA, CQ500, a NIfTI folder) turns its source into a list of ``Job``s, one per output
+volume, and hands them to ``run_jobs`` with a reader. For each job the loop
+
+- derives a pseudonymous ``scan_id`` and ``patient_id`` (keyed HMAC-SHA256 of the source key and of the
+  original patient identifier; the key is ``$FMCT_PSEUDONYM_KEY`` or a random key kept beside the
+  dataset in ``.pseudonym_key``, so re-runs give the same ids),
+- skips the job if its volume and its sidecar row (``volumes/<scan_id>.json``) already exist (resume),
+- otherwise reads the volume, writes ``volumes/<scan_id>.nii.gz`` (RAS, int16 HU) and the sidecar,
+  each atomically, and catches any error as a rejection ``(source, reason)``: one bad scan never stops
+  the job.
+
+``finish`` then writes ``scans.csv`` (DESIGN §3, with the 8:1:1 patient-level split computed from the
+original patient identifiers and the seed), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original
+ids and source paths: the re-identification key, to be kept as private as the source data).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..dicom import read_dicom_series
+from ..manifest import SCAN_COLUMNS, _atomic_write_csv, write_scans
+from ..splits import assign_splits
+
+__all__ = ["Job", "pseudonym", "pseudonym_key", "write_nifti", "run_jobs", "finish", "format_spacing",
+           "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS"]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+REJECT_COLUMNS = ["source", "reason"]
+# Protocol columns a DICOM series contributes to the scan table (no UIDs: they can embed dates).
+DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", "has_gap",
+                 "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg"]
+VOLUMES = "volumes"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output volume: where it comes from and the columns it carries besides the reader's."""
+
+    source_key: str                 # stable identifier of the source (study UID, series folder, file)
+    patient: str                    # the original patient identifier (never written to scans.csv)
+    inputs: object                  # what the reader takes (a folder, a list of files, a path)
+    columns: dict = field(default_factory=dict)   # dataset columns (labels, batch, ...)
+
+
+def pseudonym_key(dataset_dir: Path) -> bytes:
+    """``$FMCT_PSEUDONYM_KEY``, else the dataset's own random key (created on first use, mode 600)."""
+    env = os.environ.get("FMCT_PSEUDONYM_KEY")
+    if env:
+        return env.encode()
+    path = Path(dataset_dir) / ".pseudonym_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def pseudonym(raw_id: str, key: bytes, prefix: str) -> str:
+    """A keyed hash of ``raw_id``: stable for one key, not reversible without it."""
+    return prefix + hmac.new(key, str(raw_id).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def format_spacing(affine: np.ndarray) -> str:
+    """Voxel sizes (mm) along the three array axes, as ``"x,y,z"``."""
+    return ",".join(f"{v:.4g}" for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, *, sheared: bool = False) -> None:
+    """Write a NIfTI atomically (temp file + rename); a sheared affine goes to the sform only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, code=1)
+    if sheared:
+        img.set_qform(None)
+    else:
+        img.set_qform(affine, code=1)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; volumes are ordinary data files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
+def hu_int16(hu: np.ndarray) -> np.ndarray:
+    """HU rounded to integers and stored as int16 (1 HU is the precision CT is stored with)."""
+    return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+
+
+def read_dicom_job(inputs, *, on_gap: str = "flag", tilt: str = "resample"):
+    """The reader for DICOM ingesters: one series (folder or files) -> int16 HU, affine, row, skipped."""
+    vol = read_dicom_series(inputs, on_gap=on_gap, tilt=tilt, on_bad_file="skip")
+    row = {k: vol.meta[k] for k in ["manufacturer", "slice_thickness_mm", "contrast_agent", "sheared",
+                                     *DICOM_COLUMNS]}
+    skipped = [(f, f"slice skipped: {reason}") for f, reason in vol.meta["skipped_files"]]
+    return hu_int16(vol.hu), vol.affine, row, skipped
+
+
+def _convert(job: Job, reader, volume: Path, sidecar: Path) -> tuple[dict | None, list]:
+    """Read one job and write its volume + sidecar; returns (row or None, rejects)."""
+    try:
+        data, affine, row, skipped = reader(job.inputs)
+    except Exception as e:  # noqa: BLE001 - one bad scan is a rejection, never the end of the job
+        return None, [(str(job.source_key), f"{type(e).__name__}: {e}")]
+    try:
+        write_nifti(data, affine, volume, sheared=bool(row.pop("sheared", False)))
+    except Exception as e:  # noqa: BLE001
+        return None, [(str(job.source_key), f"could not write {volume.name}: {type(e).__name__}: {e}")]
+    row = {**row, "spacing": format_spacing(affine), "shape": "x".join(map(str, data.shape))}
+    _write_json({"row": row, "rejects": skipped}, sidecar)
+    return row, skipped
+
+
+def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
+             desc: str = "ingest") -> tuple[list[dict], list[tuple[str, str]]]:
+    """Run ``reader`` over ``jobs`` (resuming), writing volumes under ``dataset_dir/volumes``.
+
+    ``reader(inputs) -> (data, affine, row, skipped)`` must be a picklable module-level callable when
+    ``workers > 1``; ``row`` holds the reader's columns, ``skipped`` the ``(file, reason)`` pairs it
+    dropped without failing the volume. Returns the rows (with scan/patient ids, path and the job's
+    columns) and all rejections.
+    """
+    dataset_dir = Path(dataset_dir)
+    (dataset_dir / VOLUMES).mkdir(parents=True, exist_ok=True)
+    key = pseudonym_key(dataset_dir)
+    rows, rejects, pending = [], [], []
+    for job in jobs:
+        scan_id = pseudonym(job.source_key, key, "S")
+        volume = dataset_dir / VOLUMES / f"{scan_id}.nii.gz"
+        sidecar = volume.with_name(f"{scan_id}.json")
+        ids = {"scan_id": scan_id, "patient_id": pseudonym(job.patient, key, "P"),
+               "path": f"{VOLUMES}/{volume.name}", "_patient": job.patient, "_source": job.source_key}
+        if volume.exists() and sidecar.exists():  # done in an earlier run
+            done = json.loads(sidecar.read_text())
+            rows.append({**ids, **done["row"], **job.columns})
+            rejects += [tuple(r) for r in done["rejects"]]
+        else:
+            pending.append((job, ids, volume, sidecar))
+
+    def collect(result, job, ids):
+        row, skipped = result
+        rejects.extend(tuple(r) for r in skipped)
+        if row is not None:
+            rows.append({**ids, **row, **job.columns})
+
+    bar = tqdm(total=len(pending), desc=desc, unit="scan", disable=not pending)
+    if workers <= 1:
+        for job, ids, volume, sidecar in pending:
+            collect(_convert(job, reader, volume, sidecar), job, ids)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_convert, job, reader, volume, sidecar): (job, ids)
+                       for job, ids, volume, sidecar in pending}
+            for future in as_completed(futures):
+                job, ids = futures[future]
+                try:
+                    collect(future.result(), job, ids)
+                except Exception as e:  # noqa: BLE001 - e.g. a worker killed for memory
+                    rejects.append((str(job.source_key), f"worker failed: {type(e).__name__}: {e}"))
+                bar.update()
+    bar.close()
+    return rows, rejects
+
+
+def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path, *,
+           columns: list[str], tasks: list[str], seed: int = 0, root: Path | None = None) -> dict:
+    """Write ``scans.csv`` (split by original patient id), ``rejects.csv`` and ``linkage.csv``.
+
+    ``columns`` are the dataset's protocol columns placed after ``SCAN_COLUMNS``; ``tasks`` the label
+    columns (nullable 0/1). Returns a summary with the counts and paths.
+    """
+    dataset_dir = Path(dataset_dir)
+    order = SCAN_COLUMNS + [c for c in columns if c not in SCAN_COLUMNS] + tasks
+    scans = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | set(order) | {"_patient", "_source"}))
+    scans = scans.sort_values("scan_id", kind="stable").reset_index(drop=True)
+    scans["split"] = assign_splits(scans["_patient"].astype(str), seed=seed)
+    for task in tasks:
+        scans[task] = pd.to_numeric(scans[task], errors="coerce").astype("Int64")
+    linkage = scans[["scan_id", "patient_id", "_patient", "_source"]].rename(
+        columns={"_patient": "original_patient_id", "_source": "source"})
+    scans_path = write_scans(scans[order], name, root)
+    _atomic_write_csv(linkage, dataset_dir / "linkage.csv")
+    rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
+    _atomic_write_csv(rej, dataset_dir / "rejects.csv")
+    return {"dataset": name, "scans": len(scans), "patients": int(scans["patient_id"].nunique()),
+            "rejects": len(rej), "scans_csv": str(scans_path), "rejects_csv": str(dataset_dir / "rejects.csv"),
+            "splits": scans["split"].value_counts().to_dict()}

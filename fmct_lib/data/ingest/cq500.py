@@ -1,0 +1,113 @@
+"""CQ500 (qure.ai) -> one RAS volume per series with the patient's majority-of-3 labels (datasets.md §2).
+
+Source layout: ``reads.csv`` (``name,Category,R1:ICH,...,R3:MidlineShift``; 14 findings read by three
+radiologists) and the batch folders ``qct*/CQ500CT<N> CQ500CT<N>/Unknown Study/CT <description>/*.dcm``
+(found anywhere below ``source``). A finding is positive when at least 2 of the 3 readers marked it;
+every series of a patient carries the patient's labels, as in the paper. Series description, slice
+thickness and a contrast flag are kept as columns; ``drop_contrast=True`` leaves contrast series out.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ...paths import data_root
+from ..manifest import CQ500_FINDINGS, register_dataset
+from .common import DICOM_COLUMNS, Job, finish, read_dicom_job, run_jobs
+
+__all__ = ["READS_FINDINGS", "read_cq500_labels", "find_series", "is_contrast", "ingest_cq500"]
+
+# reads.csv finding -> task column, in reads.csv order.
+READS_FINDINGS = dict(zip(
+    ["ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "BleedLocation-Left", "BleedLocation-Right", "ChronicBleed",
+     "Fracture", "CalvarialFracture", "OtherFracture", "MassEffect", "MidlineShift"],
+    ["ich", "iph", "ivh", "sdh", "edh", "sah", "bleed_left", "bleed_right", "chronic_bleed", "fracture",
+     "calvarial_fracture", "other_fracture", "mass_effect", "midline_shift"]))
+PATIENT_FOLDER = re.compile(r"^CQ500CT(\d+)(?: CQ500CT\1)?$")
+_CONTRAST = re.compile(r"(\+\s*c\b|^c\b|\bpost\b|\bcect\b|\bcta\b|\d+\s*cc\b|"
+                       r"(?<!pre )(?<!non )(?<!non-)(?<!without )\bcontrast\b)", re.IGNORECASE)
+
+
+def read_cq500_labels(reads_csv: Path) -> pd.DataFrame:
+    """Majority-of-3 labels per patient (index ``CQ500-CT-<N>``; ``CQ500_FINDINGS`` + ``category``)."""
+    reads = pd.read_csv(reads_csv)
+    expected = [f"R{r}:{f}" for r in (1, 2, 3) for f in READS_FINDINGS]
+    missing = [c for c in ["name", "Category", *expected] if c not in reads.columns]
+    if missing:
+        raise ValueError(f"{reads_csv}: not a CQ500 reads.csv, missing columns {missing[:5]}")
+    out = pd.DataFrame(index=reads["name"].astype(str))
+    for finding, task in READS_FINDINGS.items():
+        votes = sum(reads[f"R{r}:{finding}"].astype(int).to_numpy() for r in (1, 2, 3))
+        out[task] = (votes >= 2).astype(int)
+    out["category"] = reads["Category"].astype(str).to_numpy()
+    return out[~out.index.duplicated()]
+
+
+def is_contrast(description: str) -> bool:
+    """Whether a series description names a contrast-enhanced series (``+C``, ``C THIN``, ``150cc``...).
+
+    ``PRE CONTRAST``/``non contrast`` series are plain. Folder names lose ``+`` and ``/`` (``CT C``).
+    """
+    return bool(_CONTRAST.search(description.strip()))
+
+
+def find_series(source: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """``(patient name, series folder)`` for every folder holding files below a ``CQ500CT<N>`` folder."""
+    series, rejects = [], []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        if not any(not f.startswith(".") for f in filenames):
+            continue
+        folder = Path(dirpath)
+        if folder == Path(source):
+            continue
+        rel = folder.relative_to(source)
+        match = next((m for part in rel.parts if (m := PATIENT_FOLDER.match(part))), None)
+        if match is None:
+            rejects.append((str(folder), "files outside a 'CQ500CT<N> CQ500CT<N>' patient folder"))
+            continue
+        series.append((f"CQ500-CT-{int(match.group(1))}", folder))
+    return series, rejects
+
+
+def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_contrast: bool = False,
+                 workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
+    """Ingest CQ500 from ``source`` (``reads.csv`` + ``qct*/``) into ``<root>/<name>/``; returns a summary."""
+    source = Path(source)
+    reads = source / "reads.csv"
+    if not reads.exists():
+        raise FileNotFoundError(f"{reads} not found: --source must hold reads.csv and the qct*/ folders")
+    dataset_dir = Path(root or data_root()) / name
+    labels = read_cq500_labels(reads)
+    series, rejects = find_series(source)
+    if not series:
+        raise FileNotFoundError(f"{source}: no 'CQ500CT<N> CQ500CT<N>/Unknown Study/CT <desc>/' series found")
+
+    jobs = []
+    for patient, folder in series:
+        description = folder.name[3:] if folder.name.startswith("CT ") else folder.name
+        if drop_contrast and is_contrast(description):
+            rejects.append((str(folder), "contrast series (dropped by drop_contrast)"))
+            continue
+        if patient in labels.index:
+            columns = labels.loc[patient].to_dict()
+        else:
+            columns = {t: pd.NA for t in CQ500_FINDINGS} | {"category": ""}
+        columns["contrast"] = int(is_contrast(description))
+        jobs.append(Job(source_key=str(folder.relative_to(source)), patient=patient, inputs=str(folder),
+                        columns=columns))
+
+    reader = functools.partial(read_dicom_job, on_gap=on_gap, tilt=tilt)
+    rows, job_rejects = run_jobs(jobs, reader, dataset_dir, workers=workers, desc=f"ingest {name}")
+    for row in rows:  # the header's description (with '/' and '+') is better than the folder's
+        row["contrast"] = int(bool(row.get("contrast")) or is_contrast(str(row.get("series_description") or ""))
+                              or bool(row.get("contrast_agent")))
+    register_dataset(name, description="CQ500 (qure.ai), one volume per series, majority-of-3 labels",
+                     tasks=CQ500_FINDINGS, licence="CC BY-NC-SA 4.0",
+                     ingest_command=f"fmct ingest cq500 --source DIR --name {name}")
+    return finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
+                  columns=[*DICOM_COLUMNS, "contrast", "category"])

@@ -1,0 +1,121 @@
+"""RSNA Intracranial Hemorrhage Detection (stage 2 train) -> one RAS volume per study (datasets.md §1).
+
+Source layout: ``stage_2_train.csv`` (long format ``ID_<sop>_<subtype>,Label``, 6 rows per image, with
+duplicated rows) and the flat folder ``stage_2_train/ID_<9 hex>.dcm``. Slices are grouped by
+StudyInstanceUID, the paper's choice (``per_series=True`` groups by series instead; in per-study mode a
+study with several series keeps the largest and lists the others as rejections). A scan's labels are the
+max over the slices of the volume written: ``any`` -> ``ich``, ``epidural`` -> ``edh``, ``intraparenchymal`` -> ``iph``,
+``intraventricular`` -> ``ivh``, ``subarachnoid`` -> ``sah``, ``subdural`` -> ``sdh``. Undecodable
+slices (the known corrupt ``ID_6431af929.dcm``) are skipped and recorded; the wrong-intercept repair
+happens in the reader.
+"""
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+from tqdm.auto import tqdm
+
+from ...paths import data_root
+from ..dicom import lenient_validation
+from ..manifest import RSNA_TASKS, _atomic_write_csv, register_dataset
+from .common import DICOM_COLUMNS, Job, finish, read_dicom_job, run_jobs
+
+__all__ = ["RSNA_SUBTYPES", "read_rsna_labels", "index_headers", "ingest_rsna"]
+
+RSNA_SUBTYPES = {"any": "ich", "epidural": "edh", "intraparenchymal": "iph", "intraventricular": "ivh",
+                 "subarachnoid": "sah", "subdural": "sdh"}
+INDEX_COLUMNS = ["file", "sop", "patient", "study", "series", "error"]
+
+
+def read_rsna_labels(csv_path: Path) -> pd.DataFrame:
+    """Per-image labels (index: ``ID_<sop>``, columns ``RSNA_TASKS``) from the long-format CSV.
+
+    Duplicated rows (the stage-2 file repeats 4 images) collapse with max, as in public pipelines.
+    """
+    long = pd.read_csv(csv_path, dtype={"ID": str, "Label": "Int64"})
+    if list(long.columns[:2]) != ["ID", "Label"]:
+        raise ValueError(f"{csv_path}: expected header 'ID,Label', got {list(long.columns)}")
+    parts = long["ID"].str.rsplit("_", n=1, expand=True)
+    long = long.assign(image=parts[0], subtype=parts[1])
+    unknown = set(long["subtype"]) - set(RSNA_SUBTYPES)
+    if unknown:
+        raise ValueError(f"{csv_path}: unknown subtypes {sorted(unknown)[:5]}")
+    wide = long.pivot_table(index="image", columns="subtype", values="Label", aggfunc="max")
+    return wide.rename(columns=RSNA_SUBTYPES).reindex(columns=RSNA_TASKS).astype("Int64")
+
+
+def _index_chunk(files: list[str]) -> list[dict]:
+    out = []
+    with lenient_validation():  # RSNA's "ID_..." UIDs
+        for f in files:
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+                    "SOPInstanceUID", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"])
+                out.append({"file": f, "sop": str(ds.SOPInstanceUID), "patient": str(ds.PatientID),
+                            "study": str(ds.StudyInstanceUID), "series": str(ds.SeriesInstanceUID), "error": ""})
+            except Exception as e:  # noqa: BLE001 - recorded as a rejection
+                out.append({"file": f, "sop": "", "patient": "", "study": "", "series": "",
+                            "error": f"unreadable DICOM header: {type(e).__name__}: {e}"})
+    return out
+
+
+def index_headers(image_dir: Path, index_path: Path, *, workers: int = 2, chunk: int = 2000) -> pd.DataFrame:
+    """File -> SOP/patient/study/series from headers only; cached in ``index_path`` for re-runs."""
+    files = sorted(str(p) for p in Path(image_dir).glob("*.dcm"))
+    if not files:
+        raise FileNotFoundError(f"{image_dir}: no .dcm files")
+    if index_path.exists():
+        cached = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+        if sorted(cached["file"]) == files:
+            return cached
+    chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
+    rows = []
+    with tqdm(total=len(files), desc="index RSNA headers", unit="file") as bar, \
+            ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
+        for part in (pool.map(_index_chunk, chunks) if workers > 1 else map(_index_chunk, chunks)):
+            rows += part
+            bar.update(len(part))
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    _atomic_write_csv(index, index_path)
+    return index
+
+
+def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_series: bool = False,
+                workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
+    """Ingest the RSNA stage-2 training set from ``source`` into ``<root>/<name>/``; returns a summary."""
+    source = Path(source)
+    csv_path, image_dir = source / "stage_2_train.csv", source / "stage_2_train"
+    for p in (csv_path, image_dir):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: --source must hold stage_2_train.csv and stage_2_train/")
+    dataset_dir = Path(root or data_root()) / name
+    labels = read_rsna_labels(csv_path)
+    index = index_headers(image_dir, dataset_dir / "dicom_index.csv", workers=workers)
+    rejects = [(r.file, r.error) for r in index.itertuples() if r.error]
+    index = index[index["error"] == ""]
+
+    jobs = []
+    for study, group in index.groupby("study", sort=True):
+        series_sizes = group["series"].value_counts()
+        keep = [series_sizes.index[0]] if not per_series else list(series_sizes.index)
+        for series in series_sizes.index.difference(keep):
+            rejects.append((series, f"{series_sizes[series]} files of study {study}, which has "
+                                    f"{len(series_sizes)} series; per-study mode keeps the largest ({keep[0]})"))
+        for series in keep:
+            files = group[group["series"] == series]
+            scan_labels = labels.reindex(files["sop"]).max()
+            jobs.append(Job(source_key=series if per_series else study, patient=files["patient"].iloc[0],
+                            inputs=tuple(files["file"]),
+                            columns={t: scan_labels[t] for t in RSNA_TASKS}))
+
+    reader = functools.partial(read_dicom_job, on_gap=on_gap, tilt=tilt)
+    rows, job_rejects = run_jobs(jobs, reader, dataset_dir, workers=workers, desc=f"ingest {name}")
+    register_dataset(name, description="RSNA Intracranial Hemorrhage Detection (Kaggle 2019), stage 2 train",
+                     tasks=RSNA_TASKS, licence="RSNA challenge data terms",
+                     ingest_command=f"fmct ingest rsna --source DIR --name {name}")
+    return finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=RSNA_TASKS,
+                  columns=DICOM_COLUMNS)

@@ -1,0 +1,169 @@
+"""Checkpoints: the authors' layouts (from the reference TSVs) and our safetensors format."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fmct_lib.models.checkpoints import (CheckpointError, load_checkpoint, load_reference_checkpoint,
+                                         load_state_dict_file, read_checkpoint_config, save_checkpoint)
+from fmct_lib.models.vit3d import vit_from_config
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+TSV = REFERENCE / "fmhct_vit_b_state_dict.tsv"
+TSV_VARIANT = REFERENCE / "fmhct_vit_b_state_dict_dino_yaml_variant.tsv"
+
+
+def state_from_tsv(path: Path, seed: int = 0) -> dict:
+    """Random tensors with exactly the keys and shapes the authors' encoder writes."""
+    if not path.exists():
+        pytest.skip(f"{path} not found (shared/reference sits beside the checkout)")
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for line in path.read_text().splitlines()[1:]:
+        key, shape = line.split("\t")
+        shape = [int(s) for s in shape.strip("[]").split(",")]
+        state[key] = torch.randn(*shape, generator=g) * 0.02
+    for k in state:  # LayerNorm weights near one, so activations stay in a sane range
+        if k.endswith(("norm.weight", "att_norm.weight", "ffn_norm.weight")):
+            state[k] += 1.0
+    return state
+
+
+def reference_forward(state: dict, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """An independent forward written from reference_code_facts.md §1, on the authors' key names."""
+    w = state["patch_embedding.patch_embeddings.weight"]
+    p = w.shape[-1]
+    h = F.conv3d(x, w, state["patch_embedding.patch_embeddings.bias"], stride=p).flatten(2).transpose(1, 2)
+    h = h + state["patch_embedding.position_embeddings"]
+    prefix = [state["cls_token"].expand(x.shape[0], -1, -1)]
+    if "register_tokens" in state:
+        prefix.append(state["register_tokens"].expand(x.shape[0], -1, -1))
+    h = torch.cat(prefix + [h], dim=1)
+    B, T, C = h.shape
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for l in range(depth):
+        b = lambda name: state.get(f"blocks.{l}.{name}")  # noqa: E731
+        y = F.layer_norm(h, (C,), b("att_norm.weight"), b("att_norm.bias"), eps=1e-5)
+        qkv = F.linear(y, b("attn.qkv.weight"), b("attn.qkv.bias"))
+        q, k, v = qkv.split(C, dim=-1)
+        split = lambda t: t.reshape(B, T, heads, C // heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // heads), dim=-1) @ v
+        h = h + F.linear(a.transpose(1, 2).reshape(B, T, C), b("attn.proj.weight"), b("attn.proj.bias"))
+        y = F.layer_norm(h, (C,), b("ffn_norm.weight"), b("ffn_norm.bias"), eps=1e-5)
+        y = F.linear(F.gelu(F.linear(y, b("mlp.linear1.weight"), b("mlp.linear1.bias"))),
+                     b("mlp.linear2.weight"), b("mlp.linear2.bias"))
+        h = h + y
+    return F.layer_norm(h, (C,), state["norm.weight"], state["norm.bias"], eps=1e-6)
+
+
+@pytest.fixture(scope="module")
+def released_state():
+    return state_from_tsv(TSV)
+
+
+def test_released_layout_loads_strictly_and_matches_independent_forward(released_state):
+    assert len(released_state) == 138
+    enc = load_reference_checkpoint(released_state).eval()
+    assert enc.load_report.loaded == 138 and not enc.load_report.dropped
+    assert enc.config.num_register_tokens == 0 and not enc.config.qkv_bias
+    x = torch.rand(1, 3, 96, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = enc.forward_features(x)
+        theirs = reference_forward(released_state, x, heads=12)
+    assert ours.shape == (1, 513, 768)
+    torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=1e-4)
+
+
+def test_dino_checkpoint_with_prefixes_student_and_teacher(released_state, tmp_path):
+    wrap = lambda s: {f"module.backbone.{k}": v for k, v in s.items()}  # noqa: E731
+    head = {"module.head.mlp.0.weight": torch.zeros(8, 768), "module.head.last_layer.weight_g": torch.ones(16, 1)}
+    teacher = {k: v + 0.01 for k, v in released_state.items()}
+    ckpt = {"epoch": 3, "best_loss": 1.5, "state_dict": {**wrap(released_state), **head},
+            "momentum_model_state_dict": {**wrap(teacher), **head}}
+    path = tmp_path / "last_dino.pth"
+    torch.save(ckpt, path)
+
+    student = load_reference_checkpoint(path)
+    assert sorted(student.load_report.dropped) == ["head.last_layer.weight_g", "head.mlp.0.weight"]
+    plain = load_reference_checkpoint(released_state)
+    for (k, a), b in zip(student.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+    teacher_enc = load_reference_checkpoint(path, which="teacher")
+    assert torch.equal(teacher_enc.cls_token, teacher["cls_token"])
+    # torch.compile prefix on a bare dict
+    compiled = load_reference_checkpoint({f"_orig_mod.{k}": v for k, v in released_state.items()})
+    assert torch.equal(compiled.pos_embed, released_state["patch_embedding.position_embeddings"])
+
+
+def test_yaml_variant_detects_registers_and_qkv_bias():
+    state = state_from_tsv(TSV_VARIANT)
+    assert len(state) == 151
+    enc = load_reference_checkpoint({f"module.{k}": v for k, v in state.items()})
+    assert enc.config.num_register_tokens == 4 and enc.config.qkv_bias
+    assert sum(t.numel() for t in enc.parameters()) == 89_435_136
+    x = torch.rand(1, 3, 96, 96, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_features(x), reference_forward(state, x, heads=12),
+                                   atol=2e-4, rtol=1e-4)
+
+
+def test_mae_checkpoint_drops_decoder(released_state):
+    extra = {"module.decoder_embed.weight": torch.zeros(4, 4), "module.mask_token": torch.zeros(1, 1, 4),
+             "module.decoder_pos_embed": torch.zeros(1, 4, 4)}
+    enc = load_reference_checkpoint({"state_dict": {**{f"module.{k}": v for k, v in released_state.items()},
+                                                    **extra}, "momentum_model_state_dict": None})
+    assert len(enc.load_report.dropped) == 3
+    with pytest.raises(CheckpointError, match="no teacher weights"):
+        load_reference_checkpoint({"state_dict": released_state, "momentum_model_state_dict": None},
+                                  which="teacher")
+
+
+def test_unexpected_and_missing_keys_are_reported(released_state):
+    bad = dict(released_state, **{"blocks.0.attn.lora_q.weight": torch.zeros(2, 2)})
+    with pytest.raises(CheckpointError, match=r"unexpected \['blocks.0.attn.lora_q.weight'\]"):
+        load_reference_checkpoint(bad)
+    partial = {k: v for k, v in released_state.items() if k != "norm.bias"}
+    with pytest.raises(CheckpointError, match=r"missing \['norm.bias'\]"):
+        load_reference_checkpoint(partial)
+    with pytest.raises(CheckpointError, match="patch_size=16"):
+        load_reference_checkpoint(released_state, patch_size=16)
+
+
+def test_our_format_round_trip_is_atomic(tmp_path):
+    enc = vit_from_config(dict(img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=2))
+    config = {"model": enc.config.to_dict(), "method": "dino", "note": "ü"}
+    path = save_checkpoint(tmp_path / "enc.safetensors", enc, config, metadata={"step": 7})
+    assert [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]  # no temp file left
+    assert read_checkpoint_config(path) == config
+    loaded, cfg = load_checkpoint(path)
+    for (k, a), b in zip(enc.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = torch.randn(1, 3, 16, 16, 16)
+    torch.testing.assert_close(enc.eval()(x), loaded.eval()(x))
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"cls_token": torch.zeros(1)}, "payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused.*execute code"):
+        load_state_dict_file(path)
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_reference_checkpoint(path)
+
+
+def test_missing_file_and_foreign_safetensors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_reference_checkpoint(tmp_path / "nope.pth")
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(1)}, tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="not an fmct checkpoint"):
+        load_checkpoint(tmp_path / "x.safetensors")

@@ -1,0 +1,140 @@
+"""CQ500 ingestion end to end on the exact CQ500 tree (plus the real CQ500 slice shipped with pydicom)."""
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from fmct_lib.data.dicom_write import cq500_series_folder, write_dicom_series
+from fmct_lib.data.ingest import ingest_cq500
+from fmct_lib.data.ingest.cq500 import READS_FINDINGS, is_contrast, read_cq500_labels
+from fmct_lib.data.manifest import CQ500_FINDINGS, load_scans
+from fmct_lib.paths import REPO_ROOT
+
+# patient -> [(series description, writer quirks)]
+SERIES = {
+    "CQ500-CT-0": [("5/5mm Plain", dict(j2k=True)), ("PRE CONTRAST THIN", dict(tilt_deg=-20.0))],
+    "CQ500-CT-7": [("+C", dict(contrast_agent="IODINE")), ("Plain", dict(duplicate_slices=(2,), add_localizer=True))],
+    "CQ500-CT-12": [("Plain", dict(modality="MR")), ("Plain", dict(drop_slices=(3,)))],
+}
+
+
+@pytest.fixture(scope="module")
+def cq500_source(tmp_path_factory):
+    src = tmp_path_factory.mktemp("cq500_src")
+    rng = np.random.default_rng(2)
+    affine = np.diag([0.5, 0.5, 5.0, 1.0])
+    truth = {}
+    for batch, (patient, series) in zip(["qct01", "qct01", "qct02"], SERIES.items()):
+        for number, (desc, kw) in enumerate(series, start=1):
+            hu = rng.integers(-1000, 1500, (32, 32, 6)).astype(np.float32)
+            files = write_dicom_series(hu, affine, src / batch, flavour="cq500", patient_id=patient,
+                                       series_description=desc, series_number=number, **kw)
+            truth[str(files[0].parent.relative_to(src))] = dict(patient=patient, desc=desc, hu=hu, **kw)
+    # the real CQ500 slice from pydicom's test data as a 3-slice series of its own patient
+    real = src / "qct03" / cq500_series_folder("CQ500-CT-310", "5/5mm Plain")
+    real.mkdir(parents=True)
+    for k in range(3):
+        ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 47.0 + 5 * k]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["693", str(k)])
+        ds.save_as(real / f"CT{k:06d}.dcm")
+    (src / "qct03" / "README.txt").write_text("stray file outside a patient folder")
+
+    # reads.csv: 3 readers x 14 findings, random votes; patient 310 included, one listed patient absent
+    names = [*SERIES, "CQ500-CT-310", "CQ500-CT-99"]
+    header = ["name", "Category"] + [f"R{r}:{f}" for r in (1, 2, 3) for f in READS_FINDINGS]
+    votes = rng.integers(0, 2, (len(names), 3, len(READS_FINDINGS)))
+    rows = [[n, "B1", *v.reshape(-1)] for n, v in zip(names, votes)]
+    pd.DataFrame(rows, columns=header).to_csv(src / "reads.csv", index=False)
+    majority = {n: dict(zip(CQ500_FINDINGS, (v.sum(axis=0) >= 2).astype(int))) for n, v in zip(names, votes)}
+    return src, truth, majority
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    manifest = tmp_path / "data_manifest.csv"
+    shutil.copy(REPO_ROOT / "data_manifest.csv", manifest)
+    monkeypatch.setenv("FMCT_MANIFEST", str(manifest))
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_layout_matches_cq500(cq500_source):
+    src, truth, _ = cq500_source
+    assert "qct01/CQ500CT0 CQ500CT0/Unknown Study/CT 55mm Plain" in truth
+    assert "qct01/CQ500CT7 CQ500CT7/Unknown Study/CT C" in truth
+    assert "qct02/CQ500CT12 CQ500CT12/Unknown Study/CT Plain-2" in truth  # repeated description
+    ds = pydicom.dcmread(next((src / "qct01/CQ500CT0 CQ500CT0/Unknown Study/CT 55mm Plain").iterdir()))
+    assert ds.PatientID == "CQ500-CT-0" and ds.SeriesDescription == "5/5mm Plain"
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+
+
+def test_majority_labels(cq500_source):
+    src, _, majority = cq500_source
+    labels = read_cq500_labels(src / "reads.csv")
+    for name, want in majority.items():
+        assert labels.loc[name, CQ500_FINDINGS].to_dict() == want
+
+
+@pytest.mark.parametrize("description, contrast", [
+    ("+C", True), ("C", True), ("C THIN", True), ("4cc sec 150cc D3D on", True), ("POST CONTRAST", True),
+    ("PRE CONTRAST THIN", False), ("5/5mm Plain", False), ("55mm Plain", False), ("Plain 3mm", False),
+    ("non contrast", False), ("CT 0.625mm", False),
+])
+def test_contrast_rule(description, contrast):
+    assert is_contrast(description) == contrast
+
+
+def test_ingest_cq500_end_to_end(cq500_source, env):
+    src, truth, majority = cq500_source
+    summary = ingest_cq500(src, workers=1)
+    scans = load_scans("cq500").set_index("scan_id")
+    link = pd.read_csv(env / "cq500" / "linkage.csv", dtype=str).set_index("source")
+    rejects = pd.read_csv(env / "cq500" / "rejects.csv")
+    reasons = dict(zip(rejects["source"], rejects["reason"]))
+
+    mr = next(k for k, t in truth.items() if t.get("modality") == "MR")
+    assert summary["scans"] == len(truth) - 1 + 1  # all but the MR series, plus the real one
+    assert any("not CT" in r for s, r in reasons.items() if s == mr)
+    assert any("README" in s or "outside" in r for s, r in reasons.items())
+    assert scans.groupby("patient_id")["split"].nunique().max() == 1
+    assert not any(p in (env / "cq500" / "scans.csv").read_text() for p in SERIES)
+
+    for source, t in truth.items():
+        if t.get("modality") == "MR":
+            continue
+        row = scans.loc[link.loc[source, "scan_id"]]
+        assert {k: int(row[k]) for k in CQ500_FINDINGS} == majority[t["patient"]]
+        assert row["series_description"] == t["desc"]  # from the header, '/' and '+' kept
+        assert row["contrast"] == int(t["desc"] == "+C")
+        assert row["manufacturer"] == "GE MEDICAL SYSTEMS" and row["category"] == "B1"
+        assert row["slice_thickness_mm"] == 5.0  # SliceThickness tag
+        data = np.asarray(nib.load(row["path"]).dataobj)
+        if t.get("drop_slices"):  # the missing slice is interpolated between its neighbours
+            assert row["has_gap"]
+            np.testing.assert_array_equal(np.delete(data, 3, axis=2), np.delete(t["hu"], 3, axis=2))
+            np.testing.assert_allclose(data[..., 3], (t["hu"][..., 2] + t["hu"][..., 4]) / 2, atol=0.5)
+        elif not t.get("tilt_deg"):
+            np.testing.assert_array_equal(data, t["hu"])
+        if t.get("tilt_deg"):
+            assert row["tilt_deg"] == pytest.approx(20.0, abs=1e-3)
+    real = scans.loc[link.loc["qct03/CQ500CT310 CQ500CT310/Unknown Study/CT 55mm Plain", "scan_id"]]
+    assert real["kvp"] == 140 and real["n_slices"] == 3
+    assert {k: int(real[k]) for k in CQ500_FINDINGS} == majority["CQ500-CT-310"]
+    img = nib.load(real["path"])
+    assert img.shape == (512, 512, 3) and np.asarray(img.dataobj).min() == -3995
+
+
+def test_drop_contrast(cq500_source, env):
+    src, truth, _ = cq500_source
+    ingest_cq500(src, workers=1, drop_contrast=True)
+    scans = load_scans("cq500")
+    assert (scans["contrast"] == 0).all() and len(scans) == len(truth) - 1
+    rejects = pd.read_csv(env / "cq500" / "rejects.csv")
+    assert rejects["reason"].str.contains("contrast series").sum() == 1

@@ -1,0 +1,142 @@
+"""NIfTI-folder ingestion (a hospital's own data): labels mapping, RAS, bad volumes, splits, manifest."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmct_lib.cli import main as fmct
+from fmct_lib.data.ingest import ingest_nifti
+from fmct_lib.data.ingest.nifti import load_volume
+from fmct_lib.data.manifest import dataset_info, load_scans, read_manifest
+from fmct_lib.paths import REPO_ROOT
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    manifest = tmp_path / "data_manifest.csv"
+    shutil.copy(REPO_ROOT / "data_manifest.csv", manifest)
+    monkeypatch.setenv("FMCT_MANIFEST", str(manifest))
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    return tmp_path / "data", manifest
+
+
+def save(img, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+def las_volume(seed):
+    data = np.random.default_rng(seed).integers(-1000, 1000, (6, 5, 4)).astype(np.int16)
+    affine = np.diag([-0.8, 0.8, 3.0, 1.0])
+    return nib.Nifti1Image(data, affine)
+
+
+@pytest.fixture()
+def hospital(tmp_path):
+    """20 patients x 2 scans of good LAS volumes, a labels CSV, and one of each kind of bad volume."""
+    src = tmp_path / "hospital"
+    rows = []
+    for p in range(20):
+        for s in range(2):
+            rel = f"p{p:02d}/scan{s}.nii.gz"
+            save(las_volume(10 * p + s), src / rel)
+            rows.append({"file": rel, "mrn": f"MRN{p:05d}", "dx_tumor": (p + s) % 2, "dx_edema": p % 3 == 0,
+                         "note": "ignored"})
+    bad = src / "bad"
+    good_bytes = (src / "p00/scan0.nii.gz").read_bytes()
+    (bad / "truncated.nii.gz").parent.mkdir(parents=True)
+    (bad / "truncated.nii.gz").write_bytes(good_bytes[: len(good_bytes) // 2])
+    nan = np.zeros((4, 4, 4), np.float32)
+    nan[1, 2, 3] = np.nan
+    save(nib.Nifti1Image(nan, np.eye(4)), bad / "nan.nii.gz")
+    save(nib.Nifti1Image(np.zeros((4, 4), np.int16), np.eye(4)), bad / "flat2d.nii")
+    save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4)), bad / "series4d.nii.gz")
+    for name, dy in [("zero_spacing.nii", 0.0), ("negative_spacing.nii", -1.0)]:
+        # nibabel refuses to write such headers, so patch the bytes: pixdim[2] (offset 84) and,
+        # for zero spacing, the sform's second row (srow_y, offset 296) as well
+        raw = bytearray(save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), bad / name).read_bytes())
+        raw[84:88] = struct.pack("<f", dy)
+        if dy == 0:
+            raw[296:312] = struct.pack("<4f", 0, 0, 0, 0)
+        (bad / name).write_bytes(bytes(raw))
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(labels, index=False)
+    return src, labels, pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("truncated.nii.gz", "unreadable NIfTI"), ("nan.nii.gz", "1 NaN/inf voxels"),
+    ("flat2d.nii", "expected a 3-D volume, got 2-D"), ("series4d.nii.gz", "got 4-D"),
+    ("zero_spacing.nii", "zero, negative"), ("negative_spacing.nii", "zero, negative"),
+])
+def test_bad_volumes_get_clear_errors(hospital, name, message):
+    src, _, _ = hospital
+    with pytest.raises(ValueError, match=rf"{name}: .*{message}"):
+        load_volume(src / "bad" / name)
+
+
+def test_truncated_file_really_is_a_gzip_error(hospital):
+    src, _, _ = hospital
+    with pytest.raises((EOFError, OSError)):
+        gzip.decompress((src / "bad" / "truncated.nii.gz").read_bytes())
+
+
+def test_ingest_nifti_end_to_end(hospital, env):
+    src, labels, table = hospital
+    root, manifest = env
+    known_before = read_manifest(manifest)
+    assert fmct(["ingest", "nifti", "--name", "hosp", "--source", str(src), "--labels", str(labels),
+                 "--path-col", "file", "--patient-col", "mrn", "--map", "dx_tumor=tumor", "dx_edema=edema",
+                 "--workers", "1"]) == 0
+    scans = load_scans("hosp")
+    assert len(scans) == 40
+    rejects = pd.read_csv(root / "hosp" / "rejects.csv")
+    assert len(rejects) == 6 and rejects["source"].str.startswith("bad/").all()
+
+    link = pd.read_csv(root / "hosp" / "linkage.csv", dtype=str).set_index("source")
+    text = (root / "hosp" / "scans.csv").read_text()
+    assert "MRN" not in text and "p00" not in text  # pseudonymous
+    for rec in table.itertuples():
+        row = scans.set_index("scan_id").loc[link.loc[rec.file, "scan_id"]]
+        assert (row["tumor"], row["edema"]) == (rec.dx_tumor, int(rec.dx_edema))
+        img = nib.load(row["path"])
+        want = nib.as_closest_canonical(nib.load(src / rec.file))
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(want.dataobj))
+        np.testing.assert_allclose(img.affine, want.affine)
+    assert scans.groupby("patient_id")["split"].nunique().max() == 1
+    assert scans["patient_id"].nunique() == 20 and set(scans["split"]) <= {"train", "val", "test"}
+
+    after = read_manifest(manifest)
+    pd.testing.assert_frame_equal(after.iloc[: len(known_before)], known_before)
+    assert dataset_info("hosp", manifest)["tasks"] == ["tumor", "edema"]
+
+
+def test_splits_follow_the_seed(hospital, env, tmp_path):
+    src, labels, _ = hospital
+    mapping = {"dx_tumor": "tumor"}
+
+    def split_by_mrn(root, seed):
+        ingest_nifti(src, name="hosp", labels=labels, mapping=mapping, path_column="file",
+                     patient_column="mrn", root=root, workers=1, seed=seed)
+        link = pd.read_csv(root / "hosp" / "linkage.csv", dtype=str)
+        merged = link.merge(load_scans("hosp", root=root)[["scan_id", "split"]])
+        return dict(zip(merged["original_patient_id"], merged["split"]))
+
+    a, b, c = split_by_mrn(tmp_path / "a", 0), split_by_mrn(tmp_path / "b", 0), split_by_mrn(tmp_path / "c", 1)
+    assert a == b and a != c
+    assert len(a) == 20
+
+
+def test_mapping_errors_name_the_column(hospital, env):
+    src, labels, _ = hospital
+    with pytest.raises(ValueError, match=r"missing columns \['dx_missing'\]"):
+        ingest_nifti(src, name="hosp", labels=labels, mapping={"dx_missing": "tumor"}, path_column="file",
+                     patient_column="mrn")
