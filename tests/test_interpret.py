@@ -1,0 +1,285 @@
+"""Attention maps, attention distance (Eq. 1) and lesion overlap (fmct_lib.interpret)."""
+import itertools
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import pdist
+from scipy.stats import wilcoxon
+
+from fmct_lib.config import get_profile
+from fmct_lib.interpret import (attention_distance, attention_share_in_mask, compute_attention,
+                                lesion_attention_table, load_scan_with_mask, mask_to_canvas, mask_to_model_input,
+                                model_voxel_mm, patch_attention_rows, patch_distance_matrix,
+                                summarize_lesion_attention, upsample_to_volume)
+from fmct_lib.models.vit3d import vit_from_config
+from fmct_lib.preprocess import model_input, paper_spec, preprocess, to_canvas
+
+TOY = get_profile("toy")
+
+
+@pytest.fixture(scope="module")
+def toy_encoder():
+    torch.manual_seed(0)
+    return vit_from_config(TOY.model)
+
+
+@pytest.fixture(scope="module")
+def toy_volume():
+    size = TOY.model.img_size
+    return torch.rand(3, size, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def brute_force_distance(attn, grid, patch, voxel):
+    """Eq. 1 by explicit loops, centres computed by hand from (i, j, k)."""
+    cells = list(itertools.product(*(range(g) for g in grid)))  # last axis fastest, like the tokens
+    centre = [[(c[a] + 0.5) * patch * voxel[a] for a in range(3)] for c in cells]
+    out = np.zeros(len(cells))
+    for i in range(len(cells)):
+        for j in range(len(cells)):
+            out[i] += attn[i, j] * math.dist(centre[i], centre[j])
+    return out
+
+
+# -- Eq. 1 -----------------------------------------------------------------------------------------
+
+def test_attention_distance_matches_brute_force_loop():
+    grid, patch, voxel = (2, 3, 4), 3, (2.0, 1.5, 0.7)  # anisotropic voxels catch axis mix-ups
+    n = math.prod(grid)
+    rng = np.random.default_rng(0)
+    attn = rng.random((n, n))
+    attn /= attn.sum(axis=1, keepdims=True)
+    fast = attention_distance(torch.tensor(attn), patch_distance_matrix(grid, patch, voxel)).numpy()
+    np.testing.assert_allclose(fast, brute_force_distance(attn, grid, patch, voxel), rtol=1e-10)
+
+
+def test_attention_on_self_only_has_zero_distance():
+    grid = (3, 3, 3)
+    d = patch_distance_matrix(grid, 4, 2.0)
+    np.testing.assert_array_equal(attention_distance(torch.eye(27, dtype=torch.float64), d).numpy(), 0.0)
+
+
+def test_uniform_attention_gives_the_mean_pairwise_distance():
+    grid, patch, voxel = (2, 3, 4), 2, 3.0
+    n = math.prod(grid)
+    per_patch = attention_distance(torch.full((n, n), 1.0 / n, dtype=torch.float64),
+                                   patch_distance_matrix(grid, patch, voxel)).numpy()
+    centres = np.array(list(itertools.product(*(range(g) for g in grid)))) * patch * voxel
+    expected = pdist(centres).sum() * 2 / n**2  # mean over all N² ordered pairs, self pairs included
+    assert per_patch.mean() == pytest.approx(expected, rel=1e-12)
+    # along one row: the mean distance from that patch to all patches
+    np.testing.assert_allclose(per_patch[0], np.linalg.norm(centres - centres[0], axis=1).mean())
+
+
+def test_patch_rows_drop_prefix_and_renormalise():
+    attn = torch.softmax(torch.randn(2, 3, 1 + 2 + 8, 1 + 2 + 8), dim=-1)  # cls + 2 registers + 8 patches
+    rows = patch_attention_rows(attn, num_prefix_tokens=3)
+    assert rows.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(rows.sum(-1), torch.ones(2, 3, 8))
+    block = attn[..., 3:, 3:]
+    torch.testing.assert_close(rows * block.sum(-1, keepdim=True), block)
+
+
+def test_distance_matrix_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="distance matrix"):
+        attention_distance(torch.ones(8, 8) / 8, patch_distance_matrix((3, 3, 3), 4, 1.0))
+
+
+def test_model_voxel_follows_the_profile():
+    assert model_voxel_mm("paper") == 2.0  # 192 mm at 1 mm resized to 96
+    assert model_voxel_mm(TOY) == pytest.approx(TOY.spacing_mm * TOY.eval_crop / TOY.model.img_size)
+
+
+# -- maps from a real encoder ----------------------------------------------------------------------
+
+def test_compute_attention_on_toy_encoder(toy_encoder, toy_volume):
+    voxel = model_voxel_mm(TOY)
+    result = compute_attention(toy_encoder, toy_volume, voxel)
+    grid = toy_encoder.patch_grid(toy_volume.shape[1:])
+    L, H = TOY.model.depth, TOY.model.num_heads
+    assert result.cls_to_patch.shape == (L, H, *grid) and result.distance_mm.shape == (L, H, *grid)
+    # the cls row is a probability distribution over all tokens: patches + prefix sum to one
+    np.testing.assert_allclose(result.cls_to_patch.sum(axis=(2, 3, 4)) + result.cls_to_prefix, 1.0, atol=1e-5)
+    # the patch-only map sums to 1 - prefix mass, strictly below one
+    assert np.all(result.cls_to_patch.sum(axis=(2, 3, 4)) < 1.0)
+
+    # independent recomputation from get_attention: cls row and Eq. 1 by the brute-force loop
+    attns = toy_encoder.get_attention(toy_volume[None])
+    p = toy_encoder.num_prefix_tokens
+    for layer in range(L):
+        np.testing.assert_allclose(result.cls_to_patch[layer].reshape(H, -1), attns[layer][0, :, 0, p:].numpy(),
+                                   rtol=1e-6)
+    a = attns[1][0, 1, p:, p:].double().numpy()
+    a /= a.sum(axis=1, keepdims=True)
+    expected = brute_force_distance(a, grid, TOY.model.patch_size, (voxel,) * 3)
+    np.testing.assert_allclose(result.distance_mm[1, 1].ravel(), expected, rtol=1e-5)
+
+    # summaries: per-layer curve and the Fig. 5 volume (mean over heads and layers)
+    np.testing.assert_allclose(result.mean_distance_per_layer(), result.distance_mm.mean(axis=(1, 2, 3, 4)), rtol=1e-6)
+    volume = result.distance_map()
+    assert volume.shape == tuple(toy_volume.shape[1:])
+    assert volume[0, 0, 0] == pytest.approx(result.distance_mm[:, :, 0, 0, 0].mean(), rel=1e-6)
+    # any distance is at most the largest centre-to-centre distance of the grid
+    assert volume.max() <= patch_distance_matrix(grid, TOY.model.patch_size, voxel).max()
+
+
+def test_compute_attention_rejects_a_batch_and_keeps_training_mode(toy_encoder, toy_volume):
+    with pytest.raises(ValueError, match="one volume"):
+        compute_attention(toy_encoder, toy_volume[None].repeat(2, 1, 1, 1, 1), 1.0)
+    toy_encoder.train()
+    compute_attention(toy_encoder, toy_volume, 1.0)
+    assert toy_encoder.training
+    toy_encoder.eval()
+
+
+def test_patch_tokens_are_in_last_axis_fastest_order(toy_encoder):
+    """The map's grid layout equals the token order of the encoder: light up one patch of the input and
+    only the token at the expected flat index changes."""
+    p, size = TOY.model.patch_size, TOY.model.img_size
+    g = size // p
+    i, j, k = 1, 3, 2
+    x = torch.zeros(1, 3, size, size, size)
+    x[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p, k * p:(k + 1) * p] = 1.0
+    with torch.no_grad():
+        changed = (toy_encoder.patch_embed(x) - toy_encoder.patch_embed(torch.zeros_like(x))).abs().sum(-1)[0]
+    assert torch.nonzero(changed).flatten().tolist() == [(i * g + j) * g + k]
+
+
+class OnePatchEncoder(torch.nn.Module):
+    """Stands in for the encoder: its cls token attends only to one patch, every patch to itself."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, grid, patch, target):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.grid, self.patch, self.target = grid, patch, target
+
+    def patch_grid(self, shape):
+        return tuple(s // self.patch for s in shape)
+
+    def get_attention(self, x):
+        n = math.prod(self.grid)
+        attn = torch.zeros(1, 2, n + 1, n + 1)
+        attn[:, :, 1:, 1:] = torch.eye(n)
+        attn[:, :, 0, 1 + np.ravel_multi_index(self.target, self.grid)] = 1.0
+        return [attn, attn]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "trilinear"])
+def test_a_patch_map_lands_where_the_patch_is(mode):
+    grid, patch, target = (3, 4, 5), 4, (1, 2, 3)  # an interior patch
+    encoder = OnePatchEncoder(grid, patch, target)
+    result = compute_attention(encoder, torch.zeros(3, *(g * patch for g in grid)), 1.0)
+    np.testing.assert_array_equal(result.distance_mm, 0.0)  # self-only attention
+    full = result.attention_map(layer=-1, head=None, mode=mode)
+    assert full.shape == (12, 16, 20)
+    block = tuple(slice(t * patch, (t + 1) * patch) for t in target)
+    peak = np.argwhere(full == full.max())
+    for axis, t in enumerate(target):  # the maximum lies inside the patch's voxels [t·p, (t+1)·p)
+        assert peak[:, axis].min() >= t * patch and peak[:, axis].max() < (t + 1) * patch
+    if mode == "nearest":  # exactly the footprint of the token, and nothing elsewhere
+        expected = np.zeros_like(full)
+        expected[block] = 1.0
+        np.testing.assert_array_equal(full, expected)
+    else:  # centred: symmetric around the patch centre (p even → a 2³ plateau at the centre voxels)
+        assert peak.tolist() == [[a, b, c] for a in (5, 6) for b in (9, 10) for c in (13, 14)]
+
+
+def test_upsampling_nearest_keeps_mass_and_trilinear_keeps_constants():
+    rng = np.random.default_rng(0)
+    grid_map = rng.random((2, 3, 4)).astype(np.float32)
+    up = upsample_to_volume(grid_map, 3)
+    assert up.sum() == pytest.approx(grid_map.sum() * 27, rel=1e-6)
+    np.testing.assert_allclose(upsample_to_volume(np.full((2, 3, 4), 0.25), 3, "trilinear"), 0.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="upsampling mode"):
+        upsample_to_volume(grid_map, 3, "cubic")
+
+
+# -- lesion overlap --------------------------------------------------------------------------------
+
+def test_attention_share_hand_case():
+    attention = np.zeros((4, 4, 4))
+    attention[0, 0, 0], attention[3, 3, 3] = 3.0, 1.0
+    mask = np.zeros((4, 4, 4), bool)
+    mask[:2, :2, :2] = True
+    share, volume = attention_share_in_mask(attention, mask)
+    assert share == 0.75 and volume == 8 / 64
+    with pytest.raises(ValueError, match="same grid"):
+        attention_share_in_mask(attention, mask[:2])
+    with pytest.raises(ValueError, match="negative"):
+        attention_share_in_mask(-attention, mask)
+
+
+def test_lesion_table_and_summary_against_independent_computation():
+    rng = np.random.default_rng(0)
+    shape = (8, 8, 8)
+    cases, expected = [], []
+    for scan in range(6):
+        mask = np.zeros(shape, bool)
+        mask[scan:scan + 2, 2:5, 1:4] = True
+        uniform = np.ones(shape)
+        focused = rng.random(shape) + 5.0 * mask  # extra weight on the lesion
+        cases += [{"scan_id": f"s{scan}", "task": "ich", "model": "pretrained", "attention": uniform, "mask": mask},
+                  {"scan_id": f"s{scan}", "task": "ich", "model": "finetuned", "attention": focused, "mask": mask}]
+        expected.append(focused[mask].sum() / focused.sum() / mask.mean())
+    cases.append({"scan_id": "empty", "task": "ich", "model": "finetuned", "attention": np.ones(shape),
+                  "mask": np.zeros(shape, bool)})
+    table = lesion_attention_table(cases)
+    assert len(table) == 12 and "empty" not in set(table["scan_id"])
+    pre = table[table.model == "pretrained"]
+    np.testing.assert_allclose(pre["enrichment"], 1.0)  # a uniform map has no preference
+    fine = table[table.model == "finetuned"].set_index("scan_id")
+    np.testing.assert_allclose(fine.loc[[f"s{i}" for i in range(6)], "enrichment"], expected)
+
+    summary = summarize_lesion_attention(table).set_index("model")
+    assert summary.loc["finetuned", "frac_above_chance"] == 1.0
+    assert summary.loc["pretrained", "frac_above_chance"] == 0.0
+    assert summary.loc["finetuned", "n_scans"] == 6
+    assert np.isnan(summary.loc["pretrained", "p_vs_reference"])
+    assert summary.loc["finetuned", "p_vs_reference"] == pytest.approx(wilcoxon(expected, np.ones(6)).pvalue)
+
+
+def lesion_scan():
+    """An off-centre "head" at 30 HU in a LAS grid (x flipped) with a block lesion at 1800 HU (label 2)."""
+    rng = np.random.default_rng(0)
+    hu = np.full((40, 36, 26), -1024, np.int16)
+    hu[6:34, 5:31, 3:23] = 30 + rng.integers(-5, 5, size=(28, 26, 20))
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[14:26, 12:22, 8:16] = 2
+    hu[mask > 0] = 1800
+    affine = np.array([[-2.0, 0, 0, 10], [0, 2.0, 0, -5], [0, 0, 4.0, 3], [0, 0, 0, 1]])
+    return hu, mask, affine
+
+
+def test_lesion_mask_follows_the_image_to_the_model_input():
+    """The lesion's voxels are the same through the image chain (preprocess) and the mask chain."""
+    spec = paper_spec("toy")
+    hu, mask, affine = lesion_scan()
+    canvas = to_canvas(hu, affine, spec)
+    image = model_input(canvas[None], spec)[0, 2].numpy()  # bone window: only the lesion is bright
+    canvas_mask = mask_to_canvas(hu, mask, affine, spec)
+    assert canvas_mask.shape == (spec.canvas,) * 3 and set(np.unique(canvas_mask)) == {0, 2}
+    np.testing.assert_array_equal(canvas_mask > 0, canvas.numpy() > 900)  # same voxels on the canvas
+    lesion = mask_to_model_input(canvas_mask, spec) > 0
+    assert lesion.shape == (spec.input_size,) * 3 and lesion.any()
+    # the mask's model voxels are exactly those whose (area-averaged) image is mostly lesion
+    assert image[lesion].min() > 0.5 > image[~lesion].max()
+    with pytest.raises(ValueError, match="canvas"):
+        mask_to_model_input(canvas_mask[:-1], spec)
+
+
+def test_load_scan_with_mask_from_nifti_files(tmp_path):
+    spec = paper_spec("toy")
+    hu, mask, affine = lesion_scan()
+    nib.save(nib.Nifti1Image(hu, affine), tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), tmp_path / "mask.nii.gz")
+    image, labels = load_scan_with_mask(tmp_path / "scan.nii.gz", tmp_path / "mask.nii.gz", spec)
+    torch.testing.assert_close(image, preprocess(tmp_path / "scan.nii.gz", spec))
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 2}
+    assert image[2][labels == 2].min() > 0.5 > image[2][labels == 0].max()
+    nib.save(nib.Nifti1Image(mask[:, :, :-1], affine), tmp_path / "short.nii.gz")
+    with pytest.raises(ValueError, match="short.nii.gz"):
+        load_scan_with_mask(tmp_path / "scan.nii.gz", tmp_path / "short.nii.gz", spec)
