@@ -1,0 +1,203 @@
+"""The preprocessed-volume cache: the hot path of pretraining and fine-tuning (DESIGN §4).
+
+``cache_root()/<dataset>/<spec hash>/`` holds, for one :class:`~fmct_lib.preprocess.PreprocessSpec`:
+
+- one ``<scan>.npy`` per scan: the stage-1 output of :func:`~fmct_lib.preprocess.to_canvas`, an int16
+  HU canvas (``paper``: 224³ int16 = 22.5 MB; no compression, so a read is one sequential ``read``) or
+  the final float16 window stack (``reference``: 3×96³ = 5.3 MB);
+- ``spec.json``: the spec, so the folder explains itself;
+- ``index.csv``: ``scan_id, file, shape, affine`` (the canvas voxel-to-RAS affine, 16 numbers);
+- ``rejects.csv``: ``scan_id, path, reason`` for scans that could not be preprocessed.
+
+Every file is written atomically (temp + rename). A re-run skips scans already in the index (and,
+unless asked, those already rejected), so a killed job resumes. A changed spec has another hash,
+hence another folder: a stale cache is never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..paths import cache_root
+from ..preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
+from .manifest import load_scans
+
+__all__ = ["cache_dir", "build_cache", "read_index", "CachedVolumes", "INDEX_COLUMNS", "REJECT_COLUMNS"]
+
+INDEX_COLUMNS = ["scan_id", "file", "shape", "affine"]
+REJECT_COLUMNS = ["scan_id", "path", "reason"]
+_SAVE_EVERY_S = 10.0  # how often the index is rewritten during a build (a crash loses at most this)
+
+
+def cache_dir(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> Path:
+    return Path(root or cache_root()) / dataset / spec.hash
+
+
+def file_name(scan_id: str) -> str:
+    """A file name for a scan id: the id itself when safe, else a sanitised form + a short digest."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", scan_id)
+    if safe != scan_id or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha1(scan_id.encode()).hexdigest()[:8]}"
+    return f"{safe}.npy"
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_table(rows: list[dict], columns: list[str], path: Path) -> None:
+    _atomic_write(path, lambda f: pd.DataFrame(rows, columns=columns).to_csv(f, index=False))
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def read_index(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> pd.DataFrame:
+    """The index of a built cache; raises FileNotFoundError naming the command that builds it."""
+    path = cache_dir(dataset, spec, root) / "index.csv"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no cache for dataset {dataset!r} and spec {spec.name} ({spec.hash}). Build it with:\n"
+            f"    fmct cache --dataset {dataset} --preset {spec.name} --profile PROFILE")
+    return _read_table(path, INDEX_COLUMNS)
+
+
+def _process_scan(scan_id: str, path: str, spec: PreprocessSpec, out_dir: Path) -> dict:
+    """Preprocess one scan into ``out_dir``; a failure comes back as a rejection, never an exception."""
+    try:
+        hu, affine = load_volume(path)
+        volume, vol_affine = to_canvas_with_affine(hu, affine, spec, where=path)
+        array = volume.cpu().numpy()
+        name = file_name(scan_id)
+        _atomic_write(out_dir / name, lambda f: np.save(f, array))
+        return {"scan_id": scan_id, "file": name, "shape": "x".join(map(str, array.shape)),
+                "affine": " ".join(f"{v:.6g}" for v in np.asarray(vol_affine).ravel())}
+    except Exception as e:  # one bad scan never stops the job: record it and go on
+        return {"scan_id": scan_id, "path": path, "reason": f"{type(e).__name__}: {e}"}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None, data_root: Path | None = None,
+                scans: list[str] | None = None, workers: int | None = None,
+                retry_rejected: bool = False) -> Path:
+    """Preprocess every scan of ``dataset``'s scan table (or the ``scans`` ids) into its cache folder.
+
+    ``root`` is the cache root (default ``$FMCT_CACHE``), ``data_root`` the data root of the scan
+    table (default ``$FMCT_DATA``). ``workers`` processes in parallel (default: the CPU count, at most
+    the scans to do; 1 runs in this process). Returns the cache folder.
+    """
+    table = load_scans(dataset, data_root)
+    if scans is not None:
+        wanted = set(map(str, scans))
+        missing = wanted - set(table["scan_id"])
+        if missing:
+            raise KeyError(f"scans not in the {dataset!r} scan table: {sorted(missing)[:10]}")
+        table = table[table["scan_id"].isin(wanted)]
+    out = cache_dir(dataset, spec, root)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "spec.json"
+    if spec_path.exists():
+        if PreprocessSpec.from_dict(json.loads(spec_path.read_text())) != spec:
+            raise ValueError(f"{spec_path}: holds another spec than {spec} with the same hash")
+    else:
+        _atomic_write(spec_path, lambda f: f.write(json.dumps(spec.to_dict(), indent=2).encode()))
+
+    index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
+             if (out / r["file"]).exists()}
+    rejects = {r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")}
+    if retry_rejected:
+        rejects = {}
+    todo = [(s, p) for s, p in zip(table["scan_id"], table["path"]) if s not in index and s not in rejects]
+
+    def save():
+        _write_table(list(index.values()), INDEX_COLUMNS, out / "index.csv")
+        _write_table(list(rejects.values()), REJECT_COLUMNS, out / "rejects.csv")
+
+    def record(result):
+        if "file" in result:
+            index[result["scan_id"]] = result
+            rejects.pop(result["scan_id"], None)
+        else:
+            rejects[result["scan_id"]] = result
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    progress = tqdm(total=len(todo), desc=f"cache {dataset} {spec.name} {spec.hash}", unit="scan")
+    last_save = time.monotonic()
+    if workers == 1:
+        results = (_process_scan(s, p, spec, out) for s, p in todo)
+        pool = None
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads,))
+        results = pool.map(_process_scan, *zip(*todo), [spec] * len(todo), [out] * len(todo))
+    try:
+        for result in results:
+            record(result)
+            progress.update()
+            if time.monotonic() - last_save > _SAVE_EVERY_S:
+                save()
+                last_save = time.monotonic()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        progress.close()
+        save()
+    return out
+
+
+class CachedVolumes(torch.utils.data.Dataset):
+    """The cached volumes of a dataset: ``{"scan_id": str, "volume": tensor}`` per item.
+
+    ``volume`` is the stored form (``paper``: int16 HU canvas³; ``reference``: float16 (3, S, S, S)).
+    Items only read bytes, so DataLoader workers stay cheap; crops, windows and augmentation run on the
+    batch where the model runs (:func:`~fmct_lib.preprocess.model_input`).
+    """
+
+    def __init__(self, dataset: str, spec: PreprocessSpec, *, scan_ids=None, root: Path | None = None):
+        self.folder = cache_dir(dataset, spec, root)
+        index = read_index(dataset, spec, root).set_index("scan_id", drop=False)
+        if scan_ids is not None:
+            scan_ids = [str(s) for s in scan_ids]
+            missing = [s for s in scan_ids if s not in index.index]
+            if missing:
+                raise KeyError(f"{len(missing)} scan(s) not in the cache {self.folder} (not built yet, or "
+                               f"rejected: see rejects.csv): {missing[:10]}")
+            index = index.loc[scan_ids]
+        self.index = index.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.index.iloc[i]
+        return {"scan_id": row["scan_id"], "volume": torch.from_numpy(np.load(self.folder / row["file"]))}
+
+    def affine(self, i: int) -> np.ndarray:
+        """Voxel-to-RAS (mm) affine of item ``i``'s grid (for ``reference``, the stretched box)."""
+        return np.array(self.index.iloc[i]["affine"].split(), dtype=float).reshape(4, 4)

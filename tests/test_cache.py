@@ -1,0 +1,130 @@
+"""The preprocessed-volume cache: round trip, resume, rejects, stale specs, workers, the CLI."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fmct_lib.data.cache as cache
+from fmct_lib.data.cache import CachedVolumes, build_cache, cache_dir, read_index
+from fmct_lib.data.manifest import write_scans
+from fmct_lib.preprocess import AIR_HU, PreprocessSpec, load_volume, to_canvas_with_affine
+
+SPEC = PreprocessSpec(name="paper", spacing=2.0, canvas=24, eval_crop=16, input_size=8)
+AFFINE = np.diag([-1.5, 1.5, 4.0, 1.0])
+
+
+def head(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    g = np.meshgrid(*[np.arange(n) for n in (30, 28, 10)], indexing="ij")
+    c = rng.uniform([10, 10, 3], [20, 18, 7])
+    r2 = ((g[0] - c[0]) / 8) ** 2 + ((g[1] - c[1]) / 9) ** 2 + ((g[2] - c[2]) / 3) ** 2
+    return np.where(r2 < 1, 40 + 1000 * (r2 > 0.7), AIR_HU).astype(np.int16)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A 4-scan dataset under tmp_path/data, one of them a truncated gzip; the cache root beside it."""
+    folder = tmp_path / "data" / "toyset"
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        path = folder / f"scan{i}.nii.gz"
+        nib.save(nib.Nifti1Image(head(i), AFFINE), path)
+        rows.append({"scan_id": f"s{i}" if i != 2 else "CQ500CT2 CT/Plain", "patient_id": f"p{i}",
+                     "path": path.name, "split": "train", "manufacturer": "GE", "slice_thickness_mm": 4.0,
+                     "spacing": "1.5x1.5x4"})
+    corrupt = folder / "scan3.nii.gz"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    write_scans(pd.DataFrame(rows), "toyset", root=tmp_path / "data")
+    return {"data_root": tmp_path / "data", "root": tmp_path / "cache", "folder": folder}
+
+
+def test_round_trip_and_rejects(dataset):
+    out = build_cache("toyset", SPEC, root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    assert out == dataset["root"] / "toyset" / SPEC.hash
+    assert PreprocessSpec.from_dict(json.loads((out / "spec.json").read_text())) == SPEC
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert rejects["scan_id"].tolist() == ["s3"]
+    assert "scan3.nii.gz" in rejects["path"][0] and "truncated or corrupt gzip" in rejects["reason"][0]
+    data = CachedVolumes("toyset", SPEC, root=dataset["root"])
+    assert len(data) == 3 and sorted(data.index["scan_id"]) == ["CQ500CT2 CT/Plain", "s0", "s1"]
+    for i in range(len(data)):
+        item = data[i]
+        n = {"s0": 0, "s1": 1, "CQ500CT2 CT/Plain": 2}[item["scan_id"]]
+        expected, affine = to_canvas_with_affine(*load_volume(dataset["folder"] / f"scan{n}.nii.gz"), SPEC)
+        assert item["volume"].dtype == torch.int16 and item["volume"].shape == (24, 24, 24)
+        torch.testing.assert_close(item["volume"], expected, rtol=0, atol=0)
+        np.testing.assert_allclose(data.affine(i), affine, atol=1e-5)
+    assert not list(out.glob("*.gz")) and not list(out.glob(".*.tmp"))  # plain .npy, no leftovers
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    batch = next(iter(loader))
+    assert batch["volume"].shape == (2, 24, 24, 24) and len(batch["scan_id"]) == 2
+    with pytest.raises(KeyError, match="s3"):
+        CachedVolumes("toyset", SPEC, scan_ids=["s0", "s3"], root=dataset["root"])
+    assert CachedVolumes("toyset", SPEC, scan_ids=["s1"], root=dataset["root"])[0]["scan_id"] == "s1"
+
+
+def test_resume_does_nothing_then_only_the_missing(dataset, monkeypatch):
+    kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    out = build_cache("toyset", SPEC, **kw)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
+    calls = []
+    real = cache._process_scan
+    monkeypatch.setattr(cache, "_process_scan", lambda *a: calls.append(a[0]) or real(*a))
+    build_cache("toyset", SPEC, **kw)
+    assert calls == [] and {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")} == mtimes
+    # a scan whose row is missing (a crash before the index was saved) is done again, alone
+    index = pd.read_csv(out / "index.csv", dtype=str)
+    index[index["scan_id"] != "s1"].to_csv(out / "index.csv", index=False)
+    build_cache("toyset", SPEC, **kw)
+    assert calls == ["s1"] and len(read_index("toyset", SPEC, dataset["root"])) == 3
+    # rejected scans are retried only when asked; a repaired file then enters the cache
+    nib.save(nib.Nifti1Image(head(3), AFFINE), dataset["folder"] / "scan3.nii.gz")
+    build_cache("toyset", SPEC, **kw)
+    assert calls == ["s1"]
+    build_cache("toyset", SPEC, retry_rejected=True, **kw)
+    assert calls == ["s1", "s3"] and pd.read_csv(out / "rejects.csv").empty
+    assert len(CachedVolumes("toyset", SPEC, root=dataset["root"])) == 4
+
+
+def test_a_changed_spec_never_reuses_a_stale_cache(dataset):
+    kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    build_cache("toyset", SPEC, **kw)
+    other = PreprocessSpec(**{**SPEC.to_dict(), "spacing": 3.0})
+    assert cache_dir("toyset", other, dataset["root"]) != cache_dir("toyset", SPEC, dataset["root"])
+    with pytest.raises(FileNotFoundError, match="fmct cache --dataset toyset"):
+        CachedVolumes("toyset", other, root=dataset["root"])
+    build_cache("toyset", other, **kw)
+    a = CachedVolumes("toyset", SPEC, root=dataset["root"])[0]["volume"]
+    b = CachedVolumes("toyset", other, root=dataset["root"])[0]["volume"]
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_reference_preset_caches_the_float16_stack(dataset):
+    from fmct_lib.preprocess import reference_spec
+    spec = PreprocessSpec(**{**reference_spec("toy").to_dict(), "spacing": 2.0})
+    build_cache("toyset", spec, root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    item = CachedVolumes("toyset", spec, root=dataset["root"])[0]
+    assert item["volume"].dtype == torch.float16 and item["volume"].shape == (3, 16, 16, 16)
+
+
+def test_cli_with_a_process_pool_builds_the_same_cache(dataset, monkeypatch, capsys, tmp_path):
+    from fmct_lib.cli import main
+    from fmct_lib.preprocess import paper_spec
+    spec = paper_spec("toy")
+    one = build_cache("toyset", spec, root=tmp_path / "cache1", data_root=dataset["data_root"], workers=1)
+    monkeypatch.setenv("FMCT_DATA", str(dataset["data_root"]))
+    monkeypatch.setenv("FMCT_CACHE", str(dataset["root"]))
+    assert main(["cache", "--dataset", "toyset", "--profile", "toy", "--workers", "2"]) == 0
+    assert "3 scans cached, 1 rejected" in capsys.readouterr().out
+    two = cache_dir("toyset", spec)
+    assert len(CachedVolumes("toyset", spec)) == 3
+    assert pd.read_csv(one / "index.csv").equals(pd.read_csv(two / "index.csv"))
+    for f in pd.read_csv(one / "index.csv")["file"]:
+        np.testing.assert_array_equal(np.load(one / f), np.load(two / f))
+    assert pd.read_csv(two / "rejects.csv")["scan_id"].tolist() == ["s3"]
