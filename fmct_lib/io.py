@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_write_csv"]
+__all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_write_csv"]
 
 
 def _umask() -> int:
@@ -41,6 +41,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb"):
+    """``open`` for writing, atomically: the file appears under ``path`` only when the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

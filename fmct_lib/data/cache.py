@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..io import atomic_open
 from ..paths import cache_root
 from ..preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
 from .manifest import load_scans
@@ -54,14 +54,8 @@ def file_name(scan_id: str) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        write(f)
 
 
 def _write_table(rows: list[dict], columns: list[str], path: Path) -> None:

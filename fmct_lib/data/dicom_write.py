@@ -73,7 +73,7 @@ def _tilted(stack: np.ndarray, lps: np.ndarray, tilt_deg: float):
     """
     nx, ny, nz = stack.shape
     dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    row_dir, col_dir, table = lps[:3, 0] / dc, lps[:3, 1] / dr, lps[:3, 2]
+    row_dir, col_dir = lps[:3, 0] / dc, lps[:3, 1] / dr
     normal = np.cross(row_dir, col_dir)
     t = np.radians(tilt_deg)
     tilted_col = np.cos(t) * col_dir - np.sin(t) * normal  # e.g. IOP [1,0,0, 0,0.968,-0.250] for 14.5°

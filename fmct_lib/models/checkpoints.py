@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..io import atomic_path
 from .vit3d import VisionTransformer3d, vit_from_config
 
 __all__ = [
@@ -45,15 +45,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | dict, conf
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {"fmct_config": json.dumps(config, sort_keys=True)}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -22,7 +22,6 @@ import hmac
 import json
 import os
 import secrets
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +32,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..dicom import read_dicom_series
-from ..manifest import SCAN_COLUMNS, _atomic_write_csv, write_scans
+from ...io import atomic_path, atomic_write_csv, atomic_write_json
+from ..manifest import SCAN_COLUMNS, write_scans
 from ..splits import assign_splits
 
 __all__ = ["Job", "pseudonym", "pseudonym_key", "write_nifti", "run_jobs", "finish", "format_spacing",
            "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS"]
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 REJECT_COLUMNS = ["source", "reason"]
 # Protocol columns a DICOM series contributes to the scan table (no UIDs: they can embed dates).
 DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", "has_gap",
@@ -93,23 +91,12 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, *, sheared: bo
     else:
         img.set_qform(affine, code=1)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; volumes are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=1, default=str, sort_keys=False)
 
 
 def hu_int16(hu: np.ndarray) -> np.ndarray:
@@ -210,9 +197,9 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     linkage = scans[["scan_id", "patient_id", "_patient", "_source"]].rename(
         columns={"_patient": "original_patient_id", "_source": "source"})
     scans_path = write_scans(scans[order], name, root)
-    _atomic_write_csv(linkage, dataset_dir / "linkage.csv")
+    atomic_write_csv(linkage, dataset_dir / "linkage.csv")
     rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
-    _atomic_write_csv(rej, dataset_dir / "rejects.csv")
+    atomic_write_csv(rej, dataset_dir / "rejects.csv")
     return {"dataset": name, "scans": len(scans), "patients": int(scans["patient_id"].nunique()),
             "rejects": len(rej), "scans_csv": str(scans_path), "rejects_csv": str(dataset_dir / "rejects.csv"),
             "splits": scans["split"].value_counts().to_dict()}
