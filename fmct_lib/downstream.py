@@ -1,0 +1,585 @@
+"""Downstream protocols (paper, Methods "Fine tuning and probing", "Few-shot"; Fig. 1e–g, Fig. 2).
+
+One binary classifier per task on the encoder, trained and evaluated separately per task:
+
+- ``finetune``: pretrained encoder + linear head on the cls token, all weights trained.
+- ``linear``: frozen pretrained encoder, linear head on the cls token (``models.heads.LinearHead``).
+- ``attentive``: frozen pretrained encoder, learned-query attention pooling over all tokens.
+- ``scratch``: randomly initialised encoder + linear head, all weights trained, with the paper's
+  hyper-parameter sweep (``profile.scratch_grid``) chosen by validation AUROC; the choice is recorded.
+- few-shot (``k_shot=K``, or ``protocol="fewshot"``): K positives and K negatives drawn without replacement
+  from the training split, full fine-tuning with the same settings; resamples differ by ``seed``.
+
+Training (``fit``): AdamW, LR 1e-5 encoder / 1e-3 head, linear warm-up over the first 10% of steps then
+cosine to 0 (per step), weight decay 0.01 and gradient clipping at 1.0 (the authors' CLI values; the
+paper does not give them), two-class softmax cross-entropy, at most ``profile.finetune_epochs`` epochs
+on a class-balanced draw (with replacement) of ``profile.finetune_subset`` scans per epoch (few-shot:
+one shuffled pass over its 2K scans). Augmentation on the input batch as the authors' downstream code:
+flips with p = 0.1 per axis (never left-right for lateralised tasks) and an intensity offset in ±0.1
+with p = 0.5. After every epoch the model is scored on the validation split; the epoch with the best
+validation AUROC is kept and evaluated (the authors' code does this; the paper says "a maximum of 10
+epochs"). Without a two-class validation set the last epoch is kept.
+
+External validation (Fig. 1f–g): ``train_filter``/``eval_filter`` select rows of the scan tables by
+column values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external"}`` trains on the
+internal site's training split and tests on the external site's test split; ``{"site": "external"}``
+for both is in-domain fine-tuning on the external site. ``eval_dataset`` tests on another dataset.
+
+Every run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset,
+eval_dataset, train_filter, eval_filter), ``config.json`` and a ``done`` marker into its run directory,
+and returns at once when the marker exists (resume). Embeddings for retrieval, t-SNE/UMAP and probes
+come from ``embed`` (``fmct embed``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import get_profile
+from .evaluate.metrics import auroc
+from .models.heads import Classifier, build_head
+from .train.schedules import warmup_cosine
+
+__all__ = [
+    "HParams", "VolumeSource", "ProtocolSkipped", "PROTOCOLS", "fit", "predict", "augment_batch",
+    "balanced_draw", "fewshot_draw", "load_encoder", "run_protocol", "run_sweep", "read_predictions", "embed",
+    "write_embeddings", "read_embeddings",
+]
+
+PROTOCOLS = ("finetune", "linear", "attentive", "scratch")
+FROZEN = {"linear": True, "attentive": True, "finetune": False, "scratch": False}
+HEAD = {"linear": "linear", "attentive": "attentive", "finetune": "linear", "scratch": "linear"}
+PROTOCOL_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]
+
+
+class ProtocolSkipped(ValueError):
+    """A run that cannot be made from the data (e.g. fewer than K positives); sweeps record it and go on."""
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Training settings of one run; ``from_profile`` gives the paper's defaults at a profile's scale."""
+
+    epochs: int
+    batch_size: int
+    subset: int                     # balanced draws per epoch; 0 = one shuffled pass over the training set
+    lr_encoder: float = 1e-5
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"        # adamw | adam | sgd (momentum 0.9); the scratch sweep varies it
+    warmup_fraction: float = 0.1
+    clip_grad: float = 1.0
+    flip_p: float = 0.1
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    shift: float = 0.1
+    shift_p: float = 0.5
+
+    @classmethod
+    def from_profile(cls, profile, **overrides) -> "HParams":
+        p = get_profile(profile)
+        base = cls(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size, subset=p.finetune_subset)
+        return replace(base, **overrides)
+
+
+class VolumeSource:
+    """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
+    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``)."""
+
+    def __init__(self, data, to_input=None, num_workers: int = 0):
+        self.data, self.to_input, self.num_workers = data, to_input, num_workers
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, indices, batch_size: int):
+        """Yield input batches (float32) for ``indices`` in order."""
+        indices = [int(i) for i in indices]
+        if torch.is_tensor(self.data):
+            for s in range(0, len(indices), batch_size):
+                yield self._finish(self.data[indices[s:s + batch_size]])
+            return
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
+                                             shuffle=False, num_workers=self.num_workers)
+        for batch in loader:
+            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.to_input(x) if self.to_input else x).float()
+
+
+# ---------------------------------------------------------------------------------------- training
+def balanced_draw(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices drawn with replacement, weight 1/(class count): about half positives per epoch."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise ProtocolSkipped(f"the training set has no {'positive' if counts[1] == 0 else 'negative'} scans")
+    weights = 1.0 / counts[labels]
+    return rng.choice(len(labels), size=size, replace=True, p=weights / weights.sum())
+
+
+def fewshot_draw(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """K positive and K negative indices, without replacement (the paper's K-shot training set)."""
+    labels = np.asarray(labels).astype(int)
+    picked = []
+    for cls in (1, 0):
+        pool = np.flatnonzero(labels == cls)
+        if len(pool) < k:
+            raise ProtocolSkipped(f"K={k} shots need {k} {'positive' if cls else 'negative'} training scans, "
+                                  f"only {len(pool)} exist")
+        picked.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def augment_batch(x: torch.Tensor, hp: HParams, generator: torch.Generator) -> torch.Tensor:
+    """Random flips (p = ``flip_p`` per axis in ``flip_axes``), intensity offset (±``shift``, p = ``shift_p``)."""
+    B = x.shape[0]
+    for axis in hp.flip_axes:
+        flip = torch.rand(B, generator=generator) < hp.flip_p
+        if flip.any():
+            x = torch.where(flip.view(B, 1, 1, 1, 1).to(x.device), x.flip(2 + axis), x)
+    apply = torch.rand(B, generator=generator) < hp.shift_p
+    offset = (torch.rand(B, generator=generator) * 2 - 1) * hp.shift * apply
+    return x + offset.view(B, 1, 1, 1, 1).to(x.device, x.dtype)
+
+
+def _optimizer(model: Classifier, hp: HParams, frozen: bool) -> torch.optim.Optimizer:
+    groups = [{"params": list(model.head.parameters()), "lr": hp.lr_head, "peak": hp.lr_head}]
+    if not frozen:
+        groups.append({"params": list(model.encoder.parameters()), "lr": hp.lr_encoder, "peak": hp.lr_encoder})
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=hp.weight_decay)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=hp.weight_decay)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose adamw, adam or sgd")
+
+
+@torch.no_grad()
+def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=None, device="cpu") -> np.ndarray:
+    """P(positive) = softmax(logits)[:, 1] for every scan of ``source`` (or ``indices``)."""
+    model.eval()
+    indices = range(len(source)) if indices is None else indices
+    out = [F.softmax(model(x.to(device)), dim=1)[:, 1].cpu() for x in source.batches(indices, batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, frozen: bool,
+        val: VolumeSource | None = None, val_labels=None, train_indices=None, seed: int = 0,
+        device="cpu", progress: bool = True) -> list[dict]:
+    """Train ``model`` in place; keep the epoch with the best validation AUROC. Returns the epoch history.
+
+    ``train_indices`` restricts training to those rows (few-shot); they are then passed once per epoch,
+    shuffled. Otherwise each epoch draws ``hp.subset`` rows class-balanced (``balanced_draw``).
+    """
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    labels = np.asarray(train_labels).astype(int)
+    model.to(device)
+    for p in model.encoder.parameters():
+        p.requires_grad_(not frozen)
+    opt = _optimizer(model, hp, frozen)
+    per_epoch = len(train_indices) if train_indices is not None else hp.subset
+    steps_per_epoch = max(1, -(-per_epoch // hp.batch_size))
+    total = hp.epochs * steps_per_epoch
+    warmup = int(hp.warmup_fraction * total)
+    history, best_state, best_auc, step = [], None, -np.inf, 0
+    for epoch in tqdm(range(hp.epochs), desc="epochs", leave=False, disable=not progress):
+        order = (rng.permutation(train_indices) if train_indices is not None
+                 else balanced_draw(labels, hp.subset, rng))
+        model.train()
+        if frozen:
+            model.encoder.eval()
+        losses = []
+        for s in range(0, len(order), hp.batch_size):
+            idx = order[s:s + hp.batch_size]
+            if len(idx) < 2:  # BatchNorm in the heads needs two samples
+                continue
+            x = augment_batch(next(train.batches(idx, len(idx))), hp, gen).to(device)
+            y = torch.as_tensor(labels[idx], device=device)
+            for group in opt.param_groups:
+                group["lr"] = warmup_cosine(step, total, warmup, group["peak"], 0.0)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.head.parameters(), hp.clip_grad)
+                if not frozen:
+                    torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), hp.clip_grad)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
+        if val is not None:
+            record["val_auroc"] = auroc(val_labels, predict(model, val, hp.batch_size, device=device))
+            if np.isfinite(record["val_auroc"]) and record["val_auroc"] > best_auc:
+                best_auc, best_state = record["val_auroc"], copy.deepcopy(model.state_dict())
+                record["best"] = True
+        history.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+# ------------------------------------------------------------------------------------- data access
+def load_encoder(path):
+    """An encoder from one of our checkpoints, or from the authors' released layouts."""
+    from .models.checkpoints import CheckpointError, load_checkpoint, load_reference_checkpoint
+    try:
+        return load_checkpoint(path)[0]
+    except CheckpointError:
+        return load_reference_checkpoint(path)
+
+
+def prepare_cache(dataset: str, scans: pd.DataFrame, spec) -> None:
+    """Build the preprocessing cache of ``dataset`` for these rows where it is missing (one call, so one
+    worker pool, per dataset and run)."""
+    from .data.cache import build_cache
+    if len(scans):
+        build_cache(dataset, spec, scans=list(scans["scan_id"].drop_duplicates()))
+
+
+def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0):
+    """Cached model inputs for the rows of ``scans`` → ``(VolumeSource, rows)``. Scans the cache rejected
+    (see ``prepare_cache``) are left out with a warning; the rows returned say which remain."""
+    from functools import partial
+
+    from .data.cache import CachedVolumes, read_index
+    from .preprocess import model_input
+    cached = set(read_index(dataset, spec)["scan_id"].astype(str)) if len(scans) else set()
+    kept = scans[scans["scan_id"].astype(str).isin(cached)].reset_index(drop=True)
+    if len(kept) < len(scans):
+        warnings.warn(f"{dataset}: {len(scans) - len(kept)} scan(s) are not in the cache (rejected by "
+                      f"preprocessing, see rejects.csv) and are left out")
+    data = CachedVolumes(dataset, spec, scan_ids=list(kept["scan_id"]))
+    return VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers), kept
+
+
+def _select(scans: pd.DataFrame, filt: dict | None, split: str | None, task: str | None,
+            where: str) -> pd.DataFrame:
+    """Rows matching ``filt`` (column → value or list of values) and ``split``, with a known ``task`` label."""
+    if task is not None and task not in scans.columns:
+        raise ProtocolSkipped(f"{where}: no label column {task!r}")
+    for column, value in (filt or {}).items():
+        if column not in scans.columns:
+            raise ValueError(f"{where}: filter column {column!r} is not in the scan table")
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        scans = scans[scans[column].astype(str).isin([str(v) for v in values])]
+    if split is not None:
+        scans = scans[scans["split"] == split]
+    return (scans[scans[task].notna()] if task is not None else scans).reset_index(drop=True)
+
+
+def _filter_tag(filt: dict | None) -> str:
+    return ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for k, v in sorted((filt or {}).items()))
+
+
+def _encoder_tag(encoder) -> str:
+    if encoder is None:
+        return "none"
+    p = Path(encoder)
+    return p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------- protocols
+def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = "finetune", encoder=None,
+                 profile="demo", train_scans: pd.DataFrame | None = None, eval_dataset: str | None = None,
+                 eval_split: str = "test", k_shot: int | None = None, seed: int = 0, run_dir=None,
+                 hparams: dict | None = None, train_filter: dict | None = None, eval_filter: dict | None = None,
+                 spec=None, device: str | None = None, progress: bool = True, run_root=None,
+                 num_workers: int = 0) -> pd.DataFrame:
+    """Train one protocol on one task and predict the evaluation split → the predictions table.
+
+    ``train_scans`` replaces the training split (rows of a scan table). ``eval_filter`` defaults to
+    ``train_filter`` when evaluating on the same dataset. ``hparams`` overrides ``HParams`` fields.
+    ``spec`` is the preprocessing (default ``preprocess.paper_spec(profile)``; ``reference_spec`` for the
+    authors' weights). The run directory is ``run_dir``, else
+    ``<run_root or runs/downstream>/<default_run_name(...)>``.
+    """
+    profile = get_profile(profile)
+    if protocol == "fewshot":
+        if not k_shot:
+            raise ValueError("protocol 'fewshot' needs k_shot")
+        protocol = "finetune"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS} or 'fewshot'")
+    if protocol != "scratch" and encoder is None:
+        raise ValueError(f"protocol {protocol!r} needs a pretrained encoder checkpoint (encoder=PATH)")
+    eval_dataset = eval_dataset or dataset
+    if eval_filter is None and eval_dataset == dataset:
+        eval_filter = train_filter
+    hp = HParams.from_profile(profile, **(hparams or {}))
+    if spec is None:
+        from .preprocess import paper_spec
+        spec = paper_spec(profile)
+    if any(side in task for side in ("left", "right")):
+        hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != 0))  # axis 0 is left-right (RAS)
+    signature = {
+        "dataset": dataset, "task": task, "protocol": protocol, "encoder": str(encoder) if encoder else None,
+        "profile": profile.name, "spec": spec.hash, "eval_dataset": eval_dataset, "eval_split": eval_split,
+        "k": k_shot,
+        "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
+        "train_scans": None if train_scans is None else hashlib.sha256(
+            ",".join(sorted(map(str, train_scans["scan_id"]))).encode()).hexdigest()[:12],
+    }
+    if run_dir is None:
+        from .paths import runs_root
+        run_dir = Path(run_root or runs_root() / "downstream") / default_run_name(signature)
+    run_dir = Path(run_dir)
+    if (run_dir / "done").exists():
+        stored = json.loads((run_dir / "config.json").read_text())["signature"]
+        if json.loads(json.dumps(signature)) != stored:
+            raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
+        return read_predictions(run_dir / "predictions.csv")
+
+    from .data.manifest import load_scans
+    table = load_scans(dataset)
+    train = (train_scans.reset_index(drop=True) if train_scans is not None
+             else _select(table, train_filter, "train", task, f"{dataset} train"))
+    train = train[train[task].notna()].reset_index(drop=True)
+    val = _select(table, train_filter, "val", task, f"{dataset} val")
+    test = _select(load_scans(eval_dataset) if eval_dataset != dataset else table, eval_filter, eval_split,
+                   task, f"{eval_dataset} {eval_split}")
+    if test.empty:
+        raise ProtocolSkipped(f"no {eval_split} scans with a {task!r} label in {eval_dataset} {eval_filter or ''}")
+    if eval_dataset == dataset:
+        prepare_cache(dataset, pd.concat([train, val, test]), spec)
+    else:
+        prepare_cache(dataset, pd.concat([train, val]), spec)
+        prepare_cache(eval_dataset, test, spec)
+    train_source, train = volume_source(dataset, train, spec, num_workers)
+    test_source, test = volume_source(eval_dataset, test, spec, num_workers)
+    val_source, val = volume_source(dataset, val, spec, num_workers) if len(val) else (None, val)
+    train_indices = None
+    if k_shot:
+        train_indices = fewshot_draw(train[task].to_numpy(), k_shot, np.random.default_rng(seed))
+        hp = replace(hp, subset=0)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fit_args = dict(train=train_source, train_labels=train[task].to_numpy(int),
+                    val=val_source, val_labels=val[task].to_numpy(int),
+                    train_indices=train_indices, device=device, progress=progress)
+
+    torch.manual_seed(seed)
+    grid_results = None
+    if protocol == "scratch":
+        model, history, chosen, grid_results = _scratch_sweep(profile, hp, seed, fit_args)
+    else:
+        encoder_model = load_encoder(encoder)
+        if encoder_model.config.img_size != spec.input_size:
+            raise ValueError(f"{encoder}: the encoder takes {encoder_model.config.img_size}³ inputs but the "
+                             f"preprocessing makes {spec.input_size}³ (profile {profile.name!r})")
+        model = Classifier(encoder_model, build_head(HEAD[protocol], encoder_model))
+        history = fit(model, hp=hp, frozen=FROZEN[protocol], seed=seed, **fit_args)
+        chosen = None
+    probs = predict(model, test_source, hp.batch_size, device=device)
+    predictions = pd.DataFrame({
+        "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
+        "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": probs,
+        "label": test[task].to_numpy(int),
+        "dataset": dataset, "eval_dataset": eval_dataset, "train_filter": _filter_tag(train_filter),
+        "eval_filter": _filter_tag(eval_filter)})
+    config = {"signature": signature, "history": history, "n_train": len(train), "n_val": len(val),
+              "n_eval": len(test), "train_scan_ids": None if train_indices is None
+              else list(train["scan_id"].iloc[train_indices].astype(str)),
+              "scratch_choice": chosen, "scratch_grid": grid_results, "spec": spec.to_dict()}
+    _atomic_write(run_dir / "predictions.csv", predictions.to_csv(index=False))
+    _atomic_write(run_dir / "config.json", json.dumps(config, indent=2, default=str))
+    _atomic_write(run_dir / "done", "")
+    return predictions
+
+
+def read_predictions(path) -> pd.DataFrame:
+    """A run's ``predictions.csv`` with the dtypes ``run_protocol`` returns (k as nullable integer)."""
+    df = pd.read_csv(path, dtype={"scan_id": str, "k": "Int64", "train_filter": str, "eval_filter": str})
+    return df.fillna({"train_filter": "", "eval_filter": ""})
+
+
+def _scratch_sweep(profile, hp: HParams, seed: int, fit_args: dict):
+    """Train a random-init ViT per grid point (lr for all weights, weight decay, epochs, optimiser) and keep
+    the one with the best validation AUROC (paper: "hyperparameter sweeps ... report the best")."""
+    from .models.vit3d import vit_from_config
+    grid = profile.scratch_grid or {}
+    keys = list(grid)
+    results, best = [], None
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        lr = point.get("lr", hp.lr_head)
+        trial_hp = replace(hp, lr_encoder=lr, lr_head=lr, weight_decay=point.get("weight_decay", hp.weight_decay),
+                           epochs=point.get("epochs", hp.epochs), optimizer=point.get("optimizer", hp.optimizer))
+        torch.manual_seed(seed)
+        encoder = vit_from_config(profile.model)
+        model = Classifier(encoder, build_head("linear", encoder))
+        history = fit(model, hp=trial_hp, frozen=False, seed=seed, **fit_args)
+        val_auc = max((h.get("val_auroc", float("nan")) for h in history), default=float("nan"),
+                      key=lambda v: -np.inf if not np.isfinite(v) else v)
+        results.append({**point, "val_auroc": val_auc})
+        if best is None or (np.isfinite(val_auc) and not val_auc <= best[0]):
+            best = (val_auc if np.isfinite(val_auc) else -np.inf, model, history, point)
+    _, model, history, chosen = best
+    return model, history, chosen, results
+
+
+def default_run_name(signature: dict) -> str:
+    """``<profile>/<encoder>/<train data>__<eval data>/<task>/<protocol>[-k<K>]/seed<seed>[-<hparams hash>]``."""
+    s = signature
+    train = s["dataset"] + (f"[{_filter_tag(s['train_filter'])}]" if s["train_filter"] else "")
+    if s["train_scans"]:
+        train += f"[scans={s['train_scans']}]"
+    evaluation = s["eval_dataset"] + (f"[{_filter_tag(s['eval_filter'])}]" if s["eval_filter"] else "")
+    defaults = asdict(HParams.from_profile(s["profile"]))
+    tuned = {k: v for k, v in s["hparams"].items() if k != "flip_axes" and defaults.get(k) != v}
+    from .preprocess import paper_spec
+    if s["spec"] != paper_spec(s["profile"]).hash:
+        tuned["spec"] = s["spec"]
+    suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
+    encoder = "scratch" if s["protocol"] == "scratch" else _encoder_tag(s["encoder"])
+    protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
+    return (f"{s['profile']}/{encoder}/{train}__{evaluation}-{s['eval_split']}/{s['task']}/{protocol}/"
+            f"seed{s['seed']}{suffix}")
+
+
+def run_sweep(dataset: str, tasks, protocols, encoder, profile, shots=None, resamples=None,
+              eval_dataset: str | None = None, run_root=None, seed: int = 0, train_filter: dict | None = None,
+              eval_filter: dict | None = None, hparams: dict | None = None, eval_split: str = "test",
+              device: str | None = None, num_workers: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Run every (task, protocol) and concatenate the predictions; finished runs are read back, not redone.
+
+    ``"fewshot"`` in ``protocols`` expands to full fine-tuning with K ∈ ``shots`` (default
+    ``profile.fewshot_shots``) × ``resamples`` (default ``profile.fewshot_resamples``; resample r uses seed
+    ``seed + r``) plus the all-data fine-tuning run (the paper's star). Runs that cannot be made from the
+    data (``ProtocolSkipped``) are warned about and listed in ``result.attrs["skipped"]``.
+    """
+    profile = get_profile(profile)
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    protocols = [protocols] if isinstance(protocols, str) else list(protocols)
+    shots = tuple(profile.fewshot_shots if shots is None else shots)
+    resamples = profile.fewshot_resamples if resamples is None else resamples
+    runs = []
+    for task in tasks:
+        for protocol in protocols:
+            if protocol == "fewshot":
+                runs += [(task, "finetune", k, seed + r) for k in shots for r in range(resamples)]
+                runs.append((task, "finetune", None, seed))
+            else:
+                runs.append((task, protocol, None, seed))
+    runs = list(dict.fromkeys(runs))
+    tables, skipped = [], []
+    for task, protocol, k, run_seed in tqdm(runs, desc="downstream runs", disable=not progress):
+        try:
+            tables.append(run_protocol(dataset, task, protocol, encoder, profile, eval_dataset=eval_dataset,
+                                       eval_split=eval_split, k_shot=k, seed=run_seed, run_root=run_root,
+                                       hparams=hparams, train_filter=train_filter, eval_filter=eval_filter,
+                                       device=device, num_workers=num_workers, progress=False))
+        except ProtocolSkipped as e:
+            warnings.warn(f"skipped {task}/{protocol}/k={k}/seed={run_seed}: {e}")
+            skipped.append({"task": task, "protocol": protocol, "k": k, "seed": run_seed, "reason": str(e)})
+    result = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    result.attrs["skipped"] = skipped
+    return result
+
+
+# -------------------------------------------------------------------------------------- embeddings
+@torch.no_grad()
+def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None = None, split: str | None = None,
+          filter: dict | None = None, spec=None, batch_size: int | None = None, out=None,
+          device: str | None = None, progress: bool = True, source: VolumeSource | None = None) -> pd.DataFrame:
+    """Frozen-encoder cls embeddings as a table: ``scan_id, patient_id, split``, the protocol columns
+    (manufacturer, slice_thickness_mm, kvp, site — those the scan table has), the label columns, then the
+    vector as ``e0 … e{D-1}``. ``encoder`` is a checkpoint path or an encoder module. Written to ``out``
+    (``.csv`` or ``.npz``, see ``write_embeddings``) when given.
+    """
+    from .data.manifest import CQ500_FINDINGS, PAPER_TASKS, RSNA_TASKS, dataset_info, load_scans
+    profile = get_profile(profile)
+    table = _select(scans if scans is not None else load_scans(dataset), filter, split, None, dataset)
+    model = load_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) else encoder
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    if source is None:
+        if spec is None:
+            from .preprocess import paper_spec
+            spec = paper_spec(profile)
+        prepare_cache(dataset, table, spec)
+        source, table = volume_source(dataset, table, spec)
+    batch_size = batch_size or profile.finetune_batch_size
+    vectors = [model(x.to(device)).float().cpu() for x in tqdm(
+        source.batches(range(len(table)), batch_size), total=-(-len(table) // batch_size),
+        desc=f"embed {dataset}", disable=not progress)]
+    vectors = torch.cat(vectors).numpy() if vectors else np.zeros((0, model.embed_dim), np.float32)
+    try:
+        tasks = dataset_info(dataset)["tasks"]
+    except (KeyError, FileNotFoundError):
+        tasks = []
+    labels = [c for c in dict.fromkeys(tasks + PAPER_TASKS + RSNA_TASKS + CQ500_FINDINGS) if c in table.columns]
+    meta = [c for c in ["scan_id", "patient_id", "split", *PROTOCOL_COLUMNS] if c in table.columns]
+    result = pd.concat([table[meta + labels].reset_index(drop=True),
+                        pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1)
+    if out is not None:
+        write_embeddings(result, out)
+    return result
+
+
+def write_embeddings(table: pd.DataFrame, path) -> Path:
+    """Write an embeddings table atomically: ``.csv`` (one column per dimension) or ``.npz`` (the vectors
+    as one float32 matrix ``embeddings`` plus one array per other column)."""
+    path = Path(path)
+    vec = [c for c in table.columns if c.startswith("e") and c[1:].isdigit()]
+    if path.suffix == ".csv":
+        _atomic_write(path, table.to_csv(index=False))
+    elif path.suffix == ".npz":
+        arrays = {"embeddings": table[vec].to_numpy(np.float32)}
+        for c in table.columns.difference(vec, sort=False):
+            col = table[c]
+            arrays[c] = (pd.to_numeric(col).to_numpy(float) if pd.api.types.is_numeric_dtype(col)
+                         else np.asarray(col.astype(str), dtype=str))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        raise ValueError(f"{path}: embeddings are written as .csv or .npz")
+    return path
+
+
+def read_embeddings(path) -> pd.DataFrame:
+    """Read back ``write_embeddings``' file as the same table."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"scan_id": str, "patient_id": str})
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: expected a .csv or .npz embeddings file")
+    with np.load(path, allow_pickle=False) as f:
+        vectors = f["embeddings"]
+        meta = pd.DataFrame({k: f[k] for k in f.files if k != "embeddings"})
+    return pd.concat([meta, pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1)

@@ -1,0 +1,85 @@
+"""Volume-to-volume retrieval (paper, Methods "Volume-to-volume retrieval evaluation"; Fig. 3).
+
+Embeddings are L2-normalised and put in a faiss inner-product index (cosine similarity). For each
+subtype c, every positive scan for c is a query once, ranked against the whole gallery minus itself;
+an item is relevant when it is also positive for c. Per query, with R relevant items retrieved at
+ranks k_1 < … < k_R, ``AP = (1/R) Σ_i P(k_i)`` and ``P@K`` is the fraction of relevant items in the top K;
+mAP is the mean over queries. CIs come from bootstrapping the queries (scan-level retrievals).
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pandas as pd
+
+__all__ = ["retrieve_all_vs_all", "retrieval_summary"]
+
+
+def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[int, ...] = (1, 5, 10),
+                        scan_ids=None, chunk: int = 256) -> pd.DataFrame:
+    """Per-query retrieval metrics: one row per (subtype, query) with ``ap`` and ``p@K``.
+
+    ``embeddings`` (n, D); ``labels`` a DataFrame of n rows with one 0/1 column per subtype (multi-hot).
+    Scans with an unknown label for a subtype are left out of that subtype's gallery and queries.
+    Queries with no other positive in the gallery (R = 0) are dropped, since their AP is undefined.
+    """
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    if x.ndim != 2 or len(x) != len(labels):
+        raise ValueError(f"embeddings {x.shape} and labels ({len(labels)} rows) do not match")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    scan_ids = np.asarray(scan_ids if scan_ids is not None else np.arange(len(x))).astype(str)
+    rows = []
+    for subtype in labels.columns:
+        column = pd.to_numeric(labels[subtype], errors="coerce").to_numpy(float)
+        known = np.flatnonzero(~np.isnan(column))
+        gallery = x[known].copy()
+        faiss.normalize_L2(gallery)
+        index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(gallery)
+        relevant = column[known] == 1
+        queries = np.flatnonzero(relevant)
+        n = len(known)
+        for start in range(0, len(queries), chunk):
+            q = queries[start:start + chunk]
+            _, ranked = index.search(gallery[q], n)              # (m, n) gallery positions, best first
+            not_self = ranked != q[:, None]
+            ranked = ranked[not_self].reshape(len(q), n - 1)     # exactly one self per row
+            hits = relevant[ranked]
+            cum_hits = np.cumsum(hits, axis=1)
+            R = cum_hits[:, -1] if n > 1 else np.zeros(len(q), int)
+            precision = cum_hits / np.arange(1, n)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ap = (precision * hits).sum(axis=1) / R
+            for j, qi in enumerate(q):
+                if R[j] == 0:
+                    continue
+                row = {"subtype": subtype, "scan_id": scan_ids[known[qi]], "n_relevant": int(R[j]),
+                       "ap": float(ap[j])}
+                row.update({f"p@{k}": float(cum_hits[j, k - 1] / k) if k <= n - 1 else np.nan for k in ks})
+                rows.append(row)
+    return pd.DataFrame(rows, columns=["subtype", "scan_id", "n_relevant", "ap", *[f"p@{k}" for k in ks]])
+
+
+def retrieval_summary(per_query: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """mAP and mean P@K per subtype with a bootstrap CI over the queries, plus a ``mean`` row over subtypes.
+
+    Columns ``subtype, metric (map | p@K), value, ci_low, ci_high, n_queries``.
+    """
+    metrics = ["ap"] + [c for c in per_query.columns if c.startswith("p@")]
+    rng = np.random.default_rng(seed)
+    alpha = 100 * (1 - ci) / 2
+    rows = []
+    for subtype, g in per_query.groupby("subtype", sort=False):
+        idx = rng.integers(0, len(g), size=(n_boot, len(g)))
+        for metric in metrics:
+            v = g[metric].to_numpy(float)
+            reps = np.nanmean(v[idx], axis=1)
+            lo, hi = np.nanpercentile(reps, [alpha, 100 - alpha])
+            rows.append({"subtype": subtype, "metric": "map" if metric == "ap" else metric,
+                         "value": float(np.nanmean(v)), "ci_low": lo, "ci_high": hi, "n_queries": len(g)})
+    table = pd.DataFrame(rows)
+    if len(table):
+        mean = table.groupby("metric", as_index=False, sort=False)["value"].mean().assign(subtype="mean")
+        table = pd.concat([table, mean], ignore_index=True)
+    return table

@@ -1,0 +1,283 @@
+"""Downstream protocols on tiny in-memory volumes (the cache is replaced by a dict of tensors)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fmct_lib import downstream
+from fmct_lib.config import ModelConfig, get_profile
+from fmct_lib.data.manifest import write_scans
+from fmct_lib.downstream import (HParams, ProtocolSkipped, VolumeSource, augment_batch, balanced_draw, fewshot_draw,
+                                 fit, predict, read_embeddings, run_protocol, run_sweep, write_embeddings)
+from fmct_lib.evaluate import auroc
+from fmct_lib.models.checkpoints import save_checkpoint
+from fmct_lib.models.heads import Classifier, build_head
+from fmct_lib.models.vit3d import vit_from_config
+
+# the toy profile's geometry (16³ inputs) with a smaller encoder and schedule, to keep these tests fast
+TOY = get_profile("toy").replace(
+    model=ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2),
+    finetune_subset=16, scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [1], "optimizer": ["adamw"]})
+S = TOY.input_size
+
+
+def volumes_for(labels, seed):
+    """Noise volumes; positives carry a bright cube at a random place (learnable, not trivially linear)."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.05 * torch.randn(len(labels), 3, S, S, S, generator=g)
+    for i, y in enumerate(labels):
+        if y:
+            a, b, c = torch.randint(0, S - 6, (3,), generator=g).tolist()
+            x[i, :, a:a + 6, b:b + 6, c:c + 6] += 0.6
+    return x
+
+
+def tiny_model(kind="linear"):
+    torch.manual_seed(0)
+    enc = vit_from_config(TOY.model)
+    return Classifier(enc, build_head(kind, enc))
+
+
+# --------------------------------------------------------------------------------------- samplers
+def test_balanced_draw_is_balanced_and_needs_both_classes():
+    labels = np.r_[np.ones(20), np.zeros(180)]
+    draw = balanced_draw(labels, 4000, np.random.default_rng(0))
+    assert len(draw) == 4000 and abs(labels[draw].mean() - 0.5) < 0.03  # 0.5 ± 3.8 sd
+    with pytest.raises(ProtocolSkipped, match="no positive"):
+        balanced_draw(np.zeros(10), 10, np.random.default_rng(0))
+
+
+def test_fewshot_draw_k_per_class_without_replacement():
+    labels = np.r_[np.ones(10), np.zeros(30)].astype(int)
+    pick = fewshot_draw(labels, 8, np.random.default_rng(1))
+    assert len(set(pick)) == 16 and labels[pick].sum() == 8
+    assert np.array_equal(pick, fewshot_draw(labels, 8, np.random.default_rng(1)))
+    assert not np.array_equal(pick, fewshot_draw(labels, 8, np.random.default_rng(2)))
+    with pytest.raises(ProtocolSkipped, match="only 10 exist"):
+        fewshot_draw(labels, 16, np.random.default_rng(0))
+
+
+def test_augment_flips_and_shift():
+    x = torch.randn(4, 3, 5, 6, 7)
+    hp = HParams(epochs=1, batch_size=4, subset=4, flip_p=1.0, flip_axes=(1,), shift_p=0.0)
+    torch.testing.assert_close(augment_batch(x, hp, torch.Generator().manual_seed(0)), x.flip(3))
+    hp = HParams(epochs=1, batch_size=4, subset=4, flip_p=0.0, shift=0.1, shift_p=1.0)
+    out = augment_batch(x, hp, torch.Generator().manual_seed(0))
+    offset = (out - x).flatten(1)
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-6)  # one offset per volume
+    assert (offset.abs() <= 0.1 + 1e-6).all() and (offset.abs() > 0).all()
+
+
+# ------------------------------------------------------------------------------------------ fit
+def test_linear_probe_keeps_the_encoder_and_finetune_changes_it():
+    y = np.array([0, 1] * 8)
+    src = VolumeSource(volumes_for(y, 0))
+    hp = HParams(epochs=1, batch_size=4, subset=8)
+    for protocol, frozen in (("linear", True), ("finetune", False)):
+        model = tiny_model()
+        before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        head_before = model.head.linear.weight.clone()
+        fit(model, src, y, hp, frozen=frozen, progress=False)
+        same = all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+        assert same == frozen, protocol
+        assert not torch.equal(head_before, model.head.linear.weight)
+
+
+def test_fit_learns_and_keeps_the_best_validation_epoch():
+    y_train, y_val, y_test = np.array([0, 0, 0, 1] * 12), np.array([0, 1] * 8), np.array([0, 1] * 10)
+    train, val, test = (VolumeSource(volumes_for(y, s)) for y, s in ((y_train, 1), (y_val, 2), (y_test, 3)))
+    model = tiny_model("attentive")
+    hp = HParams(epochs=6, batch_size=8, subset=32, lr_head=1e-2, lr_encoder=1e-3)
+    history = fit(model, train, y_train, hp, frozen=False, val=val, val_labels=y_val, progress=False)
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    best = max(h["val_auroc"] for h in history)
+    assert auroc(y_val, predict(model, val, 8)) == pytest.approx(best)  # the kept model is the best epoch
+    assert auroc(y_test, predict(model, test, 8)) > 0.8
+
+
+# ---------------------------------------------------------------------------------- run_protocol
+@pytest.fixture
+def toy_world(tmp_path, monkeypatch):
+    """A scan table with internal/external sites, volumes in memory, and a toy encoder checkpoint."""
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for site, n in (("internal", 60), ("external", 40)):
+        for i in range(n):
+            split = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+            rows.append({"scan_id": f"{site[:3]}{i:03d}", "patient_id": f"{site[:3]}{i:03d}", "path": "x.nii.gz",
+                         "split": split[i % 10], "manufacturer": ["A", "B"][i % 2], "slice_thickness_mm": 1.0,
+                         "spacing": "1,1,1", "kvp": 120, "site": site, "ich": int(rng.random() < 0.4),
+                         "bleed_left": int(i % 3 == 0)})
+    table = pd.DataFrame(rows)
+    table.loc[3, "ich"] = np.nan  # an unknown label
+    write_scans(table, "toyset")
+    vols = dict(zip(table["scan_id"], volumes_for(table["ich"].fillna(0).to_numpy(), 5)))
+
+    def fake_source(dataset, scans, spec, num_workers=0):
+        return VolumeSource(torch.stack([vols[s] for s in scans["scan_id"]])), scans.reset_index(drop=True)
+    monkeypatch.setattr(downstream, "volume_source", fake_source)
+    monkeypatch.setattr(downstream, "prepare_cache", lambda *a: None)
+    ckpt = save_checkpoint(tmp_path / "runs/pretrain/toydino/encoder.safetensors", vit_from_config(TOY.model),
+                           {"model": TOY.model.to_dict()})
+    return table, str(ckpt), tmp_path / "runs/downstream"
+
+
+def test_internal_to_external_run_writes_predictions_and_resumes(toy_world, monkeypatch):
+    table, ckpt, root = toy_world
+    preds = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
+                         eval_filter={"site": "external"}, run_root=root, progress=False)
+    expected = table.query("site == 'external' and split == 'test'")
+    assert list(preds["scan_id"]) == list(expected["scan_id"])
+    assert (preds["label"].to_numpy() == expected["ich"].to_numpy()).all()
+    assert set(preds.columns) >= {"scan_id", "task", "protocol", "seed", "k", "probability", "label",
+                                  "dataset", "eval_dataset"}
+    assert preds["probability"].between(0, 1).all() and (preds["protocol"] == "linear").all()
+    assert (preds["eval_filter"] == "site=external").all() and (preds["train_filter"] == "site=internal").all()
+    run_dir = next(root.rglob("done")).parent
+    assert "toydino" in str(run_dir) and {p.name for p in run_dir.iterdir()} >= {"predictions.csv", "config.json"}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["n_train"] == 35 and config["n_eval"] == 8  # one internal train label is unknown
+    assert len(config["history"]) == TOY.finetune_epochs
+
+    monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
+                         eval_filter={"site": "external"}, run_root=root, progress=False)
+    assert np.allclose(again["probability"], preds["probability"])
+    with pytest.raises(ValueError, match="other settings"):
+        run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
+                     eval_filter={"site": "external"}, run_dir=run_dir, seed=1, progress=False)
+
+
+def test_in_domain_default_eval_filter_and_fewshot(toy_world):
+    table, ckpt, root = toy_world
+    preds = run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "external"}, k_shot=3,
+                         seed=2, run_root=root, progress=False)
+    assert set(preds["scan_id"]) == set(table.query("site == 'external' and split == 'test'")["scan_id"])
+    assert (preds["protocol"] == "finetune").all() and (preds["k"] == 3).all()
+    config = json.loads(next(root.rglob("config.json")).read_text())
+    picked = table.set_index("scan_id").loc[config["train_scan_ids"]]
+    assert len(picked) == 6 and picked["ich"].sum() == 3 and (picked["site"] == "external").all()
+    assert (picked["split"] == "train").all()
+
+
+def test_scratch_sweep_records_the_choice(toy_world):
+    _, _, root = toy_world
+    grid = {"lr": [1e-3, 1e-4], "weight_decay": [0.05], "epochs": [1], "optimizer": ["sgd"]}
+    profile = TOY.replace(scratch_grid=grid)
+    preds = run_protocol("toyset", "bleed_left", "scratch", None, profile, run_root=root, progress=False)
+    config = json.loads(next(root.rglob("config.json")).read_text())
+    assert len(config["scratch_grid"]) == 2
+    best = max(config["scratch_grid"], key=lambda r: r["val_auroc"])
+    assert config["scratch_choice"] == {k: best[k] for k in grid}
+    assert config["signature"]["hparams"]["flip_axes"] == [1, 2]  # no left-right flips for a lateral task
+    assert (preds["task"] == "bleed_left").all()
+
+
+def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch):
+    _, ckpt, root = toy_world
+    with pytest.warns(UserWarning, match="K=50"):
+        result = run_sweep("toyset", ["ich"], ["fewshot", "linear"], ckpt, TOY, shots=(2, 50), resamples=2,
+                           train_filter={"site": "internal"}, run_root=root, progress=False)
+    runs = result.groupby(["protocol", "k", "seed"], dropna=False).size()
+    assert len(runs) == 4  # finetune k=2 × 2 seeds, finetune all data, linear
+    assert set(result.loc[result["k"].notna(), "seed"]) == {0, 1}
+    assert [s["k"] for s in result.attrs["skipped"]] == [50, 50]
+    monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    with pytest.warns(UserWarning):
+        again = run_sweep("toyset", ["ich"], ["fewshot", "linear"], ckpt, TOY, shots=(2, 50), resamples=2,
+                          train_filter={"site": "internal"}, run_root=root, progress=False)
+    pd.testing.assert_frame_equal(again, result)
+
+
+def test_bad_requests_fail_clearly(toy_world):
+    _, ckpt, root = toy_world
+    with pytest.raises(ValueError, match="needs a pretrained encoder"):
+        run_protocol("toyset", "ich", "finetune", None, TOY, run_root=root)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        run_protocol("toyset", "ich", "knn", ckpt, TOY, run_root=root)
+    with pytest.raises(ProtocolSkipped, match="no label column"):
+        run_protocol("toyset", "tumor", "linear", ckpt, TOY, run_root=root)
+    with pytest.raises(ValueError, match="filter column"):
+        run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"hospital": "x"}, run_root=root)
+    demo = get_profile("demo")  # a 32³ profile cannot feed the 16³ toy encoder
+    with pytest.raises(ValueError, match="16³ inputs"):
+        run_protocol("toyset", "ich", "linear", ckpt, demo, run_root=root, progress=False)
+
+
+def test_embed_table_and_round_trips(toy_world, tmp_path):
+    table, ckpt, _ = toy_world
+    emb = downstream.embed("toyset", ckpt, TOY, split="test", progress=False)
+    test = table.query("split == 'test'")
+    assert list(emb["scan_id"]) == list(test["scan_id"])
+    assert {"manufacturer", "slice_thickness_mm", "kvp", "site", "ich", "bleed_left"} <= set(emb.columns)
+    vec = emb[[f"e{i}" for i in range(TOY.model.embed_dim)]].to_numpy()
+    enc = downstream.load_encoder(ckpt).eval()
+    source, _ = downstream.volume_source("toyset", test, None)
+    with torch.no_grad():
+        direct = enc(next(source.batches(range(len(test)), len(test)))).numpy()
+    np.testing.assert_allclose(vec, direct, atol=1e-5)
+    for suffix in (".csv", ".npz"):
+        back = read_embeddings(write_embeddings(emb, tmp_path / f"emb{suffix}"))
+        np.testing.assert_allclose(back[[f"e{i}" for i in range(vec.shape[1])]].to_numpy(), vec, atol=1e-6)
+        assert list(back["scan_id"].astype(str)) == list(emb["scan_id"])
+        assert np.allclose(back["ich"].astype(float), emb["ich"].astype(float), equal_nan=True)
+    with pytest.raises(ValueError, match=".csv or .npz"):
+        write_embeddings(emb, tmp_path / "emb.parquet")
+
+
+def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
+    from fmct_lib.cli import main
+    _, ckpt, root = toy_world
+    out = tmp_path / "preds.csv"
+    code = main(["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder", ckpt,
+                 "--profile", "toy", "--epochs", "1", "--train-filter", "site=internal", "--eval-filter",
+                 "site=external", "--run-root", str(root), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "AUROC" in printed and "macro" in printed
+    preds = pd.read_csv(out)
+    assert len(preds) == 8 and (preds["eval_filter"] == "site=external").all()
+    assert json.loads(next(root.rglob("config.json")).read_text())["signature"]["hparams"]["epochs"] == 1
+    assert main(["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy", "--split", "val",
+                 "--out", str(tmp_path / "e.npz")]) == 0
+    assert len(read_embeddings(tmp_path / "e.npz")) == 20
+    with pytest.raises(SystemExit):
+        main(["finetune", "--task", "ich", "--protocol", "knn"])
+
+
+def test_real_cache_path_with_a_rejected_scan(tmp_path, monkeypatch):
+    """NIfTI files → scan table → the preprocessing cache → a linear probe; an unreadable file is left out."""
+    import nibabel as nib
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FMCT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "data" / "niftis"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(14):
+        hu = np.full((40, 40, 30), -1000, np.int16)
+        hu[8:32, 8:32, 5:25] = 30 + rng.integers(-5, 5, (24, 24, 20))
+        label = i % 2
+        if label:
+            hu[15:22, 15:22, 10:16] = 70  # a "bleed"
+        path = folder / f"s{i}.nii.gz"
+        nib.save(nib.Nifti1Image(hu, np.diag([5.0, 5.0, 6.0, 1.0])), path)
+        rows.append({"scan_id": f"s{i}", "patient_id": f"p{i}", "path": str(path),
+                     "split": "train" if i < 8 else "val" if i < 10 else "test", "manufacturer": "A",
+                     "slice_thickness_mm": 6.0, "spacing": "5,5,6", "ich": label})
+    (folder / "s3.nii.gz").write_bytes(b"not a nifti")  # one corrupt training scan
+    write_scans(pd.DataFrame(rows), "niftis")
+    profile = get_profile("toy")
+    ckpt = save_checkpoint(tmp_path / "enc.safetensors", vit_from_config(profile.model),
+                           {"model": profile.model.to_dict()})
+    from fmct_lib.data.cache import build_cache
+    from fmct_lib.preprocess import paper_spec
+    build_cache("niftis", paper_spec(profile), workers=1)  # in-process here; run_protocol finds it built
+    with pytest.warns(UserWarning, match="1 scan"):
+        preds = run_protocol("niftis", "ich", "linear", ckpt, profile, run_root=tmp_path / "runs", progress=False,
+                             hparams={"epochs": 1, "subset": 8})
+    assert list(preds["scan_id"]) == ["s10", "s11", "s12", "s13"] and preds["probability"].between(0, 1).all()
+    config = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())
+    assert config["n_train"] == 7 and config["spec"]["canvas"] == profile.canvas

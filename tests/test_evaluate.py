@@ -1,0 +1,189 @@
+"""Metrics and statistics, checked against scikit-learn, SciPy and brute-force loops."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test,
+                               permutation_null, relative_improvement, task_metrics, weighted_auroc_ap)
+from fmct_lib.evaluate.stats import bootstrap_indices, permutation_swaps
+
+
+def long_table(labels, scores, tasks):
+    rows = []
+    for i in range(labels.shape[0]):
+        for t, task in enumerate(tasks):
+            if not np.isnan(labels[i, t]):
+                rows.append({"scan_id": f"s{i:04d}", "task": task, "label": int(labels[i, t]),
+                             "probability": scores[i, t]})
+    return pd.DataFrame(rows)
+
+
+def synthetic_predictions(n=120, tasks=("ich", "sdh", "edema"), seed=0, signal=1.0, missing=True):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(tasks))) < 0.3).astype(float)
+    scores = 1 / (1 + np.exp(-(signal * labels + rng.normal(size=labels.shape))))
+    scores = np.round(scores, 2)  # ties on purpose
+    if missing:
+        labels[rng.random(n) < 0.2, 1] = np.nan  # a task with unknown labels for some scans
+    return labels, scores
+
+
+def test_weighted_metrics_equal_sklearn_with_weights_and_ties():
+    rng = np.random.default_rng(1)
+    y = rng.random(200) < 0.4
+    s = np.round(rng.random(200) + 0.3 * y, 1)  # many ties
+    w = rng.integers(0, 4, size=(5, 200)).astype(float)
+    auc, ap = weighted_auroc_ap(s, y, w)
+    for b in range(5):
+        assert auc[b] == pytest.approx(roc_auc_score(y, s, sample_weight=w[b]), abs=1e-12)
+        # integer weights = the expanded (resampled) sample
+        expanded = np.repeat(np.arange(200), w[b].astype(int))
+        assert ap[b] == pytest.approx(average_precision_score(y[expanded], s[expanded]), abs=1e-12)
+        assert auc[b] == pytest.approx(roc_auc_score(y[expanded], s[expanded]), abs=1e-12)
+
+
+def test_weighted_metrics_nan_without_both_classes():
+    auc, ap = weighted_auroc_ap([0.1, 0.9, 0.5], [1, 0, 0], [[0, 1, 1], [1, 0, 0]])
+    assert np.isnan(auc).all()
+    assert np.isnan(ap[0]) and ap[1] == 1.0
+
+
+def test_task_metrics_match_sklearn_and_macro_is_mean():
+    labels, scores = synthetic_predictions()
+    df = long_table(labels, scores, ["ich", "sdh", "edema"])
+    table = task_metrics(df).set_index("task")
+    for t, task in enumerate(["ich", "sdh", "edema"]):
+        known = ~np.isnan(labels[:, t])
+        assert table.loc[task, "auroc"] == pytest.approx(roc_auc_score(labels[known, t], scores[known, t]))
+        assert table.loc[task, "ap"] == pytest.approx(average_precision_score(labels[known, t], scores[known, t]))
+    assert table.loc["macro", "auroc"] == pytest.approx(table.drop("macro")["auroc"].mean())
+
+
+def test_bootstrap_replicates_equal_a_resampling_loop():
+    labels, scores = synthetic_predictions(n=80)
+    reps = bootstrap_replicates(labels, scores, n_boot=15, seed=3)
+    idx = bootstrap_indices(80, 15, seed=3)
+    for b in range(15):
+        for t in range(3):
+            y, s = labels[idx[b], t], scores[idx[b], t]
+            known = ~np.isnan(y)  # scans without a label drop out of that task only
+            assert reps["auroc"][b, t] == pytest.approx(roc_auc_score(y[known], s[known]), abs=1e-12)
+            assert reps["ap"][b, t] == pytest.approx(average_precision_score(y[known], s[known]), abs=1e-12)
+
+
+def test_bootstrap_ci_table():
+    labels, scores = synthetic_predictions()
+    df = long_table(labels, scores, ["ich", "sdh", "edema"])
+    table = bootstrap_ci(df, n_boot=50, seed=0)
+    assert set(table["task"]) == {"ich", "sdh", "edema", "macro"} and (table["n_boot"] == 50).all()
+    assert (table["ci_low"] < table["value"]).all() and (table["value"] < table["ci_high"]).all()
+    # the macro replicate is the mean of the per-task replicates on the same resampled scans
+    reps = bootstrap_replicates(*_wide(df), n_boot=50, seed=0)
+    macro = table.query("task == 'macro' and metric == 'auroc'").iloc[0]
+    assert macro["mean"] == pytest.approx(reps["auroc"].mean(axis=1).mean())
+    assert macro["ci_low"] == pytest.approx(np.percentile(reps["auroc"].mean(axis=1), 2.5))
+
+
+def _wide(df):
+    from fmct_lib.evaluate import predictions_to_wide
+    _, _, labels, scores = predictions_to_wide(df)
+    return labels, scores
+
+
+def test_duplicate_predictions_are_rejected():
+    labels, scores = synthetic_predictions(n=20)
+    df = long_table(labels, scores, ["ich", "sdh", "edema"])
+    with pytest.raises(ValueError, match="more than one row"):
+        bootstrap_ci(pd.concat([df, df.iloc[:1]]))
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_permutation_null_equals_brute_force_loop(ties):
+    labels, scores_a = synthetic_predictions(n=60, seed=4)
+    _, scores_b = synthetic_predictions(n=60, seed=5, signal=0.3)
+    if not ties:  # distinct values everywhere: the no-tie path
+        scores_a = scores_a + np.arange(scores_a.size).reshape(scores_a.shape) * 1e-7
+        scores_b = scores_b + 0.5e-7 + np.arange(scores_b.size).reshape(scores_b.shape) * 1e-7
+    null = permutation_null(labels, scores_a, scores_b, n_perm=12, seed=7, chunk=5)
+    swaps = permutation_swaps(60, 12, seed=7)
+    for p in range(12):
+        a = np.where(swaps[p][:, None], scores_b, scores_a)
+        b = np.where(swaps[p][:, None], scores_a, scores_b)
+        for t in range(3):
+            known = ~np.isnan(labels[:, t])
+            y = labels[known, t]
+            expect = roc_auc_score(y, a[known, t]) - roc_auc_score(y, b[known, t])
+            assert null["auroc"][1][p, t] == pytest.approx(expect, abs=1e-12)
+            expect = average_precision_score(y, a[known, t]) - average_precision_score(y, b[known, t])
+            assert null["ap"][1][p, t] == pytest.approx(expect, abs=1e-12)
+    known = ~np.isnan(labels[:, 0])
+    observed = roc_auc_score(labels[known, 0], scores_a[known, 0]) - roc_auc_score(labels[known, 0], scores_b[known, 0])
+    assert null["auroc"][0][0] == pytest.approx(observed)
+
+
+def test_permutation_identical_models_give_p_one():
+    labels, scores = synthetic_predictions(n=50)
+    df = long_table(labels, scores, ["ich", "sdh", "edema"])
+    result = paired_permutation_test(df, df.copy(), n_perm=100)
+    assert (result["p_value"] == 1.0).all() and (result["diff"] == 0).all()
+
+
+def test_permutation_separable_case_gives_smallest_p():
+    # model a ranks every positive above every negative; model b is noise
+    rng = np.random.default_rng(0)
+    y = np.array([1] * 20 + [0] * 20, dtype=float)[:, None]
+    a = np.where(y == 1, 0.9, 0.1) + 0.01 * rng.random((40, 1))
+    b = rng.random((40, 1))
+    df_a, df_b = long_table(y, a, ["ich"]), long_table(y, b, ["ich"])
+    result = paired_permutation_test(df_a, df_b, n_perm=200, seed=1).set_index(["task", "metric"])
+    row = result.loc[("ich", "auroc")]
+    assert row["a"] == 1.0 and row["diff"] > 0.3
+    assert row["p_value"] == pytest.approx(1 / 201)  # (0 + 1) / (n_perm + 1): no permutation as extreme
+    # a weak, noisy difference is not significant
+    c = b + 0.02 * rng.random((40, 1))
+    weak = paired_permutation_test(df_b, long_table(y, c, ["ich"]), n_perm=200, seed=1)
+    assert (weak["p_value"] > 0.05).all()
+    assert np.allclose(weak["p_value"] * 201, np.round(weak["p_value"] * 201))
+
+
+def test_paired_test_needs_the_same_scans():
+    labels, scores = synthetic_predictions(n=30)
+    df = long_table(labels, scores, ["ich", "sdh", "edema"])
+    with pytest.raises(ValueError, match="same scans"):
+        paired_permutation_test(df, df.iloc[3:], n_perm=10)
+    flipped = df.copy()
+    flipped.loc[0, "label"] = 1 - flipped.loc[0, "label"]
+    with pytest.raises(ValueError, match="labels"):
+        paired_permutation_test(df, flipped, n_perm=10)
+
+
+def test_relative_improvement_as_the_paper_reports():
+    assert round(relative_improvement(0.904, 0.748), 2) == 20.86  # NYU Long Island
+    assert round(relative_improvement(0.923, 0.824), 2) == 12.01  # RSNA
+    # 0.852 vs 0.734: +16.08% from the rounded values; the paper's 16.07% used unrounded macro-AUCs
+    assert 16.07 <= relative_improvement(0.852, 0.734) <= 16.08
+    assert relative_improvement(0.85205, 0.73416) == pytest.approx(16.06, abs=0.01)
+    assert np.allclose(relative_improvement([1.0, 0.5], [0.5, 1.0]), [100.0, -50.0])
+
+
+def test_fewshot_summary_mean_and_t_interval():
+    rng = np.random.default_rng(2)
+    rows = []
+    aucs = {}
+    for k in (8, 16, None):
+        for seed in range(5):
+            y = np.array([0, 1] * 20)
+            s = y * (0.05 * seed + (k or 64) / 400) + rng.random(40)
+            rows += [{"scan_id": f"s{i}", "task": "ich", "k": k, "seed": seed, "probability": s[i], "label": y[i]}
+                     for i in range(40)]
+            aucs.setdefault(k, []).append(roc_auc_score(y, s))
+    summary = fewshot_summary(pd.DataFrame(rows)).query("metric == 'auroc' and task == 'ich'").set_index("k")
+    assert list(summary.index) == [8, 16, "all"]
+    for k, key in ((8, 8), (16, 16), (None, "all")):
+        v = np.array(aucs[k])
+        lo, hi = sps.t.interval(0.95, df=4, loc=v.mean(), scale=sps.sem(v))
+        assert summary.loc[key, "mean"] == pytest.approx(v.mean())
+        assert summary.loc[key, "ci_low"] == pytest.approx(lo) and summary.loc[key, "ci_high"] == pytest.approx(hi)
+        assert summary.loc[key, "n_resamples"] == 5
