@@ -1,0 +1,130 @@
+"""DINO self-distillation: loss with centring and sharpening, the EMA teacher, health signals.
+
+Paper, Methods "Self-distillation modelling (DINO)", following Caron et al. (2021). With student logits
+``s`` for every crop, teacher logits ``t`` for the global crops, centre ``c``, temperatures ``τs``, ``τt``:
+
+    P_t = softmax((t − c) / τt)          (centring, then sharpening: τt < τs)
+    L   = mean over pairs (i ≠ j) of  − Σ_k P_t[i, k] · log softmax(s_j / τs)[k]
+
+where ``i`` runs over the global crops (teacher views) and ``j`` over all crops, skipping the pair made of
+the same view (2 × n_crops − 2 pairs). Each pair's cross-entropy is averaged over the batch.
+The centre is an EMA of the teacher's batch-mean logits, all-reduced across processes:
+``c ← m_c · c + (1 − m_c) · mean(t)``. The teacher is an EMA of the student:
+``θ_t ← m · θ_t + (1 − m) · θ_s`` with ``m`` on a cosine schedule over global steps (``train/schedules``).
+
+Health signals (collapse shows in them, DINO §5.3): the mean entropy of the teacher distribution
+(→ 0 when one prototype dominates every sample) and the KL of the batch-mean teacher distribution to the
+uniform one (→ 0 when the teacher outputs the same flat distribution for everything), and ``‖c‖``.
+
+Values the paper does not state are DINO's published defaults (``DINOConfig``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["DINOConfig", "dino_loss", "update_centre", "ema_update", "teacher_health", "cancel_last_layer_grads",
+           "clip_gradients"]
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    """DINO hyper-parameters. The paper gives crops and optimiser; the rest are DINO's ViT defaults."""
+
+    n_global_crops: int = 2
+    n_local_crops: int = 3             # paper: three local augmentations
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07         # DINO ViT-B; reached after the warm-up below
+    warmup_teacher_temp_fraction: float = 0.3  # DINO: 30 of 100 epochs
+    centre_momentum: float = 0.9
+    momentum_teacher: float = 0.996    # start of the cosine ramp to 1
+    clip_grad: float = 3.0             # per-parameter gradient-norm clip
+    freeze_last_layer_epochs: int = 1  # prototypes frozen for the first epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, centre: torch.Tensor,
+              student_temp: float, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
+    """The DINO cross-entropy.
+
+    ``student_logits`` is (n_crops · B, K), crops stacked crop-major (all samples of crop 0, then crop 1,
+    …), the global crops first; ``teacher_logits`` is (n_global · B, K) in the same order. Computed in
+    float32 whatever the autocast dtype.
+    """
+    n_crops = student_logits.shape[0] // (teacher_logits.shape[0] // n_global)
+    if teacher_logits.shape[0] % n_global or student_logits.shape[0] % n_crops:
+        raise ValueError(f"logit rows do not split into crops: student {tuple(student_logits.shape)}, "
+                         f"teacher {tuple(teacher_logits.shape)}, n_global {n_global}")
+    log_p_student = F.log_softmax(student_logits.float() / student_temp, dim=-1).chunk(n_crops)
+    p_teacher = F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1).detach().chunk(n_global)
+    total, n_pairs = 0.0, 0
+    for i, p_t in enumerate(p_teacher):
+        for j, log_p_s in enumerate(log_p_student):
+            if i == j:
+                continue
+            total = total + (-(p_t * log_p_s).sum(dim=-1)).mean()
+            n_pairs += 1
+    return total / n_pairs
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+@torch.no_grad()
+def update_centre(centre: torch.Tensor, teacher_logit_sum: torch.Tensor, count: int, momentum: float) -> None:
+    """In place: ``c ← m · c + (1 − m) · Σt / n``, the sum and the count all-reduced over processes."""
+    total = _all_reduce_sum(teacher_logit_sum.float().clone())
+    n = _all_reduce_sum(torch.tensor(float(count), device=total.device))
+    centre.mul_(momentum).add_(total / n, alpha=1 - momentum)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """In place: ``θ_t ← m · θ_t + (1 − m) · θ_s`` for parameters; buffers are copied."""
+    t_params = list(teacher.parameters())
+    s_params = [p.detach() for p in student.parameters()]
+    if len(t_params) != len(s_params):
+        raise ValueError("teacher and student have different parameter lists")
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)
+
+
+@torch.no_grad()
+def teacher_health(teacher_logits: torch.Tensor, centre: torch.Tensor, teacher_temp: float) -> dict[str, float]:
+    """``teacher_entropy`` (mean per-sample entropy, nats) and ``kl_to_uniform`` (of the batch-mean
+    distribution), over all processes; the centre used is the one the loss used."""
+    p = F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1)
+    entropy_sum = -(p * torch.log(p.clamp_min(1e-30))).sum()
+    stats = torch.cat([entropy_sum.reshape(1), torch.tensor([float(p.shape[0])], device=p.device), p.sum(0)])
+    stats = _all_reduce_sum(stats)
+    n, mean_p = stats[1], stats[2:] / stats[1]
+    k = p.shape[-1]
+    kl = (mean_p * torch.log(mean_p.clamp_min(1e-30) * k)).sum()
+    return {"teacher_entropy": float(stats[0] / n), "kl_to_uniform": float(kl)}
+
+
+def cancel_last_layer_grads(head: nn.Module) -> None:
+    """Drop the prototype layer's gradients (DINO freezes it during the first epoch)."""
+    for p in head.last_layer.parameters():
+        p.grad = None
+
+
+@torch.no_grad()
+def clip_gradients(module: nn.Module, max_norm: float) -> None:
+    """DINO-style clipping: each parameter's gradient is scaled to norm ≤ ``max_norm`` on its own."""
+    for p in module.parameters():
+        if p.grad is not None:
+            norm = p.grad.norm(2)
+            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))

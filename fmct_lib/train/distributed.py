@@ -1,0 +1,64 @@
+"""One entry point for one CPU, one GPU, many GPUs or many nodes (DESIGN §4).
+
+Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT`` set), the
+process joins a ``torch.distributed`` group — NCCL on GPUs, gloo on CPUs — and the trainer wraps the
+model in ``DistributedDataParallel``. Launched plainly, it runs as a group of one without any collective.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "setup", "all_reduce_mean", "barrier"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(device, local_rank: int) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup(device: str | torch.device | None = None) -> DistInfo:
+    """Join the process group named by the environment (if any) and choose this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over processes (identity for a single process)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

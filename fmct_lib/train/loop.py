@@ -1,0 +1,251 @@
+"""The one training loop for DINO and MAE: optimiser, schedules, AMP, accumulation, checkpoints, resume.
+
+Paper, Methods: AdamW (β = 0.9, 0.95; weight decay 0.05), base LR 3e-4 (DINO) or 1.5e-3 (MAE) scaled by
+global batch / 256, linear warm-up then cosine. Weight decay skips biases, norms, tokens and position
+tables (DINO's and MAE's practice). bf16 autocast where the GPU supports it, else fp16 with loss
+scaling; fp32 on the CPU.
+
+Data order: a seeded permutation of the scans per epoch (shuffled, as the paper); a global batch of
+``batch_size × world × accum_steps`` scans per optimiser step, the tail of each epoch dropped. Process
+``r`` reads rows ``[r·b, (r+1)·b)`` of each micro-batch; view and masking randomness is drawn for the
+whole micro-batch (see ``data/augment.py``), so results do not depend on the number of processes.
+
+Resume state (``state_last.pt``, atomic, loadable with ``torch.load(weights_only=True)``): models,
+teacher, centre, optimiser, loss scaler, step, and the torch / numpy / python / view-generator RNG
+states. Everything else is a function of the step, so a resumed run retraces the uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .distributed import DistInfo, all_reduce_mean, barrier
+from .schedules import warmup_cosine
+
+__all__ = ["train", "epoch_permutation", "micro_batches", "make_optimizer", "STATE_FILE", "DONE_FILE"]
+
+STATE_FILE = "state_last.pt"
+DONE_FILE = "done"
+METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "momentum", "teacher_temp", "teacher_entropy", "kl_to_uniform",
+                  "centre_norm", "throughput"]
+
+
+# ------------------------------------------------------------------------------------------- data order
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The scan order of one epoch: a permutation seeded by (seed, epoch), the same on every process."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def micro_batches(n: int, seed: int, epoch: int, first_step: int, steps_per_epoch: int, batch_size: int,
+                  world_size: int, rank: int, accum_steps: int) -> list[list[int]]:
+    """This process's index lists for steps ``first_step .. steps_per_epoch − 1`` of an epoch (in order)."""
+    perm = epoch_permutation(n, seed, epoch).tolist()
+    per_micro = batch_size * world_size
+    out = []
+    for step in range(first_step, steps_per_epoch):
+        for m in range(accum_steps):
+            start = (step * accum_steps + m) * per_micro + rank * batch_size
+            out.append(perm[start:start + batch_size])
+    return out
+
+
+def _collate(items: list[dict]) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(it["volume"]) for it in items])
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with two groups: decayed matrices, and undecayed biases / norms / tokens / position tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or "token" in name or "pos_embed" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+
+
+def _autocast_for(device: torch.device):
+    """(autocast context factory, needs a loss scaler): bf16 or fp16 on CUDA, nothing on the CPU."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
+    return contextlib.nullcontext, False
+
+
+# ------------------------------------------------------------------------------------------- state files
+def _rng_state(generator: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "augment": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    v, key, gauss = state["python"]
+    random.setstate((v, tuple(key), gauss))
+    generator.set_state(state["augment"])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` and ``metrics.csv``, one row per step; rows after a resumed step are dropped."""
+
+    def __init__(self, run_dir: Path, keep_until_step: int):
+        self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        rows = []
+        if self.jsonl.exists() and keep_until_step > 0:
+            rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+            rows = [r for r in rows if r["step"] <= keep_until_step]
+        _atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", newline="") as f:
+            csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore").writerow(row)
+
+
+# ------------------------------------------------------------------------------------------------ loop
+def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistInfo, *, resume: bool = True,
+          num_workers: int = 0, progress: bool = True, on_step=None) -> int:
+    """Run (or continue) the optimisation described by ``config`` until ``config["total_steps"]``.
+
+    ``config`` holds ``seed, total_steps, steps_per_epoch, batch_size, accum_steps, lr, min_lr,
+    warmup_steps, weight_decay, betas, checkpoint_every`` (see ``trainer.run_config``). ``on_step(step,
+    metrics)`` is called on the main process after every step (live plots; tests use it to interrupt).
+    Returns the number of steps done.
+    """
+    run_dir = Path(run_dir)
+    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
+    b, accum = config["batch_size"], config["accum_steps"]
+    global_batch, steps_per_epoch, total = b * world * accum, config["steps_per_epoch"], config["total_steps"]
+    if world != config["world_size"]:
+        raise ValueError(f"config was made for {config['world_size']} processes, running with {world}")
+
+    task.to(device)
+    model = task.model
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(task.model, config["lr"], config["weight_decay"], config["betas"])
+    autocast, needs_scaler = _autocast_for(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
+    generator = torch.Generator().manual_seed(config["seed"])
+
+    step = 0
+    state_path = run_dir / STATE_FILE
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        task.load_state_dict(state["task"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], generator)
+        step = int(state["step"])
+    log = MetricsLog(run_dir, step) if dist_info.is_main else None
+
+    def save_state() -> None:
+        if dist_info.is_main:
+            _atomic_torch_save({"step": step, "task": task.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scaler": scaler.state_dict(), "rng": _rng_state(generator)}, state_path)
+        barrier()
+
+    bar = tqdm(total=total, initial=step, disable=not (progress and dist_info.is_main), unit="step",
+               desc=f"pretrain {task.name}")
+    n = len(dataset)
+    while step < total:
+        epoch, first = divmod(step, steps_per_epoch)
+        batches = micro_batches(n, config["seed"], epoch, first, steps_per_epoch, b, world, rank, accum)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+                            pin_memory=device.type == "cuda")
+        micro = iter(loader)
+        for _ in range(first, steps_per_epoch):
+            if step >= total:
+                break
+            t0 = time.perf_counter()
+            lr = _lr(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for m in range(accum):
+                canvases = next(micro).to(device, non_blocking=True)
+                sync = contextlib.nullcontext() if (m == accum - 1 or world == 1) else model.no_sync()
+                with sync:
+                    loss = task.micro_step(model, canvases, generator, slice(rank * b, (rank + 1) * b),
+                                           b * world, step, autocast)
+                    scaler.scale(loss / accum).backward()
+                loss_sum += float(loss.detach()) / accum
+            scaler.unscale_(optimizer)
+            task.before_optimizer(step)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            extra = task.after_step(step)
+            step += 1
+            loss_mean = float(all_reduce_mean(torch.tensor([loss_sum], device=device))[0])
+            dt = time.perf_counter() - t0
+            row = {"step": step, "epoch": epoch, "loss": loss_mean, "lr": lr, **extra,
+                   "throughput": global_batch / dt}
+            if dist_info.is_main:
+                log.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_mean:.4f}", scans_s=f"{global_batch / dt:.1f}")
+            if config["checkpoint_every"] and step % config["checkpoint_every"] == 0 and step < total:
+                save_state()
+            if on_step is not None and dist_info.is_main:
+                on_step(step, row)
+    bar.close()
+    save_state()
+    return step
+
+
+def _lr(config: dict, step: int) -> float:
+    return warmup_cosine(step, config["total_steps"], config["warmup_steps"], config["lr"], config["min_lr"])
