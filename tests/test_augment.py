@@ -11,12 +11,7 @@ from fmct_lib.data.augment import (AugmentConfig, ViewParams, draw_view_params, 
 from fmct_lib.preprocess import PAPER_WINDOWS, apply_windows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _canvases(n, c, seed=0):

@@ -10,18 +10,7 @@ import torch.multiprocessing as mp
 
 from fmct_lib.train import pretrain_on
 from fmct_lib.train.loop import STATE_FILE
-
-
-class InMemoryVolumes(torch.utils.data.Dataset):
-    def __init__(self, n: int = 8, canvas: int = 37, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.volumes = (torch.rand(n, canvas, canvas, canvas, generator=g) * 1600 - 1000).to(torch.int16)
-
-    def __len__(self):
-        return len(self.volumes)
-
-    def __getitem__(self, i):
-        return {"scan_id": f"s{i}", "volume": self.volumes[i]}
+from _support import InMemoryVolumes
 
 
 RUN = dict(profile="toy", seed=3, max_steps=3, progress=False, device="cpu")

@@ -13,12 +13,7 @@ from fmct_lib.train.schedules import cosine_momentum, teacher_temperature, warmu
 from fmct_lib.train.tasks import DINOModel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _softmax(x):

@@ -1,7 +1,6 @@
 """CQ500 ingestion end to end on the exact CQ500 tree (plus the real CQ500 slice shipped with pydicom)."""
 from __future__ import annotations
 
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +13,6 @@ from fmct_lib.data.dicom_write import cq500_series_folder, write_dicom_series
 from fmct_lib.data.ingest import ingest_cq500
 from fmct_lib.data.ingest.cq500 import READS_FINDINGS, is_contrast, read_cq500_labels
 from fmct_lib.data.manifest import CQ500_FINDINGS, load_scans
-from fmct_lib.paths import REPO_ROOT
 
 # patient -> [(series description, writer quirks)]
 SERIES = {
@@ -57,12 +55,8 @@ def cq500_source(tmp_path_factory):
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
-    manifest = tmp_path / "data_manifest.csv"
-    shutil.copy(REPO_ROOT / "data_manifest.csv", manifest)
-    monkeypatch.setenv("FMCT_MANIFEST", str(manifest))
-    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
-    return tmp_path / "data"
+def env(isolated_roots):
+    return isolated_roots.data
 
 
 def test_layout_matches_cq500(cq500_source):

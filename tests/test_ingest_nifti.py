@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 
 import nibabel as nib
@@ -14,16 +13,11 @@ from fmct_lib.cli import main as fmct
 from fmct_lib.data.ingest import ingest_nifti
 from fmct_lib.data.ingest.nifti import load_volume
 from fmct_lib.data.manifest import dataset_info, load_scans, read_manifest
-from fmct_lib.paths import REPO_ROOT
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
-    manifest = tmp_path / "data_manifest.csv"
-    shutil.copy(REPO_ROOT / "data_manifest.csv", manifest)
-    monkeypatch.setenv("FMCT_MANIFEST", str(manifest))
-    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
-    return tmp_path / "data", manifest
+def env(isolated_roots):
+    return isolated_roots.data, isolated_roots.manifest
 
 
 def save(img, path):

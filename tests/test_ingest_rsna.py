@@ -1,7 +1,6 @@
 """RSNA ingestion end to end on files written in the exact RSNA layout, with the known quirks."""
 from __future__ import annotations
 
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +12,6 @@ from fmct_lib.data.dicom_write import write_dicom_series
 from fmct_lib.data.ingest import ingest_rsna
 from fmct_lib.data.ingest.rsna import read_rsna_labels
 from fmct_lib.data.manifest import RSNA_TASKS, load_scans, read_manifest
-from fmct_lib.paths import REPO_ROOT
 
 SUBTYPES = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
 TASK_OF = dict(zip(SUBTYPES, ["edh", "iph", "ivh", "sah", "sdh", "ich"]))
@@ -58,13 +56,8 @@ def rsna_source(tmp_path_factory):
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
-    manifest = tmp_path / "data_manifest.csv"
-    shutil.copy(REPO_ROOT / "data_manifest.csv", manifest)
-    monkeypatch.setenv("FMCT_MANIFEST", str(manifest))
-    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
-    monkeypatch.delenv("FMCT_PSEUDONYM_KEY", raising=False)
-    return tmp_path / "data", manifest
+def env(isolated_roots):
+    return isolated_roots.data, isolated_roots.manifest
 
 
 def test_labels_are_deduplicated_long_format(rsna_source):

@@ -9,12 +9,7 @@ from fmct_lib.models.vit3d import vit_from_config
 from fmct_lib.ssl.mae import mae_loss, random_masking
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_patchify_element_order_by_brute_force():

@@ -9,28 +9,10 @@ from safetensors.torch import load_file
 from fmct_lib.models.checkpoints import load_checkpoint
 from fmct_lib.train import pretrain_on, pretraining_scan_ids, run_config
 from fmct_lib.train.loop import STATE_FILE, epoch_permutation, micro_batches
+from _support import InMemoryVolumes
 
 
-class InMemoryVolumes(torch.utils.data.Dataset):
-    """Random int16 HU canvases, the item form the cache yields."""
-
-    def __init__(self, n: int, canvas: int, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.volumes = (torch.rand(n, canvas, canvas, canvas, generator=g) * 1600 - 1000).to(torch.int16)
-
-    def __len__(self):
-        return len(self.volumes)
-
-    def __getitem__(self, i):
-        return {"scan_id": f"s{i}", "volume": self.volumes[i]}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

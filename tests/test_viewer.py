@@ -8,7 +8,7 @@ from matplotlib import colormaps
 from matplotlib.image import imread
 
 from fmct_lib.config import get_profile
-from fmct_lib.interpret import compute_attention, model_voxel_mm
+from fmct_lib.interpret import model_voxel_mm
 from fmct_lib.interpret.attention import AttentionResult
 from fmct_lib.interpret.viewer import AttentionViewer, display_slice
 from fmct_lib.models.vit3d import vit_from_config
