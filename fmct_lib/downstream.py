@@ -37,7 +37,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import get_profile
+from .io import atomic_path, atomic_write_text
 from .evaluate.metrics import auroc
 from .models.heads import Classifier, build_head
 from .train.schedules import warmup_cosine
@@ -296,18 +296,6 @@ def _encoder_tag(encoder) -> str:
     return p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------- protocols
 def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = "finetune", encoder=None,
                  profile="demo", train_scans: pd.DataFrame | None = None, eval_dataset: str | None = None,
@@ -409,9 +397,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
               "n_eval": len(test), "train_scan_ids": None if train_indices is None
               else list(train["scan_id"].iloc[train_indices].astype(str)),
               "scratch_choice": chosen, "scratch_grid": grid_results, "spec": spec.to_dict()}
-    _atomic_write(run_dir / "predictions.csv", predictions.to_csv(index=False))
-    _atomic_write(run_dir / "config.json", json.dumps(config, indent=2, default=str))
-    _atomic_write(run_dir / "done", "")
+    atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
+    atomic_write_text(run_dir / "done", "")
     return predictions
 
 
@@ -551,22 +539,15 @@ def write_embeddings(table: pd.DataFrame, path) -> Path:
     path = Path(path)
     vec = [c for c in table.columns if c.startswith("e") and c[1:].isdigit()]
     if path.suffix == ".csv":
-        _atomic_write(path, table.to_csv(index=False))
+        atomic_write_text(path, table.to_csv(index=False))
     elif path.suffix == ".npz":
         arrays = {"embeddings": table[vec].to_numpy(np.float32)}
         for c in table.columns.difference(vec, sort=False):
             col = table[c]
             arrays[c] = (pd.to_numeric(col).to_numpy(float) if pd.api.types.is_numeric_dtype(col)
                          else np.asarray(col.astype(str), dtype=str))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     else:
         raise ValueError(f"{path}: embeddings are written as .csv or .npz")
     return path

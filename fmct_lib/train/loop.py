@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..io import atomic_path, atomic_write_text
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .schedules import warmup_cosine
 
@@ -116,21 +115,8 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -142,7 +128,7 @@ class MetricsLog:
         if self.jsonl.exists() and keep_until_step > 0:
             rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
             rows = [r for r in rows if r["step"] <= keep_until_step]
-        _atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
         with open(self.csv, "w", newline="") as f:
             w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
             w.writeheader()
