@@ -72,6 +72,9 @@ class Profile:
     synth_internal: int = 0
     synth_external: int = 0
     synth_pretrain: int = 0
+    # notebooks: evaluate at most this many tasks by default (those with the most held-out positives;
+    # 0 = every task of the dataset) — a compute limit for the small profiles, never a selection by result
+    max_tasks: int = 0
 
     @property
     def input_size(self) -> int:
@@ -106,14 +109,14 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo",
         spacing_mm=3.0, canvas=75, eval_crop=64, global_crop=(38, 75), local_crop=(22, 38),
-        model=ModelConfig(img_size=32, patch_size=8, embed_dim=192, depth=4, num_heads=4),
+        model=ModelConfig(img_size=32, patch_size=8, embed_dim=96, depth=4, num_heads=4),
         dino_out_dim=1024, dino_hidden_dim=256, dino_bottleneck_dim=64,
         mae_decoder_dim=96, mae_decoder_depth=2, mae_decoder_heads=4,
-        pretrain_epochs=20, pretrain_batch_size=16, pretrain_warmup_epochs=2,
-        finetune_epochs=10, finetune_batch_size=16, finetune_subset=500,
-        scratch_grid={"lr": [1e-3, 1e-4], "weight_decay": [0.05], "epochs": [10], "optimizer": ["adamw"]},
-        fewshot_shots=(8, 16, 32, 64),
-        synth_grid_mm=2.0, synth_internal=400, synth_external=200, synth_pretrain=1200,
+        pretrain_epochs=5, pretrain_batch_size=16, pretrain_warmup_epochs=1,
+        finetune_epochs=4, finetune_batch_size=16, finetune_subset=96,
+        scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [4], "optimizer": ["adamw"]},
+        fewshot_shots=(8, 16, 32), fewshot_resamples=3,
+        synth_grid_mm=3.0, synth_internal=500, synth_external=150, synth_pretrain=300, max_tasks=3,
     ),
     "toy": Profile(
         name="toy",
@@ -125,7 +128,7 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=2, finetune_batch_size=4, finetune_subset=32,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [2], "optimizer": ["adamw"]},
         fewshot_shots=(2, 4), fewshot_resamples=2, n_bootstrap=20, n_permutations=50,
-        synth_grid_mm=3.0, synth_internal=40, synth_external=24, synth_pretrain=60,
+        synth_grid_mm=3.0, synth_internal=80, synth_external=40, synth_pretrain=60, max_tasks=2,
     ),
 }
 

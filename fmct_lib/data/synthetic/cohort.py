@@ -1,0 +1,295 @@
+"""The synthetic cohort: sites, patients, conditions and protocols; NIfTI volumes, masks and ``scans.csv``.
+
+Three sites (DESIGN §3):
+
+- ``internal``: labeled; scanner mix 70% A / 30% B; prevalence ``DEFAULT_PREVALENCE``;
+- ``external``: labeled; 30% A / 70% B; prevalence shifted (``EXTERNAL_SHIFT``: an emergency-department
+  mix with more haemorrhage and fewer tumours), for external validation and transfer (paper Fig. 1f-g);
+- ``pretrain``: unlabeled (task columns empty), several times larger, patient-disjoint from the others.
+
+Conditions co-occur as in real data (``sample_conditions``): IVH often extends from an IPH, EDH comes with
+a skull fracture, traumatic SAH with SDH or fracture, tumours with vasogenic oedema; mass effect and
+midline shift follow from the size of what was painted. About 15% of patients have a second
+reconstruction of the same study (a thin and a thick series, as in CQ500), so patient-level splitting
+(8:1:1, ``splits.assign_splits``) matters.
+
+Layout under ``<data root>/synthetic/``: ``volumes/<scan_id>.nii.gz`` (int16 HU, RAS, in-plane spacing =
+phantom grid, z spacing = slice thickness), ``masks/<scan_id>.nii.gz`` (uint8 label map,
+``lesions.LABEL_CODES``; 10 = ventricles), ``meta/<scan_id>.json`` (the row and the subject parameters),
+``cohort.json`` (the generating configuration) and ``scans.csv``.
+
+Determinism: every patient draws from ``SeedSequence([seed, site, index])``, so a scan does not depend on
+the worker count or on the other sites' sizes; gzip is written without a timestamp. Re-running with the
+same configuration skips finished scans (their ``meta`` file is written last); a different configuration
+in the same folder is refused (delete the folder or use another data root).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ...config import get_profile
+from ...paths import data_root
+from ..manifest import PAPER_TASKS, register_dataset, write_scans
+from ..splits import assign_splits
+from .atlas import load_atlas
+from .lesions import CONDITIONS
+from .phantom import render, sample_subject
+from .scanner import SCANNERS, acquire
+
+__all__ = ["generate_cohort", "plan_cohort", "sample_conditions", "DEFAULT_PREVALENCE", "EXTERNAL_SHIFT",
+           "SITES", "FINDING_COLUMNS", "write_nifti"]
+
+GENERATOR_VERSION = 1
+DATASET = "synthetic"
+SITES = ("internal", "external", "pretrain")
+_SITE_CODE = {"internal": "I", "external": "E", "pretrain": "P"}
+SCANNER_A_FRACTION = {"internal": 0.7, "external": 0.3, "pretrain": 0.5}
+SECOND_SERIES_FRACTION = 0.15
+
+DEFAULT_PREVALENCE = dict(tumor=0.12, hydrocephalus=0.08, edema=0.07, adrd=0.12, iph=0.12, ivh=0.05,
+                          sdh=0.12, edh=0.04, sah=0.09, fracture=0.04)
+EXTERNAL_SHIFT = dict(tumor=0.5, hydrocephalus=0.75, edema=0.8, adrd=1.3, iph=1.3, ivh=1.2, sdh=1.3,
+                      edh=1.3, sah=1.3, fracture=1.5)
+FINDING_COLUMNS = ["bleed_left", "bleed_right", "midline_shift", "mass_effect", "fracture", "chronic_bleed"]
+LABEL_COLUMNS = PAPER_TASKS + [c for c in FINDING_COLUMNS if c not in PAPER_TASKS]
+TABLE_COLUMNS = (["scan_id", "patient_id", "path", "split", "manufacturer", "slice_thickness_mm", "spacing",
+                  "kvp", "site", "series", "mask_path", "age", "midline_shift_mm"] + LABEL_COLUMNS)
+
+
+def sample_conditions(rng: np.random.Generator, prevalence: dict) -> tuple[str, ...]:
+    """Conditions of one patient: independent draws, then the co-occurrences of real cohorts."""
+    present = {k for k in CONDITIONS if rng.random() < prevalence.get(k, 0.0)}
+    extension, fracture_with_edh, traumatic_sah = rng.random(3)
+    if "hydrocephalus" in present:
+        present.discard("adrd")             # one cause of large ventricles per subject
+    if "iph" in present and extension < 0.35:
+        present.add("ivh")                  # intraventricular extension
+    if "edh" in present and fracture_with_edh < 0.7:
+        present.add("fracture")
+    if ("sdh" in present or "fracture" in present) and traumatic_sah < 0.25:
+        present.add("sah")
+    return tuple(sorted(present))
+
+
+@dataclass(frozen=True)
+class PatientPlan:
+    patient_id: str
+    site: str
+    subject_seed: int
+    conditions: tuple[str, ...]
+    manufacturer: str
+    kvp: int
+    slices_mm: tuple[float, ...]      # one per series (reconstruction)
+
+    def scan_ids(self) -> list[str]:
+        return [f"{self.patient_id}-S{k + 1}" for k in range(len(self.slices_mm))]
+
+
+def _plan_patient(seed: int, site: str, index: int, prevalence: dict) -> PatientPlan:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SITES.index(site), index]))
+    conditions = sample_conditions(rng, prevalence)
+    vendor = "A" if rng.random() < SCANNER_A_FRACTION[site] else "B"
+    sc = SCANNERS[vendor]
+    first = float(rng.choice(sc.thickness_mm, p=sc.thickness_p))
+    slices = [first]
+    if rng.random() < SECOND_SERIES_FRACTION:       # a thin and a thick reconstruction of one study
+        slices.append(min(sc.thickness_mm) if first >= 2.5 else max(sc.thickness_mm))
+    return PatientPlan(patient_id=f"SYN{_SITE_CODE[site]}{index:05d}", site=site,
+                       subject_seed=int(rng.integers(2 ** 31)), conditions=conditions, manufacturer=vendor,
+                       kvp=int(rng.choice(sc.kvps)), slices_mm=tuple(slices))
+
+
+def site_prevalence(site: str, prevalence: dict | None = None) -> dict:
+    base = dict(DEFAULT_PREVALENCE)
+    unknown = set(prevalence or {}) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"prevalence: unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
+    base.update(prevalence or {})
+    if site == "external":
+        base = {k: min(0.9, v * EXTERNAL_SHIFT[k]) for k, v in base.items()}
+    return base
+
+
+def plan_cohort(sizes: dict, seed: int = 0, prevalence: dict | None = None) -> list[PatientPlan]:
+    """Patients of every site until each site has exactly ``sizes[site]`` scans."""
+    plans = []
+    for site in SITES:
+        prev, n, i = site_prevalence(site, prevalence), 0, 0
+        while n < sizes[site]:
+            pp = _plan_patient(seed, site, i, prev)
+            if n + len(pp.slices_mm) > sizes[site]:
+                pp = PatientPlan(**{**asdict(pp), "slices_mm": pp.slices_mm[:1]})
+            plans.append(pp)
+            n, i = n + len(pp.slices_mm), i + 1
+    return plans
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+def _atomic_write_bytes(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: str = "") -> Path:
+    """Write a ``.nii.gz`` atomically and reproducibly (gzip header without a timestamp)."""
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = description[:79].encode()
+    _atomic_write_bytes(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0), Path(path))
+    return Path(path)
+
+
+def _build_patient(pp: PatientPlan, out: Path, step: float) -> list[dict]:
+    """Render one patient, acquire each series, write volumes, masks and meta (meta last).
+
+    BLAS runs single-threaded here: a multi-threaded matrix product may sum in another order, which
+    would make the bytes depend on the worker count.
+    """
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        return _build_patient_files(pp, out, step)
+
+
+def _build_patient_files(pp: PatientPlan, out: Path, step: float) -> list[dict]:
+    params = sample_subject(pp.subject_seed, pp.conditions)
+    ph = render(params, load_atlas(step))
+    labeled = pp.site != "pretrain"
+    rows = []
+    for k, (scan_id, slice_mm) in enumerate(zip(pp.scan_ids(), pp.slices_mm)):
+        rng = np.random.default_rng(np.random.SeedSequence([pp.subject_seed, 3, k]))
+        vol, lab, affine = acquire(ph.hu, ph.labels, ph.affine, pp.manufacturer, slice_mm, pp.kvp, rng)
+        desc = f"fmct synthetic {pp.manufacturer} {slice_mm:g}mm {pp.kvp}kVp"
+        write_nifti(vol, affine, out / "volumes" / f"{scan_id}.nii.gz", desc)
+        write_nifti(lab, affine, out / "masks" / f"{scan_id}.nii.gz", "fmct lesion label map")
+        row = dict(scan_id=scan_id, patient_id=pp.patient_id, path=f"volumes/{scan_id}.nii.gz",
+                   manufacturer=pp.manufacturer, slice_thickness_mm=slice_mm,
+                   spacing=f"{step:g}x{step:g}x{slice_mm:g}", kvp=pp.kvp, site=pp.site, series=k + 1,
+                   mask_path=f"masks/{scan_id}.nii.gz", age=params.age,
+                   midline_shift_mm=ph.midline_shift_mm if labeled else None)
+        row.update({c: (int(ph.findings[c]) if labeled else None) for c in LABEL_COLUMNS})
+        meta = dict(row=row, subject=params.to_dict(), findings=ph.findings)
+        _atomic_write_bytes(json.dumps(meta, indent=1, default=float).encode(),
+                            out / "meta" / f"{scan_id}.json")
+        rows.append(row)
+    return rows
+
+
+def _worker_init(step: float) -> None:
+    load_atlas(step)
+
+
+def _build_safely(pp: PatientPlan, out: Path, step: float):
+    try:
+        return pp.patient_id, _build_patient(pp, out, step), None
+    except Exception as err:      # one failed phantom must not stop the cohort
+        return pp.patient_id, [], f"{type(err).__name__}: {err}"
+
+
+def _is_done(pp: PatientPlan, out: Path) -> bool:
+    return all((out / sub / f"{sid}{ext}").exists() for sid in pp.scan_ids()
+               for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")))
+
+
+def _check_config(out: Path, config: dict) -> None:
+    path = out / "cohort.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != config:
+            keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ValueError(f"{path}: the cohort there was generated with another configuration (differs in "
+                             f"{', '.join(keys)}; there: sizes {old.get('sizes')}, seed {old.get('seed')}). "
+                             "Delete that folder, or generate into another data root (--root / $FMCT_DATA).")
+    else:
+        _atomic_write_bytes(json.dumps(config, indent=1, sort_keys=True).encode(), path)
+
+
+def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | None = None,
+                    prevalence: dict | None = None, n_internal: int | None = None,
+                    n_external: int | None = None, n_pretrain: int | None = None) -> pd.DataFrame:
+    """Generate (or finish) the synthetic cohort under ``<root or data root>/synthetic``; return its scan table.
+
+    Sizes default to the profile's ``synth_internal/external/pretrain`` (scans) and the phantom grid to
+    ``synth_grid_mm``. ``prevalence`` overrides ``DEFAULT_PREVALENCE`` (the external site keeps its shift).
+    """
+    prof = get_profile(profile)
+    step = float(prof.synth_grid_mm)
+    sizes = dict(internal=prof.synth_internal if n_internal is None else n_internal,
+                 external=prof.synth_external if n_external is None else n_external,
+                 pretrain=prof.synth_pretrain if n_pretrain is None else n_pretrain)
+    if min(sizes.values()) < 0:
+        raise ValueError(f"cohort sizes must be >= 0, got {sizes}")
+    root = Path(root) if root is not None else data_root()
+    out = root / DATASET
+    config = dict(generator_version=GENERATOR_VERSION, seed=int(seed), grid_mm=step, sizes=sizes,
+                  prevalence={s: site_prevalence(s, prevalence) for s in SITES})
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, config)
+    plans = plan_cohort(sizes, seed, prevalence)
+    todo = [pp for pp in plans if not _is_done(pp, out)]
+    load_atlas(step)                                   # build the atlas cache once, before the workers
+    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+    failures = []
+    n_total, n_todo = (sum(len(pp.slices_mm) for pp in group) for group in (plans, todo))
+    bar = tqdm(total=n_total, initial=n_total - n_todo, desc=f"synthetic cohort ({prof.name}, {step:g} mm)",
+               unit="scan")
+    if workers <= 1:
+        for pp in todo:
+            pid, rows, err = _build_safely(pp, out, step)
+            failures += [(pid, err)] if err else []
+            bar.update(len(pp.slices_mm))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(step,)) as pool:
+            futures = {pool.submit(_build_safely, pp, out, step): pp for pp in todo}
+            for fut in as_completed(futures):
+                pid, rows, err = fut.result()
+                failures += [(pid, err)] if err else []
+                bar.update(len(futures[fut].slices_mm))
+    bar.close()
+    if failures:
+        pd.DataFrame(failures, columns=["patient_id", "reason"]).to_csv(out / "failed.csv", index=False)
+        warnings.warn(f"{len(failures)} synthetic patients failed (see {out / 'failed.csv'}); "
+                      f"first: {failures[0]}")
+    return _assemble_table(plans, out, root, seed)
+
+
+def _assemble_table(plans: list[PatientPlan], out: Path, root: Path, seed: int) -> pd.DataFrame:
+    rows = []
+    for pp in plans:
+        for sid in pp.scan_ids():
+            meta = out / "meta" / f"{sid}.json"
+            if meta.exists():
+                rows.append(json.loads(meta.read_text())["row"])
+    df = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c != "split"])
+    df.insert(3, "split", assign_splits(df["patient_id"], seed))
+    for c in LABEL_COLUMNS:
+        df[c] = df[c].astype("Int64")
+    write_scans(df, DATASET, root)
+    register_dataset(
+        DATASET, description="Synthetic anatomy-based head-CT cohort generated by fmct",
+        tasks=LABEL_COLUMNS, licence="Apache-2.0 (generated)", how_to_obtain="fmct synth --profile demo",
+        ingest_command="fmct synth --profile demo")
+    return df

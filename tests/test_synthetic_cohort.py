@@ -1,0 +1,165 @@
+"""The synthetic cohort on disk: scan table, label <-> mask consistency, affines, determinism, resume, DICOM."""
+from __future__ import annotations
+
+import hashlib
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from fmct_lib.data.manifest import PAPER_TASKS, load_scans
+from fmct_lib.data.synthetic import generate_cohort, write_phantom_dicom
+from fmct_lib.data.synthetic.lesions import BLEEDS, LABEL_CODES, VENTRICLE_CODE
+
+PREVALENCE = {k: 0.35 for k in ("tumor", "hydrocephalus", "edema", "adrd", "iph", "ivh", "sdh", "edh", "sah",
+                                "fracture")}
+SIZES = dict(n_internal=9, n_external=3, n_pretrain=2)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMCT_CACHE_HOME", str(base / "fmct_cache"))
+        mp.setenv("FMCT_MANIFEST", str(base / "manifest.csv"))
+        mp.setenv("TQDM_DISABLE", "1")
+        yield base
+
+
+@pytest.fixture(scope="module")
+def cohort(env):
+    root = env / "data_a"
+    df = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
+    return root, df
+
+
+def _load(root, rel):
+    img = nib.load(root / "synthetic" / rel)
+    return np.asarray(img.dataobj), img
+
+
+def test_scan_table_columns_sites_and_splits(cohort):
+    root, df = cohort
+    table = load_scans("synthetic", root=root)
+    assert len(table) == sum(SIZES.values())
+    for col in ["scan_id", "patient_id", "path", "split", "manufacturer", "slice_thickness_mm", "spacing", "kvp",
+                "site", "mask_path", "age", *PAPER_TASKS, "bleed_left", "bleed_right", "midline_shift",
+                "mass_effect", "fracture"]:
+        assert col in table.columns, col
+    assert table.groupby("site").size().to_dict() == {"internal": 9, "external": 3, "pretrain": 2}
+    assert table.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(table["manufacturer"]) <= {"A", "B"} and table["slice_thickness_mm"].between(0.5, 5).all()
+    labeled = table[table.site != "pretrain"]
+    assert labeled[PAPER_TASKS].notna().all().all()
+    assert table.loc[table.site == "pretrain", PAPER_TASKS].isna().all().all()   # empty in the CSV
+    # ich is the union of the haemorrhage subtypes
+    assert (labeled["ich"] == labeled[list(BLEEDS)].max(axis=1)).all()
+    raw = pd.read_csv(root / "synthetic" / "scans.csv", dtype=str, keep_default_na=False)
+    assert (raw.loc[raw.site == "pretrain", "tumor"] == "").all()
+    assert not raw["path"].str.startswith("/").any()                            # relative paths
+
+
+def test_labels_match_masks(cohort):
+    root, df = cohort
+    seen = set()
+    for _, row in df[df.site != "pretrain"].iterrows():
+        mask, _ = _load(root, row.mask_path)
+        for name, code in LABEL_CODES.items():
+            assert int(row[name]) == int((mask == code).any()), (row.scan_id, name)
+            seen.add(name) if row[name] == 1 else None
+        assert (mask == VENTRICLE_CODE).any()
+    assert {"iph", "sdh", "tumor", "edema"} <= seen
+
+
+def test_bleed_side_matches_the_mask_side(cohort):
+    root, df = cohort
+    checked = 0
+    for _, row in df[(df.site != "pretrain") & (df.ich == 1)].iterrows():
+        if row.bleed_left == row.bleed_right:
+            continue
+        mask, img = _load(root, row.mask_path)
+        vol, _ = _load(root, row.path)
+        bleed = np.isin(mask, [LABEL_CODES[b] for b in BLEEDS])
+        x = lambda m: (img.affine @ np.c_[np.argwhere(m), np.ones(m.sum())].T)[0]   # world x (RAS)
+        midline = np.median(x((vol > 0) & (vol < 100)))
+        assert (x(bleed).mean() > midline) == bool(row.bleed_right), row.scan_id
+        checked += 1
+    assert checked >= 2
+
+
+def test_extra_axial_masks_touch_the_skull_and_ivh_is_ventricular(cohort):
+    root, df = cohort
+    for _, row in df[(df.site != "pretrain") & ((df.sdh == 1) | (df.edh == 1) | (df.ivh == 1))].iterrows():
+        mask, _ = _load(root, row.mask_path)
+        vol, _ = _load(root, row.path)
+        bone = ndi.binary_dilation(vol > 400, iterations=2)
+        for name in ("sdh", "edh"):
+            if row[name] == 1:
+                assert (bone & (mask == LABEL_CODES[name])).any(), (row.scan_id, name)
+        if row.ivh == 1:   # IVH sits inside (or replaces) the ventricular system, near its label
+            ivh = mask == LABEL_CODES["ivh"]
+            near_vent = ndi.binary_dilation(mask == VENTRICLE_CODE, iterations=2)
+            assert (ivh & near_vent).sum() >= 0.5 * ivh.sum(), row.scan_id
+
+
+def test_affine_is_ras_with_the_stated_spacing(cohort):
+    root, df = cohort
+    for _, row in df.iterrows():
+        vol, img = _load(root, row.path)
+        mask, mimg = _load(root, row.mask_path)
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        assert vol.dtype == np.int16 and mask.dtype == np.uint8 and mask.shape == vol.shape
+        np.testing.assert_allclose(img.affine, mimg.affine)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+        assert zooms == tuple(float(v) for v in row.spacing.split("x"))
+        assert zooms[2] == row.slice_thickness_mm and zooms[0] == 3.0
+        assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+        # the head is upright: the orbits' fat is anterior and inferior, the vertex is narrow
+        world = lambda m: (img.affine @ np.c_[np.argwhere(m), np.ones(m.sum())].T)[:3]
+        head = vol > -500
+        z = world(head)[2]
+        assert (z > 80).sum() < (np.abs(z - 20) < 10).sum() * 0.5
+        y = world((vol > 1000))[1]
+        assert np.median(y) < 40                                                  # skull behind the face
+
+
+def test_same_seed_same_bytes_any_worker_count(cohort, env):
+    root_a, df_a = cohort
+    small = dict(n_internal=2, n_external=1, n_pretrain=1)
+    df_b = generate_cohort("toy", root=env / "data_b", seed=5, workers=2, prevalence=PREVALENCE, **small)
+    assert len(df_b) == 4
+    for rel in list(df_b["path"]) + list(df_b["mask_path"]):
+        a = (root_a / "synthetic" / rel).read_bytes()
+        b = (env / "data_b" / "synthetic" / rel).read_bytes()
+        assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), rel
+    common = df_a.set_index("scan_id").loc[df_b["scan_id"]].reset_index()
+    pd.testing.assert_frame_equal(common, df_b.reset_index(drop=True), check_dtype=False)
+
+
+def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env):
+    root, df = cohort
+    vol = root / "synthetic" / df["path"].iloc[0]
+    before = vol.stat().st_mtime_ns
+    again = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
+    assert vol.stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(again, df)
+    with pytest.raises(ValueError, match="cohort.json.*another configuration.*seed"):
+        generate_cohort("toy", root=root, seed=6, workers=1, prevalence=PREVALENCE, **SIZES)
+    from fmct_lib.cli import main
+    assert main(["synth", "--profile", "toy", "--root", str(root), "--seed", "6"]) == 2
+
+
+@pytest.mark.parametrize("flavour", ["rsna", "cq500"])
+def test_dicom_round_trip(cohort, tmp_path, flavour):
+    pytest.importorskip("fmct_lib.data.dicom_write", reason="the DICOM writer (ingestion issue) is not there yet")
+    dicom = pytest.importorskip("fmct_lib.data.dicom", reason="the DICOM reader (ingestion issue) is not there yet")
+    root, df = cohort
+    row = load_scans("synthetic", root=root).iloc[0]
+    files = write_phantom_dicom(row, tmp_path, flavour)
+    img = nib.load(row.path)
+    assert len(files) == img.shape[2]
+    back = dicom.read_dicom_series(files[0].parent)
+    np.testing.assert_allclose(back.affine, img.affine, atol=1e-3)
+    np.testing.assert_allclose(back.hu, np.asarray(img.dataobj), atol=0.5)
