@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from ...io import atomic_open
 
 __all__ = ["Atlas", "GRID_MIN", "GRID_MAX", "load_atlas", "build_atlas", "atlas_cache_dir",
            "resample_axes", "upsample", "linear_weights"]
@@ -203,14 +204,7 @@ def load_atlas(step: float = 1.0) -> Atlas:
         except (OSError, KeyError, ValueError) as err:   # a truncated or stale cache is rebuilt
             print(f"fmct: rebuilding atlas cache {path} ({err})")
     atlas = build_atlas(step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: getattr(atlas, k).astype(np.float16) for k in _FIELDS})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **{k: getattr(atlas, k).astype(np.float16) for k in _FIELDS})
     # return what a later process will read, so in-process and cached results are identical
     return Atlas(step=step, **{k: getattr(atlas, k).astype(np.float16).astype(np.float32) for k in _FIELDS})

@@ -28,7 +28,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ...config import get_profile
+from ...io import atomic_open
 from ...paths import data_root
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
 from ..splits import assign_splits
@@ -140,15 +140,8 @@ def plan_cohort(sizes: dict, seed: int = 0, prevalence: dict | None = None) -> l
 # ------------------------------------------------------------------------------------------ writing
 
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: str = "") -> Path:
