@@ -1,0 +1,109 @@
+# %% [markdown]
+# # 00 · Data: the cohort and the preprocessing chain
+#
+# What the later notebooks train and evaluate on. By default the synthetic head-CT cohort (MNI152
+# phantoms with the paper's conditions inserted, two scanner makes, slice thickness 0.5–5 mm); with
+# `-p dataset rsna` (or `cq500`, or a hospital's NIfTI folder) the same notebook describes an ingested
+# dataset. The figure shows one scan through the paper's chain (Methods): RAS → isotropic resampling →
+# canvas → centre crop → three HU windows → model input.
+
+# %% tags=["parameters"]
+dataset = "synthetic"   # synthetic | rsna | cq500 | a name registered by `fmct ingest nifti`
+profile = "demo"        # toy | demo | paper (fmct_lib/config.py)
+run_dir = None          # runs root (default $FMCT_RUNS or runs/)
+seed = 0
+example_scan = None     # scan_id to draw through the chain (default: the first test scan with a lesion)
+
+# %%
+from fmct_lib import plots, reproduce
+
+P, scans = reproduce.start(dataset, profile, run_dir)  # stops here, naming the ingest command, if missing
+print(f"{dataset}: {len(scans)} scans from {scans['patient_id'].nunique()} patients (profile {P.name})")
+
+# %% [markdown]
+# ## The cohort: sites, splits, protocols and prevalence
+
+# %%
+import pandas as pd
+from fmct_lib.data.manifest import dataset_info
+
+tasks = [t for t in dataset_info(dataset)["tasks"] if t in scans.columns]
+group = ["site", "split"] if "site" in scans.columns else ["split"]
+counts = scans.groupby(group).agg(scans=("scan_id", "size"), patients=("patient_id", "nunique"))
+prevalence = scans.groupby(group)[tasks].mean().round(3)
+protocol = scans.groupby(group).agg(
+    thickness_min=("slice_thickness_mm", "min"), thickness_max=("slice_thickness_mm", "max"),
+    **{f"make_{m}": ("manufacturer", lambda s, m=m: int((s == m).sum())) for m in sorted(scans["manufacturer"].unique())})
+display(counts.join(protocol))
+display(prevalence)
+
+# %%
+if dataset == "synthetic":
+    from IPython.display import Image
+    from fmct_lib.data.synthetic.figure import condition_figure
+    from fmct_lib.paths import figures_root
+
+    name = reproduce.figure_name("fig0a_synthetic_conditions", dataset, P)
+    png = condition_figure(figures_root() / name, step=P.synth_grid_mm, seed=seed)
+    plots.save_figure_data(name, prevalence.reset_index(),
+                           {"dataset": dataset, "profile": P.to_dict(), "phantom_grid_mm": P.synth_grid_mm, "seed": seed})
+    display(Image(filename=str(png)))
+
+# %% [markdown]
+# ## One scan through the preprocessing chain, and the cache the other notebooks read
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+from fmct_lib.interpret.viewer import display_slice
+from fmct_lib.preprocess import load_volume, model_input, paper_spec, place_on_canvas, resample
+
+spec = paper_spec(P)
+task_cols = [t for t in tasks if t in scans.columns]
+test = scans[scans["split"] == "test"]
+if example_scan is None:
+    lesioned = test[test[task_cols].fillna(0).sum(axis=1) > 0] if task_cols else test
+    example_scan = (lesioned if len(lesioned) else test if len(test) else scans)["scan_id"].iloc[0]
+row = scans.set_index("scan_id").loc[example_scan]
+hu, affine = load_volume(row["path"])
+iso, iso_affine = resample(hu, affine, spec)
+canvas, _ = place_on_canvas(iso, iso_affine, spec)
+x = model_input(canvas[None], spec)[0]
+steps = {
+    f"raw {hu.shape}\n{np.linalg.norm(affine[:3, :3], axis=0).round(2).tolist()} mm": hu,
+    f"RAS, {spec.spacing:g} mm {tuple(iso.shape)}": iso.numpy(),
+    f"canvas {spec.canvas}³": canvas.numpy(),
+    **{f"window {lv:g}/{w:g} → {spec.input_size}³": x[i].numpy() for i, (lv, w) in enumerate(spec.windows)},
+}
+fig, axes = plt.subplots(1, len(steps), figsize=(2.6 * len(steps), 2.9))
+for ax, (title, vol) in zip(axes, steps.items()):
+    is_hu = vol.max() > 1.5  # HU until the windows scale to [0, 1]
+    ax.imshow(display_slice(vol, "axial", vol.shape[2] // 2), cmap="gray", vmin=0, vmax=80 if is_hu else 1)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+fig.suptitle(f"{dataset} scan {example_scan}: axial mid-slice at each step (HU in the brain window; radiological view)", fontsize=9)
+fig.tight_layout()
+summary = counts.join(protocol).join(prevalence).reset_index()
+plots.save_figure(fig, reproduce.figure_name("fig0b_preprocessing_chain", dataset, P), summary,
+                  {"dataset": dataset, "profile": P.to_dict(), "spec": spec.to_dict(), "spec_hash": spec.hash,
+                   "example_scan": example_scan, "seed": seed})
+
+# %%
+report = reproduce.ensure_cache(dataset, P)
+report
+
+# %% [markdown]
+# ## Conclusion (computed from this run)
+
+# %%
+internal = scans[scans.get("site", pd.Series("internal", index=scans.index)) != "pretrain"]
+unlabelled = len(scans) - len(internal)
+lines = [
+    f"- {len(scans)} scans, {scans['patient_id'].nunique()} patients; {unlabelled} unlabelled pretraining scans "
+    f"and {len(internal)} labelled scans (paper: 361,663 pretraining scans, 270,205 labelled internal scans).",
+    f"- Slice thickness {scans['slice_thickness_mm'].min():.1f}–{scans['slice_thickness_mm'].max():.1f} mm "
+    f"(paper: 0.5–5 mm); makes: {', '.join(f'{k} {v}' for k, v in scans['manufacturer'].value_counts().items())}.",
+    f"- Most prevalent task: {prevalence.mean().idxmax()} ({prevalence.mean().max():.1%}); rarest: "
+    f"{prevalence.mean().idxmin()} ({prevalence.mean().min():.1%}).",
+]
+print("\n".join(lines))

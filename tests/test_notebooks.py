@@ -1,0 +1,115 @@
+"""The notebook collection: committed clean, one parameters cell each, and every notebook executed with
+papermill on the ``toy`` profile, in order, sharing one data / cache / runs / figures root so later
+notebooks reuse earlier runs (as ``make reproduce`` does on ``demo``)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXPECTED = ["00_data", "01_pretrain", "02_finetune", "03_transfer", "04_fewshot", "05_scaling",
+            "06_embeddings", "07_attention", "08_retrieval"]
+KERNEL = "fmct"
+ROOTS = ("FMCT_DATA", "FMCT_CACHE", "FMCT_RUNS", "FMCT_FIGURES")
+# CI time: the scaling study pretrains one fraction fewer than the notebook's default (the code path is the same)
+TOY_PARAMETERS = {"05_scaling": {"fractions": [0.5, 1.0]}}
+
+
+def test_the_collection_is_complete():
+    assert [nb.stem for nb in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_clean_with_one_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL, f"{path.name}: kernel is not {KERNEL!r}"
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters', expected exactly 1"
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert tagged[0] == first_code, f"{path.name}: the parameters cell must be the first code cell"
+    params = nb.cells[tagged[0]].source
+    for name in ("dataset", "profile", "run_dir", "seed"):
+        assert f"\n{name} =" in f"\n{params}", f"{path.name}: parameters cell lacks {name!r}"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: cell {i} has outputs"
+
+
+def test_notebooks_match_their_sources():
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_notebooks.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------ execution
+@pytest.fixture(scope="session")
+def shared_roots(tmp_path_factory):
+    """One data / cache / runs / figures root for the whole session; the kernels inherit it."""
+    base = tmp_path_factory.mktemp("fmct_notebooks")
+    saved = {k: os.environ.get(k) for k in (*ROOTS, "MPLBACKEND")}
+    for var in ROOTS:
+        os.environ[var] = str(base / var.split("_")[1].lower())
+    os.environ["MPLBACKEND"] = "Agg"
+    yield base
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _require_kernel():
+    from jupyter_client.kernelspec import KernelSpecManager
+    if KERNEL not in KernelSpecManager().find_kernel_specs():
+        pytest.fail(f"the Jupyter kernel {KERNEL!r} is not registered: run `make setup` "
+                    f"(it runs `python -m ipykernel install --sys-prefix --name {KERNEL}`)", pytrace=False)
+
+
+def _execute(path: Path, out: Path, **parameters) -> None:
+    """Run a notebook with papermill; on failure, fail naming the notebook, the cell and the error."""
+    import papermill as pm
+    _require_kernel()
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=parameters, kernel_name=KERNEL, cwd=str(REPO),
+                            progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        pytest.fail(f"{path.name}: cell In [{e.exec_count}] raised {e.ename}: {e.evalue}\n"
+                    f"--- cell source ---\n{e.source}\n--- traceback (end) ---\n" + "\n".join(e.traceback[-6:])
+                    + f"\n(executed notebook: {out})", pytrace=False)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_the_toy_profile(path, shared_roots):
+    out = shared_roots / "executed" / path.name
+    out.parent.mkdir(exist_ok=True)
+    figures = Path(os.environ["FMCT_FIGURES"])
+    before = {p.name: p.stat().st_mtime_ns for p in figures.glob("*")} if figures.exists() else {}
+    _execute(path, out, profile="toy", **TOY_PARAMETERS.get(path.stem, {}))
+    written = {p.name for p in figures.glob("*") if before.get(p.name) != p.stat().st_mtime_ns}
+    stems = {n.rsplit(".", 1)[0] for n in written}
+    assert stems, f"{path.name} wrote no figure"
+    for stem in stems:  # every figure comes with its data and configuration
+        assert {f"{stem}.{ext}" for ext in ("png", "pdf", "csv", "json")} <= written, stem
+
+
+@pytest.mark.notebook
+def test_a_missing_dataset_stops_in_the_first_cell_with_the_ingest_command(shared_roots, tmp_path):
+    import papermill as pm
+    _require_kernel()
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(REPO / "notebooks" / "04_fewshot.ipynb"), str(out),
+                            parameters={"dataset": "rsna", "profile": "toy"}, kernel_name=KERNEL,
+                            cwd=str(REPO), progress_bar=False)
+    assert err.value.ename == "DatasetNotAvailable"
+    assert "fmct ingest rsna --source DIR" in err.value.evalue
+    # executed: the parameters cell (1), papermill's injected parameters (2), then the first cell (3)
+    assert err.value.exec_count == 3
+    assert "reproduce.start(dataset" in err.value.source

@@ -1,0 +1,226 @@
+"""Figure styles and the figure writer (fmct_lib.plots) and the paper-values file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from fmct_lib import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+# ------------------------------------------------------------------------------------ paper values
+def test_paper_values_are_consistent_with_the_reported_relative_improvements():
+    pv = plots.load_paper_values()
+    for dataset, reported in (("nyu_langone", 16.07), ("nyu_long_island", 20.86), ("rsna", 12.01)):
+        auc = pv[(pv.dataset == dataset) & (pv.metric == "auroc") & (pv.task == "macro")].set_index("model")
+        computed = 100 * (auc.loc["finetune", "value"] / auc.loc["scratch", "value"] - 1)
+        rel = pv[(pv.dataset == dataset) & (pv.metric == "relative_improvement_pct")]["value"].item()
+        # the paper rounds the AUCs to 3 decimals, so the ratio of the rounded values is within ~0.02 %
+        assert computed == pytest.approx(rel, abs=0.02), dataset
+
+
+def test_paper_values_have_sources_and_plausible_values():
+    pv = plots.load_paper_values()
+    assert {("nyu_langone", 0.852), ("nyu_langone", 0.734), ("nyu_long_island", 0.904),
+            ("nyu_long_island", 0.748), ("rsna", 0.923), ("rsna", 0.824), ("cq500", 0.863)} <= set(
+        zip(pv.loc[pv.metric == "auroc", "dataset"], pv.loc[pv.metric == "auroc", "value"]))
+    assert pv["source"].str.contains("Nat. Biomed. Eng. 2026").all()
+    assert pv["quote"].str.len().gt(20).all()
+    aucs = pv.loc[pv.metric == "auroc", "value"]
+    assert aucs.between(0.5, 1.0).all()
+    assert pv.loc[pv.model == "fewshot", "k"].notna().all()
+
+
+def test_paper_values_reject_a_bad_relation(tmp_path):
+    bad = plots.load_paper_values()
+    bad.loc[0, "relation"] = "~"
+    path = tmp_path / "pv.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="relation"):
+        plots.load_paper_values(path)
+
+
+def test_paper_values_for_filters():
+    rows = plots.paper_values_for("fig1e", "rsna", "auroc")
+    assert set(rows["dataset"]) == {"rsna"} and set(rows["metric"]) == {"auroc"}
+    assert len(rows) == 2 + 5  # macro fine-tuned and scratch + the five "> 0.90" haemorrhage tasks
+
+
+# ------------------------------------------------------------------------------------ save_figure
+def test_save_figure_writes_four_files_that_round_trip(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    data = pd.DataFrame({"task": ["ich", "sdh"], "value": [0.91, 0.75]})
+    config = {"profile": "toy", "tasks": ("ich", "sdh"), "root": Path("/x"), "n": np.int64(3),
+              "auc": np.float32(0.5)}
+    paths = plots.save_figure(fig, "fig_test", data, config, root=tmp_path)
+    assert set(paths) == {"png", "pdf", "csv", "json"}
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["pdf"].read_bytes()[:5] == b"%PDF-"
+    pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), data)
+    meta = json.loads(paths["json"].read_text())
+    assert meta["figure"] == "fig_test"
+    assert meta["config"] == {"profile": "toy", "tasks": ["ich", "sdh"], "root": "/x", "n": 3, "auc": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+
+
+def test_save_figure_defaults_to_the_figures_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMCT_FIGURES", str(tmp_path / "figs"))
+    paths = plots.save_figure(plt.figure(), "f", pd.DataFrame({"a": [1]}), {})
+    assert paths["png"].parent == tmp_path / "figs"
+
+
+def test_save_figure_rejects_bad_input_before_writing(tmp_path):
+    fig = plt.figure()
+    df = pd.DataFrame({"a": [1]})
+    with pytest.raises(ValueError, match="plain file stem"):
+        plots.save_figure(fig, "sub/name", df, {}, root=tmp_path)
+    with pytest.raises(TypeError, match="DataFrame"):
+        plots.save_figure(fig, "name", [1, 2], {}, root=tmp_path)
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        plots.save_figure(fig, "name", df, {"f": object()}, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ bars
+def _bars_frame():
+    return pd.DataFrame({
+        "task": ["ich", "ich", "sdh", "sdh", "macro", "macro"],
+        "model": ["scratch", "finetune"] * 3,
+        "value": [0.60, 0.80, 0.55, 0.70, 0.575, 0.75],
+        "ci_low": [0.50, 0.75, 0.45, 0.60, 0.50, 0.70],
+        "ci_high": [0.70, 0.85, 0.65, 0.78, 0.65, 0.80],
+    })
+
+
+def test_metric_bars_heights_and_ci_whiskers_match_the_data():
+    df = _bars_frame()
+    fig = plots.metric_bars(df, hue_order=["scratch", "finetune"])
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    expected = df.set_index(["model", "task"]).loc[[("scratch", t) for t in ("ich", "sdh", "macro")]
+                                                   + [("finetune", t) for t in ("ich", "sdh", "macro")],
+                                                   "value"]
+    np.testing.assert_allclose(heights, expected.to_numpy())
+    # error bars: each LineCollection segment spans ci_low..ci_high of its bar
+    spans = sorted((round(seg[0][1], 6), round(seg[1][1], 6))
+                   for coll in ax.collections for seg in coll.get_segments())
+    assert spans == sorted(zip(df.ci_low.round(6), df.ci_high.round(6)))
+
+
+def test_metric_bars_draw_the_paper_value_on_the_matching_bar_and_name_it_the_papers():
+    df = _bars_frame()
+    paper = plots.paper_values_for("fig1e", "nyu_langone", "auroc")
+    fig = plots.metric_bars(df, hue_order=["scratch", "finetune"], paper=paper)
+    ax = fig.axes[0]
+    diamonds = [l for l in ax.lines if l.get_marker() == "D"]
+    assert sorted(float(l.get_ydata()[0]) for l in diamonds) == [0.734, 0.852]
+    finetune_macro_bar = ax.patches[3 + 2]  # finetune bars come second; macro is the third task
+    x_centre = finetune_macro_bar.get_x() + finetune_macro_bar.get_width() / 2
+    at_852 = [l for l in diamonds if float(l.get_ydata()[0]) == 0.852][0]
+    assert float(at_852.get_xdata()[0]) == pytest.approx(x_centre)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "paper (NYU Langone): 0.852 (finetune)" in labels
+
+
+def test_metric_bars_missing_columns_are_named():
+    with pytest.raises(ValueError, match="value"):
+        plots.metric_bars(pd.DataFrame({"task": ["a"], "model": ["b"]}))
+
+
+# ------------------------------------------------------------------------------------ lines
+def _fewshot_frame():
+    rows = []
+    for task in ("ich", "ivh"):
+        for model, base in (("finetune", 0.7), ("scratch", 0.55)):
+            for k in (8, 16, 32):
+                v = base + 0.01 * np.log2(k)
+                rows.append(dict(task=task, model=model, k=k, value=v, ci_low=v - 0.05, ci_high=v + 0.05))
+    return pd.DataFrame(rows)
+
+
+def test_fewshot_curves_lines_bands_and_full_data_stars():
+    df = _fewshot_frame()
+    full = pd.DataFrame({"task": ["ich", "ivh"], "model": ["finetune"] * 2, "value": [0.9, 0.95]})
+    paper = plots.paper_values_for("fig2", "rsna", "auroc")
+    fig = plots.fewshot_curves(df, full=full, paper=paper)
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in axes] == ["ICH", "IVH"]
+    ivh = axes[1]
+    line = [l for l in ivh.lines if l.get_label() == "finetune"][0]
+    np.testing.assert_allclose(line.get_ydata(), df[(df.task == "ivh") & (df.model == "finetune")].value)
+    star = [l for l in ivh.lines if l.get_marker() == "*"][0]
+    assert float(star.get_xdata()[0]) == 64 and float(star.get_ydata()[0]) == 0.95
+    assert ivh.get_xticklabels()[-1].get_text() == "all"
+    # the paper's IVH 8-shot value is drawn on the IVH panel only
+    assert [float(l.get_ydata()[0]) for l in ivh.lines if l.get_marker() == "D"] == [0.90]
+    assert not [l for l in axes[0].lines if l.get_marker() == "D"]
+    band = ivh.collections[0].get_paths()[0].vertices  # the first model's band: finetune
+    ivh_finetune = df[(df.task == "ivh") & (df.model == "finetune")]
+    assert band[:, 1].min() == pytest.approx(ivh_finetune.ci_low.min())
+    assert band[:, 1].max() == pytest.approx(ivh_finetune.ci_high.max())
+
+
+def test_band_lines_sorted_by_x_with_one_panel_per_facet():
+    df = pd.DataFrame({"fraction": [100, 10, 30] * 2, "method": ["dino"] * 3 + ["mae"] * 3,
+                       "value": [0.9, 0.7, 0.8, 0.8, 0.6, 0.7], "group": ["internal"] * 6})
+    fig = plots.band_lines(df, x="fraction", hue="method", facet="group", logx=True)
+    ax = [a for a in fig.axes if a.get_visible()][0]
+    dino = [l for l in ax.lines if l.get_label() == "dino"][0]
+    np.testing.assert_allclose(dino.get_xdata(), [10, 30, 100])
+    np.testing.assert_allclose(dino.get_ydata(), [0.7, 0.8, 0.9])
+    assert ax.get_title() == "internal"
+
+
+# ------------------------------------------------------------------------------------ scatter / attention
+def test_embedding_scatter_categorical_legend_and_numeric_colourbar():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=40), "y": rng.normal(size=40),
+                       "manufacturer": ["A", "B"] * 20, "slice_thickness_mm": rng.uniform(0.5, 5, 40),
+                       "ich": [1, 0, 0, 0] * 10})
+    fig = plots.embedding_scatter(df, highlight="ich")
+    manufacturer_ax, thickness_ax = fig.axes[:2]
+    assert [t.get_text() for t in manufacturer_ax.get_legend().get_texts()] == ["A", "B"]
+    assert len(fig.axes) == 3  # two panels and one colour bar
+    edged = manufacturer_ax.collections[-1]
+    assert len(edged.get_offsets()) == 10
+
+
+def test_attention_grid_layout_and_shape_check():
+    image = np.zeros((8, 8))
+    rows = [{"image": image, "overlays": {"pretrained": np.ones((8, 8)), "fine-tuned": np.eye(8)},
+             "mask": np.eye(8, dtype=bool), "label": "scan 1"}]
+    fig = plots.attention_grid(rows)
+    assert len(fig.axes) == 3
+    assert [a.get_title() for a in fig.axes] == ["scan 1", "pretrained", "fine-tuned"]
+    assert len(fig.axes[1].images) == 2
+    with pytest.raises(ValueError, match="shape"):
+        plots.attention_grid([{"image": image, "overlays": {"bad": np.ones((4, 4))}}])
+
+
+def test_save_figure_data_writes_only_the_table_and_the_configuration(tmp_path):
+    paths = plots.save_figure_data("made_elsewhere", pd.DataFrame({"a": [1, 2]}), {"k": 1}, root=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made_elsewhere.csv", "made_elsewhere.json"]
+    assert json.loads(paths["json"].read_text())["config"] == {"k": 1}
+
+
+def test_band_lines_put_macro_last_and_bound_the_axis():
+    df = pd.DataFrame({"k": [2, 4] * 3, "model": ["m"] * 6, "task": ["macro", "macro", "b", "b", "a", "a"],
+                       "value": [0.5, 0.6] * 3, "ci_low": [-3.0] * 6, "ci_high": [4.0] * 6})
+    fig = plots.fewshot_curves(df)
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in axes] == ["B", "A", "MACRO"]
+    assert axes[0].get_ylim() == (0.0, 1.0)
