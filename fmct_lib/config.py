@@ -63,6 +63,8 @@ class Profile:
     finetune_batch_size: int
     finetune_subset: int         # balanced subset drawn each epoch (paper 5,000 / 500 for CQ500-sized)
     scratch_grid: dict = field(default_factory=dict)  # scratch hyper-parameter sweep (paper Methods)
+    # pretraining learning rate per 256 scans, by method; empty = the paper's (DINO 3e-4, MAE 1.5e-3)
+    pretrain_base_lr: dict = field(default_factory=dict)
     fewshot_shots: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     fewshot_resamples: int = 5
     n_bootstrap: int = 100

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from fmct_lib.models.checkpoints import load_checkpoint
+from fmct_lib.config import get_profile
 from fmct_lib.train import pretrain_on, pretraining_scan_ids, run_config
 from fmct_lib.train.loop import STATE_FILE, epoch_permutation, micro_batches
 from _support import InMemoryVolumes
@@ -41,6 +42,10 @@ def test_run_config_scales_lr_and_schedules():
     assert cfg["warmup_steps"] == 2 and cfg["freeze_last_layer_steps"] == 2  # 1 of 2 epochs
     mae = run_config("mae", "paper", n_scans=10_000, batch_size=64, max_steps=1000)
     assert mae["lr"] == pytest.approx(1.5e-3 * 64 / 256) and mae["warmup_steps"] == 50  # 5% of steps
+    # a profile may set its own rate per 256 scans (small batches, short schedules); the other method keeps the paper's
+    fast = get_profile("toy").replace(pretrain_base_lr={"dino": 8e-3})
+    assert run_config("dino", fast, n_scans=40, batch_size=16)["lr"] == pytest.approx(8e-3 * 16 / 256)
+    assert run_config("mae", fast, n_scans=40, batch_size=16)["lr"] == pytest.approx(1.5e-3 * 16 / 256)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         run_config("dino", "toy", n_scans=3)
     with pytest.raises(ValueError, match="unknown method"):

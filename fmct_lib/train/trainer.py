@@ -59,12 +59,13 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
     epochs = profile.pretrain_epochs
     dino = dino or DINOConfig()
     warmup_fraction = profile.pretrain_warmup_epochs / epochs if method == "dino" else MAE_WARMUP_FRACTION
-    lr = BASE_LR[method] * global_batch / 256
+    base_lr = profile.pretrain_base_lr.get(method, BASE_LR[method])
+    lr = base_lr * global_batch / 256
     cfg = {
         "method": method, "seed": seed, "n_scans": n_scans, "world_size": world_size,
         "batch_size": b, "accum_steps": accum_steps, "global_batch": global_batch,
         "steps_per_epoch": steps_per_epoch, "total_steps": total,
-        "base_lr": BASE_LR[method], "lr": lr, "min_lr": lr * 1e-3, "warmup_steps": round(total * warmup_fraction),
+        "base_lr": base_lr, "lr": lr, "min_lr": lr * 1e-3, "warmup_steps": round(total * warmup_fraction),
         "weight_decay": 0.05, "betas": [0.9, 0.95],
         "checkpoint_every": checkpoint_every or max(1, min(steps_per_epoch, 500)),
     }
