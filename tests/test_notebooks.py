@@ -16,7 +16,6 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["00_data", "01_pretrain", "02_finetune", "03_transfer", "04_fewshot", "05_scaling",
             "06_embeddings", "07_attention", "08_retrieval"]
 KERNEL = "fmct"
-ROOTS = ("FMCT_DATA", "FMCT_CACHE", "FMCT_RUNS", "FMCT_FIGURES")
 # CI time: the scaling study pretrains one fraction fewer than the notebook's default (the code path is the same)
 TOY_PARAMETERS = {"05_scaling": {"fractions": [0.5, 1.0]}}
 
@@ -49,19 +48,15 @@ def test_notebooks_match_their_sources():
 
 # ------------------------------------------------------------------------------------------ execution
 @pytest.fixture(scope="session")
-def shared_roots(tmp_path_factory):
-    """One data / cache / runs / figures root for the whole session; the kernels inherit it."""
-    base = tmp_path_factory.mktemp("fmct_notebooks")
-    saved = {k: os.environ.get(k) for k in (*ROOTS, "MPLBACKEND")}
-    for var in ROOTS:
-        os.environ[var] = str(base / var.split("_")[1].lower())
+def shared_roots(session_roots):
+    """One data / cache / runs / figures root for the whole session (conftest); the kernels inherit it."""
+    saved = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = "Agg"
-    yield base
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    yield session_roots
+    if saved is None:
+        os.environ.pop("MPLBACKEND", None)
+    else:
+        os.environ["MPLBACKEND"] = saved
 
 
 def _require_kernel():
