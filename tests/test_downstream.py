@@ -247,11 +247,9 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
         main(["finetune", "--task", "ich", "--protocol", "knn"])
 
 
-def test_real_cache_path_with_a_rejected_scan(tmp_path, monkeypatch):
+def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots):
     """NIfTI files → scan table → the preprocessing cache → a linear probe; an unreadable file is left out."""
     import nibabel as nib
-    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("FMCT_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "data" / "niftis"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -148,7 +148,7 @@ def test_pretraining_set_is_train_split_internal_and_nested(tmp_path, monkeypatc
     assert all({f"scan{2 * (int(s[4:]) // 2)}", f"scan{2 * (int(s[4:]) // 2) + 1}"} <= mid for s in mid)
 
 
-def test_cli_pretrains_a_dataset_through_the_cache(tmp_path, monkeypatch):
+def test_cli_pretrains_a_dataset_through_the_cache(tmp_path, isolated_roots):
     import nibabel as nib
     import numpy as np
 
@@ -156,8 +156,6 @@ def test_cli_pretrains_a_dataset_through_the_cache(tmp_path, monkeypatch):
     from fmct_lib.data.cache import build_cache
     from fmct_lib.preprocess import paper_spec
 
-    for var, sub in (("FMCT_DATA", "data"), ("FMCT_CACHE", "cache"), ("FMCT_RUNS", "runs")):
-        monkeypatch.setenv(var, str(tmp_path / sub))
     folder = tmp_path / "data" / "tiny"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

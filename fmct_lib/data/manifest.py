@@ -127,6 +127,3 @@ def write_scans(df: pd.DataFrame, name: str, root: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(df, path)
     return path
-
-
-_atomic_write_csv = atomic_write_csv  # kept for callers written before fmct_lib.io existed

@@ -69,16 +69,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
         raise CheckpointError(f"{path}: its configuration has no 'model' entry to build an encoder from")
     from safetensors.torch import load_file
     state = load_file(str(path), device=map_location)
-    return _build_and_load(config["model"], state), config
+    with torch.device("meta"):
+        model = vit_from_config(config["model"])
+    return _assign(model, state), config
 
 
-def _build_and_load(config: dict, state: dict) -> VisionTransformer3d:
-    """Build the encoder without a random initialisation (on the meta device) and load ``state`` strictly.
+def _assign(model: VisionTransformer3d, state: dict) -> VisionTransformer3d:
+    """Load ``state`` strictly into a model built on the meta device (no wasted random initialisation).
 
     Floating-point tensors are copied as float32, so the model never aliases the caller's tensors.
     """
-    with torch.device("meta"):
-        model = vit_from_config(config)
     state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone() for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model
@@ -205,7 +205,8 @@ def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_si
                   depth=depth, num_heads=num_heads, mlp_ratio=mlp_dim / embed_dim,
                   qkv_bias="blocks.0.attn.qkv.bias" in state, num_register_tokens=n_reg)
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in vit_from_config(config).state_dict().items()}
+        model = vit_from_config(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: keys do not match the encoder: missing {missing[:10]}, "
@@ -213,7 +214,7 @@ def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_si
     if state["pos_embed"].shape != expected["pos_embed"]:
         raise CheckpointError(f"{source}: position table {tuple(state['pos_embed'].shape)} does not fit "
                               f"img_size={img_size}, patch_size={patch_size} ({tuple(expected['pos_embed'])})")
-    model = _build_and_load(config, state)
+    model = _assign(model, state)
     report.loaded, report.config = len(state), config
     model.load_report = report
     log.info("%s", report)

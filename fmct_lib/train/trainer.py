@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..config import get_profile
 from ..data.augment import AugmentConfig
+from ..io import atomic_write_text
 from ..models.checkpoints import save_checkpoint
 from ..paths import runs_root
 from ..preprocess import paper_spec
@@ -97,9 +98,7 @@ def _check_or_write_config(run_dir: Path, config: dict, dist_info: DistInfo, fre
                              f"(differs in {diff}); choose another run directory or pass resume=False")
         return
     if dist_info.is_main:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
 
 
 def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 0, resume: bool = True,

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from ...paths import data_root
 from ..dicom import lenient_validation
-from ..manifest import RSNA_TASKS, _atomic_write_csv, register_dataset
+from ...io import atomic_write_csv
+from ..manifest import RSNA_TASKS, register_dataset
 from .common import DICOM_COLUMNS, Job, finish, read_dicom_job, run_jobs
 
 __all__ = ["RSNA_SUBTYPES", "read_rsna_labels", "index_headers", "ingest_rsna"]
@@ -80,7 +81,7 @@ def index_headers(image_dir: Path, index_path: Path, *, workers: int = 2, chunk:
             rows += part
             bar.update(len(part))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    _atomic_write_csv(index, index_path)
+    atomic_write_csv(index, index_path)
     return index
 
 
