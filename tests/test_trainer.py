@@ -46,6 +46,14 @@ def test_run_config_scales_lr_and_schedules():
     fast = get_profile("toy").replace(pretrain_base_lr={"dino": 8e-3})
     assert run_config("dino", fast, n_scans=40, batch_size=16)["lr"] == pytest.approx(8e-3 * 16 / 256)
     assert run_config("mae", fast, n_scans=40, batch_size=16)["lr"] == pytest.approx(1.5e-3 * 16 / 256)
+    # and its own number of epochs per method: the schedule (warm-up, frozen prototypes) follows
+    longer = get_profile("toy").replace(pretrain_epochs_by_method={"dino": 4})
+    dino = run_config("dino", longer, n_scans=40, batch_size=4)
+    assert dino["total_steps"] == 4 * 10 and dino["warmup_steps"] == 10 and dino["freeze_last_layer_steps"] == 10
+    assert run_config("mae", longer, n_scans=40, batch_size=4)["total_steps"] == 2 * 10  # toy's 2 epochs
+    demo = get_profile("demo")
+    assert demo.pretrain_method == "mae" and run_config("mae", demo, n_scans=640)["total_steps"] == 20 * 40
+    assert run_config("mae", demo, n_scans=640)["lr"] == pytest.approx(1e-3)  # peak 1e-3 at batch 16
     with pytest.raises(ValueError, match="fewer than one global batch"):
         run_config("dino", "toy", n_scans=3)
     with pytest.raises(ValueError, match="unknown method"):

@@ -56,8 +56,8 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
     if steps_per_epoch == 0:
         raise ValueError(f"{n_scans} pretraining scans are fewer than one global batch of {global_batch} "
                          f"(batch {b} × {world_size} processes × {accum_steps} accumulation steps); lower batch_size")
-    total = max_steps or profile.pretrain_epochs * steps_per_epoch
-    epochs = profile.pretrain_epochs
+    epochs = profile.epochs_for(method)
+    total = max_steps or epochs * steps_per_epoch
     dino = dino or DINOConfig()
     warmup_fraction = profile.pretrain_warmup_epochs / epochs if method == "dino" else MAE_WARMUP_FRACTION
     base_lr = profile.pretrain_base_lr.get(method, BASE_LR[method])

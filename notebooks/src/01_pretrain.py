@@ -12,13 +12,14 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = "dino"     # dino | mae
+method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
 fraction = 1.0      # share of the pretraining pool (paper: 0.1, 0.3, 1.0 in Fig. 4)
 
 # %%
 from fmct_lib import plots, reproduce
 
 P, scans = reproduce.start(dataset, profile, run_dir)
+method = method or P.pretrain_method
 
 # %%
 import pandas as pd

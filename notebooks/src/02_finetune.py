@@ -12,7 +12,7 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = "dino"          # the pretraining to start from (01_pretrain)
+method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
 checkpoint = None        # or an encoder checkpoint (ours or the authors' released weights)
 tasks = None             # default: the dataset's tasks with positives in the test split
 protocols = ["scratch", "finetune", "linear", "attentive"]
@@ -22,6 +22,7 @@ site = "internal"        # synthetic cohort: train and test on this site (ignore
 from fmct_lib import plots, reproduce
 
 P, scans = reproduce.start(dataset, profile, run_dir)
+method = method or P.pretrain_method
 
 # %%
 from fmct_lib.downstream import run_sweep

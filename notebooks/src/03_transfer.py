@@ -16,7 +16,7 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = "dino"
+method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
 checkpoint = None
 tasks = None
 source_site = "internal"   # synthetic: the site the transferred model is trained on
@@ -27,6 +27,7 @@ target_dataset = None      # real data: test (and fine-tune in-domain) on anothe
 from fmct_lib import plots, reproduce
 
 P, scans = reproduce.start(dataset, profile, run_dir)
+method = method or P.pretrain_method
 target_dataset = target_dataset or dataset
 target_scans = scans if target_dataset == dataset else reproduce.ensure_dataset(target_dataset, P)
 

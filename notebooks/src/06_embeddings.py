@@ -12,7 +12,7 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = "dino"
+method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
 checkpoint = None
 projection = "tsne"       # tsne | umap
 highlight_task = "ich"    # positives of this task drawn with an edge ("all" vs positive cases)
@@ -24,6 +24,7 @@ site = "internal"
 from fmct_lib import plots, reproduce
 
 P, scans = reproduce.start(dataset, profile, run_dir)
+method = method or P.pretrain_method
 
 # %%
 import pandas as pd

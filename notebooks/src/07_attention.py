@@ -14,7 +14,7 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = "dino"
+method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
 checkpoint = None
 tasks = None          # default: the profile's tasks (paper Fig. 5: oedema, ADRD, IPH, IVH, SAH)
 scan_id = None        # default: the test scan with the most positive tasks
@@ -26,6 +26,7 @@ layer = -1            # layer of the cls attention drawn in the figure (-1: last
 from fmct_lib import plots, reproduce
 
 P, scans = reproduce.start(dataset, profile, run_dir)
+method = method or P.pretrain_method
 
 # %%
 from fmct_lib.data.synthetic.lesions import LABEL_CODES
