@@ -40,10 +40,11 @@ test: setup browser
 
 reproduce: setup
 	@mkdir -p runs/notebooks figures
-	@for nb in $(NOTEBOOKS); do \
-	  name=$$(basename $$nb); echo "== $$name (profile $(PROFILE))"; \
+	@start=$$(date +%s); for nb in $(NOTEBOOKS); do \
+	  name=$$(basename $$nb); echo "== $$name (profile $(PROFILE))"; t0=$$(date +%s); \
 	  $(VENV)/bin/papermill --kernel $(KERNEL) $$nb runs/notebooks/$$name -p profile $(PROFILE) || exit 1; \
-	done
+	  echo "== $$name done in $$(( $$(date +%s) - t0 )) s"; \
+	done; echo "all notebooks done in $$(( ($$(date +%s) - start) / 60 )) min"
 	@echo "figures written to figures/"
 
 bench: setup

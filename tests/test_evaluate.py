@@ -5,7 +5,7 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test,
+from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test, paired_runs,
                                permutation_null, relative_improvement, task_metrics, weighted_auroc_ap)
 from fmct_lib.evaluate.stats import bootstrap_indices, permutation_swaps
 
@@ -187,3 +187,26 @@ def test_fewshot_summary_mean_and_t_interval():
         assert summary.loc[key, "mean"] == pytest.approx(v.mean())
         assert summary.loc[key, "ci_low"] == pytest.approx(lo) and summary.loc[key, "ci_high"] == pytest.approx(hi)
         assert summary.loc[key, "n_resamples"] == 5
+
+
+def test_paired_runs_matches_runs_by_task_k_and_seed():
+    rng = np.random.default_rng(5)
+    y = np.array([0, 1] * 15)
+
+    def runs(shift, seeds, ks):
+        rows, aucs = [], {}
+        for k in ks:
+            for seed in seeds:
+                s = y * shift * (seed + 1) + rng.random(len(y))
+                aucs[(k, seed)] = roc_auc_score(y, s)
+                rows += [{"task": "ich", "k": k, "seed": seed, "probability": p, "label": t} for p, t in zip(s, y)]
+        return pd.DataFrame(rows), aucs
+
+    a, auc_a = runs(0.3, seeds=[0, 1, 2], ks=[8, None])
+    b, auc_b = runs(0.1, seeds=[0, 1], ks=[8, 32])       # seed 2, K=32 and the all-data run have no partner
+    table = paired_runs(a, b).set_index(["k", "seed"])
+    assert sorted(table.index) == [(8, 0), (8, 1)]
+    for seed in (0, 1):
+        row = table.loc[(8, seed)]
+        assert row["auroc_a"] == pytest.approx(auc_a[(8, seed)]) and row["auroc_b"] == pytest.approx(auc_b[(8, seed)])
+        assert row["a_wins"] == (auc_a[(8, seed)] > auc_b[(8, seed)])

@@ -23,7 +23,7 @@ from .metrics import MACRO, predictions_to_wide, sort_groups, task_metrics, weig
 
 __all__ = [
     "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "permutation_swaps", "permutation_null",
-    "paired_permutation_test", "relative_improvement", "fewshot_summary", "mean_ci",
+    "paired_permutation_test", "relative_improvement", "fewshot_summary", "paired_runs", "mean_ci",
 ]
 METRICS = ("auroc", "ap")
 
@@ -264,6 +264,23 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     out = pd.DataFrame(rows)
     out["k_order"] = [np.inf if k == "all" else k for k in out["k"]]
     return out.sort_values(["task", "metric", "k_order"], ignore_index=True).drop(columns="k_order")
+
+
+def paired_runs(a: pd.DataFrame, b: pd.DataFrame, metric: str = "auroc",
+                by: tuple[str, ...] = ("task", "k", "seed")) -> pd.DataFrame:
+    """One row per run made both ways (same task, K and resample seed, so the same K-shot draw): the
+    ``metric`` of ``a`` and of ``b`` side by side, and ``a_wins`` where ``a`` is strictly higher.
+
+    Runs of one side without a partner are dropped. The runs share one test set, so they are not
+    independent samples: read the count of wins as a description, not as a test.
+    """
+    def per_run(df):
+        df = df.copy()
+        df["k"] = df["k"].apply(lambda v: "all" if pd.isna(v) or v == "" else int(v))
+        return task_metrics(df, by=by)[[*by, metric]]
+    out = per_run(a).merge(per_run(b), on=list(by), suffixes=("_a", "_b"))
+    out["a_wins"] = out[f"{metric}_a"] > out[f"{metric}_b"]
+    return out
 
 
 def _as_matrix(x) -> np.ndarray:

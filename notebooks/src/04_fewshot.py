@@ -54,7 +54,7 @@ predictions = pd.concat(frames, ignore_index=True)
 predictions.groupby(["model", "k"], dropna=False)["seed"].nunique()
 
 # %%
-from fmct_lib.evaluate import fewshot_summary
+from fmct_lib.evaluate import fewshot_summary, paired_runs
 
 summary = pd.concat([fewshot_summary(g.drop(columns="model")).assign(model=m)
                      for m, g in predictions.groupby("model")], ignore_index=True)
@@ -89,6 +89,10 @@ if "scratch" in macro:
     lines.append(reproduce.describe_comparison(f"pretrained at K={low}", macro.loc[low, "pretrained"],
                                                f"scratch at K={low}", macro.loc[low, "scratch"]))
     lines.append(f"Pretrained beats scratch in macro-AUROC at K = {wins or 'none'} of {list(macro.index)}.")
+    pairs = paired_runs(predictions[predictions.model == "pretrained"], predictions[predictions.model == "scratch"])
+    pairs = pairs[pairs.k != "all"]
+    lines.append(f"Run by run (same task, K and draw): pretrained above scratch in {int(pairs.a_wins.sum())} of "
+                 f"{len(pairs)} few-shot runs; they share one test set, so this describes, it does not test.")
 top = macro.index.max()
 if "pretrained" in star:
     lines.append(f"Pretrained at K={top}: {macro.loc[top, 'pretrained']:.3f} vs all data {star['pretrained']:.3f} "
