@@ -124,7 +124,7 @@ PROFILES: dict[str, Profile] = {
         mae_decoder_dim=96, mae_decoder_depth=2, mae_decoder_heads=4,
         pretrain_epochs=3, pretrain_batch_size=16, pretrain_warmup_epochs=1,
         # DINO does not leave its uniform state within a CPU budget at this scale (README, "Status"), so the
-        # demo's notebooks start from MAE: 20 epochs at a peak LR of 1e-3 (batch 16), ~4 min on 2 cores
+        # demo's notebooks start from MAE: 20 epochs at a peak LR of 1e-3 (batch 16), 1.5–4.5 min on 2 cores
         pretrain_method="mae", pretrain_epochs_by_method={"mae": 20}, pretrain_base_lr={"mae": 0.016},
         finetune_epochs=8, finetune_batch_size=16, finetune_subset=200,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [8], "optimizer": ["adamw"]},
