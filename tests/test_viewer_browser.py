@@ -114,6 +114,11 @@ def test_slider_moves_the_image_in_jupyterlab(jupyterlab):
             while panel.screenshot() == before:  # the kernel re-renders and sends the new PNG
                 assert time.monotonic() < deadline, "the image did not change after moving the slice slider"
                 time.sleep(0.2)
-            assert f"slice {start + 3}/" in page.locator(".widget-html-content").last.inner_text()
+            # the caption follows the last of the three renders, which may land after the first new image
+            caption = page.locator(".widget-html-content").last
+            deadline = time.monotonic() + 15
+            while f"slice {start + 3}/" not in caption.inner_text():
+                assert time.monotonic() < deadline, f"caption still says {caption.inner_text()!r}"
+                time.sleep(0.2)
         finally:
             browser.close()
