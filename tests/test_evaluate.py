@@ -5,8 +5,8 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test, paired_runs,
-                               permutation_null, relative_improvement, task_metrics, weighted_auroc_ap)
+from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test,
+                               paired_runs, permutation_null, relative_improvement, task_metrics, weighted_auroc_ap)
 from fmct_lib.evaluate.stats import bootstrap_indices, permutation_swaps
 
 

@@ -8,5 +8,6 @@ from .stats import (bootstrap_ci, bootstrap_replicates, fewshot_summary, mean_ci
 __all__ = [
     "auroc", "average_precision", "task_metrics", "weighted_auroc_ap", "predictions_to_wide",
     "bootstrap_ci", "bootstrap_replicates", "paired_permutation_test", "permutation_null",
-    "relative_improvement", "fewshot_summary", "paired_runs", "mean_ci", "retrieve_all_vs_all", "retrieval_summary",
+    "relative_improvement", "fewshot_summary", "paired_runs", "mean_ci", "retrieve_all_vs_all",
+    "retrieval_summary",
 ]
