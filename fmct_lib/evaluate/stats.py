@@ -250,9 +250,7 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     runs, reported as ``k = "all"``). A ``macro`` task averages the tasks within each resample first.
     Columns: ``task, k, metric, mean, ci_low, ci_high, n_resamples``.
     """
-    df = predictions.copy()
-    df["k"] = df["k"].apply(lambda v: "all" if pd.isna(v) or v == "" else int(v))
-    per_run = task_metrics(df, by=("k", "seed", "task"))
+    per_run = task_metrics(_with_k_labels(predictions), by=("k", "seed", "task"))
     macro = per_run.groupby(["k", "seed"], as_index=False)[list(METRICS)].mean().assign(task=MACRO)
     per_run = pd.concat([per_run, macro], ignore_index=True)
     rows = []
@@ -275,12 +273,17 @@ def paired_runs(a: pd.DataFrame, b: pd.DataFrame, metric: str = "auroc",
     independent samples: read the count of wins as a description, not as a test.
     """
     def per_run(df):
-        df = df.copy()
-        df["k"] = df["k"].apply(lambda v: "all" if pd.isna(v) or v == "" else int(v))
-        return task_metrics(df, by=by)[[*by, metric]]
+        return task_metrics(_with_k_labels(df), by=by)[[*by, metric]]
     out = per_run(a).merge(per_run(b), on=list(by), suffixes=("_a", "_b"))
     out["a_wins"] = out[f"{metric}_a"] > out[f"{metric}_b"]
     return out
+
+
+def _with_k_labels(predictions: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``k`` as an int, or ``"all"`` for the all-data runs (k empty/NaN)."""
+    df = predictions.copy()
+    df["k"] = df["k"].apply(lambda v: "all" if pd.isna(v) or v == "" else int(v))
+    return df
 
 
 def _as_matrix(x) -> np.ndarray:
