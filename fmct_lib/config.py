@@ -62,6 +62,9 @@ class Profile:
     finetune_epochs: int         # paper: at most 10
     finetune_batch_size: int
     finetune_subset: int         # balanced subset drawn each epoch (paper 5,000 / 500 for CQ500-sized)
+    # encoder learning rate of fine-tuning (paper 1e-5 for ViT-B); Adam's LR scales ~1/width, so the narrow
+    # demo encoder (96 wide, 768/96 = 8×) takes 1e-4
+    finetune_lr_encoder: float = 1e-5
     scratch_grid: dict = field(default_factory=dict)  # scratch hyper-parameter sweep (paper Methods)
     # pretraining learning rate per 256 scans, by method; empty = the paper's (DINO 3e-4, MAE 1.5e-3)
     pretrain_base_lr: dict = field(default_factory=dict)
@@ -126,7 +129,9 @@ PROFILES: dict[str, Profile] = {
         # DINO does not leave its uniform state within a CPU budget at this scale (README, "Status"), so the
         # demo's notebooks start from MAE: 20 epochs at a peak LR of 1e-3 (batch 16), 1.5–4.5 min on 2 cores
         pretrain_method="mae", pretrain_epochs_by_method={"mae": 20}, pretrain_base_lr={"mae": 0.016},
-        finetune_epochs=8, finetune_batch_size=16, finetune_subset=200,
+        # 8 epochs × 800 draws = 400 steps (paper 10 × 5,000 / 16 = 3,125); 200 draws (100 steps) left every
+        # model, pretrained or not, near chance (README, "Why, and what was tried")
+        finetune_epochs=8, finetune_batch_size=16, finetune_subset=800, finetune_lr_encoder=1e-4,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [8], "optimizer": ["adamw"]},
         fewshot_shots=(8, 32), fewshot_resamples=3,
         synth_grid_mm=3.0, synth_internal=500, synth_external=150, synth_pretrain=300, max_tasks=3,
@@ -138,7 +143,7 @@ PROFILES: dict[str, Profile] = {
         dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=16,
         mae_decoder_dim=24, mae_decoder_depth=1, mae_decoder_heads=2,
         pretrain_epochs=2, pretrain_batch_size=4, pretrain_warmup_epochs=1,
-        finetune_epochs=2, finetune_batch_size=4, finetune_subset=32,
+        finetune_epochs=2, finetune_batch_size=4, finetune_subset=32, finetune_lr_encoder=1e-4,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [2], "optimizer": ["adamw"]},
         fewshot_shots=(2, 4), fewshot_resamples=2, n_bootstrap=20, n_permutations=50,
         synth_grid_mm=3.0, synth_internal=80, synth_external=40, synth_pretrain=60, max_tasks=2,

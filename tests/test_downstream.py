@@ -85,6 +85,36 @@ def test_linear_probe_keeps_the_encoder_and_finetune_changes_it():
         assert not torch.equal(head_before, model.head.linear.weight)
 
 
+class RecordingSource(VolumeSource):
+    """A VolumeSource that records which rows each training batch asked for."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.asked = []
+
+    def batches(self, indices, batch_size):
+        self.asked.append([int(i) for i in indices])
+        return super().batches(indices, batch_size)
+
+
+@pytest.mark.parametrize("subset", [12, 0])
+def test_fewshot_epochs_draw_from_the_k_shot_rows(subset):
+    """Few-shot trains with the full-data settings: ``subset`` class-balanced draws per epoch from its 2K
+    rows (paper: "the same hyperparameter settings"); ``subset = 0`` passes each row once per epoch."""
+    y = np.array([0, 1] * 20)
+    shots = np.array([0, 2, 4, 1, 3, 5])  # K = 3: rows 0, 2, 4 negative, 1, 3, 5 positive
+    src = RecordingSource(volumes_for(y, 0))
+    hp = HParams(epochs=3, batch_size=4, subset=subset)
+    fit(tiny_model(), src, y, hp, frozen=False, train_indices=shots, progress=False)
+    rows = np.concatenate(src.asked)
+    assert set(rows) <= set(shots)
+    if subset:
+        assert len(rows) == 3 * subset and y[rows].sum() > 0.25 * len(rows) and (1 - y[rows]).sum() > 0.25 * len(rows)
+    else:
+        per_epoch = np.split(rows, 3)
+        assert all(sorted(e) == sorted(shots) for e in per_epoch)
+
+
 def test_fit_learns_and_keeps_the_best_validation_epoch():
     y_train, y_val, y_test = np.array([0, 0, 0, 1] * 12), np.array([0, 1] * 8), np.array([0, 1] * 10)
     train, val, test = (VolumeSource(volumes_for(y, s)) for y, s in ((y_train, 1), (y_val, 2), (y_test, 3)))
@@ -174,6 +204,11 @@ def test_scratch_sweep_records_the_choice(toy_world):
     assert config["scratch_choice"] == {k: best[k] for k in grid}
     assert config["signature"]["hparams"]["flip_axes"] == [1, 2]  # no left-right flips for a lateral task
     assert (preds["task"] == "bleed_left").all()
+    # another grid is another run, never the finished one above
+    other = TOY.replace(scratch_grid={**grid, "lr": [1e-2]})
+    run_protocol("toyset", "bleed_left", "scratch", None, other, run_root=root, progress=False)
+    choices = [json.loads(p.read_text())["scratch_choice"]["lr"] for p in root.rglob("config.json")]
+    assert sorted(choices) in ([1e-4, 1e-2], [1e-3, 1e-2])
 
 
 def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch):
@@ -247,7 +282,7 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
         main(["finetune", "--task", "ich", "--protocol", "knn"])
 
 
-def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots):
+def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypatch):
     """NIfTI files → scan table → the preprocessing cache → a linear probe; an unreadable file is left out."""
     import nibabel as nib
     folder = tmp_path / "data" / "niftis"
@@ -279,3 +314,10 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots):
     assert list(preds["scan_id"]) == ["s10", "s11", "s12", "s13"] and preds["probability"].between(0, 1).all()
     config = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())
     assert config["n_train"] == 7 and config["spec"]["canvas"] == profile.canvas
+    # small splits are held in memory; the inputs are those read batch by batch from the cache
+    table = pd.DataFrame(rows[:3])
+    held, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    monkeypatch.setattr(downstream, "IN_MEMORY_BYTES", 0)
+    streamed, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    assert torch.is_tensor(held.data) and not torch.is_tensor(streamed.data)
+    assert torch.equal(torch.cat(list(held.batches([2, 0], 2))), torch.cat(list(streamed.batches([2, 0], 2))))
