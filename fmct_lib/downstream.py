@@ -17,9 +17,10 @@ at 1.0 (the authors' CLI values; the paper does not give them), two-class softma
 ``profile.finetune_subset`` scans per epoch — for few-shot too, drawn from its 2K scans (the paper: "the
 same hyperparameter settings"; the authors' code instead passes the 2K scans once per epoch).
 Augmentation on the input batch as the authors' downstream code: flips with p = 0.1 per axis (never
-left-right for lateralised tasks) and an intensity offset in ±0.1 with p = 0.5. After every epoch the model is scored on the validation split; the epoch with the best
-validation AUROC is kept and evaluated (the authors' code does this; the paper says "a maximum of 10
-epochs"). Without a two-class validation set the last epoch is kept.
+left-right for lateralised tasks) and an intensity offset in ±0.1 with p = 0.5. After every epoch the
+model is scored on the validation split; the epoch with the best validation AUROC is kept and evaluated
+(the authors' code does this; the paper says "a maximum of 10 epochs"). Without a two-class validation
+set the last epoch is kept.
 
 External validation (Fig. 1f–g): ``train_filter``/``eval_filter`` select rows of the scan tables by
 column values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external"}`` trains on the
