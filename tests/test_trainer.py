@@ -52,8 +52,9 @@ def test_run_config_scales_lr_and_schedules():
     assert dino["total_steps"] == 4 * 10 and dino["warmup_steps"] == 10 and dino["freeze_last_layer_steps"] == 10
     assert run_config("mae", longer, n_scans=40, batch_size=4)["total_steps"] == 2 * 10  # toy's 2 epochs
     demo = get_profile("demo")
-    assert demo.pretrain_method == "mae" and run_config("mae", demo, n_scans=640)["total_steps"] == 20 * 40
-    assert run_config("mae", demo, n_scans=640)["lr"] == pytest.approx(1e-3)  # peak 1e-3 at batch 16
+    # the demo pool (train split of 1,500 internal + 300 pretraining scans, ~1,440): 9 epochs of 90 steps
+    assert demo.pretrain_method == "mae" and run_config("mae", demo, n_scans=1440)["total_steps"] == 9 * 90
+    assert run_config("mae", demo, n_scans=1440)["lr"] == pytest.approx(1e-3)  # peak 1e-3 at batch 16
     with pytest.raises(ValueError, match="fewer than one global batch"):
         run_config("dino", "toy", n_scans=3)
     with pytest.raises(ValueError, match="unknown method"):
