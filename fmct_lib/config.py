@@ -127,7 +127,7 @@ PROFILES: dict[str, Profile] = {
         mae_decoder_dim=96, mae_decoder_depth=2, mae_decoder_heads=4,
         pretrain_epochs=2, pretrain_batch_size=16, pretrain_warmup_epochs=1,
         # DINO does not leave its uniform state within a CPU budget at this scale (README, "Status"), so the
-        # demo's notebooks start from MAE: 9 epochs of its ~1,440-scan pool (810 steps) at a peak LR of 1e-3
+        # demo's notebooks start from MAE: 9 epochs of its ~1,440-scan pool (~800 steps) at a peak LR of 1e-3
         # (batch 16), about 1.5 min on 2 cores
         pretrain_method="mae", pretrain_epochs_by_method={"mae": 9}, pretrain_base_lr={"mae": 0.016},
         # 8 epochs × 800 draws = 400 steps (paper 10 × 5,000 / 16 = 3,125); 200 draws (100 steps) left every
