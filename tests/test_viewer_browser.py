@@ -23,6 +23,15 @@ NOTEBOOK = Path(__file__).parent / "assets" / "viewer_browser.ipynb"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+
+def _wait_until(condition, failure, timeout: float = 15.0) -> None:
+    """Poll ``condition`` every 0.2 s; fail with ``failure`` (a text, or a callable giving one) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure() if callable(failure) else failure
+        time.sleep(0.2)
+
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(240),
@@ -110,15 +119,11 @@ def test_slider_moves_the_image_in_jupyterlab(jupyterlab):
             page.wait_for_function(
                 "([sel, v]) => document.querySelector(sel).innerText.trim() === String(v)",
                 arg=[".fmct-slice .widget-readout", start + 3], timeout=10_000)
-            deadline = time.monotonic() + 15
-            while panel.screenshot() == before:  # the kernel re-renders and sends the new PNG
-                assert time.monotonic() < deadline, "the image did not change after moving the slice slider"
-                time.sleep(0.2)
+            # the kernel re-renders and sends the new PNG
+            _wait_until(lambda: panel.screenshot() != before, "the image did not change after moving the slider")
             # the caption follows the last of the three renders, which may land after the first new image
             caption = page.locator(".widget-html-content").last
-            deadline = time.monotonic() + 15
-            while f"slice {start + 3}/" not in caption.inner_text():
-                assert time.monotonic() < deadline, f"caption still says {caption.inner_text()!r}"
-                time.sleep(0.2)
+            _wait_until(lambda: f"slice {start + 3}/" in caption.inner_text(),
+                        lambda: f"caption still says {caption.inner_text()!r}")
         finally:
             browser.close()
