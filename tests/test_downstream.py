@@ -211,6 +211,20 @@ def test_scratch_sweep_records_the_choice(toy_world):
     assert sorted(choices) in ([1e-4, 1e-2], [1e-3, 1e-2])
 
 
+def test_a_longer_budget_trains_every_model_longer_in_runs_of_its_own(toy_world):
+    _, ckpt, root = toy_world
+    assert get_profile("demo").finetune_steps == 8 * 800 // 16 and get_profile("paper").finetune_steps == 10 * 313
+    longer = TOY.with_finetune_epochs(3)
+    assert TOY.finetune_batch_size == 4 and longer.finetune_steps == 3 * (16 // 4)
+    assert longer.scratch_grid == {**TOY.scratch_grid, "epochs": [3]} and TOY.scratch_grid["epochs"] == [1]
+    for protocol in ("scratch", "finetune"):
+        run_protocol("toyset", "ich", protocol, ckpt, TOY, run_root=root, progress=False)
+        run_protocol("toyset", "ich", protocol, ckpt, longer, run_root=root, progress=False)
+    epochs = sorted((json.loads(p.read_text())["signature"]["protocol"], len(json.loads(p.read_text())["history"]))
+                    for p in root.rglob("config.json"))
+    assert epochs == [("finetune", TOY.finetune_epochs), ("finetune", 3), ("scratch", 1), ("scratch", 3)]
+
+
 def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch):
     _, ckpt, root = toy_world
     with pytest.warns(UserWarning, match="K=50"):

@@ -4,6 +4,7 @@ notebooks reuse earlier runs (as ``make reproduce`` does on ``demo``)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,12 @@ def test_notebook_is_committed_clean_with_one_parameters_cell(path):
     params = nb.cells[tagged[0]].source
     for name in ("dataset", "profile", "run_dir", "seed"):
         assert f"\n{name} =" in f"\n{params}", f"{path.name}: parameters cell lacks {name!r}"
+    # papermill reads each parameter line with a regex (an "=" in a comment hides the parameter from
+    # `papermill --help-notebook` and makes `-p` warn "unknown parameter")
+    from papermill.inspection import inspect_notebook
+    assigned = set(re.findall(r"^(\w+)\s*=", params, re.M))
+    hidden = assigned - set(inspect_notebook(str(path)))
+    assert not hidden, f"{path.name}: papermill cannot see the parameters {sorted(hidden)}"
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: cell {i} has outputs"
@@ -92,6 +99,20 @@ def test_notebook_runs_on_the_toy_profile(path, shared_roots):
     assert stems, f"{path.name} wrote no figure"
     for stem in stems:  # every figure comes with its data and configuration
         assert {f"{stem}.{ext}" for ext in ("png", "pdf", "csv", "json")} <= written, stem
+
+
+@pytest.mark.notebook
+def test_another_finetuning_budget_writes_figures_of_its_own(shared_roots):
+    figures = Path(os.environ["FMCT_FIGURES"])
+    before = {p.name: p.stat().st_mtime_ns for p in figures.glob("*")} if figures.exists() else {}
+    (shared_roots / "executed").mkdir(exist_ok=True)
+    _execute(REPO / "notebooks" / "02_finetune.ipynb", shared_roots / "executed" / "02_finetune_3ep.ipynb",
+             profile="toy", finetune_epochs=3, protocols=["scratch", "finetune"])
+    written = {p.name for p in figures.glob("*") if before.get(p.name) != p.stat().st_mtime_ns}
+    assert written == {f"fig1e_finetune_vs_scratch_3ep__synthetic_toy.{ext}" for ext in ("png", "pdf", "csv", "json")}
+    executed = nbformat.read(shared_roots / "executed" / "02_finetune_3ep.ipynb", as_version=4)
+    conclusion = "".join(o.get("text", "") for o in executed.cells[-1].outputs)
+    assert "Every model trained 3 epochs" in conclusion, conclusion
 
 
 @pytest.mark.notebook
