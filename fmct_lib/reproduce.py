@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import Profile, get_profile
+from .config import PROFILES, Profile, get_profile
 from .data.manifest import PAPER_TASKS, dataset_info, is_available, load_scans, scan_table_path
 
 __all__ = ["start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensure_finetuned", "choose_tasks",
@@ -26,13 +26,16 @@ __all__ = ["start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensu
 _PAPER_COUNTERPART = {("synthetic", "internal"): "nyu_langone", ("synthetic", "external"): "nyu_long_island"}
 
 
-def start(dataset: str, profile: str | Profile, run_dir: str | None = None) -> tuple[Profile, pd.DataFrame]:
+def start(dataset: str, profile: str | Profile, run_dir: str | None = None,
+          finetune_epochs: int | None = None) -> tuple[Profile, pd.DataFrame]:
     """The first cell of every notebook: point the runs root at ``run_dir`` (if given) and return the
-    profile and the dataset's scan table — generated for ``synthetic``, else loaded, stopping with the
-    ingest command when it has not been ingested."""
+    profile (with ``finetune_epochs`` for every downstream model, if given) and the dataset's scan table —
+    generated for ``synthetic``, else loaded, stopping with the ingest command when it has not been ingested."""
     if run_dir:
         os.environ["FMCT_RUNS"] = str(Path(run_dir).expanduser().resolve())
     p = get_profile(profile)
+    if finetune_epochs:
+        p = p.with_finetune_epochs(finetune_epochs)
     return p, ensure_dataset(dataset, p)
 
 
@@ -150,8 +153,12 @@ def paper_dataset(dataset: str, site: str | None = None) -> str:
 
 def figure_name(base: str, dataset: str, profile: str | Profile) -> str:
     """``base`` for the committed gallery (synthetic cohort, ``demo`` profile), else ``base__<dataset>_<profile>``,
-    so a run on other data or at another size never overwrites the gallery's figures."""
+    so a run on other data or at another size never overwrites the gallery's figures; a profile whose
+    fine-tuning epochs differ from its namesake's adds ``_<epochs>ep`` to ``base``."""
     p = get_profile(profile)
+    named = PROFILES.get(p.name)
+    if named is not None and p.finetune_epochs != named.finetune_epochs:
+        base = f"{base}_{p.finetune_epochs}ep"
     return base if (dataset, p.name) == ("synthetic", "demo") else f"{base}__{dataset}_{p.name}"
 
 

@@ -64,3 +64,7 @@ def test_figure_names_keep_the_gallery_for_the_demo_run_only():
     assert reproduce.figure_name("fig2", "synthetic", "demo") == "fig2"
     assert reproduce.figure_name("fig2", "synthetic", "toy") == "fig2__synthetic_toy"
     assert reproduce.figure_name("fig2", "rsna", "demo") == "fig2__rsna_demo"
+    longer = get_profile("demo").with_finetune_epochs(40)
+    assert reproduce.figure_name("fig2", "synthetic", longer) == "fig2_40ep"
+    assert reproduce.figure_name("fig2", "synthetic", longer.with_finetune_epochs(8)) == "fig2"
+    assert reproduce.figure_name("fig2", "rsna", get_profile("toy").with_finetune_epochs(3)) == "fig2_3ep__rsna_toy"

@@ -22,10 +22,8 @@ finetune_epochs = None   # epochs of every model, scratch included (default: the
 # %%
 from fmct_lib import plots, reproduce
 
-P, scans = reproduce.start(dataset, profile, run_dir)
+P, scans = reproduce.start(dataset, profile, run_dir, finetune_epochs)
 method = method or P.pretrain_method
-if finetune_epochs:
-    P = P.with_finetune_epochs(finetune_epochs)
 
 # %%
 from fmct_lib.downstream import run_sweep
@@ -63,8 +61,7 @@ for ax, metric, label in zip(axes, ("auroc", "ap"), ("AUROC", "AP")):
 axes[0].set_title(f"{dataset}{f' ({site} site)' if site_filter else ''}: test split, 95% bootstrap CI "
                   f"(n = {predictions.scan_id.nunique()} scans)", fontsize=9)
 fig.tight_layout()
-budget = f"_{finetune_epochs}ep" if finetune_epochs else ""  # another budget never overwrites the default figure
-plots.save_figure(fig, reproduce.figure_name(f"fig1e_finetune_vs_scratch{budget}", dataset, P), summary,
+plots.save_figure(fig, reproduce.figure_name("fig1e_finetune_vs_scratch", dataset, P), summary,
                   {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "encoder": str(encoder),
                    "tasks": tasks, "protocols": protocols, "seed": seed, "paper_counterpart": paper_name})
 

@@ -24,10 +24,8 @@ finetune_epochs = None  # epochs of every model, scratch included (default: the 
 # %%
 from fmct_lib import plots, reproduce
 
-P, scans = reproduce.start(dataset, profile, run_dir)
+P, scans = reproduce.start(dataset, profile, run_dir, finetune_epochs)
 method = method or P.pretrain_method
-if finetune_epochs:
-    P = P.with_finetune_epochs(finetune_epochs)
 
 # %%
 import pandas as pd
@@ -73,8 +71,7 @@ for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
                                paper=paper if metric == "auroc" else None)
     fig.suptitle(f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
                  f"stars: all training data", fontsize=9, y=1.02)
-    budget = f"_{finetune_epochs}ep" if finetune_epochs else ""  # another budget never overwrites the default
-    name = reproduce.figure_name(f"fig2_fewshot_{metric}{budget}", dataset, P)
+    name = reproduce.figure_name(f"fig2_fewshot_{metric}", dataset, P)
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                        "encoder": str(encoder), "tasks": tasks, "shots": shots, "resamples": resamples,
