@@ -159,11 +159,13 @@ def _ci_errors(df: pd.DataFrame, value: str) -> np.ndarray | None:
 def metric_bars(df: pd.DataFrame, *, x: str = "task", hue: str = "model", value: str = "value",
                 ylabel: str = "AUROC", title: str | None = None, paper: pd.DataFrame | None = None,
                 order: list | None = None, hue_order: list | None = None, ylim: tuple | None = (0.0, 1.0),
-                ax: plt.Axes | None = None) -> plt.Figure:
+                points: pd.DataFrame | None = None, ax: plt.Axes | None = None) -> plt.Figure:
     """Grouped bars (one group per ``x``, one bar per ``hue``) with 95% CI whiskers.
 
     ``paper`` rows (columns ``task``, ``model``, ``value``, ``relation``, ``dataset``) whose task and
     model match a bar are drawn on it as open diamonds and named in the legend as the paper's.
+    ``points`` (columns ``x``, ``hue``, ``value``) are single runs behind a bar, e.g. its training seeds,
+    drawn on it as small black dots.
     """
     missing = {x, hue, value} - set(df.columns)
     if missing:
@@ -179,6 +181,11 @@ def metric_bars(df: pd.DataFrame, *, x: str = "task", hue: str = "model", value:
         ax.bar(xs, part[value].to_numpy(float), width * 0.95, yerr=_ci_errors(part, value),
                color=_colour(level, j), label=str(level), capsize=2, error_kw=dict(lw=0.8))
         positions.update({(t, level): xp for t, xp in zip(order, xs)})
+    if points is not None and len(points):
+        at = [positions.get((t, h)) for t, h in zip(points[x], points[hue])]
+        keep = [a is not None for a in at]
+        ax.scatter([a for a in at if a is not None], points.loc[keep, value].to_numpy(float), s=7, color="black",
+                   zorder=3, label="single runs (seeds)")
     if paper is not None and len(paper):
         for _, row in paper.iterrows():
             xp = positions.get((row["task"], row["model"]))

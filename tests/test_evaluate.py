@@ -99,6 +99,80 @@ def test_duplicate_predictions_are_rejected():
         bootstrap_ci(pd.concat([df, df.iloc[:1]]))
 
 
+def seeded_tables(n=70, seeds=(0, 1, 2), signal=1.0, offset=0):
+    """One model trained with several seeds: the same scans and labels, other scores per seed."""
+    labels, _ = synthetic_predictions(n=n, seed=0)
+    tables = []
+    for s in seeds:
+        _, scores = synthetic_predictions(n=n, seed=100 + s + offset, signal=signal)
+        tables.append(long_table(labels, scores, ["ich", "sdh", "edema"]).assign(seed=s))
+    return labels, pd.concat(tables, ignore_index=True)
+
+
+def _sk(df, metric=roc_auc_score):
+    return metric(df["label"], df["probability"]) if df["label"].nunique() == 2 else np.nan
+
+
+def test_bootstrap_over_training_seeds_averages_the_seeds_on_the_same_resampled_scans():
+    labels, df = seeded_tables()
+    table = bootstrap_ci(df, n_boot=20, seed=5).set_index(["task", "metric"])
+    assert (table["n_seeds"] == 3).all()
+    per_seed = {(t, s): _sk(g) for (t, s), g in df.groupby(["task", "seed"])}
+    for task in ("ich", "sdh", "edema"):
+        assert table.loc[(task, "auroc"), "value"] == pytest.approx(np.mean([per_seed[(task, s)] for s in range(3)]))
+    assert table.loc[("macro", "auroc"), "value"] == pytest.approx(np.mean(list(per_seed.values())))
+    # brute force: resample the scans once per replicate, score every seed on that sample, average
+    ids = sorted(df["scan_id"].unique())
+    idx = bootstrap_indices(len(ids), 20, seed=5)
+    macro = []
+    for b in range(20):
+        picked = pd.DataFrame({"scan_id": [ids[i] for i in idx[b]]})
+        sample = picked.merge(df, on="scan_id")  # a scan drawn twice counts twice
+        values = {t: np.mean([_sk(g[g.seed == s]) for s in range(3)]) for t, g in sample.groupby("task")}
+        macro.append(np.mean(list(values.values())))
+    assert table.loc[("macro", "auroc"), "mean"] == pytest.approx(np.mean(macro), abs=1e-12)
+    assert table.loc[("macro", "auroc"), "ci_low"] == pytest.approx(np.percentile(macro, 2.5), abs=1e-12)
+
+
+def test_permutation_over_training_seeds_swaps_a_scan_in_every_seed():
+    _, a = seeded_tables()
+    _, b = seeded_tables(signal=0.3, offset=10)
+    result = paired_permutation_test(a, b, n_perm=30, seed=2).set_index(["task", "metric"])
+    ids = sorted(a["scan_id"].unique())
+    swaps = permutation_swaps(len(ids), 30, seed=2)
+    key = ["scan_id", "task", "seed"]
+    pair = a.merge(b, on=key + ["label"], suffixes=("_a", "_b"))
+
+    def diff(p):
+        d = {}
+        for (t, s), g in p.groupby(["task", "seed"]):
+            d.setdefault(t, []).append(_sk(g.rename(columns={"probability_a": "probability"}))
+                                       - _sk(g.rename(columns={"probability_b": "probability"})))
+        return {t: np.mean(v) for t, v in d.items()}
+
+    observed = diff(pair)
+    null = []
+    for q in range(30):
+        swapped = pair.copy()
+        flip = swapped["scan_id"].isin([ids[i] for i in np.flatnonzero(swaps[q])])
+        swapped.loc[flip, ["probability_a", "probability_b"]] = swapped.loc[flip, ["probability_b", "probability_a"]].to_numpy()
+        null.append(diff(swapped))
+    for task in ("ich", "sdh", "edema"):
+        assert result.loc[(task, "auroc"), "diff"] == pytest.approx(observed[task], abs=1e-12)
+        extreme = sum(abs(n[task]) >= abs(observed[task]) - 1e-12 for n in null)
+        assert result.loc[(task, "auroc"), "p_value"] == pytest.approx((1 + extreme) / 31)
+    macro_obs = np.mean(list(observed.values()))
+    extreme = sum(abs(np.mean(list(n.values()))) >= abs(macro_obs) - 1e-12 for n in null)
+    assert result.loc[("macro", "auroc"), "p_value"] == pytest.approx((1 + extreme) / 31)
+
+
+def test_paired_test_over_seeds_needs_the_same_seeds():
+    _, a = seeded_tables(seeds=(0, 1))
+    _, b = seeded_tables(seeds=(0, 2))
+    with pytest.raises(ValueError, match="different seeds"):
+        paired_permutation_test(a, b, n_perm=10)
+
+
 @pytest.mark.parametrize("ties", [True, False])
 def test_permutation_null_equals_brute_force_loop(ties):
     labels, scores_a = synthetic_predictions(n=60, seed=4)

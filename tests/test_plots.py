@@ -136,6 +136,18 @@ def test_metric_bars_draw_the_paper_value_on_the_matching_bar_and_name_it_the_pa
     assert "paper (NYU Langone): 0.852 (finetune)" in labels
 
 
+def test_metric_bars_draw_single_runs_on_their_bar():
+    df = _bars_frame()
+    runs = pd.DataFrame({"task": ["sdh", "sdh", "ich"], "model": ["finetune", "finetune", "scratch"],
+                         "value": [0.65, 0.75, 0.58], "seed": [0, 1, 0]})
+    ax = plots.metric_bars(df, hue_order=["scratch", "finetune"], points=runs).axes[0]
+    dots = [c for c in ax.collections if c.get_label() == "single runs (seeds)"][0].get_offsets()
+    centre = {(m, t): p.get_x() + p.get_width() / 2 for (m, t), p in
+              zip([(m, t) for m in ("scratch", "finetune") for t in ("ich", "sdh", "macro")], ax.patches)}
+    expected = [(centre[(m, t)], v) for t, m, v in zip(runs.task, runs.model, runs.value)]
+    np.testing.assert_allclose(np.asarray(dots), expected)
+
+
 def test_metric_bars_missing_columns_are_named():
     with pytest.raises(ValueError, match="value"):
         plots.metric_bars(pd.DataFrame({"task": ["a"], "model": ["b"]}))

@@ -7,6 +7,11 @@
   ``p = (1 + #{|Δ_perm| ≥ |Δ_obs|}) / (1 + n_perm)``.
 - Relative improvement ``100 · (new − old) / old`` (macro-AUC 0.904 vs 0.748 → +20.86%).
 - Few-shot: mean over the training-set resamples and a Student-t 95% CI across them.
+- Several training seeds of one model (a ``seed`` column with more than one value, e.g. Fig. 1e on the
+  demo profile, where one short fine-tuning run is mostly optimisation luck): the model's metric is the
+  mean over its seeds. A bootstrap replicate resamples the scans once and averages the seeds' metrics on
+  them; a permutation swaps a scan's two predictions in every seed at once, and the statistic is the
+  seed-averaged difference. Seeds are paired by value between the two models of a test.
 
 Everything is vectorised: the bootstrap through ``metrics.weighted_auroc_ap`` (resampling counts as
 weights, one sort per task), the permutation test through ``_PooledPair`` (one sort of the two models'
@@ -26,6 +31,7 @@ __all__ = [
     "paired_permutation_test", "relative_improvement", "fewshot_summary", "paired_runs", "mean_ci",
 ]
 METRICS = ("auroc", "ap")
+_SEED_MARK = " @ seed "  # joins task and training seed into one column key (_wide_by_seed)
 
 
 # ------------------------------------------------------------------------------------------ bootstrap
@@ -58,16 +64,44 @@ def bootstrap_replicates(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1
     return out
 
 
+def _wide_by_seed(predictions: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """``predictions_to_wide`` with one column per (task, training seed) where the ``seed`` column holds
+    several values → ``(scan_ids, tasks, labels, scores, owner)``; column j belongs to ``tasks[owner[j]]``."""
+    if "seed" not in predictions.columns or predictions["seed"].nunique() <= 1:
+        ids, tasks, labels, scores = predictions_to_wide(predictions)
+        return ids, tasks, labels, scores, np.arange(len(tasks))
+    keyed = predictions.assign(task=predictions["task"].astype(str) + _SEED_MARK + predictions["seed"].astype(str))
+    ids, columns, labels, scores = predictions_to_wide(keyed)
+    column_tasks = [c.split(_SEED_MARK)[0] for c in columns]
+    tasks = sorted(set(column_tasks))
+    return ids, tasks, labels, scores, np.array([tasks.index(t) for t in column_tasks])
+
+
+def _seed_mean(x: np.ndarray, owner: np.ndarray, n_tasks: int) -> np.ndarray:
+    """(..., columns) → (..., tasks): the mean over each task's seed columns."""
+    return np.stack([np.nanmean(x[..., owner == t], axis=-1) for t in range(n_tasks)], axis=-1)
+
+
+def _point_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+    """``task_metrics`` (per task and macro), averaged over training seeds where there are several."""
+    if "seed" not in predictions.columns or predictions["seed"].nunique() <= 1:
+        return task_metrics(predictions).set_index("task")
+    per_task = task_metrics(predictions, by=("task", "seed")).groupby("task")[list(METRICS)].mean()
+    return pd.concat([per_task, per_task.mean().to_frame(MACRO).T])
+
+
 def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """Metrics of one model with bootstrap CIs: one row per task and a ``macro`` row.
 
     Columns ``task, metric, value`` (on the full held-out set), ``mean`` (over replicates, what the paper
-    reports), ``ci_low, ci_high`` (percentile interval) and ``n_boot``. The macro replicate is the mean of
-    the per-task replicates, so its CI reflects the joint resampling of scans.
+    reports), ``ci_low, ci_high`` (percentile interval), ``n_boot`` and ``n_seeds``. The macro replicate is
+    the mean of the per-task replicates, so its CI reflects the joint resampling of scans. ``seed`` is the
+    bootstrap's; a model trained with several seeds (``predictions.seed``) is reported as their mean.
     """
-    _, tasks, labels, scores = predictions_to_wide(predictions)
-    point = task_metrics(predictions).set_index("task")
-    reps = bootstrap_replicates(labels, scores, n_boot, seed)
+    _, tasks, labels, scores, owner = _wide_by_seed(predictions)
+    point = _point_metrics(predictions)
+    reps = {m: _seed_mean(r, owner, len(tasks)) for m, r in bootstrap_replicates(labels, scores, n_boot, seed).items()}
+    n_seeds = int(predictions["seed"].nunique()) if "seed" in predictions.columns else 1
     alpha = 100 * (1 - ci) / 2
     rows = []
     for metric in METRICS:
@@ -77,7 +111,7 @@ def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci
             lo, hi = np.nanpercentile(r, [alpha, 100 - alpha]) if np.isfinite(r).any() else (np.nan, np.nan)
             rows.append({"task": task, "metric": metric, "value": point.loc[task, metric],
                          "mean": np.nanmean(r) if np.isfinite(r).any() else np.nan,
-                         "ci_low": lo, "ci_high": hi, "n_boot": n_boot})
+                         "ci_low": lo, "ci_high": hi, "n_boot": n_boot, "n_seeds": n_seeds})
     return pd.DataFrame(rows)
 
 
@@ -195,11 +229,16 @@ def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataF
 
     Rows per task and ``macro`` (the mean of the per-task differences under the same permutation), per
     metric: ``task, metric, a, b, diff, p_value, n_perm``. The two tables must cover the same
-    (scan_id, task) pairs with the same labels.
+    (scan_id, task) pairs with the same labels, and the same training seeds where they hold several
+    (each model's metric is then its mean over seeds, and a permutation swaps a scan in every seed).
     """
-    ids_a, tasks, labels, scores_a = predictions_to_wide(predictions_a)
-    ids_b, tasks_b, labels_b, scores_b = predictions_to_wide(predictions_b)
-    if ids_a != ids_b or tasks != tasks_b:
+    seeds = [sorted(map(str, df["seed"].unique())) if "seed" in df.columns else [] for df in (predictions_a, predictions_b)]
+    if max(len(s) for s in seeds) > 1 and seeds[0] != seeds[1]:
+        raise ValueError(f"the two models were trained with different seeds ({seeds[0]} vs {seeds[1]}); "
+                         "a paired test over seeds needs the same ones")
+    ids_a, tasks, labels, scores_a, owner = _wide_by_seed(predictions_a)
+    ids_b, tasks_b, labels_b, scores_b, owner_b = _wide_by_seed(predictions_b)
+    if ids_a != ids_b or tasks != tasks_b or not np.array_equal(owner, owner_b):
         raise ValueError("the two prediction tables do not cover the same scans and tasks; a paired test "
                          "needs both models evaluated on the same (scan_id, task) pairs")
     if not np.array_equal(np.isnan(labels), np.isnan(labels_b)) or \
@@ -207,9 +246,9 @@ def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataF
         raise ValueError("the two prediction tables disagree on the labels of the same scans")
     if np.isnan(scores_a[~np.isnan(labels)]).any() or np.isnan(scores_b[~np.isnan(labels)]).any():
         raise ValueError("a model lacks predictions for some labelled (scan_id, task) pairs")
-    null = permutation_null(labels, scores_a, scores_b, n_perm, seed)
-    metric_a = task_metrics(predictions_a).set_index("task")
-    metric_b = task_metrics(predictions_b).set_index("task")
+    null = {m: (_seed_mean(o, owner, len(tasks)), _seed_mean(p, owner, len(tasks)))
+            for m, (o, p) in permutation_null(labels, scores_a, scores_b, n_perm, seed).items()}
+    metric_a, metric_b = _point_metrics(predictions_a), _point_metrics(predictions_b)
     rows = []
     for metric, (observed, perm) in null.items():
         for i, task in enumerate(tasks):
