@@ -51,11 +51,13 @@ reproduce: setup
 # The demo's 400 fine-tuning steps (what the 30-minute budget allows for every notebook) leave every model
 # undertrained. This re-runs the central comparison (02: scratch vs fine-tuned) and the few-shot comparison
 # at K = 32 and 128 (04, one draw) with 40 epochs = 2,000 steps (paper 3,130) for every model alike, into
-# figures/*_40ep.*. It reuses the pretrained encoder of `make reproduce` (or pretrains it first).
+# figures/*_40ep.*. It reuses the pretrained encoder of `make reproduce` (or pretrains it first). One training
+# seed per model (the default 3 would triple its time); N_SEEDS=3 for seed-averaged models.
+N_SEEDS ?= 1
 longer-finetuning: setup
 	@mkdir -p runs/notebooks figures
 	$(VENV)/bin/papermill --kernel $(KERNEL) notebooks/02_finetune.ipynb runs/notebooks/02_finetune_40ep.ipynb \
-	  -p profile $(PROFILE) -p finetune_epochs 40 -y "protocols: [scratch, finetune]"
+	  -p profile $(PROFILE) -p finetune_epochs 40 -p n_seeds $(N_SEEDS) -y "protocols: [scratch, finetune]"
 	$(VENV)/bin/papermill --kernel $(KERNEL) notebooks/04_fewshot.ipynb runs/notebooks/04_fewshot_40ep.ipynb \
 	  -p profile $(PROFILE) -p finetune_epochs 40 -y "shots: [32, 128]" -p resamples 1
 
