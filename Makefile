@@ -59,7 +59,7 @@ longer-finetuning: setup
 	$(VENV)/bin/papermill --kernel $(KERNEL) notebooks/02_finetune.ipynb runs/notebooks/02_finetune_40ep.ipynb \
 	  -p profile $(PROFILE) -p finetune_epochs 40 -p n_seeds $(N_SEEDS) -y "protocols: [scratch, finetune]"
 	$(VENV)/bin/papermill --kernel $(KERNEL) notebooks/04_fewshot.ipynb runs/notebooks/04_fewshot_40ep.ipynb \
-	  -p profile $(PROFILE) -p finetune_epochs 40 -y "shots: [32, 128]" -p resamples 1
+	  -p profile $(PROFILE) -p finetune_epochs 40 -p n_seeds $(N_SEEDS) -y "shots: [32, 128]" -p resamples 1
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

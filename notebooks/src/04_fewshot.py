@@ -20,6 +20,7 @@ resamples = None        # default: the profile's (paper: 5)
 compare_scratch = True  # also train from random initialisation on the same K-shot draws
 site = "internal"
 finetune_epochs = None  # epochs of every model, scratch included (default: the profile's; demo: 8, i.e. 400 steps)
+n_seeds = None          # training seeds of the all-data runs (the stars), as in 02 (default: the profile's; demo 3)
 
 # %%
 from fmct_lib import plots, reproduce
@@ -37,11 +38,15 @@ site_filter = {"site": site} if site and "site" in scans else None
 labelled = scans if site_filter is None else scans[scans["site"] == site]
 tasks = reproduce.choose_tasks(labelled, tasks, dataset, P)
 encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
-pretrained = run_sweep(dataset, tasks, ["fewshot"], encoder, P, shots=shots, resamples=resamples, seed=seed,
-                       train_filter=site_filter)
+full_seeds = range(seed, seed + (n_seeds or P.finetune_seeds))  # the stars: the runs of 02, reused when it ran
+pretrained = pd.concat([run_sweep(dataset, tasks, ["fewshot"], encoder, P, shots=shots, resamples=resamples, seed=seed,
+                                  train_filter=site_filter)]
+                       + [run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=s, train_filter=site_filter)
+                          for s in full_seeds if s != seed], ignore_index=True)
 frames = [pretrained.assign(model="pretrained")]
 if compare_scratch:
-    scratch = run_sweep(dataset, tasks, ["scratch"], encoder, P, seed=seed, train_filter=site_filter)
+    scratch = pd.concat([run_sweep(dataset, tasks, ["scratch"], encoder, P, seed=s, train_filter=site_filter)
+                         for s in full_seeds], ignore_index=True)
     for k in shots:
         for r in range(resamples):
             for task in tasks:
@@ -70,12 +75,13 @@ for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
     fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
                                paper=paper if metric == "auroc" else None)
     fig.suptitle(f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
-                 f"stars: all training data", fontsize=9, y=1.02)
+                 f"stars: all training data ({len(full_seeds)} training seed{'s' * (len(full_seeds) != 1)})",
+                 fontsize=9, y=1.02)
     name = reproduce.figure_name(f"fig2_fewshot_{metric}", dataset, P)
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                        "encoder": str(encoder), "tasks": tasks, "shots": shots, "resamples": resamples,
-                       "compare_scratch": compare_scratch, "seed": seed})
+                       "compare_scratch": compare_scratch, "seed": seed, "full_data_seeds": list(full_seeds)})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
