@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -66,6 +67,8 @@ FROZEN = {"linear": True, "attentive": True, "finetune": False, "scratch": False
 HEAD = {"linear": "linear", "attentive": "attentive", "finetune": "linear", "scratch": "linear"}
 PROTOCOL_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]
 IN_MEMORY_BYTES = 1 << 30  # model inputs of a run's split are held in memory up to this size (float32)
+HELD_BYTES = 2 << 30       # in-memory inputs kept for the next runs of this process (a sweep, a notebook)
+_HELD: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 
 
 class ProtocolSkipped(ValueError):
@@ -262,10 +265,12 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
     """Cached model inputs for the rows of ``scans`` → ``(VolumeSource, rows)``. Scans the cache rejected
     (see ``prepare_cache``) are left out with a warning; the rows returned say which remain. Where the
     inputs of all rows fit in ``IN_MEMORY_BYTES`` (toy and demo profiles) they are computed once and held
-    as one tensor (the inputs are deterministic: augmentation runs on the batch), else read per batch."""
+    as one tensor (the inputs are deterministic: augmentation runs on the batch), else read per batch.
+    Such a tensor is kept for later calls with the same scans of the same cache build (up to
+    ``HELD_BYTES``, least recently used first out), so the runs of a sweep make their inputs once."""
     from functools import partial
 
-    from .data.cache import CachedVolumes, read_index
+    from .data.cache import CachedVolumes, cache_dir, read_index
     from .preprocess import model_input
     cached = set(read_index(dataset, spec)["scan_id"].astype(str)) if len(scans) else set()
     kept = scans[scans["scan_id"].astype(str).isin(cached)].reset_index(drop=True)
@@ -275,7 +280,15 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
     data = CachedVolumes(dataset, spec, scan_ids=list(kept["scan_id"]))
     source = VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers)
     if len(kept) * 4 * 3 * spec.input_size ** 3 <= IN_MEMORY_BYTES:  # small profiles: inputs made once
-        source = VolumeSource(torch.cat(list(source.batches(range(len(kept)), 32))))
+        index = cache_dir(dataset, spec).resolve() / "index.csv"
+        stat = index.stat() if index.exists() else None
+        key = (str(index), stat and (stat.st_mtime_ns, stat.st_size), spec.hash, tuple(kept["scan_id"].astype(str)))
+        if key not in _HELD:
+            _HELD[key] = torch.cat(list(source.batches(range(len(kept)), 32)))
+            while len(_HELD) > 1 and sum(x.numel() * x.element_size() for x in _HELD.values()) > HELD_BYTES:
+                _HELD.popitem(last=False)
+        _HELD.move_to_end(key)
+        source = VolumeSource(_HELD[key])
     return source, kept
 
 

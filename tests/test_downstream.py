@@ -1,5 +1,6 @@
 """Downstream protocols on tiny in-memory volumes (the cache is replaced by a dict of tensors)."""
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -335,3 +336,17 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypa
     streamed, _ = downstream.volume_source("niftis", table, paper_spec(profile))
     assert torch.is_tensor(held.data) and not torch.is_tensor(streamed.data)
     assert torch.equal(torch.cat(list(held.batches([2, 0], 2))), torch.cat(list(streamed.batches([2, 0], 2))))
+    # the next run of the process gets the same tensor; a rebuilt cache or other scans get their own
+    monkeypatch.setattr(downstream, "IN_MEMORY_BYTES", 1 << 30)
+    again, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    assert again.data is held.data
+    assert downstream.volume_source("niftis", pd.DataFrame(rows[:2]), paper_spec(profile))[0].data is not held.data
+    from fmct_lib.data.cache import cache_dir
+    index = cache_dir("niftis", paper_spec(profile)) / "index.csv"
+    index.write_text(index.read_text())  # rewritten, as a rebuild does
+    os.utime(index, ns=(index.stat().st_atime_ns, index.stat().st_mtime_ns + 10**9))
+    rebuilt, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    assert rebuilt.data is not held.data and torch.equal(rebuilt.data, held.data)
+    monkeypatch.setattr(downstream, "HELD_BYTES", held.data.numel() * 4)  # room for one split: the oldest goes
+    downstream.volume_source("niftis", pd.DataFrame(rows[:1]), paper_spec(profile))
+    assert len(downstream._HELD) == 1
