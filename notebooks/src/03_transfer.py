@@ -9,7 +9,8 @@
 #
 # On the synthetic cohort the source is the internal site and the target the external site (another
 # scanner mix and prevalence). With real data, set `target_dataset` (e.g. `dataset="rsna"`,
-# `target_dataset="cq500"`).
+# `target_dataset="cq500"`). As in 02, every model is trained with the profile's training seeds (demo: 3)
+# and reported as their mean.
 
 # %% tags=["parameters"]
 dataset = "synthetic"
@@ -22,6 +23,7 @@ tasks = None
 source_site = "internal"   # synthetic: the site the transferred model is trained on
 target_site = "external"   # synthetic: the site it is tested on (and fine-tuned on, in-domain)
 target_dataset = None      # real data: test (and fine-tune in-domain) on another dataset
+n_seeds = None             # training seeds seed, seed+1, … of every model (default: the profile's; paper 1, demo 3)
 
 # %%
 from fmct_lib import plots, reproduce
@@ -43,12 +45,16 @@ target = {"site": target_site} if has_sites else None
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
 tasks = reproduce.choose_tasks(target_rows, tasks, dataset, P)  # the source's tasks the target has labels for
 encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
+seeds = list(range(seed, seed + (n_seeds or P.finetune_seeds)))
 runs = {
-    "external validation": run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=seed, train_filter=source,
-                                      eval_dataset=target_dataset, eval_filter=target),
-    "in-domain fine-tuned": run_sweep(target_dataset, tasks, ["finetune"], encoder, P, seed=seed, train_filter=target),
-    "in-domain scratch": run_sweep(target_dataset, tasks, ["scratch"], encoder, P, seed=seed, train_filter=target),
+    "external validation": [run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=s, train_filter=source,
+                                      eval_dataset=target_dataset, eval_filter=target) for s in seeds],
+    "in-domain fine-tuned": [run_sweep(target_dataset, tasks, ["finetune"], encoder, P, seed=s, train_filter=target)
+                             for s in seeds],
+    "in-domain scratch": [run_sweep(target_dataset, tasks, ["scratch"], encoder, P, seed=s, train_filter=target)
+                          for s in seeds],
 }
+runs = {name: pd.concat(tables, ignore_index=True) for name, tables in runs.items()}
 {name: len(p) for name, p in runs.items()}
 
 # %%
@@ -71,11 +77,12 @@ hue_order = list(runs)
 fig = plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order,
                         hue_order=hue_order, paper=paper)
 fig.axes[0].set_title(f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
-                      f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}", fontsize=9)
+                      f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
+                      + (f"; mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""), fontsize=9)
 plots.save_figure(fig, reproduce.figure_name("fig1fg_transfer", dataset, P), summary,
                   {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
                    "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
-                   "tasks": tasks, "seed": seed, "paper_counterpart": paper_name})
+                   "tasks": tasks, "seed": seed, "seeds": seeds, "paper_counterpart": paper_name})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
