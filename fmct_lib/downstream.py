@@ -480,12 +480,15 @@ def default_run_name(signature: dict) -> str:
 def run_sweep(dataset: str, tasks, protocols, encoder, profile, shots=None, resamples=None,
               eval_dataset: str | None = None, run_root=None, seed: int = 0, train_filter: dict | None = None,
               eval_filter: dict | None = None, hparams: dict | None = None, eval_split: str = "test",
-              device: str | None = None, num_workers: int = 0, progress: bool = True) -> pd.DataFrame:
+              device: str | None = None, num_workers: int = 0, progress: bool = True,
+              n_seeds: int = 1) -> pd.DataFrame:
     """Run every (task, protocol) and concatenate the predictions; finished runs are read back, not redone.
 
-    ``"fewshot"`` in ``protocols`` expands to full fine-tuning with K ∈ ``shots`` (default
-    ``profile.fewshot_shots``) × ``resamples`` (default ``profile.fewshot_resamples``; resample r uses seed
-    ``seed + r``) plus the all-data fine-tuning run (the paper's star). Runs that cannot be made from the
+    Each (task, protocol) is trained ``n_seeds`` times, with seeds ``seed … seed + n_seeds − 1`` (the
+    statistics report a model trained with several seeds as their mean). ``"fewshot"`` in ``protocols``
+    expands to full fine-tuning with K ∈ ``shots`` (default ``profile.fewshot_shots``) × ``resamples``
+    (default ``profile.fewshot_resamples``; resample r uses seed ``seed + r``) plus the all-data
+    fine-tuning runs (the paper's star, ``n_seeds`` of them). Runs that cannot be made from the
     data (``ProtocolSkipped``) are warned about and listed in ``result.attrs["skipped"]``.
     """
     profile = get_profile(profile)
@@ -498,9 +501,8 @@ def run_sweep(dataset: str, tasks, protocols, encoder, profile, shots=None, resa
         for protocol in protocols:
             if protocol == "fewshot":
                 runs += [(task, "finetune", k, seed + r) for k in shots for r in range(resamples)]
-                runs.append((task, "finetune", None, seed))
-            else:
-                runs.append((task, protocol, None, seed))
+                protocol = "finetune"
+            runs += [(task, protocol, None, seed + s) for s in range(n_seeds)]
     runs = list(dict.fromkeys(runs))
     tables, skipped = [], []
     for task, protocol, k, run_seed in tqdm(runs, desc="downstream runs", disable=not progress):

@@ -235,6 +235,11 @@ def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch)
     assert len(runs) == 4  # finetune k=2 × 2 seeds, finetune all data, linear
     assert set(result.loc[result["k"].notna(), "seed"]) == {0, 1}
     assert [s["k"] for s in result.attrs["skipped"]] == [50, 50]
+    seeded = run_sweep("toyset", ["ich"], ["fewshot", "linear"], ckpt, TOY, shots=(2,), resamples=1, n_seeds=2,
+                       train_filter={"site": "internal"}, run_root=root, progress=False)
+    runs = seeded.groupby(["protocol", "k", "seed"], dropna=False).size().index.tolist()
+    assert sorted(runs, key=str) == sorted([("finetune", 2, 0), ("finetune", pd.NA, 0), ("finetune", pd.NA, 1),
+                                            ("linear", pd.NA, 0), ("linear", pd.NA, 1)], key=str)
     monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     with pytest.warns(UserWarning):
         again = run_sweep("toyset", ["ich"], ["fewshot", "linear"], ckpt, TOY, shots=(2, 50), resamples=2,

@@ -29,19 +29,19 @@ P, scans = reproduce.start(dataset, profile, run_dir, finetune_epochs)
 method = method or P.pretrain_method
 
 # %%
-import pandas as pd
 from fmct_lib.downstream import run_sweep
 
 site_filter = {"site": site} if site and "site" in scans else None
 labelled = scans if site_filter is None else scans[scans["site"] == site]
 tasks = reproduce.choose_tasks(labelled, tasks, dataset, P)
 encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
-seeds = list(range(seed, seed + (n_seeds or P.finetune_seeds)))
-predictions = pd.concat([run_sweep(dataset, tasks, protocols, encoder, P, seed=s, train_filter=site_filter)
-                         for s in seeds], ignore_index=True)
+n_seeds = n_seeds or P.finetune_seeds
+predictions = run_sweep(dataset, tasks, protocols, encoder, P, seed=seed, n_seeds=n_seeds, train_filter=site_filter)
+seeds = sorted(predictions["seed"].unique().tolist())
 predictions.groupby(["protocol", "seed"])["scan_id"].nunique()
 
 # %%
+import pandas as pd
 from fmct_lib.evaluate import bootstrap_ci, paired_permutation_test, task_metrics
 
 summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=protocol)

@@ -45,16 +45,15 @@ target = {"site": target_site} if has_sites else None
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
 tasks = reproduce.choose_tasks(target_rows, tasks, dataset, P)  # the source's tasks the target has labels for
 encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
-seeds = list(range(seed, seed + (n_seeds or P.finetune_seeds)))
+n_seeds = n_seeds or P.finetune_seeds
 runs = {
-    "external validation": [run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=s, train_filter=source,
-                                      eval_dataset=target_dataset, eval_filter=target) for s in seeds],
-    "in-domain fine-tuned": [run_sweep(target_dataset, tasks, ["finetune"], encoder, P, seed=s, train_filter=target)
-                             for s in seeds],
-    "in-domain scratch": [run_sweep(target_dataset, tasks, ["scratch"], encoder, P, seed=s, train_filter=target)
-                          for s in seeds],
+    "external validation": run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=seed, n_seeds=n_seeds,
+                                     train_filter=source, eval_dataset=target_dataset, eval_filter=target),
+    "in-domain fine-tuned": run_sweep(target_dataset, tasks, ["finetune"], encoder, P, seed=seed, n_seeds=n_seeds,
+                                      train_filter=target),
+    "in-domain scratch": run_sweep(target_dataset, tasks, ["scratch"], encoder, P, seed=seed, n_seeds=n_seeds,
+                                   train_filter=target),
 }
-runs = {name: pd.concat(tables, ignore_index=True) for name, tables in runs.items()}
 {name: len(p) for name, p in runs.items()}
 
 # %%
@@ -78,11 +77,11 @@ fig = plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model
                         hue_order=hue_order, paper=paper)
 fig.axes[0].set_title(f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
                       f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
-                      + (f"; mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""), fontsize=9)
+                      + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""), fontsize=9)
 plots.save_figure(fig, reproduce.figure_name("fig1fg_transfer", dataset, P), summary,
                   {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
                    "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
-                   "tasks": tasks, "seed": seed, "seeds": seeds, "paper_counterpart": paper_name})
+                   "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "paper_counterpart": paper_name})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

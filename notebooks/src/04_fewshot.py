@@ -38,15 +38,12 @@ site_filter = {"site": site} if site and "site" in scans else None
 labelled = scans if site_filter is None else scans[scans["site"] == site]
 tasks = reproduce.choose_tasks(labelled, tasks, dataset, P)
 encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
-full_seeds = range(seed, seed + (n_seeds or P.finetune_seeds))  # the stars: the runs of 02, reused when it ran
-pretrained = pd.concat([run_sweep(dataset, tasks, ["fewshot"], encoder, P, shots=shots, resamples=resamples, seed=seed,
-                                  train_filter=site_filter)]
-                       + [run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=s, train_filter=site_filter)
-                          for s in full_seeds if s != seed], ignore_index=True)
+n_seeds = n_seeds or P.finetune_seeds  # the stars: the all-data runs of 02, reused when it ran
+pretrained = run_sweep(dataset, tasks, ["fewshot"], encoder, P, shots=shots, resamples=resamples, seed=seed,
+                       n_seeds=n_seeds, train_filter=site_filter)
 frames = [pretrained.assign(model="pretrained")]
 if compare_scratch:
-    scratch = pd.concat([run_sweep(dataset, tasks, ["scratch"], encoder, P, seed=s, train_filter=site_filter)
-                         for s in full_seeds], ignore_index=True)
+    scratch = run_sweep(dataset, tasks, ["scratch"], encoder, P, seed=seed, n_seeds=n_seeds, train_filter=site_filter)
     for k in shots:
         for r in range(resamples):
             for task in tasks:
@@ -75,13 +72,13 @@ for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
     fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
                                paper=paper if metric == "auroc" else None)
     fig.suptitle(f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
-                 f"stars: all training data ({len(full_seeds)} training seed{'s' * (len(full_seeds) != 1)})",
+                 f"stars: all training data ({n_seeds} training seed{'s' * (n_seeds != 1)})",
                  fontsize=9, y=1.02)
     name = reproduce.figure_name(f"fig2_fewshot_{metric}", dataset, P)
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                        "encoder": str(encoder), "tasks": tasks, "shots": shots, "resamples": resamples,
-                       "compare_scratch": compare_scratch, "seed": seed, "full_data_seeds": list(full_seeds)})
+                       "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
