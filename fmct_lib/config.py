@@ -66,7 +66,8 @@ class Profile:
     # demo encoder (96 wide, 768/96 = 8×) takes 1e-4
     finetune_lr_encoder: float = 1e-5
     scratch_grid: dict = field(default_factory=dict)  # scratch hyper-parameter sweep (paper Methods)
-    # training seeds of every model in the full-data comparison (Fig. 1e); the paper trains one. Where one
+    # training seeds of every model in the full-data comparisons (Fig. 1e, 1f-g, the stars of Fig. 2); the
+    # paper trains one. Where one
     # short run is mostly optimisation luck (demo: the same 400-step scratch run scored SAH 0.51 or 0.92
     # by seed) the comparison is of seed-averaged models
     finetune_seeds: int = 1

@@ -64,10 +64,15 @@ def bootstrap_replicates(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1
     return out
 
 
+def _n_seeds(predictions: pd.DataFrame) -> int:
+    """How many training seeds the predictions of one model hold (1 without a ``seed`` column)."""
+    return int(predictions["seed"].nunique()) if "seed" in predictions.columns else 1
+
+
 def _wide_by_seed(predictions: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
     """``predictions_to_wide`` with one column per (task, training seed) where the ``seed`` column holds
     several values → ``(scan_ids, tasks, labels, scores, owner)``; column j belongs to ``tasks[owner[j]]``."""
-    if "seed" not in predictions.columns or predictions["seed"].nunique() <= 1:
+    if _n_seeds(predictions) <= 1:
         ids, tasks, labels, scores = predictions_to_wide(predictions)
         return ids, tasks, labels, scores, np.arange(len(tasks))
     keyed = predictions.assign(task=predictions["task"].astype(str) + _SEED_MARK + predictions["seed"].astype(str))
@@ -84,7 +89,7 @@ def _seed_mean(x: np.ndarray, owner: np.ndarray, n_tasks: int) -> np.ndarray:
 
 def _point_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     """``task_metrics`` (per task and macro), averaged over training seeds where there are several."""
-    if "seed" not in predictions.columns or predictions["seed"].nunique() <= 1:
+    if _n_seeds(predictions) <= 1:
         return task_metrics(predictions).set_index("task")
     per_task = task_metrics(predictions, by=("task", "seed")).groupby("task")[list(METRICS)].mean()
     return pd.concat([per_task, per_task.mean().to_frame(MACRO).T])
@@ -101,7 +106,6 @@ def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci
     _, tasks, labels, scores, owner = _wide_by_seed(predictions)
     point = _point_metrics(predictions)
     reps = {m: _seed_mean(r, owner, len(tasks)) for m, r in bootstrap_replicates(labels, scores, n_boot, seed).items()}
-    n_seeds = int(predictions["seed"].nunique()) if "seed" in predictions.columns else 1
     alpha = 100 * (1 - ci) / 2
     rows = []
     for metric in METRICS:
@@ -111,7 +115,7 @@ def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci
             lo, hi = np.nanpercentile(r, [alpha, 100 - alpha]) if np.isfinite(r).any() else (np.nan, np.nan)
             rows.append({"task": task, "metric": metric, "value": point.loc[task, metric],
                          "mean": np.nanmean(r) if np.isfinite(r).any() else np.nan,
-                         "ci_low": lo, "ci_high": hi, "n_boot": n_boot, "n_seeds": n_seeds})
+                         "ci_low": lo, "ci_high": hi, "n_boot": n_boot, "n_seeds": _n_seeds(predictions)})
     return pd.DataFrame(rows)
 
 

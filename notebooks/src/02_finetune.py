@@ -42,7 +42,7 @@ predictions.groupby(["protocol", "seed"])["scan_id"].nunique()
 
 # %%
 import pandas as pd
-from fmct_lib.evaluate import bootstrap_ci, paired_permutation_test, task_metrics
+from fmct_lib.evaluate import bootstrap_ci, paired_permutation_test, paired_runs, task_metrics
 
 summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=protocol)
                      for protocol, g in predictions.groupby("protocol")], ignore_index=True)
@@ -103,9 +103,10 @@ if len(seeds) > 1:
         f"{m} " + " / ".join(f"{v:.3f}" for v in spread[m]) for m in protocols if m in spread)
         + ". Values above are seed means; the CI and P resample the test scans, not the seeds.")
     if {"finetune", "scratch"} <= set(spread.columns):
-        pairs = runs[runs.task != "macro"].pivot_table(index=["task", "seed"], columns="model", values="auroc")
-        lines.append(f"Run by run (same task and seed): fine-tuned above scratch in "
-                     f"{int((pairs['finetune'] > pairs['scratch']).sum())} of {len(pairs)}.")
+        pairs = paired_runs(predictions[predictions.protocol == "finetune"], predictions[predictions.protocol == "scratch"],
+                            by=("task", "seed"))
+        lines.append(f"Run by run (same task and seed): fine-tuned above scratch in {int(pairs.a_wins.sum())} of "
+                     f"{len(pairs)}.")
 lines.append(f"Every model trained {P.finetune_epochs} epochs × {P.finetune_subset} balanced draws = "
              f"{P.finetune_steps} steps "
              f"of batch {P.finetune_batch_size} (paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps).")
