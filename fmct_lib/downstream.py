@@ -6,9 +6,13 @@ One binary classifier per task on the encoder, trained and evaluated separately 
 - ``linear``: frozen pretrained encoder, linear head on the cls token (``models.heads.LinearHead``).
 - ``attentive``: frozen pretrained encoder, learned-query attention pooling over all tokens.
 - ``scratch``: randomly initialised encoder + linear head, all weights trained, with the paper's
-  hyper-parameter sweep (``profile.scratch_grid``) chosen by validation AUROC; the choice is recorded.
+  hyper-parameter sweep (``profile.scratch_grid``) chosen by validation AUROC; the choice is recorded
+  (``config.json["choice"]``).
 - few-shot (``k_shot=K``, or ``protocol="fewshot"``): K positives and K negatives drawn without replacement
   from the training split, full fine-tuning with the same settings; resamples differ by ``seed``.
+- ``histogram``: no deep model, a reference (not in the paper): logistic regression on the histogram of
+  each windowed input channel (``baselines``), on the same training rows or K-shot draw; its C is chosen
+  by validation AUROC and recorded as ``choice``.
 
 Training (``fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, linear
 warm-up over the first 10% of steps then cosine to 0 (per step), weight decay 0.01 and gradient clipping
@@ -58,11 +62,12 @@ from .train.schedules import warmup_cosine
 
 __all__ = [
     "HParams", "VolumeSource", "ProtocolSkipped", "PROTOCOLS", "fit", "predict", "augment_batch",
-    "balanced_draw", "fewshot_draw", "load_encoder", "run_protocol", "run_sweep", "read_predictions", "embed",
+    "balanced_draw", "fewshot_draw", "load_encoder", "run_protocol", "run_sweep", "fewshot_sweep",
+    "read_predictions", "embed",
     "write_embeddings", "read_embeddings",
 ]
 
-PROTOCOLS = ("finetune", "linear", "attentive", "scratch")
+PROTOCOLS = ("finetune", "linear", "attentive", "scratch", "histogram")
 FROZEN = {"linear": True, "attentive": True, "finetune": False, "scratch": False}
 HEAD = {"linear": "linear", "attentive": "attentive", "finetune": "linear", "scratch": "linear"}
 PROTOCOL_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]
@@ -341,7 +346,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         protocol = "finetune"
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS} or 'fewshot'")
-    if protocol != "scratch" and encoder is None:
+    if protocol in FROZEN and protocol != "scratch" and encoder is None:
         raise ValueError(f"protocol {protocol!r} needs a pretrained encoder checkpoint (encoder=PATH)")
     eval_dataset = eval_dataset or dataset
     if eval_filter is None and eval_dataset == dataset:
@@ -353,7 +358,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     if any(side in task for side in ("left", "right")):
         hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != 0))  # axis 0 is left-right (RAS)
     signature = {
-        "dataset": dataset, "task": task, "protocol": protocol, "encoder": str(encoder) if encoder else None,
+        "dataset": dataset, "task": task, "protocol": protocol,
+        "encoder": str(encoder) if encoder and protocol != "histogram" else None,
         "profile": profile.name, "spec": spec.hash, "eval_dataset": eval_dataset, "eval_split": eval_split,
         "k": k_shot, "scratch_grid": profile.scratch_grid if protocol == "scratch" else None,
         "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
@@ -397,8 +403,10 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                     train_indices=train_indices, device=device, progress=progress)
 
     torch.manual_seed(seed)
-    grid_results = None
-    if protocol == "scratch":
+    grid_results, chosen, history = None, None, []
+    if protocol == "histogram":
+        probs, chosen = _histogram_baseline(fit_args, test_source, hp.batch_size)
+    elif protocol == "scratch":
         model, history, chosen, grid_results = _scratch_sweep(profile, hp, seed, fit_args)
     else:
         encoder_model = load_encoder(encoder)
@@ -407,8 +415,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                              f"preprocessing makes {spec.input_size}³ (profile {profile.name!r})")
         model = Classifier(encoder_model, build_head(HEAD[protocol], encoder_model))
         history = fit(model, hp=hp, frozen=FROZEN[protocol], seed=seed, **fit_args)
-        chosen = None
-    probs = predict(model, test_source, hp.batch_size, device=device)
+    if protocol != "histogram":
+        probs = predict(model, test_source, hp.batch_size, device=device)
     predictions = pd.DataFrame({
         "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
         "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": probs,
@@ -418,7 +426,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     config = {"signature": signature, "history": history, "n_train": len(train), "n_val": len(val),
               "n_eval": len(test), "train_scan_ids": None if train_indices is None
               else list(train["scan_id"].iloc[train_indices].astype(str)),
-              "scratch_choice": chosen, "scratch_grid": grid_results, "spec": spec.to_dict()}
+              "choice": chosen, "scratch_grid": grid_results, "spec": spec.to_dict()}
     atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
     atomic_write_text(run_dir / "done", "")
@@ -429,6 +437,23 @@ def read_predictions(path) -> pd.DataFrame:
     """A run's ``predictions.csv`` with the dtypes ``run_protocol`` returns (k as nullable integer)."""
     df = pd.read_csv(path, dtype={"scan_id": str, "k": "Int64", "train_filter": str, "eval_filter": str})
     return df.fillna({"train_filter": "", "eval_filter": ""})
+
+
+def _histogram_baseline(fit_args: dict, test: VolumeSource, batch_size: int) -> tuple[np.ndarray, dict]:
+    """The ``histogram`` protocol: fit ``baselines.fit_histogram_classifier`` on the training rows (or the
+    K-shot draw), choose its C on validation, predict ``test``."""
+    from .baselines import fit_histogram_classifier, window_histograms
+
+    def features(source, indices=None):
+        indices = range(len(source)) if indices is None else indices
+        return np.concatenate([window_histograms(x) for x in source.batches(indices, 4 * batch_size)])
+
+    train, labels, rows = fit_args["train"], np.asarray(fit_args["train_labels"]), fit_args["train_indices"]
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    val = fit_args["val"]
+    model, chosen = fit_histogram_classifier(features(train, rows), labels[rows],
+                                             None if val is None else features(val), fit_args["val_labels"])
+    return model.predict_proba(features(test))[:, 1].astype(np.float64), chosen
 
 
 def _scratch_sweep(profile, hp: HParams, seed: int, fit_args: dict):
@@ -471,7 +496,7 @@ def default_run_name(signature: dict) -> str:
     if s.get("scratch_grid") and s["scratch_grid"] != get_profile(s["profile"]).scratch_grid:
         tuned["scratch_grid"] = s["scratch_grid"]
     suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
-    encoder = "scratch" if s["protocol"] == "scratch" else _encoder_tag(s["encoder"])
+    encoder = s["protocol"] if s["protocol"] in ("scratch", "histogram") else _encoder_tag(s["encoder"])
     protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
     return (f"{s['profile']}/{encoder}/{train}__{evaluation}-{s['eval_split']}/{s['task']}/{protocol}/"
             f"seed{s['seed']}{suffix}")
@@ -503,14 +528,34 @@ def run_sweep(dataset: str, tasks, protocols, encoder, profile, shots=None, resa
                 runs += [(task, "finetune", k, seed + r) for k in shots for r in range(resamples)]
                 protocol = "finetune"
             runs += [(task, protocol, None, seed + s) for s in range(n_seeds)]
-    runs = list(dict.fromkeys(runs))
+    return _run_all(runs, dataset, encoder, profile, progress=progress, eval_dataset=eval_dataset,
+                    eval_split=eval_split, run_root=run_root, hparams=hparams, train_filter=train_filter,
+                    eval_filter=eval_filter, device=device, num_workers=num_workers)
+
+
+def fewshot_sweep(dataset: str, tasks, protocol: str, encoder, profile, shots=None, resamples=None, seed: int = 0,
+                  n_seeds: int = 1, progress: bool = True, **kwargs) -> pd.DataFrame:
+    """Fig. 2 for any protocol: ``protocol`` trained on K-shot draws (K ∈ ``shots`` × ``resamples``, resample
+    r with seed ``seed + r``, so every protocol sees the same draws) and on all training data (``n_seeds``
+    seeds, the stars). ``run_sweep(..., ["fewshot"])`` is this with ``"finetune"``. ``kwargs`` go to
+    ``run_protocol`` (``train_filter``, ``run_root``, ``hparams`` …); skipped runs as in ``run_sweep``."""
+    profile = get_profile(profile)
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    shots = tuple(profile.fewshot_shots if shots is None else shots)
+    resamples = profile.fewshot_resamples if resamples is None else resamples
+    runs = [(task, protocol, k, seed + r) for task in tasks for k in shots for r in range(resamples)]
+    runs += [(task, protocol, None, seed + s) for task in tasks for s in range(n_seeds)]
+    return _run_all(runs, dataset, encoder, profile, progress=progress, **kwargs)
+
+
+def _run_all(runs, dataset: str, encoder, profile, progress: bool = True, **kwargs) -> pd.DataFrame:
+    """``run_protocol`` for each (task, protocol, k, seed) of ``runs`` (duplicates once), predictions
+    concatenated; ``ProtocolSkipped`` runs are warned about and listed in ``result.attrs["skipped"]``."""
     tables, skipped = [], []
-    for task, protocol, k, run_seed in tqdm(runs, desc="downstream runs", disable=not progress):
+    for task, protocol, k, run_seed in tqdm(list(dict.fromkeys(runs)), desc="downstream runs", disable=not progress):
         try:
-            tables.append(run_protocol(dataset, task, protocol, encoder, profile, eval_dataset=eval_dataset,
-                                       eval_split=eval_split, k_shot=k, seed=run_seed, run_root=run_root,
-                                       hparams=hparams, train_filter=train_filter, eval_filter=eval_filter,
-                                       device=device, num_workers=num_workers, progress=False))
+            tables.append(run_protocol(dataset, task, protocol, encoder, profile, k_shot=k, seed=run_seed,
+                                       progress=False, **kwargs))
         except ProtocolSkipped as e:
             warnings.warn(f"skipped {task}/{protocol}/k={k}/seed={run_seed}: {e}")
             skipped.append({"task": task, "protocol": protocol, "k": k, "seed": run_seed, "reason": str(e)})

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task label column(s); repeat or comma-separate")
     parser.add_argument("--protocol", action="append", choices=[*PROTOCOLS, "fewshot"],
                         help="repeatable (default: finetune); fewshot = K-shot fine-tuning + the all-data run")
-    parser.add_argument("--encoder", default=None, help="pretrained encoder checkpoint (not needed for scratch)")
+    parser.add_argument("--encoder", default=None,
+                        help="pretrained encoder checkpoint (not needed for scratch and histogram)")
     parser.add_argument("--profile", default="demo", help="toy | demo | paper")
     parser.add_argument("--eval-dataset", default=None, help="test on another dataset (default: --dataset)")
     parser.add_argument("--eval-split", default="test")

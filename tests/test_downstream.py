@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fmct_lib import downstream
+from fmct_lib.baselines import C_GRID
 from fmct_lib.config import ModelConfig, get_profile
 from fmct_lib.data.manifest import write_scans
 from fmct_lib.downstream import (HParams, ProtocolSkipped, VolumeSource, augment_batch, balanced_draw, fewshot_draw,
@@ -202,13 +203,13 @@ def test_scratch_sweep_records_the_choice(toy_world):
     config = json.loads(next(root.rglob("config.json")).read_text())
     assert len(config["scratch_grid"]) == 2
     best = max(config["scratch_grid"], key=lambda r: r["val_auroc"])
-    assert config["scratch_choice"] == {k: best[k] for k in grid}
+    assert config["choice"] == {k: best[k] for k in grid}
     assert config["signature"]["hparams"]["flip_axes"] == [1, 2]  # no left-right flips for a lateral task
     assert (preds["task"] == "bleed_left").all()
     # another grid is another run, never the finished one above
     other = TOY.replace(scratch_grid={**grid, "lr": [1e-2]})
     run_protocol("toyset", "bleed_left", "scratch", None, other, run_root=root, progress=False)
-    choices = [json.loads(p.read_text())["scratch_choice"]["lr"] for p in root.rglob("config.json")]
+    choices = [json.loads(p.read_text())["choice"]["lr"] for p in root.rglob("config.json")]
     assert sorted(choices) in ([1e-4, 1e-2], [1e-3, 1e-2])
 
 
@@ -355,3 +356,29 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypa
     monkeypatch.setattr(downstream, "HELD_BYTES", held.data.numel() * 4)  # room for one split: the oldest goes
     downstream.volume_source("niftis", pd.DataFrame(rows[:1]), paper_spec(profile))
     assert len(downstream._HELD) == 1
+
+
+def test_histogram_reference_sees_the_same_draws_learns_and_resumes(toy_world, monkeypatch):
+    table, ckpt, root = toy_world
+    sweep = dict(shots=(3,), resamples=2, train_filter={"site": "internal"}, run_root=root, progress=False)
+    hist = downstream.fewshot_sweep("toyset", ["ich"], "histogram", None, TOY, **sweep)
+    tuned = downstream.fewshot_sweep("toyset", ["ich"], "finetune", ckpt, TOY, resamples=1, shots=(3,),
+                                     train_filter={"site": "internal"}, run_root=root, progress=False)
+    assert (hist["protocol"] == "histogram").all()
+    assert sorted(hist.groupby(["k", "seed"], dropna=False).size().index.tolist(), key=str) == \
+        sorted([(3, 0), (3, 1), (pd.NA, 0)], key=str)
+    configs, folders = {}, {}
+    for path in root.rglob("config.json"):
+        c = json.loads(path.read_text())
+        key = (c["signature"]["protocol"], c["signature"]["k"], c["signature"]["seed"])
+        configs[key], folders[key] = c, path.relative_to(root).parts
+    assert configs[("histogram", 3, 0)]["train_scan_ids"] == configs[("finetune", 3, 0)]["train_scan_ids"]
+    assert configs[("histogram", 3, 0)]["train_scan_ids"] != configs[("histogram", 3, 1)]["train_scan_ids"]
+    assert configs[("histogram", None, 0)]["choice"]["C"] in C_GRID
+    assert folders[("histogram", 3, 1)][:2] == ("toy", "histogram") and folders[("finetune", 3, 0)][1] == "toydino"
+    full = hist[hist["k"].isna()]
+    assert auroc(full["label"], full["probability"]) > 0.9  # the positives' bright cube fills the top bins
+    assert len(tuned) == len(full) * 2  # finetune: one K=3 draw and the all-data run
+    monkeypatch.setattr(downstream, "_histogram_baseline", lambda *a, **k: pytest.fail("fitted again"))
+    again = downstream.fewshot_sweep("toyset", ["ich"], "histogram", None, TOY, **sweep)
+    pd.testing.assert_frame_equal(again, hist)
