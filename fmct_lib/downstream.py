@@ -70,6 +70,7 @@ __all__ = [
 PROTOCOLS = ("finetune", "linear", "attentive", "scratch", "histogram")
 FROZEN = {"linear": True, "attentive": True, "finetune": False, "scratch": False}
 HEAD = {"linear": "linear", "attentive": "attentive", "finetune": "linear", "scratch": "linear"}
+ENCODER_FREE = ("scratch", "histogram")  # protocols that never read the encoder argument
 PROTOCOL_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]
 IN_MEMORY_BYTES = 1 << 30  # model inputs of a run's split are held in memory up to this size (float32)
 HELD_BYTES = 2 << 30       # in-memory inputs kept for the next runs of this process (a sweep, a notebook)
@@ -346,7 +347,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         protocol = "finetune"
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS} or 'fewshot'")
-    if protocol in FROZEN and protocol != "scratch" and encoder is None:
+    if protocol not in ENCODER_FREE and encoder is None:
         raise ValueError(f"protocol {protocol!r} needs a pretrained encoder checkpoint (encoder=PATH)")
     eval_dataset = eval_dataset or dataset
     if eval_filter is None and eval_dataset == dataset:
@@ -359,7 +360,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != 0))  # axis 0 is left-right (RAS)
     signature = {
         "dataset": dataset, "task": task, "protocol": protocol,
-        "encoder": str(encoder) if encoder and protocol != "histogram" else None,
+        "encoder": str(encoder) if encoder and protocol not in ENCODER_FREE else None,
         "profile": profile.name, "spec": spec.hash, "eval_dataset": eval_dataset, "eval_split": eval_split,
         "k": k_shot, "scratch_grid": profile.scratch_grid if protocol == "scratch" else None,
         "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
@@ -372,7 +373,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     run_dir = Path(run_dir)
     if (run_dir / "done").exists():
         stored = json.loads((run_dir / "config.json").read_text())["signature"]
-        if json.loads(json.dumps(signature)) != stored:
+        if json.loads(json.dumps(signature)) != {**stored, **_no_encoder(stored)}:
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         return read_predictions(run_dir / "predictions.csv")
 
@@ -431,6 +432,11 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
     atomic_write_text(run_dir / "done", "")
     return predictions
+
+
+def _no_encoder(signature: dict) -> dict:
+    """Runs of encoder-free protocols stored before their signature dropped the (unused) encoder still match."""
+    return {"encoder": None} if signature.get("protocol") in ENCODER_FREE else {}
 
 
 def read_predictions(path) -> pd.DataFrame:
@@ -496,7 +502,7 @@ def default_run_name(signature: dict) -> str:
     if s.get("scratch_grid") and s["scratch_grid"] != get_profile(s["profile"]).scratch_grid:
         tuned["scratch_grid"] = s["scratch_grid"]
     suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
-    encoder = s["protocol"] if s["protocol"] in ("scratch", "histogram") else _encoder_tag(s["encoder"])
+    encoder = s["protocol"] if s["protocol"] in ENCODER_FREE else _encoder_tag(s["encoder"])
     protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
     return (f"{s['profile']}/{encoder}/{train}__{evaluation}-{s['eval_split']}/{s['task']}/{protocol}/"
             f"seed{s['seed']}{suffix}")

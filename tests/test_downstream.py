@@ -344,6 +344,7 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypa
     assert torch.equal(torch.cat(list(held.batches([2, 0], 2))), torch.cat(list(streamed.batches([2, 0], 2))))
     # the next run of the process gets the same tensor; a rebuilt cache or other scans get their own
     monkeypatch.setattr(downstream, "IN_MEMORY_BYTES", 1 << 30)
+    downstream.prepare_cache("niftis", table, paper_spec(profile))  # every run does this first: a no-op here
     again, _ = downstream.volume_source("niftis", table, paper_spec(profile))
     assert again.data is held.data
     assert downstream.volume_source("niftis", pd.DataFrame(rows[:2]), paper_spec(profile))[0].data is not held.data
@@ -382,3 +383,18 @@ def test_histogram_reference_sees_the_same_draws_learns_and_resumes(toy_world, m
     monkeypatch.setattr(downstream, "_histogram_baseline", lambda *a, **k: pytest.fail("fitted again"))
     again = downstream.fewshot_sweep("toyset", ["ich"], "histogram", None, TOY, **sweep)
     pd.testing.assert_frame_equal(again, hist)
+
+
+def test_encoder_free_runs_ignore_the_encoder_argument_old_and_new(toy_world, monkeypatch):
+    _, ckpt, root = toy_world
+    first = run_protocol("toyset", "ich", "scratch", ckpt, TOY, run_root=root, progress=False)
+    config_path = next(root.rglob("config.json"))
+    assert json.loads(config_path.read_text())["signature"]["encoder"] is None
+    config = json.loads(config_path.read_text())  # a run stored by an older version kept the unused path
+    config["signature"]["encoder"] = ckpt
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = run_protocol("toyset", "ich", "scratch", None, TOY, run_root=root, progress=False)
+    pd.testing.assert_frame_equal(again, first)
+    with pytest.raises(ValueError, match="other settings"):  # everything else still has to match
+        run_protocol("toyset", "ich", "scratch", None, TOY, run_dir=config_path.parent, seed=3, progress=False)

@@ -127,6 +127,8 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     if retry_rejected:
         rejects = {}
     todo = [(s, p) for s, p in zip(table["scan_id"], table["path"]) if s not in index and s not in rejects]
+    if not todo:  # nothing to add: leave index and rejects (and their mtimes, which key held inputs) as they are
+        return out
 
     def save():
         _write_table(list(index.values()), INDEX_COLUMNS, out / "index.csv")

@@ -7,7 +7,9 @@
 # cohort the internal site plays NYU Langone; the paper's numbers are drawn beside ours as a reference,
 # not as a target. Where the profile asks for several training seeds (demo: 3), every model is trained
 # once per seed and reported as the mean over its seeds (dots: the single runs); the CI and the test then
-# resample and permute the scans of all seeds together.
+# resample and permute the scans of all seeds together. The `histogram` bar is a reference without a deep
+# model (not in the paper): logistic regression on the histogram of each windowed input channel
+# (`fmct_lib.baselines`); a ViT below it has not learned what the input intensities alone give away.
 
 # %% tags=["parameters"]
 dataset = "synthetic"
@@ -17,7 +19,7 @@ seed = 0
 method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
 checkpoint = None        # or an encoder checkpoint (ours or the authors' released weights)
 tasks = None             # default: the dataset's tasks with positives in the test split
-protocols = ["scratch", "finetune", "linear", "attentive"]
+protocols = ["scratch", "finetune", "linear", "attentive", "histogram"]
 site = "internal"        # synthetic cohort: train and test on this site (ignored without a site column)
 finetune_epochs = None   # epochs of every model, scratch included (default: the profile's; demo: 8, i.e. 400 steps)
 n_seeds = None           # training seeds seed, seed+1, … of every model (default: the profile's; paper 1, demo 3)
@@ -93,6 +95,10 @@ for probe in ("linear", "attentive"):
         p = tests[probe].query("task == 'macro' and metric == 'auroc'")["p_value"].item()
         lines.append(reproduce.describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe], p,
                                                    "probing comes close to full fine-tuning (Supp. Fig. 6/8)"))
+if "histogram" in macro:
+    deep = [m for m in ("finetune", "scratch", "linear", "attentive") if m in macro]
+    lines.append("Reference without a deep model (window histograms + logistic regression): "
+                 f"{macro['histogram']:.3f}; " + ", ".join(f"{m} {'above' if macro[m] > macro['histogram'] else 'below'} it" for m in deep) + ".")
 per_task = summary[(summary.metric == "auroc") & (summary.task != "macro")].pivot(index="task", columns="model", values="value")
 if {"finetune", "scratch"} <= set(per_task.columns):
     wins = int((per_task["finetune"] > per_task["scratch"]).sum())
