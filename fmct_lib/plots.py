@@ -44,6 +44,7 @@ MODEL_COLOURS = {
     "scratch": "#8c8c8c", "finetune": "#1f77b4", "linear": "#ff7f0e", "attentive": "#2ca02c",
     "fewshot": "#1f77b4", "dino": "#1f77b4", "mae": "#d62728", "pretrained": "#9467bd",
     "external": "#ff7f0e", "in_domain": "#1f77b4", "histogram": "#bcbd22",
+    "in-domain histogram": "#bcbd22",
 }
 PAPER_MARKER = dict(marker="D", color="black", markersize=6, markerfacecolor="white", markeredgewidth=1.5,
                     linestyle="none", zorder=5)
