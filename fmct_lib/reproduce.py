@@ -99,9 +99,9 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
     spec, table = paper_spec(p), load_scans(dataset)
     train = _select(table, train_filter, "train", task, f"{dataset} train")
     val = _select(table, train_filter, "val", task, f"{dataset} val")
+    torch.manual_seed(seed)  # before the head is made, as run_protocol does: the same model as its finetune run
     model = load_encoder(encoder)
     classifier = Classifier(model, build_head("linear", model))
-    torch.manual_seed(seed)
     train_source, train = volume_source(dataset, train, spec)
     val_source, val = volume_source(dataset, val, spec) if len(val) else (None, val)
     fit(classifier, train_source, train[task].to_numpy(int), HParams.from_profile(p), frozen=False,

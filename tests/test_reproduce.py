@@ -68,3 +68,35 @@ def test_figure_names_keep_the_gallery_for_the_demo_run_only():
     assert reproduce.figure_name("fig2", "synthetic", longer) == "fig2_40ep"
     assert reproduce.figure_name("fig2", "synthetic", longer.with_finetune_epochs(8)) == "fig2"
     assert reproduce.figure_name("fig2", "rsna", get_profile("toy").with_finetune_epochs(3)) == "fig2_3ep__rsna_toy"
+
+
+def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkeypatch):
+    """Fig. 5's fine-tuned encoder depends on its seed only, not on what the notebook's process did first."""
+    import torch
+
+    from fmct_lib import downstream
+    from fmct_lib.config import ModelConfig
+    from fmct_lib.data.manifest import write_scans
+    from fmct_lib.models.checkpoints import load_checkpoint, save_checkpoint
+    from fmct_lib.models.vit3d import vit_from_config
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    profile = get_profile("toy").replace(model=ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1,
+                                                           num_heads=2), finetune_subset=8, finetune_epochs=1)
+    splits = ["train"] * 4 + ["val"] * 2 + ["test"]
+    rows = [{"scan_id": f"s{i}", "patient_id": f"p{i}", "path": "x", "split": splits[i % 7], "manufacturer": "A",
+             "slice_thickness_mm": 1.0, "spacing": "1,1,1", "ich": i % 2} for i in range(28)]
+    write_scans(pd.DataFrame(rows), "toyset")
+    vols = torch.rand(28, 3, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(downstream, "volume_source", lambda dataset, scans, spec, num_workers=0: (
+        downstream.VolumeSource(vols[[int(s[1:]) for s in scans["scan_id"]]]), scans.reset_index(drop=True)))
+    encoder = save_checkpoint(tmp_path / "pre" / "encoder.safetensors", vit_from_config(profile.model),
+                              {"model": profile.model.to_dict()})
+    weights = []
+    for draws in (0, 5):
+        monkeypatch.setenv("FMCT_RUNS", str(tmp_path / f"runs{draws}"))
+        torch.rand(draws)  # the global RNG as another notebook cell may have left it
+        path = reproduce.ensure_finetuned("toyset", "ich", encoder, profile, seed=3)
+        weights.append(load_checkpoint(path)[0].state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    pretrained = load_checkpoint(encoder)[0].state_dict()
+    assert not all(torch.equal(weights[0][k], pretrained[k]) for k in pretrained)  # it was trained
