@@ -1,4 +1,4 @@
-"""``fmct embed``: frozen-encoder cls embeddings of a dataset as a table (``downstream.embed``).
+"""``fmct embed``: frozen-encoder cls embeddings of a dataset as a table (``embeddings.embed``).
 
     fmct embed --dataset synthetic --encoder runs/pretrain/X/encoder.safetensors --out emb.npz
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .downstream import embed
+    from .embeddings import embed
     table = embed(args.dataset, args.encoder, args.profile, split=args.split, filter=parse_filter(args.filter),
                   batch_size=args.batch_size, out=args.out, device=args.device)
     dims = sum(c.startswith("e") and c[1:].isdigit() for c in table.columns)

@@ -12,7 +12,8 @@ from fmct_lib.baselines import C_GRID
 from fmct_lib.config import ModelConfig, get_profile
 from fmct_lib.data.manifest import write_scans
 from fmct_lib.downstream import (HParams, ProtocolSkipped, VolumeSource, augment_batch, balanced_draw, fewshot_draw,
-                                 fit, predict, read_embeddings, run_protocol, run_sweep, write_embeddings)
+                                 fit, predict, run_protocol, run_sweep)
+from fmct_lib.embeddings import embed, read_embeddings, write_embeddings
 from fmct_lib.evaluate import auroc
 from fmct_lib.models.checkpoints import save_checkpoint
 from fmct_lib.models.heads import Classifier, build_head
@@ -265,7 +266,7 @@ def test_bad_requests_fail_clearly(toy_world):
 
 def test_embed_table_and_round_trips(toy_world, tmp_path):
     table, ckpt, _ = toy_world
-    emb = downstream.embed("toyset", ckpt, TOY, split="test", progress=False)
+    emb = embed("toyset", ckpt, TOY, split="test", progress=False)
     test = table.query("split == 'test'")
     assert list(emb["scan_id"]) == list(test["scan_id"])
     assert {"manufacturer", "slice_thickness_mm", "kvp", "site", "ich", "bleed_left"} <= set(emb.columns)

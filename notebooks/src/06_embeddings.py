@@ -28,7 +28,7 @@ method = method or P.pretrain_method
 
 # %%
 import pandas as pd
-from fmct_lib.downstream import embed
+from fmct_lib.embeddings import embed
 
 encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
 labelled = scans[scans["site"] != "pretrain"] if "site" in scans else scans

@@ -26,7 +26,7 @@ P, scans = reproduce.start(dataset, profile, run_dir)
 # %%
 import pandas as pd
 import torch
-from fmct_lib.downstream import embed
+from fmct_lib.embeddings import embed
 from fmct_lib.evaluate import retrieval_summary, retrieve_all_vs_all
 from fmct_lib.models.vit3d import vit_from_config
 

@@ -1,0 +1,93 @@
+"""Frozen-encoder embeddings as a table (retrieval, Fig. 3; t-SNE/UMAP and protocol probes, Supp. Fig. 11).
+
+``embed`` runs an encoder over a dataset's cached inputs (the downstream protocols' data access) and returns
+one row per scan: ids, split, the protocol columns, the labels, then the cls vector ``e0 … e{D-1}``;
+``write_embeddings`` / ``read_embeddings`` keep it as ``.csv`` or ``.npz`` (``fmct embed``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import downstream
+from .config import get_profile
+from .io import atomic_path, atomic_write_text
+
+__all__ = ["embed", "write_embeddings", "read_embeddings"]
+
+
+@torch.no_grad()
+def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None = None, split: str | None = None,
+          filter: dict | None = None, spec=None, batch_size: int | None = None, out=None, device: str | None = None,
+          progress: bool = True, source: downstream.VolumeSource | None = None) -> pd.DataFrame:
+    """Frozen-encoder cls embeddings as a table: ``scan_id, patient_id, split``, the protocol columns
+    (manufacturer, slice_thickness_mm, kvp, site — those the scan table has), the label columns, then the
+    vector as ``e0 … e{D-1}``. ``encoder`` is a checkpoint path or an encoder module. Written to ``out``
+    (``.csv`` or ``.npz``, see ``write_embeddings``) when given.
+    """
+    from .data.manifest import CQ500_FINDINGS, PAPER_TASKS, RSNA_TASKS, dataset_info, load_scans
+    profile = get_profile(profile)
+    table = downstream._select(scans if scans is not None else load_scans(dataset), filter, split, None, dataset)
+    model = downstream.load_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) else encoder
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    if source is None:
+        if spec is None:
+            from .preprocess import paper_spec
+            spec = paper_spec(profile)
+        downstream.prepare_cache(dataset, table, spec)
+        source, table = downstream.volume_source(dataset, table, spec)
+    batch_size = batch_size or profile.finetune_batch_size
+    vectors = [model(x.to(device)).float().cpu() for x in tqdm(
+        source.batches(range(len(table)), batch_size), total=-(-len(table) // batch_size),
+        desc=f"embed {dataset}", disable=not progress)]
+    vectors = torch.cat(vectors).numpy() if vectors else np.zeros((0, model.embed_dim), np.float32)
+    try:
+        tasks = dataset_info(dataset)["tasks"]
+    except (KeyError, FileNotFoundError):
+        tasks = []
+    labels = [c for c in dict.fromkeys(tasks + PAPER_TASKS + RSNA_TASKS + CQ500_FINDINGS) if c in table.columns]
+    meta = [c for c in ["scan_id", "patient_id", "split", *downstream.PROTOCOL_COLUMNS] if c in table.columns]
+    result = pd.concat([table[meta + labels].reset_index(drop=True),
+                        pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1)
+    if out is not None:
+        write_embeddings(result, out)
+    return result
+
+
+def write_embeddings(table: pd.DataFrame, path) -> Path:
+    """Write an embeddings table atomically: ``.csv`` (one column per dimension) or ``.npz`` (the vectors
+    as one float32 matrix ``embeddings`` plus one array per other column)."""
+    path = Path(path)
+    vec = [c for c in table.columns if c.startswith("e") and c[1:].isdigit()]
+    if path.suffix == ".csv":
+        atomic_write_text(path, table.to_csv(index=False))
+    elif path.suffix == ".npz":
+        arrays = {"embeddings": table[vec].to_numpy(np.float32)}
+        for c in table.columns.difference(vec, sort=False):
+            col = table[c]
+            arrays[c] = (pd.to_numeric(col).to_numpy(float) if pd.api.types.is_numeric_dtype(col)
+                         else np.asarray(col.astype(str), dtype=str))
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
+    else:
+        raise ValueError(f"{path}: embeddings are written as .csv or .npz")
+    return path
+
+
+def read_embeddings(path) -> pd.DataFrame:
+    """Read back ``write_embeddings``' file as the same table."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"scan_id": str, "patient_id": str})
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: expected a .csv or .npz embeddings file")
+    with np.load(path, allow_pickle=False) as f:
+        vectors = f["embeddings"]
+        meta = pd.DataFrame({k: f[k] for k in f.files if k != "embeddings"})
+    return pd.concat([meta, pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1)
