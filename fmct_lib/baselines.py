@@ -32,11 +32,11 @@ def window_histograms(x: torch.Tensor, bins: int = 32) -> np.ndarray:
     x = torch.as_tensor(x)
     if x.ndim != 5:
         raise ValueError(f"window_histograms: expected (N, channels, D, H, W), got shape {tuple(x.shape)}")
-    flat = x.reshape(x.shape[0], x.shape[1], -1).float()
-    index = (flat.clamp(0.0, 1.0) * bins).long().clamp_(max=bins - 1)  # value 1.0 falls in the last bin
-    counts = torch.zeros(*flat.shape[:2], bins, dtype=torch.float64)
-    counts.scatter_add_(2, index, torch.ones_like(index, dtype=torch.float64))
-    return np.log1p(counts.reshape(x.shape[0], -1).numpy())
+    n, k = x.shape[:2]
+    index = (x.reshape(n, k, -1).float().clamp(0.0, 1.0) * bins).long().clamp_(max=bins - 1)  # 1.0: last bin
+    index += torch.arange(n * k).view(n, k, 1) * bins  # one block of bins per (scan, channel)
+    counts = torch.bincount(index.reshape(-1), minlength=n * k * bins)
+    return np.log1p(counts.view(n, k * bins).numpy().astype(np.float64))
 
 
 def fit_histogram_classifier(train_features: np.ndarray, train_labels, val_features: np.ndarray | None = None,

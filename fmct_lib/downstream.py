@@ -523,14 +523,12 @@ def run_sweep(dataset: str, tasks, protocols, encoder, profile, shots=None, resa
     profile = get_profile(profile)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
-    shots = tuple(profile.fewshot_shots if shots is None else shots)
-    resamples = profile.fewshot_resamples if resamples is None else resamples
     runs = []
     for task in tasks:
         for protocol in protocols:
             if protocol == "fewshot":
-                runs += [(task, "finetune", k, seed + r) for k in shots for r in range(resamples)]
                 protocol = "finetune"
+                runs += _kshot_runs(task, protocol, profile, shots, resamples, seed)
             runs += [(task, protocol, None, seed + s) for s in range(n_seeds)]
     return _run_all(runs, dataset, encoder, profile, progress=progress, eval_dataset=eval_dataset,
                     eval_split=eval_split, run_root=run_root, hparams=hparams, train_filter=train_filter,
@@ -545,11 +543,16 @@ def fewshot_sweep(dataset: str, tasks, protocol: str, encoder, profile, shots=No
     ``run_protocol`` (``train_filter``, ``run_root``, ``hparams`` …); skipped runs as in ``run_sweep``."""
     profile = get_profile(profile)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-    shots = tuple(profile.fewshot_shots if shots is None else shots)
-    resamples = profile.fewshot_resamples if resamples is None else resamples
-    runs = [(task, protocol, k, seed + r) for task in tasks for k in shots for r in range(resamples)]
+    runs = [run for task in tasks for run in _kshot_runs(task, protocol, profile, shots, resamples, seed)]
     runs += [(task, protocol, None, seed + s) for task in tasks for s in range(n_seeds)]
     return _run_all(runs, dataset, encoder, profile, progress=progress, **kwargs)
+
+
+def _kshot_runs(task: str, protocol: str, profile, shots, resamples, seed: int) -> list[tuple]:
+    """(task, protocol, K, seed + r) for K in ``shots`` and r < ``resamples`` (default: the profile's)."""
+    shots = profile.fewshot_shots if shots is None else shots
+    resamples = profile.fewshot_resamples if resamples is None else resamples
+    return [(task, protocol, k, seed + r) for k in shots for r in range(resamples)]
 
 
 def _run_all(runs, dataset: str, encoder, profile, progress: bool = True, **kwargs) -> pd.DataFrame:
