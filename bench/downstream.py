@@ -6,6 +6,10 @@
 2. One bootstrap (100×) + paired permutation test (1,000×) on 10,000 scans × 10 tasks with the
    vectorised statistics, against the plain scikit-learn loop they replace (the loop is timed on a
    fraction of the replicates and scaled, as stated in the output).
+3. One fine-tuning step at the demo size (batch of the profile, 3×32³): the share of the batch
+   augmentation (``finetuning.augment_batch``, which flips only the drawn volumes) against the
+   forward/backward/AdamW step, and against the whole-batch ``torch.where`` flip it replaced (the same
+   output, checked here).
 
     .venv/bin/python bench/downstream.py [--profiles demo paper] [--batches 2]
 """
@@ -107,12 +111,61 @@ def bench_statistics(n: int = 10_000, tasks: int = 10, n_boot: int = 100, n_perm
           f"permutations, scaled): {loop:.1f} s  → vectorised is {loop / ours:.0f}× faster")
 
 
+def bench_finetune_step(profile_name: str = "demo", steps: int = 20) -> None:
+    import torch.nn.functional as F
+
+    from fmct_lib.finetuning import HParams, augment_batch
+    from fmct_lib.models.heads import Classifier, build_head
+    profile = get_profile(profile_name)
+    hp = HParams.from_profile(profile)
+    x = torch.randn(hp.batch_size, 3, *(3 * [profile.input_size]))
+    y = torch.arange(hp.batch_size) % 2
+
+    def whole_batch_flips(x, generator):  # what augment_batch did before: every axis rewrites the batch
+        B = x.shape[0]
+        for axis in hp.flip_axes:
+            flip = torch.rand(B, generator=generator) < hp.flip_p
+            if flip.any():
+                x = torch.where(flip.view(B, 1, 1, 1, 1), x.flip(2 + axis), x)
+        apply = torch.rand(B, generator=generator) < hp.shift_p
+        offset = (torch.rand(B, generator=generator) * 2 - 1) * hp.shift * apply
+        return x + offset.view(B, 1, 1, 1, 1)
+
+    def timed(fn):
+        g = torch.Generator().manual_seed(0)
+        fn(g)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn(g)
+        return (time.perf_counter() - t0) / steps
+    same = all(torch.equal(augment_batch(x, hp, torch.Generator().manual_seed(s)),
+                           whole_batch_flips(x, torch.Generator().manual_seed(s))) for s in range(20))
+    t_aug = timed(lambda g: augment_batch(x, hp, g))
+    t_where = timed(lambda g: whole_batch_flips(x, g))
+    torch.manual_seed(0)
+    encoder = vit_from_config(profile.model)
+    model = Classifier(encoder, build_head("linear", encoder))
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+
+    def step(g):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t_step = timed(step)
+    print(f"[finetune step, {profile_name}] batch {hp.batch_size}, {torch.get_num_threads()} threads: "
+          f"forward+backward+AdamW {1e3 * t_step:.1f} ms; augmentation {1e3 * t_aug:.2f} ms "
+          f"({100 * t_aug / t_step:.0f}% of it), whole-batch flips {1e3 * t_where:.2f} ms "
+          f"({100 * t_where / t_step:.0f}%): {t_where / t_aug:.1f}× slower, same output: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["demo", "paper"])
     parser.add_argument("--batches", type=int, default=2, help="encoder batches per profile")
     args = parser.parse_args()
     bench_statistics()
+    bench_finetune_step()
     for name in args.profiles:
         bench_embeddings(name, args.batches)
 

@@ -14,7 +14,7 @@ One binary classifier per task on the encoder, trained and evaluated separately 
   each windowed input channel (``baselines``), on the same training rows or K-shot draw; its C is chosen
   by validation AUROC and recorded as ``choice``.
 
-Training (``fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, linear
+Training (``finetuning.fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, linear
 warm-up over the first 10% of steps then cosine to 0 (per step), weight decay 0.01 and gradient clipping
 at 1.0 (the authors' CLI values; the paper does not give them), two-class softmax cross-entropy, at most
 ``profile.finetune_epochs`` epochs on a class-balanced draw (with replacement) of
@@ -29,7 +29,10 @@ set the last epoch is kept.
 External validation (Fig. 1f–g): ``train_filter``/``eval_filter`` select rows of the scan tables by
 column values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external"}`` trains on the
 internal site's training split and tests on the external site's test split; ``{"site": "external"}``
-for both is in-domain fine-tuning on the external site. ``eval_dataset`` tests on another dataset.
+for both is in-domain fine-tuning on the external site. ``eval_dataset`` tests on another dataset. The
+external-validation model is the internal run's own classifier: a run on all training data keeps its
+classifier (``trained/`` beside the runs), and a run that differs from it only in its evaluation loads it
+instead of training again.
 
 Every run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset,
 eval_dataset, train_filter, eval_filter), ``config.json`` and a ``done`` marker into its run directory,
@@ -38,26 +41,24 @@ come from ``embeddings.embed`` (``fmct embed``).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import get_profile
+from .finetuning import (HParams, ProtocolSkipped, VolumeSource, augment_batch, balanced_draw, fewshot_draw, fit,
+                         predict)
 from .io import atomic_write_text
-from .evaluate.metrics import auroc
 from .models.heads import Classifier, build_head
-from .train.schedules import warmup_cosine
 
 __all__ = [
     "HParams", "VolumeSource", "ProtocolSkipped", "PROTOCOLS", "fit", "predict", "augment_batch",
@@ -73,178 +74,6 @@ PROTOCOL_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]
 IN_MEMORY_BYTES = 1 << 30  # model inputs of a run's split are held in memory up to this size (float32)
 HELD_BYTES = 2 << 30       # in-memory inputs kept for the next runs of this process (a sweep, a notebook)
 _HELD: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-
-
-class ProtocolSkipped(ValueError):
-    """A run that cannot be made from the data (e.g. fewer than K positives); sweeps record it and go on."""
-
-
-@dataclass(frozen=True)
-class HParams:
-    """Training settings of one run; ``from_profile`` gives the paper's defaults at a profile's scale."""
-
-    epochs: int
-    batch_size: int
-    subset: int                     # balanced draws per epoch; 0 = one shuffled pass over the training set
-    lr_encoder: float = 1e-5
-    lr_head: float = 1e-3
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"        # adamw | adam | sgd (momentum 0.9); the scratch sweep varies it
-    warmup_fraction: float = 0.1
-    clip_grad: float = 1.0
-    flip_p: float = 0.1
-    flip_axes: tuple[int, ...] = (0, 1, 2)
-    shift: float = 0.1
-    shift_p: float = 0.5
-
-    @classmethod
-    def from_profile(cls, profile, **overrides) -> "HParams":
-        p = get_profile(profile)
-        base = cls(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size, subset=p.finetune_subset,
-                   lr_encoder=p.finetune_lr_encoder)
-        return replace(base, **overrides)
-
-
-class VolumeSource:
-    """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
-    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``)."""
-
-    def __init__(self, data, to_input=None, num_workers: int = 0):
-        self.data, self.to_input, self.num_workers = data, to_input, num_workers
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batches(self, indices, batch_size: int):
-        """Yield input batches (float32) for ``indices`` in order."""
-        indices = [int(i) for i in indices]
-        if torch.is_tensor(self.data):
-            for s in range(0, len(indices), batch_size):
-                yield self._finish(self.data[indices[s:s + batch_size]])
-            return
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
-                                             shuffle=False, num_workers=self.num_workers)
-        for batch in loader:
-            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch)
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.to_input(x) if self.to_input else x).float()
-
-
-# ---------------------------------------------------------------------------------------- training
-def balanced_draw(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` indices drawn with replacement, weight 1/(class count): about half positives per epoch."""
-    labels = np.asarray(labels).astype(int)
-    counts = np.bincount(labels, minlength=2)
-    if (counts == 0).any():
-        raise ProtocolSkipped(f"the training set has no {'positive' if counts[1] == 0 else 'negative'} scans")
-    weights = 1.0 / counts[labels]
-    return rng.choice(len(labels), size=size, replace=True, p=weights / weights.sum())
-
-
-def fewshot_draw(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """K positive and K negative indices, without replacement (the paper's K-shot training set)."""
-    labels = np.asarray(labels).astype(int)
-    picked = []
-    for cls in (1, 0):
-        pool = np.flatnonzero(labels == cls)
-        if len(pool) < k:
-            raise ProtocolSkipped(f"K={k} shots need {k} {'positive' if cls else 'negative'} training scans, "
-                                  f"only {len(pool)} exist")
-        picked.append(rng.choice(pool, size=k, replace=False))
-    return np.sort(np.concatenate(picked))
-
-
-def augment_batch(x: torch.Tensor, hp: HParams, generator: torch.Generator) -> torch.Tensor:
-    """Random flips (p = ``flip_p`` per axis in ``flip_axes``), intensity offset (±``shift``, p = ``shift_p``)."""
-    B = x.shape[0]
-    for axis in hp.flip_axes:
-        flip = torch.rand(B, generator=generator) < hp.flip_p
-        if flip.any():
-            x = torch.where(flip.view(B, 1, 1, 1, 1).to(x.device), x.flip(2 + axis), x)
-    apply = torch.rand(B, generator=generator) < hp.shift_p
-    offset = (torch.rand(B, generator=generator) * 2 - 1) * hp.shift * apply
-    return x + offset.view(B, 1, 1, 1, 1).to(x.device, x.dtype)
-
-
-def _optimizer(model: Classifier, hp: HParams, frozen: bool) -> torch.optim.Optimizer:
-    groups = [{"params": list(model.head.parameters()), "lr": hp.lr_head, "peak": hp.lr_head}]
-    if not frozen:
-        groups.append({"params": list(model.encoder.parameters()), "lr": hp.lr_encoder, "peak": hp.lr_encoder})
-    if hp.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
-    if hp.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=hp.weight_decay)
-    if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9, weight_decay=hp.weight_decay)
-    raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose adamw, adam or sgd")
-
-
-@torch.no_grad()
-def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=None, device="cpu") -> np.ndarray:
-    """P(positive) = softmax(logits)[:, 1] for every scan of ``source`` (or ``indices``)."""
-    model.eval()
-    indices = range(len(source)) if indices is None else indices
-    out = [F.softmax(model(x.to(device)), dim=1)[:, 1].cpu() for x in source.batches(indices, batch_size)]
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
-
-
-def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, frozen: bool,
-        val: VolumeSource | None = None, val_labels=None, train_indices=None, seed: int = 0,
-        device="cpu", progress: bool = True) -> list[dict]:
-    """Train ``model`` in place; keep the epoch with the best validation AUROC. Returns the epoch history.
-
-    Each epoch draws ``hp.subset`` rows class-balanced (``balanced_draw``) from the training rows, or from
-    ``train_indices`` where given (few-shot: the paper trains it "with the same hyperparameter settings");
-    ``hp.subset = 0`` passes each row once per epoch, shuffled.
-    """
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    labels = np.asarray(train_labels).astype(int)
-    model.to(device)
-    for p in model.encoder.parameters():
-        p.requires_grad_(not frozen)
-    opt = _optimizer(model, hp, frozen)
-    rows = np.arange(len(labels)) if train_indices is None else np.asarray(train_indices)
-    per_epoch = hp.subset or len(rows)
-    steps_per_epoch = max(1, -(-per_epoch // hp.batch_size))
-    total = hp.epochs * steps_per_epoch
-    warmup = int(hp.warmup_fraction * total)
-    history, best_state, best_auc, step = [], None, -np.inf, 0
-    for epoch in tqdm(range(hp.epochs), desc="epochs", leave=False, disable=not progress):
-        order = rows[balanced_draw(labels[rows], hp.subset, rng)] if hp.subset else rng.permutation(rows)
-        model.train()
-        if frozen:
-            model.encoder.eval()
-        losses = []
-        for s in range(0, len(order), hp.batch_size):
-            idx = order[s:s + hp.batch_size]
-            if len(idx) < 2:  # BatchNorm in the heads needs two samples
-                continue
-            x = augment_batch(next(train.batches(idx, len(idx))), hp, gen).to(device)
-            y = torch.as_tensor(labels[idx], device=device)
-            for group in opt.param_groups:
-                group["lr"] = warmup_cosine(step, total, warmup, group["peak"], 0.0)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.head.parameters(), hp.clip_grad)
-                if not frozen:
-                    torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), hp.clip_grad)
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
-        if val is not None:
-            record["val_auroc"] = auroc(val_labels, predict(model, val, hp.batch_size, device=device))
-            if np.isfinite(record["val_auroc"]) and record["val_auroc"] > best_auc:
-                best_auc, best_state = record["val_auroc"], copy.deepcopy(model.state_dict())
-                record["best"] = True
-        history.append(record)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return history
 
 
 # ------------------------------------------------------------------------------------- data access
@@ -329,14 +158,18 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                  eval_split: str = "test", k_shot: int | None = None, seed: int = 0, run_dir=None,
                  hparams: dict | None = None, train_filter: dict | None = None, eval_filter: dict | None = None,
                  spec=None, device: str | None = None, progress: bool = True, run_root=None,
-                 num_workers: int = 0) -> pd.DataFrame:
-    """Train one protocol on one task and predict the evaluation split → the predictions table.
+                 num_workers: int = 0, return_model: bool = False):
+    """Train one protocol on one task and predict the evaluation split → the predictions table
+    (``(predictions, classifier)`` with ``return_model``; the classifier is None for ``histogram``).
 
     ``train_scans`` replaces the training split (rows of a scan table). ``eval_filter`` defaults to
     ``train_filter`` when evaluating on the same dataset. ``hparams`` overrides ``HParams`` fields.
     ``spec`` is the preprocessing (default ``preprocess.paper_spec(profile)``; ``reference_spec`` for the
     authors' weights). The run directory is ``run_dir``, else
     ``<run_root or runs/downstream>/<default_run_name(...)>``.
+
+    The classifier of a run on all training data is kept (``trained_model_path``) and reused by every run
+    that differs from it only in what it is evaluated on (external validation, Fig. 1f–g; attention, Fig. 5).
     """
     profile = get_profile(profile)
     if protocol == "fewshot":
@@ -365,15 +198,20 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         "train_scans": None if train_scans is None else hashlib.sha256(
             ",".join(sorted(map(str, train_scans["scan_id"]))).encode()).hexdigest()[:12],
     }
-    if run_dir is None:
-        from .paths import runs_root
-        run_dir = Path(run_root or runs_root() / "downstream") / default_run_name(signature)
-    run_dir = Path(run_dir)
+    from .paths import runs_root
+    run_root = Path(run_root or runs_root() / "downstream")
+    run_dir = Path(run_dir or run_root / default_run_name(signature))
+    model_file = trained_model_path(signature, run_root) if protocol != "histogram" and not k_shot else None
     if (run_dir / "done").exists():
         stored = json.loads((run_dir / "config.json").read_text())["signature"]
         if json.loads(json.dumps(signature)) != {**stored, **_no_encoder(stored)}:
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
-        return read_predictions(run_dir / "predictions.csv")
+        if not return_model:
+            return read_predictions(run_dir / "predictions.csv")
+        if protocol == "histogram" or (model_file is not None and model_file.exists()):
+            model = None if protocol == "histogram" else _load_trained(model_file, protocol, encoder, profile)[0]
+            return read_predictions(run_dir / "predictions.csv"), model
+        # a finished run whose classifier was not kept (a K-shot run): train it again, deterministically
 
     from .data.manifest import load_scans
     table = load_scans(dataset)
@@ -402,9 +240,12 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                     train_indices=train_indices, device=device, progress=progress)
 
     torch.manual_seed(seed)
-    grid_results, chosen, history = None, None, []
+    model, grid_results, chosen, history = None, None, None, []
     if protocol == "histogram":
         probs, chosen = _histogram_baseline(fit_args, test_source, hp.batch_size)
+    elif model_file is not None and model_file.exists():
+        model, kept = _load_trained(model_file, protocol, encoder, profile)
+        history, chosen, grid_results = kept["history"], kept["choice"], kept["scratch_grid"]
     elif protocol == "scratch":
         model, history, chosen, grid_results = _scratch_sweep(profile, hp, seed, fit_args)
     else:
@@ -414,7 +255,10 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                              f"preprocessing makes {spec.input_size}³ (profile {profile.name!r})")
         model = Classifier(encoder_model, build_head(HEAD[protocol], encoder_model))
         history = fit(model, hp=hp, frozen=FROZEN[protocol], seed=seed, **fit_args)
-    if protocol != "histogram":
+    if model_file is not None and not model_file.exists():
+        _save_trained(model_file, model, protocol, {"signature": training_signature(signature), "history": history,
+                                                    "choice": chosen, "scratch_grid": grid_results})
+    if model is not None:
         probs = predict(model, test_source, hp.batch_size, device=device)
     predictions = pd.DataFrame({
         "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
@@ -429,7 +273,38 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
     atomic_write_text(run_dir / "done", "")
-    return predictions
+    return (predictions, model) if return_model else predictions
+
+
+# -------------------------------------------------------------------------------- trained classifiers
+EVAL_KEYS = ("eval_dataset", "eval_split", "eval_filter")
+
+
+def training_signature(signature: dict) -> dict:
+    """A run's signature without what it is evaluated on: runs with equal ones train the same classifier."""
+    return {k: v for k, v in signature.items() if k not in EVAL_KEYS}
+
+
+def trained_model_path(signature: dict, run_root) -> Path:
+    """``<run_root>/trained/<default_run_name without the evaluation>/model.safetensors``."""
+    return Path(run_root) / "trained" / default_run_name(signature, evaluation=False) / "model.safetensors"
+
+
+def _save_trained(path: Path, model: Classifier, protocol: str, config: dict) -> None:
+    """The classifier's weights (only the head's where the encoder was frozen: it is the pretrained one)."""
+    from .models.checkpoints import save_checkpoint
+    save_checkpoint(path, model.head if FROZEN[protocol] else model, config)
+
+
+def _load_trained(path: Path, protocol: str, encoder, profile) -> tuple[Classifier, dict]:
+    from safetensors.torch import load_file
+
+    from .models.checkpoints import read_checkpoint_config
+    from .models.vit3d import vit_from_config
+    encoder_model = vit_from_config(profile.model) if protocol == "scratch" else load_encoder(encoder)
+    model = Classifier(encoder_model, build_head(HEAD[protocol], encoder_model))
+    (model.head if FROZEN[protocol] else model).load_state_dict(load_file(str(path)))
+    return model, read_checkpoint_config(path)
 
 
 def _no_encoder(signature: dict) -> dict:
@@ -485,13 +360,14 @@ def _scratch_sweep(profile, hp: HParams, seed: int, fit_args: dict):
     return model, history, chosen, results
 
 
-def default_run_name(signature: dict) -> str:
-    """``<profile>/<encoder>/<train data>__<eval data>/<task>/<protocol>[-k<K>]/seed<seed>[-<hparams hash>]``."""
+def default_run_name(signature: dict, evaluation: bool = True) -> str:
+    """``<profile>/<encoder>/<train data>__<eval data>/<task>/<protocol>[-k<K>]/seed<seed>[-<hparams hash>]``
+    (without ``__<eval data>`` where ``evaluation`` is false: the name of the trained classifier)."""
     s = signature
     train = s["dataset"] + (f"[{_filter_tag(s['train_filter'])}]" if s["train_filter"] else "")
     if s["train_scans"]:
         train += f"[scans={s['train_scans']}]"
-    evaluation = s["eval_dataset"] + (f"[{_filter_tag(s['eval_filter'])}]" if s["eval_filter"] else "")
+    tested = s["eval_dataset"] + (f"[{_filter_tag(s['eval_filter'])}]" if s["eval_filter"] else "")
     defaults = asdict(HParams.from_profile(s["profile"]))
     tuned = {k: v for k, v in s["hparams"].items() if k != "flip_axes" and defaults.get(k) != v}
     from .preprocess import paper_spec
@@ -502,8 +378,8 @@ def default_run_name(signature: dict) -> str:
     suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
     encoder = s["protocol"] if s["protocol"] in ENCODER_FREE else _encoder_tag(s["encoder"])
     protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
-    return (f"{s['profile']}/{encoder}/{train}__{evaluation}-{s['eval_split']}/{s['task']}/{protocol}/"
-            f"seed{s['seed']}{suffix}")
+    data = f"{train}__{tested}-{s['eval_split']}" if evaluation else train
+    return f"{s['profile']}/{encoder}/{data}/{s['task']}/{protocol}/seed{s['seed']}{suffix}"
 
 
 def run_sweep(dataset: str, tasks, protocols, encoder, profile, shots=None, resamples=None,

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from .config import PROFILES, Profile, get_profile
 from .data.manifest import PAPER_TASKS, dataset_info, is_available, load_scans, scan_table_path
@@ -82,30 +81,20 @@ def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fractio
 
 def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Profile,
                      train_filter: dict | None = None, seed: int = 0) -> Path:
-    """The encoder of a classifier fine-tuned on ``task`` (the ``finetune`` protocol's settings), saved as
-    ``<runs>/finetuned/<profile>/<encoder run>/<dataset>[filter]/<task>/seed<seed>/encoder.safetensors``
-    and reused; the attention figures compare it with the pretrained encoder (Fig. 5)."""
-    from .downstream import HParams, _select, fit, load_encoder, volume_source
+    """The encoder of the ``finetune`` run on ``task`` (the classifier of Fig. 1e's run with this seed, reused
+    where that run kept it), saved as ``<runs>/finetuned/<profile>/<encoder run>/<dataset>[filter]/<task>/
+    seed<seed>/encoder.safetensors``; the attention figures compare it with the pretrained encoder (Fig. 5)."""
+    from .downstream import run_protocol
     from .models.checkpoints import save_checkpoint
-    from .models.heads import Classifier, build_head
     from .paths import runs_root
-    from .preprocess import paper_spec
     p = get_profile(profile)
     tag = ",".join(f"{k}={v}" for k, v in sorted((train_filter or {}).items()))
     out = (runs_root() / "finetuned" / p.name / Path(encoder).parent.name / (dataset + (f"[{tag}]" if tag else ""))
            / task / f"seed{seed}" / "encoder.safetensors")
     if out.exists():
         return out
-    spec, table = paper_spec(p), load_scans(dataset)
-    train = _select(table, train_filter, "train", task, f"{dataset} train")
-    val = _select(table, train_filter, "val", task, f"{dataset} val")
-    torch.manual_seed(seed)  # before the head is made, as run_protocol does: the same model as its finetune run
-    model = load_encoder(encoder)
-    classifier = Classifier(model, build_head("linear", model))
-    train_source, train = volume_source(dataset, train, spec)
-    val_source, val = volume_source(dataset, val, spec) if len(val) else (None, val)
-    fit(classifier, train_source, train[task].to_numpy(int), HParams.from_profile(p), frozen=False,
-        val=val_source, val_labels=val[task].to_numpy(int), seed=seed, progress=False)
+    _, classifier = run_protocol(dataset, task, "finetune", str(encoder), p, train_filter=train_filter, seed=seed,
+                                 progress=False, return_model=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, classifier.encoder, config={"model": classifier.encoder.config.to_dict(), "task": task,
                                                      "dataset": dataset, "train_filter": train_filter,

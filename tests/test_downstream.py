@@ -73,6 +73,25 @@ def test_augment_flips_and_shift():
     assert (offset.abs() <= 0.1 + 1e-6).all() and (offset.abs() > 0).all()
 
 
+def test_augment_matches_a_per_volume_loop():
+    x = torch.randn(9, 3, 4, 5, 6)
+    hp = HParams(epochs=1, batch_size=9, subset=9, flip_p=0.4, shift=0.2, shift_p=0.5)
+    g = torch.Generator().manual_seed(4)
+    flips = [torch.rand(9, generator=g) < hp.flip_p for _ in hp.flip_axes]
+    apply = torch.rand(9, generator=g) < hp.shift_p
+    offset = (torch.rand(9, generator=g) * 2 - 1) * hp.shift * apply
+    expected = x.clone()
+    for i in range(9):
+        for axis, flip in zip(hp.flip_axes, flips):
+            if flip[i]:
+                expected[i] = expected[i].flip(1 + axis)
+        expected[i] += offset[i]
+    before = x.clone()
+    out = augment_batch(x, hp, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(x, before) and sum(f.sum() for f in flips) > 0  # the input batch is left as it was
+
+
 # ------------------------------------------------------------------------------------------ fit
 def test_linear_probe_keeps_the_encoder_and_finetune_changes_it():
     y = np.array([0, 1] * 8)
@@ -182,6 +201,41 @@ def test_internal_to_external_run_writes_predictions_and_resumes(toy_world, monk
     with pytest.raises(ValueError, match="other settings"):
         run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
                      eval_filter={"site": "external"}, run_dir=run_dir, seed=1, progress=False)
+
+
+@pytest.mark.parametrize("protocol", ["linear", "finetune", "scratch"])
+def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monkeypatch, tmp_path, protocol):
+    """Evaluated elsewhere, a run loads the classifier its training twin kept and predicts as a retrained one."""
+    _, ckpt, root = toy_world
+    internal = {"site": "internal"}
+    run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal, run_root=root, progress=False)
+    kept = list((root / "trained").rglob("model.safetensors"))
+    assert len(kept) == 1 and "__" not in str(kept[0].relative_to(root))  # named by the training part only
+    from safetensors.torch import load_file
+    keys = set(load_file(str(kept[0])))
+    assert all(k.startswith("encoder.") or k.startswith("head.") for k in keys) != (protocol == "linear")
+    retrained = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal,
+                             eval_filter={"site": "external"}, run_root=tmp_path / "fresh", progress=False)
+    fits = []
+    monkeypatch.setattr(downstream, "fit", lambda *a, **k: fits.append(1))
+    reused = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal,
+                          eval_filter={"site": "external"}, run_root=root, progress=False)
+    assert not fits and len(reused) == len(retrained) == 8
+    np.testing.assert_allclose(reused["probability"], retrained["probability"], rtol=0, atol=1e-6)
+    configs = {json.loads(p.read_text())["signature"]["eval_filter"]["site"]: json.loads(p.read_text())
+               for p in root.rglob("config.json")}
+    assert configs["external"]["history"] == configs["internal"]["history"]
+    # the finished internal run gives its classifier back without training
+    preds, model = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal, run_root=root,
+                                progress=False, return_model=True)
+    assert not fits and isinstance(model, Classifier)
+
+
+def test_fewshot_runs_keep_no_classifier(toy_world):
+    _, ckpt, root = toy_world
+    run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "internal"}, k_shot=3,
+                 run_root=root, progress=False)
+    assert not (root / "trained").exists()
 
 
 def test_in_domain_default_eval_filter_and_fewshot(toy_world):

@@ -1,0 +1,200 @@
+"""Supervised training of one classifier on cached model inputs (paper, Methods, "Fine tuning and probing").
+
+``fit`` trains a ``models.heads.Classifier`` (encoder + head) with the settings of ``HParams``: class-balanced
+draws per epoch (``balanced_draw``) or a K-shot training set (``fewshot_draw``), the authors' flips and
+intensity offsets (``augment_batch``), AdamW with warm-up and cosine decay, and the epoch with the best
+validation AUROC kept. ``downstream`` builds its protocols (fine-tuned, probes, scratch, few-shot) on it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import get_profile
+from .evaluate.metrics import auroc
+from .models.heads import Classifier
+from .train.schedules import warmup_cosine
+
+__all__ = ["HParams", "VolumeSource", "ProtocolSkipped", "balanced_draw", "fewshot_draw", "augment_batch",
+           "predict", "fit"]
+
+
+class ProtocolSkipped(ValueError):
+    """A run that cannot be made from the data (e.g. fewer than K positives); sweeps record it and go on."""
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Training settings of one run; ``from_profile`` gives the paper's defaults at a profile's scale."""
+
+    epochs: int
+    batch_size: int
+    subset: int                     # balanced draws per epoch; 0 = one shuffled pass over the training set
+    lr_encoder: float = 1e-5
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"        # adamw | adam | sgd (momentum 0.9); the scratch sweep varies it
+    warmup_fraction: float = 0.1
+    clip_grad: float = 1.0
+    flip_p: float = 0.1
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    shift: float = 0.1
+    shift_p: float = 0.5
+
+    @classmethod
+    def from_profile(cls, profile, **overrides) -> "HParams":
+        p = get_profile(profile)
+        base = cls(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size, subset=p.finetune_subset,
+                   lr_encoder=p.finetune_lr_encoder)
+        return replace(base, **overrides)
+
+
+class VolumeSource:
+    """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
+    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``)."""
+
+    def __init__(self, data, to_input=None, num_workers: int = 0):
+        self.data, self.to_input, self.num_workers = data, to_input, num_workers
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, indices, batch_size: int):
+        """Yield input batches (float32) for ``indices`` in order."""
+        indices = [int(i) for i in indices]
+        if torch.is_tensor(self.data):
+            for s in range(0, len(indices), batch_size):
+                yield self._finish(self.data[indices[s:s + batch_size]])
+            return
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
+                                             shuffle=False, num_workers=self.num_workers)
+        for batch in loader:
+            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.to_input(x) if self.to_input else x).float()
+
+
+# ---------------------------------------------------------------------------------------- training
+def balanced_draw(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices drawn with replacement, weight 1/(class count): about half positives per epoch."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise ProtocolSkipped(f"the training set has no {'positive' if counts[1] == 0 else 'negative'} scans")
+    weights = 1.0 / counts[labels]
+    return rng.choice(len(labels), size=size, replace=True, p=weights / weights.sum())
+
+
+def fewshot_draw(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """K positive and K negative indices, without replacement (the paper's K-shot training set)."""
+    labels = np.asarray(labels).astype(int)
+    picked = []
+    for cls in (1, 0):
+        pool = np.flatnonzero(labels == cls)
+        if len(pool) < k:
+            raise ProtocolSkipped(f"K={k} shots need {k} {'positive' if cls else 'negative'} training scans, "
+                                  f"only {len(pool)} exist")
+        picked.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def augment_batch(x: torch.Tensor, hp: HParams, generator: torch.Generator) -> torch.Tensor:
+    """Random flips (p = ``flip_p`` per axis in ``flip_axes``), intensity offset (±``shift``, p = ``shift_p``).
+
+    Only the drawn volumes are flipped (in the new tensor the offset makes), not the whole batch."""
+    B = x.shape[0]
+    flips = [(axis, torch.rand(B, generator=generator) < hp.flip_p) for axis in hp.flip_axes]
+    apply = torch.rand(B, generator=generator) < hp.shift_p
+    offset = (torch.rand(B, generator=generator) * 2 - 1) * hp.shift * apply
+    out = x + offset.view(B, 1, 1, 1, 1).to(x.device, x.dtype)
+    for axis, flip in flips:
+        if flip.any():
+            rows = flip.nonzero().squeeze(1).to(x.device)
+            out[rows] = out[rows].flip(2 + axis)
+    return out
+
+
+def _optimizer(model: Classifier, hp: HParams, frozen: bool) -> torch.optim.Optimizer:
+    groups = [{"params": list(model.head.parameters()), "lr": hp.lr_head, "peak": hp.lr_head}]
+    if not frozen:
+        groups.append({"params": list(model.encoder.parameters()), "lr": hp.lr_encoder, "peak": hp.lr_encoder})
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=hp.weight_decay)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=hp.weight_decay)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose adamw, adam or sgd")
+
+
+@torch.no_grad()
+def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=None, device="cpu") -> np.ndarray:
+    """P(positive) = softmax(logits)[:, 1] for every scan of ``source`` (or ``indices``)."""
+    model.eval()
+    indices = range(len(source)) if indices is None else indices
+    out = [F.softmax(model(x.to(device)), dim=1)[:, 1].cpu() for x in source.batches(indices, batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, frozen: bool,
+        val: VolumeSource | None = None, val_labels=None, train_indices=None, seed: int = 0,
+        device="cpu", progress: bool = True) -> list[dict]:
+    """Train ``model`` in place; keep the epoch with the best validation AUROC. Returns the epoch history.
+
+    Each epoch draws ``hp.subset`` rows class-balanced (``balanced_draw``) from the training rows, or from
+    ``train_indices`` where given (few-shot: the paper trains it "with the same hyperparameter settings");
+    ``hp.subset = 0`` passes each row once per epoch, shuffled.
+    """
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    labels = np.asarray(train_labels).astype(int)
+    model.to(device)
+    for p in model.encoder.parameters():
+        p.requires_grad_(not frozen)
+    opt = _optimizer(model, hp, frozen)
+    rows = np.arange(len(labels)) if train_indices is None else np.asarray(train_indices)
+    per_epoch = hp.subset or len(rows)
+    steps_per_epoch = max(1, -(-per_epoch // hp.batch_size))
+    total = hp.epochs * steps_per_epoch
+    warmup = int(hp.warmup_fraction * total)
+    history, best_state, best_auc, step = [], None, -np.inf, 0
+    for epoch in tqdm(range(hp.epochs), desc="epochs", leave=False, disable=not progress):
+        order = rows[balanced_draw(labels[rows], hp.subset, rng)] if hp.subset else rng.permutation(rows)
+        model.train()
+        if frozen:
+            model.encoder.eval()
+        losses = []
+        for s in range(0, len(order), hp.batch_size):
+            idx = order[s:s + hp.batch_size]
+            if len(idx) < 2:  # BatchNorm in the heads needs two samples
+                continue
+            x = augment_batch(next(train.batches(idx, len(idx))), hp, gen).to(device)
+            y = torch.as_tensor(labels[idx], device=device)
+            for group in opt.param_groups:
+                group["lr"] = warmup_cosine(step, total, warmup, group["peak"], 0.0)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.head.parameters(), hp.clip_grad)
+                if not frozen:
+                    torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), hp.clip_grad)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
+        if val is not None:
+            record["val_auroc"] = auroc(val_labels, predict(model, val, hp.batch_size, device=device))
+            if np.isfinite(record["val_auroc"]) and record["val_auroc"] > best_auc:
+                best_auc, best_state = record["val_auroc"], copy.deepcopy(model.state_dict())
+                record["best"] = True
+        history.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
