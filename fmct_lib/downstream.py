@@ -211,7 +211,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         if protocol == "histogram" or (model_file is not None and model_file.exists()):
             model = None if protocol == "histogram" else _load_trained(model_file, protocol, encoder, profile)[0]
             return read_predictions(run_dir / "predictions.csv"), model
-        # a finished run whose classifier was not kept (a K-shot run): train it again, deterministically
+        # a finished run whose classifier was not kept (K-shot, or older than kept classifiers): train it again
 
     from .data.manifest import load_scans
     table = load_scans(dataset)
