@@ -209,7 +209,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         if not return_model:
             return read_predictions(run_dir / "predictions.csv")
         if protocol == "histogram" or (model_file is not None and model_file.exists()):
-            model = None if protocol == "histogram" else _load_trained(model_file, protocol, encoder, profile)[0]
+            model = None if protocol == "histogram" else _load_trained(model_file, signature, encoder, profile)[0]
             return read_predictions(run_dir / "predictions.csv"), model
         # a finished run whose classifier was not kept (K-shot, or older than kept classifiers): train it again
 
@@ -244,7 +244,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     if protocol == "histogram":
         probs, chosen = _histogram_baseline(fit_args, test_source, hp.batch_size)
     elif model_file is not None and model_file.exists():
-        model, kept = _load_trained(model_file, protocol, encoder, profile)
+        model, kept = _load_trained(model_file, signature, encoder, profile)
         history, chosen, grid_results = kept["history"], kept["choice"], kept["scratch_grid"]
     elif protocol == "scratch":
         model, history, chosen, grid_results = _scratch_sweep(profile, hp, seed, fit_args)
@@ -296,15 +296,22 @@ def _save_trained(path: Path, model: Classifier, protocol: str, config: dict) ->
     save_checkpoint(path, model.head if FROZEN[protocol] else model, config)
 
 
-def _load_trained(path: Path, protocol: str, encoder, profile) -> tuple[Classifier, dict]:
+def _load_trained(path: Path, signature: dict, encoder, profile) -> tuple[Classifier, dict]:
+    """The classifier kept at ``path``, which must have been trained with ``signature``'s training part (as a
+    finished run directory must hold the run asked for: two encoders in folders of one name share a path)."""
     from safetensors.torch import load_file
 
     from .models.checkpoints import read_checkpoint_config
     from .models.vit3d import vit_from_config
+    kept = read_checkpoint_config(path)
+    if kept["signature"] != json.loads(json.dumps(training_signature(signature))):
+        raise ValueError(f"{path} holds a classifier trained with other settings; move it away or choose another "
+                         f"run_root")
+    protocol = signature["protocol"]
     encoder_model = vit_from_config(profile.model) if protocol == "scratch" else load_encoder(encoder)
     model = Classifier(encoder_model, build_head(HEAD[protocol], encoder_model))
     (model.head if FROZEN[protocol] else model).load_state_dict(load_file(str(path)))
-    return model, read_checkpoint_config(path)
+    return model, kept
 
 
 def _no_encoder(signature: dict) -> dict:

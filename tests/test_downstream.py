@@ -229,6 +229,13 @@ def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monk
     preds, model = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal, run_root=root,
                                 progress=False, return_model=True)
     assert not fits and isinstance(model, Classifier)
+    # another encoder in a folder of the same name maps to the same kept classifier: refused, not reused
+    other = save_checkpoint(tmp_path / "elsewhere/toydino/encoder.safetensors", vit_from_config(TOY.model),
+                            {"model": TOY.model.to_dict()})
+    if protocol != "scratch":
+        with pytest.raises(ValueError, match="trained with other settings"):
+            run_protocol("toyset", "ich", protocol, str(other), TOY, train_filter=internal, eval_split="val",
+                         run_root=root, progress=False)
 
 
 def test_fewshot_runs_keep_no_classifier(toy_world):
