@@ -151,7 +151,8 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=8, finetune_batch_size=16, finetune_subset=800, finetune_lr_encoder=1e-4,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [8], "optimizer": ["adamw"]},
         # few-shot at K = 32 and 128: at K = 8 every model on this cohort's test split is at chance, the
-        # histogram reference too (0.505, 2026-12-02), so no comparison can come out there; -y "shots: [8, ...]"
+        # histogram reference too (0.505, 2026-12-02), so no comparison can come out there (04 takes other K
+        # as its ``shots`` parameter)
         finetune_seeds=3, fewshot_shots=(32, 128), fewshot_resamples=3,
         # 1,500 internal scans give a ~150-scan test split (8:1:1): with 500 (49 test scans) a difference of
         # 0.15 AUROC was inside the bootstrap CI and validation-epoch choice on 44 scans was noise

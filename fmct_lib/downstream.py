@@ -204,7 +204,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     model_file = trained_model_path(signature, run_root) if protocol != "histogram" and not k_shot else None
     if (run_dir / "done").exists():
         stored = json.loads((run_dir / "config.json").read_text())["signature"]
-        if json.loads(json.dumps(signature)) != {**stored, **_no_encoder(stored)}:
+        if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         if not return_model:
             return read_predictions(run_dir / "predictions.csv")
@@ -304,7 +304,7 @@ def _load_trained(path: Path, signature: dict, encoder, profile) -> tuple[Classi
     from .models.checkpoints import read_checkpoint_config
     from .models.vit3d import vit_from_config
     kept = read_checkpoint_config(path)
-    if kept["signature"] != json.loads(json.dumps(training_signature(signature))):
+    if kept["signature"] != _as_stored(training_signature(signature)):
         raise ValueError(f"{path} holds a classifier trained with other settings; move it away or choose another "
                          f"run_root")
     protocol = signature["protocol"]
@@ -312,6 +312,11 @@ def _load_trained(path: Path, signature: dict, encoder, profile) -> tuple[Classi
     model = Classifier(encoder_model, build_head(HEAD[protocol], encoder_model))
     (model.head if FROZEN[protocol] else model).load_state_dict(load_file(str(path)))
     return model, kept
+
+
+def _as_stored(signature: dict) -> dict:
+    """``signature`` as it reads back from JSON (tuples as lists), to compare with a stored one."""
+    return json.loads(json.dumps(signature))
 
 
 def _no_encoder(signature: dict) -> dict:
