@@ -27,7 +27,7 @@ from fmct_lib.config import get_profile
 from fmct_lib.evaluate import bootstrap_ci, paired_permutation_test
 from fmct_lib.evaluate.stats import bootstrap_indices, permutation_swaps
 from fmct_lib.models.vit3d import vit_from_config
-from fmct_lib.preprocess import model_input, paper_spec
+from fmct_lib.data.preprocess import model_input, paper_spec
 
 
 def canvases(profile, n: int):
@@ -114,7 +114,7 @@ def bench_statistics(n: int = 10_000, tasks: int = 10, n_boot: int = 100, n_perm
 def bench_finetune_step(profile_name: str = "demo", steps: int = 20) -> None:
     import torch.nn.functional as F
 
-    from fmct_lib.finetuning import HParams, augment_batch
+    from fmct_lib.downstream.fit import HParams, augment_batch
     from fmct_lib.models.heads import Classifier, build_head
     profile = get_profile(profile_name)
     hp = HParams.from_profile(profile)

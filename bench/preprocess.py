@@ -3,7 +3,7 @@
 Two synthetic head-like scans (ellipsoid skull, brain with grey/white contrast, ventricles, a bleed,
 air around; LPS voxel order as a DICOM series has): a thick one (512×512×40 at 0.45×0.45×5 mm) and a
 thin one (512×512×300 at 0.45×0.45×0.625 mm). For each, prints the median seconds per volume of
-``fmct_lib.preprocess`` (to_canvas + model_input) and of MONAI's
+``fmct_lib.data.preprocess`` (to_canvas + model_input) and of MONAI's
 
     Orientation(RAS) → Spacing(1 mm, mode=3: SciPy's order-3 spline, the paper's cubic) →
     CropForeground(HU > -800) → ResizeWithPadOrCrop(224, air) → windows (ScaleIntensityRange ×3) →
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from fmct_lib.preprocess import AIR_HU, model_input, paper_spec, to_canvas
+from fmct_lib.data.preprocess import AIR_HU, model_input, paper_spec, to_canvas
 
 
 def synthetic_head(shape, spacing, seed=0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ The paper implies ~45 scans/s per A100 for DINO at ViT-B/96³; the target on an 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -25,7 +26,7 @@ import torch
 from fmct_lib.config import get_profile
 from fmct_lib.data.augment import AugmentConfig, mae_view, multicrop_views
 from fmct_lib.train.loop import _autocast_for, _collate, make_optimizer
-from fmct_lib.train.tasks import build_task
+from fmct_lib.train.methods import get_method
 from fmct_lib.train.trainer import run_config
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
@@ -43,7 +44,7 @@ def _canvases(profile, n: int):
     try:
         from fmct_lib.data.cache import CachedVolumes
         from fmct_lib.data.manifest import load_scans
-        from fmct_lib.preprocess import paper_spec
+        from fmct_lib.data.preprocess import paper_spec
         ids = list(load_scans("synthetic")["scan_id"][:n])
         data = CachedVolumes("synthetic", paper_spec(profile), scan_ids=ids)
         if len(data) >= n:
@@ -65,8 +66,9 @@ def _sync(device):
 
 def bench(method: str, profile, batch: int, steps: int, device: torch.device, peak: float | None) -> None:
     run = run_config(method, profile, n_scans=batch * (steps + 1), batch_size=batch, max_steps=steps + 1)
-    augment = AugmentConfig.from_profile(profile)
-    task = build_task(method, profile, augment, run).to(device)
+    Method = get_method(method)
+    augment = AugmentConfig.from_profile(profile, **Method.crops(run))
+    task = Method(profile, augment, run).to(device)
     opt = make_optimizer(task.model, run["lr"], run["weight_decay"], run["betas"])
     autocast, _ = _autocast_for(device)
     gen = torch.Generator().manual_seed(0)
@@ -104,10 +106,10 @@ def bench(method: str, profile, batch: int, steps: int, device: torch.device, pe
         views_t.append(time.perf_counter() - t0)
     # model only: replace the view maker by pre-computed views
     fixed = make_views(first, augment, torch.Generator().manual_seed(1))
-    import fmct_lib.train.tasks as tasks_mod
+    method_module = sys.modules[Method.__module__]  # the method's file, where its view maker is looked up
     name = "multicrop_views" if method == "dino" else "mae_view"
-    original = getattr(tasks_mod, name)
-    setattr(tasks_mod, name, lambda *a, **k: fixed)
+    original = getattr(method_module, name)
+    setattr(method_module, name, lambda *a, **k: fixed)
     try:
         model_t = []
         for step in range(1, steps + 1):
@@ -117,7 +119,7 @@ def bench(method: str, profile, batch: int, steps: int, device: torch.device, pe
             _sync(device)
             model_t.append(time.perf_counter() - t0)
     finally:
-        setattr(tasks_mod, name, original)
+        setattr(method_module, name, original)
 
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     print(f"\n{method.upper()} — profile {profile.name}, batch {batch}, {student_tokens} student tokens/scan, "

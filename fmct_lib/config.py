@@ -66,10 +66,7 @@ class Profile:
     # demo encoder (96 wide, 768/96 = 8×) takes 1e-4
     finetune_lr_encoder: float = 1e-5
     scratch_grid: dict = field(default_factory=dict)  # scratch hyper-parameter sweep (paper Methods)
-    # training seeds of every model in the full-data comparisons (Fig. 1e, 1f-g, the stars of Fig. 2); the
-    # paper trains one. Where one
-    # short run is mostly optimisation luck (demo: the same 400-step scratch run scored SAH 0.51 or 0.92
-    # by seed) the comparison is of seed-averaged models
+    # training seeds of every model in Fig. 1e, 1f-g and the stars of Fig. 2 (paper: 1); docs/experiments.md
     finetune_seeds: int = 1
     # pretraining learning rate per 256 scans, by method; empty = the paper's (DINO 3e-4, MAE 1.5e-3)
     pretrain_base_lr: dict = field(default_factory=dict)
@@ -141,21 +138,14 @@ PROFILES: dict[str, Profile] = {
         dino_out_dim=1024, dino_hidden_dim=256, dino_bottleneck_dim=64,
         mae_decoder_dim=96, mae_decoder_depth=2, mae_decoder_heads=4,
         pretrain_epochs=2, pretrain_batch_size=16, pretrain_warmup_epochs=1,
-        # DINO does not leave its uniform state within a CPU budget at this scale (README, "Status"), so the
-        # demo's notebooks start from MAE: 9 epochs of its ~1,440-scan pool (~800 steps) at a peak LR of 1e-3
-        # (batch 16), about 1.5 min on 2 cores
+        # MAE, not DINO (uniform at this scale): 9 epochs, ~800 steps, peak LR 1e-3; docs/experiments.md
         pretrain_method="mae", pretrain_epochs_by_method={"mae": 9}, pretrain_base_lr={"mae": 0.016},
-        # 8 epochs × 800 draws = 400 steps (paper 10 × 5,000 / 16 = 3,125); 200 draws (100 steps) left every
-        # model, pretrained or not, near chance; 400 still leave every model undertrained, and at 2,000
-        # (``with_finetune_epochs(40)``, ``make longer-finetuning``) MAE fine-tuning beats scratch (README)
+        # 8 epochs × 800 draws = 400 steps (paper 3,125); why this budget: docs/experiments.md
         finetune_epochs=8, finetune_batch_size=16, finetune_subset=800, finetune_lr_encoder=1e-4,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [8], "optimizer": ["adamw"]},
-        # few-shot at K = 32 and 128: at K = 8 every model on this cohort's test split is at chance, the
-        # histogram reference too (0.505, 2026-12-02), so no comparison can come out there (04 takes other K
-        # as its ``shots`` parameter)
+        # few-shot K = 32 and 128 (K = 8 is chance for every model here); docs/experiments.md
         finetune_seeds=3, fewshot_shots=(32, 128), fewshot_resamples=3,
-        # 1,500 internal scans give a ~150-scan test split (8:1:1): with 500 (49 test scans) a difference of
-        # 0.15 AUROC was inside the bootstrap CI and validation-epoch choice on 44 scans was noise
+        # 1,500 internal scans: a ~150-scan test split (why not 500: docs/experiments.md)
         synth_grid_mm=3.0, synth_internal=1500, synth_external=150, synth_pretrain=300, max_tasks=3,
     ),
     "toy": Profile(

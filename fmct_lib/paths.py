@@ -20,6 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _BASE = REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else Path(".")
 
 
+class StageMissing(FileNotFoundError):
+    """A stage of the pipeline (dataset, cache, pretrained encoder, trained classifier) has not been built.
+
+    The message names the command that builds it; ``fmct_lib.pipeline`` is the one place that builds stages."""
+
+
 def _root(var: str, default: str) -> Path:
     env = os.environ.get(var)
     return Path(env).expanduser() if env else _BASE / default

@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 from fmct_lib.config import get_profile
 from fmct_lib.data.augment import (AugmentConfig, ViewParams, draw_view_params, mae_view, multicrop_views,
                                    render_view)
-from fmct_lib.preprocess import PAPER_WINDOWS, apply_windows
+from fmct_lib.data.preprocess import PAPER_WINDOWS, apply_windows
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from fmct_lib.baselines import C_GRID, fit_histogram_classifier, window_histograms
+from fmct_lib.downstream.histogram import C_GRID, fit_histogram_classifier, window_histograms
 
 
 def test_window_histograms_match_numpy_histogram_bin_edges_included():

@@ -12,7 +12,7 @@ import torch
 import fmct_lib.data.cache as cache
 from fmct_lib.data.cache import CachedVolumes, build_cache, cache_dir, read_index
 from fmct_lib.data.manifest import write_scans
-from fmct_lib.preprocess import AIR_HU, PreprocessSpec, load_volume, to_canvas_with_affine
+from fmct_lib.data.preprocess import AIR_HU, PreprocessSpec, load_volume, to_canvas_with_affine
 
 SPEC = PreprocessSpec(name="paper", spacing=2.0, canvas=24, eval_crop=16, input_size=8)
 AFFINE = np.diag([-1.5, 1.5, 4.0, 1.0])
@@ -106,7 +106,7 @@ def test_a_changed_spec_never_reuses_a_stale_cache(dataset):
 
 
 def test_reference_preset_caches_the_float16_stack(dataset):
-    from fmct_lib.preprocess import reference_spec
+    from fmct_lib.data.preprocess import reference_spec
     spec = PreprocessSpec(**{**reference_spec("toy").to_dict(), "spacing": 2.0})
     build_cache("toyset", spec, root=dataset["root"], data_root=dataset["data_root"], workers=1)
     item = CachedVolumes("toyset", spec, root=dataset["root"])[0]
@@ -115,7 +115,7 @@ def test_reference_preset_caches_the_float16_stack(dataset):
 
 def test_cli_with_a_process_pool_builds_the_same_cache(dataset, monkeypatch, capsys, tmp_path):
     from fmct_lib.cli import main
-    from fmct_lib.preprocess import paper_spec
+    from fmct_lib.data.preprocess import paper_spec
     spec = paper_spec("toy")
     one = build_cache("toyset", spec, root=tmp_path / "cache1", data_root=dataset["data_root"], workers=1)
     monkeypatch.setenv("FMCT_DATA", str(dataset["data_root"]))

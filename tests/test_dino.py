@@ -10,7 +10,7 @@ from fmct_lib.models.dino_head import DINOHead
 from fmct_lib.models.vit3d import vit_from_config
 from fmct_lib.ssl.dino import clip_gradients, dino_loss, ema_update, teacher_health, update_centre
 from fmct_lib.train.schedules import cosine_momentum, teacher_temperature, warmup_cosine
-from fmct_lib.train.tasks import DINOModel
+from fmct_lib.train.methods.dino import DINOModel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

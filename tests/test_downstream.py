@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from fmct_lib import downstream
-from fmct_lib.baselines import C_GRID
+from fmct_lib.data import inputs
+from fmct_lib.downstream import embeddings as embed_module, protocols, runs as runs_module
+from fmct_lib.downstream import histogram
+from fmct_lib.downstream.histogram import C_GRID
 from fmct_lib.config import ModelConfig, get_profile
 from fmct_lib.data.manifest import write_scans
 from fmct_lib.downstream import (HParams, ProtocolSkipped, VolumeSource, augment_batch, balanced_draw, fewshot_draw,
                                  fit, predict, run_protocol, run_sweep)
-from fmct_lib.embeddings import embed, read_embeddings, write_embeddings
+from fmct_lib.downstream.embeddings import embed, read_embeddings, write_embeddings
 from fmct_lib.evaluate import auroc
 from fmct_lib.models.checkpoints import save_checkpoint
 from fmct_lib.models.heads import Classifier, build_head
@@ -170,8 +173,8 @@ def toy_world(tmp_path, monkeypatch):
 
     def fake_source(dataset, scans, spec, num_workers=0):
         return VolumeSource(torch.stack([vols[s] for s in scans["scan_id"]])), scans.reset_index(drop=True)
-    monkeypatch.setattr(downstream, "volume_source", fake_source)
-    monkeypatch.setattr(downstream, "prepare_cache", lambda *a: None)
+    for module in (inputs, runs_module, embed_module):
+        monkeypatch.setattr(module, "volume_source", fake_source)
     ckpt = save_checkpoint(tmp_path / "runs/pretrain/toydino/encoder.safetensors", vit_from_config(TOY.model),
                            {"model": TOY.model.to_dict()})
     return table, str(ckpt), tmp_path / "runs/downstream"
@@ -194,7 +197,7 @@ def test_internal_to_external_run_writes_predictions_and_resumes(toy_world, monk
     assert config["n_train"] == 35 and config["n_eval"] == 8  # one internal train label is unknown
     assert len(config["history"]) == TOY.finetune_epochs
 
-    monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(protocols, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
                          eval_filter={"site": "external"}, run_root=root, progress=False)
     assert np.allclose(again["probability"], preds["probability"])
@@ -217,7 +220,7 @@ def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monk
     retrained = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal,
                              eval_filter={"site": "external"}, run_root=tmp_path / "fresh", progress=False)
     fits = []
-    monkeypatch.setattr(downstream, "fit", lambda *a, **k: fits.append(1))
+    monkeypatch.setattr(protocols, "fit", lambda *a, **k: fits.append(1))
     reused = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal,
                           eval_filter={"site": "external"}, run_root=root, progress=False)
     assert not fits and len(reused) == len(retrained) == 8
@@ -303,7 +306,7 @@ def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch)
     runs = seeded.groupby(["protocol", "k", "seed"], dropna=False).size().index.tolist()
     assert sorted(runs, key=str) == sorted([("finetune", 2, 0), ("finetune", pd.NA, 0), ("finetune", pd.NA, 1),
                                             ("linear", pd.NA, 0), ("linear", pd.NA, 1)], key=str)
-    monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(protocols, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     with pytest.warns(UserWarning):
         again = run_sweep("toyset", ["ich"], ["fewshot", "linear"], ckpt, TOY, shots=(2, 50), resamples=2,
                           train_filter={"site": "internal"}, run_root=root, progress=False)
@@ -333,7 +336,7 @@ def test_embed_table_and_round_trips(toy_world, tmp_path):
     assert {"manufacturer", "slice_thickness_mm", "kvp", "site", "ich", "bleed_left"} <= set(emb.columns)
     vec = emb[[f"e{i}" for i in range(TOY.model.embed_dim)]].to_numpy()
     enc = downstream.load_encoder(ckpt).eval()
-    source, _ = downstream.volume_source("toyset", test, None)
+    source, _ = inputs.volume_source("toyset", test, None)
     with torch.no_grad():
         direct = enc(next(source.batches(range(len(test)), len(test)))).numpy()
     np.testing.assert_allclose(vec, direct, atol=1e-5)
@@ -389,7 +392,7 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypa
     ckpt = save_checkpoint(tmp_path / "enc.safetensors", vit_from_config(profile.model),
                            {"model": profile.model.to_dict()})
     from fmct_lib.data.cache import build_cache
-    from fmct_lib.preprocess import paper_spec
+    from fmct_lib.data.preprocess import paper_spec
     build_cache("niftis", paper_spec(profile), workers=1)  # in-process here; run_protocol finds it built
     with pytest.warns(UserWarning, match="1 scan"):
         preds = run_protocol("niftis", "ich", "linear", ckpt, profile, run_root=tmp_path / "runs", progress=False,
@@ -399,26 +402,26 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypa
     assert config["n_train"] == 7 and config["spec"]["canvas"] == profile.canvas
     # small splits are held in memory; the inputs are those read batch by batch from the cache
     table = pd.DataFrame(rows[:3])
-    held, _ = downstream.volume_source("niftis", table, paper_spec(profile))
-    monkeypatch.setattr(downstream, "IN_MEMORY_BYTES", 0)
-    streamed, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    held, _ = inputs.volume_source("niftis", table, paper_spec(profile))
+    monkeypatch.setattr(inputs, "IN_MEMORY_BYTES", 0)
+    streamed, _ = inputs.volume_source("niftis", table, paper_spec(profile))
     assert torch.is_tensor(held.data) and not torch.is_tensor(streamed.data)
     assert torch.equal(torch.cat(list(held.batches([2, 0], 2))), torch.cat(list(streamed.batches([2, 0], 2))))
     # the next run of the process gets the same tensor; a rebuilt cache or other scans get their own
-    monkeypatch.setattr(downstream, "IN_MEMORY_BYTES", 1 << 30)
-    downstream.prepare_cache("niftis", table, paper_spec(profile))  # every run does this first: a no-op here
-    again, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    monkeypatch.setattr(inputs, "IN_MEMORY_BYTES", 1 << 30)
+    build_cache("niftis", paper_spec(profile), workers=1)  # the pipeline builds it before every run: a no-op here
+    again, _ = inputs.volume_source("niftis", table, paper_spec(profile))
     assert again.data is held.data
-    assert downstream.volume_source("niftis", pd.DataFrame(rows[:2]), paper_spec(profile))[0].data is not held.data
+    assert inputs.volume_source("niftis", pd.DataFrame(rows[:2]), paper_spec(profile))[0].data is not held.data
     from fmct_lib.data.cache import cache_dir
     index = cache_dir("niftis", paper_spec(profile)) / "index.csv"
     index.write_text(index.read_text())  # rewritten, as a rebuild does
     os.utime(index, ns=(index.stat().st_atime_ns, index.stat().st_mtime_ns + 10**9))
-    rebuilt, _ = downstream.volume_source("niftis", table, paper_spec(profile))
+    rebuilt, _ = inputs.volume_source("niftis", table, paper_spec(profile))
     assert rebuilt.data is not held.data and torch.equal(rebuilt.data, held.data)
-    monkeypatch.setattr(downstream, "HELD_BYTES", held.data.numel() * 4)  # room for one split: the oldest goes
-    downstream.volume_source("niftis", pd.DataFrame(rows[:1]), paper_spec(profile))
-    assert len(downstream._HELD) == 1
+    monkeypatch.setattr(inputs, "HELD_BYTES", held.data.numel() * 4)  # room for one split: the oldest goes
+    inputs.volume_source("niftis", pd.DataFrame(rows[:1]), paper_spec(profile))
+    assert len(inputs._HELD) == 1
 
 
 def test_histogram_reference_sees_the_same_draws_learns_and_resumes(toy_world, monkeypatch):
@@ -442,7 +445,7 @@ def test_histogram_reference_sees_the_same_draws_learns_and_resumes(toy_world, m
     full = hist[hist["k"].isna()]
     assert auroc(full["label"], full["probability"]) > 0.9  # the positives' bright cube fills the top bins
     assert len(tuned) == len(full) * 2  # finetune: one K=3 draw and the all-data run
-    monkeypatch.setattr(downstream, "_histogram_baseline", lambda *a, **k: pytest.fail("fitted again"))
+    monkeypatch.setattr(histogram, "fit_histogram_classifier", lambda *a, **k: pytest.fail("fitted again"))
     again = downstream.fewshot_sweep("toyset", ["ich"], "histogram", None, TOY, **sweep)
     pd.testing.assert_frame_equal(again, hist)
 
@@ -455,7 +458,7 @@ def test_encoder_free_runs_ignore_the_encoder_argument_old_and_new(toy_world, mo
     config = json.loads(config_path.read_text())  # a run stored by an older version kept the unused path
     config["signature"]["encoder"] = ckpt
     config_path.write_text(json.dumps(config))
-    monkeypatch.setattr(downstream, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(protocols, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = run_protocol("toyset", "ich", "scratch", None, TOY, run_root=root, progress=False)
     pd.testing.assert_frame_equal(again, first)
     with pytest.raises(ValueError, match="other settings"):  # everything else still has to match

@@ -15,7 +15,7 @@ from fmct_lib.interpret import (attention_distance, attention_share_in_mask, com
                                 model_voxel_mm, patch_attention_rows, patch_distance_matrix,
                                 summarize_lesion_attention, upsample_to_volume)
 from fmct_lib.models.vit3d import vit_from_config
-from fmct_lib.preprocess import model_input, paper_spec, preprocess, to_canvas
+from fmct_lib.data.preprocess import model_input, paper_spec, preprocess, to_canvas
 
 TOY = get_profile("toy")
 

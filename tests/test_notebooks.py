@@ -128,4 +128,4 @@ def test_a_missing_dataset_stops_in_the_first_cell_with_the_ingest_command(share
     assert "fmct ingest rsna --source DIR" in err.value.evalue
     # executed: the parameters cell (1), papermill's injected parameters (2), then the first cell (3)
     assert err.value.exec_count == 3
-    assert "reproduce.start(dataset" in err.value.source
+    assert "pipeline.start(dataset" in err.value.source

@@ -1,4 +1,4 @@
-"""Figure styles and the figure writer (fmct_lib.plots) and the paper-values file."""
+"""Figure styles and the figure writer (fmct_lib.report.plots)."""
 from __future__ import annotations
 
 import json
@@ -12,51 +12,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from fmct_lib import plots  # noqa: E402
+from fmct_lib.report import paper, plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield
     plt.close("all")
-
-
-# ------------------------------------------------------------------------------------ paper values
-def test_paper_values_are_consistent_with_the_reported_relative_improvements():
-    pv = plots.load_paper_values()
-    for dataset, reported in (("nyu_langone", 16.07), ("nyu_long_island", 20.86), ("rsna", 12.01)):
-        auc = pv[(pv.dataset == dataset) & (pv.metric == "auroc") & (pv.task == "macro")].set_index("model")
-        computed = 100 * (auc.loc["finetune", "value"] / auc.loc["scratch", "value"] - 1)
-        rel = pv[(pv.dataset == dataset) & (pv.metric == "relative_improvement_pct")]["value"].item()
-        # the paper rounds the AUCs to 3 decimals, so the ratio of the rounded values is within ~0.02 %
-        assert computed == pytest.approx(rel, abs=0.02), dataset
-
-
-def test_paper_values_have_sources_and_plausible_values():
-    pv = plots.load_paper_values()
-    assert {("nyu_langone", 0.852), ("nyu_langone", 0.734), ("nyu_long_island", 0.904),
-            ("nyu_long_island", 0.748), ("rsna", 0.923), ("rsna", 0.824), ("cq500", 0.863)} <= set(
-        zip(pv.loc[pv.metric == "auroc", "dataset"], pv.loc[pv.metric == "auroc", "value"]))
-    assert pv["source"].str.contains("Nat. Biomed. Eng. 2026").all()
-    assert pv["quote"].str.len().gt(20).all()
-    aucs = pv.loc[pv.metric == "auroc", "value"]
-    assert aucs.between(0.5, 1.0).all()
-    assert pv.loc[pv.model == "fewshot", "k"].notna().all()
-
-
-def test_paper_values_reject_a_bad_relation(tmp_path):
-    bad = plots.load_paper_values()
-    bad.loc[0, "relation"] = "~"
-    path = tmp_path / "pv.csv"
-    bad.to_csv(path, index=False)
-    with pytest.raises(ValueError, match="relation"):
-        plots.load_paper_values(path)
-
-
-def test_paper_values_for_filters():
-    rows = plots.paper_values_for("fig1e", "rsna", "auroc")
-    assert set(rows["dataset"]) == {"rsna"} and set(rows["metric"]) == {"auroc"}
-    assert len(rows) == 2 + 5  # macro fine-tuned and scratch + the five "> 0.90" haemorrhage tasks
 
 
 # ------------------------------------------------------------------------------------ save_figure
@@ -123,8 +85,8 @@ def test_metric_bars_heights_and_ci_whiskers_match_the_data():
 
 def test_metric_bars_draw_the_paper_value_on_the_matching_bar_and_name_it_the_papers():
     df = _bars_frame()
-    paper = plots.paper_values_for("fig1e", "nyu_langone", "auroc")
-    fig = plots.metric_bars(df, hue_order=["scratch", "finetune"], paper=paper)
+    reported = paper.paper_values_for("fig1e", "nyu_langone", "auroc")
+    fig = plots.metric_bars(df, hue_order=["scratch", "finetune"], paper=reported)
     ax = fig.axes[0]
     diamonds = [l for l in ax.lines if l.get_marker() == "D"]
     assert sorted(float(l.get_ydata()[0]) for l in diamonds) == [0.734, 0.852]
@@ -167,8 +129,8 @@ def _fewshot_frame():
 def test_fewshot_curves_lines_bands_and_full_data_stars():
     df = _fewshot_frame()
     full = pd.DataFrame({"task": ["ich", "ivh"], "model": ["finetune"] * 2, "value": [0.9, 0.95]})
-    paper = plots.paper_values_for("fig2", "rsna", "auroc")
-    fig = plots.fewshot_curves(df, full=full, paper=paper)
+    reported = paper.paper_values_for("fig2", "rsna", "auroc")
+    fig = plots.fewshot_curves(df, full=full, paper=reported)
     axes = [a for a in fig.axes if a.get_visible()]
     assert [a.get_title() for a in axes] == ["ICH", "IVH"]
     ivh = axes[1]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from fmct_lib.preprocess import (AIR_HU, PreprocessError, PreprocessSpec, apply_windows, load_volume,
+from fmct_lib.data.preprocess import (AIR_HU, PreprocessError, PreprocessSpec, apply_windows, load_volume,
                                  model_input, paper_spec, preprocess, reference_spec, resample, to_canvas,
                                  to_canvas_with_affine)
 

@@ -1,14 +1,19 @@
-"""The training loop: data order, run configuration, kill-and-resume equality, an end-to-end toy run."""
+"""The training loop: data order, run configuration, kill-and-resume equality, an end-to-end toy run;
+the method registry (a new method is one class and one registry line) and the cache ``pretrain`` reads."""
 import json
+from dataclasses import dataclass
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from fmct_lib.data.augment import mae_view
 from fmct_lib.models.checkpoints import load_checkpoint
+from fmct_lib.models.vit3d import vit_from_config
 from fmct_lib.config import get_profile
-from fmct_lib.train import pretrain_on, pretraining_scan_ids, run_config
+from fmct_lib.ssl.dino import DINOConfig
+from fmct_lib.train import METHODS, get_method, pretrain_on, pretraining_scan_ids, run_config
 from fmct_lib.train.loop import STATE_FILE, epoch_permutation, micro_batches
 from _support import InMemoryVolumes
 
@@ -59,6 +64,46 @@ def test_run_config_scales_lr_and_schedules():
         run_config("dino", "toy", n_scans=3)
     with pytest.raises(ValueError, match="unknown method"):
         run_config("simclr", "toy", n_scans=30)
+
+
+# run_config's output before the method registry (train/methods) was introduced: config.json must not change,
+# so that existing run directories still resume (``_check_or_write_config``).
+PINNED_RUN_CONFIG = {
+    "dino": {'accum_steps': 1, 'base_lr': 0.0003, 'batch_size': 4, 'betas': [0.9, 0.95], 'checkpoint_every': 10,
+             'dino': {'centre_momentum': 0.9, 'clip_grad': 3.0, 'freeze_last_layer_epochs': 1,
+                      'momentum_teacher': 0.996, 'n_global_crops': 2, 'n_local_crops': 3, 'student_temp': 0.1,
+                      'teacher_temp': 0.07, 'warmup_teacher_temp': 0.04, 'warmup_teacher_temp_fraction': 0.3},
+             'freeze_last_layer_steps': 10, 'global_batch': 4, 'lr': 4.6875e-06, 'method': 'dino',
+             'min_lr': 4.6875e-09, 'n_scans': 40, 'seed': 0, 'steps_per_epoch': 10, 'teacher_temp_warmup_steps': 6,
+             'total_steps': 20, 'warmup_steps': 10, 'weight_decay': 0.05, 'world_size': 1},
+    "mae": {'accum_steps': 1, 'base_lr': 0.0015, 'batch_size': 4, 'betas': [0.9, 0.95], 'checkpoint_every': 10,
+            'global_batch': 4, 'lr': 2.34375e-05, 'mask_ratio': 0.75, 'method': 'mae', 'min_lr': 2.34375e-08,
+            'n_scans': 40, 'norm_pix_loss': False, 'seed': 0, 'steps_per_epoch': 10, 'total_steps': 20,
+            'warmup_steps': 1, 'weight_decay': 0.05, 'world_size': 1},
+    "dino_options": {'accum_steps': 2, 'base_lr': 0.0003, 'batch_size': 4, 'betas': [0.9, 0.95], 'checkpoint_every': 7,
+                     'dino': {'centre_momentum': 0.9, 'clip_grad': 3.0, 'freeze_last_layer_epochs': 1,
+                              'momentum_teacher': 0.996, 'n_global_crops': 2, 'n_local_crops': 2, 'student_temp': 0.1,
+                              'teacher_temp': 0.04, 'warmup_teacher_temp': 0.04, 'warmup_teacher_temp_fraction': 0.3},
+                     'freeze_last_layer_steps': 2, 'global_batch': 16, 'lr': 1.875e-05, 'method': 'dino',
+                     'min_lr': 1.875e-08, 'n_scans': 40, 'seed': 3, 'steps_per_epoch': 2,
+                     'teacher_temp_warmup_steps': 1, 'total_steps': 4, 'warmup_steps': 2, 'weight_decay': 0.05,
+                     'world_size': 2},
+    "mae_options": {'accum_steps': 1, 'base_lr': 0.0015, 'batch_size': 4, 'betas': [0.9, 0.95], 'checkpoint_every': 25,
+                    'global_batch': 4, 'lr': 2.34375e-05, 'mask_ratio': 0.75, 'method': 'mae', 'min_lr': 2.34375e-08,
+                    'n_scans': 100, 'norm_pix_loss': True, 'seed': 0, 'steps_per_epoch': 25, 'total_steps': 33,
+                    'warmup_steps': 2, 'weight_decay': 0.05, 'world_size': 1},
+}
+
+
+def test_run_config_is_unchanged_by_the_method_registry():
+    assert run_config("dino", "toy", n_scans=40) == PINNED_RUN_CONFIG["dino"]
+    assert run_config("mae", "toy", n_scans=40) == PINNED_RUN_CONFIG["mae"]
+    ref = {"n_local_crops": 2, "teacher_temp": 0.04}  # the authors' code (reference_code_facts §3.1)
+    for options in (ref, DINOConfig(**ref)):  # a dict or the method's own options object
+        assert run_config("dino", "toy", n_scans=40, world_size=2, batch_size=4, accum_steps=2, seed=3,
+                          checkpoint_every=7, options=options) == PINNED_RUN_CONFIG["dino_options"]
+    assert run_config("mae", "toy", n_scans=100, batch_size=4, max_steps=33,
+                      options={"norm_pix_loss": True}) == PINNED_RUN_CONFIG["mae_options"]
 
 
 def _final_state(run_dir):
@@ -157,15 +202,11 @@ def test_pretraining_set_is_train_split_internal_and_nested(tmp_path, monkeypatc
     assert all({f"scan{2 * (int(s[4:]) // 2)}", f"scan{2 * (int(s[4:]) // 2) + 1}"} <= mid for s in mid)
 
 
-def test_cli_pretrains_a_dataset_through_the_cache(tmp_path, isolated_roots):
+def _tiny_dataset(folder):
+    """Six small NIfTI heads (five train, one test) and one unreadable train scan, as dataset ``tiny``."""
     import nibabel as nib
     import numpy as np
 
-    from fmct_lib.cli import main
-    from fmct_lib.data.cache import build_cache
-    from fmct_lib.preprocess import paper_spec
-
-    folder = tmp_path / "data" / "tiny"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows = []
@@ -178,11 +219,29 @@ def test_cli_pretrains_a_dataset_through_the_cache(tmp_path, isolated_roots):
                      "spacing": "4,4,8"})
     rows.append({**rows[0], "scan_id": "broken", "patient_id": "p9", "path": "missing.nii", "split": "train"})
     pd.DataFrame(rows).to_csv(folder / "scans.csv", index=False)
-    build_cache("tiny", paper_spec("toy"), workers=1)  # in-process here; pretrain finds it built
 
-    assert main(["pretrain", "--method", "mae", "--dataset", "tiny", "--profile", "toy", "--steps", "2",
-                 "--batch-size", "2", "--workers", "0", "--no-progress"]) == 0
-    run_dir = tmp_path / "runs" / "pretrain" / "tiny_mae_f1_toy_s0_steps2"
+
+TINY_CLI = ["pretrain", "--method", "mae", "--dataset", "tiny", "--profile", "toy", "--steps", "2",
+            "--batch-size", "2", "--workers", "0", "--no-progress"]
+
+
+def test_cli_pretrains_a_dataset_through_the_cache(isolated_roots, monkeypatch):
+    import fmct_lib.pipeline as pipeline
+    from fmct_lib.cli import main
+    from fmct_lib.data.cache import build_cache
+    from fmct_lib.data.preprocess import paper_spec
+
+    _tiny_dataset(isolated_roots.data / "tiny")
+    built = []
+
+    def ensure_cache(dataset, profile):  # pipeline.ensure_cache, in this process (CI's two cores)
+        built.append((dataset, profile))
+        return build_cache(dataset, paper_spec(profile), workers=1)
+
+    monkeypatch.setattr(pipeline, "ensure_cache", ensure_cache)
+    assert main(TINY_CLI) == 0
+    assert built == [("tiny", "toy")]  # one process: the command line builds the cache first
+    run_dir = isolated_roots.runs / "pretrain" / "tiny_mae_f1_toy_s0_steps2"
     assert (run_dir / "done").exists()
     _, config = load_checkpoint(run_dir / "encoder.safetensors")
     assert config["dataset"] == "tiny" and config["fraction"] == 1.0 and config["method"] == "mae"
@@ -190,11 +249,131 @@ def test_cli_pretrains_a_dataset_through_the_cache(tmp_path, isolated_roots):
     assert config["n_scans"] == 5 and config["n_rejected"] == 1  # the unreadable scan is skipped, not fatal
 
 
+def test_pretrain_reads_the_cache_and_never_builds_it(isolated_roots, monkeypatch):
+    from fmct_lib.cli import main
+    from fmct_lib.data.cache import build_cache, read_index
+    from fmct_lib.data.preprocess import paper_spec
+    from fmct_lib.paths import StageMissing
+    from fmct_lib.train import pretrain
+
+    _tiny_dataset(isolated_roots.data / "tiny")
+    spec = paper_spec("toy")
+    args = dict(method="mae", dataset="tiny", profile="toy", max_steps=2, batch_size=2, num_workers=0,
+                progress=False)
+    with pytest.raises(StageMissing, match="fmct cache --dataset tiny"):  # no cache at all (read_index)
+        pretrain(**args)
+    build_cache("tiny", spec, scans=["s0", "s1", "s2"], workers=1)  # 3 of the 6 pretraining scans
+    with pytest.raises(StageMissing, match=r"lacks 3 of the 6 pretraining scans.*\n    fmct cache --dataset tiny "
+                                           r"--profile toy$"):
+        pretrain(**args)
+    # under torchrun (WORLD_SIZE > 1) the command line leaves the cache alone and says which command builds it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(StageMissing, match="fmct cache --dataset tiny --profile toy"):
+        main(TINY_CLI)
+    assert sorted(read_index("tiny", spec)["scan_id"]) == ["s0", "s1", "s2"]
+    assert not (isolated_roots.runs / "pretrain").exists()
+
+
 def test_reference_code_crop_count_is_an_option(tmp_path, volumes):
-    from fmct_lib.ssl.dino import DINOConfig
     run_dir = pretrain_on(volumes, method="dino", profile="toy", run_dir=tmp_path / "ref", batch_size=4,
-                          max_steps=1, progress=False, dino=DINOConfig(n_local_crops=2, teacher_temp=0.04))
+                          max_steps=1, progress=False, options={"n_local_crops": 2, "teacher_temp": 0.04})
     config = json.loads((run_dir / "config.json").read_text())
     assert config["augment"]["n_local"] == 2 and config["run"]["dino"]["teacher_temp"] == 0.04
-    with pytest.raises(ValueError, match="MAE option"):
-        run_config("dino", "toy", n_scans=30, norm_pix_loss=True)
+    with pytest.raises(ValueError, match="'dino' has no option 'norm_pix_loss'; its options are n_global_crops"):
+        run_config("dino", "toy", n_scans=30, options={"norm_pix_loss": True})
+    with pytest.raises(ValueError, match="options of method 'mae' are a dict or a MAEOptions"):
+        run_config("mae", "toy", n_scans=30, options=DINOConfig())
+
+
+@dataclass(frozen=True)
+class TinyOptions:
+    scale: float = 1.0
+
+
+class TinyMethod:
+    """A whole pretraining method for the registry: shrink the cls token of one MAE view (no paper behind it)."""
+
+    name, base_lr, Options, exported = "tiny", 1e-3, TinyOptions, "the encoder"
+    warmup_fraction = staticmethod(lambda profile, epochs: 0.0)
+    run_entries = staticmethod(lambda options, total_steps, epochs: {"scale": options.scale})
+    crops = staticmethod(lambda run: {"n_local": 0})
+
+    def __init__(self, profile, augment, run):
+        self.augment, self.scale = augment, run["scale"]
+        self.vit = vit_from_config(profile.model)
+
+    @property
+    def model(self):
+        return self.vit
+
+    def to(self, device):
+        self.vit.to(device)
+        return self
+
+    def micro_step(self, model, canvases, generator, rows, global_batch, step, autocast):
+        view = mae_view(canvases, self.augment, generator, rows, global_batch)
+        with autocast():
+            return self.scale * model(view).pow(2).mean()
+
+    def before_optimizer(self, step):
+        pass
+
+    def after_step(self, step):
+        return {}
+
+    def state_dict(self):
+        return {"vit": self.vit.state_dict()}
+
+    def load_state_dict(self, state):
+        self.vit.load_state_dict(state["vit"])
+
+    def encoder(self):
+        return self.vit
+
+
+def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, volumes, monkeypatch):
+    from safetensors import safe_open
+    monkeypatch.setitem(METHODS, "tiny", TinyMethod)
+    run_dir = pretrain_on(volumes, method="tiny", profile="toy", run_dir=tmp_path / "tiny", batch_size=4,
+                          max_steps=2, progress=False, device="cpu", options={"scale": 0.5})
+    config = json.loads((run_dir / "config.json").read_text())
+    run = config["run"]
+    assert run["method"] == "tiny" and run["scale"] == 0.5 and run["warmup_steps"] == 0
+    assert run["lr"] == pytest.approx(1e-3 * 4 / 256)
+    assert config["augment"]["n_local"] == 0  # the method's crops
+    rows = pd.read_csv(run_dir / "metrics.csv")
+    assert list(rows["step"]) == [1, 2] and rows["loss"].notna().all()
+    encoder, enc_config = load_checkpoint(run_dir / "encoder.safetensors")
+    assert enc_config["method"] == "tiny" and encoder(torch.rand(1, 3, 16, 16, 16)).shape == (1, 48)
+    with safe_open(str(run_dir / "encoder.safetensors"), "pt") as f:
+        assert f.metadata()["exported"] == "the encoder"
+    with pytest.raises(ValueError, match="'tiny' has no option 'n_local_crops'; its options are scale"):
+        run_config("tiny", "toy", n_scans=8, options={"n_local_crops": 2})
+
+
+def test_the_registry_drives_the_command_line(monkeypatch):
+    from fmct_lib.cli import build_parser, main
+    from fmct_lib.cli.pretrain import parse_options
+
+    def method_choices():
+        parser = build_parser(load="pretrain")
+        sub = next(a for a in parser._actions if a.dest == "command").choices["pretrain"]
+        return next(a for a in sub._actions if a.dest == "method").choices
+
+    assert method_choices() == list(METHODS) == ["dino", "mae"]
+    with pytest.raises(ValueError, match="unknown method 'simclr'; the known methods are dino, mae"):
+        get_method("simclr")
+    monkeypatch.setitem(METHODS, "tiny", TinyMethod)
+    assert method_choices() == ["dino", "mae", "tiny"]
+    args = build_parser(load="pretrain").parse_args(["pretrain", "--method", "tiny", "--option", "scale=0.5"])
+    assert parse_options(args.method, args.options) == {"scale": 0.5}
+    # --option KEY=VALUE: the value takes the type of the option's default
+    assert parse_options("dino", [("n_local_crops", "2"), ("teacher_temp", "0.04")]) == \
+        {"n_local_crops": 2, "teacher_temp": 0.04}
+    assert parse_options("mae", [("norm_pix_loss", "true")]) == {"norm_pix_loss": True}
+    with pytest.raises(ValueError, match="expected true or false"):
+        parse_options("mae", [("norm_pix_loss", "maybe")])
+    with pytest.raises(ValueError, match="'dino' has no option 'norm_pix_loss'"):  # before any work is done
+        main(["pretrain", "--method", "dino", "--option", "norm_pix_loss=true", "--dataset", "nowhere"])
+    with pytest.raises(SystemExit):
+        build_parser(load="pretrain").parse_args(["pretrain", "--option", "no-equals-sign"])

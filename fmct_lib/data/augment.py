@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..preprocess import PAPER_WINDOWS, apply_windows
+from .preprocess import PAPER_WINDOWS, apply_windows
 
 __all__ = ["AugmentConfig", "ViewParams", "draw_view_params", "render_view", "multicrop_views", "mae_view"]
 

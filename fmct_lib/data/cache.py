@@ -1,8 +1,8 @@
 """The preprocessed-volume cache: the hot path of pretraining and fine-tuning (DESIGN §4).
 
-``cache_root()/<dataset>/<spec hash>/`` holds, for one :class:`~fmct_lib.preprocess.PreprocessSpec`:
+``cache_root()/<dataset>/<spec hash>/`` holds, for one :class:`~fmct_lib.data.preprocess.PreprocessSpec`:
 
-- one ``<scan>.npy`` per scan: the stage-1 output of :func:`~fmct_lib.preprocess.to_canvas`, an int16
+- one ``<scan>.npy`` per scan: the stage-1 output of :func:`~fmct_lib.data.preprocess.to_canvas`, an int16
   HU canvas (``paper``: 224³ int16 = 22.5 MB; no compression, so a read is one sequential ``read``) or
   the final float16 window stack (``reference``: 3×96³ = 5.3 MB);
 - ``spec.json``: the spec, so the folder explains itself;
@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_open
-from ..paths import cache_root
-from ..preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
+from ..paths import StageMissing, cache_root
+from .preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
 from .manifest import load_scans
 
-__all__ = ["cache_dir", "build_cache", "read_index", "CachedVolumes", "INDEX_COLUMNS", "REJECT_COLUMNS"]
+__all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "CachedVolumes", "INDEX_COLUMNS", "REJECT_COLUMNS"]
 
 INDEX_COLUMNS = ["scan_id", "file", "shape", "affine"]
 REJECT_COLUMNS = ["scan_id", "path", "reason"]
@@ -72,10 +72,15 @@ def read_index(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> 
     """The index of a built cache; raises FileNotFoundError naming the command that builds it."""
     path = cache_dir(dataset, spec, root) / "index.csv"
     if not path.exists():
-        raise FileNotFoundError(
+        raise StageMissing(
             f"{path}: no cache for dataset {dataset!r} and spec {spec.name} ({spec.hash}). Build it with:\n"
             f"    fmct cache --dataset {dataset} --preset {spec.name} --profile PROFILE")
     return _read_table(path, INDEX_COLUMNS)
+
+
+def read_rejects(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> pd.DataFrame:
+    """The scans a cache build could not preprocess (``scan_id, path, reason``); empty when there are none."""
+    return _read_table(cache_dir(dataset, spec, root) / "rejects.csv", REJECT_COLUMNS)
 
 
 def _process_scan(scan_id: str, path: str, spec: PreprocessSpec, out_dir: Path) -> dict:
@@ -172,7 +177,7 @@ class CachedVolumes(torch.utils.data.Dataset):
 
     ``volume`` is the stored form (``paper``: int16 HU canvas³; ``reference``: float16 (3, S, S, S)).
     Items only read bytes, so DataLoader workers stay cheap; crops, windows and augmentation run on the
-    batch where the model runs (:func:`~fmct_lib.preprocess.model_input`).
+    batch where the model runs (:func:`~fmct_lib.data.preprocess.model_input`).
     """
 
     def __init__(self, dataset: str, spec: PreprocessSpec, *, scan_ids=None, root: Path | None = None):

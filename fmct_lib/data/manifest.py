@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import atomic_write_csv
-from ..paths import data_root, manifest_path
+from ..paths import StageMissing, data_root, manifest_path
 
 __all__ = [
     "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS",
@@ -40,7 +40,7 @@ CQ500_FINDINGS = [
 ]
 
 
-class DatasetNotAvailable(FileNotFoundError):
+class DatasetNotAvailable(StageMissing):
     """Raised when a dataset's scan table does not exist; the message names the command that makes it."""
 
 

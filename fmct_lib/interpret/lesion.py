@@ -36,7 +36,7 @@ def mask_to_canvas(hu, mask, affine, spec) -> np.ndarray:
     (``interp_order=0``) and is placed with the offsets the image's head bounding box gives, so canvas
     voxel (i, j, k) of the mask lies under canvas voxel (i, j, k) of the image. Outside the scan: label 0.
     """
-    from ..preprocess import place_on_canvas, resample
+    from ..data.preprocess import place_on_canvas, resample
 
     if spec.canvas is None:
         raise ValueError(f"spec {spec.name!r} has no canvas (the reference chain stretches the head's box); "
@@ -81,7 +81,7 @@ def load_scan_with_mask(volume_path, mask_path, spec) -> tuple[torch.Tensor, np.
 
     The mask must share the volume's grid (same shape and affine), as the synthetic cohort writes it.
     """
-    from ..preprocess import PreprocessError, load_volume, model_input, to_canvas
+    from ..data.preprocess import PreprocessError, load_volume, model_input, to_canvas
 
     hu, affine = load_volume(volume_path)
     labels, mask_affine = load_volume(mask_path)

@@ -29,7 +29,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.image import imsave
 
-from ..preprocess import PAPER_WINDOWS
+from ..data.preprocess import PAPER_WINDOWS
 from .attention import AttentionResult, compute_attention
 
 __all__ = ["WINDOW_CHANNELS", "AXES", "display_slice", "AttentionViewer"]

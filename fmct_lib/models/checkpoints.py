@@ -26,7 +26,7 @@ from ..io import atomic_path
 from .vit3d import VisionTransformer3d, vit_from_config
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_state_dict_file",
+    "save_checkpoint", "load_checkpoint", "load_encoder", "read_checkpoint_config", "load_state_dict_file",
     "load_reference_checkpoint", "reference_to_fmct_key", "LoadReport", "CheckpointError",
 ]
 log = logging.getLogger(__name__)
@@ -219,3 +219,11 @@ def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_si
     model.load_report = report
     log.info("%s", report)
     return model
+
+
+def load_encoder(path: str | os.PathLike) -> VisionTransformer3d:
+    """An encoder from one of our checkpoints, or from the authors' released layouts."""
+    try:
+        return load_checkpoint(path)[0]
+    except CheckpointError:
+        return load_reference_checkpoint(path)

@@ -1,4 +1,5 @@
-"""Self-supervised pretraining: one resumable, distributed training loop for DINO and MAE."""
+"""Self-supervised pretraining: one resumable, distributed training loop; the methods (DINO, MAE) in a registry."""
+from .methods import METHODS, get_method
 from .trainer import pretrain, pretrain_on, pretraining_scan_ids, run_config
 
-__all__ = ["pretrain", "pretrain_on", "pretraining_scan_ids", "run_config"]
+__all__ = ["METHODS", "get_method", "pretrain", "pretrain_on", "pretraining_scan_ids", "run_config"]

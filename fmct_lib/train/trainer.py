@@ -6,8 +6,11 @@ and a ``done`` marker. Calling ``pretrain`` on a finished run returns at once; o
 continues exactly where the last checkpoint left off (``loop.py``).
 
 Schedule lengths scale with the run: warm-up, teacher-temperature warm-up and the frozen-prototype period
-are fractions of the total steps (DINO: ``warmup_epochs / epochs`` of the profile, MAE: 5% as the paper),
-so ``max_steps`` shortens a run without changing its shape.
+are fractions of the total steps (each method's rule, ``train/methods``), so ``max_steps`` shortens a run
+without changing its shape. What differs between methods lives in ``train/methods``, never here.
+
+``pretrain`` reads the preprocessing cache and never builds it: ``fmct cache`` or ``pipeline.ensure_cache``
+does, before (DESIGN §2: the pipeline alone builds a missing stage).
 """
 from __future__ import annotations
 
@@ -17,39 +20,36 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from ..config import get_profile
 from ..data.augment import AugmentConfig
+from ..data.preprocess import paper_spec
 from ..io import atomic_write_text
 from ..models.checkpoints import save_checkpoint
-from ..paths import runs_root
-from ..preprocess import paper_spec
-from ..ssl.dino import DINOConfig
+from ..paths import StageMissing, runs_root
 from .distributed import DistInfo, barrier, setup
 from .loop import DONE_FILE, STATE_FILE, train
-from .tasks import build_task
+from .methods import get_method, method_options
 
-__all__ = ["pretrain", "pretrain_on", "run_config", "pretraining_scan_ids", "default_run_dir", "BASE_LR"]
+__all__ = ["pretrain", "pretrain_on", "run_config", "pretraining_scan_ids", "default_run_dir"]
 
 log = logging.getLogger(__name__)
 
-BASE_LR = {"dino": 3e-4, "mae": 1.5e-3}  # paper, Methods; scaled by global batch / 256
-MAE_WARMUP_FRACTION = 0.05             # paper: "a linear warmup on the first 5% steps"
 ENCODER_FILE = "encoder.safetensors"
 
 
 def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed: int = 0,
                batch_size: int | None = None, accum_steps: int = 1, max_steps: int | None = None,
-               checkpoint_every: int | None = None, dino: DINOConfig | None = None,
-               norm_pix_loss: bool = False) -> dict:
-    """Every number the optimisation depends on, as a JSON-able dict (stored as ``config.json["run"]``)."""
+               checkpoint_every: int | None = None, options=None) -> dict:
+    """Every number the optimisation depends on, as a JSON-able dict (stored as ``config.json["run"]``).
+
+    ``options``: the method's options, a dict or its options object (``train/methods``)."""
     profile = get_profile(profile)
-    if method not in BASE_LR:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(BASE_LR)}")
-    if (method == "dino" and norm_pix_loss) or (method == "mae" and dino is not None):
-        raise ValueError(f"norm_pix_loss is an MAE option and dino a DINO option; got them for {method!r}")
+    Method = get_method(method)
+    options = method_options(Method, options)
     b = batch_size or profile.pretrain_batch_size
     global_batch = b * world_size * accum_steps
     steps_per_epoch = n_scans // global_batch
@@ -58,9 +58,8 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
                          f"(batch {b} × {world_size} processes × {accum_steps} accumulation steps); lower batch_size")
     epochs = profile.epochs_for(method)
     total = max_steps or epochs * steps_per_epoch
-    dino = dino or DINOConfig()
-    warmup_fraction = profile.pretrain_warmup_epochs / epochs if method == "dino" else MAE_WARMUP_FRACTION
-    base_lr = profile.pretrain_base_lr.get(method, BASE_LR[method])
+    warmup_fraction = Method.warmup_fraction(profile, epochs)
+    base_lr = profile.pretrain_base_lr.get(method, Method.base_lr)
     lr = base_lr * global_batch / 256
     cfg = {
         "method": method, "seed": seed, "n_scans": n_scans, "world_size": world_size,
@@ -70,13 +69,7 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
         "weight_decay": 0.05, "betas": [0.9, 0.95],
         "checkpoint_every": checkpoint_every or max(1, min(steps_per_epoch, 500)),
     }
-    if method == "dino":
-        cfg["dino"] = dino.to_dict()
-        cfg["teacher_temp_warmup_steps"] = round(total * dino.warmup_teacher_temp_fraction)
-        cfg["freeze_last_layer_steps"] = round(total * dino.freeze_last_layer_epochs / epochs)
-    else:
-        cfg["norm_pix_loss"] = norm_pix_loss
-        cfg["mask_ratio"] = 0.75
+    cfg.update(Method.run_entries(options, total, epochs))
     return cfg
 
 
@@ -104,17 +97,18 @@ def _check_or_write_config(run_dir: Path, config: dict, dist_info: DistInfo, fre
 def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 0, resume: bool = True,
                 max_steps: int | None = None, device=None, progress: bool = True, batch_size: int | None = None,
                 accum_steps: int = 1, checkpoint_every: int | None = None, num_workers: int = 0,
-                dino: DINOConfig | None = None, norm_pix_loss: bool = False, on_step=None,
-                meta: dict | None = None, preprocess: dict | None = None) -> Path:
+                options=None, on_step=None, meta: dict | None = None, preprocess: dict | None = None) -> Path:
     """Pretrain on any Dataset whose items are ``{"scan_id", "volume": int16 HU canvas (C, C, C)}``.
 
-    ``dino`` overrides DINO's hyper-parameters (e.g. the authors' code: ``DINOConfig(n_local_crops=2,
-    teacher_temp=0.04)``, reference_code_facts §3.1); ``norm_pix_loss`` is MAE's normalised-pixel target.
+    ``method`` is a name in ``train.methods.METHODS``; ``options`` its options, a dict or the method's
+    options object: for DINO the fields of ``DINOConfig`` (e.g. the authors' code: ``{"n_local_crops": 2,
+    "teacher_temp": 0.04}``, reference_code_facts §3.1), for MAE ``norm_pix_loss`` (normalised-pixel target).
 
     ``meta`` (dataset, fraction, …) is stored in ``config.json`` and in the exported encoder's
     configuration, with ``preprocess`` (the ``PreprocessSpec`` dict of the volumes).
     """
     profile = get_profile(profile)
+    Method = get_method(method)
     run_dir = Path(run_dir)
     if resume and (run_dir / DONE_FILE).exists():
         return run_dir
@@ -125,20 +119,17 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
             (run_dir / name).unlink(missing_ok=True)
     barrier()
     run = run_config(method, profile, len(dataset), dist_info.world_size, seed=seed, batch_size=batch_size,
-                     accum_steps=accum_steps, max_steps=max_steps, checkpoint_every=checkpoint_every, dino=dino,
-                     norm_pix_loss=norm_pix_loss)
-    crops = ({"n_global": run["dino"]["n_global_crops"], "n_local": run["dino"]["n_local_crops"]}
-             if method == "dino" else {})
+                     accum_steps=accum_steps, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                     options=options)
     augment = AugmentConfig.from_profile(profile, windows=(preprocess or {}).get("windows") or AugmentConfig.windows,
-                                         **crops)
+                                         **Method.crops(run))
     config = {"run": run, "augment": asdict(augment), "profile": profile.to_dict(), "meta": meta or {},
               "preprocess": preprocess}
     config = json.loads(json.dumps(config))  # canonical JSON types (tuples → lists)
     _check_or_write_config(run_dir, config, dist_info, fresh=not resume)
 
     torch.manual_seed(seed)  # model initialisation; later randomness comes from the saved generators
-    task = build_task(method, profile, augment, run, DINOConfig(**run["dino"]) if "dino" in run else None,
-                      norm_pix_loss=run.get("norm_pix_loss", False))
+    task = Method(profile, augment, run)
     train(task, dataset, run, run_dir, dist_info, resume=resume, num_workers=num_workers, progress=progress,
           on_step=on_step)
 
@@ -147,7 +138,7 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
         save_checkpoint(run_dir / ENCODER_FILE, encoder,
                         config={"model": encoder.config.to_dict(), "method": method, "profile": profile.name,
                                 "seed": seed, "preprocess": preprocess, **(meta or {})},
-                        metadata={"exported": "teacher backbone" if method == "dino" else "MAE encoder"})
+                        metadata={"exported": Method.exported})
         (run_dir / DONE_FILE).write_text(json.dumps({"steps": run["total_steps"], "finished": time.time()}))
     barrier()
     return run_dir
@@ -170,37 +161,45 @@ def pretraining_scan_ids(dataset: str, fraction: float = 1.0, seed: int = 0) -> 
 def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "demo", fraction: float = 1.0,
              run_dir=None, seed: int = 0, resume: bool = True, max_steps: int | None = None, device=None,
              progress: bool = True, *, batch_size: int | None = None, accum_steps: int = 1,
-             checkpoint_every: int | None = None, num_workers: int = 2, dino: DINOConfig | None = None,
-             norm_pix_loss: bool = False) -> Path:
+             checkpoint_every: int | None = None, num_workers: int = 2, options=None) -> Path:
     """Self-supervised pretraining of the encoder on a dataset's cached volumes; returns the run directory.
 
-    ``method`` "dino" (the paper's final model) or "mae". ``fraction`` of the training patients is used
-    (nested subsamples for the scaling study, Fig. 4). ``batch_size`` is per process (default: the
-    profile's); the global batch is ``batch_size × processes × accum_steps``. Under ``torchrun`` every
-    process calls this with the same arguments. For DINO the exported ``encoder.safetensors`` is the
-    TEACHER backbone, as in DINO; for MAE the encoder. ``dino`` and ``norm_pix_loss``: see ``pretrain_on``.
+    ``method`` a name in ``train.methods.METHODS``: "dino" (the paper's final model) or "mae".
+    ``fraction`` of the training patients is used (nested subsamples for the scaling study, Fig. 4).
+    ``batch_size`` is per process (default: the profile's); the global batch is ``batch_size × processes ×
+    accum_steps``. Under ``torchrun`` every process calls this with the same arguments. The exported
+    ``encoder.safetensors`` is the method's (DINO: the TEACHER backbone, as in DINO; MAE: the encoder).
+    ``options``: see ``pretrain_on``.
+
+    The volumes are read from the cache of the profile's paper chain, which must hold every pretraining
+    scan (or list it in its ``rejects.csv``); otherwise ``StageMissing`` names the ``fmct cache`` command.
     """
-    from ..data.cache import CachedVolumes, build_cache, read_index
+    from ..data.cache import CachedVolumes, cache_dir, read_index
     profile_name = get_profile(profile).name
+    method_options(method, options)  # an unknown method or option fails before anything is read
     run_dir = Path(run_dir) if run_dir else default_run_dir(dataset, method, fraction, profile_name, seed, max_steps)
     if resume and (run_dir / DONE_FILE).exists():
         return run_dir
-    dist_info = setup(device)
     spec = paper_spec(profile)
     wanted = pretraining_scan_ids(dataset, fraction, seed)
-    if dist_info.is_main:
-        build_cache(dataset, spec, scans=wanted)
-    barrier()
-    cached = set(read_index(dataset, spec)["scan_id"].astype(str))
+    cached = set(read_index(dataset, spec)["scan_id"].astype(str))  # StageMissing when there is no cache
+    folder = cache_dir(dataset, spec)
+    rejects = folder / "rejects.csv"
+    rejected = set(pd.read_csv(rejects, dtype=str, keep_default_na=False)["scan_id"]) if rejects.exists() else set()
+    missing = [s for s in wanted if s not in cached and s not in rejected]
+    if missing:
+        raise StageMissing(
+            f"{folder}: the cache lacks {len(missing)} of the {len(wanted)} pretraining scans "
+            f"(e.g. {missing[:3]}). Build it with:\n    fmct cache --dataset {dataset} --profile {profile_name}")
     scan_ids = [s for s in wanted if s in cached]  # rejected scans are listed in the cache's rejects.csv
-    if len(scan_ids) < len(wanted) and dist_info.is_main:
-        log.warning("%d of %d pretraining scans were rejected by preprocessing (see the cache's rejects.csv)",
-                    len(wanted) - len(scan_ids), len(wanted))
+    if len(scan_ids) < len(wanted) and setup(device).is_main:
+        log.warning("%d of %d pretraining scans were rejected by preprocessing (see %s)",
+                    len(wanted) - len(scan_ids), len(wanted), rejects)
     volumes = CachedVolumes(dataset, spec, scan_ids=scan_ids)
     return pretrain_on(volumes, method=method, profile=profile, run_dir=run_dir, seed=seed, resume=resume,
                        max_steps=max_steps, device=device, progress=progress, batch_size=batch_size,
                        accum_steps=accum_steps, checkpoint_every=checkpoint_every, num_workers=num_workers,
-                       dino=dino, norm_pix_loss=norm_pix_loss,
+                       options=options,
                        meta={"dataset": dataset, "fraction": fraction, "n_scans": len(scan_ids),
                              "n_rejected": len(wanted) - len(scan_ids)},
                        preprocess=spec.to_dict())

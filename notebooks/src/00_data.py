@@ -15,16 +15,17 @@ seed = 0
 example_scan = None     # scan_id to draw through the chain (default: the first test scan with a lesion)
 
 # %%
-from fmct_lib import plots, reproduce
+from fmct_lib import pipeline
+from fmct_lib.report import conclusions, naming, plots
 
-P, scans = reproduce.start(dataset, profile, run_dir)  # stops here, naming the ingest command, if missing
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed)  # stops here, naming the ingest command, if missing
+P, scans = S.profile, S.scans
 print(f"{dataset}: {len(scans)} scans from {scans['patient_id'].nunique()} patients (profile {P.name})")
 
 # %% [markdown]
 # ## The cohort: sites, splits, protocols and prevalence
 
 # %%
-import pandas as pd
 from fmct_lib.data.manifest import dataset_info
 
 tasks = [t for t in dataset_info(dataset)["tasks"] if t in scans.columns]
@@ -43,7 +44,7 @@ if dataset == "synthetic":
     from fmct_lib.data.synthetic.figure import condition_figure
     from fmct_lib.paths import figures_root
 
-    name = reproduce.figure_name("fig0a_synthetic_conditions", dataset, P)
+    name = naming.figure_name("fig0a_synthetic_conditions", dataset, P)
     png = condition_figure(figures_root() / name, step=P.synth_grid_mm, seed=seed)
     plots.save_figure_data(name, prevalence.reset_index(),
                            {"dataset": dataset, "profile": P.to_dict(), "phantom_grid_mm": P.synth_grid_mm, "seed": seed})
@@ -56,7 +57,7 @@ if dataset == "synthetic":
 import matplotlib.pyplot as plt
 import numpy as np
 from fmct_lib.interpret.viewer import display_slice
-from fmct_lib.preprocess import load_volume, model_input, paper_spec, place_on_canvas, resample
+from fmct_lib.data.preprocess import load_volume, model_input, paper_spec, place_on_canvas, resample
 
 spec = paper_spec(P)
 task_cols = [t for t in tasks if t in scans.columns]
@@ -84,26 +85,15 @@ for ax, (title, vol) in zip(axes, steps.items()):
 fig.suptitle(f"{dataset} scan {example_scan}: axial mid-slice at each step (HU in the brain window; radiological view)", fontsize=9)
 fig.tight_layout()
 summary = counts.join(protocol).join(prevalence).reset_index()
-plots.save_figure(fig, reproduce.figure_name("fig0b_preprocessing_chain", dataset, P), summary,
+plots.save_figure(fig, naming.figure_name("fig0b_preprocessing_chain", dataset, P), summary,
                   {"dataset": dataset, "profile": P.to_dict(), "spec": spec.to_dict(), "spec_hash": spec.hash,
                    "example_scan": example_scan, "seed": seed})
 
 # %%
-report = reproduce.ensure_cache(dataset, P)
-report
+pipeline.ensure_cache(dataset, P)  # built by pipeline.start: the folder the other notebooks read
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-internal = scans[scans.get("site", pd.Series("internal", index=scans.index)) != "pretrain"]
-unlabelled = len(scans) - len(internal)
-lines = [
-    f"- {len(scans)} scans, {scans['patient_id'].nunique()} patients; {unlabelled} unlabelled pretraining scans "
-    f"and {len(internal)} labelled scans (paper: 361,663 pretraining scans, 270,205 labelled internal scans).",
-    f"- Slice thickness {scans['slice_thickness_mm'].min():.1f}–{scans['slice_thickness_mm'].max():.1f} mm "
-    f"(paper: 0.5–5 mm); makes: {', '.join(f'{k} {v}' for k, v in scans['manufacturer'].value_counts().items())}.",
-    f"- Most prevalent task: {prevalence.mean().idxmax()} ({prevalence.mean().max():.1%}); rarest: "
-    f"{prevalence.mean().idxmin()} ({prevalence.mean().min():.1%}).",
-]
-print("\n".join(lines))
+print(conclusions.data_conclusion(scans, prevalence))

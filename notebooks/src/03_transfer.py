@@ -27,16 +27,16 @@ target_dataset = None      # real data: test (and fine-tune in-domain) on anothe
 n_seeds = None             # training seeds seed, seed+1, … of every model (default: the profile's; paper 1, demo 3)
 
 # %%
-from fmct_lib import plots, reproduce
+from fmct_lib import pipeline
+from fmct_lib.report import conclusions, naming, paper, plots
 
-P, scans = reproduce.start(dataset, profile, run_dir)
-method = method or P.pretrain_method
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method)
+P, scans, method = S.profile, S.scans, S.method
 target_dataset = target_dataset or dataset
-target_scans = scans if target_dataset == dataset else reproduce.ensure_dataset(target_dataset, P)
+target_scans = scans if target_dataset == dataset else S.other(target_dataset)
 
 # %%
 import pandas as pd
-from fmct_lib.downstream import run_sweep
 
 has_sites = "site" in scans and target_dataset == dataset
 if target_dataset == dataset and not has_sites:
@@ -44,18 +44,18 @@ if target_dataset == dataset and not has_sites:
 source = {"site": source_site} if has_sites else None
 target = {"site": target_site} if has_sites else None
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
-tasks = reproduce.choose_tasks(target_rows, tasks, dataset, P)  # the source's tasks the target has labels for
-encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
+tasks = S.tasks(tasks, rows=target_rows)  # the source's tasks the target has labels for
+encoder = S.encoder(checkpoint=checkpoint)
 n_seeds = n_seeds or P.finetune_seeds
 runs = {
-    "external validation": run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=seed, n_seeds=n_seeds,
-                                     train_filter=source, eval_dataset=target_dataset, eval_filter=target),
-    "in-domain fine-tuned": run_sweep(target_dataset, tasks, ["finetune"], encoder, P, seed=seed, n_seeds=n_seeds,
-                                      train_filter=target),
-    "in-domain scratch": run_sweep(target_dataset, tasks, ["scratch"], encoder, P, seed=seed, n_seeds=n_seeds,
+    "external validation": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
+                                   eval_dataset=target_dataset, eval_filter=target),
+    "in-domain fine-tuned": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, dataset=target_dataset,
+                                    train_filter=target),
+    "in-domain scratch": S.sweep(tasks, ["scratch"], encoder, n_seeds=n_seeds, dataset=target_dataset,
+                                 train_filter=target),
+    "in-domain histogram": S.sweep(tasks, ["histogram"], None, n_seeds=n_seeds, dataset=target_dataset,
                                    train_filter=target),
-    "in-domain histogram": run_sweep(target_dataset, tasks, ["histogram"], None, P, seed=seed, n_seeds=n_seeds,
-                                     train_filter=target),
 }
 {name: len(p) for name, p in runs.items()}
 
@@ -71,8 +71,8 @@ tests = {b: paired_permutation_test(pick("in-domain fine-tuned"), pick(b), n_per
 summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3)
 
 # %%
-paper_name = reproduce.paper_dataset(target_dataset, target_site if has_sites else None)
-paper = plots.paper_values_for(None, paper_name, "auroc")
+paper_name = naming.paper_dataset(target_dataset, target_site if has_sites else None)
+paper = paper.paper_values_for(None, paper_name, "auroc")
 paper = paper.assign(model=paper["model"].map({"finetune": "in-domain fine-tuned", "scratch": "in-domain scratch"}))
 order = [t for t in tasks if t in common] + ["macro"]
 hue_order = list(runs)
@@ -81,7 +81,7 @@ fig = plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model
 fig.axes[0].set_title(f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
                       f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
                       + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""), fontsize=9)
-plots.save_figure(fig, reproduce.figure_name("fig1fg_transfer", dataset, P), summary,
+plots.save_figure(fig, naming.figure_name("fig1fg_transfer", dataset, P), summary,
                   {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
                    "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "paper_counterpart": paper_name})
@@ -90,24 +90,5 @@ plots.save_figure(fig, reproduce.figure_name("fig1fg_transfer", dataset, P), sum
 # ## Conclusion (computed from this run)
 
 # %%
-macro = summary[(summary.task == "macro") & (summary.metric == "auroc")].set_index("model")["value"]
-paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
-p_scratch = tests["in-domain scratch"].query("task == 'macro' and metric == 'auroc'")["p_value"].item()
-p_external = tests["external validation"].query("task == 'macro' and metric == 'auroc'")["p_value"].item()
-claim = (f"{paper_macro['in-domain fine-tuned']:.3f} vs {paper_macro['in-domain scratch']:.3f} on "
-         f"{plots.PAPER_DATASET_NAMES.get(paper_name, paper_name)}"
-         if {"in-domain fine-tuned", "in-domain scratch"} <= set(paper_macro.index) else None)
-lines = [
-    reproduce.describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "in-domain scratch",
-                                  macro["in-domain scratch"], p_scratch, claim),
-    reproduce.describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "external validation",
-                                  macro["external validation"], p_external,
-                                  "in-domain fine-tuning helps where the target has enough labels (NYU Long Island, "
-                                  "RSNA); the transferred model is better on small CQ500"),
-]
-lines.append(f"Reference without a deep model (in-domain window histograms + logistic regression): "
-             f"{macro['in-domain histogram']:.3f}; in-domain fine-tuned "
-             f"{'above' if macro['in-domain fine-tuned'] > macro['in-domain histogram'] else 'below'} it.")
-n_target_train = int(((target_rows["split"] == "train")).sum())
-lines.append(f"The target's training split has {n_target_train} scans (paper: CQ500 1,120; RSNA ~8,000).")
-print("\n".join("- " + l for l in lines))
+print(conclusions.transfer_conclusion(summary, tests, paper=paper, paper_name=paper_name,
+                                      target_rows=target_rows))

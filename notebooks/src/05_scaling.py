@@ -20,28 +20,26 @@ site = "internal"
 external_site = None     # e.g. "external": also test the internal-trained probes on that site (synthetic only)
 
 # %%
-from fmct_lib import plots, reproduce
+from fmct_lib import pipeline
+from fmct_lib.report import conclusions, naming, plots
 
-P, scans = reproduce.start(dataset, profile, run_dir)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site)
+P, scans = S.profile, S.scans
 
 # %%
 import pandas as pd
-from fmct_lib.downstream import run_sweep
 
-has_sites = site and "site" in scans
-site_filter = {"site": site} if has_sites else None
-labelled = scans[scans["site"] == site] if has_sites else scans
-tasks = reproduce.choose_tasks(labelled, tasks, dataset, P)
+has_sites = S.site_filter is not None
+tasks = S.tasks(tasks)
 evaluations = {"internal test": None}
 if has_sites and external_site and external_site in set(scans["site"]):
     evaluations["external test"] = {"site": external_site}
 rows = []
 for method in methods:
     for fraction in fractions:
-        encoder = reproduce.ensure_pretrained(method, dataset, P, fraction=fraction, seed=seed)
+        encoder = S.encoder(method, fraction=fraction)
         for evaluation, eval_filter in evaluations.items():
-            preds = run_sweep(dataset, tasks, [protocol], encoder, P, seed=seed, train_filter=site_filter,
-                              eval_filter=eval_filter or site_filter, progress=False)
+            preds = S.sweep(tasks, [protocol], encoder, eval_filter=eval_filter or S.site_filter, progress=False)
             rows.append(preds.assign(method=method, fraction=fraction, evaluation=evaluation))
 predictions = pd.concat(rows, ignore_index=True)
 
@@ -59,7 +57,7 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")):
     fig = plots.band_lines(macro[macro.metric == metric], x="percent", hue="method", facet="evaluation",
                            xlabel="pretraining data (%)", ylabel=label, logx=True)
     fig.suptitle(f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)", fontsize=9, y=1.03)
-    name = reproduce.figure_name(f"fig4_scaling_{metric}", dataset, P)
+    name = naming.figure_name(f"fig4_scaling_{metric}", dataset, P)
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,
                        "protocol": protocol, "tasks": tasks, "site": site, "seed": seed})
@@ -68,16 +66,4 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")):
 # ## Conclusion (computed from this run)
 
 # %%
-lines = []
-auc = macro[macro.metric == "auroc"]
-for evaluation, g in auc.groupby("evaluation"):
-    table = g.pivot(index="fraction", columns="method", values="value")
-    for method in table.columns:
-        v = table[method]
-        trend = "grows monotonically" if v.is_monotonic_increasing and v.iloc[-1] > v.iloc[0] else "does NOT grow monotonically"
-        lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "
-                     f"{', '.join(f'{f:.0%}' for f in table.index)}: it {trend} with pretraining data.")
-    if {"dino", "mae"} <= set(table.columns):
-        above = int((table["dino"] > table["mae"]).sum())
-        lines.append(f"{evaluation}: DINO above MAE at {above} of {len(table)} fractions (paper: DINO above MAE throughout).")
-print("\n".join("- " + l for l in lines))
+print(conclusions.scaling_conclusion(macro))

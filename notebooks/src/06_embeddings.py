@@ -21,16 +21,17 @@ tasks = None
 site = "internal"
 
 # %%
-from fmct_lib import plots, reproduce
+from fmct_lib import pipeline
+from fmct_lib.report import conclusions, naming, plots
 
-P, scans = reproduce.start(dataset, profile, run_dir)
-method = method or P.pretrain_method
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
+P, scans, method = S.profile, S.scans, S.method
 
 # %%
 import pandas as pd
-from fmct_lib.embeddings import embed
+from fmct_lib.downstream.embeddings import embed
 
-encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
+encoder = S.encoder(checkpoint=checkpoint)
 labelled = scans[scans["site"] != "pretrain"] if "site" in scans else scans
 table = embed(dataset, encoder, P, scans=labelled, progress=False)
 vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
@@ -63,7 +64,7 @@ print(f"scanner from embedding: {accuracy.mean():.3f} accuracy (chance {chance:.
 fig = plots.embedding_scatter(points, highlight=highlight_task if highlight_task in points else None,
                               title=f"{dataset}: {projection.upper()} of the {method.upper()} encoder's embeddings "
                                     f"({len(points)} labelled scans)")
-plots.save_figure(fig, reproduce.figure_name("suppfig11_embeddings", dataset, P), points,
+plots.save_figure(fig, naming.figure_name("suppfig11_embeddings", dataset, P), points,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "projection": projection, "seed": seed, "scanner_accuracy": accuracy.mean(),
                    "scanner_chance": chance, "thickness_accuracy": thick_accuracy.mean(),
@@ -73,12 +74,10 @@ plots.save_figure(fig, reproduce.figure_name("suppfig11_embeddings", dataset, P)
 # ## Performance by scanner and by slice thickness (fine-tuned classifiers of 02_finetune)
 
 # %%
-from fmct_lib.downstream import run_sweep
 from fmct_lib.evaluate import bootstrap_ci
 
-site_filter = {"site": site} if site and "site" in scans else None
-tasks = reproduce.choose_tasks(scans if site_filter is None else scans[scans.site == site], tasks, dataset, P)
-predictions = run_sweep(dataset, tasks, ["finetune"], encoder, P, seed=seed, train_filter=site_filter, progress=False)
+tasks = S.tasks(tasks)
+predictions = S.sweep(tasks, ["finetune"], encoder, progress=False)
 protocol_of = scans.set_index("scan_id")[["manufacturer", "slice_thickness_mm"]]
 predictions = predictions.join(protocol_of, on="scan_id")
 predictions["thickness"] = pd.cut(predictions["slice_thickness_mm"], thickness_bins).astype(str)
@@ -94,7 +93,7 @@ by_protocol = pd.concat(groups, ignore_index=True)
 macro = by_protocol[(by_protocol.task == "macro") & (by_protocol.metric == "auroc")]
 fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
                         title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)")
-plots.save_figure(fig, reproduce.figure_name("suppfig12_performance_by_protocol", dataset, P), by_protocol,
+plots.save_figure(fig, naming.figure_name("suppfig12_performance_by_protocol", dataset, P), by_protocol,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
                    "thickness_bins": thickness_bins, "site": site, "seed": seed})
 macro[["group", "value", "ci_low", "ci_high", "n_scans"]].round(3)
@@ -103,13 +102,4 @@ macro[["group", "value", "ci_low", "ci_high", "n_scans"]].round(3)
 # ## Conclusion (computed from this run)
 
 # %%
-spread = macro["value"].max() - macro["value"].min()
-lines = [
-    f"Scanner is predictable from the frozen embedding with {accuracy.mean():.1%} accuracy (chance {chance:.1%}); "
-    f"thickness bin with {thick_accuracy.mean():.1%} (chance {thick_chance:.1%}). Paper: embeddings are separable "
-    "by manufacturer and slice thickness. " + ("Same here." if accuracy.mean() > chance + 0.05 else
-                                                "NOT reproduced here: the scanner is not separable."),
-    f"Fine-tuned macro-AUROC across protocol groups ranges {macro['value'].min():.3f}–{macro['value'].max():.3f} "
-    f"(spread {spread:.3f}). Paper: comparable performance across scanner protocols.",
-]
-print("\n".join("- " + l for l in lines))
+print(conclusions.embeddings_conclusion(accuracy, chance, thick_accuracy, thick_chance, macro))

@@ -23,28 +23,28 @@ max_scans = 40        # test scans measured per task for the lesion-attention ta
 layer = -1            # layer of the cls attention drawn in the figure (-1: last)
 
 # %%
-from fmct_lib import plots, reproduce
+from fmct_lib import pipeline
+from fmct_lib.report import conclusions, naming, plots
 
-P, scans = reproduce.start(dataset, profile, run_dir)
-method = method or P.pretrain_method
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
+P, scans, method = S.profile, S.scans, S.method
 
 # %%
 from fmct_lib.data.synthetic.lesions import LABEL_CODES
 
-site_filter = {"site": site} if site and "site" in scans else None
-labelled = scans[scans["site"] == site] if site_filter else scans
-tasks = [t for t in reproduce.choose_tasks(labelled, tasks, dataset, P) if t in LABEL_CODES or t == "ich"]
-encoder = reproduce.ensure_pretrained(method, dataset, P, seed=seed, checkpoint=checkpoint)
-finetuned = {t: reproduce.ensure_finetuned(dataset, t, encoder, P, site_filter, seed) for t in tasks}
+labelled = S.labelled
+tasks = [t for t in S.tasks(tasks) if t in LABEL_CODES or t == "ich"]
+encoder = S.encoder(checkpoint=checkpoint)
+finetuned = {t: S.finetuned(t, encoder) for t in tasks}
 finetuned
 
 # %%
 import numpy as np
 from fmct_lib.data.manifest import scan_table_path
-from fmct_lib.downstream import load_encoder
+from fmct_lib.models.checkpoints import load_encoder
 from fmct_lib.interpret import (compute_attention, lesion_attention_table, load_scan_with_mask, model_voxel_mm,
                                 summarize_lesion_attention)
-from fmct_lib.preprocess import paper_spec
+from fmct_lib.data.preprocess import paper_spec
 
 spec = paper_spec(P)
 folder = scan_table_path(dataset).parent
@@ -112,7 +112,7 @@ lesion_summary
 figure_data = pd.concat([share.assign(kind="lesion share"),
                          pd.DataFrame([{"model": n, "layer": i + 1, "distance_mm": d} for n, ds in distance.items()
                                        for i, d in enumerate(ds)]).assign(kind="distance per layer")], ignore_index=True)
-plots.save_figure(fig, reproduce.figure_name("fig5_attention", dataset, P), figure_data,
+plots.save_figure(fig, naming.figure_name("fig5_attention", dataset, P), figure_data,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "finetuned": {t: str(p) for t, p in finetuned.items()}, "scan_id": scan_id, "slice": k,
                    "layer": layer, "tasks": tasks, "seed": seed})
@@ -130,17 +130,4 @@ viewer.widget
 # ## Conclusion (computed from this run)
 
 # %%
-lines = []
-for _, r in lesion_summary.iterrows():
-    lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the attention on lesions that fill "
-                 f"{r['volume_share']:.1%} of the volume (median enrichment {r['median_enrichment']:.2f}×; above "
-                 f"chance in {r['frac_above_chance']:.0%} of {r['n_scans']} scans"
-                 + (f"; vs pretrained p = {r['p_vs_reference']:.3g}" if pd.notna(r["p_vs_reference"]) else "") + ").")
-if len(lesion_summary):
-    ft = lesion_summary[lesion_summary.model == "fine-tuned"]
-    good = int((ft["frac_above_chance"] > 0.5).sum())
-    lines.append(f"Fine-tuned encoders put more attention on the lesion than chance in most scans for {good} of "
-                 f"{len(ft)} tasks (paper, qualitatively: 'attends to correct disease locations in the majority of cases').")
-far = {n: d[-1] for n, d in distance.items()}
-lines.append("Mean attention distance in the last layer: " + ", ".join(f"{n} {v:.0f} mm" for n, v in far.items()) + ".")
-print("\n".join("- " + l for l in lines))
+print(conclusions.attention_conclusion(lesion_summary, distance))

@@ -19,21 +19,22 @@ subtypes = ["iph", "ivh", "sdh", "edh", "sah"]
 ks = [1, 5, 10]
 
 # %%
-from fmct_lib import plots, reproduce
+from fmct_lib import pipeline
+from fmct_lib.report import conclusions, naming, plots
 
-P, scans = reproduce.start(dataset, profile, run_dir)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed)
+P, scans = S.profile, S.scans
 
 # %%
 import pandas as pd
 import torch
-from fmct_lib.embeddings import embed
+from fmct_lib.downstream.embeddings import embed
 from fmct_lib.evaluate import retrieval_summary, retrieve_all_vs_all
 from fmct_lib.models.vit3d import vit_from_config
 
 gallery = scans[scans["site"] != "pretrain"] if "site" in scans else scans
 subtypes = [s for s in subtypes if s in gallery and (gallery[s] == 1).sum() >= 2]
-encoders = ({"checkpoint": reproduce.ensure_pretrained("dino", dataset, P, seed=seed, checkpoint=checkpoint)}
-            if checkpoint else {m: reproduce.ensure_pretrained(m, dataset, P, seed=seed) for m in methods})
+encoders = {"checkpoint": S.encoder("dino", checkpoint=checkpoint)} if checkpoint else {m: S.encoder(m) for m in methods}
 torch.manual_seed(seed)
 encoders["random init"] = vit_from_config(P.model)
 per_query, summaries = [], []
@@ -59,7 +60,7 @@ for ax, metric in zip(axes, metrics):
         ax.get_legend().remove()
 fig.suptitle(f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries)", fontsize=9)
 fig.tight_layout()
-plots.save_figure(fig, reproduce.figure_name("fig3_retrieval", dataset, P), summary,
+plots.save_figure(fig, naming.figure_name("fig3_retrieval", dataset, P), summary,
                   {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
                                                                             for k, v in encoders.items()},
                    "subtypes": subtypes, "ks": ks, "seed": seed})
@@ -68,14 +69,4 @@ plots.save_figure(fig, reproduce.figure_name("fig3_retrieval", dataset, P), summ
 # ## Conclusion (computed from this run)
 
 # %%
-mean_map = summary[(summary.metric == "map") & (summary.subtype == "mean")].set_index("model")["value"]
-prevalence = {s: (gallery[s] == 1).mean() for s in subtypes}
-lines = ["Mean mAP over subtypes: " + ", ".join(f"{m} {v:.3f}" for m, v in mean_map.items())
-         + f" (a random ranking scores about the prevalence: {sum(prevalence.values()) / len(prevalence):.3f} on average)."]
-for name in mean_map.index:
-    if name != "random init":
-        lines.append(reproduce.describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"],
-                                                   paper=None))
-lines.append("Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP over "
-             "Google CT on CQ500, +2.21% on RSNA); those models are not available here.")
-print("\n".join("- " + l for l in lines))
+print(conclusions.retrieval_conclusion(summary, gallery, subtypes))

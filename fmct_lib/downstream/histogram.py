@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .evaluate.metrics import auroc
+from ..evaluate.metrics import auroc
 
 __all__ = ["C_GRID", "window_histograms", "fit_histogram_classifier"]
 

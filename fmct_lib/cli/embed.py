@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import argparse
 
-from .downstream_cli import parse_filter
+from .options import add_dataset, add_device, add_preset, add_profile, parse_filter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="synthetic")
+    add_dataset(parser)
     parser.add_argument("--encoder", required=True, help="encoder checkpoint (ours or the authors')")
     parser.add_argument("--out", required=True, help="output file, .csv or .npz")
-    parser.add_argument("--profile", default="demo", help="toy | demo | paper (preprocessing geometry)")
+    add_profile(parser)
+    add_preset(parser)
     parser.add_argument("--split", default=None, help="only this split (default: all scans)")
     parser.add_argument("--filter", action="append", metavar="COLUMN=VALUE", help="select rows, e.g. site=external")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--device", default=None)
+    add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .embeddings import embed
+    from ..data.preprocess import preset_spec
+    from ..downstream.embeddings import embed
+    from ..pipeline import ensure_cache
+    ensure_cache(args.dataset, args.profile, args.preset)
     table = embed(args.dataset, args.encoder, args.profile, split=args.split, filter=parse_filter(args.filter),
-                  batch_size=args.batch_size, out=args.out, device=args.device)
+                  spec=preset_spec(args.preset, args.profile), batch_size=args.batch_size, out=args.out,
+                  device=args.device)
     dims = sum(c.startswith("e") and c[1:].isdigit() for c in table.columns)
     print(f"{len(table)} embeddings of dimension {dims} -> {args.out}")
     return 0

@@ -14,62 +14,52 @@ from __future__ import annotations
 
 import argparse
 
-from .downstream import PROTOCOLS
-
-
-def parse_filter(items: list[str] | None) -> dict | None:
-    """``["site=internal", "manufacturer=A+B"]`` → ``{"site": "internal", "manufacturer": ["A", "B"]}``."""
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"filter {item!r} is not COLUMN=VALUE")
-        key, value = item.split("=", 1)
-        out[key] = value.split("+") if "+" in value else value
-    return out
-
-
-def _csv_list(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
+from .options import add_dataset, add_device, add_preset, add_profile, csv_list, parse_filter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="synthetic", help="training dataset (default: synthetic)")
-    parser.add_argument("--task", action="append", required=True, type=_csv_list,
+    from ..downstream import PROTOCOLS
+    add_dataset(parser, help="training dataset")
+    parser.add_argument("--task", action="append", required=True, type=csv_list,
                         help="task label column(s); repeat or comma-separate")
     parser.add_argument("--protocol", action="append", choices=[*PROTOCOLS, "fewshot"],
                         help="repeatable (default: finetune); fewshot = K-shot fine-tuning + the all-data run")
     parser.add_argument("--encoder", default=None,
                         help="pretrained encoder checkpoint (not needed for scratch and histogram)")
-    parser.add_argument("--profile", default="demo", help="toy | demo | paper")
+    add_profile(parser)
+    add_preset(parser)
     parser.add_argument("--eval-dataset", default=None, help="test on another dataset (default: --dataset)")
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--train-filter", action="append", metavar="COLUMN=VALUE",
                         help="select training rows, e.g. site=internal (repeatable; VALUE may be A+B)")
     parser.add_argument("--eval-filter", action="append", metavar="COLUMN=VALUE",
                         help="select evaluation rows (default: the training filter on the same dataset)")
-    parser.add_argument("--shots", type=lambda t: [int(k) for k in _csv_list(t)], default=None,
+    parser.add_argument("--shots", type=lambda t: [int(k) for k in csv_list(t)], default=None,
                         help="few-shot K values, e.g. 8,16,32 (default: the profile's)")
     parser.add_argument("--resamples", type=int, default=None, help="few-shot resamples (default: the profile's)")
     parser.add_argument("--epochs", type=int, default=None, help="override the profile's fine-tuning epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default=None, help="default: $FMCT_RUNS/downstream")
-    parser.add_argument("--device", default=None)
+    add_device(parser)
     parser.add_argument("--workers", type=int, default=0, help="data-loading workers")
     parser.add_argument("--out", default=None, help="write all predictions to this CSV")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .downstream import run_sweep
-    from .evaluate import task_metrics
+    from ..data.preprocess import preset_spec
+    from ..downstream import run_sweep
+    from ..evaluate import task_metrics
+    from ..pipeline import ensure_cache
 
     tasks = [t for group in args.task for t in group]
+    for dataset in dict.fromkeys([args.dataset, args.eval_dataset or args.dataset]):
+        ensure_cache(dataset, args.profile, args.preset)
     predictions = run_sweep(args.dataset, tasks, args.protocol or ["finetune"], args.encoder, args.profile,
                             shots=args.shots, resamples=args.resamples, eval_dataset=args.eval_dataset,
                             run_root=args.run_root, seed=args.seed, train_filter=parse_filter(args.train_filter),
                             eval_filter=parse_filter(args.eval_filter), eval_split=args.eval_split,
                             hparams={"epochs": args.epochs} if args.epochs else None, device=args.device,
+                            spec=preset_spec(args.preset, args.profile),
                             num_workers=args.workers)
     for s in predictions.attrs.get("skipped", []):
         print(f"skipped {s['task']} {s['protocol']} k={s['k']} seed={s['seed']}: {s['reason']}")

@@ -3,7 +3,7 @@
 ``fit`` trains a ``models.heads.Classifier`` (encoder + head) with the settings of ``HParams``: class-balanced
 draws per epoch (``balanced_draw``) or a K-shot training set (``fewshot_draw``), the authors' flips and
 intensity offsets (``augment_batch``), AdamW with warm-up and cosine decay, and the epoch with the best
-validation AUROC kept. ``downstream`` builds its protocols (fine-tuned, probes, scratch, few-shot) on it.
+validation AUROC kept. The deep protocols (``protocols``: fine-tuned, probes, scratch, few-shot) train with it.
 """
 from __future__ import annotations
 
@@ -15,17 +15,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import get_profile
-from .evaluate.metrics import auroc
-from .models.heads import Classifier
-from .train.schedules import warmup_cosine
+from ..config import get_profile
+from ..data.inputs import ProtocolSkipped, VolumeSource
+from ..evaluate.metrics import auroc
+from ..models.heads import Classifier
+from ..train.schedules import warmup_cosine
 
-__all__ = ["HParams", "VolumeSource", "ProtocolSkipped", "balanced_draw", "fewshot_draw", "augment_batch",
-           "predict", "fit"]
-
-
-class ProtocolSkipped(ValueError):
-    """A run that cannot be made from the data (e.g. fewer than K positives); sweeps record it and go on."""
+__all__ = ["HParams", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
 
 
 @dataclass(frozen=True)
@@ -52,32 +48,6 @@ class HParams:
         base = cls(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size, subset=p.finetune_subset,
                    lr_encoder=p.finetune_lr_encoder)
         return replace(base, **overrides)
-
-
-class VolumeSource:
-    """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
-    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``)."""
-
-    def __init__(self, data, to_input=None, num_workers: int = 0):
-        self.data, self.to_input, self.num_workers = data, to_input, num_workers
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batches(self, indices, batch_size: int):
-        """Yield input batches (float32) for ``indices`` in order."""
-        indices = [int(i) for i in indices]
-        if torch.is_tensor(self.data):
-            for s in range(0, len(indices), batch_size):
-                yield self._finish(self.data[indices[s:s + batch_size]])
-            return
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
-                                             shuffle=False, num_workers=self.num_workers)
-        for batch in loader:
-            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch)
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.to_input(x) if self.to_input else x).float()
 
 
 # ---------------------------------------------------------------------------------------- training

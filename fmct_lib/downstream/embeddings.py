@@ -1,6 +1,6 @@
 """Frozen-encoder embeddings as a table (retrieval, Fig. 3; t-SNE/UMAP and protocol probes, Supp. Fig. 11).
 
-``embed`` runs an encoder over a dataset's cached inputs (the downstream protocols' data access) and returns
+``embed`` runs an encoder over a dataset's cached inputs (``data.inputs``, as the protocols read them) and returns
 one row per scan: ids, split, the protocol columns, the labels, then the cls vector ``e0 … e{D-1}``;
 ``write_embeddings`` / ``read_embeddings`` keep it as ``.csv`` or ``.npz`` (``fmct embed``).
 """
@@ -14,9 +14,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import downstream
-from .config import get_profile
-from .io import atomic_path, atomic_write_text
+from ..config import get_profile
+from ..data.inputs import ACQUISITION_COLUMNS, VolumeSource, select_rows, volume_source
+from ..io import atomic_path, atomic_write_text
+from ..models.checkpoints import load_encoder
 
 __all__ = ["embed", "write_embeddings", "read_embeddings"]
 
@@ -24,24 +25,23 @@ __all__ = ["embed", "write_embeddings", "read_embeddings"]
 @torch.no_grad()
 def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None = None, split: str | None = None,
           filter: dict | None = None, spec=None, batch_size: int | None = None, out=None, device: str | None = None,
-          progress: bool = True, source: downstream.VolumeSource | None = None) -> pd.DataFrame:
+          progress: bool = True, source: VolumeSource | None = None) -> pd.DataFrame:
     """Frozen-encoder cls embeddings as a table: ``scan_id, patient_id, split``, the protocol columns
     (manufacturer, slice_thickness_mm, kvp, site — those the scan table has), the label columns, then the
     vector as ``e0 … e{D-1}``. ``encoder`` is a checkpoint path or an encoder module. Written to ``out``
     (``.csv`` or ``.npz``, see ``write_embeddings``) when given.
     """
-    from .data.manifest import CQ500_FINDINGS, PAPER_TASKS, RSNA_TASKS, dataset_info, load_scans
+    from ..data.manifest import CQ500_FINDINGS, PAPER_TASKS, RSNA_TASKS, dataset_info, load_scans
     profile = get_profile(profile)
-    table = downstream._select(scans if scans is not None else load_scans(dataset), filter, split, None, dataset)
-    model = downstream.load_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) else encoder
+    table = select_rows(scans if scans is not None else load_scans(dataset), filter, split, None, dataset)
+    model = load_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) else encoder
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     if source is None:
         if spec is None:
-            from .preprocess import paper_spec
+            from ..data.preprocess import paper_spec
             spec = paper_spec(profile)
-        downstream.prepare_cache(dataset, table, spec)
-        source, table = downstream.volume_source(dataset, table, spec)
+        source, table = volume_source(dataset, table, spec)
     batch_size = batch_size or profile.finetune_batch_size
     vectors = [model(x.to(device)).float().cpu() for x in tqdm(
         source.batches(range(len(table)), batch_size), total=-(-len(table) // batch_size),
@@ -52,7 +52,7 @@ def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None =
     except (KeyError, FileNotFoundError):
         tasks = []
     labels = [c for c in dict.fromkeys(tasks + PAPER_TASKS + RSNA_TASKS + CQ500_FINDINGS) if c in table.columns]
-    meta = [c for c in ["scan_id", "patient_id", "split", *downstream.PROTOCOL_COLUMNS] if c in table.columns]
+    meta = [c for c in ["scan_id", "patient_id", "split", *ACQUISITION_COLUMNS] if c in table.columns]
     result = pd.concat([table[meta + labels].reset_index(drop=True),
                         pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1)
     if out is not None:

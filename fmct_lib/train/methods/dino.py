@@ -1,8 +1,10 @@
-"""What differs between DINO and MAE inside the one training loop (``loop.py``).
+"""DINO pretraining (paper, Methods, "Self-supervised pretraining"; Caron et al., 2021).
 
-A task owns its models and method state and answers four questions for the loop: which module the
-optimiser trains (``model``), the loss of one micro-batch (``micro_step``), what happens after the
-optimiser step (``after_step``: EMA teacher and centre for DINO), and what to save (``state_dict``).
+Student and teacher ViTs with a projection head; the teacher, initialised from the student, is an EMA of
+it; the student matches the centred, sharpened teacher distribution of the other crops (the loss and the
+EMA are ``ssl/dino.py``). Two global and three local crops per scan (DESIGN §4). The paper's base learning
+rate is 3e-4 per 256 scans, warmed up over the profile's warm-up epochs (paper: 10 of 100). The exported
+encoder is the teacher's backbone, as in DINO (it is the better model).
 """
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ import copy
 import torch
 import torch.nn as nn
 
-from ..data.augment import AugmentConfig, mae_view, multicrop_views
-from ..models.dino_head import DINOHead
-from ..models.mae import MaskedAutoencoder3d
-from ..models.vit3d import VisionTransformer3d, vit_from_config
-from ..ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_loss, ema_update, teacher_health,
-                        update_centre)
-from .schedules import cosine_momentum, teacher_temperature
+from ...data.augment import AugmentConfig, multicrop_views
+from ...models.dino_head import DINOHead
+from ...models.vit3d import VisionTransformer3d, vit_from_config
+from ...ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_loss, ema_update, teacher_health,
+                         update_centre)
+from ..schedules import cosine_momentum, teacher_temperature
 
-__all__ = ["DINOModel", "DINOTask", "MAETask", "build_task"]
+__all__ = ["BASE_LR", "DINOModel", "DINOTask"]
+
+BASE_LR = 3e-4  # paper, Methods; scaled by global batch / 256
 
 
 class DINOModel(nn.Module):
@@ -38,9 +41,28 @@ class DINOTask:
     """Student + EMA teacher (initialised from the student) + centre."""
 
     name = "dino"
+    base_lr = BASE_LR
+    Options = DINOConfig
+    exported = "teacher backbone"
 
-    def __init__(self, profile, augment: AugmentConfig, config: DINOConfig, schedule: dict):
-        self.cfg, self.augment, self.schedule = config, augment, schedule
+    @staticmethod
+    def warmup_fraction(profile, epochs: int) -> float:
+        """The profile's warm-up epochs out of its DINO epochs (paper: 10 of 100)."""
+        return profile.pretrain_warmup_epochs / epochs
+
+    @staticmethod
+    def run_entries(options: DINOConfig, total_steps: int, epochs: int) -> dict:
+        """The hyper-parameters, and the teacher-temperature warm-up and frozen-prototype periods in steps."""
+        return {"dino": options.to_dict(),
+                "teacher_temp_warmup_steps": round(total_steps * options.warmup_teacher_temp_fraction),
+                "freeze_last_layer_steps": round(total_steps * options.freeze_last_layer_epochs / epochs)}
+
+    @staticmethod
+    def crops(run: dict) -> dict:
+        return {"n_global": run["dino"]["n_global_crops"], "n_local": run["dino"]["n_local_crops"]}
+
+    def __init__(self, profile, augment: AugmentConfig, run: dict):
+        self.cfg, self.augment, self.schedule = DINOConfig(**run["dino"]), augment, run
         self.student = DINOModel(vit_from_config(profile.model), DINOHead.from_profile(profile))
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.centre = torch.zeros(profile.dino_out_dim)
@@ -100,54 +122,3 @@ class DINOTask:
     def encoder(self) -> VisionTransformer3d:
         """The exported encoder: the teacher's backbone, as DINO does (it is the better model)."""
         return self.teacher.backbone
-
-
-class MAETask:
-    """Masked autoencoder: encoder on visible patches + decoder; masking noise from the view generator."""
-
-    name = "mae"
-
-    def __init__(self, profile, augment: AugmentConfig, mask_ratio: float = 0.75, norm_pix_loss: bool = False):
-        self.augment = augment
-        self.mae = MaskedAutoencoder3d.from_profile(vit_from_config(profile.model), profile,
-                                                    mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)
-
-    @property
-    def model(self) -> nn.Module:
-        return self.mae
-
-    def to(self, device) -> "MAETask":
-        self.mae.to(device)
-        return self
-
-    def micro_step(self, model: nn.Module, canvases: torch.Tensor, generator: torch.Generator, rows: slice,
-                   global_batch: int, step: int, autocast) -> torch.Tensor:
-        view = mae_view(canvases, self.augment, generator, rows, global_batch)
-        noise = torch.rand(global_batch, self.mae.num_patches, generator=generator)[rows].to(view.device)
-        with autocast():
-            loss, _, _ = model(view, noise)
-        return loss
-
-    def before_optimizer(self, step: int) -> None:
-        pass
-
-    def after_step(self, step: int) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {"mae": self.mae.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mae.load_state_dict(state["mae"])
-
-    def encoder(self) -> VisionTransformer3d:
-        return self.mae.encoder
-
-
-def build_task(method: str, profile, augment: AugmentConfig, schedule: dict, dino: DINOConfig | None = None,
-               norm_pix_loss: bool = False):
-    if method == "dino":
-        return DINOTask(profile, augment, dino or DINOConfig(), schedule)
-    if method == "mae":
-        return MAETask(profile, augment, norm_pix_loss=norm_pix_loss)
-    raise ValueError(f"unknown method {method!r}; choose 'dino' or 'mae'")

@@ -18,7 +18,7 @@ def _mapping(items: list[str]) -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--source", required=True, help="the folder as the distribution unpacks it")
     common.add_argument("--root", default=None, help="data root (default $FMCT_DATA or ./data)")
@@ -46,13 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import ingest_cq500, ingest_nifti, ingest_rsna
+    from ..data.ingest import ingest_cq500, ingest_nifti, ingest_rsna
 
     common = dict(root=args.root, workers=args.workers, seed=args.seed)
-    if args.dataset == "rsna":
+    if args.kind == "rsna":
         summary = ingest_rsna(args.source, name=args.name, per_series=args.per_series, on_gap=args.on_gap,
                               tilt=args.tilt, **common)
-    elif args.dataset == "cq500":
+    elif args.kind == "cq500":
         summary = ingest_cq500(args.source, name=args.name, drop_contrast=args.drop_contrast,
                                on_gap=args.on_gap, tilt=args.tilt, **common)
     else:

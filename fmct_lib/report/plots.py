@@ -10,9 +10,8 @@ Every plotting function takes a tidy DataFrame (one row per bar / point, with ``
 - :func:`embedding_scatter` 2-D embedding coloured by scanner and by slice thickness (Supp. Fig. 10–11)
 - :func:`attention_grid`  CT slice with attention overlays, one column per encoder/task (Fig. 5)
 
-Paper values come from ``paper_values.csv`` (each with its source and a verbatim quote) and are always
-labelled as the paper's, with the paper's dataset named: on the synthetic cohort they are a reference
-point, not a target.
+Paper values (``report.paper``) are always labelled as the paper's, with the paper's dataset named: on the
+synthetic cohort they are a reference point, not a target.
 """
 from __future__ import annotations
 
@@ -27,18 +26,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
-from .paths import figures_root
+from ..io import atomic_path
+from ..paths import figures_root
+from .paper import PAPER_DATASET_NAMES
 
 __all__ = [
-    "PAPER_VALUES_PATH", "PAPER_DATASET_NAMES", "MODEL_COLOURS", "load_paper_values", "paper_values_for",
-    "save_figure", "save_figure_data", "metric_bars", "fewshot_curves", "band_lines", "embedding_scatter", "attention_grid",
+    "MODEL_COLOURS", "save_figure", "save_figure_data", "metric_bars", "fewshot_curves", "band_lines", "embedding_scatter", "attention_grid",
 ]
 
-PAPER_VALUES_PATH = Path(__file__).with_name("paper_values.csv")
-PAPER_DATASET_NAMES = {
-    "nyu_langone": "NYU Langone", "nyu_long_island": "NYU Long Island", "rsna": "RSNA", "cq500": "CQ500",
-}
 # One colour per model / protocol across all figures, so a reader learns them once.
 MODEL_COLOURS = {
     "scratch": "#8c8c8c", "finetune": "#1f77b4", "linear": "#ff7f0e", "attentive": "#2ca02c",
@@ -50,32 +45,7 @@ PAPER_MARKER = dict(marker="D", color="black", markersize=6, markerfacecolor="wh
                     linestyle="none", zorder=5)
 
 
-# --------------------------------------------------------------------------------------- paper values
-def load_paper_values(path: Path | str | None = None) -> pd.DataFrame:
-    """The paper-reported numbers with their source (figure, section, verbatim quote)."""
-    path = Path(path) if path else PAPER_VALUES_PATH
-    df = pd.read_csv(path, dtype={"k": "Int64"})
-    required = {"figure", "dataset", "task", "metric", "model", "relation", "value", "source"}
-    missing = required - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: paper values lack columns {sorted(missing)}")
-    bad = df[~df["relation"].isin(["=", ">", "<"])]
-    if not bad.empty:
-        raise ValueError(f"{path}: relation must be '=', '>' or '<' (row {bad.index[0] + 2})")
-    return df
-
-
-def paper_values_for(figure: str | None = None, dataset: str | None = None, metric: str | None = None,
-                     *, paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Rows of the paper's values matching the given figure / dataset / metric (None = any)."""
-    df = load_paper_values() if paper is None else paper
-    keep = pd.Series(True, index=df.index)
-    for column, wanted in (("figure", figure), ("dataset", dataset), ("metric", metric)):
-        if wanted is not None:
-            keep &= df[column] == wanted
-    return df[keep].reset_index(drop=True)
-
-
+# --------------------------------------------------------------------------------------- paper labels
 def _paper_label(row) -> str:
     name = PAPER_DATASET_NAMES.get(row["dataset"], row["dataset"])
     rel = "" if row["relation"] == "=" else f"{row['relation']} "

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .config import PROFILES
-from .data.manifest import is_available, read_manifest
-from .paths import cache_root, data_root, manifest_path, runs_root
+from ..config import PROFILES
+from ..data.manifest import is_available, read_manifest
+from ..paths import cache_root, data_root, manifest_path, runs_root
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -117,7 +117,7 @@ class PreprocessSpec:
 
 def paper_spec(profile="paper") -> PreprocessSpec:
     """The paper's chain at a profile's geometry (spacing, canvas, eval crop, input size; DESIGN §5)."""
-    from .config import get_profile
+    from ..config import get_profile
     p = get_profile(profile)
     return PreprocessSpec(name="paper", spacing=p.spacing_mm, canvas=p.canvas, eval_crop=p.eval_crop,
                           input_size=p.input_size, foreground_hu=HEAD_HU, dtype="int16")
@@ -125,10 +125,20 @@ def paper_spec(profile="paper") -> PreprocessSpec:
 
 def reference_spec(profile="paper") -> PreprocessSpec:
     """The authors' training chain (reference_code_facts §5.2): bbox of HU > 0, stretch to S³, float16."""
-    from .config import get_profile
+    from ..config import get_profile
     p = get_profile(profile)
     return PreprocessSpec(name="reference", spacing=p.spacing_mm, canvas=None, eval_crop=None,
                           input_size=p.input_size, foreground_hu=0.0, dtype="float16")
+
+
+PRESETS = {"paper": paper_spec, "reference": reference_spec}
+
+
+def preset_spec(preset: str, profile="paper") -> PreprocessSpec:
+    """The named preprocessing preset (``paper`` or ``reference``) at a profile's geometry."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preprocessing preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset](profile)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +189,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_dicom_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not any(p.is_file() for p in path.rglob("*")):
         raise PreprocessError(f"{path}: empty folder, no DICOM files to read")
-    from .data.dicom import read_dicom_series
+    from .dicom import read_dicom_series
     try:
         series = read_dicom_series(path)
     except PreprocessError:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import add_profile
+
 
 def _prevalence(text: str) -> dict:
     """``tumor=0.2,iph=0.1`` or a JSON object."""
@@ -20,7 +22,7 @@ def _prevalence(text: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="demo", help="toy | demo | paper: cohort sizes and phantom grid")
+    add_profile(parser)
     parser.add_argument("--root", type=Path, default=None, help="data root (default $FMCT_DATA or ./data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
@@ -34,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...config import get_profile
-    from . import generate_cohort
+    from ..config import get_profile
+    from ..data.synthetic import generate_cohort
 
     start = time.time()
     try:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{len(df)} scans ({df.groupby('site').size().to_dict()}) in {time.time() - start:.0f} s")
     if args.figure is not None:
-        from .figure import condition_figure
+        from ..data.synthetic.figure import condition_figure
         print("figure:", condition_figure(args.figure, step=get_profile(args.profile).synth_grid_mm,
                                           seed=args.seed))
     return 0

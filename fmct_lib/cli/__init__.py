@@ -1,0 +1,46 @@
+"""The ``fmct`` command line: thin subcommands over library calls (DESIGN §1).
+
+One file per subcommand in this folder, each with two functions, ``add_arguments(parser)`` and
+``run(args) -> int`` (the exit status); a new subcommand is one file plus one line in ``SUBCOMMANDS``.
+Arguments several subcommands share come from ``options`` with one default each. Modules are imported only
+when their subcommand runs, so ``fmct --help`` stays fast (no ``import monai`` or ``import umap`` at start-up).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("fmct_lib.cli.info", "show the profiles, the datasets in the manifest and which are available"),
+    "synth": ("fmct_lib.cli.synth", "generate the synthetic head-CT cohort under $FMCT_DATA/synthetic"),
+    "ingest": ("fmct_lib.cli.ingest", "ingest RSNA, CQ500 or a NIfTI folder into a scan table"),
+    "cache": ("fmct_lib.cli.cache", "preprocess a dataset into the model-ready cache"),
+    "pretrain": ("fmct_lib.cli.pretrain", "self-supervised pretraining (DINO or MAE); resumable; torchrun for many GPUs"),
+    "finetune": ("fmct_lib.cli.finetune", "fine-tune, probe, scratch and few-shot runs per task"),
+    "embed": ("fmct_lib.cli.embed", "export frozen-encoder embeddings as a table"),
+}
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    from .. import __version__
+    parser = argparse.ArgumentParser(prog="fmct", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fmct {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == load:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = build_parser(load=command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)

@@ -1,0 +1,46 @@
+"""Arguments several subcommands share, with one default each (so ``--profile`` means the same everywhere)."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import PROFILES
+
+DEFAULT_PROFILE = "demo"
+DEFAULT_DATASET = "synthetic"
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+                        help=f"geometry, model size and schedule (default: {DEFAULT_PROFILE})")
+
+
+def add_dataset(parser: argparse.ArgumentParser, help: str = "a dataset in the manifest") -> None:
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"{help} (default: {DEFAULT_DATASET})")
+
+
+def add_preset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="paper", choices=["paper", "reference"],
+                        help="preprocessing: the paper's chain (default) or the authors' training chain "
+                             "(for their released weights)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="default: this process's GPU if any, else cpu")
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a,b,,c"`` → ``["a", "b", "c"]``."""
+    return [t for t in text.split(",") if t]
+
+
+def parse_filter(items: list[str] | None) -> dict | None:
+    """``["site=internal", "manufacturer=A+B"]`` → ``{"site": "internal", "manufacturer": ["A", "B"]}``."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"filter {item!r} is not COLUMN=VALUE")
+        key, value = item.split("=", 1)
+        out[key] = value.split("+") if "+" in value else value
+    return out

@@ -1,0 +1,111 @@
+"""Model inputs for the downstream protocols: which rows of a scan table, and their cached inputs.
+
+``select_rows`` picks rows of a scan table by column values, split and known label. ``volume_source`` turns
+rows into a :class:`VolumeSource` over the preprocessing cache; it only reads the cache, which
+``fmct_lib.pipeline`` builds (a scan neither cached nor rejected stops with the ``fmct cache`` command).
+On the small profiles the inputs of a split are made once and held in memory for the next runs of the
+process (a sweep, a notebook), so a sweep of a hundred runs makes each split's inputs once.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from functools import partial
+
+import pandas as pd
+import torch
+
+from ..paths import StageMissing
+from .cache import CachedVolumes, cache_dir, read_index, read_rejects
+from .preprocess import model_input
+
+__all__ = ["VolumeSource", "ProtocolSkipped", "select_rows", "volume_source", "ACQUISITION_COLUMNS"]
+
+ACQUISITION_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]  # how a scan was acquired, where known
+IN_MEMORY_BYTES = 1 << 30  # model inputs of a run's split are held in memory up to this size (float32)
+HELD_BYTES = 2 << 30       # in-memory inputs kept for the next runs of this process (a sweep, a notebook)
+_HELD: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+
+class ProtocolSkipped(ValueError):
+    """A run that cannot be made from the data (e.g. fewer than K positives); sweeps record it and go on."""
+
+
+class VolumeSource:
+    """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
+    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``)."""
+
+    def __init__(self, data, to_input=None, num_workers: int = 0):
+        self.data, self.to_input, self.num_workers = data, to_input, num_workers
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, indices, batch_size: int):
+        """Yield input batches (float32) for ``indices`` in order."""
+        indices = [int(i) for i in indices]
+        if torch.is_tensor(self.data):
+            for s in range(0, len(indices), batch_size):
+                yield self._finish(self.data[indices[s:s + batch_size]])
+            return
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
+                                             shuffle=False, num_workers=self.num_workers)
+        for batch in loader:
+            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.to_input(x) if self.to_input else x).float()
+
+
+def select_rows(scans: pd.DataFrame, filt: dict | None, split: str | None, task: str | None,
+                where: str) -> pd.DataFrame:
+    """Rows matching ``filt`` (column → value or list of values) and ``split``, with a known ``task`` label.
+    ``where`` names the table in errors (``"synthetic train"``)."""
+    if task is not None and task not in scans.columns:
+        raise ProtocolSkipped(f"{where}: no label column {task!r}")
+    for column, value in (filt or {}).items():
+        if column not in scans.columns:
+            raise ValueError(f"{where}: filter column {column!r} is not in the scan table")
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        scans = scans[scans[column].astype(str).isin([str(v) for v in values])]
+    if split is not None:
+        scans = scans[scans["split"] == split]
+    return (scans[scans[task].notna()] if task is not None else scans).reset_index(drop=True)
+
+
+def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0):
+    """Cached model inputs for the rows of ``scans`` → ``(VolumeSource, rows)``.
+
+    Scans the cache rejected (its ``rejects.csv``) are left out with a warning; the rows returned say which
+    remain. A scan that is neither cached nor rejected raises ``StageMissing`` naming ``fmct cache``. Where
+    the inputs of all rows fit in ``IN_MEMORY_BYTES`` (toy and demo profiles) they are computed once and
+    held as one tensor (the inputs are deterministic: augmentation runs on the batch), else read per batch.
+    Such a tensor is kept for later calls with the same scans of the same cache build (up to
+    ``HELD_BYTES``, least recently used first out)."""
+    ids = scans["scan_id"].astype(str)
+    cached = set(read_index(dataset, spec)["scan_id"].astype(str)) if len(scans) else set()
+    if not ids.isin(cached).all():
+        rejected = set(read_rejects(dataset, spec)["scan_id"].astype(str))
+        unbuilt = sorted(set(ids) - cached - rejected)
+        if unbuilt:
+            raise StageMissing(
+                f"{len(unbuilt)} scan(s) of {dataset!r} are not in the {spec.name} cache ({spec.hash}), e.g. "
+                f"{unbuilt[:3]}. Build it with:\n    fmct cache --dataset {dataset} --preset {spec.name} "
+                f"--profile PROFILE")
+    kept = scans[ids.isin(cached)].reset_index(drop=True)
+    if len(kept) < len(scans):
+        warnings.warn(f"{dataset}: {len(scans) - len(kept)} scan(s) are not in the cache (rejected by "
+                      f"preprocessing, see rejects.csv) and are left out")
+    data = CachedVolumes(dataset, spec, scan_ids=list(kept["scan_id"]))
+    source = VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers)
+    if len(kept) * 4 * 3 * spec.input_size ** 3 <= IN_MEMORY_BYTES:  # small profiles: inputs made once
+        index = cache_dir(dataset, spec).resolve() / "index.csv"
+        stat = index.stat() if index.exists() else None
+        key = (str(index), stat and (stat.st_mtime_ns, stat.st_size), spec.hash, tuple(kept["scan_id"].astype(str)))
+        if key not in _HELD:
+            _HELD[key] = torch.cat(list(source.batches(range(len(kept)), 32)))
+            while len(_HELD) > 1 and sum(x.numel() * x.element_size() for x in _HELD.values()) > HELD_BYTES:
+                _HELD.popitem(last=False)
+        _HELD.move_to_end(key)
+        source = VolumeSource(_HELD[key])
+    return source, kept

@@ -1,0 +1,244 @@
+"""One downstream run: a protocol trained on one task and its predictions on the evaluation split.
+
+Training (``fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, linear warm-up
+over the first 10% of steps then cosine to 0 (per step), weight decay 0.01 and gradient clipping at 1.0 (the
+authors' CLI values; the paper does not give them), two-class softmax cross-entropy, at most
+``profile.finetune_epochs`` epochs on a class-balanced draw (with replacement) of ``profile.finetune_subset``
+scans per epoch — for few-shot too, drawn from its 2K scans (the paper: "the same hyperparameter settings";
+the authors' code instead passes the 2K scans once per epoch). Augmentation on the input batch as the authors'
+downstream code: flips with p = 0.1 per axis (never left-right for lateralised tasks) and an intensity offset
+in ±0.1 with p = 0.5. After every epoch the model is scored on the validation split; the epoch with the best
+validation AUROC is kept and evaluated (the authors' code does this; the paper says "a maximum of 10
+epochs"). Without a two-class validation set the last epoch is kept.
+
+External validation (Fig. 1f–g): ``train_filter``/``eval_filter`` select rows of the scan tables by column
+values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external"}`` trains on the internal
+site's training split and tests on the external site's test split; ``{"site": "external"}`` for both is
+in-domain fine-tuning on the external site. ``eval_dataset`` tests on another dataset.
+
+A run's identity is its signature (every setting it depends on); its directory name is made from it. Every
+run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
+train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
+(resume). A run on all training data keeps its classifier (``trained/`` beside the runs), and a run that differs
+from it only in what it is evaluated on loads it instead of training again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import get_profile
+from ..data.inputs import ProtocolSkipped, select_rows, volume_source
+from ..io import atomic_write_text
+from ..models.heads import Classifier
+from .fit import HParams, fewshot_draw
+from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
+
+__all__ = ["run_protocol", "default_run_name", "training_signature", "trained_model_path", "read_predictions"]
+
+EVAL_KEYS = ("eval_dataset", "eval_split", "eval_filter")
+
+
+def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = "finetune", encoder=None,
+                 profile="demo", train_scans: pd.DataFrame | None = None, eval_dataset: str | None = None,
+                 eval_split: str = "test", k_shot: int | None = None, seed: int = 0, run_dir=None,
+                 hparams: dict | None = None, train_filter: dict | None = None, eval_filter: dict | None = None,
+                 spec=None, device: str | None = None, progress: bool = True, run_root=None,
+                 num_workers: int = 0, return_model: bool = False):
+    """Train one protocol on one task and predict the evaluation split → the predictions table
+    (``(predictions, classifier)`` with ``return_model``; the classifier is None without a deep model).
+
+    ``protocol`` is a name in ``PROTOCOLS`` or ``"fewshot"`` (fine-tuning on a ``k_shot`` draw: K positives
+    and K negatives from the training split, the draw set by ``seed``). ``train_scans`` replaces the training
+    split (rows of a scan table). ``eval_filter`` defaults to ``train_filter`` when evaluating on the same
+    dataset. ``hparams`` overrides ``HParams`` fields. ``spec`` is the preprocessing (default
+    ``paper_spec(profile)``; ``reference_spec`` for the authors' weights); its cache must have been built
+    (``fmct_lib.pipeline``). The run directory is ``run_dir``, else
+    ``<run_root or runs/downstream>/<default_run_name(...)>``.
+    """
+    profile = get_profile(profile)
+    if protocol == "fewshot":
+        if not k_shot:
+            raise ValueError("protocol 'fewshot' needs k_shot")
+        protocol = "finetune"
+    proto = get_protocol(protocol)
+    if proto.needs_encoder and encoder is None:
+        raise ValueError(f"protocol {protocol!r} needs a pretrained encoder checkpoint (encoder=PATH)")
+    eval_dataset = eval_dataset or dataset
+    if eval_filter is None and eval_dataset == dataset:
+        eval_filter = train_filter
+    hp = HParams.from_profile(profile, **(hparams or {}))
+    if spec is None:
+        from ..data.preprocess import paper_spec
+        spec = paper_spec(profile)
+    if any(side in task for side in ("left", "right")):
+        hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != 0))  # axis 0 is left-right (RAS)
+    signature = {
+        "dataset": dataset, "task": task, "protocol": protocol,
+        "encoder": str(encoder) if encoder and proto.needs_encoder else None,
+        "profile": profile.name, "spec": spec.hash, "eval_dataset": eval_dataset, "eval_split": eval_split,
+        "k": k_shot, "scratch_grid": profile.scratch_grid if proto.scratch_grid else None,
+        "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
+        "train_scans": None if train_scans is None else hashlib.sha256(
+            ",".join(sorted(map(str, train_scans["scan_id"]))).encode()).hexdigest()[:12],
+    }
+    from ..paths import runs_root
+    run_root = Path(run_root or runs_root() / "downstream")
+    run_dir = Path(run_dir or run_root / default_run_name(signature))
+    model_file = trained_model_path(signature, run_root) if proto.head is not None and not k_shot else None
+    if (run_dir / "done").exists():
+        stored = json.loads((run_dir / "config.json").read_text())["signature"]
+        if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
+            raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
+        if not return_model:
+            return read_predictions(run_dir / "predictions.csv")
+        if proto.head is None or (model_file is not None and model_file.exists()):
+            model = None if proto.head is None else _load_trained(model_file, signature, proto, encoder, profile)[0]
+            return read_predictions(run_dir / "predictions.csv"), model
+        # a finished run whose classifier was not kept (K-shot, or older than kept classifiers): train it again
+
+    job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
+                                                       device, progress, num_workers)
+    torch.manual_seed(seed)
+    if model_file is not None and model_file.exists():
+        model, kept = _load_trained(model_file, signature, proto, encoder, profile)
+        trained = trained_classifier(model, job, kept["history"], kept["choice"], kept["scratch_grid"])
+    else:
+        trained = proto.train(job)
+    if model_file is not None and not model_file.exists():
+        _save_trained(model_file, trained.model, proto, {"signature": training_signature(signature),
+                                                         "history": trained.history, "choice": trained.choice,
+                                                         "scratch_grid": trained.grid})
+    predictions = pd.DataFrame({
+        "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
+        "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": trained.predict(test_source),
+        "label": test[task].to_numpy(int),
+        "dataset": dataset, "eval_dataset": eval_dataset, "train_filter": _filter_tag(train_filter),
+        "eval_filter": _filter_tag(eval_filter)})
+    config = {"signature": signature, "history": trained.history, "n_train": len(train), "n_val": len(val),
+              "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
+              else list(train["scan_id"].iloc[job.train_indices].astype(str)),
+              "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict()}
+    atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
+    atomic_write_text(run_dir / "done", "")
+    return (predictions, trained.model) if return_model else predictions
+
+
+def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, encoder, train_scans, device,
+                  progress: bool, num_workers: int):
+    """The run's rows (training, validation, evaluation) and their cached inputs, as a ``TrainingJob`` plus
+    the evaluation rows and their source."""
+    from ..data.manifest import load_scans
+    s = signature
+    dataset, task, eval_dataset = s["dataset"], s["task"], s["eval_dataset"]
+    table = load_scans(dataset)
+    train = (train_scans.reset_index(drop=True) if train_scans is not None
+             else select_rows(table, s["train_filter"], "train", task, f"{dataset} train"))
+    train = train[train[task].notna()].reset_index(drop=True)
+    val = select_rows(table, s["train_filter"], "val", task, f"{dataset} val")
+    test = select_rows(load_scans(eval_dataset) if eval_dataset != dataset else table, s["eval_filter"],
+                       s["eval_split"], task, f"{eval_dataset} {s['eval_split']}")
+    if test.empty:
+        raise ProtocolSkipped(f"no {s['eval_split']} scans with a {task!r} label in {eval_dataset} "
+                              f"{s['eval_filter'] or ''}")
+    train_source, train = volume_source(dataset, train, spec, num_workers)
+    test_source, test = volume_source(eval_dataset, test, spec, num_workers)
+    val_source, val = volume_source(dataset, val, spec, num_workers) if len(val) else (None, val)
+    train_indices = None
+    if s["k"]:
+        train_indices = fewshot_draw(train[task].to_numpy(), s["k"], np.random.default_rng(s["seed"]))
+    job = TrainingJob(profile=profile, hp=hp, seed=s["seed"], encoder=encoder, input_size=spec.input_size,
+                      train=train_source, train_labels=train[task].to_numpy(int), val=val_source,
+                      val_labels=val[task].to_numpy(int), train_indices=train_indices,
+                      device=device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=progress)
+    return job, train, val, test, test_source
+
+
+# ------------------------------------------------------------------------------------------ run identity
+def default_run_name(signature: dict, evaluation: bool = True) -> str:
+    """``<profile>/<encoder>/<train data>__<eval data>/<task>/<protocol>[-k<K>]/seed<seed>[-<hparams hash>]``
+    (without ``__<eval data>`` where ``evaluation`` is false: the name of the trained classifier)."""
+    s = signature
+    train = s["dataset"] + (f"[{_filter_tag(s['train_filter'])}]" if s["train_filter"] else "")
+    if s["train_scans"]:
+        train += f"[scans={s['train_scans']}]"
+    tested = s["eval_dataset"] + (f"[{_filter_tag(s['eval_filter'])}]" if s["eval_filter"] else "")
+    defaults = asdict(HParams.from_profile(s["profile"]))
+    tuned = {k: v for k, v in s["hparams"].items() if k != "flip_axes" and defaults.get(k) != v}
+    from ..data.preprocess import paper_spec
+    if s["spec"] != paper_spec(s["profile"]).hash:
+        tuned["spec"] = s["spec"]
+    if s.get("scratch_grid") and s["scratch_grid"] != get_profile(s["profile"]).scratch_grid:
+        tuned["scratch_grid"] = s["scratch_grid"]
+    suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
+    encoder = _encoder_tag(s["encoder"]) if get_protocol(s["protocol"]).needs_encoder else s["protocol"]
+    protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
+    data = f"{train}__{tested}-{s['eval_split']}" if evaluation else train
+    return f"{s['profile']}/{encoder}/{data}/{s['task']}/{protocol}/seed{s['seed']}{suffix}"
+
+
+def training_signature(signature: dict) -> dict:
+    """A run's signature without what it is evaluated on: runs with equal ones train the same classifier."""
+    return {k: v for k, v in signature.items() if k not in EVAL_KEYS}
+
+
+def _filter_tag(filt: dict | None) -> str:
+    return ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for k, v in sorted((filt or {}).items()))
+
+
+def _encoder_tag(encoder) -> str:
+    if encoder is None:
+        return "none"
+    p = Path(encoder)
+    return p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
+
+
+def _as_stored(signature: dict) -> dict:
+    """``signature`` as it reads back from JSON (tuples as lists), to compare with a stored one."""
+    return json.loads(json.dumps(signature))
+
+
+def _no_encoder(signature: dict) -> dict:
+    """Runs of encoder-free protocols stored before their signature dropped the (unused) encoder still match."""
+    return {"encoder": None} if not get_protocol(signature["protocol"]).needs_encoder else {}
+
+
+def read_predictions(path) -> pd.DataFrame:
+    """A run's ``predictions.csv`` with the dtypes ``run_protocol`` returns (k as nullable integer)."""
+    df = pd.read_csv(path, dtype={"scan_id": str, "k": "Int64", "train_filter": str, "eval_filter": str})
+    return df.fillna({"train_filter": "", "eval_filter": ""})
+
+
+# ------------------------------------------------------------------------------------ kept classifiers
+def trained_model_path(signature: dict, run_root) -> Path:
+    """``<run_root>/trained/<default_run_name without the evaluation>/model.safetensors``."""
+    return Path(run_root) / "trained" / default_run_name(signature, evaluation=False) / "model.safetensors"
+
+
+def _save_trained(path: Path, model: Classifier, proto: Protocol, config: dict) -> None:
+    """The classifier's weights (only the head's where the encoder was frozen: it is the pretrained one)."""
+    from ..models.checkpoints import save_checkpoint
+    save_checkpoint(path, model.head if proto.frozen else model, config)
+
+
+def _load_trained(path: Path, signature: dict, proto: Protocol, encoder, profile) -> tuple[Classifier, dict]:
+    """The classifier kept at ``path``, which must have been trained with ``signature``'s training part (as a
+    finished run directory must hold the run asked for: two encoders in folders of one name share a path)."""
+    from safetensors.torch import load_file
+
+    from ..models.checkpoints import read_checkpoint_config
+    kept = read_checkpoint_config(path)
+    if kept["signature"] != _as_stored(training_signature(signature)):
+        raise ValueError(f"{path} holds a classifier trained with other settings; move it away or choose another "
+                         f"run_root")
+    model = build_classifier(proto, encoder, profile)
+    (model.head if proto.frozen else model).load_state_dict(load_file(str(path)))
+    return model, kept

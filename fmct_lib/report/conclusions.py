@@ -1,0 +1,304 @@
+"""The notebooks' conclusions: each a function from a run's tables to the text the notebook prints.
+
+One function per notebook (``data_conclusion`` for 00_data … ``retrieval_conclusion`` for 08_retrieval), each
+setting this run's numbers beside the paper's claim (Zhu et al., Nat. Biomed. Eng. 2026) and saying plainly
+when the claim is not reproduced. Each returns its bullet points, one per line, each starting with "- ".
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..evaluate import paired_runs
+from .paper import PAPER_DATASET_NAMES, paper_values_for
+
+__all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "finetune_conclusion",
+           "transfer_conclusion", "fewshot_conclusion", "scaling_conclusion", "embeddings_conclusion",
+           "attention_conclusion", "retrieval_conclusion"]
+
+
+def describe_comparison(name_a: str, a: float, name_b: str, b: float, p_value: float | None = None,
+                        paper: str | None = None) -> str:
+    """One honest sentence: which of two numbers is higher, by how much (relative, as the paper reports
+    it), with the p-value, and what the paper found for the same comparison."""
+    if pd.isna(a) or pd.isna(b):
+        return f"{name_a} vs {name_b}: not measurable on this run (a metric is undefined)."
+    verb = "beats" if a > b else ("ties" if a == b else "does NOT beat")
+    text = f"{name_a} ({a:.3f}) {verb} {name_b} ({b:.3f})"
+    if b > 0:
+        text += f": {100.0 * (a - b) / b:+.1f}% relative"
+    if p_value is not None and not pd.isna(p_value):
+        text += f", paired permutation p = {p_value:.3g}"
+    text += "."
+    if paper:
+        text += f" Paper: {paper}."
+    return text
+
+
+def _bullets(lines: list[str]) -> str:
+    return "\n".join("- " + line for line in lines)
+
+
+def _macro_auroc(summary: pd.DataFrame) -> pd.Series:
+    """Macro-AUROC per model of a ``bootstrap_ci`` summary (columns task, metric, model, value)."""
+    return summary[(summary.task == "macro") & (summary.metric == "auroc")].set_index("model")["value"]
+
+
+def _macro_auroc_p(test: pd.DataFrame) -> float:
+    """The macro-AUROC p-value of a ``paired_permutation_test`` table."""
+    return test.query("task == 'macro' and metric == 'auroc'")["p_value"].item()
+
+
+# --------------------------------------------------------------------------------------- 00 · data
+def data_conclusion(scans: pd.DataFrame, prevalence: pd.DataFrame) -> str:
+    """00_data: the cohort's size, slice thickness and makes beside the paper's cohort (Methods, "Datasets":
+    361,663 pretraining scans, 270,205 labelled internal scans, 0.5–5 mm), and its most prevalent and rarest
+    task. ``prevalence`` has one row per site/split and one column per task; a scan whose ``site`` is
+    ``pretrain`` is unlabelled (no ``site`` column: all labelled)."""
+    internal = scans[scans.get("site", pd.Series("internal", index=scans.index)) != "pretrain"]
+    unlabelled = len(scans) - len(internal)
+    makes = ", ".join(f"{k} {v}" for k, v in scans["manufacturer"].value_counts().items())
+    return _bullets([
+        f"{len(scans)} scans, {scans['patient_id'].nunique()} patients; {unlabelled} unlabelled pretraining scans "
+        f"and {len(internal)} labelled scans (paper: 361,663 pretraining scans, 270,205 labelled internal scans).",
+        f"Slice thickness {scans['slice_thickness_mm'].min():.1f}–{scans['slice_thickness_mm'].max():.1f} mm "
+        f"(paper: 0.5–5 mm); makes: {makes}.",
+        f"Most prevalent task: {prevalence.mean().idxmax()} ({prevalence.mean().max():.1%}); rarest: "
+        f"{prevalence.mean().idxmin()} ({prevalence.mean().min():.1%}).",
+    ])
+
+
+# --------------------------------------------------------------------------------------- 01 · pretraining
+def pretrain_conclusion(metrics: pd.DataFrame, method: str, profile) -> str:
+    """01_pretrain: did the loss fall (first vs last 10% of the logged steps), and, for DINO, is the teacher
+    collapsed (Methods, "Self-supervised pretraining"): its output entropy against the uniform maximum
+    log(``profile.dino_out_dim``), and the KL of the batch-mean output to uniform."""
+    n = max(1, len(metrics) // 10)
+    first, last = metrics["loss"].head(n).mean(), metrics["loss"].tail(n).mean()
+    trend = "decreased" if last < first else "did NOT decrease"
+    lines = [f"{method.upper()} loss went from {first:.4g} (first 10% of steps) to {last:.4g} (last 10%): it {trend}."
+             + (" (DINO's loss is a cross-entropy against a moving, sharpening teacher: it rises while the teacher "
+                "temperature warms up, so the collapse signals below say more.)" if method == "dino" else "")]
+    if method == "dino" and "teacher_entropy" in metrics:
+        h, h_max = metrics["teacher_entropy"].tail(n).mean(), np.log(profile.dino_out_dim)
+        kl = metrics["kl_to_uniform"].tail(n).mean()
+        if h < 0.05 * h_max:
+            state = "COLLAPSED onto few prototypes (every scan gets a near one-hot output)" if kl > 0.5 * h_max else \
+                "sharp per-scan outputs spread over the prototypes: healthy"
+        elif h > 0.9 * h_max:
+            state = ("near-uniform teacher output for every scan: collapse to uniform, or a run too short to sharpen "
+                     "(the features may still carry little information)")
+        else:
+            state = "between one-hot and uniform, no sign of collapse"
+        lines.append(f"Teacher entropy {h:.3f} nats of a possible {h_max:.3f}, KL of the batch-mean output to uniform "
+                     f"{kl:.3g} (last 10% of steps): {state}.")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 02 · fine-tuning
+def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], runs: pd.DataFrame,
+                        predictions: pd.DataFrame, *, paper: pd.DataFrame, paper_name: str,
+                        protocols: list[str], profile) -> str:
+    """02_finetune (Fig. 1e): fine-tuned vs scratch macro-AUC beside the paper's (0.852 vs 0.734, +16.07%,
+    P < 0.001 on NYU Langone), fine-tuned vs the probes, every model vs the histogram reference, per-task wins,
+    the spread over training seeds and the training budget against the paper's.
+
+    ``summary``: ``bootstrap_ci`` rows with ``model``; ``tests``: {protocol: ``paired_permutation_test`` of
+    fine-tuned against it}; ``runs``: per model, seed and task (``macro`` included) ``auroc``;
+    ``predictions``: the sweep's table (``protocol``, ``seed``); ``paper``: the paper's Fig. 1e AUROCs for
+    ``paper_name``; ``protocols``: the order in which the seeds' values are listed."""
+    macro = _macro_auroc(summary)
+    paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
+    seeds = sorted(predictions["seed"].unique().tolist())
+    lines = []
+    if {"finetune", "scratch"} <= set(macro.index):
+        reported = paper_values_for("fig1e", paper_name, "relative_improvement_pct")["value"]
+        claim = (f"{paper_macro['finetune']:.3f} vs {paper_macro['scratch']:.3f} ({reported.item():+.2f}%, "
+                 f"P < 0.001) on {PAPER_DATASET_NAMES.get(paper_name, paper_name)}" if len(paper_macro) == 2 else None)
+        lines.append(describe_comparison("fine-tuned macro-AUC", macro["finetune"], "scratch", macro["scratch"],
+                                         _macro_auroc_p(tests["scratch"]), claim))
+    for probe in ("linear", "attentive"):
+        if probe in macro and "finetune" in macro:
+            lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe],
+                                             _macro_auroc_p(tests[probe]),
+                                             "probing comes close to full fine-tuning (Supp. Fig. 6/8)"))
+    if "histogram" in macro:
+        deep = [m for m in ("finetune", "scratch", "linear", "attentive") if m in macro]
+        lines.append("Reference without a deep model (window histograms + logistic regression): "
+                     f"{macro['histogram']:.3f}; "
+                     + ", ".join(f"{m} {'above' if macro[m] > macro['histogram'] else 'below'} it" for m in deep) + ".")
+    per_task = summary[(summary.metric == "auroc") & (summary.task != "macro")].pivot(index="task", columns="model",
+                                                                                      values="value")
+    if {"finetune", "scratch"} <= set(per_task.columns):
+        wins = int((per_task["finetune"] > per_task["scratch"]).sum())
+        lines.append(f"Fine-tuned beats scratch on {wins} of {len(per_task)} tasks (paper: all 10).")
+    if len(seeds) > 1:
+        spread = runs[runs.task == "macro"].pivot(index="seed", columns="model", values="auroc")
+        lines.append("Macro-AUC by training seed " + str(seeds) + ": " + "; ".join(
+            f"{m} " + " / ".join(f"{v:.3f}" for v in spread[m]) for m in protocols if m in spread)
+            + ". Values above are seed means; the CI and P resample the test scans, not the seeds.")
+        if {"finetune", "scratch"} <= set(spread.columns):
+            pairs = paired_runs(predictions[predictions.protocol == "finetune"],
+                                predictions[predictions.protocol == "scratch"], by=("task", "seed"))
+            lines.append(f"Run by run (same task and seed): fine-tuned above scratch in {int(pairs.a_wins.sum())} of "
+                         f"{len(pairs)}.")
+    lines.append(f"Every model trained {profile.finetune_epochs} epochs × {profile.finetune_subset} balanced draws = "
+                 f"{profile.finetune_steps} steps of batch {profile.finetune_batch_size} "
+                 "(paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps).")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 03 · transfer
+def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], *, paper: pd.DataFrame,
+                        paper_name: str, target_rows: pd.DataFrame) -> str:
+    """03_transfer (Fig. 1e bottom rows, Fig. 1f–g): in-domain fine-tuned against in-domain scratch (paper, NYU
+    Long Island: 0.904 vs 0.748) and against external validation (the transferred model), the histogram
+    reference, and the size of the target's training split beside the paper's.
+
+    ``summary`` has the models ``in-domain fine-tuned``, ``in-domain scratch``, ``external validation`` and
+    ``in-domain histogram``; ``tests``: {model: ``paired_permutation_test`` of in-domain fine-tuned against
+    it}; ``paper``: the paper's AUROCs for ``paper_name`` with its models renamed to ours;
+    ``target_rows``: the target's scans (column ``split``)."""
+    macro = _macro_auroc(summary)
+    paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
+    claim = (f"{paper_macro['in-domain fine-tuned']:.3f} vs {paper_macro['in-domain scratch']:.3f} on "
+             f"{PAPER_DATASET_NAMES.get(paper_name, paper_name)}"
+             if {"in-domain fine-tuned", "in-domain scratch"} <= set(paper_macro.index) else None)
+    lines = [
+        describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "in-domain scratch",
+                            macro["in-domain scratch"], _macro_auroc_p(tests["in-domain scratch"]), claim),
+        describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "external validation",
+                            macro["external validation"], _macro_auroc_p(tests["external validation"]),
+                            "in-domain fine-tuning helps where the target has enough labels (NYU Long Island, "
+                            "RSNA); the transferred model is better on small CQ500"),
+        f"Reference without a deep model (in-domain window histograms + logistic regression): "
+        f"{macro['in-domain histogram']:.3f}; in-domain fine-tuned "
+        f"{'above' if macro['in-domain fine-tuned'] > macro['in-domain histogram'] else 'below'} it.",
+        f"The target's training split has {int((target_rows['split'] == 'train').sum())} scans "
+        "(paper: CQ500 1,120; RSNA ~8,000).",
+    ]
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 04 · few-shot
+def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd.DataFrame, profile) -> str:
+    """04_fewshot (Fig. 2): pretrained against scratch at each K, the histogram reference on the same draws,
+    and the largest K against all data (paper: K = 256 comes close to full-data fine-tuning).
+
+    ``curves``: few-shot means (task, metric, model, int ``k``, ``value``); ``full``: the all-data runs (task,
+    metric, model, value); ``predictions``: every run's predictions (``model``, ``k`` empty for all data)."""
+    macro = curves[(curves.task == "macro") & (curves.metric == "auroc")].pivot(index="k", columns="model",
+                                                                                 values="value")
+    star = full[(full.task == "macro") & (full.metric == "auroc")].set_index("model")["value"]
+    lines = []
+    if "scratch" in macro:
+        low = macro.index.min()
+        wins = [k for k in macro.index if macro.loc[k, "pretrained"] > macro.loc[k, "scratch"]]
+        lines.append(describe_comparison(f"pretrained at K={low}", macro.loc[low, "pretrained"],
+                                         f"scratch at K={low}", macro.loc[low, "scratch"]))
+        lines.append(f"Pretrained beats scratch in macro-AUROC at K = {wins or 'none'} of {list(macro.index)}.")
+        pairs = paired_runs(predictions[predictions.model == "pretrained"], predictions[predictions.model == "scratch"])
+        pairs = pairs[pairs.k != "all"]
+        lines.append(f"Run by run (same task, K and draw): pretrained above scratch in {int(pairs.a_wins.sum())} of "
+                     f"{len(pairs)} few-shot runs; they share one test set, so this describes, it does not test.")
+    if "histogram" in macro:
+        ref = ", ".join(f"K={k} {macro.loc[k, 'histogram']:.3f}" for k in macro.index)
+        lines.append(f"Reference without a deep model (window histograms + logistic regression, same draws): {ref}; "
+                     f"all data {star['histogram']:.3f}.")
+        deep = [m for m in ("pretrained", "scratch") if m in macro]
+        below = [f"{m} at K={k}" for m in deep for k in macro.index if macro.loc[k, m] < macro.loc[k, "histogram"]]
+        below += [f"{m} on all data" for m in deep if m in star and star[m] < star["histogram"]]
+        lines.append(f"Below that reference: {', '.join(below) or 'none'}.")
+    top = macro.index.max()
+    if "pretrained" in star:
+        lines.append(f"Pretrained at K={top}: {macro.loc[top, 'pretrained']:.3f} vs all data {star['pretrained']:.3f} "
+                     f"({macro.loc[top, 'pretrained'] / star['pretrained']:.1%} of it). Paper: K=256 comes close to "
+                     "full-data fine-tuning.")
+    lines.append(f"Every model trained {profile.finetune_epochs} epochs × {profile.finetune_subset} balanced draws = "
+                 f"{profile.finetune_steps} steps (K-shot runs draw them from their 2K scans), as the paper trains "
+                 "few-shot \"with the same hyperparameter settings\".")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 05 · scaling
+def scaling_conclusion(macro: pd.DataFrame) -> str:
+    """05_scaling (Fig. 4): per evaluation and method, does macro-AUROC grow with the pretraining fraction, and
+    is DINO above MAE at each fraction (paper: both grow, DINO above MAE throughout). ``macro``: the macro
+    rows of the summary (evaluation, method, fraction, metric, value)."""
+    lines = []
+    auc = macro[macro.metric == "auroc"]
+    for evaluation, g in auc.groupby("evaluation"):
+        table = g.pivot(index="fraction", columns="method", values="value")
+        for method in table.columns:
+            v = table[method]
+            trend = ("grows monotonically" if v.is_monotonic_increasing and v.iloc[-1] > v.iloc[0]
+                     else "does NOT grow monotonically")
+            lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "
+                         f"{', '.join(f'{f:.0%}' for f in table.index)}: it {trend} with pretraining data.")
+        if {"dino", "mae"} <= set(table.columns):
+            above = int((table["dino"] > table["mae"]).sum())
+            lines.append(f"{evaluation}: DINO above MAE at {above} of {len(table)} fractions "
+                         "(paper: DINO above MAE throughout).")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 06 · embeddings
+def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance: float, macro: pd.DataFrame) -> str:
+    """06_embeddings (Supp. Figs. 10–13): how well the scanner and the slice-thickness bin are predicted from the
+    frozen embedding (``accuracy``, ``thick_accuracy``: the folds' accuracies) against chance (paper: separable
+    by both), and the spread of fine-tuned macro-AUROC over protocol groups (``macro``: one ``value`` per
+    group; paper: comparable performance)."""
+    spread = macro["value"].max() - macro["value"].min()
+    return _bullets([
+        f"Scanner is predictable from the frozen embedding with {accuracy.mean():.1%} accuracy (chance {chance:.1%}); "
+        f"thickness bin with {thick_accuracy.mean():.1%} (chance {thick_chance:.1%}). Paper: embeddings are separable "
+        "by manufacturer and slice thickness. " + ("Same here." if accuracy.mean() > chance + 0.05 else
+                                                    "NOT reproduced here: the scanner is not separable."),
+        f"Fine-tuned macro-AUROC across protocol groups ranges {macro['value'].min():.3f}–{macro['value'].max():.3f} "
+        f"(spread {spread:.3f}). Paper: comparable performance across scanner protocols.",
+    ])
+
+
+# --------------------------------------------------------------------------------------- 07 · attention
+def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict) -> str:
+    """07_attention (Fig. 5): per task and encoder, the attention share on the lesion against the lesion's
+    share of the volume (``interpret.summarize_lesion_attention``; empty when no lesions were measured),
+    for how many tasks the fine-tuned encoders beat chance in most scans (paper: "attends to correct disease
+    locations in the majority of cases"), and each encoder's last-layer attention distance (Eq. 1;
+    ``distance``: {encoder: per-layer mean distance in mm})."""
+    lines = []
+    for _, r in lesion_summary.iterrows():
+        lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the attention on lesions that fill "
+                     f"{r['volume_share']:.1%} of the volume (median enrichment {r['median_enrichment']:.2f}×; above "
+                     f"chance in {r['frac_above_chance']:.0%} of {r['n_scans']} scans"
+                     + (f"; vs pretrained p = {r['p_vs_reference']:.3g}" if pd.notna(r["p_vs_reference"]) else "")
+                     + ").")
+    if len(lesion_summary):
+        ft = lesion_summary[lesion_summary.model == "fine-tuned"]
+        good = int((ft["frac_above_chance"] > 0.5).sum())
+        lines.append(f"Fine-tuned encoders put more attention on the lesion than chance in most scans for {good} of "
+                     f"{len(ft)} tasks (paper, qualitatively: 'attends to correct disease locations in the majority "
+                     "of cases').")
+    far = {n: d[-1] for n, d in distance.items()}
+    lines.append("Mean attention distance in the last layer: " + ", ".join(f"{n} {v:.0f} mm" for n, v in far.items())
+                 + ".")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 08 · retrieval
+def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str]) -> str:
+    """08_retrieval (Fig. 3): mean mAP over ``subtypes`` per encoder against a random ranking (about the
+    prevalence in ``gallery``, the scans searched) and against the random-init encoder; the paper's comparison
+    with other CT foundation models (+9.99% mAP over Google CT on CQ500, +2.21% on RSNA) cannot run here.
+    ``summary``: ``retrieval_summary`` rows with ``model`` (``random init`` among them)."""
+    mean_map = summary[(summary.metric == "map") & (summary.subtype == "mean")].set_index("model")["value"]
+    prevalence = {s: (gallery[s] == 1).mean() for s in subtypes}
+    lines = ["Mean mAP over subtypes: " + ", ".join(f"{m} {v:.3f}" for m, v in mean_map.items())
+             + f" (a random ranking scores about the prevalence: {sum(prevalence.values()) / len(prevalence):.3f} "
+             "on average)."]
+    for name in mean_map.index:
+        if name != "random init":
+            lines.append(describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"]))
+    lines.append("Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP over "
+                 "Google CT on CQ500, +2.21% on RSNA); those models are not available here.")
+    return _bullets(lines)

@@ -1,0 +1,31 @@
+"""Where a notebook's figure goes and which of the paper's cohorts it is drawn beside.
+
+The committed gallery (``figures/``) holds the synthetic cohort at the ``demo`` profile; a run on other data
+or at another size writes figures of its own name, so it never overwrites the gallery.
+"""
+from __future__ import annotations
+
+from ..config import PROFILES, Profile, get_profile
+
+__all__ = ["figure_name", "paper_dataset"]
+
+# Which of the paper's cohorts a site of ours stands in for, when drawing the paper's values beside ours.
+# The synthetic internal site plays NYU Langone (pretraining institution, fine-tuning, held-out test) and the
+# external site NYU Long Island (another hospital: external validation and in-domain fine-tuning).
+_PAPER_COUNTERPART = {("synthetic", "internal"): "nyu_langone", ("synthetic", "external"): "nyu_long_island"}
+
+
+def paper_dataset(dataset: str, site: str | None = None) -> str:
+    """The paper's cohort that ``dataset`` (and ``site``) corresponds to, for drawing the paper's values."""
+    return _PAPER_COUNTERPART.get((dataset, site), dataset)
+
+
+def figure_name(base: str, dataset: str, profile: str | Profile) -> str:
+    """``base`` for the committed gallery (synthetic cohort, ``demo`` profile), else ``base__<dataset>_<profile>``,
+    so a run on other data or at another size never overwrites the gallery's figures; a profile whose
+    fine-tuning epochs differ from its namesake's adds ``_<epochs>ep`` to ``base``."""
+    p = get_profile(profile)
+    named = PROFILES.get(p.name)
+    if named is not None and p.finetune_epochs != named.finetune_epochs:
+        base = f"{base}_{p.finetune_epochs}ep"
+    return base if (dataset, p.name) == ("synthetic", "demo") else f"{base}__{dataset}_{p.name}"

@@ -1,0 +1,471 @@
+"""The notebooks' conclusions (fmct_lib.report.conclusions): the exact sentences for hand-made tables.
+
+Every expected number is worked out by hand in a comment next to it; each function is tested where the
+paper's claim holds, where it does not, and on the edge cases it handles (missing models, NaN metrics).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmct_lib.config import get_profile
+from fmct_lib.report import conclusions, paper
+
+NAN = float("nan")
+# The paper's schedule: 10 epochs × 5,000 draws of batch 16 = 10 × ceil(5000 / 16) = 10 × 313 = 3,130 steps.
+PAPER_PROFILE = get_profile("paper")
+BUDGET_02 = ("- Every model trained 10 epochs × 5000 balanced draws = 3130 steps of batch 16 "
+             "(paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps).")
+
+
+def _summary(values: dict[str, dict[str, float]], metric: str = "auroc") -> pd.DataFrame:
+    """A ``bootstrap_ci``-like summary: {model: {task: value}} → rows (task, metric, model, value), plus an
+    AP row per model that a conclusion about AUROC must ignore."""
+    rows = [{"task": t, "metric": metric, "model": m, "value": v}
+            for m, tasks in values.items() for t, v in tasks.items()]
+    rows += [{"task": "macro", "metric": "ap", "model": m, "value": 0.01} for m in values]
+    return pd.DataFrame(rows)
+
+
+def _test_table(p: float) -> pd.DataFrame:
+    """A ``paired_permutation_test``-like table whose macro-AUROC p-value is ``p``."""
+    return pd.DataFrame({"task": ["ich", "macro", "macro"], "metric": ["auroc", "ap", "auroc"],
+                         "p_value": [0.9, 0.9, p]})
+
+
+def _predictions(runs: dict[tuple, list[float]], key: str) -> pd.DataFrame:
+    """Predictions on four scans labelled 0, 0, 1, 1 per (``key`` value, task, seed, k). AUROC by hand, the
+    share of (positive, negative) pairs ranked right: [.1, .2, .8, .9] → 4 of 4 = 1.0; [.9, .8, .2, .1] → 0.0;
+    [.1, .9, .8, .2] → 2 of 4 = 0.5 (0.8 and 0.2 are above 0.1, neither above 0.9)."""
+    frames = [pd.DataFrame({key: model, "task": task, "seed": seed, "k": pd.array([k] * 4, dtype="Int64"),
+                            "scan_id": ["a", "b", "c", "d"], "label": [0, 0, 1, 1], "probability": probs})
+              for (model, task, seed, k), probs in runs.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+PERFECT, INVERSE, HALF = [0.1, 0.2, 0.8, 0.9], [0.9, 0.8, 0.2, 0.1], [0.1, 0.9, 0.8, 0.2]
+
+
+# --------------------------------------------------------------------------------------- the sentence
+def test_describe_comparison_says_plainly_when_the_paper_is_not_reproduced():
+    # (0.8 - 0.64) / 0.64 = +25.0 %
+    assert conclusions.describe_comparison("ft", 0.8, "scratch", 0.64, 0.01, "0.852 vs 0.734") == (
+        "ft (0.800) beats scratch (0.640): +25.0% relative, paired permutation p = 0.01. Paper: 0.852 vs 0.734.")
+    # (0.6 - 0.7) / 0.7 = -14.29 %
+    assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.7) == (
+        "ft (0.600) does NOT beat scratch (0.700): -14.3% relative.")
+    assert conclusions.describe_comparison("ft", 0.7, "scratch", 0.7, NAN) == (
+        "ft (0.700) ties scratch (0.700): +0.0% relative.")  # a NaN p-value is left out
+    assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.0) == "ft (0.600) beats scratch (0.000)."
+    assert conclusions.describe_comparison("ft", NAN, "scratch", 0.7) == (
+        "ft vs scratch: not measurable on this run (a metric is undefined).")
+
+
+# --------------------------------------------------------------------------------------- 00 · data
+def _scans(with_site: bool = True) -> pd.DataFrame:
+    scans = pd.DataFrame({"scan_id": list("abcdef"), "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5"],
+                          "slice_thickness_mm": [0.5, 1.25, 2.0, 3.0, 5.0, 4.94],
+                          "manufacturer": ["GE", "Siemens", "GE", "Philips", "GE", "Siemens"]})
+    if with_site:
+        scans["site"] = ["pretrain", "pretrain", "internal", "internal", "external", "external"]
+    return scans
+
+
+# two site/split rows: ich 0.5 and 0.25 (mean 37.5 %), sdh 0.1 and 0.0 (mean 5.0 %)
+PREVALENCE = pd.DataFrame({"ich": [0.5, 0.25], "sdh": [0.1, 0.0]},
+                          index=pd.MultiIndex.from_tuples([("internal", "test"), ("external", "test")]))
+
+
+def test_data_conclusion_counts_the_cohort_and_names_the_extreme_tasks():
+    # 6 scans of 5 patients (p1 twice); 2 on the pretrain site; thickness 0.5–5.0; GE 3, Siemens 2, Philips 1
+    assert conclusions.data_conclusion(_scans(), PREVALENCE) == (
+        "- 6 scans, 5 patients; 2 unlabelled pretraining scans and 4 labelled scans (paper: 361,663 pretraining "
+        "scans, 270,205 labelled internal scans).\n"
+        "- Slice thickness 0.5–5.0 mm (paper: 0.5–5 mm); makes: GE 3, Siemens 2, Philips 1.\n"
+        "- Most prevalent task: ich (37.5%); rarest: sdh (5.0%).")
+
+
+def test_data_conclusion_without_sites_counts_every_scan_as_labelled():
+    first = conclusions.data_conclusion(_scans(with_site=False), PREVALENCE).splitlines()[0]
+    assert first.startswith("- 6 scans, 5 patients; 0 unlabelled pretraining scans and 6 labelled scans ")
+
+
+# --------------------------------------------------------------------------------------- 01 · pretraining
+# 100 prototypes: the uniform output's entropy is ln 100 = 4.605 nats; collapse below 5 % of it (0.230),
+# uniform above 90 % (4.145); one-hot collapse when the KL to uniform is above half of it (2.303).
+TINY = PAPER_PROFILE.replace(dino_out_dim=100)
+LOSS_DOWN = [5.0, 4.0, 3.0, 3.0, 2.0, 2.0, 2.0, 1.5, 1.5, 1.25]  # 10 steps: "10 %" is the first and the last step
+
+
+def _pretrain_metrics(loss, entropy=None, kl=None) -> pd.DataFrame:
+    metrics = pd.DataFrame({"step": range(len(loss)), "loss": loss})
+    if entropy is not None:
+        metrics["teacher_entropy"], metrics["kl_to_uniform"] = entropy, kl
+    return metrics
+
+
+DINO_NOTE = (" (DINO's loss is a cross-entropy against a moving, sharpening teacher: it rises while the teacher "
+             "temperature warms up, so the collapse signals below say more.)")
+
+
+def test_pretrain_conclusion_says_whether_the_loss_fell():
+    assert conclusions.pretrain_conclusion(_pretrain_metrics(LOSS_DOWN), "mae", TINY) == (
+        "- MAE loss went from 5 (first 10% of steps) to 1.25 (last 10%): it decreased.")
+    assert conclusions.pretrain_conclusion(_pretrain_metrics(LOSS_DOWN[::-1]), "mae", TINY) == (
+        "- MAE loss went from 1.25 (first 10% of steps) to 5 (last 10%): it did NOT decrease.")
+    # 15 steps: 10 % is one step (15 // 10); 5 steps: still at least one
+    assert "from 2 (first 10% of steps) to 3 (last 10%)" in conclusions.pretrain_conclusion(
+        _pretrain_metrics([2.0] + [9.0] * 13 + [3.0]), "mae", TINY)
+    assert "from 4 (first 10% of steps) to 1 (last 10%)" in conclusions.pretrain_conclusion(
+        _pretrain_metrics([4.0, 9.0, 9.0, 9.0, 1.0]), "mae", TINY)
+    # 20 steps: the first and last two, (6 + 4) / 2 = 5 and (2 + 1) / 2 = 1.5
+    assert "from 5 (first 10% of steps) to 1.5 (last 10%)" in conclusions.pretrain_conclusion(
+        _pretrain_metrics([6.0, 4.0] + [9.0] * 16 + [2.0, 1.0]), "mae", TINY)
+
+
+@pytest.mark.parametrize("entropy, kl, signals", [
+    (0.1, 3.0, "0.100 nats of a possible 4.605, KL of the batch-mean output to uniform 3 (last 10% of steps): "
+               "COLLAPSED onto few prototypes (every scan gets a near one-hot output)"),  # 0.1 < 0.230, 3 > 2.303
+    (0.1, 1.0, "0.100 nats of a possible 4.605, KL of the batch-mean output to uniform 1 (last 10% of steps): "
+               "sharp per-scan outputs spread over the prototypes: healthy"),            # 1 < 2.303
+    (4.3, 0.0123, "4.300 nats of a possible 4.605, KL of the batch-mean output to uniform 0.0123 (last 10% of "
+                  "steps): near-uniform teacher output for every scan: collapse to uniform, or a run too short "
+                  "to sharpen (the features may still carry little information)"),      # 4.3 > 4.145
+    (2.0, 0.5, "2.000 nats of a possible 4.605, KL of the batch-mean output to uniform 0.5 (last 10% of steps): "
+               "between one-hot and uniform, no sign of collapse"),
+])
+def test_pretrain_conclusion_reads_dinos_collapse_signals(entropy, kl, signals):
+    # the last step's entropy and KL (10 steps); the early steps would read otherwise
+    metrics = _pretrain_metrics(LOSS_DOWN, [9.0] * 9 + [entropy], [9.0] * 9 + [kl])
+    assert conclusions.pretrain_conclusion(metrics, "dino", TINY) == (
+        "- DINO loss went from 5 (first 10% of steps) to 1.25 (last 10%): it decreased." + DINO_NOTE + "\n"
+        "- Teacher entropy " + signals + ".")
+
+
+def test_pretrain_conclusion_without_collapse_signals_reports_the_loss_only():
+    assert conclusions.pretrain_conclusion(_pretrain_metrics(LOSS_DOWN), "dino", TINY) == (
+        "- DINO loss went from 5 (first 10% of steps) to 1.25 (last 10%): it decreased." + DINO_NOTE)
+
+
+# --------------------------------------------------------------------------------------- 02 · fine-tuning
+FIG1E_LANGONE = paper.paper_values_for("fig1e", "nyu_langone", "auroc")  # 0.852 vs 0.734, +16.07 %
+
+
+def _finetune(summary, tests, runs=None, predictions=None, paper_rows=FIG1E_LANGONE, paper_name="nyu_langone",
+              protocols=("scratch", "finetune", "linear", "attentive", "histogram")):
+    predictions = pd.DataFrame({"protocol": ["finetune"], "seed": [0]}) if predictions is None else predictions
+    return conclusions.finetune_conclusion(summary, tests, runs, predictions, paper=paper_rows, paper_name=paper_name,
+                                           protocols=list(protocols), profile=PAPER_PROFILE)
+
+
+def test_finetune_conclusion_when_fine_tuning_beats_scratch():
+    summary = _summary({"finetune": {"ich": 0.9, "sdh": 0.7, "macro": 0.8},
+                        "scratch": {"ich": 0.7, "sdh": 0.8, "macro": 0.75},
+                        "linear": {"ich": 0.85, "sdh": 0.85, "macro": 0.85},
+                        "histogram": {"ich": 0.78, "sdh": 0.78, "macro": 0.78}})
+    tests = {"scratch": _test_table(0.012), "linear": _test_table(0.5), "histogram": _test_table(0.3)}
+    assert _finetune(summary, tests) == "\n".join([
+        # (0.8 - 0.75) / 0.75 = +6.67 %
+        "- fine-tuned macro-AUC (0.800) beats scratch (0.750): +6.7% relative, paired permutation p = 0.012. "
+        "Paper: 0.852 vs 0.734 (+16.07%, P < 0.001) on NYU Langone.",
+        # (0.8 - 0.85) / 0.85 = -5.88 %; no attentive probe in this run: no sentence about it
+        "- fine-tuned (0.800) does NOT beat linear probe (0.850): -5.9% relative, paired permutation p = 0.5. "
+        "Paper: probing comes close to full fine-tuning (Supp. Fig. 6/8).",
+        "- Reference without a deep model (window histograms + logistic regression): 0.780; finetune above it, "
+        "scratch below it, linear above it.",
+        "- Fine-tuned beats scratch on 1 of 2 tasks (paper: all 10).",  # ich 0.9 > 0.7; sdh 0.7 < 0.8
+        BUDGET_02,  # one training seed: no sentence about seeds
+    ])
+
+
+def test_finetune_conclusion_when_scratch_wins_with_several_seeds():
+    summary = _summary({"finetune": {"ich": 0.6, "sdh": 0.8, "macro": 0.7},
+                        "scratch": {"ich": 0.7, "sdh": 0.8, "macro": 0.75}})
+    # per task and seed, AUROC fine-tuned vs scratch: ich s0 1.0 vs 0.0, ich s1 0.5 vs 1.0, sdh s0 and s1 1.0 vs 0.5:
+    # fine-tuned strictly above in 3 of 4 runs
+    predictions = _predictions({("finetune", "ich", 0, None): PERFECT, ("finetune", "ich", 1, None): HALF,
+                                ("finetune", "sdh", 0, None): PERFECT, ("finetune", "sdh", 1, None): PERFECT,
+                                ("scratch", "ich", 0, None): INVERSE, ("scratch", "ich", 1, None): PERFECT,
+                                ("scratch", "sdh", 0, None): HALF, ("scratch", "sdh", 1, None): HALF}, "protocol")
+    # the macro of each seed: fine-tuned (1 + 1) / 2 = 1.0 and (0.5 + 1) / 2 = 0.75, scratch 0.25 and 0.75
+    runs = pd.DataFrame({"model": ["finetune", "finetune", "scratch", "scratch", "scratch"],
+                         "seed": [0, 1, 0, 1, 0], "task": ["macro", "macro", "macro", "macro", "ich"],
+                         "auroc": [1.0, 0.75, 0.25, 0.75, 0.0]})
+    text = _finetune(summary, {"scratch": _test_table(0.2)}, runs, predictions, protocols=["scratch", "finetune"])
+    assert text == "\n".join([
+        # (0.7 - 0.75) / 0.75 = -6.67 %
+        "- fine-tuned macro-AUC (0.700) does NOT beat scratch (0.750): -6.7% relative, paired permutation p = 0.2. "
+        "Paper: 0.852 vs 0.734 (+16.07%, P < 0.001) on NYU Langone.",
+        "- Fine-tuned beats scratch on 0 of 2 tasks (paper: all 10).",  # ich 0.6 < 0.7, sdh a tie
+        "- Macro-AUC by training seed [0, 1]: scratch 0.250 / 0.750; finetune 1.000 / 0.750. Values above are seed "
+        "means; the CI and P resample the test scans, not the seeds.",
+        "- Run by run (same task and seed): fine-tuned above scratch in 3 of 4.",
+        BUDGET_02,
+    ])
+
+
+def test_finetune_conclusion_edge_cases():
+    # another cohort than the paper's (no paper values): no "Paper:" clause; (0.9 - 0.8) / 0.8 = +12.5 %
+    summary = _summary({"finetune": {"macro": 0.9}, "scratch": {"macro": 0.8}})
+    no_paper = dict(paper_rows=FIG1E_LANGONE.iloc[:0], paper_name="synthetic")
+    assert _finetune(summary, {"scratch": _test_table(0.001)}, **no_paper).splitlines() == [
+        "- fine-tuned macro-AUC (0.900) beats scratch (0.800): +12.5% relative, paired permutation p = 0.001.",
+        BUDGET_02]
+    # an undefined macro-AUC (NaN): not measurable, and NaN never counts as a win
+    summary = _summary({"finetune": {"ich": 0.9, "macro": 0.9}, "scratch": {"ich": NAN, "macro": NAN}})
+    assert _finetune(summary, {"scratch": _test_table(NAN)}, **no_paper).splitlines() == [
+        "- fine-tuned macro-AUC vs scratch: not measurable on this run (a metric is undefined).",
+        "- Fine-tuned beats scratch on 0 of 1 tasks (paper: all 10).",
+        BUDGET_02]
+    # the paper's RSNA numbers are named as RSNA's: 0.923 vs 0.824, +12.01 %
+    rsna = paper.paper_values_for("fig1e", "rsna", "auroc")
+    summary = _summary({"finetune": {"macro": 0.9}, "scratch": {"macro": 0.8}})
+    assert _finetune(summary, {"scratch": _test_table(0.001)}, paper_rows=rsna, paper_name="rsna").splitlines()[0] == (
+        "- fine-tuned macro-AUC (0.900) beats scratch (0.800): +12.5% relative, paired permutation p = 0.001. "
+        "Paper: 0.923 vs 0.824 (+12.01%, P < 0.001) on RSNA.")
+    # only the fine-tuned model (no scratch, probes or histogram): the training budget alone
+    assert _finetune(_summary({"finetune": {"ich": 0.9, "macro": 0.9}}), {}, protocols=["finetune"]) == BUDGET_02
+
+
+# --------------------------------------------------------------------------------------- 03 · transfer
+def _transfer_paper(paper_name: str) -> pd.DataFrame:
+    rows = paper.paper_values_for(None, paper_name, "auroc")
+    return rows.assign(model=rows["model"].map({"finetune": "in-domain fine-tuned", "scratch": "in-domain scratch"}))
+
+
+TARGET_ROWS = pd.DataFrame({"split": ["train", "val", "train", "test", "train"]})  # 3 training scans
+TRANSFER_TESTS = {"in-domain scratch": _test_table(0.001), "external validation": _test_table(0.2)}
+EXTERNAL_CLAIM = ("Paper: in-domain fine-tuning helps where the target has enough labels (NYU Long Island, RSNA); "
+                  "the transferred model is better on small CQ500.")
+
+
+def test_transfer_conclusion_when_in_domain_fine_tuning_wins():
+    summary = _summary({"in-domain fine-tuned": {"macro": 0.9}, "in-domain scratch": {"macro": 0.8},
+                        "external validation": {"macro": 0.85}, "in-domain histogram": {"macro": 0.6}})
+    text = conclusions.transfer_conclusion(summary, TRANSFER_TESTS, paper=_transfer_paper("nyu_long_island"),
+                                           paper_name="nyu_long_island", target_rows=TARGET_ROWS)
+    assert text == "\n".join([
+        # (0.9 - 0.8) / 0.8 = +12.5 %; the paper's NYU Long Island: 0.904 vs 0.748
+        "- in-domain fine-tuned (0.900) beats in-domain scratch (0.800): +12.5% relative, paired permutation "
+        "p = 0.001. Paper: 0.904 vs 0.748 on NYU Long Island.",
+        # (0.9 - 0.85) / 0.85 = +5.88 %
+        "- in-domain fine-tuned (0.900) beats external validation (0.850): +5.9% relative, paired permutation "
+        "p = 0.2. " + EXTERNAL_CLAIM,
+        "- Reference without a deep model (in-domain window histograms + logistic regression): 0.600; in-domain "
+        "fine-tuned above it.",
+        "- The target's training split has 3 scans (paper: CQ500 1,120; RSNA ~8,000).",
+    ])
+
+
+def test_transfer_conclusion_when_it_does_not_and_the_paper_has_no_scratch_value():
+    summary = _summary({"in-domain fine-tuned": {"macro": 0.7}, "in-domain scratch": {"macro": 0.8},
+                        "external validation": {"macro": 0.75}, "in-domain histogram": {"macro": 0.75}})
+    # CQ500: the paper reports the fine-tuned 0.863 only (Fig. 1g), so no claim for fine-tuned vs scratch
+    text = conclusions.transfer_conclusion(summary, TRANSFER_TESTS, paper=_transfer_paper("cq500"),
+                                           paper_name="cq500", target_rows=TARGET_ROWS.iloc[:0])
+    assert text.splitlines() == [
+        # (0.7 - 0.8) / 0.8 = -12.5 %; (0.7 - 0.75) / 0.75 = -6.67 %
+        "- in-domain fine-tuned (0.700) does NOT beat in-domain scratch (0.800): -12.5% relative, paired "
+        "permutation p = 0.001.",
+        "- in-domain fine-tuned (0.700) does NOT beat external validation (0.750): -6.7% relative, paired "
+        "permutation p = 0.2. " + EXTERNAL_CLAIM,
+        "- Reference without a deep model (in-domain window histograms + logistic regression): 0.750; in-domain "
+        "fine-tuned below it.",
+        "- The target's training split has 0 scans (paper: CQ500 1,120; RSNA ~8,000).",
+    ]
+
+
+# --------------------------------------------------------------------------------------- 04 · few-shot
+def _curves(values: dict[str, list[float]], ks=(8, 16)) -> pd.DataFrame:
+    rows = [{"task": "macro", "metric": "auroc", "model": m, "k": k, "value": v}
+            for m, vs in values.items() for k, v in zip(ks, vs)]
+    rows += [{"task": "macro", "metric": "ap", "model": m, "k": k, "value": 0.01} for m in values for k in ks]
+    return pd.DataFrame(rows)
+
+
+def _full(values: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"task": "macro", "metric": "auroc", "model": m, "value": v} for m, v in values.items()],
+                        columns=["task", "metric", "model", "value"])
+
+
+BUDGET_04 = ("- Every model trained 10 epochs × 5000 balanced draws = 3130 steps (K-shot runs draw them from "
+             "their 2K scans), as the paper trains few-shot \"with the same hyperparameter settings\".")
+
+
+def test_fewshot_conclusion_when_pretraining_helps_at_few_shots():
+    curves = _curves({"pretrained": [0.70, 0.72], "scratch": [0.60, 0.75], "histogram": [0.65, 0.70]})
+    full = _full({"pretrained": 0.88, "scratch": 0.85, "histogram": 0.88})
+    # AUROC run by run: K=8 pretrained 1.0 vs scratch 0.5 (a win), K=16 0.5 vs 0.5 (a tie, not a win);
+    # the all-data runs (k empty: 1.0 vs 0.0) are not few-shot runs and are not counted
+    predictions = _predictions({("pretrained", "ich", 0, 8): PERFECT, ("pretrained", "ich", 0, 16): HALF,
+                                ("pretrained", "ich", 0, None): PERFECT, ("scratch", "ich", 0, 8): HALF,
+                                ("scratch", "ich", 0, 16): HALF, ("scratch", "ich", 0, None): INVERSE}, "model")
+    assert conclusions.fewshot_conclusion(curves, full, predictions, PAPER_PROFILE) == "\n".join([
+        "- pretrained at K=8 (0.700) beats scratch at K=8 (0.600): +16.7% relative.",  # 0.1 / 0.6 = 16.67 %
+        "- Pretrained beats scratch in macro-AUROC at K = [8] of [8, 16].",  # K=16: 0.72 < 0.75
+        "- Run by run (same task, K and draw): pretrained above scratch in 1 of 2 few-shot runs; they share one "
+        "test set, so this describes, it does not test.",
+        "- Reference without a deep model (window histograms + logistic regression, same draws): K=8 0.650, "
+        "K=16 0.700; all data 0.880.",
+        # below the histogram: scratch at K=8 (0.60 < 0.65) and scratch on all data (0.85 < 0.88); pretrained on
+        # all data ties it (0.88), which is not below
+        "- Below that reference: scratch at K=8, scratch on all data.",
+        # 0.72 / 0.88 = 81.82 %
+        "- Pretrained at K=16: 0.720 vs all data 0.880 (81.8% of it). Paper: K=256 comes close to full-data "
+        "fine-tuning.",
+        BUDGET_04,
+    ])
+
+
+def test_fewshot_conclusion_when_scratch_wins_at_every_k():
+    curves = _curves({"pretrained": [0.60, 0.65], "scratch": [0.70, 0.80]})
+    predictions = _predictions({("pretrained", "ich", 0, 8): INVERSE, ("pretrained", "ich", 0, 16): HALF,
+                                ("scratch", "ich", 0, 8): PERFECT, ("scratch", "ich", 0, 16): PERFECT}, "model")
+    text = conclusions.fewshot_conclusion(curves, _full({"pretrained": 0.65}), predictions, PAPER_PROFILE)
+    assert text.splitlines() == [
+        "- pretrained at K=8 (0.600) does NOT beat scratch at K=8 (0.700): -14.3% relative.",  # -0.1 / 0.7
+        "- Pretrained beats scratch in macro-AUROC at K = none of [8, 16].",
+        "- Run by run (same task, K and draw): pretrained above scratch in 0 of 2 few-shot runs; they share one "
+        "test set, so this describes, it does not test.",
+        "- Pretrained at K=16: 0.650 vs all data 0.650 (100.0% of it). Paper: K=256 comes close to full-data "
+        "fine-tuning.",
+        BUDGET_04,
+    ]
+
+
+def test_fewshot_conclusion_edge_cases():
+    # pretrained alone (no scratch, no histogram, no all-data run): the training budget alone
+    assert conclusions.fewshot_conclusion(_curves({"pretrained": [0.6, 0.7]}), _full({}), None,
+                                           PAPER_PROFILE) == BUDGET_04
+    # a NaN metric at the smallest K: not measurable, and NaN is never counted as a win or as below the reference
+    curves = _curves({"pretrained": [0.7, 0.8], "scratch": [NAN, 0.76], "histogram": [0.75, 0.75]})
+    predictions = _predictions({("pretrained", "ich", 0, 8): PERFECT, ("scratch", "ich", 0, 8): HALF}, "model")
+    lines = conclusions.fewshot_conclusion(curves, _full({"histogram": 0.7}), predictions, PAPER_PROFILE).splitlines()
+    assert lines[:2] == ["- pretrained at K=8 vs scratch at K=8: not measurable on this run (a metric is undefined).",
+                         "- Pretrained beats scratch in macro-AUROC at K = [16] of [8, 16]."]
+    assert lines[4] == "- Below that reference: pretrained at K=8."  # 0.7 < 0.75; scratch NaN is not below
+
+
+# --------------------------------------------------------------------------------------- 05 · scaling
+def _scaling(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    rows = [{"evaluation": e, "method": m, "fraction": f, "task": "macro", "metric": metric,
+             "value": v if metric == "auroc" else 0.01, "percent": 100 * f}
+            for (e, m), vs in values.items() for f, v in zip((0.1, 0.3, 1.0), vs) for metric in ("auroc", "ap")]
+    return pd.DataFrame(rows)
+
+
+def test_scaling_conclusion_when_dino_grows_and_mae_does_not():
+    macro = _scaling({("internal test", "dino"): [0.70, 0.75, 0.80], ("internal test", "mae"): [0.72, 0.71, 0.78]})
+    assert conclusions.scaling_conclusion(macro) == "\n".join([
+        "- internal test, DINO: macro-AUROC 0.700 → 0.750 → 0.800 over 10%, 30%, 100%: it grows monotonically "
+        "with pretraining data.",
+        "- internal test, MAE: macro-AUROC 0.720 → 0.710 → 0.780 over 10%, 30%, 100%: it does NOT grow "
+        "monotonically with pretraining data.",
+        "- internal test: DINO above MAE at 2 of 3 fractions (paper: DINO above MAE throughout).",  # 0.70 < 0.72
+    ])
+
+
+def test_scaling_conclusion_flat_lines_one_method_and_evaluations_in_order():
+    # a flat line is monotonic but does not grow; one method: no DINO-vs-MAE sentence; evaluations alphabetical
+    macro = _scaling({("internal test", "mae"): [0.7, 0.7, 0.7], ("external test", "mae"): [0.6, 0.65, 0.7]})
+    assert conclusions.scaling_conclusion(macro).splitlines() == [
+        "- external test, MAE: macro-AUROC 0.600 → 0.650 → 0.700 over 10%, 30%, 100%: it grows monotonically "
+        "with pretraining data.",
+        "- internal test, MAE: macro-AUROC 0.700 → 0.700 → 0.700 over 10%, 30%, 100%: it does NOT grow "
+        "monotonically with pretraining data.",
+    ]
+
+
+# --------------------------------------------------------------------------------------- 06 · embeddings
+PROTOCOL_MACRO = pd.DataFrame({"group": ["scanner: GE", "scanner: Siemens", "slice thickness (mm): (0.0, 1.5]"],
+                               "value": [0.81, 0.86, 0.79]})  # range 0.790–0.860, spread 0.070
+SPREAD = ("- Fine-tuned macro-AUROC across protocol groups ranges 0.790–0.860 (spread 0.070). Paper: comparable "
+          "performance across scanner protocols.")
+
+
+def test_embeddings_conclusion_when_the_scanner_is_separable():
+    # folds' accuracy: scanner (0.8 + 0.9) / 2 = 85.0 % > chance 50 % + 5 points; thickness (0.6 + 0.7) / 2 = 65.0 %
+    text = conclusions.embeddings_conclusion(np.array([0.8, 0.9]), 0.5, np.array([0.6, 0.7]), 0.4, PROTOCOL_MACRO)
+    assert text == (
+        "- Scanner is predictable from the frozen embedding with 85.0% accuracy (chance 50.0%); thickness bin with "
+        "65.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. Same here.\n"
+        + SPREAD)
+
+
+def test_embeddings_conclusion_when_the_scanner_is_not_separable():
+    # 54 % is above chance (50 %) but within 5 points of it
+    text = conclusions.embeddings_conclusion(np.array([0.54]), 0.5, np.array([0.3]), 0.4, PROTOCOL_MACRO)
+    assert text.splitlines()[0] == (
+        "- Scanner is predictable from the frozen embedding with 54.0% accuracy (chance 50.0%); thickness bin with "
+        "30.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. NOT reproduced "
+        "here: the scanner is not separable.")
+
+
+# --------------------------------------------------------------------------------------- 07 · attention
+DISTANCE = {"pretrained": [10.0, 42.4], "fine-tuned ich": np.array([5.0, 57.6])}  # last layer: 42 and 58 mm
+DISTANCE_LINE = "- Mean attention distance in the last layer: pretrained 42 mm, fine-tuned ich 58 mm."
+MAJORITY = "(paper, qualitatively: 'attends to correct disease locations in the majority of cases')."
+
+
+def test_attention_conclusion_per_task_and_encoder():
+    lesion_summary = pd.DataFrame([
+        dict(task="ich", model="fine-tuned", n_scans=4, attention_share=0.12, volume_share=0.02,
+             median_enrichment=5.5, frac_above_chance=0.75, p_vs_reference=0.0123),
+        dict(task="ich", model="pretrained", n_scans=4, attention_share=0.03, volume_share=0.02,
+             median_enrichment=1.2, frac_above_chance=0.5, p_vs_reference=NAN),
+        dict(task="sdh", model="fine-tuned", n_scans=4, attention_share=0.01, volume_share=0.02,
+             median_enrichment=0.5, frac_above_chance=0.5, p_vs_reference=0.5),
+    ])
+    assert conclusions.attention_conclusion(lesion_summary, DISTANCE) == "\n".join([
+        "- ich, fine-tuned: 12.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
+        "5.50×; above chance in 75% of 4 scans; vs pretrained p = 0.0123).",
+        # the reference model has no p-value against itself (NaN): no clause
+        "- ich, pretrained: 3.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
+        "1.20×; above chance in 50% of 4 scans).",
+        "- sdh, fine-tuned: 1.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
+        "0.50×; above chance in 50% of 4 scans; vs pretrained p = 0.5).",
+        # fine-tuned above chance in most (more than half the) scans: ich (75 %) yes, sdh (half) no
+        "- Fine-tuned encoders put more attention on the lesion than chance in most scans for 1 of 2 tasks "
+        + MAJORITY,
+        DISTANCE_LINE,
+    ])
+
+
+def test_attention_conclusion_without_lesions_reports_the_distance_only():
+    assert conclusions.attention_conclusion(pd.DataFrame(), DISTANCE) == DISTANCE_LINE
+
+
+# --------------------------------------------------------------------------------------- 08 · retrieval
+# prevalence: iph 1 of 4 = 0.25, sdh 2 of 4 = 0.5, mean 0.375 (ivh is not a subtype asked for)
+GALLERY = pd.DataFrame({"iph": [1, 0, 0, 0], "sdh": [1, 1, 0, 0], "ivh": [1, 1, 1, 1]})
+RETRIEVAL_PAPER = ("- Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP "
+                   "over Google CT on CQ500, +2.21% on RSNA); those models are not available here.")
+
+
+def _retrieval(values: dict[str, float]) -> pd.DataFrame:
+    rows = [{"model": m, "subtype": "mean", "metric": "map", "value": v} for m, v in values.items()]
+    rows += [{"model": m, "subtype": s, "metric": metric, "value": 0.01}
+             for m in values for s, metric in (("iph", "map"), ("mean", "p@1"))]
+    return pd.DataFrame(rows)
+
+
+def test_retrieval_conclusion_against_random_initialisation():
+    summary = _retrieval({"dino": 0.5, "mae": 0.3, "random init": 0.4})
+    assert conclusions.retrieval_conclusion(summary, GALLERY, ["iph", "sdh"]) == "\n".join([
+        "- Mean mAP over subtypes: dino 0.500, mae 0.300, random init 0.400 (a random ranking scores about the "
+        "prevalence: 0.375 on average).",
+        "- dino mAP (0.500) beats random-init mAP (0.400): +25.0% relative.",        # 0.1 / 0.4
+        "- mae mAP (0.300) does NOT beat random-init mAP (0.400): -25.0% relative.",  # -0.1 / 0.4
+        RETRIEVAL_PAPER,
+    ])
+
+
+def test_retrieval_conclusion_with_an_undefined_map():
+    summary = _retrieval({"checkpoint": NAN, "random init": 0.4})
+    assert conclusions.retrieval_conclusion(summary, GALLERY, ["sdh"]).splitlines() == [
+        "- Mean mAP over subtypes: checkpoint nan, random init 0.400 (a random ranking scores about the "
+        "prevalence: 0.500 on average).",
+        "- checkpoint mAP vs random-init mAP: not measurable on this run (a metric is undefined).",
+        RETRIEVAL_PAPER,
+    ]

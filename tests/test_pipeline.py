@@ -1,0 +1,114 @@
+"""The pipeline (fmct_lib.pipeline): the notebooks' set-up, task choice, the stages it builds and what it refuses."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fmct_lib import pipeline
+from fmct_lib.config import get_profile
+from fmct_lib.data.manifest import DatasetNotAvailable
+
+
+def _scans():
+    # test split: a has 2 positives, b has 1, c has none, d has no negatives
+    return pd.DataFrame({
+        "scan_id": [f"s{i}" for i in range(6)], "split": ["test"] * 4 + ["train"] * 2,
+        "a": [1, 1, 0, 0, 1, 0], "b": [1, 0, 0, 0, 1, 1], "c": [0, 0, 0, 0, 1, 1], "d": [1, 1, 1, 1, 0, 0],
+    })
+
+
+def test_choose_tasks_keeps_tasks_with_an_auroc_and_limits_by_positives(monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "dataset_info", lambda name: {"tasks": ["a", "b", "c", "d", "missing"]})
+    unlimited = get_profile("demo").replace(max_tasks=0)
+    assert pipeline.choose_tasks(_scans(), None, "x", unlimited) == ["a", "b"]
+    out = capsys.readouterr().out
+    assert "c (0 positive / 4 negative)" in out and "d (4 positive / 0 negative)" in out and "missing" in out
+    one = unlimited.replace(max_tasks=1)
+    assert pipeline.choose_tasks(_scans(), None, "x", one) == ["a"]  # the one with the most positives
+    # an explicit list is never cut to max_tasks
+    assert pipeline.choose_tasks(_scans(), ["b", "a"], "x", one) == ["b", "a"]
+    with pytest.raises(ValueError, match="positive and a negative"):
+        pipeline.choose_tasks(_scans(), ["c", "d"], "x", one)
+
+
+def test_a_dataset_that_was_not_ingested_stops_with_its_ingest_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path))
+    with pytest.raises(DatasetNotAvailable, match="fmct ingest rsna --source DIR"):
+        pipeline.start("rsna", "toy")
+
+
+def test_start_gives_a_study_whose_runs_root_is_run_dir_and_writes_no_environment(tmp_path, monkeypatch):
+    import os
+    built = []
+    table = pd.DataFrame({"scan_id": ["a", "b"], "site": ["internal", "external"], "split": ["test", "test"]})
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: table)
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile: built.append(dataset))
+    monkeypatch.setenv("FMCT_RUNS", str(tmp_path / "elsewhere"))
+    before = dict(os.environ)
+    study = pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "mine"), seed=3, site="internal")
+    assert dict(os.environ) == before
+    assert study.runs == tmp_path / "mine" and built == ["synthetic"]  # the cache is a stage start builds
+    assert study.method == get_profile("toy").pretrain_method and study.seed == 3
+    assert study.site_filter == {"site": "internal"} and list(study.labelled["scan_id"]) == ["a"]
+    assert pipeline.start("synthetic", "toy").runs == tmp_path / "elsewhere"
+    no_sites = table.drop(columns="site")
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: no_sites)
+    assert pipeline.start("synthetic", "toy", site="internal").site_filter is None
+
+    from fmct_lib import downstream
+    calls = []
+    monkeypatch.setattr(downstream, "run_sweep", lambda **kw: calls.append(kw))
+    study.sweep(["ich"], ["finetune"], "enc.safetensors", n_seeds=2)
+    study.sweep(["ich"], ["finetune"], "enc.safetensors", dataset="other", train_filter=None)
+    assert calls[0] == {"dataset": "synthetic", "profile": study.profile, "seed": 3, "train_filter": {"site": "internal"},
+                        "run_root": tmp_path / "mine" / "downstream", "tasks": ["ich"], "protocols": ["finetune"],
+                        "encoder": "enc.safetensors", "n_seeds": 2}
+    assert calls[1]["dataset"] == "other" and calls[1]["train_filter"] is None
+
+
+def test_pretraining_refuses_a_missing_cache_with_the_command_that_builds_it(tmp_path, monkeypatch):
+    """Only the pipeline builds the cache; pretraining on a dataset without one names ``fmct cache``."""
+    from fmct_lib.data.manifest import write_scans
+    from fmct_lib.paths import StageMissing
+    from fmct_lib.train import pretrain
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FMCT_CACHE", str(tmp_path / "cache"))
+    rows = [{"scan_id": f"s{i}", "patient_id": f"p{i}", "path": "x.nii.gz", "split": "train", "manufacturer": "A",
+             "slice_thickness_mm": 1.0, "spacing": "1,1,1"} for i in range(4)]
+    write_scans(pd.DataFrame(rows), "toyset")
+    with pytest.raises(StageMissing, match="fmct cache --dataset toyset"):
+        pretrain(method="mae", dataset="toyset", profile="toy", run_dir=tmp_path / "run")
+    assert not (tmp_path / "cache" / "toyset").exists() or not any((tmp_path / "cache" / "toyset").rglob("*.npy"))
+
+
+def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkeypatch):
+    """Fig. 5's fine-tuned encoder depends on its seed only, not on what the notebook's process did first."""
+    import torch
+
+    from fmct_lib import downstream
+    from fmct_lib.config import ModelConfig
+    from fmct_lib.downstream import runs
+    from fmct_lib.data.manifest import write_scans
+    from fmct_lib.models.checkpoints import load_checkpoint, save_checkpoint
+    from fmct_lib.models.vit3d import vit_from_config
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    profile = get_profile("toy").replace(model=ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1,
+                                                           num_heads=2), finetune_subset=8, finetune_epochs=1)
+    splits = ["train"] * 4 + ["val"] * 2 + ["test"]
+    rows = [{"scan_id": f"s{i}", "patient_id": f"p{i}", "path": "x", "split": splits[i % 7], "manufacturer": "A",
+             "slice_thickness_mm": 1.0, "spacing": "1,1,1", "ich": i % 2} for i in range(28)]
+    write_scans(pd.DataFrame(rows), "toyset")
+    vols = torch.rand(28, 3, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(runs, "volume_source", lambda dataset, scans, spec, num_workers=0: (
+        downstream.VolumeSource(vols[[int(s[1:]) for s in scans["scan_id"]]]), scans.reset_index(drop=True)))
+    encoder = save_checkpoint(tmp_path / "pre" / "encoder.safetensors", vit_from_config(profile.model),
+                              {"model": profile.model.to_dict()})
+    weights = []
+    for draws in (0, 5):
+        monkeypatch.setenv("FMCT_RUNS", str(tmp_path / f"runs{draws}"))
+        torch.rand(draws)  # the global RNG as another notebook cell may have left it
+        path = pipeline.ensure_finetuned("toyset", "ich", encoder, profile, seed=3)
+        weights.append(load_checkpoint(path)[0].state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    pretrained = load_checkpoint(encoder)[0].state_dict()
+    assert not all(torch.equal(weights[0][k], pretrained[k]) for k in pretrained)  # it was trained
