@@ -48,12 +48,7 @@ reproduce: setup
 	done; echo "all notebooks done in $$(( ($$(date +%s) - start) / 60 )) min"
 	@echo "figures written to figures/"
 
-# The demo's 400 fine-tuning steps (what the 30-minute budget allows for every notebook) leave every model
-# undertrained. This re-runs the central comparison (02: scratch vs fine-tuned) and the few-shot comparison
-# at K = 32 and 128 (04, the profile's three draws per K) with 40 epochs = 2,000 steps (paper 3,130) for every
-# model alike, into figures/*_40ep.*. It reuses the pretrained encoder of `make reproduce` (or pretrains it
-# first). One training seed per model for 02 and the all-data stars of 04 (the default 3 would triple 02's
-# time; 02 ~9 min, 04 ~45 min on this project's 2-core machine); N_SEEDS=3 for seed-averaged models (02 ~25 min).
+# 02 and 04 (K = 32, 128) at 2,000 fine-tuning steps into figures/*_40ep.*; why and timings: docs/experiments.md
 N_SEEDS ?= 1
 longer-finetuning: setup
 	@mkdir -p runs/notebooks figures

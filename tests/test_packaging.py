@@ -61,3 +61,43 @@ def test_cli_entry_point():
         assert sub in out.stdout
     out = subprocess.run([str(exe), "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "paper" in out.stdout and "synthetic" in out.stdout, out.stderr
+
+
+def test_version_and_the_module_entry_point_that_torchrun_uses():
+    out = subprocess.run([sys.executable, "-m", "fmct_lib.cli", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "fmct 0.1.0", out.stderr
+
+
+def test_every_subcommand_has_the_same_defaults():
+    """``--profile`` is demo and ``--dataset`` synthetic wherever a subcommand takes them."""
+    from fmct_lib.cli import SUBCOMMANDS, build_parser
+    seen = set()
+    for name in SUBCOMMANDS:
+        parser = build_parser(load=name)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        defaults = {a.dest: a.default for a in sub._actions}
+        for option, value in (("profile", "demo"), ("dataset", "synthetic"), ("preset", "paper")):
+            if option in defaults:
+                seen.add(option)
+                assert defaults[option] == value, f"fmct {name} --{option} defaults to {defaults[option]!r}"
+    assert seen == {"profile", "dataset", "preset"}
+
+
+def test_readme_is_short_and_shows_papermill_and_every_notebook_parameter():
+    import ast
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 8192, f"README.md is {len(text.encode())} bytes (at most 8 KB)"
+    assert "papermill notebooks/" in text
+    for source in sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py")):
+        cell = source.read_text().split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+        names = {t.id for node in ast.parse(cell).body if isinstance(node, ast.Assign) for t in node.targets}
+        missing = sorted(n for n in names if f"`{n}`" not in text)
+        assert not missing, f"{source.stem}: parameters not in the README's table: {missing}"
+
+
+def test_package_data_ships_the_papers_values():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    from fmct_lib.report.paper import PAPER_VALUES_PATH
+    package = ".".join(PAPER_VALUES_PATH.parent.relative_to(ROOT).parts)
+    assert any(PAPER_VALUES_PATH.match(pattern) for pattern in config[package])
