@@ -1,19 +1,30 @@
-"""Atomic file writing, shared by everything that writes results, caches and checkpoints.
+"""Atomic file writing and exclusive locks, shared by everything that writes results, caches and checkpoints.
 
 A file is written to a temporary name in the same folder and renamed over the target, so a reader (or
 a resumed job) sees either the old file or the complete new one, never a torn write. Permissions follow
 the umask like an ordinary ``open(path, "w")`` (``mkstemp`` alone would leave 0600).
+
+Atomic writes keep each file whole; ``exclusive_lock`` keeps two writers from interleaving their updates (the
+dataset registry's read-edit-rename, a run directory's checkpoints and metrics log).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_write_csv"]
+from filelock import FileLock, Timeout
+
+__all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_write_csv",
+           "exclusive_lock", "LockBusy", "LOCK_FILE", "HOLDER_SUFFIX"]
+
+LOCK_FILE = ".lock"                 # a directory's lock file (a run directory's)
+HOLDER_SUFFIX = ".holder.json"      # beside a lock file: who holds it (pid, host, since)
 
 
 def _umask() -> int:
@@ -68,3 +79,44 @@ def atomic_write_csv(df, path: str | os.PathLike, **kwargs) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kwargs)
     return Path(path)
+
+
+class LockBusy(RuntimeError):
+    """Another process holds an exclusive lock; the message names what is locked and the holder."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, *, what: str, wait: float | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock between processes on ``lock_file`` for the block (``filelock``: ``flock``).
+
+    ``what`` names the thing guarded (``"run directory runs/x"``), for the error. ``wait``: seconds to wait
+    for the holder to let go (``None``: as long as it takes; ``0``: fail at once); past it ``LockBusy`` names
+    ``what`` and the holder, whose pid, host and start time the holder writes to the sidecar
+    ``<lock_file>.holder.json`` while it holds the lock. The lock file stays (waiters share its inode); the
+    operating system drops the lock of a process that dies, so a crash never leaves it held.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    holder = lock_file.with_name(lock_file.name + HOLDER_SUFFIX)
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=-1 if wait is None else wait)
+    except Timeout:
+        raise LockBusy(f"{what} is in use by another process ({_holder_text(holder)}; lock {lock_file}): wait for "
+                       f"it to finish or stop it") from None
+    try:
+        atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        yield lock_file
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder_text(holder: Path) -> str:
+    """``pid 123 on host h since …`` from a lock's sidecar, or why it cannot be told."""
+    try:
+        h = json.loads(holder.read_text())
+        return f"pid {h['pid']} on host {h['host']} since {h['since']}"
+    except (OSError, ValueError, KeyError):
+        return f"holder unknown: {holder} is missing or unreadable"

@@ -36,12 +36,13 @@ def test_missing_dataset_names_the_ingest_command(tmp_path):
 
 
 def test_scan_table_round_trip_resolves_paths_and_refuses_crossing_patients(tmp_path):
-    df = pd.DataFrame({"scan_id": ["a", "b"], "patient_id": ["p1", "p2"], "path": ["v/a.nii", "/abs/b.nii"],
+    absolute = str(tmp_path / "shared" / "b.nii")  # absolute, inside the data root (outside: tests/bad_inputs)
+    df = pd.DataFrame({"scan_id": ["a", "b"], "patient_id": ["p1", "p2"], "path": ["v/a.nii", absolute],
                        "split": ["train", "test"], "manufacturer": ["A", "B"], "slice_thickness_mm": [5.0, 1.0],
                        "spacing": ["1x1x5", "1x1x1"], "ich": [1, 0]})
     write_scans(df, "ds", root=tmp_path)
     back = load_scans("ds", root=tmp_path)
-    assert back.loc[0, "path"] == str(tmp_path / "ds" / "v/a.nii") and back.loc[1, "path"] == "/abs/b.nii"
+    assert back.loc[0, "path"] == str(tmp_path / "ds" / "v/a.nii") and back.loc[1, "path"] == absolute
     bad = df.assign(patient_id=["p1", "p1"])
     with pytest.raises(ValueError, match=r"more than one split: \['p1'\]"):
         write_scans(bad, "ds", root=tmp_path)

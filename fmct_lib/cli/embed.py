@@ -3,13 +3,17 @@
     fmct embed --dataset synthetic --encoder runs/pretrain/X/encoder.safetensors --out emb.npz
 
 The table holds scan_id, patient_id, split, the protocol columns (manufacturer, slice thickness, kVp,
-site), the label columns and the vector ``e0 … e{D-1}``; ``.csv`` or ``.npz`` by the file's suffix.
+site), the label columns and the vector ``e0 … e{D-1}``; ``.csv`` or ``.npz`` by the file's suffix. A refused
+encoder file prints one line on stderr (the file and the problem, no traceback) and exits 2.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .options import add_dataset, add_device, add_preset, add_profile, parse_filter
+
+EXIT_BAD_INPUT = 2  # the encoder cannot be used (as ``fmct ingest``'s unusable source)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.preprocess import preset_spec
     from ..downstream.embeddings import embed
+    from ..models.checkpoints import CheckpointError, load_encoder
     from ..pipeline import ensure_cache
+    try:  # before the cache: a refused file is one line (the file and the problem), not a traceback
+        encoder = load_encoder(args.encoder)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"fmct embed: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     ensure_cache(args.dataset, args.profile, args.preset)
-    table = embed(args.dataset, args.encoder, args.profile, split=args.split, filter=parse_filter(args.filter),
+    table = embed(args.dataset, encoder, args.profile, split=args.split, filter=parse_filter(args.filter),
                   spec=preset_spec(args.preset, args.profile), batch_size=args.batch_size, out=args.out,
                   device=args.device)
     dims = sum(c.startswith("e") and c[1:].isdigit() for c in table.columns)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 __all__ = ["add_arguments", "run"]
+
+EXIT_BAD_INPUT = 2  # the source, the labels or an option cannot be used (argparse's status for bad usage)
 
 
 def _mapping(items: list[str]) -> dict[str, str]:
@@ -46,18 +49,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Ingest; a source or labels problem is one line on stderr and exit status 2, not a traceback.
+
+    Bad scans never stop the command: they are rows of ``rejects.csv`` and the exit status is 0.
+    """
     from ..data.ingest import ingest_cq500, ingest_nifti, ingest_rsna
 
     common = dict(root=args.root, workers=args.workers, seed=args.seed)
-    if args.kind == "rsna":
-        summary = ingest_rsna(args.source, name=args.name, per_series=args.per_series, on_gap=args.on_gap,
-                              tilt=args.tilt, **common)
-    elif args.kind == "cq500":
-        summary = ingest_cq500(args.source, name=args.name, drop_contrast=args.drop_contrast,
-                               on_gap=args.on_gap, tilt=args.tilt, **common)
-    else:
-        summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
-                               path_column=args.path_col, patient_column=args.patient_col,
-                               description=args.description, **common)
+    try:
+        if args.kind == "rsna":
+            summary = ingest_rsna(args.source, name=args.name, per_series=args.per_series, on_gap=args.on_gap,
+                                  tilt=args.tilt, **common)
+        elif args.kind == "cq500":
+            summary = ingest_cq500(args.source, name=args.name, drop_contrast=args.drop_contrast,
+                                   on_gap=args.on_gap, tilt=args.tilt, **common)
+        else:
+            summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
+                                   path_column=args.path_col, patient_column=args.patient_col,
+                                   description=args.description, **common)
+    except (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError) as e:
+        message = " ".join(str(e).split())  # one line, whatever the exception's text
+        print(f"fmct ingest {args.kind}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(json.dumps(summary, indent=1))
+    if summary.get("rejects"):  # never in silence, though the batch goes on
+        print(f"fmct ingest {args.kind}: {summary['rejects']} refused (scans, series or files), each with its "
+              f"reason in {summary['rejects_csv']}", file=sys.stderr)
+    if summary.get("flagged"):
+        print(f"fmct ingest {args.kind}: {summary['flagged']} of {summary['scans']} scans repaired or flagged "
+              f"(the flags column of {summary['scans_csv']})", file=sys.stderr)
     return 0

@@ -7,19 +7,27 @@ convention, plus the header facts the scan table keeps (``meta``).
 What it handles, in order:
 
 1. **Grouping** by StudyInstanceUID / SeriesInstanceUID (``group_series``).
-2. **Rejections**: non-CT modalities, localizers (``ImageType`` LOCALIZER, or a slice whose orientation
-   differs from the series' majority, which is how a scout hides in RSNA files without ImageType),
-   undecodable files (the known corrupt RSNA slice ``ID_6431af929.dcm`` has short PixelData).
+2. **Rejections**: non-CT modalities, localizers (``ImageType`` LOCALIZER, or a lone image in another
+   orientation, which is how a scout hides in RSNA files without ImageType), undecodable files (the
+   known corrupt RSNA slice ``ID_6431af929.dcm`` has short PixelData). A series holding two stacks in
+   two orientations is refused, naming both (``checks.check_orientations``); so is a zero or missing
+   PixelSpacing.
 3. **Order**: slices sorted by ImagePositionPatient projected on the slice normal (cross product of the
    two ImageOrientationPatient vectors); RSNA headers have no InstanceNumber or SliceThickness.
    Duplicate positions are dropped; a step larger than 1.5x the median step is a gap (flagged or
-   rejected); a non-uniform stack is resampled linearly along the normal onto the median step.
+   rejected); a non-uniform stack is resampled linearly along the normal onto the median step
+   (``checks.slice_steps``; flagged ``slice_gap`` / ``uneven_spacing``).
 4. **Gantry tilt**: when the step between slices is not along the normal the stack is a shear. Either
    keep it exactly with a sheared affine (``tilt="shear"``) or shift each slice in-plane onto a
    rectilinear grid (``tilt="resample"``, as dcm2niix's ``_Tilt`` output).
 5. **HU**: RescaleSlope/Intercept (first value of multi-valued tags), with the RSNA 12-bit
    wrong-intercept repair (datasets.md §1.3: BitsStored 12, PixelRepresentation 0, intercept > -100:
-   raw + 1000 wrapped at 4096, intercept -1000). JPEG 2000 (CQ500) decodes through pydicom's plugins.
+   raw + 1000 wrapped at 4096, intercept -1000; flagged ``rsna_intercept_repaired``). JPEG 2000 (CQ500)
+   decodes through pydicom's plugins.
+
+``meta["flags"]`` holds the series' flags and ``meta["rescale_intercept"]`` the intercept the values were
+decoded with; the volume checks (``checks.check_scan``, HU scale included) run in the shared loader
+``preprocess.load_checked``.
 
 Voxel ``(x, y, z)`` of the LPS-ordered stack maps to DICOM patient coordinates (LPS) through
 ``IPP0 + x*dc*row_dir + y*dr*col_dir + z*step``; RAS world is LPS with x and y negated, and the array is
@@ -37,11 +45,10 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
+from .checks import DUPLICATE_MM, TILT_MIN_DEG, ScanError, check_orientations, slice_steps
+
 __all__ = ["DicomSeriesError", "DicomVolume", "group_series", "read_dicom_series", "list_files", "lenient_validation"]
 
-GAP_FACTOR = 1.5        # a step > 1.5x the median step is a gap (datasets.md §1.3)
-DUPLICATE_MM = 0.01     # positions closer than this along the normal are duplicates
-TILT_MIN_DEG = 0.05     # below this the stack is treated as rectilinear
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -57,7 +64,7 @@ def lenient_validation():
         settings.reading_validation_mode, settings.writing_validation_mode = saved
 
 
-class DicomSeriesError(ValueError):
+class DicomSeriesError(ScanError):
     """A DICOM series that cannot become a CT volume; the message names the folder or file and why."""
 
 
@@ -142,18 +149,20 @@ def _orientation(ds, label) -> np.ndarray:
     return np.asarray([float(v) for v in iop])
 
 
-def _hu_slice(ds) -> np.ndarray:
-    """Pixel values in HU (rows, columns) with the RSNA wrong-intercept repair."""
+def _hu_slice(ds) -> tuple[np.ndarray, float, bool]:
+    """Pixel values in HU (rows, columns), the intercept used, and whether the RSNA repair was applied."""
     raw = ds.pixel_array.astype(np.int32)
     if raw.ndim != 2:
         raise ValueError(f"expected a single-frame 2-D slice, got pixel array of shape {raw.shape}")
     slope = float(_first(ds, "RescaleSlope", 1.0))
     intercept = float(_first(ds, "RescaleIntercept", 0.0))
-    if int(ds.get("BitsStored", 16)) == 12 and int(ds.get("PixelRepresentation", 0)) == 0 and intercept > -100:
+    repaired = (int(ds.get("BitsStored", 16)) == 12 and int(ds.get("PixelRepresentation", 0)) == 0
+                and intercept > -100)
+    if repaired:
         raw = raw + 1000
         raw[raw >= 4096] -= 4096
         intercept = -1000.0
-    return (raw * slope + intercept).astype(np.float32)
+    return (raw * slope + intercept).astype(np.float32), intercept, repaired
 
 
 def _read_slices(files, on_bad_file):
@@ -178,7 +187,7 @@ def _read_slices(files, on_bad_file):
             skipped.append((str(f), "no pixel data"))
             continue
         try:
-            ds.hu = _hu_slice(ds)
+            ds.hu, ds.intercept_used, ds.rsna_repaired = _hu_slice(ds)
         except Exception as e:  # noqa: BLE001 - e.g. truncated PixelData, missing J2K decoder
             reason = f"undecodable pixel data: {type(e).__name__}: {e}"
             if on_bad_file == "reject":
@@ -205,7 +214,12 @@ def read_dicom_series(path_or_files, *, on_gap: str = "flag", tilt: str = "resam
         raise ValueError(f"bad option: on_gap={on_gap!r}, tilt={tilt!r}, on_bad_file={on_bad_file!r}")
     files, label = list_files(path_or_files)
     with lenient_validation():
-        return _assemble(files, label, on_gap, tilt, on_bad_file)
+        try:
+            return _assemble(files, label, on_gap, tilt, on_bad_file)
+        except DicomSeriesError:
+            raise
+        except ScanError as e:  # a series check's refusal, as this reader's error
+            raise DicomSeriesError(str(e)) from e
 
 
 def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
@@ -218,12 +232,15 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     if len(series) > 1:
         raise DicomSeriesError(f"{label}: {len(series)} series mixed in one input; split them with group_series")
 
-    # Off-orientation images (scouts without ImageType) are localizers too.
+    # A lone image in another orientation is a scout without ImageType; a second stack is refused.
     iops = [_orientation(s, s.path) for s in slices]
-    majority = Counter(tuple(np.round(iop, 3)) for iop in iops).most_common(1)[0][0]
-    keep = [np.allclose(iop, majority, atol=2e-3) for iop in iops]
-    n_localizers += keep.count(False)
+    keep, n_scouts = check_orientations(iops, [[float(v) for v in s.ImagePositionPatient] for s in slices], label)
+    n_localizers += n_scouts
     slices = [s for s, k in zip(slices, keep) if k]
+    for s in slices:
+        spacing = s.get("PixelSpacing")
+        if spacing is None or len(spacing) != 2:
+            raise DicomSeriesError(f"{s.path}: no PixelSpacing (two values: mm between rows, between columns)")
     shapes = Counter((s.hu.shape, tuple(float(v) for v in s.PixelSpacing)) for s in slices)
     if len(shapes) > 1:
         raise DicomSeriesError(f"{label}: slices differ in size or pixel spacing: {dict(shapes)}")
@@ -235,6 +252,8 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     row_dir, col_dir = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     normal = np.cross(row_dir, col_dir)
     dr, dc = (float(v) for v in slices[0].PixelSpacing)  # between rows, between columns
+    if not (np.isfinite([dr, dc]).all() and dr > 0 and dc > 0):
+        raise DicomSeriesError(f"{slices[0].path}: PixelSpacing ({dr:g}, {dc:g}) mm must be positive")
     positions = np.array([[float(v) for v in s.ImagePositionPatient] for s in slices])
     depth = positions @ normal
     order = np.lexsort((np.array([str(s.path) for s in slices]), depth))
@@ -246,9 +265,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     if len(slices) < 2:
         raise DicomSeriesError(f"{label}: all {len(unique)} slices share one position")
 
-    steps = np.diff(depth)
-    step = float(np.median(steps))
-    gaps = steps > GAP_FACTOR * step
+    step, steps, gaps, uneven = slice_steps(depth)
     if gaps.any() and on_gap == "reject":
         raise DicomSeriesError(f"{label}: {int(gaps.sum())} gap(s) between slices, largest "
                                f"{steps.max():.2f} mm for a {step:.2f} mm step (missing slices?)")
@@ -259,7 +276,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     tilt_deg = float(np.degrees(np.arctan(np.linalg.norm(shear))))
 
     stack = np.stack([s.hu.T for s in slices], axis=-1)  # (columns, rows, slices) = (x, y, z)
-    uniform = np.allclose(steps, step, rtol=0.01, atol=0.01)
+    uniform = not (uneven or gaps.any())
     if not uniform:  # resample along the normal onto the median step (fills gaps linearly)
         n_new = int(round((depth[-1] - depth[0]) / step)) + 1
         target = depth[0] + step * np.arange(n_new)
@@ -284,6 +301,21 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     hu = nib.orientations.apply_orientation(stack, ornt).astype(np.float32)
     affine = affine @ nib.orientations.inv_ornt_aff(ornt, stack.shape)
 
+    flags = {}  # the series checks' findings (checks.FLAGS), with their numbers
+    if any(s.rsna_repaired for s in slices):
+        flags["rsna_intercept_repaired"] = "BitsStored 12, unsigned, intercept > -100: raw + 1000 wrapped at 4096"
+    if tilt_deg >= TILT_MIN_DEG:
+        flags["gantry_tilt"] = f"{tilt_deg:.2f}° gantry tilt, " + (
+            "kept as a sheared affine" if sheared else "resampled onto a rectilinear grid")
+    if uneven:
+        even = steps[~gaps]
+        flags["uneven_spacing"] = (f"slice steps {even.min():.3g}-{even.max():.3g} mm: resampled onto the "
+                                   f"median step {step:.3g} mm")
+    if gaps.any():
+        flags["slice_gap"] = (f"{int(gaps.sum())} gap(s), largest {steps.max():.3g} mm for a {step:.3g} mm "
+                              "step: interpolated")
+    if skipped:
+        flags["slices_skipped"] = f"{len(skipped)} file(s) left out (rows of rejects.csv)"
     first = slices[0]
     thickness = _number(_first(first, "SliceThickness"))
     meta = {
@@ -314,5 +346,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
         "tilt_deg": round(tilt_deg, 3),
         "sheared": sheared,
         "skipped_files": skipped,
+        "rescale_intercept": float(first.intercept_used),
+        "flags": flags,
     }
     return DicomVolume(hu=hu, affine=affine, meta=meta)

@@ -8,21 +8,28 @@ to the data root).
 
 A scan table ``<data root>/<dataset>/scans.csv`` has one row per 3-D volume with at least
 ``SCAN_COLUMNS``, plus protocol columns and one 1/0 column per task (empty where unknown).
+
+Nothing escapes the data root: a dataset name is one safe folder name (``validate_dataset_name``), and
+every file a scan table names (``path``, ``*_path``) must lie under the data root unless the dataset lists
+the outside folders it may read in ``<data root>/<dataset>/external_roots.txt`` (``load_scans``).
+Registering takes the registry's lock, so concurrent registrations never lose a row.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write_csv
+from ..io import atomic_write_csv, exclusive_lock
 from ..paths import StageMissing, data_root, manifest_path
 
 __all__ = [
     "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
-    "load_scans", "write_scans", "DatasetNotAvailable",
+    "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "PathOutsideRoot",
+    "EXTERNAL_ROOTS_FILE", "external_roots",
 ]
 
 MANIFEST_COLUMNS = [
@@ -40,8 +47,29 @@ CQ500_FINDINGS = [
 ]
 
 
+# A dataset name is one folder under the data root: a letter or digit, then letters, digits, '.', '_', '-'.
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DATASET_NAME_RULE = ("a letter or digit, then at most 63 letters, digits, '.', '_' or '-' "
+                     "(no path separators, not '.' or '..')")
+# Beside a scan table: the folders outside the data root its paths may name, one per line (the opt-in).
+EXTERNAL_ROOTS_FILE = "external_roots.txt"
+REGISTRY_WAIT_S = 60.0  # how long a registration waits for another to finish its (millisecond) update
+SHOWN_ROWS = 5          # refused rows named in an error
+
+
 class DatasetNotAvailable(StageMissing):
     """Raised when a dataset's scan table does not exist; the message names the command that makes it."""
+
+
+class PathOutsideRoot(ValueError):
+    """A scan table row names no file, or one outside the data root (and the folders its dataset allows)."""
+
+
+def validate_dataset_name(name: str) -> str:
+    """``name`` if it is a safe dataset folder name (``DATASET_NAME_RULE``), else ``ValueError`` saying why."""
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise ValueError(f"dataset name {name!r} is not allowed: a name must be {DATASET_NAME_RULE}")
+    return name
 
 
 def read_manifest(path: Path | None = None) -> pd.DataFrame:
@@ -71,24 +99,31 @@ def register_dataset(name: str, *, description: str, tasks: list[str], licence: 
                      paper_split: str = "", manifest: Path | None = None) -> bool:
     """Append a row for ``name`` unless one exists (known rows are never rewritten). Returns True if added.
 
-    The write is atomic (temp file + rename) so a crash never leaves a half-written manifest.
+    The write is atomic (temp file + rename) so a crash never leaves a half-written manifest, and the
+    read-edit-write holds the registry's lock (``.<manifest name>.lock`` beside it), so concurrent
+    registrations wait for each other and none is lost. A name already listed takes no lock.
     """
+    validate_dataset_name(name)
     path = Path(manifest) if manifest else manifest_path()
-    df = read_manifest(path) if path.exists() else pd.DataFrame(columns=MANIFEST_COLUMNS)
-    if (df["name"] == name).any():
+    if path.exists() and (read_manifest(path)["name"] == name).any():
         return False
-    row = {
-        "name": name, "description": description, "licence": licence, "how_to_obtain": how_to_obtain,
-        "tasks": ";".join(tasks), "paper_scans": paper_scans, "paper_split": paper_split,
-        "scan_table": f"{name}/scans.csv", "ingest_command": ingest_command,
-    }
-    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
-    atomic_write_csv(df[MANIFEST_COLUMNS], path)
+    with exclusive_lock(path.with_name(f".{path.name}.lock"), what=f"dataset registry {path}",
+                        wait=REGISTRY_WAIT_S):
+        df = read_manifest(path) if path.exists() else pd.DataFrame(columns=MANIFEST_COLUMNS)
+        if (df["name"] == name).any():  # registered by another process meanwhile
+            return False
+        row = {
+            "name": name, "description": description, "licence": licence, "how_to_obtain": how_to_obtain,
+            "tasks": ";".join(tasks), "paper_scans": paper_scans, "paper_split": paper_split,
+            "scan_table": f"{name}/scans.csv", "ingest_command": ingest_command,
+        }
+        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+        atomic_write_csv(df[MANIFEST_COLUMNS], path)
     return True
 
 
 def scan_table_path(name: str, root: Path | None = None) -> Path:
-    return Path(root or data_root()) / name / "scans.csv"
+    return Path(root or data_root()) / validate_dataset_name(name) / "scans.csv"
 
 
 def is_available(name: str, root: Path | None = None) -> bool:
@@ -99,6 +134,13 @@ def load_scans(name: str, root: Path | None = None, manifest: Path | None = None
     """The scan table of a dataset. Raises ``DatasetNotAvailable`` naming the ingest command if absent.
 
     ``path`` is resolved against the dataset folder when relative. Task columns become nullable ints.
+
+    Every file the table names (``path`` and any ``*_path`` column) must lie under the data root, after
+    ``..`` is resolved (by name: symbolic links placed in the data root are followed as placed); otherwise
+    ``PathOutsideRoot`` names the rows (scan_id) and where their paths lead. A dataset whose files live
+    elsewhere (a hospital's NIfTI export on another disk) opts in by listing those folders, one per line
+    (lines starting with ``#`` are comments; relative lines are relative to the dataset folder), in
+    ``<data root>/<dataset>/external_roots.txt``: files under them are then read where they are.
     """
     path = scan_table_path(name, root)
     if not path.exists():
@@ -110,8 +152,49 @@ def load_scans(name: str, root: Path | None = None, manifest: Path | None = None
             f"dataset {name!r} is not available: {path} does not exist. Create it with:\n    {cmd}")
     df = pd.read_csv(path, dtype={"scan_id": str, "patient_id": str, "path": str, "split": str})
     folder = path.parent
+    _check_contained(df, path, Path(root or data_root()))
     df["path"] = [p if os.path.isabs(p) else str(folder / p) for p in df["path"]]
     return df
+
+
+def _check_contained(df: pd.DataFrame, table: Path, root: Path) -> None:
+    """``PathOutsideRoot`` unless every path of the scan table ``table`` lies under ``root`` or an external root."""
+    folder = table.parent
+    allowed = [os.path.abspath(root), *external_roots(folder)]
+    refused = []
+    ids = df["scan_id"] if "scan_id" in df.columns else df.index
+    for column in [c for c in df.columns if c == "path" or c.endswith("_path")]:
+        for scan_id, p in zip(ids, df[column]):
+            if pd.isna(p) or not str(p).strip():
+                if column == "path":
+                    refused.append(f"scan_id {scan_id!r}: no path")
+                continue
+            full = os.path.abspath(os.path.join(folder, str(p)))
+            if not any(_is_under(full, base) for base in allowed):
+                refused.append(f"scan_id {scan_id!r}: {column} {p!r} leads to {full}")
+    if refused:
+        raise PathOutsideRoot(
+            f"{table}: {len(refused)} row(s) name no file or one outside the data root {os.path.abspath(root)}: "
+            + "; ".join(refused[:SHOWN_ROWS]) + ("; …" if len(refused) > SHOWN_ROWS else "")
+            + f". To read files kept elsewhere on purpose, list their folders, one per line, in "
+              f"{folder / EXTERNAL_ROOTS_FILE}")
+
+
+def external_roots(folder: Path) -> list[str]:
+    """The outside folders a dataset may read (its ``external_roots.txt``), as absolute paths; [] without one."""
+    path = Path(folder) / EXTERNAL_ROOTS_FILE
+    if not path.exists():
+        return []
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [os.path.abspath(os.path.join(folder, os.path.expanduser(line)))
+            for line in lines if line and not line.startswith("#")]
+
+
+def _is_under(path: str, base: str) -> bool:
+    try:
+        return os.path.commonpath([path, base]) == base
+    except ValueError:  # different drives
+        return False
 
 
 def write_scans(df: pd.DataFrame, name: str, root: Path | None = None) -> Path:

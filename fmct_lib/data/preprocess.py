@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -34,9 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import REPAIRS, CheckedScan, ScanError, ScanRepaired, check_scan
+
 __all__ = [
     "AIR_HU", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
-    "load_volume", "resample", "place_on_canvas", "to_canvas", "to_canvas_with_affine", "apply_windows",
+    "load_checked", "load_volume", "resample", "place_on_canvas", "to_canvas", "to_canvas_with_affine", "apply_windows",
     "model_input", "preprocess",
 ]
 
@@ -48,7 +51,7 @@ PAPER_WINDOWS = ((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0))  # (level, width)
 HEAD_HU = -800.0
 
 
-class PreprocessError(ValueError):
+class PreprocessError(ScanError):
     """A scan that cannot be preprocessed; the message names the file and the problem."""
 
 
@@ -142,82 +145,89 @@ def preset_spec(preset: str, profile="paper") -> PreprocessSpec:
 
 
 # ---------------------------------------------------------------------------------------------------
-# loading and checks
+# loading and checks: the one loader ingestion and preprocessing share
 
 
-def load_volume(src, affine=None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a scan as (HU float32 3-D array, 4x4 voxel-to-RAS-mm affine).
+def load_checked(src, affine=None, *, on_gap: str = "flag", tilt: str = "resample",
+                 on_bad_file: str = "reject") -> CheckedScan:
+    """Read a scan and run every check on it (``checks.check_scan``): the one loader of truth.
 
-    ``src`` is a NIfTI path, a DICOM series folder, or an array (numpy or torch) given with ``affine``.
-    Raises :class:`PreprocessError` naming the file for unreadable, non-finite, non-3-D or
-    zero/negative-spacing input.
+    ``src`` is a NIfTI path, a DICOM series (a folder, or a list of its files), or an array (numpy or
+    torch) given with its 4x4 voxel-to-RAS-mm ``affine``. Returns the HU volume (float32, repaired where
+    a known storage error was found), its affine, its flags with their reasons, and the DICOM header
+    facts (``meta``). Raises :class:`PreprocessError` naming the file and the problem. ``on_gap``,
+    ``tilt`` and ``on_bad_file`` go to ``dicom.read_dicom_series``.
     """
+    meta: dict = {}
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if path.is_dir():
-            hu, affine = _read_dicom_folder(path)
+            hu, affine, meta = _read_dicom(path, on_gap=on_gap, tilt=tilt, on_bad_file=on_bad_file)
         elif path.is_file():
-            hu, affine = _read_nifti(path)
+            hu, affine, meta = _read_nifti(path)
         else:
             raise PreprocessError(f"{path}: no such file or folder")
         where = str(path)
+    elif isinstance(src, (list, tuple)) and src and all(isinstance(f, (str, os.PathLike)) for f in src):
+        hu, affine, meta = _read_dicom(src, on_gap=on_gap, tilt=tilt, on_bad_file=on_bad_file)
+        where = meta["source"]
     else:
         if affine is None:
             raise PreprocessError("an array needs its 4x4 affine (voxel to RAS mm)")
         hu = src.detach().cpu().numpy() if isinstance(src, torch.Tensor) else np.asarray(src)
         where = f"array of shape {hu.shape}"
-    return _checked(hu, affine, where)
+    try:
+        return check_scan(hu, affine, where, intercept=meta.get("rescale_intercept"),
+                          flags=meta.get("flags", ()), meta=meta)
+    except ScanError as e:
+        raise PreprocessError(str(e)) from e
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_volume(src, affine=None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a scan as (HU float32 3-D array, 4x4 voxel-to-RAS-mm affine), checked by :func:`load_checked`.
+
+    A repair (``hu_offset_repaired``...) is applied and announced with a ``ScanRepaired`` warning naming
+    the file; the flags are what ingestion records in ``scans.csv`` (``load_checked`` returns them).
+    """
+    scan = load_checked(src, affine)
+    where = str(src) if isinstance(src, (str, os.PathLike)) else "scan"
+    for name in scan.flags:
+        if name in REPAIRS:
+            warnings.warn(f"{where}: {name}: {scan.notes[name]}", ScanRepaired, stacklevel=2)
+    return scan.hu, scan.affine
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     import nibabel as nib
     from nibabel.openers import ImageOpener
+    if path.stat().st_size == 0:
+        raise PreprocessError(f"{path}: empty file (0 bytes), not a NIfTI image")
     try:
         with ImageOpener(str(path)) as f:
             raw = nib.Nifti1Header.from_fileobj(f, check=False)  # before nibabel "fixes" pixdim
         pixdim = np.asarray(raw["pixdim"][1:min(4, int(raw["dim"][0]) + 1)], dtype=float)
         img = nib.load(str(path))
         hu = np.asarray(img.dataobj, dtype=np.float32)
-    except (EOFError, OSError, ValueError, nib.filebasedimages.ImageFileError) as e:
+        intercept = img.header.get_slope_inter()[1]
+    except Exception as e:  # noqa: BLE001 - truncated gzip, bad header, not a NIfTI: always name the file
         kind = "truncated or corrupt gzip" if path.name.endswith(".gz") else "unreadable NIfTI"
         raise PreprocessError(f"{path}: {kind} ({type(e).__name__}: {e})") from e
-    if np.any(pixdim <= 0):
+    if np.any(pixdim <= 0) or not np.all(np.isfinite(pixdim)):
         raise PreprocessError(f"{path}: voxel spacing (pixdim) {pixdim.tolist()} must be positive")
-    return hu, np.asarray(img.affine, dtype=np.float64)
+    meta = {"rescale_intercept": None if intercept is None or not np.isfinite(intercept) else float(intercept)}
+    return hu, np.asarray(img.affine, dtype=np.float64), meta
 
 
-def _read_dicom_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not any(p.is_file() for p in path.rglob("*")):
-        raise PreprocessError(f"{path}: empty folder, no DICOM files to read")
+def _read_dicom(src, **options) -> tuple[np.ndarray, np.ndarray, dict]:
+    if isinstance(src, Path) and not any(p.is_file() for p in src.rglob("*")):
+        raise PreprocessError(f"{src}: empty folder, no DICOM files to read")
     from .dicom import read_dicom_series
     try:
-        series = read_dicom_series(path)
-    except PreprocessError:
-        raise
+        series = read_dicom_series(src, **options)
     except Exception as e:  # the reader's own errors, re-raised with the folder named
-        msg = str(e) if str(path) in str(e) else f"{path}: {e}"
-        raise PreprocessError(msg) from e
-    return np.asarray(series.hu, dtype=np.float32), np.asarray(series.affine, dtype=np.float64)
-
-
-def _checked(hu: np.ndarray, affine, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if hu.ndim > 3 and all(s == 1 for s in hu.shape[3:]):
-        hu = hu.reshape(hu.shape[:3])  # NIfTI's (X, Y, Z, 1)
-    if hu.ndim == 2 or (hu.ndim == 3 and min(hu.shape) == 1):
-        raise PreprocessError(f"{where}: a 2-D image (shape {hu.shape}); expected a 3-D volume")
-    if hu.ndim != 3:
-        raise PreprocessError(f"{where}: a {hu.ndim}-D image (shape {hu.shape}); expected one 3-D volume")
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise PreprocessError(f"{where}: the affine must be a finite 4x4 matrix, got {affine.tolist()}")
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    if np.any(zooms < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise PreprocessError(f"{where}: zero voxel spacing {zooms.round(4).tolist()} (singular affine)")
-    hu = np.asarray(hu, dtype=np.float32)
-    if not np.isfinite(hu).all():
-        bad = "NaN" if np.isnan(hu).any() else "infinite"
-        raise PreprocessError(f"{where}: contains {bad} values")
-    return hu, affine
+        named = not isinstance(src, Path) or str(src) in str(e)  # a file list's label is in the message
+        raise PreprocessError(str(e) if named else f"{src}: {e}") from e
+    return np.asarray(series.hu, dtype=np.float32), np.asarray(series.affine, dtype=np.float64), series.meta
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Sweeps: many downstream runs at once, finished ones read back (Fig. 1e's protocols × tasks × seeds; Fig. 2's
-K-shot draws). A run that cannot be made from the data (``ProtocolSkipped``) is warned about and recorded, and
-the sweep goes on."""
+K-shot draws). A run that cannot be made from the data (``ProtocolSkipped``: a training or evaluation split
+without positives or negatives, too few shots, no label column) is warned about and recorded with its reason,
+and the sweep goes on."""
 from __future__ import annotations
 
 import warnings

@@ -2,7 +2,9 @@
 
 Two layers:
 
-- ``auroc`` / ``average_precision`` / ``task_metrics``: the plain metrics, through scikit-learn.
+- ``auroc`` / ``average_precision`` / ``task_metrics``: the plain metrics, through scikit-learn. Where a
+  metric is undefined (a one-class set: AUROC needs both classes, AP a positive) it is NaN and
+  ``undefined_reason`` says why; ``task_metrics`` carries that in its ``reason`` column.
 - ``weighted_auroc_ap``: the same two metrics for a whole matrix of sample weights at once, from a single
   sort of the scores. A bootstrap replicate is a vector of resampling counts, a permutation of two models
   is a 0/1 selection over their pooled scores, so both statistics in ``stats.py`` reduce to this one
@@ -15,7 +17,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = ["auroc", "average_precision", "task_metrics", "weighted_auroc_ap", "predictions_to_wide",
-           "sort_groups", "group_sums", "auroc_ap_from_groups"]
+           "sort_groups", "group_sums", "auroc_ap_from_groups", "undefined_reason", "is_undefined",
+           "macro_reason"]
 
 MACRO = "macro"
 
@@ -36,11 +39,29 @@ def average_precision(labels, scores) -> float:
     return float(average_precision_score(labels, scores))
 
 
+def undefined_reason(labels) -> str:
+    """Why AUROC or AP cannot be computed on ``labels``: ``""`` where both can, ``"no scans"``, ``"no
+    positives"`` (AUROC and AP undefined) or ``"no negatives"`` (AUROC undefined; AP is 1)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return "no scans"
+    if not (labels == 1).any():
+        return "no positives"
+    return "" if (labels != 1).any() else "no negatives"
+
+
+def is_undefined(reason: str, metric: str) -> bool:
+    """Whether ``metric`` (``"auroc"`` or ``"ap"``) is undefined for an ``undefined_reason``."""
+    return bool(reason) and (metric == "auroc" or reason != "no negatives")
+
+
 def task_metrics(predictions: pd.DataFrame, by: tuple[str, ...] = ("task",)) -> pd.DataFrame:
     """AUROC and AP per group of a predictions table (columns ``probability``, ``label`` and ``by``).
 
-    One row per group with ``auroc``, ``ap``, ``n``, ``n_pos``; when grouping by task alone a final
-    ``task == "macro"`` row holds the unweighted mean over tasks (the paper's macro-AUC).
+    One row per group with ``auroc``, ``ap``, ``n``, ``n_pos`` and ``reason`` (``undefined_reason``: why a
+    metric is NaN, ``""`` where none is); when grouping by task alone a final ``task == "macro"`` row holds
+    the unweighted mean over the tasks where the metric is defined (the paper's macro-AUC), its ``reason``
+    naming the tasks left out.
     """
     _check_columns(predictions, ["probability", "label", *by])
     rows = []
@@ -48,13 +69,26 @@ def task_metrics(predictions: pd.DataFrame, by: tuple[str, ...] = ("task",)) -> 
         key = key if isinstance(key, tuple) else (key,)
         y, s = g["label"].to_numpy(int), g["probability"].to_numpy(float)
         rows.append({**dict(zip(by, key)), "auroc": auroc(y, s), "ap": average_precision(y, s),
-                     "n": len(g), "n_pos": int(y.sum())})
+                     "n": len(g), "n_pos": int(y.sum()), "reason": undefined_reason(y)})
     table = pd.DataFrame(rows)
     if tuple(by) == ("task",) and len(table):
         macro = {"task": MACRO, "auroc": table["auroc"].mean(), "ap": table["ap"].mean(),
-                 "n": int(table["n"].max()), "n_pos": int(table["n_pos"].sum())}
+                 "n": int(table["n"].max()), "n_pos": int(table["n_pos"].sum()),
+                 "reason": macro_reason(dict(zip(table["task"], table["reason"])))}
         table = pd.concat([table, pd.DataFrame([macro])], ignore_index=True)
     return table
+
+
+def macro_reason(reasons: dict, metric: str | None = None) -> str:
+    """The ``reason`` of a macro value from its tasks' ``undefined_reason``s ({task: reason}): which tasks
+    the mean leaves out (for ``metric``, or for either metric), ``""`` where none."""
+    out = {t: r for t, r in reasons.items() if r and (metric is None or is_undefined(r, metric))}
+    if not out:
+        return ""
+    named = ", ".join(f"{t} ({r})" for t, r in out.items())
+    if len(out) == len(reasons):
+        return f"undefined for every task: {named}"
+    return f"mean over the other tasks; undefined for {named}"
 
 
 def weighted_auroc_ap(scores, labels, weights) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,10 @@ The authors' layouts (``reference_code_facts.md`` §2) load through one explicit
 encoder parameter must be present, keys that belong to other modules (DINO head, MAE decoder) are
 dropped and reported, and any other key is an error. Nothing is ever unpickled with code: ``.pth`` files
 go through ``torch.load(weights_only=True)``.
+
+``load_encoder`` is the one entry point (the command line, the notebooks, the protocols): it tells the
+formats apart by the file's first bytes (``checkpoint_format``), never by trying loaders in turn, and can be
+asked for an expected architecture (``expect``), so a file that lacks a block is refused, not loaded shallower.
 """
 from __future__ import annotations
 
@@ -19,21 +23,105 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
+from ..config import ModelConfig
 from ..io import atomic_path
 from .vit3d import VisionTransformer3d, vit_from_config
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_encoder", "read_checkpoint_config", "load_state_dict_file",
-    "load_reference_checkpoint", "reference_to_fmct_key", "LoadReport", "CheckpointError",
+    "load_reference_checkpoint", "reference_to_fmct_key", "checkpoint_format", "LoadReport", "CheckpointError",
+    "ARCHITECTURES",
 ]
 log = logging.getLogger(__name__)
+
+# named architectures ``expect`` accepts: ViT-B/12 on 96³ is the paper's and the only one the authors released
+# (with or without register tokens and qkv bias, which the keys tell)
+ARCHITECTURES = {"ViT-B": dict(img_size=96, patch_size=12, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                               mlp_ratio=4.0)}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+# -------------------------------------------------------------------------------------------- format
+def checkpoint_format(path: str | os.PathLike) -> str:
+    """What a file holds, from its first bytes: ``"safetensors"``, ``"torch"`` (``torch.save``'s zip) or
+    ``"pickle"`` (the legacy ``torch.save`` stream). A missing file raises ``FileNotFoundError``; an empty,
+    truncated or foreign one ``CheckpointError``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes)")
+    if head[:4] == b"PK\x03\x04":
+        return "torch"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if n > size - 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (its header claims {n} bytes, the file "
+                                  f"holds {size})")
+        return "safetensors"
+    raise CheckpointError(f"{path}: not a checkpoint: neither safetensors nor a PyTorch file (it starts with "
+                          f"{head[:8]!r})")
+
+
+def _safetensors(path: Path, what: str = "tensors"):
+    """The metadata (``what="metadata"``) or the tensors of a safetensors file; a damaged file raises
+    ``CheckpointError`` naming it."""
+    try:
+        if what == "metadata":
+            with safe_open(str(path), framework="pt") as f:
+                return f.metadata() or {}
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: damaged safetensors file ({e})") from None
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)``: tensors and plain containers only; a refusal names the file and
+    torch's own reason."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused by torch.load(weights_only=True): {_torch_reason(e)}. Only tensors and plain "
+            f"containers are loaded, never objects whose unpickling could execute code; if you trust the file, "
+            f"re-save its state dict alone.") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: damaged PyTorch file ({_torch_reason(e)})") from None
+
+
+def _torch_reason(error: Exception) -> str:
+    """The line of torch's message that says what went wrong (not its advice on ``weights_only=False``)."""
+    advice = ("Weights only load failed", "(1)", "(2)", "Check the documentation", "In PyTorch", "Please file an issue")
+    lines = []
+    for line in str(error).splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        elif line.startswith(advice):
+            continue
+        if line:
+            lines.append(line)
+    reason = lines[0] if lines else type(error).__name__
+    return reason.split(" Please use ")[0].split(". This is an internal")[0].rstrip(".")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict:
+    """Tensors from a safetensors or a ``torch.save`` file (told apart by content), never executing code."""
+    path = Path(path)
+    return _safetensors(path) if checkpoint_format(path) == "safetensors" else _torch_load(path)
 
 
 # ---------------------------------------------------------------------------------------------- ours
@@ -52,26 +140,24 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | dict, conf
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The configuration stored in one of our checkpoints (reads the header only)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    path = Path(path)
+    if checkpoint_format(path) != "safetensors":
+        raise CheckpointError(f"{path}: not an fmct checkpoint (a PyTorch file, not safetensors)")
+    meta = _safetensors(path, "metadata")
     if "fmct_config" not in meta:
         raise CheckpointError(f"{path}: not an fmct checkpoint (no 'fmct_config' in its metadata)")
     return json.loads(meta["fmct_config"])
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
-    """Load one of our encoder checkpoints → ``(encoder, config)``; the config's ``model`` builds it."""
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", expect=None):
+    """Load one of our encoder checkpoints → ``(encoder, config)``; the config's ``model`` builds it, strictly
+    (and must match ``expect``, as in ``load_encoder``, where given)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
     config = read_checkpoint_config(path)
     if "model" not in config:
         raise CheckpointError(f"{path}: its configuration has no 'model' entry to build an encoder from")
-    from safetensors.torch import load_file
-    state = load_file(str(path), device=map_location)
-    with torch.device("meta"):
-        model = vit_from_config(config["model"])
-    return _assign(model, state), config
+    state = {k: v.to(map_location) for k, v in _safetensors(path).items()}
+    return _build(str(path), dict(config["model"]), state, expect), config
 
 
 def _assign(model: VisionTransformer3d, state: dict) -> VisionTransformer3d:
@@ -84,20 +170,46 @@ def _assign(model: VisionTransformer3d, state: dict) -> VisionTransformer3d:
     return model
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict:
-    """Tensors from a ``.safetensors`` or a ``.pth``/``.pt`` file, never executing code."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused — it contains objects other than tensors and plain containers, and loading it "
-            f"would execute code. Re-save it as a plain state dict. ({str(e).splitlines()[0]})") from None
+def _expected(expect) -> tuple[dict, str]:
+    """``expect`` → (the ``ModelConfig`` fields it fixes, its name in messages). It is None (nothing fixed), a
+    name in ``ARCHITECTURES``, a ``ModelConfig`` (every field) or a dict of some of its fields."""
+    if expect is None:
+        return {}, ""
+    if isinstance(expect, str):
+        if expect not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {expect!r}; choose one of {tuple(ARCHITECTURES)} or pass a "
+                             f"ModelConfig")
+        return dict(ARCHITECTURES[expect]), expect
+    fields = expect.to_dict() if isinstance(expect, ModelConfig) else dict(expect)
+    unknown = set(fields) - set(ModelConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"expect: unknown ModelConfig fields {sorted(unknown)}")
+    return fields, "the expected encoder"
+
+
+def _build(source: str, config: dict, state: dict, expect=None) -> VisionTransformer3d:
+    """The encoder of ``config`` with ``state`` loaded strictly. With ``expect``, the file's configuration must
+    agree with it and the model is built as expected, so a missing block is reported as missing keys."""
+    want, label = _expected(expect)
+    differ = [f"{k} {config[k]} (expected {v})" for k, v in want.items() if k in config and config[k] != v]
+    config.update(want)
+    with torch.device("meta"):
+        model = vit_from_config(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
+              if k in state and tuple(state[k].shape) != expected[k]]
+    if differ or missing or unexpected or shapes:
+        keys = (("missing", missing), ("unexpected", unexpected), ("shapes differ:", shapes))
+        problems = ([", ".join(differ)] if differ else []) + [  # keys name what differs, unless every shape does
+            f"{name} {_listing(k)}" for name, k in keys if k and not (differ and shapes)]
+        what = f"is not {label}" if differ else "keys do not match the encoder"
+        raise CheckpointError(f"{source}: {what}: {'; '.join(problems)}")
+    return _assign(model, state)
+
+
+def _listing(keys: list[str], n: int = 12) -> str:
+    return f"{keys[:n]}" + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 # ------------------------------------------------------------------------------------------ authors'
@@ -166,25 +278,31 @@ def _select(obj, which: str, source: str) -> dict:
 
 
 def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_size: int = 96,
-                              patch_size: int = 12, which: str = "student") -> VisionTransformer3d:
+                              patch_size: int = 12, which: str = "student", expect=None,
+                              source: str | None = None) -> VisionTransformer3d:
     """Build the matching encoder and load the authors' weights into it, strictly.
 
     Accepts a bare state dict, a DINO/MAE checkpoint dict (``state_dict`` = student, ``momentum_model_state_dict``
     = teacher, choose with ``which``), with ``module.``/``backbone.``/``_orig_mod.`` prefixes. Width, depth,
     MLP size, register tokens and qkv bias come from the keys; heads, input size and patch size (which the
-    keys cannot tell) from the arguments. The returned encoder carries ``load_report`` (also logged).
+    keys cannot tell) from the arguments, or from ``expect`` (as in ``load_encoder``), which also fixes what
+    the keys tell: a file without its last block is then refused, not loaded as a shallower encoder.
+    ``source`` names a state dict in messages. The returned encoder carries ``load_report`` (also logged).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = str(path_or_state_dict)
         obj = load_state_dict_file(path_or_state_dict)
     else:
-        source, obj = "<state dict>", path_or_state_dict
+        source, obj = source or "<state dict>", path_or_state_dict
     raw = _select(obj, which, source)
+    want, _ = _expected(expect)
+    num_heads, img_size = want.get("num_heads", num_heads), want.get("img_size", img_size)
+    patch_size = want.get("patch_size", patch_size)
 
     report = LoadReport(source=source, which=which)
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
-        key = _strip_prefixes(key)
+        key = _strip_prefixes(str(key))
         if _DROPPED.match(key):
             report.dropped.append(key)
             continue
@@ -204,26 +322,37 @@ def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_si
     config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                   depth=depth, num_heads=num_heads, mlp_ratio=mlp_dim / embed_dim,
                   qkv_bias="blocks.0.attn.qkv.bias" in state, num_register_tokens=n_reg)
-    with torch.device("meta"):
-        model = vit_from_config(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: keys do not match the encoder: missing {missing[:10]}, "
-                              f"unexpected {unexpected[:10]}")
-    if state["pos_embed"].shape != expected["pos_embed"]:
-        raise CheckpointError(f"{source}: position table {tuple(state['pos_embed'].shape)} does not fit "
-                              f"img_size={img_size}, patch_size={patch_size} ({tuple(expected['pos_embed'])})")
-    model = _assign(model, state)
-    report.loaded, report.config = len(state), config
+    if "pos_embed" in state:
+        with torch.device("meta"):
+            table = vit_from_config(config).pos_embed.shape
+        if state["pos_embed"].shape != table:
+            raise CheckpointError(f"{source}: position table {tuple(state['pos_embed'].shape)} does not fit "
+                                  f"img_size={img_size}, patch_size={patch_size} ({tuple(table)})")
+    model = _build(source, config, state, expect)
+    report.loaded, report.config = len(state), model.config.to_dict()
     model.load_report = report
     log.info("%s", report)
     return model
 
 
-def load_encoder(path: str | os.PathLike) -> VisionTransformer3d:
-    """An encoder from one of our checkpoints, or from the authors' released layouts."""
-    try:
-        return load_checkpoint(path)[0]
-    except CheckpointError:
-        return load_reference_checkpoint(path)
+# --------------------------------------------------------------------------------------- entry point
+def load_encoder(path: str | os.PathLike, expect=None, *, which: str = "student") -> VisionTransformer3d:
+    """An encoder from one of our checkpoints or from the authors' layouts, recognised by content
+    (``checkpoint_format``) and loaded strictly; a refused file raises ``CheckpointError`` naming it and the
+    problem (a missing one ``FileNotFoundError``).
+
+    ``expect`` is the architecture the caller needs: a name in ``ARCHITECTURES`` (``"ViT-B"``), a
+    ``ModelConfig`` or a dict of some of its fields. Our files build what their configuration says, checked
+    against ``expect`` where given; the authors' layouts are checked against ``expect``, by default ViT-B
+    (the only one they released; their keys cannot tell heads, input or patch size). ``which`` picks the
+    student or the teacher of an authors' DINO checkpoint.
+    """
+    path = Path(path)
+    if checkpoint_format(path) == "safetensors":
+        if "fmct_config" in _safetensors(path, "metadata"):
+            return load_checkpoint(path, expect=expect)[0]
+        obj = _safetensors(path)           # a bare state dict saved as safetensors: through the key map
+    else:
+        obj = _torch_load(path)
+    return load_reference_checkpoint(obj, which=which, expect="ViT-B" if expect is None else expect,
+                                     source=str(path))

@@ -3,7 +3,9 @@
 A run directory holds ``config.json``, ``metrics.jsonl`` / ``metrics.csv`` (one row per step),
 ``state_last.pt`` (resume state), ``encoder.safetensors`` (our checkpoint format, ``models/checkpoints``)
 and a ``done`` marker. Calling ``pretrain`` on a finished run returns at once; on an interrupted one it
-continues exactly where the last checkpoint left off (``loop.py``).
+continues exactly where the last checkpoint left off (``loop.py``). A run holds its directory's lock
+(``.lock``, taken by rank 0) while it trains: a second process on a directory in use fails at once with
+``LockBusy`` naming the holder, instead of resuming from the first one's checkpoint and mixing their logs.
 
 Schedule lengths scale with the run: warm-up, teacher-temperature warm-up and the frozen-prototype period
 are fractions of the total steps (each method's rule, ``train/methods``), so ``max_steps`` shortens a run
@@ -14,6 +16,7 @@ does, before (DESIGN §2: the pipeline alone builds a missing stage).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -27,10 +30,10 @@ from torch.utils.data import Dataset
 from ..config import get_profile
 from ..data.augment import AugmentConfig
 from ..data.preprocess import paper_spec
-from ..io import atomic_write_text
+from ..io import LOCK_FILE, LockBusy, atomic_write_text, exclusive_lock
 from ..models.checkpoints import save_checkpoint
 from ..paths import StageMissing, runs_root
-from .distributed import DistInfo, barrier, setup
+from .distributed import DistInfo, all_reduce_mean, barrier, setup
 from .loop import DONE_FILE, STATE_FILE, train
 from .methods import get_method, method_options
 
@@ -94,6 +97,24 @@ def _check_or_write_config(run_dir: Path, config: dict, dist_info: DistInfo, fre
         atomic_write_text(path, text)
 
 
+@contextlib.contextmanager
+def _holding_run_dir(run_dir: Path, dist_info: DistInfo):
+    """Rank 0 holds the run directory's lock for the block; when another process holds it, every rank fails."""
+    with contextlib.ExitStack() as held:
+        busy = None
+        if dist_info.is_main:
+            try:
+                held.enter_context(exclusive_lock(run_dir / LOCK_FILE, what=f"run directory {run_dir}", wait=0))
+            except LockBusy as e:
+                busy = e
+        flag = all_reduce_mean(torch.tensor([float(busy is not None)], device=dist_info.device))
+        if busy is not None:
+            raise busy
+        if float(flag[0]) > 0:
+            raise LockBusy(f"run directory {run_dir} is in use by another process (rank 0 could not lock it)")
+        yield
+
+
 def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 0, resume: bool = True,
                 max_steps: int | None = None, device=None, progress: bool = True, batch_size: int | None = None,
                 accum_steps: int = 1, checkpoint_every: int | None = None, num_workers: int = 0,
@@ -114,33 +135,36 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
         return run_dir
     dist_info = setup(device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and dist_info.is_main:
-        for name in (STATE_FILE, DONE_FILE, "metrics.jsonl", "metrics.csv", ENCODER_FILE):
-            (run_dir / name).unlink(missing_ok=True)
-    barrier()
-    run = run_config(method, profile, len(dataset), dist_info.world_size, seed=seed, batch_size=batch_size,
-                     accum_steps=accum_steps, max_steps=max_steps, checkpoint_every=checkpoint_every,
-                     options=options)
-    augment = AugmentConfig.from_profile(profile, windows=(preprocess or {}).get("windows") or AugmentConfig.windows,
-                                         **Method.crops(run))
-    config = {"run": run, "augment": asdict(augment), "profile": profile.to_dict(), "meta": meta or {},
-              "preprocess": preprocess}
-    config = json.loads(json.dumps(config))  # canonical JSON types (tuples → lists)
-    _check_or_write_config(run_dir, config, dist_info, fresh=not resume)
+    with _holding_run_dir(run_dir, dist_info):
+        if resume and (run_dir / DONE_FILE).exists():  # another process finished it a moment ago
+            return run_dir
+        if not resume and dist_info.is_main:
+            for name in (STATE_FILE, DONE_FILE, "metrics.jsonl", "metrics.csv", ENCODER_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+        barrier()
+        run = run_config(method, profile, len(dataset), dist_info.world_size, seed=seed, batch_size=batch_size,
+                         accum_steps=accum_steps, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                         options=options)
+        windows = (preprocess or {}).get("windows") or AugmentConfig.windows
+        augment = AugmentConfig.from_profile(profile, windows=windows, **Method.crops(run))
+        config = {"run": run, "augment": asdict(augment), "profile": profile.to_dict(), "meta": meta or {},
+                  "preprocess": preprocess}
+        config = json.loads(json.dumps(config))  # canonical JSON types (tuples → lists)
+        _check_or_write_config(run_dir, config, dist_info, fresh=not resume)
 
-    torch.manual_seed(seed)  # model initialisation; later randomness comes from the saved generators
-    task = Method(profile, augment, run)
-    train(task, dataset, run, run_dir, dist_info, resume=resume, num_workers=num_workers, progress=progress,
-          on_step=on_step)
+        torch.manual_seed(seed)  # model initialisation; later randomness comes from the saved generators
+        task = Method(profile, augment, run)
+        train(task, dataset, run, run_dir, dist_info, resume=resume, num_workers=num_workers, progress=progress,
+              on_step=on_step)
 
-    if dist_info.is_main:
-        encoder = task.encoder()
-        save_checkpoint(run_dir / ENCODER_FILE, encoder,
-                        config={"model": encoder.config.to_dict(), "method": method, "profile": profile.name,
-                                "seed": seed, "preprocess": preprocess, **(meta or {})},
-                        metadata={"exported": Method.exported})
-        (run_dir / DONE_FILE).write_text(json.dumps({"steps": run["total_steps"], "finished": time.time()}))
-    barrier()
+        if dist_info.is_main:
+            encoder = task.encoder()
+            save_checkpoint(run_dir / ENCODER_FILE, encoder,
+                            config={"model": encoder.config.to_dict(), "method": method, "profile": profile.name,
+                                    "seed": seed, "preprocess": preprocess, **(meta or {})},
+                            metadata={"exported": Method.exported})
+            (run_dir / DONE_FILE).write_text(json.dumps({"steps": run["total_steps"], "finished": time.time()}))
+        barrier()
     return run_dir
 
 

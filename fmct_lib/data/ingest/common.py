@@ -7,13 +7,16 @@ volume, and hands them to ``run_jobs`` with a reader. For each job the loop
   original patient identifier; the key is ``$FMCT_PSEUDONYM_KEY`` or a random key kept beside the
   dataset in ``.pseudonym_key``, so re-runs give the same ids),
 - skips the job if its volume and its sidecar row (``volumes/<scan_id>.json``) already exist (resume),
-- otherwise reads the volume, writes ``volumes/<scan_id>.nii.gz`` (RAS, int16 HU) and the sidecar,
-  each atomically, and catches any error as a rejection ``(source, reason)``: one bad scan never stops
-  the job.
+- otherwise reads the volume through the shared loader (``preprocess.load_checked``: every check of
+  ``checks.py``), writes ``volumes/<scan_id>.nii.gz`` (RAS, int16 HU) and the sidecar (the row, the
+  skipped files and the reason of each flag), each atomically, and catches any error as a rejection
+  ``(source, reason)``: one bad scan never stops the job. A refused scan's reason is the loader's
+  message, so a file is refused with the same words wherever it is read.
 
 ``finish`` then writes ``scans.csv`` (DESIGN §3, with the 8:1:1 patient-level split computed from the
-original patient identifiers and the seed), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original
-ids and source paths: the re-identification key, to be kept as private as the source data).
+original patient identifiers and the seed, and the ``flags`` column: repairs and flags, semicolon-
+separated), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original ids and source paths: the
+re-identification key, to be kept as private as the source data; see docs/data_safety.md).
 """
 from __future__ import annotations
 
@@ -31,19 +34,26 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..dicom import read_dicom_series
+from ..checks import ScanError, join_flags
 from ...io import atomic_path, atomic_write_csv, atomic_write_json
 from ..manifest import SCAN_COLUMNS, write_scans
+from ..preprocess import load_checked
 from ..splits import assign_splits
 
-__all__ = ["Job", "pseudonym", "pseudonym_key", "write_nifti", "run_jobs", "finish", "format_spacing",
-           "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS"]
+__all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv", "run_jobs",
+           "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
 
 REJECT_COLUMNS = ["source", "reason"]
+FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
 # Protocol columns a DICOM series contributes to the scan table (no UIDs: they can embed dates).
 DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", "has_gap",
                  "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg"]
 VOLUMES = "volumes"
+PRIVATE_MODE = 0o600  # tables holding original identifiers: readable by their owner only (docs/data_safety.md)
+
+
+class SourceError(FileNotFoundError):
+    """The ``--source`` of an ingester is missing, empty or not in the expected layout (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,13 @@ def pseudonym_key(dataset_dir: Path) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
+
+
+def write_private_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write a table that holds original identifiers (``linkage.csv``...) atomically, owner-only (mode 600)."""
+    atomic_write_csv(df, path)
+    os.chmod(path, PRIVATE_MODE)
+    return Path(path)
 
 
 def pseudonym(raw_id: str, key: bytes, prefix: str) -> str:
@@ -104,27 +121,41 @@ def hu_int16(hu: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
 
 
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The array permuted/flipped to RAS voxel order and its affine (nibabel's closest canonical)."""
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(data, ornt)
+    return out, np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+
+
 def read_dicom_job(inputs, *, on_gap: str = "flag", tilt: str = "resample"):
     """The reader for DICOM ingesters: one series (folder or files) -> int16 HU, affine, row, skipped."""
-    vol = read_dicom_series(inputs, on_gap=on_gap, tilt=tilt, on_bad_file="skip")
-    row = {k: vol.meta[k] for k in ["manufacturer", "slice_thickness_mm", "contrast_agent", "sheared",
-                                     *DICOM_COLUMNS]}
-    skipped = [(f, f"slice skipped: {reason}") for f, reason in vol.meta["skipped_files"]]
-    return hu_int16(vol.hu), vol.affine, row, skipped
+    scan = load_checked(inputs, on_gap=on_gap, tilt=tilt, on_bad_file="skip")
+    row = {k: scan.meta[k] for k in ["manufacturer", "slice_thickness_mm", "contrast_agent", *DICOM_COLUMNS]}
+    row["_notes"] = scan.notes
+    skipped = [(f, f"slice skipped: {reason}") for f, reason in scan.meta["skipped_files"]]
+    return hu_int16(scan.hu), scan.affine, row, skipped
 
 
 def _convert(job: Job, reader, volume: Path, sidecar: Path) -> tuple[dict | None, list]:
-    """Read one job and write its volume + sidecar; returns (row or None, rejects)."""
+    """Read one job and write its volume + sidecar; returns (row or None, rejects).
+
+    ``row["_notes"]`` (flag name -> finding) becomes the ``flags`` column and the sidecar's ``notes``.
+    """
     try:
         data, affine, row, skipped = reader(job.inputs)
+    except ScanError as e:  # refused by the checks: the loader's own message, which names the file
+        return None, [(str(job.source_key), str(e))]
     except Exception as e:  # noqa: BLE001 - one bad scan is a rejection, never the end of the job
         return None, [(str(job.source_key), f"{type(e).__name__}: {e}")]
+    notes = row.pop("_notes", {})
     try:
-        write_nifti(data, affine, volume, sheared=bool(row.pop("sheared", False)))
+        write_nifti(data, affine, volume, sheared="sheared_affine" in notes)
     except Exception as e:  # noqa: BLE001
         return None, [(str(job.source_key), f"could not write {volume.name}: {type(e).__name__}: {e}")]
-    row = {**row, "spacing": format_spacing(affine), "shape": "x".join(map(str, data.shape))}
-    _write_json({"row": row, "rejects": skipped}, sidecar)
+    row = {**row, FLAGS_COLUMN: join_flags(notes), "spacing": format_spacing(affine),
+           "shape": "x".join(map(str, data.shape))}
+    _write_json({"row": row, "rejects": skipped, "notes": notes}, sidecar)
     return row, skipped
 
 
@@ -133,9 +164,9 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
     """Run ``reader`` over ``jobs`` (resuming), writing volumes under ``dataset_dir/volumes``.
 
     ``reader(inputs) -> (data, affine, row, skipped)`` must be a picklable module-level callable when
-    ``workers > 1``; ``row`` holds the reader's columns, ``skipped`` the ``(file, reason)`` pairs it
-    dropped without failing the volume. Returns the rows (with scan/patient ids, path and the job's
-    columns) and all rejections.
+    ``workers > 1``; ``row`` holds the reader's columns and, under ``"_notes"``, the checks' findings
+    (``CheckedScan.notes``), ``skipped`` the ``(file, reason)`` pairs it dropped without failing the
+    volume. Returns the rows (with scan/patient ids, path and the job's columns) and all rejections.
     """
     dataset_dir = Path(dataset_dir)
     (dataset_dir / VOLUMES).mkdir(parents=True, exist_ok=True)
@@ -147,8 +178,8 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
         sidecar = volume.with_name(f"{scan_id}.json")
         ids = {"scan_id": scan_id, "patient_id": pseudonym(job.patient, key, "P"),
                "path": f"{VOLUMES}/{volume.name}", "_patient": job.patient, "_source": job.source_key}
-        if volume.exists() and sidecar.exists():  # done in an earlier run
-            done = json.loads(sidecar.read_text())
+        done = json.loads(sidecar.read_text()) if volume.exists() and sidecar.exists() else None
+        if done is not None and FLAGS_COLUMN in done["row"]:  # done in an earlier run (with the checks)
             rows.append({**ids, **done["row"], **job.columns})
             rejects += [tuple(r) for r in done["rejects"]]
         else:
@@ -188,7 +219,7 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     columns (nullable 0/1). Returns a summary with the counts and paths.
     """
     dataset_dir = Path(dataset_dir)
-    order = SCAN_COLUMNS + [c for c in columns if c not in SCAN_COLUMNS] + tasks
+    order = SCAN_COLUMNS + [c for c in [*columns, FLAGS_COLUMN] if c not in SCAN_COLUMNS] + tasks
     scans = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | set(order) | {"_patient", "_source"}))
     scans = scans.sort_values("scan_id", kind="stable").reset_index(drop=True)
     scans["split"] = assign_splits(scans["_patient"].astype(str), seed=seed)
@@ -197,9 +228,11 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     linkage = scans[["scan_id", "patient_id", "_patient", "_source"]].rename(
         columns={"_patient": "original_patient_id", "_source": "source"})
     scans_path = write_scans(scans[order], name, root)
-    atomic_write_csv(linkage, dataset_dir / "linkage.csv")
+    write_private_csv(linkage, dataset_dir / "linkage.csv")
     rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
     atomic_write_csv(rej, dataset_dir / "rejects.csv")
+    flagged = int((scans[FLAGS_COLUMN].fillna("").astype(str) != "").sum())
     return {"dataset": name, "scans": len(scans), "patients": int(scans["patient_id"].nunique()),
-            "rejects": len(rej), "scans_csv": str(scans_path), "rejects_csv": str(dataset_dir / "rejects.csv"),
+            "flagged": flagged, "rejects": len(rej), "scans_csv": str(scans_path),
+            "rejects_csv": str(dataset_dir / "rejects.csv"),
             "splits": scans["split"].value_counts().to_dict()}

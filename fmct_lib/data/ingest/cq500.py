@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from ...paths import data_root
-from ..manifest import CQ500_FINDINGS, register_dataset
-from .common import DICOM_COLUMNS, Job, finish, read_dicom_job, run_jobs
+from ..manifest import CQ500_FINDINGS, register_dataset, validate_dataset_name
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
 
 __all__ = ["READS_FINDINGS", "read_cq500_labels", "find_series", "is_contrast", "ingest_cq500"]
 
@@ -56,11 +56,17 @@ def is_contrast(description: str) -> bool:
 
 
 def find_series(source: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
-    """``(patient name, series folder)`` for every folder holding files below a ``CQ500CT<N>`` folder."""
+    """``(patient name, series folder)`` for every folder holding files below a ``CQ500CT<N>`` folder.
+
+    An empty leaf folder below a patient folder is a series too (the reader refuses it, so it is a row
+    of ``rejects.csv``, never left out in silence).
+    """
     series, rejects = [], []
     for dirpath, dirnames, filenames in os.walk(source):
         dirnames.sort()
-        if not any(not f.startswith(".") for f in filenames):
+        visible = [f for f in filenames if not f.startswith(".")]
+        empty_leaf = not dirnames and not visible
+        if not empty_leaf and not visible:
             continue
         folder = Path(dirpath)
         if folder == Path(source):
@@ -68,7 +74,8 @@ def find_series(source: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, s
         rel = folder.relative_to(source)
         match = next((m for part in rel.parts if (m := PATIENT_FOLDER.match(part))), None)
         if match is None:
-            rejects.append((str(folder), "files outside a 'CQ500CT<N> CQ500CT<N>' patient folder"))
+            what = "an empty folder" if empty_leaf else "files"
+            rejects.append((str(folder), f"{what} outside a 'CQ500CT<N> CQ500CT<N>' patient folder"))
             continue
         series.append((f"CQ500-CT-{int(match.group(1))}", folder))
     return series, rejects
@@ -77,15 +84,18 @@ def find_series(source: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, s
 def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_contrast: bool = False,
                  workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
     """Ingest CQ500 from ``source`` (``reads.csv`` + ``qct*/``) into ``<root>/<name>/``; returns a summary."""
+    validate_dataset_name(name)  # before anything is written
     source = Path(source)
+    if not source.is_dir():
+        raise SourceError(f"{source}: no such folder (--source must hold reads.csv and the qct*/ folders)")
     reads = source / "reads.csv"
     if not reads.exists():
-        raise FileNotFoundError(f"{reads} not found: --source must hold reads.csv and the qct*/ folders")
+        raise SourceError(f"{reads} not found: --source must hold reads.csv and the qct*/ folders")
     dataset_dir = Path(root or data_root()) / name
     labels = read_cq500_labels(reads)
     series, rejects = find_series(source)
     if not series:
-        raise FileNotFoundError(f"{source}: no 'CQ500CT<N> CQ500CT<N>/Unknown Study/CT <desc>/' series found")
+        raise SourceError(f"{source}: no 'CQ500CT<N> CQ500CT<N>/Unknown Study/CT <desc>/' series found")
 
     jobs = []
     for patient, folder in series:

@@ -1,7 +1,9 @@
 """A folder of NIfTI volumes plus a labels CSV (a hospital's own data) -> a registered custom dataset.
 
-Every ``.nii``/``.nii.gz`` below ``source`` becomes one scan: checked (3-D, finite, positive spacing,
-readable to the end), reoriented to RAS and written under ``<root>/<name>/volumes``. The labels CSV has
+Every ``.nii``/``.nii.gz`` below ``source`` becomes one scan: read and checked by the loader that
+preprocessing uses too (``preprocess.load_checked``: readable to the end, 3-D, finite, plausible spacing
+and Hounsfield scale; ``checks.py``), so a file ingestion accepts is one the cache accepts. It is
+reoriented to RAS and written under ``<root>/<name>/volumes`` as int16 HU, with its flags. The labels CSV has
 one row per volume: a path column (relative to ``source``, or a bare file name), a patient column, and
 label columns renamed to task names through ``mapping`` (``{"csv column": "task"}``; e.g. EHR-derived
 labels as in the paper). Volumes missing from the CSV are kept with empty labels and their own file as
@@ -11,44 +13,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from ...paths import data_root
-from ..manifest import register_dataset
-from .common import Job, finish, run_jobs
+from ..manifest import register_dataset, validate_dataset_name
+from ..preprocess import load_checked
+from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
 
-__all__ = ["load_volume", "read_nifti_job", "ingest_nifti"]
-
-
-def load_volume(path) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI volume in RAS voxel order and its affine; ``ValueError`` naming the file and the problem."""
-    path = Path(path)
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:  # noqa: BLE001 - truncated gzip (EOFError, zlib.error), bad header, ...
-        raise ValueError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e})") from e
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-        img = nib.Nifti1Image(data, img.affine, img.header)
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, got {data.ndim}-D shape {data.shape}")
-    with nib.openers.ImageOpener(path) as f:  # the header as written: nibabel's load "fixes" pixdim
-        zooms = np.asarray(type(img.header).from_fileobj(f, check=False)["pixdim"][1:4], dtype=float)
-    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
-        raise ValueError(f"{path}: zero, negative or non-finite voxel spacing {tuple(zooms)}")
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ValueError(f"{path}: {int((~np.isfinite(data)).sum())} NaN/inf voxels")
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
-    return np.asanyarray(canonical.dataobj), canonical.affine
+__all__ = ["read_nifti_job", "ingest_nifti"]
 
 
 def read_nifti_job(path):
-    """Reader for ``run_jobs``: the RAS volume (dtype kept), its affine and its protocol columns."""
-    data, affine = load_volume(path)
-    return data, affine, {"manufacturer": "", "slice_thickness_mm": round(float(np.linalg.norm(affine[:3, 2])), 4)}, []
+    """Reader for ``run_jobs``: the checked volume (``preprocess.load_checked``) as RAS int16 HU."""
+    scan = load_checked(Path(path))
+    data, affine = to_ras(scan.hu, scan.affine)
+    row = {"manufacturer": "", "slice_thickness_mm": round(float(np.linalg.norm(affine[:3, 2])), 4),
+           "_notes": scan.notes}
+    return hu_int16(data), affine, row, []
 
 
 def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, path_column: str) -> dict[Path, int]:
@@ -69,12 +51,13 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
                  path_column: str = "path", patient_column: str = "patient_id", root: Path | None = None,
                  workers: int = 2, seed: int = 0, description: str = "") -> dict:
     """Ingest a NIfTI folder (+ labels CSV with ``mapping`` csv column -> task) as dataset ``name``."""
+    validate_dataset_name(name)  # before anything is written
     source = Path(source)
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: not a folder")
+        raise SourceError(f"{source}: no such folder (--source must be the folder of NIfTI volumes)")
     files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz")))
     if not files:
-        raise FileNotFoundError(f"{source}: no .nii or .nii.gz files")
+        raise SourceError(f"{source}: no .nii or .nii.gz files below this folder")
     mapping = dict(mapping or {})
     tasks = list(mapping.values())
     table = pd.DataFrame(columns=[path_column, patient_column])

@@ -21,9 +21,8 @@ from tqdm.auto import tqdm
 
 from ...paths import data_root
 from ..dicom import lenient_validation
-from ...io import atomic_write_csv
-from ..manifest import RSNA_TASKS, register_dataset
-from .common import DICOM_COLUMNS, Job, finish, read_dicom_job, run_jobs
+from ..manifest import RSNA_TASKS, register_dataset, validate_dataset_name
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs, write_private_csv
 
 __all__ = ["RSNA_SUBTYPES", "read_rsna_labels", "index_headers", "ingest_rsna"]
 
@@ -68,7 +67,7 @@ def index_headers(image_dir: Path, index_path: Path, *, workers: int = 2, chunk:
     """File -> SOP/patient/study/series from headers only; cached in ``index_path`` for re-runs."""
     files = sorted(str(p) for p in Path(image_dir).glob("*.dcm"))
     if not files:
-        raise FileNotFoundError(f"{image_dir}: no .dcm files")
+        raise SourceError(f"{image_dir}: no .dcm files")
     if index_path.exists():
         cached = pd.read_csv(index_path, dtype=str, keep_default_na=False)
         if sorted(cached["file"]) == files:
@@ -81,18 +80,21 @@ def index_headers(image_dir: Path, index_path: Path, *, workers: int = 2, chunk:
             rows += part
             bar.update(len(part))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    atomic_write_csv(index, index_path)
+    write_private_csv(index, index_path)  # original patient ids and UIDs: as private as linkage.csv
     return index
 
 
 def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_series: bool = False,
                 workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
     """Ingest the RSNA stage-2 training set from ``source`` into ``<root>/<name>/``; returns a summary."""
+    validate_dataset_name(name)  # before anything is written
     source = Path(source)
+    if not source.is_dir():
+        raise SourceError(f"{source}: no such folder (--source must hold stage_2_train.csv and stage_2_train/)")
     csv_path, image_dir = source / "stage_2_train.csv", source / "stage_2_train"
     for p in (csv_path, image_dir):
         if not p.exists():
-            raise FileNotFoundError(f"{p} not found: --source must hold stage_2_train.csv and stage_2_train/")
+            raise SourceError(f"{p} not found: --source must hold stage_2_train.csv and stage_2_train/")
     dataset_dir = Path(root or data_root()) / name
     labels = read_rsna_labels(csv_path)
     index = index_headers(image_dir, dataset_dir / "dicom_index.csv", workers=workers)
