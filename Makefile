@@ -9,12 +9,11 @@ KERNEL := fmct
 PROFILE ?= demo
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test reproduce longer-finetuning bench browser clean-runs help
+.PHONY: setup test reproduce bench browser clean-runs help
 
 help:
 	@echo "make reproduce   set up, then run every notebook on the synthetic cohort (profile $(PROFILE)); figures -> figures/"
 	@echo "make test        set up, then run the test suite (unit, integration, every notebook on the toy profile)"
-	@echo "make longer-finetuning  Fig. 1e and Fig. 2 (K=32, 128) with 5x the fine-tuning steps (2,000): ~55 min, N_SEEDS=3 ~80 min"
 	@echo "make bench       run the benchmarks under bench/"
 
 setup: $(VENV)/.installed
@@ -41,21 +40,14 @@ test: setup browser
 
 reproduce: setup
 	@mkdir -p runs/notebooks figures
-	@start=$$(date +%s); for nb in $(NOTEBOOKS); do \
-	  name=$$(basename $$nb); echo "== $$name (profile $(PROFILE))"; t0=$$(date +%s); \
+	@start=$$(date +%s); n=$(words $(NOTEBOOKS)); i=0; for nb in $(NOTEBOOKS); do \
+	  i=$$((i + 1)); name=$$(basename $$nb); t0=$$(date +%s); \
+	  echo "== [$$i/$$n] $$name (profile $(PROFILE)), $$(( (t0 - start) / 60 )) min so far"; \
 	  $(VENV)/bin/papermill --kernel $(KERNEL) $$nb runs/notebooks/$$name -p profile $(PROFILE) || exit 1; \
-	  echo "== $$name done in $$(( $$(date +%s) - t0 )) s"; \
-	done; echo "all notebooks done in $$(( ($$(date +%s) - start) / 60 )) min"
+	  echo "== [$$i/$$n] $$name done in $$(( $$(date +%s) - t0 )) s; its conclusion:"; \
+	  $(PY) tools/conclusion.py runs/notebooks/$$name; \
+	done; echo "all $$n notebooks done in $$(( ($$(date +%s) - start) / 60 )) min"
 	@echo "figures written to figures/"
-
-# 02 and 04 (K = 32, 128) at 2,000 fine-tuning steps into figures/*_40ep.*; why and timings: docs/experiments.md
-N_SEEDS ?= 1
-longer-finetuning: setup
-	@mkdir -p runs/notebooks figures
-	$(VENV)/bin/papermill --kernel $(KERNEL) notebooks/02_finetune.ipynb runs/notebooks/02_finetune_40ep.ipynb \
-	  -p profile $(PROFILE) -p finetune_epochs 40 -p n_seeds $(N_SEEDS) -y "protocols: [scratch, finetune]"
-	$(VENV)/bin/papermill --kernel $(KERNEL) notebooks/04_fewshot.ipynb runs/notebooks/04_fewshot_40ep.ipynb \
-	  -p profile $(PROFILE) -p finetune_epochs 40 -p n_seeds $(N_SEEDS) -y "shots: [32, 128]"
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -114,7 +114,7 @@ def bench_statistics(n: int = 10_000, tasks: int = 10, n_boot: int = 100, n_perm
 def bench_finetune_step(profile_name: str = "demo", steps: int = 20) -> None:
     import torch.nn.functional as F
 
-    from fmct_lib.downstream.fit import HParams, augment_batch
+    from fmct_lib.downstream.training import HParams, augment_batch
     from fmct_lib.models.heads import Classifier, build_head
     profile = get_profile(profile_name)
     hp = HParams.from_profile(profile)

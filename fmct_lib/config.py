@@ -59,7 +59,10 @@ class Profile:
     pretrain_epochs: int
     pretrain_batch_size: int
     pretrain_warmup_epochs: int
-    finetune_epochs: int         # paper: at most 10
+    # every downstream model trains by one rule (downstream.training.fit): validation AUROC after each epoch, stop after
+    # finetune_patience epochs without improvement, never past finetune_max_epochs; docs/experiments.md
+    finetune_max_epochs: int     # the cap, set so that models stop by the rule (paper: at most 10)
+    finetune_patience: int       # epochs without a better validation AUROC before a model stops
     finetune_batch_size: int
     finetune_subset: int         # balanced subset drawn each epoch (paper 5,000 / 500 for CQ500-sized)
     # encoder learning rate of fine-tuning (paper 1e-5 for ViT-B); Adam's LR scales ~1/width, so the narrow
@@ -96,18 +99,13 @@ class Profile:
         return self.model.patch_size
 
     @property
-    def finetune_steps(self) -> int:
-        """Optimiser steps of one downstream model: epochs × ⌈balanced draws / batch⌉ (paper 10 × 5,000 / 16)."""
-        return self.finetune_epochs * -(-self.finetune_subset // self.finetune_batch_size)
+    def finetune_epoch_steps(self) -> int:
+        """Optimiser steps of one downstream epoch: ⌈balanced draws / batch⌉ (paper 5,000 / 16 = 313)."""
+        return -(-self.finetune_subset // self.finetune_batch_size)
 
     def epochs_for(self, method: str) -> int:
         """Pretraining epochs of ``method`` in this profile."""
         return self.pretrain_epochs_by_method.get(method, self.pretrain_epochs)
-
-    def with_finetune_epochs(self, epochs: int) -> "Profile":
-        """This profile with every downstream model (fine-tuned, probed, and each scratch grid point) trained
-        ``epochs`` epochs of ``finetune_subset`` draws: a longer or shorter label-side budget, same for all."""
-        return self.replace(finetune_epochs=int(epochs), scratch_grid={**self.scratch_grid, "epochs": [int(epochs)]})
 
     def replace(self, **changes) -> "Profile":
         return replace(self, **changes)
@@ -126,9 +124,8 @@ PROFILES: dict[str, Profile] = {
         dino_out_dim=65536, dino_hidden_dim=2048, dino_bottleneck_dim=256,
         mae_decoder_dim=768, mae_decoder_depth=8, mae_decoder_heads=16,
         pretrain_epochs=100, pretrain_batch_size=64, pretrain_warmup_epochs=10,
-        finetune_epochs=10, finetune_batch_size=16, finetune_subset=5000,
-        scratch_grid={"lr": [1e-3, 1e-4, 1e-5], "weight_decay": [0.05, 0.01],
-                      "epochs": [10, 50], "optimizer": ["adamw", "sgd"]},
+        finetune_max_epochs=50, finetune_patience=5, finetune_batch_size=16, finetune_subset=5000,
+        scratch_grid={"lr": [1e-3, 1e-4, 1e-5], "weight_decay": [0.05, 0.01], "optimizer": ["adamw", "sgd"]},
         synth_grid_mm=1.0, synth_internal=2000, synth_external=800, synth_pretrain=8000,
     ),
     "demo": Profile(
@@ -141,8 +138,9 @@ PROFILES: dict[str, Profile] = {
         # MAE, not DINO (uniform at this scale): 9 epochs, ~800 steps, peak LR 1e-3; docs/experiments.md
         pretrain_method="mae", pretrain_epochs_by_method={"mae": 9}, pretrain_base_lr={"mae": 0.016},
         # 8 epochs × 800 draws = 400 steps (paper 3,125); why this budget: docs/experiments.md
-        finetune_epochs=8, finetune_batch_size=16, finetune_subset=800, finetune_lr_encoder=1e-4,
-        scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [8], "optimizer": ["adamw"]},
+        finetune_max_epochs=80, finetune_patience=10, finetune_batch_size=16, finetune_subset=800,
+        finetune_lr_encoder=1e-4,
+        scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "optimizer": ["adamw"]},
         # few-shot K = 32 and 128 (K = 8 is chance for every model here); docs/experiments.md
         finetune_seeds=3, fewshot_shots=(32, 128), fewshot_resamples=3,
         # 1,500 internal scans: a ~150-scan test split (why not 500: docs/experiments.md)
@@ -155,8 +153,9 @@ PROFILES: dict[str, Profile] = {
         dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=16,
         mae_decoder_dim=24, mae_decoder_depth=1, mae_decoder_heads=2,
         pretrain_epochs=2, pretrain_batch_size=4, pretrain_warmup_epochs=1,
-        finetune_epochs=2, finetune_batch_size=4, finetune_subset=32, finetune_lr_encoder=1e-4,
-        scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [2], "optimizer": ["adamw"]},
+        finetune_max_epochs=4, finetune_patience=2, finetune_batch_size=4, finetune_subset=32,
+        finetune_lr_encoder=1e-4,
+        scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "optimizer": ["adamw"]},
         finetune_seeds=2, fewshot_shots=(2, 4), fewshot_resamples=2, n_bootstrap=20, n_permutations=50,
         synth_grid_mm=3.0, synth_internal=80, synth_external=40, synth_pretrain=60, max_tasks=2,
     ),

@@ -82,14 +82,12 @@ class Study:
 
 
 def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, seed: int = 0,
-          method: str | None = None, site: str | None = None, finetune_epochs: int | None = None) -> Study:
+          method: str | None = None, site: str | None = None) -> Study:
     """A notebook's first cell: the dataset (generated for ``synthetic``, else stopping with the ingest command
     when it has not been ingested) and its cache, as a :class:`Study`. ``run_dir`` is the runs root (default
-    ``$FMCT_RUNS`` or ``runs/``); ``method`` defaults to the profile's; ``finetune_epochs`` sets the epochs of
-    every downstream model; ``site`` restricts training and testing to one site where the table has sites."""
+    ``$FMCT_RUNS`` or ``runs/``); ``method`` defaults to the profile's; ``site`` restricts training and testing
+    to one site where the table has sites."""
     p = get_profile(profile)
-    if finetune_epochs:
-        p = p.with_finetune_epochs(finetune_epochs)
     scans = ensure_dataset(dataset, p)
     ensure_cache(dataset, p)
     runs = Path(run_dir).expanduser().resolve() if run_dir else runs_root()

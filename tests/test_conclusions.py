@@ -13,10 +13,13 @@ from fmct_lib.config import get_profile
 from fmct_lib.report import conclusions, paper
 
 NAN = float("nan")
-# The paper's schedule: 10 epochs × 5,000 draws of batch 16 = 10 × ceil(5000 / 16) = 10 × 313 = 3,130 steps.
+# The paper profile's rule: epochs of 5,000 draws of batch 16 = ceil(5000 / 16) = 313 steps, patience 5, cap 50
+# epochs = 50 × 313 = 15,650 steps.
 PAPER_PROFILE = get_profile("paper")
-BUDGET_02 = ("- Every model trained 10 epochs × 5000 balanced draws = 3130 steps of batch 16 "
-             "(paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps).")
+RULE = ("- Every model trained by one rule: validation AUROC after each epoch of 5000 balanced draws (313 steps of "
+        "batch 16), stopped after 5 epochs without improvement, at most 50 epochs (15,650 steps).")
+BUDGET_02 = RULE + (" (Paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps, the epoch with the best "
+                    "validation AUROC kept.)")
 
 
 def _summary(values: dict[str, dict[str, float]], metric: str = "auroc") -> pd.DataFrame:
@@ -289,8 +292,21 @@ def _full(values: dict[str, float]) -> pd.DataFrame:
                         columns=["task", "metric", "model", "value"])
 
 
-BUDGET_04 = ("- Every model trained 10 epochs × 5000 balanced draws = 3130 steps (K-shot runs draw them from "
-             "their 2K scans), as the paper trains few-shot \"with the same hyperparameter settings\".")
+BUDGET_04 = RULE + (" K-shot runs draw their epochs from their 2K scans, as the paper trains few-shot \"with the "
+                    "same hyperparameter settings\".")
+
+
+def test_describe_stopping_counts_runs_once_and_the_ones_at_the_cap():
+    rows = []
+    for protocol, seed, step, reason in (("finetune", 0, 100, "rule"), ("finetune", 1, 300, "cap"),
+                                          ("scratch", 0, 200, "rule"), ("histogram", 0, None, "")):
+        for scan in range(3):  # three predictions per run: one run counts once
+            rows.append({"task": "ich", "protocol": protocol, "seed": seed, "scan_id": f"s{scan}",
+                         "stop_reason": reason, "stopped_step": step})
+    text = conclusions.describe_stopping(pd.DataFrame(rows), PAPER_PROFILE)
+    # deep runs: steps 100, 300, 200 → range 100–300, median 200; one reason starts with "cap"; histogram left out
+    assert text == RULE[2:] + (" The 3 deep runs stopped at step 100–300 (median 200); 1 of them at the cap "
+                               "(see their stop_reason).")
 
 
 def test_fewshot_conclusion_when_pretraining_helps_at_few_shots():

@@ -25,7 +25,8 @@ from fmct_lib.models.vit3d import vit_from_config
 # the toy profile's geometry (16³ inputs) with a smaller encoder and schedule, to keep these tests fast
 TOY = get_profile("toy").replace(
     model=ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2),
-    finetune_subset=16, scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "epochs": [1], "optimizer": ["adamw"]})
+    finetune_subset=16, finetune_max_epochs=2, finetune_patience=2,
+    scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "optimizer": ["adamw"]})
 S = TOY.input_size
 
 
@@ -67,9 +68,9 @@ def test_fewshot_draw_k_per_class_without_replacement():
 
 def test_augment_flips_and_shift():
     x = torch.randn(4, 3, 5, 6, 7)
-    hp = HParams(epochs=1, batch_size=4, subset=4, flip_p=1.0, flip_axes=(1,), shift_p=0.0)
+    hp = HParams(max_epochs=1, patience=1, batch_size=4, subset=4, flip_p=1.0, flip_axes=(1,), shift_p=0.0)
     torch.testing.assert_close(augment_batch(x, hp, torch.Generator().manual_seed(0)), x.flip(3))
-    hp = HParams(epochs=1, batch_size=4, subset=4, flip_p=0.0, shift=0.1, shift_p=1.0)
+    hp = HParams(max_epochs=1, patience=1, batch_size=4, subset=4, flip_p=0.0, shift=0.1, shift_p=1.0)
     out = augment_batch(x, hp, torch.Generator().manual_seed(0))
     offset = (out - x).flatten(1)
     assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-6)  # one offset per volume
@@ -78,7 +79,7 @@ def test_augment_flips_and_shift():
 
 def test_augment_matches_a_per_volume_loop():
     x = torch.randn(9, 3, 4, 5, 6)
-    hp = HParams(epochs=1, batch_size=9, subset=9, flip_p=0.4, shift=0.2, shift_p=0.5)
+    hp = HParams(max_epochs=1, patience=1, batch_size=9, subset=9, flip_p=0.4, shift=0.2, shift_p=0.5)
     g = torch.Generator().manual_seed(4)
     flips = [torch.rand(9, generator=g) < hp.flip_p for _ in hp.flip_axes]
     apply = torch.rand(9, generator=g) < hp.shift_p
@@ -99,7 +100,7 @@ def test_augment_matches_a_per_volume_loop():
 def test_linear_probe_keeps_the_encoder_and_finetune_changes_it():
     y = np.array([0, 1] * 8)
     src = VolumeSource(volumes_for(y, 0))
-    hp = HParams(epochs=1, batch_size=4, subset=8)
+    hp = HParams(max_epochs=1, patience=1, batch_size=4, subset=8)
     for protocol, frozen in (("linear", True), ("finetune", False)):
         model = tiny_model()
         before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
@@ -129,7 +130,7 @@ def test_fewshot_epochs_draw_from_the_k_shot_rows(subset):
     y = np.array([0, 1] * 20)
     shots = np.array([0, 2, 4, 1, 3, 5])  # K = 3: rows 0, 2, 4 negative, 1, 3, 5 positive
     src = RecordingSource(volumes_for(y, 0))
-    hp = HParams(epochs=3, batch_size=4, subset=subset)
+    hp = HParams(max_epochs=3, patience=3, batch_size=4, subset=subset)
     fit(tiny_model(), src, y, hp, frozen=False, train_indices=shots, progress=False)
     rows = np.concatenate(src.asked)
     assert set(rows) <= set(shots)
@@ -144,12 +145,52 @@ def test_fit_learns_and_keeps_the_best_validation_epoch():
     y_train, y_val, y_test = np.array([0, 0, 0, 1] * 12), np.array([0, 1] * 8), np.array([0, 1] * 10)
     train, val, test = (VolumeSource(volumes_for(y, s)) for y, s in ((y_train, 1), (y_val, 2), (y_test, 3)))
     model = tiny_model("attentive")
-    hp = HParams(epochs=6, batch_size=8, subset=32, lr_head=1e-2, lr_encoder=1e-3)
-    history = fit(model, train, y_train, hp, frozen=False, val=val, val_labels=y_val, progress=False)
-    assert [h["epoch"] for h in history] == list(range(1, 7))
+    hp = HParams(max_epochs=6, patience=6, batch_size=8, subset=32, lr_head=1e-2, lr_encoder=1e-3)
+    history, stopping = fit(model, train, y_train, hp, frozen=False, val=val, val_labels=y_val, progress=False)
+    assert [h["epoch"] for h in history] == list(range(1, 7)) and stopping.reason == "cap"
     best = max(h["val_auroc"] for h in history)
     assert auroc(y_val, predict(model, val, 8)) == pytest.approx(best)  # the kept model is the best epoch
     assert auroc(y_test, predict(model, test, 8)) > 0.8
+
+
+@pytest.mark.parametrize("scores, patience, expected", [
+    # best at epoch 2 (0.6); epochs 3, 4, 5 are not better: with patience 3 it stops after epoch 5
+    ([0.5, 0.6, 0.55, 0.58, 0.6, 0.9, 0.9, 0.9], 3, ("rule", 5, 2)),
+    # a tie is not an improvement: best stays at epoch 1, stops after epoch 2 with patience 1
+    ([0.7, 0.7, 0.8], 1, ("rule", 2, 1)),
+    # still improving when the cap (8 epochs) comes: the cap stops it and the last epoch is the best
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], 3, ("cap", 8, 8)),
+])
+def test_fit_stops_by_the_rule_and_keeps_the_best_state(monkeypatch, scores, patience, expected):
+    """The validation AUROCs are scripted (``fit`` scores the model through ``auroc``); the model's state at
+    each evaluation is recorded, so the kept state can be checked against the best epoch's."""
+    from fmct_lib.downstream import training as fit_module
+    y = np.array([0, 1] * 8)
+    model = tiny_model()
+    states, script = [], iter(scores)
+
+    def scripted_auroc(labels, probabilities):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(script)
+    monkeypatch.setattr(fit_module, "auroc", scripted_auroc)
+    hp = HParams(max_epochs=8, patience=patience, batch_size=4, subset=8)
+    history, stopping = fit(model, VolumeSource(volumes_for(y, 0)), y, hp, frozen=False,
+                            val=VolumeSource(volumes_for(y, 1)), val_labels=y, progress=False)
+    reason, stopped, best = expected
+    assert (stopping.reason, stopping.stopped_epoch, stopping.best_epoch) == expected
+    assert len(history) == stopped and stopping.stopped_step == stopped * 2 and stopping.best_step == best * 2
+    assert stopping.best_val_auroc == scores[best - 1] and [h.get("best", False) for h in history].count(True) >= 1
+    assert all(torch.equal(v, states[best - 1][k]) for k, v in model.state_dict().items())
+
+
+def test_fit_without_a_two_class_validation_split_trains_to_the_cap():
+    y = np.array([0, 1] * 8)
+    for val, val_labels in ((None, None), (VolumeSource(volumes_for(np.zeros(6), 1)), np.zeros(6, int))):
+        history, stopping = fit(tiny_model(), VolumeSource(volumes_for(y, 0)), y,
+                                HParams(max_epochs=3, patience=1, batch_size=4, subset=8), frozen=False, val=val,
+                                val_labels=val_labels, progress=False)
+        assert stopping.reason == "cap: no validation AUROC" and len(history) == 3 and stopping.best_epoch is None
+        assert "val_auroc" not in history[-1]
 
 
 # ---------------------------------------------------------------------------------- run_protocol
@@ -172,7 +213,8 @@ def toy_world(tmp_path, monkeypatch):
     vols = dict(zip(table["scan_id"], volumes_for(table["ich"].fillna(0).to_numpy(), 5)))
 
     def fake_source(dataset, scans, spec, num_workers=0):
-        return VolumeSource(torch.stack([vols[s] for s in scans["scan_id"]])), scans.reset_index(drop=True)
+        key = f"{dataset}-" + "-".join(scans["scan_id"])  # what data.inputs.volume_source keys by: these scans
+        return VolumeSource(torch.stack([vols[s] for s in scans["scan_id"]]), key=key), scans.reset_index(drop=True)
     for module in (inputs, runs_module, embed_module):
         monkeypatch.setattr(module, "volume_source", fake_source)
     ckpt = save_checkpoint(tmp_path / "runs/pretrain/toydino/encoder.safetensors", vit_from_config(TOY.model),
@@ -195,15 +237,50 @@ def test_internal_to_external_run_writes_predictions_and_resumes(toy_world, monk
     assert "toydino" in str(run_dir) and {p.name for p in run_dir.iterdir()} >= {"predictions.csv", "config.json"}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["n_train"] == 35 and config["n_eval"] == 8  # one internal train label is unknown
-    assert len(config["history"]) == TOY.finetune_epochs
+    # the linear probe is a logistic regression solved to convergence, its C chosen on validation
+    assert config["history"] == [] and config["stopping"]["reason"] == "converged (L-BFGS)"
+    assert config["choice"]["C"] in protocols.LINEAR_C_GRID and len(config["choice"]["val_auroc"]) == 6
+    assert (preds["stop_reason"] == "converged (L-BFGS)").all()
 
-    monkeypatch.setattr(protocols, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    from fmct_lib.downstream import features
+    monkeypatch.setattr(features, "encoder_tokens", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
                          eval_filter={"site": "external"}, run_root=root, progress=False)
     assert np.allclose(again["probability"], preds["probability"])
     with pytest.raises(ValueError, match="other settings"):
         run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
                      eval_filter={"site": "external"}, run_dir=run_dir, seed=1, progress=False)
+
+
+def test_the_linear_probe_is_scikit_learns_logistic_regression_on_the_cls_token(toy_world, monkeypatch):
+    """Predictions of the kept LinearHead equal an independent StandardScaler + LogisticRegression fitted on the
+    encoder's cls embeddings with the chosen C; the features are computed once and read back from disk."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from fmct_lib.downstream import features
+    table, ckpt, root = toy_world
+    preds, model = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
+                                run_root=root, progress=False, return_model=True)
+    config = json.loads(next(root.rglob("config.json")).read_text())
+    encoder = downstream.load_encoder(ckpt).eval()
+    rows = lambda split: table[(table.site == "internal") & (table.split == split) & table.ich.notna()]  # noqa: E731
+    embed_rows = lambda r: encoder(inputs.volume_source("toyset", r, None)[0].data).detach().double().numpy()  # noqa: E731
+    train, test = rows("train"), rows("test")
+    scaler = StandardScaler().fit(embed_rows(train))
+    reference = LogisticRegression(C=config["choice"]["C"], class_weight="balanced", max_iter=10_000).fit(
+        scaler.transform(embed_rows(train)), train["ich"].astype(int))
+    expected = reference.predict_proba(scaler.transform(embed_rows(test)))[:, 1]
+    np.testing.assert_allclose(preds["probability"].to_numpy(), expected, atol=1e-5)
+    assert model.head.linear.weight[0].abs().sum() == 0  # class 0's logit is 0: softmax is the logistic
+    # another run on the same encoder and inputs reads the tokens from the cache beside the runs
+    features._HELD.clear()
+    cached = list((root / "features").rglob("*.safetensors"))
+    assert len(cached) == 3  # train, val, test of the internal site
+    monkeypatch.setattr(type(encoder), "forward_features", lambda *a: pytest.fail("features computed again"))
+    again = run_protocol("toyset", "ich", "attentive", ckpt, TOY, train_filter={"site": "internal"}, run_root=root,
+                         progress=False)
+    assert len(again) == len(preds)
 
 
 @pytest.mark.parametrize("protocol", ["linear", "finetune", "scratch"])
@@ -262,7 +339,7 @@ def test_in_domain_default_eval_filter_and_fewshot(toy_world):
 
 def test_scratch_sweep_records_the_choice(toy_world):
     _, _, root = toy_world
-    grid = {"lr": [1e-3, 1e-4], "weight_decay": [0.05], "epochs": [1], "optimizer": ["sgd"]}
+    grid = {"lr": [1e-3, 1e-4], "weight_decay": [0.05], "optimizer": ["sgd"]}
     profile = TOY.replace(scratch_grid=grid)
     preds = run_protocol("toyset", "bleed_left", "scratch", None, profile, run_root=root, progress=False)
     config = json.loads(next(root.rglob("config.json")).read_text())
@@ -278,18 +355,26 @@ def test_scratch_sweep_records_the_choice(toy_world):
     assert sorted(choices) in ([1e-4, 1e-2], [1e-3, 1e-2])
 
 
-def test_a_longer_budget_trains_every_model_longer_in_runs_of_its_own(toy_world):
+def test_every_model_stops_by_one_rule_recorded_in_its_run(toy_world):
+    """Scratch and fine-tuned models train by the same rule; a changed rule is a run of its own."""
     _, ckpt, root = toy_world
-    assert get_profile("demo").finetune_steps == 8 * 800 // 16 and get_profile("paper").finetune_steps == 10 * 313
-    longer = TOY.with_finetune_epochs(3)
-    assert TOY.finetune_batch_size == 4 and longer.finetune_steps == 3 * (16 // 4)
-    assert longer.scratch_grid == {**TOY.scratch_grid, "epochs": [3]} and TOY.scratch_grid["epochs"] == [1]
+    assert get_profile("demo").finetune_epoch_steps == 800 // 16 and get_profile("paper").finetune_epoch_steps == 313
+    patient = TOY.replace(finetune_max_epochs=4, finetune_patience=1)
     for protocol in ("scratch", "finetune"):
         run_protocol("toyset", "ich", protocol, ckpt, TOY, run_root=root, progress=False)
-        run_protocol("toyset", "ich", protocol, ckpt, longer, run_root=root, progress=False)
-    epochs = sorted((json.loads(p.read_text())["signature"]["protocol"], len(json.loads(p.read_text())["history"]))
-                    for p in root.rglob("config.json"))
-    assert epochs == [("finetune", TOY.finetune_epochs), ("finetune", 3), ("scratch", 1), ("scratch", 3)]
+        preds = run_protocol("toyset", "ich", protocol, ckpt, patient, run_root=root, progress=False)
+        assert preds["stopped_step"].nunique() == 1 and preds["stop_reason"].iloc[0] in ("rule", "cap")
+    stops = {}
+    for path in root.rglob("config.json"):
+        config = json.loads(path.read_text())
+        s = config["stopping"]
+        assert s["stopped_epoch"] == len(config["history"]) and s["stopped_step"] == s["stopped_epoch"] * 4
+        assert s["best_val_auroc"] == max(h["val_auroc"] for h in config["history"])
+        stops[config["signature"]["protocol"], config["signature"]["hparams"]["patience"]] = s
+    assert sorted(stops) == [("finetune", 1), ("finetune", 2), ("scratch", 1), ("scratch", 2)]
+    for protocol in ("finetune", "scratch"):  # patience 1: stops one epoch after its best, or at the cap of 4
+        s = stops[protocol, 1]
+        assert (s["reason"], s["stopped_epoch"]) in (("rule", s["best_epoch"] + 1), ("cap", 4))
 
 
 def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch):
@@ -354,13 +439,13 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
     _, ckpt, root = toy_world
     out = tmp_path / "preds.csv"
     code = main(["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder", ckpt,
-                 "--profile", "toy", "--epochs", "1", "--train-filter", "site=internal", "--eval-filter",
+                 "--profile", "toy", "--max-epochs", "1", "--train-filter", "site=internal", "--eval-filter",
                  "site=external", "--run-root", str(root), "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and "AUROC" in printed and "macro" in printed
     preds = pd.read_csv(out)
     assert len(preds) == 8 and (preds["eval_filter"] == "site=external").all()
-    assert json.loads(next(root.rglob("config.json")).read_text())["signature"]["hparams"]["epochs"] == 1
+    assert json.loads(next(root.rglob("config.json")).read_text())["signature"]["hparams"]["max_epochs"] == 1
     assert main(["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy", "--split", "val",
                  "--out", str(tmp_path / "e.npz")]) == 0
     assert len(read_embeddings(tmp_path / "e.npz")) == 20
@@ -396,7 +481,7 @@ def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypa
     build_cache("niftis", paper_spec(profile), workers=1)  # in-process here; run_protocol finds it built
     with pytest.warns(UserWarning, match="1 scan"):
         preds = run_protocol("niftis", "ich", "linear", ckpt, profile, run_root=tmp_path / "runs", progress=False,
-                             hparams={"epochs": 1, "subset": 8})
+                             hparams={"max_epochs": 1, "subset": 8})
     assert list(preds["scan_id"]) == ["s10", "s11", "s12", "s13"] and preds["probability"].between(0, 1).all()
     config = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())
     assert config["n_train"] == 7 and config["spec"]["canvas"] == profile.canvas

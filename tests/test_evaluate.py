@@ -284,3 +284,29 @@ def test_paired_runs_matches_runs_by_task_k_and_seed():
         row = table.loc[(8, seed)]
         assert row["auroc_a"] == pytest.approx(auc_a[(8, seed)]) and row["auroc_b"] == pytest.approx(auc_b[(8, seed)])
         assert row["a_wins"] == (auc_a[(8, seed)] > auc_b[(8, seed)])
+
+
+def test_paired_comparison_bootstraps_the_difference_on_the_same_scans():
+    """The difference's CI equals a brute-force loop that resamples the scans once for both models (scikit-learn
+    AUROC on each replicate), and the p-value is the paired permutation test's."""
+    from fmct_lib.evaluate import paired_comparison
+    labels, scores_a = synthetic_predictions(n=90, seed=1, signal=1.5, missing=False)
+    _, scores_b = synthetic_predictions(n=90, seed=2, signal=0.3, missing=False)
+    tasks = ("ich", "sdh", "edema")
+    a, b = long_table(labels, scores_a, tasks), long_table(labels, scores_b, tasks)
+    table = paired_comparison(a, b, n_boot=40, n_perm=200, seed=5).set_index(["task", "metric"])
+    idx = bootstrap_indices(90, 40, seed=5)
+    diffs = np.array([[roc_auc_score(labels[i, t], scores_a[i, t]) - roc_auc_score(labels[i, t], scores_b[i, t])
+                       for t in range(3)] for i in idx])
+    for t, task in enumerate(tasks):
+        row = table.loc[(task, "auroc")]
+        lo, hi = np.percentile(diffs[:, t], [2.5, 97.5])
+        assert (row.ci_low, row.ci_high) == pytest.approx((lo, hi), abs=1e-12)
+        full = roc_auc_score(labels[:, t], scores_a[:, t]) - roc_auc_score(labels[:, t], scores_b[:, t])
+        assert row.difference == pytest.approx(full, abs=1e-12)
+        assert row.relative_pct == pytest.approx(100 * full / roc_auc_score(labels[:, t], scores_b[:, t]))
+    macro = table.loc[("macro", "auroc")]
+    assert (macro.ci_low, macro.ci_high) == pytest.approx(tuple(np.percentile(diffs.mean(axis=1), [2.5, 97.5])))
+    expected_p = paired_permutation_test(a, b, n_perm=200, seed=5).set_index(["task", "metric"])["p_value"]
+    assert table["p_value"].to_dict() == expected_p.to_dict()
+    assert macro.difference > 0 and macro.ci_low > 0 and macro.p_value < 0.05  # a is the better model here

@@ -15,7 +15,9 @@ def test_figure_names_keep_the_gallery_for_the_demo_run_only():
     assert naming.figure_name("fig2", "synthetic", "demo") == "fig2"
     assert naming.figure_name("fig2", "synthetic", "toy") == "fig2__synthetic_toy"
     assert naming.figure_name("fig2", "rsna", "demo") == "fig2__rsna_demo"
-    longer = get_profile("demo").with_finetune_epochs(40)
-    assert naming.figure_name("fig2", "synthetic", longer) == "fig2_40ep"
-    assert naming.figure_name("fig2", "synthetic", longer.with_finetune_epochs(8)) == "fig2"
-    assert naming.figure_name("fig2", "rsna", get_profile("toy").with_finetune_epochs(3)) == "fig2_3ep__rsna_toy"
+    patient = get_profile("demo").replace(finetune_patience=20)
+    changed = naming.figure_name("fig2", "synthetic", patient)
+    assert changed.startswith("fig2_") and len(changed) == len("fig2_") + 6  # never the gallery's name
+    assert naming.figure_name("fig2", "synthetic", patient.replace(finetune_patience=10)) == "fig2"  # as demo again
+    assert naming.figure_name("fig2", "synthetic", get_profile("demo").replace(finetune_max_epochs=9)) != changed
+    assert naming.figure_name("fig2", "rsna", get_profile("toy").replace(finetune_patience=3)).endswith("__rsna_toy")

@@ -93,7 +93,8 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     from fmct_lib.models.vit3d import vit_from_config
     monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
     profile = get_profile("toy").replace(model=ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1,
-                                                           num_heads=2), finetune_subset=8, finetune_epochs=1)
+                                                           num_heads=2), finetune_subset=8, finetune_max_epochs=1,
+                                                           finetune_patience=1)
     splits = ["train"] * 4 + ["val"] * 2 + ["test"]
     rows = [{"scan_id": f"s{i}", "patient_id": f"p{i}", "path": "x", "split": splits[i % 7], "manufacturer": "A",
              "slice_thickness_mm": 1.0, "spacing": "1,1,1", "ich": i % 2} for i in range(28)]

@@ -35,7 +35,7 @@ def test_save_figure_writes_four_files_that_round_trip(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), data)
     meta = json.loads(paths["json"].read_text())
     assert meta["figure"] == "fig_test"
-    assert meta["config"] == {"profile": "toy", "tasks": ["ich", "sdh"], "root": "/x", "n": 3, "auc": 0.5}
+    assert meta["config"] == {"profile": "toy", "tasks": ["ich", "sdh"], "root": "<elsewhere>/x", "n": 3, "auc": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
 
 
@@ -198,3 +198,18 @@ def test_band_lines_put_macro_last_and_bound_the_axis():
     axes = [a for a in fig.axes if a.get_visible()]
     assert [a.get_title() for a in axes] == ["B", "A", "MACRO"]
     assert axes[0].get_ylim() == (0.0, 1.0)
+
+
+def test_figure_configurations_record_no_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMCT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    config = {"encoder": str(tmp_path / "runs" / "pretrain" / "x" / "encoder.safetensors"),
+              "nested": {"scans": [str(tmp_path / "data" / "synthetic" / "scans.csv"), "not/a/path", 3]},
+              "outside": "/opt/weights/model_weights.pth", "repo": str(plots.REPO_ROOT / "figures" / "a.png")}
+    paths = plots.save_figure_data("portable", pd.DataFrame({"a": [1]}), config, root=tmp_path / "figs")
+    text = paths["json"].read_text()
+    assert str(tmp_path) not in text and "/opt/" not in text
+    assert json.loads(text)["config"] == {
+        "encoder": "<runs>/pretrain/x/encoder.safetensors",
+        "nested": {"scans": ["<data>/synthetic/scans.csv", "not/a/path", 3]},
+        "outside": "<elsewhere>/model_weights.pth", "repo": "<repo>/figures/a.png"}

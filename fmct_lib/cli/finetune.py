@@ -8,13 +8,20 @@ Examples::
     fmct finetune --task ich --protocol fewshot --shots 8,16,32 --resamples 5 --encoder ...
 
 Finished runs are read back, so an interrupted sweep continues where it stopped. The summary printed at
-the end is AUROC per task (mean over seeds); ``--out`` writes all predictions as one CSV.
+the end is AUROC per task (mean over seeds; "undefined (no positives in test)" where a test set holds one
+class); ``--out`` writes all predictions as one CSV. A run the data cannot support (a split without positives
+or negatives, too few shots) is skipped and listed with its reason, and the rest of the sweep runs. The exit
+status is 2 for an encoder that cannot be used (one line on stderr: the file and the problem, no traceback)
+and 1 where nothing could be evaluated.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .options import add_dataset, add_device, add_preset, add_profile, csv_list, parse_filter
+
+EXIT_BAD_INPUT = 2  # the encoder cannot be used (as ``fmct ingest``'s unusable source); 1: nothing evaluated
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=lambda t: [int(k) for k in csv_list(t)], default=None,
                         help="few-shot K values, e.g. 8,16,32 (default: the profile's)")
     parser.add_argument("--resamples", type=int, default=None, help="few-shot resamples (default: the profile's)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the profile's fine-tuning epochs")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="the cap of the convergence rule (default: the profile's)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="epochs without a better validation AUROC before a model stops (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default=None, help="default: $FMCT_RUNS/downstream")
     add_device(parser)
@@ -48,30 +58,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.preprocess import preset_spec
     from ..downstream import run_sweep
-    from ..evaluate import task_metrics
     from ..pipeline import ensure_cache
 
     tasks = [t for group in args.task for t in group]
+    protocols = args.protocol or ["finetune"]
+    spec = preset_spec(args.preset, args.profile)
+    problem = _encoder_problem(args.encoder, protocols, spec)
+    if problem:
+        print(f"fmct finetune: error: {' '.join(problem.split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for dataset in dict.fromkeys([args.dataset, args.eval_dataset or args.dataset]):
         ensure_cache(dataset, args.profile, args.preset)
-    predictions = run_sweep(args.dataset, tasks, args.protocol or ["finetune"], args.encoder, args.profile,
+    predictions = run_sweep(args.dataset, tasks, protocols, args.encoder, args.profile,
                             shots=args.shots, resamples=args.resamples, eval_dataset=args.eval_dataset,
                             run_root=args.run_root, seed=args.seed, train_filter=parse_filter(args.train_filter),
                             eval_filter=parse_filter(args.eval_filter), eval_split=args.eval_split,
-                            hparams={"epochs": args.epochs} if args.epochs else None, device=args.device,
-                            spec=preset_spec(args.preset, args.profile),
-                            num_workers=args.workers)
+                            hparams={k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience))
+                                     if v is not None} or None, device=args.device,
+                            spec=spec, num_workers=args.workers)
     for s in predictions.attrs.get("skipped", []):
         print(f"skipped {s['task']} {s['protocol']} k={s['k']} seed={s['seed']}: {s['reason']}")
     if predictions.empty:
-        print("no run could be made")
+        print("nothing could be evaluated: every run was skipped")
         return 1
     if args.out:
         predictions.to_csv(args.out, index=False)
         print(f"predictions: {args.out}")
-    predictions["k"] = predictions["k"].astype("string").fillna("all")
-    metrics = task_metrics(predictions, by=("protocol", "k", "seed", "task"))
-    summary = metrics.groupby(["task", "protocol", "k"])["auroc"].mean().unstack(["protocol", "k"])
-    summary.loc["macro"] = summary.mean()
-    print("AUROC (mean over seeds)\n" + summary.round(3).to_string())
+    table, evaluated = _summary(predictions, args.eval_split)
+    print("AUROC (mean over seeds)\n" + table)
+    if not evaluated:
+        print(f"nothing could be evaluated: no AUROC is defined on the {args.eval_split} split")
+        return 1
     return 0
+
+
+def _encoder_problem(encoder, protocols: list[str], spec) -> str | None:
+    """Why the sweep cannot start from ``encoder`` (one line: the file and the problem), or None. The encoder
+    is loaded once here, so a refused or unfitting file stops the command before any run."""
+    from ..downstream import PROTOCOLS
+    from ..models.checkpoints import CheckpointError, load_encoder
+    needing = [p for p in protocols if p == "fewshot" or PROTOCOLS[p].needs_encoder]
+    if not needing:
+        return None
+    if encoder is None:
+        return f"protocol {needing[0]!r} needs --encoder (a pretrained encoder checkpoint)"
+    try:
+        model = load_encoder(encoder)
+    except (CheckpointError, FileNotFoundError) as e:
+        return str(e)
+    if model.config.img_size != spec.input_size:
+        return (f"{encoder}: the encoder takes {model.config.img_size}³ inputs but the {spec.name} preprocessing "
+                f"of this profile makes {spec.input_size}³ (choose the encoder's --profile)")
+    return None
+
+
+def _summary(predictions, split: str) -> tuple[str, bool]:
+    """The AUROC table (task × protocol, K; mean over seeds, a ``macro`` row) as text, and whether any AUROC
+    is defined. An undefined AUROC shows why ("undefined (no positives in test)"), a skipped run "skipped";
+    the macro row averages the defined ones and a note names the others."""
+    from ..evaluate import task_metrics
+    predictions = predictions.assign(k=predictions["k"].astype("string").fillna("all"))
+    metrics = task_metrics(predictions, by=("protocol", "k", "seed", "task"))
+    keys = ["task", "protocol", "k"]
+    auroc = metrics.groupby(keys)["auroc"].mean().unstack(["protocol", "k"])
+    reason = metrics.groupby(keys)["reason"].first().unstack(["protocol", "k"]).reindex_like(auroc)
+    table = auroc.round(3).astype(object)
+    table[auroc.isna()] = reason[auroc.isna()].map(
+        lambda r: f"undefined ({r} in {split})" if isinstance(r, str) and r else "skipped")
+    table.loc["macro"] = auroc.mean().round(3).astype(object).where(auroc.notna().any(), "undefined")
+    defined = auroc.loc[:, auroc.notna().any()]
+    left_out = [t for t in defined.index if defined.loc[t].isna().any()]
+    text = table.to_string()
+    if left_out:
+        text += ("\nmacro: mean over the tasks with an AUROC (left out where undefined or skipped: "
+                 f"{', '.join(left_out)})")
+    return text, not defined.empty

@@ -8,6 +8,7 @@ process (a sweep, a notebook), so a sweep of a hundred runs makes each split's i
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections import OrderedDict
 from functools import partial
@@ -33,10 +34,12 @@ class ProtocolSkipped(ValueError):
 
 class VolumeSource:
     """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
-    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``)."""
+    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``).
+    ``key`` names what the inputs are (dataset, preprocessing and scans; ``volume_source`` sets it), so what is
+    computed from them, e.g. a frozen encoder's features, can be cached under it."""
 
-    def __init__(self, data, to_input=None, num_workers: int = 0):
-        self.data, self.to_input, self.num_workers = data, to_input, num_workers
+    def __init__(self, data, to_input=None, num_workers: int = 0, key: str | None = None):
+        self.data, self.to_input, self.num_workers, self.key = data, to_input, num_workers, key
 
     def __len__(self) -> int:
         return len(self.data)
@@ -97,7 +100,8 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
         warnings.warn(f"{dataset}: {len(scans) - len(kept)} scan(s) are not in the cache (rejected by "
                       f"preprocessing, see rejects.csv) and are left out")
     data = CachedVolumes(dataset, spec, scan_ids=list(kept["scan_id"]))
-    source = VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers)
+    name = f"{dataset}-{spec.hash}-{hashlib.sha256(','.join(kept['scan_id'].astype(str)).encode()).hexdigest()[:16]}"
+    source = VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers, key=name)
     if len(kept) * 4 * 3 * spec.input_size ** 3 <= IN_MEMORY_BYTES:  # small profiles: inputs made once
         index = cache_dir(dataset, spec).resolve() / "index.csv"
         stat = index.stat() if index.exists() else None
@@ -107,5 +111,5 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
             while len(_HELD) > 1 and sum(x.numel() * x.element_size() for x in _HELD.values()) > HELD_BYTES:
                 _HELD.popitem(last=False)
         _HELD.move_to_end(key)
-        source = VolumeSource(_HELD[key])
+        source = VolumeSource(_HELD[key], key=name)
     return source, kept

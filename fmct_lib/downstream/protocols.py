@@ -3,14 +3,17 @@
 One binary classifier per task on the encoder:
 
 - ``finetune``: pretrained encoder + linear head on the cls token, all weights trained.
-- ``linear``: frozen pretrained encoder, linear head on the cls token (``models.heads.LinearHead``).
-- ``attentive``: frozen pretrained encoder, learned-query attention pooling over all tokens.
+- ``linear``: frozen pretrained encoder, linear head on the cls token (``models.heads.LinearHead``), solved as
+  an L2 logistic regression to convergence on the cached features, its C chosen by validation AUROC.
+- ``attentive``: frozen pretrained encoder, learned-query attention pooling over all tokens, trained on the
+  cached tokens by the convergence rule.
 - ``scratch``: randomly initialised encoder + linear head, all weights trained, with the paper's
   hyper-parameter sweep (``profile.scratch_grid``) chosen by validation AUROC.
 - ``histogram``: no deep model, a reference (not in the paper): logistic regression on the histogram of
   each windowed input channel (``histogram``), its C chosen by validation AUROC.
 
-Few-shot is not a protocol of its own: any protocol trains on a K-shot draw when ``run_protocol`` gets
+The frozen protocols never run their encoder twice on the same inputs: its tokens are computed once and
+cached (``features``). Few-shot is not a protocol of its own: any protocol trains on a K-shot draw when ``run_protocol`` gets
 ``k_shot`` (``"fewshot"`` is fine-tuning with K shots). A new protocol is one ``Protocol`` entry below:
 its head, whether the encoder is frozen, whether it needs a pretrained encoder, and how it trains.
 """
@@ -18,17 +21,21 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import Profile
-from ..data.inputs import VolumeSource
+from ..data.inputs import ProtocolSkipped, VolumeSource
 from ..models.checkpoints import load_encoder
 from ..models.heads import Classifier, build_head
-from .fit import HParams, fit, predict
+from .training import HParams, fit, predict
+
+LINEAR_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths of the linear probe, chosen on validation
+LINEAR_MAX_ITER = 10_000                            # L-BFGS iterations; the probe is solved to convergence well before
 
 __all__ = ["Protocol", "TrainingJob", "Trained", "PROTOCOLS", "get_protocol", "build_classifier",
            "trained_classifier"]
@@ -50,6 +57,7 @@ class TrainingJob:
     train_indices: np.ndarray | None
     device: str
     progress: bool = True
+    feature_cache: Path | None = None   # where a frozen encoder's features are kept (``features``)
 
     def fit_args(self) -> dict:
         return dict(train=self.train, train_labels=self.train_labels, val=self.val, val_labels=self.val_labels,
@@ -59,11 +67,13 @@ class TrainingJob:
 @dataclass
 class Trained:
     """A trained protocol: its classifier (None without a deep model), what it predicts with, its training
-    history, and the hyper-parameters it chose on validation (with the scores of every point tried)."""
+    history, where and why it stopped (``fit.Stopping`` as a dict; None without a deep model), and the
+    hyper-parameters it chose on validation (with the scores of every point tried)."""
 
     model: Classifier | None
     predict: Callable[[VolumeSource], np.ndarray]
     history: list
+    stopping: dict | None = None
     choice: dict | None = None
     grid: list | None = None
 
@@ -90,9 +100,10 @@ def build_classifier(protocol: Protocol, encoder, profile: Profile) -> Classifie
     return Classifier(model, build_head(protocol.head, model))
 
 
-def trained_classifier(model: Classifier, job: TrainingJob, history: list, choice=None, grid=None) -> Trained:
+def trained_classifier(model: Classifier, job: TrainingJob, history: list, stopping: dict, choice=None,
+                       grid=None) -> Trained:
     """A trained deep classifier as ``Trained``: it predicts with the job's batch size and device."""
-    return Trained(model, partial(_predict, model, job), history, choice, grid)
+    return Trained(model, partial(_predict, model, job), history, stopping, choice, grid)
 
 
 def _predict(model: Classifier, job: TrainingJob, source: VolumeSource) -> np.ndarray:
@@ -100,18 +111,94 @@ def _predict(model: Classifier, job: TrainingJob, source: VolumeSource) -> np.nd
 
 
 def train_pretrained(protocol: Protocol, job: TrainingJob) -> Trained:
-    """Fine-tuning and probes: the protocol's head on the pretrained encoder, trained by ``fit``."""
+    """Fine-tuning: the protocol's head on the pretrained encoder, all weights trained by ``fit``."""
     model = build_classifier(protocol, job.encoder, job.profile)
     if model.encoder.config.img_size != job.input_size:
         raise ValueError(f"{job.encoder}: the encoder takes {model.encoder.config.img_size}³ inputs but the "
                          f"preprocessing makes {job.input_size}³ (profile {job.profile.name!r})")
-    history = fit(model, hp=job.hp, frozen=protocol.frozen, seed=job.seed, **job.fit_args())
-    return trained_classifier(model, job, history)
+    history, stopping = fit(model, hp=job.hp, frozen=protocol.frozen, seed=job.seed, **job.fit_args())
+    return trained_classifier(model, job, history, asdict(stopping))
+
+
+class _Tokens(torch.nn.Module):
+    """The encoder of a probe trained on cached features: its inputs are already the frozen encoder's tokens."""
+
+    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+
+def _frozen(protocol: Protocol, job: TrainingJob):
+    """The frozen encoder, its head, and its tokens for a source (computed once, ``features``)."""
+    from .features import encoder_id, encoder_tokens
+    encoder = load_encoder(job.encoder)
+    if encoder.config.img_size != job.input_size:
+        raise ValueError(f"{job.encoder}: the encoder takes {encoder.config.img_size}³ inputs but the "
+                         f"preprocessing makes {job.input_size}³ (profile {job.profile.name!r})")
+    identity = encoder_id(job.encoder)
+
+    def tokens(source: VolumeSource) -> VolumeSource:
+        return VolumeSource(encoder_tokens(encoder, identity, source, job.hp.batch_size, job.device, job.feature_cache))
+    return encoder, build_head(protocol.head, encoder), tokens
+
+
+def train_attentive_probe(protocol: Protocol, job: TrainingJob) -> Trained:
+    """The attentive probe: its head trained by ``fit`` (the convergence rule) on the frozen encoder's cached
+    tokens. The inputs are not augmented: the features are computed once, from the evaluation view."""
+    encoder, head, tokens = _frozen(protocol, job)
+    probe = Classifier(_Tokens(), head)
+    hp = replace(job.hp, flip_p=0.0, shift_p=0.0)
+    args = {**job.fit_args(), "train": tokens(job.train), "val": tokens(job.val) if job.val is not None else None}
+    history, stopping = fit(probe, hp=hp, frozen=True, seed=job.seed, **args)
+    return Trained(Classifier(encoder, head), lambda source: predict(probe, tokens(source), hp.batch_size),
+                   history, asdict(stopping))
+
+
+def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
+    """The linear probe: L2 logistic regression on the standardised cls token of the frozen encoder, solved to
+    convergence (L-BFGS) for each C of ``LINEAR_C_GRID``, the C chosen by validation AUROC; then written into
+    the ``LinearHead`` (its BatchNorm holds the standardisation, its linear layer the regression), so the kept
+    classifier is an ordinary one."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from ..evaluate.metrics import auroc
+    encoder, head, tokens = _frozen(protocol, job)
+    cls = lambda source: tokens(source).data[:, 0].double().numpy()  # noqa: E731
+    labels = np.asarray(job.train_labels).astype(int)
+    rows = np.arange(len(labels)) if job.train_indices is None else np.asarray(job.train_indices)
+    x, y = cls(job.train)[rows], labels[rows]
+    if len(np.unique(y)) < 2:
+        raise ProtocolSkipped(f"the training rows hold one class only ({'positives' if y.any() else 'negatives'})")
+    scaler = StandardScaler().fit(x)
+    val_x = scaler.transform(cls(job.val)) if job.val is not None else None
+    scored = val_x is not None and len(np.unique(job.val_labels)) == 2
+    best, scores = None, {}
+    for c in LINEAR_C_GRID:
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER).fit(scaler.transform(x), y)
+        scores[c] = auroc(job.val_labels, model.predict_proba(val_x)[:, 1]) if scored else float(c)
+        if best is None or scores[c] > scores[best[0]]:
+            best = (c, model)
+    c, model = best
+    converged = int(model.n_iter_.max()) < LINEAR_MAX_ITER
+    with torch.no_grad():
+        head.norm.running_mean.copy_(torch.as_tensor(scaler.mean_))
+        head.norm.running_var.copy_(torch.as_tensor(np.maximum(scaler.scale_ ** 2 - head.norm.eps, 0.0)))
+        head.linear.weight.zero_()
+        head.linear.weight[1] = torch.as_tensor(model.coef_[0])
+        head.linear.bias.copy_(torch.as_tensor([0.0, model.intercept_[0]]))
+    probe = Classifier(_Tokens(), head)
+    stopping = {"reason": "converged (L-BFGS)" if converged else "cap: L-BFGS iterations", "stopped_epoch": None,
+                "stopped_step": int(model.n_iter_.max()), "best_epoch": None, "best_step": None,
+                "best_val_auroc": scores[c] if scored else None, "patience": None, "max_epochs": None,
+                "steps_per_epoch": None}
+    return Trained(Classifier(encoder, head), lambda source: predict(probe, tokens(source), job.hp.batch_size),
+                   [], stopping, choice={"C": c, "val_auroc": scores if scored else None})
 
 
 def train_scratch(protocol: Protocol, job: TrainingJob) -> Trained:
-    """A random-init ViT per grid point (lr for all weights, weight decay, epochs, optimiser); the one with the
-    best validation AUROC is kept (paper: "hyperparameter sweeps ... report the best")."""
+    """A random-init ViT per grid point (lr for all weights, weight decay, optimiser), each trained by the
+    convergence rule (which replaces the paper's grid over epochs); the one with the best validation AUROC is
+    kept (paper: "hyperparameter sweeps ... report the best")."""
     grid = job.profile.scratch_grid or {}
     keys = list(grid)
     results, best = [], None
@@ -120,17 +207,17 @@ def train_scratch(protocol: Protocol, job: TrainingJob) -> Trained:
         lr = point.get("lr", job.hp.lr_head)
         trial_hp = replace(job.hp, lr_encoder=lr, lr_head=lr,
                            weight_decay=point.get("weight_decay", job.hp.weight_decay),
-                           epochs=point.get("epochs", job.hp.epochs), optimizer=point.get("optimizer", job.hp.optimizer))
+                           optimizer=point.get("optimizer", job.hp.optimizer))
         torch.manual_seed(job.seed)
         model = build_classifier(protocol, None, job.profile)
-        history = fit(model, hp=trial_hp, frozen=False, seed=job.seed, **job.fit_args())
-        val_auc = max((h.get("val_auroc", float("nan")) for h in history), default=float("nan"),
-                      key=lambda v: -np.inf if not np.isfinite(v) else v)
-        results.append({**point, "val_auroc": val_auc})
+        history, stopping = fit(model, hp=trial_hp, frozen=False, seed=job.seed, **job.fit_args())
+        val_auc = stopping.best_val_auroc if stopping.best_val_auroc is not None else float("nan")
+        results.append({**point, "val_auroc": val_auc, "stopped_step": stopping.stopped_step,
+                        "stop_reason": stopping.reason})
         if best is None or (np.isfinite(val_auc) and not val_auc <= best[0]):
-            best = (val_auc if np.isfinite(val_auc) else -np.inf, model, history, point)
-    _, model, history, chosen = best
-    return trained_classifier(model, job, history, chosen, results)
+            best = (val_auc if np.isfinite(val_auc) else -np.inf, model, history, stopping, point)
+    _, model, history, stopping, chosen = best
+    return trained_classifier(model, job, history, asdict(stopping), chosen, results)
 
 
 def train_histogram(protocol: Protocol, job: TrainingJob) -> Trained:
@@ -146,13 +233,14 @@ def train_histogram(protocol: Protocol, job: TrainingJob) -> Trained:
     rows = np.arange(len(labels)) if job.train_indices is None else np.asarray(job.train_indices)
     model, chosen = fit_histogram_classifier(features(job.train, rows), labels[rows],
                                              None if job.val is None else features(job.val), job.val_labels)
-    return Trained(None, lambda source: model.predict_proba(features(source))[:, 1].astype(np.float64), [], chosen)
+    return Trained(None, lambda source: model.predict_proba(features(source))[:, 1].astype(np.float64), [],
+                   choice=chosen)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("finetune", head="linear", frozen=False, needs_encoder=True, trainer=train_pretrained),
-    Protocol("linear", head="linear", frozen=True, needs_encoder=True, trainer=train_pretrained),
-    Protocol("attentive", head="attentive", frozen=True, needs_encoder=True, trainer=train_pretrained),
+    Protocol("linear", head="linear", frozen=True, needs_encoder=True, trainer=train_linear_probe),
+    Protocol("attentive", head="attentive", frozen=True, needs_encoder=True, trainer=train_attentive_probe),
     Protocol("scratch", head="linear", frozen=False, needs_encoder=False, trainer=train_scratch,
              scratch_grid=True),
     Protocol("histogram", head=None, frozen=True, needs_encoder=False, trainer=train_histogram),

@@ -1,15 +1,18 @@
 """One downstream run: a protocol trained on one task and its predictions on the evaluation split.
 
-Training (``fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, linear warm-up
-over the first 10% of steps then cosine to 0 (per step), weight decay 0.01 and gradient clipping at 1.0 (the
-authors' CLI values; the paper does not give them), two-class softmax cross-entropy, at most
-``profile.finetune_epochs`` epochs on a class-balanced draw (with replacement) of ``profile.finetune_subset``
-scans per epoch — for few-shot too, drawn from its 2K scans (the paper: "the same hyperparameter settings";
-the authors' code instead passes the 2K scans once per epoch). Augmentation on the input batch as the authors'
-downstream code: flips with p = 0.1 per axis (never left-right for lateralised tasks) and an intensity offset
-in ±0.1 with p = 0.5. After every epoch the model is scored on the validation split; the epoch with the best
-validation AUROC is kept and evaluated (the authors' code does this; the paper says "a maximum of 10
-epochs"). Without a two-class validation set the last epoch is kept.
+Training (``fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, a one-epoch
+linear warm-up then cosine to 0 at the cap (per step), weight decay 0.01 and gradient clipping at 1.0 (the
+authors' CLI values; the paper does not give them), two-class softmax cross-entropy, epochs of a class-balanced
+draw (with replacement) of ``profile.finetune_subset`` scans — for few-shot too, drawn from its 2K scans (the
+paper: "the same hyperparameter settings"; the authors' code instead passes the 2K scans once per epoch).
+Augmentation on the input batch as the authors' downstream code: flips with p = 0.1 per axis (never left-right
+for lateralised tasks) and an intensity offset in ±0.1 with p = 0.5. Every model, pretrained or not, trains by
+one convergence rule: after every epoch it is scored on the validation split, the best state is kept, and it
+stops when the validation AUROC has not improved for ``profile.finetune_patience`` epochs, never past
+``profile.finetune_max_epochs`` (the paper: "a maximum of 10 epochs"; the authors' code keeps the best epoch).
+Where and why it stopped is in the run's ``config.json["stopping"]`` and in its predictions' ``stop_reason``,
+``stopped_step``, ``best_step`` and ``best_val_auroc`` columns. Without a two-class validation split the model
+trains to the cap and the last state is kept.
 
 External validation (Fig. 1f–g): ``train_filter``/``eval_filter`` select rows of the scan tables by column
 values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external"}`` trains on the internal
@@ -35,9 +38,9 @@ import torch
 
 from ..config import get_profile
 from ..data.inputs import ProtocolSkipped, select_rows, volume_source
-from ..io import atomic_write_text
+from ..io import LOCK_FILE, atomic_write_text, exclusive_lock
 from ..models.heads import Classifier
-from .fit import HParams, fewshot_draw
+from .training import HParams, fewshot_draw
 from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
 
 __all__ = ["run_protocol", "default_run_name", "training_signature", "trained_model_path", "read_predictions"]
@@ -103,36 +106,47 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
             return read_predictions(run_dir / "predictions.csv"), model
         # a finished run whose classifier was not kept (K-shot, or older than kept classifiers): train it again
 
-    job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
-                                                       device, progress, num_workers)
-    torch.manual_seed(seed)
-    if model_file is not None and model_file.exists():
-        model, kept = _load_trained(model_file, signature, proto, encoder, profile)
-        trained = trained_classifier(model, job, kept["history"], kept["choice"], kept["scratch_grid"])
-    else:
-        trained = proto.train(job)
-    if model_file is not None and not model_file.exists():
-        _save_trained(model_file, trained.model, proto, {"signature": training_signature(signature),
-                                                         "history": trained.history, "choice": trained.choice,
-                                                         "scratch_grid": trained.grid})
-    predictions = pd.DataFrame({
-        "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
-        "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": trained.predict(test_source),
-        "label": test[task].to_numpy(int),
-        "dataset": dataset, "eval_dataset": eval_dataset, "train_filter": _filter_tag(train_filter),
-        "eval_filter": _filter_tag(eval_filter)})
-    config = {"signature": signature, "history": trained.history, "n_train": len(train), "n_val": len(val),
-              "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
-              else list(train["scan_id"].iloc[job.train_indices].astype(str)),
-              "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict()}
-    atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
-    atomic_write_text(run_dir / "done", "")
-    return (predictions, trained.model) if return_model else predictions
+    # one process per run directory: a second one fails at once (LockBusy names the holder)
+    with exclusive_lock(run_dir / LOCK_FILE, what=f"run directory {run_dir}", wait=0):
+        job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
+                                                           device, progress, num_workers, run_root / "features")
+        torch.manual_seed(seed)
+        if model_file is not None and model_file.exists():
+            model, kept = _load_trained(model_file, signature, proto, encoder, profile)
+            trained = trained_classifier(model, job, kept["history"], kept["stopping"], kept["choice"], kept["scratch_grid"])
+        else:
+            trained = proto.train(job)
+        if model_file is not None and not model_file.exists():
+            _save_trained(model_file, trained.model, proto, {"signature": training_signature(signature),
+                                                             "history": trained.history, "stopping": trained.stopping,
+                                                             "choice": trained.choice, "scratch_grid": trained.grid})
+        predictions = pd.DataFrame({
+            "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
+            "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": trained.predict(test_source),
+            "label": test[task].to_numpy(int),
+            "dataset": dataset, "eval_dataset": eval_dataset, "train_filter": _filter_tag(train_filter),
+            "eval_filter": _filter_tag(eval_filter), **_stopping_columns(trained.stopping, len(test))})
+        config = {"signature": signature, "history": trained.history, "stopping": trained.stopping,
+                  "n_train": len(train), "n_val": len(val),
+                  "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
+                  else list(train["scan_id"].iloc[job.train_indices].astype(str)),
+                  "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict()}
+        atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
+        atomic_write_text(run_dir / "done", "")
+        return (predictions, trained.model) if return_model else predictions
+
+
+def _stopping_columns(stopping: dict | None, n: int) -> dict:
+    """Where and why the run's model stopped, as columns of its ``n`` predictions (empty without a deep model)."""
+    s = stopping or {}
+    return {"stop_reason": s.get("reason", ""),
+            **{k: pd.array([s.get(k)] * n, dtype="Int64") for k in ("stopped_step", "best_step")},
+            "best_val_auroc": float(s["best_val_auroc"]) if s.get("best_val_auroc") is not None else np.nan}
 
 
 def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, encoder, train_scans, device,
-                  progress: bool, num_workers: int):
+                  progress: bool, num_workers: int, feature_cache: Path):
     """The run's rows (training, validation, evaluation) and their cached inputs, as a ``TrainingJob`` plus
     the evaluation rows and their source."""
     from ..data.manifest import load_scans
@@ -151,14 +165,37 @@ def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, 
     train_source, train = volume_source(dataset, train, spec, num_workers)
     test_source, test = volume_source(eval_dataset, test, spec, num_workers)
     val_source, val = volume_source(dataset, val, spec, num_workers) if len(val) else (None, val)
+    _check_classes(task, train=(train, f"{dataset} train", s["train_filter"]),
+                   test=(test, f"{eval_dataset} {s['eval_split']}", s["eval_filter"]),
+                   val=(val, f"{dataset} val", s["train_filter"]))
     train_indices = None
     if s["k"]:
         train_indices = fewshot_draw(train[task].to_numpy(), s["k"], np.random.default_rng(s["seed"]))
     job = TrainingJob(profile=profile, hp=hp, seed=s["seed"], encoder=encoder, input_size=spec.input_size,
                       train=train_source, train_labels=train[task].to_numpy(int), val=val_source,
                       val_labels=val[task].to_numpy(int), train_indices=train_indices,
-                      device=device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=progress)
+                      device=device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=progress,
+                      feature_cache=feature_cache)
     return job, train, val, test, test_source
+
+
+def _check_classes(task: str, **splits) -> None:
+    """A run needs both classes of ``task`` in its training and evaluation rows (else ``ProtocolSkipped``, with
+    the reason); a validation split without both is warned about: nothing can be chosen on it, and the run
+    records that (its model trains to the cap, the histogram reference keeps its largest C).
+    ``splits``: name → (rows, where, filter)."""
+    import warnings
+    for name, (rows, where, filt) in splits.items():
+        y = rows[task].to_numpy(float)
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if n_pos and n_neg:
+            continue
+        lack = (f"{where}{f' [{_filter_tag(filt)}]' if filt else ''}: no {'positive' if not n_pos else 'negative'} "
+                f"{task!r} scans ({n_pos} positive, {n_neg} negative)")
+        if name == "val":
+            warnings.warn(f"{lack}: no validation AUROC, nothing is chosen on validation")
+        else:
+            raise ProtocolSkipped(f"{lack}: {'nothing to train on' if name == 'train' else 'AUROC is undefined'}")
 
 
 # ------------------------------------------------------------------------------------------ run identity
@@ -212,9 +249,10 @@ def _no_encoder(signature: dict) -> dict:
 
 
 def read_predictions(path) -> pd.DataFrame:
-    """A run's ``predictions.csv`` with the dtypes ``run_protocol`` returns (k as nullable integer)."""
-    df = pd.read_csv(path, dtype={"scan_id": str, "k": "Int64", "train_filter": str, "eval_filter": str})
-    return df.fillna({"train_filter": "", "eval_filter": ""})
+    """A run's ``predictions.csv`` with the dtypes ``run_protocol`` returns (k and steps as nullable integers)."""
+    df = pd.read_csv(path, dtype={"scan_id": str, "k": "Int64", "train_filter": str, "eval_filter": str,
+                                  "stop_reason": str, "stopped_step": "Int64", "best_step": "Int64"})
+    return df.fillna({"train_filter": "", "eval_filter": "", "stop_reason": ""})
 
 
 # ------------------------------------------------------------------------------------ kept classifiers

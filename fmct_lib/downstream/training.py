@@ -2,8 +2,10 @@
 
 ``fit`` trains a ``models.heads.Classifier`` (encoder + head) with the settings of ``HParams``: class-balanced
 draws per epoch (``balanced_draw``) or a K-shot training set (``fewshot_draw``), the authors' flips and
-intensity offsets (``augment_batch``), AdamW with warm-up and cosine decay, and the epoch with the best
-validation AUROC kept. The deep protocols (``protocols``: fine-tuned, probes, scratch, few-shot) train with it.
+intensity offsets (``augment_batch``), AdamW with a one-epoch warm-up and cosine decay over the cap, and one
+convergence rule for every model (``Stopping``): score the validation split after every epoch, keep the best
+state, stop when the validation AUROC has not improved for ``patience`` epochs, and never train past
+``max_epochs`` (the cap). The deep protocols (``protocols``: fine-tuned, probes, scratch, few-shot) train with it.
 """
 from __future__ import annotations
 
@@ -21,21 +23,22 @@ from ..evaluate.metrics import auroc
 from ..models.heads import Classifier
 from ..train.schedules import warmup_cosine
 
-__all__ = ["HParams", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
+__all__ = ["HParams", "Stopping", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
 
 
 @dataclass(frozen=True)
 class HParams:
     """Training settings of one run; ``from_profile`` gives the paper's defaults at a profile's scale."""
 
-    epochs: int
+    max_epochs: int                 # the cap; a model stops earlier by the convergence rule
+    patience: int                   # epochs without a better validation AUROC before it stops
     batch_size: int
     subset: int                     # balanced draws per epoch; 0 = one shuffled pass over the training set
     lr_encoder: float = 1e-5
     lr_head: float = 1e-3
     weight_decay: float = 0.01
     optimizer: str = "adamw"        # adamw | adam | sgd (momentum 0.9); the scratch sweep varies it
-    warmup_fraction: float = 0.1
+    warmup_epochs: int = 1          # linear warm-up, then cosine decay to 0 at the cap
     clip_grad: float = 1.0
     flip_p: float = 0.1
     flip_axes: tuple[int, ...] = (0, 1, 2)
@@ -45,8 +48,8 @@ class HParams:
     @classmethod
     def from_profile(cls, profile, **overrides) -> "HParams":
         p = get_profile(profile)
-        base = cls(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size, subset=p.finetune_subset,
-                   lr_encoder=p.finetune_lr_encoder)
+        base = cls(max_epochs=p.finetune_max_epochs, patience=p.finetune_patience, batch_size=p.finetune_batch_size,
+                   subset=p.finetune_subset, lr_encoder=p.finetune_lr_encoder)
         return replace(base, **overrides)
 
 
@@ -77,7 +80,10 @@ def fewshot_draw(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
 def augment_batch(x: torch.Tensor, hp: HParams, generator: torch.Generator) -> torch.Tensor:
     """Random flips (p = ``flip_p`` per axis in ``flip_axes``), intensity offset (±``shift``, p = ``shift_p``).
 
-    Only the drawn volumes are flipped (in the new tensor the offset makes), not the whole batch."""
+    Only the drawn volumes are flipped (in the new tensor the offset makes), not the whole batch. With both
+    probabilities 0 (a probe trained on cached features, which are not volumes) the batch is returned as it is."""
+    if hp.flip_p == 0 and hp.shift_p == 0:
+        return x
     B = x.shape[0]
     flips = [(axis, torch.rand(B, generator=generator) < hp.flip_p) for axis in hp.flip_axes]
     apply = torch.rand(B, generator=generator) < hp.shift_p
@@ -112,14 +118,33 @@ def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=No
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
+@dataclass
+class Stopping:
+    """Where and why a model stopped: ``reason`` is ``"rule"`` (no better validation AUROC for ``patience``
+    epochs), ``"cap"`` (``max_epochs`` reached first) or ``"cap: no validation AUROC"`` (no two-class
+    validation split to apply the rule to); the kept state is the one of ``best_epoch``."""
+
+    reason: str
+    stopped_epoch: int
+    stopped_step: int
+    best_epoch: int | None
+    best_step: int | None
+    best_val_auroc: float | None
+    patience: int
+    max_epochs: int
+    steps_per_epoch: int
+
+
 def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, frozen: bool,
         val: VolumeSource | None = None, val_labels=None, train_indices=None, seed: int = 0,
-        device="cpu", progress: bool = True) -> list[dict]:
-    """Train ``model`` in place; keep the epoch with the best validation AUROC. Returns the epoch history.
+        device="cpu", progress: bool = True) -> tuple[list[dict], Stopping]:
+    """Train ``model`` in place by the convergence rule; keep the state of the epoch with the best validation
+    AUROC. Returns the epoch history and the ``Stopping`` record.
 
     Each epoch draws ``hp.subset`` rows class-balanced (``balanced_draw``) from the training rows, or from
     ``train_indices`` where given (few-shot: the paper trains it "with the same hyperparameter settings");
-    ``hp.subset = 0`` passes each row once per epoch, shuffled.
+    ``hp.subset = 0`` passes each row once per epoch, shuffled. Without a two-class validation split the rule
+    cannot apply: the model trains to the cap and the last state is kept.
     """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -131,10 +156,11 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     rows = np.arange(len(labels)) if train_indices is None else np.asarray(train_indices)
     per_epoch = hp.subset or len(rows)
     steps_per_epoch = max(1, -(-per_epoch // hp.batch_size))
-    total = hp.epochs * steps_per_epoch
-    warmup = int(hp.warmup_fraction * total)
-    history, best_state, best_auc, step = [], None, -np.inf, 0
-    for epoch in tqdm(range(hp.epochs), desc="epochs", leave=False, disable=not progress):
+    total = hp.max_epochs * steps_per_epoch
+    warmup = min(total, hp.warmup_epochs * steps_per_epoch)
+    scored = val is not None and val_labels is not None and len(np.unique(val_labels)) == 2
+    history, best_state, best, step, reason = [], None, None, 0, None
+    for epoch in tqdm(range(hp.max_epochs), desc="epochs", leave=False, disable=not progress):
         order = rows[balanced_draw(labels[rows], hp.subset, rng)] if hp.subset else rng.permutation(rows)
         model.train()
         if frozen:
@@ -158,13 +184,21 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             opt.step()
             losses.append(loss.item())
             step += 1
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
-        if val is not None:
+        record = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else float("nan")}
+        if scored:
             record["val_auroc"] = auroc(val_labels, predict(model, val, hp.batch_size, device=device))
-            if np.isfinite(record["val_auroc"]) and record["val_auroc"] > best_auc:
-                best_auc, best_state = record["val_auroc"], copy.deepcopy(model.state_dict())
+            if best is None or record["val_auroc"] > best["val_auroc"]:
+                best, best_state = record, copy.deepcopy(model.state_dict())
                 record["best"] = True
         history.append(record)
+        if scored and record["epoch"] - best["epoch"] >= hp.patience:
+            reason = "rule"
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return history
+    stopping = Stopping(reason=reason or ("cap" if scored else "cap: no validation AUROC"),
+                        stopped_epoch=history[-1]["epoch"], stopped_step=step,
+                        best_epoch=best and best["epoch"], best_step=best and best["step"],
+                        best_val_auroc=best and best["val_auroc"], patience=hp.patience, max_epochs=hp.max_epochs,
+                        steps_per_epoch=steps_per_epoch)
+    return history, stopping

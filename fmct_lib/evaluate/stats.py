@@ -7,6 +7,9 @@
   ``p = (1 + #{|Δ_perm| ≥ |Δ_obs|}) / (1 + n_perm)``.
 - Relative improvement ``100 · (new − old) / old`` (macro-AUC 0.904 vs 0.748 → +20.86%).
 - Few-shot: mean over the training-set resamples and a Student-t 95% CI across them.
+- Undefined metrics (a task whose held-out scans are all of one class: AUROC, and AP without positives) are
+  NaN with a ``reason`` column saying why (``metrics.undefined_reason``); a macro value is the mean over the
+  tasks where the metric is defined, its ``reason`` naming those left out.
 - Several training seeds of one model (a ``seed`` column with more than one value, e.g. Fig. 1e on the
   demo profile, where one short fine-tuning run is mostly optimisation luck): the model's metric is the
   mean over its seeds. A bootstrap replicate resamples the scans once and averages the seeds' metrics on
@@ -20,15 +23,19 @@ permutation evaluation on 10,000 scans × 10 tasks.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .metrics import MACRO, predictions_to_wide, sort_groups, task_metrics, weighted_auroc_ap
+from .metrics import (MACRO, is_undefined, macro_reason, predictions_to_wide, sort_groups, task_metrics,
+                      undefined_reason, weighted_auroc_ap)
 
 __all__ = [
     "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "permutation_swaps", "permutation_null",
-    "paired_permutation_test", "relative_improvement", "fewshot_summary", "paired_runs", "mean_ci",
+    "paired_permutation_test", "paired_comparison", "relative_improvement", "fewshot_summary", "paired_runs",
+    "mean_ci",
 ]
 METRICS = ("auroc", "ap")
 _SEED_MARK = " @ seed "  # joins task and training seed into one column key (_wide_by_seed)
@@ -83,8 +90,22 @@ def _wide_by_seed(predictions: pd.DataFrame) -> tuple[list[str], list[str], np.n
 
 
 def _seed_mean(x: np.ndarray, owner: np.ndarray, n_tasks: int) -> np.ndarray:
-    """(..., columns) → (..., tasks): the mean over each task's seed columns."""
-    return np.stack([np.nanmean(x[..., owner == t], axis=-1) for t in range(n_tasks)], axis=-1)
+    """(..., columns) → (..., tasks): the mean over each task's seed columns (NaN where all are: undefined)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an undefined task: all NaN, reported by its reason
+        return np.stack([np.nanmean(x[..., owner == t], axis=-1) for t in range(n_tasks)], axis=-1)
+
+
+def _reasons(predictions: pd.DataFrame) -> dict[str, str]:
+    """{task: ``undefined_reason`` of its held-out labels}."""
+    return {str(t): undefined_reason(g.to_numpy()) for t, g in predictions.groupby("task")["label"]}
+
+
+def _reason(reasons: dict[str, str], task: str, metric: str) -> str:
+    """Why ``metric`` of ``task`` (or of the macro) is undefined or leaves tasks out; ``""`` where nothing is."""
+    if task == MACRO:
+        return macro_reason(reasons, metric)
+    return reasons[task] if is_undefined(reasons[task], metric) else ""
 
 
 def _point_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -95,27 +116,44 @@ def _point_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([per_task, per_task.mean().to_frame(MACRO).T])
 
 
+def _replicates(predictions: pd.DataFrame, n_boot: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """{metric: {task or ``macro``: (n_boot,) replicate values}}: each task's metric on every bootstrap replicate
+    of the scans (its seeds averaged), the macro the mean over the tasks of a replicate."""
+    _, tasks, labels, scores, owner = _wide_by_seed(predictions)
+    reps = {m: _seed_mean(r, owner, len(tasks)) for m, r in bootstrap_replicates(labels, scores, n_boot, seed).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an undefined task: all NaN, reported by its reason
+        return {m: {**{t: reps[m][:, i] for i, t in enumerate(tasks)},
+                    MACRO: np.nanmean(reps[m], axis=1) if tasks else np.array([])} for m in METRICS}
+
+
+def _interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The ``alpha``–``100 − alpha`` percentile interval of the finite replicates (NaN where there are none)."""
+    if not np.isfinite(replicates).any():
+        return np.nan, np.nan
+    lo, hi = np.nanpercentile(replicates, [alpha, 100 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """Metrics of one model with bootstrap CIs: one row per task and a ``macro`` row.
 
     Columns ``task, metric, value`` (on the full held-out set), ``mean`` (over replicates, what the paper
-    reports), ``ci_low, ci_high`` (percentile interval), ``n_boot`` and ``n_seeds``. The macro replicate is
+    reports), ``ci_low, ci_high`` (percentile interval), ``n_boot``, ``n_seeds`` and ``reason`` (why a value is
+    undefined, or which tasks a macro leaves out; ``""`` where nothing is). The macro replicate is
     the mean of the per-task replicates, so its CI reflects the joint resampling of scans. ``seed`` is the
     bootstrap's; a model trained with several seeds (``predictions.seed``) is reported as their mean.
     """
-    _, tasks, labels, scores, owner = _wide_by_seed(predictions)
-    point = _point_metrics(predictions)
-    reps = {m: _seed_mean(r, owner, len(tasks)) for m, r in bootstrap_replicates(labels, scores, n_boot, seed).items()}
+    point, reasons = _point_metrics(predictions), _reasons(predictions)
     alpha = 100 * (1 - ci) / 2
     rows = []
-    for metric in METRICS:
-        columns = {**{t: reps[metric][:, i] for i, t in enumerate(tasks)},
-                   MACRO: np.nanmean(reps[metric], axis=1) if tasks else np.array([])}
+    for metric, columns in _replicates(predictions, n_boot, seed).items():
         for task, r in columns.items():
-            lo, hi = np.nanpercentile(r, [alpha, 100 - alpha]) if np.isfinite(r).any() else (np.nan, np.nan)
+            lo, hi = _interval(r, alpha)
             rows.append({"task": task, "metric": metric, "value": point.loc[task, metric],
                          "mean": np.nanmean(r) if np.isfinite(r).any() else np.nan,
-                         "ci_low": lo, "ci_high": hi, "n_boot": n_boot, "n_seeds": _n_seeds(predictions)})
+                         "ci_low": lo, "ci_high": hi, "n_boot": n_boot, "n_seeds": _n_seeds(predictions),
+                         "reason": _reason(reasons, task, metric)})
     return pd.DataFrame(rows)
 
 
@@ -202,7 +240,10 @@ class _PooledPair:
         return auc, ap
 
     def differences(self, swap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``metric(a′) − metric(b′)`` for each row of ``swap`` (B, m): True where the scan's scores trade."""
+        """``metric(a′) − metric(b′)`` for each row of ``swap`` (B, m): True where the scan's scores trade
+        (NaN for both metrics without a positive scan)."""
+        if not len(self.pos):
+            return np.full(len(swap), np.nan), np.full(len(swap), np.nan)
         w_a = swap.T[self.scan] == self.from_b[:, None]          # (2m, B): a′ holds a's copy unless swapped
         cw_a = np.cumsum(w_a, axis=0, dtype=np.int32)
         end, before = self.group_end[:, None], self.group_before[:, None]
@@ -232,8 +273,8 @@ def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataF
     """Two-sided paired permutation test of model a against model b on the same scans.
 
     Rows per task and ``macro`` (the mean of the per-task differences under the same permutation), per
-    metric: ``task, metric, a, b, diff, p_value, n_perm``. The two tables must cover the same
-    (scan_id, task) pairs with the same labels, and the same training seeds where they hold several
+    metric: ``task, metric, a, b, diff, p_value, n_perm, reason`` (as in ``bootstrap_ci``). The two tables must
+    cover the same (scan_id, task) pairs with the same labels, and the same training seeds where they hold several
     (each model's metric is then its mean over seeds, and a permutation swaps a scan in every seed).
     """
     seeds = [sorted(map(str, df["seed"].unique())) if "seed" in df.columns else [] for df in (predictions_a, predictions_b)]
@@ -253,15 +294,20 @@ def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataF
     null = {m: (_seed_mean(o, owner, len(tasks)), _seed_mean(p, owner, len(tasks)))
             for m, (o, p) in permutation_null(labels, scores_a, scores_b, n_perm, seed).items()}
     metric_a, metric_b = _point_metrics(predictions_a), _point_metrics(predictions_b)
+    reasons = _reasons(predictions_a)
     rows = []
     for metric, (observed, perm) in null.items():
         for i, task in enumerate(tasks):
             rows.append({"task": task, "metric": metric, "a": metric_a.loc[task, metric],
                          "b": metric_b.loc[task, metric], "diff": observed[i],
-                         "p_value": _p_value(observed[i], perm[:, i]), "n_perm": n_perm})
+                         "p_value": _p_value(observed[i], perm[:, i]), "n_perm": n_perm,
+                         "reason": _reason(reasons, task, metric)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # every task undefined: NaN, said by the reason
+            diff, null_macro = np.nanmean(observed), np.nanmean(perm, axis=1)
         rows.append({"task": MACRO, "metric": metric, "a": metric_a.loc[MACRO, metric],
-                     "b": metric_b.loc[MACRO, metric], "diff": np.nanmean(observed),
-                     "p_value": _p_value(np.nanmean(observed), np.nanmean(perm, axis=1)), "n_perm": n_perm})
+                     "b": metric_b.loc[MACRO, metric], "diff": diff, "p_value": _p_value(diff, null_macro),
+                     "n_perm": n_perm, "reason": _reason(reasons, MACRO, metric)})
     return pd.DataFrame(rows)
 
 
@@ -291,8 +337,9 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
 
     ``predictions`` holds columns ``task, k, seed, probability, label`` (k empty/NaN for the all-data
     runs, reported as ``k = "all"``). A ``macro`` task averages the tasks within each resample first.
-    Columns: ``task, k, metric, mean, ci_low, ci_high, n_resamples``.
+    Columns: ``task, k, metric, mean, ci_low, ci_high, n_resamples, reason`` (as in ``bootstrap_ci``).
     """
+    reasons = _reasons(predictions)
     per_run = task_metrics(_with_k_labels(predictions), by=("k", "seed", "task"))
     macro = per_run.groupby(["k", "seed"], as_index=False)[list(METRICS)].mean().assign(task=MACRO)
     per_run = pd.concat([per_run, macro], ignore_index=True)
@@ -301,7 +348,7 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
         for metric in METRICS:
             mean, lo, hi = mean_ci(g[metric], ci)
             rows.append({"task": task, "k": k, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
-                         "n_resamples": int(g[metric].notna().sum())})
+                         "n_resamples": int(g[metric].notna().sum()), "reason": _reason(reasons, task, metric)})
     out = pd.DataFrame(rows)
     out["k_order"] = [np.inf if k == "all" else k for k in out["k"]]
     return out.sort_values(["task", "metric", "k_order"], ignore_index=True).drop(columns="k_order")
@@ -332,3 +379,24 @@ def _with_k_labels(predictions: pd.DataFrame) -> pd.DataFrame:
 def _as_matrix(x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x[:, None] if x.ndim == 1 else x
+
+
+# ----------------------------------------------------------------------------------------- comparison
+def paired_comparison(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame, n_boot: int = 100,
+                      n_perm: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """Model a against model b on the same scans, as a figure's comparison table (paper, Methods, "Statistical
+    analysis"): per task, ``macro`` and metric, ``a, b, difference`` (a − b), ``relative_pct`` (``100 (a − b) / b``,
+    as the paper reports), ``ci_low, ci_high`` (the 95% bootstrap interval of the difference: both models on
+    the same resampled scans in each replicate), ``p_value`` (two-sided paired permutation test), ``n_boot``,
+    ``n_perm`` and ``reason`` (as in ``bootstrap_ci``). The tables must cover the same (scan_id, task) pairs,
+    as ``paired_permutation_test`` requires."""
+    tests = paired_permutation_test(predictions_a, predictions_b, n_perm=n_perm, seed=seed)
+    reps_a, reps_b = _replicates(predictions_a, n_boot, seed), _replicates(predictions_b, n_boot, seed)
+    alpha = 100 * (1 - ci) / 2
+    rows = []
+    for r in tests.itertuples(index=False):
+        lo, hi = _interval(reps_a[r.metric][r.task] - reps_b[r.metric][r.task], alpha)
+        rows.append({"task": r.task, "metric": r.metric, "a": r.a, "b": r.b, "difference": r.a - r.b,
+                     "relative_pct": relative_improvement(r.a, r.b), "ci_low": lo, "ci_high": hi,
+                     "p_value": r.p_value, "n_boot": n_boot, "n_perm": n_perm, "reason": r.reason})
+    return pd.DataFrame(rows)

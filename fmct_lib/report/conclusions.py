@@ -95,6 +95,26 @@ def pretrain_conclusion(metrics: pd.DataFrame, method: str, profile) -> str:
     return _bullets(lines)
 
 
+def describe_stopping(predictions: pd.DataFrame, profile) -> str:
+    """One sentence on the convergence rule and where the runs of ``predictions`` (if given) stopped: its
+    ``stop_reason`` and ``stopped_step`` columns, one value per run; runs without a deep model have no reason
+    and are left out."""
+    rule = (f"Every model trained by one rule: validation AUROC after each epoch of {profile.finetune_subset} balanced "
+            f"draws ({profile.finetune_epoch_steps} steps of batch {profile.finetune_batch_size}), stopped after "
+            f"{profile.finetune_patience} epochs without improvement, at most {profile.finetune_max_epochs} epochs "
+            f"({profile.finetune_max_epochs * profile.finetune_epoch_steps:,} steps).")
+    if predictions is None or "stop_reason" not in predictions:
+        return rule
+    keys = [c for c in ("task", "protocol", "model", "k", "seed") if c in predictions]
+    runs = predictions[predictions["stop_reason"].fillna("") != ""].drop_duplicates(keys)
+    if runs.empty:
+        return rule
+    steps = runs["stopped_step"].astype(float)
+    capped = int(runs["stop_reason"].str.startswith("cap").sum())
+    return (f"{rule} The {len(runs)} deep runs stopped at step {steps.min():,.0f}–{steps.max():,.0f} (median "
+            f"{steps.median():,.0f}); {capped} of them at the cap" + (" (see their stop_reason)." if capped else "."))
+
+
 # --------------------------------------------------------------------------------------- 02 · fine-tuning
 def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], runs: pd.DataFrame,
                         predictions: pd.DataFrame, *, paper: pd.DataFrame, paper_name: str,
@@ -142,9 +162,8 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
                                 predictions[predictions.protocol == "scratch"], by=("task", "seed"))
             lines.append(f"Run by run (same task and seed): fine-tuned above scratch in {int(pairs.a_wins.sum())} of "
                          f"{len(pairs)}.")
-    lines.append(f"Every model trained {profile.finetune_epochs} epochs × {profile.finetune_subset} balanced draws = "
-                 f"{profile.finetune_steps} steps of batch {profile.finetune_batch_size} "
-                 "(paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps).")
+    lines.append(describe_stopping(predictions, profile) + " (Paper: at most 10 epochs × 5,000 draws / batch 16 = "
+                 "3,130 steps, the epoch with the best validation AUROC kept.)")
     return _bullets(lines)
 
 
@@ -214,9 +233,8 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
         lines.append(f"Pretrained at K={top}: {macro.loc[top, 'pretrained']:.3f} vs all data {star['pretrained']:.3f} "
                      f"({macro.loc[top, 'pretrained'] / star['pretrained']:.1%} of it). Paper: K=256 comes close to "
                      "full-data fine-tuning.")
-    lines.append(f"Every model trained {profile.finetune_epochs} epochs × {profile.finetune_subset} balanced draws = "
-                 f"{profile.finetune_steps} steps (K-shot runs draw them from their 2K scans), as the paper trains "
-                 "few-shot \"with the same hyperparameter settings\".")
+    lines.append(describe_stopping(predictions, profile) + " K-shot runs draw their epochs from their 2K scans, as "
+                 "the paper trains few-shot \"with the same hyperparameter settings\".")
     return _bullets(lines)
 
 

@@ -5,6 +5,9 @@ or at another size writes figures of its own name, so it never overwrites the ga
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
 from ..config import PROFILES, Profile, get_profile
 
 __all__ = ["figure_name", "paper_dataset"]
@@ -22,10 +25,11 @@ def paper_dataset(dataset: str, site: str | None = None) -> str:
 
 def figure_name(base: str, dataset: str, profile: str | Profile) -> str:
     """``base`` for the committed gallery (synthetic cohort, ``demo`` profile), else ``base__<dataset>_<profile>``,
-    so a run on other data or at another size never overwrites the gallery's figures; a profile whose
-    fine-tuning epochs differ from its namesake's adds ``_<epochs>ep`` to ``base``."""
+    so a run on other data or at another size never overwrites the gallery's figures; a profile changed from
+    its namesake (``Profile.replace``) adds ``_<hash of the changes>`` to ``base``."""
     p = get_profile(profile)
     named = PROFILES.get(p.name)
-    if named is not None and p.finetune_epochs != named.finetune_epochs:
-        base = f"{base}_{p.finetune_epochs}ep"
+    if named is not None and p != named:
+        changed = {k: v for k, v in p.to_dict().items() if named.to_dict().get(k) != v}
+        base = f"{base}_{hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:6]}"
     return base if (dataset, p.name) == ("synthetic", "demo") else f"{base}__{dataset}_{p.name}"

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path
-from ..paths import figures_root
+from ..paths import REPO_ROOT, cache_root, data_root, figures_root, runs_root
 from .paper import PAPER_DATASET_NAMES
 
 __all__ = [
@@ -92,6 +92,26 @@ def save_figure_data(name: str, data: pd.DataFrame, config: dict, root: Path | s
     return _write_data_and_config(root, name, data, text)
 
 
+def _portable(value):
+    """``value`` with every absolute path written relative to the root it lies in (``<runs>/pretrain/…``, also
+    ``<data>``, ``<cache>``, ``<figures>``, ``<repo>``, ``<home>``), or as ``<elsewhere>/<file name>``: a figure's
+    configuration never records the machine's absolute paths."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if not (isinstance(value, str) and value.startswith("/")):
+        return value
+    path = Path(value)
+    roots = {"runs": runs_root(), "data": data_root(), "cache": cache_root(), "figures": figures_root(),
+             "repo": REPO_ROOT, "home": Path.home()}
+    for name, root in roots.items():
+        for base in dict.fromkeys((Path(root).expanduser(), Path(root).expanduser().resolve())):
+            if path.is_relative_to(base) and base != Path("/"):
+                return f"<{name}>/{path.relative_to(base).as_posix()}"
+    return f"<elsewhere>/{path.name}"
+
+
 def _check_figure_args(name, data, config, root) -> tuple[Path, str]:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"figure name {name!r} must be a plain file stem (no folders, not hidden)")
@@ -100,8 +120,8 @@ def _check_figure_args(name, data, config, root) -> tuple[Path, str]:
     if not isinstance(config, dict):
         raise TypeError(f"figure {name!r}: config must be a dict, got {type(config).__name__}")
     meta = {"figure": name, "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config}
-    text = json.dumps(meta, indent=2, sort_keys=True, default=_jsonable)  # fail before writing anything
+            "config": _portable(json.loads(json.dumps(config, default=_jsonable)))}  # fail before writing anything
+    text = json.dumps(meta, indent=2, sort_keys=True)
     root = Path(root) if root else figures_root()
     root.mkdir(parents=True, exist_ok=True)
     return root, text

@@ -21,15 +21,13 @@ checkpoint = None        # or an encoder checkpoint (ours or the authors' releas
 tasks = None             # default: the dataset's tasks with positives in the test split
 protocols = ["scratch", "finetune", "linear", "attentive", "histogram"]
 site = "internal"        # synthetic cohort: train and test on this site (ignored without a site column)
-finetune_epochs = None   # epochs of every model, scratch included (default: the profile's; demo: 8, i.e. 400 steps)
 n_seeds = None           # training seeds seed, seed+1, … of every model (default: the profile's; paper 1, demo 3)
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site,
-                   finetune_epochs=finetune_epochs)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
 P, scans, method = S.profile, S.scans, S.method
 
 # %%
@@ -42,15 +40,17 @@ predictions.groupby(["protocol", "seed"])["scan_id"].nunique()
 
 # %%
 import pandas as pd
-from fmct_lib.evaluate import bootstrap_ci, paired_permutation_test, task_metrics
+from fmct_lib.evaluate import bootstrap_ci, paired_comparison, task_metrics
 
 summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=protocol)
                      for protocol, g in predictions.groupby("protocol")], ignore_index=True)
 common = set.intersection(*(set(g["task"]) for _, g in predictions.groupby("protocol")))
-paired = lambda a, b: paired_permutation_test(  # noqa: E731
-    predictions[(predictions.protocol == a) & predictions.task.isin(common)],
-    predictions[(predictions.protocol == b) & predictions.task.isin(common)], n_perm=P.n_permutations, seed=seed)
-tests = {b: paired("finetune", b) for b in protocols if b != "finetune" and "finetune" in protocols}
+pick = lambda m: predictions[(predictions.protocol == m) & predictions.task.isin(common)]  # noqa: E731
+baselines = [b for b in protocols if b != "finetune"] if "finetune" in protocols else []
+comparison = pd.concat([paired_comparison(pick("finetune"), pick(b), n_boot=P.n_bootstrap, n_perm=P.n_permutations,
+                                          seed=seed).assign(model_a="finetune", model_b=b) for b in baselines]
+                       or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "p_value"])])
+tests = {b: comparison[comparison.model_b == b] for b in baselines}  # fine-tuned against each baseline
 runs = task_metrics(predictions, by=("protocol", "seed", "task")).rename(columns={"protocol": "model"})
 runs = pd.concat([runs, runs.groupby(["model", "seed"], as_index=False)[["auroc", "ap"]].mean().assign(task="macro")])
 summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3)
@@ -59,18 +59,20 @@ summary.pivot_table(index="task", columns=["metric", "model"], values="value").r
 import matplotlib.pyplot as plt
 
 paper_name = naming.paper_dataset(dataset, site if S.site_filter else None)
-paper = paper.paper_values_for("fig1e", paper_name, "auroc")
+reported = paper.paper_values_for("fig1e", paper_name, "auroc")
 order = [t for t in tasks if t in set(summary.task)] + ["macro"]
 fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(order) + 3), 6.5))
 for ax, metric, label in zip(axes, ("auroc", "ap"), ("AUROC", "AP")):
     plots.metric_bars(summary[summary.metric == metric], x="task", hue="model", order=order, hue_order=protocols,
-                      ylabel=label, paper=paper if metric == "auroc" else None,
+                      ylabel=label, paper=reported if metric == "auroc" else None,
                       points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None, ax=ax)
 axes[0].set_title(f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
                   f"(n = {predictions.scan_id.nunique()} scans)"
                   + (f", mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""), fontsize=9)
 fig.tight_layout()
-plots.save_figure(fig, naming.figure_name("fig1e_finetune_vs_scratch", dataset, P), summary,
+name = naming.figure_name("fig1e_finetune_vs_scratch", dataset, P)
+comparisons.save_comparison(name, comparisons.with_paper(comparison, paper.paper_values_for("fig1e", paper_name)))
+plots.save_figure(fig, name, summary,
                   {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "encoder": str(encoder),
                    "tasks": tasks, "protocols": protocols, "seed": seed, "seeds": seeds, "paper_counterpart": paper_name})
 
@@ -78,5 +80,5 @@ plots.save_figure(fig, naming.figure_name("fig1e_finetune_vs_scratch", dataset, 
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.finetune_conclusion(summary, tests, runs, predictions, paper=paper, paper_name=paper_name,
+print(conclusions.finetune_conclusion(summary, tests, runs, predictions, paper=reported, paper_name=paper_name,
                                       protocols=protocols, profile=P))

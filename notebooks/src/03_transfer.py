@@ -28,7 +28,7 @@ n_seeds = None             # training seeds seed, seed+1, … of every model (de
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method)
 P, scans, method = S.profile, S.scans, S.method
@@ -60,28 +60,34 @@ runs = {
 {name: len(p) for name, p in runs.items()}
 
 # %%
-from fmct_lib.evaluate import bootstrap_ci, paired_permutation_test
+from fmct_lib.evaluate import bootstrap_ci, paired_comparison
 
 summary = pd.concat([bootstrap_ci(p, n_boot=P.n_bootstrap, seed=seed).assign(model=name)
                      for name, p in runs.items() if len(p)], ignore_index=True)
 common = set.intersection(*(set(p["task"]) for p in runs.values()))
 pick = lambda name: runs[name][runs[name].task.isin(common)]  # noqa: E731
-tests = {b: paired_permutation_test(pick("in-domain fine-tuned"), pick(b), n_perm=P.n_permutations, seed=seed)
-         for b in ("external validation", "in-domain scratch")}
+comparison = pd.concat([paired_comparison(pick("in-domain fine-tuned"), pick(b), n_boot=P.n_bootstrap,
+                                          n_perm=P.n_permutations, seed=seed)
+                        .assign(model_a="in-domain fine-tuned", model_b=b)
+                        for b in ("external validation", "in-domain scratch")])
+tests = {b: comparison[comparison.model_b == b] for b in ("external validation", "in-domain scratch")}
 summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3)
 
 # %%
 paper_name = naming.paper_dataset(target_dataset, target_site if has_sites else None)
-paper = paper.paper_values_for(None, paper_name, "auroc")
-paper = paper.assign(model=paper["model"].map({"finetune": "in-domain fine-tuned", "scratch": "in-domain scratch"}))
+reported = paper.paper_values_for(None, paper_name, "auroc")
+reported = reported.assign(model=reported["model"].map({"finetune": "in-domain fine-tuned", "scratch": "in-domain scratch"}))
 order = [t for t in tasks if t in common] + ["macro"]
 hue_order = list(runs)
 fig = plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order,
-                        hue_order=hue_order, paper=paper)
+                        hue_order=hue_order, paper=reported)
 fig.axes[0].set_title(f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
                       f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
                       + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""), fontsize=9)
-plots.save_figure(fig, naming.figure_name("fig1fg_transfer", dataset, P), summary,
+name = naming.figure_name("fig1fg_transfer", dataset, P)
+comparisons.save_comparison(name, comparisons.with_paper(comparison, paper.paper_values_for(None, paper_name), {
+    "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
+plots.save_figure(fig, name, summary,
                   {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
                    "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "paper_counterpart": paper_name})
@@ -90,5 +96,5 @@ plots.save_figure(fig, naming.figure_name("fig1fg_transfer", dataset, P), summar
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.transfer_conclusion(summary, tests, paper=paper, paper_name=paper_name,
+print(conclusions.transfer_conclusion(summary, tests, paper=reported, paper_name=paper_name,
                                       target_rows=target_rows))

@@ -23,15 +23,13 @@ resamples = None        # default: the profile's (paper: 5)
 compare_scratch = True  # also train from random initialisation on the same K-shot draws
 compare_histogram = True  # a reference without a deep model on the same draws: window histograms + logistic regression
 site = "internal"
-finetune_epochs = None  # epochs of every model, scratch included (default: the profile's; demo: 8, i.e. 400 steps)
 n_seeds = None          # training seeds of the all-data runs (the stars), as in 02 (default: the profile's; demo 3)
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site,
-                   finetune_epochs=finetune_epochs)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
 P, scans, method = S.profile, S.scans, S.method
 
 # %%
@@ -53,24 +51,32 @@ predictions = pd.concat(frames, ignore_index=True)
 predictions.groupby(["model", "k"], dropna=False)["seed"].nunique()
 
 # %%
-from fmct_lib.evaluate import fewshot_summary
+from fmct_lib.evaluate import fewshot_summary, paired_comparison
 
 summary = pd.concat([fewshot_summary(g.drop(columns="model")).assign(model=m)
                      for m, g in predictions.groupby("model")], ignore_index=True)
 curves = summary[summary.k != "all"].astype({"k": int}).rename(columns={"mean": "value"})
 full = summary[summary.k == "all"].rename(columns={"mean": "value"})
+# pretrained against scratch at each K (and on all data), on the same draws: a draw is paired by its seed
+pairs = predictions.assign(k=predictions["k"].astype("string").fillna("all"))
+comparison = pd.concat([paired_comparison(g[g.model == "pretrained"], g[g.model == "scratch"], n_boot=P.n_bootstrap,
+                                          n_perm=P.n_permutations, seed=seed).assign(model_a="pretrained",
+                                                                                     model_b="scratch", k=k)
+                        for k, g in pairs.groupby("k") if {"pretrained", "scratch"} <= set(g.model)]
+                       or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "k", "p_value"])])
 summary.pivot_table(index=["task", "k"], columns=["metric", "model"], values="mean", sort=False).round(3)
 
 # %%
-paper = paper.paper_values_for("fig2", naming.paper_dataset(dataset, site if S.site_filter else None), "auroc")
+reported = paper.paper_values_for("fig2", naming.paper_dataset(dataset, site if S.site_filter else None), "auroc")
 figures = {}
 for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
     fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
-                               paper=paper if metric == "auroc" else None)
+                               paper=reported if metric == "auroc" else None)
     fig.suptitle(f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
                  f"stars: all training data ({n_seeds} training seed{'s' * (n_seeds != 1)})",
                  fontsize=9, y=1.02)
     name = naming.figure_name(f"fig2_fewshot_{metric}", dataset, P)
+    comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported))
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                        "encoder": str(encoder), "tasks": tasks, "shots": shots, "resamples": resamples,

@@ -21,7 +21,7 @@ external_site = None     # e.g. "external": also test the internal-trained probe
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, plots
+from fmct_lib.report import comparisons, conclusions, naming, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site)
 P, scans = S.profile, S.scans
@@ -44,12 +44,20 @@ for method in methods:
 predictions = pd.concat(rows, ignore_index=True)
 
 # %%
-from fmct_lib.evaluate import bootstrap_ci
+from fmct_lib.evaluate import bootstrap_ci, paired_comparison
 
 summary = pd.concat([bootstrap_ci(g.drop(columns=["method", "fraction", "evaluation"]), n_boot=P.n_bootstrap, seed=seed)
                      .assign(method=m, fraction=f, evaluation=e)
                      for (m, f, e), g in predictions.groupby(["method", "fraction", "evaluation"])], ignore_index=True)
 macro = summary[summary.task == "macro"].assign(percent=lambda d: 100 * d.fraction)
+# DINO against MAE at every fraction, on the same test scans (the paper: DINO above MAE)
+grouped = {key: g.drop(columns=["method", "fraction", "evaluation"])
+           for key, g in predictions.groupby(["method", "fraction", "evaluation"])}
+comparison = pd.concat([paired_comparison(grouped["dino", f, e], grouped["mae", f, e], n_boot=P.n_bootstrap,
+                                          n_perm=P.n_permutations, seed=seed)
+                        .assign(model_a="dino", model_b="mae", fraction=f, evaluation=e)
+                        for (m, f, e) in grouped if m == "dino" and ("mae", f, e) in grouped]
+                       or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "p_value"])])
 macro.pivot_table(index=["evaluation", "percent"], columns=["metric", "method"], values="value").round(3)
 
 # %%
@@ -58,6 +66,7 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")):
                            xlabel="pretraining data (%)", ylabel=label, logx=True)
     fig.suptitle(f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)", fontsize=9, y=1.03)
     name = naming.figure_name(f"fig4_scaling_{metric}", dataset, P)
+    comparisons.save_comparison(name, comparison[comparison.metric == metric])
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,
                        "protocol": protocol, "tasks": tasks, "site": site, "seed": seed})

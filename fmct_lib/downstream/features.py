@@ -1,0 +1,66 @@
+"""A frozen encoder's features, computed once per scan and cached (the frozen protocols train on them).
+
+Where the encoder does not train (linear and attentive probes), running it again every epoch repeats the same
+work: its output tokens (cls, registers and patches, after the final norm) are computed once per set of inputs
+and kept, in this process and on disk, under the encoder's identity (the sha256 of its checkpoint file) and
+the inputs' key (``VolumeSource.key``: the dataset, the preprocessing spec's hash and the scans). The file is
+``<cache>/<encoder sha256[:16]>/<sha256 of the inputs key>[:24].safetensors`` (the key in its metadata),
+written atomically and read without executing code.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data.inputs import VolumeSource
+from ..io import atomic_path
+
+__all__ = ["encoder_id", "encoder_tokens"]
+
+HELD_BYTES = 2 << 30   # features kept in this process for the next runs of a sweep (least recently used out)
+_HELD: "OrderedDict[tuple[str, str], torch.Tensor]" = OrderedDict()
+
+
+def encoder_id(path) -> str:
+    """The identity of an encoder checkpoint: the first 16 hex digits of its file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource, batch_size: int,
+                   device: str = "cpu", cache: Path | None = None) -> torch.Tensor:
+    """``encoder.forward_features`` of every input of ``source`` → (N, tokens, D) float32 on the CPU.
+
+    Reused from this process or from ``cache`` where the same encoder (``identity``) saw the same inputs
+    (``source.key``); computed (and stored there) otherwise. A source without a key is not cached."""
+    held = (identity, source.key) if source.key else None
+    if held in _HELD:
+        _HELD.move_to_end(held)
+        return _HELD[held]
+    path = None
+    if cache is not None and held:
+        path = Path(cache) / identity / f"{hashlib.sha256(source.key.encode()).hexdigest()[:24]}.safetensors"
+    if path is not None and path.exists():
+        tokens = load_file(str(path))["tokens"]
+    else:
+        encoder.to(device).eval()
+        batches = [encoder.forward_features(x.to(device)).float().cpu()
+                   for x in source.batches(range(len(source)), batch_size)]
+        tokens = torch.cat(batches) if batches else torch.zeros(0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"tokens": tokens.contiguous()}, str(tmp), metadata={"inputs": source.key})
+    if held:
+        _HELD[held] = tokens
+        while len(_HELD) > 1 and sum(t.numel() * t.element_size() for t in _HELD.values()) > HELD_BYTES:
+            _HELD.popitem(last=False)
+    return tokens
