@@ -10,6 +10,9 @@
    augmentation (``finetuning.augment_batch``, which flips only the drawn volumes) against the
    forward/backward/AdamW step, and against the whole-batch ``torch.where`` flip it replaced (the same
    output, checked here).
+4. A frozen probe at the demo size: the attentive head trained by ``fit`` for a few epochs through the
+   frozen encoder (what the probes did before) against the same epochs on the encoder's tokens computed once
+   (``downstream.features``, what they do now), with the head's predictions compared.
 
     .venv/bin/python bench/downstream.py [--profiles demo paper] [--batches 2]
 """
@@ -159,6 +162,41 @@ def bench_finetune_step(profile_name: str = "demo", steps: int = 20) -> None:
           f"({100 * t_where / t_step:.0f}%): {t_where / t_aug:.1f}× slower, same output: {same}")
 
 
+def bench_frozen_probe(profile_name: str = "demo", n: int = 256, epochs: int = 3) -> None:
+    from dataclasses import replace
+
+    from fmct_lib.data.inputs import VolumeSource
+    from fmct_lib.downstream.features import encoder_tokens
+    from fmct_lib.downstream.protocols import _Tokens
+    from fmct_lib.downstream.training import HParams, fit, predict
+    from fmct_lib.models.heads import Classifier, build_head
+    profile = get_profile(profile_name)
+    torch.manual_seed(0)
+    encoder = vit_from_config(profile.model).eval()
+    x = torch.rand(n, 3, *(3 * [profile.input_size]))
+    y = np.arange(n) % 2
+    hp = replace(HParams.from_profile(profile, max_epochs=epochs, patience=epochs), flip_p=0.0, shift_p=0.0)
+    head_state = build_head("attentive", encoder).state_dict()
+
+    def head():
+        h = build_head("attentive", encoder)
+        h.load_state_dict(head_state)
+        return h
+    t0 = time.perf_counter()
+    through = Classifier(encoder, head())
+    fit(through, VolumeSource(x), y, hp, frozen=True, progress=False)
+    old = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tokens = encoder_tokens(encoder, "bench", VolumeSource(x, key=None), hp.batch_size)
+    probe = Classifier(_Tokens(), head())
+    fit(probe, VolumeSource(tokens), y, hp, frozen=True, progress=False)
+    new = time.perf_counter() - t0
+    same = np.abs(predict(through, VolumeSource(x), 64) - predict(probe, VolumeSource(tokens), 64)).max()
+    print(f"[frozen probe, {profile_name}] attentive head, {epochs} epochs of {hp.subset} draws on {n} scans: "
+          f"through the encoder {old:.1f} s, on cached tokens {new:.1f} s (encoder once included) → "
+          f"{old / new:.1f}× faster; largest difference in P(positive) {same:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=["demo", "paper"])
@@ -166,6 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_statistics()
     bench_finetune_step()
+    bench_frozen_probe()
     for name in args.profiles:
         bench_embeddings(name, args.batches)
 
