@@ -73,3 +73,14 @@ def test_pretraining_fractions_are_nested_patient_subsets():
     assert subsample_patients(pids, 0.3, seed=2) != f30
     with pytest.raises(ValueError):
         subsample_patients(pids, 0.0)
+
+
+def test_a_dataset_name_in_the_wrong_case_names_the_dataset_meant(tmp_path, monkeypatch):
+    """``-p dataset RSNA`` (issue 26, item 10): the error says which dataset was meant and lists the known
+    ones, instead of an ingest command for a new dataset called RSNA."""
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path))
+    with pytest.raises(DatasetNotAvailable, match="did you mean 'rsna'") as err:
+        load_scans("RSNA")
+    assert "fmct ingest" not in str(err.value) and "synthetic" in str(err.value)
+    with pytest.raises(DatasetNotAvailable, match="Known datasets: .*cq500"):
+        load_scans("cq500")

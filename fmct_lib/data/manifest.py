@@ -144,12 +144,18 @@ def load_scans(name: str, root: Path | None = None, manifest: Path | None = None
     """
     path = scan_table_path(name, root)
     if not path.exists():
+        known = list(read_manifest(manifest)["name"])
+        similar = [k for k in known if k.lower() == name.lower() and k != name]
+        if similar:  # a typo of case: point at the dataset meant, not at an ingest command for a new one
+            raise DatasetNotAvailable(f"dataset {name!r} is not known; did you mean {similar[0]!r}? "
+                                      f"Known datasets: {', '.join(known)}")
         try:
             cmd = dataset_info(name, manifest).get("ingest_command") or f"fmct ingest {name} --source DIR"
         except KeyError:
             cmd = f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv"
         raise DatasetNotAvailable(
-            f"dataset {name!r} is not available: {path} does not exist. Create it with:\n    {cmd}")
+            f"dataset {name!r} is not available: {path} does not exist. Create it with:\n    {cmd}\n"
+            f"Known datasets: {', '.join(known)}")
     df = pd.read_csv(path, dtype={"scan_id": str, "patient_id": str, "path": str, "split": str})
     folder = path.parent
     _check_contained(df, path, Path(root or data_root()))
