@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["00_data", "01_pretrain", "02_finetune", "03_transfer", "04_fewshot", "05_scaling",
             "06_embeddings", "07_attention", "08_retrieval"]
-KERNEL = "fmct"
+KERNEL = "fmct"            # the kernel make setup registers for the venv; the tests run every notebook in it
+NOTEBOOK_KERNEL = "python3"  # what the notebooks ask for: the Python of whatever environment runs them
 # CI time: the scaling study pretrains one fraction fewer than the notebook's default (the code path is the same)
 TOY_PARAMETERS = {"05_scaling": {"fractions": [0.5, 1.0]}}
 
@@ -28,7 +29,7 @@ def test_the_collection_is_complete():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_clean_with_one_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
-    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL, f"{path.name}: kernel is not {KERNEL!r}"
+    assert nb.metadata.get("kernelspec", {}).get("name") == NOTEBOOK_KERNEL, f"{path.name}: kernel is not python3"
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters', expected exactly 1"
     first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")

@@ -3,7 +3,7 @@
 The sources use the "percent" cell format (as Jupytext / VS Code): a line ``# %%`` starts a code cell,
 ``# %% [markdown]`` a markdown cell (its lines start with ``# ``), and ``# %% tags=["parameters"]`` the
 papermill parameters cell. The notebooks are written without outputs, with stable cell ids, for the
-project's kernel ``fmct``; review and edit the ``.py``, then run
+standard ``python3`` kernel; review and edit the ``.py``, then run
 
     python tools/make_notebooks.py            # rewrite the notebooks
     python tools/make_notebooks.py --check    # exit 1 if a notebook differs from its source (CI)
@@ -21,7 +21,9 @@ import nbformat
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "notebooks" / "src"
 OUT = REPO / "notebooks"
-KERNELSPEC = {"name": "fmct", "display_name": "Python (fmct)", "language": "python"}
+# the kernel every ipykernel install provides: the Python papermill or JupyterLab runs in, so a notebook runs
+# in a conda or pip environment as well as in make's .venv (make and the tests name the venv's kernel `fmct`)
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 _MARKER = re.compile(r"^# %%(?P<kind> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
 
 
