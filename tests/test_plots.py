@@ -213,3 +213,18 @@ def test_figure_configurations_record_no_absolute_paths(tmp_path, monkeypatch):
         "encoder": "<runs>/pretrain/x/encoder.safetensors",
         "nested": {"scans": ["<data>/synthetic/scans.csv", "not/a/path", 3]},
         "outside": "<elsewhere>/model_weights.pth", "repo": "<repo>/figures/a.png"}
+
+
+def test_the_committed_gallery_records_no_absolute_paths():
+    for path in sorted((plots.REPO_ROOT / "figures").glob("*.json")):
+        strings = []
+
+        def walk(value):
+            if isinstance(value, dict):
+                [walk(v) for v in value.values()]
+            elif isinstance(value, list):
+                [walk(v) for v in value]
+            elif isinstance(value, str):
+                strings.append(value)
+        walk(json.loads(path.read_text()))
+        assert not [s for s in strings if s.startswith("/")], path.name

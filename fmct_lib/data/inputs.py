@@ -20,7 +20,7 @@ from ..paths import StageMissing
 from .cache import CachedVolumes, cache_dir, read_index, read_rejects
 from .preprocess import model_input
 
-__all__ = ["VolumeSource", "ProtocolSkipped", "select_rows", "volume_source", "ACQUISITION_COLUMNS"]
+__all__ = ["VolumeSource", "ProtocolSkipped", "hold", "select_rows", "volume_source", "ACQUISITION_COLUMNS"]
 
 ACQUISITION_COLUMNS = ["manufacturer", "slice_thickness_mm", "kvp", "site"]  # how a scan was acquired, where known
 IN_MEMORY_BYTES = 1 << 30  # model inputs of a run's split are held in memory up to this size (float32)
@@ -58,6 +58,16 @@ class VolumeSource:
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return (self.to_input(x) if self.to_input else x).float()
+
+
+def hold(held: OrderedDict, key, tensor: torch.Tensor, max_bytes: int) -> torch.Tensor:
+    """Keep ``tensor`` under ``key`` in ``held`` for the next calls of this process; the least recently used
+    tensors go first while all together exceed ``max_bytes`` (the newest always stays)."""
+    held[key] = tensor
+    held.move_to_end(key)
+    while len(held) > 1 and sum(x.numel() * x.element_size() for x in held.values()) > max_bytes:
+        held.popitem(last=False)
+    return tensor
 
 
 def select_rows(scans: pd.DataFrame, filt: dict | None, split: str | None, task: str | None,
@@ -107,9 +117,7 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
         stat = index.stat() if index.exists() else None
         key = (str(index), stat and (stat.st_mtime_ns, stat.st_size), spec.hash, tuple(kept["scan_id"].astype(str)))
         if key not in _HELD:
-            _HELD[key] = torch.cat(list(source.batches(range(len(kept)), 32)))
-            while len(_HELD) > 1 and sum(x.numel() * x.element_size() for x in _HELD.values()) > HELD_BYTES:
-                _HELD.popitem(last=False)
+            hold(_HELD, key, torch.cat(list(source.batches(range(len(kept)), 32))), HELD_BYTES)
         _HELD.move_to_end(key)
         source = VolumeSource(_HELD[key], key=name)
     return source, kept

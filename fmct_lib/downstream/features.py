@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.inputs import VolumeSource
+from ..data.inputs import VolumeSource, hold
 from ..io import atomic_path
 
 __all__ = ["encoder_id", "encoder_tokens"]
@@ -59,8 +59,4 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 save_file({"tokens": tokens.contiguous()}, str(tmp), metadata={"inputs": source.key})
-    if held:
-        _HELD[held] = tokens
-        while len(_HELD) > 1 and sum(t.numel() * t.element_size() for t in _HELD.values()) > HELD_BYTES:
-            _HELD.popitem(last=False)
-    return tokens
+    return hold(_HELD, held, tokens, HELD_BYTES) if held else tokens

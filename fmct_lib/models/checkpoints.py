@@ -103,7 +103,7 @@ def _torch_load(path: Path):
 
 
 def _torch_reason(error: Exception) -> str:
-    """The line of torch's message that says what went wrong (not its advice on ``weights_only=False``)."""
+    """The line of torch's message that says what went wrong (not its advice to load the file unsafely)."""
     advice = ("Weights only load failed", "(1)", "(2)", "Check the documentation", "In PyTorch", "Please file an issue")
     lines = []
     for line in str(error).splitlines():
