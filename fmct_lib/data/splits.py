@@ -11,9 +11,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["patient_split", "assign_splits", "subsample_patients"]
+__all__ = ["patient_split", "assign_splits", "subsample_patients", "SPLITS", "POOL_SPLIT"]
 
 SPLITS = ("train", "val", "test")
+# the split value of an unlabelled pretraining pool: scans that pretraining reads and no downstream split does
+POOL_SPLIT = "pretrain"
 
 
 def _unit_interval(patient_id: str, seed: int, salt: str) -> float:

@@ -169,11 +169,12 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
 
 
 def pretraining_scan_ids(dataset: str, fraction: float = 1.0, seed: int = 0) -> list[str]:
-    """The pretraining set: training-split scans, external sites excluded, a nested patient subsample."""
+    """The pretraining set: the training split and the unlabelled pool (split ``pretrain``), external sites
+    excluded, a nested patient subsample (Fig. 4's fractions). Validation and test scans never enter it."""
     from ..data.manifest import load_scans
-    from ..data.splits import subsample_patients
+    from ..data.splits import POOL_SPLIT, subsample_patients
     scans = load_scans(dataset)
-    scans = scans[scans["split"] == "train"]
+    scans = scans[scans["split"].isin(["train", POOL_SPLIT])]
     if "site" in scans.columns:
         scans = scans[scans["site"] != "external"]
     if scans.empty:

@@ -5,23 +5,28 @@ Three sites (DESIGN §3):
 - ``internal``: labeled; scanner mix 70% A / 30% B; prevalence ``DEFAULT_PREVALENCE``;
 - ``external``: labeled; 30% A / 70% B; prevalence shifted (``EXTERNAL_SHIFT``: an emergency-department
   mix with more haemorrhage and fewer tumours), for external validation and transfer (paper Fig. 1f-g);
-- ``pretrain``: unlabeled (task columns empty), several times larger, patient-disjoint from the others.
+- ``pretrain``: the unlabelled pretraining pool (task columns empty, split ``pretrain``), several times the
+  labelled training split (profile ``synth_pretrain``; demo: 6,000 scans, 5× the internal training split),
+  drawn from its own seed (``pool_seed``) with patient identifiers of its own, so it is disjoint by patient
+  from every labelled split; manufacturers 50/50 with the same slice-thickness spread.
 
 Conditions co-occur as in real data (``sample_conditions``): IVH often extends from an IPH, EDH comes with
 a skull fracture, traumatic SAH with SDH or fracture, tumours with vasogenic oedema; mass effect and
 midline shift follow from the size of what was painted. About 15% of patients have a second
 reconstruction of the same study (a thin and a thick series, as in CQ500), so patient-level splitting
-(8:1:1, ``splits.assign_splits``) matters.
+(8:1:1 of the labelled sites, ``splits.assign_splits``) matters.
 
 Layout under ``<data root>/synthetic/``: ``volumes/<scan_id>.nii.gz`` (int16 HU, RAS, in-plane spacing =
 phantom grid, z spacing = slice thickness), ``masks/<scan_id>.nii.gz`` (uint8 label map,
 ``lesions.LABEL_CODES``; 10 = ventricles), ``meta/<scan_id>.json`` (the row and the subject parameters),
 ``cohort.json`` (the generating configuration) and ``scans.csv``.
 
-Determinism: every patient draws from ``SeedSequence([seed, site, index])``, so a scan does not depend on
-the worker count or on the other sites' sizes; gzip is written without a timestamp. Re-running with the
-same configuration skips finished scans (their ``meta`` file is written last); a different configuration
-in the same folder is refused (delete the folder or use another data root).
+Determinism: every patient draws from ``SeedSequence([seed, site, index])`` (the pool: ``pool_seed``), so a
+scan does not depend on the worker count or on the other sites' sizes; gzip is written without a timestamp.
+Re-running skips finished scans (their ``meta`` file is written last), so an interrupted run resumes, and a
+site's first n patients are the same for any size, so growing a site (``--n-pretrain``) adds scans without
+touching those there. A different seed, grid or prevalence in the same folder is refused (delete the
+folder or use another data root).
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from ...config import get_profile
 from ...io import atomic_open
 from ...paths import data_root
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
-from ..splits import assign_splits
+from ..splits import POOL_SPLIT, assign_splits
 from .atlas import load_atlas
 from .lesions import CONDITIONS
 from .phantom import render, sample_subject
@@ -57,6 +62,7 @@ DATASET = "synthetic"
 SITES = ("internal", "external", "pretrain")
 _SITE_CODE = {"internal": "I", "external": "E", "pretrain": "P"}
 SCANNER_A_FRACTION = {"internal": 0.7, "external": 0.3, "pretrain": 0.5}
+POOL_SEED_OFFSET = 1     # default pool seed = seed + 1: the pool is not a re-draw of the labelled patients
 SECOND_SERIES_FRACTION = 0.15
 
 DEFAULT_PREVALENCE = dict(tumor=0.12, hydrocephalus=0.08, edema=0.07, adrd=0.12, iph=0.12, ivh=0.05,
@@ -123,13 +129,17 @@ def site_prevalence(site: str, prevalence: dict | None = None) -> dict:
     return base
 
 
-def plan_cohort(sizes: dict, seed: int = 0, prevalence: dict | None = None) -> list[PatientPlan]:
-    """Patients of every site until each site has exactly ``sizes[site]`` scans."""
+def plan_cohort(sizes: dict, seed: int = 0, prevalence: dict | None = None,
+                pool_seed: int | None = None) -> list[PatientPlan]:
+    """Patients of every site until each site has exactly ``sizes[site]`` scans; the pool draws from
+    ``pool_seed`` (default ``seed + 1``)."""
+    pool_seed = seed + POOL_SEED_OFFSET if pool_seed is None else pool_seed
     plans = []
     for site in SITES:
         prev, n, i = site_prevalence(site, prevalence), 0, 0
+        site_seed = pool_seed if site == "pretrain" else seed
         while n < sizes[site]:
-            pp = _plan_patient(seed, site, i, prev)
+            pp = _plan_patient(site_seed, site, i, prev)
             if n + len(pp.slices_mm) > sizes[site]:
                 pp = PatientPlan(**{**asdict(pp), "slices_mm": pp.slices_mm[:1]})
             plans.append(pp)
@@ -207,25 +217,28 @@ def _is_done(pp: PatientPlan, out: Path) -> bool:
 
 
 def _check_config(out: Path, config: dict) -> None:
+    """Refuse a folder generated with another seed, grid or prevalence; sizes may change (a site's first n
+    patients are the same for every size), and the record is rewritten with the new sizes."""
     path = out / "cohort.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != config:
-            keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        keys = sorted(k for k in set(old) | set(config) if k != "sizes" and old.get(k) != config.get(k))
+        if keys:
             raise ValueError(f"{path}: the cohort there was generated with another configuration (differs in "
                              f"{', '.join(keys)}; there: sizes {old.get('sizes')}, seed {old.get('seed')}). "
                              "Delete that folder, or generate into another data root (--root / $FMCT_DATA).")
-    else:
-        _atomic_write_bytes(json.dumps(config, indent=1, sort_keys=True).encode(), path)
+    _atomic_write_bytes(json.dumps(config, indent=1, sort_keys=True).encode(), path)
 
 
 def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | None = None,
                     prevalence: dict | None = None, n_internal: int | None = None,
-                    n_external: int | None = None, n_pretrain: int | None = None) -> pd.DataFrame:
+                    n_external: int | None = None, n_pretrain: int | None = None,
+                    pool_seed: int | None = None) -> pd.DataFrame:
     """Generate (or finish) the synthetic cohort under ``<root or data root>/synthetic``; return its scan table.
 
     Sizes default to the profile's ``synth_internal/external/pretrain`` (scans) and the phantom grid to
     ``synth_grid_mm``. ``prevalence`` overrides ``DEFAULT_PREVALENCE`` (the external site keeps its shift).
+    The unlabelled pool draws from ``pool_seed`` (default ``seed + 1``).
     """
     prof = get_profile(profile)
     step = float(prof.synth_grid_mm)
@@ -236,11 +249,13 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
         raise ValueError(f"cohort sizes must be >= 0, got {sizes}")
     root = Path(root) if root is not None else data_root()
     out = root / DATASET
-    config = dict(generator_version=GENERATOR_VERSION, seed=int(seed), grid_mm=step, sizes=sizes,
+    pool_seed = int(seed) + POOL_SEED_OFFSET if pool_seed is None else int(pool_seed)
+    config = dict(generator_version=GENERATOR_VERSION, seed=int(seed), pool_seed=pool_seed, grid_mm=step,
+                  sizes=sizes,
                   prevalence={s: site_prevalence(s, prevalence) for s in SITES})
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config)
-    plans = plan_cohort(sizes, seed, prevalence)
+    plans = plan_cohort(sizes, seed, prevalence, pool_seed)
     todo = [pp for pp in plans if not _is_done(pp, out)]
     load_atlas(step)                                   # build the atlas cache once, before the workers
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
@@ -277,7 +292,10 @@ def _assemble_table(plans: list[PatientPlan], out: Path, root: Path, seed: int) 
             if meta.exists():
                 rows.append(json.loads(meta.read_text())["row"])
     df = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c != "split"])
-    df.insert(3, "split", assign_splits(df["patient_id"], seed))
+    pool = (df["site"] == "pretrain").to_numpy()
+    split = pd.Series(POOL_SPLIT, index=df.index, dtype=object)
+    split[~pool] = assign_splits(df.loc[~pool, "patient_id"], seed)
+    df.insert(3, "split", split)
     for c in LABEL_COLUMNS:
         df[c] = df[c].astype("Int64")
     write_scans(df, DATASET, root)
