@@ -75,6 +75,8 @@ class Profile:
     pretrain_base_lr: dict = field(default_factory=dict)
     # pretraining epochs by method where they differ from ``pretrain_epochs``
     pretrain_epochs_by_method: dict = field(default_factory=dict)
+    # the profile's values of a method's options (``train/methods``), e.g. DINO's schedules in epochs
+    pretrain_options: dict = field(default_factory=dict)
     # the pretraining the notebooks start from unless told otherwise (paper: DINO, its final model)
     pretrain_method: str = "dino"
     fewshot_shots: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
@@ -137,6 +139,8 @@ PROFILES: dict[str, Profile] = {
         pretrain_epochs=2, pretrain_batch_size=16, pretrain_warmup_epochs=1,
         # MAE, not DINO (uniform at this scale): 9 epochs, ~800 steps, peak LR 1e-3; docs/experiments.md
         pretrain_method="mae", pretrain_epochs_by_method={"mae": 9}, pretrain_base_lr={"mae": 0.016},
+        pretrain_options={"dino": {"warmup_teacher_temp_epochs": 1.0, "freeze_last_layer_epochs": 0.5},
+                          "vicreg": {"expander_dim": 512}},
         # 8 epochs × 800 draws = 400 steps (paper 3,125); why this budget: docs/experiments.md
         finetune_max_epochs=80, finetune_patience=10, finetune_batch_size=16, finetune_subset=800,
         finetune_lr_encoder=1e-4,
@@ -154,6 +158,7 @@ PROFILES: dict[str, Profile] = {
         dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=16,
         mae_decoder_dim=24, mae_decoder_depth=1, mae_decoder_heads=2,
         pretrain_epochs=2, pretrain_batch_size=4, pretrain_warmup_epochs=1,
+        pretrain_options={"dino": {"warmup_teacher_temp_epochs": 0.6}, "vicreg": {"expander_dim": 64}},
         finetune_max_epochs=4, finetune_patience=2, finetune_batch_size=4, finetune_subset=32,
         finetune_lr_encoder=1e-4,
         scratch_grid={"lr": [1e-3], "weight_decay": [0.05], "optimizer": ["adamw"]},

@@ -163,3 +163,41 @@ def test_dicom_round_trip(cohort, tmp_path, flavour):
     back = dicom.read_dicom_series(files[0].parent)
     np.testing.assert_allclose(back.affine, img.affine, atol=1e-3)
     np.testing.assert_allclose(back.hu, np.asarray(img.dataobj), atol=0.5)
+
+
+def test_the_pool_is_its_own_patients_seed_and_split_and_grows_in_place(env):
+    """Issue 24: the unlabelled pool is disjoint by patient from every labelled split, drawn from its own seed,
+    marked split 'pretrain' (read by pretraining only), and grows without touching the scans already there."""
+    from fmct_lib.data.splits import POOL_SPLIT
+    from fmct_lib.data.synthetic.cohort import plan_cohort
+    from fmct_lib.train.trainer import pretraining_scan_ids
+
+    root = env / "data_pool"
+    sizes = dict(n_internal=6, n_external=2, n_pretrain=3)
+    df = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **sizes)
+    pool, labelled = df[df.site == "pretrain"], df[df.site != "pretrain"]
+    assert (pool["split"] == POOL_SPLIT).all() and set(labelled["split"]) <= {"train", "val", "test"}
+    assert not set(pool["patient_id"]) & set(labelled["patient_id"])
+    # its own seed: another pool seed changes the pool's patients and nothing else
+    a = plan_cohort(dict(internal=20, external=5, pretrain=20), seed=5, pool_seed=6)
+    b = plan_cohort(dict(internal=20, external=5, pretrain=20), seed=5, pool_seed=7)
+    pool_a, pool_b = ([p.subject_seed for p in plans if p.site == "pretrain"] for plans in (a, b))
+    assert not set(pool_a) & set(pool_b)
+    assert [p for p in a if p.site != "pretrain"] == [p for p in b if p.site != "pretrain"]
+    # the default pool seed is not the labelled seed: pool patient i is not labelled patient i re-drawn
+    default = plan_cohort(dict(internal=20, external=0, pretrain=20), seed=5)
+    assert [p.subject_seed for p in default if p.site == "pretrain"] != \
+        [p.subject_seed for p in plan_cohort(dict(internal=0, external=0, pretrain=20), seed=5, pool_seed=5)]
+    # growing the pool keeps the scans there byte for byte and adds the new ones
+    first = root / "synthetic" / pool["path"].iloc[0]
+    stamp = first.stat().st_mtime_ns
+    grown = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **{**sizes, "n_pretrain": 6})
+    assert first.stat().st_mtime_ns == stamp and (grown.site == "pretrain").sum() == 6
+    pd.testing.assert_frame_equal(grown[grown.site != "pretrain"].reset_index(drop=True),
+                                  labelled.reset_index(drop=True))
+    # pretraining reads the training split and the pool, never validation or test
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMCT_DATA", str(root))
+        ids = set(pretraining_scan_ids("synthetic"))
+    want = grown[grown.split.isin(["train", POOL_SPLIT]) & (grown.site != "external")]
+    assert ids == set(want["scan_id"]) and ids >= set(grown.loc[grown.site == "pretrain", "scan_id"])

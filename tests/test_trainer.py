@@ -66,13 +66,14 @@ def test_run_config_scales_lr_and_schedules():
         run_config("simclr", "toy", n_scans=30)
 
 
-# run_config's output before the method registry (train/methods) was introduced: config.json must not change,
-# so that existing run directories still resume (``_check_or_write_config``).
+# run_config's output, pinned: config.json must not change unnoticed, or existing run directories would no longer
+# resume (``_check_or_write_config``). Last deliberate change: DINO's schedules set in epochs (issue 24), which
+# replaced ``warmup_teacher_temp_fraction`` by ``warmup_teacher_temp_epochs`` (the toy profile's step counts kept).
 PINNED_RUN_CONFIG = {
     "dino": {'accum_steps': 1, 'base_lr': 0.0003, 'batch_size': 4, 'betas': [0.9, 0.95], 'checkpoint_every': 10,
              'dino': {'centre_momentum': 0.9, 'clip_grad': 3.0, 'freeze_last_layer_epochs': 1,
                       'momentum_teacher': 0.996, 'n_global_crops': 2, 'n_local_crops': 3, 'student_temp': 0.1,
-                      'teacher_temp': 0.07, 'warmup_teacher_temp': 0.04, 'warmup_teacher_temp_fraction': 0.3},
+                      'teacher_temp': 0.07, 'warmup_teacher_temp': 0.04, 'warmup_teacher_temp_epochs': 0.6},
              'freeze_last_layer_steps': 10, 'global_batch': 4, 'lr': 4.6875e-06, 'method': 'dino',
              'min_lr': 4.6875e-09, 'n_scans': 40, 'seed': 0, 'steps_per_epoch': 10, 'teacher_temp_warmup_steps': 6,
              'total_steps': 20, 'warmup_steps': 10, 'weight_decay': 0.05, 'world_size': 1},
@@ -83,7 +84,7 @@ PINNED_RUN_CONFIG = {
     "dino_options": {'accum_steps': 2, 'base_lr': 0.0003, 'batch_size': 4, 'betas': [0.9, 0.95], 'checkpoint_every': 7,
                      'dino': {'centre_momentum': 0.9, 'clip_grad': 3.0, 'freeze_last_layer_epochs': 1,
                               'momentum_teacher': 0.996, 'n_global_crops': 2, 'n_local_crops': 2, 'student_temp': 0.1,
-                              'teacher_temp': 0.04, 'warmup_teacher_temp': 0.04, 'warmup_teacher_temp_fraction': 0.3},
+                              'teacher_temp': 0.04, 'warmup_teacher_temp': 0.04, 'warmup_teacher_temp_epochs': 0.6},
                      'freeze_last_layer_steps': 2, 'global_batch': 16, 'lr': 1.875e-05, 'method': 'dino',
                      'min_lr': 1.875e-08, 'n_scans': 40, 'seed': 3, 'steps_per_epoch': 2,
                      'teacher_temp_warmup_steps': 1, 'total_steps': 4, 'warmup_steps': 2, 'weight_decay': 0.05,
@@ -95,11 +96,12 @@ PINNED_RUN_CONFIG = {
 }
 
 
-def test_run_config_is_unchanged_by_the_method_registry():
+def test_run_config_is_pinned():
     assert run_config("dino", "toy", n_scans=40) == PINNED_RUN_CONFIG["dino"]
     assert run_config("mae", "toy", n_scans=40) == PINNED_RUN_CONFIG["mae"]
     ref = {"n_local_crops": 2, "teacher_temp": 0.04}  # the authors' code (reference_code_facts §3.1)
-    for options in (ref, DINOConfig(**ref)):  # a dict or the method's own options object
+    # a dict (laid over the profile's values) or the method's own options object (complete as it is)
+    for options in (ref, DINOConfig(**ref, warmup_teacher_temp_epochs=0.6)):
         assert run_config("dino", "toy", n_scans=40, world_size=2, batch_size=4, accum_steps=2, seed=3,
                           checkpoint_every=7, options=options) == PINNED_RUN_CONFIG["dino_options"]
     assert run_config("mae", "toy", n_scans=100, batch_size=4, max_steps=33,
@@ -294,8 +296,8 @@ class TinyMethod:
     """A whole pretraining method for the registry: shrink the cls token of one MAE view (no paper behind it)."""
 
     name, base_lr, Options, exported = "tiny", 1e-3, TinyOptions, "the encoder"
-    warmup_fraction = staticmethod(lambda profile, epochs: 0.0)
-    run_entries = staticmethod(lambda options, total_steps, epochs: {"scale": options.scale})
+    warmup_steps = staticmethod(lambda profile, steps_per_epoch, total_steps: 0)
+    run_entries = staticmethod(lambda options, total_steps, steps_per_epoch: {"scale": options.scale})
     crops = staticmethod(lambda run: {"n_local": 0})
 
     def __init__(self, profile, augment, run):
@@ -360,11 +362,11 @@ def test_the_registry_drives_the_command_line(monkeypatch):
         sub = next(a for a in parser._actions if a.dest == "command").choices["pretrain"]
         return next(a for a in sub._actions if a.dest == "method").choices
 
-    assert method_choices() == list(METHODS) == ["dino", "mae"]
-    with pytest.raises(ValueError, match="unknown method 'simclr'; the known methods are dino, mae"):
+    assert method_choices() == list(METHODS) == ["dino", "mae", "vicreg"]
+    with pytest.raises(ValueError, match="unknown method 'simclr'; the known methods are dino, mae, vicreg"):
         get_method("simclr")
     monkeypatch.setitem(METHODS, "tiny", TinyMethod)
-    assert method_choices() == ["dino", "mae", "tiny"]
+    assert method_choices() == ["dino", "mae", "vicreg", "tiny"]
     args = build_parser(load="pretrain").parse_args(["pretrain", "--method", "tiny", "--option", "scale=0.5"])
     assert parse_options(args.method, args.options) == {"scale": 0.5}
     # --option KEY=VALUE: the value takes the type of the option's default

@@ -40,11 +40,11 @@ class DINOConfig:
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.07         # DINO ViT-B; reached after the warm-up below
-    warmup_teacher_temp_fraction: float = 0.3  # DINO: 30 of 100 epochs
+    warmup_teacher_temp_epochs: float = 30.0   # DINO: linear over the first 30 epochs
     centre_momentum: float = 0.9
     momentum_teacher: float = 0.996    # start of the cosine ramp to 1
     clip_grad: float = 3.0             # per-parameter gradient-norm clip
-    freeze_last_layer_epochs: int = 1  # prototypes frozen for the first epoch
+    freeze_last_layer_epochs: float = 1.0  # prototypes frozen for the first epoch
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..io import atomic_path, atomic_write_text
 from .distributed import DistInfo, all_reduce_mean, barrier
@@ -37,8 +37,11 @@ __all__ = ["train", "epoch_permutation", "micro_batches", "make_optimizer", "STA
 
 STATE_FILE = "state_last.pt"
 DONE_FILE = "done"
+# one row per step; a method logs the columns it has (DINO: teacher signals; VICReg: its three terms), and the
+# rows at epoch ends carry the validation kNN score of the frozen encoder (``train/monitor.py``)
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "momentum", "teacher_temp", "teacher_entropy", "kl_to_uniform",
-                  "centre_norm", "throughput"]
+                  "centre_norm", "feature_std", "effective_rank", "invariance", "variance", "covariance",
+                  "knn_auroc", "throughput"]
 
 
 # ------------------------------------------------------------------------------------------- data order
@@ -143,13 +146,15 @@ class MetricsLog:
 
 # ------------------------------------------------------------------------------------------------ loop
 def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistInfo, *, resume: bool = True,
-          num_workers: int = 0, progress: bool = True, on_step=None) -> int:
+          num_workers: int = 0, progress: bool = True, on_step=None, monitor=None) -> int:
     """Run (or continue) the optimisation described by ``config`` until ``config["total_steps"]``.
 
     ``config`` holds ``seed, total_steps, steps_per_epoch, batch_size, accum_steps, lr, min_lr,
     warmup_steps, weight_decay, betas, checkpoint_every`` (see ``trainer.run_config``). ``on_step(step,
     metrics)`` is called on the main process after every step (live plots; tests use it to interrupt).
-    Returns the number of steps done.
+    ``monitor(encoder, device) -> dict`` (``train/monitor.py``) scores the exported encoder on the main
+    process before the first step (row ``step 0``) and at the end of every epoch; its values join that
+    step's row. Returns the number of steps done.
     """
     run_dir = Path(run_dir)
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
@@ -177,6 +182,9 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
         _set_rng_state(state["rng"], generator)
         step = int(state["step"])
     log = MetricsLog(run_dir, step) if dist_info.is_main else None
+    watching = monitor is not None and dist_info.is_main
+    if watching and step == 0:
+        log.append({"step": 0, "epoch": 0, **monitor(task.encoder(), device)})
 
     def save_state() -> None:
         if dist_info.is_main:
@@ -220,6 +228,9 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
             dt = time.perf_counter() - t0
             row = {"step": step, "epoch": epoch, "loss": loss_mean, "lr": lr, **extra,
                    "throughput": global_batch / dt}
+            if watching and (step % steps_per_epoch == 0 or step == total):
+                row.update(monitor(task.encoder(), device))
+                bar.write(f"step {step} (epoch {epoch + 1}): validation kNN AUROC {row['knn_auroc']:.3f}")
             if dist_info.is_main:
                 log.append(row)
                 bar.update(1)

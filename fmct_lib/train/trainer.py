@@ -7,9 +7,10 @@ continues exactly where the last checkpoint left off (``loop.py``). A run holds 
 (``.lock``, taken by rank 0) while it trains: a second process on a directory in use fails at once with
 ``LockBusy`` naming the holder, instead of resuming from the first one's checkpoint and mixing their logs.
 
-Schedule lengths scale with the run: warm-up, teacher-temperature warm-up and the frozen-prototype period
-are fractions of the total steps (each method's rule, ``train/methods``), so ``max_steps`` shortens a run
-without changing its shape. What differs between methods lives in ``train/methods``, never here.
+Schedules are set in epochs (DINO's warm-up, teacher-temperature warm-up and frozen prototypes) or as the
+paper states them (MAE: the first 5% of the steps), converted to steps by each method (``train/methods``);
+``max_steps`` ends a run early and the cosine decays follow its length. What differs between methods lives
+in ``train/methods``, never here.
 
 ``pretrain`` reads the preprocessing cache and never builds it: ``fmct cache`` or ``pipeline.ensure_cache``
 does, before (DESIGN §2: the pipeline alone builds a missing stage).
@@ -52,7 +53,7 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
     ``options``: the method's options, a dict or its options object (``train/methods``)."""
     profile = get_profile(profile)
     Method = get_method(method)
-    options = method_options(Method, options)
+    options = method_options(Method, options, profile)
     b = batch_size or profile.pretrain_batch_size
     global_batch = b * world_size * accum_steps
     steps_per_epoch = n_scans // global_batch
@@ -61,18 +62,17 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
                          f"(batch {b} × {world_size} processes × {accum_steps} accumulation steps); lower batch_size")
     epochs = profile.epochs_for(method)
     total = max_steps or epochs * steps_per_epoch
-    warmup_fraction = Method.warmup_fraction(profile, epochs)
     base_lr = profile.pretrain_base_lr.get(method, Method.base_lr)
     lr = base_lr * global_batch / 256
     cfg = {
         "method": method, "seed": seed, "n_scans": n_scans, "world_size": world_size,
         "batch_size": b, "accum_steps": accum_steps, "global_batch": global_batch,
         "steps_per_epoch": steps_per_epoch, "total_steps": total,
-        "base_lr": base_lr, "lr": lr, "min_lr": lr * 1e-3, "warmup_steps": round(total * warmup_fraction),
+        "base_lr": base_lr, "lr": lr, "min_lr": lr * 1e-3, "warmup_steps": Method.warmup_steps(profile, steps_per_epoch, total),
         "weight_decay": 0.05, "betas": [0.9, 0.95],
         "checkpoint_every": checkpoint_every or max(1, min(steps_per_epoch, 500)),
     }
-    cfg.update(Method.run_entries(options, total, epochs))
+    cfg.update(Method.run_entries(options, total, steps_per_epoch))
     return cfg
 
 
@@ -118,7 +118,8 @@ def _holding_run_dir(run_dir: Path, dist_info: DistInfo):
 def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 0, resume: bool = True,
                 max_steps: int | None = None, device=None, progress: bool = True, batch_size: int | None = None,
                 accum_steps: int = 1, checkpoint_every: int | None = None, num_workers: int = 0,
-                options=None, on_step=None, meta: dict | None = None, preprocess: dict | None = None) -> Path:
+                options=None, on_step=None, meta: dict | None = None, preprocess: dict | None = None,
+                monitor=None) -> Path:
     """Pretrain on any Dataset whose items are ``{"scan_id", "volume": int16 HU canvas (C, C, C)}``.
 
     ``method`` is a name in ``train.methods.METHODS``; ``options`` its options, a dict or the method's
@@ -126,7 +127,8 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
     "teacher_temp": 0.04}``, reference_code_facts §3.1), for MAE ``norm_pix_loss`` (normalised-pixel target).
 
     ``meta`` (dataset, fraction, …) is stored in ``config.json`` and in the exported encoder's
-    configuration, with ``preprocess`` (the ``PreprocessSpec`` dict of the volumes).
+    configuration, with ``preprocess`` (the ``PreprocessSpec`` dict of the volumes). ``monitor``: see
+    ``loop.train`` (``pretrain`` passes a ``KnnMonitor`` on the dataset's validation split).
     """
     profile = get_profile(profile)
     Method = get_method(method)
@@ -155,7 +157,7 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
         torch.manual_seed(seed)  # model initialisation; later randomness comes from the saved generators
         task = Method(profile, augment, run)
         train(task, dataset, run, run_dir, dist_info, resume=resume, num_workers=num_workers, progress=progress,
-              on_step=on_step)
+              on_step=on_step, monitor=monitor)
 
         if dist_info.is_main:
             encoder = task.encoder()
@@ -186,7 +188,7 @@ def pretraining_scan_ids(dataset: str, fraction: float = 1.0, seed: int = 0) -> 
 def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "demo", fraction: float = 1.0,
              run_dir=None, seed: int = 0, resume: bool = True, max_steps: int | None = None, device=None,
              progress: bool = True, *, batch_size: int | None = None, accum_steps: int = 1,
-             checkpoint_every: int | None = None, num_workers: int = 2, options=None) -> Path:
+             checkpoint_every: int | None = None, num_workers: int = 2, options=None, monitor: bool = True) -> Path:
     """Self-supervised pretraining of the encoder on a dataset's cached volumes; returns the run directory.
 
     ``method`` a name in ``train.methods.METHODS``: "dino" (the paper's final model) or "mae".
@@ -194,7 +196,8 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
     ``batch_size`` is per process (default: the profile's); the global batch is ``batch_size × processes ×
     accum_steps``. Under ``torchrun`` every process calls this with the same arguments. The exported
     ``encoder.safetensors`` is the method's (DINO: the TEACHER backbone, as in DINO; MAE: the encoder).
-    ``options``: see ``pretrain_on``.
+    ``options``: see ``pretrain_on``. ``monitor``: log the validation kNN AUROC of the frozen encoder before
+    the first step and after every epoch (``train/monitor.py``; labels are read for that alone).
 
     The volumes are read from the cache of the profile's paper chain, which must hold every pretraining
     scan (or list it in its ``rejects.csv``); otherwise ``StageMissing`` names the ``fmct cache`` command.
@@ -221,10 +224,16 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
         log.warning("%d of %d pretraining scans were rejected by preprocessing (see %s)",
                     len(wanted) - len(scan_ids), len(wanted), rejects)
     volumes = CachedVolumes(dataset, spec, scan_ids=scan_ids)
+    watch = None
+    if monitor and setup(device).is_main:
+        from ..data.manifest import PAPER_TASKS, load_scans
+        from .monitor import KnnMonitor
+        scans = load_scans(dataset)
+        watch = KnnMonitor(dataset, scans, [t for t in PAPER_TASKS if t in scans.columns], spec, seed)
     return pretrain_on(volumes, method=method, profile=profile, run_dir=run_dir, seed=seed, resume=resume,
                        max_steps=max_steps, device=device, progress=progress, batch_size=batch_size,
                        accum_steps=accum_steps, checkpoint_every=checkpoint_every, num_workers=num_workers,
-                       options=options,
+                       options=options, monitor=watch,
                        meta={"dataset": dataset, "fraction": fraction, "n_scans": len(scan_ids),
                              "n_rejected": len(wanted) - len(scan_ids)},
                        preprocess=spec.to_dict())

@@ -3,8 +3,11 @@
 Student and teacher ViTs with a projection head; the teacher, initialised from the student, is an EMA of
 it; the student matches the centred, sharpened teacher distribution of the other crops (the loss and the
 EMA are ``ssl/dino.py``). Two global and three local crops per scan (DESIGN §4). The paper's base learning
-rate is 3e-4 per 256 scans, warmed up over the profile's warm-up epochs (paper: 10 of 100). The exported
-encoder is the teacher's backbone, as in DINO (it is the better model).
+rate is 3e-4 per 256 scans, warmed up over the profile's warm-up epochs (paper: 10 of 100). The schedules are
+set in epochs (learning-rate warm-up: the profile's ``pretrain_warmup_epochs``; teacher-temperature warm-up
+and frozen prototypes: ``DINOConfig``, which a profile may set, ``pretrain_options``), converted to steps with
+the run's steps per epoch, so a run follows them whatever its length; the teacher momentum follows the global
+step over the whole run. The exported encoder is the teacher's backbone, as in DINO (it is the better model).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from ...models.dino_head import DINOHead
 from ...models.vit3d import VisionTransformer3d, vit_from_config
 from ...ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_loss, ema_update, teacher_health,
                          update_centre)
+from ...ssl.health import representation_health
 from ..schedules import cosine_momentum, teacher_temperature
 
 __all__ = ["BASE_LR", "DINOModel", "DINOTask"]
@@ -46,16 +50,17 @@ class DINOTask:
     exported = "teacher backbone"
 
     @staticmethod
-    def warmup_fraction(profile, epochs: int) -> float:
-        """The profile's warm-up epochs out of its DINO epochs (paper: 10 of 100)."""
-        return profile.pretrain_warmup_epochs / epochs
+    def warmup_steps(profile, steps_per_epoch: int, total_steps: int) -> int:
+        """The profile's warm-up epochs in steps (paper: 10 epochs), at most the whole run."""
+        return min(total_steps, round(profile.pretrain_warmup_epochs * steps_per_epoch))
 
     @staticmethod
-    def run_entries(options: DINOConfig, total_steps: int, epochs: int) -> dict:
+    def run_entries(options: DINOConfig, total_steps: int, steps_per_epoch: int) -> dict:
         """The hyper-parameters, and the teacher-temperature warm-up and frozen-prototype periods in steps."""
         return {"dino": options.to_dict(),
-                "teacher_temp_warmup_steps": round(total_steps * options.warmup_teacher_temp_fraction),
-                "freeze_last_layer_steps": round(total_steps * options.freeze_last_layer_epochs / epochs)}
+                "teacher_temp_warmup_steps": min(total_steps,
+                                                 round(options.warmup_teacher_temp_epochs * steps_per_epoch)),
+                "freeze_last_layer_steps": min(total_steps, round(options.freeze_last_layer_epochs * steps_per_epoch))}
 
     @staticmethod
     def crops(run: dict) -> dict:
@@ -67,6 +72,7 @@ class DINOTask:
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.centre = torch.zeros(profile.dino_out_dim)
         self._teacher_out: list[torch.Tensor] = []
+        self._features: list[torch.Tensor] = []  # the teacher backbone's cls of the global crops (health)
 
     @property
     def model(self) -> nn.Module:
@@ -90,9 +96,11 @@ class DINOTask:
         n_global = self.cfg.n_global_crops
         with autocast():
             with torch.no_grad():
-                teacher_out = self.teacher(torch.cat(views[:n_global])).float()
+                features = self.teacher.backbone(torch.cat(views[:n_global]))
+                teacher_out = self.teacher.head(features).float()
             student_out = model(torch.cat(views))
         self._teacher_out.append(teacher_out)
+        self._features.append(features.float())
         return dino_loss(student_out, teacher_out, self.centre, self.cfg.student_temp,
                          self.values(step)["teacher_temp"], n_global)
 
@@ -105,9 +113,9 @@ class DINOTask:
         """EMA update of the teacher, centre update; returns the health signals of this step."""
         v = self.values(step)
         ema_update(self.teacher, self.student, v["momentum"])
-        teacher_out = torch.cat(self._teacher_out)
-        self._teacher_out = []
-        health = teacher_health(teacher_out, self.centre, v["teacher_temp"])
+        teacher_out, features = torch.cat(self._teacher_out), torch.cat(self._features)
+        self._teacher_out, self._features = [], []
+        health = {**teacher_health(teacher_out, self.centre, v["teacher_temp"]), **representation_health(features)}
         update_centre(self.centre, teacher_out.sum(0), teacher_out.shape[0], self.cfg.centre_momentum)
         return {**v, **health, "centre_norm": float(self.centre.norm())}
 

@@ -37,11 +37,12 @@ class MAETask:
     exported = "MAE encoder"
 
     @staticmethod
-    def warmup_fraction(profile, epochs: int) -> float:
-        return WARMUP_FRACTION
+    def warmup_steps(profile, steps_per_epoch: int, total_steps: int) -> int:
+        """The paper's "first 5% steps"."""
+        return round(total_steps * WARMUP_FRACTION)
 
     @staticmethod
-    def run_entries(options: MAEOptions, total_steps: int, epochs: int) -> dict:
+    def run_entries(options: MAEOptions, total_steps: int, steps_per_epoch: int) -> dict:
         return {"norm_pix_loss": options.norm_pix_loss, "mask_ratio": MASK_RATIO}
 
     @staticmethod
