@@ -47,6 +47,7 @@ class Profile:
     eval_crop: int               # centre crop for evaluation (paper: 192)
     global_crop: tuple[int, int]  # DINO global crop side range on the canvas (paper: 112–224)
     local_crop: tuple[int, int]   # DINO local crop side range (paper: 64–112)
+    local_input_size: int         # side the local crops are resampled to (paper: 96, the input size)
     model: ModelConfig
     # self-supervised heads
     dino_out_dim: int            # prototypes (paper 65,536)
@@ -121,7 +122,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
-        spacing_mm=1.0, canvas=224, eval_crop=192, global_crop=(112, 224), local_crop=(64, 112),
+        spacing_mm=1.0, canvas=224, eval_crop=192, global_crop=(112, 224), local_crop=(64, 112), local_input_size=96,
         model=ModelConfig(img_size=96, patch_size=12, embed_dim=768, depth=12, num_heads=12),
         dino_out_dim=65536, dino_hidden_dim=2048, dino_bottleneck_dim=256,
         mae_decoder_dim=768, mae_decoder_depth=8, mae_decoder_heads=16,
@@ -132,7 +133,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "demo": Profile(
         name="demo",
-        spacing_mm=3.0, canvas=75, eval_crop=64, global_crop=(38, 75), local_crop=(22, 38),
+        spacing_mm=3.0, canvas=75, eval_crop=64, global_crop=(38, 75), local_crop=(22, 38), local_input_size=32,
         model=ModelConfig(img_size=32, patch_size=8, embed_dim=96, depth=4, num_heads=4),
         dino_out_dim=1024, dino_hidden_dim=256, dino_bottleneck_dim=64,
         mae_decoder_dim=96, mae_decoder_depth=2, mae_decoder_heads=4,
@@ -153,7 +154,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "toy": Profile(
         name="toy",
-        spacing_mm=6.0, canvas=37, eval_crop=32, global_crop=(19, 37), local_crop=(11, 19),
+        spacing_mm=6.0, canvas=37, eval_crop=32, global_crop=(19, 37), local_crop=(11, 19), local_input_size=16,
         model=ModelConfig(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=2),
         dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=16,
         mae_decoder_dim=24, mae_decoder_depth=1, mae_decoder_heads=2,

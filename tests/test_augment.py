@@ -102,7 +102,7 @@ def test_rows_of_a_global_batch_match_the_full_batch():
 def test_bad_configuration_and_input():
     p = get_profile("toy")
     with pytest.raises(ValueError, match="global_crop"):
-        AugmentConfig(canvas=37, input_size=16, global_crop=(19, 40), local_crop=(11, 19))
+        AugmentConfig(canvas=37, input_size=16, global_crop=(19, 40), local_crop=(11, 19), local_input_size=16)
     with pytest.raises(ValueError, match="canvases"):
         render_view(torch.zeros(2, 8, 8, 9), _params(2, 4, (0, 0, 0)), 4)
     with pytest.raises(ValueError, match="parameters"):

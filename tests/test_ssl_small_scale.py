@@ -160,3 +160,22 @@ def test_vicreg_trains_and_the_loop_logs_health_and_the_monitor(tmp_path):
     assert trained[["loss", "invariance", "variance", "covariance", "feature_std", "effective_rank"]].notna().all().all()
     encoder, config = load_checkpoint(run_dir / "encoder.safetensors")
     assert config["method"] == "vicreg" and encoder(torch.rand(2, 3, 16, 16, 16)).shape == (2, 48)
+
+
+# ------------------------------------------------------------------------------------- small local crops
+def test_local_crops_at_their_own_size_go_through_one_forward():
+    from fmct_lib.data.augment import AugmentConfig, multicrop_views
+    from fmct_lib.models.dino_head import DINOHead
+    from fmct_lib.models.vit3d import vit_from_config
+    from fmct_lib.train.methods.dino import DINOModel
+
+    toy = get_profile("toy").replace(local_input_size=8)
+    cfg = AugmentConfig.from_profile(toy)
+    canvases = torch.randint(-1000, 1500, (3, toy.canvas, toy.canvas, toy.canvas), dtype=torch.int16)
+    views = multicrop_views(canvases, cfg, torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(3, 3, 16, 16, 16)] * 2 + [(3, 3, 8, 8, 8)] * 3
+    torch.manual_seed(0)
+    model = DINOModel(vit_from_config(toy.model), DINOHead.from_profile(toy)).eval()
+    together = model(views)  # one forward: backbone per size, head once
+    separately = torch.cat([model(torch.cat(views[:2])), model(torch.cat(views[2:]))])
+    assert together.shape == (15, toy.dino_out_dim) and torch.allclose(together, separately, atol=1e-5)

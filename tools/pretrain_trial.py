@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--base-lr", type=float, default=None, help="per 256 scans (default: the profile's)")
     ap.add_argument("--warmup-epochs", type=int, default=None)
     ap.add_argument("--option", dest="options", action="append", default=[], type=lambda s: tuple(s.split("=", 1)))
+    ap.add_argument("--set", dest="fields", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
+                    metavar="FIELD=JSON", help="a profile field, e.g. local_input_size=16 or global_crop=[48,75]")
     args = ap.parse_args()
     profile = get_profile(args.profile)
     changes = {"pretrain_epochs_by_method": {**profile.pretrain_epochs_by_method, args.method: args.epochs}}
@@ -41,6 +43,8 @@ def main() -> None:
         changes["pretrain_base_lr"] = {**profile.pretrain_base_lr, args.method: args.base_lr}
     if args.warmup_epochs is not None:
         changes["pretrain_warmup_epochs"] = args.warmup_epochs
+    changes.update({k: json.loads(v) for k, v in args.fields})
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     profile = profile.replace(**changes)
     options = parse_options(args.method, args.options)
     run_dir = runs_root() / "trials" / args.name
@@ -53,7 +57,7 @@ def main() -> None:
                          "epoch": scored["step"] // run["steps_per_epoch"], "knn_auroc_val": scored["knn_auroc"],
                          "loss": scored["loss"], "recipe": json.dumps({k: v for k, v in run.items() if k in (
                              "total_steps", "lr", "warmup_steps", "global_batch", "dino", "vicreg",
-                             "teacher_temp_warmup_steps", "freeze_last_layer_steps")}, sort_keys=True),
+                             "teacher_temp_warmup_steps", "freeze_last_layer_steps")} | dict(args.fields), sort_keys=True),
                          "minutes_this_call": round((time.time() - start) / 60, 1)})
     OUT.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(OUT, mode="a", header=not OUT.exists(), index=False)

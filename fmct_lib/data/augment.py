@@ -4,9 +4,11 @@ Input: a batch of cached canvases, int16 HU (B, C, C, C) (paper: C = 224 at 1 mm
 cube of the canvas resampled to the model input (paper: 96³), windowed into three channels, then
 intensity-augmented. Paper, Methods "Self-distillation modelling" and Supplement B:
 
-- DINO (``multicrop_views``): 2 global crops with sides in ``profile.global_crop`` (paper 112–224) and 3
-  local crops in ``profile.local_crop`` (paper 64–112), all resampled to the input size. Crops are cubes
-  at a uniformly random integer position; the side is a uniform integer in the range.
+- DINO (``multicrop_views``): 2 global crops with sides in ``profile.global_crop`` (paper 112–224),
+  resampled to the input size, and 3 local crops in ``profile.local_crop`` (paper 64–112), resampled to
+  ``profile.local_input_size`` (paper: the input size, 96³, as the authors' code; DINO's own recipe keeps
+  local crops small, 96 px against 224, which a profile may choose). Crops are cubes at a uniformly random
+  integer position; the side is a uniform integer in the range.
 - MAE (``mae_view``): one global-range crop (MAE's random-resized crop), flips and intensity shift.
 - Flips along each of the three axes; intensity shift by a uniform offset in ±0.1 (all channels);
   Gaussian smoothing with σ ∈ [0.5, 1.0] voxels per axis; gamma (contrast) with γ ∈ [0.2, 1.0].
@@ -46,6 +48,7 @@ class AugmentConfig:
     input_size: int
     global_crop: tuple[int, int]
     local_crop: tuple[int, int]
+    local_input_size: int
     windows: tuple[tuple[float, float], ...] = PAPER_WINDOWS
     n_global: int = 2
     n_local: int = 3
@@ -67,7 +70,7 @@ class AugmentConfig:
     @classmethod
     def from_profile(cls, profile, windows=PAPER_WINDOWS, **overrides) -> "AugmentConfig":
         return cls(canvas=profile.canvas, input_size=profile.input_size, global_crop=tuple(profile.global_crop),
-                   local_crop=tuple(profile.local_crop), windows=tuple(tuple(map(float, w)) for w in windows),
+                   local_crop=tuple(profile.local_crop), local_input_size=profile.local_input_size, windows=tuple(tuple(map(float, w)) for w in windows),
                    **overrides)
 
 
@@ -174,25 +177,26 @@ def render_view(canvases: torch.Tensor, p: ViewParams, input_size: int, windows=
     return x + p.shift.to(x.device).view(-1, 1, 1, 1, 1)
 
 
-def _supersample(crop: tuple[int, int], cfg: AugmentConfig) -> int:
-    return max(1, min(cfg.max_supersample, math.ceil(crop[1] / cfg.input_size)))
+def _supersample(crop: tuple[int, int], cfg: AugmentConfig, size: int | None = None) -> int:
+    return max(1, min(cfg.max_supersample, math.ceil(crop[1] / (size or cfg.input_size))))
 
 
 def multicrop_views(canvases: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
                     rows: slice = slice(None), global_batch: int | None = None) -> list[torch.Tensor]:
-    """DINO views: ``n_global`` global then ``n_local`` local crops, each (n, K, S, S, S).
+    """DINO views: ``n_global`` global crops (n, K, S, S, S) then ``n_local`` local crops (n, K, s, s, s),
+    ``S`` the input size and ``s`` the local input size.
 
     Parameters are drawn for ``global_batch`` volumes (default: this batch) and ``rows`` selects the ones
     ``canvases`` holds (a process's share of the global batch).
     """
     total = global_batch or canvases.shape[0]
-    recipe = [(cfg.global_crop, cfg.smooth_p if i == 0 else 0.0, cfg.gamma_p if i == 1 else 0.0)
+    recipe = [(cfg.global_crop, cfg.input_size, cfg.smooth_p if i == 0 else 0.0, cfg.gamma_p if i == 1 else 0.0)
               for i in range(cfg.n_global)]
-    recipe += [(cfg.local_crop, cfg.smooth_p, 0.0)] * cfg.n_local
+    recipe += [(cfg.local_crop, cfg.local_input_size, cfg.smooth_p, 0.0)] * cfg.n_local
     views = []
-    for crop, smooth_p, gamma_p in recipe:
+    for crop, size, smooth_p, gamma_p in recipe:
         p = draw_view_params(total, crop, cfg, generator, smooth_p=smooth_p, gamma_p=gamma_p).rows(rows)
-        views.append(render_view(canvases, p, cfg.input_size, cfg.windows, _supersample(crop, cfg)))
+        views.append(render_view(canvases, p, size, cfg.windows, _supersample(crop, cfg, size)))
     return views
 
 

@@ -30,15 +30,23 @@ BASE_LR = 3e-4  # paper, Methods; scaled by global batch / 256
 
 
 class DINOModel(nn.Module):
-    """Backbone + projection head on the cls token; all crops (same size) go through in one pass."""
+    """Backbone + projection head on the cls token. Given a list of crops, the backbone runs once per run of
+    same-sized crops and the head once on all of them (DINO's ``MultiCropWrapper``), in one ``forward``."""
 
     def __init__(self, backbone: VisionTransformer3d, head: DINOHead):
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        if torch.is_tensor(x):
+            return self.head(self.backbone(x))
+        groups, start = [], 0
+        for i in range(1, len(x) + 1):
+            if i == len(x) or x[i].shape[2:] != x[start].shape[2:]:
+                groups.append(torch.cat(x[start:i]))
+                start = i
+        return self.head(torch.cat([self.backbone(g) for g in groups]))
 
 
 class DINOTask:
@@ -98,7 +106,7 @@ class DINOTask:
             with torch.no_grad():
                 features = self.teacher.backbone(torch.cat(views[:n_global]))
                 teacher_out = self.teacher.head(features).float()
-            student_out = model(torch.cat(views))
+            student_out = model(views)  # global and local crops may differ in size (profile.local_input_size)
         self._teacher_out.append(teacher_out)
         self._features.append(features.float())
         return dino_loss(student_out, teacher_out, self.centre, self.cfg.student_temp,
