@@ -131,6 +131,7 @@ def test_splits_follow_the_seed(hospital, env, tmp_path):
 
 def test_mapping_errors_name_the_column(hospital, env):
     src, labels, _ = hospital
-    with pytest.raises(ValueError, match=r"missing columns \['dx_missing'\]"):
+    with pytest.raises(ValueError, match=r"no column 'dx_missing' \(--map dx_missing=tumor\); the file's columns are "
+                                         r"'file', 'mrn', 'dx_tumor', 'dx_edema', 'note'"):
         ingest_nifti(src, name="hosp", labels=labels, mapping={"dx_missing": "tumor"}, path_column="file",
                      patient_column="mrn")

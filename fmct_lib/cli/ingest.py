@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--source", required=True, help="the folder as the distribution unpacks it")
-    common.add_argument("--root", default=None, help="data root (default $FMCT_DATA or ./data)")
+    common.add_argument("--root", default=None, help="data root (default $FMCT_DATA, else as `fmct info` shows)")
     common.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     common.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 patient-level split")
     dicom = argparse.ArgumentParser(add_help=False)
@@ -41,10 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-contrast", action="store_true", help="leave contrast-enhanced series out")
     p = sub.add_parser("nifti", parents=[common], help="a NIfTI folder + labels CSV (a hospital's own data)")
     p.add_argument("--name", required=True, help="dataset name (appended to the manifest)")
-    p.add_argument("--labels", default=None, help="CSV with a path column, a patient column and labels")
-    p.add_argument("--map", nargs="*", default=[], metavar="COLUMN=TASK", help="label column -> task name")
-    p.add_argument("--path-col", default="path")
-    p.add_argument("--patient-col", default="patient_id")
+    p.add_argument("--labels", default=None,
+                   help="CSV with a path column, a patient column and label columns (format: docs/guide.md, "
+                        "'Your own data'; sample: examples/labels.csv)")
+    p.add_argument("--map", nargs="*", default=[], metavar="COLUMN=TASK",
+                   help="a label column of the CSV and the task it becomes, e.g. bleed=ich; values 1/0, yes/no, y/n, "
+                        "true/false or positive/negative (any case), empty where unknown")
+    p.add_argument("--path-col", default="path", metavar="COLUMN",
+                   help="the CSV column of each volume's file, relative to --source or a bare name (default path)")
+    p.add_argument("--patient-col", default="patient_id", metavar="COLUMN",
+                   help="the CSV column of the patient: a patient's scans share a split (default patient_id)")
+    p.add_argument("--split-col", default=None, metavar="COLUMN",
+                   help="the CSV column of your own split (train, val or test per row); default: 8:1:1 by patient, "
+                        "exact in count and stratified by label, from --seed")
     p.add_argument("--description", default="")
 
 
@@ -66,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    path_column=args.path_col, patient_column=args.patient_col,
-                                   description=args.description, **common)
+                                   split_column=args.split_col, description=args.description, **common)
     except (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError) as e:
         message = " ".join(str(e).split())  # one line, whatever the exception's text
         print(f"fmct ingest {args.kind}: error: {message}", file=sys.stderr)
@@ -78,4 +87,21 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("flagged"):
         print(f"fmct ingest {args.kind}: {summary['flagged']} of {summary['scans']} scans repaired or flagged "
               f"(the flags column of {summary['scans_csv']})", file=sys.stderr)
+    if summary.get("labels_without_volume"):
+        print(f"fmct ingest {args.kind}: {summary['labels_without_volume']} row(s) of {args.labels} match no "
+              f"volume below {args.source}", file=sys.stderr)
+    for warning in _small_split_warnings(summary):
+        print(f"fmct ingest {args.kind}: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _small_split_warnings(summary: dict) -> list[str]:
+    """``evaluate.adequacy.class_count_warning`` for the validation and test split of every task."""
+    from ..evaluate.adequacy import class_count_warning
+    out = []
+    for task, by_split in summary["labels"].items():
+        for split in ("val", "test"):
+            counts = by_split.get(split, {"positive": 0, "negative": 0})
+            out.append(class_count_warning(counts["positive"], counts["negative"],
+                                           where=f"{summary['dataset']} {split}", task=task))
+    return [w for w in out if w]

@@ -12,7 +12,8 @@ stops when the validation AUROC has not improved for ``profile.finetune_patience
 ``profile.finetune_max_epochs`` (the paper: "a maximum of 10 epochs"; the authors' code keeps the best epoch).
 Where and why it stopped is in the run's ``config.json["stopping"]`` and in its predictions' ``stop_reason``,
 ``stopped_step``, ``best_step`` and ``best_val_auroc`` columns. Without a two-class validation split the model
-trains to the cap and the last state is kept.
+trains to the cap and the last state is kept. An evaluation split with fewer than 10 positive or negative scans
+is warned about (``evaluate.adequacy``), and the warning is the run's ``split_warning`` (column and config entry).
 
 External validation (Fig. 1f–g): ``train_filter``/``eval_filter`` select rows of the scan tables by column
 values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external"}`` trains on the internal
@@ -38,6 +39,7 @@ import torch
 
 from ..config import get_profile
 from ..data.inputs import ProtocolSkipped, select_rows, volume_source
+from ..evaluate.adequacy import split_warning
 from ..io import LOCK_FILE, atomic_write_text, exclusive_lock
 from ..models.heads import Classifier
 from .training import HParams, fewshot_draw
@@ -95,15 +97,16 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     run_root = Path(run_root or runs_root() / "downstream")
     run_dir = Path(run_dir or run_root / default_run_name(signature))
     model_file = trained_model_path(signature, run_root) if proto.head is not None and not k_shot else None
+    where = f"{eval_dataset} {eval_split}" + (f" [{_filter_tag(eval_filter)}]" if eval_filter else "")
     if (run_dir / "done").exists():
         stored = json.loads((run_dir / "config.json").read_text())["signature"]
         if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         if not return_model:
-            return read_predictions(run_dir / "predictions.csv")
+            return _with_split_warning(read_predictions(run_dir / "predictions.csv"), task, where)
         if proto.head is None or (model_file is not None and model_file.exists()):
             model = None if proto.head is None else _load_trained(model_file, signature, proto, encoder, profile)[0]
-            return read_predictions(run_dir / "predictions.csv"), model
+            return _with_split_warning(read_predictions(run_dir / "predictions.csv"), task, where), model
         # a finished run whose classifier was not kept (K-shot, or older than kept classifiers): train it again
 
     # one process per run directory: a second one fails at once (LockBusy names the holder)
@@ -126,15 +129,27 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
             "label": test[task].to_numpy(int),
             "dataset": dataset, "eval_dataset": eval_dataset, "train_filter": _filter_tag(train_filter),
             "eval_filter": _filter_tag(eval_filter), **_stopping_columns(trained.stopping, len(test))})
+        predictions = _with_split_warning(predictions, task, where)
         config = {"signature": signature, "history": trained.history, "stopping": trained.stopping,
                   "n_train": len(train), "n_val": len(val),
                   "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
                   else list(train["scan_id"].iloc[job.train_indices].astype(str)),
-                  "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict()}
+                  "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict(),
+                  "split_warning": predictions["split_warning"].iloc[0]}
         atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
         atomic_write_text(run_dir / "done", "")
         return (predictions, trained.model) if return_model else predictions
+
+
+def _with_split_warning(predictions: pd.DataFrame, task: str, where: str) -> pd.DataFrame:
+    """``predictions`` with the ``split_warning`` column (``evaluate.adequacy.split_warning`` of its labels; ``""``
+    where the evaluation split has 10 or more of each class), issued as a warning where there is one."""
+    warning = split_warning(predictions["label"], where=where, task=task)
+    if warning:
+        import warnings
+        warnings.warn(warning, stacklevel=3)
+    return predictions.assign(split_warning=warning)
 
 
 def _stopping_columns(stopping: dict | None, n: int) -> dict:
@@ -251,8 +266,9 @@ def _no_encoder(signature: dict) -> dict:
 def read_predictions(path) -> pd.DataFrame:
     """A run's ``predictions.csv`` with the dtypes ``run_protocol`` returns (k and steps as nullable integers)."""
     df = pd.read_csv(path, dtype={"scan_id": str, "k": "Int64", "train_filter": str, "eval_filter": str,
-                                  "stop_reason": str, "stopped_step": "Int64", "best_step": "Int64"})
-    return df.fillna({"train_filter": "", "eval_filter": "", "stop_reason": ""})
+                                  "stop_reason": str, "stopped_step": "Int64", "best_step": "Int64",
+                                  "split_warning": str})
+    return df.fillna({"train_filter": "", "eval_filter": "", "stop_reason": "", "split_warning": ""})
 
 
 # ------------------------------------------------------------------------------------ kept classifiers

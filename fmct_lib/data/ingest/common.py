@@ -13,9 +13,10 @@ volume, and hands them to ``run_jobs`` with a reader. For each job the loop
   ``(source, reason)``: one bad scan never stops the job. A refused scan's reason is the loader's
   message, so a file is refused with the same words wherever it is read.
 
-``finish`` then writes ``scans.csv`` (DESIGN §3, with the 8:1:1 patient-level split computed from the
-original patient identifiers and the seed, and the ``flags`` column: repairs and flags, semicolon-
-separated), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original ids and source paths: the
+``finish`` then writes ``scans.csv`` (DESIGN §3, with the 8:1:1 patient-level split, exact in count and
+stratified by label, computed from the original patient identifiers and the seed by
+``splits.stratified_splits``, or the split the user gave; and the ``flags`` column: repairs and flags,
+semicolon-separated), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original ids and source paths: the
 re-identification key, to be kept as private as the source data; see docs/data_safety.md).
 """
 from __future__ import annotations
@@ -32,13 +33,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from ...progress import tqdm
 
 from ..checks import ScanError, join_flags
 from ...io import atomic_path, atomic_write_csv, atomic_write_json
 from ..manifest import SCAN_COLUMNS, write_scans
 from ..preprocess import load_checked
-from ..splits import assign_splits
+from ..splits import SPLITS, stratified_splits
 
 __all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv", "run_jobs",
            "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
@@ -212,19 +213,29 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
 
 
 def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path, *,
-           columns: list[str], tasks: list[str], seed: int = 0, root: Path | None = None) -> dict:
-    """Write ``scans.csv`` (split by original patient id), ``rejects.csv`` and ``linkage.csv``.
+           columns: list[str], tasks: list[str], seed: int = 0, root: Path | None = None,
+           given_splits: dict[str, str] | None = None) -> dict:
+    """Write ``scans.csv``, ``rejects.csv`` and ``linkage.csv``.
 
     ``columns`` are the dataset's protocol columns placed after ``SCAN_COLUMNS``; ``tasks`` the label
-    columns (nullable 0/1). Returns a summary with the counts and paths.
+    columns (nullable 0/1). The split is ``given_splits`` (original patient id -> split) where given, else
+    ``stratified_splits`` of the original patient ids by their labels on ``tasks``, from ``seed``. Returns a
+    summary: counts and paths, the scans per split, ``labels`` (per task and split, the positive and
+    negative scans) and ``unlabelled`` (scans without a label for any task).
     """
     dataset_dir = Path(dataset_dir)
     order = SCAN_COLUMNS + [c for c in [*columns, FLAGS_COLUMN] if c not in SCAN_COLUMNS] + tasks
     scans = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | set(order) | {"_patient", "_source"}))
     scans = scans.sort_values("scan_id", kind="stable").reset_index(drop=True)
-    scans["split"] = assign_splits(scans["_patient"].astype(str), seed=seed)
     for task in tasks:
         scans[task] = pd.to_numeric(scans[task], errors="coerce").astype("Int64")
+    patients = scans["_patient"].astype(str)
+    if given_splits is None:
+        scans["split"] = stratified_splits(patients, scans[tasks], seed=seed)
+        split_source = f"stratified by label, seed {seed}"
+    else:
+        scans["split"] = patients.map(given_splits)
+        split_source = "given"
     linkage = scans[["scan_id", "patient_id", "_patient", "_source"]].rename(
         columns={"_patient": "original_patient_id", "_source": "source"})
     scans_path = write_scans(scans[order], name, root)
@@ -232,7 +243,12 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
     atomic_write_csv(rej, dataset_dir / "rejects.csv")
     flagged = int((scans[FLAGS_COLUMN].fillna("").astype(str) != "").sum())
+    splits = [s for s in SPLITS if s in set(scans["split"])]
+    labels = {task: {split: {"positive": int((scans.loc[scans["split"] == split, task] == 1).sum()),
+                             "negative": int((scans.loc[scans["split"] == split, task] == 0).sum())}
+                     for split in splits} for task in tasks}
     return {"dataset": name, "scans": len(scans), "patients": int(scans["patient_id"].nunique()),
             "flagged": flagged, "rejects": len(rej), "scans_csv": str(scans_path),
             "rejects_csv": str(dataset_dir / "rejects.csv"),
-            "splits": scans["split"].value_counts().to_dict()}
+            "splits": scans["split"].value_counts().to_dict(), "split_source": split_source,
+            "labels": labels, "unlabelled": int(scans[tasks].isna().all(axis=1).sum()) if tasks else len(scans)}

@@ -3,11 +3,14 @@
 Every ``.nii``/``.nii.gz`` below ``source`` becomes one scan: read and checked by the loader that
 preprocessing uses too (``preprocess.load_checked``: readable to the end, 3-D, finite, plausible spacing
 and Hounsfield scale; ``checks.py``), so a file ingestion accepts is one the cache accepts. It is
-reoriented to RAS and written under ``<root>/<name>/volumes`` as int16 HU, with its flags. The labels CSV has
-one row per volume: a path column (relative to ``source``, or a bare file name), a patient column, and
-label columns renamed to task names through ``mapping`` (``{"csv column": "task"}``; e.g. EHR-derived
-labels as in the paper). Volumes missing from the CSV are kept with empty labels and their own file as
-patient; bad volumes are rejections. The dataset is appended to the manifest with its tasks.
+reoriented to RAS and written under ``<root>/<name>/volumes`` as int16 HU, with its flags. The labels CSV
+(``labels.read_labels``: its format, and what it refuses) has one row per volume: a path column (relative to
+``source``, or a bare file name), a patient column, label columns renamed to task names through ``mapping``
+(``{"csv column": "task"}``; e.g. EHR-derived labels as in the paper) and optionally a split column. Volumes
+missing from the CSV are kept with empty labels and their own file as patient (with a split column: in the
+unlabelled pretraining pool, ``splits.POOL_SPLIT``); bad volumes are rejections. Without a split column the
+split is ``splits.stratified_splits`` (exact 8:1:1 by patient, stratified by label, from ``seed``). The
+dataset is appended to the manifest with its tasks.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import pandas as pd
 from ...paths import data_root
 from ..manifest import register_dataset, validate_dataset_name
 from ..preprocess import load_checked
+from ..splits import POOL_SPLIT
 from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
+from .labels import read_labels
 
 __all__ = ["read_nifti_job", "ingest_nifti"]
 
@@ -33,10 +38,10 @@ def read_nifti_job(path):
     return hu_int16(data), affine, row, []
 
 
-def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, path_column: str) -> dict[Path, int]:
+def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame) -> dict[Path, int]:
     """Row index in ``labels`` for each file, matched by path relative to ``source`` or by file name."""
-    by_rel = {str(Path(p)): i for i, p in zip(labels.index, labels[path_column].astype(str))}
-    by_name = {Path(p).name: i for i, p in zip(labels.index, labels[path_column].astype(str))}
+    by_rel = {str(Path(p)): i for i, p in zip(labels.index, labels["path"])}
+    by_name = {Path(p).name: i for i, p in zip(labels.index, labels["path"])}
     out = {}
     for f in files:
         rel = str(f.relative_to(source))
@@ -48,9 +53,12 @@ def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, path_co
 
 
 def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
-                 path_column: str = "path", patient_column: str = "patient_id", root: Path | None = None,
-                 workers: int = 2, seed: int = 0, description: str = "") -> dict:
-    """Ingest a NIfTI folder (+ labels CSV with ``mapping`` csv column -> task) as dataset ``name``."""
+                 path_column: str = "path", patient_column: str = "patient_id", split_column: str | None = None,
+                 root: Path | None = None, workers: int = 2, seed: int = 0, description: str = "") -> dict:
+    """Ingest a NIfTI folder (+ labels CSV with ``mapping`` csv column -> task) as dataset ``name``.
+
+    The summary (``common.finish``) adds ``not_in_labels`` (volumes the CSV does not list) and
+    ``labels_without_volume`` (CSV rows no volume matches)."""
     validate_dataset_name(name)  # before anything is written
     source = Path(source)
     if not source.is_dir():
@@ -60,32 +68,35 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
         raise SourceError(f"{source}: no .nii or .nii.gz files below this folder")
     mapping = dict(mapping or {})
     tasks = list(mapping.values())
-    table = pd.DataFrame(columns=[path_column, patient_column])
+    if labels is None and (mapping or split_column):
+        raise ValueError(f"{'--map' if mapping else '--split-col'} needs a labels CSV (--labels)")
+    table = pd.DataFrame(columns=["path", "patient", *tasks])
     if labels is not None:
-        table = pd.read_csv(labels, dtype={path_column: str, patient_column: str})
-        missing = [c for c in [path_column, patient_column, *mapping] if c not in table.columns]
-        if missing:
-            raise ValueError(f"{labels}: missing columns {missing}; has {list(table.columns)}")
-    elif mapping:
-        raise ValueError("a column mapping needs a labels CSV")
-    rows_of = _match_labels(files, source, table, path_column)
+        table = read_labels(labels, path_column=path_column, patient_column=patient_column, mapping=mapping,
+                            split_column=split_column)
+    rows_of = _match_labels(files, source, table)
 
     jobs = []
     for f in files:
         rel = str(f.relative_to(source))
         if f in rows_of:
             rec = table.loc[rows_of[f]]
-            columns = {task: rec[col] for col, task in mapping.items()}
-            patient = str(rec[patient_column])
+            columns, patient = {task: rec[task] for task in tasks}, rec["patient"]
         else:
             columns, patient = {task: pd.NA for task in tasks}, rel
         jobs.append(Job(source_key=rel, patient=patient, inputs=str(f), columns=columns))
+    given_splits = None
+    if split_column:  # volumes the CSV does not list have neither labels nor a split: the pretraining pool
+        given_splits = {str(f.relative_to(source)): POOL_SPLIT for f in files if f not in rows_of}
+        given_splits.update(zip(table["patient"], table["split"]))
 
     dataset_dir = Path(root or data_root()) / name
     rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
     description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv")
-    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[])
-    summary["unlabelled"] = len(files) - len(rows_of)
+    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
+                     given_splits=given_splits)
+    summary["not_in_labels"] = len(files) - len(rows_of)
+    summary["labels_without_volume"] = len(table) - len(set(rows_of.values()))
     return summary

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pydicom
-from tqdm.auto import tqdm
+from ...progress import tqdm
 
 from ...paths import data_root
 from ..dicom import lenient_validation
