@@ -1,10 +1,13 @@
 """The dataset registry, scan tables and patient-level splits."""
+import shutil
+
 import pandas as pd
 import pytest
 
-from fmct_lib.data.manifest import (DatasetNotAvailable, dataset_info, load_scans, read_manifest,
-                                    register_dataset, write_scans)
+from fmct_lib.data.manifest import (MANIFEST_COLUMNS, DatasetNotAvailable, dataset_info, load_scans,
+                                    read_manifest, register_dataset, write_scans)
 from fmct_lib.data.splits import assign_splits, patient_split, subsample_patients
+from fmct_lib.paths import REPO_ROOT
 
 
 def test_committed_manifest_lists_the_known_datasets():
@@ -84,3 +87,99 @@ def test_a_dataset_name_in_the_wrong_case_names_the_dataset_meant(tmp_path, monk
     assert "fmct ingest" not in str(err.value) and "synthetic" in str(err.value)
     with pytest.raises(DatasetNotAvailable, match="Known datasets: .*cq500"):
         load_scans("cq500")
+
+
+# ------------------------------------------------------------- the user's registry (issue 26, items 2-3)
+def test_a_new_dataset_is_registered_under_the_data_root_and_read_with_the_shipped_ones(tmp_path, monkeypatch):
+    from fmct_lib.data.manifest import USER_REGISTRY, registry_files
+    from fmct_lib.paths import SHIPPED_MANIFEST
+    monkeypatch.delenv("FMCT_MANIFEST", raising=False)
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    shipped = SHIPPED_MANIFEST.read_bytes()
+    user = tmp_path / "data" / USER_REGISTRY
+    assert registry_files() == [SHIPPED_MANIFEST, user]
+    assert SHIPPED_MANIFEST.samefile(REPO_ROOT / "data_manifest.csv")
+    assert not register_dataset("rsna", description="again", tasks=["ich"])  # known: nothing written
+    assert not user.exists()
+    assert register_dataset("hosp", description="a hospital", tasks=["ich", "sah"])
+    assert register_dataset("hosp2", description="another, with a comma", tasks=["ich"])
+    assert not register_dataset("hosp", description="changed", tasks=["x"])
+    assert SHIPPED_MANIFEST.read_bytes() == shipped
+    assert user.read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
+    assert list(read_manifest(user)["name"]) == ["hosp", "hosp2"]
+    names = list(read_manifest()["name"])
+    assert names == list(read_manifest(SHIPPED_MANIFEST)["name"]) + ["hosp", "hosp2"]
+    assert dataset_info("hosp")["tasks"] == ["ich", "sah"]
+    assert dataset_info("hosp2")["description"] == "another, with a comma"
+    with pytest.raises(KeyError, match=f"'nope' is not in {SHIPPED_MANIFEST} and {user}"):
+        dataset_info("nope")
+    user.write_text(user.read_text() + "synthetic,a second one,,,,,,synthetic/scans.csv,\n")
+    with pytest.raises(ValueError, match=rf"{user}: datasets \['synthetic'\] are already in {SHIPPED_MANIFEST}"):
+        read_manifest()
+
+
+def test_registering_in_a_named_manifest_appends_and_keeps_its_bytes_and_crlf_endings(tmp_path):
+    path = tmp_path / "m.csv"
+    original = (REPO_ROOT / "data_manifest.csv").read_bytes()
+    assert original.count(b"\r\n") == original.count(b"\n") > 1  # the committed file's line endings
+    path.write_bytes(original)
+    assert register_dataset("hosp", description='say "hi", then', tasks=["ich"], manifest=path)
+    added = path.read_bytes()
+    assert added.startswith(original) and added.endswith(b"\r\n") and b"\n" not in added[len(original):-1]
+    assert read_manifest(path).iloc[-1]["description"] == 'say "hi", then'
+    lf = tmp_path / "lf.csv"
+    lf.write_bytes(original.replace(b"\r\n", b"\n").rstrip(b"\n"))  # LF, and no newline at the end
+    assert register_dataset("hosp", description="d", tasks=[], manifest=lf)
+    assert b"\r" not in lf.read_bytes() and list(read_manifest(lf)["name"])[-2:] == ["nyu_long_island", "hosp"]
+
+
+@pytest.mark.slow
+def test_running_on_your_own_data_leaves_a_checkout_as_git_keeps_it(tmp_path):
+    """A copy of the checkout, no FMCT_* variable: ingest a NIfTI folder and save a figure of a run on it the
+    way the notebooks do. Only the roots git ignores (data/, cache/, runs/) change; the committed
+    data_manifest.csv keeps its bytes and figures/ (the gallery) gains nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from _support import tiny_nifti_folder
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ["pyproject.toml", "data_manifest.csv", ".gitignore", "fmct_lib", "figures"]:
+        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
+        kwargs = {"symlinks": True, "ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}
+        copy(REPO_ROOT / name, checkout / name, **kwargs)
+    ignored = {"data", "cache", "runs"}
+    assert {f"/{name}/" for name in ignored} <= set((REPO_ROOT / ".gitignore").read_text().split()), \
+        "data/, cache/ and runs/ must be ignored by git"
+
+    def tracked_files():
+        return {str(p.relative_to(checkout)): p.read_bytes() for p in checkout.rglob("*")
+                if p.is_file() and p.relative_to(checkout).parts[0] not in ignored and "__pycache__" not in p.parts}
+
+    before = tracked_files()
+    labels = tiny_nifti_folder(tmp_path / "hospital", n_patients=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMCT_")}
+    env.update(PYTHONPATH=str(checkout), MPLBACKEND="Agg")
+    code = f"""
+import matplotlib.pyplot as plt, pandas as pd
+from fmct_lib.cli import main
+from fmct_lib.report import naming, plots
+from fmct_lib.data.manifest import dataset_info
+assert main(["ingest", "nifti", "--name", "myhospital", "--source", {str(labels.parent / "volumes")!r},
+             "--labels", {str(labels)!r}, "--map", "ich=ich", "--workers", "1"]) == 0
+assert dataset_info("myhospital")["tasks"] == ["ich"]
+paths = plots.save_figure(plt.figure(), naming.figure_name("fig2_fewshot_auroc", "myhospital", "toy"),
+                          pd.DataFrame({{"k": [8]}}), {{}})
+print(paths["png"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = tracked_files()
+    assert {"added": sorted(set(after) - set(before)), "removed": sorted(set(before) - set(after)),
+            "changed": [name for name in before if name in after and before[name] != after[name]]} == \
+        {"added": [], "removed": [], "changed": []}
+    assert out.stdout.strip().endswith("runs/figures/fig2_fewshot_auroc__myhospital_toy.png")
+    assert (checkout / "data" / "myhospital" / "scans.csv").exists()
+    assert "myhospital" in (checkout / "data" / "datasets.csv").read_text()

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _names(requirements) -> set[str]:
@@ -19,16 +20,90 @@ def test_environment_yml_matches_pyproject():
         declared |= {n for n in _names(reqs) if n != "fmct"}
     lines = (ROOT / "environment.yml").read_text().splitlines()
     pip_items = [l.strip()[2:] for l in lines if l.startswith("      - ")]
-    listed = {n for n in _names(pip_items) if not n.startswith(("-c", "-e"))}
+    listed = {n for n in _names(pip_items) if not n.startswith("-")}  # not pip's options
     assert "-c constraints.txt" in pip_items and "-e .[all]" in pip_items
+    assert pip_items[0] == f"--extra-index-url {CPU_INDEX}", "the conda route installs the CPU build of torch"
     assert listed == declared, f"only in environment.yml: {listed - declared}; only in pyproject: {declared - listed}"
     assert "python=3.11" in (ROOT / "environment.yml").read_text()
 
 
 def test_torch_is_pinned_in_one_constraints_file():
     pins = [l for l in (ROOT / "constraints.txt").read_text().splitlines() if l and not l.startswith("#")]
-    assert "torch==2.13.0" in pins
+    assert pins == ["torch==2.13.0"]
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_to_a_section_from_the_set_up_files_and_the_readme_exists():
+    """constraints.txt, the Makefile, environment.yml and the README point at sections that exist."""
+    links = []
+    for name in ("constraints.txt", "Makefile", "environment.yml", "README.md"):
+        text = (ROOT / name).read_text()
+        links += [(name, f, a) for f, a in re.findall(r"(docs/[\w.]+\.md|README\.md)#([\w-]+)", text)]
+        links += [(name, name, a) for a in re.findall(r"\]\(#([\w-]+)\)", text)]  # within the README
+    assert ("constraints.txt", "docs/guide.md", "installing") in links
+    for source, target, anchor in links:
+        headings = re.findall(r"^#+ (.+)$", (ROOT / target).read_text(), re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{source} links to {target}#{anchor}: no such section"
+
+
+def _fake_python(tmp_path: Path, installed_torch: str | None) -> tuple[Path, Path]:
+    """A venv whose python logs every call, answers the torch-version query with ``installed_torch``
+    (or fails: no torch) and pretends that ``pip install … torch`` installed 2.13.0+cpu. Returns (venv, log)."""
+    venv, log = tmp_path / "venv", tmp_path / "calls.log"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  *importlib.metadata*) if [ -n "{installed_torch or ''}" ]; then echo "{installed_torch}"; exit 0; fi
+                        if [ -f {venv}/torch-installed ]; then echo 2.13.0+cpu; exit 0; fi; exit 1;;
+  *"-m pip install"*" torch") touch {venv}/torch-installed;;
+esac
+exit 0
+""")
+    python.chmod(0o755)
+    return venv, log
+
+
+def _make_setup(venv: Path, *args: str) -> list[str]:
+    out = subprocess.run(["make", "-C", str(ROOT), "setup", f"VENV={venv}", *args], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [line for line in (venv.parent / "calls.log").read_text().splitlines() if line.startswith("-m pip")]
+
+
+def test_make_keeps_a_torch_the_venv_already_has(tmp_path):
+    """A user's CUDA torch in .venv: make installs nothing named torch and pins the one it found."""
+    venv, _ = _fake_python(tmp_path, "2.5.1+cu121")
+    pip = _make_setup(venv)
+    assert not [c for c in pip if c.endswith(" torch") or "constraints.txt" in c], pip
+    assert pip[-1] == f"-m pip install --quiet -c {venv}/torch-kept.txt -e .[all]"
+    assert (venv / "torch-kept.txt").read_text() == "torch==2.5.1+cu121\n"
+
+
+def test_make_installs_the_cpu_build_into_a_venv_without_torch(tmp_path):
+    venv, _ = _fake_python(tmp_path, None)
+    pip = _make_setup(venv)
+    assert f"-m pip install --quiet --no-deps -c constraints.txt --index-url {CPU_INDEX} torch" in pip, pip
+    assert (venv / "torch-kept.txt").read_text() == "torch==2.13.0+cpu\n"
+    venv, _ = _fake_python(tmp_path / "mirror", None)
+    assert "-m pip install --quiet --no-deps -c constraints.txt torch" in _make_setup(venv, "TORCH_INDEX=")
+
+
+def test_make_reproduce_writes_the_gallery_on_the_demo_profile_only_and_shows_the_bars():
+    def dry_run(*args):
+        out = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce", *args], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    demo, toy = dry_run(), dry_run("PROFILE=toy")
+    assert f"FMCT_FIGURES=${{FMCT_FIGURES:-{ROOT}/figures}}" in demo and "FMCT_FIGURES" not in toy
+    assert "--stderr-file -" in demo and "--no-progress-bar" in demo
 
 
 def test_ci_runs_make_test_only():

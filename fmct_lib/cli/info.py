@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import PROFILES
-from ..data.manifest import is_available, read_manifest
-from ..paths import cache_root, data_root, manifest_path, runs_root
+from ..data.manifest import is_available, read_manifest, registry_files
+from ..paths import roots
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"data root   {data_root()}\ncache root  {cache_root()}\nruns root   {runs_root()}\n"
-          f"manifest    {manifest_path()}\n")
+    for name, (path, how) in roots().items():
+        print(f"{name + ' root':14s}{path}  ({how})")
+    print(f"{'registry':14s}{' + '.join(str(f) for f in registry_files())}\n")
     print("profiles:")
     for p in PROFILES.values():
         m = p.model

@@ -23,7 +23,7 @@ def _prevalence(text: str) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile(parser)
-    parser.add_argument("--root", type=Path, default=None, help="data root (default $FMCT_DATA or ./data)")
+    parser.add_argument("--root", type=Path, default=None, help="data root (default $FMCT_DATA, else as `fmct info` shows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     parser.add_argument("--n-internal", type=int, default=None, help="internal-site scans (default: profile)")

@@ -1,10 +1,17 @@
-"""The dataset registry (``data_manifest.csv``) and scan tables (DESIGN §3).
+"""The dataset registry and scan tables (DESIGN §3).
 
-The manifest has one row per dataset. Known datasets (synthetic, RSNA, CQ500, the paper's private
-cohorts as placeholders) are listed statically in the committed file; a dataset is *available* when its
-scan table exists under the data root. Registering a custom dataset appends a row; the rows of known
-datasets are never rewritten, and no machine-specific path is ever written (``scan_table`` is relative
-to the data root).
+The registry has one row per dataset (``MANIFEST_COLUMNS``) and is read from two files:
+
+- the shipped ``data_manifest.csv`` (package data; the checkout's top-level file): the known datasets
+  (synthetic, RSNA, CQ500, the paper's private cohorts as placeholders), listed statically and never written;
+- ``<data root>/datasets.csv`` (``USER_REGISTRY``): the datasets a user ingests under new names (a hospital's
+  NIfTI folder), registered beside their data, so running fmct on your own data leaves a checkout unchanged
+  and works as well from an installed wheel.
+
+``$FMCT_MANIFEST`` names one file that replaces both: it is read alone and registrations append to it. A
+dataset is *available* when its scan table exists under the data root. Registering appends a row and never
+rewrites one: the bytes already in the file (line endings included) are kept, and no machine-specific path
+is written (``scan_table`` is relative to the data root).
 
 A scan table ``<data root>/<dataset>/scans.csv`` has one row per 3-D volume with at least
 ``SCAN_COLUMNS``, plus protocol columns and one 1/0 column per task (empty where unknown).
@@ -16,20 +23,22 @@ Registering takes the registry's lock, so concurrent registrations never lose a 
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write_csv, exclusive_lock
+from ..io import atomic_path, atomic_write_csv, exclusive_lock
 from ..paths import StageMissing, data_root, manifest_path
 
 __all__ = [
     "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
     "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "PathOutsideRoot",
-    "EXTERNAL_ROOTS_FILE", "external_roots",
+    "EXTERNAL_ROOTS_FILE", "external_roots", "USER_REGISTRY", "registry_files",
 ]
 
 MANIFEST_COLUMNS = [
@@ -51,6 +60,8 @@ CQ500_FINDINGS = [
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DATASET_NAME_RULE = ("a letter or digit, then at most 63 letters, digits, '.', '_' or '-' "
                      "(no path separators, not '.' or '..')")
+# Under the data root: the registry of the datasets ingested there under new names.
+USER_REGISTRY = "datasets.csv"
 # Beside a scan table: the folders outside the data root its paths may name, one per line (the opt-in).
 EXTERNAL_ROOTS_FILE = "external_roots.txt"
 REGISTRY_WAIT_S = 60.0  # how long a registration waits for another to finish its (millisecond) update
@@ -72,10 +83,15 @@ def validate_dataset_name(name: str) -> str:
     return name
 
 
-def read_manifest(path: Path | None = None) -> pd.DataFrame:
-    path = Path(path) if path else manifest_path()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: dataset manifest not found (set $FMCT_MANIFEST)")
+def registry_files() -> list[Path]:
+    """The files the registry is read from, in order: ``$FMCT_MANIFEST`` alone, else the shipped
+    ``data_manifest.csv`` and ``<data root>/datasets.csv`` (where the user's datasets are registered)."""
+    if os.environ.get("FMCT_MANIFEST"):
+        return [manifest_path()]
+    return [manifest_path(), data_root() / USER_REGISTRY]
+
+
+def _read_one(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
@@ -83,12 +99,31 @@ def read_manifest(path: Path | None = None) -> pd.DataFrame:
     return df
 
 
+def read_manifest(path: Path | None = None) -> pd.DataFrame:
+    """The registry: the file ``path`` alone, or every file of :func:`registry_files` (one that does not
+    exist yet is skipped, except the first), one row per dataset. A name listed in two files is an error."""
+    if path:
+        files = [Path(path)]
+    else:
+        files = registry_files()
+        files = files[:1] + [f for f in files[1:] if f.exists()]
+    if not files[0].exists():
+        raise FileNotFoundError(f"{files[0]}: dataset manifest not found (set $FMCT_MANIFEST)")
+    tables = [_read_one(f) for f in files]
+    for later, table in zip(files[1:], tables[1:]):
+        clash = sorted(set(table["name"]) & set(tables[0]["name"]))
+        if clash:
+            raise ValueError(f"{later}: datasets {clash} are already in {files[0]}; "
+                             f"remove their rows from {later}")
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+
 def dataset_info(name: str, manifest: Path | None = None) -> dict:
     df = read_manifest(manifest)
     rows = df[df["name"] == name]
     if rows.empty:
-        raise KeyError(f"dataset {name!r} is not in {manifest or manifest_path()}; "
-                       f"known: {', '.join(df['name'])}")
+        where = manifest or " and ".join(str(f) for f in registry_files())
+        raise KeyError(f"dataset {name!r} is not in {where}; known: {', '.join(df['name'])}")
     info = rows.iloc[0].to_dict()
     info["tasks"] = [t for t in info["tasks"].split(";") if t]
     return info
@@ -97,29 +132,52 @@ def dataset_info(name: str, manifest: Path | None = None) -> dict:
 def register_dataset(name: str, *, description: str, tasks: list[str], licence: str = "private",
                      how_to_obtain: str = "", ingest_command: str = "", paper_scans: str = "",
                      paper_split: str = "", manifest: Path | None = None) -> bool:
-    """Append a row for ``name`` unless one exists (known rows are never rewritten). Returns True if added.
+    """Register ``name`` unless the registry knows it (known rows are never rewritten). Returns True if added.
 
-    The write is atomic (temp file + rename) so a crash never leaves a half-written manifest, and the
-    read-edit-write holds the registry's lock (``.<manifest name>.lock`` beside it), so concurrent
-    registrations wait for each other and none is lost. A name already listed takes no lock.
+    The row is appended to ``manifest`` if given, else to the last file of :func:`registry_files` (the
+    data root's ``datasets.csv``, or ``$FMCT_MANIFEST``): the shipped ``data_manifest.csv`` is never
+    written. The bytes already in the file are kept and the row ends as its lines do (CRLF or LF). The write
+    is atomic (temp file + rename) so a crash never leaves a half-written registry, and the read-edit-write
+    holds the registry's lock (``.<file name>.lock`` beside it), so concurrent registrations wait for each
+    other and none is lost. A name already listed takes no lock.
     """
     validate_dataset_name(name)
-    path = Path(manifest) if manifest else manifest_path()
-    if path.exists() and (read_manifest(path)["name"] == name).any():
+    target = Path(manifest) if manifest else registry_files()[-1]
+
+    def known() -> bool:
+        if manifest or registry_files() == [target]:  # one file ($FMCT_MANIFEST): registering may create it
+            return target.exists() and (read_manifest(target)["name"] == name).any()
+        return (read_manifest()["name"] == name).any()
+
+    if known():
         return False
-    with exclusive_lock(path.with_name(f".{path.name}.lock"), what=f"dataset registry {path}",
+    with exclusive_lock(target.with_name(f".{target.name}.lock"), what=f"dataset registry {target}",
                         wait=REGISTRY_WAIT_S):
-        df = read_manifest(path) if path.exists() else pd.DataFrame(columns=MANIFEST_COLUMNS)
-        if (df["name"] == name).any():  # registered by another process meanwhile
+        if known():  # registered by another process meanwhile
             return False
         row = {
             "name": name, "description": description, "licence": licence, "how_to_obtain": how_to_obtain,
             "tasks": ";".join(tasks), "paper_scans": paper_scans, "paper_split": paper_split,
             "scan_table": f"{name}/scans.csv", "ingest_command": ingest_command,
         }
-        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
-        atomic_write_csv(df[MANIFEST_COLUMNS], path)
+        _append_row(target, row)
     return True
+
+
+def _append_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the registry file ``path`` (created with a header if absent), keeping its bytes."""
+    old = path.read_bytes() if path.exists() else b""
+    columns = list(_read_one(path).columns) if old else MANIFEST_COLUMNS
+    newline = "\r\n" if b"\r\n" in old else "\n"
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator=newline)
+    if not old:
+        writer.writerow(columns)
+    writer.writerow([row.get(c, "") for c in columns])
+    if old and not old.endswith(b"\n"):
+        old += newline.encode()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(old + text.getvalue().encode())
 
 
 def scan_table_path(name: str, root: Path | None = None) -> Path:

@@ -3,6 +3,11 @@
 ``embed`` runs an encoder over a dataset's cached inputs (``data.inputs``, as the protocols read them) and returns
 one row per scan: ids, split, the protocol columns, the labels, then the cls vector ``e0 … e{D-1}``;
 ``write_embeddings`` / ``read_embeddings`` keep it as ``.csv`` or ``.npz`` (``fmct embed``).
+
+Supp. Figs. 11–12 ask whether the embedding separates acquisition protocols and whether fine-tuned classifiers
+score alike across them: ``protocol_labels`` gives each scan's scanner and slice-thickness bin (NaN where the
+scan table does not know it: RSNA has no manufacturer, a NIfTI export neither), ``separability`` the
+cross-validated accuracy of predicting one from the embedding, ``performance_by_protocol`` the metrics per group.
 """
 from __future__ import annotations
 
@@ -12,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..config import get_profile
 from ..data.inputs import ACQUISITION_COLUMNS, VolumeSource, select_rows, volume_source
 from ..io import atomic_path, atomic_write_text
 from ..models.checkpoints import load_encoder
 
-__all__ = ["embed", "write_embeddings", "read_embeddings"]
+__all__ = ["embed", "write_embeddings", "read_embeddings", "embedding_vectors", "protocol_labels", "separability",
+           "performance_by_protocol"]
 
 
 @torch.no_grad()
@@ -91,3 +97,67 @@ def read_embeddings(path) -> pd.DataFrame:
         vectors = f["embeddings"]
         meta = pd.DataFrame({k: f[k] for k in f.files if k != "embeddings"})
     return pd.concat([meta, pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1)
+
+
+def embedding_vectors(table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """(the vectors ``e0 … e{D-1}`` as an (N, D) array, the other columns)."""
+    vec = [c for c in table.columns if c.startswith("e") and c[1:].isdigit()]
+    return table[vec].to_numpy(), table.drop(columns=vec)
+
+
+def protocol_labels(table: pd.DataFrame, thickness_bins) -> dict[str, pd.Series]:
+    """Each row's ``scanner`` (the manufacturer) and ``slice thickness (mm)`` bin (``pd.cut`` with the edges
+    ``thickness_bins``, e.g. ``"(1.5, 3.0]"``), as strings on ``table``'s index; NaN where unknown (a column the
+    table lacks, an empty value, a thickness outside the bins)."""
+    unknown = pd.Series(np.nan, index=table.index, dtype=object)
+    scanner = unknown
+    if "manufacturer" in table:
+        scanner = table["manufacturer"].map(lambda v: (str(v).strip() or np.nan) if pd.notna(v) else np.nan)
+    thickness = unknown
+    if "slice_thickness_mm" in table:
+        bins = pd.cut(pd.to_numeric(table["slice_thickness_mm"], errors="coerce"), thickness_bins)
+        thickness = bins.astype(str).where(bins.notna(), np.nan).astype(object)
+    return {"scanner": scanner, "slice thickness (mm)": thickness}
+
+
+def separability(vectors: np.ndarray, labels: pd.Series, seed: int = 0, min_per_group: int = 2):
+    """How well ``labels`` (one per row of ``vectors``; NaN = unknown) are predicted from the embedding:
+    (the folds' accuracies of a standardised logistic regression, stratified k-fold with k = min(5, the smallest
+    group), the chance accuracy = the largest group's share). Rows with unknown labels and groups with fewer than
+    ``min_per_group`` rows are left out; at least two groups must remain."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = pd.Series(labels).reset_index(drop=True)
+    counts = labels.value_counts()
+    keep = labels.isin(counts[counts >= min_per_group].index).to_numpy()
+    y = labels[keep].astype(str)
+    if y.nunique() < 2:
+        raise ValueError(f"separability needs two groups of at least {min_per_group} rows, got {counts.to_dict()}")
+    folds = StratifiedKFold(n_splits=min(5, int(y.value_counts().min())), shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    accuracy = cross_val_score(model, np.asarray(vectors)[keep], y, cv=folds)
+    return accuracy, float(y.value_counts(normalize=True).max())
+
+
+def performance_by_protocol(predictions: pd.DataFrame, groups: dict[str, pd.Series], n_boot: int,
+                            seed: int = 0) -> pd.DataFrame:
+    """``evaluate.bootstrap_ci`` of ``predictions`` (``scan_id, task, label, …``) within each protocol group:
+    ``groups`` maps a protocol's name to each scan's group (a Series indexed by ``scan_id``; NaN = unknown, left
+    out). Only the tasks with both labels in a group count there. Columns: ``bootstrap_ci``'s plus ``group``
+    (``"<protocol>: <value>"``), ``by`` (the protocol) and ``n_scans``."""
+    from ..evaluate import bootstrap_ci
+
+    parts = []
+    for name, group_of in groups.items():
+        grouped = predictions.assign(_group=predictions["scan_id"].map(group_of)).dropna(subset=["_group"])
+        for value, g in grouped.groupby("_group"):
+            usable = g.groupby("task")["label"].agg(lambda s: s.nunique() == 2)
+            g = g[g.task.isin(usable[usable].index)].drop(columns="_group")
+            if len(g):
+                parts.append(bootstrap_ci(g, n_boot=n_boot, seed=seed).assign(
+                    group=f"{name}: {value}", by=name, n_scans=g.scan_id.nunique()))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["task", "metric", "value", "ci_low", "ci_high", "group", "by", "n_scans"])

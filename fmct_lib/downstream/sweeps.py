@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 
 import pandas as pd
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..config import get_profile
 from ..data.inputs import ProtocolSkipped

@@ -1,7 +1,9 @@
 """Where a notebook's figure goes and which of the paper's cohorts it is drawn beside.
 
 The committed gallery (``figures/``) holds the synthetic cohort at the ``demo`` profile; a run on other data
-or at another size writes figures of its own name, so it never overwrites the gallery.
+or at another size writes figures of its own name, so it never overwrites the gallery. Where figures go is
+``paths.figures_root()``: ``<runs root>/figures/`` unless ``$FMCT_FIGURES`` says otherwise, which only
+``make reproduce`` on the demo profile does (naming the gallery), so a run on your own data never adds to it.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from ...progress import tqdm
 
 from ...config import get_profile
 from ...io import atomic_open
@@ -54,8 +54,8 @@ from .lesions import CONDITIONS
 from .phantom import render, sample_subject
 from .scanner import SCANNERS, acquire
 
-__all__ = ["generate_cohort", "plan_cohort", "sample_conditions", "DEFAULT_PREVALENCE", "EXTERNAL_SHIFT",
-           "SITES", "FINDING_COLUMNS", "write_nifti"]
+__all__ = ["generate_cohort", "plan_cohort", "planned_scan_table", "sample_conditions", "DEFAULT_PREVALENCE",
+           "EXTERNAL_SHIFT", "SITES", "FINDING_COLUMNS", "write_nifti"]
 
 GENERATOR_VERSION = 1
 DATASET = "synthetic"
@@ -282,6 +282,36 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
         warnings.warn(f"{len(failures)} synthetic patients failed (see {out / 'failed.csv'}); "
                       f"first: {failures[0]}")
     return _assemble_table(plans, out, root, seed)
+
+
+def planned_scan_table(profile="demo", seed: int = 0, prevalence: dict | None = None,
+                       n_internal: int | None = None, n_external: int | None = None, n_pretrain: int | None = None,
+                       pool_seed: int | None = None) -> pd.DataFrame:
+    """The rows that ``generate_cohort`` with the same arguments writes to ``scans.csv`` (the same scans in the
+    same order, with their splits), from the plan alone, without rendering a scan: the columns the plan decides
+    (``scan_id`` to ``mask_path``; paths relative to the dataset folder, as written). The columns rendering decides
+    (age, midline shift, labels) are left out. A patient whose rendering failed is missing from the written
+    table, and only there. Takes seconds at the demo size; the provenance test finds a pretraining run's scans
+    with it."""
+    prof = get_profile(profile)
+    step = float(prof.synth_grid_mm)
+    sizes = dict(internal=prof.synth_internal if n_internal is None else n_internal,
+                 external=prof.synth_external if n_external is None else n_external,
+                 pretrain=prof.synth_pretrain if n_pretrain is None else n_pretrain)
+    planned = TABLE_COLUMNS[:TABLE_COLUMNS.index("mask_path") + 1]
+    rows = []
+    for pp in plan_cohort(sizes, seed, prevalence, pool_seed):
+        for k, (scan_id, slice_mm) in enumerate(zip(pp.scan_ids(), pp.slices_mm)):
+            rows.append(dict(scan_id=scan_id, patient_id=pp.patient_id, path=f"volumes/{scan_id}.nii.gz",
+                             manufacturer=pp.manufacturer, slice_thickness_mm=slice_mm,
+                             spacing=f"{step:g}x{step:g}x{slice_mm:g}", kvp=pp.kvp, site=pp.site, series=k + 1,
+                             mask_path=f"masks/{scan_id}.nii.gz"))
+    df = pd.DataFrame(rows, columns=[c for c in planned if c != "split"])
+    pool = (df["site"] == "pretrain").to_numpy()
+    split = pd.Series(POOL_SPLIT, index=df.index, dtype=object)
+    split[~pool] = assign_splits(df.loc[~pool, "patient_id"], seed)
+    df.insert(3, "split", split)
+    return df
 
 
 def _assemble_table(plans: list[PatientPlan], out: Path, root: Path, seed: int) -> pd.DataFrame:

@@ -1,0 +1,70 @@
+"""Build and release every encoder the notebooks start from (``make pretrain``).
+
+    python tools/release_encoders.py [--profile demo] [--methods dino,mae,vicreg] [--fractions 1,0.3,0.1]
+        [--seed 0] [--dest encoders/]
+
+For each method and pretraining fraction (notebook 05's: 1.0, 0.3, 0.1; seed 0) the synthetic cohort's
+encoder is pretrained with the library (``pipeline.ensure_pretrained(afresh=True)``: the run under
+``<runs>/pretrain/`` resumes where it stopped and is reused when finished), then released with
+``train.release.release_run`` into ``$FMCT_ENCODERS`` (default ``encoders/``), and ``MODEL_CARD.md`` is
+written from the releases. Interrupt it at any time and run it again: finished runs are reused, an
+interrupted one continues from its last checkpoint, and a release already holding a run's weights is kept.
+Run it on the machine you want the model card to name (it records this machine).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from fmct_lib import pipeline
+from fmct_lib.config import get_profile
+from fmct_lib.train.release import (RELEASE_FILE, ReleaseCorrupt, encoders_root, release_name, release_run,
+                                    sha256_of, verify_release, write_model_card)
+
+DATASET = "synthetic"
+METHODS = ("dino", "mae", "vicreg")
+FRACTIONS = (1.0, 0.3, 0.1)  # notebooks/src/05_scaling.py
+
+
+def _is_released(run_dir: Path, folder: Path) -> bool:
+    """Whether ``folder`` already holds a verified release of the weights in ``run_dir``."""
+    if not (folder / RELEASE_FILE).exists():
+        return False
+    try:
+        return verify_release(folder)["sha256"] == sha256_of(run_dir / "encoder.safetensors")
+    except ReleaseCorrupt:
+        return False
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: %(default)s)")
+    ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
+                    help="comma-separated pretraining fractions (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dest", type=Path, default=None, help="release root (default: $FMCT_ENCODERS or encoders/)")
+    args = ap.parse_args(argv)
+    profile = get_profile(args.profile)
+    dest = args.dest or encoders_root()
+    jobs = [(m, float(f)) for m in args.methods.split(",") for f in args.fractions.split(",")]
+    pipeline.ensure_dataset(DATASET, profile)
+    start = time.time()
+    for i, (method, fraction) in enumerate(jobs, 1):
+        name = release_name(DATASET, method, fraction, profile, args.seed)
+        print(f"== [{i}/{len(jobs)}] {name}: {(time.time() - start) / 60:.1f} min so far", flush=True)
+        t0 = time.time()
+        encoder = pipeline.ensure_pretrained(method, DATASET, profile, fraction=fraction, seed=args.seed, afresh=True)
+        if _is_released(encoder.parent, dest / name):
+            print(f"   already released in {dest / name}")
+        else:
+            print(f"   released in {release_run(encoder.parent, dest)}")
+        print(f"== [{i}/{len(jobs)}] {name} done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    card = write_model_card(dest)
+    print(f"all {len(jobs)} encoders released under {dest} in {(time.time() - start) / 60:.1f} min; model card: {card}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
