@@ -7,13 +7,22 @@ stage, building it only when it is missing (each builder resumes), so any notebo
 and, where it is missing, raises ``StageMissing`` naming the command that builds it.
 
 ``start`` is a notebook's first cell: it returns a :class:`Study` (dataset, profile, scan table, runs root,
-seed, pretraining method, site) whose methods are the calls the notebooks share.
+seed, pretraining method, site, preprocessing, encoder checkpoint) whose methods are the calls the notebooks
+share, each with the study's preprocessing: the ``paper`` chain, or the authors' ``reference`` chain for their
+released weights (given as ``checkpoint``).
+
+A pretrained encoder starts from the released one (``encoders/``, ``train/release.py``) where there is one,
+unless pretraining afresh is asked for: ``afresh=True`` or the environment variable ``FMCT_PRETRAIN=1``
+(``make reproduce PRETRAIN=1``). Pretraining runs on the paper chain only: the ``reference`` preset is offered
+for an encoder given as a checkpoint (the authors' weights), not for pretraining.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,15 +30,23 @@ from .config import Profile, get_profile
 from .data.manifest import PAPER_TASKS, dataset_info, is_available, load_scans, scan_table_path
 from .paths import runs_root
 
+if TYPE_CHECKING:
+    from .data.preprocess import PreprocessSpec
+
 __all__ = ["Study", "start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensure_finetuned",
-           "choose_tasks"]
+           "choose_tasks", "pretrain_afresh"]
+
+PRETRAIN_ENV = "FMCT_PRETRAIN"
 
 
 @dataclass(frozen=True)
 class Study:
     """What a notebook works on: ``dataset`` at ``profile`` with its scan table ``scans``, runs under ``runs``,
-    seed ``seed``, the pretraining ``method``, and ``site_filter`` (``{"site": site}`` where the scan table has
-    sites, else None) selecting the labelled rows it trains and tests on."""
+    seed ``seed``, the pretraining ``method``, ``site_filter`` (``{"site": site}`` where the scan table has
+    sites, else None) selecting the labelled rows it trains and tests on, ``afresh``: pretrain the encoders
+    afresh instead of starting from the released ones, ``spec``: the preprocessing every run, embedding and
+    attention map of the study reads (default: the profile's paper chain), and ``checkpoint``: the encoder file
+    the study starts from instead of a pretrained one (needed by any chain but the paper's)."""
 
     dataset: str
     profile: Profile
@@ -38,6 +55,15 @@ class Study:
     seed: int
     method: str
     site_filter: dict | None
+    afresh: bool = False
+    spec: PreprocessSpec | None = None
+    checkpoint: Path | None = None
+
+    def __post_init__(self):
+        from .data.preprocess import paper_spec
+        if self.spec is None:
+            object.__setattr__(self, "spec", paper_spec(self.profile))
+        _require_checkpoint_for(self.spec.name, self.checkpoint)
 
     @property
     def labelled(self) -> pd.DataFrame:
@@ -50,20 +76,27 @@ class Study:
         """``choose_tasks`` on ``rows`` (default: the labelled rows)."""
         return choose_tasks(self.labelled if rows is None else rows, tasks, self.dataset, self.profile, split)
 
-    def encoder(self, method: str | None = None, fraction: float = 1.0, checkpoint: str | None = None) -> Path:
-        """The pretrained encoder to start from (``ensure_pretrained``; default method: the study's)."""
+    def encoder(self, method: str | None = None, fraction: float = 1.0) -> Path:
+        """The encoder to start from: the study's ``checkpoint`` when it has one, else the pretrained encoder of
+        ``method`` (default: the study's) and ``fraction`` (``ensure_pretrained``)."""
         return ensure_pretrained(method or self.method, self.dataset, self.profile, fraction=fraction, seed=self.seed,
-                                 checkpoint=checkpoint, runs=self.runs)
+                                 checkpoint=self.checkpoint, runs=self.runs, afresh=self.afresh)
 
     def finetuned(self, task: str, encoder: Path) -> Path:
         """The encoder of the study's fine-tuned classifier on ``task`` (``ensure_finetuned``)."""
-        return ensure_finetuned(self.dataset, task, encoder, self.profile, self.site_filter, self.seed, runs=self.runs)
+        return ensure_finetuned(self.dataset, task, encoder, self.profile, self.site_filter, self.seed, runs=self.runs,
+                                spec=self.spec)
 
     def other(self, dataset: str) -> pd.DataFrame:
-        """The scan table of another dataset the study evaluates on, with its cache built."""
+        """The scan table of another dataset the study evaluates on, with the cache of its chain built."""
         scans = ensure_dataset(dataset, self.profile)
-        ensure_cache(dataset, self.profile)
+        ensure_cache(dataset, self.profile, self.spec.name)
         return scans
+
+    def embed(self, encoder, **kwargs) -> pd.DataFrame:
+        """``downstream.embed`` of the study's dataset, profile and preprocessing (``kwargs``: ``scans`` …)."""
+        from .downstream import embed
+        return embed(self.dataset, encoder, self.profile, spec=self.spec, **kwargs)
 
     def sweep(self, tasks, protocols, encoder, **kwargs) -> pd.DataFrame:
         """``run_sweep`` on the study's dataset, profile, seed, site and runs root (``kwargs`` override them:
@@ -78,21 +111,60 @@ class Study:
 
     def _run_args(self, overrides: dict) -> dict:
         return {"dataset": self.dataset, "profile": self.profile, "seed": self.seed, "train_filter": self.site_filter,
-                "run_root": self.runs / "downstream", **overrides}
+                "run_root": self.runs / "downstream", "spec": self.spec, **overrides}
 
 
 def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, seed: int = 0,
-          method: str | None = None, site: str | None = None) -> Study:
+          method: str | None = None, site: str | None = None, afresh: bool | None = None, preset: str = "paper",
+          checkpoint: str | None = None) -> Study:
     """A notebook's first cell: the dataset (generated for ``synthetic``, else stopping with the ingest command
-    when it has not been ingested) and its cache, as a :class:`Study`. ``run_dir`` is the runs root (default
-    ``$FMCT_RUNS`` or ``runs/``); ``method`` defaults to the profile's; ``site`` restricts training and testing
-    to one site where the table has sites."""
+    when it has not been ingested) and its cache of the ``preset`` chain, as a :class:`Study`. ``run_dir`` is the
+    runs root (default ``$FMCT_RUNS`` or ``runs/``); ``method`` defaults to the profile's; ``site`` restricts
+    training and testing to one site where the table has sites; ``afresh`` pretrains the encoders instead of
+    starting from the released ones (default: ``pretrain_afresh()``, the environment variable ``FMCT_PRETRAIN``);
+    ``checkpoint`` is an encoder file to start from instead (ours or the authors' ``.pth``).
+
+    ``preset`` is the preprocessing of every run, embedding and attention map: ``paper`` (default) or the
+    authors' ``reference`` chain, which is for their released weights and so needs ``checkpoint``; pretraining
+    with the reference chain is not offered (a ``ValueError`` says so before anything is built)."""
+    from .data.preprocess import preset_spec
     p = get_profile(profile)
+    spec = preset_spec(preset, p)
+    _require_checkpoint_for(preset, checkpoint)
+    checkpoint = _existing_checkpoint(checkpoint) if checkpoint else None
     scans = ensure_dataset(dataset, p)
-    ensure_cache(dataset, p)
+    ensure_cache(dataset, p, preset)
     runs = Path(run_dir).expanduser().resolve() if run_dir else runs_root()
     site_filter = {"site": site} if site and "site" in scans else None
-    return Study(dataset, p, scans, runs, seed, method or p.pretrain_method, site_filter)
+    afresh = pretrain_afresh() if afresh is None else bool(afresh)
+    return Study(dataset, p, scans, runs, seed, method or p.pretrain_method, site_filter, afresh, spec, checkpoint)
+
+
+def _require_checkpoint_for(preset: str, checkpoint) -> None:
+    """Refuse a chain other than the paper's without an encoder ``checkpoint``: this library pretrains (and
+    releases) encoders on the paper chain only; the reference chain is the authors' weights' preprocessing."""
+    if preset != "paper" and not checkpoint:
+        raise ValueError(f"preset {preset!r} is the preprocessing the authors' released weights were trained on: "
+                         "pass their file as checkpoint (e.g. checkpoint='model_weights.pth'); the encoders this "
+                         "library pretrains or releases use preset 'paper', and pretraining with the reference "
+                         "preset is not offered")
+
+
+def _existing_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """``checkpoint`` as a path, or ``FileNotFoundError`` naming it."""
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def pretrain_afresh() -> bool:
+    """Whether ``$FMCT_PRETRAIN`` asks to pretrain afresh: ``1`` yes; unset, empty or ``0`` no."""
+    value = os.environ.get(PRETRAIN_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"environment variable {PRETRAIN_ENV}={value!r}: use 1 (pretrain afresh) or 0 "
+                         "(start from the released encoders)")
+    return value == "1"
 
 
 def ensure_dataset(dataset: str, profile: str | Profile) -> pd.DataFrame:
@@ -125,44 +197,77 @@ def ensure_cache(dataset: str, profile: str | Profile, preset: str = "paper", *,
 
 
 def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fraction: float = 1.0,
-                      seed: int = 0, checkpoint: str | None = None, runs: Path | None = None) -> Path:
-    """The encoder checkpoint to start from: ``checkpoint`` when given, else the pretraining run of
-    (method, dataset, profile, fraction, seed) under the runs root ``runs`` — resumed or run to completion
-    (its cache built first) if it is not done."""
+                      seed: int = 0, checkpoint: str | None = None, runs: Path | None = None,
+                      afresh: bool | None = None) -> Path:
+    """The encoder checkpoint to start from: ``checkpoint`` when given; else the released encoder of
+    (dataset, method, fraction, profile, seed) (``train.release.released_encoder``: its sha256 checked) when
+    there is one, made for the profile's model and preprocessing, and ``afresh`` (default:
+    ``pretrain_afresh()``) is false; else the pretraining run under the runs root ``runs``, resumed or run to
+    completion (its cache built first) if it is not done. Prints which it used."""
     if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return path
+        return _existing_checkpoint(checkpoint)
     from .train import pretrain
+    from .train.release import encoders_root, released_encoder, verify_release
     from .train.trainer import default_run_dir
     p = get_profile(profile)
+    afresh = pretrain_afresh() if afresh is None else afresh
+    released = None if afresh else released_encoder(dataset, method, fraction, p, seed)
+    if afresh:
+        why = f"pretraining afresh ({PRETRAIN_ENV}=1 or afresh=True)"
+    elif released is None:
+        why = f"no released encoder under {encoders_root()}"
+    else:
+        why = _unfit_release(released.parent, p)
+        if not why:
+            print(f"encoder: released {released} (sha256 {verify_release(released.parent)['sha256'][:12]}…)")
+            return released
     ensure_cache(dataset, p)
     run_dir = Path(runs or runs_root()) / "pretrain" / default_run_dir(dataset, method, fraction, p.name, seed).name
+    print(f"encoder: {why}; the pretraining run {run_dir} (resumed where it stopped, reused when finished)")
     run = pretrain(method=method, dataset=dataset, profile=p, fraction=fraction, seed=seed, run_dir=run_dir)
     return Path(run) / "encoder.safetensors"
 
 
+def _unfit_release(folder: Path, profile: Profile) -> str:
+    """Why the release ``folder`` cannot serve ``profile`` (made for another model or preprocessing), or ``""``."""
+    from .data.preprocess import paper_spec
+    config = json.loads((folder / "config.json").read_text())
+    if config["profile"]["model"] != profile.model.to_dict():
+        return f"the released {folder.name} has another model than profile {profile.name!r}"
+    if config["preprocess"] != json.loads(json.dumps(paper_spec(profile).to_dict())):
+        return f"the released {folder.name} was pretrained on another preprocessing than profile {profile.name!r}'s"
+    return ""
+
+
 def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Profile,
-                     train_filter: dict | None = None, seed: int = 0, runs: Path | None = None) -> Path:
+                     train_filter: dict | None = None, seed: int = 0, runs: Path | None = None,
+                     spec: PreprocessSpec | None = None) -> Path:
     """The encoder of the ``finetune`` run on ``task`` (the classifier of Fig. 1e's run with this seed, reused
-    where that run kept it), saved as ``<runs>/finetuned/<profile>/<encoder run>/<dataset>[filter]/<task>/
-    seed<seed>/encoder.safetensors``; the attention figures compare it with the pretrained encoder (Fig. 5)."""
+    where that run kept it) on the preprocessing ``spec`` (default: the profile's paper chain), saved as
+    ``<runs>/finetuned/<profile>/<encoder run>/<dataset>[filter]/<task>/seed<seed>/encoder.safetensors``, with
+    ``<preset>-<spec hash>`` after ``<profile>`` for another chain; the attention figures compare it with the
+    pretrained encoder (Fig. 5)."""
+    from .data.preprocess import paper_spec
     from .downstream import run_protocol
     from .models.checkpoints import save_checkpoint
     p = get_profile(profile)
+    spec = spec or paper_spec(p)
     runs = Path(runs or runs_root())
     tag = ",".join(f"{k}={v}" for k, v in sorted((train_filter or {}).items()))
-    out = (runs / "finetuned" / p.name / Path(encoder).parent.name / (dataset + (f"[{tag}]" if tag else ""))
-           / task / f"seed{seed}" / "encoder.safetensors")
+    chain = runs / "finetuned" / p.name
+    if spec != paper_spec(p):
+        chain = chain / f"{spec.name}-{spec.hash}"
+    out = (chain / Path(encoder).parent.name / (dataset + (f"[{tag}]" if tag else "")) / task / f"seed{seed}"
+           / "encoder.safetensors")
     if out.exists():
         return out
     _, classifier = run_protocol(dataset, task, "finetune", str(encoder), p, train_filter=train_filter, seed=seed,
-                                 progress=False, return_model=True, run_root=runs / "downstream")
+                                 spec=spec, progress=False, return_model=True, run_root=runs / "downstream")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, classifier.encoder, config={"model": classifier.encoder.config.to_dict(), "task": task,
                                                      "dataset": dataset, "train_filter": train_filter,
-                                                     "pretrained": str(encoder), "seed": seed})
+                                                     "pretrained": str(encoder), "seed": seed,
+                                                     "preprocess": spec.to_dict()})
     return out
 
 

@@ -42,12 +42,12 @@ def test_start_gives_a_study_whose_runs_root_is_run_dir_and_writes_no_environmen
     built = []
     table = pd.DataFrame({"scan_id": ["a", "b"], "site": ["internal", "external"], "split": ["test", "test"]})
     monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: table)
-    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile: built.append(dataset))
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset: built.append((dataset, preset)))
     monkeypatch.setenv("FMCT_RUNS", str(tmp_path / "elsewhere"))
     before = dict(os.environ)
     study = pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "mine"), seed=3, site="internal")
     assert dict(os.environ) == before
-    assert study.runs == tmp_path / "mine" and built == ["synthetic"]  # the cache is a stage start builds
+    assert study.runs == tmp_path / "mine" and built == [("synthetic", "paper")]  # the cache is a stage start builds
     assert study.method == get_profile("toy").pretrain_method and study.seed == 3
     assert study.site_filter == {"site": "internal"} and list(study.labelled["scan_id"]) == ["a"]
     assert pipeline.start("synthetic", "toy").runs == tmp_path / "elsewhere"
@@ -56,13 +56,14 @@ def test_start_gives_a_study_whose_runs_root_is_run_dir_and_writes_no_environmen
     assert pipeline.start("synthetic", "toy", site="internal").site_filter is None
 
     from fmct_lib import downstream
+    from fmct_lib.data.preprocess import paper_spec
     calls = []
     monkeypatch.setattr(downstream, "run_sweep", lambda **kw: calls.append(kw))
     study.sweep(["ich"], ["finetune"], "enc.safetensors", n_seeds=2)
     study.sweep(["ich"], ["finetune"], "enc.safetensors", dataset="other", train_filter=None)
     assert calls[0] == {"dataset": "synthetic", "profile": study.profile, "seed": 3, "train_filter": {"site": "internal"},
-                        "run_root": tmp_path / "mine" / "downstream", "tasks": ["ich"], "protocols": ["finetune"],
-                        "encoder": "enc.safetensors", "n_seeds": 2}
+                        "run_root": tmp_path / "mine" / "downstream", "spec": paper_spec("toy"), "tasks": ["ich"],
+                        "protocols": ["finetune"], "encoder": "enc.safetensors", "n_seeds": 2}
     assert calls[1]["dataset"] == "other" and calls[1]["train_filter"] is None
 
 
@@ -113,3 +114,131 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     pretrained = load_checkpoint(encoder)[0].state_dict()
     assert not all(torch.equal(weights[0][k], pretrained[k]) for k in pretrained)  # it was trained
+
+
+def test_ensure_pretrained_starts_from_the_released_encoder_unless_asked_to_pretrain_afresh(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A released encoder (encoders/, train/release.py) is used, its sha256 checked, unless ``afresh`` or
+    ``FMCT_PRETRAIN=1``; ``start(afresh=...)`` reaches ``Study.encoder``; one printed line says which."""
+    import fmct_lib.train
+    from _support import InMemoryVolumes
+    from fmct_lib.data.preprocess import paper_spec
+    from fmct_lib.train import pretrain_on
+    from fmct_lib.train.release import release_run, sha256_of
+
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FMCT_ENCODERS", str(tmp_path / "encoders"))
+    monkeypatch.delenv("FMCT_PRETRAIN", raising=False)
+    run = pretrain_on(InMemoryVolumes(8, 37), method="mae", profile="toy", run_dir=tmp_path / "run", batch_size=4,
+                      max_steps=1, progress=False, meta={"dataset": "synthetic", "fraction": 1.0},
+                      preprocess=paper_spec("toy").to_dict())
+    released = release_run(run) / "encoder.safetensors"
+    assert released == tmp_path / "encoders" / "synthetic_mae_f1_toy_s0" / "encoder.safetensors"
+    pretrained = []
+    monkeypatch.setattr(fmct_lib.train, "pretrain", lambda **kw: pretrained.append(kw) or kw["run_dir"])
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset="paper": None)
+
+    assert pipeline.ensure_pretrained("mae", "synthetic", "toy") == released and not pretrained
+    line = capsys.readouterr().out
+    assert line == f"encoder: released {released} (sha256 {sha256_of(released)[:12]}…)\n"
+
+    def pretrains(**kwargs) -> str:
+        before = len(pretrained)
+        path = pipeline.ensure_pretrained("mae", "synthetic", "toy", runs=tmp_path / "runs", **kwargs)
+        assert len(pretrained) == before + 1
+        assert path == tmp_path / "runs" / "pretrain" / "synthetic_mae_f1_toy_s0" / "encoder.safetensors"
+        return capsys.readouterr().out
+
+    assert "pretraining afresh" in pretrains(afresh=True)
+    monkeypatch.setenv("FMCT_PRETRAIN", "1")
+    assert "pretraining afresh (FMCT_PRETRAIN=1" in pretrains()
+    assert pipeline.ensure_pretrained("mae", "synthetic", "toy", afresh=False) == released  # the argument wins
+    monkeypatch.setenv("FMCT_PRETRAIN", "0")
+    assert pipeline.ensure_pretrained("mae", "synthetic", "toy") == released
+    monkeypatch.setenv("FMCT_PRETRAIN", "yes")
+    with pytest.raises(ValueError, match="FMCT_PRETRAIN='yes'"):
+        pipeline.ensure_pretrained("mae", "synthetic", "toy")
+    monkeypatch.delenv("FMCT_PRETRAIN")
+    # nothing released for this seed; a release made for another model does not serve a profile of the same name
+    pipeline.ensure_pretrained("mae", "synthetic", "toy", seed=1, runs=tmp_path / "runs")
+    assert f"no released encoder under {tmp_path / 'encoders'}" in capsys.readouterr().out
+    from fmct_lib.config import ModelConfig
+    wider = get_profile("toy").replace(model=ModelConfig(img_size=16, patch_size=4, embed_dim=96, depth=2, num_heads=2))
+    pipeline.ensure_pretrained("mae", "synthetic", wider, runs=tmp_path / "runs")
+    assert "has another model than profile 'toy'" in capsys.readouterr().out
+
+    # start(afresh=...) is carried by the Study to every encoder it asks for; its default is $FMCT_PRETRAIN
+    table = pd.DataFrame({"scan_id": ["a"], "split": ["test"]})
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: table)
+    study = pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "runs"), afresh=True)
+    study.encoder("mae")
+    assert study.afresh and "pretraining afresh" in capsys.readouterr().out
+    assert pipeline.start("synthetic", "toy").encoder("mae") == released
+    monkeypatch.setenv("FMCT_PRETRAIN", "1")
+    assert pipeline.start("synthetic", "toy").afresh
+
+
+def test_the_reference_preset_needs_a_checkpoint_and_reaches_every_run_embedding_and_fine_tuned_encoder(
+        tmp_path, monkeypatch):
+    """``start(preset=...)``: the authors' ``reference`` chain is for their weights, so without ``checkpoint`` it
+    stops before building anything, naming the fix; with one, the study builds that chain's cache, starts from the
+    checkpoint whatever method is asked for, and hands the chain to every sweep, few-shot run, embedding, other
+    dataset and fine-tuned encoder (stored apart from the paper chain's)."""
+    from types import SimpleNamespace
+
+    from fmct_lib import downstream
+    from fmct_lib.config import ModelConfig
+    from fmct_lib.data.preprocess import paper_spec, reference_spec
+    from fmct_lib.models.checkpoints import load_checkpoint
+    from fmct_lib.models.vit3d import vit_from_config
+    built = []
+    table = pd.DataFrame({"scan_id": ["a"], "split": ["test"]})
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: built.append(dataset) or table)
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset: built.append((dataset, preset)))
+
+    with pytest.raises(ValueError, match=r"preset 'reference' is the preprocessing the authors' released weights "
+                                         r"were trained on: pass their file as checkpoint .*pretraining with the "
+                                         r"reference preset is not offered"):
+        pipeline.start("synthetic", "toy", preset="reference")
+    with pytest.raises(ValueError, match="unknown preprocessing preset 'Reference'"):
+        pipeline.start("synthetic", "toy", preset="Reference", checkpoint="model_weights.pth")
+    with pytest.raises(FileNotFoundError, match="checkpoint .*model_weights.pth does not exist"):
+        pipeline.start("synthetic", "toy", preset="reference", checkpoint=str(tmp_path / "model_weights.pth"))
+    assert built == []  # refused before the dataset or a cache was touched
+    with pytest.raises(ValueError, match="pass their file as checkpoint"):  # a Study made by hand is held to it too
+        pipeline.Study("synthetic", get_profile("toy"), table, tmp_path, 0, "dino", None, spec=reference_spec("toy"))
+    assert pipeline.start("synthetic", "toy").spec == paper_spec("toy")  # the default
+
+    weights = tmp_path / "authors" / "model_weights.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"not read here")
+    built.clear()
+    study = pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "runs"), preset="reference",
+                           checkpoint=str(weights))
+    reference = reference_spec("toy")
+    assert built == ["synthetic", ("synthetic", "reference")] and study.spec == reference
+    assert study.encoder() == study.encoder("mae", fraction=0.3) == weights  # never a pretraining run
+
+    calls = {}
+    for name in ("run_sweep", "fewshot_sweep", "embed"):
+        monkeypatch.setattr(downstream, name, lambda *args, _name=name, **kw: calls.setdefault(_name, kw))
+    study.sweep(["ich"], ["finetune"], weights)
+    study.fewshot(["ich"], "finetune", weights, shots=[2])
+    study.embed(weights, scans=table)
+    assert {name: kw["spec"] for name, kw in calls.items()} == {n: reference for n in ("run_sweep", "fewshot_sweep",
+                                                                                       "embed")}
+    study.other("cq500")
+    assert built[-2:] == ["cq500", ("cq500", "reference")]
+
+    tiny = ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2)
+    trained = []
+    monkeypatch.setattr(downstream, "run_protocol", lambda *args, **kw: trained.append(kw) or (
+        None, SimpleNamespace(encoder=vit_from_config(tiny))))
+    on_reference = study.finetuned("ich", weights)
+    on_paper = pipeline.ensure_finetuned("synthetic", "ich", weights, "toy", runs=tmp_path / "runs")
+    assert [kw["spec"] for kw in trained] == [reference, paper_spec("toy")]
+    finetuned = tmp_path / "runs" / "finetuned" / "toy"
+    assert on_reference == (finetuned / f"reference-{reference.hash}" / "authors" / "synthetic" / "ich" / "seed0"
+                            / "encoder.safetensors")
+    assert on_paper == finetuned / "authors" / "synthetic" / "ich" / "seed0" / "encoder.safetensors"
+    assert load_checkpoint(on_reference)[1]["preprocess"] == reference.to_dict()

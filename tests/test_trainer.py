@@ -58,7 +58,7 @@ def test_run_config_scales_lr_and_schedules():
     assert run_config("mae", longer, n_scans=40, batch_size=4)["total_steps"] == 2 * 10  # toy's 2 epochs
     demo = get_profile("demo")
     # the demo pool (train split of 1,500 internal + 300 pretraining scans, ~1,440): 9 epochs of 90 steps
-    assert demo.pretrain_method == "mae" and run_config("mae", demo, n_scans=1440)["total_steps"] == 9 * 90
+    assert demo.pretrain_method == "vicreg" and run_config("mae", demo, n_scans=1440)["total_steps"] == 9 * 90
     assert run_config("mae", demo, n_scans=1440)["lr"] == pytest.approx(1e-3)  # peak 1e-3 at batch 16
     with pytest.raises(ValueError, match="fewer than one global batch"):
         run_config("dino", "toy", n_scans=3)
@@ -138,6 +138,32 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, volumes):
     assert [r["loss"] for r in rows_a] == pytest.approx([r["loss"] for r in rows_b], abs=1e-6)
     enc_a = load_file(str(full / "encoder.safetensors"))
     enc_b = load_file(str(tmp_path / "killed" / "encoder.safetensors"))
+    assert all(torch.allclose(enc_a[k], enc_b[k], atol=1e-6) for k in enc_a)
+
+
+def test_a_run_stopped_after_k_steps_keeps_its_schedules_and_resumes_to_the_uninterrupted_run(tmp_path, volumes):
+    """``stop_after`` (the provenance test's replay of a run's first steps) ends a call early without shortening
+    the run: its steps are the full run's, and resumed it ends where the full run ends."""
+    kwargs = dict(method="dino", profile="toy", seed=1, batch_size=2, max_steps=6, checkpoint_every=4,
+                  progress=False, device="cpu")
+    full = pretrain_on(volumes, run_dir=tmp_path / "full", **kwargs)
+    stopped = pretrain_on(volumes, run_dir=tmp_path / "stopped", stop_after=3, **kwargs)
+    assert _final_state(stopped)["step"] == 3  # saved at the stop, though not a checkpoint step
+    assert not (stopped / "done").exists() and not (stopped / "encoder.safetensors").exists()
+    rows_full = pd.read_csv(full / "metrics.csv")
+    rows_stopped = pd.read_csv(stopped / "metrics.csv")
+    assert list(rows_stopped["step"]) == [1, 2, 3]
+    # the learning rate, momentum and teacher temperature follow the run's 6 steps, not 3
+    for column in ("loss", "lr", "momentum", "teacher_temp"):
+        assert list(rows_stopped[column]) == pytest.approx(list(rows_full[column][:3]), rel=1e-6), column
+    pretrain_on(volumes, run_dir=stopped, **kwargs)
+    a, b = _final_state(full), _final_state(stopped)
+    assert a["step"] == b["step"] == 6
+    for part in ("student", "teacher"):
+        for k, v in a["task"][part].items():
+            assert torch.allclose(v, b["task"][part][k], atol=1e-6, rtol=0), (part, k)
+    assert list(pd.read_csv(stopped / "metrics.csv")["loss"]) == pytest.approx(list(rows_full["loss"]), abs=1e-6)
+    enc_a, enc_b = load_file(str(full / "encoder.safetensors")), load_file(str(stopped / "encoder.safetensors"))
     assert all(torch.allclose(enc_a[k], enc_b[k], atol=1e-6) for k in enc_a)
 
 

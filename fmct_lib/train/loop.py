@@ -146,7 +146,8 @@ class MetricsLog:
 
 # ------------------------------------------------------------------------------------------------ loop
 def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistInfo, *, resume: bool = True,
-          num_workers: int = 0, progress: bool = True, on_step=None, monitor=None) -> int:
+          num_workers: int = 0, progress: bool = True, on_step=None, monitor=None,
+          stop_after: int | None = None) -> int:
     """Run (or continue) the optimisation described by ``config`` until ``config["total_steps"]``.
 
     ``config`` holds ``seed, total_steps, steps_per_epoch, batch_size, accum_steps, lr, min_lr,
@@ -154,12 +155,14 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     metrics)`` is called on the main process after every step (live plots; tests use it to interrupt).
     ``monitor(encoder, device) -> dict`` (``train/monitor.py``) scores the exported encoder on the main
     process before the first step (row ``step 0``) and at the end of every epoch; its values join that
-    step's row. Returns the number of steps done.
+    step's row. ``stop_after``: end this call once the run has done that many steps (its state saved, so a
+    later call continues it); the schedules still follow ``total_steps``. Returns the number of steps done.
     """
     run_dir = Path(run_dir)
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
     b, accum = config["batch_size"], config["accum_steps"]
     global_batch, steps_per_epoch, total = b * world * accum, config["steps_per_epoch"], config["total_steps"]
+    end = total if stop_after is None else min(total, stop_after)
     if world != config["world_size"]:
         raise ValueError(f"config was made for {config['world_size']} processes, running with {world}")
 
@@ -195,14 +198,14 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     bar = tqdm(total=total, initial=step, disable=not (progress and dist_info.is_main), unit="step",
                desc=f"pretrain {task.name}")
     n = len(dataset)
-    while step < total:
+    while step < end:
         epoch, first = divmod(step, steps_per_epoch)
         batches = micro_batches(n, config["seed"], epoch, first, steps_per_epoch, b, world, rank, accum)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
                             pin_memory=device.type == "cuda")
         micro = iter(loader)
         for _ in range(first, steps_per_epoch):
-            if step >= total:
+            if step >= end:
                 break
             t0 = time.perf_counter()
             lr = _lr(config, step)

@@ -119,7 +119,7 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
                 max_steps: int | None = None, device=None, progress: bool = True, batch_size: int | None = None,
                 accum_steps: int = 1, checkpoint_every: int | None = None, num_workers: int = 0,
                 options=None, on_step=None, meta: dict | None = None, preprocess: dict | None = None,
-                monitor=None) -> Path:
+                monitor=None, stop_after: int | None = None) -> Path:
     """Pretrain on any Dataset whose items are ``{"scan_id", "volume": int16 HU canvas (C, C, C)}``.
 
     ``method`` is a name in ``train.methods.METHODS``; ``options`` its options, a dict or the method's
@@ -128,7 +128,9 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
 
     ``meta`` (dataset, fraction, …) is stored in ``config.json`` and in the exported encoder's
     configuration, with ``preprocess`` (the ``PreprocessSpec`` dict of the volumes). ``monitor``: see
-    ``loop.train`` (``pretrain`` passes a ``KnnMonitor`` on the dataset's validation split).
+    ``loop.train`` (``pretrain`` passes a ``KnnMonitor`` on the dataset's validation split). ``stop_after``:
+    return once the run has done that many steps, resumable and not exported (``loop.train``); the schedules
+    keep the run's total length.
     """
     profile = get_profile(profile)
     Method = get_method(method)
@@ -156,8 +158,10 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
 
         torch.manual_seed(seed)  # model initialisation; later randomness comes from the saved generators
         task = Method(profile, augment, run)
-        train(task, dataset, run, run_dir, dist_info, resume=resume, num_workers=num_workers, progress=progress,
-              on_step=on_step, monitor=monitor)
+        steps_done = train(task, dataset, run, run_dir, dist_info, resume=resume, num_workers=num_workers,
+                           progress=progress, on_step=on_step, monitor=monitor, stop_after=stop_after)
+        if steps_done < run["total_steps"]:  # stopped early: resumable, not finished
+            return run_dir
 
         if dist_info.is_main:
             encoder = task.encoder()
@@ -170,12 +174,14 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
     return run_dir
 
 
-def pretraining_scan_ids(dataset: str, fraction: float = 1.0, seed: int = 0) -> list[str]:
+def pretraining_scan_ids(dataset: str, fraction: float = 1.0, seed: int = 0,
+                         scans: pd.DataFrame | None = None) -> list[str]:
     """The pretraining set: the training split and the unlabelled pool (split ``pretrain``), external sites
-    excluded, a nested patient subsample (Fig. 4's fractions). Validation and test scans never enter it."""
+    excluded, a nested patient subsample (Fig. 4's fractions). Validation and test scans never enter it.
+    ``scans``: the dataset's scan table (default: read from the data root)."""
     from ..data.manifest import load_scans
     from ..data.splits import POOL_SPLIT, subsample_patients
-    scans = load_scans(dataset)
+    scans = load_scans(dataset) if scans is None else scans
     scans = scans[scans["split"].isin(["train", POOL_SPLIT])]
     if "site" in scans.columns:
         scans = scans[scans["site"] != "external"]
