@@ -37,6 +37,25 @@ def _test_table(p: float) -> pd.DataFrame:
                          "p_value": [0.9, 0.9, p]})
 
 
+def _comparison_table(p: float, ci_low: float, ci_high: float) -> pd.DataFrame:
+    """A ``paired_comparison``-like table: macro-AUROC p-value ``p``, 95% CI of the difference ``ci_low``–``ci_high``."""
+    return _test_table(p).assign(ci_low=[NAN, NAN, ci_low], ci_high=[NAN, NAN, ci_high])
+
+
+def _scored(patterns: dict[str, str]) -> pd.DataFrame:
+    """Predictions of each model (``protocol``) on 40 scans, 20 negative then 20 positive, for tasks ich and sdh
+    and seed 0. ``perfect`` ranks every positive above every negative (AUROC 1 on any resample), ``inverse`` the
+    reverse (0), ``constant`` scores all 0.5 (0.5: every pair tied). The paired difference of two models is then
+    the same on every bootstrap replicate (each holds both classes but with probability 2 · 2^-40), so its 95% CI
+    is a single point: perfect − constant = +0.5, inverse − constant = -0.5, constant − constant = 0."""
+    labels = np.repeat([0, 1], 20)
+    scores = {"perfect": 0.1 + 0.8 * labels + 0.001 * np.arange(40), "constant": np.full(40, 0.5)}
+    scores["inverse"] = 1 - scores["perfect"]
+    return pd.concat([pd.DataFrame({"protocol": model, "task": task, "seed": 0, "scan_id": [f"s{i}" for i in range(40)],
+                                    "label": labels, "probability": scores[pattern]})
+                      for model, pattern in patterns.items() for task in ("ich", "sdh")], ignore_index=True)
+
+
 def _predictions(runs: dict[tuple, list[float]], key: str) -> pd.DataFrame:
     """Predictions on four scans labelled 0, 0, 1, 1 per (``key`` value, task, seed, k). AUROC by hand, the
     share of (positive, negative) pairs ranked right: [.1, .2, .8, .9] → 4 of 4 = 1.0; [.9, .8, .2, .1] → 0.0;
@@ -63,6 +82,21 @@ def test_describe_comparison_says_plainly_when_the_paper_is_not_reproduced():
     assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.0) == "ft (0.600) beats scratch (0.000)."
     assert conclusions.describe_comparison("ft", NAN, "scratch", 0.7) == (
         "ft vs scratch: not measurable on this run (a metric is undefined).")
+
+
+def test_describe_comparison_calls_a_difference_whose_ci_contains_0_a_tie():
+    # lower but within the CI: a tie, not "does NOT beat"; (0.70 - 0.72) / 0.72 = -2.78 %
+    assert conclusions.describe_comparison("ft", 0.70, "scratch", 0.72, 0.5, ci=(-0.05, 0.01)) == (
+        "ft (0.700) ties scratch (0.720): -2.8% relative, 95% CI of the difference -0.050 to +0.010 (contains 0), "
+        "paired permutation p = 0.5.")
+    # higher and within the CI: a tie too; a CI that excludes 0 keeps the verb and is reported
+    assert conclusions.describe_comparison("ft", 0.75, "scratch", 0.72, ci=(0.0, 0.06)).startswith(
+        "ft (0.750) ties scratch (0.720): +4.2% relative, 95% CI of the difference +0.000 to +0.060 (contains 0).")
+    assert conclusions.describe_comparison("ft", 0.75, "scratch", 0.72, ci=(0.01, 0.06)) == (
+        "ft (0.750) beats scratch (0.720): +4.2% relative, 95% CI of the difference +0.010 to +0.060.")
+    # an undefined CI (NaN) says nothing: the numbers decide
+    assert conclusions.describe_comparison("ft", 0.70, "scratch", 0.72, ci=(NAN, NAN)) == (
+        "ft (0.700) does NOT beat scratch (0.720): -2.8% relative.")
 
 
 # --------------------------------------------------------------------------------------- 00 · data
@@ -168,7 +202,9 @@ def test_finetune_conclusion_when_fine_tuning_beats_scratch():
                         "linear": {"ich": 0.85, "sdh": 0.85, "macro": 0.85},
                         "histogram": {"ich": 0.78, "sdh": 0.78, "macro": 0.78}})
     tests = {"scratch": _test_table(0.012), "linear": _test_table(0.5), "histogram": _test_table(0.3)}
-    assert _finetune(summary, tests) == "\n".join([
+    # against the histogram, by the CI of the paired difference: +0.5, -0.5, +0.5 (see _scored)
+    predictions = _scored({"finetune": "perfect", "scratch": "inverse", "linear": "perfect", "histogram": "constant"})
+    assert _finetune(summary, tests, predictions=predictions) == "\n".join([
         # (0.8 - 0.75) / 0.75 = +6.67 %
         "- fine-tuned macro-AUC (0.800) beats scratch (0.750): +6.7% relative, paired permutation p = 0.012. "
         "Paper: 0.852 vs 0.734 (+16.07%, P < 0.001) on NYU Langone.",
@@ -180,6 +216,29 @@ def test_finetune_conclusion_when_fine_tuning_beats_scratch():
         "- Fine-tuned beats scratch on 1 of 2 tasks (paper: all 10).",  # ich 0.9 > 0.7; sdh 0.7 < 0.8
         BUDGET_02,  # one training seed: no sentence about seeds
     ])
+
+
+def test_finetune_conclusion_does_not_call_a_tie_below():
+    # fine-tuned 0.800 is numerically below the histogram's 0.810 and above scratch's 0.780, but both differences
+    # have a 95% CI that contains 0: ties, neither "below" nor "beats"
+    summary = _summary({"finetune": {"ich": 0.8, "sdh": 0.8, "macro": 0.8},
+                        "scratch": {"ich": 0.78, "sdh": 0.78, "macro": 0.78},
+                        "linear": {"ich": 0.7, "sdh": 0.7, "macro": 0.7},
+                        "histogram": {"ich": 0.81, "sdh": 0.81, "macro": 0.81}})
+    tests = {"scratch": _comparison_table(0.4, -0.02, 0.06), "linear": _comparison_table(0.01, 0.04, 0.16)}
+    # paired differences against the histogram (see _scored): finetune 0, scratch -0.5, linear +0.5
+    predictions = _scored({"finetune": "constant", "scratch": "inverse", "linear": "perfect", "histogram": "constant"})
+    lines = _finetune(summary, tests, predictions=predictions).splitlines()
+    # (0.8 - 0.78) / 0.78 = +2.56 %; (0.8 - 0.7) / 0.7 = +14.29 %
+    assert lines[0] == ("- fine-tuned macro-AUC (0.800) ties scratch (0.780): +2.6% relative, 95% CI of the difference "
+                        "-0.020 to +0.060 (contains 0), paired permutation p = 0.4. Paper: 0.852 vs 0.734 (+16.07%, "
+                        "P < 0.001) on NYU Langone.")
+    assert lines[1] == ("- fine-tuned (0.800) beats linear probe (0.700): +14.3% relative, 95% CI of the difference "
+                        "+0.040 to +0.160, paired permutation p = 0.01. Paper: probing comes close to full fine-tuning "
+                        "(Supp. Fig. 6/8).")
+    assert lines[2] == ("- Reference without a deep model (window histograms + logistic regression): 0.810; finetune "
+                        "level with it, scratch below it, linear above it (level: the 95% CI of the paired difference "
+                        "contains 0).")
 
 
 def test_finetune_conclusion_when_scratch_wins_with_several_seeds():
@@ -382,6 +441,33 @@ def test_scaling_conclusion_when_dino_grows_and_mae_does_not():
     ])
 
 
+def test_scaling_conclusion_compares_dino_with_the_control_too():
+    macro = _scaling({("internal test", "dino"): [0.70, 0.75, 0.80], ("internal test", "mae"): [0.60, 0.61, 0.62],
+                      ("internal test", "vicreg"): [0.72, 0.74, 0.81]})
+    lines = conclusions.scaling_conclusion(macro).splitlines()
+    assert lines[-2:] == [
+        "- internal test: DINO above MAE at 3 of 3 fractions (paper: DINO above MAE throughout).",
+        "- internal test: DINO above VICREG at 1 of 3 fractions (a control the paper does not have: DINO below it "
+        "means the result depends on the method).",  # only 0.75 > 0.74
+    ]
+
+
+def test_pretrain_conclusion_reads_the_spread_and_the_knn_monitor():
+    metrics = _pretrain_metrics(LOSS_DOWN)
+    metrics["feature_std"] = [0.2] + [0.3] * 8 + [0.6]
+    metrics["effective_rank"] = [2.0] * 9 + [7.5]
+    knn = [0.48] + [None] * 8 + [0.61]
+    text = conclusions.pretrain_conclusion(metrics.assign(knn_auroc=knn), "vicreg", TINY).splitlines()
+    assert text[1:] == [
+        "- Feature spread (std of the normalised features × √d; 1 = isotropic, 0 = collapsed) went from 0.200 to "
+        "0.600; effective rank 7.5.",
+        "- Validation kNN macro-AUROC of the frozen encoder: 0.480 at step 0 (the random encoder), 0.610 at step 9: "
+        "the encoder learnt features the labels separate better than the random encoder's.",
+    ]
+    flat = conclusions.pretrain_conclusion(metrics.assign(knn_auroc=[0.48] + [None] * 8 + [0.49]), "vicreg", TINY)
+    assert "0.490 at step 9: NOT better than the random encoder" in flat
+
+
 def test_scaling_conclusion_flat_lines_one_method_and_evaluations_in_order():
     # a flat line is monotonic but does not grow; one method: no DINO-vs-MAE sentence; evaluations alphabetical
     macro = _scaling({("internal test", "mae"): [0.7, 0.7, 0.7], ("external test", "mae"): [0.6, 0.65, 0.7]})
@@ -416,6 +502,19 @@ def test_embeddings_conclusion_when_the_scanner_is_not_separable():
         "- Scanner is predictable from the frozen embedding with 54.0% accuracy (chance 50.0%); thickness bin with "
         "30.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. NOT reproduced "
         "here: the scanner is not separable.")
+
+
+def test_embeddings_conclusion_says_what_the_dataset_did_not_allow():
+    # RSNA: no manufacturer, one thickness bin, no protocol groups (interpret.parts skipped them)
+    text = conclusions.embeddings_conclusion(None, None, None, None, pd.DataFrame(columns=["group", "value"]))
+    assert text == (
+        "- Scanner: not measured on this dataset; thickness bin: not measured. Paper: embeddings are separable by "
+        "manufacturer and slice thickness. Not tested here.\n"
+        "- Fine-tuned macro-AUROC by protocol group: not measured on this dataset. Paper: comparable performance "
+        "across scanner protocols.")
+    # the thickness alone measured
+    first = conclusions.embeddings_conclusion(None, None, np.array([0.6, 0.7]), 0.4, PROTOCOL_MACRO).splitlines()[0]
+    assert first.startswith("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%).")
 
 
 # --------------------------------------------------------------------------------------- 07 · attention

@@ -6,7 +6,8 @@ from scipy import stats as sps
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test,
-                               paired_runs, permutation_null, relative_improvement, task_metrics, weighted_auroc_ap)
+                               label_prevalence, paired_runs, permutation_null, relative_improvement, task_metrics,
+                               weighted_auroc_ap)
 from fmct_lib.evaluate.stats import bootstrap_indices, permutation_swaps
 
 
@@ -59,6 +60,19 @@ def test_task_metrics_match_sklearn_and_macro_is_mean():
         assert table.loc[task, "auroc"] == pytest.approx(roc_auc_score(labels[known, t], scores[known, t]))
         assert table.loc[task, "ap"] == pytest.approx(average_precision_score(labels[known, t], scores[known, t]))
     assert table.loc["macro", "auroc"] == pytest.approx(table.drop("macro")["auroc"].mean())
+
+
+def test_label_prevalence_counts_each_scan_once_whatever_the_models_and_seeds():
+    labels, scores = synthetic_predictions(n=50, seed=3)
+    one_model = long_table(labels, scores, ("ich", "sdh", "edema"))
+    # three models, the last with two seeds, on the same scans, plus a fourth model that saw only the positives
+    # of ich: the prevalence is that of the scans, not of the rows
+    table = pd.concat([one_model.assign(model=m, seed=s) for m, s in (("a", 0), ("b", 0), ("b", 1))]
+                      + [one_model[(one_model.task == "ich") & (one_model.label == 1)].assign(model="c", seed=0)])
+    expected = {t: np.nanmean(labels[:, i]) for i, t in enumerate(("ich", "sdh", "edema"))}
+    assert label_prevalence(table) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match=r"lacks columns \['label'\]"):
+        label_prevalence(table.drop(columns="label"))
 
 
 def test_bootstrap_replicates_equal_a_resampling_loop():

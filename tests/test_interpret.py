@@ -2,6 +2,7 @@
 import itertools
 import math
 
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pytest
@@ -10,9 +11,9 @@ from scipy.spatial.distance import pdist
 from scipy.stats import wilcoxon
 
 from fmct_lib.config import get_profile
-from fmct_lib.interpret import (attention_distance, attention_share_in_mask, compute_attention,
-                                lesion_attention_table, load_scan_with_mask, mask_to_canvas, mask_to_model_input,
-                                model_voxel_mm, patch_attention_rows, patch_distance_matrix,
+from fmct_lib.interpret import (AttentionResult, attention_distance, attention_share_in_mask, compute_attention,
+                                enrichment, lesion_attention_table, load_scan_with_mask, mask_to_canvas,
+                                mask_to_model_input, model_voxel_mm, patch_attention_rows, patch_distance_matrix,
                                 summarize_lesion_attention, upsample_to_volume)
 from fmct_lib.models.vit3d import vit_from_config
 from fmct_lib.data.preprocess import model_input, paper_spec, preprocess, to_canvas
@@ -283,3 +284,83 @@ def test_load_scan_with_mask_from_nifti_files(tmp_path):
     nib.save(nib.Nifti1Image(mask[:, :, :-1], affine), tmp_path / "short.nii.gz")
     with pytest.raises(ValueError, match="short.nii.gz"):
         load_scan_with_mask(tmp_path / "scan.nii.gz", tmp_path / "short.nii.gz", spec)
+
+
+# -- enrichment and Fig. 5 -------------------------------------------------------------------------
+
+def test_enrichment_is_attention_over_the_uniform_share():
+    uniform = np.full((2, 3, 4), 0.02)
+    np.testing.assert_allclose(enrichment(uniform), 1.0, rtol=1e-6)  # whatever mass the cls token kept
+    one = np.zeros((2, 3, 4))
+    one[1, 2, 3] = 0.4
+    expected = np.zeros((2, 3, 4))
+    expected[1, 2, 3] = 24.0  # all on one of 24 patches
+    np.testing.assert_allclose(enrichment(one), expected)
+    with pytest.raises(ValueError, match="non-negative"):
+        enrichment(-one)
+    with pytest.raises(ValueError, match="no mass"):
+        enrichment(np.zeros((2, 2, 2)))
+
+
+def hand_made_result(cls_grid, patch=4, distance_mm=30.0):
+    """One layer and head: cls attention ``cls_grid`` on the patches (30 % kept on the cls token), a constant
+    attention distance."""
+    cls = np.asarray(cls_grid, np.float32)
+    cls = (0.7 * cls / cls.sum())[None, None]
+    return AttentionResult(cls, np.full((1, 1), 0.3, np.float32), np.full_like(cls, distance_mm), patch, (2.0,) * 3)
+
+
+def test_fig5_shows_enrichment_on_one_log_scale_and_prints_the_lesion_enrichment():
+    """A hand-made map whose 8 lesion patches (1/8 of the volume) hold 456 of 512 units: enrichment 7.125."""
+    from matplotlib.colors import LogNorm
+    from fmct_lib.interpret import attention_figure, display_slice, lesion_enrichment
+
+    focal = np.ones((4, 4, 4))
+    focal[1:3, 1:3, 1:3] = 57.0
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:12, 4:12, 4:12] = True
+    wobble = 1.0 + 0.05 * np.random.default_rng(0).uniform(-1, 1, (4, 4, 4))
+    results = {"focal": hand_made_result(focal, distance_mm=60.0), "near uniform": hand_made_result(wobble)}
+    share, volume = attention_share_in_mask(results["focal"].attention_map(), mask)
+    assert share / volume == pytest.approx(7.125)
+    assert lesion_enrichment(results["focal"], mask) == pytest.approx(7.125, rel=1e-6)
+    near = attention_share_in_mask(results["near uniform"].attention_map(), mask)
+    image = np.random.default_rng(1).random((16, 16, 16)).astype(np.float32)
+
+    fig = attention_figure(image, results, index=6, mask=mask, label="hand-made")
+    attention_row, distance_row = fig.axes[1:3], fig.axes[4:6]  # [CT, focal, near] per row, then the colour bars
+    assert [ax.get_title() for ax in attention_row] == [
+        "focal\nlesion 7.12× uniform", f"near uniform\nlesion {near[0] / near[1]:.2f}× uniform"]
+    for ax, result in zip(attention_row, results.values()):
+        ct, overlay = ax.get_images()
+        np.testing.assert_array_equal(ct.get_array(), display_slice(image, "axial", 6))
+        assert overlay.get_cmap().name == "magma"
+        assert isinstance(overlay.norm, LogNorm) and (overlay.norm.vmin, overlay.norm.vmax) == (1 / 64, 64)
+        np.testing.assert_allclose(overlay.get_array(),
+                                   display_slice(result.enrichment_map(mode="trilinear"), "axial", 6), rtol=1e-6)
+    # not stretched to each map's maximum: the near-uniform map stays within 5 % of 1, the middle of the scale
+    near_values = attention_row[1].get_images()[1].get_array()
+    assert np.abs(np.log(near_values)).max() < np.log(1.06)
+    # distance: one linear range over both panels (30 and 60 mm), viridis
+    for ax in distance_row:
+        overlay = ax.get_images()[1]
+        assert overlay.get_cmap().name == "viridis" and (overlay.norm.vmin, overlay.norm.vmax) == (30.0, 60.0)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2 and "attention ÷ uniform" in bars[0].get_ylabel() and "mm" in bars[1].get_ylabel()
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["1/64", "1/8", "1", "8", "64"]
+    assert fig.axes[0].get_title().endswith("cyan outline: lesion")
+    plt.close(fig)
+
+
+def test_fig5_refuses_inconsistent_inputs():
+    from fmct_lib.interpret import attention_figure
+    result = hand_made_result(np.ones((4, 4, 4)))
+    image = np.zeros((16, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="covers"):
+        attention_figure(image[:8], {"a": result}, index=2)
+    with pytest.raises(ValueError, match="mask has shape"):
+        attention_figure(image, {"a": result}, index=2, mask=np.zeros((8, 8, 8), bool))
+    with pytest.raises(ValueError, match="patch grids differ"):
+        attention_figure(image, {"a": result, "b": hand_made_result(np.ones((2, 2, 2)), patch=8)}, index=2)
+    with pytest.raises(ValueError, match="outside"):
+        attention_figure(image, {"a": result}, index=16)

@@ -1,6 +1,8 @@
 """The paper's values (fmct_lib.report.paper): sources, consistency and the filter the figures use."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fmct_lib.report import paper
@@ -41,3 +43,63 @@ def test_paper_values_for_filters():
     rows = paper.paper_values_for("fig1e", "rsna", "auroc")
     assert set(rows["dataset"]) == {"rsna"} and set(rows["metric"]) == {"auroc"}
     assert len(rows) == 2 + 5  # macro fine-tuned and scratch + the five "> 0.90" haemorrhage tasks
+
+
+# ------------------------------------------------------------------------------------ against the paper's text
+PAPER_TEXT = paper.PAPER_VALUES_PATH.parents[3] / "shared" / "paper" / "nature_bme_2026.txt"
+
+
+def _normalised(text: str) -> str:
+    """Thin and no-break spaces as spaces, curly quotes straight, runs of white space as one space."""
+    text = text.replace("\u2009", " ").replace("\xa0", " ").replace("\u2019", "'").replace("\u2018", "'")
+    return " ".join(text.split())
+
+
+def _printed_forms(value: float) -> set[str]:
+    return {f"{abs(value):g}", f"{abs(value):.2f}", f"{abs(value):,.0f}"}
+
+
+@pytest.mark.skipif(not PAPER_TEXT.exists(), reason=f"the paper's text is not at {PAPER_TEXT}")
+def test_every_value_is_printed_in_its_quote_and_every_quote_is_the_papers():
+    text = _normalised(PAPER_TEXT.read_text(encoding="utf-8"))
+    for i, row in paper.load_paper_values().iterrows():
+        quote = _normalised(row["quote"])
+        for fragment in quote.split("..."):
+            assert fragment.strip() in text, f"row {i + 2}: not in the paper: {fragment.strip()!r}"
+        assert any(form in quote for form in _printed_forms(row["value"])), f"row {i + 2}: {row['value']} not quoted"
+
+
+def test_every_number_a_quote_prints_is_a_value():
+    """No number of a quoted sentence is left out (a P value, a count, a comparison model's gain)."""
+    pv = paper.load_paper_values()
+    values = {form for v in pv["value"] for form in _printed_forms(v)}
+    for quote in pv["quote"]:
+        for number in re.findall(r"\d[\d,]*\.\d+|\d{1,3}(?:,\d{3})+", _normalised(quote)):
+            assert number in values, f"{number} is printed in {quote!r} but is no row's value"
+
+
+def test_the_rsna_bounds_are_on_rsnas_five_classes():
+    rows = paper.paper_values_for("fig1e", "rsna", "auroc")
+    # Methods, 'RSNA - 5 detection tasks': any (ingested as ich), IPH, IVH, SAH and SDH; no EDH
+    assert set(rows.loc[rows.relation == ">", "task"]) == {"ich", "iph", "ivh", "sah", "sdh"}
+
+
+def test_the_ns_behind_the_cis_and_the_p_values_are_recorded():
+    pv = paper.load_paper_values()
+    n = pv[pv.metric == "n_scans"].set_index(["figure", "dataset"])["value"].to_dict()
+    assert n == {("fig1e", "nyu_langone"): 26487, ("fig1e", "nyu_long_island"): 2202, ("fig1e", "rsna"): 1058,
+                 ("fig1g", "cq500"): 236, ("fig3", "rsna"): 10379, ("fig3", "cq500"): 1572}
+    p = pv[pv.metric == "p_value"]
+    assert set(p.loc[p.figure == "fig1e", "dataset"]) == {"nyu_langone", "nyu_long_island", "rsna"}
+    assert (p.relation == "<").all() and (p.value == 0.001).all()
+
+
+def test_describe_paper_value_reads_as_the_paper_says_it():
+    pv = paper.load_paper_values()
+    lines = {paper.describe_paper_value(row) for _, row in pv.iterrows()}
+    assert {"paper (NYU Langone): fine-tuned, macro-AUROC 0.852",
+            "paper (RSNA): fine-tuned vs scratch, macro-AUROC P < 0.001",
+            "paper (CQ500): FM-HCT vs Google CT, retrieval mAP relative gain +9.99%",
+            "paper (RSNA): few-shot, IVH AUROC > 0.9 at K = 8",
+            "paper (its four datasets): Merlin vs FM-HCT, macro-AUROC relative gain -13.05%",
+            "paper (RSNA): n = 1,058 scans"} <= lines

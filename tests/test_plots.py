@@ -173,18 +173,6 @@ def test_embedding_scatter_categorical_legend_and_numeric_colourbar():
     assert len(edged.get_offsets()) == 10
 
 
-def test_attention_grid_layout_and_shape_check():
-    image = np.zeros((8, 8))
-    rows = [{"image": image, "overlays": {"pretrained": np.ones((8, 8)), "fine-tuned": np.eye(8)},
-             "mask": np.eye(8, dtype=bool), "label": "scan 1"}]
-    fig = plots.attention_grid(rows)
-    assert len(fig.axes) == 3
-    assert [a.get_title() for a in fig.axes] == ["scan 1", "pretrained", "fine-tuned"]
-    assert len(fig.axes[1].images) == 2
-    with pytest.raises(ValueError, match="shape"):
-        plots.attention_grid([{"image": image, "overlays": {"bad": np.ones((4, 4))}}])
-
-
 def test_save_figure_data_writes_only_the_table_and_the_configuration(tmp_path):
     paths = plots.save_figure_data("made_elsewhere", pd.DataFrame({"a": [1, 2]}), {"k": 1}, root=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["made_elsewhere.csv", "made_elsewhere.json"]
@@ -228,3 +216,177 @@ def test_the_committed_gallery_records_no_absolute_paths():
                 strings.append(value)
         walk(json.loads(path.read_text()))
         assert not [s for s in strings if s.startswith("/")], path.name
+
+
+# ------------------------------------------------------------------------------------ one colour per model
+# The names the notebooks give each model, written out here rather than read from plots.MODEL_ALIASES.
+SAME_MODEL = {
+    "finetune": "finetune", "in-domain fine-tuned": "finetune", "pretrained": "finetune", "fine-tuned": "finetune",
+    "scratch": "scratch", "in-domain scratch": "scratch", "histogram": "histogram", "in-domain histogram": "histogram",
+    "linear": "linear", "attentive": "attentive", "external validation": "external validation",
+    "dino": "dino", "mae": "mae", "vicreg": "vicreg", "random init": "random init",
+}
+
+
+def _bars(models, tasks=("ich", "sdh", "macro"), **kwargs):
+    rows = [dict(task=t, model=m, value=0.5 + 0.05 * i, ci_low=0.45, ci_high=0.7)
+            for i, m in enumerate(models) for t in tasks]
+    return plots.metric_bars(pd.DataFrame(rows), hue_order=list(models), **kwargs)
+
+
+def _drawn_colours(fig) -> dict[str, set]:
+    """{label: colours} of every bar, line and star drawn in ``fig``, read back from the artists."""
+    found = {}
+    for ax in fig.axes:
+        for container in ax.containers:
+            if isinstance(container, matplotlib.container.BarContainer) and container.get_label() in SAME_MODEL:
+                found.setdefault(container.get_label(), set()).update(
+                    matplotlib.colors.to_hex(p.get_facecolor()) for p in container.patches)
+        for line in ax.lines:
+            label = line.get_label().removesuffix(", all data")
+            if label in SAME_MODEL:
+                colour = line.get_markerfacecolor() if line.get_marker() == "*" else line.get_color()
+                found.setdefault(label, set()).add(matplotlib.colors.to_hex(colour))
+    return found
+
+
+def test_each_model_has_one_colour_in_every_figure_from_the_colour_blind_palette():
+    fewshot = _fewshot_frame().replace({"model": {"finetune": "pretrained"}})
+    fewshot = pd.concat([fewshot, fewshot[fewshot.model == "scratch"].assign(model="histogram")])
+    stars = pd.DataFrame({"task": ["ich"] * 3, "model": ["pretrained", "scratch", "histogram"],
+                          "value": [0.9, 0.8, 0.7]})
+    scaling = pd.DataFrame({"percent": [10, 30, 100] * 3, "method": np.repeat(["dino", "mae", "vicreg"], 3),
+                            "value": np.linspace(0.6, 0.9, 9)})
+    figures = [
+        _bars(["scratch", "finetune", "linear", "attentive", "histogram"]),                         # Fig. 1e
+        _bars(["external validation", "in-domain fine-tuned", "in-domain scratch", "in-domain histogram"]),  # 1f-g
+        plots.fewshot_curves(fewshot, full=stars),                                                  # Fig. 2
+        plots.band_lines(scaling, x="percent", hue="method"),                                      # Fig. 4
+        _bars(["dino", "mae", "vicreg", "random init"], ylabel="retrieval mAP"),                   # Fig. 3
+        _bars(["fine-tuned"], tasks=("scanner: A", "scanner: B")),                                 # Supp. Fig. 12
+    ]
+    by_model = {}
+    for fig in figures:
+        for label, colours in _drawn_colours(fig).items():
+            by_model.setdefault(SAME_MODEL[label], set()).update(colours)
+    assert set(by_model) == set(SAME_MODEL.values())
+    assert all(len(colours) == 1 for colours in by_model.values()), by_model
+    colours = [c for cs in by_model.values() for c in cs]
+    assert len(set(colours)) == len(colours), "two models share a colour"
+    import seaborn
+    assert set(colours) <= set(seaborn.color_palette("colorblind").as_hex())
+    assert plots.colour_of("in-domain fine-tuned") == plots.colour_of("pretrained") == by_model["finetune"].pop()
+
+
+def test_colour_of_an_unknown_model_names_the_known_ones_and_other_levels_take_unused_colours():
+    with pytest.raises(KeyError, match="known models are .*finetune"):
+        plots.colour_of("resnet")
+    fig = _bars(["finetune", "site A", "site B"])
+    bars = {c.get_label(): matplotlib.colors.to_hex(c.patches[0].get_facecolor()) for c in fig.axes[0].containers
+            if isinstance(c, matplotlib.container.BarContainer)}
+    assert bars["finetune"] == plots.colour_of("finetune")
+    assert len(set(bars.values())) == 3 and set(bars.values()) <= set(plots.PALETTE)
+
+
+# ------------------------------------------------------------------------------------ chance lines
+def _chance_lines(ax):
+    return [a for a in [*ax.lines, *ax.collections] if a.get_label().startswith("chance")]
+
+
+def test_auroc_panels_get_a_chance_line_at_one_half_whatever_the_prevalence():
+    ax = _bars(["scratch", "finetune"], prevalence={"ich": 0.1}).axes[0]
+    (line,) = _chance_lines(ax)
+    assert line.get_label() == "chance (AUROC 0.5)" and list(line.get_ydata()) == [0.5, 0.5]
+    fig = plots.fewshot_curves(_fewshot_frame(), ylabel="macro-AUC")
+    assert [[list(l.get_ydata()) for l in _chance_lines(a)] for a in fig.axes if a.get_visible()] == [[[0.5, 0.5]]] * 2
+
+
+def test_ap_bars_get_each_tasks_prevalence_over_its_group_and_macro_the_mean():
+    ax = _bars(["scratch", "finetune"], ylabel="AP", prevalence={"ich": 0.1, "sdh": 0.3}).axes[0]
+    (segments,) = _chance_lines(ax)
+    drawn = sorted((round(float(a[1]), 6), round(float(a[0]), 6), round(float(b[0]), 6))
+                   for a, b in segments.get_segments())
+    # groups are centred at 0 (ich), 1 (sdh), 2 (macro); each segment spans its group
+    assert drawn == [(0.1, -0.45, 0.45), (0.2, 1.55, 2.45), (0.3, 0.55, 1.45)]
+    assert not _chance_lines(_bars(["finetune"], ylabel="AP").axes[0])  # no prevalence given: no line
+
+
+def test_ap_curves_and_band_lines_get_the_prevalence_of_their_panel():
+    fig = plots.fewshot_curves(_fewshot_frame(), ylabel="AP", prevalence={"ich": 0.05, "ivh": 0.25})
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert [list(_chance_lines(a)[0].get_ydata()) for a in axes] == [[0.05, 0.05], [0.25, 0.25]]
+    df = pd.DataFrame({"percent": [10, 100] * 2, "method": ["dino"] * 4, "value": [0.2, 0.3] * 2,
+                       "evaluation": ["internal"] * 2 + ["external"] * 2})
+    fig = plots.band_lines(df, x="percent", hue="method", facet="evaluation", ylabel="macro-AP", prevalence=0.07)
+    assert [list(_chance_lines(a)[0].get_ydata()) for a in fig.axes if a.get_visible()] == [[0.07, 0.07]] * 2
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels.count("chance (prevalence)") == 1
+
+
+# ------------------------------------------------------------------------------------ print size, titles
+def _every_figure(**title):
+    rng = np.random.default_rng(0)
+    points = pd.DataFrame({"x": rng.normal(size=30), "y": rng.normal(size=30), "manufacturer": ["A", "B", "C"] * 10,
+                           "slice_thickness_mm": rng.uniform(0.5, 5, 30)})
+    many_tasks = [f"task{i}" for i in range(10)] + ["macro"]
+    fig, axes = plots.print_subplots(2, 1, height_mm=120)  # two panels drawn by a caller, as notebook 02 does
+    for ax in axes:
+        _bars(["scratch", "finetune", "linear", "attentive", "histogram"], tasks=many_tasks, ax=ax)
+    axes[0].set_title(plots.figure_title(**title), loc="left")
+    return {
+        "metric_bars": _bars(["scratch", "finetune", "linear", "attentive", "histogram"], tasks=many_tasks, **title),
+        "metric_bars on print_subplots": fig,
+        "metric_bars, few": _bars(["scratch", "finetune"], **title),
+        "fewshot_curves": plots.fewshot_curves(_fewshot_frame(), **title),
+        "band_lines": plots.band_lines(pd.DataFrame({"percent": [10, 30, 100], "method": ["mae"] * 3,
+                                                     "value": [0.6, 0.7, 0.8]}), x="percent", hue="method", **title),
+        "embedding_scatter": plots.embedding_scatter(points, **title),
+    }
+
+
+def test_every_figure_is_a_column_wide_and_its_type_prints_at_6_pt_or_more():
+    for name, fig in _every_figure(title="a title", profile="demo", training=plots.training_rule("demo")).items():
+        assert round(fig.get_figwidth() * 25.4) in (89, 183), name
+        assert plots.smallest_type_pt(fig) >= 6, name
+
+
+def test_smallest_type_counts_the_shrinking_of_a_wide_figure_and_save_figure_warns(tmp_path):
+    fig = plt.figure(figsize=(366 / 25.4, 50 / 25.4))  # twice the double column: printed at half size
+    fig.text(0.0, 0.5, "left edge", fontsize=8, ha="left")
+    fig.text(1.0, 0.5, "right edge", fontsize=6, ha="right")
+    assert plots.smallest_type_pt(fig) == pytest.approx(3.0, rel=0.05)
+    with pytest.warns(UserWarning, match=r"prints at 3\.\d pt"):
+        plots.save_figure(fig, "too_wide", pd.DataFrame({"a": [1]}), {}, root=tmp_path)
+
+
+def test_titles_name_the_profile_and_the_training_rule():
+    from fmct_lib.config import get_profile
+    demo = get_profile("demo")
+    rule = plots.training_rule("demo")
+    assert f"for {demo.finetune_patience} epochs" in rule and f"at most {demo.finetune_max_epochs} epochs" in rule
+    for name, fig in _every_figure(title="fine-tuned vs scratch", profile="demo", training=rule).items():
+        ax = fig.axes[0]
+        title = (fig._suptitle.get_text() if fig._suptitle else ax.get_title(loc="left")).replace("\n", " ")
+        assert title.startswith("fine-tuned vs scratch") and "profile demo" in title, name
+        assert " ".join(rule.split()) in " ".join(title.split()), name
+
+
+# ------------------------------------------------------------------------------------ the paper's values
+def test_metric_bars_list_the_papers_other_values_in_the_legend_and_point_bounds_upwards():
+    notes = paper.paper_values_for("fig3", "rsna")
+    ax = _bars(["dino", "mae"], ylabel="retrieval mAP", paper_notes=notes).axes[0]
+    legend = [t.get_text().replace("\n ", "") for t in ax.get_legend().get_texts()]
+    assert "paper (RSNA): FM-HCT vs Google CT, retrieval mAP relative gain +2.21%" in legend
+    assert "paper (RSNA): n = 10,379 scans" in legend
+    # RSNA's "> 0.90" on ICH and SDH: a diamond at 0.90 with an arrow pointing up from it
+    reported = paper.paper_values_for("fig1e", "rsna", "auroc")
+    fig = _bars(["scratch", "finetune"], paper=reported)
+    ax = fig.axes[0]
+    fig.draw_without_rendering()
+    arrows = [a.arrow_patch for a in ax.texts if getattr(a, "arrow_patch", None)]
+    assert len([l for l in ax.lines if l.get_marker() == "D" and l.get_ydata()[0] == 0.9]) == len(arrows) == 2
+    y_diamond = ax.transData.transform((0, 0.9))[1]
+    for arrow in arrows:
+        path = arrow.get_path()
+        ys = path.vertices[path.codes != path.CLOSEPOLY, 1]
+        assert ys.min() >= y_diamond - 1 and ys.max() > y_diamond + 8  # pixels at 100 dpi: 9 pt up = 12.5 px

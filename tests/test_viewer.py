@@ -138,14 +138,72 @@ def test_the_attended_patch_appears_where_it_is():
     expected = np.zeros((S, S), bool)
     expected[S - P:, :P] = True
     expected = np.repeat(np.repeat(expected, view.zoom, 0), view.zoom, 1)
-    hot, cold = (np.round(np.array(colormaps["jet"](v)[:3]) * 255).astype(np.uint8) for v in (1.0, 0.0))
+    # all the attention on one patch: enrichment N there (the top of the shared scale), 0 elsewhere (its bottom)
+    hot, cold = (colour("magma", v) for v in (1.0, 0.0))
     np.testing.assert_array_equal(np.all(panel == hot, axis=-1), expected)
     np.testing.assert_array_equal(np.all(panel == cold, axis=-1), ~expected)
-    # each panel scaled to its own maximum: a map with a quarter of the mass looks the same
+    # enrichment counts the patches' share of the patch attention: the mass the cls token keeps does not matter
     np.testing.assert_array_equal(view.render_panel("b"), panel)
     # a slice outside the patch shows no hot block
     view.slice.value = (target[2] + 1) * P
     assert not np.any(np.all(view.render_panel("a") == hot, axis=-1))
+
+
+def colour(cmap: str, value: float) -> np.ndarray:
+    return np.round(np.array(colormaps[cmap](value)[:3]) * 255).astype(np.uint8)
+
+
+def grid_result(cls_grid, distance=None):
+    """One layer and head with the cls attention ``cls_grid`` (g, g, g) on the patches, 30 % kept on the cls token."""
+    cls_grid = np.asarray(cls_grid, np.float32)
+    cls = (0.7 * cls_grid / cls_grid.sum())[None, None]
+    dist = np.full_like(cls, 10.0) if distance is None else np.asarray(distance, np.float32)[None, None]
+    return AttentionResult(cls, np.full((1, 1), 0.3, np.float32), dist, P, (1.0, 1.0, 1.0))
+
+
+def test_a_near_uniform_map_looks_uniform_on_the_shared_scale():
+    """Attention is drawn as multiples of the uniform map on one log scale (1/N … N, magma), not stretched to
+    each map's own maximum: a map within ±5 % of uniform stays at the scale's middle colour everywhere."""
+    g = S // P
+    wobble = 1.0 + 0.05 * np.random.default_rng(0).uniform(-1, 1, (g, g, g))
+    view = AttentionViewer(phantom(), {"near uniform": grid_result(wobble), "uniform": grid_result(np.ones((g,) * 3))})
+    view.opacity.value, view.show.value = 1.0, "attention"
+    assert view.colour_range() == (1 / g**3, g**3)
+    middle = np.broadcast_to(colour("magma", 0.5), (S * view.zoom, S * view.zoom, 3))
+    np.testing.assert_array_equal(view.render_panel("uniform"), middle)
+    near = view.render_panel("near uniform").astype(int)
+    # ±5 % is ±0.006 of the log scale's width (log 1.05 / log 64²): a colour step or two of 256
+    assert np.abs(near - colour("magma", 0.5).astype(int)).max() <= 4
+    assert "log scale 1/64 → 64, the same for every panel" in view.info.value
+
+
+def bar_strip(png: bytes) -> np.ndarray:
+    """The colours along the middle row of a horizontal colour bar's strip, left to right, its outline left out."""
+    image = decoded(png).astype(int)
+    coloured = np.any(image != 255, axis=-1)
+    middle = np.flatnonzero(coloured.mean(axis=1) > 0.8)
+    row = middle[len(middle) // 2]
+    columns = np.flatnonzero(coloured[row])
+    return image[row, columns[0] + 2:columns[-1] - 2]
+
+
+def nearest_in_colormap(pixels: np.ndarray, cmap: str) -> np.ndarray:
+    """For each RGB pixel, the index (0…255) of the closest entry of ``cmap``."""
+    lut = colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255
+    return np.argmin(((pixels[:, None, :] - lut[None]) ** 2).sum(-1), axis=1)
+
+
+def test_colour_bar_shows_the_current_scale():
+    view = AttentionViewer(phantom(), {"a": crafted_result((0, 0, 0))})
+    for show, cmap in (("attention", "magma"), ("distance", "viridis")):
+        view.show.value = show  # the observer redraws the bar
+        strip = bar_strip(view.colour_bar.value)
+        index = nearest_in_colormap(strip, cmap)
+        assert len(strip) > 200, show
+        assert index[0] <= 4 and index[-1] >= 251, (show, index[0], index[-1])  # the whole map, low to high
+        assert np.all(np.diff(index) >= 0), show                                # left to right
+        assert np.abs(strip - colormaps[cmap](index / 255)[:, :3] * 255).max() < 12  # and nothing but the map
+    assert "0.0 → 30.0 mm" in view.info.value
 
 
 def test_distance_panels_share_one_scale():
@@ -170,3 +228,129 @@ def test_bad_inputs_are_refused():
                              np.concatenate([result.distance_mm] * 2), P, result.voxel_mm)
     with pytest.raises(ValueError, match="differ in"):
         AttentionViewer(phantom(), {"a": result, "b": deeper})
+
+
+# -- lesion outline ---------------------------------------------------------------------------------
+CYAN = np.array([0, 255, 255], np.uint8)
+
+
+def lesion_case():
+    """The 8 central patches hold 8·57 of 8·57 + 56 = 512 units (89.1 % of the attention) and 1/8 of the volume:
+    lesion enrichment 0.890625 / 0.125 = 7.125."""
+    g = S // P
+    cls = np.ones((g, g, g))
+    cls[1:3, 1:3, 1:3] = 57.0
+    mask = np.zeros((S, S, S), bool)
+    mask[P:3 * P, P:3 * P, P:3 * P] = True
+    return grid_result(cls), mask
+
+
+def test_lesion_outline_is_drawn_on_every_panel_and_can_be_hidden():
+    result, mask = lesion_case()
+    view = AttentionViewer(phantom(), {"focal": result, "same": result}, mask=mask)
+    assert view.outline.value and not view.outline.disabled
+    assert view.axis.value == "axial" and view.slice.value == P  # opens on the slice with the most lesion
+    z = view.zoom
+    square = np.zeros((S * z, S * z), bool)  # the lesion's square on screen (symmetric, so the flips keep it)
+    square[P * z:3 * P * z, P * z:3 * P * z] = True
+    ring = square.copy()
+    ring[P * z + 1:3 * P * z - 1, P * z + 1:3 * P * z - 1] = False  # its one-pixel border
+    for opacity in (0.0, 0.5, 1.0):  # drawn over the image and the map alike
+        view.opacity.value = opacity
+        for name in ("focal", "same"):
+            panel = view.render_panel(name)
+            np.testing.assert_array_equal(np.all(panel == CYAN, axis=-1), ring)
+    view.outline.value = False
+    no_mask = AttentionViewer(phantom(), {"focal": result, "same": result})
+    no_mask.opacity.value, no_mask.slice.value = 1.0, P
+    np.testing.assert_array_equal(view.render(), no_mask.render())
+    assert no_mask.outline.disabled and not no_mask.outline.value
+    view.slice.value = 3 * P  # past the lesion: nothing to outline
+    view.outline.value = True
+    assert not np.any(np.all(view.render() == CYAN, axis=-1))
+
+
+def test_caption_gives_the_measured_lesion_enrichment():
+    from fmct_lib.interpret import attention_share_in_mask, lesion_enrichment
+    result, mask = lesion_case()
+    share, volume = attention_share_in_mask(result.attention_map(), mask)  # independent: mass and volume shares
+    assert share / volume == pytest.approx(7.125)
+    assert lesion_enrichment(result, mask) == pytest.approx(7.125, rel=1e-6)
+    view = AttentionViewer(phantom(), {"focal": result, "uniform": grid_result(np.ones((S // P,) * 3))}, mask=mask)
+    assert "lesion enrichment focal 7.12×, uniform 1.00×" in view.info.value
+    with pytest.raises(ValueError, match="lesion mask has shape"):
+        AttentionViewer(phantom(), {"focal": result}, mask=mask[:8])
+
+
+# -- from files ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A NIfTI head with a lesion, its mask, and a toy encoder saved as one of our checkpoints."""
+    import nibabel as nib
+    from test_interpret import lesion_scan
+    from fmct_lib.models.checkpoints import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("viewer_files")
+    hu, mask, affine = lesion_scan()
+    nib.save(nib.Nifti1Image(hu, affine), folder / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), folder / "mask.nii.gz")
+    torch.manual_seed(0)
+    save_checkpoint(folder / "encoder.safetensors", vit_from_config(TOY.model), config={"model": TOY.model.to_dict()})
+    return folder
+
+
+def test_viewer_from_a_nifti_file_and_a_checkpoint(files):
+    from fmct_lib.data.preprocess import paper_spec, preprocess
+    from fmct_lib.interpret import compute_attention, load_scan_with_mask
+    from fmct_lib.interpret.viewer import viewer_from_files
+    from fmct_lib.models.checkpoints import load_encoder
+
+    view = viewer_from_files(files / "scan.nii.gz", files / "encoder.safetensors")  # toy: the encoder's 16³ input
+    spec = paper_spec(TOY)
+    expected = preprocess(files / "scan.nii.gz", spec)
+    np.testing.assert_array_equal(view.volume, expected.numpy())
+    reference = compute_attention(load_encoder(files / "encoder.safetensors"), expected, model_voxel_mm(TOY))
+    assert list(view.results) == ["encoder.safetensors"]
+    np.testing.assert_allclose(view.results["encoder.safetensors"].cls_to_patch, reference.cls_to_patch, rtol=1e-5)
+    np.testing.assert_allclose(view.results["encoder.safetensors"].distance_mm, reference.distance_mm, rtol=1e-5)
+    assert view.mask is None and view.outline.disabled
+
+    with_mask = viewer_from_files(files / "scan.nii.gz", files / "encoder.safetensors", mask_path=files / "mask.nii.gz")
+    _, labels = load_scan_with_mask(files / "scan.nii.gz", files / "mask.nii.gz", spec)
+    np.testing.assert_array_equal(with_mask.mask, labels > 0)
+    assert with_mask.mask.any() and "lesion enrichment encoder.safetensors" in with_mask.info.value
+
+    # the authors' chain: the head's box stretched to the input, voxel sizes per axis from its affine
+    stretched = viewer_from_files(files / "scan.nii.gz", files / "encoder.safetensors", preset="reference")
+    from fmct_lib.data.preprocess import reference_spec
+    np.testing.assert_array_equal(stretched.volume, preprocess(files / "scan.nii.gz", reference_spec(TOY)).numpy())
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("missing scan", FileNotFoundError, r"nowhere\.nii\.gz: CT volume not found"),
+    ("corrupt scan", ValueError, r"broken\.nii\.gz"),
+    ("missing checkpoint", FileNotFoundError, r"nowhere\.safetensors"),
+    ("corrupt checkpoint", ValueError, r"garbage\.pth"),
+    ("wrong profile", ValueError, r"encoder\.safetensors: the encoder takes 16³ inputs, profile 'demo' makes 32³"),
+    ("mask with the reference chain", ValueError, r"mask\.nii\.gz: a lesion mask needs the paper chain"),
+])
+def test_viewer_from_files_names_the_bad_file(files, tmp_path, case, error, message):
+    from fmct_lib.interpret.viewer import viewer_from_files
+
+    scan, checkpoint, kwargs = files / "scan.nii.gz", files / "encoder.safetensors", {}
+    if case == "missing scan":
+        scan = tmp_path / "nowhere.nii.gz"
+    elif case == "corrupt scan":
+        scan = tmp_path / "broken.nii.gz"
+        scan.write_bytes((files / "scan.nii.gz").read_bytes()[:200])
+    elif case == "missing checkpoint":
+        checkpoint = tmp_path / "nowhere.safetensors"
+    elif case == "corrupt checkpoint":
+        checkpoint = tmp_path / "garbage.pth"
+        checkpoint.write_bytes(b"not a checkpoint at all" * 10)
+    elif case == "wrong profile":
+        kwargs = {"profile": "demo"}
+    else:
+        kwargs = {"preset": "reference", "mask_path": files / "mask.nii.gz"}
+    with pytest.raises(error, match=message):
+        viewer_from_files(scan, checkpoint, **kwargs)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["auroc", "average_precision", "task_metrics", "weighted_auroc_ap", "predictions_to_wide",
+__all__ = ["auroc", "average_precision", "task_metrics", "label_prevalence", "weighted_auroc_ap", "predictions_to_wide",
            "sort_groups", "group_sums", "auroc_ap_from_groups", "undefined_reason", "is_undefined",
            "macro_reason"]
 
@@ -77,6 +77,16 @@ def task_metrics(predictions: pd.DataFrame, by: tuple[str, ...] = ("task",)) -> 
                  "reason": macro_reason(dict(zip(table["task"], table["reason"])))}
         table = pd.concat([table, pd.DataFrame([macro])], ignore_index=True)
     return table
+
+
+def label_prevalence(predictions: pd.DataFrame) -> dict[str, float]:
+    """{task: fraction of positive scans} over the scans a predictions table evaluates, each scan counted once
+    however many models, seeds or K-shot draws predicted it: about the AP of a random ranking (a figure's
+    chance line)."""
+    _check_columns(predictions, ["scan_id", "task", "label"])
+    scans = predictions.drop_duplicates(["scan_id", "task"])
+    labels = pd.to_numeric(scans["label"], errors="coerce")
+    return {str(task): float(y.mean()) for task, y in labels.groupby(scans["task"], sort=False) if y.notna().any()}
 
 
 def macro_reason(reasons: dict, metric: str | None = None) -> str:

@@ -8,6 +8,11 @@
   probabilities as the model computed them: any normalisation for display is the viewer's business;
 - the **attention distance** of every patch, Eq. 1 (``distance.py``), in mm.
 
+For display and for comparing encoders, :func:`enrichment` puts a cls-to-patch map on the scale of a uniform
+map: each patch's share of the patch attention times the number of patches N, so 1 is "as much as a uniform
+map gives every patch", N is "everything on this patch" and 0 is "nothing here". The mean enrichment over a
+lesion is the lesion enrichment of ``lesion.py`` (attention share / volume share).
+
 Both are small, ``(layers, heads, g0, g1, g2)``, so a viewer can move through layers, heads and slices
 without running the model again. :func:`upsample_to_volume` puts a grid map back at full resolution with
 the patch geometry of the encoder: patch (i, j, k) covers voxels ``[i·p, (i+1)·p)`` on each axis.
@@ -23,13 +28,27 @@ import torch.nn.functional as F
 
 from .distance import attention_distance, patch_attention_rows, patch_distance_matrix
 
-__all__ = ["AttentionResult", "compute_attention", "upsample_to_volume", "reduce_layers_heads"]
+__all__ = ["AttentionResult", "compute_attention", "upsample_to_volume", "reduce_layers_heads", "enrichment"]
 
 
 def reduce_layers_heads(values: np.ndarray, layer: int | None = None, head: int | None = None) -> np.ndarray:
     """Select from a ``(layers, heads, …)`` array; ``None`` averages over that axis."""
     values = values.mean(axis=0) if layer is None else values[layer]
     return values.mean(axis=0) if head is None else values[head]
+
+
+def enrichment(grid_map: np.ndarray) -> np.ndarray:
+    """A non-negative patch map (g0, g1, g2) as multiples of the uniform map: ``map / map.sum() · N`` (N patches).
+
+    The map is renormalised over the patches first, so the mass the cls token keeps on itself and on the
+    registers does not count: a map that spreads its patch attention evenly is 1 everywhere."""
+    grid_map = np.asarray(grid_map, dtype=np.float64)
+    if grid_map.ndim != 3 or grid_map.min() < 0:
+        raise ValueError(f"expected a non-negative 3-D patch map, got shape {grid_map.shape}, min {grid_map.min():.3g}")
+    total = grid_map.sum()
+    if total <= 0:
+        raise ValueError("the attention map has no mass on the patches")
+    return (grid_map / total * grid_map.size).astype(np.float32)
 
 
 def upsample_to_volume(grid_map: np.ndarray, patch_size: int, mode: str = "nearest") -> np.ndarray:
@@ -76,12 +95,21 @@ class AttentionResult:
         return tuple(self.cls_to_patch.shape[2:])
 
     @property
+    def num_patches(self) -> int:
+        return int(np.prod(self.grid))
+
+    @property
     def volume_shape(self) -> tuple[int, int, int]:
         return tuple(g * self.patch_size for g in self.grid)
 
     def attention_map(self, layer: int | None = -1, head: int | None = None, mode: str = "nearest") -> np.ndarray:
         """cls-to-patch attention at full resolution; ``None`` averages over layers / heads."""
         return upsample_to_volume(reduce_layers_heads(self.cls_to_patch, layer, head), self.patch_size, mode)
+
+    def enrichment_map(self, layer: int | None = -1, head: int | None = None, mode: str = "nearest") -> np.ndarray:
+        """cls-to-patch attention as multiples of the uniform map (:func:`enrichment`), at full resolution."""
+        return upsample_to_volume(enrichment(reduce_layers_heads(self.cls_to_patch, layer, head)), self.patch_size,
+                                  mode)
 
     def distance_map(self, layer: int | None = None, head: int | None = None, mode: str = "nearest") -> np.ndarray:
         """Attention distance (mm) at full resolution; the default averages over heads and layers (Fig. 5)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,24 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import wilcoxon
 
-__all__ = ["load_scan_with_mask", "mask_to_canvas", "mask_to_model_input", "attention_share_in_mask",
+from ..data.synthetic.lesions import BLEEDS, LABEL_CODES
+
+# the tasks whose lesions the synthetic label maps hold: one code each, ``ich`` any bleed
+MASKED_TASKS = (*LABEL_CODES, "ich")
+
+
+def task_mask(labels: np.ndarray, tasks) -> np.ndarray:
+    """The voxels of a label map (codes ``LABEL_CODES``) that belong to the lesions of ``tasks`` (a task or a
+    list; ``ich`` is every bleed)."""
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    unknown = sorted(set(tasks) - set(MASKED_TASKS))
+    if unknown:
+        raise ValueError(f"no lesion mask for tasks {unknown}; masks exist for {list(MASKED_TASKS)}")
+    codes = {LABEL_CODES[b] for t in tasks for b in (BLEEDS if t == "ich" else (t,))}
+    return np.isin(labels, sorted(codes))
+
+__all__ = ["MASKED_TASKS", "task_mask", "load_case", "load_scan_with_mask", "mask_to_canvas", "mask_to_model_input",
+           "attention_share_in_mask",
            "lesion_attention_table", "summarize_lesion_attention"]
 
 
@@ -91,6 +109,17 @@ def load_scan_with_mask(volume_path, mask_path, spec) -> tuple[torch.Tensor, np.
     image = model_input(to_canvas(hu, affine, spec, str(volume_path))[None], spec)[0]
     canvas_labels = mask_to_canvas(hu, np.rint(labels).astype(np.uint8), affine, spec)
     return image, mask_to_model_input(canvas_labels, spec)
+
+
+def load_case(row: Mapping, spec, folder) -> tuple[torch.Tensor, np.ndarray | None]:
+    """One scan-table row as (model input (3, S, S, S), its lesion label map on the same grid or None): the
+    label map where the row has a ``mask_path`` (relative to the scan table's ``folder``), else None."""
+    from ..data.preprocess import preprocess
+
+    mask_path = row.get("mask_path")
+    if isinstance(mask_path, str) and mask_path.strip():
+        return load_scan_with_mask(row["path"], Path(folder) / mask_path, spec)
+    return preprocess(row["path"], spec), None
 
 
 def attention_share_in_mask(attention: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

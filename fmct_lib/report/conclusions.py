@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..evaluate import paired_runs
+from ..evaluate import paired_comparison, paired_runs
 from .paper import PAPER_DATASET_NAMES, paper_values_for
 
 __all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "finetune_conclusion",
@@ -18,21 +18,31 @@ __all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "fin
 
 
 def describe_comparison(name_a: str, a: float, name_b: str, b: float, p_value: float | None = None,
-                        paper: str | None = None) -> str:
+                        paper: str | None = None, ci: tuple[float, float] | None = None) -> str:
     """One honest sentence: which of two numbers is higher, by how much (relative, as the paper reports
-    it), with the p-value, and what the paper found for the same comparison."""
+    it), with the p-value, and what the paper found for the same comparison. ``ci``: the 95% CI of the
+    difference a − b, where there is one; a CI that contains 0 makes the two a tie, whichever number is higher."""
     if pd.isna(a) or pd.isna(b):
         return f"{name_a} vs {name_b}: not measurable on this run (a metric is undefined)."
-    verb = "beats" if a > b else ("ties" if a == b else "does NOT beat")
+    tie = _is_tie(ci)
+    verb = "ties" if a == b or tie else ("beats" if a > b else "does NOT beat")
     text = f"{name_a} ({a:.3f}) {verb} {name_b} ({b:.3f})"
     if b > 0:
         text += f": {100.0 * (a - b) / b:+.1f}% relative"
+    if ci is not None and not np.isnan(ci).any():
+        text += (f"{',' if b > 0 else ':'} 95% CI of the difference {ci[0]:+.3f} to {ci[1]:+.3f}"
+                 + (" (contains 0)" if tie else ""))
     if p_value is not None and not pd.isna(p_value):
         text += f", paired permutation p = {p_value:.3g}"
     text += "."
     if paper:
         text += f" Paper: {paper}."
     return text
+
+
+def _is_tie(ci: tuple[float, float] | None) -> bool:
+    """Whether a 95% CI of a difference contains 0 (False without a CI, or with an undefined one)."""
+    return ci is not None and not np.isnan(ci).any() and ci[0] <= 0 <= ci[1]
 
 
 def _bullets(lines: list[str]) -> str:
@@ -47,6 +57,31 @@ def _macro_auroc(summary: pd.DataFrame) -> pd.Series:
 def _macro_auroc_p(test: pd.DataFrame) -> float:
     """The macro-AUROC p-value of a ``paired_permutation_test`` table."""
     return test.query("task == 'macro' and metric == 'auroc'")["p_value"].item()
+
+
+def _macro_auroc_ci(test: pd.DataFrame) -> tuple[float, float] | None:
+    """The 95% CI of the macro-AUROC difference of a ``paired_comparison`` table (None for a
+    ``paired_permutation_test`` table, which has none)."""
+    if not {"ci_low", "ci_high"} <= set(test.columns):
+        return None
+    row = test.query("task == 'macro' and metric == 'auroc'")
+    return float(row["ci_low"].item()), float(row["ci_high"].item())
+
+
+def _against_reference(predictions: pd.DataFrame, model: str, reference: str, profile) -> str:
+    """Where ``model``'s macro-AUROC stands against ``reference``'s, on the tasks both have: ``above``, ``below``,
+    ``not comparable with`` (an undefined metric), or ``level with`` where the 95% bootstrap CI of the paired
+    difference (``paired_comparison``, the profile's resamples, seeded as the notebook's comparisons: the first
+    training seed) contains 0."""
+    pick = {m: predictions[predictions.protocol == m] for m in (model, reference)}
+    common = set(pick[model]["task"]) & set(pick[reference]["task"])
+    a, b = (pick[m][pick[m]["task"].isin(common)] for m in (model, reference))
+    comparison = paired_comparison(a, b, n_boot=profile.n_bootstrap, n_perm=profile.n_permutations,
+                                   seed=int(predictions["seed"].min()))
+    lo, hi = _macro_auroc_ci(comparison)
+    if np.isnan([lo, hi]).any():
+        return "not comparable with"
+    return "level with" if _is_tie((lo, hi)) else ("above" if lo > 0 else "below")
 
 
 # --------------------------------------------------------------------------------------- 00 · data
@@ -92,6 +127,21 @@ def pretrain_conclusion(metrics: pd.DataFrame, method: str, profile) -> str:
             state = "between one-hot and uniform, no sign of collapse"
         lines.append(f"Teacher entropy {h:.3f} nats of a possible {h_max:.3f}, KL of the batch-mean output to uniform "
                      f"{kl:.3g} (last 10% of steps): {state}.")
+    if "feature_std" in metrics and metrics["feature_std"].notna().any():
+        std = metrics["feature_std"].dropna()
+        k = max(1, len(std) // 10)
+        lines.append(f"Feature spread (std of the normalised features × √d; 1 = isotropic, 0 = collapsed) went from "
+                     f"{std.head(k).mean():.3f} to {std.tail(k).mean():.3f}"
+                     + (f"; effective rank {metrics['effective_rank'].dropna().tail(k).mean():.1f}"
+                        if "effective_rank" in metrics else "") + ".")
+    if "knn_auroc" in metrics and metrics["knn_auroc"].notna().sum() >= 2:
+        knn = metrics.dropna(subset=["knn_auroc"])
+        start, end = knn["knn_auroc"].iloc[0], knn["knn_auroc"].iloc[-1]
+        verdict = ("the encoder learnt features the labels separate better than the random encoder's"
+                   if end > start + 0.02 else "NOT better than the random encoder: the pretraining learnt no "
+                   "feature the findings separate (see docs/experiments.md)")
+        lines.append(f"Validation kNN macro-AUROC of the frozen encoder: {start:.3f} at step 0 (the random encoder), "
+                     f"{end:.3f} at step {int(knn['step'].iloc[-1])}: {verdict}.")
     return _bullets(lines)
 
 
@@ -126,7 +176,9 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
     ``summary``: ``bootstrap_ci`` rows with ``model``; ``tests``: {protocol: ``paired_permutation_test`` of
     fine-tuned against it}; ``runs``: per model, seed and task (``macro`` included) ``auroc``;
     ``predictions``: the sweep's table (``protocol``, ``seed``); ``paper``: the paper's Fig. 1e AUROCs for
-    ``paper_name``; ``protocols``: the order in which the seeds' values are listed."""
+    ``paper_name``; ``protocols``: the order in which the seeds' values are listed. Where ``tests`` hold the 95%
+    CI of the difference (``paired_comparison``) and it contains 0, the two models tie; every deep model is placed
+    against the histogram reference by the same rule (``_against_reference``)."""
     macro = _macro_auroc(summary)
     paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
     seeds = sorted(predictions["seed"].unique().tolist())
@@ -136,17 +188,20 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
         claim = (f"{paper_macro['finetune']:.3f} vs {paper_macro['scratch']:.3f} ({reported.item():+.2f}%, "
                  f"P < 0.001) on {PAPER_DATASET_NAMES.get(paper_name, paper_name)}" if len(paper_macro) == 2 else None)
         lines.append(describe_comparison("fine-tuned macro-AUC", macro["finetune"], "scratch", macro["scratch"],
-                                         _macro_auroc_p(tests["scratch"]), claim))
+                                         _macro_auroc_p(tests["scratch"]), claim, _macro_auroc_ci(tests["scratch"])))
     for probe in ("linear", "attentive"):
         if probe in macro and "finetune" in macro:
             lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe],
                                              _macro_auroc_p(tests[probe]),
-                                             "probing comes close to full fine-tuning (Supp. Fig. 6/8)"))
+                                             "probing comes close to full fine-tuning (Supp. Fig. 6/8)",
+                                             _macro_auroc_ci(tests[probe])))
     if "histogram" in macro:
         deep = [m for m in ("finetune", "scratch", "linear", "attentive") if m in macro]
+        places = {m: _against_reference(predictions, m, "histogram", profile) for m in deep}
         lines.append("Reference without a deep model (window histograms + logistic regression): "
-                     f"{macro['histogram']:.3f}; "
-                     + ", ".join(f"{m} {'above' if macro[m] > macro['histogram'] else 'below'} it" for m in deep) + ".")
+                     f"{macro['histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())
+                     + (" (level: the 95% CI of the paired difference contains 0)" if "level with" in places.values()
+                        else "") + ".")
     per_task = summary[(summary.metric == "auroc") & (summary.task != "macro")].pivot(index="task", columns="model",
                                                                                       values="value")
     if {"finetune", "scratch"} <= set(per_task.columns):
@@ -253,10 +308,11 @@ def scaling_conclusion(macro: pd.DataFrame) -> str:
                      else "does NOT grow monotonically")
             lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "
                          f"{', '.join(f'{f:.0%}' for f in table.index)}: it {trend} with pretraining data.")
-        if {"dino", "mae"} <= set(table.columns):
-            above = int((table["dino"] > table["mae"]).sum())
-            lines.append(f"{evaluation}: DINO above MAE at {above} of {len(table)} fractions "
-                         "(paper: DINO above MAE throughout).")
+        for other in [m for m in table.columns if m != "dino"] if "dino" in table.columns else []:
+            above = int((table["dino"] > table[other]).sum())
+            paper = ("paper: DINO above MAE throughout" if other == "mae" else
+                     "a control the paper does not have: DINO below it means the result depends on the method")
+            lines.append(f"{evaluation}: DINO above {other.upper()} at {above} of {len(table)} fractions ({paper}).")
     return _bullets(lines)
 
 
@@ -265,15 +321,21 @@ def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance:
     """06_embeddings (Supp. Figs. 10–13): how well the scanner and the slice-thickness bin are predicted from the
     frozen embedding (``accuracy``, ``thick_accuracy``: the folds' accuracies) against chance (paper: separable
     by both), and the spread of fine-tuned macro-AUROC over protocol groups (``macro``: one ``value`` per
-    group; paper: comparable performance)."""
-    spread = macro["value"].max() - macro["value"].min()
+    group; paper: comparable performance). A part the dataset did not allow (``interpret.parts``) is passed as
+    ``None`` (an accuracy) or an empty ``macro`` and reported as not measured."""
+    scanner = ("Scanner: not measured on this dataset" if accuracy is None else
+               f"Scanner is predictable from the frozen embedding with {accuracy.mean():.1%} accuracy "
+               f"(chance {chance:.1%})")
+    thickness = ("thickness bin: not measured" if thick_accuracy is None else
+                 f"thickness bin with {thick_accuracy.mean():.1%} (chance {thick_chance:.1%})")
+    verdict = ("Not tested here." if accuracy is None else "Same here." if accuracy.mean() > chance + 0.05 else
+               "NOT reproduced here: the scanner is not separable.")
+    protocols = ("Fine-tuned macro-AUROC by protocol group: not measured on this dataset" if macro.empty else
+                 f"Fine-tuned macro-AUROC across protocol groups ranges {macro['value'].min():.3f}–"
+                 f"{macro['value'].max():.3f} (spread {macro['value'].max() - macro['value'].min():.3f})")
     return _bullets([
-        f"Scanner is predictable from the frozen embedding with {accuracy.mean():.1%} accuracy (chance {chance:.1%}); "
-        f"thickness bin with {thick_accuracy.mean():.1%} (chance {thick_chance:.1%}). Paper: embeddings are separable "
-        "by manufacturer and slice thickness. " + ("Same here." if accuracy.mean() > chance + 0.05 else
-                                                    "NOT reproduced here: the scanner is not separable."),
-        f"Fine-tuned macro-AUROC across protocol groups ranges {macro['value'].min():.3f}–{macro['value'].max():.3f} "
-        f"(spread {spread:.3f}). Paper: comparable performance across scanner protocols.",
+        f"{scanner}; {thickness}. Paper: embeddings are separable by manufacturer and slice thickness. {verdict}",
+        f"{protocols}. Paper: comparable performance across scanner protocols.",
     ])
 
 

@@ -54,7 +54,6 @@ if dataset == "synthetic":
 # ## One scan through the preprocessing chain, and the cache the other notebooks read
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 from fmct_lib.interpret.viewer import display_slice
 from fmct_lib.data.preprocess import load_volume, model_input, paper_spec, place_on_canvas, resample
@@ -76,14 +75,14 @@ steps = {
     f"canvas {spec.canvas}³": canvas.numpy(),
     **{f"window {lv:g}/{w:g} → {spec.input_size}³": x[i].numpy() for i, (lv, w) in enumerate(spec.windows)},
 }
-fig, axes = plt.subplots(1, len(steps), figsize=(2.6 * len(steps), 2.9))
+fig, axes = plots.print_subplots(1, len(steps), height_mm=52)
 for ax, (title, vol) in zip(axes, steps.items()):
     is_hu = vol.max() > 1.5  # HU until the windows scale to [0, 1]
     ax.imshow(display_slice(vol, "axial", vol.shape[2] // 2), cmap="gray", vmin=0, vmax=80 if is_hu else 1)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title)
     ax.axis("off")
-fig.suptitle(f"{dataset} scan {example_scan}: axial mid-slice at each step (HU in the brain window; radiological view)", fontsize=9)
-fig.tight_layout()
+fig.suptitle(plots.figure_title(f"{dataset} scan {example_scan}: axial mid-slice at each step (HU in the brain window; "
+                                "radiological view)", profile=P.name), x=0.0, ha="left")
 summary = counts.join(protocol).join(prevalence).reset_index()
 plots.save_figure(fig, naming.figure_name("fig0b_preprocessing_chain", dataset, P), summary,
                   {"dataset": dataset, "profile": P.to_dict(), "spec": spec.to_dict(), "spec_hash": spec.hash,

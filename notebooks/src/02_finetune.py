@@ -16,8 +16,9 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
+method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None        # or an encoder checkpoint (ours or the authors' released weights)
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 tasks = None             # default: the dataset's tasks with positives in the test split
 protocols = ["scratch", "finetune", "linear", "attentive", "histogram"]
 site = "internal"        # synthetic cohort: train and test on this site (ignored without a site column)
@@ -27,12 +28,13 @@ n_seeds = None           # training seeds seed, seed+1, … of every model (defa
 from fmct_lib import pipeline
 from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
+                   checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 
 # %%
 tasks = S.tasks(tasks)
-encoder = S.encoder(checkpoint=checkpoint)
+encoder = S.encoder()
 n_seeds = n_seeds or P.finetune_seeds
 predictions = S.sweep(tasks, protocols, encoder, n_seeds=n_seeds)
 seeds = sorted(predictions["seed"].unique().tolist())
@@ -56,25 +58,31 @@ runs = pd.concat([runs, runs.groupby(["model", "seed"], as_index=False)[["auroc"
 summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3)
 
 # %%
-import matplotlib.pyplot as plt
+from fmct_lib.evaluate import label_prevalence
 
 paper_name = naming.paper_dataset(dataset, site if S.site_filter else None)
-reported = paper.paper_values_for("fig1e", paper_name, "auroc")
+known = paper.paper_values_for("fig1e", paper_name)  # AUROCs (drawn on the bars); gain, P value, n (legend lines)
+reported = known[known.metric == "auroc"].reset_index(drop=True)
 order = [t for t in tasks if t in set(summary.task)] + ["macro"]
-fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(order) + 3), 6.5))
+prevalence = label_prevalence(predictions)  # of each task's test scans: the AP of a random ranking
+title = (f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
+         f"(n = {predictions.scan_id.nunique()} scans)"
+         + (f", mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""))
+top = dict(title=title, profile=P.name, training=plots.training_rule(P), paper=reported,
+           paper_notes=known[known.metric != "auroc"])  # on the AUROC panel
+fig, axes = plots.print_subplots(2, 1, height_mm=120)
 for ax, metric, label in zip(axes, ("auroc", "ap"), ("AUROC", "AP")):
     plots.metric_bars(summary[summary.metric == metric], x="task", hue="model", order=order, hue_order=protocols,
-                      ylabel=label, paper=reported if metric == "auroc" else None,
-                      points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None, ax=ax)
-axes[0].set_title(f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
-                  f"(n = {predictions.scan_id.nunique()} scans)"
-                  + (f", mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""), fontsize=9)
-fig.tight_layout()
+                      ylabel=label, prevalence=prevalence, ax=ax,
+                      points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None,
+                      **(top if metric == "auroc" else {}))
 name = naming.figure_name("fig1e_finetune_vs_scratch", dataset, P)
-comparisons.save_comparison(name, comparisons.with_paper(comparison, paper.paper_values_for("fig1e", paper_name)))
+comparisons.save_comparison(name, comparisons.with_paper(comparison, known))
 plots.save_figure(fig, name, summary,
                   {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "encoder": str(encoder),
-                   "tasks": tasks, "protocols": protocols, "seed": seed, "seeds": seeds, "paper_counterpart": paper_name})
+                   "preset": preset, "spec": S.spec.hash,
+                   "tasks": tasks, "protocols": protocols, "seed": seed, "seeds": seeds,
+                   "paper_counterpart": paper_name, "test_prevalence": prevalence})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -18,8 +18,9 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
+method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 tasks = None
 source_site = "internal"   # synthetic: the site the transferred model is trained on
 target_site = "external"   # synthetic: the site it is tested on (and fine-tuned on, in-domain)
@@ -30,7 +31,8 @@ n_seeds = None             # training seeds seed, seed+1, … of every model (de
 from fmct_lib import pipeline
 from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, preset=preset,
+                   checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 target_dataset = target_dataset or dataset
 target_scans = scans if target_dataset == dataset else S.other(target_dataset)
@@ -45,7 +47,7 @@ source = {"site": source_site} if has_sites else None
 target = {"site": target_site} if has_sites else None
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
 tasks = S.tasks(tasks, rows=target_rows)  # the source's tasks the target has labels for
-encoder = S.encoder(checkpoint=checkpoint)
+encoder = S.encoder()
 n_seeds = n_seeds or P.finetune_seeds
 runs = {
     "external validation": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
@@ -75,21 +77,26 @@ summary.pivot_table(index="task", columns=["metric", "model"], values="value").r
 
 # %%
 paper_name = naming.paper_dataset(target_dataset, target_site if has_sites else None)
-reported = paper.paper_values_for(None, paper_name, "auroc")
+known = paper.paper_values_for(None, paper_name)
+known = known[known.figure.isin(["fig1e", "fig1g"])]  # AUROCs (drawn on the bars); gain, P value, n (legend lines)
+reported = known[known.metric == "auroc"].reset_index(drop=True)
 reported = reported.assign(model=reported["model"].map({"finetune": "in-domain fine-tuned", "scratch": "in-domain scratch"}))
 order = [t for t in tasks if t in common] + ["macro"]
 hue_order = list(runs)
-fig = plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order,
-                        hue_order=hue_order, paper=reported)
-fig.axes[0].set_title(f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
-                      f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
-                      + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""), fontsize=9)
+title = (f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
+         f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
+         + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""))
+fig, ax = plots.print_subplots(height_mm=70)  # two columns wide: the legend lists the paper's gain, P and n
+plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order, hue_order=hue_order,
+                  paper=reported, paper_notes=known[known.metric != "auroc"], title=title, profile=P.name,
+                  training=plots.training_rule(P), ax=ax)
 name = naming.figure_name("fig1fg_transfer", dataset, P)
-comparisons.save_comparison(name, comparisons.with_paper(comparison, paper.paper_values_for(None, paper_name), {
+comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
     "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
 plots.save_figure(fig, name, summary,
                   {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
                    "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
+                   "preset": preset, "spec": S.spec.hash,
                    "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "paper_counterpart": paper_name})
 
 # %% [markdown]

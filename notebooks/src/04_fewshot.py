@@ -15,8 +15,9 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
+method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 tasks = None            # default: the dataset's tasks with at least max(shots) training positives
 shots = None            # default: the profile's (paper: 8, 16, 32, 64, 128, 256)
 resamples = None        # default: the profile's (paper: 5)
@@ -29,7 +30,8 @@ n_seeds = None          # training seeds of the all-data runs (the stars), as in
 from fmct_lib import pipeline
 from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
+                   checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 
 # %%
@@ -38,7 +40,7 @@ import pandas as pd
 shots = list(shots or P.fewshot_shots)
 resamples = resamples or P.fewshot_resamples
 tasks = S.tasks(tasks)
-encoder = S.encoder(checkpoint=checkpoint)
+encoder = S.encoder()
 n_seeds = n_seeds or P.finetune_seeds  # the stars: the all-data runs of 02, reused when it ran
 # every model sees the same K-shot draws (resample r: seed + r); runs that lack K positives are skipped
 draws = dict(shots=shots, resamples=resamples)
@@ -67,20 +69,24 @@ comparison = pd.concat([paired_comparison(g[g.model == "pretrained"], g[g.model 
 summary.pivot_table(index=["task", "k"], columns=["metric", "model"], values="mean", sort=False).round(3)
 
 # %%
+from fmct_lib.evaluate import label_prevalence
+
 reported = paper.paper_values_for("fig2", naming.paper_dataset(dataset, site if S.site_filter else None), "auroc")
-figures = {}
+prevalence = label_prevalence(predictions)  # of each task's test scans: the AP of a random ranking
+title = (f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
+         f"stars: all training data ({n_seeds} training seed{'s' * (n_seeds != 1)})")
 for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
     fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
-                               paper=reported if metric == "auroc" else None)
-    fig.suptitle(f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
-                 f"stars: all training data ({n_seeds} training seed{'s' * (n_seeds != 1)})",
-                 fontsize=9, y=1.02)
+                               paper=reported if metric == "auroc" else None, prevalence=prevalence, title=title,
+                               profile=P.name, training=plots.training_rule(P))
     name = naming.figure_name(f"fig2_fewshot_{metric}", dataset, P)
     comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported))
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
-                       "encoder": str(encoder), "tasks": tasks, "shots": shots, "resamples": resamples,
-                       "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds})
+                       "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
+                       "shots": shots, "resamples": resamples,
+                       "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds,
+                       "test_prevalence": prevalence})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -5,14 +5,15 @@
 # performance grows with the pretraining data for both, with DINO above MAE (Results, "Scaling up
 # pretraining data"; Methods). Here: the same nested patient subsamples of the pretraining pool, each
 # encoder evaluated by the same downstream protocol on the internal test split and, without any
-# fine-tuning on it, on the external site.
+# fine-tuning on it, on the external site. VICReg, a control that is not in the paper, tells whether a
+# difference comes from DINO's sensitivity to small batches (`fmct_lib/train/methods/vicreg.py`).
 
 # %% tags=["parameters"]
 dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-methods = ["dino", "mae"]
+methods = ["dino", "mae", "vicreg"]   # dino | mae | vicreg (the control; not in the paper)
 fractions = [0.1, 0.3, 1.0]
 protocol = "linear"      # downstream protocol per encoder: linear | attentive | finetune (paper: fine-tuning)
 tasks = None
@@ -50,13 +51,14 @@ summary = pd.concat([bootstrap_ci(g.drop(columns=["method", "fraction", "evaluat
                      .assign(method=m, fraction=f, evaluation=e)
                      for (m, f, e), g in predictions.groupby(["method", "fraction", "evaluation"])], ignore_index=True)
 macro = summary[summary.task == "macro"].assign(percent=lambda d: 100 * d.fraction)
-# DINO against MAE at every fraction, on the same test scans (the paper: DINO above MAE)
+# DINO against every other method at every fraction, on the same test scans (the paper: DINO above MAE)
 grouped = {key: g.drop(columns=["method", "fraction", "evaluation"])
            for key, g in predictions.groupby(["method", "fraction", "evaluation"])}
-comparison = pd.concat([paired_comparison(grouped["dino", f, e], grouped["mae", f, e], n_boot=P.n_bootstrap,
+comparison = pd.concat([paired_comparison(grouped["dino", f, e], grouped[other, f, e], n_boot=P.n_bootstrap,
                                           n_perm=P.n_permutations, seed=seed)
-                        .assign(model_a="dino", model_b="mae", fraction=f, evaluation=e)
-                        for (m, f, e) in grouped if m == "dino" and ("mae", f, e) in grouped]
+                        .assign(model_a="dino", model_b=other, fraction=f, evaluation=e)
+                        for (m, f, e) in grouped if m == "dino"
+                        for other in methods if other != "dino" and (other, f, e) in grouped]
                        or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "p_value"])])
 macro.pivot_table(index=["evaluation", "percent"], columns=["metric", "method"], values="value").round(3)
 
@@ -69,7 +71,8 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")):
     comparisons.save_comparison(name, comparison[comparison.metric == metric])
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,
-                       "protocol": protocol, "tasks": tasks, "site": site, "seed": seed})
+                       "protocol": protocol, "preset": S.spec.name, "spec": S.spec.hash, "tasks": tasks, "site": site,
+                       "seed": seed})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

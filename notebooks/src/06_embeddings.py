@@ -12,8 +12,9 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
+method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 projection = "tsne"       # tsne | umap
 highlight_task = "ich"    # positives of this task drawn with an edge ("all" vs positive cases)
 thickness_bins = [0.0, 1.5, 3.0, 5.01]  # mm
@@ -24,82 +25,89 @@ site = "internal"
 from fmct_lib import pipeline
 from fmct_lib.report import conclusions, naming, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
+                   checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 
-# %%
-import pandas as pd
-from fmct_lib.downstream.embeddings import embed
+# %% [markdown]
+# What this dataset allows: the scanner needs a manufacturer (RSNA's DICOM headers and NIfTI files carry
+# none), the thickness bins need two of them, the per-protocol scores need a task with positive and negative
+# scans in the training and the test split. The parts it does not allow are skipped, with the reason.
 
-encoder = S.encoder(checkpoint=checkpoint)
+# %%
+from fmct_lib.interpret.parts import embedding_parts
+
 labelled = scans[scans["site"] != "pretrain"] if "site" in scans else scans
-table = embed(dataset, encoder, P, scans=labelled, progress=False)
-vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
-if projection == "umap":
-    import umap
-    xy = umap.UMAP(random_state=seed).fit_transform(vectors)
-else:
-    from sklearn.manifold import TSNE
-    xy = TSNE(perplexity=min(30, max(2, len(vectors) // 4)), random_state=seed, init="pca").fit_transform(vectors)
-points = table.drop(columns=[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]).assign(x=xy[:, 0], y=xy[:, 1])
+parts = embedding_parts(dataset, labelled, thickness_bins, tasks)
+print(parts)
 
 # %%
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from fmct_lib.downstream.embeddings import embedding_vectors, protocol_labels, separability
 
-make = points["manufacturer"].astype(str)
-folds = StratifiedKFold(n_splits=min(5, make.value_counts().min()), shuffle=True, random_state=seed)
-accuracy = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)), vectors, make, cv=folds)
-chance = make.value_counts(normalize=True).max()
-thick = pd.cut(points["slice_thickness_mm"], thickness_bins).astype(str)
-thick_folds = StratifiedKFold(n_splits=min(5, thick.value_counts().min()), shuffle=True, random_state=seed)
-thick_accuracy = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)), vectors, thick,
-                                 cv=thick_folds)
-thick_chance = thick.value_counts(normalize=True).max()
-print(f"scanner from embedding: {accuracy.mean():.3f} accuracy (chance {chance:.3f}); "
-      f"thickness bin: {thick_accuracy.mean():.3f} (chance {thick_chance:.3f})")
+encoder = S.encoder()
+table = S.embed(encoder, scans=labelled, progress=False)
+vectors, points = embedding_vectors(table)
+protocol = protocol_labels(points, thickness_bins)
+if parts.runs("projection"):
+    if projection == "umap":
+        import umap
+        xy = umap.UMAP(random_state=seed).fit_transform(vectors)
+    else:
+        from sklearn.manifold import TSNE
+        xy = TSNE(perplexity=min(30, max(2, len(vectors) // 4)), random_state=seed, init="pca").fit_transform(vectors)
+    points = points.assign(x=xy[:, 0], y=xy[:, 1])
 
-fig = plots.embedding_scatter(points, highlight=highlight_task if highlight_task in points else None,
-                              title=f"{dataset}: {projection.upper()} of the {method.upper()} encoder's embeddings "
-                                    f"({len(points)} labelled scans)")
-plots.save_figure(fig, naming.figure_name("suppfig11_embeddings", dataset, P), points,
-                  {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
-                   "projection": projection, "seed": seed, "scanner_accuracy": accuracy.mean(),
-                   "scanner_chance": chance, "thickness_accuracy": thick_accuracy.mean(),
-                   "thickness_chance": thick_chance})
+# %%
+accuracy = chance = thick_accuracy = thick_chance = None
+if parts.runs("scanner"):
+    accuracy, chance = separability(vectors, protocol["scanner"], seed)
+    print(f"scanner from embedding: {accuracy.mean():.3f} accuracy (chance {chance:.3f})")
+if parts.runs("thickness"):
+    thick_accuracy, thick_chance = separability(vectors, protocol["slice thickness (mm)"], seed)
+    print(f"thickness bin from embedding: {thick_accuracy.mean():.3f} accuracy (chance {thick_chance:.3f})")
+
+if parts.runs("projection"):
+    # colour by the protocol columns the scan table knows (by split where it knows none)
+    known = [c for c, name in (("manufacturer", "scanner"), ("slice_thickness_mm", "slice thickness (mm)"))
+             if protocol[name].notna().any()]
+    fig = plots.embedding_scatter(points, color_by=tuple(known) or ("split",),
+                                  highlight=highlight_task if highlight_task in points else None,
+                                  title=f"{dataset}: {projection.upper()} of the {method.upper()} encoder's embeddings "
+                                        f"({len(points)} labelled scans)", profile=P.name)
+    plots.save_figure(fig, naming.figure_name("suppfig11_embeddings", dataset, P), points,
+                      {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
+                       "preset": preset, "spec": S.spec.hash,
+                       "projection": projection, "seed": seed, "skipped": parts.skipped,
+                       "scanner_fold_accuracies": accuracy, "scanner_chance": chance,
+                       "thickness_fold_accuracies": thick_accuracy, "thickness_chance": thick_chance})
 
 # %% [markdown]
 # ## Performance by scanner and by slice thickness (fine-tuned classifiers of 02_finetune)
 
 # %%
-from fmct_lib.evaluate import bootstrap_ci
+import pandas as pd
+from fmct_lib.downstream.embeddings import performance_by_protocol
 
-tasks = S.tasks(tasks)
-predictions = S.sweep(tasks, ["finetune"], encoder, progress=False)
-protocol_of = scans.set_index("scan_id")[["manufacturer", "slice_thickness_mm"]]
-predictions = predictions.join(protocol_of, on="scan_id")
-predictions["thickness"] = pd.cut(predictions["slice_thickness_mm"], thickness_bins).astype(str)
-groups = []
-for column, name in (("manufacturer", "scanner"), ("thickness", "slice thickness (mm)")):
-    for value, g in predictions.groupby(column):
-        usable = g.groupby("task")["label"].agg(lambda s: s.nunique() == 2)
-        g = g[g.task.isin(usable[usable].index)]
-        if len(g):
-            groups.append(bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(group=f"{name}: {value}", by=name,
-                                                                                   n_scans=g.scan_id.nunique()))
-by_protocol = pd.concat(groups, ignore_index=True)
-macro = by_protocol[(by_protocol.task == "macro") & (by_protocol.metric == "auroc")]
-fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
-                        title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)")
-plots.save_figure(fig, naming.figure_name("suppfig12_performance_by_protocol", dataset, P), by_protocol,
-                  {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
-                   "thickness_bins": thickness_bins, "site": site, "seed": seed})
-macro[["group", "value", "ci_low", "ci_high", "n_scans"]].round(3)
+macro = pd.DataFrame(columns=["group", "value"])
+if parts.runs("by protocol"):
+    tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
+    predictions = S.sweep(tasks, ["finetune"], encoder, progress=False)
+    by_protocol = performance_by_protocol(predictions, protocol_labels(scans.set_index("scan_id"), thickness_bins),
+                                          n_boot=P.n_bootstrap, seed=seed)
+    macro = by_protocol[(by_protocol.task == "macro") & (by_protocol.metric == "auroc")]
+    fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
+                            title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)",
+                            profile=P.name, training=plots.training_rule(P))
+    plots.save_figure(fig, naming.figure_name("suppfig12_performance_by_protocol", dataset, P), by_protocol,
+                      {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
+                       "preset": preset, "spec": S.spec.hash,
+                       "thickness_bins": thickness_bins, "site": site, "seed": seed})
+    display(macro[["group", "value", "ci_low", "ci_high", "n_scans"]].round(3))
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
 print(conclusions.embeddings_conclusion(accuracy, chance, thick_accuracy, thick_chance, macro))
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

@@ -7,15 +7,18 @@
 # disease locations in the majority of cases" (Results, "Visual interpretation"). On the synthetic cohort
 # the lesion masks are known, so the claim is measured here: the share of attention mass inside the lesion
 # against the lesion's share of the volume (1× = no better than uniform), pretrained vs fine-tuned.
-# The interactive viewer at the end moves through slices, layers, heads and windows.
+# Attention is drawn as multiples of a uniform map on one logarithmic scale for every panel (magma), so a
+# near-uniform map looks uniform. The interactive viewer at the end moves through slices, layers, heads and
+# windows; to open it on any NIfTI file and checkpoint, use `fmct_lib.interpret.viewer.viewer_from_files`.
 
 # %% tags=["parameters"]
 dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-method = None           # dino | mae; default: the profile's (paper, toy: dino; demo: mae)
+method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 tasks = None          # default: the profile's tasks (paper Fig. 5: oedema, ADRD, IPH, IVH, SAH)
 scan_id = None        # default: the test scan with the most positive tasks
 site = "internal"
@@ -26,64 +29,56 @@ layer = -1            # layer of the cls attention drawn in the figure (-1: last
 from fmct_lib import pipeline
 from fmct_lib.report import conclusions, naming, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
+                   checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 
+# %% [markdown]
+# What this dataset allows: the maps of the pretrained encoder and the viewer run on any dataset; fine-tuned
+# encoders need a task with positive and negative scans in the training and the test split; the lesion
+# measurement needs lesion masks (the synthetic cohort's). The parts it does not allow are skipped, with the reason.
+
 # %%
-from fmct_lib.data.synthetic.lesions import LABEL_CODES
+from fmct_lib.interpret.parts import attention_parts
 
 labelled = S.labelled
-tasks = [t for t in S.tasks(tasks) if t in LABEL_CODES or t == "ich"]
-encoder = S.encoder(checkpoint=checkpoint)
+if S.spec.canvas is None and "mask_path" in labelled:  # the reference chain stretches the head's box to the input
+    print(f"preset {preset!r}: lesion masks left out (they map onto the paper chain's canvas only)")
+    labelled = labelled.drop(columns="mask_path")
+parts = attention_parts(dataset, labelled, tasks)
+print(parts)
+
+# %%
+tasks = [t for t in S.tasks(tasks) if t in parts.tasks] if parts.runs("fine-tuned") else []
+encoder = S.encoder()
 finetuned = {t: S.finetuned(t, encoder) for t in tasks}
 finetuned
 
 # %%
 import numpy as np
 from fmct_lib.data.manifest import scan_table_path
+from fmct_lib.data.preprocess import load_volume, to_canvas_with_affine
+from fmct_lib.interpret import (MASKED_TASKS, attention_figure, compute_attention, lesion_enrichment, load_case,
+                                model_voxel_mm, task_mask)
+from fmct_lib.interpret.figure import figure_scan
 from fmct_lib.models.checkpoints import load_encoder
-from fmct_lib.interpret import (compute_attention, lesion_attention_table, load_scan_with_mask, model_voxel_mm,
-                                summarize_lesion_attention)
-from fmct_lib.data.preprocess import paper_spec
 
-spec = paper_spec(P)
+spec = S.spec
 folder = scan_table_path(dataset).parent
 voxel_mm = model_voxel_mm(P)
-encoders = {"pretrained": load_encoder(encoder), **{f"fine-tuned {t}": load_encoder(path) for t, path in finetuned.items()}}
-BLEEDS = ("iph", "ivh", "sdh", "edh", "sah")
+encoders = {"pretrained": load_encoder(encoder),
+            **{f"fine-tuned {t}": load_encoder(path) for t, path in finetuned.items()}}
+rows = labelled.set_index("scan_id")
 
-
-def task_mask(labels: np.ndarray, task: str) -> np.ndarray:
-    codes = [LABEL_CODES[b] for b in BLEEDS] if task == "ich" else [LABEL_CODES[task]]
-    return np.isin(labels, codes)
-
-
-def load_case(sid: str):
-    """Model input (3, S, S, S) and the lesion label map on the same grid."""
-    row = scans.set_index("scan_id").loc[sid]
-    return load_scan_with_mask(row["path"], folder / row["mask_path"], spec)
-
-
-test = labelled[labelled["split"] == "test"]
-if scan_id is None:
-    scan_id = test.assign(n=test[tasks].fillna(0).sum(axis=1)).sort_values("n", ascending=False)["scan_id"].iloc[0]
-x, labels = load_case(scan_id)
+scan_id = scan_id or figure_scan(labelled, tasks)
+x, labels = load_case(rows.loc[scan_id], spec, folder)
+if spec.canvas is None:  # reference chain: the head's box stretched to the input, so voxel sizes per scan and axis
+    _, affine = to_canvas_with_affine(*load_volume(rows.loc[scan_id, "path"]), spec, scan_id)
+    voxel_mm = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
 results = {name: compute_attention(model, x, voxel_mm) for name, model in encoders.items()}
-positive = [t for t in tasks if scans.set_index("scan_id").loc[scan_id, t] == 1]
-print(f"scan {scan_id}: positive for {positive or 'none of the tasks'}")
-
-# %%
-from fmct_lib.interpret.viewer import display_slice
-
-lesion = np.isin(labels, [LABEL_CODES[t] for t in LABEL_CODES if t != "fracture"])
-k = int(np.argmax(lesion.sum(axis=(0, 1)))) if lesion.any() else x.shape[-1] // 2
-image = display_slice(x[0].numpy(), "axial", k)
-rows = [{"image": image, "mask": display_slice(lesion, "axial", k), "label": f"{scan_id}, axial {k}",
-         "overlays": {name: display_slice(r.attention_map(layer=layer, mode="trilinear"), "axial", k)
-                      for name, r in results.items()}},
-        {"image": image, "mask": display_slice(lesion, "axial", k), "label": "attention distance (mm)",
-         "overlays": {name: display_slice(r.distance_map(mode="trilinear"), "axial", k) for name, r in results.items()}}]
-fig = plots.attention_grid(rows)
+positive = [t for t in tasks if rows.loc[scan_id, t] == 1]
+print(f"scan {scan_id} ({rows.loc[scan_id, 'split']} split): positive for {positive or 'none of the tasks'}")
+lesion = None if labels is None else task_mask(labels, [t for t in MASKED_TASKS if t != "fracture"])
 distance = {name: r.mean_distance_per_layer() for name, r in results.items()}
 
 # %% [markdown]
@@ -91,31 +86,45 @@ distance = {name: r.mean_distance_per_layer() for name, r in results.items()}
 
 # %%
 import pandas as pd
+from fmct_lib.interpret import lesion_attention_table, summarize_lesion_attention
 
-cases = []
-for t in tasks:
-    for sid in test[test[t] == 1]["scan_id"].head(max_scans):
-        xi, li = load_case(sid)
-        mask = task_mask(li, t)
-        if not mask.any():
-            continue
-        for name in ("pretrained", f"fine-tuned {t}"):
-            att = compute_attention(encoders[name], xi, voxel_mm).attention_map(layer=layer)
-            cases.append({"scan_id": sid, "task": t, "model": "pretrained" if name == "pretrained" else "fine-tuned",
-                          "attention": att, "mask": mask})
-share = lesion_attention_table(cases)
+share = lesion_attention_table([])
+if parts.runs("lesion"):
+    test = labelled[labelled["split"] == "test"]
+    cases = []
+    for t in [t for t in tasks if t in MASKED_TASKS]:
+        for sid in test[test[t] == 1]["scan_id"].head(max_scans):
+            xi, li = load_case(rows.loc[sid], spec, folder)
+            mask = task_mask(li, t)
+            if not mask.any():
+                continue
+            for model, name in (("pretrained", "pretrained"), ("fine-tuned", f"fine-tuned {t}")):
+                att = compute_attention(encoders[name], xi, voxel_mm).attention_map(layer=layer)
+                cases.append({"scan_id": sid, "task": t, "model": model, "attention": att, "mask": mask})
+    share = lesion_attention_table(cases)
 
 lesion_summary = summarize_lesion_attention(share, reference="pretrained") if len(share) else pd.DataFrame()
-lesion_summary
+if len(lesion_summary):
+    display(lesion_summary)
+
+# %% [markdown]
+# ## Fig. 5: attention as multiples of a uniform map (one log scale, magma), attention distance (Eq. 1)
 
 # %%
+k = int(np.argmax(lesion.sum(axis=(0, 1)))) if lesion is not None and lesion.any() else x.shape[-1] // 2
+fig = attention_figure(x[0].numpy(), results, index=k, axis="axial", layer=layer, mask=lesion,
+                       label=f"{dataset} {scan_id} (profile {P.name})")
+shown = {name: lesion_enrichment(r, lesion, layer) for name, r in results.items()} if lesion is not None else {}
 figure_data = pd.concat([share.assign(kind="lesion share"),
                          pd.DataFrame([{"model": n, "layer": i + 1, "distance_mm": d} for n, ds in distance.items()
-                                       for i, d in enumerate(ds)]).assign(kind="distance per layer")], ignore_index=True)
+                                       for i, d in enumerate(ds)]).assign(kind="distance per layer"),
+                         pd.DataFrame([{"scan_id": scan_id, "model": n, "enrichment": e} for n, e in shown.items()])
+                         .assign(kind="lesion enrichment of the scan shown")], ignore_index=True)
 plots.save_figure(fig, naming.figure_name("fig5_attention", dataset, P), figure_data,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
+                   "preset": preset, "spec": S.spec.hash,
                    "finetuned": {t: str(p) for t, p in finetuned.items()}, "scan_id": scan_id, "slice": k,
-                   "layer": layer, "tasks": tasks, "seed": seed})
+                   "layer": layer, "tasks": tasks, "seed": seed, "skipped": parts.skipped})
 
 # %% [markdown]
 # ## Interactive viewer (pretrained vs fine-tuned; slices, layers, heads, windows)
@@ -123,7 +132,7 @@ plots.save_figure(fig, naming.figure_name("fig5_attention", dataset, P), figure_
 # %%
 from fmct_lib.interpret.viewer import AttentionViewer
 
-viewer = AttentionViewer(x.numpy(), results)
+viewer = AttentionViewer(x.numpy(), results, mask=lesion)
 viewer.widget
 
 # %% [markdown]
@@ -131,3 +140,5 @@ viewer.widget
 
 # %%
 print(conclusions.attention_conclusion(lesion_summary, distance))
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

@@ -13,33 +13,33 @@ dataset = "synthetic"
 profile = "demo"
 run_dir = None
 seed = 0
-methods = ["dino", "mae"]        # pretrained encoders compared (plus random initialisation)
+methods = ["dino", "mae", "vicreg"]   # pretrained encoders compared (plus random initialisation)
 checkpoint = None                # or one encoder checkpoint, compared with random initialisation
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 subtypes = ["iph", "ivh", "sdh", "edh", "sah"]
 ks = [1, 5, 10]
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, plots
+from fmct_lib.report import conclusions, naming, paper, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, preset=preset, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
 
 # %%
 import pandas as pd
 import torch
-from fmct_lib.downstream.embeddings import embed
 from fmct_lib.evaluate import retrieval_summary, retrieve_all_vs_all
 from fmct_lib.models.vit3d import vit_from_config
 
 gallery = scans[scans["site"] != "pretrain"] if "site" in scans else scans
 subtypes = [s for s in subtypes if s in gallery and (gallery[s] == 1).sum() >= 2]
-encoders = {"checkpoint": S.encoder("dino", checkpoint=checkpoint)} if checkpoint else {m: S.encoder(m) for m in methods}
+encoders = {"checkpoint": S.encoder()} if checkpoint else {m: S.encoder(m) for m in methods}
 torch.manual_seed(seed)
 encoders["random init"] = vit_from_config(P.model)
 per_query, summaries = [], []
 for name, enc in encoders.items():
-    table = embed(dataset, enc, P, scans=gallery, progress=False)
+    table = S.embed(enc, scans=gallery, progress=False)
     vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
     q = retrieve_all_vs_all(vectors, table[subtypes], ks=tuple(ks), scan_ids=table["scan_id"])
     per_query.append(q.assign(model=name))
@@ -48,22 +48,28 @@ summary = pd.concat(summaries, ignore_index=True)
 summary.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3)
 
 # %%
-import matplotlib.pyplot as plt
+from pathlib import Path
 
 metrics = ["map"] + [f"p@{k}" for k in ks]
-fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+prevalence = gallery[subtypes].astype(float).mean().to_dict()  # about the mAP and precision of a random ranking
+notes = paper.paper_values_for("fig3", naming.paper_dataset(dataset))  # the paper's gain over Google CT, its n
+encoded = ([f"checkpoint {Path(checkpoint).name}"] if checkpoint
+           else [f"{m.upper()} pretrained {P.epochs_for(m)} epochs" for m in methods])
+fig, axes = plots.print_subplots(1, len(metrics), height_mm=60)
 for ax, metric in zip(axes, metrics):
     plots.metric_bars(summary[summary.metric == metric].rename(columns={"subtype": "task"}), x="task", hue="model",
                       order=subtypes + ["mean"], hue_order=list(encoders), ylabel=metric.replace("map", "retrieval mAP"),
-                      ax=ax)
-    if ax is not axes[-1]:
+                      prevalence=prevalence, ax=ax, paper_notes=notes if ax is axes[-1] else None)
+    if ax is not axes[-1]:  # one legend, right of the last panel
         ax.get_legend().remove()
-fig.suptitle(f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries)", fontsize=9)
-fig.tight_layout()
+title = f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries)"
+training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
+fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
 plots.save_figure(fig, naming.figure_name("fig3_retrieval", dataset, P), summary,
                   {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
                                                                             for k, v in encoders.items()},
-                   "subtypes": subtypes, "ks": ks, "seed": seed})
+                   "preset": preset, "spec": S.spec.hash,
+                   "subtypes": subtypes, "ks": ks, "seed": seed, "gallery_prevalence": prevalence})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -1,0 +1,243 @@
+"""Notebooks 06 and 07 on the data a user brings, not only on the synthetic cohort (issue 26, item 8).
+
+RSNA's DICOM headers carry no Manufacturer tag, a hospital's NIfTI export carries no acquisition tags at all,
+and neither has lesion masks. Each notebook asks ``interpret.parts`` what the dataset allows, runs that, and
+states what it skipped and why. First the parts and the protocol helpers on small tables; then both notebooks
+executed with papermill on the toy profile on the RSNA-layout and NIfTI-layout data that the ingestion tests
+write (``tests/test_ingest_rsna.py``, ``tests/test_ingest_nifti.py``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+import test_ingest_nifti
+import test_ingest_rsna
+from test_notebooks import REPO, _execute
+
+from fmct_lib.downstream.embeddings import performance_by_protocol, protocol_labels, separability
+from fmct_lib.interpret.parts import attention_parts, embedding_parts, finetunable_tasks
+
+BINS = [0.0, 1.5, 3.0, 5.01]  # 06_embeddings' default thickness_bins
+
+
+def scan_table(n_per_split=(6, 2, 4), manufacturer=None, thickness=3.0, mask_path=None, labels=None):
+    """A scan table with train / val / test rows; ``labels`` {task: one value per row}, default alternating 1/0."""
+    splits = [s for s, n in zip(("train", "val", "test"), n_per_split) for _ in range(n)]
+    n = len(splits)
+    table = pd.DataFrame({"scan_id": [f"s{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                          "path": [f"v{i}.nii.gz" for i in range(n)], "split": splits,
+                          "manufacturer": manufacturer if manufacturer is not None else [np.nan] * n,
+                          "slice_thickness_mm": thickness})
+    for task, values in (labels or {"ich": [i % 2 for i in range(n)]}).items():
+        table[task] = values
+    if mask_path is not None:
+        table["mask_path"] = mask_path
+    return table
+
+
+# -- what a dataset allows ----------------------------------------------------------------------------------
+def test_a_table_without_manufacturer_or_test_split_skips_those_parts_with_the_reason():
+    table = scan_table(n_per_split=(5, 0, 0), thickness=[5.0, 4.84, 5.0, 5.0, 5.0])
+    parts = embedding_parts("rsna", table, BINS)  # tasks: the manifest's RSNA tasks; only ich is a column
+    assert parts.runs("projection")
+    assert parts.skipped["scanner"].startswith("no scan has a manufacturer")
+    assert parts.skipped["thickness"] == ("fewer than two slice-thickness bins with at least 2 scans each "
+                                          "((3.0, 5.01]: 5): nothing to separate")
+    assert parts.skipped["by protocol"].startswith("no task has positive and negative scans in both the training "
+                                                   "and the test split (ich: train 2 positive / 3 negative, test 0 "
+                                                   "positive / 0 negative; edh: no such column")
+    assert parts.tasks == ()
+    text = str(parts)
+    assert "runs    projection:" in text and "SKIPPED scanner:" in text and "why: no scan has a manufacturer" in text
+    with pytest.raises(KeyError, match="no part 'scanners'"):
+        parts.runs("scanners")
+
+
+def test_a_table_with_two_scanners_and_thicknesses_runs_every_part():
+    n = 12
+    table = scan_table(manufacturer=["GE", "Siemens"] * (n // 2), thickness=[1.0, 1.0, 5.0, 5.0] * (n // 4))
+    parts = embedding_parts("synthetic", table, BINS, tasks=["ich"])
+    assert parts.skipped == {} and parts.tasks == ("ich",)
+    # one scanner among the known ones, the others unknown: nothing to separate, and the count says so
+    one = scan_table(manufacturer=["GE"] * 3 + [np.nan] * (n - 3))
+    assert embedding_parts("synthetic", one, BINS, tasks=["ich"]).skipped["scanner"] == (
+        "fewer than two manufacturers with at least 2 scans each (GE: 3; 9 scans unknown): nothing to separate")
+    # two scanners among the test scans, but the one Siemens test scan is positive: no AUROC for it, so no
+    # comparison by protocol (one thickness bin either); the separability of the scanners still runs
+    by_split = scan_table(manufacturer=["GE", "Siemens"] * 4 + ["GE", "GE", "GE", "Siemens"], thickness=3.0)
+    parts = embedding_parts("synthetic", by_split, BINS, tasks=["ich"])
+    assert by_split.loc[by_split.split == "test", "ich"].tolist() == [0, 1, 0, 1]
+    assert parts.runs("scanner") and parts.skipped["by protocol"] == (
+        "fewer than two scanners, and fewer than two slice-thickness bins, whose test scans hold positive and "
+        "negative scans of one of ['ich']: nothing to compare")
+    by_split.loc[by_split.index[-2], "manufacturer"] = "Siemens"  # now Siemens has a negative test scan too
+    assert embedding_parts("synthetic", by_split, BINS, tasks=["ich"]).runs("by protocol")
+
+
+def test_attention_parts_need_trainable_tasks_for_fine_tuning_and_masks_for_the_lesion():
+    table = scan_table()
+    parts = attention_parts("synthetic", table, tasks=["ich"])
+    assert parts.runs("attention") and parts.runs("fine-tuned") and parts.tasks == ("ich",)
+    assert parts.skipped == {"lesion": "the scan table has no lesion masks (a mask_path column; the synthetic "
+                                       "cohort has them)"}
+    masked = scan_table(mask_path="masks/m.nii.gz")
+    assert attention_parts("synthetic", masked, tasks=["ich"]).skipped == {}
+    # a task without a lesion mask (ADRD): fine-tuned maps yes, lesion share no
+    adrd = scan_table(mask_path="masks/m.nii.gz", labels={"adrd": [i % 2 for i in range(12)]})
+    assert attention_parts("synthetic", adrd, tasks=["adrd"]).skipped["lesion"].startswith(
+        "none of the tasks ['adrd'] is a lesion with a mask")
+    # no positive in training: no fine-tuning, and no lesion comparison either
+    no_positive = scan_table(mask_path="masks/m.nii.gz", labels={"ich": [0] * 6 + [0, 1] + [0, 1, 0, 1]})
+    parts = attention_parts("synthetic", no_positive, tasks=["ich"])
+    assert parts.tasks == () and parts.runs("attention")
+    assert parts.skipped["fine-tuned"].endswith("(ich: train 0 positive / 6 negative, test 2 positive / 2 negative)")
+    assert parts.skipped["lesion"].startswith("no fine-tuned encoder")
+
+
+def test_finetunable_tasks_counts_both_splits():
+    table = scan_table(labels={"a": [1, 0] * 6, "b": [1] * 6 + [0] * 6, "c": [np.nan] * 12})
+    kept, reasons = finetunable_tasks(table, ["a", "b", "c", "d"])
+    assert kept == ("a",)
+    assert reasons == {"b": "train 6 positive / 0 negative, test 0 positive / 4 negative",
+                       "c": "train 0 positive / 0 negative, test 0 positive / 0 negative",
+                       "d": "no such column in the scan table"}
+
+
+# -- the protocol helpers of 06 ------------------------------------------------------------------------------
+def test_protocol_labels_mark_unknown_values():
+    table = pd.DataFrame({"manufacturer": ["GE", None, "  ", "Siemens"], "slice_thickness_mm": [1.0, 2.0, np.nan, 9.0]})
+    labels = protocol_labels(table, BINS)
+    assert labels["scanner"].tolist()[0::3] == ["GE", "Siemens"] and labels["scanner"][1:3].isna().all()
+    assert labels["slice thickness (mm)"][:2].tolist() == ["(0.0, 1.5]", "(1.5, 3.0]"]
+    assert labels["slice thickness (mm)"][2:].isna().all()  # unknown, and outside the bins
+    assert protocol_labels(table[[]], BINS)["scanner"].isna().all()  # a table without the columns
+
+
+def test_separability_drops_unknown_rows_and_singleton_groups():
+    rng = np.random.default_rng(0)
+    groups = np.array(["A"] * 10 + ["B"] * 6 + ["C"] + [None] * 3, dtype=object)
+    vectors = rng.normal(size=(len(groups), 4))
+    vectors[groups == "B", 0] += 20.0  # B lies far away on the first axis: perfectly separable
+    accuracy, chance = separability(vectors, pd.Series(groups), seed=0)
+    assert len(accuracy) == 5 and np.all(accuracy == 1.0)  # k = min(5, 6 B rows); C (1 row) and None left out
+    assert chance == pytest.approx(10 / 16)
+    with pytest.raises(ValueError, match="two groups"):
+        separability(vectors, pd.Series(["A"] * 19 + ["B"]))
+
+
+def test_performance_by_protocol_is_the_bootstrap_within_each_group():
+    from fmct_lib.evaluate import bootstrap_ci
+    rng = np.random.default_rng(1)
+    n = 40
+    predictions = pd.DataFrame({"scan_id": [f"s{i}" for i in range(n)], "task": "ich",
+                                "label": np.tile([0, 1], n // 2), "probability": rng.random(n),
+                                "protocol": "finetune", "seed": 0})
+    scanner = pd.Series(["GE"] * 20 + ["Siemens"] * 16 + [np.nan] * 4, index=predictions.scan_id)
+    table = performance_by_protocol(predictions, {"scanner": scanner}, n_boot=20, seed=3)
+    assert sorted(table.group.unique()) == ["scanner: GE", "scanner: Siemens"]
+    ge = table[(table.group == "scanner: GE") & (table.task == "macro") & (table.metric == "auroc")].iloc[0]
+    expected = bootstrap_ci(predictions.iloc[:20], n_boot=20, seed=3)
+    expected = expected[(expected.task == "macro") & (expected.metric == "auroc")].iloc[0]
+    assert (ge.value, ge.ci_low, ge.ci_high, ge.n_scans) == (expected.value, expected.ci_low, expected.ci_high, 20)
+    assert performance_by_protocol(predictions, {"scanner": scanner[:0]}, n_boot=20).empty
+
+
+# -- the notebooks on RSNA-layout and NIfTI-layout data ------------------------------------------------------
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """The ingestion tests' RSNA folder (5 scans of 4 patients, no Manufacturer tag) and hospital NIfTI export
+    (40 scans of 20 patients, tasks tumor and edema), ingested into roots of their own, which the kernels inherit,
+    and a toy encoder checkpoint: the notebooks start from it as a user starts from released weights (pretraining
+    is 01_pretrain's test; RSNA's toy training split is smaller than one pretraining batch)."""
+    import torch
+    from fmct_lib.config import get_profile
+    from fmct_lib.data.ingest import ingest_nifti, ingest_rsna
+    from fmct_lib.models.checkpoints import save_checkpoint
+    from fmct_lib.models.vit3d import vit_from_config
+
+    base = tmp_path_factory.mktemp("user_roots")
+    patch = pytest.MonkeyPatch()
+    for var in ("FMCT_DATA", "FMCT_CACHE", "FMCT_RUNS", "FMCT_FIGURES"):
+        patch.setenv(var, str(base / var.removeprefix("FMCT_").lower()))
+    shutil.copy(REPO / "data_manifest.csv", base / "data_manifest.csv")
+    patch.setenv("FMCT_MANIFEST", str(base / "data_manifest.csv"))
+    patch.setenv("MPLBACKEND", "Agg")
+    patch.delenv("FMCT_PSEUDONYM_KEY", raising=False)
+    try:
+        rsna_source, _ = test_ingest_rsna.rsna_source.__wrapped__(tmp_path_factory)
+        ingest_rsna(rsna_source, workers=1)
+        hospital, labels, _ = test_ingest_nifti.hospital.__wrapped__(tmp_path_factory.mktemp("hospital"))
+        ingest_nifti(hospital, name="hosp", labels=labels, mapping={"dx_tumor": "tumor", "dx_edema": "edema"},
+                     path_column="file", patient_column="mrn", workers=1)
+        torch.manual_seed(0)
+        toy = get_profile("toy").model
+        checkpoint = save_checkpoint(base / "toy_encoder" / "encoder.safetensors", vit_from_config(toy),
+                                     config={"model": toy.to_dict()})
+        yield checkpoint
+    finally:
+        patch.undo()
+
+
+def outputs(notebook) -> list[str]:
+    """The text every code cell printed or displayed, one string per cell."""
+    return ["".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+            for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("dataset, notebook", [("rsna", "06_embeddings"), ("rsna", "07_attention"),
+                                               ("hosp", "06_embeddings"), ("hosp", "07_attention")])
+def test_notebook_runs_on_a_users_dataset_and_states_what_it_skipped(user_data, tmp_path, dataset, notebook):
+    from fmct_lib.data.manifest import load_scans
+
+    scans = load_scans(dataset)
+    parts = (embedding_parts(dataset, scans, BINS) if notebook == "06_embeddings"
+             else attention_parts(dataset, scans))
+    # what neither dataset has, whatever its split: a manufacturer, two thickness bins, lesion masks
+    expected_skips = {"06_embeddings": ["scanner", "thickness"], "07_attention": ["lesion"]}[notebook]
+    assert set(expected_skips) <= set(parts.skipped), parts
+
+    out = tmp_path / f"{notebook}_{dataset}.ipynb"
+    _execute(REPO / "notebooks" / f"{notebook}.ipynb", out, dataset=dataset, profile="toy",
+             checkpoint=str(user_data))
+    texts = outputs(nbformat.read(out, as_version=4))
+    assert any(str(parts) in t for t in texts), f"the notebook did not print the parts:\n{parts}"
+    conclusion = texts[-1]
+    assert "Skipped on this dataset: " in conclusion
+    for part, why in parts.skipped.items():
+        assert f"{part} ({why})" in conclusion, (part, conclusion)
+    if notebook == "06_embeddings":
+        assert "Scanner: not measured on this dataset" in conclusion
+    figures = Path(os.environ["FMCT_FIGURES"])
+    figure = {"06_embeddings": "suppfig11_embeddings", "07_attention": "fig5_attention"}[notebook]
+    if notebook == "07_attention" or parts.runs("projection"):
+        assert (figures / f"{figure}__{dataset}_toy.png").exists()
+        assert "skipped" in (figures / f"{figure}__{dataset}_toy.json").read_text()
+    if notebook == "07_attention":  # the viewer is shown
+        assert any("VBox" in t for t in texts)
+
+
+@pytest.mark.notebook
+def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_data, tmp_path, monkeypatch):
+    """Issue 26, item 9: ``-p preset reference -p checkpoint FILE`` (the authors' weights' route) runs a notebook
+    on the authors' chain: the cache of the reference spec is built, and the figure's configuration records the
+    preset and that spec's hash (the paper chain's cache is not needed)."""
+    import json
+
+    from fmct_lib.data.preprocess import paper_spec, reference_spec
+    figures = tmp_path / "figures"
+    monkeypatch.setenv("FMCT_FIGURES", str(figures))  # this run's figure alone, beside the paper-chain runs above
+    out = tmp_path / "06_embeddings_reference.ipynb"
+    _execute(REPO / "notebooks" / "06_embeddings.ipynb", out, dataset="rsna", profile="toy", preset="reference",
+             checkpoint=str(user_data))
+    config = json.loads((figures / "suppfig11_embeddings__rsna_toy.json").read_text())["config"]
+    reference = reference_spec("toy")
+    assert config["preset"] == "reference" and config["spec"] == reference.hash != paper_spec("toy").hash
+    assert (Path(os.environ["FMCT_CACHE"]) / "rsna" / reference.hash).is_dir()
