@@ -26,6 +26,7 @@ def atlas(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "fmct_cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMCT_CACHE_HOME", str(cache))
+        atlas_mod.load_atlas.cache_clear()  # an earlier test of the session may hold it in memory from elsewhere
         yield atlas_mod.load_atlas(STEP)
 
 
