@@ -7,7 +7,8 @@ The random encoder is the ViT initialised as pretraining initialises it (``torch
 (logistic regression on the frozen cls token, its regularisation chosen on the validation split; scored on
 the test split once) on the profile's tasks, with the ``histogram`` reference beside them. Writes
 ``docs/measurements/probe_<profile>.csv`` (summary with 95% bootstrap CIs) and
-``..._comparison.csv`` (each encoder against the random one: difference, CI, paired permutation p).
+``..._comparison.csv`` (each encoder against the random one and against the histogram reference:
+difference, 95% bootstrap CI, paired permutation p).
 """
 from __future__ import annotations
 
@@ -45,14 +46,17 @@ def main() -> None:
     preds["histogram"] = S.sweep(tasks, ["histogram"], random_path, progress=False)
     summary = pd.concat([bootstrap_ci(p, n_boot=P.n_bootstrap, seed=args.seed).assign(encoder=name)
                          for name, p in preds.items()], ignore_index=True)
-    comparison = pd.concat([paired_comparison(p, preds["random init"], n_boot=P.n_bootstrap, n_perm=P.n_permutations,
-                                              seed=args.seed).assign(model_a=name, model_b="random init")
-                            for name, p in preds.items() if name != "random init"], ignore_index=True)
+    comparison = pd.concat([paired_comparison(p, preds[base], n_boot=P.n_bootstrap, n_perm=P.n_permutations,
+                                              seed=args.seed).assign(model_a=name, model_b=base)
+                            for base in ("random init", "histogram") for name, p in preds.items()
+                            if name not in ("random init", "histogram")
+                            or (base == "random init" and name == "histogram")], ignore_index=True)
     OUT.mkdir(parents=True, exist_ok=True)
     summary.to_csv(OUT / f"probe_{P.name}.csv", index=False)
     comparison.to_csv(OUT / f"probe_{P.name}_comparison.csv", index=False)
     macro = comparison[(comparison.task == "macro") & (comparison.metric == "auroc")]
-    print(macro[["model_a", "a", "b", "difference", "ci_low", "ci_high", "p_value"]].round(4).to_string(index=False))
+    print(macro[["model_a", "model_b", "a", "b", "difference", "ci_low", "ci_high", "p_value"]].round(4)
+          .to_string(index=False))
 
 
 if __name__ == "__main__":
