@@ -338,6 +338,18 @@ def test_transfer_conclusion_when_it_does_not_and_the_paper_has_no_scratch_value
     ]
 
 
+
+def test_transfer_conclusion_without_external_validation_says_it_did_not_run():
+    # one site and no target dataset (a hospital's export): the in-domain models only
+    summary = _summary({"in-domain fine-tuned": {"macro": 0.9}, "in-domain scratch": {"macro": 0.8},
+                        "in-domain histogram": {"macro": 0.6}})
+    text = conclusions.transfer_conclusion(summary, {"in-domain scratch": _test_table(0.001)},
+                                           paper=_transfer_paper("cq500"), paper_name="cq500", target_rows=TARGET_ROWS)
+    assert text.splitlines()[:2] == [
+        "- in-domain fine-tuned (0.900) beats in-domain scratch (0.800): +12.5% relative, paired permutation "
+        "p = 0.001.",
+        "- External validation: not run (no source and target to transfer between; see the skipped parts)."]
+
 # --------------------------------------------------------------------------------------- 04 · few-shot
 def _curves(values: dict[str, list[float]], ks=(8, 16)) -> pd.DataFrame:
     rows = [{"task": "macro", "metric": "auroc", "model": m, "k": k, "value": v}
@@ -478,6 +490,15 @@ def test_scaling_conclusion_flat_lines_one_method_and_evaluations_in_order():
         "monotonically with pretraining data.",
     ]
 
+
+
+def test_scaling_conclusion_with_one_fraction_claims_no_trend():
+    # a checkpoint (or one fraction with a batch of scans): one point per method, so no "does NOT grow"
+    one = _scaling({("internal test", "checkpoint"): [0.7]})
+    one = one[one.fraction == 0.1].assign(fraction=1.0, percent=100.0)
+    assert conclusions.scaling_conclusion(one).splitlines() == [
+        "- internal test, CHECKPOINT: macro-AUROC 0.700 at 100% of the pool only: no trend with pretraining data "
+        "measured."]
 
 # --------------------------------------------------------------------------------------- 06 · embeddings
 PROTOCOL_MACRO = pd.DataFrame({"group": ["scanner: GE", "scanner: Siemens", "slice thickness (mm): (0.0, 1.5]"],

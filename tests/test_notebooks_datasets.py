@@ -1,10 +1,12 @@
-"""Notebooks 06 and 07 on the data a user brings, not only on the synthetic cohort (issue 26, item 8).
+"""Every notebook on the data a user brings, not only on the synthetic cohort (issue 26, item 8).
 
 RSNA's DICOM headers carry no Manufacturer tag, a hospital's NIfTI export carries no acquisition tags at all,
 and neither has lesion masks. Each notebook asks ``interpret.parts`` what the dataset allows, runs that, and
 states what it skipped and why. First the parts and the protocol helpers on small tables; then both notebooks
 executed with papermill on the toy profile on the RSNA-layout and NIfTI-layout data that the ingestion tests
-write (``tests/test_ingest_rsna.py``, ``tests/test_ingest_nifti.py``).
+write (``tests/test_ingest_rsna.py``, ``tests/test_ingest_nifti.py``); last, every other notebook that takes a
+dataset on the same data, each completing and stating what it skipped (01_pretrain on RSNA's three pretraining
+scans stops, naming the cause).
 """
 from __future__ import annotations
 
@@ -109,6 +111,34 @@ def test_finetunable_tasks_counts_both_splits():
                        "c": "train 0 positive / 0 negative, test 0 positive / 0 negative",
                        "d": "no such column in the scan table"}
 
+
+
+def test_the_parts_of_02_to_05_and_08_on_small_tables():
+    from fmct_lib.interpret.parts import retrieval_parts, scaling_parts, task_parts, transfer_parts
+    table = scan_table()  # ich: 3 positive / 3 negative training scans, 2 / 2 test scans; one site, no subtypes
+    assert task_parts("02_finetune", "synthetic", table, ["ich"]).skipped == {}
+    few = task_parts("04_fewshot", "synthetic", table, ["edh"])
+    assert few.skipped == {"few-shot": "no task has positive and negative scans in both the training and the test "
+                                       "split (edh: no such column in the scan table)"} and few.tasks == ()
+    # one site and no target dataset: the in-domain models only; another dataset as the target: both
+    alone = transfer_parts("hosp", table, has_sites=False, target_dataset="hosp", tasks=["ich"])
+    assert list(alone.skipped) == ["external validation"] and alone.runs("in-domain")
+    assert transfer_parts("hosp", table, has_sites=False, target_dataset="cq500", tasks=["ich"]).skipped == {}
+    # the pool is the 6 training scans of 6 patients: a batch of 4 fits all of them, one of 8 none
+    parts, fitting = scaling_parts("synthetic", table, [1.0], 4, tasks=["ich"])
+    assert parts.skipped == {} and fitting == [1.0]
+    parts, fitting = scaling_parts("synthetic", table, [1.0], 8, tasks=["ich"])
+    assert fitting == [] and parts.skipped == {
+        "pretraining": "fewer pretraining scans than one batch of 8 at every fraction (100%: 6)",
+        "probes": "no pretrained encoder to probe (see pretraining)"}
+    parts, _ = scaling_parts("synthetic", table, [1.0], 8, checkpoint="enc.safetensors", tasks=["ich"])
+    assert list(parts.skipped) == ["pretraining"] and parts.runs("probes")
+    # retrieval: a subtype needs two positive scans in the gallery
+    table["sdh"] = [1] + [0] * 11
+    table["ivh"] = [1, 1] + [0] * 10
+    assert retrieval_parts("x", table, ["sdh", "ivh"]).tasks == ("ivh",)
+    assert retrieval_parts("x", table, ["sdh", "edh"]).skipped["retrieval"].startswith(
+        "no subtype label with at least 2 positive scans (sdh: 1, edh: no such column)")
 
 # -- the protocol helpers of 06 ------------------------------------------------------------------------------
 def test_protocol_labels_mark_unknown_values():
@@ -241,3 +271,63 @@ def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_d
     reference = reference_spec("toy")
     assert config["preset"] == "reference" and config["spec"] == reference.hash != paper_spec("toy").hash
     assert (Path(os.environ["FMCT_CACHE"]) / "rsna" / reference.hash).is_dir()
+
+
+
+# -- every other notebook that takes a dataset, on the same data -------------------------------------------
+# the smallest settings on the toy profile; the encoder is the fixture's checkpoint where a notebook takes one
+SMALL = {"00_data": {}, "01_pretrain": {}, "02_finetune": {"protocols": ["finetune", "linear"], "n_seeds": 1},
+         "03_transfer": {"n_seeds": 1},
+         "04_fewshot": {"shots": [2], "resamples": 1, "compare_scratch": False, "n_seeds": 1},
+         "05_scaling": {"methods": ["dino"], "fractions": [0.5, 1.0]}, "08_retrieval": {"ks": [1]}}
+TAKES_CHECKPOINT = {"02_finetune", "03_transfer", "04_fewshot", "08_retrieval"}
+# (dataset, notebook) -> the parts it skips, and the start of each reason; RSNA's toy folder has 5 scans of
+# 4 patients (3 in the pretraining pool, no test split with both classes), the hospital export 40 scans, no subtypes
+EXPECTED_SKIPS = {
+    ("rsna", "02_finetune"): {"comparison": "no task has positive and negative scans in both"},
+    ("rsna", "03_transfer"): {"external validation": "'rsna' has no sites (a site column) to transfer between",
+                              "in-domain": "no task has positive and negative scans in both"},
+    ("rsna", "04_fewshot"): {"few-shot": "no task has positive and negative scans in both"},
+    ("rsna", "05_scaling"): {"pretraining": "fewer pretraining scans than one batch of 4 at every fraction (50%: ",
+                             "probes": "no task has positive and negative scans in both"},
+    ("hosp", "03_transfer"): {"external validation": "'hosp' has no sites (a site column) to transfer between"},
+    ("hosp", "08_retrieval"): {"retrieval": "no subtype label with at least 2 positive scans (iph: no such column"},
+}
+
+NOTHING_MEASURED = {("rsna", "02_finetune"), ("rsna", "03_transfer"), ("rsna", "04_fewshot"), ("rsna", "05_scaling"),
+                    ("hosp", "08_retrieval")}  # every part skipped
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook", sorted(SMALL))
+@pytest.mark.parametrize("dataset", ["rsna", "hosp"])
+def test_every_notebook_completes_on_a_users_dataset_and_states_what_it_skipped(user_data, tmp_path, dataset,
+                                                                                notebook):
+    params = dict(SMALL[notebook], dataset=dataset, profile="toy")
+    if notebook in TAKES_CHECKPOINT:
+        params["checkpoint"] = str(user_data)
+    out = tmp_path / f"{notebook}_{dataset}.ipynb"
+    if (dataset, notebook) == ("rsna", "01_pretrain"):  # nothing else to do: it fails, naming the cause
+        with pytest.raises(pytest.fail.Exception, match=r"3 pretraining scans are fewer than one global batch of 4"):
+            _execute(REPO / "notebooks" / f"{notebook}.ipynb", out, **params)
+        return
+    _execute(REPO / "notebooks" / f"{notebook}.ipynb", out, **params)
+    texts = outputs(nbformat.read(out, as_version=4))
+    expected = EXPECTED_SKIPS.get((dataset, notebook), {})
+    printed = [t for t in texts if "what this dataset allows" in t]
+    if notebook in {"00_data", "01_pretrain"}:  # no parts: they need scans only
+        assert not printed
+        return
+    assert len(printed) == 1, texts
+    for part, why in expected.items():
+        assert f"SKIPPED {part}:" in printed[0] and f"why: {why}" in printed[0], (part, printed[0])
+    assert printed[0].count("SKIPPED") == len(expected), printed[0]
+    conclusion = texts[-1]
+    if expected:
+        assert "Skipped on this dataset: " in conclusion
+        for part, why in expected.items():
+            assert f"{part} ({why}" in conclusion, (part, conclusion)
+    else:
+        assert "Skipped on this dataset" not in conclusion
+    nothing = (dataset, notebook) in NOTHING_MEASURED
+    assert ("Nothing measured on this dataset." in conclusion) == nothing, conclusion

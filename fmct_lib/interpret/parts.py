@@ -15,8 +15,9 @@ import pandas as pd
 from ..downstream.embeddings import protocol_labels
 from .lesion import MASKED_TASKS
 
-__all__ = ["Parts", "candidate_tasks", "finetunable_tasks", "embedding_parts", "attention_parts",
-           "EMBEDDING_PARTS", "ATTENTION_PARTS"]
+__all__ = ["Parts", "candidate_tasks", "finetunable_tasks", "embedding_parts", "attention_parts", "task_parts",
+           "transfer_parts", "scaling_parts", "EMBEDDING_PARTS", "ATTENTION_PARTS", "TASK_PARTS", "TRANSFER_PARTS",
+           "SCALING_PARTS", "retrieval_parts", "RETRIEVAL_PARTS"]
 
 # part -> what it is, in each notebook's order
 EMBEDDING_PARTS = {
@@ -30,6 +31,22 @@ ATTENTION_PARTS = {
     "fine-tuned": "the same for encoders fine-tuned per task",
     "lesion": "attention share on the lesion against the lesion's share of the volume (lesion masks)",
 }
+# the notebooks whose one part is trained and scored per task: 02 and 04
+TASK_PARTS = {
+    "02_finetune": {"comparison": "fine-tuned, scratch, probe and histogram models per task, with CIs and tests "
+                                  "(Fig. 1e)"},
+    "04_fewshot": {"few-shot": "K-shot fine-tuning curves against training on all data (Fig. 2)"},
+}
+TRANSFER_PARTS = {
+    "external validation": "a model fine-tuned on the source site (or dataset) tested on the target (Fig. 1f)",
+    "in-domain": "fine-tuned, scratch and histogram models trained and tested on the target (Fig. 1e, g)",
+}
+SCALING_PARTS = {
+    "pretraining": "encoders pretrained on each fraction of the pretraining pool",
+    "probes": "each encoder's downstream classifiers scored per task (Fig. 4)",
+}
+RETRIEVAL_PARTS = {"retrieval": "all-vs-all retrieval of scans sharing a subtype: mAP and precision@k (Fig. 3)"}
+MIN_RETRIEVABLE = 2  # a query needs another scan of its subtype to find
 MIN_PROJECTED = 3  # t-SNE needs more scans than its perplexity (at least 2)
 MIN_PER_GROUP = 2  # cross-validated separability needs two scans of each group
 
@@ -173,3 +190,77 @@ def attention_parts(dataset: str, scans: pd.DataFrame, tasks: list[str] | None =
     else:
         reasons["lesion"] = None
     return Parts("07_attention", dataset, reasons, ATTENTION_PARTS, trainable)
+
+
+def task_parts(notebook: str, dataset: str, scans: pd.DataFrame, tasks: list[str] | None = None) -> Parts:
+    """The one part of ``02_finetune`` or ``04_fewshot``: it runs when a task of ``tasks`` (as the notebook's
+    parameter) has positive and negative scans in both the training and the test split of ``scans``."""
+    descriptions = TASK_PARTS[notebook]
+    candidates = candidate_tasks(dataset, tasks)
+    trainable, task_reasons = finetunable_tasks(scans, candidates)
+    reason = None if trainable else _no_task_reason(candidates, task_reasons)
+    return Parts(notebook, dataset, {part: reason for part in descriptions}, descriptions, trainable)
+
+
+def transfer_parts(dataset: str, target_rows: pd.DataFrame, *, has_sites: bool, target_dataset: str,
+                   tasks: list[str] | None = None) -> Parts:
+    """The parts of ``03_transfer``: external validation needs a source and a target (two sites of ``dataset``,
+    ``has_sites``, or a ``target_dataset`` other than ``dataset``); the in-domain models need a task with positive
+    and negative scans in both splits of the target's rows ``target_rows``."""
+    candidates = candidate_tasks(target_dataset, tasks)
+    trainable, task_reasons = finetunable_tasks(target_rows, candidates)
+    in_domain = None if trainable else _no_task_reason(candidates, task_reasons)
+    if not has_sites and target_dataset == dataset:
+        external = (f"{dataset!r} has no sites (a site column) to transfer between and no target_dataset was given "
+                    "(-p target_dataset NAME tests on another ingested dataset)")
+    else:
+        external = in_domain and "no task to train and test on (see in-domain)"
+    return Parts("03_transfer", dataset, {"external validation": external, "in-domain": in_domain},
+                 TRANSFER_PARTS, trainable)
+
+
+def scaling_parts(dataset: str, scans: pd.DataFrame, fractions, batch_size: int, *, checkpoint: str | None = None,
+                  seed: int = 0, tasks: list[str] | None = None) -> tuple[Parts, list[float]]:
+    """(the parts of ``05_scaling``, the fractions whose pretraining set holds at least one batch of
+    ``batch_size`` scans). Pretraining is skipped with a ``checkpoint`` (one encoder, no fractions to compare) or
+    when no fraction has a batch; the probes run on the checkpoint or the encoders that are pretrained."""
+    from ..data.splits import POOL_SPLIT, subsample_patients
+    pool = scans[scans["split"].isin(["train", POOL_SPLIT])]
+    if "site" in pool.columns:
+        pool = pool[pool["site"] != "external"]
+    sizes = {f: int(pool["patient_id"].astype(str).isin(subsample_patients(pool["patient_id"], f, seed)).sum())
+             if len(pool) else 0 for f in fractions}
+    fitting = [f for f in fractions if sizes[f] >= batch_size]
+    if checkpoint:
+        pretraining = (f"an encoder checkpoint was given ({checkpoint}): no pretraining, so no fractions to compare; "
+                       "the probes run on the checkpoint")
+    elif not fitting:
+        pretraining = ("fewer pretraining scans than one batch of " f"{batch_size} at every fraction ("
+                       + ", ".join(f"{f:.0%}: {n}" for f, n in sizes.items()) + ")")
+    else:
+        pretraining = None
+        if len(fitting) < len(fractions):
+            print("fractions left out, fewer pretraining scans than one batch of "
+                  f"{batch_size}: " + ", ".join(f"{f:.0%} ({sizes[f]})" for f in fractions if f not in fitting))
+    candidates = candidate_tasks(dataset, tasks)
+    trainable, task_reasons = finetunable_tasks(scans, candidates)
+    if not trainable:
+        probes = _no_task_reason(candidates, task_reasons)
+    elif pretraining and not checkpoint:
+        probes = "no pretrained encoder to probe (see pretraining)"
+    else:
+        probes = None
+    parts = Parts("05_scaling", dataset, {"pretraining": pretraining, "probes": probes}, SCALING_PARTS, trainable)
+    return parts, fitting
+
+
+def retrieval_parts(dataset: str, gallery: pd.DataFrame, subtypes: list[str]) -> Parts:
+    """The part of ``08_retrieval``: it runs when a subtype of ``subtypes`` has at least two positive scans in
+    ``gallery`` (the scans searched); ``tasks`` holds those subtypes."""
+    counts = {s: int((pd.to_numeric(gallery[s], errors="coerce") == 1).sum()) if s in gallery else None
+              for s in subtypes}
+    kept = tuple(s for s, n in counts.items() if n is not None and n >= MIN_RETRIEVABLE)
+    listed = ", ".join(f"{s}: {'no such column' if n is None else n}" for s, n in counts.items())
+    reason = None if kept else (f"no subtype label with at least {MIN_RETRIEVABLE} positive scans ({listed}); "
+                                "retrieval needs the haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)")
+    return Parts("08_retrieval", dataset, {"retrieval": reason}, RETRIEVAL_PARTS, kept)

@@ -232,7 +232,8 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], *
     ``summary`` has the models ``in-domain fine-tuned``, ``in-domain scratch``, ``external validation`` and
     ``in-domain histogram``; ``tests``: {model: ``paired_permutation_test`` of in-domain fine-tuned against
     it}; ``paper``: the paper's AUROCs for ``paper_name`` with its models renamed to ours;
-    ``target_rows``: the target's scans (column ``split``)."""
+    ``target_rows``: the target's scans (column ``split``). Without ``external validation`` (a dataset with
+    one site and no target dataset) its line says it did not run."""
     macro = _macro_auroc(summary)
     paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
     claim = (f"{paper_macro['in-domain fine-tuned']:.3f} vs {paper_macro['in-domain scratch']:.3f} on "
@@ -244,7 +245,9 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], *
         describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "external validation",
                             macro["external validation"], _macro_auroc_p(tests["external validation"]),
                             "in-domain fine-tuning helps where the target has enough labels (NYU Long Island, "
-                            "RSNA); the transferred model is better on small CQ500"),
+                            "RSNA); the transferred model is better on small CQ500")
+        if "external validation" in macro else
+        "External validation: not run (no source and target to transfer between; see the skipped parts).",
         f"Reference without a deep model (in-domain window histograms + logistic regression): "
         f"{macro['in-domain histogram']:.3f}; in-domain fine-tuned "
         f"{'above' if macro['in-domain fine-tuned'] > macro['in-domain histogram'] else 'below'} it.",
@@ -304,6 +307,10 @@ def scaling_conclusion(macro: pd.DataFrame) -> str:
         table = g.pivot(index="fraction", columns="method", values="value")
         for method in table.columns:
             v = table[method]
+            if len(v) < 2:  # one encoder (a checkpoint, or one fraction with a batch of scans): no trend
+                lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {v.iloc[0]:.3f} at {v.index[0]:.0%} "
+                             "of the pool only: no trend with pretraining data measured.")
+                continue
             trend = ("grows monotonically" if v.is_monotonic_increasing and v.iloc[-1] > v.iloc[0]
                      else "does NOT grow monotonically")
             lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "

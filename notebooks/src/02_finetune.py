@@ -32,61 +32,83 @@ S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, 
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 
-# %%
-tasks = S.tasks(tasks)
-encoder = S.encoder()
-n_seeds = n_seeds or P.finetune_seeds
-predictions = S.sweep(tasks, protocols, encoder, n_seeds=n_seeds)
-seeds = sorted(predictions["seed"].unique().tolist())
-predictions.groupby(["protocol", "seed"])["scan_id"].nunique()
+# %% [markdown]
+# ## What this dataset allows
+#
+# Training and scoring a classifier needs a task with positive and negative scans in the training and the test
+# split; without one the notebook stops here and says so.
 
 # %%
-import pandas as pd
-from fmct_lib.evaluate import bootstrap_ci, paired_comparison, task_metrics
+from fmct_lib.interpret.parts import task_parts
 
-summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=protocol)
-                     for protocol, g in predictions.groupby("protocol")], ignore_index=True)
-common = set.intersection(*(set(g["task"]) for _, g in predictions.groupby("protocol")))
-pick = lambda m: predictions[(predictions.protocol == m) & predictions.task.isin(common)]  # noqa: E731
-baselines = [b for b in protocols if b != "finetune"] if "finetune" in protocols else []
-comparison = pd.concat([paired_comparison(pick("finetune"), pick(b), n_boot=P.n_bootstrap, n_perm=P.n_permutations,
-                                          seed=seed).assign(model_a="finetune", model_b=b) for b in baselines]
-                       or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "p_value"])])
-tests = {b: comparison[comparison.model_b == b] for b in baselines}  # fine-tuned against each baseline
-runs = task_metrics(predictions, by=("protocol", "seed", "task")).rename(columns={"protocol": "model"})
-runs = pd.concat([runs, runs.groupby(["model", "seed"], as_index=False)[["auroc", "ap"]].mean().assign(task="macro")])
-summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3)
+parts = task_parts("02_finetune", dataset, S.labelled, tasks)
+print(parts)
 
 # %%
-from fmct_lib.evaluate import label_prevalence
+if parts.runs("comparison"):
+    tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
+    encoder = S.encoder()
+    n_seeds = n_seeds or P.finetune_seeds
+    predictions = S.sweep(tasks, protocols, encoder, n_seeds=n_seeds)
+    seeds = sorted(predictions["seed"].unique().tolist())
+    display(predictions.groupby(["protocol", "seed"])["scan_id"].nunique())
 
-paper_name = naming.paper_dataset(dataset, site if S.site_filter else None)
-known = paper.paper_values_for("fig1e", paper_name)  # AUROCs (drawn on the bars); gain, P value, n (legend lines)
-reported = known[known.metric == "auroc"].reset_index(drop=True)
-order = [t for t in tasks if t in set(summary.task)] + ["macro"]
-prevalence = label_prevalence(predictions)  # of each task's test scans: the AP of a random ranking
-title = (f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
-         f"(n = {predictions.scan_id.nunique()} scans)"
-         + (f", mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""))
-top = dict(title=title, profile=P.name, training=plots.training_rule(P), paper=reported,
-           paper_notes=known[known.metric != "auroc"])  # on the AUROC panel
-fig, axes = plots.print_subplots(2, 1, height_mm=120)
-for ax, metric, label in zip(axes, ("auroc", "ap"), ("AUROC", "AP")):
-    plots.metric_bars(summary[summary.metric == metric], x="task", hue="model", order=order, hue_order=protocols,
-                      ylabel=label, prevalence=prevalence, ax=ax,
-                      points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None,
-                      **(top if metric == "auroc" else {}))
-name = naming.figure_name("fig1e_finetune_vs_scratch", dataset, P)
-comparisons.save_comparison(name, comparisons.with_paper(comparison, known))
-plots.save_figure(fig, name, summary,
-                  {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "encoder": str(encoder),
-                   "preset": preset, "spec": S.spec.hash,
-                   "tasks": tasks, "protocols": protocols, "seed": seed, "seeds": seeds,
-                   "paper_counterpart": paper_name, "test_prevalence": prevalence})
+# %%
+if parts.runs("comparison"):
+    import pandas as pd
+    from fmct_lib.evaluate import bootstrap_ci, paired_comparison, task_metrics
+
+    summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=protocol)
+                         for protocol, g in predictions.groupby("protocol")], ignore_index=True)
+    common = set.intersection(*(set(g["task"]) for _, g in predictions.groupby("protocol")))
+    pick = lambda m: predictions[(predictions.protocol == m) & predictions.task.isin(common)]  # noqa: E731
+    baselines = [b for b in protocols if b != "finetune"] if "finetune" in protocols else []
+    comparison = pd.concat([paired_comparison(pick("finetune"), pick(b), n_boot=P.n_bootstrap, n_perm=P.n_permutations,
+                                              seed=seed).assign(model_a="finetune", model_b=b) for b in baselines]
+                           or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "p_value"])])
+    tests = {b: comparison[comparison.model_b == b] for b in baselines}  # fine-tuned against each baseline
+    runs = task_metrics(predictions, by=("protocol", "seed", "task")).rename(columns={"protocol": "model"})
+    runs = pd.concat([runs, runs.groupby(["model", "seed"], as_index=False)[["auroc", "ap"]].mean()
+                      .assign(task="macro")])
+    display(summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3))
+
+# %%
+if parts.runs("comparison"):
+    from fmct_lib.evaluate import label_prevalence
+
+    paper_name = naming.paper_dataset(dataset, site if S.site_filter else None)
+    known = paper.paper_values_for("fig1e", paper_name)  # AUROCs (drawn on the bars); gain, P value, n (legend lines)
+    reported = known[known.metric == "auroc"].reset_index(drop=True)
+    order = [t for t in tasks if t in set(summary.task)] + ["macro"]
+    prevalence = label_prevalence(predictions)  # of each task's test scans: the AP of a random ranking
+    title = (f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
+             f"(n = {predictions.scan_id.nunique()} scans)"
+             + (f", mean of {len(seeds)} training seeds" if len(seeds) > 1 else ""))
+    top = dict(title=title, profile=P.name, training=plots.training_rule(P), paper=reported,
+               paper_notes=known[known.metric != "auroc"])  # on the AUROC panel
+    fig, axes = plots.print_subplots(2, 1, height_mm=120)
+    for ax, metric, label in zip(axes, ("auroc", "ap"), ("AUROC", "AP")):
+        plots.metric_bars(summary[summary.metric == metric], x="task", hue="model", order=order, hue_order=protocols,
+                          ylabel=label, prevalence=prevalence, ax=ax,
+                          points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None,
+                          **(top if metric == "auroc" else {}))
+    name = naming.figure_name("fig1e_finetune_vs_scratch", dataset, P)
+    comparisons.save_comparison(name, comparisons.with_paper(comparison, known))
+    plots.save_figure(fig, name, summary,
+                      {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
+                       "encoder": str(encoder),
+                       "preset": preset, "spec": S.spec.hash,
+                       "tasks": tasks, "protocols": protocols, "seed": seed, "seeds": seeds,
+                       "paper_counterpart": paper_name, "test_prevalence": prevalence})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.finetune_conclusion(summary, tests, runs, predictions, paper=reported, paper_name=paper_name,
-                                      protocols=protocols, profile=P))
+if parts.runs("comparison"):
+    print(conclusions.finetune_conclusion(summary, tests, runs, predictions, paper=reported, paper_name=paper_name,
+                                          protocols=protocols, profile=P))
+else:
+    print("Nothing measured on this dataset.")
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

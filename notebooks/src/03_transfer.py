@@ -37,43 +37,56 @@ P, scans, method = S.profile, S.scans, S.method
 target_dataset = target_dataset or dataset
 target_scans = scans if target_dataset == dataset else S.other(target_dataset)
 
+# %% [markdown]
+# ## What this dataset allows
+#
+# External validation needs a source and a target: two sites of the dataset, or a `target_dataset`. The
+# in-domain models need a task with positive and negative scans in the target's training and test split.
+
 # %%
 import pandas as pd
+from fmct_lib.interpret.parts import transfer_parts
 
 has_sites = "site" in scans and target_dataset == dataset
-if target_dataset == dataset and not has_sites:
-    raise ValueError(f"{dataset!r} has no sites to transfer between: set target_dataset (e.g. 'cq500')")
 source = {"site": source_site} if has_sites else None
 target = {"site": target_site} if has_sites else None
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
-tasks = S.tasks(tasks, rows=target_rows)  # the source's tasks the target has labels for
-encoder = S.encoder()
-n_seeds = n_seeds or P.finetune_seeds
-runs = {
-    "external validation": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
-                                   eval_dataset=target_dataset, eval_filter=target),
-    "in-domain fine-tuned": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, dataset=target_dataset,
-                                    train_filter=target),
-    "in-domain scratch": S.sweep(tasks, ["scratch"], encoder, n_seeds=n_seeds, dataset=target_dataset,
-                                 train_filter=target),
-    "in-domain histogram": S.sweep(tasks, ["histogram"], None, n_seeds=n_seeds, dataset=target_dataset,
-                                   train_filter=target),
-}
+parts = transfer_parts(dataset, target_rows, has_sites=has_sites, target_dataset=target_dataset, tasks=tasks)
+print(parts)
+
+# %%
+runs = {}
+if parts.runs("in-domain"):
+    tasks = [t for t in S.tasks(tasks, rows=target_rows) if t in parts.tasks]  # the source's tasks the target has
+    encoder = S.encoder()
+    n_seeds = n_seeds or P.finetune_seeds
+    if parts.runs("external validation"):
+        runs["external validation"] = S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
+                                              eval_dataset=target_dataset, eval_filter=target)
+    runs.update({
+        "in-domain fine-tuned": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, dataset=target_dataset,
+                                        train_filter=target),
+        "in-domain scratch": S.sweep(tasks, ["scratch"], encoder, n_seeds=n_seeds, dataset=target_dataset,
+                                     train_filter=target),
+        "in-domain histogram": S.sweep(tasks, ["histogram"], None, n_seeds=n_seeds, dataset=target_dataset,
+                                       train_filter=target),
+    })
 {name: len(p) for name, p in runs.items()}
 
 # %%
 from fmct_lib.evaluate import bootstrap_ci, paired_comparison
 
-summary = pd.concat([bootstrap_ci(p, n_boot=P.n_bootstrap, seed=seed).assign(model=name)
-                     for name, p in runs.items() if len(p)], ignore_index=True)
-common = set.intersection(*(set(p["task"]) for p in runs.values()))
-pick = lambda name: runs[name][runs[name].task.isin(common)]  # noqa: E731
-comparison = pd.concat([paired_comparison(pick("in-domain fine-tuned"), pick(b), n_boot=P.n_bootstrap,
-                                          n_perm=P.n_permutations, seed=seed)
-                        .assign(model_a="in-domain fine-tuned", model_b=b)
-                        for b in ("external validation", "in-domain scratch")])
-tests = {b: comparison[comparison.model_b == b] for b in ("external validation", "in-domain scratch")}
-summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3)
+baselines = [b for b in ("external validation", "in-domain scratch") if b in runs]
+if runs:
+    summary = pd.concat([bootstrap_ci(p, n_boot=P.n_bootstrap, seed=seed).assign(model=name)
+                         for name, p in runs.items() if len(p)], ignore_index=True)
+    common = set.intersection(*(set(p["task"]) for p in runs.values()))
+    pick = lambda name: runs[name][runs[name].task.isin(common)]  # noqa: E731
+    comparison = pd.concat([paired_comparison(pick("in-domain fine-tuned"), pick(b), n_boot=P.n_bootstrap,
+                                              n_perm=P.n_permutations, seed=seed)
+                            .assign(model_a="in-domain fine-tuned", model_b=b) for b in baselines])
+    tests = {b: comparison[comparison.model_b == b] for b in baselines}
+    display(summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3))
 
 # %%
 paper_name = naming.paper_dataset(target_dataset, target_site if has_sites else None)
@@ -81,27 +94,30 @@ known = paper.paper_values_for(None, paper_name)
 known = known[known.figure.isin(["fig1e", "fig1g"])]  # AUROCs (drawn on the bars); gain, P value, n (legend lines)
 reported = known[known.metric == "auroc"].reset_index(drop=True)
 reported = reported.assign(model=reported["model"].map({"finetune": "in-domain fine-tuned", "scratch": "in-domain scratch"}))
-order = [t for t in tasks if t in common] + ["macro"]
-hue_order = list(runs)
-title = (f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
-         f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
-         + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""))
-fig, ax = plots.print_subplots(height_mm=70)  # two columns wide: the legend lists the paper's gain, P and n
-plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order, hue_order=hue_order,
-                  paper=reported, paper_notes=known[known.metric != "auroc"], title=title, profile=P.name,
-                  training=plots.training_rule(P), ax=ax)
-name = naming.figure_name("fig1fg_transfer", dataset, P)
-comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
-    "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
-plots.save_figure(fig, name, summary,
-                  {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
-                   "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
-                   "preset": preset, "spec": S.spec.hash,
-                   "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "paper_counterpart": paper_name})
+if runs:
+    order = [t for t in tasks if t in common] + ["macro"]
+    title = (f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
+             + (f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
+                if "external validation" in runs else "in-domain models only (no transfer: see the skipped parts)")
+             + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""))
+    fig, ax = plots.print_subplots(height_mm=70)  # two columns wide: the legend lists the paper's gain, P and n
+    plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order, hue_order=list(runs),
+                      paper=reported, paper_notes=known[known.metric != "auroc"], title=title, profile=P.name,
+                      training=plots.training_rule(P), ax=ax)
+    name = naming.figure_name("fig1fg_transfer", dataset, P)
+    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
+        "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
+    plots.save_figure(fig, name, summary,
+                      {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
+                       "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
+                       "preset": preset, "spec": S.spec.hash, "tasks": tasks, "seed": seed, "n_seeds": n_seeds,
+                       "paper_counterpart": paper_name, "skipped": parts.skipped})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.transfer_conclusion(summary, tests, paper=reported, paper_name=paper_name,
-                                      target_rows=target_rows))
+print(conclusions.transfer_conclusion(summary, tests, paper=reported, paper_name=paper_name, target_rows=target_rows)
+      if runs else "Nothing measured on this dataset.")
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

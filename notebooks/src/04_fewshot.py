@@ -34,62 +34,82 @@ S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, 
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 
-# %%
-import pandas as pd
-
-shots = list(shots or P.fewshot_shots)
-resamples = resamples or P.fewshot_resamples
-tasks = S.tasks(tasks)
-encoder = S.encoder()
-n_seeds = n_seeds or P.finetune_seeds  # the stars: the all-data runs of 02, reused when it ran
-# every model sees the same K-shot draws (resample r: seed + r); runs that lack K positives are skipped
-draws = dict(shots=shots, resamples=resamples)
-frames = [S.fewshot(tasks, "finetune", encoder, n_seeds=n_seeds, **draws).assign(model="pretrained")]
-if compare_scratch:
-    frames.append(S.fewshot(tasks, "scratch", None, n_seeds=n_seeds, **draws).assign(model="scratch"))
-if compare_histogram:  # deterministic: one run per draw and one on all data
-    frames.append(S.fewshot(tasks, "histogram", None, n_seeds=1, **draws).assign(model="histogram"))
-predictions = pd.concat(frames, ignore_index=True)
-predictions.groupby(["model", "k"], dropna=False)["seed"].nunique()
+# %% [markdown]
+# ## What this dataset allows
+#
+# Training and scoring a classifier needs a task with positive and negative scans in the training and the test
+# split; without one the notebook stops here and says so.
 
 # %%
-from fmct_lib.evaluate import fewshot_summary, paired_comparison
+from fmct_lib.interpret.parts import task_parts
 
-summary = pd.concat([fewshot_summary(g.drop(columns="model")).assign(model=m)
-                     for m, g in predictions.groupby("model")], ignore_index=True)
-curves = summary[summary.k != "all"].astype({"k": int}).rename(columns={"mean": "value"})
-full = summary[summary.k == "all"].rename(columns={"mean": "value"})
-# pretrained against scratch at each K (and on all data), on the same draws: a draw is paired by its seed
-pairs = predictions.assign(k=predictions["k"].astype("string").fillna("all"))
-comparison = pd.concat([paired_comparison(g[g.model == "pretrained"], g[g.model == "scratch"], n_boot=P.n_bootstrap,
-                                          n_perm=P.n_permutations, seed=seed).assign(model_a="pretrained",
-                                                                                     model_b="scratch", k=k)
-                        for k, g in pairs.groupby("k") if {"pretrained", "scratch"} <= set(g.model)]
-                       or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "k", "p_value"])])
-summary.pivot_table(index=["task", "k"], columns=["metric", "model"], values="mean", sort=False).round(3)
+parts = task_parts("04_fewshot", dataset, S.labelled, tasks)
+print(parts)
 
 # %%
-from fmct_lib.evaluate import label_prevalence
+if parts.runs("few-shot"):
+    import pandas as pd
 
-reported = paper.paper_values_for("fig2", naming.paper_dataset(dataset, site if S.site_filter else None), "auroc")
-prevalence = label_prevalence(predictions)  # of each task's test scans: the AP of a random ranking
-title = (f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
-         f"stars: all training data ({n_seeds} training seed{'s' * (n_seeds != 1)})")
-for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
-    fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
-                               paper=reported if metric == "auroc" else None, prevalence=prevalence, title=title,
-                               profile=P.name, training=plots.training_rule(P))
-    name = naming.figure_name(f"fig2_fewshot_{metric}", dataset, P)
-    comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported))
-    plots.save_figure(fig, name, summary[summary.metric == metric],
-                      {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
-                       "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
-                       "shots": shots, "resamples": resamples,
-                       "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds,
-                       "test_prevalence": prevalence})
+    shots = list(shots or P.fewshot_shots)
+    resamples = resamples or P.fewshot_resamples
+    tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
+    encoder = S.encoder()
+    n_seeds = n_seeds or P.finetune_seeds  # the stars: the all-data runs of 02, reused when it ran
+    # every model sees the same K-shot draws (resample r: seed + r); runs that lack K positives are skipped
+    draws = dict(shots=shots, resamples=resamples)
+    frames = [S.fewshot(tasks, "finetune", encoder, n_seeds=n_seeds, **draws).assign(model="pretrained")]
+    if compare_scratch:
+        frames.append(S.fewshot(tasks, "scratch", None, n_seeds=n_seeds, **draws).assign(model="scratch"))
+    if compare_histogram:  # deterministic: one run per draw and one on all data
+        frames.append(S.fewshot(tasks, "histogram", None, n_seeds=1, **draws).assign(model="histogram"))
+    predictions = pd.concat(frames, ignore_index=True)
+    display(predictions.groupby(["model", "k"], dropna=False)["seed"].nunique())
+
+# %%
+if parts.runs("few-shot"):
+    from fmct_lib.evaluate import fewshot_summary, paired_comparison
+
+    summary = pd.concat([fewshot_summary(g.drop(columns="model")).assign(model=m)
+                         for m, g in predictions.groupby("model")], ignore_index=True)
+    curves = summary[summary.k != "all"].astype({"k": int}).rename(columns={"mean": "value"})
+    full = summary[summary.k == "all"].rename(columns={"mean": "value"})
+    # pretrained against scratch at each K (and on all data), on the same draws: a draw is paired by its seed
+    pairs = predictions.assign(k=predictions["k"].astype("string").fillna("all"))
+    comparison = pd.concat([paired_comparison(g[g.model == "pretrained"], g[g.model == "scratch"], n_boot=P.n_bootstrap,
+                                              n_perm=P.n_permutations, seed=seed).assign(model_a="pretrained",
+                                                                                         model_b="scratch", k=k)
+                            for k, g in pairs.groupby("k") if {"pretrained", "scratch"} <= set(g.model)]
+                           or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "k", "p_value"])])
+    display(summary.pivot_table(index=["task", "k"], columns=["metric", "model"], values="mean", sort=False).round(3))
+
+# %%
+if parts.runs("few-shot"):
+    from fmct_lib.evaluate import label_prevalence
+
+    reported = paper.paper_values_for("fig2", naming.paper_dataset(dataset, site if S.site_filter else None), "auroc")
+    prevalence = label_prevalence(predictions)  # of each task's test scans: the AP of a random ranking
+    title = (f"{dataset}: few-shot fine-tuning, mean and 95% CI over {resamples} resample{'s' * (resamples != 1)}; "
+             f"stars: all training data ({n_seeds} training seed{'s' * (n_seeds != 1)})")
+    for metric, label in (("auroc", "AUROC"), ("ap", "AP")):
+        fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
+                                   paper=reported if metric == "auroc" else None, prevalence=prevalence, title=title,
+                                   profile=P.name, training=plots.training_rule(P))
+        name = naming.figure_name(f"fig2_fewshot_{metric}", dataset, P)
+        comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported))
+        plots.save_figure(fig, name, summary[summary.metric == metric],
+                          {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
+                           "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
+                           "shots": shots, "resamples": resamples,
+                           "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds,
+                           "test_prevalence": prevalence})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.fewshot_conclusion(curves, full, predictions, P))
+if parts.runs("few-shot"):
+    print(conclusions.fewshot_conclusion(curves, full, predictions, P))
+else:
+    print("Nothing measured on this dataset.")
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

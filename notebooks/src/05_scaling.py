@@ -19,63 +19,84 @@ protocol = "linear"      # downstream protocol per encoder: linear | attentive |
 tasks = None
 site = "internal"
 external_site = None     # e.g. "external": also test the internal-trained probes on that site (synthetic only)
+checkpoint = None        # or one encoder checkpoint: no pretraining (no fractions to compare), its probes only
 
 # %%
 from fmct_lib import pipeline
 from fmct_lib.report import comparisons, conclusions, naming, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
+
+# %% [markdown]
+# ## What this dataset allows
+#
+# Pretraining needs at least one batch of scans in the pretraining pool at a fraction (fractions with fewer are
+# left out); the probes need a task with positive and negative scans in the training and the test split.
+
+# %%
+from fmct_lib.interpret.parts import scaling_parts
+
+parts, fractions = scaling_parts(dataset, scans, fractions, P.pretrain_batch_size, checkpoint=checkpoint, seed=seed,
+                                 tasks=tasks)
+print(parts)
 
 # %%
 import pandas as pd
 
 has_sites = S.site_filter is not None
-tasks = S.tasks(tasks)
 evaluations = {"internal test": None}
 if has_sites and external_site and external_site in set(scans["site"]):
     evaluations["external test"] = {"site": external_site}
 rows = []
-for method in methods:
-    for fraction in fractions:
-        encoder = S.encoder(method, fraction=fraction)
+if parts.runs("probes"):
+    tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
+    encoders = ({("checkpoint", 1.0): S.encoder()} if checkpoint else
+                {(method, fraction): S.encoder(method, fraction=fraction)
+                 for method in methods for fraction in fractions})
+    for (method, fraction), encoder in encoders.items():
         for evaluation, eval_filter in evaluations.items():
             preds = S.sweep(tasks, [protocol], encoder, eval_filter=eval_filter or S.site_filter, progress=False)
             rows.append(preds.assign(method=method, fraction=fraction, evaluation=evaluation))
-predictions = pd.concat(rows, ignore_index=True)
 
 # %%
 from fmct_lib.evaluate import bootstrap_ci, paired_comparison
 
-summary = pd.concat([bootstrap_ci(g.drop(columns=["method", "fraction", "evaluation"]), n_boot=P.n_bootstrap, seed=seed)
-                     .assign(method=m, fraction=f, evaluation=e)
-                     for (m, f, e), g in predictions.groupby(["method", "fraction", "evaluation"])], ignore_index=True)
-macro = summary[summary.task == "macro"].assign(percent=lambda d: 100 * d.fraction)
-# DINO against every other method at every fraction, on the same test scans (the paper: DINO above MAE)
-grouped = {key: g.drop(columns=["method", "fraction", "evaluation"])
-           for key, g in predictions.groupby(["method", "fraction", "evaluation"])}
-comparison = pd.concat([paired_comparison(grouped["dino", f, e], grouped[other, f, e], n_boot=P.n_bootstrap,
-                                          n_perm=P.n_permutations, seed=seed)
-                        .assign(model_a="dino", model_b=other, fraction=f, evaluation=e)
-                        for (m, f, e) in grouped if m == "dino"
-                        for other in methods if other != "dino" and (other, f, e) in grouped]
-                       or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "p_value"])])
-macro.pivot_table(index=["evaluation", "percent"], columns=["metric", "method"], values="value").round(3)
+if rows:
+    predictions = pd.concat(rows, ignore_index=True)
+    summary = pd.concat([bootstrap_ci(g.drop(columns=["method", "fraction", "evaluation"]), n_boot=P.n_bootstrap,
+                                      seed=seed).assign(method=m, fraction=f, evaluation=e)
+                         for (m, f, e), g in predictions.groupby(["method", "fraction", "evaluation"])],
+                        ignore_index=True)
+    macro = summary[summary.task == "macro"].assign(percent=lambda d: 100 * d.fraction)
+    # DINO against every other method at every fraction, on the same test scans (the paper: DINO above MAE)
+    grouped = {key: g.drop(columns=["method", "fraction", "evaluation"])
+               for key, g in predictions.groupby(["method", "fraction", "evaluation"])}
+    comparison = pd.concat([paired_comparison(grouped["dino", f, e], grouped[other, f, e], n_boot=P.n_bootstrap,
+                                              n_perm=P.n_permutations, seed=seed)
+                            .assign(model_a="dino", model_b=other, fraction=f, evaluation=e)
+                            for (m, f, e) in grouped if m == "dino"
+                            for other in methods if other != "dino" and (other, f, e) in grouped]
+                           or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "p_value"])])
+    display(macro.pivot_table(index=["evaluation", "percent"], columns=["metric", "method"], values="value").round(3))
 
 # %%
-for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")):
+for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else ():
     fig = plots.band_lines(macro[macro.metric == metric], x="percent", hue="method", facet="evaluation",
                            xlabel="pretraining data (%)", ylabel=label, logx=True)
-    fig.suptitle(f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)", fontsize=9, y=1.03)
+    fig.suptitle(f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)", fontsize=9,
+                 y=1.03)
     name = naming.figure_name(f"fig4_scaling_{metric}", dataset, P)
     comparisons.save_comparison(name, comparison[comparison.metric == metric])
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,
                        "protocol": protocol, "preset": S.spec.name, "spec": S.spec.hash, "tasks": tasks, "site": site,
-                       "seed": seed})
+                       "checkpoint": checkpoint, "seed": seed, "skipped": parts.skipped})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.scaling_conclusion(macro))
+print(conclusions.scaling_conclusion(macro) if rows else "Nothing measured on this dataset.")
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

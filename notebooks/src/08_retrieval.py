@@ -30,49 +30,60 @@ P, scans = S.profile, S.scans
 import pandas as pd
 import torch
 from fmct_lib.evaluate import retrieval_summary, retrieve_all_vs_all
+from fmct_lib.interpret.parts import retrieval_parts
 from fmct_lib.models.vit3d import vit_from_config
 
 gallery = scans[scans["site"] != "pretrain"] if "site" in scans else scans
-subtypes = [s for s in subtypes if s in gallery and (gallery[s] == 1).sum() >= 2]
-encoders = {"checkpoint": S.encoder()} if checkpoint else {m: S.encoder(m) for m in methods}
-torch.manual_seed(seed)
-encoders["random init"] = vit_from_config(P.model)
-per_query, summaries = [], []
-for name, enc in encoders.items():
-    table = S.embed(enc, scans=gallery, progress=False)
-    vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
-    q = retrieve_all_vs_all(vectors, table[subtypes], ks=tuple(ks), scan_ids=table["scan_id"])
-    per_query.append(q.assign(model=name))
-    summaries.append(retrieval_summary(q, n_boot=P.n_bootstrap, seed=seed).assign(model=name))
-summary = pd.concat(summaries, ignore_index=True)
-summary.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3)
+parts = retrieval_parts(dataset, gallery, subtypes)
+print(parts)
+subtypes = list(parts.tasks)
 
 # %%
-from pathlib import Path
+if parts.runs("retrieval"):
+    encoders = {"checkpoint": S.encoder()} if checkpoint else {m: S.encoder(m) for m in methods}
+    torch.manual_seed(seed)
+    encoders["random init"] = vit_from_config(P.model)
+    per_query, summaries = [], []
+    for name, enc in encoders.items():
+        table = S.embed(enc, scans=gallery, progress=False)
+        vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+        q = retrieve_all_vs_all(vectors, table[subtypes], ks=tuple(ks), scan_ids=table["scan_id"])
+        per_query.append(q.assign(model=name))
+        summaries.append(retrieval_summary(q, n_boot=P.n_bootstrap, seed=seed).assign(model=name))
+    summary = pd.concat(summaries, ignore_index=True)
+    display(summary.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3))
 
-metrics = ["map"] + [f"p@{k}" for k in ks]
-prevalence = gallery[subtypes].astype(float).mean().to_dict()  # about the mAP and precision of a random ranking
-notes = paper.paper_values_for("fig3", naming.paper_dataset(dataset))  # the paper's gain over Google CT, its n
-encoded = ([f"checkpoint {Path(checkpoint).name}"] if checkpoint
-           else [f"{m.upper()} pretrained {P.epochs_for(m)} epochs" for m in methods])
-fig, axes = plots.print_subplots(1, len(metrics), height_mm=60)
-for ax, metric in zip(axes, metrics):
-    plots.metric_bars(summary[summary.metric == metric].rename(columns={"subtype": "task"}), x="task", hue="model",
-                      order=subtypes + ["mean"], hue_order=list(encoders), ylabel=metric.replace("map", "retrieval mAP"),
-                      prevalence=prevalence, ax=ax, paper_notes=notes if ax is axes[-1] else None)
-    if ax is not axes[-1]:  # one legend, right of the last panel
-        ax.get_legend().remove()
-title = f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries)"
-training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
-fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
-plots.save_figure(fig, naming.figure_name("fig3_retrieval", dataset, P), summary,
-                  {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
-                                                                            for k, v in encoders.items()},
-                   "preset": preset, "spec": S.spec.hash,
-                   "subtypes": subtypes, "ks": ks, "seed": seed, "gallery_prevalence": prevalence})
+# %%
+if parts.runs("retrieval"):
+    from pathlib import Path
+
+    metrics = ["map"] + [f"p@{k}" for k in ks]
+    prevalence = gallery[subtypes].astype(float).mean().to_dict()  # about the mAP and precision of a random ranking
+    notes = paper.paper_values_for("fig3", naming.paper_dataset(dataset))  # the paper's gain over Google CT, its n
+    encoded = ([f"checkpoint {Path(checkpoint).name}"] if checkpoint
+               else [f"{m.upper()} pretrained {P.epochs_for(m)} epochs" for m in methods])
+    fig, axes = plots.print_subplots(1, len(metrics), height_mm=60)
+    for ax, metric in zip(axes, metrics):
+        plots.metric_bars(summary[summary.metric == metric].rename(columns={"subtype": "task"}), x="task", hue="model",
+                          order=subtypes + ["mean"], hue_order=list(encoders),
+                          ylabel=metric.replace("map", "retrieval mAP"),
+                          prevalence=prevalence, ax=ax, paper_notes=notes if ax is axes[-1] else None)
+        if ax is not axes[-1]:  # one legend, right of the last panel
+            ax.get_legend().remove()
+    title = f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries)"
+    training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
+    fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
+    plots.save_figure(fig, naming.figure_name("fig3_retrieval", dataset, P), summary,
+                      {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
+                                                                                for k, v in encoders.items()},
+                       "preset": preset, "spec": S.spec.hash,
+                       "subtypes": subtypes, "ks": ks, "seed": seed, "gallery_prevalence": prevalence})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.retrieval_conclusion(summary, gallery, subtypes))
+print(conclusions.retrieval_conclusion(summary, gallery, subtypes) if parts.runs("retrieval")
+      else "Nothing measured on this dataset.")
+if parts.skipped:
+    print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))
