@@ -113,3 +113,22 @@ def test_a_run_on_a_large_enough_test_split_records_no_warning(small_test_split,
     assert not [w for w in recwarn if "'ich' scans" in str(w.message)]
     run_dir = next(small_test_split.rglob("done")).parent
     assert json.loads((run_dir / "config.json").read_text())["split_warning"] == ""
+
+
+def test_a_figures_summary_carries_the_split_warning():
+    """bootstrap_ci, the table every figure saves, says which tasks' evaluation split is too small (issue 26, 7)."""
+    import numpy as np
+    import pandas as pd
+
+    from fmct_lib.evaluate import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task, n_pos in (("ich", 30), ("edh", 3)):          # 30 and 3 positives among 60 scans
+        labels = np.r_[np.ones(n_pos), np.zeros(60 - n_pos)]
+        rows += [{"scan_id": f"s{i}", "task": task, "label": y, "probability": (y + rng.random()) / 2, "seed": 0}
+                 for i, y in enumerate(labels)]
+    summary = bootstrap_ci(pd.DataFrame(rows), n_boot=10).set_index(["task", "metric"])
+    assert summary.loc[("ich", "auroc"), "split_warning"] == ""
+    assert "3 positive and 57 negative" in summary.loc[("edh", "auroc"), "split_warning"]
+    assert summary.loc[("macro", "auroc"), "split_warning"] == "tasks with too few positives or negatives: edh"

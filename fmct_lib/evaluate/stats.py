@@ -139,12 +139,17 @@ def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci
     """Metrics of one model with bootstrap CIs: one row per task and a ``macro`` row.
 
     Columns ``task, metric, value`` (on the full held-out set), ``mean`` (over replicates, what the paper
-    reports), ``ci_low, ci_high`` (percentile interval), ``n_boot``, ``n_seeds`` and ``reason`` (why a value is
-    undefined, or which tasks a macro leaves out; ``""`` where nothing is). The macro replicate is
+    reports), ``ci_low, ci_high`` (percentile interval), ``n_boot``, ``n_seeds``, ``reason`` (why a value is
+    undefined, or which tasks a macro leaves out; ``""`` where nothing is) and ``split_warning`` (the
+    evaluation split has too few positives or negatives for a meaningful estimate: ``adequacy``; a macro row
+    names its tasks that have one; ``""`` where none), so a figure's data carry it. The macro replicate is
     the mean of the per-task replicates, so its CI reflects the joint resampling of scans. ``seed`` is the
     bootstrap's; a model trained with several seeds (``predictions.seed``) is reported as their mean.
     """
+    from .adequacy import adequacy_table
     point, reasons = _point_metrics(predictions), _reasons(predictions)
+    warned = {str(r.task): r.warning for r in adequacy_table(predictions).itertuples() if r.warning}
+    warned[MACRO] = f"tasks with too few positives or negatives: {', '.join(sorted(warned))}" if warned else ""
     alpha = 100 * (1 - ci) / 2
     rows = []
     for metric, columns in _replicates(predictions, n_boot, seed).items():
@@ -153,7 +158,7 @@ def bootstrap_ci(predictions: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci
             rows.append({"task": task, "metric": metric, "value": point.loc[task, metric],
                          "mean": np.nanmean(r) if np.isfinite(r).any() else np.nan,
                          "ci_low": lo, "ci_high": hi, "n_boot": n_boot, "n_seeds": _n_seeds(predictions),
-                         "reason": _reason(reasons, task, metric)})
+                         "reason": _reason(reasons, task, metric), "split_warning": warned.get(str(task), "")})
     return pd.DataFrame(rows)
 
 
