@@ -226,12 +226,13 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
             f"{folder}: the cache lacks {len(missing)} of the {len(wanted)} pretraining scans "
             f"(e.g. {missing[:3]}). Build it with:\n    fmct cache --dataset {dataset} --profile {profile_name}")
     scan_ids = [s for s in wanted if s in cached]  # rejected scans are listed in the cache's rejects.csv
-    if len(scan_ids) < len(wanted) and setup(device).is_main:
+    is_main = setup(device).is_main
+    if len(scan_ids) < len(wanted) and is_main:
         log.warning("%d of %d pretraining scans were rejected by preprocessing (see %s)",
                     len(wanted) - len(scan_ids), len(wanted), rejects)
     volumes = CachedVolumes(dataset, spec, scan_ids=scan_ids)
     watch = None
-    if monitor and setup(device).is_main:
+    if monitor and is_main:
         from ..data.manifest import PAPER_TASKS, load_scans
         from .monitor import KnnMonitor
         scans = load_scans(dataset)
