@@ -204,9 +204,15 @@ def test_toy_run_end_to_end(tmp_path, volumes):
     assert encoder(torch.rand(1, 3, 16, 16, 16)).shape == (1, 48)
     # a finished run is returned as is
     stamp = (run_dir / "encoder.safetensors").stat().st_mtime_ns
-    assert pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=4, progress=False) == run_dir
+    assert pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=4, progress=False,
+                       meta={"dataset": "memory", "fraction": 1.0}) == run_dir
     assert (run_dir / "encoder.safetensors").stat().st_mtime_ns == stamp
-    # a different configuration in the same directory is refused, not silently mixed
+    # a finished run made with another configuration is refused, not returned as if it were this one
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['run'\]"):
+        pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=2, progress=False,
+                    meta={"dataset": "memory", "fraction": 1.0})
+    assert (run_dir / "encoder.safetensors").stat().st_mtime_ns == stamp
+    # and so is an unfinished one: a different configuration in the same directory is never mixed
     (run_dir / "done").unlink()
     with pytest.raises(ValueError, match="different configuration"):
         pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=2, progress=False)

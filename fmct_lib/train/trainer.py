@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json``, ``metrics.jsonl`` / ``metrics.csv`` (one row per step),
 ``state_last.pt`` (resume state), ``encoder.safetensors`` (our checkpoint format, ``models/checkpoints``)
-and a ``done`` marker. Calling ``pretrain`` on a finished run returns at once; on an interrupted one it
+and a ``done`` marker. Calling ``pretrain`` on a finished run returns at once if it was made with the same configuration
+(another configuration in the directory is an error, never silently reused); on an interrupted one it
 continues exactly where the last checkpoint left off (``loop.py``). A run holds its directory's lock
 (``.lock``, taken by rank 0) while it trains: a second process on a directory in use fails at once with
 ``LockBusy`` naming the holder, instead of resuming from the first one's checkpoint and mixing their logs.
@@ -135,13 +136,9 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
     profile = get_profile(profile)
     Method = get_method(method)
     run_dir = Path(run_dir)
-    if resume and (run_dir / DONE_FILE).exists():
-        return run_dir
     dist_info = setup(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _holding_run_dir(run_dir, dist_info):
-        if resume and (run_dir / DONE_FILE).exists():  # another process finished it a moment ago
-            return run_dir
         if not resume and dist_info.is_main:
             for name in (STATE_FILE, DONE_FILE, "metrics.jsonl", "metrics.csv", ENCODER_FILE):
                 (run_dir / name).unlink(missing_ok=True)
@@ -155,6 +152,8 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
                   "preprocess": preprocess}
         config = json.loads(json.dumps(config))  # canonical JSON types (tuples → lists)
         _check_or_write_config(run_dir, config, dist_info, fresh=not resume)
+        if resume and (run_dir / DONE_FILE).exists():  # finished with this very configuration (checked above)
+            return run_dir
 
         torch.manual_seed(seed)  # model initialisation; later randomness comes from the saved generators
         task = Method(profile, augment, run)
@@ -212,8 +211,6 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
     profile_name = get_profile(profile).name
     method_options(method, options)  # an unknown method or option fails before anything is read
     run_dir = Path(run_dir) if run_dir else default_run_dir(dataset, method, fraction, profile_name, seed, max_steps)
-    if resume and (run_dir / DONE_FILE).exists():
-        return run_dir
     spec = paper_spec(profile)
     wanted = pretraining_scan_ids(dataset, fraction, seed)
     cached = set(read_index(dataset, spec)["scan_id"].astype(str))  # StageMissing when there is no cache
@@ -232,7 +229,7 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
                     len(wanted) - len(scan_ids), len(wanted), rejects)
     volumes = CachedVolumes(dataset, spec, scan_ids=scan_ids)
     watch = None
-    if monitor and is_main:
+    if monitor and is_main and not (resume and (run_dir / DONE_FILE).exists()):
         from ..data.manifest import PAPER_TASKS, load_scans
         from .monitor import KnnMonitor
         scans = load_scans(dataset)
