@@ -8,7 +8,8 @@ import torch
 from fmct_lib.config import get_profile
 from fmct_lib.models.dino_head import DINOHead
 from fmct_lib.models.vit3d import vit_from_config
-from fmct_lib.ssl.dino import clip_gradients, dino_loss, ema_update, teacher_health, update_centre
+from fmct_lib.ssl.dino import (DINOConfig, clip_gradients, dino_loss, ema_update, koleo_loss, sinkhorn_knopp,
+                               teacher_health, teacher_targets, update_centre)
 from fmct_lib.train.schedules import cosine_momentum, teacher_temperature, warmup_cosine
 from fmct_lib.train.methods.dino import DINOModel
 
@@ -141,3 +142,51 @@ def test_dino_loss_falls_on_a_fixed_batch():
         update_centre(centre, t.sum(0), t.shape[0], 0.9)
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def _sinkhorn_numpy(logits, temp, iterations=3):
+    """Sinkhorn-Knopp as SwAV writes it, in float64 NumPy: the independent computation."""
+    q = np.exp(logits / temp).T  # K × B
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(axis=1, keepdims=True) / k
+        q = q / q.sum(axis=0, keepdims=True) / b
+    return (q * b).T
+
+
+def test_sinkhorn_targets_match_numpy_and_spread_the_batch_over_the_prototypes():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 5)) + np.array([3.0, 0, 0, 0, 0])  # every scan leans to prototype 0
+    got = sinkhorn_knopp(torch.tensor(logits, dtype=torch.float32), 0.5).numpy()
+    want = _sinkhorn_numpy(logits, 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)  # one distribution per scan
+    # the softmax gives prototype 0 most of the batch; Sinkhorn-Knopp brings every prototype near 1/K of it
+    soft = torch.softmax(torch.tensor(logits) / 0.5, dim=-1).numpy().mean(0)
+    assert soft[0] > 0.8 and np.abs(got.mean(0) - 1 / 5).max() < 0.05
+    # ema centring is the softmax of the centred logits; the centre plays no part in Sinkhorn-Knopp
+    t, c = torch.tensor(logits, dtype=torch.float32), torch.ones(5)
+    torch.testing.assert_close(teacher_targets(t, c, 0.5), torch.softmax((t - c) / 0.5, dim=-1))
+    torch.testing.assert_close(teacher_targets(t, c, 0.5, "sinkhorn"), teacher_targets(t, 0 * c, 0.5, "sinkhorn"))
+
+
+def test_koleo_is_minus_mean_log_nearest_neighbour_distance():
+    from scipy.spatial.distance import cdist
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(9, 4))
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = cdist(z, z)
+    want = -np.mean([np.log(min(d[i, j] for j in range(9) if j != i) + 1e-8) for i in range(9)])
+    assert float(koleo_loss(torch.tensor(x, dtype=torch.float32))) == pytest.approx(want, rel=1e-5)
+    # spreading the batch lowers it: two clusters of near-copies score higher than spread points
+    tight = torch.tensor(np.repeat(z[:2], 4, axis=0) + 1e-3 * rng.normal(size=(8, 4)), dtype=torch.float32)
+    assert float(koleo_loss(tight)) > float(koleo_loss(torch.tensor(z[:8], dtype=torch.float32))) + 3
+
+
+def test_dinov2_options_are_checked_and_recorded_only_when_on():
+    with pytest.raises(ValueError, match="centring must be one of"):
+        DINOConfig(centring="mean")
+    assert "centring" not in DINOConfig().to_dict() and "koleo_weight" not in DINOConfig().to_dict()
+    on = DINOConfig(centring="sinkhorn", koleo_weight=0.1).to_dict()
+    assert on["centring"] == "sinkhorn" and on["koleo_weight"] == 0.1 and DINOConfig(**on) == DINOConfig(**on)

@@ -1,6 +1,7 @@
 """The training loop: data order, run configuration, kill-and-resume equality, an end-to-end toy run;
 the method registry (a new method is one class and one registry line) and the cache ``pretrain`` reads."""
 import json
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -411,3 +412,15 @@ def test_the_registry_drives_the_command_line(monkeypatch):
         main(["pretrain", "--method", "dino", "--option", "norm_pix_loss=true", "--dataset", "nowhere"])
     with pytest.raises(SystemExit):
         build_parser(load="pretrain").parse_args(["pretrain", "--option", "no-equals-sign"])
+
+
+def test_dino_with_sinkhorn_centring_and_koleo_trains_and_logs_them(tmp_path, volumes):
+    run_dir = pretrain_on(volumes, method="dino", profile="toy", run_dir=tmp_path / "v2", batch_size=4, max_steps=2,
+                          progress=False, device="cpu", options={"centring": "sinkhorn", "koleo_weight": 0.1})
+    config = json.loads((run_dir / "config.json").read_text())["run"]["dino"]
+    assert config["centring"] == "sinkhorn" and config["koleo_weight"] == 0.1
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["step"] > 0]
+    assert len(steps) == 2 and all(math.isfinite(r["loss"]) and r["koleo"] > 0 for r in steps)
+    # the logged entropy is that of the Sinkhorn targets: between 0 and ln K
+    assert all(0 < r["teacher_entropy"] <= math.log(get_profile("toy").dino_out_dim) + 1e-6 for r in steps)

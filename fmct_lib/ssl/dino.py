@@ -16,7 +16,12 @@ Health signals (collapse shows in them, DINO §5.3): the mean entropy of the tea
 (→ 0 when one prototype dominates every sample) and the KL of the batch-mean teacher distribution to the
 uniform one (→ 0 when the teacher outputs the same flat distribution for everything), and ``‖c‖``.
 
-Values the paper does not state are DINO's published defaults (``DINOConfig``).
+Values the paper does not state are DINO's published defaults (``DINOConfig``). Two DINOv2 additions (Oquab
+et al., 2023; not in the paper) are options, off by default: Sinkhorn-Knopp centring of the teacher
+(``centring="sinkhorn"``: the batch's assignment to the K prototypes made doubly stochastic, so no teacher
+distribution can drift to uniform for every scan while the batch is spread evenly over the prototypes) and the
+KoLeo term (``koleo_weight``), which spreads the student's features over the sphere: −mean log of each scan's
+distance to its nearest neighbour in the batch.
 """
 from __future__ import annotations
 
@@ -27,8 +32,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DINOConfig", "dino_loss", "update_centre", "ema_update", "teacher_health", "cancel_last_layer_grads",
+__all__ = ["DINOConfig", "dino_loss", "dino_cross_entropy", "teacher_targets", "sinkhorn_knopp", "koleo_loss",
+           "update_centre", "ema_update", "teacher_health", "distribution_health", "cancel_last_layer_grads",
            "clip_gradients"]
+
+CENTRINGS = ("ema", "sinkhorn")
 
 
 @dataclass(frozen=True)
@@ -45,25 +53,82 @@ class DINOConfig:
     momentum_teacher: float = 0.996    # start of the cosine ramp to 1
     clip_grad: float = 3.0             # per-parameter gradient-norm clip
     freeze_last_layer_epochs: float = 1.0  # prototypes frozen for the first epoch
+    centring: str = "ema"              # "ema" (DINO, the paper) or "sinkhorn" (Sinkhorn-Knopp, DINOv2)
+    koleo_weight: float = 0.0          # KoLeo term on the student's cls features (DINOv2: 0.1); 0: off
+
+    def __post_init__(self):
+        if self.centring not in CENTRINGS:
+            raise ValueError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, less the DINOv2 options where they are off: a run that does not use them records what it
+        recorded before they existed, so its configuration (and a released encoder's) stays the same."""
+        d = asdict(self)
+        for name in ("centring", "koleo_weight"):
+            if d[name] == DINOConfig.__dataclass_fields__[name].default:
+                del d[name]
+        return d
 
 
 def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, centre: torch.Tensor,
               student_temp: float, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
-    """The DINO cross-entropy.
+    """The DINO cross-entropy against the centred, sharpened teacher.
 
     ``student_logits`` is (n_crops · B, K), crops stacked crop-major (all samples of crop 0, then crop 1,
     …), the global crops first; ``teacher_logits`` is (n_global · B, K) in the same order. Computed in
     float32 whatever the autocast dtype.
     """
-    n_crops = student_logits.shape[0] // (teacher_logits.shape[0] // n_global)
-    if teacher_logits.shape[0] % n_global or student_logits.shape[0] % n_crops:
+    return dino_cross_entropy(student_logits, teacher_targets(teacher_logits, centre, teacher_temp), student_temp,
+                              n_global)
+
+
+def teacher_targets(teacher_logits: torch.Tensor, centre: torch.Tensor, teacher_temp: float,
+                    centring: str = "ema") -> torch.Tensor:
+    """The teacher's target distributions (n_global · B, K): ``softmax((t − c) / τt)`` (DINO), or the
+    Sinkhorn-Knopp assignment (``centring="sinkhorn"``, DINOv2), which ignores the centre."""
+    if centring == "sinkhorn":
+        return sinkhorn_knopp(teacher_logits, teacher_temp)
+    return F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1).detach()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp targets (SwAV; DINOv2): ``Q = exp(t / τt)`` scaled, ``iterations`` times, so that each
+    prototype holds 1/K of the batch and then each scan 1/B; returned per scan, each row summing to 1.
+    The sums run over every process's batch."""
+    logits = teacher_logits.float() / teacher_temp
+    top = logits.max().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp(logits - top).t()  # K × B; the common factor cancels in the scalings below
+    k = q.shape[0]
+    n = _all_reduce_sum(torch.tensor(float(q.shape[1]), device=q.device))
+    q /= _all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= _all_reduce_sum(q.sum(dim=1, keepdim=True)) * k  # each prototype: 1/K of the mass
+        q /= q.sum(dim=0, keepdim=True) * n                    # each scan: 1/B of the mass
+    return (q * n).t()
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The KoLeo term (Sablayrolles et al., 2019; DINOv2): ``−mean_i log(min_{j≠i} ‖z_i − z_j‖ + eps)`` for
+    the L2-normalised rows ``z`` of ``features`` (B, D); it falls as the batch spreads over the sphere."""
+    z = F.normalize(features.float(), dim=-1, eps=eps)
+    distances = torch.cdist(z, z)
+    distances = distances + torch.diag(torch.full((len(z),), float("inf"), device=z.device))
+    return -torch.log(distances.min(dim=1).values + eps).mean()
+
+
+def dino_cross_entropy(student_logits: torch.Tensor, p_teacher: torch.Tensor, student_temp: float,
+                       n_global: int = 2) -> torch.Tensor:
+    """Mean over (teacher view i, student view j ≠ i) of the batch-mean ``−Σ_k P_t[i, k] · log softmax(s_j/τs)``;
+    shapes as ``dino_loss`` (``p_teacher``: the targets, (n_global · B, K))."""
+    n_crops = student_logits.shape[0] // (p_teacher.shape[0] // n_global)
+    if p_teacher.shape[0] % n_global or student_logits.shape[0] % n_crops:
         raise ValueError(f"logit rows do not split into crops: student {tuple(student_logits.shape)}, "
-                         f"teacher {tuple(teacher_logits.shape)}, n_global {n_global}")
+                         f"teacher {tuple(p_teacher.shape)}, n_global {n_global}")
     log_p_student = F.log_softmax(student_logits.float() / student_temp, dim=-1).chunk(n_crops)
-    p_teacher = F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1).detach().chunk(n_global)
+    p_teacher = p_teacher.detach().chunk(n_global)
     total, n_pairs = 0.0, 0
     for i, p_t in enumerate(p_teacher):
         for j, log_p_s in enumerate(log_p_student):
@@ -105,7 +170,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 def teacher_health(teacher_logits: torch.Tensor, centre: torch.Tensor, teacher_temp: float) -> dict[str, float]:
     """``teacher_entropy`` (mean per-sample entropy, nats) and ``kl_to_uniform`` (of the batch-mean
     distribution), over all processes; the centre used is the one the loss used."""
-    p = F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1)
+    return distribution_health(F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1))
+
+
+@torch.no_grad()
+def distribution_health(p: torch.Tensor) -> dict[str, float]:
+    """``teacher_health`` of target distributions ``p`` (B, K) themselves, over all processes."""
+    p = p.float()
     entropy_sum = -(p * torch.log(p.clamp_min(1e-30))).sum()
     stats = torch.cat([entropy_sum.reshape(1), torch.tensor([float(p.shape[0])], device=p.device), p.sum(0)])
     stats = _all_reduce_sum(stats)

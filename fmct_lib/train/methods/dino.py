@@ -19,8 +19,8 @@ import torch.nn as nn
 from ...data.augment import AugmentConfig, multicrop_views
 from ...models.dino_head import DINOHead
 from ...models.vit3d import VisionTransformer3d, vit_from_config
-from ...ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_loss, ema_update, teacher_health,
-                         update_centre)
+from ...ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_cross_entropy, distribution_health,
+                         ema_update, koleo_loss, teacher_targets, update_centre)
 from ...ssl.health import representation_health
 from ..schedules import cosine_momentum, teacher_temperature
 
@@ -38,15 +38,17 @@ class DINOModel(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor], return_cls: bool = False):
+        """The head's logits of every crop, crop-major; with ``return_cls`` also the backbone's cls features."""
         if torch.is_tensor(x):
-            return self.head(self.backbone(x))
+            x = [x]
         groups, start = [], 0
         for i in range(1, len(x) + 1):
             if i == len(x) or x[i].shape[2:] != x[start].shape[2:]:
                 groups.append(torch.cat(x[start:i]))
                 start = i
-        return self.head(torch.cat([self.backbone(g) for g in groups]))
+        cls = torch.cat([self.backbone(g) for g in groups])
+        return (self.head(cls), cls) if return_cls else self.head(cls)
 
 
 class DINOTask:
@@ -80,6 +82,8 @@ class DINOTask:
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.centre = torch.zeros(profile.dino_out_dim)
         self._teacher_out: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []  # the teacher distributions the loss used (health)
+        self._koleo: list[float] = []
         self._features: list[torch.Tensor] = []  # the teacher backbone's cls of the global crops (health)
 
     @property
@@ -106,11 +110,19 @@ class DINOTask:
             with torch.no_grad():
                 features = self.teacher.backbone(torch.cat(views[:n_global]))
                 teacher_out = self.teacher.head(features).float()
-            student_out = model(views)  # global and local crops may differ in size (profile.local_input_size)
+            # global and local crops may differ in size (profile.local_input_size)
+            student_out, student_cls = model(views, return_cls=True)
+        targets = teacher_targets(teacher_out, self.centre, self.values(step)["teacher_temp"], self.cfg.centring)
         self._teacher_out.append(teacher_out)
+        self._targets.append(targets)
         self._features.append(features.float())
-        return dino_loss(student_out, teacher_out, self.centre, self.cfg.student_temp,
-                         self.values(step)["teacher_temp"], n_global)
+        loss = dino_cross_entropy(student_out, targets, self.cfg.student_temp, n_global)
+        if self.cfg.koleo_weight:  # DINOv2: on each global crop's batch of student cls features
+            b = views[0].shape[0]
+            koleo = sum(koleo_loss(c) for c in student_cls[:n_global * b].chunk(n_global)) / n_global
+            self._koleo.append(float(koleo.detach()))
+            loss = loss + self.cfg.koleo_weight * koleo
+        return loss
 
     def before_optimizer(self, step: int) -> None:
         if step < self.schedule["freeze_last_layer_steps"]:
@@ -121,9 +133,11 @@ class DINOTask:
         """EMA update of the teacher, centre update; returns the health signals of this step."""
         v = self.values(step)
         ema_update(self.teacher, self.student, v["momentum"])
-        teacher_out, features = torch.cat(self._teacher_out), torch.cat(self._features)
-        self._teacher_out, self._features = [], []
-        health = {**teacher_health(teacher_out, self.centre, v["teacher_temp"]), **representation_health(features)}
+        teacher_out, targets, features = (torch.cat(x) for x in (self._teacher_out, self._targets, self._features))
+        health = {**distribution_health(targets), **representation_health(features)}
+        if self._koleo:
+            health["koleo"] = sum(self._koleo) / len(self._koleo)
+        self._teacher_out, self._targets, self._features, self._koleo = [], [], [], []
         update_centre(self.centre, teacher_out.sum(0), teacher_out.shape[0], self.cfg.centre_momentum)
         return {**v, **health, "centre_norm": float(self.centre.norm())}
 
