@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .abmil import ABMILHead
+
 __all__ = ["LinearHead", "AttentiveHead", "Classifier", "build_head", "HEADS"]
 
 
@@ -70,15 +72,18 @@ class AttentiveHead(nn.Module):
         return self.linear(self.pooled_norm(self.pool(tokens)))
 
 
-HEADS = ("linear", "attentive")
+HEADS = ("linear", "attentive", "abmil")
 
 
 def build_head(kind: str, encoder: nn.Module, num_classes: int = 2) -> nn.Module:
-    """A head sized for ``encoder``: ``linear`` (cls token) or ``attentive`` (all tokens)."""
+    """A head sized for ``encoder`` (this library's or an external one: ``embed_dim``, ``num_heads``): ``linear``
+    (cls token), ``attentive`` (all tokens) or ``abmil`` (gated attention over the tokens after the first)."""
     if kind == "linear":
         return LinearHead(encoder.embed_dim, num_classes)
     if kind == "attentive":
-        return AttentiveHead(encoder.embed_dim, encoder.blocks[0].attn.num_heads, num_classes)
+        return AttentiveHead(encoder.embed_dim, encoder.num_heads, num_classes)
+    if kind == "abmil":
+        return ABMILHead(encoder.embed_dim, num_classes)
     raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
 
 

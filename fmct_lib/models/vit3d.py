@@ -135,6 +135,7 @@ class VisionTransformer3d(nn.Module):
                                   embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                                   qkv_bias=qkv_bias, num_register_tokens=num_register_tokens)
         self.embed_dim = embed_dim
+        self.num_heads = num_heads
         self.num_register_tokens = num_register_tokens
         self.num_prefix_tokens = 1 + num_register_tokens
         self.grid_size = (img_size // patch_size,) * 3
