@@ -19,11 +19,12 @@ ROOT_VARS = {"FMCT_DATA": "data", "FMCT_CACHE": "cache", "FMCT_RUNS": "runs", "F
 @pytest.fixture(scope="session", autouse=True)
 def session_roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("fmct_roots")
-    saved = {k: os.environ.get(k) for k in [*ROOT_VARS, "FMCT_MANIFEST"]}
+    saved = {k: os.environ.get(k) for k in [*ROOT_VARS, "FMCT_MANIFEST", "FMCT_WORKERS"]}
     for var, sub in ROOT_VARS.items():
         os.environ[var] = str(base / sub)
     shutil.copy(REPO_ROOT / "data_manifest.csv", base / "data_manifest.csv")
     os.environ["FMCT_MANIFEST"] = str(base / "data_manifest.csv")
+    os.environ["FMCT_WORKERS"] = "1"  # sweeps in this process (test_downstream checks the worker processes)
     yield base
     for k, v in saved.items():
         if v is None:

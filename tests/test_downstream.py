@@ -398,6 +398,44 @@ def test_sweep_expands_fewshot_resumes_and_records_skips(toy_world, monkeypatch)
     pd.testing.assert_frame_equal(again, result)
 
 
+@pytest.fixture()
+def cached_cohort(tmp_path, monkeypatch):
+    """A small synthetic cohort on disk with its cache (what worker processes read: no in-memory volumes)."""
+    from fmct_lib.data.cache import build_cache
+    from fmct_lib.data.preprocess import paper_spec
+    from fmct_lib.data.synthetic import generate_cohort
+    for var, sub in (("FMCT_DATA", "data"), ("FMCT_CACHE", "cache"), ("FMCT_RUNS", "runs")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    prevalence = {k: 0.0 for k in ("tumor", "hydrocephalus", "edema", "adrd", "iph", "ivh", "sdh", "edh", "sah",
+                                   "fracture")}
+    table = generate_cohort("toy", seed=0, workers=1, prevalence={**prevalence, "iph": 0.4}, n_internal=60,
+                            n_external=1, n_pretrain=0)
+    build_cache("synthetic", paper_spec("toy"), workers=1)
+    ckpt = save_checkpoint(tmp_path / "runs/pretrain/toydino/encoder.safetensors", vit_from_config(TOY.model),
+                           {"model": TOY.model.to_dict()})
+    return table, str(ckpt)
+
+
+@pytest.mark.usefixtures("one_thread")  # here and in each worker: the same kernels, so the same numbers
+def test_a_sweep_in_worker_processes_gives_what_one_process_gives(cached_cohort, tmp_path):
+    """The trained runs go to 2 spawned processes (one thread each) and the frozen ones stay here: the same
+    predictions in the same order as the whole sweep in this process, and the same skipped runs."""
+    _, ckpt = cached_cohort
+    args = dict(shots=(2, 50), resamples=1, n_seeds=2, train_filter={"site": "internal"}, eval_split="val",
+                progress=False)  # the validation split: 5 scans, 2 positive (the test split is 3 positives)
+    sweeps = {}
+    for workers in (1, 2):
+        with pytest.warns(UserWarning, match="K=50"):
+            sweeps[workers] = run_sweep("synthetic", ["ich"], ["fewshot", "scratch", "linear"], ckpt, TOY,
+                                        workers=workers, run_root=tmp_path / f"w{workers}", **args)
+    alone, pooled = sweeps[1], sweeps[2]
+    assert alone.groupby(["protocol", "k", "seed"], dropna=False).ngroups == 7  # K=2, all data ×2, scratch ×2, linear ×2
+    assert pooled.attrs["skipped"] == alone.attrs["skipped"] and len(alone.attrs["skipped"]) == 1
+    pd.testing.assert_frame_equal(pooled.drop(columns="probability"), alone.drop(columns="probability"))
+    np.testing.assert_allclose(pooled["probability"], alone["probability"], rtol=0, atol=1e-5)
+    assert len(list((tmp_path / "w2").rglob("done"))) == len(list((tmp_path / "w1").rglob("done"))) == 7
+
+
 def test_bad_requests_fail_clearly(toy_world):
     _, ckpt, root = toy_world
     with pytest.raises(ValueError, match="needs a pretrained encoder"):
