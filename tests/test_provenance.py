@@ -19,7 +19,9 @@ import torch
 from fmct_lib.data.cache import build_cache
 from fmct_lib.data.preprocess import paper_spec
 from fmct_lib.data.synthetic.cohort import generate_cohort, planned_scan_table
+from fmct_lib.config import get_profile
 from fmct_lib.train import pretrain
+from fmct_lib.train.trainer import pretraining_scan_ids, run_config
 from fmct_lib.train.loop import epoch_permutation
 from fmct_lib.train.release import (CARD_FILE, RELEASE_FILE, ReleaseCorrupt, _first_step_indices, list_releases,
                                     release_name, release_run, released_encoder, replay_many, sha256_of,
@@ -158,6 +160,28 @@ def test_a_released_encoder_is_this_code_run_from_its_config_and_seed(which, toy
     logged = pd.read_csv(folder / "metrics.csv").set_index("step")["loss"].loc[1:STEPS].tolist()
     replayed = replays[folder, STEPS, None]
     assert replayed == pytest.approx(logged, rel=RTOL, abs=0), f"{folder.name}: the first {STEPS} losses differ"
+
+
+@pytest.mark.parametrize("which", CHECKED)
+def test_a_release_is_what_make_pretrain_builds_today(which, toy):
+    """The released run's configuration is the one ``pretrain`` writes today for its method, fraction and seed:
+    the profile as it is now, and the pretraining set of the cohort as generated now. A release left behind by
+    a change of profile or cohort (a stale run reused) fails here, even though it replays from its own config."""
+    folder = _folder(which, toy)
+    config = json.loads((folder / "config.json").read_text())
+    run, record = config["run"], json.loads((folder / RELEASE_FILE).read_text())
+    profile = get_profile(config["profile"]["name"])
+    assert config["profile"] == json.loads(json.dumps(profile.to_dict())), f"{folder.name}: the profile has changed"
+    sizes = record["cohort"]["sizes"]
+    table = planned_scan_table(profile, seed=record["cohort"]["seed"], pool_seed=record["cohort"]["pool_seed"],
+                               n_internal=sizes["internal"], n_external=sizes["external"], n_pretrain=sizes["pretrain"])
+    assert sizes == {"internal": profile.synth_internal, "external": profile.synth_external,
+                     "pretrain": profile.synth_pretrain} or isinstance(which, tuple), f"{folder.name}: cohort size"
+    n_scans = len(pretraining_scan_ids("synthetic", config["meta"]["fraction"], run["seed"], scans=table))
+    assert config["meta"]["n_scans"] + config["meta"]["n_rejected"] == n_scans
+    today = run_config(run["method"], profile, config["meta"]["n_scans"], run["world_size"], seed=run["seed"],
+                       batch_size=run["batch_size"], accum_steps=run["accum_steps"])
+    assert run == json.loads(json.dumps(today)), f"{folder.name}: make pretrain would build another run today"
 
 
 @pytest.mark.parametrize("which", [pytest.param(f, id=f"encoders/{f.name}") for f in SEED_CHECKED]
