@@ -11,6 +11,11 @@ seed, pretraining method, site, preprocessing, encoder checkpoint) whose methods
 share, each with the study's preprocessing: the ``paper`` chain, or the authors' ``reference`` chain for their
 released weights (given as ``checkpoint``).
 
+Other foundation models (Fig. 1f, Extended Data Figs 3-4) enter a study as ``Study.external(name, weights)``, a
+``models.external.ExternalRef`` whose preprocessing cache it builds; the study's runs and embeddings read each
+external encoder's inputs from its own preset, and ``Study.sweep_models`` runs several (encoder, protocol)
+pairs as one table.
+
 A pretrained encoder starts from the released one (``encoders/``, ``train/release.py``) where there is one,
 unless pretraining afresh is asked for: ``afresh=True`` or the environment variable ``FMCT_PRETRAIN=1``
 (``make reproduce PRETRAIN=1``). Pretraining runs on the paper chain only: the ``reference`` preset is offered
@@ -32,6 +37,7 @@ from .paths import runs_root
 
 if TYPE_CHECKING:
     from .data.preprocess import PreprocessSpec
+    from .models.external import ExternalRef
 
 __all__ = ["Study", "start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensure_finetuned",
            "choose_tasks", "pretrain_afresh"]
@@ -93,25 +99,55 @@ class Study:
         ensure_cache(dataset, self.profile, self.spec.name)
         return scans
 
+    def external(self, name: str, weights=None, **options) -> ExternalRef:
+        """The external encoder ``name`` (``models.external.ENCODERS``) with its local ``weights`` (None: randomly
+        initialised from the study's seed, at the profile's size, ``SMALL_ARCHITECTURES``, unless ``options`` set
+        the architecture), with the cache of its preprocessing preset built for the study's dataset."""
+        from .models.external import SMALL_ARCHITECTURES, ExternalRef
+        if weights is None and not options:
+            options = SMALL_ARCHITECTURES.get(self.profile.name, {}).get(name, {})
+        ref = ExternalRef(name, None if weights is None else str(weights), options, seed=self.seed)
+        ensure_cache(self.dataset, self.profile, ref.preset)
+        return ref
+
+    def spec_for(self, encoder) -> PreprocessSpec:
+        """The preprocessing of ``encoder``'s inputs: an external encoder's own preset, else the study's."""
+        from .models.external import ExternalRef
+        return encoder.spec(self.profile) if isinstance(encoder, ExternalRef) else self.spec
+
     def embed(self, encoder, **kwargs) -> pd.DataFrame:
-        """``downstream.embed`` of the study's dataset, profile and preprocessing (``kwargs``: ``scans`` …)."""
+        """``downstream.embed`` of the study's dataset, profile and the encoder's preprocessing (``spec_for``;
+        ``kwargs``: ``scans`` …)."""
         from .downstream import embed
-        return embed(self.dataset, encoder, self.profile, spec=self.spec, **kwargs)
+        return embed(self.dataset, encoder, self.profile, spec=self.spec_for(encoder), **kwargs)
 
     def sweep(self, tasks, protocols, encoder, **kwargs) -> pd.DataFrame:
-        """``run_sweep`` on the study's dataset, profile, seed, site and runs root (``kwargs`` override them:
-        ``dataset``, ``train_filter``, ``eval_filter``, ``n_seeds`` …)."""
+        """``run_sweep`` on the study's dataset, profile, seed, site, runs root and the encoder's preprocessing
+        (``kwargs`` override them: ``dataset``, ``train_filter``, ``eval_filter``, ``n_seeds`` …)."""
         from .downstream import run_sweep
-        return run_sweep(tasks=tasks, protocols=protocols, encoder=encoder, **self._run_args(kwargs))
+        return run_sweep(tasks=tasks, protocols=protocols, encoder=encoder, **self._run_args(encoder, kwargs))
 
     def fewshot(self, tasks, protocol, encoder, **kwargs) -> pd.DataFrame:
         """``fewshot_sweep`` with the study's settings, as ``sweep``."""
         from .downstream import fewshot_sweep
-        return fewshot_sweep(tasks=tasks, protocol=protocol, encoder=encoder, **self._run_args(kwargs))
+        return fewshot_sweep(tasks=tasks, protocol=protocol, encoder=encoder, **self._run_args(encoder, kwargs))
 
-    def _run_args(self, overrides: dict) -> dict:
+    def sweep_models(self, models: dict, tasks, **kwargs) -> pd.DataFrame:
+        """``sweep`` of each model of ``models`` (label → (encoder, protocol)) as one table, the label in a column
+        ``model``; the runs every sweep skipped are in ``attrs["skipped"]``, with their model."""
+        tables, skipped = [], []
+        for label, (encoder, protocol) in models.items():
+            table = self.sweep(tasks, [protocol], encoder, **kwargs)
+            skipped += [{**run, "model": label} for run in table.attrs.get("skipped", [])]
+            if len(table):
+                tables.append(table.assign(model=label))
+        result = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        result.attrs["skipped"] = skipped
+        return result
+
+    def _run_args(self, encoder, overrides: dict) -> dict:
         return {"dataset": self.dataset, "profile": self.profile, "seed": self.seed, "train_filter": self.site_filter,
-                "run_root": self.runs / "downstream", "spec": self.spec, **overrides}
+                "run_root": self.runs / "downstream", "spec": self.spec_for(encoder), **overrides}
 
 
 def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, seed: int = 0,

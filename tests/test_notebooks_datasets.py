@@ -140,6 +140,22 @@ def test_the_parts_of_02_to_05_and_08_on_small_tables():
     assert retrieval_parts("x", table, ["sdh", "edh"]).skipped["retrieval"].startswith(
         "no subtype label with at least 2 positive scans (sdh: 1, edh: no such column)")
 
+def test_the_parts_of_09_and_10_on_small_tables():
+    from fmct_lib.interpret.parts import other_encoder_parts, task_parts
+    table = scan_table()  # ich: 3 positive / 3 negative training scans, 2 / 2 test scans
+    table["sdh"] = [1, 1] + [0] * 10
+    parts, subtypes = other_encoder_parts("synthetic", table, table, ["sdh", "edh"], tasks=["ich"])
+    assert parts.skipped == {} and parts.tasks == ("ich",) and subtypes == ("sdh",)
+    parts, subtypes = other_encoder_parts("hosp", table, table, ["edh"], tasks=["tumor"])
+    assert subtypes == () and parts.skipped == {
+        "comparison": "no task has positive and negative scans in both the training and the test split (tumor: no "
+                      "such column in the scan table)",
+        "retrieval": "no subtype label with at least 2 positive scans (edh: no such column); retrieval needs the "
+                     "haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)"}
+    assert task_parts("10_modelling_choices", "synthetic", table, ["ich"]).runs("comparison")
+    assert not task_parts("10_modelling_choices", "synthetic", table, ["edh"]).runs("comparison")
+
+
 # -- the protocol helpers of 06 ------------------------------------------------------------------------------
 def test_protocol_labels_mark_unknown_values():
     table = pd.DataFrame({"manufacturer": ["GE", None, "  ", "Siemens"], "slice_thickness_mm": [1.0, 2.0, np.nan, 9.0]})
@@ -279,8 +295,11 @@ def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_d
 SMALL = {"00_data": {}, "01_pretrain": {}, "02_finetune": {"protocols": ["finetune", "linear"], "n_seeds": 1},
          "03_transfer": {"n_seeds": 1},
          "04_fewshot": {"shots": [2], "resamples": 1, "compare_scratch": False, "n_seeds": 1},
-         "05_scaling": {"methods": ["dino"], "fractions": [0.5, 1.0]}, "08_retrieval": {"ks": [1]}}
-TAKES_CHECKPOINT = {"02_finetune", "03_transfer", "04_fewshot", "08_retrieval"}
+         "05_scaling": {"methods": ["dino"], "fractions": [0.5, 1.0]}, "08_retrieval": {"ks": [1]},
+         "09_other_encoders": {"encoders": {"ctfm": None}, "protocols": ["linear"], "n_seeds": 1, "ks": [1]},
+         "10_modelling_choices": {"vit_protocol": "linear", "n_seeds": 1}}
+TAKES_CHECKPOINT = {"02_finetune", "03_transfer", "04_fewshot", "08_retrieval", "09_other_encoders",
+                    "10_modelling_choices"}
 # (dataset, notebook) -> the parts it skips, and the start of each reason; RSNA's toy folder has 5 scans of
 # 4 patients (3 in the pretraining pool, no test split with both classes), the hospital export 40 scans, no subtypes
 EXPECTED_SKIPS = {
@@ -292,10 +311,14 @@ EXPECTED_SKIPS = {
                              "probes": "no task has positive and negative scans in both"},
     ("hosp", "03_transfer"): {"external validation": "'hosp' has no sites (a site column) to transfer between"},
     ("hosp", "08_retrieval"): {"retrieval": "no subtype label with at least 2 positive scans (iph: no such column"},
+    ("rsna", "09_other_encoders"): {"comparison": "no task has positive and negative scans in both"},
+    ("hosp", "09_other_encoders"): {"retrieval": "no subtype label with at least 2 positive scans (iph: no such "
+                                                 "column"},
+    ("rsna", "10_modelling_choices"): {"comparison": "no task has positive and negative scans in both"},
 }
 
 NOTHING_MEASURED = {("rsna", "02_finetune"), ("rsna", "03_transfer"), ("rsna", "04_fewshot"), ("rsna", "05_scaling"),
-                    ("hosp", "08_retrieval")}  # every part skipped
+                    ("hosp", "08_retrieval"), ("rsna", "10_modelling_choices")}  # every part skipped
 
 
 @pytest.mark.notebook

@@ -175,7 +175,8 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
 class CachedVolumes(torch.utils.data.Dataset):
     """The cached volumes of a dataset: ``{"scan_id": str, "volume": tensor}`` per item.
 
-    ``volume`` is the stored form (``paper``: int16 HU canvas³; ``reference``: float16 (3, S, S, S)).
+    ``volume`` is the stored form (``paper``, ``merlin``: int16 HU canvas³; ``reference``, ``ctfm``: float16
+    (K, S, S, S), K windows).
     Items only read bytes, so DataLoader workers stay cheap; crops, windows and augmentation run on the
     batch where the model runs (:func:`~fmct_lib.data.preprocess.model_input`).
     """

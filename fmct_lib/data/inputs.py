@@ -33,8 +33,9 @@ class ProtocolSkipped(ValueError):
 
 
 class VolumeSource:
-    """Model inputs by index: a tensor (N, 3, S, S, S), or a map-style dataset whose items are tensors or
-    dicts with a ``volume`` tensor, collated and passed through ``to_input`` (e.g. ``preprocess.model_input``).
+    """Model inputs by index: a tensor (N, K, S, S, S) (K windows: 3 in the paper's chain, 1 in CT-FM's and
+    Merlin's), or a map-style dataset whose items are tensors or dicts with a ``volume`` tensor, collated and
+    passed through ``to_input`` (e.g. ``preprocess.model_input``).
     ``key`` names what the inputs are (dataset, preprocessing and scans; ``volume_source`` sets it), so what is
     computed from them, e.g. a frozen encoder's features, can be cached under it."""
 
@@ -112,7 +113,7 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
     data = CachedVolumes(dataset, spec, scan_ids=list(kept["scan_id"]))
     name = f"{dataset}-{spec.hash}-{hashlib.sha256(','.join(kept['scan_id'].astype(str)).encode()).hexdigest()[:16]}"
     source = VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers, key=name)
-    if len(kept) * 4 * 3 * spec.input_size ** 3 <= IN_MEMORY_BYTES:  # small profiles: inputs made once
+    if len(kept) * 4 * len(spec.windows) * spec.input_size ** 3 <= IN_MEMORY_BYTES:  # small profiles: made once
         index = cache_dir(dataset, spec).resolve() / "index.csv"
         stat = index.stat() if index.exists() else None
         key = (str(index), stat and (stat.st_mtime_ns, stat.st_size), spec.hash, tuple(kept["scan_id"].astype(str)))

@@ -1,6 +1,6 @@
 """Preprocessing: one head CT in Hounsfield units to the encoder's input (paper Methods; DESIGN §4).
 
-Two presets, one :class:`PreprocessSpec` each:
+Named presets (``PRESETS``), one :class:`PreprocessSpec` each:
 
 - ``paper``: reorient to RAS → resample to 1 mm isotropic with cubic splines → pad/crop to a 224³
   canvas centred on the head → (at model time) centre crop 192³ → windows (level, width) (40, 80),
@@ -8,6 +8,9 @@ Two presets, one :class:`PreprocessSpec` each:
 - ``reference``: the authors' training chain (reference_code_facts §5.2): RAS → 1 mm cubic → crop to
   the bounding box of HU > 0 → windows → resize to 96³ without keeping the aspect ratio → float16.
   For feeding the released weights the inputs they were trained on.
+- ``ctfm``, ``merlin``: the chains the other CT foundation models were trained on, one channel each (paper,
+  Methods "Baseline comparisons": "original preprocessing pipelines from the respective code repository
+  were used for Merlin and CT-FM"); ``models.external`` feeds them to those models.
 
 The chain runs in two stages, because the first is the expensive part and the second belongs on the
 training device (DESIGN §4, "augment where the model runs"):
@@ -39,6 +42,7 @@ from .checks import REPAIRS, CheckedScan, ScanError, ScanRepaired, check_scan
 
 __all__ = [
     "AIR_HU", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
+    "ctfm_spec", "merlin_spec", "PRESETS", "preset_spec",
     "load_checked", "load_volume", "resample", "place_on_canvas", "to_canvas", "to_canvas_with_affine", "apply_windows",
     "model_input", "preprocess",
 ]
@@ -134,11 +138,37 @@ def reference_spec(profile="paper") -> PreprocessSpec:
                           input_size=p.input_size, foreground_hu=0.0, dtype="float16")
 
 
-PRESETS = {"paper": paper_spec, "reference": reference_spec}
+def ctfm_spec(profile="paper") -> PreprocessSpec:
+    """CT-FM's chain (Pai et al. 2025; ``experiments/fm`` of project-lighter/CT-FM) as near as a ``PreprocessSpec``
+    allows, at a profile's geometry: SPL orientation, HU window [−1024, 2048] → [0, 1] (one channel), crop to
+    the foreground (HU > 0), resize to the profile's input size, float16. Its pretraining voxels were
+    3 × 1 × 1 mm (S, P, L): isotropic at the in-plane 1 mm here, scaled as the profile scales the paper's."""
+    from ..config import get_profile
+    p = get_profile(profile)
+    return PreprocessSpec(name="ctfm", orientation="SPL", spacing=p.spacing_mm, interp_order=1, foreground_hu=0.0,
+                          windows=((512.0, 3072.0),), canvas=None, eval_crop=None, input_size=p.input_size,
+                          dtype="float16")
+
+
+def merlin_spec(profile="paper") -> PreprocessSpec:
+    """Merlin's chain (Blankemeier et al. 2024; ``merlin/data/monai_transforms.py``) as near as a
+    ``PreprocessSpec`` allows: RAS, HU [−1000, 1000] → [0, 1] (one channel), a 224³ canvas at 1.5 mm (Merlin:
+    224 × 224 × 160 at 1.5 × 1.5 × 3 mm), the whole canvas as the input. A coarser profile keeps the 336 mm
+    field of view: its voxels grow as the profile's spacing grows from the paper's 1 mm."""
+    from ..config import get_profile
+    p = get_profile(profile)
+    scale = p.spacing_mm / get_profile("paper").spacing_mm
+    side = round(224 / scale)
+    return PreprocessSpec(name="merlin", orientation="RAS", spacing=1.5 * scale, interp_order=1,
+                          windows=((0.0, 2000.0),), canvas=side, eval_crop=side, input_size=side, dtype="int16")
+
+
+PRESETS = {"paper": paper_spec, "reference": reference_spec, "ctfm": ctfm_spec, "merlin": merlin_spec}
 
 
 def preset_spec(preset: str, profile="paper") -> PreprocessSpec:
-    """The named preprocessing preset (``paper`` or ``reference``) at a profile's geometry."""
+    """The named preprocessing preset (``PRESETS``: ``paper``, ``reference``, ``ctfm``, ``merlin``) at a
+    profile's geometry."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preprocessing preset {preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[preset](profile)
@@ -368,7 +398,7 @@ def to_canvas_with_affine(hu, affine, spec: PreprocessSpec,
 
 
 def to_canvas(hu, affine, spec: PreprocessSpec, where: str = "scan") -> torch.Tensor:
-    """Stage 1, the cached form: int16 HU canvas (``paper``) or the final (3, S, S, S) stack (``reference``).
+    """Stage 1, the cached form: int16 HU canvas (``paper``) or the final (K, S, S, S) stack (``reference``).
 
     ``reference``: crop to the bounding box of HU > 0 (reference_code_facts §5.2, table included),
     windows, then the resize to S³ without keeping the aspect ratio, stored as ``spec.dtype``.
@@ -397,7 +427,7 @@ def apply_windows(hu: torch.Tensor, windows=PAPER_WINDOWS) -> torch.Tensor:
 
 def model_input(canvas_batch: torch.Tensor, spec: PreprocessSpec, *, crop: str = "center",
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stage 2: cached canvases (B, C, C, C) to the encoder input (B, 3, S, S, S) float32.
+    """Stage 2: cached canvases (B, C, C, C) to the encoder input (B, K, S, S, S) float32, K the windows.
 
     ``paper``: an ``eval_crop``³ crop (``center`` as MONAI's ``CenterSpatialCrop``, or ``random``
     per scan for fine-tuning), then windows, then the resize to ``input_size``³ (the paper's order:
@@ -421,7 +451,7 @@ def model_input(canvas_batch: torch.Tensor, spec: PreprocessSpec, *, crop: str =
 
 
 def preprocess(src, spec: PreprocessSpec, affine=None) -> torch.Tensor:
-    """The whole chain on one scan: (3, S, S, S) float32 (evaluation form, centre crop)."""
+    """The whole chain on one scan: (K, S, S, S) float32, K the windows (evaluation form, centre crop)."""
     hu, affine = load_volume(src, affine)
     where = str(src) if isinstance(src, (str, os.PathLike)) else "scan"
     return model_input(to_canvas(hu, affine, spec, where)[None], spec)[0]

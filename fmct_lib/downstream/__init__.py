@@ -1,6 +1,6 @@
 """Downstream protocols (paper, Methods "Fine tuning and probing", "Few-shot"; Fig. 1e–g, Fig. 2, Fig. 3).
 
-- ``protocols``: the registry, one entry per protocol (finetune, linear, attentive, scratch, histogram);
+- ``protocols``: the registry, one entry per protocol (finetune, linear, attentive, abmil, scratch, histogram);
 - ``training``: ``fit``, supervised training of one classifier on cached inputs (``HParams``, draws, augmentation);
 - ``runs``: one run (``run_protocol``): its identity, resume, kept classifiers, predictions;
 - ``sweeps``: many runs (``run_sweep``, ``fewshot_sweep``);

@@ -22,7 +22,8 @@ from ..progress import tqdm
 from ..config import get_profile
 from ..data.inputs import ACQUISITION_COLUMNS, VolumeSource, select_rows, volume_source
 from ..io import atomic_path, atomic_write_text
-from ..models.checkpoints import load_encoder
+from ..models.external import ExternalRef
+from .protocols import encoder_module
 
 __all__ = ["embed", "write_embeddings", "read_embeddings", "embedding_vectors", "protocol_labels", "separability",
            "performance_by_protocol"]
@@ -34,13 +35,17 @@ def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None =
           progress: bool = True, source: VolumeSource | None = None) -> pd.DataFrame:
     """Frozen-encoder cls embeddings as a table: ``scan_id, patient_id, split``, the protocol columns
     (manufacturer, slice_thickness_mm, kvp, site — those the scan table has), the label columns, then the
-    vector as ``e0 … e{D-1}``. ``encoder`` is a checkpoint path or an encoder module. Written to ``out``
-    (``.csv`` or ``.npz``, see ``write_embeddings``) when given.
+    vector as ``e0 … e{D-1}`` (an external encoder's global token). ``encoder`` is a checkpoint path, an encoder
+    module or an ``ExternalRef``, whose inputs are its own preset (``spec`` defaults to it; another is refused).
+    Written to ``out`` (``.csv`` or ``.npz``, see ``write_embeddings``) when given.
     """
     from ..data.manifest import CQ500_FINDINGS, PAPER_TASKS, RSNA_TASKS, dataset_info, load_scans
     profile = get_profile(profile)
     table = select_rows(scans if scans is not None else load_scans(dataset), filter, split, None, dataset)
-    model = load_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) else encoder
+    if isinstance(encoder, ExternalRef):
+        spec = spec or encoder.spec(profile)
+        encoder.check_spec(spec, profile)
+    model = encoder_module(encoder, profile) if isinstance(encoder, (str, os.PathLike, ExternalRef)) else encoder
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     if source is None:

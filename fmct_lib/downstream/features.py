@@ -2,9 +2,10 @@
 
 Where the encoder does not train (linear and attentive probes), running it again every epoch repeats the same
 work: its output tokens (cls, registers and patches, after the final norm) are computed once per set of inputs
-and kept, in this process and on disk, under the encoder's identity (the sha256 of its checkpoint file) and
+and kept, in this process and on disk, under the encoder's identity (``encoder_id``: the sha256 of its checkpoint
+file, or an external encoder's ``ExternalRef.identity``: its weights' sha256, or ``random`` and the seed) and
 the inputs' key (``VolumeSource.key``: the dataset, the preprocessing spec's hash and the scans). The file is
-``<cache>/<encoder sha256[:16]>/<sha256 of the inputs key>[:24].safetensors`` (the key in its metadata),
+``<cache>/<encoder identity>/<sha256 of the inputs key>[:24].safetensors`` (the key in its metadata),
 written atomically and read without executing code.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.inputs import VolumeSource, hold
 from ..io import atomic_path
+from ..models.external import ExternalRef
 
 __all__ = ["encoder_id", "encoder_tokens"]
 
@@ -25,10 +27,13 @@ HELD_BYTES = 2 << 30   # features kept in this process for the next runs of a sw
 _HELD: "OrderedDict[tuple[str, str], torch.Tensor]" = OrderedDict()
 
 
-def encoder_id(path) -> str:
-    """The identity of an encoder checkpoint: the first 16 hex digits of its file's sha256."""
+def encoder_id(encoder) -> str:
+    """The identity of an encoder: of a checkpoint file, the first 16 hex digits of its sha256; of an external
+    encoder, its ``ExternalRef.identity`` (``<name>-<weights sha256[:16]>`` or ``<name>-random-s<seed>``)."""
+    if isinstance(encoder, ExternalRef):
+        return encoder.identity
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(encoder, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]

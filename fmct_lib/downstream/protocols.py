@@ -9,8 +9,14 @@ One binary classifier per task on the encoder:
   cached tokens by the convergence rule.
 - ``scratch``: randomly initialised encoder + linear head, all weights trained, with the paper's
   hyper-parameter sweep (``profile.scratch_grid``) chosen by validation AUROC.
+- ``abmil``: frozen pretrained encoder, gated attention-based multiple-instance pooling over its tokens after
+  the first (``models.abmil``; the paper's "DINOv3 with ABMIL" over slices, Extended Data Fig. 4), trained on
+  the cached tokens by the convergence rule, as the attentive probe.
 - ``histogram``: no deep model, a reference (not in the paper): logistic regression on the histogram of
   each windowed input channel (``histogram``), its C chosen by validation AUROC.
+
+The pretrained encoder is our checkpoint (or the authors'), a path, or another foundation model named by a
+``models.external.ExternalRef`` (Fig. 1f, Extended Data Figs 3-4), built by ``encoder_module``.
 
 The frozen protocols never run their encoder twice on the same inputs: its tokens are computed once and
 cached (``features``). Few-shot is not a protocol of its own: any protocol trains on a K-shot draw when ``run_protocol`` gets
@@ -31,6 +37,7 @@ import torch
 from ..config import Profile
 from ..data.inputs import ProtocolSkipped, VolumeSource
 from ..models.checkpoints import load_encoder
+from ..models.external import ExternalRef
 from ..models.heads import Classifier, build_head
 from .training import HParams, fit, predict
 
@@ -38,7 +45,7 @@ LINEAR_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths of t
 LINEAR_MAX_ITER = 10_000                            # L-BFGS iterations; the probe is solved to convergence well before
 
 __all__ = ["Protocol", "TrainingJob", "Trained", "PROTOCOLS", "get_protocol", "build_classifier",
-           "trained_classifier"]
+           "trained_classifier", "encoder_module"]
 
 
 @dataclass
@@ -48,7 +55,7 @@ class TrainingJob:
     profile: Profile
     hp: HParams
     seed: int
-    encoder: object                 # pretrained checkpoint path (None where the protocol needs none)
+    encoder: object                 # pretrained checkpoint path or ExternalRef (None where the protocol needs none)
     input_size: int                 # the preprocessing's model input size, which the encoder must take
     train: VolumeSource
     train_labels: np.ndarray
@@ -92,12 +99,25 @@ class Protocol:
         return self.trainer(self, job)
 
 
+def encoder_module(encoder, profile: Profile) -> torch.nn.Module:
+    """The pretrained encoder a run starts from: an external encoder built from its ``ExternalRef`` (at
+    ``profile``), or our (or the authors') checkpoint at a path, loaded by ``load_encoder``."""
+    return encoder.build(profile) if isinstance(encoder, ExternalRef) else load_encoder(encoder)
+
+
 def build_classifier(protocol: Protocol, encoder, profile: Profile) -> Classifier:
-    """The protocol's classifier on the pretrained ``encoder`` (a checkpoint path), or on a randomly
-    initialised one where the protocol needs none."""
+    """The protocol's classifier on the pretrained ``encoder`` (a checkpoint path or an ``ExternalRef``), or on
+    a randomly initialised ViT where the protocol needs none."""
     from ..models.vit3d import vit_from_config
-    model = load_encoder(encoder) if protocol.needs_encoder else vit_from_config(profile.model)
+    model = encoder_module(encoder, profile) if protocol.needs_encoder else vit_from_config(profile.model)
     return Classifier(model, build_head(protocol.head, model))
+
+
+def _check_input_size(model: torch.nn.Module, job: "TrainingJob") -> None:
+    """Our encoder must take the preprocessing's input size (an external one was checked against its preset)."""
+    if not isinstance(job.encoder, ExternalRef) and model.config.img_size != job.input_size:
+        raise ValueError(f"{job.encoder}: the encoder takes {model.config.img_size}³ inputs but the "
+                         f"preprocessing makes {job.input_size}³ (profile {job.profile.name!r})")
 
 
 def trained_classifier(model: Classifier, job: TrainingJob, history: list, stopping: dict, choice=None,
@@ -113,9 +133,7 @@ def _predict(model: Classifier, job: TrainingJob, source: VolumeSource) -> np.nd
 def train_pretrained(protocol: Protocol, job: TrainingJob) -> Trained:
     """Fine-tuning: the protocol's head on the pretrained encoder, all weights trained by ``fit``."""
     model = build_classifier(protocol, job.encoder, job.profile)
-    if model.encoder.config.img_size != job.input_size:
-        raise ValueError(f"{job.encoder}: the encoder takes {model.encoder.config.img_size}³ inputs but the "
-                         f"preprocessing makes {job.input_size}³ (profile {job.profile.name!r})")
+    _check_input_size(model.encoder, job)
     history, stopping = fit(model, hp=job.hp, frozen=protocol.frozen, seed=job.seed, **job.fit_args())
     return trained_classifier(model, job, history, asdict(stopping))
 
@@ -130,10 +148,8 @@ class _Tokens(torch.nn.Module):
 def _frozen(protocol: Protocol, job: TrainingJob):
     """The frozen encoder, its head, and its tokens for a source (computed once, ``features``)."""
     from .features import encoder_id, encoder_tokens
-    encoder = load_encoder(job.encoder)
-    if encoder.config.img_size != job.input_size:
-        raise ValueError(f"{job.encoder}: the encoder takes {encoder.config.img_size}³ inputs but the "
-                         f"preprocessing makes {job.input_size}³ (profile {job.profile.name!r})")
+    encoder = encoder_module(job.encoder, job.profile)
+    _check_input_size(encoder, job)
     identity = encoder_id(job.encoder)
 
     def tokens(source: VolumeSource) -> VolumeSource:
@@ -142,8 +158,9 @@ def _frozen(protocol: Protocol, job: TrainingJob):
 
 
 def train_attentive_probe(protocol: Protocol, job: TrainingJob) -> Trained:
-    """The attentive probe: its head trained by ``fit`` (the convergence rule) on the frozen encoder's cached
-    tokens. The inputs are not augmented: the features are computed once, from the evaluation view."""
+    """The attentive probe (and the ABMIL head): its head trained by ``fit`` (the convergence rule) on the frozen
+    encoder's cached tokens. The inputs are not augmented: the features are computed once, from the evaluation
+    view."""
     encoder, head, tokens = _frozen(protocol, job)
     probe = Classifier(_Tokens(), head)
     hp = replace(job.hp, flip_p=0.0, shift_p=0.0)
@@ -241,6 +258,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("finetune", head="linear", frozen=False, needs_encoder=True, trainer=train_pretrained),
     Protocol("linear", head="linear", frozen=True, needs_encoder=True, trainer=train_linear_probe),
     Protocol("attentive", head="attentive", frozen=True, needs_encoder=True, trainer=train_attentive_probe),
+    Protocol("abmil", head="abmil", frozen=True, needs_encoder=True, trainer=train_attentive_probe),
     Protocol("scratch", head="linear", frozen=False, needs_encoder=False, trainer=train_scratch,
              scratch_grid=True),
     Protocol("histogram", head=None, frozen=True, needs_encoder=False, trainer=train_histogram),

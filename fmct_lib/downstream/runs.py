@@ -20,6 +20,11 @@ values, e.g. ``train_filter={"site": "internal"}, eval_filter={"site": "external
 site's training split and tests on the external site's test split; ``{"site": "external"}`` for both is
 in-domain fine-tuning on the external site. ``eval_dataset`` tests on another dataset.
 
+The encoder is our checkpoint (or the authors'), a path, or another foundation model, a
+``models.external.ExternalRef``: its run's preprocessing is its own preset (a ``spec`` of another is refused),
+its signature names it ``external:<identity>`` (its weights' sha256, or ``random`` and the seed), and its run
+directory ``<profile>/<identity>/…``.
+
 A run's identity is its signature (every setting it depends on); its directory name is made from it. Every
 run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
@@ -41,6 +46,8 @@ from ..config import get_profile
 from ..data.inputs import ProtocolSkipped, select_rows, volume_source
 from ..evaluate.adequacy import split_warning
 from ..io import LOCK_FILE, atomic_write_text, exclusive_lock
+from ..models.external import ExternalRef
+from ..models.external.reference import EXTERNAL_PREFIX
 from ..models.heads import Classifier
 from .training import HParams, fewshot_draw
 from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
@@ -62,8 +69,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     ``protocol`` is a name in ``PROTOCOLS`` or ``"fewshot"`` (fine-tuning on a ``k_shot`` draw: K positives
     and K negatives from the training split, the draw set by ``seed``). ``train_scans`` replaces the training
     split (rows of a scan table). ``eval_filter`` defaults to ``train_filter`` when evaluating on the same
-    dataset. ``hparams`` overrides ``HParams`` fields. ``spec`` is the preprocessing (default
-    ``paper_spec(profile)``; ``reference_spec`` for the authors' weights); its cache must have been built
+    dataset. ``hparams`` overrides ``HParams`` fields. ``encoder`` is a checkpoint path or an ``ExternalRef``.
+    ``spec`` is the preprocessing (default ``paper_spec(profile)``, or an external encoder's own preset, the only
+    one it accepts; ``reference_spec`` for the authors' weights); its cache must have been built
     (``fmct_lib.pipeline``). The run directory is ``run_dir``, else
     ``<run_root or runs/downstream>/<default_run_name(...)>``.
     """
@@ -79,14 +87,18 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     if eval_filter is None and eval_dataset == dataset:
         eval_filter = train_filter
     hp = HParams.from_profile(profile, **(hparams or {}))
+    external = isinstance(encoder, ExternalRef) and proto.needs_encoder
     if spec is None:
         from ..data.preprocess import paper_spec
-        spec = paper_spec(profile)
-    if any(side in task for side in ("left", "right")):
-        hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != 0))  # axis 0 is left-right (RAS)
+        spec = encoder.spec(profile) if external else paper_spec(profile)
+    if external:
+        encoder.check_spec(spec, profile)
+    if any(side in task for side in ("left", "right")):  # never flip the left-right axis (RAS, SPL: by the letters)
+        across = next(i for i, letter in enumerate(spec.orientation) if letter in "LR")
+        hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != across))
     signature = {
         "dataset": dataset, "task": task, "protocol": protocol,
-        "encoder": str(encoder) if encoder and proto.needs_encoder else None,
+        "encoder": (encoder.signature if external else str(encoder)) if encoder and proto.needs_encoder else None,
         "profile": profile.name, "spec": spec.hash, "eval_dataset": eval_dataset, "eval_split": eval_split,
         "k": k_shot, "scratch_grid": profile.scratch_grid if proto.scratch_grid else None,
         "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
@@ -135,7 +147,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                   "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
                   else list(train["scan_id"].iloc[job.train_indices].astype(str)),
                   "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict(),
-                  "split_warning": predictions["split_warning"].iloc[0]}
+                  "split_warning": predictions["split_warning"].iloc[0],
+                  **({"external_encoder": encoder.to_dict()} if external else {})}
         atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
         atomic_write_text(run_dir / "done", "")
@@ -247,8 +260,12 @@ def _filter_tag(filt: dict | None) -> str:
 
 
 def _encoder_tag(encoder) -> str:
+    """The encoder's part of a run name: an external encoder's identity, else our checkpoint's run folder (or the
+    file's stem)."""
     if encoder is None:
         return "none"
+    if encoder.startswith(EXTERNAL_PREFIX):
+        return encoder.removeprefix(EXTERNAL_PREFIX)
     p = Path(encoder)
     return p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
 

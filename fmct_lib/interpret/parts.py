@@ -1,4 +1,4 @@
-"""Which parts of the embeddings (06) and attention (07) notebooks a dataset allows, and why the others are skipped.
+"""Which parts of each notebook (02-10) a dataset allows, and why the others are skipped.
 
 Not every dataset carries what every analysis needs: RSNA's DICOM headers have no Manufacturer tag, a NIfTI
 export has no acquisition tags at all, only the synthetic cohort has lesion masks, and a small cohort may have
@@ -17,7 +17,7 @@ from .lesion import MASKED_TASKS
 
 __all__ = ["Parts", "candidate_tasks", "finetunable_tasks", "embedding_parts", "attention_parts", "task_parts",
            "transfer_parts", "scaling_parts", "EMBEDDING_PARTS", "ATTENTION_PARTS", "TASK_PARTS", "TRANSFER_PARTS",
-           "SCALING_PARTS", "retrieval_parts", "RETRIEVAL_PARTS"]
+           "SCALING_PARTS", "retrieval_parts", "RETRIEVAL_PARTS", "other_encoder_parts", "ENCODER_PARTS"]
 
 # part -> what it is, in each notebook's order
 EMBEDDING_PARTS = {
@@ -31,11 +31,19 @@ ATTENTION_PARTS = {
     "fine-tuned": "the same for encoders fine-tuned per task",
     "lesion": "attention share on the lesion against the lesion's share of the volume (lesion masks)",
 }
-# the notebooks whose one part is trained and scored per task: 02 and 04
+# the notebooks whose one part is trained and scored per task: 02, 04 and 10
 TASK_PARTS = {
     "02_finetune": {"comparison": "fine-tuned, scratch, probe and histogram models per task, with CIs and tests "
                                   "(Fig. 1e)"},
     "04_fewshot": {"few-shot": "K-shot fine-tuning curves against training on all data (Fig. 2)"},
+    "10_modelling_choices": {"comparison": "the 3-D ViT against DINOv3 + ABMIL, DINOv3 mean pooling and V-JEPA 2 on "
+                                           "the same input, per task, with CIs and tests (Extended Data Fig. 4)"},
+}
+ENCODER_PARTS = {
+    "comparison": "FM-CT against other CT foundation models and ResNet-50-3D, each fine-tuned and probed per task, "
+                  "with CIs and tests (Fig. 1f, Extended Data Fig. 3)",
+    "retrieval": "all-vs-all retrieval with each encoder's embedding: mAP and Precision@K (Fig. 3, Extended Data "
+                 "Fig. 6)",
 }
 TRANSFER_PARTS = {
     "external validation": "a model fine-tuned on the source site (or dataset) tested on the target (Fig. 1f)",
@@ -193,8 +201,9 @@ def attention_parts(dataset: str, scans: pd.DataFrame, tasks: list[str] | None =
 
 
 def task_parts(notebook: str, dataset: str, scans: pd.DataFrame, tasks: list[str] | None = None) -> Parts:
-    """The one part of ``02_finetune`` or ``04_fewshot``: it runs when a task of ``tasks`` (as the notebook's
-    parameter) has positive and negative scans in both the training and the test split of ``scans``."""
+    """The one part of ``02_finetune``, ``04_fewshot`` or ``10_modelling_choices``: it runs when a task of
+    ``tasks`` (as the notebook's parameter) has positive and negative scans in both the training and the test
+    split of ``scans``."""
     descriptions = TASK_PARTS[notebook]
     candidates = candidate_tasks(dataset, tasks)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
@@ -264,3 +273,16 @@ def retrieval_parts(dataset: str, gallery: pd.DataFrame, subtypes: list[str]) ->
     reason = None if kept else (f"no subtype label with at least {MIN_RETRIEVABLE} positive scans ({listed}); "
                                 "retrieval needs the haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)")
     return Parts("08_retrieval", dataset, {"retrieval": reason}, RETRIEVAL_PARTS, kept)
+
+
+def other_encoder_parts(dataset: str, scans: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str],
+                        tasks: list[str] | None = None) -> tuple[Parts, tuple[str, ...]]:
+    """(the parts of ``09_other_encoders``, the subtypes retrieval can use): the comparison needs a task of
+    ``tasks`` with positive and negative scans in both splits of the labelled rows ``scans``, the retrieval a
+    subtype of ``subtypes`` with two positive scans in ``gallery`` (as ``retrieval_parts``)."""
+    candidates = candidate_tasks(dataset, tasks)
+    trainable, task_reasons = finetunable_tasks(scans, candidates)
+    retrieval = retrieval_parts(dataset, gallery, subtypes)
+    reasons = {"comparison": None if trainable else _no_task_reason(candidates, task_reasons),
+               "retrieval": retrieval.reasons["retrieval"]}
+    return Parts("09_other_encoders", dataset, reasons, ENCODER_PARTS, trainable), retrieval.tasks

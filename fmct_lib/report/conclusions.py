@@ -1,6 +1,6 @@
 """The notebooks' conclusions: each a function from a run's tables to the text the notebook prints.
 
-One function per notebook (``data_conclusion`` for 00_data … ``retrieval_conclusion`` for 08_retrieval), each
+One function per notebook (``data_conclusion`` for 00_data … ``modelling_choices_conclusion`` for 10), each
 setting this run's numbers beside the paper's claim (Zhu et al., Nat. Biomed. Eng. 2026) and saying plainly
 when the claim is not reproduced. Each returns its bullet points, one per line, each starting with "- ".
 """
@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate import paired_comparison, paired_runs
+from .encoders import paper_statements
 from .paper import PAPER_DATASET_NAMES, paper_values_for
 
 __all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "finetune_conclusion",
            "transfer_conclusion", "fewshot_conclusion", "scaling_conclusion", "embeddings_conclusion",
-           "attention_conclusion", "retrieval_conclusion"]
+           "attention_conclusion", "retrieval_conclusion", "other_encoders_conclusion", "modelling_choices_conclusion"]
 
 
 def describe_comparison(name_a: str, a: float, name_b: str, b: float, p_value: float | None = None,
@@ -388,4 +389,61 @@ def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes:
             lines.append(describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"]))
     lines.append("Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP over "
                  "Google CT on CQ500, +2.21% on RSNA); those models are not available here.")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 09 · other encoders
+def _model_comparison_lines(summary: pd.DataFrame, comparison: pd.DataFrame, paper: pd.DataFrame,
+                            names: dict[str, str]) -> list[str]:
+    """Each model's macro-AUROC, then each compared pair (``comparison``: ``paired_comparisons``) in one sentence
+    with its CI and p, and the paper's statements about the same pair where ``names`` (our model → the paper's
+    key) knows both."""
+    macro = _macro_auroc(summary)
+    lines = ["Macro-AUROC: " + ", ".join(f"{m} {v:.3f}" for m, v in macro.items()) + "."]
+    for (a, b), test in comparison.groupby(["model_a", "model_b"], sort=False):
+        if a not in macro or b not in macro:
+            continue
+        said = paper_statements(paper, names[a], names[b]) if a in names and b in names else ""
+        lines.append(describe_comparison(a, macro[a], b, macro[b], _macro_auroc_p(test), said or None,
+                                         _macro_auroc_ci(test)))
+    return lines
+
+
+def other_encoders_conclusion(summary: pd.DataFrame | None, comparison: pd.DataFrame | None,
+                              predictions: pd.DataFrame | None, *, weights: str, paper: pd.DataFrame,
+                              names: dict[str, str], profile, retrieval: pd.DataFrame | None = None,
+                              gallery: pd.DataFrame | None = None, subtypes: list[str] | None = None) -> str:
+    """09_other_encoders (Fig. 1f, Extended Data Figs 3 and 6): what each encoder ran with (``weights``:
+    ``encoders.weights_summary``), each model's macro-AUROC, FM-CT against every other encoder trained the same way
+    beside the paper's numbers (Extended Data Fig. 3, its four datasets: +9.56% macro-AUROC over CT-FM, Merlin
+    13.05% lower, both P < 0.001), where the runs stopped, and the mean retrieval mAP and Precision@K of each
+    encoder (``retrieval``: ``retrieval_summary`` rows with ``model``) against a random ranking (about the subtypes'
+    prevalence in ``gallery``). ``summary``, ``comparison`` and ``predictions`` are None where the comparison did not
+    run, ``retrieval`` where retrieval did not."""
+    lines = weights.splitlines()
+    if summary is not None:
+        lines += _model_comparison_lines(summary, comparison, paper, names)
+        lines.append(describe_stopping(predictions, profile))
+    if retrieval is not None:
+        mean = retrieval[retrieval.subtype == "mean"]
+        mean = mean.pivot(index="model", columns="metric", values="value").reindex(  # in the order of the table
+            index=list(dict.fromkeys(mean["model"])), columns=list(dict.fromkeys(mean["metric"])))
+        chance = np.mean([(gallery[s] == 1).mean() for s in subtypes])
+        lines.append("Retrieval, mean over subtypes: " + "; ".join(
+            f"{m} " + ", ".join(f"{c.replace('map', 'mAP').replace('p@', 'P@')} {v:.3f}" for c, v in row.items())
+            for m, row in mean.iterrows()) + f" (a random ranking scores about the prevalence, {chance:.3f}).")
+        lines.append("Paper: FM-CT retrieves better than CT-FM and Merlin in most cases (Fig. 3; Precision@K in "
+                     "Extended Data Fig. 6).")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 10 · modelling choices
+def modelling_choices_conclusion(summary: pd.DataFrame, comparison: pd.DataFrame, predictions: pd.DataFrame, *,
+                                 weights: str, paper: pd.DataFrame, names: dict[str, str], profile) -> str:
+    """10_modelling_choices (Extended Data Fig. 4): what each encoder ran with (``weights``), each model's
+    macro-AUROC, and the 3-D ViT against DINOv3 with ABMIL, DINOv3 with mean pooling and V-JEPA 2 on the same
+    input, beside the paper's relative gains (2.57%, 9.26%, 6.26% macro-AUROC over its four datasets), and where
+    the runs stopped."""
+    lines = weights.splitlines() + _model_comparison_lines(summary, comparison, paper, names)
+    lines.append(describe_stopping(predictions, profile))
     return _bullets(lines)

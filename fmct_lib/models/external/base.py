@@ -9,9 +9,10 @@ The project consumes an encoder through ``forward_features`` and sizes its heads
   first token is the model's global feature (its cls token, or the mean of its features) and whose other
   tokens are what the model sees (slices, frames, feature-map voxels). ``forward(x)`` is the first token.
 - ``embed_dim``, ``num_heads`` (how an attentive head splits D), ``in_chans``.
-- ``preprocess_spec(profile)``: the preprocessing its inputs come from: the paper chain, or the model's own
-  chain where it was trained on another (CT-FM, Merlin). A normalisation the model expects on top of the
-  windows (ImageNet's, for DINOv3 and V-JEPA 2) is applied inside the adapter.
+- ``preset``, ``preprocess_spec(profile)``: the preprocessing preset its inputs come from
+  (``data.preprocess.PRESETS``): the paper chain, or the model's own chain where it was trained on another
+  (``ctfm``, ``merlin``). A normalisation the model expects on top of the windows (ImageNet's, for DINOv3 and
+  V-JEPA 2) is applied inside the adapter.
 - ``description``: name, architecture, where the published weights come from, what was loaded.
 
 Weights come only from a local file or model folder the user names, never from the network, and load
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ...data.preprocess import PreprocessSpec, paper_spec
+from ...data.preprocess import PreprocessSpec, preset_spec
 from ..checkpoints import CheckpointError, load_state_dict_file
 
 __all__ = ["ExternalEncoder", "EncoderDescription", "LoadReport", "load_weights", "model_files", "merged_config",
@@ -215,12 +216,13 @@ def heads_for(dim: int, head_dim: int = 64) -> int:
 
 class ExternalEncoder(nn.Module):
     """Base of the adapters: the checks and the description; an adapter implements ``tokens``, sets ``name``,
-    ``architecture`` and ``published``, and overrides ``preprocess_spec`` where its model was trained on
-    another chain than the paper's."""
+    ``architecture`` and ``published``, and sets ``preset`` where its model was trained on another chain than
+    the paper's."""
 
     name = ""
     architecture = ""
     published = ""
+    preset = "paper"    # the preprocessing preset of its inputs (data.preprocess.PRESETS)
 
     def __init__(self, *, embed_dim: int, num_heads: int, in_chans: int):
         super().__init__()
@@ -229,8 +231,8 @@ class ExternalEncoder(nn.Module):
         self.load_report: LoadReport | None = None
 
     def preprocess_spec(self, profile="paper") -> PreprocessSpec:
-        """The preprocessing the inputs come from: the paper chain unless the adapter says otherwise."""
-        return paper_spec(profile)
+        """The preprocessing the inputs come from: the adapter's ``preset`` at ``profile``."""
+        return preset_spec(self.preset, profile)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -12,35 +12,26 @@ is the global feature, as in the model card's feature extraction.
 
 CT-FM sees one channel: HU windowed to [−1024, 2048] and scaled to [0, 1], in SPL orientation, cropped to
 the foreground (HU > 0), at 3 × 1 × 1 mm (S, P, L) in pretraining (``experiments/fm`` of project-lighter/CT-FM).
-``preprocess_spec`` is that chain as near as a ``PreprocessSpec`` allows: isotropic voxels at the in-plane
-1 mm, and the foreground box resized to the profile's input size (CT-FM's own head-CT evaluations used
-2 mm in-plane voxels).
+That chain is the ``ctfm`` preset of ``data.preprocess`` (``ctfm_spec``), as near as a ``PreprocessSpec``
+allows: isotropic voxels at the in-plane 1 mm, and the foreground box resized to the profile's input size
+(CT-FM's own head-CT evaluations used 2 mm in-plane voxels).
 """
 from __future__ import annotations
 
 import torch
 
-from ...config import get_profile
-from ...data.preprocess import PreprocessSpec
 from ..checkpoints import CheckpointError
 from .base import ExternalEncoder, feature_map_tokens, heads_for, merged_config, model_files
 
-__all__ = ["CTFMEncoder", "build_ctfm", "ctfm_spec", "PUBLISHED"]
+__all__ = ["CTFMEncoder", "build_ctfm", "PUBLISHED"]
 
 PUBLISHED = {"spatial_dims": 3, "in_channels": 1, "init_filters": 32, "blocks_down": [1, 2, 2, 4, 4]}
-
-
-def ctfm_spec(profile="paper") -> PreprocessSpec:
-    """CT-FM's chain at a profile's geometry (the paper profile's 1 mm scaled as the profile scales it)."""
-    p = get_profile(profile)
-    return PreprocessSpec(name="ctfm", orientation="SPL", spacing=p.spacing_mm, interp_order=1, foreground_hu=0.0,
-                          windows=((512.0, 3072.0),), canvas=None, eval_crop=None, input_size=p.input_size,
-                          dtype="float16")
 
 
 class CTFMEncoder(ExternalEncoder):
     name = "CT-FM"
     published = "Hugging Face project-lighter/ct_fm_feature_extractor (config.json, model.safetensors), Apache-2.0"
+    preset = "ctfm"
 
     def __init__(self, spatial_dims: int, in_channels: int, init_filters: int, blocks_down):
         from monai.networks.nets.segresnet_ds import SegResEncoder
@@ -50,9 +41,6 @@ class CTFMEncoder(ExternalEncoder):
                              f"{in_channels} channel(s)")
         self.encoder = SegResEncoder(spatial_dims=spatial_dims, in_channels=in_channels, init_filters=init_filters,
                                      blocks_down=tuple(blocks_down))
-
-    def preprocess_spec(self, profile="paper") -> PreprocessSpec:
-        return ctfm_spec(profile)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return feature_map_tokens(self.encoder(x)[-1])

@@ -19,49 +19,40 @@ loads; the heads and the text tower are dropped and listed. The layer-4 feature 
 token set; its average is the first token, Merlin's image embedding.
 
 Merlin's chain (``merlin/data/monai_transforms.py``): RAS, 1.5 × 1.5 × 3 mm, HU [−1000, 1000] → [0, 1], pad and
-centre-crop to 224 × 224 × 160. ``merlin_spec`` is that chain as near as a ``PreprocessSpec`` allows: isotropic
-1.5 mm voxels and a 224³ canvas (336 mm), at the paper profile; coarser profiles keep the field of view.
+centre-crop to 224 × 224 × 160. The ``merlin`` preset of ``data.preprocess`` (``merlin_spec``) is that chain as
+near as a ``PreprocessSpec`` allows: isotropic 1.5 mm voxels and a 224³ canvas (336 mm), at the paper profile;
+coarser profiles keep the field of view. ``widths`` (the stages' bottleneck widths, published 64, 128, 256, 512)
+and ``layers`` shrink the network for a randomly initialised stand-in at the small profiles.
 """
 from __future__ import annotations
 
 import torch
 
-from ...config import get_profile
-from ...data.preprocess import PreprocessSpec
 from .base import ExternalEncoder, feature_map_tokens, heads_for, model_files
-from .resnet3d import resnet_feature_map
+from .resnet3d import RESNET_WIDTHS, resnet_feature_map
 
-__all__ = ["MerlinEncoder", "build_merlin", "merlin_spec", "RESNET152_LAYERS"]
+__all__ = ["MerlinEncoder", "build_merlin", "RESNET152_LAYERS"]
 
 RESNET152_LAYERS = (3, 8, 36, 3)
 _PREFIX = "encode_image.i3_resnet."
 _OTHERS = r"(encode_text\.|logit_scale$|classifier\.|contrastive_head\.)"  # text tower, CLIP scale, image heads
 
 
-def merlin_spec(profile="paper") -> PreprocessSpec:
-    """Merlin's chain at a profile's geometry: 1.5 mm and a 224³ canvas at the paper profile's 1 mm."""
-    p = get_profile(profile)
-    scale = p.spacing_mm / get_profile("paper").spacing_mm
-    side = round(224 / scale)
-    return PreprocessSpec(name="merlin", orientation="RAS", spacing=1.5 * scale, interp_order=1,
-                          windows=((0.0, 2000.0),), canvas=side, eval_crop=side, input_size=side, dtype="int16")
-
-
 class MerlinEncoder(ExternalEncoder):
     name = "Merlin"
     published = ("Hugging Face stanfordmimi/Merlin (i3_resnet_clinical_longformer_best_clip_04-02-2024_23-21-36"
                  "_epoch_99.pt); see its model card for the licence")
+    preset = "merlin"
 
-    def __init__(self, layers=RESNET152_LAYERS):
+    def __init__(self, layers=RESNET152_LAYERS, widths=RESNET_WIDTHS):
         from monai.networks.nets import ResNet
-        super().__init__(embed_dim=2048, num_heads=heads_for(2048), in_chans=1)
-        self.architecture = f"I3D-inflated ResNet, bottleneck blocks {tuple(layers)} (MONAI ResNet)"
-        self.i3_resnet = ResNet("bottleneck", list(layers), [64, 128, 256, 512], spatial_dims=3, n_input_channels=3,
+        dim = 4 * widths[-1]  # the bottleneck's expansion
+        super().__init__(embed_dim=dim, num_heads=heads_for(dim), in_chans=1)
+        self.architecture = (f"I3D-inflated ResNet, bottleneck blocks {tuple(layers)}, widths {tuple(widths)} "
+                             "(MONAI ResNet)")
+        self.i3_resnet = ResNet("bottleneck", list(layers), list(widths), spatial_dims=3, n_input_channels=3,
                                 conv1_t_size=(3, 7, 7), conv1_t_stride=(1, 2, 2), shortcut_type="B",
                                 bias_downsample=False, feed_forward=False)
-
-    def preprocess_spec(self, profile="paper") -> PreprocessSpec:
-        return merlin_spec(profile)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         # RAS (B, 1, R, A, S) → (B, 3, S, R, A): the slices first, the one channel seen three times, as Merlin
@@ -69,10 +60,10 @@ class MerlinEncoder(ExternalEncoder):
         return feature_map_tokens(resnet_feature_map(self.i3_resnet, x))
 
 
-def build_merlin(weights=None, *, strict: bool = True, layers=RESNET152_LAYERS) -> MerlinEncoder:
+def build_merlin(weights=None, *, strict: bool = True, layers=RESNET152_LAYERS, widths=RESNET_WIDTHS) -> MerlinEncoder:
     """Merlin's image encoder from a local checkpoint (the whole model's state dict, or the image encoder's
-    alone), or randomly initialised. ``layers`` changes the depth."""
-    model = MerlinEncoder(layers)
+    alone), or randomly initialised. ``layers`` changes the depth, ``widths`` the stages' widths."""
+    model = MerlinEncoder(layers, widths)
     state = {}
     if weights is not None:
         state, _ = model_files(weights)

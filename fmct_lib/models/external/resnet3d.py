@@ -3,7 +3,8 @@ hardware and software": github.com/kenshohara/3D-ResNets-PyTorch), through MONAI
 ``monai.networks.nets.resnet50`` builds: bottleneck blocks (3, 4, 6, 3), 7³ stem, shortcut B).
 
 It takes the paper's inputs (three windows as channels). Its layer-4 feature map (2048 channels at 1/16 of
-the input) is the token set; its global average (the network's own ``avgpool``) is the first token.
+the input) is the token set; its global average (the network's own ``avgpool``) is the first token. ``layers``
+and ``widths`` (the stages' bottleneck widths, published 64, 128, 256, 512) shrink it for the small profiles.
 
 The published weights the paper's source provides are Hara et al.'s Kinetics checkpoints (``r3d50_K_200ep.pth``
 and kin, MIT licence, Google Drive links in their README): ``torch.save`` of a dict whose ``state_dict`` has
@@ -17,9 +18,10 @@ import torch.nn as nn
 
 from .base import ExternalEncoder, feature_map_tokens, heads_for, model_files
 
-__all__ = ["ResNet3dEncoder", "build_resnet3d", "resnet_feature_map", "RESNET50_LAYERS"]
+__all__ = ["ResNet3dEncoder", "build_resnet3d", "resnet_feature_map", "RESNET50_LAYERS", "RESNET_WIDTHS"]
 
 RESNET50_LAYERS = (3, 4, 6, 3)
+RESNET_WIDTHS = (64, 128, 256, 512)   # the stages' bottleneck widths (×4 out)
 
 
 def resnet_feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -35,11 +37,13 @@ class ResNet3dEncoder(ExternalEncoder):
     published = ("Hara et al. 3D-ResNets-PyTorch Kinetics checkpoints (r3d50_K_200ep.pth, r3d50_KM_200ep.pth), "
                  "MIT")
 
-    def __init__(self, layers=RESNET50_LAYERS, in_chans: int = 3):
+    def __init__(self, layers=RESNET50_LAYERS, widths=RESNET_WIDTHS, in_chans: int = 3):
         from monai.networks.nets import ResNet
-        super().__init__(embed_dim=2048, num_heads=heads_for(2048), in_chans=in_chans)
-        self.architecture = f"MONAI ResNet, bottleneck blocks {tuple(layers)}, 7x7x7 stem, shortcut B"
-        self.net = ResNet("bottleneck", list(layers), [64, 128, 256, 512], spatial_dims=3, n_input_channels=in_chans,
+        dim = 4 * widths[-1]  # the bottleneck's expansion
+        super().__init__(embed_dim=dim, num_heads=heads_for(dim), in_chans=in_chans)
+        self.architecture = (f"MONAI ResNet, bottleneck blocks {tuple(layers)}, widths {tuple(widths)}, 7x7x7 stem, "
+                             "shortcut B")
+        self.net = ResNet("bottleneck", list(layers), list(widths), spatial_dims=3, n_input_channels=in_chans,
                           conv1_t_size=7, conv1_t_stride=1, shortcut_type="B", bias_downsample=False,
                           feed_forward=False)
 
@@ -47,10 +51,12 @@ class ResNet3dEncoder(ExternalEncoder):
         return feature_map_tokens(resnet_feature_map(self.net, x))
 
 
-def build_resnet3d(weights=None, *, strict: bool = True, layers=RESNET50_LAYERS) -> ResNet3dEncoder:
+def build_resnet3d(weights=None, *, strict: bool = True, layers=RESNET50_LAYERS,
+                   widths=RESNET_WIDTHS) -> ResNet3dEncoder:
     """ResNet-50-3D from a local checkpoint (a state dict, or Hara et al.'s training checkpoint holding one under
-    ``state_dict``), or randomly initialised (the paper trains it from scratch). ``layers`` changes the depth."""
-    model = ResNet3dEncoder(layers)
+    ``state_dict``), or randomly initialised (the paper trains it from scratch). ``layers`` changes the depth,
+    ``widths`` the stages' widths."""
+    model = ResNet3dEncoder(layers, widths)
     state = {}
     if weights is not None:
         state, _ = model_files(weights)

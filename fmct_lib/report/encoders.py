@@ -1,0 +1,116 @@
+"""Comparing encoders and modelling choices (paper, Fig. 1f, Extended Data Figs 3, 4 and 6; notebooks 09 and 10).
+
+What the two notebooks need beyond a sweep (``pipeline.Study.sweep_models``): which encoders ran with their
+publisher's weights and which randomly initialised (``weights_summary``, said in every figure title and
+conclusion), the grid of (encoder, protocol) models (``model_grid``), the paired comparisons of the project's
+encoder against each other model (``paired_comparisons``, in the paper's order: ``as_the_paper_orders``), the
+paper's names for ours (``PAPER_KEYS``), the paper's statements about a pair (``paper_statements``,
+``paper_notes``), and retrieval per encoder
+(``retrieval_by_model``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluate import paired_comparison, retrieval_summary, retrieve_all_vs_all
+from ..models.external import ExternalRef
+from .paper import PAPER_DATASET_NAMES, describe_paper_value
+
+__all__ = ["PAPER_KEYS", "MODELLING_CHOICES", "model_grid", "weights_summary", "paired_comparisons",
+           "as_the_paper_orders", "paper_statements", "paper_notes", "retrieval_by_model"]
+
+# our labels of the encoders and modelling choices → the paper's model keys (``paper_values.csv``)
+PAPER_KEYS = {"FM-CT": "fmct", "3D ViT": "fmct", "CT-FM": "ct_fm", "Merlin": "merlin",
+              "DINOv3 + ABMIL": "dinov3_abmil", "DINOv3 mean pooling": "dinov3_mean_pooling", "V-JEPA 2": "vjepa2"}
+
+# The paper's alternative modelling choices (Results, "Comparison to alternative modelling choices"; Extended Data
+# Fig. 4), each an external encoder and the protocol that pools its tokens: DINOv3 on the axial slices with ABMIL
+# over the slices, DINOv3 with the mean of the slices (its first token) under a linear head, and V-JEPA 2 reading
+# the slices as frames under an attentive probe (V-JEPA 2's own evaluation head). Frozen encoders: the heads train
+# on cached tokens, as multiple-instance learning on a 2-D model's features does.
+MODELLING_CHOICES = {"DINOv3 + ABMIL": ("dinov3", "abmil"), "DINOv3 mean pooling": ("dinov3", "linear"),
+                     "V-JEPA 2": ("vjepa2", "attentive")}
+
+
+def model_grid(encoders: dict, protocols) -> dict[str, tuple]:
+    """``"<encoder> <protocol>"`` → (encoder, protocol) for every encoder of ``encoders`` (label → encoder) and
+    every protocol, encoders first: the models of Fig. 1f, each encoder trained the same ways."""
+    return {f"{label} {protocol}": (encoder, protocol) for label, encoder in encoders.items() for protocol in protocols}
+
+
+def weights_summary(encoders: dict) -> tuple[str, str]:
+    """(one line per encoder of ``encoders``, label → checkpoint path or ``ExternalRef``, saying what it ran with;
+    a short form for a figure's title): which external encoders had their publisher's weights and which were
+    randomly initialised, and the checkpoint of ours."""
+    published = [label for label, e in encoders.items() if isinstance(e, ExternalRef) and not e.random]
+    random = [label for label, e in encoders.items() if isinstance(e, ExternalRef) and e.random]
+    short = (f"published weights: {', '.join(published) or 'none'}"
+             + (f"; RANDOMLY INITIALISED: {', '.join(random)}" if random else ""))
+    lines = [f"{label}: " + (e.describe().split(": ", 1)[1] if isinstance(e, ExternalRef)
+                             else f"this project's checkpoint {Path(e).parent.name}/{Path(e).name}")
+             for label, e in encoders.items()]
+    if random:
+        lines.append(f"{', '.join(random)} ran RANDOMLY INITIALISED, not with their publishers' weights: what they "
+                     "score here says nothing about those models (docs/other_encoders.md says where the weights are)")
+    return "\n".join(lines), short
+
+
+def paired_comparisons(predictions: pd.DataFrame, pairs, n_boot: int, n_perm: int, seed: int = 0) -> pd.DataFrame:
+    """``evaluate.paired_comparison`` of model a against model b (column ``model``) for each (a, b) of ``pairs``,
+    on the tasks both were trained on, as one table with ``model_a`` and ``model_b``; a pair with a model that has
+    no predictions (every run skipped) is left out."""
+    tables = []
+    for a, b in pairs:
+        pa, pb = predictions[predictions.model == a], predictions[predictions.model == b]
+        common = set(pa["task"]) & set(pb["task"])
+        if common:
+            tables.append(paired_comparison(pa[pa.task.isin(common)], pb[pb.task.isin(common)], n_boot=n_boot,
+                                            n_perm=n_perm, seed=seed).assign(model_a=a, model_b=b))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["task", "metric", "a", "b", "difference", "ci_low", "ci_high", "p_value", "model_a", "model_b"])
+
+
+def as_the_paper_orders(pairs, names: dict[str, str], paper: pd.DataFrame) -> list[tuple[str, str]]:
+    """``pairs`` (model a, model b), each turned round where ``paper`` compares the two the other way round
+    (``merlin_vs_fmct``: Merlin against FM-CT), so that our difference and the paper's relative gain beside it
+    (``comparisons.with_paper``) have the same sign convention; ``names`` maps our models to the paper's keys."""
+    models = set(paper["model"])
+    out = []
+    for a, b in pairs:
+        ka, kb = names.get(a), names.get(b)
+        turned = ka and kb and f"{kb}_vs_{ka}" in models and f"{ka}_vs_{kb}" not in models
+        out.append((b, a) if turned else (a, b))
+    return out
+
+
+def paper_statements(paper: pd.DataFrame, key_a: str, key_b: str) -> str:
+    """The paper's values (rows of ``paper_values.csv``) comparing the paper's models ``key_a`` and ``key_b``, in
+    either order, in one phrase: ``describe_paper_value`` of each without its ``paper (<dataset>)`` prefix, then
+    the datasets (``""`` where the paper has none)."""
+    pair = paper[paper["model"].isin([f"{key_a}_vs_{key_b}", f"{key_b}_vs_{key_a}"])]
+    if pair.empty:
+        return ""
+    said = "; ".join(describe_paper_value(row).split(": ", 1)[1] for _, row in pair.iterrows())
+    datasets = ", ".join(PAPER_DATASET_NAMES.get(d, d) for d in dict.fromkeys(pair["dataset"]))
+    return f"{said} ({datasets})"
+
+
+def paper_notes(paper: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of ``paper`` that compare the paper's model (``fmct``) with another on ``metric`` (``auroc`` or
+    ``ap``): the relative gains and P values a figure's panel of that metric lists in its legend."""
+    names = {"auroc": ("relative_improvement_pct", "p_value"), "ap": ("ap_relative_improvement_pct", "ap_p_value")}
+    return paper[paper["metric"].isin(names[metric]) & paper["model"].str.contains("fmct")].reset_index(drop=True)
+
+
+def retrieval_by_model(tables: dict, subtypes, ks, n_boot: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All-vs-all retrieval (``evaluate.retrieve_all_vs_all``) with each model's embeddings (``tables``: label →
+    ``downstream.embed`` table): (the per-query table, its ``retrieval_summary``), both with a column ``model``."""
+    per_query, summaries = [], []
+    for label, table in tables.items():
+        vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+        q = retrieve_all_vs_all(vectors, table[list(subtypes)], ks=tuple(ks), scan_ids=table["scan_id"])
+        per_query.append(q.assign(model=label))
+        summaries.append(retrieval_summary(q, n_boot=n_boot, seed=seed).assign(model=label))
+    return pd.concat(per_query, ignore_index=True), pd.concat(summaries, ignore_index=True)
