@@ -605,3 +605,15 @@ def test_retrieval_conclusion_with_an_undefined_map():
         "- checkpoint mAP vs random-init mAP: not measurable on this run (a metric is undefined).",
         RETRIEVAL_PAPER,
     ]
+
+
+def test_retrieval_conclusion_gives_each_encoder_its_ci_and_p():
+    summary = _retrieval({"dino": 0.5, "mae": 0.42, "random init": 0.4})
+    comparison = pd.DataFrame([
+        {"subtype": "mean", "model_a": "dino", "ci_low": 0.03, "ci_high": 0.17, "p_value": 0.004},
+        {"subtype": "iph", "model_a": "dino", "ci_low": -1.0, "ci_high": 1.0, "p_value": 0.9},  # not the mean row
+        {"subtype": "mean", "model_a": "mae", "ci_low": -0.03, "ci_high": 0.07, "p_value": 0.6}])
+    lines = conclusions.retrieval_conclusion(summary, GALLERY, ["iph", "sdh"], comparison).splitlines()
+    assert lines[1] == ("- dino mAP (0.500) beats random-init mAP (0.400): +25.0% relative, 95% CI of the difference "
+                        "+0.030 to +0.170, paired permutation p = 0.004.")
+    assert lines[2].startswith("- mae mAP (0.420) ties random-init mAP (0.400)") and "p = 0.6" in lines[2]

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmct_lib.evaluate import retrieval_summary, retrieve_all_vs_all
+from fmct_lib.evaluate import retrieval_comparison, retrieval_summary, retrieve_all_vs_all
 
 
 def brute_force(embeddings, labels, ks=(1, 5, 10)):
@@ -74,3 +74,35 @@ def test_bad_embeddings_are_rejected():
         retrieve_all_vs_all(np.ones((2, 4)), labels)
     with pytest.raises(ValueError, match="NaN"):
         retrieve_all_vs_all(np.array([[1.0, np.nan], [1, 0], [0, 1]]), labels)
+
+
+def _per_query(values: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"subtype": s, "scan_id": q, "n_relevant": 1, "ap": v} for (s, q), v in values.items()])
+
+
+def test_retrieval_comparison_p_is_the_exact_sign_flip_p_and_the_mean_row_pools_subtypes():
+    import itertools
+    rng = np.random.default_rng(3)
+    queries = [("ivh", f"s{i}") for i in range(5)] + [("sah", f"s{i}") for i in range(3, 8)]  # s3, s4 in both
+    a = {q: float(rng.random()) for q in queries}
+    b = {q: float(rng.random()) * 0.6 for q in queries}
+    table = retrieval_comparison(_per_query(a), _per_query(b), n_perm=20000, n_boot=200, seed=0)
+    scans = sorted({q for _, q in queries})
+    d = {k: a[k] - b[k] for k in queries}
+
+    def statistic(signs, subtypes):  # the mean over subtypes of each subtype's mean signed difference
+        return np.mean([np.mean([signs[q] * d[(s, q)] for (s2, q) in queries if s2 == s]) for s in subtypes])
+
+    for subtype in ("ivh", "sah", "mean"):
+        subtypes = ["ivh", "sah"] if subtype == "mean" else [subtype]
+        observed = statistic(dict.fromkeys(scans, 1.0), subtypes)
+        flips = [dict(zip(scans, signs)) for signs in itertools.product([1.0, -1.0], repeat=len(scans))]
+        exact = np.mean([abs(statistic(f, subtypes)) >= abs(observed) - 1e-12 for f in flips])  # all 2^8 patterns
+        row = table.set_index("subtype").loc[subtype]
+        assert row["difference"] == pytest.approx(observed, abs=1e-12)
+        assert row["p_value"] == pytest.approx(exact, abs=0.01)
+        assert row["ci_low"] <= observed <= row["ci_high"]
+    same = retrieval_comparison(_per_query(a), _per_query(a), n_perm=200)
+    assert (same["difference"] == 0).all() and (same["p_value"] == 1).all()
+    with pytest.raises(ValueError, match="different queries"):
+        retrieval_comparison(_per_query(a), _per_query(dict(list(b.items())[:-1])))

@@ -1,6 +1,6 @@
 """The notebooks' conclusions: each a function from a run's tables to the text the notebook prints.
 
-One function per notebook (``data_conclusion`` for 00_data … ``modelling_choices_conclusion`` for 10), each
+One function per notebook (``data_conclusion`` for 00_data … ``patch_size_conclusion`` for 12), each
 setting this run's numbers beside the paper's claim (Zhu et al., Nat. Biomed. Eng. 2026) and saying plainly
 when the claim is not reproduced. Each returns its bullet points, one per line, each starting with "- ".
 """
@@ -15,7 +15,8 @@ from .paper import PAPER_DATASET_NAMES, paper_values_for
 
 __all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "finetune_conclusion",
            "transfer_conclusion", "fewshot_conclusion", "scaling_conclusion", "embeddings_conclusion",
-           "attention_conclusion", "retrieval_conclusion", "other_encoders_conclusion", "modelling_choices_conclusion"]
+           "attention_conclusion", "retrieval_conclusion", "other_encoders_conclusion", "modelling_choices_conclusion",
+           "efficiency_conclusion", "patch_size_conclusion"]
 
 
 def describe_comparison(name_a: str, a: float, name_b: str, b: float, p_value: float | None = None,
@@ -374,19 +375,27 @@ def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------- 08 · retrieval
-def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str]) -> str:
+def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str],
+                         comparison: pd.DataFrame | None = None) -> str:
     """08_retrieval (Fig. 3): mean mAP over ``subtypes`` per encoder against a random ranking (about the
     prevalence in ``gallery``, the scans searched) and against the random-init encoder; the paper's comparison
     with other CT foundation models (+9.99% mAP over Google CT on CQ500, +2.21% on RSNA) cannot run here.
-    ``summary``: ``retrieval_summary`` rows with ``model`` (``random init`` among them)."""
+    ``summary``: ``retrieval_summary`` rows with ``model`` (``random init`` among them); ``comparison``:
+    ``retrieval_comparison`` rows with ``model_a`` (each encoder, against ``random init``), whose ``mean`` row
+    gives each sentence its CI and p."""
     mean_map = summary[(summary.metric == "map") & (summary.subtype == "mean")].set_index("model")["value"]
     prevalence = {s: (gallery[s] == 1).mean() for s in subtypes}
     lines = ["Mean mAP over subtypes: " + ", ".join(f"{m} {v:.3f}" for m, v in mean_map.items())
              + f" (a random ranking scores about the prevalence: {sum(prevalence.values()) / len(prevalence):.3f} "
              "on average)."]
+    tests = ({} if comparison is None or comparison.empty else
+             comparison[comparison.subtype == "mean"].set_index("model_a").to_dict("index"))
     for name in mean_map.index:
         if name != "random init":
-            lines.append(describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"]))
+            test = tests.get(name)
+            lines.append(describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"],
+                                             test["p_value"] if test else None,
+                                             ci=(test["ci_low"], test["ci_high"]) if test else None))
     lines.append("Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP over "
                  "Google CT on CQ500, +2.21% on RSNA); those models are not available here.")
     return _bullets(lines)
@@ -445,5 +454,85 @@ def modelling_choices_conclusion(summary: pd.DataFrame, comparison: pd.DataFrame
     input, beside the paper's relative gains (2.57%, 9.26%, 6.26% macro-AUROC over its four datasets), and where
     the runs stopped."""
     lines = weights.splitlines() + _model_comparison_lines(summary, comparison, paper, names)
+    lines.append(describe_stopping(predictions, profile))
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 11 · efficiency
+def _exponent(s: pd.Series, ratio: pd.Series) -> float:
+    """k of ratio ∝ s^k, the least-squares slope on log-log axes (NaN with fewer than two distinct s)."""
+    keep = ratio.notna() & (ratio > 0)
+    if s[keep].nunique() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(s[keep].astype(float)), np.log(ratio[keep].astype(float)), 1)[0])
+
+
+def efficiency_conclusion(table: pd.DataFrame, cost: pd.DataFrame, *, stand_ins: bool, reference: str = "vit") -> str:
+    """11_efficiency (Extended Data Fig. 5; Supplementary Fig. 2 and Section E): the machine; per mode, where the
+    3-D ViT (``reference``) stands in throughput and peak memory against the other architectures (the other ViT
+    patch sizes left out), beside the paper's claim of a "substantial advantage ... in terms of both model throughput
+    and memory cost" (no numbers printed); the cost of smaller patches: how the measured forward time and the
+    analytic FLOPs grow with the reduction factor s (log-log slopes) against the paper's O(s⁶).
+
+    ``table``: ``efficiency.relative_to`` of ``efficiency.measure``; ``cost``: ``efficiency.patch_cost`` rows with
+    ``measured_ratio`` (forward time over the profile's patch; NaN where not measured); ``stand_ins``: the other
+    encoders are randomly initialised small stand-ins (toy, demo), not the published architectures."""
+    first = table.iloc[0]
+    lines = [f"Measured on {first['machine']} ({first['dtype']}, torch {first['torch']}), batch {first['batch_size']}, "
+             f"median of {first['repeats']} steps; peak memory: {first['memory']}. The paper's experiments ran on one "
+             "80 GB NVIDIA A100 (PyTorch 2.4.1); its Extended Data Fig. 5 prints no numbers."]
+    ref_label = table.loc[table.architecture == reference, "model"].iloc[0]
+    others = table[~table.architecture.str.startswith("vit")]
+    verdicts = []
+    for mode, rows in others.groupby("mode", sort=False):
+        ref = table[(table.architecture == reference) & (table["mode"] == mode)].iloc[0]
+        speed = ", ".join(f"{r.model} {r.throughput_ratio:.2f}×" for r in rows.itertuples())
+        memory = ", ".join(f"{r.model} {r.memory_ratio:.2f}×" for r in rows.itertuples())
+        faster, lighter = (rows.throughput_ratio < 1).all(), (rows.memory_ratio > 1).all()
+        verdicts.append(faster and lighter)
+        lines.append(f"{mode}: {ref_label} {ref.scans_per_s:.3g} scans/s, {ref.peak_memory_mb:.3g} MiB; the others' "
+                     f"throughput relative to it {speed}; their memory {memory}: the 3-D ViT is "
+                     f"{'the fastest' if faster else 'NOT the fastest'} and "
+                     f"{'the lightest' if lighter else 'NOT the lightest'}.")
+    if verdicts:
+        claim = ("reproduced" if all(verdicts) else "NOT reproduced") + " on this machine"
+        caveat = (": the other encoders here are randomly initialised stand-ins shrunk to the profile's size, so this "
+                  "compares those stand-ins, not the published models (the paper profile builds those)"
+                  if stand_ins else "")
+        lines.append("Paper: the 3-D ViT has a substantial advantage over the other architectures in both throughput "
+                     f"and memory (Extended Data Fig. 5): {claim}{caveat}.")
+    measured = cost.dropna(subset=["measured_ratio"])
+    k_time, k_flops = _exponent(measured["s"], measured["measured_ratio"]), _exponent(cost["s"], cost["flops_ratio"])
+    base = cost.loc[cost["s"] == 1].iloc[0]
+    share = base["attention_flops"] / base["flops"]
+    lines.append(f"Smaller patches: over s = {cost['s'].min():.2g}–{cost['s'].max():.2g} the analytic FLOPs grow as "
+                 f"s^{k_flops:.1f} and the measured forward time as s^{k_time:.1f} (attention's FLOPs as s^6 exactly, "
+                 f"the tokens as s^3). Paper: O(s^6) (Supplementary Section E), the rate once attention dominates; "
+                 f"at the profile's patch attention is {share:.0%} of the FLOPs.")
+    return _bullets(lines)
+
+
+# --------------------------------------------------------------------------------------- 12 · patch size
+def patch_size_conclusion(summary: pd.DataFrame, comparison: pd.DataFrame, predictions: pd.DataFrame,
+                          cost: pd.DataFrame, *, fine: str, coarse: str, profile) -> str:
+    """12_patch_size (Supplementary Fig. 2): the encoder with the profile's patches (``fine``) against the same with
+    coarser ones (``coarse``), pretrained and trained the same way: macro-AUROC difference with its CI and p beside
+    the paper's finding (512 patch tokens beat 216; no AUCs printed), what each costs (``cost``: rows of
+    ``efficiency.relative_to(..., fine)`` with ``tokens`` and ``flops``, the analytic forward+backward FLOPs) and
+    where the runs stopped."""
+    macro = _macro_auroc(summary)
+    test = comparison[(comparison.model_a == fine) & (comparison.model_b == coarse)]
+    lines = ["Macro-AUROC: " + ", ".join(f"{m} {v:.3f}" for m, v in macro.items()) + "."]
+    if {fine, coarse} <= set(macro.index) and len(test):
+        lines.append(describe_comparison(fine, macro[fine], coarse, macro[coarse], _macro_auroc_p(test),
+                                         "512 patch tokens (12³) outperformed 216 (16³), Supplementary Fig. 2",
+                                         _macro_auroc_ci(test)))
+    by = cost.set_index(["architecture", "mode"])
+    ratio = lambda column, mode="forward+backward": by.loc[("coarse", mode), column] / by.loc[("fine", mode), column]  # noqa: E731
+    lines.append(f"Cost of {coarse} relative to {fine}: tokens {ratio('tokens'):.2f}×, forward+backward FLOPs "
+                 f"{ratio('flops'):.2f}× (analytic), measured forward+backward time "
+                 f"{ratio('seconds'):.2f}× and peak memory {ratio('peak_memory_mb'):.2f}× on "
+                 f"{cost['machine'].iloc[0]}. Paper: 216 against 512 tokens (0.42×), the cost growing as O(s^6) in "
+                 "the patch-size reduction factor s.")
     lines.append(describe_stopping(predictions, profile))
     return _bullets(lines)

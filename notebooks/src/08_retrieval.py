@@ -21,7 +21,7 @@ ks = [1, 5, 10]
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, preset=preset, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
@@ -29,7 +29,7 @@ P, scans = S.profile, S.scans
 # %%
 import pandas as pd
 import torch
-from fmct_lib.evaluate import retrieval_summary, retrieve_all_vs_all
+from fmct_lib.evaluate import retrieval_comparison, retrieval_summary, retrieve_all_vs_all
 from fmct_lib.interpret.parts import retrieval_parts
 from fmct_lib.models.vit3d import vit_from_config
 
@@ -52,6 +52,12 @@ if parts.runs("retrieval"):
         summaries.append(retrieval_summary(q, n_boot=P.n_bootstrap, seed=seed).assign(model=name))
     summary = pd.concat(summaries, ignore_index=True)
     display(summary.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3))
+    # each pretrained encoder against the random one on the same queries: mAP difference, 95% CI, paired p
+    by_model = {q["model"].iloc[0]: q for q in per_query if len(q)}
+    comparison = pd.concat([retrieval_comparison(by_model[m], by_model["random init"], n_boot=P.n_bootstrap,
+                                                 n_perm=P.n_permutations, seed=seed).assign(model_a=m, model_b="random init")
+                            for m in by_model if m != "random init"] or [pd.DataFrame()], ignore_index=True)
+    display(comparison.round(4))
 
 # %%
 if parts.runs("retrieval"):
@@ -78,12 +84,13 @@ if parts.runs("retrieval"):
                                                                                 for k, v in encoders.items()},
                        "preset": preset, "spec": S.spec.hash,
                        "subtypes": subtypes, "ks": ks, "seed": seed, "gallery_prevalence": prevalence})
+    comparisons.save_comparison(naming.figure_name("fig3_retrieval", dataset, P), comparison)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.retrieval_conclusion(summary, gallery, subtypes) if parts.runs("retrieval")
+print(conclusions.retrieval_conclusion(summary, gallery, subtypes, comparison) if parts.runs("retrieval")
       else "Nothing measured on this dataset.")
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))
