@@ -13,9 +13,11 @@ crop ~192 mm, as in the paper's Methods; coarser profiles use coarser voxels.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["ModelConfig", "Profile", "PROFILES", "get_profile"]
+__all__ = ["ModelConfig", "Profile", "PROFILES", "get_profile", "patch_variant"]
 
 
 @dataclass(frozen=True)
@@ -175,10 +177,38 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(profile: "str | Profile") -> Profile:
-    """Return a profile by name (``toy`` | ``demo`` | ``paper``); a ``Profile`` passes through."""
+    """Return a profile by name (``toy`` | ``demo`` | ``paper``, or ``<name>-p<patch>``: :func:`patch_variant`);
+    a ``Profile`` passes through."""
     if isinstance(profile, Profile):
         return profile
-    try:
+    if profile in PROFILES:
         return PROFILES[profile]
-    except KeyError:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}") from None
+    variant = re.fullmatch(r"(?P<base>.+)-p(?P<patch>\d+)", str(profile))
+    if variant and variant["base"] in PROFILES:
+        return patch_variant(PROFILES[variant["base"]], int(variant["patch"]))
+    raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)} (or <profile>-p<patch>)")
+
+
+def patch_variant(profile: "str | Profile", patch_size: int | None = None) -> Profile:
+    """``profile`` with another patch size, named ``<name>-p<patch>`` so that its pretraining and downstream runs
+    never share a folder with the profile's (Supplementary Fig. 2: 512 patches of 12³ against 216 of 16³).
+
+    ``patch_size`` defaults to the paper's ratio: the patch grid 3/4 of the profile's per side (paper 8 → 6: patch
+    16; demo 4 → 3; toy 4 → 3), so that the token counts compare as 512 to 216. A patch that does not divide the
+    input runs on the smallest input it divides that is at least as large (demo: 32³ → 33³ with patch 11; toy:
+    16³ → 18³ with patch 6): the same field of view, never fewer voxels for the coarser patches. The local crops
+    keep their size relative to the input, rounded up to whole patches. The profile itself when nothing changes."""
+    p = get_profile(profile)
+    m = p.model
+    if patch_size is None:
+        grid = max(1, round(m.img_size // m.patch_size * 3 / 4))
+        patch_size = math.ceil(m.img_size / grid)
+    if int(patch_size) != patch_size or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive whole number, got {patch_size!r}")
+    patch_size = int(patch_size)
+    if patch_size == m.patch_size:
+        return p
+    img = patch_size * math.ceil(m.img_size / patch_size)
+    local = patch_size * math.ceil(p.local_input_size * img / (m.img_size * patch_size))
+    return p.replace(name=f"{p.name}-p{patch_size}", model=replace(m, img_size=img, patch_size=patch_size),
+                     local_input_size=local)

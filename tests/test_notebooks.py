@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["00_data", "01_pretrain", "02_finetune", "03_transfer", "04_fewshot", "05_scaling",
-            "06_embeddings", "07_attention", "08_retrieval", "09_other_encoders", "10_modelling_choices"]
+            "06_embeddings", "07_attention", "08_retrieval", "09_other_encoders", "10_modelling_choices",
+            "11_efficiency", "12_patch_size"]
 KERNEL = "fmct"            # the kernel make setup registers for the venv; the tests run every notebook in it
 NOTEBOOK_KERNEL = "python3"  # what the notebooks ask for: the Python of whatever environment runs them
 # CI time: the scaling study pretrains one fraction fewer than the notebook's default (the code path is the same)

@@ -1,4 +1,4 @@
-"""Which parts of each notebook (02-10) a dataset allows, and why the others are skipped.
+"""Which parts of each notebook (02-10, 12) a dataset allows, and why the others are skipped.
 
 Not every dataset carries what every analysis needs: RSNA's DICOM headers have no Manufacturer tag, a NIfTI
 export has no acquisition tags at all, only the synthetic cohort has lesion masks, and a small cohort may have
@@ -31,13 +31,15 @@ ATTENTION_PARTS = {
     "fine-tuned": "the same for encoders fine-tuned per task",
     "lesion": "attention share on the lesion against the lesion's share of the volume (lesion masks)",
 }
-# the notebooks whose one part is trained and scored per task: 02, 04 and 10
+# the notebooks whose one part is trained and scored per task: 02, 04, 10 and 12
 TASK_PARTS = {
     "02_finetune": {"comparison": "fine-tuned, scratch, probe and histogram models per task, with CIs and tests "
                                   "(Fig. 1e)"},
     "04_fewshot": {"few-shot": "K-shot fine-tuning curves against training on all data (Fig. 2)"},
     "10_modelling_choices": {"comparison": "the 3-D ViT against DINOv3 + ABMIL, DINOv3 mean pooling and V-JEPA 2 on "
                                            "the same input, per task, with CIs and tests (Extended Data Fig. 4)"},
+    "12_patch_size": {"comparison": "the encoder with the profile's patches against the same with coarser patches, "
+                                    "each pretrained and trained per task, with CIs and tests (Supplementary Fig. 2)"},
 }
 ENCODER_PARTS = {
     "comparison": "FM-CT against other CT foundation models and ResNet-50-3D, each fine-tuned and probed per task, "
@@ -201,9 +203,9 @@ def attention_parts(dataset: str, scans: pd.DataFrame, tasks: list[str] | None =
 
 
 def task_parts(notebook: str, dataset: str, scans: pd.DataFrame, tasks: list[str] | None = None) -> Parts:
-    """The one part of ``02_finetune``, ``04_fewshot`` or ``10_modelling_choices``: it runs when a task of
-    ``tasks`` (as the notebook's parameter) has positive and negative scans in both the training and the test
-    split of ``scans``."""
+    """The one part of ``02_finetune``, ``04_fewshot``, ``10_modelling_choices`` or ``12_patch_size``: it runs when a
+    task of ``tasks`` (as the notebook's parameter) has positive and negative scans in both the training and the
+    test split of ``scans``."""
     descriptions = TASK_PARTS[notebook]
     candidates = candidate_tasks(dataset, tasks)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
