@@ -78,6 +78,13 @@ if rows:
                             for (m, f, e) in grouped if m == "dino"
                             for other in methods if other != "dino" and (other, f, e) in grouped]
                            or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "p_value"])])
+    # each method's encoder from the most pretraining data against the one from the least (the paper: more is better)
+    low, high = min(f for _, f, _ in grouped), max(f for _, f, _ in grouped)
+    more_data = [paired_comparison(grouped[m, high, e], grouped[m, low, e], n_boot=P.n_bootstrap,
+                                   n_perm=P.n_permutations, seed=seed)
+                 .assign(model_a=f"{m} {100 * high:g}%", model_b=f"{m} {100 * low:g}%", fraction=high, evaluation=e)
+                 for (m, f, e) in grouped if f == high and high > low and (m, low, e) in grouped]
+    comparison = pd.concat([comparison, *more_data], ignore_index=True)
     display(macro.pivot_table(index=["evaluation", "percent"], columns=["metric", "method"], values="value").round(3))
 
 # %%
