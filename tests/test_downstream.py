@@ -586,3 +586,18 @@ def test_encoder_free_runs_ignore_the_encoder_argument_old_and_new(toy_world, mo
     pd.testing.assert_frame_equal(again, first)
     with pytest.raises(ValueError, match="other settings"):  # everything else still has to match
         run_protocol("toyset", "ich", "scratch", None, TOY, run_dir=config_path.parent, seed=3, progress=False)
+
+
+def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_bare_broken_pool(tmp_path):
+    """Spawned workers import the calling script: unguarded, each would start the sweep again while it
+    bootstraps, and the pool breaks. The caller is told why and what to do."""
+    import subprocess
+    import sys
+    script = tmp_path / "unguarded.py"
+    script.write_text("from fmct_lib.downstream import sweeps\n"
+                      "sweeps._run_all([('ich', 'finetune', None, 0)], 'none', None, 'toy', workers=2, progress=False)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert 'if __name__ == "__main__":' in done.stderr and "FMCT_WORKERS=1" in done.stderr

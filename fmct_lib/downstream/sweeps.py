@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 import pandas as pd
@@ -112,7 +113,14 @@ def _run_all(runs, dataset: str, encoder, profile, progress: bool = True, worker
                                      initargs=(threads,)) as pool:
                 futures = {pool.submit(_run_one, run, dataset, encoder, profile, kwargs): run for run in pooled}
                 for future in as_completed(futures):
-                    outcomes[futures[future]] = future.result()
+                    try:
+                        outcomes[futures[future]] = future.result()
+                    except BrokenProcessPool as e:
+                        raise RuntimeError(
+                            f"a worker process of the sweep died ({e}). Runs finished so far are kept and are read "
+                            "back next time. If this is a script, its top-level code must sit under "
+                            "`if __name__ == \"__main__\":` (worker processes are spawned and import the script); "
+                            f"otherwise see the error above it, or set {WORKERS_ENV}=1 to train in this process") from e
                     bar.update()
     tables, skipped = [], []
     for (task, protocol, k, run_seed) in runs:
