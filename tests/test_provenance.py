@@ -214,3 +214,18 @@ def test_a_tampered_or_half_copied_release_is_refused(toy, tmp_path):
     (tmp_path / name / RELEASE_FILE).unlink()
     with pytest.raises(ReleaseCorrupt, match=rf"{RELEASE_FILE} is missing"):
         released_encoder(*args, root=tmp_path)
+
+
+def test_the_card_gives_the_downstream_scores_it_is_given(toy, tmp_path):
+    shutil.copytree(toy["encoders"], tmp_path / "encoders")
+    scores = pd.DataFrame([
+        {"task": "macro", "metric": "auroc", "value": 0.6123, "ci_low": 0.5, "ci_high": 0.7, "method": "mae",
+         "fraction": 0.5, "evaluation": "internal test"},
+        {"task": "ich", "metric": "auroc", "value": 0.9, "ci_low": 0.8, "ci_high": 1.0, "method": "mae",
+         "fraction": 0.5, "evaluation": "internal test"},  # a task row: not on the card
+        {"task": "macro", "metric": "ap", "value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "method": "mae",
+         "fraction": 0.5, "evaluation": "internal test"}])
+    card = write_model_card(tmp_path / "encoders", scores).read_text()
+    assert "| mae | 0.5 | internal test | 0.612 [0.500, 0.700] |" in card
+    assert "0.900" not in card and "0.300 [" not in card
+    assert all(f"`{verify_release(f)['sha256']}`" in card for f in list_releases(tmp_path / "encoders"))

@@ -17,8 +17,11 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from fmct_lib import pipeline
 from fmct_lib.config import get_profile
+from fmct_lib.paths import figures_root
 from fmct_lib.train.release import (RELEASE_FILE, ReleaseCorrupt, encoders_root, release_name, release_run,
                                     sha256_of, verify_release, write_model_card)
 
@@ -61,7 +64,8 @@ def main(argv=None) -> int:
         else:
             print(f"   released in {release_run(encoder.parent, dest)}")
         print(f"== [{i}/{len(jobs)}] {name} done in {(time.time() - t0) / 60:.1f} min", flush=True)
-    card = write_model_card(dest)
+    scores = figures_root() / "fig4_scaling_auroc.csv"  # notebook 05's test-split scores, once it has run
+    card = write_model_card(dest, pd.read_csv(scores) if scores.exists() else None)
     print(f"all {len(jobs)} encoders released under {dest} in {(time.time() - start) / 60:.1f} min; model card: {card}")
     return 0
 

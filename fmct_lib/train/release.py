@@ -204,8 +204,11 @@ def _recipe(config: dict) -> str:
             f"{run['min_lr']:.3g}, weight decay {run['weight_decay']}; {json.dumps(method_entries, sort_keys=True)}")
 
 
-def write_model_card(root=None) -> Path:
-    """Write ``MODEL_CARD.md`` under ``root`` (default ``encoders_root()``) from every release there."""
+def write_model_card(root=None, downstream: pd.DataFrame | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` under ``root`` (default ``encoders_root()``) from every release there, and
+    ``downstream``, where given: the test-split scores of the encoders (the macro rows of notebook 05's
+    ``fig4_scaling_auroc.csv``: ``task``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``method``,
+    ``fraction``, ``evaluation``)."""
     root = Path(root or encoders_root())
     releases = [(verify_release(f), json.loads((f / "config.json").read_text()), pd.read_csv(f / "metrics.csv"))
                 for f in list_releases(root)]
@@ -247,6 +250,13 @@ def write_model_card(root=None) -> Path:
         start, end = _knn(metrics)
         lines.append(f"| {record['name']} | {record['method']} | {record['fraction']:g} | {config['run']['n_scans']} "
                      f"| {record['steps']} | {_fmt(start)} | {_fmt(end)} | `{record['sha256']}` |")
+    if downstream is not None and len(downstream):
+        rows = downstream[(downstream["task"] == "macro") & (downstream["metric"] == "auroc")]
+        lines += ["", "Downstream, on the test split (notebook 05, Fig. 4): a linear probe on each frozen encoder, "
+                  "macro-AUROC with its 95% bootstrap CI.", "",
+                  "| method | fraction | evaluation | macro-AUROC [95% CI] |", "|---|---|---|---|"]
+        lines += [f"| {r.method} | {r.fraction:g} | {r.evaluation} | {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] |"
+                  for r in rows.sort_values(["method", "fraction"]).itertuples(index=False)]
     lines += ["", "## Recipe", ""]
     lines += [f"- **{record['name']}** (seed {record['seed']}): {_recipe(config)}" for record, config, _ in releases]
     lines += ["", "## Compute", "",
