@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +24,7 @@ import torch
 from fmct_lib import pipeline
 from fmct_lib.config import get_profile
 from fmct_lib.downstream import run_sweep
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from fmct_lib.models.efficiency import cpu_name
 
 
 def main(argv=None) -> int:
@@ -51,7 +41,7 @@ def main(argv=None) -> int:
     study = pipeline.start("synthetic", demo)
     encoder = study.encoder()
     threads = torch.get_num_threads()
-    print(f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} threads; load average "
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} threads; load average "
           f"{os.getloadavg()[0]:.2f}")
     print(f"{args.runs} demo fine-tuning runs of {args.epochs} epochs ({args.epochs * demo.finetune_epoch_steps} "
           f"steps + {args.epochs} validation passes each) on {args.task!r}")

@@ -14,6 +14,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from .stats import _interval, _p_value, relative_improvement
+
 __all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison"]
 
 
@@ -128,9 +130,8 @@ def retrieval_comparison(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, m
 
 def _comparison_row(subtype, metric, a, b, boot, null, alpha, n_queries, n_boot, n_perm) -> dict:
     diff = a - b
-    lo, hi = np.percentile(boot, [alpha, 100 - alpha])
-    p = (1 + np.sum(np.abs(null) >= abs(diff) - 1e-12)) / (1 + len(null))
+    lo, hi = _interval(boot, alpha)
     return {"subtype": subtype, "metric": "map" if metric == "ap" else metric, "a": float(a), "b": float(b),
-            "difference": float(diff), "relative_pct": float(100 * diff / b) if b else np.nan,
-            "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p), "n_queries": int(n_queries),
+            "difference": float(diff), "relative_pct": relative_improvement(a, b) if b else np.nan,
+            "ci_low": lo, "ci_high": hi, "p_value": _p_value(diff, null), "n_queries": int(n_queries),
             "n_boot": n_boot, "n_perm": n_perm}

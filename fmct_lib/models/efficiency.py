@@ -47,8 +47,8 @@ import torch.nn as nn
 
 from ..config import ModelConfig, Profile, get_profile, patch_variant
 
-__all__ = ["MODES", "Candidate", "vit_flops", "patch_cost", "dividing_patches", "counted_flops", "machine_name",
-           "vit_candidate", "candidates", "measure", "measure_architectures", "relative_to"]
+__all__ = ["MODES", "Candidate", "vit_flops", "patch_cost", "dividing_patches", "counted_flops", "cpu_name",
+           "machine_name", "vit_candidate", "candidates", "measure", "measure_architectures", "relative_to"]
 
 MODES = ("forward", "forward+backward")
 EXTERNAL = ("ctfm", "merlin", "resnet3d", "dinov3", "vjepa2")   # models.external.ENCODERS, in the paper's order
@@ -179,16 +179,20 @@ def candidates(profile: str | Profile, names=None, input_size: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ measuring
+def cpu_name() -> str:
+    """The CPU's model (``/proc/cpuinfo``), else what ``platform`` knows of it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
+    return found[1].strip() if found else platform.processor() or platform.machine()
+
+
 def machine_name(device: torch.device | str) -> str:
     """The GPU's name, or the CPU's model and the threads torch uses."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
     threads = torch.get_num_threads()
-    return (f"{found[1].strip() if found else platform.processor() or platform.machine()} CPU, {threads} "
-            f"thread{'s' if threads > 1 else ''}")
+    return f"{cpu_name()} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
 
 class _PeakMemory:

@@ -170,7 +170,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 def teacher_health(teacher_logits: torch.Tensor, centre: torch.Tensor, teacher_temp: float) -> dict[str, float]:
     """``teacher_entropy`` (mean per-sample entropy, nats) and ``kl_to_uniform`` (of the batch-mean
     distribution), over all processes; the centre used is the one the loss used."""
-    return distribution_health(F.softmax((teacher_logits.float() - centre) / teacher_temp, dim=-1))
+    return distribution_health(teacher_targets(teacher_logits, centre, teacher_temp))
 
 
 @torch.no_grad()
