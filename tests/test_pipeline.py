@@ -90,7 +90,7 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     from fmct_lib.config import ModelConfig
     from fmct_lib.downstream import runs
     from fmct_lib.data.manifest import write_scans
-    from fmct_lib.models.checkpoints import load_checkpoint, save_checkpoint
+    from fmct_lib.models.checkpoints import load_checkpoint, read_checkpoint_config, save_checkpoint
     from fmct_lib.models.vit3d import vit_from_config
     monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
     profile = get_profile("toy").replace(model=ModelConfig(img_size=16, patch_size=8, embed_dim=24, depth=1,
@@ -114,6 +114,10 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     pretrained = load_checkpoint(encoder)[0].state_dict()
     assert not all(torch.equal(weights[0][k], pretrained[k]) for k in pretrained)  # it was trained
+    # the kept encoder is not reused under other training settings (here another patience): fine-tuned again
+    assert read_checkpoint_config(path)["hparams"]["patience"] == 1
+    again = pipeline.ensure_finetuned("toyset", "ich", encoder, profile.replace(finetune_patience=3), seed=3)
+    assert again == path and read_checkpoint_config(again)["hparams"]["patience"] == 3
 
 
 def test_ensure_pretrained_starts_from_the_released_encoder_unless_asked_to_pretrain_afresh(tmp_path, monkeypatch,
