@@ -5,6 +5,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -157,6 +159,25 @@ def test_every_subcommand_has_the_same_defaults():
                 seen.add(option)
                 assert defaults[option] == value, f"fmct {name} --{option} defaults to {defaults[option]!r}"
     assert seen == {"profile", "dataset", "preset"}
+
+
+def test_every_subcommand_takes_a_patch_variant_profile_and_refuses_an_unknown_one(capsys):
+    """``--profile demo-p11`` (Supp. Fig. 2's patch variant, ``config.patch_variant``) is a profile everywhere."""
+    from fmct_lib.cli import SUBCOMMANDS, build_parser
+    taking = 0
+    for name in SUBCOMMANDS:
+        parser = build_parser(load=name)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        if not any(a.dest == "profile" for a in sub._actions):
+            continue
+        taking += 1
+        required = [a.option_strings[0] for a in sub._actions if a.required and a.option_strings]
+        fill = [x for option in required for x in (option, "x")]
+        assert parser.parse_args([name, "--profile", "demo-p11", *fill]).profile == "demo-p11"
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--profile", "demo-p", *fill])
+        assert "unknown profile 'demo-p'" in capsys.readouterr().err
+    assert taking >= 5
 
 
 def test_readme_is_short_and_shows_papermill_and_every_notebook_parameter():

@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("fmct_lib.cli.synth", "generate the synthetic head-CT cohort under $FMCT_DATA/synthetic"),
     "ingest": ("fmct_lib.cli.ingest", "ingest RSNA, CQ500 or a NIfTI folder into a scan table"),
     "cache": ("fmct_lib.cli.cache", "preprocess a dataset into the model-ready cache"),
-    "pretrain": ("fmct_lib.cli.pretrain", "self-supervised pretraining (DINO or MAE); resumable; torchrun for many GPUs"),
+    "pretrain": ("fmct_lib.cli.pretrain", "self-supervised pretraining (DINO, MAE or VICReg); resumable; torchrun for many GPUs"),
     "finetune": ("fmct_lib.cli.finetune", "fine-tune, probe, scratch and few-shot runs per task"),
     "embed": ("fmct_lib.cli.embed", "export frozen-encoder embeddings as a table"),
 }

@@ -3,15 +3,25 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import PROFILES
+from ..config import PROFILES, get_profile
 
 DEFAULT_PROFILE = "demo"
 DEFAULT_DATASET = "synthetic"
 
 
+def profile_name(text: str) -> str:
+    """A profile ``get_profile`` knows: a name in ``PROFILES`` or a patch variant ``<name>-p<patch>``."""
+    try:
+        get_profile(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_profile(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
-                        help=f"geometry, model size and schedule (default: {DEFAULT_PROFILE})")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, type=profile_name,
+                        help=f"geometry, model size and schedule: {' | '.join(PROFILES)}, or <profile>-p<patch> for "
+                             f"another patch size (Supp. Fig. 2) (default: {DEFAULT_PROFILE})")
 
 
 def add_dataset(parser: argparse.ArgumentParser, help: str = "a dataset in the manifest") -> None:

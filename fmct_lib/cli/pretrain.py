@@ -15,6 +15,8 @@ import argparse
 import os
 from dataclasses import fields
 
+from .options import add_profile
+
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=list(METHODS), default="dino", help="pretraining method (default: dino)")
     parser.add_argument("--dataset", default="synthetic", help="a dataset in the manifest (default: synthetic)")
     parser.add_argument("--fraction", type=float, default=1.0, help="fraction of training patients (0, 1]")
-    parser.add_argument("--profile", default="demo", help="toy | demo | paper")
+    add_profile(parser)
     parser.add_argument("--run-dir", default=None, help="default: $FMCT_RUNS/pretrain/<dataset>_<method>_f…")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: profile epochs)")
