@@ -297,7 +297,8 @@ SMALL = {"00_data": {}, "01_pretrain": {}, "02_finetune": {"protocols": ["finetu
          "04_fewshot": {"shots": [2], "resamples": 1, "compare_scratch": False, "n_seeds": 1},
          "05_scaling": {"methods": ["dino"], "fractions": [0.5, 1.0]}, "08_retrieval": {"ks": [1]},
          "09_other_encoders": {"encoders": {"ctfm": None}, "protocols": ["linear"], "n_seeds": 1, "ks": [1]},
-         "10_modelling_choices": {"vit_protocol": "linear", "n_seeds": 1}}
+         "10_modelling_choices": {"vit_protocol": "linear", "n_seeds": 1},
+         "12_patch_size": {"protocol": "linear", "n_seeds": 1}}  # pretrains both of its encoders on the dataset
 TAKES_CHECKPOINT = {"02_finetune", "03_transfer", "04_fewshot", "08_retrieval", "09_other_encoders",
                     "10_modelling_choices"}
 # (dataset, notebook) -> the parts it skips, and the start of each reason; RSNA's toy folder has 5 scans of
@@ -315,10 +316,12 @@ EXPECTED_SKIPS = {
     ("hosp", "09_other_encoders"): {"retrieval": "no subtype label with at least 2 positive scans (iph: no such "
                                                  "column"},
     ("rsna", "10_modelling_choices"): {"comparison": "no task has positive and negative scans in both"},
+    ("rsna", "12_patch_size"): {"comparison": "no task has positive and negative scans in both"},
 }
 
 NOTHING_MEASURED = {("rsna", "02_finetune"), ("rsna", "03_transfer"), ("rsna", "04_fewshot"), ("rsna", "05_scaling"),
-                    ("hosp", "08_retrieval"), ("rsna", "10_modelling_choices")}  # every part skipped
+                    ("hosp", "08_retrieval"), ("rsna", "10_modelling_choices"),
+                    ("rsna", "12_patch_size")}  # every part skipped
 
 
 @pytest.mark.notebook
