@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -46,8 +47,8 @@ def dataset(tmp_path):
 
 def test_round_trip_and_rejects(dataset):
     out = build_cache("toyset", SPEC, root=dataset["root"], data_root=dataset["data_root"], workers=1)
-    assert out == dataset["root"] / "toyset" / SPEC.hash
-    assert PreprocessSpec.from_dict(json.loads((out / "spec.json").read_text())) == SPEC
+    assert out == dataset["root"] / "toyset" / SPEC.cache_key
+    assert json.loads((out / "spec.json").read_text()) == json.loads(json.dumps(SPEC.stored()))
     rejects = pd.read_csv(out / "rejects.csv")
     assert rejects["scan_id"].tolist() == ["s3"]
     assert "scan3.nii.gz" in rejects["path"][0] and "truncated or corrupt gzip" in rejects["reason"][0]
@@ -67,6 +68,24 @@ def test_round_trip_and_rejects(dataset):
     with pytest.raises(KeyError, match="s3"):
         CachedVolumes("toyset", SPEC, scan_ids=["s0", "s3"], root=dataset["root"])
     assert CachedVolumes("toyset", SPEC, scan_ids=["s1"], root=dataset["root"])[0]["scan_id"] == "s1"
+
+
+def test_a_chain_that_differs_only_on_reading_shares_the_cache_and_another_does_not(dataset, monkeypatch):
+    """Supp. Fig. 2's coarser patches read the same canvases at another input size: no second cache is built."""
+    kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    out = build_cache("toyset", SPEC, **kw)
+    calls = []
+    real = cache._process_scan
+    monkeypatch.setattr(cache, "_process_scan", lambda *a: calls.append(a[0]) or real(*a))
+    for read_differently in ({"input_size": 9}, {"eval_crop": 20}, {"windows": ((40.0, 80.0),)}):
+        other = replace(SPEC, **read_differently)
+        assert other.hash != SPEC.hash and build_cache("toyset", other, **kw) == out
+        assert calls == [] and len(CachedVolumes("toyset", other, root=dataset["root"])) == 3
+    finer = replace(SPEC, spacing=1.5)  # another canvas: its own folder, built from the scans
+    assert build_cache("toyset", finer, **kw) != out and sorted(calls) == ["CQ500CT2 CT/Plain", "s0", "s1", "s3"]
+    (out / "spec.json").write_text(json.dumps({**SPEC.stored(), "canvas": 99}))  # a folder holding another chain
+    with pytest.raises(ValueError, match="holds another spec"):
+        build_cache("toyset", SPEC, **kw)
 
 
 def test_resume_does_nothing_then_only_the_missing(dataset, monkeypatch):

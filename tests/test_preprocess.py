@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -201,6 +202,14 @@ def test_spec_hash_is_stable_and_changes_with_the_chain():
         {"canvas": 200}, {"foreground_hu": 0.0})]
     hashes = {spec.hash, reference_spec().hash, paper_spec("toy").hash, *(c.hash for c in changed)}
     assert len(hashes) == 2 + 1 + len(changed)
+    # the cache key: what a canvas chain stores (windows, crop and resize are applied on reading)
+    assert spec.cache_key == "a75336beb321"  # pinned: a change renames every cache folder
+    assert {c.cache_key for c in changed if c.windows == spec.windows} & {spec.cache_key} == set()
+    on_reading = [spec.__class__(**{**spec.to_dict(), **c}) for c in (
+        {"input_size": 80}, {"eval_crop": 160}, {"resize_mode": "trilinear"}, {"windows": [[40, 80]]})]
+    assert {c.cache_key for c in on_reading} == {spec.cache_key} and spec.hash not in {c.hash for c in on_reading}
+    stack = reference_spec()  # no canvas: the cache holds the final window stack, so every field counts
+    assert replace(stack, input_size=80).cache_key != stack.cache_key == stack.hash
     with pytest.raises(ValueError, match="unknown"):
         PreprocessSpec.from_dict({**spec.to_dict(), "colour": "red"})
     with pytest.raises(ValueError, match="eval_crop"):

@@ -1,16 +1,17 @@
 """The preprocessed-volume cache: the hot path of pretraining and fine-tuning (DESIGN §4).
 
-``cache_root()/<dataset>/<spec hash>/`` holds, for one :class:`~fmct_lib.data.preprocess.PreprocessSpec`:
+``cache_root()/<dataset>/<spec.cache_key>/`` holds, for one :class:`~fmct_lib.data.preprocess.PreprocessSpec`
+(or several: chains that differ only in the windows, crop and resize applied on reading share a folder):
 
 - one ``<scan>.npy`` per scan: the stage-1 output of :func:`~fmct_lib.data.preprocess.to_canvas`, an int16
   HU canvas (``paper``: 224³ int16 = 22.5 MB; no compression, so a read is one sequential ``read``) or
   the final float16 window stack (``reference``: 3×96³ = 5.3 MB);
-- ``spec.json``: the spec, so the folder explains itself;
+- ``spec.json``: the stored part of the spec (``PreprocessSpec.stored``), so the folder explains itself;
 - ``index.csv``: ``scan_id, file, shape, affine`` (the canvas voxel-to-RAS affine, 16 numbers);
 - ``rejects.csv``: ``scan_id, path, reason`` for scans that could not be preprocessed.
 
 Every file is written atomically (temp + rename). A re-run skips scans already in the index (and,
-unless asked, those already rejected), so a killed job resumes. A changed spec has another hash,
+unless asked, those already rejected), so a killed job resumes. A change to what is stored gives another key,
 hence another folder: a stale cache is never read.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ _SAVE_EVERY_S = 10.0  # how often the index is rewritten during a build (a crash
 
 
 def cache_dir(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> Path:
-    return Path(root or cache_root()) / dataset / spec.hash
+    return Path(root or cache_root()) / dataset / spec.cache_key
 
 
 def file_name(scan_id: str) -> str:
@@ -73,7 +74,7 @@ def read_index(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> 
     path = cache_dir(dataset, spec, root) / "index.csv"
     if not path.exists():
         raise StageMissing(
-            f"{path}: no cache for dataset {dataset!r} and spec {spec.name} ({spec.hash}). Build it with:\n"
+            f"{path}: no cache for dataset {dataset!r} and spec {spec.name} ({spec.cache_key}). Build it with:\n"
             f"    fmct cache --dataset {dataset} --preset {spec.name} --profile PROFILE")
     return _read_table(path, INDEX_COLUMNS)
 
@@ -121,10 +122,10 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "spec.json"
     if spec_path.exists():
-        if PreprocessSpec.from_dict(json.loads(spec_path.read_text())) != spec:
-            raise ValueError(f"{spec_path}: holds another spec than {spec} with the same hash")
+        if json.loads(spec_path.read_text()) != json.loads(json.dumps(spec.stored())):
+            raise ValueError(f"{spec_path}: holds another spec than {spec} with the same key")
     else:
-        _atomic_write(spec_path, lambda f: f.write(json.dumps(spec.to_dict(), indent=2).encode()))
+        _atomic_write(spec_path, lambda f: f.write(json.dumps(spec.stored(), indent=2).encode()))
 
     index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
              if (out / r["file"]).exists()}
@@ -147,7 +148,7 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
             rejects[result["scan_id"]] = result
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    progress = tqdm(total=len(todo), desc=f"cache {dataset} {spec.name} {spec.hash}", unit="scan")
+    progress = tqdm(total=len(todo), desc=f"cache {dataset} {spec.name} {spec.cache_key}", unit="scan")
     last_save = time.monotonic()
     if workers == 1:
         results = (_process_scan(s, p, spec, out) for s, p in todo)

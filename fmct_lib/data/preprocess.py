@@ -118,8 +118,27 @@ class PreprocessSpec:
     @property
     def hash(self) -> str:
         """12 hex characters of SHA-256 over the canonical JSON: stable across runs and machines."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _digest(self.to_dict())
+
+    def stored(self) -> dict:
+        """The fields that decide what the cache stores. A canvas chain caches HU canvases and applies its windows,
+        evaluation crop and resize when a volume is read, so those are left out; a chain without a canvas caches
+        its final window stack, so every field counts."""
+        d = self.to_dict()
+        if self.canvas is not None:
+            for field in ("windows", "eval_crop", "input_size", "resize_mode"):
+                d.pop(field)
+        return d
+
+    @property
+    def cache_key(self) -> str:
+        """The cache folder's name (``data.cache``): the digest of :meth:`stored`. Chains that differ only in what
+        is applied on reading share one cache (Supp. Fig. 2's 33³ input reads the canvases of the 32³ input)."""
+        return _digest(self.stored())
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
 def paper_spec(profile="paper") -> PreprocessSpec:
