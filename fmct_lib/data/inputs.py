@@ -103,7 +103,7 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
         unbuilt = sorted(set(ids) - cached - rejected)
         if unbuilt:
             raise StageMissing(
-                f"{len(unbuilt)} scan(s) of {dataset!r} are not in the {spec.name} cache ({spec.hash}), e.g. "
+                f"{len(unbuilt)} scan(s) of {dataset!r} are not in the {spec.name} cache ({spec.cache_key}), e.g. "
                 f"{unbuilt[:3]}. Build it with:\n    fmct cache --dataset {dataset} --preset {spec.name} "
                 f"--profile PROFILE")
     kept = scans[ids.isin(cached)].reset_index(drop=True)
