@@ -120,6 +120,18 @@ class Profile:
         d["input_size"] = self.input_size
         return d
 
+    def pretraining_dict(self) -> dict:
+        """``to_dict`` without :data:`DOWNSTREAM_FIELDS`: what a pretraining run records and is checked against, so
+        that a downstream setting (e.g. the patience) leaves pretraining runs and released encoders valid."""
+        return {k: v for k, v in self.to_dict().items() if k not in DOWNSTREAM_FIELDS}
+
+
+# the fields no pretraining run reads: downstream training, the notebooks' defaults and the statistics
+DOWNSTREAM_FIELDS = frozenset({
+    "finetune_max_epochs", "finetune_patience", "finetune_batch_size", "finetune_subset", "finetune_lr_encoder",
+    "scratch_grid", "finetune_seeds", "pretrain_method", "fewshot_shots", "fewshot_resamples", "n_bootstrap",
+    "n_permutations", "max_tasks"})
+
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(

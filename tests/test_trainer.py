@@ -208,6 +208,10 @@ def test_toy_run_end_to_end(tmp_path, volumes):
     assert pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=4, progress=False,
                        meta={"dataset": "memory", "fraction": 1.0}) == run_dir
     assert (run_dir / "encoder.safetensors").stat().st_mtime_ns == stamp
+    # ... also when only downstream settings changed since: pretraining does not read them
+    downstream = get_profile("toy").replace(finetune_patience=9, fewshot_resamples=2, n_bootstrap=7)
+    assert pretrain_on(volumes, method="dino", profile=downstream, run_dir=run_dir, batch_size=4, progress=False,
+                       meta={"dataset": "memory", "fraction": 1.0}) == run_dir
     # a finished run made with another configuration is refused, not returned as if it were this one
     with pytest.raises(ValueError, match=r"different configuration \(differs in \['run'\]"):
         pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=2, progress=False,
@@ -424,3 +428,21 @@ def test_dino_with_sinkhorn_centring_and_koleo_trains_and_logs_them(tmp_path, vo
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) and r["koleo"] > 0 for r in steps)
     # the logged entropy is that of the Sinkhorn targets: between 0 and ln K
     assert all(0 < r["teacher_entropy"] <= math.log(get_profile("toy").dino_out_dim) + 1e-6 for r in steps)
+
+
+def test_no_pretraining_code_reads_a_downstream_setting():
+    """``Profile.pretraining_dict`` leaves ``DOWNSTREAM_FIELDS`` out of a pretraining run's record; that is only
+    honest while no pretraining code reads them (a new reader must take its field off the list)."""
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    import fmct_lib.train
+    from fmct_lib.config import DOWNSTREAM_FIELDS, Profile
+    assert DOWNSTREAM_FIELDS < {f.name for f in fields(Profile)}
+    demo = get_profile("demo")
+    assert demo.replace(finetune_patience=99).pretraining_dict() == demo.pretraining_dict()
+    assert demo.replace(pretrain_epochs=99).pretraining_dict() != demo.pretraining_dict()
+    for source in Path(fmct_lib.train.__file__).parent.rglob("*.py"):
+        read = set(re.findall(r"\.(\w+)", source.read_text())) & DOWNSTREAM_FIELDS
+        assert not read, f"{source} reads {sorted(read)}"

@@ -148,7 +148,7 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
                          options=options)
         windows = (preprocess or {}).get("windows") or AugmentConfig.windows
         augment = AugmentConfig.from_profile(profile, windows=windows, **Method.crops(run))
-        config = {"run": run, "augment": asdict(augment), "profile": profile.to_dict(), "meta": meta or {},
+        config = {"run": run, "augment": asdict(augment), "profile": profile.pretraining_dict(), "meta": meta or {},
                   "preprocess": preprocess}
         config = json.loads(json.dumps(config))  # canonical JSON types (tuples → lists)
         _check_or_write_config(run_dir, config, dist_info, fresh=not resume)
