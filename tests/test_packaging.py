@@ -146,13 +146,18 @@ def test_version_and_the_module_entry_point_that_torchrun_uses():
     assert out.returncode == 0 and out.stdout.strip() == "fmct 0.1.0", out.stderr
 
 
-def test_every_subcommand_has_the_same_defaults():
-    """``--profile`` is demo and ``--dataset`` synthetic wherever a subcommand takes them."""
+def _subcommand_parsers():
+    """(name, the ``fmct`` parser with that subcommand loaded, the subcommand's own parser) for each subcommand."""
     from fmct_lib.cli import SUBCOMMANDS, build_parser
-    seen = set()
     for name in SUBCOMMANDS:
         parser = build_parser(load=name)
-        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        yield name, parser, next(a for a in parser._actions if a.dest == "command").choices[name]
+
+
+def test_every_subcommand_has_the_same_defaults():
+    """``--profile`` is demo and ``--dataset`` synthetic wherever a subcommand takes them."""
+    seen = set()
+    for name, _, sub in _subcommand_parsers():
         defaults = {a.dest: a.default for a in sub._actions}
         for option, value in (("profile", "demo"), ("dataset", "synthetic"), ("preset", "paper")):
             if option in defaults:
@@ -163,11 +168,8 @@ def test_every_subcommand_has_the_same_defaults():
 
 def test_every_subcommand_takes_a_patch_variant_profile_and_refuses_an_unknown_one(capsys):
     """``--profile demo-p11`` (Supp. Fig. 2's patch variant, ``config.patch_variant``) is a profile everywhere."""
-    from fmct_lib.cli import SUBCOMMANDS, build_parser
     taking = 0
-    for name in SUBCOMMANDS:
-        parser = build_parser(load=name)
-        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+    for name, parser, sub in _subcommand_parsers():
         if not any(a.dest == "profile" for a in sub._actions):
             continue
         taking += 1
