@@ -102,12 +102,14 @@ class Study:
     def external(self, name: str, weights=None, **options) -> ExternalRef:
         """The external encoder ``name`` (``models.external.ENCODERS``) with its local ``weights`` (None: randomly
         initialised from the study's seed, at the profile's size, ``SMALL_ARCHITECTURES``, unless ``options`` set
-        the architecture), with the cache of its preprocessing preset built for the study's dataset."""
+        the architecture), with the cache of its preprocessing preset built for the study's evaluated scans (an
+        external encoder is never pretrained here, so the unlabelled pool, split ``pretrain``, is left out)."""
         from .models.external import SMALL_ARCHITECTURES, ExternalRef
         if weights is None and not options:
             options = SMALL_ARCHITECTURES.get(self.profile.name, {}).get(name, {})
         ref = ExternalRef(name, None if weights is None else str(weights), options, seed=self.seed)
-        ensure_cache(self.dataset, self.profile, ref.preset)
+        evaluated = self.scans.loc[self.scans["split"] != "pretrain", "scan_id"].tolist()
+        ensure_cache(self.dataset, self.profile, ref.preset, scans=evaluated)
         return ref
 
     def spec_for(self, encoder) -> PreprocessSpec:

@@ -67,6 +67,21 @@ def test_start_gives_a_study_whose_runs_root_is_run_dir_and_writes_no_environmen
     assert calls[1]["dataset"] == "other" and calls[1]["train_filter"] is None
 
 
+def test_an_external_encoder_caches_the_evaluated_scans_not_the_unlabelled_pool(tmp_path, monkeypatch):
+    """External encoders are evaluated, never pretrained here: their preset's cache leaves the pool out."""
+    from fmct_lib.models.external import ExternalRef
+    table = pd.DataFrame({"scan_id": ["a", "b", "c", "d"], "site": ["internal", "external", "pretrain", "pretrain"],
+                          "split": ["train", "test", "pretrain", "pretrain"]})
+    built = []
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: table)
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset, scans=None: built.append(
+        (preset, scans)))
+    study = pipeline.start("synthetic", "toy", run_dir=str(tmp_path))
+    ref = study.external("resnet3d")
+    assert isinstance(ref, ExternalRef) and ref.weights is None
+    assert built == [("paper", None), (ref.preset, ["a", "b"])]  # the study's own chain keeps the pool
+
+
 def test_pretraining_refuses_a_missing_cache_with_the_command_that_builds_it(tmp_path, monkeypatch):
     """Only the pipeline builds the cache; pretraining on a dataset without one names ``fmct cache``."""
     from fmct_lib.data.manifest import write_scans
