@@ -617,3 +617,17 @@ def test_retrieval_conclusion_gives_each_encoder_its_ci_and_p():
     assert lines[1] == ("- dino mAP (0.500) beats random-init mAP (0.400): +25.0% relative, 95% CI of the difference "
                         "+0.030 to +0.170, paired permutation p = 0.004.")
     assert lines[2].startswith("- mae mAP (0.420) ties random-init mAP (0.400)") and "p = 0.6" in lines[2]
+
+
+def test_retrieval_conclusion_says_what_became_of_a_patients_other_scans():
+    summary = _retrieval({"dino": 0.5, "random init": 0.4})
+    gallery = GALLERY.assign(patient_id=[f"p{i // 2}" for i in range(len(GALLERY))])  # pairs of series
+    repeat = (gallery["patient_id"].value_counts() > 1).sum()
+    paper_protocol = conclusions.retrieval_conclusion(summary, gallery, ["iph"]).splitlines()
+    assert paper_protocol[-2].startswith(f"- {repeat} patients have more than one scan in the gallery")
+    assert "patient_disjoint=True" in paper_protocol[-2]
+    disjoint = conclusions.retrieval_conclusion(summary, gallery, ["iph"], patient_disjoint=True).splitlines()
+    assert disjoint[-2] == (f"- Patient-disjoint: the {repeat} patients with more than one scan in the gallery had "
+                            "their other scans left out of each query's ranking.")
+    # one scan per patient (or no patient column): nothing to say
+    assert len(conclusions.retrieval_conclusion(summary, GALLERY, ["iph"]).splitlines()) == len(paper_protocol) - 1

@@ -6,14 +6,15 @@ import pytest
 from fmct_lib.evaluate import retrieval_comparison, retrieval_summary, retrieve_all_vs_all
 
 
-def brute_force(embeddings, labels, ks=(1, 5, 10)):
+def brute_force(embeddings, labels, ks=(1, 5, 10), groups=None):
     x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    groups = np.arange(len(x)) if groups is None else np.asarray(groups)
     rows = []
     for subtype in labels.columns:
         col = labels[subtype].to_numpy(float)
         known = np.flatnonzero(~np.isnan(col))
         for q in known[col[known] == 1]:
-            gallery = known[known != q]
+            gallery = known[groups[known] != groups[q]]
             sims = x[gallery] @ x[q]
             ranked = gallery[np.argsort(-sims, kind="stable")]
             hits = col[ranked] == 1
@@ -23,7 +24,7 @@ def brute_force(embeddings, labels, ks=(1, 5, 10)):
             hit_ranks = np.flatnonzero(hits) + 1
             ap = np.mean([(i + 1) / r for i, r in enumerate(hit_ranks)])
             rows.append({"subtype": subtype, "scan_id": str(q), "ap": ap,
-                         **{f"p@{k}": hits[:k].sum() / k for k in ks}})
+                         **{f"p@{k}": hits[:k].sum() / k if len(hits) >= k else np.nan for k in ks}})
     return pd.DataFrame(rows)
 
 
@@ -40,6 +41,25 @@ def test_matches_brute_force_numpy():
         np.testing.assert_allclose(ours[c].to_numpy(), ref[c].to_numpy(), atol=1e-6)
     # informative embeddings retrieve better than chance (the prevalence)
     assert ours.loc["iph", "ap"].mean() > labels["iph"].mean() + 0.1
+
+
+def test_patient_disjoint_retrieval_leaves_out_the_query_patients_other_scans():
+    """With ``groups``, a second series of the query's patient (same findings, near-identical embedding) is no
+    longer its top hit: checked against the brute-force ranking over the other patients' scans."""
+    rng = np.random.default_rng(2)
+    patients = np.repeat(np.arange(60), 2)[:100]                   # 50 patients with two series each
+    labels = pd.DataFrame((rng.random((60, 2)) < 0.2).astype(float)[patients], columns=["iph", "sah"])
+    emb = rng.normal(size=(60, 8))[patients] + 0.01 * rng.normal(size=(100, 8))  # a patient's series: twins
+    plain = retrieve_all_vs_all(emb, labels, ks=(1, 5)).set_index(["subtype", "scan_id"])
+    disjoint = retrieve_all_vs_all(emb, labels, ks=(1, 5), groups=patients, chunk=7).set_index(["subtype", "scan_id"])
+    ref = brute_force(emb, labels, ks=(1, 5), groups=patients).set_index(["subtype", "scan_id"])
+    assert disjoint.index.equals(ref.index)
+    for c in ["ap", "p@1", "p@5"]:
+        np.testing.assert_allclose(disjoint[c].to_numpy(), ref[c].to_numpy(), atol=1e-6)
+    assert (plain["p@1"] == 1).all()                                # the twin is always first with self left out
+    assert disjoint["p@1"].mean() < 0.5                             # random embeddings otherwise
+    with pytest.raises(ValueError, match="groups"):
+        retrieve_all_vs_all(emb, labels, groups=patients[:10])
 
 
 def test_hand_computed_case():

@@ -20,12 +20,15 @@ __all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison"]
 
 
 def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[int, ...] = (1, 5, 10),
-                        scan_ids=None, chunk: int = 256) -> pd.DataFrame:
+                        scan_ids=None, groups=None, chunk: int = 256) -> pd.DataFrame:
     """Per-query retrieval metrics: one row per (subtype, query) with ``ap`` and ``p@K``.
 
     ``embeddings`` (n, D); ``labels`` a DataFrame of n rows with one 0/1 column per subtype (multi-hot).
     Scans with an unknown label for a subtype are left out of that subtype's gallery and queries.
     Queries with no other positive in the gallery (R = 0) are dropped, since their AP is undefined.
+    ``groups`` (n patient ids) makes the retrieval patient-disjoint: a query's ranking leaves out every scan of
+    its patient, not only itself (the paper leaves out only the query, so another series of the same patient,
+    with the same findings, can be its top hit).
     """
     x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
     if x.ndim != 2 or len(x) != len(labels):
@@ -33,6 +36,9 @@ def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or infinite values")
     scan_ids = np.asarray(scan_ids if scan_ids is not None else np.arange(len(x))).astype(str)
+    if groups is not None and len(groups) != len(x):
+        raise ValueError(f"groups ({len(groups)}) and embeddings ({len(x)} rows) do not match")
+    groups = pd.factorize(pd.Series(np.asarray(groups)))[0] if groups is not None else np.arange(len(x))
     rows = []
     for subtype in labels.columns:
         column = pd.to_numeric(labels[subtype], errors="coerce").to_numpy(float)
@@ -42,25 +48,27 @@ def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[
         index = faiss.IndexFlatIP(gallery.shape[1])
         index.add(gallery)
         relevant = column[known] == 1
+        group = groups[known]
         queries = np.flatnonzero(relevant)
         n = len(known)
         for start in range(0, len(queries), chunk):
             q = queries[start:start + chunk]
             _, ranked = index.search(gallery[q], n)              # (m, n) gallery positions, best first
-            not_self = ranked != q[:, None]
-            ranked = ranked[not_self].reshape(len(q), n - 1)     # exactly one self per row
-            hits = relevant[ranked]
+            kept = group[ranked] != group[q][:, None]            # the query (and its patient's scans) left out
+            rank = np.cumsum(kept, axis=1)                       # rank among the kept scans
+            hits = relevant[ranked] & kept
             cum_hits = np.cumsum(hits, axis=1)
-            R = cum_hits[:, -1] if n > 1 else np.zeros(len(q), int)
-            precision = cum_hits / np.arange(1, n)
+            R = cum_hits[:, -1]
             with np.errstate(invalid="ignore", divide="ignore"):
-                ap = (precision * hits).sum(axis=1) / R
+                ap = (hits * cum_hits / np.maximum(rank, 1)).sum(axis=1) / R
             for j, qi in enumerate(q):
                 if R[j] == 0:
                     continue
                 row = {"subtype": subtype, "scan_id": scan_ids[known[qi]], "n_relevant": int(R[j]),
                        "ap": float(ap[j])}
-                row.update({f"p@{k}": float(cum_hits[j, k - 1] / k) if k <= n - 1 else np.nan for k in ks})
+                for k in ks:  # hits among the first k kept scans
+                    row[f"p@{k}"] = (float(cum_hits[j, np.argmax(rank[j] >= k)] / k) if rank[j, -1] >= k
+                                     else np.nan)
                 rows.append(row)
     return pd.DataFrame(rows, columns=["subtype", "scan_id", "n_relevant", "ap", *[f"p@{k}" for k in ks]])
 

@@ -375,8 +375,23 @@ def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------- 08 · retrieval
+def repeat_patients_line(gallery: pd.DataFrame, patient_disjoint: bool) -> list[str]:
+    """What a retrieval did with the patients who have several scans in ``gallery`` (another series, the same
+    findings): left out of their own queries' rankings (``patient_disjoint``) or, as in the paper, not."""
+    per_patient = gallery["patient_id"].value_counts() if "patient_id" in gallery else pd.Series(dtype=int)
+    repeat = int((per_patient > 1).sum())
+    if not repeat:
+        return []
+    if patient_disjoint:
+        return [f"Patient-disjoint: the {repeat} patients with more than one scan in the gallery had their other "
+                "scans left out of each query's ranking."]
+    return [f"{repeat} patients have more than one scan in the gallery (another series, the same findings); as in "
+            "the paper only the query itself is left out of its ranking, so such a scan can be its top hit and "
+            "raises Precision@1 without telling subtypes apart: patient_disjoint=True leaves them out."]
+
+
 def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str],
-                         comparison: pd.DataFrame | None = None) -> str:
+                         comparison: pd.DataFrame | None = None, patient_disjoint: bool = False) -> str:
     """08_retrieval (Fig. 3): mean mAP over ``subtypes`` per encoder against a random ranking (about the
     prevalence in ``gallery``, the scans searched) and against the random-init encoder; the paper's comparison
     with other CT foundation models (+9.99% mAP over Google CT on CQ500, +2.21% on RSNA) cannot run here.
@@ -396,6 +411,7 @@ def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes:
             lines.append(describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"],
                                              test["p_value"] if test else None,
                                              ci=(test["ci_low"], test["ci_high"]) if test else None))
+    lines += repeat_patients_line(gallery, patient_disjoint)
     lines.append("Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP over "
                  "Google CT on CQ500, +2.21% on RSNA); those models are not available here.")
     return _bullets(lines)
@@ -421,7 +437,8 @@ def _model_comparison_lines(summary: pd.DataFrame, comparison: pd.DataFrame, pap
 def other_encoders_conclusion(summary: pd.DataFrame | None, comparison: pd.DataFrame | None,
                               predictions: pd.DataFrame | None, *, weights: str, paper: pd.DataFrame,
                               names: dict[str, str], profile, retrieval: pd.DataFrame | None = None,
-                              gallery: pd.DataFrame | None = None, subtypes: list[str] | None = None) -> str:
+                              gallery: pd.DataFrame | None = None, subtypes: list[str] | None = None,
+                              patient_disjoint: bool = False) -> str:
     """09_other_encoders (Fig. 1f, Extended Data Figs 3 and 6): what each encoder ran with (``weights``:
     ``encoders.weights_summary``), each model's macro-AUROC, FM-CT against every other encoder trained the same way
     beside the paper's numbers (Extended Data Fig. 3, its four datasets: +9.56% macro-AUROC over CT-FM, Merlin
@@ -441,6 +458,7 @@ def other_encoders_conclusion(summary: pd.DataFrame | None, comparison: pd.DataF
         lines.append("Retrieval, mean over subtypes: " + "; ".join(
             f"{m} " + ", ".join(f"{c.replace('map', 'mAP').replace('p@', 'P@')} {v:.3f}" for c, v in row.items())
             for m, row in mean.iterrows()) + f" (a random ranking scores about the prevalence, {chance:.3f}).")
+        lines += repeat_patients_line(gallery, patient_disjoint)
         lines.append("Paper: FM-CT retrieves better than CT-FM and Merlin in most cases (Fig. 3; Precision@K in "
                      "Extended Data Fig. 6).")
     return _bullets(lines)

@@ -104,13 +104,17 @@ def paper_notes(paper: pd.DataFrame, metric: str) -> pd.DataFrame:
     return paper[paper["metric"].isin(names[metric]) & paper["model"].str.contains("fmct")].reset_index(drop=True)
 
 
-def retrieval_by_model(tables: dict, subtypes, ks, n_boot: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def retrieval_by_model(tables: dict, subtypes, ks, n_boot: int, seed: int = 0,
+                       patient_disjoint: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All-vs-all retrieval (``evaluate.retrieve_all_vs_all``) with each model's embeddings (``tables``: label →
-    ``downstream.embed`` table): (the per-query table, its ``retrieval_summary``), both with a column ``model``."""
+    ``downstream.embed`` table): (the per-query table, its ``retrieval_summary``), both with a column ``model``.
+    ``patient_disjoint`` leaves a query's other scans (its ``patient_id``) out of its ranking; the paper leaves
+    out only the query."""
     per_query, summaries = [], []
     for label, table in tables.items():
         vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
-        q = retrieve_all_vs_all(vectors, table[list(subtypes)], ks=tuple(ks), scan_ids=table["scan_id"])
+        q = retrieve_all_vs_all(vectors, table[list(subtypes)], ks=tuple(ks), scan_ids=table["scan_id"],
+                                groups=table["patient_id"] if patient_disjoint else None)
         per_query.append(q.assign(model=label))
         summaries.append(retrieval_summary(q, n_boot=n_boot, seed=seed).assign(model=label))
     return pd.concat(per_query, ignore_index=True), pd.concat(summaries, ignore_index=True)

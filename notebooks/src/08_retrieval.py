@@ -18,6 +18,7 @@ checkpoint = None                # or one encoder checkpoint, compared with rand
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 subtypes = ["iph", "ivh", "sdh", "edh", "sah"]
 ks = [1, 5, 10]
+patient_disjoint = False         # True: a query's ranking leaves out its patient's other scans (paper: only itself)
 
 # %%
 from fmct_lib import pipeline
@@ -29,9 +30,10 @@ P, scans = S.profile, S.scans
 # %%
 import pandas as pd
 import torch
-from fmct_lib.evaluate import retrieval_comparison, retrieval_summary, retrieve_all_vs_all
+from fmct_lib.evaluate import retrieval_comparison
 from fmct_lib.interpret.parts import retrieval_parts
 from fmct_lib.models.vit3d import vit_from_config
+from fmct_lib.report.encoders import retrieval_by_model
 
 gallery = scans[scans["site"] != "pretrain"] if "site" in scans else scans
 parts = retrieval_parts(dataset, gallery, subtypes)
@@ -43,17 +45,11 @@ if parts.runs("retrieval"):
     encoders = {"checkpoint": S.encoder()} if checkpoint else {m: S.encoder(m) for m in methods}
     torch.manual_seed(seed)
     encoders["random init"] = vit_from_config(P.model)
-    per_query, summaries = [], []
-    for name, enc in encoders.items():
-        table = S.embed(enc, scans=gallery, progress=False)
-        vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
-        q = retrieve_all_vs_all(vectors, table[subtypes], ks=tuple(ks), scan_ids=table["scan_id"])
-        per_query.append(q.assign(model=name))
-        summaries.append(retrieval_summary(q, n_boot=P.n_bootstrap, seed=seed).assign(model=name))
-    summary = pd.concat(summaries, ignore_index=True)
+    tables = {name: S.embed(enc, scans=gallery, progress=False) for name, enc in encoders.items()}
+    per_query, summary = retrieval_by_model(tables, subtypes, ks, P.n_bootstrap, seed, patient_disjoint)
     display(summary.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3))
     # each pretrained encoder against the random one on the same queries: mAP difference, 95% CI, paired p
-    by_model = {q["model"].iloc[0]: q for q in per_query if len(q)}
+    by_model = dict(tuple(per_query.groupby("model", sort=False)))
     comparison = pd.concat([retrieval_comparison(by_model[m], by_model["random init"], n_boot=P.n_bootstrap,
                                                  n_perm=P.n_permutations, seed=seed).assign(model_a=m, model_b="random init")
                             for m in by_model if m != "random init"] or [pd.DataFrame()], ignore_index=True)
@@ -76,21 +72,23 @@ if parts.runs("retrieval"):
                           prevalence=prevalence, ax=ax, paper_notes=notes if ax is axes[-1] else None)
         if ax is not axes[-1]:  # one legend, right of the last panel
             ax.get_legend().remove()
-    title = f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries)"
+    title = (f"{dataset}: all-vs-all{' patient-disjoint' if patient_disjoint else ''} retrieval over {len(gallery)} "
+             "scans (95% CI over queries)")
     training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
     fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
     plots.save_figure(fig, naming.figure_name("fig3_retrieval", dataset, P), summary,
                       {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
                                                                                 for k, v in encoders.items()},
                        "preset": preset, "spec": S.spec.hash,
-                       "subtypes": subtypes, "ks": ks, "seed": seed, "gallery_prevalence": prevalence})
+                       "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,
+                       "gallery_prevalence": prevalence})
     comparisons.save_comparison(naming.figure_name("fig3_retrieval", dataset, P), comparison)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.retrieval_conclusion(summary, gallery, subtypes, comparison) if parts.runs("retrieval")
+print(conclusions.retrieval_conclusion(summary, gallery, subtypes, comparison, patient_disjoint) if parts.runs("retrieval")
       else "Nothing measured on this dataset.")
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

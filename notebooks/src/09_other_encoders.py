@@ -32,6 +32,7 @@ tasks = None             # default: the dataset's tasks with positives in the te
 protocols = ["linear", "attentive"]  # + "finetune" (Fig. 1f's protocol): hours for the 3-D CNNs on a CPU; use a GPU
 subtypes = ["iph", "ivh", "sdh", "edh", "sah"]   # retrieval
 ks = [1, 5, 10]
+patient_disjoint = False # True: a query's ranking leaves out its patient's other scans (paper: only itself)
 site = "internal"        # synthetic cohort: train and test on this site (ignored without a site column)
 n_seeds = None           # training seeds of every model (default: the profile's; paper 1, demo 3)
 
@@ -124,7 +125,7 @@ if parts.runs("comparison"):
 # %%
 if parts.runs("retrieval"):
     tables = {label: S.embed(enc, scans=gallery, progress=False) for label, enc in used.items()}
-    per_query, retrieval = compare.retrieval_by_model(tables, subtypes, ks, P.n_bootstrap, seed)
+    per_query, retrieval = compare.retrieval_by_model(tables, subtypes, ks, P.n_bootstrap, seed, patient_disjoint)
     display(retrieval.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3))
 
 # %%
@@ -140,12 +141,14 @@ if parts.runs("retrieval"):
                           paper_notes=notes if ax is axes[-1] else None)
         if ax is not axes[-1]:  # one legend, right of the last panel
             ax.get_legend().remove()
-    title = f"{dataset}: all-vs-all retrieval over {len(gallery)} scans (95% CI over queries); {short}"
+    title = (f"{dataset}: all-vs-all{' patient-disjoint' if patient_disjoint else ''} retrieval over "
+             f"{len(gallery)} scans (95% CI over queries); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training="frozen encoders"), x=0.0, ha="left")
     plots.save_figure(fig, naming.figure_name("edfig6_retrieval_other_encoders", dataset, P), retrieval,
                       {"dataset": dataset, "profile": P.to_dict(), "preset": preset, "weights": statement,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},
-                       "subtypes": subtypes, "ks": ks, "seed": seed, "skipped": parts.skipped})
+                       "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,
+                       "skipped": parts.skipped})
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
@@ -154,7 +157,8 @@ if parts.runs("retrieval"):
 if parts.runs("comparison") or parts.runs("retrieval"):
     print(conclusions.other_encoders_conclusion(summary, comparison, predictions, weights=statement, names=names,
                                                 paper=paper.paper_values_for("ed_fig3"), profile=P,
-                                                retrieval=retrieval, gallery=gallery, subtypes=subtypes))
+                                                retrieval=retrieval, gallery=gallery, subtypes=subtypes,
+                                                patient_disjoint=patient_disjoint))
 else:
     print("Nothing measured on this dataset.")
 if parts.skipped:
