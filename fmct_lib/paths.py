@@ -7,6 +7,7 @@
 - figures root ``$FMCT_FIGURES`` (default ``<runs root>/figures``). The checkout's committed gallery,
   ``figures/``, is written only where ``$FMCT_FIGURES`` names it (``make reproduce`` on the demo profile),
   so a run on other data never adds to it.
+- released encoders ``$FMCT_ENCODERS`` (default: the checkout's committed ``encoders/``; ``fmct_lib.train.release``).
 - shipped dataset registry ``$FMCT_MANIFEST`` (default: ``data_manifest.csv``, package data).
 
 Without the variable, a root is the checkout's ``data/``, ``cache/`` or ``runs/`` (ignored by git) when fmct
@@ -68,6 +69,12 @@ def runs_root() -> Path:
 def figures_root() -> Path:
     env = os.environ.get("FMCT_FIGURES")
     return Path(env).expanduser() if env else runs_root() / "figures"
+
+
+def encoders_root() -> Path:
+    """The released encoders: ``$FMCT_ENCODERS``, else the checkout's ``encoders/``."""
+    env = os.environ.get("FMCT_ENCODERS")
+    return Path(env).expanduser() if env else REPO_ROOT / "encoders"
 
 
 def manifest_path() -> Path:

@@ -191,7 +191,9 @@ def test_band_lines_put_macro_last_and_bound_the_axis():
 def test_figure_configurations_record_no_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("FMCT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FMCT_ENCODERS", str(tmp_path / "released"))
     config = {"encoder": str(tmp_path / "runs" / "pretrain" / "x" / "encoder.safetensors"),
+              "released": str(tmp_path / "released" / "synthetic_vicreg_f1_demo_s0" / "encoder.safetensors"),
               "nested": {"scans": [str(tmp_path / "data" / "synthetic" / "scans.csv"), "not/a/path", 3]},
               "outside": "/opt/weights/model_weights.pth", "repo": str(plots.REPO_ROOT / "figures" / "a.png")}
     paths = plots.save_figure_data("portable", pd.DataFrame({"a": [1]}), config, root=tmp_path / "figs")
@@ -199,11 +201,13 @@ def test_figure_configurations_record_no_absolute_paths(tmp_path, monkeypatch):
     assert str(tmp_path) not in text and "/opt/" not in text
     assert json.loads(text)["config"] == {
         "encoder": "<runs>/pretrain/x/encoder.safetensors",
+        "released": "<encoders>/synthetic_vicreg_f1_demo_s0/encoder.safetensors",
         "nested": {"scans": ["<data>/synthetic/scans.csv", "not/a/path", 3]},
         "outside": "<elsewhere>/model_weights.pth", "repo": "<repo>/figures/a.png"}
 
 
 def test_the_committed_gallery_records_no_absolute_paths():
+    """Nor a path outside the roots: every encoder the gallery used is a released one or a run, named so."""
     for path in sorted((plots.REPO_ROOT / "figures").glob("*.json")):
         strings = []
 
@@ -215,7 +219,10 @@ def test_the_committed_gallery_records_no_absolute_paths():
             elif isinstance(value, str):
                 strings.append(value)
         walk(json.loads(path.read_text()))
-        assert not [s for s in strings if s.startswith("/")], path.name
+        assert not [s for s in strings if s.startswith(("/", "<elsewhere>"))], path.name
+        for s in strings:
+            if s.startswith("<encoders>/"):
+                assert (plots.REPO_ROOT / "encoders" / s.removeprefix("<encoders>/")).exists(), (path.name, s)
 
 
 # ------------------------------------------------------------------------------------ one colour per model

@@ -49,7 +49,7 @@ from matplotlib.transforms import offset_copy
 
 from ..config import Profile, get_profile
 from ..io import atomic_path
-from ..paths import REPO_ROOT, cache_root, data_root, figures_root, runs_root
+from ..paths import REPO_ROOT, cache_root, data_root, encoders_root, figures_root, runs_root
 from .paper import PAPER_DATASET_NAMES, describe_paper_value
 
 __all__ = [
@@ -270,7 +270,7 @@ def save_figure_data(name: str, data: pd.DataFrame, config: dict, root: Path | s
 
 def _portable(value):
     """``value`` with every absolute path written relative to the root it lies in (``<runs>/pretrain/…``, also
-    ``<data>``, ``<cache>``, ``<figures>``, ``<repo>``, ``<home>``), or as ``<elsewhere>/<file name>``: a figure's
+    ``<encoders>``, ``<data>``, ``<cache>``, ``<figures>``, ``<repo>``, ``<home>``), or as ``<elsewhere>/<file name>``: a figure's
     configuration never records the machine's absolute paths."""
     if isinstance(value, dict):
         return {k: _portable(v) for k, v in value.items()}
@@ -279,8 +279,8 @@ def _portable(value):
     if not (isinstance(value, str) and value.startswith("/")):
         return value
     path = Path(value)
-    roots = {"runs": runs_root(), "data": data_root(), "cache": cache_root(), "figures": figures_root(),
-             "repo": REPO_ROOT, "home": Path.home()}
+    roots = {"runs": runs_root(), "encoders": encoders_root(), "data": data_root(), "cache": cache_root(),
+             "figures": figures_root(), "repo": REPO_ROOT, "home": Path.home()}
     for name, root in roots.items():
         for base in dict.fromkeys((Path(root).expanduser(), Path(root).expanduser().resolve())):
             if path.is_relative_to(base) and base != Path("/"):

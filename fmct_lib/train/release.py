@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from ..config import ModelConfig, Profile, get_profile
 from ..io import atomic_path, atomic_write_json, atomic_write_text
-from ..paths import REPO_ROOT
+from ..paths import encoders_root
 from .loop import DONE_FILE, micro_batches
 from .methods import get_method
 from .trainer import ENCODER_FILE, default_run_dir, pretrain_on, pretraining_scan_ids, run_config
@@ -52,12 +52,6 @@ COPIED_FILES = (ENCODER_FILE, "config.json", "metrics.csv")  # from the run dire
 
 class ReleaseCorrupt(RuntimeError):
     """A released encoder whose files do not match its ``release.json`` (tampered with, or half copied)."""
-
-
-def encoders_root() -> Path:
-    """``$FMCT_ENCODERS``, else the checkout's ``encoders/``."""
-    env = os.environ.get("FMCT_ENCODERS")
-    return Path(env).expanduser() if env else REPO_ROOT / "encoders"
 
 
 def release_name(dataset: str, method: str, fraction: float, profile, seed: int) -> str:
