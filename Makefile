@@ -69,7 +69,7 @@ reproduce: setup
 # The released encoders (encoders/): DINO, MAE and VICReg at the fractions of Fig. 4, with their logs, sha256
 # and MODEL_CARD.md. `make reproduce` starts from them; `make reproduce PRETRAIN=1` pretrains afresh instead.
 pretrain: setup
-	$(PY) tools/release_encoders.py --profile $(PROFILE)
+	$(GALLERY) $(PY) tools/release_encoders.py --profile $(PROFILE)
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -89,7 +89,7 @@ SEED_CHECKED = _first_of_each_method(COMMITTED)
 def replays(toy):
     """The replayed losses by (folder, steps, seed): the first STEPS steps of every release, and step 1 with the
     next seed for every toy release and SEED_CHECKED. All at once, the committed ones in parallel processes
-    (``replay_many``: ~1 minute of CPU for the 9 demo encoders, mostly generating the 32 scans of each fraction)."""
+    (``replay_many``: ~1 minute of CPU for the 10 demo encoders, mostly generating the 32 scans of each fraction)."""
     toys = [_toy_folder(toy, m, f) for m, f in TOY_RELEASES]
     jobs = [(f, STEPS, None) for f in COMMITTED + toys]
     jobs += [(f, 1, json.loads((f / "config.json").read_text())["run"]["seed"] + 1) for f in SEED_CHECKED + toys]

@@ -3,8 +3,9 @@
     python tools/release_encoders.py [--profile demo] [--methods dino,mae,vicreg] [--fractions 1,0.3,0.1]
         [--seed 0] [--dest encoders/]
 
-For each method and pretraining fraction (notebook 05's: 1.0, 0.3, 0.1; seed 0) the synthetic cohort's
-encoder is pretrained with the library (``pipeline.ensure_pretrained(afresh=True)``: the run under
+For each method and pretraining fraction (notebook 05's: 1.0, 0.3, 0.1; seed 0), and for the coarser-patch
+encoder that notebook 12 compares (the profile's method on all the pool, ``config.patch_variant``: demo-p11,
+paper-p16), the synthetic cohort's encoder is pretrained with the library (``pipeline.ensure_pretrained(afresh=True)``: the run under
 ``<runs>/pretrain/`` resumes where it stopped and is reused when finished), then released with
 ``train.release.release_run`` into ``$FMCT_ENCODERS`` (default ``encoders/``), and ``MODEL_CARD.md`` is
 written from the releases. Interrupt it at any time and run it again: finished runs are reused, an
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from fmct_lib import pipeline
-from fmct_lib.config import get_profile
+from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.paths import figures_root
 from fmct_lib.train.release import (RELEASE_FILE, ReleaseCorrupt, encoders_root, release_name, release_run,
                                     sha256_of, verify_release, write_model_card)
@@ -46,19 +47,23 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: %(default)s)")
     ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
                     help="comma-separated pretraining fractions (default: %(default)s)")
+    ap.add_argument("--no-patch-variant", action="store_true",
+                    help="leave out notebook 12's coarser-patch encoder (released by default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dest", type=Path, default=None, help="release root (default: $FMCT_ENCODERS or encoders/)")
     args = ap.parse_args(argv)
     profile = get_profile(args.profile)
     dest = args.dest or encoders_root()
-    jobs = [(m, float(f)) for m in args.methods.split(",") for f in args.fractions.split(",")]
+    jobs = [(m, float(f), profile) for m in args.methods.split(",") for f in args.fractions.split(",")]
+    if not args.no_patch_variant:  # 12_patch_size's coarser encoder, by default pretrained there otherwise
+        jobs.append((profile.pretrain_method, 1.0, patch_variant(profile)))
     pipeline.ensure_dataset(DATASET, profile)
     start = time.time()
-    for i, (method, fraction) in enumerate(jobs, 1):
-        name = release_name(DATASET, method, fraction, profile, args.seed)
+    for i, (method, fraction, p) in enumerate(jobs, 1):
+        name = release_name(DATASET, method, fraction, p, args.seed)
         print(f"== [{i}/{len(jobs)}] {name}: {(time.time() - start) / 60:.1f} min so far", flush=True)
         t0 = time.time()
-        encoder = pipeline.ensure_pretrained(method, DATASET, profile, fraction=fraction, seed=args.seed, afresh=True)
+        encoder = pipeline.ensure_pretrained(method, DATASET, p, fraction=fraction, seed=args.seed, afresh=True)
         if _is_released(encoder.parent, dest / name):
             print(f"   already released in {dest / name}")
         else:

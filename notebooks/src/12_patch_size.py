@@ -14,8 +14,9 @@
 # divide into 3 patches per side, so its coarser encoder reads 33³ inputs in patches of 11³ (27 against 64 tokens,
 # the paper's ratio); the same field of view with slightly more voxels, so if anything the coarser encoder gains;
 # toy: 18³ in patches of 6³. The variant is a profile of its own (`<profile>-p<patch>`, e.g. `demo-p11`): its cache,
-# pretraining run and downstream runs never mix with the profile's, and it is pretrained here (there is no released
-# encoder for it), while the profile's encoder is the released one unless `FMCT_PRETRAIN=1`.
+# pretraining run and downstream runs never mix with the profile's. Both encoders are the released ones
+# (`make pretrain` releases the default variant beside the others) unless `FMCT_PRETRAIN=1`; another `patch_size`
+# is pretrained here.
 
 # %% tags=["parameters"]
 dataset = "synthetic"
