@@ -297,17 +297,20 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
         chain = chain / f"{spec.name}-{spec.hash}"
     out = (chain / Path(encoder).parent.name / (dataset + (f"[{tag}]" if tag else "")) / task / f"seed{seed}"
            / "encoder.safetensors")
+    from .downstream.runs import checkpoint_signature
     from .downstream.training import HParams
     from .models.checkpoints import read_checkpoint_config
     hparams = json.loads(json.dumps(asdict(HParams.from_profile(p))))  # as stored: tuples become lists
-    if out.exists() and read_checkpoint_config(out).get("hparams") == hparams:
-        return out  # else it was fine-tuned under other settings (e.g. another patience): derive it again
+    pretrained = checkpoint_signature(encoder)  # the weights, wherever they lie
+    if out.exists() and {k: read_checkpoint_config(out).get(k) for k in ("hparams", "pretrained")} == {
+            "hparams": hparams, "pretrained": pretrained}:
+        return out  # else it was fine-tuned from other weights or under other settings: derive it again
     _, classifier = run_protocol(dataset, task, "finetune", str(encoder), p, train_filter=train_filter, seed=seed,
                                  spec=spec, progress=False, return_model=True, run_root=runs / "downstream")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, classifier.encoder, config={"model": classifier.encoder.config.to_dict(), "task": task,
                                                      "dataset": dataset, "train_filter": train_filter,
-                                                     "pretrained": str(encoder), "seed": seed,
+                                                     "pretrained": pretrained, "seed": seed,
                                                      "preprocess": spec.to_dict(), "hparams": hparams})
     return out
 

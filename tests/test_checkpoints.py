@@ -166,3 +166,29 @@ def test_missing_file_and_foreign_safetensors(tmp_path):
     save_file({"a": torch.zeros(1)}, tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="not an fmct checkpoint"):
         load_checkpoint(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("header_length", [640, 896, 1152, 1408])
+def test_a_safetensors_header_whose_length_reads_like_a_pickle_stream_is_safetensors(tmp_path, header_length):
+    """A safetensors file starts with its header's length (8 bytes, little-endian): 640 = 0x280 is b"\\x80\\x02…",
+    a pickle stream's first two bytes. It must still read as safetensors (a kept classifier once did not)."""
+    import json as _json
+    import struct
+
+    from safetensors.torch import load_file
+
+    from fmct_lib.models.checkpoints import checkpoint_format
+    body = _json.dumps({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "__metadata__": {"pad": ""}})
+    body = body.replace('"pad": ""', '"pad": "' + "x" * (header_length - len(body)) + '"')
+    assert len(body) == header_length
+    path = tmp_path / "kept.safetensors"
+    path.write_bytes(struct.pack("<Q", header_length) + body.encode() + struct.pack("<f", 1.5))
+    assert path.read_bytes()[:1] == b"\x80" and checkpoint_format(path) == "safetensors"
+    assert load_file(str(path))["a"].item() == 1.5
+    # the legacy torch.save stream (a real pickle) and the zip format are still told apart
+    torch.save({"w": torch.zeros(1)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "zip.pth")
+    assert checkpoint_format(tmp_path / "legacy.pth") == "pickle" and checkpoint_format(tmp_path / "zip.pth") == "torch"
+    path.write_bytes(struct.pack("<Q", header_length + 60) + b"{" + b"x" * 10)  # cut short
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint_format(path)

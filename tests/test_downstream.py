@@ -296,7 +296,7 @@ def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monk
     assert all(k.startswith("encoder.") or k.startswith("head.") for k in keys) != (protocol == "linear")
     retrained = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal,
                              eval_filter={"site": "external"}, run_root=tmp_path / "fresh", progress=False)
-    fits = []
+    fits, real_fit = [], protocols.fit
     monkeypatch.setattr(protocols, "fit", lambda *a, **k: fits.append(1))
     reused = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal,
                           eval_filter={"site": "external"}, run_root=root, progress=False)
@@ -309,13 +309,24 @@ def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monk
     preds, model = run_protocol("toyset", "ich", protocol, ckpt, TOY, train_filter=internal, run_root=root,
                                 progress=False, return_model=True)
     assert not fits and isinstance(model, Classifier)
-    # another encoder in a folder of the same name maps to the same kept classifier: refused, not reused
+    # the same weights in another folder of the same name (a moved checkout) reuse the kept classifier ...
+    import shutil
+    moved = tmp_path / "moved/toydino/encoder.safetensors"
+    moved.parent.mkdir(parents=True)
+    shutil.copy(ckpt, moved)
+    run_protocol("toyset", "ich", protocol, str(moved), TOY, train_filter=internal, eval_split="val", run_root=root,
+                 progress=False)
+    assert not fits
+    assert len(list((root / "trained").rglob("model.safetensors"))) == 1
+    # ... other weights in a folder of that name are another encoder: trained and kept apart, never the kept
+    # classifier reused (scratch reads no encoder: the same run)
+    monkeypatch.setattr(protocols, "fit", real_fit)
+    torch.manual_seed(7)
     other = save_checkpoint(tmp_path / "elsewhere/toydino/encoder.safetensors", vit_from_config(TOY.model),
                             {"model": TOY.model.to_dict()})
-    if protocol != "scratch":
-        with pytest.raises(ValueError, match="trained with other settings"):
-            run_protocol("toyset", "ich", protocol, str(other), TOY, train_filter=internal, eval_split="val",
-                         run_root=root, progress=False)
+    run_protocol("toyset", "ich", protocol, str(other), TOY, train_filter=internal, eval_split="val",
+                 run_root=root, progress=False)
+    assert len(list((root / "trained").rglob("model.safetensors"))) == (1 if protocol == "scratch" else 2)
 
 
 def test_fewshot_runs_keep_no_classifier(toy_world):
@@ -564,7 +575,7 @@ def test_histogram_reference_sees_the_same_draws_learns_and_resumes(toy_world, m
     assert configs[("histogram", 3, 0)]["train_scan_ids"] == configs[("finetune", 3, 0)]["train_scan_ids"]
     assert configs[("histogram", 3, 0)]["train_scan_ids"] != configs[("histogram", 3, 1)]["train_scan_ids"]
     assert configs[("histogram", None, 0)]["choice"]["C"] in C_GRID
-    assert folders[("histogram", 3, 1)][:2] == ("toy", "histogram") and folders[("finetune", 3, 0)][1] == "toydino"
+    assert folders[("histogram", 3, 1)][:2] == ("toy", "histogram") and folders[("finetune", 3, 0)][1].startswith("toydino-")
     full = hist[hist["k"].isna()]
     assert auroc(full["label"], full["probability"]) > 0.9  # the positives' bright cube fills the top bins
     assert len(tuned) == len(full) * 2  # finetune: one K=3 draw and the all-data run
@@ -601,3 +612,34 @@ def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_bare_broken_pool
                           timeout=300)
     assert done.returncode != 0
     assert 'if __name__ == "__main__":' in done.stderr and "FMCT_WORKERS=1" in done.stderr
+
+
+def test_runs_recorded_by_their_encoders_path_are_migrated_and_reused(toy_world, monkeypatch):
+    """tools/migrate_runs.py: a run made when signatures named the checkpoint by its path is renamed to the name
+    its weights give it, and found again without training; one whose checkpoint is gone stays where it is."""
+    import runpy
+    import shutil
+    from pathlib import Path
+    _, ckpt, root = toy_world
+    first = run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "internal"}, k_shot=3,
+                         run_root=root, progress=False)
+    run_dir = next(root.rglob("done")).parent
+    config = json.loads((run_dir / "config.json").read_text())
+    config["signature"]["encoder"] = ckpt  # as an older version stored it, in the folder named without the sha
+    parts = list(run_dir.relative_to(root).parts)
+    assert parts[1].startswith("toydino-")
+    parts[1] = "toydino"
+    old = root.joinpath(*parts)
+    shutil.move(str(run_dir), str(old))
+    (old / "config.json").write_text(json.dumps(config))
+    gone = root / "toy" / "elsewhere" / "x" / "seed0"  # an old run whose checkpoint no longer exists
+    gone.mkdir(parents=True)
+    (gone / "config.json").write_text(json.dumps({"signature": {**config["signature"], "encoder": "/gone/e.pt"}}))
+
+    tool = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "migrate_runs.py"))
+    assert tool["main"](["--runs", str(root.parent)]) == 0
+    assert (run_dir / "done").exists() and not old.exists() and (gone / "config.json").exists()
+    monkeypatch.setattr(protocols, "fit", lambda *a, **k: pytest.fail("a migrated run was trained again"))
+    again = run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "internal"}, k_shot=3,
+                         run_root=root, progress=False)
+    pd.testing.assert_frame_equal(again, first)

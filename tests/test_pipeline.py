@@ -133,6 +133,24 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     assert read_checkpoint_config(path)["hparams"]["patience"] == 1
     again = pipeline.ensure_finetuned("toyset", "ich", encoder, profile.replace(finetune_patience=3), seed=3)
     assert again == path and read_checkpoint_config(again)["hparams"]["patience"] == 3
+    # the same weights elsewhere (a released copy, a moved checkout) give the same model without training;
+    # other weights at the same path (a re-released encoder) are fine-tuned again
+    import shutil
+    copy = tmp_path / "released" / "pre" / "encoder.safetensors"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(encoder, copy)
+    monkeypatch.setattr(runs, "volume_source", lambda *a, **k: pytest.fail("trained again"))
+    same = pipeline.ensure_finetuned("toyset", "ich", copy, profile.replace(finetune_patience=3), seed=3)
+    assert load_checkpoint(same)[0].state_dict().keys() == weights[0].keys()
+    assert read_checkpoint_config(same)["pretrained"] == read_checkpoint_config(again)["pretrained"]
+    torch.manual_seed(1)
+    save_checkpoint(copy, vit_from_config(profile.model), {"model": profile.model.to_dict()})
+
+    def reads_volumes(*a, **k):
+        raise RuntimeError("trained again")
+    monkeypatch.setattr(runs, "volume_source", reads_volumes)
+    with pytest.raises(RuntimeError, match="trained again"):
+        pipeline.ensure_finetuned("toyset", "ich", copy, profile.replace(finetune_patience=3), seed=3)
 
 
 def test_ensure_pretrained_starts_from_the_released_encoder_unless_asked_to_pretrain_afresh(tmp_path, monkeypatch,

@@ -25,6 +25,11 @@ The encoder is our checkpoint (or the authors'), a path, or another foundation m
 its signature names it ``external:<identity>`` (its weights' sha256, or ``random`` and the seed), and its run
 directory ``<profile>/<identity>/…``.
 
+Our own (or the authors') checkpoint enters the signature by its weights, not by where it lies:
+``<run folder>@<sha256[:16]>`` (``checkpoint_signature``), and its run directory ``<profile>/<run folder>-<sha256[:8]>/…``.
+A moved checkout, or a released copy of a pretraining run, finds the same runs; other weights at the same path
+(a re-released encoder) never do.
+
 A run's identity is its signature (every setting it depends on); its directory name is made from it. Every
 run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
@@ -49,10 +54,12 @@ from ..io import LOCK_FILE, atomic_write_text, exclusive_lock
 from ..models.external import ExternalRef
 from ..models.external.reference import EXTERNAL_PREFIX
 from ..models.heads import Classifier
+from .features import encoder_id
 from .training import HParams, fewshot_draw
 from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
 
-__all__ = ["run_protocol", "default_run_name", "training_signature", "trained_model_path", "read_predictions"]
+__all__ = ["run_protocol", "default_run_name", "training_signature", "trained_model_path", "read_predictions",
+           "checkpoint_signature"]
 
 EVAL_KEYS = ("eval_dataset", "eval_split", "eval_filter")
 
@@ -98,7 +105,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         hp = replace(hp, flip_axes=tuple(a for a in hp.flip_axes if a != across))
     signature = {
         "dataset": dataset, "task": task, "protocol": protocol,
-        "encoder": (encoder.signature if external else str(encoder)) if encoder and proto.needs_encoder else None,
+        "encoder": ((encoder.signature if external else checkpoint_signature(encoder)) if encoder and proto.needs_encoder
+                    else None),
         "profile": profile.name, "spec": spec.hash, "eval_dataset": eval_dataset, "eval_split": eval_split,
         "k": k_shot, "scratch_grid": profile.scratch_grid if proto.scratch_grid else None,
         "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
@@ -259,15 +267,23 @@ def _filter_tag(filt: dict | None) -> str:
                     for k, v in sorted((filt or {}).items()))
 
 
+def checkpoint_signature(path) -> str:
+    """A checkpoint as a run's signature names it: its run folder (or the file's stem) and the first 16 hex digits
+    of its sha256 (``downstream.features.encoder_id``), ``synthetic_vicreg_f1_demo_s0@5fc3dcc82914d338``."""
+    p = Path(path)
+    name = p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
+    return f"{name}@{encoder_id(p)}"
+
+
 def _encoder_tag(encoder) -> str:
     """The encoder's part of a run name: an external encoder's identity, else our checkpoint's run folder (or the
-    file's stem)."""
+    file's stem) and the first 8 hex digits of its sha256."""
     if encoder is None:
         return "none"
     if encoder.startswith(EXTERNAL_PREFIX):
         return encoder.removeprefix(EXTERNAL_PREFIX)
-    p = Path(encoder)
-    return p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
+    name, sha = encoder.rsplit("@", 1)
+    return f"{name}-{sha[:8]}"
 
 
 def _as_stored(signature: dict) -> dict:

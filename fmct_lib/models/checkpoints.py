@@ -62,16 +62,18 @@ def checkpoint_format(path: str | os.PathLike) -> str:
         head = f.read(16)
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
+    # safetensors first: its first 8 bytes are the header's length, which can begin as a pickle stream does
+    # (a 640-byte header is b"\x80\x02…"); a pickle's would claim more bytes than the file holds
+    header_length = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and header_length <= size - 8:
+        return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        n = int.from_bytes(head[:8], "little")
-        if n > size - 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (its header claims {n} bytes, the file "
-                                  f"holds {size})")
-        return "safetensors"
+    if head[8:9] == b"{":
+        raise CheckpointError(f"{path}: truncated safetensors file (its header claims {header_length} bytes, the "
+                              f"file holds {size})")
     raise CheckpointError(f"{path}: not a checkpoint: neither safetensors nor a PyTorch file (it starts with "
                           f"{head[:8]!r})")
 
