@@ -643,3 +643,25 @@ def test_runs_recorded_by_their_encoders_path_are_migrated_and_reused(toy_world,
     again = run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "internal"}, k_shot=3,
                          run_root=root, progress=False)
     pd.testing.assert_frame_equal(again, first)
+
+
+def test_encoder_id_is_the_files_sha256_and_follows_a_rewrite(tmp_path):
+    """The identity a run records is the checkpoint's sha256 (hashlib on the bytes), hashed once per process and
+    hashed again when the file is replaced or rewritten in place."""
+    import hashlib
+
+    from fmct_lib.downstream.features import encoder_id
+    path = tmp_path / "enc" / "encoder.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(path, vit_from_config(TOY.model), {"model": TOY.model.to_dict()})
+    assert encoder_id(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert encoder_id(str(path)) == encoder_id(path)
+    first = encoder_id(path)
+    save_checkpoint(path, vit_from_config(TOY.model), {"model": TOY.model.to_dict()})  # replaced (new file)
+    assert encoder_id(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:16] != first
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    with open(path, "r+b") as f:  # rewritten in place: the same inode and size
+        f.write(bytes(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert encoder_id(path) == hashlib.sha256(bytes(data)).hexdigest()[:16]

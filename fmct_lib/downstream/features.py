@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -32,11 +33,20 @@ def encoder_id(encoder) -> str:
     encoder, its ``ExternalRef.identity`` (``<name>-<weights sha256[:16]>`` or ``<name>-random-s<seed>``)."""
     if isinstance(encoder, ExternalRef):
         return encoder.identity
+    path = Path(encoder).resolve()
+    stat = path.stat()
+    return _file_sha256(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)[:16]
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: Path, inode: int, size: int, mtime_ns: int) -> str:
+    """The sha256 of ``path``, hashed once per process while the file (inode, size, modification time) stays the
+    same (a sweep names its encoder in every run; ViT-B's checkpoint is ~350 MB)."""
     digest = hashlib.sha256()
-    with open(encoder, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 @torch.no_grad()
