@@ -631,3 +631,14 @@ def test_retrieval_conclusion_says_what_became_of_a_patients_other_scans():
                             "their other scans left out of each query's ranking.")
     # one scan per patient (or no patient column): nothing to say
     assert len(conclusions.retrieval_conclusion(summary, GALLERY, ["iph"]).splitlines()) == len(paper_protocol) - 1
+
+
+def test_retrieval_conclusion_says_what_the_embedding_groups_by():
+    summary = _retrieval({"vicreg": 0.41, "random init": 0.4})
+    lines = conclusions.retrieval_conclusion(summary, GALLERY, ["iph"], grouping={
+        "scanner make": (0.974, 0.55), "slice thickness": (0.61, 0.3)}, grouped="vicreg").splitlines()
+    assert lines[-2] == ("- What the vicreg embedding groups scans by (10 nearest neighbours, the scan itself left "
+                         "out): scanner make shared by 97% (55% at random), slice thickness shared by 61% (30% at "
+                         "random).")
+    assert not any("groups scans by" in line for line in
+                   conclusions.retrieval_conclusion(summary, GALLERY, ["iph"]).splitlines())

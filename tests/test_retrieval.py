@@ -126,3 +126,29 @@ def test_retrieval_comparison_p_is_the_exact_sign_flip_p_and_the_mean_row_pools_
     assert (same["difference"] == 0).all() and (same["p_value"] == 1).all()
     with pytest.raises(ValueError, match="different queries"):
         retrieval_comparison(_per_query(a), _per_query(dict(list(b.items())[:-1])))
+
+
+def test_neighbour_agreement_against_brute_force():
+    """The share of a scan's k nearest neighbours with its value, and its chance level, by a plain loop."""
+    from fmct_lib.evaluate import neighbour_agreement
+    rng = np.random.default_rng(3)
+    make = rng.choice(["A", "B", "C"], size=80, p=[0.5, 0.3, 0.2])
+    emb = rng.normal(size=(80, 6)) + 2.0 * (make == "A")[:, None]  # make A apart from the rest
+    values = pd.Series(make, dtype=object)
+    values[5] = None  # no value: left out
+    observed, chance = neighbour_agreement(emb, values, k=7)
+    keep = np.flatnonzero(values.notna())
+    x = emb[keep] / np.linalg.norm(emb[keep], axis=1, keepdims=True)
+    v = make[keep]
+    shares, expected = [], []
+    for i in range(len(keep)):
+        sims = x @ x[i]
+        sims[i] = -np.inf
+        nearest = np.argsort(-sims, kind="stable")[:7]
+        shares.append(np.mean(v[nearest] == v[i]))
+        expected.append((np.sum(v == v[i]) - 1) / (len(v) - 1))
+    assert observed == pytest.approx(np.mean(shares), abs=1e-9)
+    assert chance == pytest.approx(np.mean(expected), abs=1e-12)
+    assert observed > chance + 0.1  # the embedding groups by make
+    with pytest.raises(ValueError, match="fewer than k"):
+        neighbour_agreement(emb[:5], make[:5], k=7)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .stats import _interval, _p_value, relative_improvement
 
-__all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison"]
+__all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement"]
 
 
 def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[int, ...] = (1, 5, 10),
@@ -143,3 +143,26 @@ def _comparison_row(subtype, metric, a, b, boot, null, alpha, n_queries, n_boot,
             "difference": float(diff), "relative_pct": relative_improvement(a, b) if b else np.nan,
             "ci_low": lo, "ci_high": hi, "p_value": _p_value(diff, null), "n_queries": int(n_queries),
             "n_boot": n_boot, "n_perm": n_perm}
+
+
+def neighbour_agreement(embeddings: np.ndarray, values, k: int = 10) -> tuple[float, float]:
+    """What a scan's nearest neighbours have in common with it: the fraction of its ``k`` nearest (cosine, itself
+    left out) that share its value in ``values`` (a scanner make, a slice thickness, a label), averaged over the
+    scans with a value, and the same fraction for ``k`` others drawn at random (``(n_v - 1) / (n - 1)`` for a scan
+    whose value ``n_v`` scans share). Where a retrieval finds nothing, this says what the embedding groups by."""
+    values = pd.Series(np.asarray(values, dtype=object))
+    keep = values.notna().to_numpy()
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[keep])
+    v = values[keep].astype(str).to_numpy()
+    n = len(v)
+    if n <= k:
+        raise ValueError(f"{n} scans with a value: fewer than k + 1 = {k + 1}")
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, ranked = index.search(x, k + 1)
+    others = np.array([[j for j in row if j != i][:k] for i, row in enumerate(ranked)])  # itself left out
+    observed = float((v[others] == v[:, None]).mean())
+    share = pd.Series(v).map(pd.Series(v).value_counts()).to_numpy()
+    chance = float(((share - 1) / (n - 1)).mean())
+    return observed, chance

@@ -390,14 +390,26 @@ def repeat_patients_line(gallery: pd.DataFrame, patient_disjoint: bool) -> list[
             "raises Precision@1 without telling subtypes apart: patient_disjoint=True leaves them out."]
 
 
+def grouping_line(name: str, grouping: dict[str, tuple[float, float]], k: int = 10) -> list[str]:
+    """What ``name``'s embedding groups scans by: per attribute, the share of a scan's ``k`` nearest neighbours
+    that have its value, and that share at random (``evaluate.neighbour_agreement``)."""
+    if not grouping:
+        return []
+    return [f"What the {name} embedding groups scans by ({k} nearest neighbours, the scan itself left out): "
+            + ", ".join(f"{attr} shared by {obs:.0%} ({chance:.0%} at random)" for attr, (obs, chance) in grouping.items())
+            + "."]
+
+
 def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str],
-                         comparison: pd.DataFrame | None = None, patient_disjoint: bool = False) -> str:
+                         comparison: pd.DataFrame | None = None, patient_disjoint: bool = False,
+                         grouping: dict[str, tuple[float, float]] | None = None, grouped: str = "") -> str:
     """08_retrieval (Fig. 3): mean mAP over ``subtypes`` per encoder against a random ranking (about the
     prevalence in ``gallery``, the scans searched) and against the random-init encoder; the paper's comparison
     with other CT foundation models (+9.99% mAP over Google CT on CQ500, +2.21% on RSNA) cannot run here.
     ``summary``: ``retrieval_summary`` rows with ``model`` (``random init`` among them); ``comparison``:
     ``retrieval_comparison`` rows with ``model_a`` (each encoder, against ``random init``), whose ``mean`` row
-    gives each sentence its CI and p."""
+    gives each sentence its CI and p; ``grouping`` (``neighbour_agreement`` by attribute, of the ``grouped``
+    encoder) says what its embedding groups scans by."""
     mean_map = summary[(summary.metric == "map") & (summary.subtype == "mean")].set_index("model")["value"]
     prevalence = {s: (gallery[s] == 1).mean() for s in subtypes}
     lines = ["Mean mAP over subtypes: " + ", ".join(f"{m} {v:.3f}" for m, v in mean_map.items())
@@ -411,6 +423,7 @@ def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes:
             lines.append(describe_comparison(f"{name} mAP", mean_map[name], "random-init mAP", mean_map["random init"],
                                              test["p_value"] if test else None,
                                              ci=(test["ci_low"], test["ci_high"]) if test else None))
+    lines += grouping_line(grouped, grouping or {})
     lines += repeat_patients_line(gallery, patient_disjoint)
     lines.append("Paper: FM-CT retrieves better than the other CT foundation models in most cases (+9.99% mAP over "
                  "Google CT on CQ500, +2.21% on RSNA); those models are not available here.")

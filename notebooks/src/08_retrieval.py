@@ -50,6 +50,15 @@ if parts.runs("retrieval"):
     display(summary.pivot_table(index="subtype", columns=["metric", "model"], values="value", sort=False).round(3))
     # each pretrained encoder against the random one on the same queries: mAP difference, 95% CI, paired p
     by_model = dict(tuple(per_query.groupby("model", sort=False)))
+    # what the study's encoder groups scans by: the share of a scan's 10 nearest neighbours with its value
+    from fmct_lib.evaluate import neighbour_agreement
+    grouped = S.method if S.method in tables else next(iter(tables))
+    table = tables[grouped]
+    vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+    bleed = table[subtypes].apply(pd.to_numeric, errors="coerce").max(axis=1)  # positive for any subtype
+    grouping = {label: neighbour_agreement(vectors, values, k=10) for label, values in
+                (("scanner make", table.get("manufacturer")), ("slice thickness", table.get("slice_thickness_mm")),
+                 ("haemorrhage (any subtype)", bleed)) if values is not None}
     comparison = pd.concat([retrieval_comparison(by_model[m], by_model["random init"], n_boot=P.n_bootstrap,
                                                  n_perm=P.n_permutations, seed=seed).assign(model_a=m, model_b="random init")
                             for m in by_model if m != "random init"] or [pd.DataFrame()], ignore_index=True)
@@ -81,14 +90,17 @@ if parts.runs("retrieval"):
                                                                                 for k, v in encoders.items()},
                        "preset": preset, "spec": S.spec.hash,
                        "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,
-                       "gallery_prevalence": prevalence})
+                       "gallery_prevalence": prevalence,
+                       "neighbour_agreement": {"encoder": grouped, "k": 10, **{attr: {"observed": o, "random": c}
+                                                                               for attr, (o, c) in grouping.items()}}})
     comparisons.save_comparison(naming.figure_name("fig3_retrieval", dataset, P), comparison)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.retrieval_conclusion(summary, gallery, subtypes, comparison, patient_disjoint) if parts.runs("retrieval")
+print(conclusions.retrieval_conclusion(summary, gallery, subtypes, comparison, patient_disjoint, grouping, grouped)
+      if parts.runs("retrieval")
       else "Nothing measured on this dataset.")
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))
