@@ -464,6 +464,18 @@ def test_scaling_conclusion_compares_dino_with_the_control_too():
     ]
 
 
+def test_scaling_conclusion_says_whether_dinos_teacher_learnt():
+    macro = _scaling({("internal test", "dino"): [0.52, 0.52, 0.54], ("internal test", "mae"): [0.5, 0.58, 0.51]})
+    uniform = np.log(1024)
+    lines = conclusions.scaling_conclusion(macro, {1.0: 6.9314, 0.1: 6.9309, 0.3: 6.9311}, uniform).splitlines()
+    assert lines[0] == ("- DINO's teacher at the end of its pretraining: entropy 6.931 at 10%, 6.931 at 30%, 6.931 at "
+                        "100% of a uniform 6.931 nats: the same output for every scan (collapsed to uniform), so its "
+                        "encoder is not expected to beat the others here (01 with method dino shows the run).")
+    sharp = conclusions.scaling_conclusion(macro, {1.0: 3.2}, uniform).splitlines()
+    assert sharp[0] == "- DINO's teacher at the end of its pretraining: entropy 3.200 at 100% of a uniform 6.931 nats."
+    assert conclusions.scaling_conclusion(macro).splitlines()[0].startswith("- internal test, DINO")
+
+
 def test_pretrain_conclusion_reads_the_spread_and_the_knn_monitor():
     metrics = _pretrain_metrics(LOSS_DOWN)
     metrics["feature_std"] = [0.2] + [0.3] * 8 + [0.6]

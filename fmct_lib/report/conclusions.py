@@ -299,11 +299,21 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
 
 
 # --------------------------------------------------------------------------------------- 05 · scaling
-def scaling_conclusion(macro: pd.DataFrame) -> str:
+def scaling_conclusion(macro: pd.DataFrame, teacher_entropy: dict[float, float] | None = None,
+                       uniform: float | None = None) -> str:
     """05_scaling (Fig. 4): per evaluation and method, does macro-AUROC grow with the pretraining fraction, and
     is DINO above MAE at each fraction (paper: both grow, DINO above MAE throughout). ``macro``: the macro
-    rows of the summary (evaluation, method, fraction, metric, value)."""
+    rows of the summary (evaluation, method, fraction, metric, value). ``teacher_entropy`` (fraction → the DINO
+    teacher's output entropy over the last 10% of its pretraining, from the encoder's log) against ``uniform``
+    (ln K) says whether DINO learnt at all."""
     lines = []
+    if teacher_entropy and uniform:
+        at_uniform = all(h > 0.99 * uniform for h in teacher_entropy.values())
+        lines.append("DINO's teacher at the end of its pretraining: entropy "
+                     + ", ".join(f"{h:.3f} at {f:.0%}" for f, h in sorted(teacher_entropy.items()))
+                     + f" of a uniform {uniform:.3f} nats"
+                     + (": the same output for every scan (collapsed to uniform), so its encoder is not expected to "
+                        "beat the others here (01 with method dino shows the run)." if at_uniform else "."))
     auc = macro[macro.metric == "auroc"]
     for evaluation, g in auc.groupby("evaluation"):
         table = g.pivot(index="fraction", columns="method", values="value")

@@ -58,6 +58,10 @@ if parts.runs("probes"):
         for evaluation, eval_filter in evaluations.items():
             preds = S.sweep(tasks, [protocol], encoder, eval_filter=eval_filter or S.site_filter, progress=False)
             rows.append(preds.assign(method=method, fraction=fraction, evaluation=evaluation))
+    # whether DINO learnt: its teacher's output entropy at the end of pretraining, from each encoder's log
+    logs = {f: encoder.parent / "metrics.csv" for (m, f), encoder in encoders.items() if m == "dino"}
+    teacher = {f: pd.read_csv(log)["teacher_entropy"].dropna() for f, log in logs.items() if log.exists()}
+    teacher = {f: h.tail(max(1, len(h) // 10)).mean() for f, h in teacher.items() if len(h)}
 
 # %%
 from fmct_lib.evaluate import bootstrap_ci, paired_comparison
@@ -104,6 +108,9 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.scaling_conclusion(macro) if rows else "Nothing measured on this dataset.")
+import math
+
+print(conclusions.scaling_conclusion(macro, teacher, math.log(P.dino_out_dim)) if rows
+      else "Nothing measured on this dataset.")
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))
