@@ -226,7 +226,16 @@ def test_the_card_gives_the_downstream_scores_it_is_given(toy, tmp_path):
          "fraction": 0.5, "evaluation": "internal test"},  # a task row: not on the card
         {"task": "macro", "metric": "ap", "value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "method": "mae",
          "fraction": 0.5, "evaluation": "internal test"}])
-    card = write_model_card(tmp_path / "encoders", scores).read_text()
+    targets = pd.DataFrame([
+        {"target": "few-shot K = 32: pretrained above scratch, p < 0.05", "ours": "0.590", "against": "scratch 0.507",
+         "p_value": 0.000999, "met": True},
+        {"target": "DINO's teacher leaves the uniform output", "ours": "6.931 nats", "against": "uniform 6.931",
+         "p_value": float("nan"), "met": False}])
+    card = write_model_card(tmp_path / "encoders", scores, targets).read_text()
+    assert "| few-shot K = 32: pretrained above scratch, p < 0.05 | 0.590 | scratch 0.507 | 0.000999 | yes |" in card
+    assert "| DINO's teacher leaves the uniform output | 6.931 nats | uniform 6.931 |  | **no** |" in card
+    assert "Targets (issue 24)" not in write_model_card(tmp_path / "encoders", scores).read_text()
+    card = write_model_card(tmp_path / "encoders", scores, targets).read_text()
     assert "| mae | 0.5 | internal test | 0.612 [0.500, 0.700] |" in card
     assert "0.900" not in card and "0.300 [" not in card
     assert all(f"`{verify_release(f)['sha256']}`" in card for f in list_releases(tmp_path / "encoders"))

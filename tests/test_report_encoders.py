@@ -134,3 +134,22 @@ def test_modelling_choices_conclusion_names_the_papers_gain_and_a_tie():
                            "+0.000 to +0.000 (contains 0), paired permutation p = 1.")
     assert line.endswith("Paper: FM-HCT vs DINOv3 + ABMIL, macro-AUROC relative gain +2.57%; FM-HCT vs DINOv3 + ABMIL, "
                          "macro-AP relative gain +15.54% (its four datasets).")
+
+
+def test_embedding_grouping_skips_what_a_dataset_does_not_have():
+    """Each attribute with more than k values and two kinds is measured (evaluate.neighbour_agreement); an absent,
+    empty or constant one is left out, as on a dataset without acquisition columns (RSNA)."""
+    from fmct_lib.evaluate import neighbour_agreement
+    rng = np.random.default_rng(0)
+    n = 40
+    make = rng.choice(["A", "B"], n)
+    table = pd.DataFrame({"manufacturer": make, "slice_thickness_mm": np.nan, "iph": rng.integers(0, 2, n),
+                          "sah": rng.integers(0, 2, n), "kvp": 120.0})
+    vectors = rng.normal(size=(n, 4)) + 3.0 * (make == "A")[:, None]
+    table = pd.concat([table, pd.DataFrame(vectors, columns=[f"e{i}" for i in range(4)])], axis=1)
+    grouping = compare.embedding_grouping(table, ["iph", "sah", "edh"], k=5)
+    assert list(grouping) == ["scanner make", "haemorrhage (any subtype)"]  # thickness: no values
+    assert grouping["scanner make"] == neighbour_agreement(vectors, make, k=5)
+    bleed = table[["iph", "sah"]].max(axis=1)
+    assert grouping["haemorrhage (any subtype)"] == neighbour_agreement(vectors, bleed, k=5)
+    assert compare.embedding_grouping(table.drop(columns=["manufacturer", "iph", "sah"]), ["iph"], k=5) == {}

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluate import paired_comparison, retrieval_summary, retrieve_all_vs_all
+from ..evaluate import neighbour_agreement, paired_comparison, retrieval_summary, retrieve_all_vs_all
 from ..models.external import ExternalRef
 from .paper import PAPER_DATASET_NAMES, describe_paper_value
 
 __all__ = ["PAPER_KEYS", "MODELLING_CHOICES", "model_grid", "weights_summary", "paired_comparisons",
-           "as_the_paper_orders", "paper_statements", "paper_notes", "retrieval_by_model"]
+           "as_the_paper_orders", "paper_statements", "paper_notes", "retrieval_by_model", "embedding_grouping"]
 
 # our labels of the encoders and modelling choices → the paper's model keys (``paper_values.csv``)
 PAPER_KEYS = {"FM-CT": "fmct", "3D ViT": "fmct", "CT-FM": "ct_fm", "Merlin": "merlin",
@@ -118,3 +118,16 @@ def retrieval_by_model(tables: dict, subtypes, ks, n_boot: int, seed: int = 0,
         per_query.append(q.assign(model=label))
         summaries.append(retrieval_summary(q, n_boot=n_boot, seed=seed).assign(model=label))
     return pd.concat(per_query, ignore_index=True), pd.concat(summaries, ignore_index=True)
+
+
+def embedding_grouping(table: pd.DataFrame, subtypes, k: int = 10) -> dict[str, tuple[float, float]]:
+    """What an embedding (a ``downstream.embed`` table) groups scans by: ``evaluate.neighbour_agreement`` for the
+    scanner make, the slice thickness and bleeding (positive for any of ``subtypes``), each where more than ``k``
+    scans have a value and not all the same one (a dataset without them says nothing)."""
+    vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+    columns = [c for c in subtypes if c in table]
+    bleed = table[columns].apply(pd.to_numeric, errors="coerce").max(axis=1) if columns else None
+    attributes = {"scanner make": table.get("manufacturer"), "slice thickness": table.get("slice_thickness_mm"),
+                  "haemorrhage (any subtype)": bleed}
+    return {label: neighbour_agreement(vectors, values, k=k) for label, values in attributes.items()
+            if values is not None and values.notna().sum() > k and values.dropna().nunique() > 1}

@@ -193,11 +193,12 @@ def _recipe(config: dict) -> str:
             f"{run['min_lr']:.3g}, weight decay {run['weight_decay']}; {json.dumps(method_entries, sort_keys=True)}")
 
 
-def write_model_card(root=None, downstream: pd.DataFrame | None = None) -> Path:
+def write_model_card(root=None, downstream: pd.DataFrame | None = None, targets: pd.DataFrame | None = None) -> Path:
     """Write ``MODEL_CARD.md`` under ``root`` (default ``encoders_root()``) from every release there, and
     ``downstream``, where given: the test-split scores of the encoders (the macro rows of notebook 05's
     ``fig4_scaling_auroc.csv``: ``task``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``method``,
-    ``fraction``, ``evaluation``)."""
+    ``fraction``, ``evaluation``); ``targets``, where given: what the encoders were required to reach and what
+    they reached, one row each (``target``, ``ours``, ``against``, ``p_value``, ``met``)."""
     root = Path(root or encoders_root())
     releases = [(verify_release(f), json.loads((f / "config.json").read_text()), pd.read_csv(f / "metrics.csv"))
                 for f in list_releases(root)]
@@ -246,6 +247,16 @@ def write_model_card(root=None, downstream: pd.DataFrame | None = None) -> Path:
                   "| method | fraction | evaluation | macro-AUROC [95% CI] |", "|---|---|---|---|"]
         lines += [f"| {r.method} | {r.fraction:g} | {r.evaluation} | {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] |"
                   for r in rows.sort_values(["method", "fraction"]).itertuples(index=False)]
+    if targets is not None and len(targets):
+        lines += ["", "Targets (issue 24), on the test split unless said; measured by the notebooks and "
+                  "`tools/probe_encoders.py` (`figures/*_comparison.csv`, `docs/measurements/`):", "",
+                  "| target | ours | against | p | met |", "|---|---|---|---|---|"]
+        lines += [f"| {r.target} | {r.ours} | {r.against} | {'' if pd.isna(r.p_value) else f'{r.p_value:.3g}'} | "
+                  f"{'yes' if r.met else '**no**'} |" for r in targets.itertuples(index=False)]
+        if not targets["met"].all():
+            lines += ["", "Where a target is not met, the notebooks measure why: 05 reads DINO's teacher entropy from "
+                      "each run's log, 08 what the embedding groups scans by (`evaluate.neighbour_agreement`); "
+                      "`docs/results.md` and `docs/experiments.md` give the numbers and every recipe tried."]
     lines += ["", "## Recipe", ""]
     lines += [f"- **{record['name']}** (seed {record['seed']}): {_recipe(config)}" for record, config, _ in releases]
     lines += ["", "## Compute", "",

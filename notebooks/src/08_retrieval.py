@@ -51,14 +51,9 @@ if parts.runs("retrieval"):
     # each pretrained encoder against the random one on the same queries: mAP difference, 95% CI, paired p
     by_model = dict(tuple(per_query.groupby("model", sort=False)))
     # what the study's encoder groups scans by: the share of a scan's 10 nearest neighbours with its value
-    from fmct_lib.evaluate import neighbour_agreement
+    from fmct_lib.report.encoders import embedding_grouping
     grouped = S.method if S.method in tables else next(iter(tables))
-    table = tables[grouped]
-    vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
-    bleed = table[subtypes].apply(pd.to_numeric, errors="coerce").max(axis=1)  # positive for any subtype
-    grouping = {label: neighbour_agreement(vectors, values, k=10) for label, values in
-                (("scanner make", table.get("manufacturer")), ("slice thickness", table.get("slice_thickness_mm")),
-                 ("haemorrhage (any subtype)", bleed)) if values is not None}
+    grouping = embedding_grouping(tables[grouped], subtypes, k=10)
     comparison = pd.concat([retrieval_comparison(by_model[m], by_model["random init"], n_boot=P.n_bootstrap,
                                                  n_perm=P.n_permutations, seed=seed).assign(model_a=m, model_b="random init")
                             for m in by_model if m != "random init"] or [pd.DataFrame()], ignore_index=True)
