@@ -302,8 +302,8 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
     from .models.checkpoints import read_checkpoint_config
     hparams = json.loads(json.dumps(asdict(HParams.from_profile(p))))  # as stored: tuples become lists
     pretrained = checkpoint_signature(encoder)  # the weights, wherever they lie
-    if out.exists() and {k: read_checkpoint_config(out).get(k) for k in ("hparams", "pretrained")} == {
-            "hparams": hparams, "pretrained": pretrained}:
+    kept = read_checkpoint_config(out) if out.exists() else {}
+    if (kept.get("hparams"), kept.get("pretrained")) == (hparams, pretrained):
         return out  # else it was fine-tuned from other weights or under other settings: derive it again
     _, classifier = run_protocol(dataset, task, "finetune", str(encoder), p, train_filter=train_filter, seed=seed,
                                  spec=spec, progress=False, return_model=True, run_root=runs / "downstream")

@@ -17,13 +17,12 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fmct_lib.downstream.runs import (checkpoint_signature, default_run_name, trained_model_path,
                                       training_signature)
-from fmct_lib.io import atomic_path, atomic_write_text
-from fmct_lib.models.checkpoints import read_checkpoint_config
+from fmct_lib.io import atomic_write_text
+from fmct_lib.models.checkpoints import read_checkpoint_config, save_checkpoint
 from fmct_lib.paths import runs_root
 
 
@@ -41,14 +40,10 @@ def _new_signature(signature: dict, missing: set) -> dict | None:
 
 
 def _relabel(path: Path, dest: Path, update) -> None:
-    """Write the safetensors ``path`` to ``dest`` with its ``fmct_config`` metadata passed through ``update``."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    meta["fmct_config"] = json.dumps(update(json.loads(meta["fmct_config"])), sort_keys=True)
+    """Write our checkpoint ``path`` to ``dest`` with its configuration passed through ``update``."""
     tensors = load_file(str(path))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_checkpoint(dest, tensors, update(read_checkpoint_config(path)))
 
 
 def main(argv=None) -> int:
@@ -86,7 +81,7 @@ def main(argv=None) -> int:
         signature = _new_signature(kept["signature"], missing)
         if signature is None:
             continue
-        target = trained_model_path({**signature, "eval_dataset": "", "eval_split": "", "eval_filter": None}, downstream)
+        target = trained_model_path(signature, downstream)
         if target.exists():
             print(f"left: {model} (its new place {target} is taken)")
             continue

@@ -24,8 +24,8 @@ import pandas as pd
 from fmct_lib import pipeline
 from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.paths import figures_root
-from fmct_lib.train.release import (RELEASE_FILE, ReleaseCorrupt, encoders_root, release_name, release_run,
-                                    sha256_of, verify_release, write_model_card)
+from fmct_lib.train.release import (RELEASE_FILE, ReleaseCorrupt, encoders_root, final_teacher_entropy, release_name,
+                                    release_run, sha256_of, verify_release, write_model_card)
 
 DATASET = "synthetic"
 METHODS = ("dino", "mae", "vicreg")
@@ -60,10 +60,8 @@ def issue_24_targets(dest: Path, profile, figures: Path) -> pd.DataFrame:
     CSVs), `tools/probe_encoders.py` (docs/measurements/) and each DINO release's pretraining log."""
     rows = []
     uniform = float(np.log(profile.dino_out_dim))
-    dino = dest / release_name(DATASET, "dino", 1.0, profile, 0) / "metrics.csv"
-    if dino.exists():
-        h = pd.read_csv(dino)["teacher_entropy"].dropna()
-        h = float(h.tail(max(1, len(h) // 10)).mean())
+    h = final_teacher_entropy(dest / release_name(DATASET, "dino", 1.0, profile, 0))
+    if h is not None:
         rows.append({"target": "DINO's teacher leaves the uniform output (entropy, last 10% of steps)",
                      "ours": f"{h:.3f} nats", "against": f"uniform {uniform:.3f}", "p_value": np.nan,
                      "met": h < 0.99 * uniform})

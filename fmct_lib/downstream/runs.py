@@ -242,7 +242,6 @@ def default_run_name(signature: dict, evaluation: bool = True) -> str:
     train = s["dataset"] + (f"[{_filter_tag(s['train_filter'])}]" if s["train_filter"] else "")
     if s["train_scans"]:
         train += f"[scans={s['train_scans']}]"
-    tested = s["eval_dataset"] + (f"[{_filter_tag(s['eval_filter'])}]" if s["eval_filter"] else "")
     defaults = asdict(HParams.from_profile(s["profile"]))
     tuned = {k: v for k, v in s["hparams"].items() if k != "flip_axes" and defaults.get(k) != v}
     from ..data.preprocess import paper_spec
@@ -253,7 +252,11 @@ def default_run_name(signature: dict, evaluation: bool = True) -> str:
     suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
     encoder = _encoder_tag(s["encoder"]) if get_protocol(s["protocol"]).needs_encoder else s["protocol"]
     protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
-    data = f"{train}__{tested}-{s['eval_split']}" if evaluation else train
+    if evaluation:
+        tested = s["eval_dataset"] + (f"[{_filter_tag(s['eval_filter'])}]" if s["eval_filter"] else "")
+        data = f"{train}__{tested}-{s['eval_split']}"
+    else:
+        data = train
     return f"{s['profile']}/{encoder}/{data}/{s['task']}/{protocol}/seed{s['seed']}{suffix}"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..downstream.embeddings import embedding_vectors
 from ..evaluate import neighbour_agreement, paired_comparison, retrieval_summary, retrieve_all_vs_all
 from ..models.external import ExternalRef
 from .paper import PAPER_DATASET_NAMES, describe_paper_value
@@ -112,7 +113,7 @@ def retrieval_by_model(tables: dict, subtypes, ks, n_boot: int, seed: int = 0,
     out only the query."""
     per_query, summaries = [], []
     for label, table in tables.items():
-        vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+        vectors = embedding_vectors(table)[0]
         q = retrieve_all_vs_all(vectors, table[list(subtypes)], ks=tuple(ks), scan_ids=table["scan_id"],
                                 groups=table["patient_id"] if patient_disjoint else None)
         per_query.append(q.assign(model=label))
@@ -124,7 +125,7 @@ def embedding_grouping(table: pd.DataFrame, subtypes, k: int = 10) -> dict[str, 
     """What an embedding (a ``downstream.embed`` table) groups scans by: ``evaluate.neighbour_agreement`` for the
     scanner make, the slice thickness and bleeding (positive for any of ``subtypes``), each where more than ``k``
     scans have a value and not all the same one (a dataset without them says nothing)."""
-    vectors = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+    vectors = embedding_vectors(table)[0]
     columns = [c for c in subtypes if c in table]
     bleed = table[columns].apply(pd.to_numeric, errors="coerce").max(axis=1) if columns else None
     attributes = {"scanner make": table.get("manufacturer"), "slice thickness": table.get("slice_thickness_mm"),

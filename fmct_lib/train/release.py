@@ -42,8 +42,8 @@ from .loop import DONE_FILE, micro_batches
 from .methods import get_method
 from .trainer import ENCODER_FILE, default_run_dir, pretrain_on, pretraining_scan_ids, run_config
 
-__all__ = ["encoders_root", "release_name", "release_run", "released_encoder", "verify_release", "list_releases",
-           "write_model_card", "replay_first_steps", "replay_many", "ReleaseCorrupt", "RELEASE_FILE", "CARD_FILE"]
+__all__ = ["encoders_root", "final_teacher_entropy", "release_name", "release_run", "released_encoder",
+           "verify_release", "list_releases", "write_model_card", "replay_first_steps", "replay_many", "ReleaseCorrupt", "RELEASE_FILE", "CARD_FILE"]
 
 RELEASE_FILE = "release.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -52,6 +52,17 @@ COPIED_FILES = (ENCODER_FILE, "config.json", "metrics.csv")  # from the run dire
 
 class ReleaseCorrupt(RuntimeError):
     """A released encoder whose files do not match its ``release.json`` (tampered with, or half copied)."""
+
+
+def final_teacher_entropy(folder) -> float | None:
+    """The DINO teacher's output entropy over the last 10% of the logged steps of a pretraining run or release
+    ``folder`` (its ``metrics.csv``); None where it logged none (another method, or no log)."""
+    log = Path(folder) / "metrics.csv"
+    if not log.exists():
+        return None
+    metrics = pd.read_csv(log)
+    entropy = metrics["teacher_entropy"].dropna() if "teacher_entropy" in metrics else pd.Series(dtype=float)
+    return float(entropy.tail(max(1, len(entropy) // 10)).mean()) if len(entropy) else None
 
 
 def release_name(dataset: str, method: str, fraction: float, profile, seed: int) -> str:

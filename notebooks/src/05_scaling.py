@@ -59,9 +59,9 @@ if parts.runs("probes"):
             preds = S.sweep(tasks, [protocol], encoder, eval_filter=eval_filter or S.site_filter, progress=False)
             rows.append(preds.assign(method=method, fraction=fraction, evaluation=evaluation))
     # whether DINO learnt: its teacher's output entropy at the end of pretraining, from each encoder's log
-    logs = {f: encoder.parent / "metrics.csv" for (m, f), encoder in encoders.items() if m == "dino"}
-    teacher = {f: pd.read_csv(log)["teacher_entropy"].dropna() for f, log in logs.items() if log.exists()}
-    teacher = {f: h.tail(max(1, len(h) // 10)).mean() for f, h in teacher.items() if len(h)}
+    from fmct_lib.train.release import final_teacher_entropy
+    teacher = {f: final_teacher_entropy(encoder.parent) for (m, f), encoder in encoders.items() if m == "dino"}
+    teacher = {f: h for f, h in teacher.items() if h is not None}
 
 # %%
 from fmct_lib.evaluate import bootstrap_ci, paired_comparison
