@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 27 in one command: the DINO pretraining throughput of the 3-D ViT-B/12 against
+# the target (>= 90 scans/s end to end on one H100), the MAE step, and Extended Data Fig. 5 (every architecture's
+# scans/s and peak memory at the paper's input size, bf16 autocast with fused attention).
+#
+#     bench/gpu.sh [OUTDIR]            # default runs/bench_gpu; ~5 min on an H100
+#
+# Each step writes its own log under OUTDIR and has its own time limit, so one that fails (a package missing,
+# out of memory) leaves the others' numbers; DINO's step retries at half the batch when the paper's 64 does not
+# fit. A machine without network: put wheels of what its Python lacks (monai, for CT-FM, Merlin and ResNet-50-3D)
+# in a folder and set FMCT_WHEELS to it. Without a GPU the scripts measure the demo profile on the CPU instead.
+set -u
+out=${1:-runs/bench_gpu}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+if [ -n "${FMCT_WHEELS:-}" ]; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/fmct_site "$FMCT_WHEELS"/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/fmct_site"
+fi
+
+step() {  # step NAME SECONDS COMMAND...: run it with a time limit, keep its log, show its end
+  local name=$1 limit=$2; shift 2
+  echo "== $name: $*"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$name.log"
+  echo "== $name: exit $rc$([ $rc = 124 ] && echo " (stopped at its ${limit} s limit)")"
+  return $rc
+}
+
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU', torch.cuda.is_available())"
+} > "$out/machine.log" 2>&1
+cat "$out/machine.log"
+
+step dino 240 "$py" bench/architectures.py --architectures vit --repeats 3
+if grep -q "OutOfMemoryError" "$out/dino.log"; then
+  step dino_half_batch 240 "$py" bench/architectures.py --architectures vit --repeats 3 --dino-batch 32
+fi
+step mae 120 "$py" bench/pretrain.py --methods mae
+step architectures 300 "$py" bench/architectures.py --no-dino
+echo "logs in $out"
