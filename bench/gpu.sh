@@ -7,8 +7,8 @@
 #
 # Each step writes its own log under OUTDIR and has its own time limit, so one that fails (a package missing,
 # out of memory) leaves the others' numbers; DINO's step retries at half the batch when the paper's 64 does not
-# fit. A machine without network: put wheels of what its Python lacks (monai, for CT-FM, Merlin and ResNet-50-3D)
-# in a folder and set FMCT_WHEELS to it. Without a GPU the scripts measure the demo profile on the CPU instead.
+# fit. A machine without network: put wheels of the fmct dependencies its Python lacks in a folder and set FMCT_WHEELS
+# to it (a stock CUDA PyTorch image typically lacks monai, platformdirs, nibabel and pydicom). Without a GPU the scripts measure the demo profile on the CPU instead.
 set -u
 out=${1:-runs/bench_gpu}
 py=${PYTHON:-python3}
