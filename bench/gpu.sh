@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 27 in one command: the DINO pretraining throughput of the 3-D ViT-B/12 against
-# the target (>= 90 scans/s end to end on one H100), the MAE step, and Extended Data Fig. 5 (every architecture's
-# scans/s and peak memory at the paper's input size, bf16 autocast with fused attention).
+# the target (>= 90 scans/s end to end on one H100), the MAE step, Extended Data Fig. 5 (every architecture's
+# scans/s and peak memory at the paper's input size, bf16 autocast with fused attention), and downstream training
+# (`fit`) in fp32 against bf16 autocast at the demo and paper sizes.
 #
 #     bench/gpu.sh [OUTDIR]            # default runs/bench_gpu; ~5 min on an H100
 #
@@ -41,4 +42,5 @@ if grep -q "OutOfMemoryError" "$out/dino.log"; then
 fi
 step mae 120 "$py" bench/pretrain.py --methods mae
 step architectures 300 "$py" bench/architectures.py --no-dino
+step precision 180 "$py" bench/precision.py --profiles demo paper
 echo "logs in $out"

@@ -25,7 +25,8 @@ import torch
 
 from fmct_lib.config import get_profile
 from fmct_lib.data.augment import AugmentConfig, mae_view, multicrop_views
-from fmct_lib.train.loop import _autocast_for, _collate, make_optimizer
+from fmct_lib.precision import autocast_for
+from fmct_lib.train.loop import _collate, make_optimizer
 from fmct_lib.train.methods import get_method
 from fmct_lib.train.trainer import run_config
 
@@ -70,7 +71,7 @@ def bench(method: str, profile, batch: int, steps: int, device: torch.device, pe
     augment = AugmentConfig.from_profile(profile, **Method.crops(run))
     task = Method(profile, augment, run).to(device)
     opt = make_optimizer(task.model, run["lr"], run["weight_decay"], run["betas"])
-    autocast, _ = _autocast_for(device)
+    autocast, _ = autocast_for(device)
     gen = torch.Generator().manual_seed(0)
     data, source = _canvases(profile, batch * (steps + 1))
     loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=_collate, num_workers=2,

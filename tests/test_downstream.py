@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fmct_lib import downstream
+from fmct_lib import downstream, precision
 from fmct_lib.data import inputs
 from fmct_lib.downstream import embeddings as embed_module, protocols, runs as runs_module
 from fmct_lib.downstream import histogram
@@ -191,6 +191,65 @@ def test_fit_without_a_two_class_validation_split_trains_to_the_cap():
                                 val_labels=val_labels, progress=False)
         assert stopping.reason == "cap: no validation AUROC" and len(history) == 3 and stopping.best_epoch is None
         assert "val_auroc" not in history[-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fit_and_predict_under_a_gpus_autocast(monkeypatch, dtype):
+    """The GPU path (``precision.autocast_for`` on CUDA: bf16, or fp16 with a loss scaler) run on the CPU's
+    autocast: the forward passes compute in ``dtype``, the weights stay fp32, the model learns as in fp32, and its
+    probabilities match an fp32 pass of the same model to the precision of ``dtype``."""
+    from fmct_lib.downstream import training as fit_module
+    scaled = dtype == torch.float16
+    monkeypatch.setattr(fit_module, "autocast_for", lambda device: (lambda: torch.autocast("cpu", dtype=dtype), scaled))
+    scalers = []
+    real_scaler = torch.amp.GradScaler
+
+    def recording_scaler(device, enabled):
+        scalers.append((device, enabled))
+        return real_scaler(device, enabled=enabled)
+    monkeypatch.setattr(fit_module.torch.amp, "GradScaler", recording_scaler)
+    y_train, y_val, y_test = np.array([0, 0, 0, 1] * 12), np.array([0, 1] * 8), np.array([0, 1] * 10)
+    train, val, test = (VolumeSource(volumes_for(y, s)) for y, s in ((y_train, 1), (y_val, 2), (y_test, 3)))
+    model = tiny_model("attentive")
+    seen = []
+    model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    hp = HParams(max_epochs=6, patience=6, batch_size=8, subset=32, lr_head=1e-2, lr_encoder=1e-3)
+    history, _ = fit(model, train, y_train, hp, frozen=False, val=val, val_labels=y_val, progress=False)
+    assert scalers == [("cpu", scaled)] and set(seen) == {dtype}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(np.isfinite(h["loss"]) for h in history)
+    reduced = predict(model, test, 8)
+    assert reduced.dtype == np.float64 and auroc(y_test, reduced) > 0.8
+    monkeypatch.setattr(fit_module, "autocast_for", precision.autocast_for)  # the CPU's own: fp32
+    assert np.abs(predict(model, test, 8) - reduced).max() < (0.05 if dtype == torch.bfloat16 else 0.01)
+
+
+def test_autocast_per_device(monkeypatch):
+    """fp32 on the CPU; on CUDA bf16 where supported, else fp16 with a loss scaler (the names say which)."""
+    import contextlib
+    factory, scaled = precision.autocast_for("cpu")
+    assert factory is contextlib.nullcontext and not scaled and precision.precision_name("cpu") == "float32"
+    for bf16, name in ((True, "bfloat16 autocast"), (False, "float16 autocast")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        assert precision.autocast_for("cuda:0")[1] is not bf16 and precision.precision_name("cuda") == name
+
+
+def test_features_under_autocast_are_cached_apart_from_fp32_ones(monkeypatch, tmp_path):
+    """Tokens computed in bf16 (a GPU) and in fp32 (a CPU) differ: each is cached under its own key and neither
+    is read back for the other."""
+    from fmct_lib.downstream import features
+    features._HELD.clear()
+    encoder = tiny_model().encoder
+    source = VolumeSource(volumes_for(np.array([0, 1] * 3), 0), key="six-volumes")
+    fp32 = features.encoder_tokens(encoder, "enc", source, 4, cache=tmp_path)
+    monkeypatch.setattr(features, "precision_name", lambda device: "bfloat16 autocast")
+    monkeypatch.setattr(features, "autocast_for", lambda device: (lambda: torch.autocast("cpu", dtype=torch.bfloat16), False))
+    bf16 = features.encoder_tokens(encoder, "enc", source, 4, cache=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc@bfloat16"]
+    assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max()
+    features._HELD.clear()
+    assert torch.equal(features.encoder_tokens(encoder, "enc", source, 4, cache=tmp_path), bf16)  # read back
+    features._HELD.clear()
 
 
 # ---------------------------------------------------------------------------------- run_protocol
@@ -381,6 +440,7 @@ def test_every_model_stops_by_one_rule_recorded_in_its_run(toy_world):
         s = config["stopping"]
         assert s["stopped_epoch"] == len(config["history"]) and s["stopped_step"] == s["stopped_epoch"] * 4
         assert s["best_val_auroc"] == max(h["val_auroc"] for h in config["history"])
+        assert (config["device"], config["precision"]) == ("cpu", "float32")  # what it computed in
         stops[config["signature"]["protocol"], config["signature"]["hparams"]["patience"]] = s
     assert sorted(stops) == [("finetune", 1), ("finetune", 2), ("scratch", 1), ("scratch", 2)]
     for protocol in ("finetune", "scratch"):  # patience 1: stops one epoch after its best, or at the cap of 4

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..data.inputs import VolumeSource, hold
 from ..io import atomic_path
 from ..models.external import ExternalRef
+from ..precision import autocast_for, precision_name
 
 __all__ = ["encoder_id", "encoder_tokens"]
 
@@ -56,6 +57,9 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
 
     Reused from this process or from ``cache`` where the same encoder (``identity``) saw the same inputs
     (``source.key``); computed (and stored there) otherwise. A source without a key is not cached."""
+    numerics = precision_name(device)
+    if numerics != "float32":  # a GPU's bf16 tokens are not the CPU's fp32 ones: kept apart
+        identity = f"{identity}@{numerics.split()[0]}"
     held = (identity, source.key) if source.key else None
     if held in _HELD:
         _HELD.move_to_end(held)
@@ -67,8 +71,11 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
         tokens = load_file(str(path))["tokens"]
     else:
         encoder.to(device).eval()
-        batches = [encoder.forward_features(x.to(device)).float().cpu()
-                   for x in source.batches(range(len(source)), batch_size)]
+        autocast, _ = autocast_for(device)
+        batches = []
+        for x in source.batches(range(len(source)), batch_size):
+            with autocast():
+                batches.append(encoder.forward_features(x.to(device)).float().cpu())
         tokens = torch.cat(batches) if batches else torch.zeros(0)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ from ..io import LOCK_FILE, atomic_write_text, exclusive_lock
 from ..models.external import ExternalRef
 from ..models.external.reference import EXTERNAL_PREFIX
 from ..models.heads import Classifier
+from ..precision import precision_name
 from .features import encoder_id
 from .training import HParams, fewshot_draw
 from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
@@ -155,6 +156,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                   "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
                   else list(train["scan_id"].iloc[job.train_indices].astype(str)),
                   "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict(),
+                  "device": job.device, "precision": precision_name(job.device),
                   "split_warning": predictions["split_warning"].iloc[0],
                   **({"external_encoder": encoder.to_dict()} if external else {})}
         atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))

@@ -6,6 +6,7 @@ intensity offsets (``augment_batch``), AdamW with a one-epoch warm-up and cosine
 convergence rule for every model (``Stopping``): score the validation split after every epoch, keep the best
 state, stop when the validation AUROC has not improved for ``patience`` epochs, and never train past
 ``max_epochs`` (the cap). The deep protocols (``protocols``: fine-tuned, probes, scratch, few-shot) train with it.
+On a CUDA GPU the forward passes run under bf16 autocast (``precision.autocast_for``); fp32 on the CPU.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..config import get_profile
 from ..data.inputs import ProtocolSkipped, VolumeSource
 from ..evaluate.metrics import auroc
 from ..models.heads import Classifier
+from ..precision import autocast_for
 from ..train.schedules import warmup_cosine
 
 __all__ = ["HParams", "Stopping", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
@@ -113,8 +115,13 @@ def _optimizer(model: Classifier, hp: HParams, frozen: bool) -> torch.optim.Opti
 def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=None, device="cpu") -> np.ndarray:
     """P(positive) = softmax(logits)[:, 1] for every scan of ``source`` (or ``indices``)."""
     model.eval()
+    autocast, _ = autocast_for(device)
     indices = range(len(source)) if indices is None else indices
-    out = [F.softmax(model(x.to(device)), dim=1)[:, 1].cpu() for x in source.batches(indices, batch_size)]
+    out = []
+    for x in source.batches(indices, batch_size):
+        with autocast():
+            logits = model(x.to(device))
+        out.append(F.softmax(logits.float(), dim=1)[:, 1].cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -153,6 +160,8 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     for p in model.encoder.parameters():
         p.requires_grad_(not frozen)
     opt = _optimizer(model, hp, frozen)
+    autocast, needs_scaler = autocast_for(device)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=needs_scaler)
     rows = np.arange(len(labels)) if train_indices is None else np.asarray(train_indices)
     per_epoch = hp.subset or len(rows)
     steps_per_epoch = max(1, -(-per_epoch // hp.batch_size))
@@ -174,14 +183,18 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             y = torch.as_tensor(labels[idx], device=device)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, total, warmup, group["peak"], 0.0)
-            loss = F.cross_entropy(model(x), y)
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if hp.clip_grad:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.head.parameters(), hp.clip_grad)
                 if not frozen:
                     torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), hp.clip_grad)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             losses.append(loss.item())
             step += 1
         record = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else float("nan")}

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
+from ..precision import autocast_for
 from ..progress import tqdm
 
 from ..io import atomic_path, atomic_write_text
@@ -81,14 +82,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
             decay.append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
-
-
-def _autocast_for(device: torch.device):
-    """(autocast context factory, needs a loss scaler): bf16 or fp16 on CUDA, nothing on the CPU."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
-    return contextlib.nullcontext, False
 
 
 # ------------------------------------------------------------------------------------------- state files
@@ -171,7 +164,7 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(task.model, config["lr"], config["weight_decay"], config["betas"])
-    autocast, needs_scaler = _autocast_for(device)
+    autocast, needs_scaler = autocast_for(device)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
     generator = torch.Generator().manual_seed(config["seed"])
 

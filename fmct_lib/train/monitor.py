@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from ..precision import autocast_for
+
 __all__ = ["KnnMonitor", "knn_scores"]
 
 K, TEMPERATURE = 20, 0.07  # DINO's kNN
@@ -58,7 +60,12 @@ class KnnMonitor:
     @torch.no_grad()
     def _embed(self, encoder, source, device) -> torch.Tensor:
         src, rows = source
-        return torch.cat([encoder(x.to(device)).float().cpu() for x in src.batches(range(len(rows)), 32)])
+        autocast, _ = autocast_for(device)
+        out = []
+        for x in src.batches(range(len(rows)), 32):
+            with autocast():
+                out.append(encoder(x.to(device)).float().cpu())
+        return torch.cat(out)
 
     def __call__(self, encoder, device="cpu") -> dict:
         if not self.tasks:
