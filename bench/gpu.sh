@@ -2,9 +2,11 @@
 # The GPU measurements of issue 27 in one command: the DINO pretraining throughput of the 3-D ViT-B/12 against
 # the target (>= 90 scans/s end to end on one H100), the MAE step, Extended Data Fig. 5 (every architecture's
 # scans/s and peak memory at the paper's input size, bf16 autocast with fused attention), and downstream training
-# (`fit`) in fp32 against bf16 autocast at the demo and paper sizes.
+# (`fit`) in fp32 against bf16 autocast at the demo and paper sizes; and, after DINO's step, the library end to end
+# on toy volumes (cohort, cache, DINO pretraining, fine-tuned / scratch / probes / few-shot, embeddings) on the GPU,
+# each run recording the precision it computed in.
 #
-#     bench/gpu.sh [OUTDIR]            # default runs/bench_gpu; ~5 min on an H100
+#     bench/gpu.sh [OUTDIR]            # default runs/bench_gpu; ~6 min on an H100 (estimated)
 #
 # Each step writes its own log under OUTDIR and has its own time limit, so one that fails (a package missing,
 # out of memory) leaves the others' numbers; DINO's step retries at half the batch when the paper's 64 does not
@@ -40,6 +42,18 @@ step dino 240 "$py" bench/architectures.py --architectures vit --repeats 3
 if grep -q "OutOfMemoryError" "$out/dino.log"; then
   step dino_half_batch 240 "$py" bench/architectures.py --architectures vit --repeats 3 --dino-batch 32
 fi
+smoke() {  # the library end to end on toy volumes, in this device's precision: cohort, cache, DINO, downstream, embed
+  export FMCT_DATA="$out/smoke/data" FMCT_CACHE="$out/smoke/cache" FMCT_RUNS="$out/smoke/runs"
+  local fmct="$py -m fmct_lib.cli" enc="$out/smoke/runs/pretrain/synthetic_dino_f1_toy_s0/encoder.safetensors"
+  $fmct synth --profile toy && $fmct cache --dataset synthetic --profile toy && $fmct pretrain --method dino --profile toy \
+    && $fmct finetune --profile toy --task ich,sah --protocol finetune --protocol scratch --protocol linear \
+         --protocol attentive --encoder "$enc" \
+    && $fmct finetune --profile toy --task ich --protocol fewshot --shots 4 --encoder "$enc" \
+    && $fmct embed --profile toy --encoder "$enc" --out "$out/smoke/embeddings.csv" \
+    && grep -rh '"precision"' "$out/smoke/runs/downstream" | sort | uniq -c
+}
+export -f smoke; export out py
+step smoke 240 bash -c smoke
 step mae 120 "$py" bench/pretrain.py --methods mae
 step architectures 300 "$py" bench/architectures.py --no-dino
 step precision 180 "$py" bench/precision.py --profiles demo paper
