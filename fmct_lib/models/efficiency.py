@@ -12,8 +12,8 @@ rise, during a step, of the device's peak memory over its memory in use just bef
 gradients, temporaries; so that a library's first import or lazily loaded kernels are not counted), the least of up
 to three steps (on a CPU, whether a freed buffer is reused or mapped anew varies from step to step, and only adds):
 
-- CUDA: bf16 autocast (``scaled_dot_product_attention`` dispatches to its fused kernels); the peak is
-  ``torch.cuda.max_memory_allocated`` (the allocator's cache is not counted).
+- CUDA: bf16 autocast (``precision.autocast_for``; ``scaled_dot_product_attention`` dispatches to its fused
+  kernels); the peak is ``torch.cuda.max_memory_allocated`` (the allocator's cache is not counted).
 - CPU: fp32; the peak is the process's peak resident memory (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``
   just before the step, free heap returned to the system with ``malloc_trim`` first), so the allocator's slack is
   counted. NaN where the system has no such counter.
@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig, Profile, get_profile, patch_variant
+from ..precision import autocast_for, precision_name
 
 __all__ = ["MODES", "Candidate", "vit_flops", "patch_cost", "dividing_patches", "counted_flops", "cpu_name",
            "machine_name", "vit_candidate", "candidates", "measure", "measure_architectures", "relative_to"]
@@ -246,15 +247,14 @@ def _proc_status(field: str) -> float:
 
 
 def _step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if x.device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast, _ = autocast_for(x.device)
     if mode == "forward":
         def step():
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast():
                 model.forward_features(x)
     elif mode == "forward+backward":
         def step():
-            with autocast:
+            with autocast():
                 out = model.forward_features(x)
             out.float().mean().backward()
             model.zero_grad(set_to_none=True)
@@ -282,7 +282,7 @@ def measure(cands: list[Candidate], *, batch_size: int = 1, repeats: int = 3, wa
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     memory = _PeakMemory(device)
     common = {"batch_size": batch_size, "device": device.type, "machine": machine_name(device),
-              "torch": torch.__version__, "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32",
+              "torch": torch.__version__, "dtype": precision_name(device),
               "memory": memory.source, "repeats": repeats, "warmup": warmup}
     rows, built = {}, []
     torch.manual_seed(seed)
