@@ -39,13 +39,13 @@ def bf16_on(device: torch.device):
 
 @contextlib.contextmanager
 def training_in(autocast):
-    """``downstream.training`` (``fit``, ``predict``) computing under ``autocast`` in place of the device's own."""
-    original = training.autocast_for
-    training.autocast_for = lambda device: autocast
+    """fmct (``fit``, ``predict``) computing under ``autocast`` in place of the device's own."""
+    original = precision.autocast_for
+    precision.autocast_for = lambda device: autocast
     try:
         yield
     finally:
-        training.autocast_for = original
+        precision.autocast_for = original
 
 
 def train_and_time(profile, x, y, device, autocast, steps: int, batch_size: int) -> tuple[Classifier, float, float]:

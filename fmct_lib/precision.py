@@ -8,26 +8,42 @@ demo's results bit-for-bit reproducible. Weights, optimiser states and outputs h
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterable
 
 import torch
 
-__all__ = ["autocast_for", "precision_name"]
+__all__ = ["autocast_for", "precision_name", "infer"]
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device``; None for plain fp32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def autocast_for(device: "torch.device | str") -> tuple[Callable[[], ContextManager], bool]:
     """(a factory of the autocast context for ``device``, whether the backward pass needs a loss scaler)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
-    return contextlib.nullcontext, False
+    dtype = _autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext, False
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
 
 
 def precision_name(device: "torch.device | str") -> str:
     """What ``autocast_for(device)`` computes in: ``float32``, ``bfloat16 autocast`` or ``float16 autocast``
     (recorded with results; part of the key of cached features, which differ between the three)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "float32"
-    return f"{'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'} autocast"
+    dtype = _autocast_dtype(torch.device(device))
+    return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+
+
+def infer(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[torch.Tensor],
+          device: "torch.device | str") -> list[torch.Tensor]:
+    """``fn`` of each batch moved to ``device``, under its autocast, each output back as fp32 on the CPU."""
+    autocast, _ = autocast_for(device)
+    out = []
+    for x in batches:
+        with autocast():
+            out.append(fn(x.to(device)).float().cpu())
+    return out

@@ -200,7 +200,8 @@ def test_fit_and_predict_under_a_gpus_autocast(monkeypatch, dtype):
     probabilities match an fp32 pass of the same model to the precision of ``dtype``."""
     from fmct_lib.downstream import training as fit_module
     scaled = dtype == torch.float16
-    monkeypatch.setattr(fit_module, "autocast_for", lambda device: (lambda: torch.autocast("cpu", dtype=dtype), scaled))
+    fp32 = precision.autocast_for
+    monkeypatch.setattr(precision, "autocast_for", lambda device: (lambda: torch.autocast("cpu", dtype=dtype), scaled))
     scalers = []
     real_scaler = torch.amp.GradScaler
 
@@ -220,7 +221,7 @@ def test_fit_and_predict_under_a_gpus_autocast(monkeypatch, dtype):
     assert all(np.isfinite(h["loss"]) for h in history)
     reduced = predict(model, test, 8)
     assert reduced.dtype == np.float64 and auroc(y_test, reduced) > 0.8
-    monkeypatch.setattr(fit_module, "autocast_for", precision.autocast_for)  # the CPU's own: fp32
+    monkeypatch.setattr(precision, "autocast_for", fp32)  # the CPU's own: fp32
     assert np.abs(predict(model, test, 8) - reduced).max() < (1e-2 if dtype == torch.bfloat16 else 1e-3)
 
 
@@ -243,7 +244,7 @@ def test_features_under_autocast_are_cached_apart_from_fp32_ones(monkeypatch, tm
     source = VolumeSource(volumes_for(np.array([0, 1] * 3), 0), key="six-volumes")
     fp32 = features.encoder_tokens(encoder, "enc", source, 4, cache=tmp_path)
     monkeypatch.setattr(features, "precision_name", lambda device: "bfloat16 autocast")
-    monkeypatch.setattr(features, "autocast_for", lambda device: (lambda: torch.autocast("cpu", dtype=torch.bfloat16), False))
+    monkeypatch.setattr(precision, "autocast_for", lambda device: (lambda: torch.autocast("cpu", dtype=torch.bfloat16), False))
     bf16 = features.encoder_tokens(encoder, "enc", source, 4, cache=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc@bfloat16"]
     assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max()

@@ -23,7 +23,7 @@ from ..config import get_profile
 from ..data.inputs import ACQUISITION_COLUMNS, VolumeSource, select_rows, volume_source
 from ..io import atomic_path, atomic_write_text
 from ..models.external import ExternalRef
-from ..precision import autocast_for
+from ..precision import infer
 from .protocols import encoder_module
 
 __all__ = ["embed", "write_embeddings", "read_embeddings", "embedding_vectors", "protocol_labels", "separability",
@@ -55,12 +55,8 @@ def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None =
             spec = paper_spec(profile)
         source, table = volume_source(dataset, table, spec)
     batch_size = batch_size or profile.finetune_batch_size
-    autocast, _ = autocast_for(device)
-    vectors = []
-    for x in tqdm(source.batches(range(len(table)), batch_size), total=-(-len(table) // batch_size),
-                  desc=f"embed {dataset}", disable=not progress):
-        with autocast():
-            vectors.append(model(x.to(device)).float().cpu())
+    vectors = infer(model, tqdm(source.batches(range(len(table)), batch_size), total=-(-len(table) // batch_size),
+                                desc=f"embed {dataset}", disable=not progress), device)
     vectors = torch.cat(vectors).numpy() if vectors else np.zeros((0, model.embed_dim), np.float32)
     try:
         tasks = dataset_info(dataset)["tasks"]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..data.inputs import VolumeSource, hold
 from ..io import atomic_path
 from ..models.external import ExternalRef
-from ..precision import autocast_for, precision_name
+from ..precision import infer, precision_name
 
 __all__ = ["encoder_id", "encoder_tokens"]
 
@@ -71,11 +71,7 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
         tokens = load_file(str(path))["tokens"]
     else:
         encoder.to(device).eval()
-        autocast, _ = autocast_for(device)
-        batches = []
-        for x in source.batches(range(len(source)), batch_size):
-            with autocast():
-                batches.append(encoder.forward_features(x.to(device)).float().cpu())
+        batches = infer(encoder.forward_features, source.batches(range(len(source)), batch_size), device)
         tokens = torch.cat(batches) if batches else torch.zeros(0)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

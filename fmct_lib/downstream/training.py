@@ -22,7 +22,7 @@ from ..config import get_profile
 from ..data.inputs import ProtocolSkipped, VolumeSource
 from ..evaluate.metrics import auroc
 from ..models.heads import Classifier
-from ..precision import autocast_for
+from .. import precision
 from ..train.schedules import warmup_cosine
 
 __all__ = ["HParams", "Stopping", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
@@ -115,13 +115,8 @@ def _optimizer(model: Classifier, hp: HParams, frozen: bool) -> torch.optim.Opti
 def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=None, device="cpu") -> np.ndarray:
     """P(positive) = softmax(logits)[:, 1] for every scan of ``source`` (or ``indices``)."""
     model.eval()
-    autocast, _ = autocast_for(device)
     indices = range(len(source)) if indices is None else indices
-    out = []
-    for x in source.batches(indices, batch_size):
-        with autocast():
-            logits = model(x.to(device))
-        out.append(F.softmax(logits.float(), dim=1)[:, 1].cpu())
+    out = precision.infer(lambda x: F.softmax(model(x).float(), dim=1)[:, 1], source.batches(indices, batch_size), device)
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -160,7 +155,7 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     for p in model.encoder.parameters():
         p.requires_grad_(not frozen)
     opt = _optimizer(model, hp, frozen)
-    autocast, needs_scaler = autocast_for(device)
+    autocast, needs_scaler = precision.autocast_for(device)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=needs_scaler)
     rows = np.arange(len(labels)) if train_indices is None else np.asarray(train_indices)
     per_epoch = hp.subset or len(rows)

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from ..precision import autocast_for
 from ..progress import tqdm
 
 from ..io import atomic_path, atomic_write_text
+from ..precision import autocast_for
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .schedules import warmup_cosine
 

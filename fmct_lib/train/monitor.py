@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from ..precision import autocast_for
+from ..precision import infer
 
 __all__ = ["KnnMonitor", "knn_scores"]
 
@@ -60,12 +60,7 @@ class KnnMonitor:
     @torch.no_grad()
     def _embed(self, encoder, source, device) -> torch.Tensor:
         src, rows = source
-        autocast, _ = autocast_for(device)
-        out = []
-        for x in src.batches(range(len(rows)), 32):
-            with autocast():
-                out.append(encoder(x.to(device)).float().cpu())
-        return torch.cat(out)
+        return torch.cat(infer(encoder, src.batches(range(len(rows)), 32), device))
 
     def __call__(self, encoder, device="cpu") -> dict:
         if not self.tasks:
