@@ -1,7 +1,11 @@
-"""A figure's comparison table (fmct_lib.report.comparisons): the paper's values joined by model and task."""
+"""A figure's comparison table (fmct_lib.report.comparisons): the paper's values joined by model, task, metric
+and K, each with the relation it is printed with."""
 import pandas as pd
 
 from fmct_lib.report import comparisons, paper
+
+PAPER_COLUMNS = ["paper_a", "paper_a_relation", "paper_b", "paper_b_relation", "paper_relative_pct",
+                 "paper_relative_pct_relation", "paper_p", "paper_p_relation"]
 
 
 def test_with_paper_joins_the_papers_numbers_for_the_same_pair_and_save_writes_them(tmp_path):
@@ -12,12 +16,35 @@ def test_with_paper_joins_the_papers_numbers_for_the_same_pair_and_save_writes_t
     reported = paper.paper_values_for("fig1e", "nyu_long_island")
     table = comparisons.with_paper(ours, reported, {"in-domain fine-tuned": "finetune",
                                                     "in-domain scratch": "scratch"})
-    # Fig. 1e, NYU Long Island (paper_values.csv): fine-tuned 0.904 vs scratch 0.748, +20.86% macro-AUC
-    assert table.loc[0, ["paper_a", "paper_b", "paper_relative_pct"]].tolist() == [0.904, 0.748, 20.86]
-    assert table.loc[1, ["paper_a", "paper_b"]].isna().all()   # the paper gives no per-task value here
-    assert pd.isna(table.loc[2, "paper_b"])                     # nor one for external validation
+    # Fig. 1e, NYU Long Island (paper_values.csv): fine-tuned 0.904 vs scratch 0.748, +20.86% macro-AUC, P < 0.001
+    assert table.loc[0, PAPER_COLUMNS].tolist() == [0.904, "=", 0.748, "=", 20.86, "=", 0.001, "<"]
+    assert table.loc[1, ["paper_a", "paper_b", "paper_p"]].isna().all()   # the paper gives no per-task value here
+    assert table.loc[2, ["paper_b", "paper_relative_pct", "paper_p"]].isna().all()  # nor one for external validation
     path = comparisons.save_comparison("fig_x", table, root=tmp_path)
     assert path.name == "fig_x_comparison.csv"
     pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
-    assert comparisons.with_paper(ours.iloc[:0], reported).columns[-3:].tolist() == [
-        "paper_a", "paper_b", "paper_relative_pct"]
+    assert comparisons.with_paper(ours.iloc[:0], reported).columns[-8:].tolist() == PAPER_COLUMNS
+
+
+def test_with_paper_keeps_the_printed_relation_of_a_bound():
+    ours = pd.DataFrame({"model_a": ["fine-tuned"], "model_b": ["scratch"], "task": ["iph"], "metric": ["auroc"]})
+    table = comparisons.with_paper(ours, paper.paper_values_for("fig1e", "rsna"), {"fine-tuned": "finetune"})
+    assert table.loc[0, ["paper_a", "paper_a_relation"]].tolist() == [0.90, ">"]   # RSNA: "> 0.90", not 0.90
+
+
+def test_with_paper_takes_the_ap_gain_and_ap_p_for_ap_rows():
+    ours = pd.DataFrame({"model_a": ["FM-CT", "FM-CT"], "model_b": ["CT-FM", "CT-FM"], "task": ["macro", "macro"],
+                         "metric": ["auroc", "ap"]})
+    table = comparisons.with_paper(ours, paper.paper_values_for("ed_fig3"), {"FM-CT": "fmct", "CT-FM": "ct_fm"})
+    # ED Fig. 3: FM-HCT over CT-FM +9.56% macro-AUROC, +44.60% macro-AP, both P < 0.001
+    assert table.paper_relative_pct.tolist() == [9.56, 44.60]
+    assert table.paper_p.tolist() == [0.001, 0.001] and table.paper_p_relation.tolist() == ["<", "<"]
+
+
+def test_with_paper_matches_few_shot_values_only_at_their_k():
+    ours = pd.DataFrame({"model_a": "pretrained", "model_b": "scratch", "task": "ivh", "metric": "auroc",
+                         "k": ["8", "64", "all"]})
+    table = comparisons.with_paper(ours, paper.paper_values_for("fig2", "rsna"), {"pretrained": "fewshot"})
+    # Fig. 2: IVH on RSNA above 0.90 at K = 8; the paper prints no value at other K nor on all data
+    assert table.loc[0, ["paper_a", "paper_a_relation"]].tolist() == [0.90, ">"]
+    assert table.loc[1:, "paper_a"].isna().all()

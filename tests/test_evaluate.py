@@ -87,6 +87,18 @@ def test_bootstrap_replicates_equal_a_resampling_loop():
             assert reps["ap"][b, t] == pytest.approx(average_precision_score(y[known], s[known]), abs=1e-12)
 
 
+def test_bootstrap_replicates_refuse_a_missing_score_of_a_labelled_scan():
+    labels, scores = synthetic_predictions(n=40)
+    scores[np.flatnonzero(~np.isnan(labels[:, 0]))[0], 0] = np.nan
+    with pytest.raises(ValueError, match="NaN where a label is known"):
+        bootstrap_replicates(labels, scores, n_boot=5)
+    unlabelled = np.isnan(labels)
+    if unlabelled.any():  # a score where no label is known is not used, so NaN there is fine
+        labels, scores = synthetic_predictions(n=40)
+        scores[unlabelled] = np.nan
+        bootstrap_replicates(labels, scores, n_boot=5)
+
+
 def test_bootstrap_ci_table():
     labels, scores = synthetic_predictions()
     df = long_table(labels, scores, ["ich", "sdh", "edema"])
@@ -275,6 +287,26 @@ def test_fewshot_summary_mean_and_t_interval():
         assert summary.loc[key, "mean"] == pytest.approx(v.mean())
         assert summary.loc[key, "ci_low"] == pytest.approx(lo) and summary.loc[key, "ci_high"] == pytest.approx(hi)
         assert summary.loc[key, "n_resamples"] == 5
+
+
+def test_fewshot_macro_is_drawn_only_where_every_task_has_its_runs():
+    """A K too large for one task's positives has no run of it: the macro there is NaN with the task named, not
+    the mean of the other tasks (which would jump to their level); elsewhere the mean of the tasks per resample."""
+    rng = np.random.default_rng(4)
+    y = np.array([0, 1] * 20)
+    rows, aucs = [], {}
+    for task, ks in (("ich", (8, 64, None)), ("sah", (8, None))):   # sah: too few positives for K = 64
+        for k in ks:
+            for seed in range(3):
+                s = y * 0.3 + rng.random(40)
+                aucs[(task, k, seed)] = roc_auc_score(y, s)
+                rows += [{"scan_id": f"s{i}", "task": task, "k": k, "seed": seed, "probability": s[i],
+                          "label": y[i]} for i in range(40)]
+    macro = fewshot_summary(pd.DataFrame(rows)).query("metric == 'auroc' and task == 'macro'").set_index("k")
+    assert np.isnan(macro.loc[64, "mean"]) and macro.loc[64, "reason"] == "no run of sah at this K"
+    for k, key in ((8, 8), (None, "all")):
+        expected = np.mean([(aucs[("ich", k, r)] + aucs[("sah", k, r)]) / 2 for r in range(3)])
+        assert macro.loc[key, "mean"] == pytest.approx(expected) and macro.loc[key, "reason"] == ""
 
 
 def test_paired_runs_matches_runs_by_task_k_and_seed():

@@ -120,9 +120,10 @@ def test_fig1e_states_where_every_model_stopped_and_writes_its_comparison(shared
     assert "Every model trained by one rule" in conclusion and "deep runs stopped at step" in conclusion, conclusion
     table = pd.read_csv(Path(os.environ["FMCT_FIGURES"]) / "fig1e_finetune_vs_scratch__synthetic_toy_comparison.csv")
     assert {"model_a", "model_b", "task", "metric", "a", "b", "difference", "ci_low", "ci_high", "p_value",
-            "paper_a", "paper_b", "paper_relative_pct"} <= set(table.columns)
+            "paper_a", "paper_b", "paper_relative_pct", "paper_p", "paper_p_relation"} <= set(table.columns)
     macro = table[(table.task == "macro") & (table.metric == "auroc") & (table.model_b == "scratch")].iloc[0]
     assert (macro.paper_a, macro.paper_b, macro.paper_relative_pct) == (0.852, 0.734, 16.07)
+    assert (macro.paper_p, macro.paper_p_relation) == (0.001, "<")   # "P < 0.001", as printed
     assert 0 < macro.p_value <= 1 and macro.difference == pytest.approx(macro.a - macro.b)
 
 

@@ -128,6 +128,41 @@ def test_retrieval_comparison_p_is_the_exact_sign_flip_p_and_the_mean_row_pools_
         retrieval_comparison(_per_query(a), _per_query(dict(list(b.items())[:-1])))
 
 
+def test_the_mean_rows_resample_each_query_scan_once_for_all_its_subtypes():
+    """Three subtypes queried by the same 60 scans with the same values: the mean over subtypes is each subtype's
+    value, so its bootstrap CI must be each subtype's CI (resampled per subtype it would be ~1/sqrt(3) as wide)."""
+    rng = np.random.default_rng(0)
+    values = rng.random(60)
+    a = {(s, f"s{i}"): v for s in ("ich", "sah", "ivh") for i, v in enumerate(values)}
+    b = dict.fromkeys(a, 0.5)
+    table = retrieval_comparison(_per_query(a), _per_query(b), n_boot=400, n_perm=50).set_index("subtype")
+    for subtype in ("ich", "sah", "ivh"):
+        assert table.loc["mean", ["ci_low", "ci_high"]].tolist() == pytest.approx(
+            table.loc[subtype, ["ci_low", "ci_high"]].tolist())
+    summary = retrieval_summary(_per_query(a).assign(**{"p@1": 0.0}), n_boot=400)
+    mean, ich = (summary.query(f"subtype == '{s}' and metric == 'map'").iloc[0] for s in ("mean", "ich"))
+    assert [mean.ci_low, mean.ci_high] == pytest.approx([ich.ci_low, ich.ci_high])
+    assert mean.value == pytest.approx(values.mean()) and mean.n_queries == 180
+
+
+def test_the_mean_row_ci_matches_a_brute_force_scan_bootstrap():
+    """Subtypes overlapping in part: the CI of the mean difference against a plain loop that resamples scans."""
+    rng = np.random.default_rng(1)
+    queries = [("ich", f"s{i}") for i in range(40)] + [("sah", f"s{i}") for i in range(20, 50)]
+    a = {q: float(rng.random()) for q in queries}
+    b = {q: float(rng.random()) * 0.8 for q in queries}
+    row = retrieval_comparison(_per_query(a), _per_query(b), n_boot=4000, n_perm=10).set_index("subtype").loc["mean"]
+    scans = sorted({q for _, q in queries})
+    reps = []
+    for _ in range(4000):
+        drawn = rng.choice(scans, size=len(scans))
+        reps.append(np.mean([np.mean([a[(s, q)] - b[(s, q)] for q in drawn if (s, q) in a])
+                             for s in ("ich", "sah")]))
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    width = hi - lo
+    assert row.ci_low == pytest.approx(lo, abs=0.1 * width) and row.ci_high == pytest.approx(hi, abs=0.1 * width)
+
+
 def test_neighbour_agreement_against_brute_force():
     """The share of a scan's k nearest neighbours with its value, and its chance level, by a plain loop."""
     from fmct_lib.evaluate import neighbour_agreement

@@ -4,7 +4,8 @@ Embeddings are L2-normalised and put in a faiss inner-product index (cosine simi
 subtype c, every positive scan for c is a query once, ranked against the whole gallery minus itself;
 an item is relevant when it is also positive for c. Per query, with R relevant items retrieved at
 ranks k_1 < … < k_R, ``AP = (1/R) Σ_i P(k_i)`` and ``P@K`` is the fraction of relevant items in the top K;
-mAP is the mean over queries. CIs come from bootstrapping the queries (scan-level retrievals). Two encoders are
+mAP is the mean over queries. CIs come from bootstrapping the query scans (scan-level retrievals), one draw per
+replicate shared by every subtype, so a mean over subtypes counts each scan once. Two encoders are
 compared on the same queries (``retrieval_comparison``): the difference of their mAPs, its bootstrap CI over the
 queries, and a two-sided paired permutation p that swaps a query scan's two results.
 """
@@ -14,7 +15,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from .stats import _interval, _p_value, relative_improvement
+from .stats import _counts, _interval, _p_value, relative_improvement
 
 __all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement"]
 
@@ -74,35 +75,56 @@ def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[
 
 
 def retrieval_summary(per_query: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
-    """mAP and mean P@K per subtype with a bootstrap CI over the queries, plus a ``mean`` row over subtypes.
+    """mAP and mean P@K per subtype with a bootstrap CI, plus a ``mean`` row over subtypes with its own CI.
 
+    The bootstrap resamples the query scans, once per replicate for every subtype (``_scan_weights``), so the
+    ``mean`` row's CI counts a scan that queries several subtypes once, as the scan-level CIs of the paper do.
     Columns ``subtype, metric (map | p@K), value, ci_low, ci_high, n_queries``.
     """
     metrics = ["ap"] + [c for c in per_query.columns if c.startswith("p@")]
-    rng = np.random.default_rng(seed)
+    scans = pd.Index(per_query["scan_id"].unique())
+    weights = _scan_weights(len(scans), n_boot, np.random.default_rng(seed))
     alpha = 100 * (1 - ci) / 2
-    rows = []
+    rows, replicates = [], {m: [] for m in metrics}
     for subtype, g in per_query.groupby("subtype", sort=False):
-        idx = rng.integers(0, len(g), size=(n_boot, len(g)))
+        w = weights[:, scans.get_indexer(g["scan_id"])]
         for metric in metrics:
             v = g[metric].to_numpy(float)
-            reps = np.nanmean(v[idx], axis=1)
-            lo, hi = np.nanpercentile(reps, [alpha, 100 - alpha])
+            reps = _weighted_mean(v, w)
+            replicates[metric].append(reps)
+            lo, hi = _interval(reps, alpha)
             rows.append({"subtype": subtype, "metric": "map" if metric == "ap" else metric,
                          "value": float(np.nanmean(v)), "ci_low": lo, "ci_high": hi, "n_queries": len(g)})
-    table = pd.DataFrame(rows)
-    if len(table):
-        mean = table.groupby("metric", as_index=False, sort=False)["value"].mean().assign(subtype="mean")
-        table = pd.concat([table, mean], ignore_index=True)
-    return table
+    for metric in metrics if rows else ():  # the mean over subtypes, under the same replicates
+        name = "map" if metric == "ap" else metric
+        lo, hi = _interval(np.mean(replicates[metric], axis=0), alpha)
+        rows.append({"subtype": "mean", "metric": name, "ci_low": lo, "ci_high": hi, "n_queries": len(per_query),
+                     "value": float(np.mean([r["value"] for r in rows if r["metric"] == name]))})
+    return pd.DataFrame(rows, columns=["subtype", "metric", "value", "ci_low", "ci_high", "n_queries"])
+
+
+def _scan_weights(n_scans: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """The bootstrap of the query scans: (n_boot, n_scans) counts of each scan in each replicate, used for every
+    subtype the scan queries."""
+    return _counts(rng.integers(0, n_scans, size=(n_boot, n_scans)), n_scans)
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each replicate's mean of ``values`` (n,) under its resampling counts ``weights`` (n_boot, n), NaN values
+    left out; NaN in a replicate that drew none of them."""
+    finite = np.isfinite(values)
+    w = weights[:, finite]
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w @ values[finite]) / total
 
 
 def retrieval_comparison(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, metric: str = "ap",
                          n_boot: int = 100, n_perm: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """Encoder a against encoder b on the same queries (``retrieve_all_vs_all`` tables of one gallery).
 
-    Per subtype: the two means of ``metric`` (``ap``: mAP), their difference, its bootstrap CI (the queries
-    resampled, the same draw for both), and the two-sided paired permutation p: each query scan's two results
+    Per subtype: the two means of ``metric`` (``ap``: mAP), their difference, its bootstrap CI (the query scans
+    resampled, the same draw for both encoders and for every subtype), and the two-sided paired permutation p: each query scan's two results
     trade places with probability ½ (a scan that queries several subtypes trades in all of them at once),
     ``p = (1 + #{|null| ≥ |observed|}) / (1 + n_perm)``. A ``mean`` row is the mean over subtypes under the same
     resampling and permutations. Columns ``subtype, metric, a, b, difference, relative_pct, ci_low, ci_high,
@@ -118,13 +140,14 @@ def retrieval_comparison(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, m
     rng = np.random.default_rng(seed)
     signs = np.where(rng.random((n_perm, len(scans))) < 0.5, -1.0, 1.0)  # per scan, shared across subtypes
     alpha = 100 * (1 - ci) / 2
+    weights = _scan_weights(len(scans), n_boot, rng)
     rows, boot_diffs, null_diffs = [], [], []
     for subtype in a.index.get_level_values("subtype").unique():
         va, vb = a.loc[subtype].to_numpy(float), b.loc[subtype].to_numpy(float)
         d = va - vb
-        idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-        boot = d[idx].mean(axis=1)
-        null = (signs[:, scans.get_indexer(a.loc[subtype].index)] * d).mean(axis=1)
+        columns = scans.get_indexer(a.loc[subtype].index)
+        boot = _weighted_mean(d, weights[:, columns])
+        null = (signs[:, columns] * d).mean(axis=1)
         boot_diffs.append(boot)
         null_diffs.append(null)
         rows.append(_comparison_row(subtype, metric, va.mean(), vb.mean(), boot, null, alpha, len(d), n_boot, n_perm))

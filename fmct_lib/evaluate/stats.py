@@ -62,6 +62,8 @@ def bootstrap_replicates(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1
     the scans ``bootstrap_indices(n, n_boot, seed)[b]`` for every task at once.
     """
     labels, scores = _as_matrix(labels), _as_matrix(scores)
+    if np.isnan(scores[~np.isnan(labels)]).any():
+        raise ValueError("scores contain NaN where a label is known: a model's prediction is missing")
     counts = _counts(bootstrap_indices(labels.shape[0], n_boot, seed), labels.shape[0])
     out = {m: np.empty((n_boot, labels.shape[1])) for m in METRICS}
     for t in range(labels.shape[1]):
@@ -341,19 +343,27 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     """Few-shot curves: per (task, k) the mean and t-CI of AUROC and AP across resamples (``seed``).
 
     ``predictions`` holds columns ``task, k, seed, probability, label`` (k empty/NaN for the all-data
-    runs, reported as ``k = "all"``). A ``macro`` task averages the tasks within each resample first.
+    runs, reported as ``k = "all"``). A ``macro`` task averages the tasks within each resample first, and only
+    where every task of ``predictions`` has that run: a K too large for a task's positives has no run of it
+    (``ProtocolSkipped``), and a mean over the other tasks would not be the same curve; there the macro is NaN
+    and its ``reason`` names the tasks missing.
     Columns: ``task, k, metric, mean, ci_low, ci_high, n_resamples, reason`` (as in ``bootstrap_ci``).
     """
     reasons = _reasons(predictions)
     per_run = task_metrics(_with_k_labels(predictions), by=("k", "seed", "task"))
+    tasks = set(per_run["task"])
+    missing = {k: sorted(tasks - set(g.task)) for k, g in per_run.groupby("k", sort=False)}
     macro = per_run.groupby(["k", "seed"], as_index=False)[list(METRICS)].mean().assign(task=MACRO)
+    macro.loc[[bool(missing[k]) for k in macro["k"]], list(METRICS)] = np.nan
     per_run = pd.concat([per_run, macro], ignore_index=True)
     rows = []
     for (task, k), g in per_run.groupby(["task", "k"], sort=False):
         for metric in METRICS:
             mean, lo, hi = mean_ci(g[metric], ci)
+            reason = (f"no run of {', '.join(missing[k])} at this K" if task == MACRO and missing[k]
+                      else _reason(reasons, task, metric))
             rows.append({"task": task, "k": k, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
-                         "n_resamples": int(g[metric].notna().sum()), "reason": _reason(reasons, task, metric)})
+                         "n_resamples": int(g[metric].notna().sum()), "reason": reason})
     out = pd.DataFrame(rows)
     out["k_order"] = [np.inf if k == "all" else k for k in out["k"]]
     return out.sort_values(["task", "metric", "k_order"], ignore_index=True).drop(columns="k_order")

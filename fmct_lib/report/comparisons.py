@@ -2,8 +2,8 @@
 the paper's where it gives the same comparison.
 
 ``evaluate.paired_comparison`` computes a comparison of two models on the same scans; ``with_paper`` adds the
-paper's numbers for the same pair (``paper_values.csv``: the two models' values and the relative improvement
-it reports), and ``save_comparison`` writes ``<figures>/<name>_comparison.csv``.
+paper's numbers for the same pair (``paper_values.csv``: the two models' values, the relative improvement and
+the P value it reports, each with its printed relation), and ``save_comparison`` writes ``<figures>/<name>_comparison.csv``.
 """
 from __future__ import annotations
 
@@ -18,25 +18,32 @@ __all__ = ["with_paper", "save_comparison"]
 
 
 def with_paper(comparison: pd.DataFrame, paper: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
-    """``comparison`` (rows with ``model_a``, ``model_b``, ``task``, ``metric``) with the paper's ``paper_a``,
-    ``paper_b`` and ``paper_relative_pct`` where ``paper`` (rows of ``paper_values.csv``) holds them; ``names``
-    maps our model names to the paper's (e.g. ``{"in-domain fine-tuned": "finetune"}``). Empty elsewhere."""
+    """``comparison`` (rows with ``model_a``, ``model_b``, ``task``, ``metric``, and ``k`` for few-shot) with the
+    paper's numbers for the same pair, task, metric and K where ``paper`` (rows of ``paper_values.csv``) holds
+    them, as printed: ``paper_a``, ``paper_b`` (the two models' values), ``paper_relative_pct`` (its relative
+    gain of a over b: macro-AUROC for ``auroc`` rows, macro-AP for ``ap``) and ``paper_p`` (its P value for the
+    pair), each with a ``…_relation`` column (``=``, ``>`` or ``<``: RSNA's per-task "> 0.90" is not 0.90, nor
+    "P < 0.001" 0.001). ``names`` maps our model names to the paper's (e.g. ``{"in-domain fine-tuned":
+    "finetune"}``). A paper row without K matches only comparison rows without one. Empty elsewhere."""
     names = names or {}
-    values = {(r.task, r.metric, r.model): r.value for r in paper.itertuples(index=False)}
+    printed = {(r.task, r.metric, r.model, None if pd.isna(r.k) else str(r.k)): (r.value, r.relation)
+               for r in paper.itertuples(index=False)}
     out = comparison.copy()
+    columns = [f"paper_{c}{s}" for c in ("a", "b", "relative_pct", "p") for s in ("", "_relation")]
     if out.empty:
-        return out.assign(paper_a=None, paper_b=None, paper_relative_pct=None)
+        return out.assign(**{c: None for c in columns})
 
-    def paper_value(row, side):
-        return values.get((row["task"], row["metric"], names.get(row[side], row[side])))
+    def lookup(row):
+        a, b = names.get(row["model_a"], row["model_a"]), names.get(row["model_b"], row["model_b"])
+        k = row.get("k")
+        k = None if k is None or pd.isna(k) or k == "all" else str(k)
+        prefix = "ap_" if row["metric"] == "ap" else ""
+        found = [printed.get((row["task"], row["metric"], a, k)), printed.get((row["task"], row["metric"], b, k)),
+                 printed.get((row["task"], f"{prefix}relative_improvement_pct", f"{a}_vs_{b}", k)),
+                 printed.get((row["task"], f"{prefix}p_value", f"{a}_vs_{b}", k))]
+        return pd.Series([x for value in found for x in (value or (None, None))], index=columns)
 
-    out["paper_a"] = out.apply(lambda r: paper_value(r, "model_a"), axis=1)
-    out["paper_b"] = out.apply(lambda r: paper_value(r, "model_b"), axis=1)
-    out["paper_relative_pct"] = out.apply(lambda r: values.get(
-        (r["task"], "relative_improvement_pct",
-         f"{names.get(r['model_a'], r['model_a'])}_vs_{names.get(r['model_b'], r['model_b'])}"))
-        if r["metric"] == "auroc" else None, axis=1)
-    return out
+    return pd.concat([out, out.apply(lookup, axis=1)], axis=1)
 
 
 def save_comparison(name: str, comparison: pd.DataFrame, root: Path | str | None = None) -> Path:

@@ -95,7 +95,8 @@ if parts.runs("few-shot"):
                                    paper=reported if metric == "auroc" else None, prevalence=prevalence, title=title,
                                    profile=P.name, training=plots.training_rule(P))
         name = naming.figure_name(f"fig2_fewshot_{metric}", dataset, P)
-        comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported))
+        comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported,
+                                                                 {"pretrained": "fewshot"}))
         plots.save_figure(fig, name, summary[summary.metric == metric],
                           {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                            "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
