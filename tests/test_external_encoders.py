@@ -10,7 +10,6 @@ written out).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -32,8 +31,6 @@ from fmct_lib.models.external import ENCODERS, build_encoder
 from fmct_lib.models.external.base import axial_slices
 from fmct_lib.models.heads import AttentiveHead, Classifier, build_head
 
-HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
-needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (fmct[encoders]) not installed")
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet's RGB statistics
 
 
@@ -216,7 +213,6 @@ CASES = {
         required="encoder.layer.0.mlp.fc1.weight", reported="layer.0.mlp.fc1.weight",
         folder_options={"input_size": 16}),
 }
-PARAMS = [pytest.param(n, marks=needs_transformers) if n in ("dinov3", "vjepa2") else n for n in CASES]
 
 
 def _load(case: Case, weights, **kwargs):
@@ -237,7 +233,7 @@ def test_the_registry_names_every_adapter():
         build_encoder("google")
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", CASES)
 def test_published_weights_load_completely_and_compute_as_published(name, tmp_path):
     case = CASES[name]
     torch.manual_seed(1)
@@ -262,7 +258,7 @@ def test_published_weights_load_completely_and_compute_as_published(name, tmp_pa
     torch.testing.assert_close(encoder(x), tokens[:, 0])
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", CASES)
 def test_a_file_whose_keys_differ_is_refused_naming_file_and_keys(name, tmp_path):
     case = CASES[name]
     weights, published, _ = case.publish(tmp_path)
@@ -281,7 +277,7 @@ def test_a_file_whose_keys_differ_is_refused_naming_file_and_keys(name, tmp_path
     assert "partially" in partial.description.status
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", CASES)
 def test_without_weights_it_warns_and_says_randomly_initialised(name):
     case = CASES[name]
     with pytest.warns(UserWarning, match=f"randomly initialised: not {case.model_name}'s weights"):
@@ -291,7 +287,7 @@ def test_without_weights_it_warns_and_says_randomly_initialised(name):
 
 
 @pytest.mark.parametrize("head", ["linear", "attentive", "abmil"])
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", CASES)
 def test_tokens_feed_the_heads_and_train_end_to_end(name, head):
     case = CASES[name]
     torch.manual_seed(0)
@@ -314,8 +310,6 @@ def test_build_head_sizes_itself_from_an_external_encoder():
 
 def test_each_adapter_takes_the_channels_of_its_preprocessing():
     for name in CASES:
-        if name in ("dinov3", "vjepa2") and not HAS_TRANSFORMERS:
-            continue
         encoder = _quiet_build(CASES[name])
         assert encoder.in_chans == len(encoder.preprocess_spec("toy").windows) == CASES[name].shape[1]
     with pytest.raises(ValueError, match=r"CT-FM takes \(B, 1, D, H, W\) inputs \(preprocessing 'ctfm'\)"):
@@ -394,7 +388,6 @@ def test_a_folder_config_that_contradicts_the_arguments_is_refused(tmp_path):
         build_encoder("ctfm", folder, init_filters=8)
 
 
-@needs_transformers
 @pytest.mark.parametrize("name", ["dinov3", "vjepa2"])
 def test_loading_never_reaches_the_network(name, tmp_path, monkeypatch):
     case = CASES[name]
@@ -409,7 +402,6 @@ def test_loading_never_reaches_the_network(name, tmp_path, monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-@needs_transformers
 def test_vjepa2_refuses_slices_of_another_size():
     encoder = _quiet_build(CASES["vjepa2"])
     with pytest.raises(ValueError, match=r"built for 16² slices"):

@@ -105,7 +105,6 @@ def test_each_reference_reads_its_own_preset():
     for name in ("resnet3d", "dinov3", "vjepa2"):
         assert ExternalRef(name).spec(TOY) == paper_spec(TOY)
     # V-JEPA 2's positions are built for the preset's input side unless the options set it
-    pytest.importorskip("transformers")
     tiny = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1, "patch_size": 8,
             "pred_hidden_size": 16, "pred_num_attention_heads": 2, "pred_num_hidden_layers": 1}
     assert quiet(ExternalRef("vjepa2", options=tiny)).frame_size == TOY.input_size

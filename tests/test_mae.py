@@ -112,3 +112,25 @@ def test_mae_model_encodes_visible_patches_only():
     assert mae.mask_token.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="patches"):
         mae(torch.rand(1, 3, 20, 20, 20), torch.rand(1, 125))
+
+
+def test_the_norm_pix_option_reaches_the_loss_the_training_step_takes():
+    """``norm_pix_loss`` from a run's options, through the MAE task, to the model's loss: the target becomes each
+    patch normalised by its own mean and unbiased variance (checked by hand in NumPy)."""
+    from fmct_lib.data.augment import AugmentConfig
+    from fmct_lib.train import run_config
+    from fmct_lib.train.methods.mae import MAEOptions, MAETask
+    p = get_profile("toy")
+    losses = {}
+    for norm_pix in (False, True):
+        run = run_config("mae", p, 8, batch_size=4, options=MAEOptions(norm_pix_loss=norm_pix))
+        torch.manual_seed(0)
+        task = MAETask(p, AugmentConfig.from_profile(p), run)
+        x, noise = torch.rand(2, 3, 16, 16, 16, generator=torch.Generator().manual_seed(1)), torch.rand(2, 64)
+        losses[norm_pix], pred, mask = task.model(x, noise)
+    target = patchify(x, 4).numpy().astype(np.float64)
+    target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
+    per_patch = ((pred.detach().numpy().astype(np.float64) - target) ** 2).mean(-1)
+    m = mask.numpy()
+    assert losses[True].item() == pytest.approx((per_patch * m).sum() / m.sum(), rel=1e-5)
+    assert abs(losses[True].item() - losses[False].item()) > 0.1 * losses[False].item()

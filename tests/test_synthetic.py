@@ -178,6 +178,12 @@ def test_mass_effect_shifts_the_midline(atlas):
     small = _render(atlas, 81, ("iph",), iph=dict(radius=5.0))
     assert big.midline_shift_mm >= 3 and big.findings["midline_shift"] == 1 and big.findings["mass_effect"] == 1
     assert small.midline_shift_mm == 0 and small.findings["midline_shift"] == 0
+    # the tissue itself moves, not only the recorded number: the ventricles (same subject without the tumour as
+    # reference) shift away from the tumour (at +x) by about the recorded shift, and are not just overwritten
+    none = _render(atlas, 81, ())
+    x_big, x_none = (np.argwhere(ph.labels == VENTRICLE_CODE)[:, 0] * STEP for ph in (big, none))
+    assert x_none.mean() - x_big.mean() >= 3.0, (x_none.mean(), x_big.mean())
+    assert len(x_big) >= 0.9 * len(x_none)
 
 
 def test_hydrocephalus_enlarges_the_ventricles(atlas):

@@ -153,8 +153,7 @@ def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env):
 
 @pytest.mark.parametrize("flavour", ["rsna", "cq500"])
 def test_dicom_round_trip(cohort, tmp_path, flavour):
-    pytest.importorskip("fmct_lib.data.dicom_write", reason="the DICOM writer (ingestion issue) is not there yet")
-    dicom = pytest.importorskip("fmct_lib.data.dicom", reason="the DICOM reader (ingestion issue) is not there yet")
+    from fmct_lib.data import dicom
     root, df = cohort
     row = load_scans("synthetic", root=root).iloc[0]
     files = write_phantom_dicom(row, tmp_path, flavour)
