@@ -1,8 +1,9 @@
 """Atomic file writing and exclusive locks, shared by everything that writes results, caches and checkpoints.
 
-A file is written to a temporary name in the same folder and renamed over the target, so a reader (or
-a resumed job) sees either the old file or the complete new one, never a torn write. Permissions follow
-the umask like an ordinary ``open(path, "w")`` (``mkstemp`` alone would leave 0600).
+A file is written to a temporary name in the same folder, flushed to disk (``fsync``) and renamed over the
+target, and the folder is flushed too, so a reader (or a job resumed after a crash or a power cut) sees
+either the old file or the complete new one, never a torn write. Permissions follow the umask like an
+ordinary ``open(path, "w")`` (``mkstemp`` alone would leave 0600).
 
 Atomic writes keep each file whole; ``exclusive_lock`` keeps two writers from interleaving their updates (the
 dataset registry's read-edit-rename, a run directory's checkpoints and metrics log).
@@ -47,11 +48,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the platform allows it (Windows does not)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

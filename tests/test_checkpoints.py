@@ -128,7 +128,7 @@ def test_unexpected_and_missing_keys_are_reported(released_state):
     with pytest.raises(CheckpointError, match=r"missing \['norm.bias'\]"):
         load_reference_checkpoint(partial)
     with pytest.raises(CheckpointError, match="patch_size=16"):
-        load_reference_checkpoint(released_state, patch_size=16)
+        load_reference_checkpoint(released_state, expect=None, patch_size=16)
 
 
 def test_our_format_round_trip_is_atomic(tmp_path):
@@ -192,3 +192,28 @@ def test_a_safetensors_header_whose_length_reads_like_a_pickle_stream_is_safeten
     path.write_bytes(struct.pack("<Q", header_length + 60) + b"{" + b"x" * 10)  # cut short
     with pytest.raises(CheckpointError, match="truncated"):
         checkpoint_format(path)
+
+
+def test_a_file_without_its_last_block_is_refused_unless_another_architecture_is_asked_for(released_state):
+    """The authors released ViT-B alone: by default the loader expects it, so a file that lost a block is refused
+    rather than loaded as an 11-block encoder; ``expect=None`` loads what the keys tell, on request."""
+    shallow = {k: v for k, v in released_state.items() if not k.startswith("blocks.11.")}
+    with pytest.raises(CheckpointError, match=r"<state dict>: is not ViT-B: depth 11 \(expected 12\)"):
+        load_reference_checkpoint(shallow)
+    assert load_reference_checkpoint(shallow, expect=None).config.depth == 11
+    # an argument the expected architecture contradicts is an error, not silently overridden
+    with pytest.raises(ValueError, match=r"patch_size=16 \(expected 12\) contradicts ViT-B; pass expect=None"):
+        load_reference_checkpoint(released_state, patch_size=16)
+
+
+def test_a_teacher_asked_of_a_bare_state_dict_is_an_error(released_state, tmp_path):
+    """A bare state dict is one network; ``which="teacher"`` once returned it as if it were the teacher."""
+    from fmct_lib.models.checkpoints import load_encoder
+    with pytest.raises(CheckpointError, match="<state dict>: a bare state dict .* no teacher weights"):
+        load_reference_checkpoint(released_state, which="teacher")
+    torch.save(released_state, tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="bare.pth: a bare state dict"):
+        load_encoder(tmp_path / "bare.pth", which="teacher")
+    assert load_encoder(tmp_path / "bare.pth").load_report.which == "student"
+    with pytest.raises(ValueError, match="which must be 'student' or 'teacher'"):
+        load_reference_checkpoint(released_state, which="ema")

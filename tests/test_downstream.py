@@ -193,6 +193,46 @@ def test_fit_without_a_two_class_validation_split_trains_to_the_cap():
         assert "val_auroc" not in history[-1]
 
 
+def test_an_epoch_counts_only_the_steps_it_takes():
+    """9 draws in batches of 4: the last batch of one is skipped (BatchNorm needs two), so an epoch is 2 steps and
+    the schedule's cosine ends at the last step taken."""
+    y = np.array([0, 1] * 8)
+    history, stopping = fit(tiny_model(), VolumeSource(volumes_for(y, 0)), y,
+                            HParams(max_epochs=2, patience=2, batch_size=4, subset=9), frozen=False, progress=False)
+    assert stopping.steps_per_epoch == 2 and [h["step"] for h in history] == [2, 4] and stopping.stopped_step == 4
+
+
+def test_a_diverging_model_stops_with_its_reason_instead_of_failing():
+    """A learning rate far too large makes the predictions NaN; ``roc_auc_score`` would raise on them."""
+    y = np.array([0, 1] * 8)
+    hp = HParams(max_epochs=4, patience=2, batch_size=4, subset=8, lr_head=1e30, lr_encoder=1e30, optimizer="sgd")
+    history, stopping = fit(tiny_model(), VolumeSource(volumes_for(y, 0)), y, hp, frozen=False,
+                            val=VolumeSource(volumes_for(y, 1)), val_labels=y, progress=False)
+    assert (stopping.reason, stopping.stopped_epoch, stopping.stopped_step) == ("diverged", 1, 2)
+    assert stopping.best_epoch is None and stopping.best_val_auroc is None
+    assert len(history) == 1 and np.isnan(history[0]["val_auroc"]) and "best" not in history[0]
+
+
+def test_a_model_that_diverges_later_keeps_its_best_state(monkeypatch):
+    """Epoch 1 is scored, epoch 2's predictions are NaN: training stops there and epoch 1's state is kept."""
+    from fmct_lib.downstream import training as fit_module
+    y = np.array([0, 1] * 8)
+    model = tiny_model()
+    states, outputs = [], iter([np.linspace(0.1, 0.9, 16), np.full(16, np.nan)])
+
+    def scripted_predict(*args, **kwargs):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(outputs)
+    monkeypatch.setattr(fit_module, "predict", scripted_predict)
+    history, stopping = fit(model, VolumeSource(volumes_for(y, 0)), y,
+                            HParams(max_epochs=6, patience=3, batch_size=4, subset=8), frozen=False,
+                            val=VolumeSource(volumes_for(y, 1)), val_labels=y, progress=False)
+    assert (stopping.reason, stopping.stopped_epoch, stopping.best_epoch) == ("diverged", 2, 1)
+    assert stopping.best_val_auroc == history[0]["val_auroc"] and np.isnan(history[1]["val_auroc"])
+    assert all(torch.equal(v, states[0][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, states[1][k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fit_and_predict_under_a_gpus_autocast(monkeypatch, dtype):
     """The GPU path (``precision.autocast_for`` on CUDA: bf16, or fp16 with a loss scaler) run on the CPU's
@@ -424,6 +464,18 @@ def test_scratch_sweep_records_the_choice(toy_world):
     run_protocol("toyset", "bleed_left", "scratch", None, other, run_root=root, progress=False)
     choices = [json.loads(p.read_text())["choice"]["lr"] for p in root.rglob("config.json")]
     assert sorted(choices) in ([1e-4, 1e-2], [1e-3, 1e-2])
+
+
+def test_a_scratch_grid_point_that_diverges_is_recorded_and_never_chosen(toy_world):
+    _, _, root = toy_world
+    grid = {"lr": [1e30, 1e-3], "weight_decay": [0.05], "optimizer": ["sgd"]}
+    preds = run_protocol("toyset", "ich", "scratch", None, TOY.replace(scratch_grid=grid), run_root=root,
+                         progress=False)
+    config = json.loads(next(root.rglob("config.json")).read_text())
+    diverged, other = config["scratch_grid"]
+    assert diverged["lr"] == 1e30 and diverged["stop_reason"] == "diverged" and np.isnan(diverged["val_auroc"])
+    assert other["stop_reason"] != "diverged" and config["choice"]["lr"] == 1e-3
+    assert preds["probability"].notna().all()
 
 
 def test_every_model_stops_by_one_rule_recorded_in_its_run(toy_world):

@@ -2,6 +2,8 @@
 the method registry (a new method is one class and one registry line) and the cache ``pretrain`` reads."""
 import json
 import math
+import os
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -10,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fmct_lib.data.augment import mae_view
-from fmct_lib.models.checkpoints import load_checkpoint
+from fmct_lib.models.checkpoints import CheckpointError, load_checkpoint
 from fmct_lib.models.vit3d import vit_from_config
 from fmct_lib.config import get_profile
 from fmct_lib.ssl.dino import DINOConfig
@@ -446,3 +448,73 @@ def test_no_pretraining_code_reads_a_downstream_setting():
     for source in Path(fmct_lib.train.__file__).parent.rglob("*.py"):
         read = set(re.findall(r"\.(\w+)", source.read_text())) & DOWNSTREAM_FIELDS
         assert not read, f"{source} reads {sorted(read)}"
+
+
+# ------------------------------------------------------------------------------------ resume, robustly
+RESUMABLE = dict(method="mae", profile="toy", seed=2, batch_size=4, max_steps=4, checkpoint_every=1, progress=False,
+                 device="cpu")
+
+
+def _mae_weights_equal(a, b):
+    a, b = _final_state(a)["task"]["mae"], _final_state(b)["task"]["mae"]
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_on_a_gpu_reads_the_saved_rng_states_onto_the_cpu(tmp_path, volumes, monkeypatch):
+    """On a GPU the run's device is ``cuda:N``, and ``torch.load(map_location=<that device>)`` once moved the saved
+    RNG states there, where ``torch.set_rng_state`` refuses them. Here the device is the CPU, so any
+    ``torch.device`` given to ``torch.load`` as the location is sent to ``meta`` instead, standing in for the GPU."""
+    full = pretrain_on(volumes, run_dir=tmp_path / "full", **RESUMABLE)
+    resumed = pretrain_on(volumes, run_dir=tmp_path / "resumed", stop_after=2, **RESUMABLE)
+    load = torch.load
+
+    def load_as_on_a_gpu(f, map_location=None, **kwargs):
+        return load(f, map_location="meta" if isinstance(map_location, torch.device) else map_location, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_as_on_a_gpu)
+    pretrain_on(volumes, run_dir=resumed, **RESUMABLE)
+    monkeypatch.undo()
+    assert _final_state(resumed)["step"] == 4 and _mae_weights_equal(full, resumed)
+
+
+def test_a_damaged_resume_state_is_an_error_naming_it_and_the_way_out(tmp_path, volumes):
+    run_dir = pretrain_on(volumes, run_dir=tmp_path / "run", stop_after=1, **RESUMABLE)
+    state = run_dir / STATE_FILE
+    whole = state.read_bytes()
+    for damaged in (whole[:len(whole) // 2], b""):  # cut short (a full disk, a torn copy), empty
+        state.write_bytes(damaged)
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(state))}: .*--restart"):
+            pretrain_on(volumes, run_dir=run_dir, **RESUMABLE)
+    pretrain_on(volumes, run_dir=run_dir, resume=False, **RESUMABLE)  # the way out it names
+    assert _final_state(run_dir)["step"] == 4
+
+
+def test_a_metrics_line_cut_short_at_the_end_is_dropped_on_resume(tmp_path, volumes):
+    """A kill in the middle of appending a row leaves its line cut short, past the last checkpoint: the resumed run
+    drops it (with a warning) and logs what the uninterrupted run logs. A bad line before the last one is damage,
+    not an interrupted write: an error naming the file and the line."""
+    full = pretrain_on(volumes, run_dir=tmp_path / "full", **RESUMABLE)
+    run_dir = pretrain_on(volumes, run_dir=tmp_path / "torn", stop_after=2, **RESUMABLE)
+    log = run_dir / "metrics.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 3, "epoch": 1, "lo')
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(log))}: dropped line 3, the last, cut short"):
+        pretrain_on(volumes, run_dir=run_dir, **RESUMABLE)
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["step"] for r in rows(run_dir)] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows(run_dir)] == [r["loss"] for r in rows(full)]
+
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    (run_dir / "done").unlink()
+    with pytest.raises(ValueError, match=rf"{re.escape(str(log))}, line 2: not a metrics row"):
+        pretrain_on(volumes, run_dir=run_dir, **RESUMABLE)
+
+
+def test_the_done_marker_is_written_atomically(tmp_path, volumes, monkeypatch):
+    """The marker that makes ``pretrain`` skip a run appears whole or not at all: by a rename, like every other
+    file of the run directory."""
+    renamed, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(dst)), replace(src, dst))[1])
+    run_dir = pretrain_on(volumes, run_dir=tmp_path / "run", **dict(RESUMABLE, max_steps=1))
+    assert "done" in renamed and json.loads((run_dir / "done").read_text())["steps"] == 1

@@ -5,7 +5,8 @@ draws per epoch (``balanced_draw``) or a K-shot training set (``fewshot_draw``),
 intensity offsets (``augment_batch``), AdamW with a one-epoch warm-up and cosine decay over the cap, and one
 convergence rule for every model (``Stopping``): score the validation split after every epoch, keep the best
 state, stop when the validation AUROC has not improved for ``patience`` epochs, and never train past
-``max_epochs`` (the cap). The deep protocols (``protocols``: fine-tuned, probes, scratch, few-shot) train with it.
+``max_epochs`` (the cap). A model whose validation predictions are not finite has diverged: it stops there,
+keeping its best earlier state, if any. The deep protocols (``protocols``: fine-tuned, probes, scratch, few-shot) train with it.
 On a CUDA GPU the forward passes run under bf16 autocast (``precision.autocast_for``); fp32 on the CPU.
 """
 from __future__ import annotations
@@ -123,8 +124,9 @@ def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=No
 @dataclass
 class Stopping:
     """Where and why a model stopped: ``reason`` is ``"rule"`` (no better validation AUROC for ``patience``
-    epochs), ``"cap"`` (``max_epochs`` reached first) or ``"cap: no validation AUROC"`` (no two-class
-    validation split to apply the rule to); the kept state is the one of ``best_epoch``."""
+    epochs), ``"cap"`` (``max_epochs`` reached first), ``"cap: no validation AUROC"`` (no two-class
+    validation split to apply the rule to) or ``"diverged"`` (validation predictions not finite: NaN or
+    infinite); the kept state is the one of ``best_epoch`` (none: the last one)."""
 
     reason: str
     stopped_epoch: int
@@ -158,8 +160,8 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     autocast, needs_scaler = precision.autocast_for(device)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=needs_scaler)
     rows = np.arange(len(labels)) if train_indices is None else np.asarray(train_indices)
-    per_epoch = hp.subset or len(rows)
-    steps_per_epoch = max(1, -(-per_epoch // hp.batch_size))
+    full, rest = divmod(hp.subset or len(rows), hp.batch_size)
+    steps_per_epoch = max(1, full + (rest >= 2))  # a last batch of one is skipped (below)
     total = hp.max_epochs * steps_per_epoch
     warmup = min(total, hp.warmup_epochs * steps_per_epoch)
     scored = val is not None and val_labels is not None and len(np.unique(val_labels)) == 2
@@ -193,13 +195,18 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             losses.append(loss.item())
             step += 1
         record = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else float("nan")}
-        if scored:
-            record["val_auroc"] = auroc(val_labels, predict(model, val, hp.batch_size, device=device))
-            if best is None or record["val_auroc"] > best["val_auroc"]:
-                best, best_state = record, copy.deepcopy(model.state_dict())
-                record["best"] = True
         history.append(record)
-        if scored and record["epoch"] - best["epoch"] >= hp.patience:
+        if not scored:
+            continue
+        probabilities = predict(model, val, hp.batch_size, device=device)
+        if not np.isfinite(probabilities).all():  # diverged: never a best epoch, and no use training on
+            record["val_auroc"], reason = float("nan"), "diverged"
+            break
+        record["val_auroc"] = auroc(val_labels, probabilities)
+        if best is None or record["val_auroc"] > best["val_auroc"]:
+            best, best_state = record, copy.deepcopy(model.state_dict())
+            record["best"] = True
+        if record["epoch"] - best["epoch"] >= hp.patience:
             reason = "rule"
             break
     if best_state is not None:

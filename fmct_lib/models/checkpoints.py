@@ -266,30 +266,36 @@ class LoadReport:
 
 
 def _select(obj, which: str, source: str) -> dict:
+    key = {"student": "state_dict", "teacher": "momentum_model_state_dict"}.get(which)
+    if key is None:
+        raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a state dict or a dict of state dicts, got {type(obj).__name__}")
     if "state_dict" in obj or "momentum_model_state_dict" in obj:
-        key = {"student": "state_dict", "teacher": "momentum_model_state_dict"}.get(which)
-        if key is None:
-            raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
         state = obj.get(key)
         if not isinstance(state, dict):
             raise CheckpointError(f"{source}: the checkpoint holds no {which} weights ('{key}' is {state!r:.40})")
         return state
+    if which == "teacher":
+        raise CheckpointError(f"{source}: a bare state dict (one network), no teacher weights: which='teacher' "
+                              f"needs a DINO checkpoint with 'momentum_model_state_dict'")
     return obj
 
 
-def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_size: int = 96,
-                              patch_size: int = 12, which: str = "student", expect=None,
+def load_reference_checkpoint(path_or_state_dict, *, expect="ViT-B", num_heads: int | None = None,
+                              img_size: int | None = None, patch_size: int | None = None, which: str = "student",
                               source: str | None = None) -> VisionTransformer3d:
     """Build the matching encoder and load the authors' weights into it, strictly.
 
     Accepts a bare state dict, a DINO/MAE checkpoint dict (``state_dict`` = student, ``momentum_model_state_dict``
-    = teacher, choose with ``which``), with ``module.``/``backbone.``/``_orig_mod.`` prefixes. Width, depth,
-    MLP size, register tokens and qkv bias come from the keys; heads, input size and patch size (which the
-    keys cannot tell) from the arguments, or from ``expect`` (as in ``load_encoder``), which also fixes what
-    the keys tell: a file without its last block is then refused, not loaded as a shallower encoder.
-    ``source`` names a state dict in messages. The returned encoder carries ``load_report`` (also logged).
+    = teacher, choose with ``which``; a teacher asked of a bare state dict is an error), with
+    ``module.``/``backbone.``/``_orig_mod.`` prefixes. ``expect`` is the architecture, as in ``load_encoder``:
+    by default ViT-B, the only one the authors released, so a file without its last block is refused, not
+    loaded as a shallower encoder. Register tokens and qkv bias come from the keys. With ``expect=None``,
+    width, depth and MLP size come from the keys too, and heads, input size and patch size (which the keys
+    cannot tell) from the arguments (default ViT-B's 12, 96, 12); an argument that contradicts ``expect`` is
+    an error. ``source`` names a state dict in messages. The returned encoder carries ``load_report`` (also
+    logged).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = str(path_or_state_dict)
@@ -297,9 +303,13 @@ def load_reference_checkpoint(path_or_state_dict, *, num_heads: int = 12, img_si
     else:
         source, obj = source or "<state dict>", path_or_state_dict
     raw = _select(obj, which, source)
-    want, _ = _expected(expect)
-    num_heads, img_size = want.get("num_heads", num_heads), want.get("img_size", img_size)
-    patch_size = want.get("patch_size", patch_size)
+    want, label = _expected(expect)
+    given = {"num_heads": num_heads, "img_size": img_size, "patch_size": patch_size}
+    clash = [f"{k}={v} (expected {want[k]})" for k, v in given.items() if v is not None and want.get(k, v) != v]
+    if clash:
+        raise ValueError(f"{', '.join(clash)} contradicts {label}; pass expect=None for another architecture")
+    num_heads, img_size, patch_size = (v if v is not None else want.get(k, ARCHITECTURES["ViT-B"][k])
+                                       for k, v in given.items())
 
     report = LoadReport(source=source, which=which)
     state: dict[str, torch.Tensor] = {}

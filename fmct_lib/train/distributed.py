@@ -28,11 +28,15 @@ class DistInfo:
 
 
 def _pick_device(device, local_rank: int) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    """``device`` as given, else this process's GPU, else the CPU; a bare ``"cuda"`` is this process's GPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        if torch.cuda.device_count() == 0:
+            raise RuntimeError(f"device {device!r} asked for, but no CUDA GPU is visible to this process")
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return dev
 
 
 def setup(device: str | torch.device | None = None) -> DistInfo:

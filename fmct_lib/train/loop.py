@@ -13,6 +13,8 @@ whole micro-batch (see ``data/augment.py``), so results do not depend on the num
 Resume state (``state_last.pt``, atomic, loadable with ``torch.load(weights_only=True)``): models,
 teacher, centre, optimiser, loss scaler, step, and the torch / numpy / python / view-generator RNG
 states. Everything else is a function of the step, so a resumed run retraces the uninterrupted one.
+It is read onto the CPU (the RNG states must stay there; ``load_state_dict`` copies the rest to the device);
+a damaged one is an error naming it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import csv
 import json
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..progress import tqdm
 
 from ..io import atomic_path, atomic_write_text
+from ..models.checkpoints import CheckpointError, load_state_dict_file
 from ..precision import autocast_for
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .schedules import warmup_cosine
@@ -115,6 +119,35 @@ def _atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _load_state(path: Path) -> dict:
+    """The resume state, on the CPU, never executing code; a damaged file raises ``CheckpointError`` naming it."""
+    try:
+        return load_state_dict_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; the run cannot resume from it: delete it, or start the run over "
+                              f"(fmct pretrain --restart, resume=False)") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics log. A last line cut short (a kill mid-append, past the last checkpoint) is
+    dropped with a warning; a bad line before it is an error naming the file and the line."""
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for i, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+        elif i == lines[-1][0]:
+            warnings.warn(f"{path}: dropped line {i}, the last, cut short by an interrupted write ({line[:60]!r})",
+                          stacklevel=3)
+        else:
+            raise ValueError(f"{path}, line {i}: not a metrics row ({line[:60]!r}); the log is damaged")
+    return rows
+
+
 class MetricsLog:
     """``metrics.jsonl`` and ``metrics.csv``, one row per step; rows after a resumed step are dropped."""
 
@@ -122,8 +155,7 @@ class MetricsLog:
         self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
         rows = []
         if self.jsonl.exists() and keep_until_step > 0:
-            rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-            rows = [r for r in rows if r["step"] <= keep_until_step]
+            rows = [r for r in _read_rows(self.jsonl) if r["step"] <= keep_until_step]
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
         with open(self.csv, "w", newline="") as f:
             w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
@@ -171,7 +203,7 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     step = 0
     state_path = run_dir / STATE_FILE
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        state = _load_state(state_path)
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

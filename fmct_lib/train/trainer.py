@@ -168,7 +168,7 @@ def pretrain_on(dataset: Dataset, *, method: str, profile, run_dir, seed: int = 
                             config={"model": encoder.config.to_dict(), "method": method, "profile": profile.name,
                                     "seed": seed, "preprocess": preprocess, **(meta or {})},
                             metadata={"exported": Method.exported})
-            (run_dir / DONE_FILE).write_text(json.dumps({"steps": run["total_steps"], "finished": time.time()}))
+            atomic_write_text(run_dir / DONE_FILE, json.dumps({"steps": run["total_steps"], "finished": time.time()}))
         barrier()
     return run_dir
 

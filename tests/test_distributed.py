@@ -1,0 +1,37 @@
+"""Choosing a process's device, on a machine without a GPU: CUDA is simulated below ``torch.cuda.set_device``."""
+import pytest
+import torch
+
+from fmct_lib.train.distributed import setup
+
+
+@pytest.fixture()
+def two_gpus(monkeypatch):
+    """Two visible GPUs; ``torch.cuda.set_device`` runs for real down to the driver call, which records the
+    index it was given. Launched as torchrun's process of local rank 1, alone (no process group)."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", chosen.append, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    return chosen
+
+
+@pytest.mark.parametrize("device", ["cuda", torch.device("cuda"), None])
+def test_a_bare_cuda_device_is_this_processs_gpu(two_gpus, device):
+    """``--device cuda`` (no index) once reached ``set_device``, which refuses a device without an index."""
+    info = setup(device)
+    assert info.device == torch.device("cuda", 1) and two_gpus == [1]
+
+
+def test_an_explicit_device_is_kept(two_gpus):
+    assert setup("cuda:0").device == torch.device("cuda", 0) and two_gpus == [0]
+    assert setup("cpu").device == torch.device("cpu") and two_gpus == [0]  # no GPU chosen for the CPU
+
+
+def test_cuda_without_a_visible_gpu_is_a_clear_error(two_gpus, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        setup("cuda")
