@@ -105,8 +105,10 @@ class Profile:
 
     @property
     def finetune_epoch_steps(self) -> int:
-        """Optimiser steps of one downstream epoch: ⌈balanced draws / batch⌉ (paper 5,000 / 16 = 313)."""
-        return -(-self.finetune_subset // self.finetune_batch_size)
+        """Optimiser steps of one downstream epoch: ⌈balanced draws / batch⌉ (paper 5,000 / 16 = 313), a last
+        batch of one left out (``downstream.training.fit`` skips it: the heads' BatchNorm needs two samples)."""
+        full, rest = divmod(self.finetune_subset, self.finetune_batch_size)
+        return full + (rest >= 2)
 
     def epochs_for(self, method: str) -> int:
         """Pretraining epochs of ``method`` in this profile."""

@@ -380,6 +380,15 @@ def test_describe_stopping_counts_runs_once_and_the_ones_at_the_cap():
                                "(see their stop_reason).")
 
 
+def test_describe_stopping_names_the_runs_that_diverged():
+    rows = [{"task": "ich", "protocol": "scratch", "seed": seed, "scan_id": "s0", "stop_reason": reason,
+             "stopped_step": step} for seed, step, reason in ((0, 100, "rule"), (1, 40, "diverged"))]
+    text = conclusions.describe_stopping(pd.DataFrame(rows), PAPER_PROFILE)
+    assert text.endswith("The 2 deep runs stopped at step 40–100 (median 70); 0 of them at the cap, 1 because they "
+                         "diverged (non-finite validation predictions; their best epoch before is kept) "
+                         "(see their stop_reason).")
+
+
 def test_fewshot_conclusion_when_pretraining_helps_at_few_shots():
     curves = _curves({"pretrained": [0.70, 0.72], "scratch": [0.60, 0.75], "histogram": [0.65, 0.70]})
     full = _full({"pretrained": 0.88, "scratch": 0.85, "histogram": 0.88})

@@ -200,6 +200,8 @@ def test_an_epoch_counts_only_the_steps_it_takes():
     history, stopping = fit(tiny_model(), VolumeSource(volumes_for(y, 0)), y,
                             HParams(max_epochs=2, patience=2, batch_size=4, subset=9), frozen=False, progress=False)
     assert stopping.steps_per_epoch == 2 and [h["step"] for h in history] == [2, 4] and stopping.stopped_step == 4
+    profile = get_profile("toy").replace(finetune_subset=9, finetune_batch_size=4)
+    assert profile.finetune_epoch_steps == 2   # what the profile reports (conclusions, run records) agrees
 
 
 def test_a_diverging_model_stops_with_its_reason_instead_of_failing():

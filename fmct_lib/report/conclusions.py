@@ -163,8 +163,11 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
         return rule
     steps = runs["stopped_step"].astype(float)
     capped = int(runs["stop_reason"].str.startswith("cap").sum())
+    diverged = int((runs["stop_reason"] == "diverged").sum())
     return (f"{rule} The {len(runs)} deep runs stopped at step {steps.min():,.0f}–{steps.max():,.0f} (median "
-            f"{steps.median():,.0f}); {capped} of them at the cap" + (" (see their stop_reason)." if capped else "."))
+            f"{steps.median():,.0f}); {capped} of them at the cap"
+            + (f", {diverged} because they diverged (non-finite validation predictions; their best epoch before "
+               f"is kept)" if diverged else "") + (" (see their stop_reason)." if capped or diverged else "."))
 
 
 # --------------------------------------------------------------------------------------- 02 · fine-tuning

@@ -34,7 +34,7 @@ def knn_scores(train_features: torch.Tensor, train_labels: np.ndarray, query_fea
     sim = F.normalize(query_features.float(), dim=1) @ F.normalize(train_features.float(), dim=1).T
     top, idx = sim.topk(min(k, sim.shape[1]), dim=1)
     weights = (top / temperature).exp()
-    votes = torch.tensor(np.asarray(train_labels, dtype=np.float32))[idx]  # a copy: pandas arrays are read-only
+    votes = torch.from_numpy(np.array(train_labels, dtype=np.float32))[idx]  # a copy: pandas arrays are read-only
     return ((weights * votes).sum(1) / weights.sum(1)).numpy()
 
 
