@@ -34,7 +34,7 @@ def knn_scores(train_features: torch.Tensor, train_labels: np.ndarray, query_fea
     sim = F.normalize(query_features.float(), dim=1) @ F.normalize(train_features.float(), dim=1).T
     top, idx = sim.topk(min(k, sim.shape[1]), dim=1)
     weights = (top / temperature).exp()
-    votes = torch.from_numpy(np.array(train_labels, dtype=np.float32))[idx]  # a copy: pandas arrays are read-only
+    votes = torch.tensor(np.asarray(train_labels, dtype=np.float32))[idx]  # a copy: pandas arrays are read-only
     return ((weights * votes).sum(1) / weights.sum(1)).numpy()
 
 
@@ -73,7 +73,7 @@ class KnnMonitor:
             encoder.train(was_training)
         aurocs = []
         for t in self.tasks:
-            tr, va = self.train_rows[t].notna().to_numpy(), self.val_rows[t].notna().to_numpy()
+            tr, va = (rows[t].notna().to_numpy(copy=True) for rows in (self.train_rows, self.val_rows))  # writable
             scores = knn_scores(train_f[tr], self.train_rows[t].to_numpy()[tr].astype(float), val_f[va])
             aurocs.append(roc_auc_score(self.val_rows[t].to_numpy()[va].astype(int), scores))
         return {"knn_auroc": float(np.mean(aurocs))}
