@@ -612,7 +612,15 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
     assert json.loads(next(root.rglob("config.json")).read_text())["signature"]["hparams"]["max_epochs"] == 1
     assert main(["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy", "--split", "val",
                  "--out", str(tmp_path / "e.npz")]) == 0
-    assert len(read_embeddings(tmp_path / "e.npz")) == 20
+    written = read_embeddings(tmp_path / "e.npz")
+    assert len(written) == 20 and (written["split"] == "val").all() and written["scan_id"].is_unique
+    # the file holds what the encoder gives those scans (the library's embed, in the same order), to float32
+    direct = embed("toyset", ckpt, "toy", split="val", progress=False)
+    vectors = [c for c in direct.columns if c.startswith("e") and c[1:].isdigit()]
+    from fmct_lib.models.checkpoints import load_checkpoint
+    assert list(written["scan_id"]) == list(direct["scan_id"]) and len(vectors) == load_checkpoint(ckpt)[0].embed_dim
+    np.testing.assert_allclose(written[vectors].to_numpy(), direct[vectors].to_numpy(), rtol=1e-6, atol=1e-6)
+    assert written[vectors].std(axis=0).gt(0).any()   # scans differ: not one constant vector
     with pytest.raises(SystemExit):
         main(["finetune", "--task", "ich", "--protocol", "knn"])
 
