@@ -147,3 +147,34 @@ def test_cli_with_a_process_pool_builds_the_same_cache(dataset, monkeypatch, cap
     for f in pd.read_csv(one / "index.csv")["file"]:
         np.testing.assert_array_equal(np.load(one / f), np.load(two / f))
     assert pd.read_csv(two / "rejects.csv")["scan_id"].tolist() == ["s3"]
+
+
+def test_a_volume_changed_under_the_same_scan_id_is_cached_again(dataset):
+    """A re-ingested volume (here mirrored) replaces its canvas; an index of an older cache, without
+    ``volume_stat``, is left as it is while its volumes are older than their canvases."""
+    import os
+    kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    out = build_cache("toyset", SPEC, **kw)
+    before = np.load(out / "s0.npy")
+    volume = dataset["folder"] / "scan0.nii.gz"
+    nib.save(nib.Nifti1Image(head(0)[::-1].copy(), AFFINE), volume)
+    os.utime(volume, ns=(10**18, 10**18))  # another mtime whatever the clock's resolution
+    build_cache("toyset", SPEC, **kw)
+    after = np.load(out / "s0.npy")
+    expected, _ = to_canvas_with_affine(*load_volume(volume), SPEC)
+    np.testing.assert_array_equal(after, expected.numpy())
+    assert not np.array_equal(after, before)
+    index = pd.read_csv(out / "index.csv", dtype=str).set_index("scan_id")
+    stat = os.stat(volume)
+    assert index.loc["s0", "volume_stat"] == f"{stat.st_size}:{stat.st_mtime_ns}"
+
+    # an older cache's index: no volume_stat column
+    index.drop(columns="volume_stat").reset_index().to_csv(out / "index.csv", index=False)
+    old = (out / "index.csv").read_bytes()
+    os.utime(volume, ns=(1, 1))  # older than its canvas: trusted, nothing rebuilt or rewritten
+    build_cache("toyset", SPEC, **kw)
+    assert (out / "index.csv").read_bytes() == old
+    os.utime(volume, ns=(10**19, 10**19))  # newer than its canvas: done again
+    build_cache("toyset", SPEC, **kw)
+    index = pd.read_csv(out / "index.csv", dtype=str, keep_default_na=False).set_index("scan_id")
+    assert index.loc["s0", "volume_stat"] == f"{stat.st_size}:{10**19}" and index.loc["s1", "volume_stat"] == ""

@@ -260,3 +260,55 @@ def test_real_series_with_a_gap_and_real_localizers(tmp_path):
     with pytest.raises(DicomSeriesError, match="only localizer images"):
         read_dicom_series(scouts)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_duplicate_position_with_other_pixels_is_refused_naming_both_files(tmp_path):
+    """An identical copy of a slice is dropped; another image at the same position (a second reconstruction
+    in the same series) is refused, never silently kept or dropped."""
+    hu, affine = phantom(shape=(32, 32, 8))
+    files = sorted(write_dicom_series(hu, affine, tmp_path / "s", flavour="cq500", patient_id="CQ500-CT-1"))
+    ds = pydicom.dcmread(files[3])
+    ds.save_as(tmp_path / "s" / "copy.dcm")  # the same pixels: a duplicate, dropped
+    assert read_dicom_series(tmp_path / "s").meta["n_duplicates_dropped"] == 1
+    other = ds.pixel_array.copy()
+    other[:] = other.max()
+    ds.PixelData = other.tobytes()
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "s" / "bone_recon.dcm")
+    with pytest.raises(DicomSeriesError, match="same position") as err:
+        read_dicom_series(tmp_path / "s")
+    assert str(tmp_path / "s") in str(err.value) and "bone_recon.dcm" in str(err.value)
+    assert files[3].name in str(err.value)
+
+
+def _retag(files, **tags):
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for keyword, value in tags.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(f)
+
+
+def test_missing_rescale_tags_are_flagged(tmp_path):
+    hu, affine = phantom(shape=(32, 32, 6))
+    files = write_dicom_series(hu, affine, tmp_path, flavour="cq500", patient_id="CQ500-CT-1")
+    assert "rescale_missing" not in read_dicom_series(tmp_path).meta["flags"]
+    _retag(files, RescaleSlope=None)  # slope 1 is what the files hold anyway: the HU stay right, but flagged
+    vol = read_dicom_series(tmp_path)
+    assert vol.meta["flags"]["rescale_missing"].startswith("6 of 6 slice(s)")
+    np.testing.assert_array_equal(vol.hu, canonical(hu, affine)[0])
+
+
+@pytest.mark.parametrize("tags", [{"RescaleIntercept": 0}, {"RescaleSlope": 2}, {"RescaleIntercept": None}])
+def test_slices_differing_in_rescale_are_refused(tmp_path, tags):
+    """Five slices decoded with intercept 0 in a -1024 series would sit 1024 HU too high: refused."""
+    hu, affine = phantom(shape=(32, 32, 8))
+    files = sorted(write_dicom_series(hu, affine, tmp_path, flavour="cq500", patient_id="CQ500-CT-1"))
+    _retag(files[2:4], **tags)
+    with pytest.raises(DicomSeriesError, match="differ in RescaleSlope/RescaleIntercept") as err:
+        read_dicom_series(tmp_path)
+    assert "in 6 slice(s)" in str(err.value) and "in 2 slice(s)" in str(err.value)
+    assert files[2].name in str(err.value)

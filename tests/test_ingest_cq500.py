@@ -132,3 +132,38 @@ def test_drop_contrast(cq500_source, env):
     assert (scans["contrast"] == 0).all() and len(scans) == len(truth) - 1
     rejects = pd.read_csv(env / "cq500" / "rejects.csv")
     assert rejects["reason"].str.contains("contrast series").sum() == 1
+
+
+@pytest.mark.parametrize("description", ["POST FOSSA", "BONE POST", "C-SPINE", "Posterior fossa 2.5mm"])
+def test_contrast_rule_has_no_false_positives_on_anatomy(description):
+    assert not is_contrast(description)
+
+
+@pytest.mark.parametrize("description", ["POST C", "Post-Contrast THIN", "C+", "CTA HEAD"])
+def test_contrast_rule_still_finds_contrast(description):
+    assert is_contrast(description)
+
+
+def _reads(tmp_path, rows):
+    header = ["name", "Category"] + [f"R{r}:{f}" for r in (1, 2, 3) for f in READS_FINDINGS]
+    path = tmp_path / "reads.csv"
+    pd.DataFrame([[name, "B1", *([vote] * 42)] for name, vote in rows], columns=header).to_csv(path, index=False)
+    return path
+
+
+def test_a_read_that_is_not_0_or_1_is_refused_naming_file_column_and_row(tmp_path):
+    path = _reads(tmp_path, [("CQ500-CT-1", 0), ("CQ500-CT-2", 0)])
+    table = pd.read_csv(path, dtype=str)
+    for bad in ["2", "", "yes"]:
+        table.loc[1, "R1:ICH"] = bad  # a single vote of 2 would have made a majority with one other reader
+        table.to_csv(path, index=False)
+        with pytest.raises(ValueError, match=rf"{path}: column 'R1:ICH' must be 0 or 1; 1 row\(s\) are not: "
+                                             rf"row 3 \(CQ500-CT-2\): '{bad}'"):
+            read_cq500_labels(path)
+
+
+def test_a_patient_listed_twice_needs_the_same_reads(tmp_path):
+    same = read_cq500_labels(_reads(tmp_path, [("CQ500-CT-1", 1), ("CQ500-CT-1", 1), ("CQ500-CT-2", 0)]))
+    assert same.index.tolist() == ["CQ500-CT-1", "CQ500-CT-2"] and same.loc["CQ500-CT-1", "ich"] == 1
+    with pytest.raises(ValueError, match=r"'CQ500-CT-1' is listed in rows 2, 3 with different reads"):
+        read_cq500_labels(_reads(tmp_path, [("CQ500-CT-1", 0), ("CQ500-CT-1", 1), ("CQ500-CT-2", 0)]))

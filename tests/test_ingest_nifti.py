@@ -135,3 +135,56 @@ def test_mapping_errors_name_the_column(hospital, env):
                                          r"'file', 'mrn', 'dx_tumor', 'dx_edema', 'note'"):
         ingest_nifti(src, name="hosp", labels=labels, mapping={"dx_missing": "tumor"}, path_column="file",
                      patient_column="mrn")
+
+
+def test_a_rerun_that_accepts_more_patients_keeps_the_earlier_split(env, tmp_path):
+    """Patients split in a first run stay in their split when a later run (a scan repaired, more data) adds
+    patients; only the new ones are placed."""
+    src = tmp_path / "src"
+
+    def add(patients):
+        for p in patients:
+            save(las_volume(p), src / f"p{p:02d}.nii.gz")
+
+    def split_of():
+        link = pd.read_csv(env[0] / "grow" / "linkage.csv", dtype=str)
+        merged = link.merge(load_scans("grow")[["scan_id", "split"]])
+        return dict(zip(merged["original_patient_id"], merged["split"]))
+
+    add(range(10))
+    ingest_nifti(src, name="grow", workers=1)
+    first = split_of()
+    add(range(10, 20))
+    summary = ingest_nifti(src, name="grow", workers=1)
+    second = split_of()
+    assert {p: second[p] for p in first} == first
+    assert pd.Series(second).value_counts().to_dict() == {"train": 16, "val": 2, "test": 2}
+    assert "10 patient(s) kept" in summary["split_source"]
+
+
+def test_a_bare_name_matches_only_a_file_of_its_own(env, tmp_path):
+    """``scan.nii.gz`` in the CSV while siteA/ and siteB/ both hold one: refused, naming the row and both files;
+    ``siteA/scan.nii.gz`` never falls back to another folder's file of that name."""
+    src = tmp_path / "src"
+    for site in ("siteA", "siteB"):
+        save(las_volume(0), src / site / "scan.nii.gz")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,patient_id,bleed\nother.nii.gz,patZ,0\nscan.nii.gz,patA,1\n")
+    with pytest.raises(ValueError, match=r"row 3: 'scan.nii.gz' names 2 files below the source: "
+                                         r"siteA/scan.nii.gz, siteB/scan.nii.gz") as err:
+        ingest_nifti(src, name="mine", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert str(labels) in str(err.value)
+
+    labels.write_text("path,patient_id,bleed\nsiteC/scan.nii.gz,patC,1\nsiteA/scan.nii.gz,patA,0\n")
+    summary = ingest_nifti(src, name="mine", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert (summary["not_in_labels"], summary["labels_without_volume"]) == (1, 1)
+    link = pd.read_csv(env[0] / "mine" / "linkage.csv", dtype=str).merge(load_scans("mine"))
+    assert dict(zip(link["source"], link["original_patient_id"])) == {"siteA/scan.nii.gz": "patA",
+                                                                      "siteB/scan.nii.gz": "siteB/scan.nii.gz"}
+    assert link.set_index("source")["ich"].isna().to_dict() == {"siteA/scan.nii.gz": False,
+                                                                "siteB/scan.nii.gz": True}
+
+    (src / "siteB" / "scan.nii.gz").rename(src / "siteB" / "unique.nii.gz")
+    labels.write_text("path,patient_id,bleed\nsiteA/scan.nii.gz,patA,0\nunique.nii.gz,patB,1\n")
+    summary = ingest_nifti(src, name="mine2", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert (summary["not_in_labels"], summary["labels_without_volume"]) == (0, 0)

@@ -148,3 +148,37 @@ def test_per_series_and_seeded_splits(rsna_source, env, tmp_path):
     split_a = dict(zip(link_a["original_patient_id"], link_a["split"]))
     split_b = dict(zip(link_b["original_patient_id"], link_b["split"]))
     assert split_a == split_b
+
+
+def test_a_label_that_is_not_0_or_1_is_refused_naming_the_row(tmp_path):
+    path = tmp_path / "stage_2_train.csv"
+    for bad in ["2", "", "-1", "yes"]:
+        path.write_text("ID,Label\n" + "".join(f"ID_aaa_{s},0\n" for s in SUBTYPES[:-1]) + f"ID_aaa_any,{bad}\n")
+        with pytest.raises(ValueError, match=rf"{path}: column 'Label' must be 0 or 1; 1 row\(s\) are not: "
+                                             rf"row 7 \(ID_aaa_any\): '{bad}'"):
+            read_rsna_labels(path)
+
+
+def test_unmatched_label_rows_and_unlabelled_images_are_reported(tmp_path, env):
+    """Study 0 fully labelled (one positive image), study 1 with one image unlabelled (the others 0: unknown,
+    not 0), study 2 with none; label rows of an image no file holds are counted too."""
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    rows, positive = [], {}
+    for n in range(3):
+        hu = rng.integers(-1000, 1500, (32, 32, 5)).astype(np.float32)
+        files = write_dicom_series(hu, np.diag([0.5, 0.5, 5.0, 1.0]), src / "stage_2_train", flavour="rsna",
+                                   study_uid=f"ID_{n:010x}", patient_id=f"ID_{n:08x}")
+        labelled = {0: files, 1: files[1:], 2: []}[n]
+        rows += [(f"{f.stem}_{s}", int(n == 0 and k == 2 and s in ("subdural", "any")))
+                 for k, f in enumerate(labelled) for s in SUBTYPES]
+    rows += [(f"ID_ffffffff0_{s}", 1) for s in SUBTYPES]
+    pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(src / "stage_2_train.csv", index=False)
+    summary = ingest_rsna(src, workers=1)
+    assert (summary["images_without_label"], summary["labels_without_image"]) == (6, 1)
+    link = pd.read_csv(env[0] / "rsna" / "linkage.csv", dtype=str)
+    scans = link.merge(load_scans("rsna")).set_index("source")
+    assert scans.loc[f"ID_{0:010x}", ["ich", "sdh", "edh"]].tolist() == [1, 1, 0]
+    assert scans.loc[f"ID_{1:010x}", RSNA_TASKS].isna().all()  # 4 negative images of 5: unknown
+    assert scans.loc[f"ID_{2:010x}", RSNA_TASKS].isna().all()
+    assert summary["unlabelled"] == 2

@@ -277,3 +277,40 @@ def test_empty_folder_and_missing_path(tmp_path):
 def test_an_image_without_head_is_rejected():
     with pytest.raises(PreprocessError, match="no voxel above"):
         to_canvas(np.full((10, 10, 10), AIR_HU, np.float32), np.eye(4), SMALL)
+
+
+def _head_nifti(path, *, sform=None, qform=None):
+    """A plausible head (air, soft-tissue centre) with the given (affine, code) sform and qform."""
+    hu = np.full((60, 60, 40), AIR_HU, np.int16)
+    hu[10:50, 10:50, 5:35] = 40
+    img = nib.Nifti1Image(hu, np.eye(4))
+    img.set_sform(*(sform or (None, 0)))
+    img.set_qform(*(qform or (None, 0)))
+    nib.save(img, path)
+    return path
+
+
+def test_nifti_without_orientation_is_refused_naming_the_file(tmp_path):
+    from fmct_lib.data.preprocess import load_checked
+    path = _head_nifti(tmp_path / "nocode.nii.gz")
+    assert nib.load(path).header["sform_code"] == nib.load(path).header["qform_code"] == 0
+    with pytest.raises(PreprocessError, match="no orientation") as err:
+        load_checked(path)
+    assert str(path) in str(err.value)
+    assert load_checked(_head_nifti(tmp_path / "sform.nii.gz", sform=(np.diag([2.0, 2, 3, 1]), 1))).flags == ()
+    assert load_checked(_head_nifti(tmp_path / "qform.nii.gz", qform=(np.diag([2.0, 2, 3, 1]), 1))).flags == ()
+
+
+def test_nifti_sform_and_qform_disagreeing_are_refused_or_flagged(tmp_path):
+    from fmct_lib.data.preprocess import load_checked
+    ras, las = np.diag([2.0, 2, 3, 1]), np.diag([-2.0, 2, 3, 1])
+    flipped = _head_nifti(tmp_path / "flipped.nii.gz", sform=(ras, 1), qform=(las, 1))
+    with pytest.raises(PreprocessError, match=r"sform \(RAS\) and the qform \(LAS\)") as err:
+        load_checked(flipped)
+    assert str(flipped) in str(err.value)
+    shifted = ras.copy()
+    shifted[:3, 3] = [0.0, 0.0, 5.0]  # same directions, origin 5 mm apart: kept with the sform, flagged
+    scan = load_checked(_head_nifti(tmp_path / "shifted.nii.gz", sform=(ras, 1), qform=(shifted, 1)))
+    assert scan.flags == ("sform_qform_differ",) and "5 mm" in scan.notes["sform_qform_differ"]
+    np.testing.assert_array_equal(scan.affine, ras)
+    assert load_checked(_head_nifti(tmp_path / "same.nii.gz", sform=(ras, 1), qform=(ras, 1))).flags == ()

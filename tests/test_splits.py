@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmct_lib.data.splits import (SPLITS, assign_splits, patient_strata, split_counts, stratified_splits)
+from fmct_lib.data.splits import (SPLITS, assign_splits, extend_splits, patient_strata, split_counts,
+                                  stratified_splits)
 
 
 def _counts(splits: list[str], mask=None) -> list[int]:
@@ -95,3 +96,33 @@ def test_every_stratum_is_within_one_patient_of_its_quota():
 def test_bad_ratios_are_refused():
     with pytest.raises(ValueError, match="summing to 1"):
         stratified_splits(["a"], pd.DataFrame(index=range(1)), ratios=(0.5, 0.5, 0.5))
+
+
+def test_extend_splits_keeps_earlier_patients_and_places_only_the_new():
+    """A re-ingestion that gains 10 patients keeps the first 10 where they were and fills the quotas."""
+    first = [f"P{i:03d}" for i in range(10)]
+    labels = pd.DataFrame({"ich": [1, 0] * 5})
+    kept = dict(zip(first, stratified_splits(first, labels, seed=0)))
+    assert _counts(list(kept.values())) == [8, 1, 1]
+    assert extend_splits(first, labels, {}, seed=0) == stratified_splits(first, labels, seed=0)
+    assert extend_splits(first, labels, kept, seed=0) == list(kept.values())
+
+    cohort = first + [f"Q{i:03d}" for i in range(10)]
+    both = pd.DataFrame({"ich": [1, 0] * 10})
+    splits = extend_splits(cohort, both, kept, seed=0)
+    assert splits[:10] == list(kept.values())
+    assert stratified_splits(cohort, both, seed=0)[:10] != splits[:10]  # a fresh split would move some of them
+    # 20 patients, 10 per stratum: each stratum 8 / 1 / 1, the cohort 16 / 2 / 2
+    assert _counts(splits) == [16, 2, 2]
+    assert _counts(splits, both["ich"] == 1) == [8, 1, 1] and _counts(splits, both["ich"] == 0) == [8, 1, 1]
+
+
+def test_extend_splits_places_a_new_patient_where_its_stratum_is_short():
+    # hand-computed: stratum ich=1 holds A (train) and B (train); quota for 3 patients is 2.4 / .3 / .3, so the
+    # gaps are .4 / .3 / .3 and C goes to train; a fourth, D: quota 3.2 / .4 / .4 against 3 / 0 / 0 -> val
+    labels = pd.DataFrame({"ich": [1, 1, 1]})
+    assert extend_splits(["A", "B", "C"], labels, {"A": "train", "B": "train"}) == ["train"] * 3
+    labels = pd.DataFrame({"ich": [1, 1, 1, 1]})
+    assert extend_splits(["A", "B", "C", "D"], labels, {"A": "train", "B": "train", "C": "train"})[3] == "val"
+    with pytest.raises(ValueError, match="kept splits"):
+        extend_splits(["A", "B"], labels.iloc[:2], {"A": "pretrain"})

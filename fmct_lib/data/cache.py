@@ -7,12 +7,15 @@
   HU canvas (``paper``: 224³ int16 = 22.5 MB; no compression, so a read is one sequential ``read``) or
   the final float16 window stack (``reference``: 3×96³ = 5.3 MB);
 - ``spec.json``: the stored part of the spec (``PreprocessSpec.stored``), so the folder explains itself;
-- ``index.csv``: ``scan_id, file, shape, affine`` (the canvas voxel-to-RAS affine, 16 numbers);
+- ``index.csv``: ``scan_id, file, shape, affine`` (the canvas voxel-to-RAS affine, 16 numbers), ``volume_stat``
+  (``size:mtime_ns`` of the scan's volume when it was read);
 - ``rejects.csv``: ``scan_id, path, reason`` for scans that could not be preprocessed.
 
-Every file is written atomically (temp + rename). A re-run skips scans already in the index (and,
-unless asked, those already rejected), so a killed job resumes. A change to what is stored gives another key,
-hence another folder: a stale cache is never read.
+Every file is written atomically (temp + rename). A re-run skips scans already in the index (and, unless
+asked, those already rejected), so a killed job resumes; a scan whose volume changed since it was cached
+(another size or mtime: re-ingested under the same ``scan_id``) is done again. A row of an older index,
+without ``volume_stat``, counts as changed only when its volume is newer than its canvas. A change to what is
+stored gives another key, hence another folder: a stale cache is never read.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import multiprocessing as mp
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +35,13 @@ from ..progress import tqdm
 
 from ..io import atomic_open
 from ..paths import StageMissing, cache_root
+from .pool import run_surviving
 from .preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
 from .manifest import load_scans
 
 __all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "CachedVolumes", "INDEX_COLUMNS", "REJECT_COLUMNS"]
 
-INDEX_COLUMNS = ["scan_id", "file", "shape", "affine"]
+INDEX_COLUMNS = ["scan_id", "file", "shape", "affine", "volume_stat"]
 REJECT_COLUMNS = ["scan_id", "path", "reason"]
 _SAVE_EVERY_S = 10.0  # how often the index is rewritten during a build (a crash loses at most this)
 
@@ -84,6 +88,27 @@ def read_rejects(dataset: str, spec: PreprocessSpec, root: Path | None = None) -
     return _read_table(cache_dir(dataset, spec, root) / "rejects.csv", REJECT_COLUMNS)
 
 
+def _volume_stat(path) -> str:
+    """``size:mtime_ns`` of a scan's volume (``""`` when it cannot be read): how the cache notices a change."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ""
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _current(entry: dict, volume: str | None, out: Path) -> bool:
+    """Whether an index row was made from the volume now at ``volume`` (``None``: a scan not in the table)."""
+    if volume is None:
+        return True
+    if entry.get("volume_stat"):
+        return entry["volume_stat"] == _volume_stat(volume)
+    try:  # an older cache's row, without volume_stat: changed if the volume is newer than its canvas
+        return os.stat(volume).st_mtime_ns <= os.stat(out / entry["file"]).st_mtime_ns
+    except OSError:
+        return False
+
+
 def _process_scan(scan_id: str, path: str, spec: PreprocessSpec, out_dir: Path) -> dict:
     """Preprocess one scan into ``out_dir``; a failure comes back as a rejection, never an exception."""
     try:
@@ -127,12 +152,13 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     else:
         _atomic_write(spec_path, lambda f: f.write(json.dumps(spec.stored(), indent=2).encode()))
 
+    volumes = dict(zip(table["scan_id"], table["path"].astype(str)))
     index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
-             if (out / r["file"]).exists()}
+             if (out / r["file"]).exists() and _current(r, volumes.get(r["scan_id"]), out)}
     rejects = {r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")}
     if retry_rejected:
         rejects = {}
-    todo = [(s, p) for s, p in zip(table["scan_id"], table["path"]) if s not in index and s not in rejects]
+    todo = [(s, p) for s, p in volumes.items() if s not in index and s not in rejects]
     if not todo:  # nothing to add: leave index and rejects (and their mtimes, which key held inputs) as they are
         return out
 
@@ -150,24 +176,28 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     progress = tqdm(total=len(todo), desc=f"cache {dataset} {spec.name} {spec.cache_key}", unit="scan")
     last_save = time.monotonic()
+    stats = {s: _volume_stat(p) for s, p in todo}  # before reading: a volume changed meanwhile is done again
+    tasks = [(s, p, spec, out) for s, p in todo]
     if workers == 1:
-        results = (_process_scan(s, p, spec, out) for s, p in todo)
-        pool = None
+        results = ((t, _process_scan(*t)) for t in tasks)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
-        results = pool.map(_process_scan, *zip(*todo), [spec] * len(todo), [out] * len(todo))
+        results = run_surviving(_process_scan, tasks, workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=_init_worker, initargs=(threads,))
     try:
-        for result in results:
-            record(result)
+        for (scan_id, path, *_), result in results:
+            if isinstance(result, Exception):  # the worker died on this scan, also alone (or could not run it)
+                result = {"scan_id": scan_id, "path": path, "reason": (
+                    "the worker process died preprocessing this scan, also when it ran alone (out of memory?)"
+                    if isinstance(result, BrokenProcessPool) else f"worker failed: {type(result).__name__}: {result}")}
+            record({**result, "volume_stat": stats[scan_id]} if "file" in result else result)
             progress.update()
             if time.monotonic() - last_save > _SAVE_EVERY_S:
                 save()
                 last_save = time.monotonic()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if hasattr(results, "close"):
+            results.close()  # a pool still running (an interrupt): shut it down
         progress.close()
         save()
     return out

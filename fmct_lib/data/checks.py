@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["ScanError", "ScanRepaired", "CheckedScan", "REPAIRS", "FLAGS", "check_volume", "check_hu",
            "check_scan", "check_orientations", "describe_orientation", "slice_steps", "join_flags",
-           "HEAD_MIN_HU", "TILT_MIN_DEG", "DUPLICATE_MM", "GAP_FACTOR"]
+           "HEAD_MIN_HU", "TILT_MIN_DEG", "SFORM_QFORM_ATOL_MM", "DUPLICATE_MM", "GAP_FACTOR"]
 
 # --- the Hounsfield scale (standard CT physics) --------------------------------------------------------
 AIR_HU = -1000.0                   # air, by definition of the scale
@@ -44,6 +44,7 @@ MIN_SPACING_MM = 0.05              # finer than any CT (head CT pixels 0.4-1 mm)
 MAX_SPACING_MM = 20.0              # twice the thickest CT slices (10 mm): a unit error (cm, µm)
 HEAD_MIN_EXTENT_MM = 100.0         # an adult head is ~140 mm wide, ~180 long, ~200 high: less is partial
 TILT_MIN_DEG = 0.05                # axes this close to perpendicular are rectilinear (float rounding)
+SFORM_QFORM_ATOL_MM = 0.01         # a NIfTI's sform and qform this close are one affine (float32 quaternion)
 
 # --- DICOM series ---------------------------------------------------------------------------------------
 ORIENTATION_ATOL = 2e-3            # direction cosines this close are one orientation
@@ -62,7 +63,9 @@ FLAGS = {
     "sheared_affine": "the voxel axes are not perpendicular (kept; preprocessing keeps the grid's directions)",
     "uneven_spacing": "uneven slice steps: resampled along the normal onto the median step",
     "slice_gap": "missing slices (a step > 1.5x the median): interpolated linearly",
+    "rescale_missing": "DICOM slices without RescaleSlope/RescaleIntercept: slope 1, intercept 0 assumed",
     "slices_skipped": "unreadable or undecodable slices were left out (each is a row of rejects.csv)",
+    "sform_qform_differ": "the NIfTI's sform and qform differ (same axis directions): the sform is used",
     "partial_coverage": f"less than {HEAD_MIN_EXTENT_MM:g} mm along an axis: not a whole head",
     "hu_no_air": "no air (near -1000 HU) in the field of view: cropped, skull-stripped or not in HU",
     "hu_brain_implausible": "the centre of the volume is not soft tissue (0-100 HU)",

@@ -14,13 +14,15 @@ What it handles, in order:
    PixelSpacing.
 3. **Order**: slices sorted by ImagePositionPatient projected on the slice normal (cross product of the
    two ImageOrientationPatient vectors); RSNA headers have no InstanceNumber or SliceThickness.
-   Duplicate positions are dropped; a step larger than 1.5x the median step is a gap (flagged or
+   A duplicate (same position, same pixels) is dropped; two different images at one position are
+   refused as a mixed series, naming both files; a step larger than 1.5x the median step is a gap (flagged or
    rejected); a non-uniform stack is resampled linearly along the normal onto the median step
    (``checks.slice_steps``; flagged ``slice_gap`` / ``uneven_spacing``).
 4. **Gantry tilt**: when the step between slices is not along the normal the stack is a shear. Either
    keep it exactly with a sheared affine (``tilt="shear"``) or shift each slice in-plane onto a
    rectilinear grid (``tilt="resample"``, as dcm2niix's ``_Tilt`` output).
-5. **HU**: RescaleSlope/Intercept (first value of multi-valued tags), with the RSNA 12-bit
+5. **HU**: RescaleSlope/Intercept (first value of multi-valued tags; slope 1, intercept 0 where absent,
+   flagged ``rescale_missing``; a series whose slices differ in them is refused), with the RSNA 12-bit
    wrong-intercept repair (datasets.md §1.3: BitsStored 12, PixelRepresentation 0, intercept > -100:
    raw + 1000 wrapped at 4096, intercept -1000; flagged ``rsna_intercept_repaired``). JPEG 2000 (CQ500)
    decodes through pydicom's plugins.
@@ -149,13 +151,20 @@ def _orientation(ds, label) -> np.ndarray:
     return np.asarray([float(v) for v in iop])
 
 
+RESCALE_TAGS = ("RescaleSlope", "RescaleIntercept")
+
+
+def _rescale(ds) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (first values; 1 and 0 where absent)."""
+    return float(_first(ds, "RescaleSlope", 1.0)), float(_first(ds, "RescaleIntercept", 0.0))
+
+
 def _hu_slice(ds) -> tuple[np.ndarray, float, bool]:
     """Pixel values in HU (rows, columns), the intercept used, and whether the RSNA repair was applied."""
     raw = ds.pixel_array.astype(np.int32)
     if raw.ndim != 2:
         raise ValueError(f"expected a single-frame 2-D slice, got pixel array of shape {raw.shape}")
-    slope = float(_first(ds, "RescaleSlope", 1.0))
-    intercept = float(_first(ds, "RescaleIntercept", 0.0))
+    slope, intercept = _rescale(ds)
     repaired = (int(ds.get("BitsStored", 16)) == 12 and int(ds.get("PixelRepresentation", 0)) == 0
                 and intercept > -100)
     if repaired:
@@ -163,6 +172,28 @@ def _hu_slice(ds) -> tuple[np.ndarray, float, bool]:
         raw[raw >= 4096] -= 4096
         intercept = -1000.0
     return (raw * slope + intercept).astype(np.float32), intercept, repaired
+
+
+def _check_rescale(slices, label) -> dict:
+    """``{"rescale_missing": note}`` when slices lack RescaleSlope/Intercept (slope 1, intercept 0 assumed);
+    ``DicomSeriesError`` when the slices differ in them (one of the values is wrong, or two series are mixed;
+    which cannot be told). Slices the RSNA repair decoded are left out of the comparison: their tags are the
+    known wrong ones."""
+    missing = sum(any(_first(s, tag) is None for tag in RESCALE_TAGS) for s in slices)
+    compared = [(s, _rescale(s)) for s in slices if not s.rsna_repaired]
+    counts = Counter(rescale for _, rescale in compared)
+    if len(counts) > 1:
+        common = counts.most_common(1)[0][0]
+        odd = next(s.path for s, rescale in compared if rescale != common)
+        parts = "; ".join(f"slope {a:g}, intercept {b:g} in {n} slice(s)" for (a, b), n in counts.most_common())
+        raise DicomSeriesError(f"{label}: slices differ in RescaleSlope/RescaleIntercept ({parts}; e.g. {odd}): "
+                               "a wrong tag or two series mixed; refused" + (
+                                   f" ({missing} slice(s) lack the tags: slope 1, intercept 0 assumed)"
+                                   if missing else ""))
+    if missing:
+        return {"rescale_missing": f"{missing} of {len(slices)} slice(s) without RescaleSlope/RescaleIntercept: "
+                                   "slope 1, intercept 0 assumed"}
+    return {}
 
 
 def _read_slices(files, on_bad_file):
@@ -260,10 +291,20 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     slices, positions, depth = [slices[i] for i in order], positions[order], depth[order]
 
     unique = np.concatenate([[True], np.diff(depth) > DUPLICATE_MM])
+    if unique.sum() < 2:
+        raise DicomSeriesError(f"{label}: all {len(unique)} slices share one position")
+    kept = 0
+    for i in range(1, len(slices)):  # a copy at a position already held is dropped; another image there is refused
+        if unique[i]:
+            kept = i
+        elif not np.array_equal(slices[i].hu, slices[kept].hu):
+            raise DicomSeriesError(f"{label}: {slices[kept].path} and {slices[i].path} lie at the same "
+                                   f"position ({depth[i]:.2f} mm along the normal) with different pixels: two "
+                                   "reconstructions mixed in one series; refused rather than keep one of them")
     n_duplicates = int((~unique).sum())
     slices, positions, depth = [s for s, u in zip(slices, unique) if u], positions[unique], depth[unique]
-    if len(slices) < 2:
-        raise DicomSeriesError(f"{label}: all {len(unique)} slices share one position")
+
+    rescale_flags = _check_rescale(slices, label)
 
     step, steps, gaps, uneven = slice_steps(depth)
     if gaps.any() and on_gap == "reject":
@@ -301,7 +342,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     hu = nib.orientations.apply_orientation(stack, ornt).astype(np.float32)
     affine = affine @ nib.orientations.inv_ornt_aff(ornt, stack.shape)
 
-    flags = {}  # the series checks' findings (checks.FLAGS), with their numbers
+    flags = dict(rescale_flags)  # the series checks' findings (checks.FLAGS), with their numbers
     if any(s.rsna_repaired for s in slices):
         flags["rsna_intercept_repaired"] = "BitsStored 12, unsigned, intercept > -100: raw + 1000 wrapped at 4096"
     if tilt_deg >= TILT_MIN_DEG:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import REPAIRS, CheckedScan, ScanError, ScanRepaired, check_scan
+from .checks import REPAIRS, SFORM_QFORM_ATOL_MM, CheckedScan, ScanError, ScanRepaired, check_scan
 
 __all__ = [
     "AIR_HU", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
@@ -263,8 +263,32 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise PreprocessError(f"{path}: {kind} ({type(e).__name__}: {e})") from e
     if np.any(pixdim <= 0) or not np.all(np.isfinite(pixdim)):
         raise PreprocessError(f"{path}: voxel spacing (pixdim) {pixdim.tolist()} must be positive")
-    meta = {"rescale_intercept": None if intercept is None or not np.isfinite(intercept) else float(intercept)}
+    meta = {"rescale_intercept": None if intercept is None or not np.isfinite(intercept) else float(intercept),
+            "flags": _nifti_orientation(img, path)}
     return hu, np.asarray(img.affine, dtype=np.float64), meta
+
+
+def _nifti_orientation(img, path: Path) -> dict:
+    """The sform/qform check: refused without either (codes 0) or when they give different axis directions
+    (a left-right flip: which one is right is unknown); flagged ``sform_qform_differ`` when they differ otherwise
+    (nibabel, and so fmct, uses the sform)."""
+    import nibabel as nib
+    sform, s_code = img.get_sform(coded=True)
+    qform, q_code = img.get_qform(coded=True)
+    if not s_code and not q_code:
+        raise PreprocessError(f"{path}: no orientation (sform_code and qform_code are both 0): which side is left "
+                              "is unknown; refused. Set the sform or the qform of the file (e.g. with nibabel)")
+    if not (s_code and q_code):
+        return {}
+    s_axes, q_axes = "".join(nib.aff2axcodes(sform)), "".join(nib.aff2axcodes(qform))
+    if s_axes != q_axes:
+        raise PreprocessError(f"{path}: the sform ({s_axes}) and the qform ({q_axes}) give different orientations: "
+                              "which one is right is unknown; refused")
+    differ = float(np.abs(sform[:3] - qform[:3]).max())
+    if differ > SFORM_QFORM_ATOL_MM:
+        return {"sform_qform_differ": f"sform and qform differ by up to {differ:.3g} mm per voxel or in the "
+                                      f"origin (both {s_axes}); the sform is used"}
+    return {}
 
 
 def _read_dicom(src, **options) -> tuple[np.ndarray, np.ndarray, dict]:

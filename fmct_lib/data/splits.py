@@ -5,9 +5,9 @@
   48 / 6 / 6), and each stratum (the patients with one combination of labels, a patient's label for a task being
   the maximum over its scans, unknown where none is known) is divided in the same proportions, to within one
   patient: 10 positive patients of 60 give 8 / 1 / 1. Which patients of a stratum go where follows a keyed hash
-  of the seed and the patient's identifier. The split is a function of the whole cohort: adding patients may
-  move others, so an ingested dataset is split once, when it is ingested (a re-ingestion of the same data with
-  the same seed gives the same split).
+  of the seed and the patient's identifier. The split is a function of the whole cohort, so a dataset is split
+  when it is first ingested; a re-run (resumed, or accepting scans refused before) keeps every patient already
+  split where it is and places only the new ones (``extend_splits``).
 - **The synthetic cohort** (``assign_splits``, one patient at a time): a patient's split depends only on the seed
   and the patient's identifier (a keyed hash), never on which other patients are present. The cohort grows and
   resumes (a site may gain scans; ``fmct synth`` continues an interrupted build), and a hash never moves a
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["patient_split", "assign_splits", "subsample_patients", "split_counts", "patient_strata",
-           "stratified_splits", "SPLITS", "POOL_SPLIT"]
+           "stratified_splits", "extend_splits", "SPLITS", "POOL_SPLIT"]
 
 SPLITS = ("train", "val", "test")
 # the split value of an unlabelled pretraining pool: scans that pretraining reads and no downstream split does
@@ -129,6 +129,39 @@ def stratified_splits(patient_ids: Sequence[str], labels: pd.DataFrame, seed: in
         for rank, patient in enumerate(members):
             split_of[patient] = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
     return [split_of[str(p)] for p in patient_ids]
+
+
+def extend_splits(patient_ids: Sequence[str], labels: pd.DataFrame, kept: dict[str, str], seed: int = 0,
+                  ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[str]:
+    """``stratified_splits`` for a cohort some of whose patients were split before (``kept``: patient -> split).
+
+    Those keep their split. Each new patient (in keyed-hash order) goes to the split furthest below its stratum's
+    quota at the stratum's present size, ties broken by the split furthest below the cohort's quota, then by
+    ``SPLITS`` order. Without a kept patient this is ``stratified_splits`` itself.
+    """
+    ids = [str(p) for p in patient_ids]
+    kept = {p: s for p, s in kept.items() if p in set(ids)}
+    if not kept:
+        return stratified_splits(ids, labels, seed, ratios)
+    ratios_arr = _check_ratios(ratios)
+    strata = patient_strata(ids, labels)
+    bad = {s for s in kept.values() if s not in SPLITS}
+    if bad:
+        raise ValueError(f"kept splits must be one of {SPLITS}, got {sorted(bad)}")
+    split_of = dict(kept)
+    counts = {name: np.zeros(len(SPLITS)) for name in set(strata)}
+    for patient, split in kept.items():
+        counts[strata[patient]][SPLITS.index(split)] += 1
+    size = strata.value_counts()
+    cohort = sum(counts.values())
+    for patient in sorted(set(strata.index) - set(kept), key=lambda p: _unit_interval(p, seed, "stratified")):
+        mine = counts[strata[patient]]
+        gap, cohort_gap = ratios_arr * size[strata[patient]] - mine, ratios_arr * len(strata) - cohort
+        k = max(range(len(SPLITS)), key=lambda k: (gap[k], cohort_gap[k], -k))
+        split_of[patient] = SPLITS[k]
+        mine[k] += 1
+        cohort[k] += 1
+    return [split_of[p] for p in ids]
 
 
 def _move_along_augmenting_path(extra: np.ndarray, stratum: int, short_split: np.ndarray) -> None:

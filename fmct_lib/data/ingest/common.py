@@ -6,7 +6,8 @@ volume, and hands them to ``run_jobs`` with a reader. For each job the loop
 - derives a pseudonymous ``scan_id`` and ``patient_id`` (keyed HMAC-SHA256 of the source key and of the
   original patient identifier; the key is ``$FMCT_PSEUDONYM_KEY`` or a random key kept beside the
   dataset in ``.pseudonym_key``, so re-runs give the same ids),
-- skips the job if its volume and its sidecar row (``volumes/<scan_id>.json``) already exist (resume),
+- skips the job if its volume and its sidecar row (``volumes/<scan_id>.json``) already exist and were
+  written with the same reader options (resume),
 - otherwise reads the volume through the shared loader (``preprocess.load_checked``: every check of
   ``checks.py``), writes ``volumes/<scan_id>.nii.gz`` (RAS, int16 HU) and the sidecar (the row, the
   skipped files and the reason of each flag), each atomically, and catches any error as a rejection
@@ -15,9 +16,11 @@ volume, and hands them to ``run_jobs`` with a reader. For each job the loop
 
 ``finish`` then writes ``scans.csv`` (DESIGN §3, with the 8:1:1 patient-level split, exact in count and
 stratified by label, computed from the original patient identifiers and the seed by
-``splits.stratified_splits``, or the split the user gave; and the ``flags`` column: repairs and flags,
-semicolon-separated), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original ids and source paths: the
-re-identification key, to be kept as private as the source data; see docs/data_safety.md).
+``splits.stratified_splits``, or the split the user gave; a re-run keeps the split of every patient the
+earlier ``scans.csv`` holds and places only new patients, ``splits.extend_splits``; and the ``flags``
+column: repairs and flags, semicolon-separated), ``rejects.csv`` and ``linkage.csv`` (pseudonym -> original
+ids and source paths: the re-identification key, to be kept as private as the source data; see
+docs/data_safety.md).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import hmac
 import json
 import os
 import secrets
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +40,10 @@ from ...progress import tqdm
 
 from ..checks import ScanError, join_flags
 from ...io import atomic_path, atomic_write_csv, atomic_write_json
-from ..manifest import SCAN_COLUMNS, write_scans
+from ..manifest import SCAN_COLUMNS, scan_table_path, write_scans
+from ..pool import run_surviving
 from ..preprocess import load_checked
-from ..splits import SPLITS, stratified_splits
+from ..splits import SPLITS, extend_splits
 
 __all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv", "run_jobs",
            "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
@@ -138,10 +142,11 @@ def read_dicom_job(inputs, *, on_gap: str = "flag", tilt: str = "resample"):
     return hu_int16(scan.hu), scan.affine, row, skipped
 
 
-def _convert(job: Job, reader, volume: Path, sidecar: Path) -> tuple[dict | None, list]:
+def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict) -> tuple[dict | None, list]:
     """Read one job and write its volume + sidecar; returns (row or None, rejects).
 
-    ``row["_notes"]`` (flag name -> finding) becomes the ``flags`` column and the sidecar's ``notes``.
+    ``row["_notes"]`` (flag name -> finding) becomes the ``flags`` column and the sidecar's ``notes``;
+    ``options`` (the reader's) are kept in the sidecar, so a re-run with other options reads the scan again.
     """
     try:
         data, affine, row, skipped = reader(job.inputs)
@@ -156,19 +161,23 @@ def _convert(job: Job, reader, volume: Path, sidecar: Path) -> tuple[dict | None
         return None, [(str(job.source_key), f"could not write {volume.name}: {type(e).__name__}: {e}")]
     row = {**row, FLAGS_COLUMN: join_flags(notes), "spacing": format_spacing(affine),
            "shape": "x".join(map(str, data.shape))}
-    _write_json({"row": row, "rejects": skipped, "notes": notes}, sidecar)
+    _write_json({"row": row, "rejects": skipped, "notes": notes, "options": options}, sidecar)
     return row, skipped
 
 
-def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
+def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None = None, workers: int = 2,
              desc: str = "ingest") -> tuple[list[dict], list[tuple[str, str]]]:
     """Run ``reader`` over ``jobs`` (resuming), writing volumes under ``dataset_dir/volumes``.
 
     ``reader(inputs) -> (data, affine, row, skipped)`` must be a picklable module-level callable when
     ``workers > 1``; ``row`` holds the reader's columns and, under ``"_notes"``, the checks' findings
     (``CheckedScan.notes``), ``skipped`` the ``(file, reason)`` pairs it dropped without failing the
-    volume. Returns the rows (with scan/patient ids, path and the job's columns) and all rejections.
+    volume. ``options`` are the reader's options (JSON values): a volume written with other options is
+    read again. A worker that dies is replaced (``pool.run_surviving``); only a scan that kills its worker
+    when read alone is a rejection. Returns the rows (with scan/patient ids, path and the job's columns) and
+    all rejections.
     """
+    options = dict(options or {})
     dataset_dir = Path(dataset_dir)
     (dataset_dir / VOLUMES).mkdir(parents=True, exist_ok=True)
     key = pseudonym_key(dataset_dir)
@@ -180,7 +189,8 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
         ids = {"scan_id": scan_id, "patient_id": pseudonym(job.patient, key, "P"),
                "path": f"{VOLUMES}/{volume.name}", "_patient": job.patient, "_source": job.source_key}
         done = json.loads(sidecar.read_text()) if volume.exists() and sidecar.exists() else None
-        if done is not None and FLAGS_COLUMN in done["row"]:  # done in an earlier run (with the checks)
+        if done is not None and FLAGS_COLUMN in done["row"] and done.get("options", {}) == options:
+            # done in an earlier run, with the checks and the same reader options
             rows.append({**ids, **done["row"], **job.columns})
             rejects += [tuple(r) for r in done["rejects"]]
         else:
@@ -193,23 +203,32 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, workers: int = 2,
             rows.append({**ids, **row, **job.columns})
 
     bar = tqdm(total=len(pending), desc=desc, unit="scan", disable=not pending)
-    if workers <= 1:
-        for job, ids, volume, sidecar in pending:
-            collect(_convert(job, reader, volume, sidecar), job, ids)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_convert, job, reader, volume, sidecar): (job, ids)
-                       for job, ids, volume, sidecar in pending}
-            for future in as_completed(futures):
-                job, ids = futures[future]
-                try:
-                    collect(future.result(), job, ids)
-                except Exception as e:  # noqa: BLE001 - e.g. a worker killed for memory
-                    rejects.append((str(job.source_key), f"worker failed: {type(e).__name__}: {e}"))
-                bar.update()
+    tasks = [(job, reader, volume, sidecar, options) for job, ids, volume, sidecar in pending]
+    outcomes = (((t, _convert(*t)) for t in tasks) if workers <= 1
+                else run_surviving(_convert, tasks, workers=workers))
+    ids_of = {job.source_key: ids for job, ids, _, _ in pending}
+    for (job, *_), outcome in outcomes:
+        if isinstance(outcome, BrokenProcessPool):
+            rejects.append((str(job.source_key), "the worker process died reading this scan, also when it was read "
+                                                 "alone (out of memory?)"))
+        elif isinstance(outcome, Exception):
+            rejects.append((str(job.source_key), f"worker failed: {type(outcome).__name__}: {outcome}"))
+        else:
+            collect(outcome, job, ids_of[job.source_key])
+        bar.update()
     bar.close()
     return rows, rejects
+
+
+def _earlier_splits(scans: pd.DataFrame, name: str, root: Path | None) -> dict[str, str]:
+    """Original patient id -> split, for the patients of ``scans`` that the dataset's scans.csv already splits."""
+    path = scan_table_path(name, root)
+    if not path.exists():
+        return {}
+    earlier = pd.read_csv(path, usecols=["patient_id", "split"], dtype=str).dropna()
+    earlier = dict(zip(earlier["patient_id"], earlier["split"]))
+    return {original: earlier[pid] for original, pid in zip(scans["_patient"].astype(str), scans["patient_id"])
+            if earlier.get(pid) in SPLITS}
 
 
 def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path, *,
@@ -219,7 +238,8 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
 
     ``columns`` are the dataset's protocol columns placed after ``SCAN_COLUMNS``; ``tasks`` the label
     columns (nullable 0/1). The split is ``given_splits`` (original patient id -> split) where given, else
-    ``stratified_splits`` of the original patient ids by their labels on ``tasks``, from ``seed``. Returns a
+    ``stratified_splits`` of the original patient ids by their labels on ``tasks``, from ``seed``, keeping the
+    split of every patient the dataset's earlier ``scans.csv`` holds (``extend_splits``). Returns a
     summary: counts and paths, the scans per split, ``labels`` (per task and split, the positive and
     negative scans) and ``unlabelled`` (scans without a label for any task).
     """
@@ -231,8 +251,10 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
         scans[task] = pd.to_numeric(scans[task], errors="coerce").astype("Int64")
     patients = scans["_patient"].astype(str)
     if given_splits is None:
-        scans["split"] = stratified_splits(patients, scans[tasks], seed=seed)
-        split_source = f"stratified by label, seed {seed}"
+        kept = _earlier_splits(scans, name, root)
+        scans["split"] = extend_splits(patients, scans[tasks], kept, seed=seed)
+        split_source = f"stratified by label, seed {seed}" + (
+            f"; {len(kept)} patient(s) kept in their split from the earlier scans.csv" if kept else "")
     else:
         scans["split"] = patients.map(given_splits)
         split_source = "given"

@@ -28,23 +28,41 @@ READS_FINDINGS = dict(zip(
     ["ich", "iph", "ivh", "sdh", "edh", "sah", "bleed_left", "bleed_right", "chronic_bleed", "fracture",
      "calvarial_fracture", "other_fracture", "mass_effect", "midline_shift"]))
 PATIENT_FOLDER = re.compile(r"^CQ500CT(\d+)(?: CQ500CT\1)?$")
-_CONTRAST = re.compile(r"(\+\s*c\b|^c\b|\bpost\b|\bcect\b|\bcta\b|\d+\s*cc\b|"
+# "C" alone or first ("C THIN", not "C-SPINE"), "+C", "POST C"/"POST CONTRAST" (not "POST FOSSA"), CECT, CTA, "150cc"
+_CONTRAST = re.compile(r"(\+\s*c\b|^c(?![\w-])|\bpost[\s-]*(?:c\b|con)|\bcect\b|\bcta\b|\d+\s*cc\b|"
                        r"(?<!pre )(?<!non )(?<!non-)(?<!without )\bcontrast\b)", re.IGNORECASE)
 
 
 def read_cq500_labels(reads_csv: Path) -> pd.DataFrame:
-    """Majority-of-3 labels per patient (index ``CQ500-CT-<N>``; ``CQ500_FINDINGS`` + ``category``)."""
-    reads = pd.read_csv(reads_csv)
+    """Majority-of-3 labels per patient (index ``CQ500-CT-<N>``; ``CQ500_FINDINGS`` + ``category``).
+
+    Refused (``ValueError`` naming the file, column and rows): a read that is not 0 or 1 (an empty cell
+    included), a patient listed twice with different reads."""
+    reads = pd.read_csv(reads_csv, dtype=str, keep_default_na=False).apply(lambda c: c.str.strip())
     expected = [f"R{r}:{f}" for r in (1, 2, 3) for f in READS_FINDINGS]
     missing = [c for c in ["name", "Category", *expected] if c not in reads.columns]
     if missing:
         raise ValueError(f"{reads_csv}: not a CQ500 reads.csv, missing columns {missing[:5]}")
-    out = pd.DataFrame(index=reads["name"].astype(str))
+    for column in expected:
+        bad = ~reads[column].isin(["0", "1", "0.0", "1.0"])
+        if bad.any():
+            rows = ", ".join(f"row {i + 2} ({reads['name'][i]}): {reads[column][i]!r}" for i in reads.index[bad][:5])
+            raise ValueError(f"{reads_csv}: column {column!r} must be 0 or 1; {int(bad.sum())} row(s) are not: "
+                             f"{rows} (row 1 is the header)")
+    reads[expected] = reads[expected].replace({"0.0": "0", "1.0": "1"})
+    distinct = reads[["name", "Category", *expected]].drop_duplicates()
+    conflicting = distinct["name"][distinct["name"].duplicated()]
+    if len(conflicting):
+        name = conflicting.iloc[0]
+        rows = ", ".join(str(i + 2) for i in reads.index[reads["name"] == name])
+        raise ValueError(f"{reads_csv}: {name!r} is listed in rows {rows} with different reads "
+                         f"({len(set(conflicting))} such name(s)); one set of reads per patient (row 1 is the header)")
+    out = pd.DataFrame(index=reads["name"])
     for finding, task in READS_FINDINGS.items():
         votes = sum(reads[f"R{r}:{finding}"].astype(int).to_numpy() for r in (1, 2, 3))
         out[task] = (votes >= 2).astype(int)
-    out["category"] = reads["Category"].astype(str).to_numpy()
-    return out[~out.index.duplicated()]
+    out["category"] = reads["Category"].to_numpy()
+    return out[~out.index.duplicated()]  # repeated rows with the same reads
 
 
 def is_contrast(description: str) -> bool:
@@ -111,8 +129,9 @@ def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_
         jobs.append(Job(source_key=str(folder.relative_to(source)), patient=patient, inputs=str(folder),
                         columns=columns))
 
-    reader = functools.partial(read_dicom_job, on_gap=on_gap, tilt=tilt)
-    rows, job_rejects = run_jobs(jobs, reader, dataset_dir, workers=workers, desc=f"ingest {name}")
+    options = {"on_gap": on_gap, "tilt": tilt}
+    rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
+                                 workers=workers, desc=f"ingest {name}")
     for row in rows:  # the header's description (with '/' and '+') is better than the folder's
         row["contrast"] = int(bool(row.get("contrast")) or is_contrast(str(row.get("series_description") or ""))
                               or bool(row.get("contrast_agent")))

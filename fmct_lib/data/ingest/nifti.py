@@ -5,8 +5,10 @@ preprocessing uses too (``preprocess.load_checked``: readable to the end, 3-D, f
 and Hounsfield scale; ``checks.py``), so a file ingestion accepts is one the cache accepts. It is
 reoriented to RAS and written under ``<root>/<name>/volumes`` as int16 HU, with its flags. The labels CSV
 (``labels.read_labels``: its format, and what it refuses) has one row per volume: a path column (relative to
-``source``, or a bare file name), a patient column, label columns renamed to task names through ``mapping``
-(``{"csv column": "task"}``; e.g. EHR-derived labels as in the paper) and optionally a split column. Volumes
+``source``, or a bare file name where no other file below ``source`` has that name; a bare name that several
+files share is refused, naming the row and the files), a patient column, label columns renamed to task names
+through ``mapping`` (``{"csv column": "task"}``; e.g. EHR-derived labels as in the paper) and optionally a
+split column. Volumes
 missing from the CSV are kept with empty labels and their own file as patient (with a split column: in the
 unlabelled pretraining pool, ``splits.POOL_SPLIT``); bad volumes are rejections. Without a split column the
 split is ``splits.stratified_splits`` (exact 8:1:1 by patient, stratified by label, from ``seed``). The
@@ -38,17 +40,28 @@ def read_nifti_job(path):
     return hu_int16(data), affine, row, []
 
 
-def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame) -> dict[Path, int]:
-    """Row index in ``labels`` for each file, matched by path relative to ``source`` or by file name."""
-    by_rel = {str(Path(p)): i for i, p in zip(labels.index, labels["path"])}
-    by_name = {Path(p).name: i for i, p in zip(labels.index, labels["path"])}
-    out = {}
+def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, labels_file) -> dict[Path, int]:
+    """Row index in ``labels`` for each file, matched by its path relative to ``source``; a bare file name in
+    the CSV (no folder part) matches the one file of that name anywhere below ``source``, and is refused
+    (``ValueError`` naming the row and the files) when several files have that name."""
+    rel_of = {f: str(f.relative_to(source)) for f in files}
+    by_rel = {rel: f for f, rel in rel_of.items()}
+    by_name: dict[str, list[Path]] = {}
     for f in files:
-        rel = str(f.relative_to(source))
-        if rel in by_rel:
-            out[f] = by_rel[rel]
-        elif f.name in by_name:
-            out[f] = by_name[f.name]
+        by_name.setdefault(f.name, []).append(f)
+    out = {}
+    for i, entry in sorted(zip(labels.index, labels["path"]), key=lambda r: str(Path(r[1])) not in by_rel):
+        entry = str(Path(entry))
+        candidates = [by_rel[entry]] if entry in by_rel else by_name.get(entry, []) if Path(entry).name == entry else []
+        if len(candidates) > 1:
+            raise ValueError(f"{labels_file}: row {i + 2}: {entry!r} names {len(candidates)} files below the source: "
+                             f"{', '.join(sorted(rel_of[f] for f in candidates))}; give the path relative to the "
+                             "source folder (row 1 is the header)")
+        if candidates and candidates[0] in out:
+            raise ValueError(f"{labels_file}: rows {out[candidates[0]] + 2} and {i + 2} both name "
+                             f"{rel_of[candidates[0]]}; one row per volume (row 1 is the header)")
+        if candidates:
+            out[candidates[0]] = i
     return out
 
 
@@ -74,7 +87,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     if labels is not None:
         table = read_labels(labels, path_column=path_column, patient_column=patient_column, mapping=mapping,
                             split_column=split_column)
-    rows_of = _match_labels(files, source, table)
+    rows_of = _match_labels(files, source, table, labels)
 
     jobs = []
     for f in files:

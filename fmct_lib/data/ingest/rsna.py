@@ -5,7 +5,8 @@ duplicated rows) and the flat folder ``stage_2_train/ID_<9 hex>.dcm``. Slices ar
 StudyInstanceUID, the paper's choice (``per_series=True`` groups by series instead; in per-study mode a
 study with several series keeps the largest and lists the others as rejections). A scan's labels are the
 max over the slices of the volume written: ``any`` -> ``ich``, ``epidural`` -> ``edh``, ``intraparenchymal`` -> ``iph``,
-``intraventricular`` -> ``ivh``, ``subarachnoid`` -> ``sah``, ``subdural`` -> ``sdh``. Undecodable
+``intraventricular`` -> ``ivh``, ``subarachnoid`` -> ``sah``, ``subdural`` -> ``sdh``; a label is 0 or 1,
+anything else refuses the CSV (naming the row). Undecodable
 slices (the known corrupt ``ID_6431af929.dcm``) are skipped and recorded; the wrong-intercept repair
 happens in the reader.
 """
@@ -36,9 +37,15 @@ def read_rsna_labels(csv_path: Path) -> pd.DataFrame:
 
     Duplicated rows (the stage-2 file repeats 4 images) collapse with max, as in public pipelines.
     """
-    long = pd.read_csv(csv_path, dtype={"ID": str, "Label": "Int64"})
+    long = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     if list(long.columns[:2]) != ["ID", "Label"]:
         raise ValueError(f"{csv_path}: expected header 'ID,Label', got {list(long.columns)}")
+    bad = ~long["Label"].str.strip().isin(["0", "1"])
+    if bad.any():
+        rows = [f"row {i + 2} ({long['ID'][i]}): {long['Label'][i]!r}" for i in long.index[bad][:5]]
+        raise ValueError(f"{csv_path}: column 'Label' must be 0 or 1; {int(bad.sum())} row(s) are not: "
+                         + ", ".join(rows) + (", …" if bad.sum() > 5 else "") + " (row 1 is the header)")
+    long["Label"] = long["Label"].astype(int)
     parts = long["ID"].str.rsplit("_", n=1, expand=True)
     long = long.assign(image=parts[0], subtype=parts[1])
     unknown = set(long["subtype"]) - set(RSNA_SUBTYPES)
@@ -86,7 +93,11 @@ def index_headers(image_dir: Path, index_path: Path, *, workers: int = 2, chunk:
 
 def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_series: bool = False,
                 workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
-    """Ingest the RSNA stage-2 training set from ``source`` into ``<root>/<name>/``; returns a summary."""
+    """Ingest the RSNA stage-2 training set from ``source`` into ``<root>/<name>/``; returns a summary.
+
+    The summary (``common.finish``) adds ``images_without_label`` (indexed images the CSV has no row for) and
+    ``labels_without_image`` (CSV images no file holds). A scan with an unlabelled image is positive for a task
+    where a labelled image is, else unknown (never a 0 that the missing image might contradict)."""
     validate_dataset_name(name)  # before anything is written
     source = Path(source)
     if not source.is_dir():
@@ -110,15 +121,22 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
                                     f"{len(series_sizes)} series; per-study mode keeps the largest ({keep[0]})"))
         for series in keep:
             files = group[group["series"] == series]
-            scan_labels = labels.reindex(files["sop"]).max()
+            known = labels.reindex(files["sop"]).astype("Float64")
+            top = known.max()  # 0 only where every image has a label; 1 where any labelled image is positive
+            scan_labels = top.where(known.notna().all().to_numpy() | (top == 1).fillna(False).to_numpy())
             jobs.append(Job(source_key=series if per_series else study, patient=files["patient"].iloc[0],
                             inputs=tuple(files["file"]),
                             columns={t: scan_labels[t] for t in RSNA_TASKS}))
 
-    reader = functools.partial(read_dicom_job, on_gap=on_gap, tilt=tilt)
-    rows, job_rejects = run_jobs(jobs, reader, dataset_dir, workers=workers, desc=f"ingest {name}")
+    options = {"on_gap": on_gap, "tilt": tilt}
+    rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
+                                 workers=workers, desc=f"ingest {name}")
     register_dataset(name, description="RSNA Intracranial Hemorrhage Detection (Kaggle 2019), stage 2 train",
                      tasks=RSNA_TASKS, licence="RSNA challenge data terms",
                      ingest_command=f"fmct ingest rsna --source DIR --name {name}")
-    return finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=RSNA_TASKS,
-                  columns=DICOM_COLUMNS)
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=RSNA_TASKS,
+                     columns=DICOM_COLUMNS)
+    sops = set(index["sop"])
+    summary["images_without_label"] = len(sops - set(labels.index))
+    summary["labels_without_image"] = len(set(labels.index) - sops)
+    return summary
