@@ -19,7 +19,10 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast computes in on ``device``; None for plain fp32."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # bf16 units from compute capability 8 (Ampere); ``torch.cuda.is_bf16_supported()`` also says yes where bf16
+    # is only emulated (V100, T4), which runs slower than fp16, and asks the current device, not this one
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def autocast_for(device: "torch.device | str") -> tuple[Callable[[], ContextManager], bool]:

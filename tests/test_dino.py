@@ -182,6 +182,13 @@ def test_koleo_is_minus_mean_log_nearest_neighbour_distance():
     # spreading the batch lowers it: two clusters of near-copies score higher than spread points
     tight = torch.tensor(np.repeat(z[:2], 4, axis=0) + 1e-3 * rng.normal(size=(8, 4)), dtype=torch.float32)
     assert float(koleo_loss(tight)) > float(koleo_loss(torch.tensor(z[:8], dtype=torch.float32))) + 3
+    # a batch of 64 (cdist's matrix-product shortcut starts above 25 rows) with two rows 1e-5 apart: exact
+    big = rng.normal(size=(64, 16))
+    big[1] = big[0] + 1e-5 * rng.normal(size=16)
+    zb = big / np.linalg.norm(big, axis=1, keepdims=True)
+    db = cdist(zb, zb) + np.diag(np.full(64, np.inf))
+    want = -np.mean(np.log(db.min(axis=1) + 1e-8))
+    assert float(koleo_loss(torch.tensor(big, dtype=torch.float32))) == pytest.approx(want, rel=2e-3)
 
 
 def test_dinov2_options_are_checked_and_recorded_only_when_on():

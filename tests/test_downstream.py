@@ -268,13 +268,18 @@ def test_fit_and_predict_under_a_gpus_autocast(monkeypatch, dtype):
 
 
 def test_autocast_per_device(monkeypatch):
-    """fp32 on the CPU; on CUDA bf16 where supported, else fp16 with a loss scaler (the names say which)."""
+    """fp32 on the CPU; on CUDA bf16 from compute capability 8 (Ampere: A100, H100), else fp16 with a loss scaler
+    (V100 7.0, T4 7.5, where bf16 is only emulated although ``is_bf16_supported()`` says yes); the GPU asked
+    about is the one whose capability counts."""
     import contextlib
     factory, scaled = precision.autocast_for("cpu")
     assert factory is contextlib.nullcontext and not scaled and precision.precision_name("cpu") == "float32"
-    for bf16, name in ((True, "bfloat16 autocast"), (False, "float16 autocast")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
-        assert precision.autocast_for("cuda:0")[1] is not bf16 and precision.precision_name("cuda") == name
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts as support
+    capability = {0: (9, 0), 1: (7, 5)}                                         # an H100 and a T4
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capability[torch.device(device).index or 0])
+    for device, scaled, name in (("cuda:0", False, "bfloat16 autocast"), ("cuda:1", True, "float16 autocast")):
+        assert precision.autocast_for(device)[1] is scaled and precision.precision_name(device) == name
 
 
 def test_features_under_autocast_are_cached_apart_from_fp32_ones(monkeypatch, tmp_path):

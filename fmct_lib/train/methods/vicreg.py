@@ -61,7 +61,12 @@ def _gather(z: torch.Tensor) -> torch.Tensor:
 
 def vicreg_loss(z_a: torch.Tensor, z_b: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
                 cov_coeff: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, dict]:
-    """The VICReg loss of two batches of embeddings (n, D) and its three terms (floats, for the log)."""
+    """The VICReg loss of two batches of embeddings (n, D) and its three terms (floats, for the log).
+
+    As the VICReg paper's Eq. 6 writes it: ``λ s + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')]``, the variance and the
+    covariance terms summed over the two views. Its public code halves the variance sum (``/ 2`` per view), so
+    with the same 25/25/1 the variance weighs twice as much here as there (``std_coeff=12.5`` matches the code);
+    the released demo encoders were pretrained with the sum."""
     z_a, z_b = z_a.float(), z_b.float()
     invariance = F.mse_loss(z_a, z_b)
     z_a, z_b = _gather(z_a), _gather(z_b)
