@@ -29,6 +29,7 @@ from fmct_lib.models.abmil import ABMILHead
 from fmct_lib.models.checkpoints import CheckpointError
 from fmct_lib.models.external import ENCODERS, build_encoder
 from fmct_lib.models.external.base import axial_slices
+from fmct_lib.models.external.resnet3d import resnet_feature_map
 from fmct_lib.models.heads import AttentiveHead, Classifier, build_head
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet's RGB statistics
@@ -108,7 +109,7 @@ def _publish_merlin(tmp_path):
 
 
 def _publish_resnet3d(tmp_path):
-    ref = _monai_resnet((1, 1, 1, 1), 7, 1)
+    ref = _monai_resnet((1, 1, 1, 1), 7, (1, 2, 2))
     state = dict(ref.state_dict())
     state.update({"fc.weight": torch.randn(700, 2048), "fc.bias": torch.randn(700)})  # Kinetics-700 classifier
     path = tmp_path / "r3d50_K_200ep.pth"
@@ -187,7 +188,7 @@ CASES = {
         required="encode_image.i3_resnet.layer2.0.conv2.weight", reported="layer2.0.conv2.weight"),
     "resnet3d": Case(
         "resnet3d", "ResNet-50-3D", {"layers": (1, 1, 1, 1)}, (2, 3, 32, 32, 32),
-        tokens=1 + (32 // 16) ** 3,  # pool and three stages of stride 2
+        tokens=1 + (32 // 16) * (32 // 32) ** 2,  # the pool, then 2x1x1: stem (1, 2, 2), max-pool and 3 stages /2
         publish=_publish_resnet3d, reference=lambda ref, x: ref(x), compare=lambda t: t[:, 0],
         facts={"conv1.weight": (64, 3, 7, 7, 7), "layer1.0.downsample.0.weight": (256, 64, 1, 1, 1),
                "layer1.0.downsample.0.bias": None, "fc.weight": (700, 2048)},
@@ -300,6 +301,18 @@ def test_tokens_feed_the_heads_and_train_end_to_end(name, head):
     assert logits.shape == (case.shape[0], 2) and torch.isfinite(logits).all()
     F.cross_entropy(logits, torch.tensor([0, 1])).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+def test_resnet3d_has_the_stem_of_hara_et_al():
+    """3D-ResNets-PyTorch's ``conv1``: kernel (7, 7, 7), stride (1, 2, 2), padding (3, 3, 3), no bias (the first
+    axis, their temporal one, at full resolution), then a max-pool of stride 2: layer 4 is 6x3x3 on 96³."""
+    encoder = _quiet_build(CASES["resnet3d"])
+    x = torch.randn(1, 3, 20, 20, 20)
+    w = encoder.net.conv1.weight
+    torch.testing.assert_close(encoder.net.conv1(x), F.conv3d(x, w, stride=(1, 2, 2), padding=3))
+    with torch.device("meta"):
+        grid = resnet_feature_map(_quiet_build(CASES["resnet3d"]).net.to("meta"), torch.empty(1, 3, 96, 96, 96))
+    assert tuple(grid.shape[2:]) == (6, 3, 3)
 
 
 def test_build_head_sizes_itself_from_an_external_encoder():

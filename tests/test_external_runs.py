@@ -78,7 +78,7 @@ def test_a_reference_is_named_by_its_weights_bytes_or_as_random_and_pickles(tmp_
     options_hash = hashlib.sha256(json.dumps({"blocks_down": [1, 1, 1], "init_filters": 4}, sort_keys=True)
                                   .encode()).hexdigest()[:8]
     assert random0.identity == f"ctfm-random-s0-{options_hash}" and random1.identity.startswith("ctfm-random-s1-")
-    assert ExternalRef("resnet3d").identity == "resnet3d-random-s0"
+    assert ExternalRef("resnet3d").identity == "resnet3d-random-s0-r1"  # revision 1: the stem fixed (runs before it not reused)
     assert "RANDOMLY INITIALISED" in random0.describe() and "published weights" in ref_a.describe()
 
     # it crosses process boundaries (sweeps send it to workers) and builds the same encoder there

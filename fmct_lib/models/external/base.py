@@ -223,6 +223,7 @@ class ExternalEncoder(nn.Module):
     architecture = ""
     published = ""
     preset = "paper"    # the preprocessing preset of its inputs (data.preprocess.PRESETS)
+    revision = 0        # raised when a fix changes what the adapter computes: part of its runs' identity
 
     def __init__(self, *, embed_dim: int, num_heads: int, in_chans: int):
         super().__init__()

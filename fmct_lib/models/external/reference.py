@@ -7,7 +7,8 @@ worker processes, which build the encoder themselves.
 
 Its ``identity`` names its runs and its cached features: ``<name>-<sha256 of the weights>[:16]`` for published
 weights, ``<name>-random-s<seed>`` for a random initialisation, each followed by ``-<sha256 of the options>[:8]``
-where options were given. Two weight files never share an identity, and a random build says so in every run
+where options were given, and by ``-r<revision>`` before those where a fix changed what the adapter computes
+(so runs and features made before it are not reused). Two weight files never share an identity, and a random build says so in every run
 directory. The weights' sha256 is computed once, when the reference is made (a folder: over its files, names and
 bytes). Its inputs come from its own preprocessing preset (``preset``, ``spec``; paper, Methods "Baseline
 comparisons": "original preprocessing pipelines ... were used for Merlin and CT-FM"), and ``check_spec`` refuses
@@ -74,6 +75,8 @@ class ExternalRef:
     def identity(self) -> str:
         """What its runs and cached features are named by (module docstring)."""
         base = f"{self.name}-random-s{self.seed}" if self.random else f"{self.name}-{self.weights_sha256[:16]}"
+        if ADAPTERS[self.name].revision:
+            base += f"-r{ADAPTERS[self.name].revision}"
         if not self.options:
             return base
         options = json.dumps(dict(self.options), sort_keys=True)

@@ -2,8 +2,10 @@
 hardware and software": github.com/kenshohara/3D-ResNets-PyTorch), through MONAI's ``ResNet`` (what
 ``monai.networks.nets.resnet50`` builds: bottleneck blocks (3, 4, 6, 3), 7³ stem, shortcut B).
 
-It takes the paper's inputs (three windows as channels). Its layer-4 feature map (2048 channels at 1/16 of
-the input) is the token set; its global average (the network's own ``avgpool``) is the first token. ``layers``
+It takes the paper's inputs (three windows as channels). The stem is Hara et al.'s: a 7³ convolution of stride
+(1, 2, 2), the first axis kept at full resolution (their temporal axis), then a max-pool of stride 2; so the
+layer-4 feature map (2048 channels) is 1/16 of the input along the first axis and 1/32 along the other two
+(3×96³ → 6×3×3). It is the token set; its global average (the network's own ``avgpool``) is the first token. ``layers``
 and ``widths`` (the stages' bottleneck widths, published 64, 128, 256, 512) shrink it for the small profiles.
 
 The published weights the paper's source provides are Hara et al.'s Kinetics checkpoints (``r3d50_K_200ep.pth``
@@ -34,6 +36,7 @@ def resnet_feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class ResNet3dEncoder(ExternalEncoder):
     name = "ResNet-50-3D"
+    revision = 1  # 1: Hara's stem stride (1, 2, 2); 0 had MONAI's (1, 1, 1), 4x the tokens and FLOPs
     published = ("Hara et al. 3D-ResNets-PyTorch Kinetics checkpoints (r3d50_K_200ep.pth, r3d50_KM_200ep.pth), "
                  "MIT")
 
@@ -41,10 +44,10 @@ class ResNet3dEncoder(ExternalEncoder):
         from monai.networks.nets import ResNet
         dim = 4 * widths[-1]  # the bottleneck's expansion
         super().__init__(embed_dim=dim, num_heads=heads_for(dim), in_chans=in_chans)
-        self.architecture = (f"MONAI ResNet, bottleneck blocks {tuple(layers)}, widths {tuple(widths)}, 7x7x7 stem, "
-                             "shortcut B")
+        self.architecture = (f"MONAI ResNet, bottleneck blocks {tuple(layers)}, widths {tuple(widths)}, 7x7x7 stem "
+                             "of stride (1, 2, 2), shortcut B")
         self.net = ResNet("bottleneck", list(layers), list(widths), spatial_dims=3, n_input_channels=in_chans,
-                          conv1_t_size=7, conv1_t_stride=1, shortcut_type="B", bias_downsample=False,
+                          conv1_t_size=7, conv1_t_stride=(1, 2, 2), shortcut_type="B", bias_downsample=False,
                           feed_forward=False)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
