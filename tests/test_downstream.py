@@ -390,6 +390,65 @@ def test_the_linear_probe_is_scikit_learns_logistic_regression_on_the_cls_token(
     assert len(again) == len(preds)
 
 
+def test_the_linear_probe_is_scikit_learns_on_features_of_tiny_variance(toy_world, monkeypatch):
+    """A cls feature with a standard deviation of ~1e-5 (below the BatchNorm's √eps = 1e-3) carries the label:
+    the kept head still gives sklearn's predict_proba, and so does the kept classifier read back."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    table, ckpt, root = toy_world
+    dim = TOY.model.embed_dim
+
+    def cls_features(x):
+        x = x.double()
+        f = 0.2 * (x[:, 0, :4, :4, :6].reshape(len(x), -1)[:, :dim] - 0.3) / 0.05
+        f[:, 0] = 1.0 + 3e-6 * (x.mean(dim=(1, 2, 3, 4)) - 0.3) / 0.005
+        return f.float()
+    encoder_class = type(downstream.load_encoder(ckpt))
+    monkeypatch.setattr(encoder_class, "forward_features", lambda self, x: cls_features(x)[:, None].repeat(1, 2, 1))
+    monkeypatch.setattr(protocols, "LINEAR_C_GRID", (1.0,))  # weak regularisation: the tiny feature matters
+    internal = {"site": "internal"}
+    preds = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, run_root=root,
+                         progress=False)
+    config = json.loads(next(root.rglob("config.json")).read_text())
+    rows = lambda split: table[(table.site == "internal") & (table.split == split) & table.ich.notna()]  # noqa: E731
+    x = lambda r: cls_features(inputs.volume_source("toyset", r, None)[0].data).double().numpy()  # noqa: E731
+    train, test = rows("train"), rows("test")
+    scaler = StandardScaler().fit(x(train))
+    assert 3e-6 < scaler.scale_[0] < 3e-5
+    reference = LogisticRegression(C=config["choice"]["C"], class_weight="balanced", max_iter=10_000).fit(
+        scaler.transform(x(train)), train["ich"].astype(int))
+    expected = reference.predict_proba(scaler.transform(x(test)))[:, 1]
+    np.testing.assert_allclose(preds["probability"].to_numpy(), expected, rtol=0, atol=2e-6)
+    assert np.abs(expected - 0.5).max() > 0.1 and abs(reference.coef_[0, 0]) > 0.5  # the tiny feature counts
+    # the classifier read back from trained/ (another evaluation loads it) predicts the same
+    again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, eval_split="val",
+                         run_root=root, progress=False)
+    expected_val = reference.predict_proba(scaler.transform(x(rows("val"))))[:, 1]
+    np.testing.assert_allclose(again["probability"].to_numpy(), expected_val, rtol=0, atol=2e-6)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_linear_probe_records_per_c_whether_it_converged(toy_world, monkeypatch):
+    """With an iteration cap too low for the weakly regularised fits, the run's choice says, per C, whether the
+    solver converged, as an independent LogisticRegression with that cap does."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    table, ckpt, root = toy_world
+    monkeypatch.setattr(protocols, "LINEAR_MAX_ITER", 8)
+    with pytest.warns(UserWarning, match="did not converge in 8 iterations"):
+        run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"}, run_root=root,
+                     progress=False)
+    choice = json.loads(next(root.rglob("config.json")).read_text())["choice"]
+    encoder = downstream.load_encoder(ckpt).eval()
+    train = table[(table.site == "internal") & (table.split == "train") & table.ich.notna()]
+    x = encoder(inputs.volume_source("toyset", train, None)[0].data).detach().double().numpy()
+    x = StandardScaler().fit_transform(x)
+    expected = {str(c): bool(LogisticRegression(C=c, class_weight="balanced", max_iter=8).fit(
+        x, train["ich"].astype(int)).n_iter_.max() < 8) for c in protocols.LINEAR_C_GRID}
+    assert choice["converged"] == expected and set(expected.values()) == {True, False}
+
+
 @pytest.mark.parametrize("protocol", ["linear", "finetune", "scratch"])
 def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monkeypatch, tmp_path, protocol):
     """Evaluated elsewhere, a run loads the classifier its training twin kept and predicts as a retrained one."""
@@ -436,6 +495,40 @@ def test_external_validation_reuses_the_internal_runs_classifier(toy_world, monk
     assert len(list((root / "trained").rglob("model.safetensors"))) == (1 if protocol == "scratch" else 2)
 
 
+def test_a_finished_run_whose_evaluation_rows_changed_runs_again(toy_world):
+    """A corrected test label and a withdrawn test scan: the finished run is not returned as it was, but run
+    again (with a warning saying what changed), and its predictions are those of the current rows."""
+    table, _, root = toy_world
+    internal = {"site": "internal"}
+    before = run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root,
+                          progress=False)
+    assert {"int009", "int019"} <= set(before["scan_id"])
+    changed = table.copy()
+    changed.loc[changed.scan_id == "int009", "ich"] = 1 - changed.loc[changed.scan_id == "int009", "ich"]
+    write_scans(changed[changed.scan_id != "int019"], "toyset")
+    with pytest.warns(UserWarning, match=r"evaluation rows changed .*1 scan\(s\) removed, 1 label\(s\) changed"):
+        after = run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root,
+                             progress=False)
+    current = changed.query("site == 'internal' and split == 'test' and scan_id != 'int019'")
+    assert list(after["scan_id"]) == list(current["scan_id"])
+    assert (after["label"].to_numpy() == current["ich"].to_numpy(int)).all()
+    run_dir = next(root.rglob("done")).parent
+    assert list(runs_module.read_predictions(run_dir / "predictions.csv")["scan_id"]) == list(current["scan_id"])
+    assert json.loads((run_dir / "config.json").read_text())["n_eval"] == len(current)
+    # unchanged since: returned as it is, without a warning about the rows
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root,
+                             progress=False)
+    assert not [w for w in caught if "evaluation rows changed" in str(w.message)]
+    np.testing.assert_array_equal(again["probability"], after["probability"])
+    # a scan added to the test split is a change too
+    write_scans(changed, "toyset")
+    with pytest.warns(UserWarning, match=r"1 scan\(s\) added"):
+        run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root, progress=False)
+
+
 def test_fewshot_runs_keep_no_classifier(toy_world):
     _, ckpt, root = toy_world
     run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "internal"}, k_shot=3,
@@ -471,6 +564,42 @@ def test_scratch_sweep_records_the_choice(toy_world):
     run_protocol("toyset", "bleed_left", "scratch", None, other, run_root=root, progress=False)
     choices = [json.loads(p.read_text())["choice"]["lr"] for p in root.rglob("config.json")]
     assert sorted(choices) in ([1e-4, 1e-2], [1e-3, 1e-2])
+
+
+def test_a_scratch_profile_with_another_architecture_is_another_run(toy_world, monkeypatch):
+    """``profile.replace(model=…)`` under the same name trains its own scratch run (never the finished one of the
+    named profile's architecture); a run with the named profile's own architecture keeps its signature."""
+    from fmct_lib import config as config_module
+    _, _, root = toy_world
+    monkeypatch.setitem(config_module.PROFILES, "toy", TOY)  # here TOY is the toy profile
+    wider = TOY.replace(model=ModelConfig(img_size=16, patch_size=8, embed_dim=36, depth=1, num_heads=2))
+    first = run_protocol("toyset", "ich", "scratch", None, TOY, run_root=root, progress=False)
+    (own,) = [p.parent for p in root.rglob("done")]
+    assert "model" not in json.loads((own / "config.json").read_text())["signature"]
+    preds, model = run_protocol("toyset", "ich", "scratch", None, wider, run_root=root, progress=False,
+                                return_model=True)
+    assert model.encoder.config.embed_dim == 36 and not np.allclose(preds["probability"], first["probability"])
+    (other,) = [p.parent for p in root.rglob("done") if p.parent != own]
+    assert json.loads((other / "config.json").read_text())["signature"]["model"]["embed_dim"] == 36
+    assert len(list((root / "trained").rglob("model.safetensors"))) == 2
+    _, again = run_protocol("toyset", "ich", "scratch", None, wider, run_root=root, progress=False,
+                            return_model=True)
+    assert again.encoder.config.embed_dim == 36
+
+
+def test_the_paper_profiles_scratch_grid_is_the_papers_and_every_optimiser_builds():
+    """Methods: lr {1e-3, 1e-4, 1e-5}, weight decay {0.01, 0.05, 1e-4, 1e-5}, optimizer {SGD, Adam, AdamW} (its grid
+    over epochs is the convergence rule here); the small profiles keep their one point."""
+    from fmct_lib.downstream.training import _optimizer
+    grid = get_profile("paper").scratch_grid
+    assert {k: sorted(v) for k, v in grid.items()} == {
+        "lr": [1e-5, 1e-4, 1e-3], "weight_decay": [1e-5, 1e-4, 0.01, 0.05], "optimizer": ["adam", "adamw", "sgd"]}
+    for name in grid["optimizer"]:
+        hp = HParams(max_epochs=1, patience=1, batch_size=4, subset=4, optimizer=name, weight_decay=1e-4)
+        optimiser = _optimizer(tiny_model(), hp, frozen=False)
+        assert type(optimiser).__name__.lower() == name and optimiser.defaults["weight_decay"] == 1e-4
+    for small in ("demo", "toy"):
+        assert get_profile(small).scratch_grid == {"lr": [1e-3], "weight_decay": [0.05], "optimizer": ["adamw"]}
 
 
 def test_a_scratch_grid_point_that_diverges_is_recorded_and_never_chosen(toy_world):

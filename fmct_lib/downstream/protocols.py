@@ -172,9 +172,12 @@ def train_attentive_probe(protocol: Protocol, job: TrainingJob) -> Trained:
 
 def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
     """The linear probe: L2 logistic regression on the standardised cls token of the frozen encoder, solved to
-    convergence (L-BFGS) for each C of ``LINEAR_C_GRID``, the C chosen by validation AUROC; then written into
-    the ``LinearHead`` (its BatchNorm holds the standardisation, its linear layer the regression), so the kept
-    classifier is an ordinary one."""
+    convergence (L-BFGS) for each C of ``LINEAR_C_GRID`` (whether it converged is recorded per C), the C chosen
+    by validation AUROC; then written into the ``LinearHead`` (its BatchNorm centres, its linear layer holds the
+    scaled regression), so the kept classifier is an ordinary one (``_write_logistic``)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -189,27 +192,49 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
     scaler = StandardScaler().fit(x)
     val_x = scaler.transform(cls(job.val)) if job.val is not None else None
     scored = val_x is not None and len(np.unique(job.val_labels)) == 2
-    best, scores = None, {}
+    best, scores, solved = None, {}, {}
     for c in LINEAR_C_GRID:
-        model = LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER).fit(scaler.transform(x), y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model = LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER).fit(
+                scaler.transform(x), y)
+        unsolved = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+        for w in caught:  # any other warning goes on as it came
+            if w not in unsolved:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        solved[c] = int(model.n_iter_.max()) < LINEAR_MAX_ITER and not unsolved
         scores[c] = auroc(job.val_labels, model.predict_proba(val_x)[:, 1]) if scored else float(c)
         if best is None or scores[c] > scores[best[0]]:
             best = (c, model)
     c, model = best
-    converged = int(model.n_iter_.max()) < LINEAR_MAX_ITER
-    with torch.no_grad():
-        head.norm.running_mean.copy_(torch.as_tensor(scaler.mean_))
-        head.norm.running_var.copy_(torch.as_tensor(np.maximum(scaler.scale_ ** 2 - head.norm.eps, 0.0)))
-        head.linear.weight.zero_()
-        head.linear.weight[1] = torch.as_tensor(model.coef_[0])
-        head.linear.bias.copy_(torch.as_tensor([0.0, model.intercept_[0]]))
+    converged = solved[c]
+    if not all(solved.values()):
+        warnings.warn(f"linear probe: L-BFGS did not converge in {LINEAR_MAX_ITER} iterations for C = "
+                      f"{[k for k, ok in solved.items() if not ok]} (the run's choice records it per C)", stacklevel=2)
+    _write_logistic(head, scaler, model)
     probe = Classifier(_Tokens(), head)
     stopping = {"reason": "converged (L-BFGS)" if converged else "cap: L-BFGS iterations", "stopped_epoch": None,
                 "stopped_step": int(model.n_iter_.max()), "best_epoch": None, "best_step": None,
                 "best_val_auroc": scores[c] if scored else None, "patience": None, "max_epochs": None,
                 "steps_per_epoch": None}
     return Trained(Classifier(encoder, head), lambda source: predict(probe, tokens(source), job.hp.batch_size),
-                   [], stopping, choice={"C": c, "val_auroc": scores if scored else None})
+                   [], stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
+
+
+def _write_logistic(head: torch.nn.Module, scaler, model) -> None:
+    """Write a fitted ``StandardScaler`` + binary ``LogisticRegression`` into a ``LinearHead``, so that it gives
+    sklearn's ``predict_proba`` for any feature scale: the BatchNorm only centres (on the float32 mean: near the
+    mean the subtraction is exact), the linear layer holds coef / scale (a feature's scale never meets the
+    BatchNorm's eps), and the bias the intercept less what the float32 mean left out."""
+    mean = scaler.mean_.astype(np.float32)
+    weight = model.coef_[0] / scaler.scale_
+    bias = model.intercept_[0] - weight @ (scaler.mean_ - mean.astype(np.float64))
+    with torch.no_grad():
+        head.norm.running_mean.copy_(torch.as_tensor(mean))
+        head.norm.running_var.fill_(1.0 - head.norm.eps)
+        head.linear.weight.zero_()
+        head.linear.weight[1] = torch.as_tensor(weight)
+        head.linear.bias.copy_(torch.as_tensor([0.0, bias]))
 
 
 def train_scratch(protocol: Protocol, job: TrainingJob) -> Trained:

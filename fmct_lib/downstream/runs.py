@@ -30,11 +30,14 @@ Our own (or the authors') checkpoint enters the signature by its weights, not by
 A moved checkout, or a released copy of a pretraining run, finds the same runs; other weights at the same path
 (a re-released encoder) never do.
 
-A run's identity is its signature (every setting it depends on); its directory name is made from it. Every
+A run's identity is its signature (every setting it depends on; a scratch run's architecture where it is not its
+profile name's own, ``_own_architecture``); its directory name is made from it. Every
 run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
-(resume). A run on all training data keeps its classifier (``trained/`` beside the runs), and a run that differs
-from it only in what it is evaluated on loads it instead of training again.
+(resume) and its predictions' scans and labels are still the evaluation rows of the scan table; where they are
+not (a scan added or withdrawn, a label corrected), it warns and runs again in its directory. A run on all
+training data keeps its classifier (``trained/`` beside the runs), and a run that differs from it only in what it
+is evaluated on loads it instead of training again.
 """
 from __future__ import annotations
 
@@ -113,25 +116,36 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         "seed": seed, "train_filter": train_filter, "eval_filter": eval_filter, "hparams": asdict(hp),
         "train_scans": None if train_scans is None else hashlib.sha256(
             ",".join(sorted(map(str, train_scans["scan_id"]))).encode()).hexdigest()[:12],
+        **_own_architecture(proto, profile),
     }
     from ..paths import runs_root
     run_root = Path(run_root or runs_root() / "downstream")
     run_dir = Path(run_dir or run_root / default_run_name(signature))
     model_file = trained_model_path(signature, run_root) if proto.head is not None and not k_shot else None
     where = f"{eval_dataset} {eval_split}" + (f" [{_filter_tag(eval_filter)}]" if eval_filter else "")
+    stale = False
     if (run_dir / "done").exists():
         stored = json.loads((run_dir / "config.json").read_text())["signature"]
         if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
-        if not return_model:
-            return _with_split_warning(read_predictions(run_dir / "predictions.csv"), task, where)
-        if proto.head is None or (model_file is not None and model_file.exists()):
+        finished = read_predictions(run_dir / "predictions.csv")
+        changes = _evaluation_changes(signature, spec, finished)
+        if changes:
+            import warnings
+            warnings.warn(f"{run_dir}: the evaluation rows changed since this run finished ({changes}); running it "
+                          f"again", stacklevel=2)
+            stale = True
+        elif not return_model:
+            return _with_split_warning(finished, task, where)
+        elif proto.head is None or (model_file is not None and model_file.exists()):
             model = None if proto.head is None else _load_trained(model_file, signature, proto, encoder, profile)[0]
-            return _with_split_warning(read_predictions(run_dir / "predictions.csv"), task, where), model
+            return _with_split_warning(finished, task, where), model
         # a finished run whose classifier was not kept (K-shot, or older than kept classifiers): train it again
 
     # one process per run directory: a second one fails at once (LockBusy names the holder)
     with exclusive_lock(run_dir / LOCK_FILE, what=f"run directory {run_dir}", wait=0):
+        if stale:  # unfinished until its new predictions are written
+            (run_dir / "done").unlink(missing_ok=True)
         job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
                                                            device, progress, num_workers, run_root / "features")
         torch.manual_seed(seed)
@@ -217,6 +231,41 @@ def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, 
     return job, train, val, test, test_source
 
 
+def _evaluation_changes(signature: dict, spec, predictions: pd.DataFrame) -> str:
+    """How the evaluation rows in the scan table now differ from a finished run's ``predictions`` (scan_id,
+    label), e.g. ``"1 scan(s) removed, 1 label(s) changed"``; ``""`` where they do not (scans the cache rejected
+    are not counted as added), or where the scan table is not here to compare with."""
+    from ..data.cache import read_rejects
+    from ..data.manifest import DatasetNotAvailable
+    s = signature
+    try:
+        table = _scan_table(s["eval_dataset"])
+    except DatasetNotAvailable:
+        return ""
+    rows = select_rows(table, s["eval_filter"], s["eval_split"], s["task"], f"{s['eval_dataset']} {s['eval_split']}")
+    now = dict(zip(rows["scan_id"].astype(str), rows[s["task"]].astype(int)))
+    before = dict(zip(predictions["scan_id"].astype(str), predictions["label"].astype(int)))
+    rejected = set(read_rejects(s["eval_dataset"], spec)["scan_id"].astype(str))
+    counts = {"added": len(now.keys() - before.keys() - rejected), "removed": len(before.keys() - now.keys())}
+    changed = sum(now[i] != before[i] for i in now.keys() & before.keys())
+    return ", ".join([f"{n} scan(s) {what}" for what, n in counts.items() if n]
+                     + ([f"{changed} label(s) changed"] if changed else []))
+
+
+_TABLES: dict = {}  # scan table file → (its stat, the table): the reuse check reads each table once while unchanged
+
+
+def _scan_table(dataset: str) -> pd.DataFrame:
+    """``load_scans(dataset)``, read again only when its file changed (checking many finished runs stays quick)."""
+    from ..data.manifest import load_scans, scan_table_path
+    path = scan_table_path(dataset).resolve()
+    stat = path.stat() if path.exists() else None
+    stamp = stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if stamp is None or _TABLES.get(path, (None,))[0] != stamp:
+        _TABLES[path] = (stamp, load_scans(dataset))
+    return _TABLES[path][1]
+
+
 def _check_classes(task: str, **splits) -> None:
     """A run needs both classes of ``task`` in its training and evaluation rows (else ``ProtocolSkipped``, with
     the reason); a validation split without both is warned about: nothing can be chosen on it, and the run
@@ -251,6 +300,8 @@ def default_run_name(signature: dict, evaluation: bool = True) -> str:
         tuned["spec"] = s["spec"]
     if s.get("scratch_grid") and s["scratch_grid"] != get_profile(s["profile"]).scratch_grid:
         tuned["scratch_grid"] = s["scratch_grid"]
+    if s.get("model"):
+        tuned["model"] = s["model"]
     suffix = "-" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()[:8] if tuned else ""
     encoder = _encoder_tag(s["encoder"]) if get_protocol(s["protocol"]).needs_encoder else s["protocol"]
     protocol = s["protocol"] + (f"-k{s['k']}" if s["k"] else "")
@@ -260,6 +311,19 @@ def default_run_name(signature: dict, evaluation: bool = True) -> str:
     else:
         data = train
     return f"{s['profile']}/{encoder}/{data}/{s['task']}/{protocol}/seed{s['seed']}{suffix}"
+
+
+def _own_architecture(proto: Protocol, profile) -> dict:
+    """``{"model": …}`` where the protocol trains a random-init ViT (scratch) of another architecture than the
+    named profile's own (a profile changed with ``replace(model=…)``, or one not in ``PROFILES``), for the
+    signature; else nothing (the architecture is the profile name's, as in runs made before it was recorded)."""
+    if proto.needs_encoder or proto.head is None:
+        return {}
+    try:
+        own = get_profile(profile.name).model
+    except ValueError:
+        own = None
+    return {} if profile.model == own else {"model": profile.model.to_dict()}
 
 
 def training_signature(signature: dict) -> dict:
