@@ -157,25 +157,40 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
           checkpoint: str | None = None) -> Study:
     """A notebook's first cell: the dataset (generated for ``synthetic``, else stopping with the ingest command
     when it has not been ingested) and its cache of the ``preset`` chain, as a :class:`Study`. ``run_dir`` is the
-    runs root (default ``$FMCT_RUNS`` or ``runs/``); ``method`` defaults to the profile's; ``site`` restricts
-    training and testing to one site where the table has sites; ``afresh`` pretrains the encoders instead of
-    starting from the released ones (default: ``pretrain_afresh()``, the environment variable ``FMCT_PRETRAIN``);
-    ``checkpoint`` is an encoder file to start from instead (ours or the authors' ``.pth``).
+    runs root (default ``$FMCT_RUNS`` or ``runs/``); ``method`` defaults to the profile's (an unknown one is a
+    ``ValueError`` naming the known ones); ``site`` restricts training and testing to one labelled site where the
+    table has sites (one it lacks is a ``ValueError`` naming those it has); ``afresh`` pretrains the encoders
+    instead of starting from the released ones (default: ``pretrain_afresh()``, the environment variable
+    ``FMCT_PRETRAIN``); ``checkpoint`` is an encoder file to start from instead (ours or the authors' ``.pth``).
 
     ``preset`` is the preprocessing of every run, embedding and attention map: ``paper`` (default) or the
     authors' ``reference`` chain, which is for their released weights and so needs ``checkpoint``; pretraining
     with the reference chain is not offered (a ``ValueError`` says so before anything is built)."""
     from .data.preprocess import preset_spec
+    from .train.methods import get_method
     p = get_profile(profile)
     spec = preset_spec(preset, p)
+    get_method(method or p.pretrain_method)  # an unknown method fails here, before anything is built
     _require_checkpoint_for(preset, checkpoint)
     checkpoint = _existing_checkpoint(checkpoint) if checkpoint else None
     scans = ensure_dataset(dataset, p)
     ensure_cache(dataset, p, preset)
     runs = Path(run_dir).expanduser().resolve() if run_dir else runs_root()
-    site_filter = {"site": site} if site and "site" in scans else None
+    site_filter = _site_filter(dataset, scans, site)
     afresh = pretrain_afresh() if afresh is None else bool(afresh)
     return Study(dataset, p, scans, runs, seed, method or p.pretrain_method, site_filter, afresh, spec, checkpoint)
+
+
+def _site_filter(dataset: str, scans: pd.DataFrame, site: str | None) -> dict | None:
+    """``{"site": site}`` where ``scans`` has sites and ``site`` is given, else None; a site that is not one of the
+    table's labelled sites (``pretrain`` is unlabelled) is a ``ValueError`` naming them."""
+    if not site or "site" not in scans:
+        return None
+    known = sorted(set(scans["site"].dropna()) - {"pretrain"})
+    if site not in known:
+        raise ValueError(f"site {site!r} is not a labelled site of {dataset!r}; its labelled sites are "
+                         f"{', '.join(known) or 'none'}")
+    return {"site": site}
 
 
 def _require_checkpoint_for(preset: str, checkpoint) -> None:
@@ -244,7 +259,8 @@ def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fractio
     completion (its cache built first) if it is not done. Prints which it used."""
     if checkpoint:
         return _existing_checkpoint(checkpoint)
-    from .train import pretrain
+    from .train import get_method, pretrain
+    get_method(method)  # an unknown method fails before any run is looked for
     from .train.release import encoders_root, released_encoder, verify_release
     from .train.trainer import default_run_dir
     p = get_profile(profile)

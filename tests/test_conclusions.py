@@ -74,12 +74,16 @@ def test_describe_comparison_says_plainly_when_the_paper_is_not_reproduced():
     # (0.8 - 0.64) / 0.64 = +25.0 %
     assert conclusions.describe_comparison("ft", 0.8, "scratch", 0.64, 0.01, "0.852 vs 0.734") == (
         "ft (0.800) beats scratch (0.640): +25.0% relative, paired permutation p = 0.01. Paper: 0.852 vs 0.734.")
-    # (0.6 - 0.7) / 0.7 = -14.29 %
+    # (0.6 - 0.7) / 0.7 = -14.29 %; p < 0.05 and lower: below
+    assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.7, 0.01) == (
+        "ft (0.600) does NOT beat scratch (0.700): -14.3% relative, paired permutation p = 0.01.")
+    # neither a CI nor a p-value (a NaN one is left out): the numbers only, and the sentence says so
     assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.7) == (
-        "ft (0.600) does NOT beat scratch (0.700): -14.3% relative.")
+        "ft (0.600) is below scratch (0.700): -14.3% relative (no test of the difference).")
     assert conclusions.describe_comparison("ft", 0.7, "scratch", 0.7, NAN) == (
-        "ft (0.700) ties scratch (0.700): +0.0% relative.")  # a NaN p-value is left out
-    assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.0) == "ft (0.600) beats scratch (0.000)."
+        "ft (0.700) equals scratch (0.700): +0.0% relative (no test of the difference).")
+    assert conclusions.describe_comparison("ft", 0.6, "scratch", 0.0) == (
+        "ft (0.600) is above scratch (0.000) (no test of the difference).")
     assert conclusions.describe_comparison("ft", NAN, "scratch", 0.7) == (
         "ft vs scratch: not measurable on this run (a metric is undefined).")
 
@@ -94,37 +98,62 @@ def test_describe_comparison_calls_a_difference_whose_ci_contains_0_a_tie():
         "ft (0.750) ties scratch (0.720): +4.2% relative, 95% CI of the difference +0.000 to +0.060 (contains 0).")
     assert conclusions.describe_comparison("ft", 0.75, "scratch", 0.72, ci=(0.01, 0.06)) == (
         "ft (0.750) beats scratch (0.720): +4.2% relative, 95% CI of the difference +0.010 to +0.060.")
-    # an undefined CI (NaN) says nothing: the numbers decide
+    # an undefined CI (NaN) says nothing: untested without a p-value
     assert conclusions.describe_comparison("ft", 0.70, "scratch", 0.72, ci=(NAN, NAN)) == (
-        "ft (0.700) does NOT beat scratch (0.720): -2.8% relative.")
+        "ft (0.700) is below scratch (0.720): -2.8% relative (no test of the difference).")
+
+
+def test_describe_comparison_without_a_ci_beats_only_at_p_below_005():
+    # higher by a point estimate the permutation test does not back (p = 0.5): a tie, not "beats";
+    # (0.7 - 0.6) / 0.6 = +16.67 %
+    assert conclusions.describe_comparison("a", 0.70, "b", 0.60, 0.5) == (
+        "a (0.700) ties b (0.600): +16.7% relative, paired permutation p = 0.5.")
+    assert conclusions.describe_comparison("a", 0.70, "b", 0.60, 0.049).startswith("a (0.700) beats b (0.600)")
+
+
+def test_describe_comparison_says_when_the_ci_lies_against_the_point_estimate():
+    # a > b but the whole CI of a − b is below 0: neither "beats" nor "does NOT beat"
+    assert conclusions.describe_comparison("a", 0.70, "b", 0.60, ci=(-0.05, -0.01)) == (
+        "a (0.700) vs b (0.600): +16.7% relative, 95% CI of the difference -0.050 to -0.010 (below 0, against the "
+        "point estimate: no verdict).")
+    assert conclusions.describe_comparison("a", 0.60, "b", 0.70, 0.01, ci=(0.01, 0.05)) == (
+        "a (0.600) vs b (0.700): -14.3% relative, 95% CI of the difference +0.010 to +0.050 (above 0, against the "
+        "point estimate: no verdict), paired permutation p = 0.01.")
 
 
 # --------------------------------------------------------------------------------------- 00 · data
 def _scans(with_site: bool = True) -> pd.DataFrame:
+    # labels of the 4 labelled scans c–f: ich 1, 0, 1, 1 (75 %); sdh 0, 0, 1 and one missing (1 of 3, 33.3 %)
     scans = pd.DataFrame({"scan_id": list("abcdef"), "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5"],
                           "slice_thickness_mm": [0.5, 1.25, 2.0, 3.0, 5.0, 4.94],
-                          "manufacturer": ["GE", "Siemens", "GE", "Philips", "GE", "Siemens"]})
+                          "manufacturer": ["GE", "Siemens", "GE", "Philips", "GE", "Siemens"],
+                          "ich": [NAN, NAN, 1, 0, 1, 1], "sdh": [NAN, NAN, 0, 0, 1, NAN]})
     if with_site:
         scans["site"] = ["pretrain", "pretrain", "internal", "internal", "external", "external"]
     return scans
 
 
-# two site/split rows: ich 0.5 and 0.25 (mean 37.5 %), sdh 0.1 and 0.0 (mean 5.0 %)
-PREVALENCE = pd.DataFrame({"ich": [0.5, 0.25], "sdh": [0.1, 0.0]},
-                          index=pd.MultiIndex.from_tuples([("internal", "test"), ("external", "test")]))
-
-
 def test_data_conclusion_counts_the_cohort_and_names_the_extreme_tasks():
     # 6 scans of 5 patients (p1 twice); 2 on the pretrain site; thickness 0.5–5.0; GE 3, Siemens 2, Philips 1
-    assert conclusions.data_conclusion(_scans(), PREVALENCE) == (
+    assert conclusions.data_conclusion(_scans(), ["ich", "sdh"]) == (
         "- 6 scans, 5 patients; 2 unlabelled pretraining scans and 4 labelled scans (paper: 361,663 pretraining "
         "scans, 270,205 labelled internal scans).\n"
         "- Slice thickness 0.5–5.0 mm (paper: 0.5–5 mm); makes: GE 3, Siemens 2, Philips 1.\n"
-        "- Most prevalent task: ich (37.5%); rarest: sdh (5.0%).")
+        "- Most prevalent task over the labelled scans: ich (75.0%); rarest: sdh (33.3%).")
+
+
+def test_data_conclusion_takes_prevalence_over_all_labelled_scans_not_per_site():
+    # internal 4 scans, external 1: edh 0 of 4 and 1 of 1 → 1 of 5 = 20 % over the scans (a mean over the two
+    # sites would say (0 + 1) / 2 = 50 %); sdh 2 of 4 and 0 of 1 → 40 % (per-site mean 25 %, the rarest by it)
+    scans = pd.DataFrame({"scan_id": list("abcde"), "patient_id": list("abcde"), "slice_thickness_mm": 1.0,
+                          "manufacturer": "GE", "site": ["internal"] * 4 + ["external"],
+                          "ich": [1, 1, 1, 0, 1], "sdh": [1, 1, 0, 0, 0], "edh": [0, 0, 0, 0, 1]})
+    assert conclusions.data_conclusion(scans, ["ich", "sdh", "edh"]).splitlines()[-1] == (
+        "- Most prevalent task over the labelled scans: ich (80.0%); rarest: edh (20.0%).")
 
 
 def test_data_conclusion_without_sites_counts_every_scan_as_labelled():
-    first = conclusions.data_conclusion(_scans(with_site=False), PREVALENCE).splitlines()[0]
+    first = conclusions.data_conclusion(_scans(with_site=False), ["ich", "sdh"]).splitlines()[0]
     assert first.startswith("- 6 scans, 5 patients; 0 unlabelled pretraining scans and 6 labelled scans ")
 
 
@@ -208,12 +237,14 @@ def test_finetune_conclusion_when_fine_tuning_beats_scratch():
         # (0.8 - 0.75) / 0.75 = +6.67 %
         "- fine-tuned macro-AUC (0.800) beats scratch (0.750): +6.7% relative, paired permutation p = 0.012. "
         "Paper: 0.852 vs 0.734 (+16.07%, P < 0.001) on NYU Langone.",
-        # (0.8 - 0.85) / 0.85 = -5.88 %; no attentive probe in this run: no sentence about it
-        "- fine-tuned (0.800) does NOT beat linear probe (0.850): -5.9% relative, paired permutation p = 0.5. "
-        "Paper: probing comes close to full fine-tuning (Supp. Fig. 6/8).",
+        # (0.8 - 0.85) / 0.85 = -5.88 %, p = 0.5: a tie; no attentive probe in this run: no sentence about it
+        "- fine-tuned (0.800) ties linear probe (0.850): -5.9% relative, paired permutation p = 0.5. "
+        "Paper: probing comes close to full fine-tuning (Supplementary Figs 3 and 8).",
         "- Reference without a deep model (window histograms + logistic regression): 0.780; finetune above it, "
         "scratch below it, linear above it.",
-        "- Fine-tuned beats scratch on 1 of 2 tasks (paper: all 10).",  # ich 0.9 > 0.7; sdh 0.7 < 0.8
+        # ich 0.9 > 0.7 but p = 0.9: a tie; sdh has no row in the test table: untested
+        "- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 0 of 2 tasks, ties on 1, "
+        "untested on 1 (paper: beats it on all 10).",
         BUDGET_02,  # one training seed: no sentence about seeds
     ])
 
@@ -235,7 +266,7 @@ def test_finetune_conclusion_does_not_call_a_tie_below():
                         "P < 0.001) on NYU Langone.")
     assert lines[1] == ("- fine-tuned (0.800) beats linear probe (0.700): +14.3% relative, 95% CI of the difference "
                         "+0.040 to +0.160, paired permutation p = 0.01. Paper: probing comes close to full fine-tuning "
-                        "(Supp. Fig. 6/8).")
+                        "(Supplementary Figs 3 and 8).")
     assert lines[2] == ("- Reference without a deep model (window histograms + logistic regression): 0.810; finetune "
                         "level with it, scratch below it, linear above it (level: the 95% CI of the paired difference "
                         "contains 0).")
@@ -254,12 +285,14 @@ def test_finetune_conclusion_when_scratch_wins_with_several_seeds():
     runs = pd.DataFrame({"model": ["finetune", "finetune", "scratch", "scratch", "scratch"],
                          "seed": [0, 1, 0, 1, 0], "task": ["macro", "macro", "macro", "macro", "ich"],
                          "auroc": [1.0, 0.75, 0.25, 0.75, 0.0]})
-    text = _finetune(summary, {"scratch": _test_table(0.2)}, runs, predictions, protocols=["scratch", "finetune"])
+    text = _finetune(summary, {"scratch": _test_table(0.02)}, runs, predictions, protocols=["scratch", "finetune"])
     assert text == "\n".join([
         # (0.7 - 0.75) / 0.75 = -6.67 %
-        "- fine-tuned macro-AUC (0.700) does NOT beat scratch (0.750): -6.7% relative, paired permutation p = 0.2. "
+        "- fine-tuned macro-AUC (0.700) does NOT beat scratch (0.750): -6.7% relative, paired permutation p = 0.02. "
         "Paper: 0.852 vs 0.734 (+16.07%, P < 0.001) on NYU Langone.",
-        "- Fine-tuned beats scratch on 0 of 2 tasks (paper: all 10).",  # ich 0.6 < 0.7, sdh a tie
+        # ich 0.6 < 0.7 with p = 0.9: a tie; sdh 0.8 = 0.8 without a test row: untested
+        "- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 0 of 2 tasks, ties on 1, "
+        "untested on 1 (paper: beats it on all 10).",
         "- Macro-AUC by training seed [0, 1]: scratch 0.250 / 0.750; finetune 1.000 / 0.750. Values above are seed "
         "means; the CI and P resample the test scans, not the seeds.",
         "- Run by run (same task and seed): fine-tuned above scratch in 3 of 4.",
@@ -278,7 +311,8 @@ def test_finetune_conclusion_edge_cases():
     summary = _summary({"finetune": {"ich": 0.9, "macro": 0.9}, "scratch": {"ich": NAN, "macro": NAN}})
     assert _finetune(summary, {"scratch": _test_table(NAN)}, **no_paper).splitlines() == [
         "- fine-tuned macro-AUC vs scratch: not measurable on this run (a metric is undefined).",
-        "- Fine-tuned beats scratch on 0 of 1 tasks (paper: all 10).",
+        "- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 0 of 1 tasks, not "
+        "measurable on 1 (paper: beats it on all 10).",
         BUDGET_02]
     # the paper's RSNA numbers are named as RSNA's: 0.923 vs 0.824, +12.01 %
     rsna = paper.paper_values_for("fig1e", "rsna", "auroc")
@@ -288,6 +322,18 @@ def test_finetune_conclusion_edge_cases():
         "Paper: 0.923 vs 0.824 (+12.01%, P < 0.001) on RSNA.")
     # only the fine-tuned model (no scratch, probes or histogram): the training budget alone
     assert _finetune(_summary({"finetune": {"ich": 0.9, "macro": 0.9}}), {}, protocols=["finetune"]) == BUDGET_02
+
+
+def test_finetune_conclusion_counts_per_task_wins_by_the_ci():
+    # every task higher fine-tuned, but SAH's CI of the difference contains 0: 2 wins and a tie, not 3 of 3
+    summary = _summary({"finetune": {"ich": 0.9, "sdh": 0.85, "sah": 0.80, "macro": 0.85},
+                        "scratch": {"ich": 0.7, "sdh": 0.75, "sah": 0.79, "macro": 0.75}})
+    comparison = pd.DataFrame({"task": ["ich", "sdh", "sah", "macro"], "metric": "auroc",
+                               "p_value": [0.001, 0.01, 0.4, 0.001], "ci_low": [0.1, 0.04, -0.015, 0.05],
+                               "ci_high": [0.3, 0.16, 0.027, 0.15]})
+    lines = _finetune(summary, {"scratch": comparison}).splitlines()
+    assert lines[1] == ("- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 2 of 3 "
+                        "tasks, ties on 1 (paper: beats it on all 10).")
 
 
 # --------------------------------------------------------------------------------------- 03 · transfer
@@ -302,53 +348,86 @@ EXTERNAL_CLAIM = ("Paper: in-domain fine-tuning helps where the target has enoug
                   "the transferred model is better on small CQ500.")
 
 
+def _transfer(summary, tests, patterns, paper_name, target_rows=TARGET_ROWS):
+    return conclusions.transfer_conclusion(summary, tests, _scored(patterns), paper=_transfer_paper(paper_name),
+                                           paper_name=paper_name, target_rows=target_rows, profile=PAPER_PROFILE)
+
+
 def test_transfer_conclusion_when_in_domain_fine_tuning_wins():
     summary = _summary({"in-domain fine-tuned": {"macro": 0.9}, "in-domain scratch": {"macro": 0.8},
                         "external validation": {"macro": 0.85}, "in-domain histogram": {"macro": 0.6}})
-    text = conclusions.transfer_conclusion(summary, TRANSFER_TESTS, paper=_transfer_paper("nyu_long_island"),
-                                           paper_name="nyu_long_island", target_rows=TARGET_ROWS)
+    # against the histogram, by the CI of the paired difference (see _scored): +0.5, -0.5, 0
+    text = _transfer(summary, TRANSFER_TESTS, {"in-domain fine-tuned": "perfect", "in-domain scratch": "inverse",
+                                               "external validation": "constant", "in-domain histogram": "constant"},
+                     "nyu_long_island")
     assert text == "\n".join([
         # (0.9 - 0.8) / 0.8 = +12.5 %; the paper's NYU Long Island: 0.904 vs 0.748
         "- in-domain fine-tuned (0.900) beats in-domain scratch (0.800): +12.5% relative, paired permutation "
         "p = 0.001. Paper: 0.904 vs 0.748 on NYU Long Island.",
-        # (0.9 - 0.85) / 0.85 = +5.88 %
-        "- in-domain fine-tuned (0.900) beats external validation (0.850): +5.9% relative, paired permutation "
+        # (0.9 - 0.85) / 0.85 = +5.88 %, p = 0.2: a tie
+        "- in-domain fine-tuned (0.900) ties external validation (0.850): +5.9% relative, paired permutation "
         "p = 0.2. " + EXTERNAL_CLAIM,
         "- Reference without a deep model (in-domain window histograms + logistic regression): 0.600; in-domain "
-        "fine-tuned above it.",
+        "fine-tuned above it, in-domain scratch below it, external validation level with it (level: the 95% CI of "
+        "the paired difference contains 0).",
         "- The target's training split has 3 scans (paper: CQ500 1,120; RSNA ~8,000).",
     ])
+
+
+def test_transfer_conclusion_uses_the_ci_of_the_difference():
+    # the audited run: 0.577 vs 0.420 is +37.3 %, but the CI of the difference, -0.025 to +0.324, contains 0;
+    # fine-tuned 0.577 is numerically below the histogram's 0.617 but level with it by the paired CI
+    summary = _summary({"in-domain fine-tuned": {"macro": 0.577}, "in-domain scratch": {"macro": 0.420},
+                        "external validation": {"macro": 0.841}, "in-domain histogram": {"macro": 0.617}})
+    tests = {"in-domain scratch": _comparison_table(0.148, -0.025, 0.324),
+             "external validation": _comparison_table(0.106, -0.5, -0.05)}
+    lines = _transfer(summary, tests, {"in-domain fine-tuned": "constant", "in-domain scratch": "constant",
+                                       "external validation": "perfect", "in-domain histogram": "constant"},
+                      "nyu_long_island").splitlines()
+    assert lines[0] == ("- in-domain fine-tuned (0.577) ties in-domain scratch (0.420): +37.4% relative, 95% CI of the "
+                        "difference -0.025 to +0.324 (contains 0), paired permutation p = 0.148. Paper: 0.904 vs 0.748 "
+                        "on NYU Long Island.")
+    assert lines[1].startswith("- in-domain fine-tuned (0.577) does NOT beat external validation (0.841): -31.4% "
+                               "relative, 95% CI of the difference -0.500 to -0.050, paired permutation p = 0.106.")
+    assert lines[2] == ("- Reference without a deep model (in-domain window histograms + logistic regression): 0.617; "
+                        "in-domain fine-tuned level with it, in-domain scratch level with it, external validation "
+                        "above it (level: the 95% CI of the paired difference contains 0).")
 
 
 def test_transfer_conclusion_when_it_does_not_and_the_paper_has_no_scratch_value():
     summary = _summary({"in-domain fine-tuned": {"macro": 0.7}, "in-domain scratch": {"macro": 0.8},
                         "external validation": {"macro": 0.75}, "in-domain histogram": {"macro": 0.75}})
     # CQ500: the paper reports the fine-tuned 0.863 only (Fig. 1g), so no claim for fine-tuned vs scratch
-    text = conclusions.transfer_conclusion(summary, TRANSFER_TESTS, paper=_transfer_paper("cq500"),
-                                           paper_name="cq500", target_rows=TARGET_ROWS.iloc[:0])
+    text = _transfer(summary, TRANSFER_TESTS, {"in-domain fine-tuned": "inverse", "in-domain scratch": "perfect",
+                                               "external validation": "perfect", "in-domain histogram": "constant"},
+                     "cq500", TARGET_ROWS.iloc[:0])
     assert text.splitlines() == [
         # (0.7 - 0.8) / 0.8 = -12.5 %; (0.7 - 0.75) / 0.75 = -6.67 %
         "- in-domain fine-tuned (0.700) does NOT beat in-domain scratch (0.800): -12.5% relative, paired "
         "permutation p = 0.001.",
-        "- in-domain fine-tuned (0.700) does NOT beat external validation (0.750): -6.7% relative, paired "
-        "permutation p = 0.2. " + EXTERNAL_CLAIM,
+        "- in-domain fine-tuned (0.700) ties external validation (0.750): -6.7% relative, paired permutation "
+        "p = 0.2. " + EXTERNAL_CLAIM,
         "- Reference without a deep model (in-domain window histograms + logistic regression): 0.750; in-domain "
-        "fine-tuned below it.",
+        "fine-tuned below it, in-domain scratch above it, external validation above it.",
         "- The target's training split has 0 scans (paper: CQ500 1,120; RSNA ~8,000).",
     ]
-
 
 
 def test_transfer_conclusion_without_external_validation_says_it_did_not_run():
     # one site and no target dataset (a hospital's export): the in-domain models only
     summary = _summary({"in-domain fine-tuned": {"macro": 0.9}, "in-domain scratch": {"macro": 0.8},
                         "in-domain histogram": {"macro": 0.6}})
-    text = conclusions.transfer_conclusion(summary, {"in-domain scratch": _test_table(0.001)},
-                                           paper=_transfer_paper("cq500"), paper_name="cq500", target_rows=TARGET_ROWS)
-    assert text.splitlines()[:2] == [
+    text = _transfer(summary, {"in-domain scratch": _test_table(0.001)},
+                     {"in-domain fine-tuned": "perfect", "in-domain scratch": "constant",
+                      "in-domain histogram": "constant"}, "cq500")
+    assert text.splitlines()[:3] == [
         "- in-domain fine-tuned (0.900) beats in-domain scratch (0.800): +12.5% relative, paired permutation "
         "p = 0.001.",
-        "- External validation: not run (no source and target to transfer between; see the skipped parts)."]
+        "- External validation: not run (no source and target to transfer between; see the skipped parts).",
+        "- Reference without a deep model (in-domain window histograms + logistic regression): 0.600; in-domain "
+        "fine-tuned above it, in-domain scratch level with it (level: the 95% CI of the paired difference "
+        "contains 0)."]
+
 
 # --------------------------------------------------------------------------------------- 04 · few-shot
 def _curves(values: dict[str, list[float]], ks=(8, 16)) -> pd.DataFrame:
@@ -389,24 +468,49 @@ def test_describe_stopping_names_the_runs_that_diverged():
                          "(see their stop_reason).")
 
 
+def _fewshot_scored(patterns: dict[tuple[str, int | None], str]) -> pd.DataFrame:
+    """``_scored``'s predictions per (model, K) run (K None: all data), the model in ``model`` and, as in the
+    sweep's table, its training protocol in ``protocol`` (the pretrained model's is ``finetune``)."""
+    frames = [_scored({model: pattern}).assign(model=model, k=k,
+                                               protocol="finetune" if model == "pretrained" else model)
+              for (model, k), pattern in patterns.items()]
+    return pd.concat(frames, ignore_index=True).astype({"k": "Int64"})
+
+
+def _fewshot_comparison(tests: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+    """Pretrained against scratch as the notebook's comparison: {k ("8", "all"): (p, ci_low, ci_high)}."""
+    return pd.DataFrame([{"task": "macro", "metric": "auroc", "model_a": "pretrained", "model_b": "scratch", "k": k,
+                          "p_value": p, "ci_low": lo, "ci_high": hi} for k, (p, lo, hi) in tests.items()],
+                        columns=["task", "metric", "model_a", "model_b", "k", "p_value", "ci_low", "ci_high"])
+
+
 def test_fewshot_conclusion_when_pretraining_helps_at_few_shots():
     curves = _curves({"pretrained": [0.70, 0.72], "scratch": [0.60, 0.75], "histogram": [0.65, 0.70]})
     full = _full({"pretrained": 0.88, "scratch": 0.85, "histogram": 0.88})
-    # AUROC run by run: K=8 pretrained 1.0 vs scratch 0.5 (a win), K=16 0.5 vs 0.5 (a tie, not a win);
-    # the all-data runs (k empty: 1.0 vs 0.0) are not few-shot runs and are not counted
-    predictions = _predictions({("pretrained", "ich", 0, 8): PERFECT, ("pretrained", "ich", 0, 16): HALF,
-                                ("pretrained", "ich", 0, None): PERFECT, ("scratch", "ich", 0, 8): HALF,
-                                ("scratch", "ich", 0, 16): HALF, ("scratch", "ich", 0, None): INVERSE}, "model")
-    assert conclusions.fewshot_conclusion(curves, full, predictions, PAPER_PROFILE) == "\n".join([
-        "- pretrained at K=8 (0.700) beats scratch at K=8 (0.600): +16.7% relative.",  # 0.1 / 0.6 = 16.67 %
-        "- Pretrained beats scratch in macro-AUROC at K = [8] of [8, 16].",  # K=16: 0.72 < 0.75
-        "- Run by run (same task, K and draw): pretrained above scratch in 1 of 2 few-shot runs; they share one "
+    comparison = _fewshot_comparison({"8": (0.01, 0.02, 0.18), "16": (0.6, -0.08, 0.02), "all": (0.3, -0.1, 0.2)})
+    # AUROC run by run: K=8 pretrained 1.0 vs scratch 0.0 on both tasks (two wins), K=16 0.5 vs 0.5 (ties, not
+    # wins); the all-data runs are not few-shot runs and are not counted. Against the histogram (constant), by
+    # the CI of the paired difference: perfect above, constant level, inverse below (see _scored)
+    predictions = _fewshot_scored({("pretrained", 8): "perfect", ("pretrained", 16): "constant",
+                                   ("pretrained", None): "perfect", ("scratch", 8): "inverse",
+                                   ("scratch", 16): "constant", ("scratch", None): "constant",
+                                   ("histogram", 8): "constant", ("histogram", 16): "constant",
+                                   ("histogram", None): "constant"})
+    assert conclusions.fewshot_conclusion(curves, full, predictions, comparison, PAPER_PROFILE) == "\n".join([
+        # 0.1 / 0.6 = 16.67 %
+        "- pretrained at K=8 (0.700) beats scratch at K=8 (0.600): +16.7% relative, 95% CI of the difference +0.020 "
+        "to +0.180, paired permutation p = 0.01.",
+        # K=16: 0.72 < 0.75 but the CI contains 0: a tie
+        "- By the 95% CI of the paired difference, pretrained beats scratch in macro-AUROC at K = [8] of [8, 16]; "
+        "ties at K = [16].",
+        "- Run by run (same task, K and draw): pretrained above scratch in 2 of 4 few-shot runs; they share one "
         "test set, so this describes, it does not test.",
         "- Reference without a deep model (window histograms + logistic regression, same draws): K=8 0.650, "
         "K=16 0.700; all data 0.880.",
-        # below the histogram: scratch at K=8 (0.60 < 0.65) and scratch on all data (0.85 < 0.88); pretrained on
-        # all data ties it (0.88), which is not below
-        "- Below that reference: scratch at K=8, scratch on all data.",
+        # scratch on all data (0.85 < 0.88) is numerically below the histogram but level with it by the CI
+        "- Against that reference, by the 95% CI of the paired difference: above it: pretrained at K=8, pretrained "
+        "on all data; below it: scratch at K=8; level with it: pretrained at K=16, scratch at K=16, scratch on all "
+        "data.",
         # 0.72 / 0.88 = 81.82 %
         "- Pretrained at K=16: 0.720 vs all data 0.880 (81.8% of it). Paper: K=256 comes close to full-data "
         "fine-tuning.",
@@ -416,12 +520,15 @@ def test_fewshot_conclusion_when_pretraining_helps_at_few_shots():
 
 def test_fewshot_conclusion_when_scratch_wins_at_every_k():
     curves = _curves({"pretrained": [0.60, 0.65], "scratch": [0.70, 0.80]})
+    comparison = _fewshot_comparison({"8": (0.001, -0.2, -0.05), "16": (0.3, -0.3, 0.01)})
     predictions = _predictions({("pretrained", "ich", 0, 8): INVERSE, ("pretrained", "ich", 0, 16): HALF,
                                 ("scratch", "ich", 0, 8): PERFECT, ("scratch", "ich", 0, 16): PERFECT}, "model")
-    text = conclusions.fewshot_conclusion(curves, _full({"pretrained": 0.65}), predictions, PAPER_PROFILE)
+    text = conclusions.fewshot_conclusion(curves, _full({"pretrained": 0.65}), predictions, comparison, PAPER_PROFILE)
     assert text.splitlines() == [
-        "- pretrained at K=8 (0.600) does NOT beat scratch at K=8 (0.700): -14.3% relative.",  # -0.1 / 0.7
-        "- Pretrained beats scratch in macro-AUROC at K = none of [8, 16].",
+        "- pretrained at K=8 (0.600) does NOT beat scratch at K=8 (0.700): -14.3% relative, 95% CI of the "
+        "difference -0.200 to -0.050, paired permutation p = 0.001.",  # -0.1 / 0.7
+        "- By the 95% CI of the paired difference, pretrained beats scratch in macro-AUROC at K = none of [8, 16]; "
+        "ties at K = [16]; is below at K = [8].",
         "- Run by run (same task, K and draw): pretrained above scratch in 0 of 2 few-shot runs; they share one "
         "test set, so this describes, it does not test.",
         "- Pretrained at K=16: 0.650 vs all data 0.650 (100.0% of it). Paper: K=256 comes close to full-data "
@@ -433,14 +540,15 @@ def test_fewshot_conclusion_when_scratch_wins_at_every_k():
 def test_fewshot_conclusion_edge_cases():
     # pretrained alone (no scratch, no histogram, no all-data run): the training budget alone
     assert conclusions.fewshot_conclusion(_curves({"pretrained": [0.6, 0.7]}), _full({}), None,
-                                           PAPER_PROFILE) == BUDGET_04
-    # a NaN metric at the smallest K: not measurable, and NaN is never counted as a win or as below the reference
-    curves = _curves({"pretrained": [0.7, 0.8], "scratch": [NAN, 0.76], "histogram": [0.75, 0.75]})
+                                           _fewshot_comparison({}), PAPER_PROFILE) == BUDGET_04
+    # a NaN metric at the smallest K: not measurable, and NaN is never counted as a win
+    curves = _curves({"pretrained": [0.7, 0.8], "scratch": [NAN, 0.76]})
+    comparison = _fewshot_comparison({"8": (NAN, NAN, NAN), "16": (0.04, 0.01, 0.07)})
     predictions = _predictions({("pretrained", "ich", 0, 8): PERFECT, ("scratch", "ich", 0, 8): HALF}, "model")
-    lines = conclusions.fewshot_conclusion(curves, _full({"histogram": 0.7}), predictions, PAPER_PROFILE).splitlines()
+    lines = conclusions.fewshot_conclusion(curves, _full({}), predictions, comparison, PAPER_PROFILE).splitlines()
     assert lines[:2] == ["- pretrained at K=8 vs scratch at K=8: not measurable on this run (a metric is undefined).",
-                         "- Pretrained beats scratch in macro-AUROC at K = [16] of [8, 16]."]
-    assert lines[4] == "- Below that reference: pretrained at K=8."  # 0.7 < 0.75; scratch NaN is not below
+                         "- By the 95% CI of the paired difference, pretrained beats scratch in macro-AUROC at K = "
+                         "[16] of [8, 16]; not measurable at K = [8]."]
 
 
 # --------------------------------------------------------------------------------------- 05 · scaling
@@ -451,38 +559,80 @@ def _scaling(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _scaling_tests(rows: list[tuple], evaluation: str = "internal test") -> pd.DataFrame:
+    """The notebook's comparison: rows (model_a, model_b, fraction, p, ci_low, ci_high) of macro-AUROC, "dino"
+    against a method at a fraction or "<method> 100%" against "<method> 10%"."""
+    return pd.DataFrame([{"evaluation": evaluation, "model_a": a, "model_b": b, "fraction": f, "task": "macro",
+                          "metric": "auroc", "p_value": p, "ci_low": lo, "ci_high": hi}
+                         for a, b, f, p, lo, hi in rows],
+                        columns=["evaluation", "model_a", "model_b", "fraction", "task", "metric", "p_value",
+                                 "ci_low", "ci_high"])
+
+
+NO_TESTS = _scaling_tests([])
+
+
 def test_scaling_conclusion_when_dino_grows_and_mae_does_not():
     macro = _scaling({("internal test", "dino"): [0.70, 0.75, 0.80], ("internal test", "mae"): [0.72, 0.71, 0.78]})
-    assert conclusions.scaling_conclusion(macro) == "\n".join([
-        "- internal test, DINO: macro-AUROC 0.700 → 0.750 → 0.800 over 10%, 30%, 100%: it grows monotonically "
-        "with pretraining data.",
-        "- internal test, MAE: macro-AUROC 0.720 → 0.710 → 0.780 over 10%, 30%, 100%: it does NOT grow "
-        "monotonically with pretraining data.",
-        "- internal test: DINO above MAE at 2 of 3 fractions (paper: DINO above MAE throughout).",  # 0.70 < 0.72
+    tests = _scaling_tests([("dino 100%", "dino 10%", 1.0, 0.001, 0.05, 0.15),
+                            ("mae 100%", "mae 10%", 1.0, 0.12, -0.02, 0.14), ("dino", "mae", 0.1, 0.5, -0.06, 0.02),
+                            ("dino", "mae", 0.3, 0.02, 0.01, 0.07), ("dino", "mae", 1.0, 0.3, -0.01, 0.05)])
+    assert conclusions.scaling_conclusion(macro, tests) == "\n".join([
+        "- internal test, DINO: macro-AUROC 0.700 → 0.750 → 0.800 over 10%, 30%, 100%; 100% against 10%: +0.100, "
+        "95% CI +0.050 to +0.150, p = 0.001: it grows with pretraining data.",
+        # higher at 100 % than at 10 % (+0.06), but the CI contains 0
+        "- internal test, MAE: macro-AUROC 0.720 → 0.710 → 0.780 over 10%, 30%, 100%; 100% against 10%: +0.060, "
+        "95% CI -0.020 to +0.140, p = 0.12: it does NOT grow measurably with pretraining data (the CI contains 0).",
+        # only 30 %'s CI excludes 0
+        "- internal test, by the 95% CI of the paired difference: DINO above MAE at 1 of 3 fractions, ties at 2 "
+        "(paper: DINO above MAE throughout).",
     ])
+
+
+def test_scaling_conclusion_says_grows_only_when_the_ci_excludes_0():
+    # the audited run: DINO 0.524 → 0.525 → 0.542 rises at every step, but 100 % against 10 % is +0.018 with a
+    # CI of -0.016 to +0.063; DINO is numerically above MAE at 10 % and 100 % but no CI excludes 0
+    macro = _scaling({("internal test", "dino"): [0.524, 0.525, 0.542],
+                      ("internal test", "mae"): [0.509, 0.578, 0.508]})
+    tests = _scaling_tests([("dino 100%", "dino 10%", 1.0, 0.40, -0.016, 0.063),
+                            ("mae 100%", "mae 10%", 1.0, 0.95, -0.05, 0.05)]
+                           + [("dino", "mae", f, 0.5, -0.06, 0.06) for f in (0.1, 0.3, 1.0)])
+    lines = conclusions.scaling_conclusion(macro, tests).splitlines()
+    assert lines[0] == ("- internal test, DINO: macro-AUROC 0.524 → 0.525 → 0.542 over 10%, 30%, 100%; 100% against "
+                        "10%: +0.018, 95% CI -0.016 to +0.063, p = 0.4: it does NOT grow measurably with pretraining "
+                        "data (the CI contains 0).")
+    assert lines[2] == ("- internal test, by the 95% CI of the paired difference: DINO above MAE at 0 of 3 fractions, "
+                        "ties at 3 (paper: DINO above MAE throughout).")
 
 
 def test_scaling_conclusion_compares_dino_with_the_control_too():
     macro = _scaling({("internal test", "dino"): [0.70, 0.75, 0.80], ("internal test", "mae"): [0.60, 0.61, 0.62],
                       ("internal test", "vicreg"): [0.72, 0.74, 0.81]})
-    lines = conclusions.scaling_conclusion(macro).splitlines()
+    tests = _scaling_tests([("dino", "mae", f, 0.001, 0.05, 0.25) for f in (0.1, 0.3, 1.0)]
+                           + [("dino", "vicreg", 0.1, 0.5, -0.05, 0.01), ("dino", "vicreg", 0.3, 0.6, -0.02, 0.04),
+                              ("dino", "vicreg", 1.0, 0.01, -0.03, -0.01)])
+    lines = conclusions.scaling_conclusion(macro, tests).splitlines()
     assert lines[-2:] == [
-        "- internal test: DINO above MAE at 3 of 3 fractions (paper: DINO above MAE throughout).",
-        "- internal test: DINO above VICREG at 1 of 3 fractions (a control the paper does not have: DINO below it "
-        "means the result depends on the method).",  # only 0.75 > 0.74
+        "- internal test, by the 95% CI of the paired difference: DINO above MAE at 3 of 3 fractions (paper: DINO "
+        "above MAE throughout).",
+        "- internal test, by the 95% CI of the paired difference: DINO above VICREG at 0 of 3 fractions, ties at 2, "
+        "is below at 1 (a control the paper does not have: DINO below it means the result depends on the method).",
     ]
+    # no comparison rows for a method's growth: it says so instead of reading the point estimates
+    assert lines[0].endswith("100% against 10%: +0.100: not tested, so no verdict on growth.")
 
 
 def test_scaling_conclusion_says_whether_dinos_teacher_learnt():
     macro = _scaling({("internal test", "dino"): [0.52, 0.52, 0.54], ("internal test", "mae"): [0.5, 0.58, 0.51]})
     uniform = np.log(1024)
-    lines = conclusions.scaling_conclusion(macro, {1.0: 6.9314, 0.1: 6.9309, 0.3: 6.9311}, uniform).splitlines()
+    lines = conclusions.scaling_conclusion(macro, NO_TESTS, {1.0: 6.9314, 0.1: 6.9309, 0.3: 6.9311},
+                                           uniform).splitlines()
     assert lines[0] == ("- DINO's teacher at the end of its pretraining: entropy 6.931 at 10%, 6.931 at 30%, 6.931 at "
                         "100% of a uniform 6.931 nats: the same output for every scan (collapsed to uniform), so its "
                         "encoder is not expected to beat the others here (01 with method dino shows the run).")
-    sharp = conclusions.scaling_conclusion(macro, {1.0: 3.2}, uniform).splitlines()
+    sharp = conclusions.scaling_conclusion(macro, NO_TESTS, {1.0: 3.2}, uniform).splitlines()
     assert sharp[0] == "- DINO's teacher at the end of its pretraining: entropy 3.200 at 100% of a uniform 6.931 nats."
-    assert conclusions.scaling_conclusion(macro).splitlines()[0].startswith("- internal test, DINO")
+    assert conclusions.scaling_conclusion(macro, NO_TESTS).splitlines()[0].startswith("- internal test, DINO")
 
 
 def test_pretrain_conclusion_reads_the_spread_and_the_knn_monitor():
@@ -502,22 +652,23 @@ def test_pretrain_conclusion_reads_the_spread_and_the_knn_monitor():
 
 
 def test_scaling_conclusion_flat_lines_one_method_and_evaluations_in_order():
-    # a flat line is monotonic but does not grow; one method: no DINO-vs-MAE sentence; evaluations alphabetical
+    # a flat line does not grow; one method: no DINO-vs-MAE sentence; evaluations alphabetical, each with its tests
     macro = _scaling({("internal test", "mae"): [0.7, 0.7, 0.7], ("external test", "mae"): [0.6, 0.65, 0.7]})
-    assert conclusions.scaling_conclusion(macro).splitlines() == [
-        "- external test, MAE: macro-AUROC 0.600 → 0.650 → 0.700 over 10%, 30%, 100%: it grows monotonically "
-        "with pretraining data.",
-        "- internal test, MAE: macro-AUROC 0.700 → 0.700 → 0.700 over 10%, 30%, 100%: it does NOT grow "
-        "monotonically with pretraining data.",
+    tests = pd.concat([_scaling_tests([("mae 100%", "mae 10%", 1.0, 1.0, -0.03, 0.03)]),
+                       _scaling_tests([("mae 100%", "mae 10%", 1.0, 0.01, 0.05, 0.15)], "external test")])
+    assert conclusions.scaling_conclusion(macro, tests).splitlines() == [
+        "- external test, MAE: macro-AUROC 0.600 → 0.650 → 0.700 over 10%, 30%, 100%; 100% against 10%: +0.100, "
+        "95% CI +0.050 to +0.150, p = 0.01: it grows with pretraining data.",
+        "- internal test, MAE: macro-AUROC 0.700 → 0.700 → 0.700 over 10%, 30%, 100%; 100% against 10%: +0.000, "
+        "95% CI -0.030 to +0.030, p = 1: it does NOT grow measurably with pretraining data (the CI contains 0).",
     ]
-
 
 
 def test_scaling_conclusion_with_one_fraction_claims_no_trend():
     # a checkpoint (or one fraction with a batch of scans): one point per method, so no "does NOT grow"
     one = _scaling({("internal test", "checkpoint"): [0.7]})
     one = one[one.fraction == 0.1].assign(fraction=1.0, percent=100.0)
-    assert conclusions.scaling_conclusion(one).splitlines() == [
+    assert conclusions.scaling_conclusion(one, NO_TESTS).splitlines() == [
         "- internal test, CHECKPOINT: macro-AUROC 0.700 at 100% of the pool only: no trend with pretraining data "
         "measured."]
 
@@ -533,7 +684,8 @@ def test_embeddings_conclusion_when_the_scanner_is_separable():
     text = conclusions.embeddings_conclusion(np.array([0.8, 0.9]), 0.5, np.array([0.6, 0.7]), 0.4, PROTOCOL_MACRO)
     assert text == (
         "- Scanner is predictable from the frozen embedding with 85.0% accuracy (chance 50.0%); thickness bin with "
-        "65.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. Same here.\n"
+        "65.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. Here: scanner "
+        "separable, thickness separable.\n"
         + SPREAD)
 
 
@@ -542,8 +694,16 @@ def test_embeddings_conclusion_when_the_scanner_is_not_separable():
     text = conclusions.embeddings_conclusion(np.array([0.54]), 0.5, np.array([0.3]), 0.4, PROTOCOL_MACRO)
     assert text.splitlines()[0] == (
         "- Scanner is predictable from the frozen embedding with 54.0% accuracy (chance 50.0%); thickness bin with "
-        "30.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. NOT reproduced "
-        "here: the scanner is not separable.")
+        "30.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. Here: scanner "
+        "NOT separable (within 5 points of chance), thickness NOT separable (within 5 points of chance).")
+
+
+def test_embeddings_conclusion_gives_a_verdict_per_attribute():
+    # the scanner is separable (90 % against 60 %), the thickness bin at chance (45 % against 46 %)
+    first = conclusions.embeddings_conclusion(np.array([0.9]), 0.6, np.array([0.45]), 0.46,
+                                              PROTOCOL_MACRO).splitlines()[0]
+    assert first.endswith("Paper: embeddings are separable by manufacturer and slice thickness. Here: scanner "
+                          "separable, thickness NOT separable (within 5 points of chance).")
 
 
 def test_embeddings_conclusion_says_what_the_dataset_did_not_allow():
@@ -556,7 +716,9 @@ def test_embeddings_conclusion_says_what_the_dataset_did_not_allow():
         "across scanner protocols.")
     # the thickness alone measured
     first = conclusions.embeddings_conclusion(None, None, np.array([0.6, 0.7]), 0.4, PROTOCOL_MACRO).splitlines()[0]
-    assert first.startswith("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%).")
+    assert first == ("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%). Paper: "
+                     "embeddings are separable by manufacturer and slice thickness. Here: scanner not measured, "
+                     "thickness separable.")
 
 
 # --------------------------------------------------------------------------------------- 07 · attention
@@ -575,18 +737,33 @@ def test_attention_conclusion_per_task_and_encoder():
              median_enrichment=0.5, frac_above_chance=0.5, p_vs_reference=0.5),
     ])
     assert conclusions.attention_conclusion(lesion_summary, DISTANCE) == "\n".join([
+        # sign test, two-sided: 3 of 4 scans above chance, P(X ≥ 3) + P(X ≤ 1) = (1 + 4 + 4 + 1) / 16 = 0.625
         "- ich, fine-tuned: 12.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
-        "5.50×; above chance in 75% of 4 scans; vs pretrained p = 0.0123).",
-        # the reference model has no p-value against itself (NaN): no clause
+        "5.50×; above chance in 75% of 4 scans, sign test p = 0.625; vs pretrained p = 0.0123).",
+        # the reference model has no p-value against itself (NaN): no clause; 2 of 4: p = 1
         "- ich, pretrained: 3.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
-        "1.20×; above chance in 50% of 4 scans).",
+        "1.20×; above chance in 50% of 4 scans, sign test p = 1).",
         "- sdh, fine-tuned: 1.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
-        "0.50×; above chance in 50% of 4 scans; vs pretrained p = 0.5).",
-        # fine-tuned above chance in most (more than half the) scans: ich (75 %) yes, sdh (half) no
-        "- Fine-tuned encoders put more attention on the lesion than chance in most scans for 1 of 2 tasks "
-        + MAJORITY,
+        "0.50×; above chance in 50% of 4 scans, sign test p = 1; vs pretrained p = 0.5).",
+        # neither fine-tuned task is above chance in more scans than a coin would give (p ≥ 0.05)
+        "- By a two-sided sign test (p < 0.05), fine-tuned encoders put more attention on the lesion than chance in "
+        "most scans for 0 of 2 tasks, at chance for 2, below it for 0 " + MAJORITY,
         DISTANCE_LINE,
     ])
+
+
+def test_attention_conclusion_calls_a_bare_majority_of_scans_chance():
+    # the audited run: 17 of 33 and 12 of 23 scans (52 %) are what a coin gives; 30 of 33 is not (sign test
+    # p = 2 (1 + 33 + 528 + 5456) / 2^33 = 1.4e-6), nor 3 of 30 (p = 2 (1 + 30 + 435 + 4060) / 2^30 = 8.4e-6)
+    rows = [("ich", 33, 17 / 33), ("sdh", 23, 12 / 23), ("edh", 33, 30 / 33), ("sah", 30, 3 / 30)]
+    lesion_summary = pd.DataFrame([dict(task=t, model="fine-tuned", n_scans=n, attention_share=0.1, volume_share=0.05,
+                                        median_enrichment=1.1, frac_above_chance=f, p_vs_reference=NAN)
+                                   for t, n, f in rows])
+    lines = conclusions.attention_conclusion(lesion_summary, DISTANCE).splitlines()
+    assert lines[0].endswith("above chance in 52% of 33 scans, sign test p = 1).")
+    assert lines[2].endswith("above chance in 91% of 33 scans, sign test p = 1.4e-06).")
+    assert lines[4] == ("- By a two-sided sign test (p < 0.05), fine-tuned encoders put more attention on the lesion "
+                        "than chance in most scans for 1 of 4 tasks, at chance for 2, below it for 1 " + MAJORITY)
 
 
 def test_attention_conclusion_without_lesions_reports_the_distance_only():
@@ -612,8 +789,9 @@ def test_retrieval_conclusion_against_random_initialisation():
     assert conclusions.retrieval_conclusion(summary, GALLERY, ["iph", "sdh"]) == "\n".join([
         "- Mean mAP over subtypes: dino 0.500, mae 0.300, random init 0.400 (a random ranking scores about the "
         "prevalence: 0.375 on average).",
-        "- dino mAP (0.500) beats random-init mAP (0.400): +25.0% relative.",        # 0.1 / 0.4
-        "- mae mAP (0.300) does NOT beat random-init mAP (0.400): -25.0% relative.",  # -0.1 / 0.4
+        # no comparison table: no test of either difference, and the sentences say so; ±0.1 / 0.4 = ±25 %
+        "- dino mAP (0.500) is above random-init mAP (0.400): +25.0% relative (no test of the difference).",
+        "- mae mAP (0.300) is below random-init mAP (0.400): -25.0% relative (no test of the difference).",
         RETRIEVAL_PAPER,
     ])
 
@@ -663,3 +841,78 @@ def test_retrieval_conclusion_says_what_the_embedding_groups_by():
                          "random).")
     assert not any("groups scans by" in line for line in
                    conclusions.retrieval_conclusion(summary, GALLERY, ["iph"]).splitlines())
+
+
+# --------------------------------------------------------------------------------------- 11 · efficiency
+def _efficiency_table(memory: list[float]) -> pd.DataFrame:
+    """``efficiency.relative_to``-like rows of the 3-D ViT and CT-FM per mode: CT-FM 4 scans/s against the ViT's 10
+    (0.40×); peak memory ``memory`` (ViT, CT-FM) in MiB, NaN where not measured."""
+    rows = []
+    for mode in ("forward", "forward+backward"):
+        for arch, model, speed, mb in (("vit", "3D ViT/12", 10.0, memory[0]), ("ctfm", "CT-FM", 4.0, memory[1])):
+            rows.append({"architecture": arch, "model": model, "mode": mode, "scans_per_s": speed,
+                         "peak_memory_mb": mb, "throughput_ratio": speed / 10.0, "memory_ratio": mb / memory[0],
+                         "machine": "X CPU", "dtype": "float32", "torch": "2.x", "batch_size": 1, "repeats": 3,
+                         "memory": "peak resident set rise" if pd.notna(memory[0]) else "not measured (no /proc)"})
+    return pd.DataFrame(rows)
+
+
+# patch reduction factors 0.5–2 with the analytic ratios of a ViT whose attention is a quarter of the FLOPs
+PATCH_COST = pd.DataFrame({"s": [0.5, 1.0, 2.0], "flops_ratio": [0.2, 1.0, 8.0], "measured_ratio": [0.3, 1.0, 5.0],
+                           "attention_flops": [1.0, 25.0, 900.0], "flops": [20.0, 100.0, 800.0]})
+
+
+def test_efficiency_conclusion_without_memory_judges_throughput_only():
+    text = conclusions.efficiency_conclusion(_efficiency_table([NAN, NAN]), PATCH_COST, stand_ins=False)
+    assert "nan" not in text and "lightest" not in text
+    assert ("- forward: 3D ViT/12 10 scans/s; the others' throughput relative to it CT-FM 0.40×; memory not measured: "
+            "the 3-D ViT is the fastest.") in text
+    assert ("(Extended Data Fig. 5): reproduced on this machine for throughput (memory not measured).") in text
+    measured = conclusions.efficiency_conclusion(_efficiency_table([100.0, 300.0]), PATCH_COST, stand_ins=False)
+    assert "their memory CT-FM 3.00×: the 3-D ViT is the fastest and the lightest." in measured
+    assert "(Extended Data Fig. 5): reproduced on this machine." in measured
+
+
+# --------------------------------------------------------------------------------------- notebook parameters
+# A parameter a notebook does not know stops its first cell with the values it does know, before any run.
+def _boom(*args, **kwargs):
+    raise AssertionError("reached: the parameter should have been refused before this")
+
+
+def test_start_refuses_a_site_the_scan_table_lacks(monkeypatch):
+    from fmct_lib import pipeline
+    table = pd.DataFrame({"scan_id": list("abc"), "site": ["pretrain", "internal", "external"]})
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: table)
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset: None)
+    with pytest.raises(ValueError, match="site 'nowhere' is not a labelled site of 'synthetic'; its labelled sites "
+                                         "are external, internal"):
+        pipeline.start("synthetic", "toy", site="nowhere")
+    with pytest.raises(ValueError, match="site 'pretrain'"):  # unlabelled: nothing to train or test on
+        pipeline.start("synthetic", "toy", site="pretrain")
+    assert pipeline.start("synthetic", "toy", site="external").site_filter == {"site": "external"}
+
+
+def test_an_unknown_method_fails_before_anything_is_built_or_resumed(monkeypatch, capsys):
+    from fmct_lib import pipeline
+    monkeypatch.setattr(pipeline, "ensure_dataset", _boom)
+    with pytest.raises(ValueError, match="unknown method 'simclr'; the known methods are dino, mae, vicreg"):
+        pipeline.start("synthetic", "toy", method="simclr")
+    monkeypatch.setattr(pipeline, "ensure_cache", _boom)  # 05_scaling names its methods to ensure_pretrained
+    with pytest.raises(ValueError, match="unknown method 'simclr'"):
+        pipeline.ensure_pretrained("simclr", "synthetic", "toy")
+    assert capsys.readouterr().out == ""  # no "pretraining run ... resumed" line
+
+
+def test_embeddings_notebook_refuses_an_unknown_projection(monkeypatch):
+    from pathlib import Path
+
+    from fmct_lib import pipeline
+    cells = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "06_embeddings.py").read_text().split("# %%")
+    parameters, first = cells[2], cells[3]
+    assert "tags=[\"parameters\"]" in parameters and "pipeline.start(" in first
+    namespace = {}
+    exec(parameters.split("\n", 1)[1], namespace)  # below the cell's "# %% tags=..." line
+    namespace["projection"] = "pca"
+    monkeypatch.setattr(pipeline, "start", _boom)
+    with pytest.raises(ValueError, match="projection 'pca': use 'tsne' or 'umap'"):
+        exec(first, namespace)

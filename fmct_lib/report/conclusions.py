@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from ..evaluate import paired_comparison, paired_runs
 from .encoders import paper_statements
@@ -21,30 +22,80 @@ __all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "fin
 
 def describe_comparison(name_a: str, a: float, name_b: str, b: float, p_value: float | None = None,
                         paper: str | None = None, ci: tuple[float, float] | None = None) -> str:
-    """One honest sentence: which of two numbers is higher, by how much (relative, as the paper reports
-    it), with the p-value, and what the paper found for the same comparison. ``ci``: the 95% CI of the
-    difference a − b, where there is one; a CI that contains 0 makes the two a tie, whichever number is higher."""
+    """One honest sentence: how two numbers compare, by how much (relative, as the paper reports it), with the
+    95% CI of the difference a − b (``ci``) and the p-value where there are, and what the paper found for the
+    same comparison. The verdict is ``_verdict``'s: a CI that contains 0 makes the two a tie whichever number is
+    higher; without a CI, p ≥ 0.05 does; without either the sentence says the difference is untested."""
     if pd.isna(a) or pd.isna(b):
         return f"{name_a} vs {name_b}: not measurable on this run (a metric is undefined)."
-    tie = _is_tie(ci)
-    verb = "ties" if a == b or tie else ("beats" if a > b else "does NOT beat")
+    verdict = _verdict(a - b, p_value, ci)
+    verb = {"above": "beats", "below": "does NOT beat", "tie": "ties", "disagree": "vs",
+            "untested": "is above" if a > b else "is below" if a < b else "equals"}[verdict]
     text = f"{name_a} ({a:.3f}) {verb} {name_b} ({b:.3f})"
     if b > 0:
         text += f": {100.0 * (a - b) / b:+.1f}% relative"
-    if ci is not None and not np.isnan(ci).any():
+    if _has_ci(ci):
+        note = {"tie": " (contains 0)",
+                "disagree": f" ({'above' if ci[0] > 0 else 'below'} 0, against the point estimate: no verdict)"}
         text += (f"{',' if b > 0 else ':'} 95% CI of the difference {ci[0]:+.3f} to {ci[1]:+.3f}"
-                 + (" (contains 0)" if tie else ""))
+                 + note.get(verdict, ""))
     if p_value is not None and not pd.isna(p_value):
         text += f", paired permutation p = {p_value:.3g}"
+    if verdict == "untested":
+        text += " (no test of the difference)"
     text += "."
     if paper:
         text += f" Paper: {paper}."
     return text
 
 
+def _has_ci(ci: tuple[float, float] | None) -> bool:
+    """Whether there is a 95% CI and it is defined (no NaN end)."""
+    return ci is not None and not np.isnan(ci).any()
+
+
 def _is_tie(ci: tuple[float, float] | None) -> bool:
     """Whether a 95% CI of a difference contains 0 (False without a CI, or with an undefined one)."""
-    return ci is not None and not np.isnan(ci).any() and ci[0] <= 0 <= ci[1]
+    return _has_ci(ci) and ci[0] <= 0 <= ci[1]
+
+
+def _verdict(difference: float, p_value: float | None = None, ci: tuple[float, float] | None = None) -> str:
+    """What the evidence says of a difference a − b: ``above`` or ``below`` (its 95% CI lies on that side of 0;
+    without a CI, p < 0.05), ``tie`` (the CI contains 0; without a CI, p ≥ 0.05), ``disagree`` (the CI lies on
+    the side of 0 opposite the point estimate), ``untested`` (neither CI nor p) or ``undefined`` (a NaN
+    difference)."""
+    if pd.isna(difference):
+        return "undefined"
+    side = {1: "above", -1: "below", 0: "tie"}
+    if _has_ci(ci):
+        if _is_tie(ci):
+            return "tie"
+        sign = 1 if ci[0] > 0 else -1
+        return side[sign] if np.sign(difference) == sign else "disagree"
+    if p_value is not None and not pd.isna(p_value):
+        return side[int(np.sign(difference))] if p_value < 0.05 else "tie"
+    return "untested"
+
+
+# the verdicts other than "above", as a count of them reads: "ties on 2", "is below at K = [8]"
+_OTHER_VERDICTS = {"tie": "ties", "below": "is below", "disagree": "no verdict (CI against the point estimate)",
+                   "untested": "untested", "undefined": "not measurable"}
+
+
+def _tally(verdicts: list[str], preposition: str = "on") -> str:
+    """The verdicts other than ``above``, counted: "ties on 2, is below on 1" ("" where all are ``above``)."""
+    return ", ".join(f"{word} {preposition} {verdicts.count(v)}" for v, word in _OTHER_VERDICTS.items()
+                     if v in verdicts)
+
+
+def _evidence(test: pd.DataFrame, task: str = "macro") -> tuple[float | None, tuple[float, float] | None]:
+    """The AUROC p-value and 95% CI of the difference of ``task`` in a ``paired_comparison`` table (no CI in a
+    ``paired_permutation_test`` table; neither where the table has no such row)."""
+    row = test[(test["task"] == task) & (test["metric"] == "auroc")]
+    if len(row) != 1:
+        return None, None
+    ci = (float(row["ci_low"].item()), float(row["ci_high"].item())) if "ci_low" in row else None
+    return float(row["p_value"].item()), ci
 
 
 def _bullets(lines: list[str]) -> str:
@@ -74,10 +125,13 @@ def _against_reference(predictions: pd.DataFrame, model: str, reference: str, pr
     """Where ``model``'s macro-AUROC stands against ``reference``'s, on the tasks both have: ``above``, ``below``,
     ``not comparable with`` (an undefined metric), or ``level with`` where the 95% bootstrap CI of the paired
     difference (``paired_comparison``, the profile's resamples, seeded as the notebook's comparisons: the first
-    training seed) contains 0."""
+    training seed) contains 0. A reference run with one seed (deterministic, as the histogram's) stands for every
+    seed of ``model``."""
     pick = {m: predictions[predictions.protocol == m] for m in (model, reference)}
     common = set(pick[model]["task"]) & set(pick[reference]["task"])
     a, b = (pick[m][pick[m]["task"].isin(common)] for m in (model, reference))
+    if b["seed"].nunique() == 1 and a["seed"].nunique() > 1:
+        b = pd.concat([b.assign(seed=s) for s in sorted(a["seed"].unique())], ignore_index=True)
     comparison = paired_comparison(a, b, n_boot=profile.n_bootstrap, n_perm=profile.n_permutations,
                                    seed=int(predictions["seed"].min()))
     lo, hi = _macro_auroc_ci(comparison)
@@ -87,12 +141,13 @@ def _against_reference(predictions: pd.DataFrame, model: str, reference: str, pr
 
 
 # --------------------------------------------------------------------------------------- 00 · data
-def data_conclusion(scans: pd.DataFrame, prevalence: pd.DataFrame) -> str:
+def data_conclusion(scans: pd.DataFrame, tasks: list[str]) -> str:
     """00_data: the cohort's size, slice thickness and makes beside the paper's cohort (Methods, "Datasets":
     361,663 pretraining scans, 270,205 labelled internal scans, 0.5–5 mm), and its most prevalent and rarest
-    task. ``prevalence`` has one row per site/split and one column per task; a scan whose ``site`` is
-    ``pretrain`` is unlabelled (no ``site`` column: all labelled)."""
+    of ``tasks`` over all labelled scans. A scan whose ``site`` is ``pretrain`` is unlabelled (no ``site``
+    column: all labelled); a missing label is left out of its task's prevalence."""
     internal = scans[scans.get("site", pd.Series("internal", index=scans.index)) != "pretrain"]
+    prevalence = internal[list(tasks)].astype(float).mean()
     unlabelled = len(scans) - len(internal)
     makes = ", ".join(f"{k} {v}" for k, v in scans["manufacturer"].value_counts().items())
     return _bullets([
@@ -100,8 +155,8 @@ def data_conclusion(scans: pd.DataFrame, prevalence: pd.DataFrame) -> str:
         f"and {len(internal)} labelled scans (paper: 361,663 pretraining scans, 270,205 labelled internal scans).",
         f"Slice thickness {scans['slice_thickness_mm'].min():.1f}–{scans['slice_thickness_mm'].max():.1f} mm "
         f"(paper: 0.5–5 mm); makes: {makes}.",
-        f"Most prevalent task: {prevalence.mean().idxmax()} ({prevalence.mean().max():.1%}); rarest: "
-        f"{prevalence.mean().idxmin()} ({prevalence.mean().min():.1%}).",
+        f"Most prevalent task over the labelled scans: {prevalence.idxmax()} ({prevalence.max():.1%}); rarest: "
+        f"{prevalence.idxmin()} ({prevalence.min():.1%}).",
     ])
 
 
@@ -198,7 +253,7 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
         if probe in macro and "finetune" in macro:
             lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe],
                                              _macro_auroc_p(tests[probe]),
-                                             "probing comes close to full fine-tuning (Supp. Fig. 6/8)",
+                                             "probing comes close to full fine-tuning (Supplementary Figs 3 and 8)",
                                              _macro_auroc_ci(tests[probe])))
     if "histogram" in macro:
         deep = [m for m in ("finetune", "scratch", "linear", "attentive") if m in macro]
@@ -210,8 +265,12 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
     per_task = summary[(summary.metric == "auroc") & (summary.task != "macro")].pivot(index="task", columns="model",
                                                                                       values="value")
     if {"finetune", "scratch"} <= set(per_task.columns):
-        wins = int((per_task["finetune"] > per_task["scratch"]).sum())
-        lines.append(f"Fine-tuned beats scratch on {wins} of {len(per_task)} tasks (paper: all 10).")
+        verdicts = [_verdict(r["finetune"] - r["scratch"], *_evidence(tests["scratch"], task))
+                    for task, r in per_task.iterrows()]
+        others = _tally(verdicts)
+        lines.append(f"Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on "
+                     f"{verdicts.count('above')} of {len(verdicts)} tasks{', ' + others if others else ''} "
+                     "(paper: beats it on all 10).")
     if len(seeds) > 1:
         spread = runs[runs.task == "macro"].pivot(index="seed", columns="model", values="auroc")
         lines.append("Macro-AUC by training seed " + str(seeds) + ": " + "; ".join(
@@ -228,34 +287,39 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
 
 
 # --------------------------------------------------------------------------------------- 03 · transfer
-def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], *, paper: pd.DataFrame,
-                        paper_name: str, target_rows: pd.DataFrame) -> str:
+def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], predictions: pd.DataFrame, *,
+                        paper: pd.DataFrame, paper_name: str, target_rows: pd.DataFrame, profile) -> str:
     """03_transfer (Fig. 1e bottom rows, Fig. 1f–g): in-domain fine-tuned against in-domain scratch (paper, NYU
-    Long Island: 0.904 vs 0.748) and against external validation (the transferred model), the histogram
-    reference, and the size of the target's training split beside the paper's.
+    Long Island: 0.904 vs 0.748) and against external validation (the transferred model), every deep model
+    against the histogram reference, and the size of the target's training split beside the paper's.
 
     ``summary`` has the models ``in-domain fine-tuned``, ``in-domain scratch``, ``external validation`` and
-    ``in-domain histogram``; ``tests``: {model: ``paired_permutation_test`` of in-domain fine-tuned against
-    it}; ``paper``: the paper's AUROCs for ``paper_name`` with its models renamed to ours;
-    ``target_rows``: the target's scans (column ``split``). Without ``external validation`` (a dataset with
-    one site and no target dataset) its line says it did not run."""
+    ``in-domain histogram``; ``tests``: {model: ``paired_comparison`` of in-domain fine-tuned against it}, whose
+    95% CI of the difference decides a tie (``describe_comparison``); ``predictions``: every model's predictions,
+    the model in ``protocol`` (placed against the histogram by ``_against_reference``); ``paper``: the paper's
+    AUROCs for ``paper_name`` with its models renamed to ours; ``target_rows``: the target's scans (column
+    ``split``). Without ``external validation`` (a dataset with one site and no target dataset) its line says it
+    did not run."""
     macro = _macro_auroc(summary)
     paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
     claim = (f"{paper_macro['in-domain fine-tuned']:.3f} vs {paper_macro['in-domain scratch']:.3f} on "
              f"{PAPER_DATASET_NAMES.get(paper_name, paper_name)}"
              if {"in-domain fine-tuned", "in-domain scratch"} <= set(paper_macro.index) else None)
+    against = lambda b, said: describe_comparison(  # noqa: E731
+        "in-domain fine-tuned", macro["in-domain fine-tuned"], b, macro[b], _macro_auroc_p(tests[b]), said,
+        _macro_auroc_ci(tests[b]))
+    deep = [m for m in ("in-domain fine-tuned", "in-domain scratch", "external validation") if m in macro]
+    places = {m: _against_reference(predictions, m, "in-domain histogram", profile) for m in deep}
     lines = [
-        describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "in-domain scratch",
-                            macro["in-domain scratch"], _macro_auroc_p(tests["in-domain scratch"]), claim),
-        describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], "external validation",
-                            macro["external validation"], _macro_auroc_p(tests["external validation"]),
-                            "in-domain fine-tuning helps where the target has enough labels (NYU Long Island, "
-                            "RSNA); the transferred model is better on small CQ500")
+        against("in-domain scratch", claim),
+        against("external validation", "in-domain fine-tuning helps where the target has enough labels (NYU Long "
+                "Island, RSNA); the transferred model is better on small CQ500")
         if "external validation" in macro else
         "External validation: not run (no source and target to transfer between; see the skipped parts).",
-        f"Reference without a deep model (in-domain window histograms + logistic regression): "
-        f"{macro['in-domain histogram']:.3f}; in-domain fine-tuned "
-        f"{'above' if macro['in-domain fine-tuned'] > macro['in-domain histogram'] else 'below'} it.",
+        "Reference without a deep model (in-domain window histograms + logistic regression): "
+        f"{macro['in-domain histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())
+        + (" (level: the 95% CI of the paired difference contains 0)" if "level with" in places.values() else "")
+        + ".",
         f"The target's training split has {int((target_rows['split'] == 'train').sum())} scans "
         "(paper: CQ500 1,120; RSNA ~8,000).",
     ]
@@ -263,22 +327,32 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], *
 
 
 # --------------------------------------------------------------------------------------- 04 · few-shot
-def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd.DataFrame, profile) -> str:
-    """04_fewshot (Fig. 2): pretrained against scratch at each K, the histogram reference on the same draws,
-    and the largest K against all data (paper: K = 256 comes close to full-data fine-tuning).
+def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd.DataFrame | None,
+                       comparison: pd.DataFrame, profile) -> str:
+    """04_fewshot (Fig. 2): pretrained against scratch at each K by the 95% CI of the paired difference, every
+    deep model against the histogram reference on the same draws (``_against_reference``), and the largest K
+    against all data (paper: K = 256 comes close to full-data fine-tuning).
 
     ``curves``: few-shot means (task, metric, model, int ``k``, ``value``); ``full``: the all-data runs (task,
-    metric, model, value); ``predictions``: every run's predictions (``model``, ``k`` empty for all data)."""
+    metric, model, value); ``predictions``: every run's predictions (``model``, ``k`` empty for all data);
+    ``comparison``: ``paired_comparison`` rows of pretrained against scratch with ``k`` (``"all"`` for all data)."""
     macro = curves[(curves.task == "macro") & (curves.metric == "auroc")].pivot(index="k", columns="model",
                                                                                  values="value")
     star = full[(full.task == "macro") & (full.metric == "auroc")].set_index("model")["value"]
+    at_k = lambda table, k: table[pd.to_numeric(table["k"], errors="coerce") == k]  # noqa: E731 (NaN: all data)
     lines = []
     if "scratch" in macro:
         low = macro.index.min()
-        wins = [k for k in macro.index if macro.loc[k, "pretrained"] > macro.loc[k, "scratch"]]
+        evidence = {k: _evidence(at_k(comparison, k)) for k in macro.index}
+        p_value, ci = evidence[low]
         lines.append(describe_comparison(f"pretrained at K={low}", macro.loc[low, "pretrained"],
-                                         f"scratch at K={low}", macro.loc[low, "scratch"]))
-        lines.append(f"Pretrained beats scratch in macro-AUROC at K = {wins or 'none'} of {list(macro.index)}.")
+                                         f"scratch at K={low}", macro.loc[low, "scratch"], p_value, ci=ci))
+        verdicts = {k: _verdict(macro.loc[k, "pretrained"] - macro.loc[k, "scratch"], *evidence[k])
+                    for k in macro.index}
+        by = {v: [k for k, w in verdicts.items() if w == v] for v in dict.fromkeys(verdicts.values())}
+        lines.append(f"By the 95% CI of the paired difference, pretrained beats scratch in macro-AUROC at K = "
+                     f"{by.get('above') or 'none'} of {list(macro.index)}"
+                     + "".join(f"; {word} at K = {by[v]}" for v, word in _OTHER_VERDICTS.items() if v in by) + ".")
         pairs = paired_runs(predictions[predictions.model == "pretrained"], predictions[predictions.model == "scratch"])
         pairs = pairs[pairs.k != "all"]
         lines.append(f"Run by run (same task, K and draw): pretrained above scratch in {int(pairs.a_wins.sum())} of "
@@ -287,10 +361,18 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
         ref = ", ".join(f"K={k} {macro.loc[k, 'histogram']:.3f}" for k in macro.index)
         lines.append(f"Reference without a deep model (window histograms + logistic regression, same draws): {ref}; "
                      f"all data {star['histogram']:.3f}.")
-        deep = [m for m in ("pretrained", "scratch") if m in macro]
-        below = [f"{m} at K={k}" for m in deep for k in macro.index if macro.loc[k, m] < macro.loc[k, "histogram"]]
-        below += [f"{m} on all data" for m in deep if m in star and star[m] < star["histogram"]]
-        lines.append(f"Below that reference: {', '.join(below) or 'none'}.")
+        runs = predictions.drop(columns="protocol", errors="ignore").rename(columns={"model": "protocol"})
+        draws = {f"at K={k}": at_k(runs, k) for k in macro.index}
+        draws["on all data"] = runs[pd.to_numeric(runs["k"], errors="coerce").isna()]
+        places: dict[str, list[str]] = {}
+        for m in (m for m in ("pretrained", "scratch") if m in macro):
+            for where, table in draws.items():
+                if {m, "histogram"} <= set(table["protocol"]):
+                    places.setdefault(_against_reference(table, m, "histogram", profile), []).append(f"{m} {where}")
+        if places:
+            lines.append("Against that reference, by the 95% CI of the paired difference: "
+                         + "; ".join(f"{place} it: {', '.join(names)}" for place, names in sorted(places.items()))
+                         + ".")
     top = macro.index.max()
     if "pretrained" in star:
         lines.append(f"Pretrained at K={top}: {macro.loc[top, 'pretrained']:.3f} vs all data {star['pretrained']:.3f} "
@@ -302,13 +384,16 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
 
 
 # --------------------------------------------------------------------------------------- 05 · scaling
-def scaling_conclusion(macro: pd.DataFrame, teacher_entropy: dict[float, float] | None = None,
-                       uniform: float | None = None) -> str:
-    """05_scaling (Fig. 4): per evaluation and method, does macro-AUROC grow with the pretraining fraction, and
-    is DINO above MAE at each fraction (paper: both grow, DINO above MAE throughout). ``macro``: the macro
-    rows of the summary (evaluation, method, fraction, metric, value). ``teacher_entropy`` (fraction → the DINO
-    teacher's output entropy over the last 10% of its pretraining, from the encoder's log) against ``uniform``
-    (ln K) says whether DINO learnt at all."""
+def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
+                       teacher_entropy: dict[float, float] | None = None, uniform: float | None = None) -> str:
+    """05_scaling (Fig. 4): per evaluation and method, does macro-AUROC grow with the pretraining fraction (the
+    encoder from the most data against the one from the least), and is DINO above each other method at each
+    fraction (paper: both grow, DINO above MAE throughout), each by the 95% CI of the paired difference
+    (``_verdict``). ``macro``: the macro rows of the summary (evaluation, method, fraction, metric, value);
+    ``comparison``: ``paired_comparison`` rows with ``evaluation``, ``model_a`` and ``model_b``: ``dino`` against
+    each method at each ``fraction``, and "<method> <most>%" against "<method> <least>%".
+    ``teacher_entropy`` (fraction → the DINO teacher's output entropy over the last 10% of its pretraining, from
+    the encoder's log) against ``uniform`` (ln K) says whether DINO learnt at all."""
     lines = []
     if teacher_entropy and uniform:
         at_uniform = all(h > 0.99 * uniform for h in teacher_entropy.values())
@@ -319,6 +404,7 @@ def scaling_conclusion(macro: pd.DataFrame, teacher_entropy: dict[float, float] 
                         "beat the others here (01 with method dino shows the run)." if at_uniform else "."))
     auc = macro[macro.metric == "auroc"]
     for evaluation, g in auc.groupby("evaluation"):
+        tests = comparison[comparison["evaluation"] == evaluation]
         table = g.pivot(index="fraction", columns="method", values="value")
         for method in table.columns:
             v = table[method]
@@ -326,15 +412,31 @@ def scaling_conclusion(macro: pd.DataFrame, teacher_entropy: dict[float, float] 
                 lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {v.iloc[0]:.3f} at {v.index[0]:.0%} "
                              "of the pool only: no trend with pretraining data measured.")
                 continue
-            trend = ("grows monotonically" if v.is_monotonic_increasing and v.iloc[-1] > v.iloc[0]
-                     else "does NOT grow monotonically")
+            low, high = v.index.min(), v.index.max()
+            p_value, ci = _evidence(tests[(tests.model_a == f"{method} {100 * high:g}%")
+                                          & (tests.model_b == f"{method} {100 * low:g}%")])
+            verdict = _verdict(v[high] - v[low], p_value, ci)
+            trend = {"above": "it grows with pretraining data", "below": "it FALLS with more pretraining data",
+                     "tie": "it does NOT grow measurably with pretraining data (the CI contains 0)",
+                     "disagree": "the CI lies against the point estimate: no verdict on growth",
+                     "untested": "not tested, so no verdict on growth", "undefined": "not measurable"}[verdict]
             lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "
-                         f"{', '.join(f'{f:.0%}' for f in table.index)}: it {trend} with pretraining data.")
+                         f"{', '.join(f'{f:.0%}' for f in table.index)}; {high:.0%} against {low:.0%}: "
+                         f"{v[high] - v[low]:+.3f}"
+                         + (f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}" if _has_ci(ci) else "")
+                         + (f", p = {p_value:.3g}" if p_value is not None and not pd.isna(p_value) else "")
+                         + f": {trend}.")
         for other in [m for m in table.columns if m != "dino"] if "dino" in table.columns else []:
-            above = int((table["dino"] > table[other]).sum())
+            verdicts = [_verdict(table.loc[f, "dino"] - table.loc[f, other],
+                                 *_evidence(tests[(tests.model_a == "dino") & (tests.model_b == other)
+                                                  & (tests.fraction == f)]))
+                        for f in table.index]
+            others = _tally(verdicts, "at")
             paper = ("paper: DINO above MAE throughout" if other == "mae" else
                      "a control the paper does not have: DINO below it means the result depends on the method")
-            lines.append(f"{evaluation}: DINO above {other.upper()} at {above} of {len(table)} fractions ({paper}).")
+            lines.append(f"{evaluation}, by the 95% CI of the paired difference: DINO above {other.upper()} at "
+                         f"{verdicts.count('above')} of {len(verdicts)} fractions{', ' + others if others else ''} "
+                         f"({paper}).")
     return _bullets(lines)
 
 
@@ -342,16 +444,21 @@ def scaling_conclusion(macro: pd.DataFrame, teacher_entropy: dict[float, float] 
 def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance: float, macro: pd.DataFrame) -> str:
     """06_embeddings (Supp. Figs. 10–13): how well the scanner and the slice-thickness bin are predicted from the
     frozen embedding (``accuracy``, ``thick_accuracy``: the folds' accuracies) against chance (paper: separable
-    by both), and the spread of fine-tuned macro-AUROC over protocol groups (``macro``: one ``value`` per
-    group; paper: comparable performance). A part the dataset did not allow (``interpret.parts``) is passed as
-    ``None`` (an accuracy) or an empty ``macro`` and reported as not measured."""
+    by both; separable here where the mean accuracy is more than 5 points above chance, a verdict per attribute),
+    and the spread of fine-tuned macro-AUROC over protocol groups (``macro``: one ``value`` per group; paper:
+    comparable performance). A part the dataset did not allow (``interpret.parts``) is passed as ``None`` (an
+    accuracy) or an empty ``macro`` and reported as not measured."""
     scanner = ("Scanner: not measured on this dataset" if accuracy is None else
                f"Scanner is predictable from the frozen embedding with {accuracy.mean():.1%} accuracy "
                f"(chance {chance:.1%})")
     thickness = ("thickness bin: not measured" if thick_accuracy is None else
                  f"thickness bin with {thick_accuracy.mean():.1%} (chance {thick_chance:.1%})")
-    verdict = ("Not tested here." if accuracy is None else "Same here." if accuracy.mean() > chance + 0.05 else
-               "NOT reproduced here: the scanner is not separable.")
+    separable = {name: "not measured" if acc is None else "separable" if acc.mean() > at_chance + 0.05 else
+                 "NOT separable (within 5 points of chance)"
+                 for name, acc, at_chance in (("scanner", accuracy, chance), ("thickness", thick_accuracy,
+                                                                                thick_chance))}
+    verdict = ("Not tested here." if accuracy is None and thick_accuracy is None else
+               "Here: " + ", ".join(f"{name} {state}" for name, state in separable.items()) + ".")
     protocols = ("Fine-tuned macro-AUROC by protocol group: not measured on this dataset" if macro.empty else
                  f"Fine-tuned macro-AUROC across protocol groups ranges {macro['value'].min():.3f}–"
                  f"{macro['value'].max():.3f} (spread {macro['value'].max() - macro['value'].min():.3f})")
@@ -365,22 +472,28 @@ def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance:
 def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict) -> str:
     """07_attention (Fig. 5): per task and encoder, the attention share on the lesion against the lesion's
     share of the volume (``interpret.summarize_lesion_attention``; empty when no lesions were measured),
-    for how many tasks the fine-tuned encoders beat chance in most scans (paper: "attends to correct disease
-    locations in the majority of cases"), and each encoder's last-layer attention distance (Eq. 1;
-    ``distance``: {encoder: per-layer mean distance in mm})."""
-    lines = []
+    for how many tasks the fine-tuned encoders beat chance in most scans by a two-sided sign test (the scans
+    above chance against half of them, p < 0.05; paper: "attends to correct disease locations in the majority
+    of cases"), and each encoder's last-layer attention distance (Eq. 1; ``distance``: {encoder: per-layer mean
+    distance in mm})."""
+    lines, verdicts = [], []
     for _, r in lesion_summary.iterrows():
+        n = int(r["n_scans"])
+        above = round(r["frac_above_chance"] * n) if n else 0
+        sign_p = binomtest(above, n, 0.5).pvalue if n else float("nan")
+        if r["model"] == "fine-tuned" and n:
+            verdicts.append(_verdict(above - n / 2, sign_p))
         lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the attention on lesions that fill "
                      f"{r['volume_share']:.1%} of the volume (median enrichment {r['median_enrichment']:.2f}×; above "
-                     f"chance in {r['frac_above_chance']:.0%} of {r['n_scans']} scans"
+                     f"chance in {r['frac_above_chance']:.0%} of {r['n_scans']} scans, sign test p = {sign_p:.3g}"
                      + (f"; vs pretrained p = {r['p_vs_reference']:.3g}" if pd.notna(r["p_vs_reference"]) else "")
                      + ").")
-    if len(lesion_summary):
-        ft = lesion_summary[lesion_summary.model == "fine-tuned"]
-        good = int((ft["frac_above_chance"] > 0.5).sum())
-        lines.append(f"Fine-tuned encoders put more attention on the lesion than chance in most scans for {good} of "
-                     f"{len(ft)} tasks (paper, qualitatively: 'attends to correct disease locations in the majority "
-                     "of cases').")
+    if verdicts:
+        at_chance = len(verdicts) - verdicts.count("above") - verdicts.count("below")
+        lines.append(f"By a two-sided sign test (p < 0.05), fine-tuned encoders put more attention on the lesion than "
+                     f"chance in most scans for {verdicts.count('above')} of {len(verdicts)} tasks, at chance for "
+                     f"{at_chance}, below it for {verdicts.count('below')} (paper, qualitatively: 'attends to correct "
+                     "disease locations in the majority of cases').")
     far = {n: d[-1] for n, d in distance.items()}
     lines.append("Mean attention distance in the last layer: " + ", ".join(f"{n} {v:.0f} mm" for n, v in far.items())
                  + ".")
@@ -515,8 +628,9 @@ def efficiency_conclusion(table: pd.DataFrame, cost: pd.DataFrame, *, stand_ins:
     """11_efficiency (Extended Data Fig. 5; Supplementary Fig. 2 and Section E): the machine; per mode, where the
     3-D ViT (``reference``) stands in throughput and peak memory against the other architectures (the other ViT
     patch sizes left out), beside the paper's claim of a "substantial advantage ... in terms of both model throughput
-    and memory cost" (no numbers printed); the cost of smaller patches: how the measured forward time and the
-    analytic FLOPs grow with the reduction factor s (log-log slopes) against the paper's O(s⁶).
+    and memory cost" (no numbers printed), judged on throughput alone where peak memory was not measured (NaN);
+    the cost of smaller patches: how the measured forward time and the analytic FLOPs grow with the reduction
+    factor s (log-log slopes) against the paper's O(s⁶).
 
     ``table``: ``efficiency.relative_to`` of ``efficiency.measure``; ``cost``: ``efficiency.patch_cost`` rows with
     ``measured_ratio`` (forward time over the profile's patch; NaN where not measured); ``stand_ins``: the other
@@ -527,19 +641,28 @@ def efficiency_conclusion(table: pd.DataFrame, cost: pd.DataFrame, *, stand_ins:
              "80 GB NVIDIA A100 (PyTorch 2.4.1); its Extended Data Fig. 5 prints no numbers."]
     ref_label = table.loc[table.architecture == reference, "model"].iloc[0]
     others = table[~table.architecture.str.startswith("vit")]
-    verdicts = []
+    verdicts, unmeasured = [], False
     for mode, rows in others.groupby("mode", sort=False):
         ref = table[(table.architecture == reference) & (table["mode"] == mode)].iloc[0]
         speed = ", ".join(f"{r.model} {r.throughput_ratio:.2f}×" for r in rows.itertuples())
-        memory = ", ".join(f"{r.model} {r.memory_ratio:.2f}×" for r in rows.itertuples())
-        faster, lighter = (rows.throughput_ratio < 1).all(), (rows.memory_ratio > 1).all()
-        verdicts.append(faster and lighter)
-        lines.append(f"{mode}: {ref_label} {ref.scans_per_s:.3g} scans/s, {ref.peak_memory_mb:.3g} MiB; the others' "
-                     f"throughput relative to it {speed}; their memory {memory}: the 3-D ViT is "
-                     f"{'the fastest' if faster else 'NOT the fastest'} and "
-                     f"{'the lightest' if lighter else 'NOT the lightest'}.")
+        faster = (rows.throughput_ratio < 1).all()
+        if pd.notna(ref.peak_memory_mb) and rows.memory_ratio.notna().all():
+            memory = ", ".join(f"{r.model} {r.memory_ratio:.2f}×" for r in rows.itertuples())
+            lighter = (rows.memory_ratio > 1).all()
+            verdicts.append(faster and lighter)
+            lines.append(f"{mode}: {ref_label} {ref.scans_per_s:.3g} scans/s, {ref.peak_memory_mb:.3g} MiB; the "
+                         f"others' throughput relative to it {speed}; their memory {memory}: the 3-D ViT is "
+                         f"{'the fastest' if faster else 'NOT the fastest'} and "
+                         f"{'the lightest' if lighter else 'NOT the lightest'}.")
+        else:
+            verdicts.append(faster)
+            unmeasured = True
+            lines.append(f"{mode}: {ref_label} {ref.scans_per_s:.3g} scans/s; the others' throughput relative to it "
+                         f"{speed}; memory not measured: the 3-D ViT is "
+                         f"{'the fastest' if faster else 'NOT the fastest'}.")
     if verdicts:
-        claim = ("reproduced" if all(verdicts) else "NOT reproduced") + " on this machine"
+        claim = (("reproduced" if all(verdicts) else "NOT reproduced") + " on this machine"
+                 + (" for throughput (memory not measured)" if unmeasured else ""))
         caveat = (": the other encoders here are randomly initialised stand-ins shrunk to the profile's size, so this "
                   "compares those stand-ins, not the published models (the paper profile builds those)"
                   if stand_ins else "")

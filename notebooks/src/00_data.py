@@ -95,4 +95,4 @@ pipeline.ensure_cache(dataset, P)  # built by pipeline.start: the folder the oth
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.data_conclusion(scans, prevalence))
+print(conclusions.data_conclusion(scans, tasks))

@@ -86,6 +86,7 @@ if runs:
                                               n_perm=P.n_permutations, seed=seed)
                             .assign(model_a="in-domain fine-tuned", model_b=b) for b in baselines])
     tests = {b: comparison[comparison.model_b == b] for b in baselines}
+    predictions = pd.concat([p.assign(protocol=name) for name, p in runs.items() if len(p)], ignore_index=True)
     display(summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3))
 
 # %%
@@ -117,7 +118,8 @@ if runs:
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.transfer_conclusion(summary, tests, paper=reported, paper_name=paper_name, target_rows=target_rows)
+print(conclusions.transfer_conclusion(summary, tests, predictions, paper=reported, paper_name=paper_name,
+                                      target_rows=target_rows, profile=P)
       if runs else "Nothing measured on this dataset.")
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

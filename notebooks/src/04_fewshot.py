@@ -109,7 +109,7 @@ if parts.runs("few-shot"):
 
 # %%
 if parts.runs("few-shot"):
-    print(conclusions.fewshot_conclusion(curves, full, predictions, P))
+    print(conclusions.fewshot_conclusion(curves, full, predictions, comparison, P))
 else:
     print("Nothing measured on this dataset.")
 if parts.skipped:

@@ -81,7 +81,8 @@ if rows:
                             .assign(model_a="dino", model_b=other, fraction=f, evaluation=e)
                             for (m, f, e) in grouped if m == "dino"
                             for other in methods if other != "dino" and (other, f, e) in grouped]
-                           or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "p_value"])])
+                           or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "fraction", "evaluation",
+                                                     "p_value"])])
     # each method's encoder from the most pretraining data against the one from the least (the paper: more is better)
     low, high = min(f for _, f, _ in grouped), max(f for _, f, _ in grouped)
     more_data = [paired_comparison(grouped[m, high, e], grouped[m, low, e], n_boot=P.n_bootstrap,
@@ -94,9 +95,9 @@ if rows:
 # %%
 for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else ():
     fig = plots.band_lines(macro[macro.metric == metric], x="percent", hue="method", facet="evaluation",
-                           xlabel="pretraining data (%)", ylabel=label, logx=True)
-    fig.suptitle(f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)", fontsize=9,
-                 y=1.03)
+                           xlabel="pretraining data (%)", ylabel=label, logx=True, profile=P.name,
+                           title=f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)",
+                           training=plots.training_rule(P))
     name = naming.figure_name(f"fig4_scaling_{metric}", dataset, P)
     comparisons.save_comparison(name, comparison[comparison.metric == metric])
     plots.save_figure(fig, name, summary[summary.metric == metric],
@@ -110,7 +111,7 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else
 # %%
 import math
 
-print(conclusions.scaling_conclusion(macro, teacher, math.log(P.dino_out_dim)) if rows
+print(conclusions.scaling_conclusion(macro, comparison, teacher, math.log(P.dino_out_dim)) if rows
       else "Nothing measured on this dataset.")
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

@@ -25,6 +25,8 @@ site = "internal"
 from fmct_lib import pipeline
 from fmct_lib.report import conclusions, naming, plots
 
+if projection not in ("tsne", "umap"):
+    raise ValueError(f"projection {projection!r}: use 'tsne' or 'umap'")
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
@@ -52,7 +54,7 @@ if parts.runs("projection"):
     if projection == "umap":
         import umap
         xy = umap.UMAP(random_state=seed).fit_transform(vectors)
-    else:
+    else:  # tsne
         from sklearn.manifold import TSNE
         xy = TSNE(perplexity=min(30, max(2, len(vectors) // 4)), random_state=seed, init="pca").fit_transform(vectors)
     points = points.assign(x=xy[:, 0], y=xy[:, 1])
