@@ -727,43 +727,36 @@ DISTANCE_LINE = "- Mean attention distance in the last layer: pretrained 42 mm, 
 MAJORITY = "(paper, qualitatively: 'attends to correct disease locations in the majority of cases')."
 
 
-def test_attention_conclusion_per_task_and_encoder():
+def _lesion_row(task, model, enrichment, control, p, **extra):
+    return dict(task=task, model=model, n_scans=4, n_no_lesion=0, attention_share=0.12, chance_share=0.02,
+                median_enrichment=enrichment, median_control_enrichment=control, frac_above_chance=0.75,
+                frac_above_control=0.75, p_vs_control=p, p_vs_reference=NAN) | extra
+
+
+def test_attention_conclusion_judges_each_encoder_against_a_lesion_blind_map_of_its_own():
     lesion_summary = pd.DataFrame([
-        dict(task="ich", model="fine-tuned", n_scans=4, attention_share=0.12, volume_share=0.02,
-             median_enrichment=5.5, frac_above_chance=0.75, p_vs_reference=0.0123),
-        dict(task="ich", model="pretrained", n_scans=4, attention_share=0.03, volume_share=0.02,
-             median_enrichment=1.2, frac_above_chance=0.5, p_vs_reference=NAN),
-        dict(task="sdh", model="fine-tuned", n_scans=4, attention_share=0.01, volume_share=0.02,
-             median_enrichment=0.5, frac_above_chance=0.5, p_vs_reference=0.5),
+        _lesion_row("ich", "fine-tuned", 5.5, 1.1, 0.0123, p_vs_reference=0.02),
+        # 2× on the lesion, but the other scans' maps give 1.9× there too: anatomy, not the lesion (p = 0.6)
+        _lesion_row("ich", "pretrained", 2.0, 1.9, 0.6, frac_above_control=0.5),
+        _lesion_row("sdh", "fine-tuned", 0.8, 1.3, 0.03, frac_above_control=0.25, n_no_lesion=1),
     ])
-    assert conclusions.attention_conclusion(lesion_summary, DISTANCE) == "\n".join([
-        # sign test, two-sided: 3 of 4 scans above chance, P(X ≥ 3) + P(X ≤ 1) = (1 + 4 + 4 + 1) / 16 = 0.625
-        "- ich, fine-tuned: 12.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
-        "5.50×; above chance in 75% of 4 scans, sign test p = 0.625; vs pretrained p = 0.0123).",
-        # the reference model has no p-value against itself (NaN): no clause; 2 of 4: p = 1
-        "- ich, pretrained: 3.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
-        "1.20×; above chance in 50% of 4 scans, sign test p = 1).",
-        "- sdh, fine-tuned: 1.0% of the attention on lesions that fill 2.0% of the volume (median enrichment "
-        "0.50×; above chance in 50% of 4 scans, sign test p = 1; vs pretrained p = 0.5).",
-        # neither fine-tuned task is above chance in more scans than a coin would give (p ≥ 0.05)
-        "- By a two-sided sign test (p < 0.05), fine-tuned encoders put more attention on the lesion than chance in "
-        "most scans for 0 of 2 tasks, at chance for 2, below it for 0 " + MAJORITY,
-        DISTANCE_LINE,
+    assert conclusions.attention_conclusion(lesion_summary, DISTANCE, 45.2) == "\n".join([
+        "- ich, fine-tuned: 12.0% of the head's attention on lesions that fill 2.0% of the head (median enrichment "
+        "5.50×, the other scans' maps on the same lesions 1.10×; own map above them in 75% of 4 scans, Wilcoxon "
+        "p = 0.0123; vs pretrained p = 0.02).",
+        "- ich, pretrained: 12.0% of the head's attention on lesions that fill 2.0% of the head (median enrichment "
+        "2.00×, the other scans' maps on the same lesions 1.90×; own map above them in 50% of 4 scans, Wilcoxon "
+        "p = 0.6).",
+        "- sdh, fine-tuned: 12.0% of the head's attention on lesions that fill 2.0% of the head (median enrichment "
+        "0.80×, the other scans' maps on the same lesions 1.30×; own map above them in 25% of 4 scans, Wilcoxon "
+        "p = 0.03; 1 scan without lesion at the model's resolution).",
+        "- fine-tuned: attention on the lesion beyond a lesion-blind map of the same encoder (Wilcoxon, p < 0.05) "
+        "for 1 of 2 tasks, level with it for 0, below it for 1 " + MAJORITY,
+        "- pretrained: attention on the lesion beyond a lesion-blind map of the same encoder (Wilcoxon, p < 0.05) "
+        "for 0 of 1 tasks, level with it for 1, below it for 0 " + MAJORITY,
+        "- Mean attention distance in the last layer: pretrained 42 mm, fine-tuned ich 58 mm (uniform attention on "
+        "this grid: 45 mm).",
     ])
-
-
-def test_attention_conclusion_calls_a_bare_majority_of_scans_chance():
-    # the audited run: 17 of 33 and 12 of 23 scans (52 %) are what a coin gives; 30 of 33 is not (sign test
-    # p = 2 (1 + 33 + 528 + 5456) / 2^33 = 1.4e-6), nor 3 of 30 (p = 2 (1 + 30 + 435 + 4060) / 2^30 = 8.4e-6)
-    rows = [("ich", 33, 17 / 33), ("sdh", 23, 12 / 23), ("edh", 33, 30 / 33), ("sah", 30, 3 / 30)]
-    lesion_summary = pd.DataFrame([dict(task=t, model="fine-tuned", n_scans=n, attention_share=0.1, volume_share=0.05,
-                                        median_enrichment=1.1, frac_above_chance=f, p_vs_reference=NAN)
-                                   for t, n, f in rows])
-    lines = conclusions.attention_conclusion(lesion_summary, DISTANCE).splitlines()
-    assert lines[0].endswith("above chance in 52% of 33 scans, sign test p = 1).")
-    assert lines[2].endswith("above chance in 91% of 33 scans, sign test p = 1.4e-06).")
-    assert lines[4] == ("- By a two-sided sign test (p < 0.05), fine-tuned encoders put more attention on the lesion "
-                        "than chance in most scans for 1 of 4 tasks, at chance for 2, below it for 1 " + MAJORITY)
 
 
 def test_attention_conclusion_without_lesions_reports_the_distance_only():

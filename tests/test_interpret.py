@@ -11,12 +11,13 @@ from scipy.spatial.distance import pdist
 from scipy.stats import wilcoxon
 
 from fmct_lib.config import get_profile
-from fmct_lib.interpret import (AttentionResult, attention_distance, attention_share_in_mask, compute_attention,
-                                enrichment, lesion_attention_table, load_scan_with_mask, mask_to_canvas,
+from fmct_lib.interpret import (AttentionResult, attention_distance, compute_attention, enrichment, head_mask,
+                                lesion_attention_table, lesion_shares, load_scan_with_mask, mask_to_canvas,
                                 mask_to_model_input, model_voxel_mm, patch_attention_rows, patch_distance_matrix,
-                                summarize_lesion_attention, upsample_to_volume)
+                                reduce_layers_heads, summarize_lesion_attention, uniform_attention_distance,
+                                upsample_to_volume)
 from fmct_lib.models.vit3d import vit_from_config
-from fmct_lib.data.preprocess import model_input, paper_spec, preprocess, to_canvas
+from fmct_lib.data.preprocess import apply_windows, model_input, paper_spec, preprocess, to_canvas
 
 TOY = get_profile("toy")
 
@@ -169,6 +170,68 @@ class OnePatchEncoder(torch.nn.Module):
         return [attn, attn]
 
 
+class RandomAttentionEncoder(torch.nn.Module):
+    """Stands in for the encoder: 3 layers × 2 heads of random softmax attention over cls + 1 register + patches
+    (different numbers of layers and heads, so a swap of the two axes cannot go unnoticed)."""
+
+    num_prefix_tokens = 2
+
+    def __init__(self, grid, patch, layers=3, heads=2, uniform=False):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.grid, self.patch = grid, patch
+        tokens = math.prod(grid) + self.num_prefix_tokens
+        logits = torch.zeros if uniform else torch.randn
+        self.attention = [torch.softmax(logits(1, heads, tokens, tokens, dtype=torch.float64), dim=-1).float()
+                          for _ in range(layers)]
+
+    def patch_grid(self, shape):
+        return tuple(s // self.patch for s in shape)
+
+    def get_attention(self, x):
+        return self.attention
+
+
+def test_a_chosen_layer_and_head_are_that_layer_and_head():
+    torch.manual_seed(0)
+    grid, patch = (2, 3, 2), 2
+    encoder = RandomAttentionEncoder(grid, patch)
+    result = compute_attention(encoder, torch.zeros(3, 4, 6, 4), 1.5)
+    assert (result.num_layers, result.num_heads) == (3, 2)
+    raw = np.stack([a[0, :, 0, 2:].numpy() for a in encoder.attention]).reshape(3, 2, *grid)  # (layer, head, grid)
+    for layer, head in itertools.product(range(3), range(2)):
+        hand = np.repeat(np.repeat(np.repeat(raw[layer, head], 2, 0), 2, 1), 2, 2)
+        np.testing.assert_allclose(result.attention_map(layer, head), hand, rtol=1e-6)
+        np.testing.assert_allclose(reduce_layers_heads(result.cls_to_patch, layer - 3, head - 2), raw[layer, head])
+    np.testing.assert_allclose(reduce_layers_heads(result.cls_to_patch, None, 1), raw[:, 1].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(reduce_layers_heads(result.cls_to_patch, 2, None), raw[2].mean(0), rtol=1e-6)
+    # Eq. 1 of layer 3, head 1, by the brute-force loop on the raw patch block
+    block = encoder.attention[2][0, 0, 2:, 2:].double().numpy()
+    expected = brute_force_distance(block / block.sum(1, keepdims=True), grid, patch, (1.5,) * 3)
+    np.testing.assert_allclose(reduce_layers_heads(result.distance_mm, 2, 0).ravel(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer, head, message", [
+    (3, None, r"layer 3 does not exist: the encoder has 3 layers \(0…2"), (-4, 0, r"layer -4 does not exist"),
+    (0, 2, r"head 2 does not exist: the encoder has 2 heads \(0…1")])
+def test_a_layer_or_head_out_of_range_is_named(layer, head, message):
+    encoder = RandomAttentionEncoder((2, 2, 2), 2)
+    result = compute_attention(encoder, torch.zeros(3, 4, 4, 4), 1.0)
+    with pytest.raises(ValueError, match=message):
+        result.attention_map(layer, head)
+
+
+def test_uniform_attention_distance_by_hand():
+    assert uniform_attention_distance((2, 1, 1), 2, 3.0) == pytest.approx(6.0 * 2 / 4)  # centres 3 and 9 mm apart
+    # four centres on a unit square: 8 ordered pairs at 1, 4 at √2, 4 self pairs at 0
+    assert uniform_attention_distance((2, 2, 1), 1, 1.0) == pytest.approx((8 + 4 * math.sqrt(2)) / 16)
+    # what Eq. 1 gives for an encoder whose every row is uniform over the patches (prefix columns dropped)
+    encoder = RandomAttentionEncoder((2, 3, 4), 2, uniform=True)
+    result = compute_attention(encoder, torch.zeros(3, 4, 6, 8), (1.0, 2.0, 0.5))
+    assert result.uniform_distance() == pytest.approx(uniform_attention_distance((2, 3, 4), 2, (1.0, 2.0, 0.5)))
+    np.testing.assert_allclose(result.mean_distance_per_layer(), result.uniform_distance(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["nearest", "trilinear"])
 def test_a_patch_map_lands_where_the_patch_is(mode):
     grid, patch, target = (3, 4, 5), 4, (1, 2, 3)  # an interior patch
@@ -201,44 +264,108 @@ def test_upsampling_nearest_keeps_mass_and_trilinear_keeps_constants():
 
 # -- lesion overlap --------------------------------------------------------------------------------
 
-def test_attention_share_hand_case():
+def test_head_is_where_any_window_is_above_its_floor():
+    """Air (−1024) and air noise below −800 HU are outside; fat (−100 HU: only the bone window, floor −800, sees
+    it) and brain are inside."""
+    hu = torch.tensor([-1024.0, -900.0, -100.0, 40.0]).reshape(1, 1, 4)
+    np.testing.assert_array_equal(head_mask(apply_windows(hu)), [[[False, False, True, True]]])
+    with pytest.raises(ValueError, match="model input"):
+        head_mask(np.zeros((4, 4, 4)))
+
+
+def test_lesion_shares_count_the_head_only_hand_case():
+    """Head: the 32 voxels of x < 2. Lesion: 4 voxels holding 3 of the head's 4 units of attention; 8 more
+    units sit on air and do not count: attention share 3/4, chance share 4/32, enrichment 6 (the whole
+    cube would say 3/12 ÷ 4/64 = 4)."""
     attention = np.zeros((4, 4, 4))
-    attention[0, 0, 0], attention[3, 3, 3] = 3.0, 1.0
-    mask = np.zeros((4, 4, 4), bool)
-    mask[:2, :2, :2] = True
-    share, volume = attention_share_in_mask(attention, mask)
-    assert share == 0.75 and volume == 8 / 64
+    attention[0, 0, 0], attention[1, 1, 1], attention[3, 3, 3] = 3.0, 1.0, 8.0
+    head = np.zeros((4, 4, 4), bool)
+    head[:2] = True
+    lesion = np.zeros((4, 4, 4))
+    lesion[0, :2, :2] = 1.0
+    assert lesion_shares(attention, lesion, head) == (0.75, 0.125)
+    lesion[1, 1, 1] = 0.5  # half of that voxel is lesion: half its attention and half its volume count
+    share, chance = lesion_shares(attention, lesion, head)
+    assert share == pytest.approx(3.5 / 4) and chance == pytest.approx(4.5 / 32)
     with pytest.raises(ValueError, match="same grid"):
-        attention_share_in_mask(attention, mask[:2])
+        lesion_shares(attention, lesion[:2], head)
     with pytest.raises(ValueError, match="negative"):
-        attention_share_in_mask(-attention, mask)
+        lesion_shares(-attention, lesion, head)
+    with pytest.raises(ValueError, match="fractions"):
+        lesion_shares(attention, 2 * lesion, head)
+    lesion[3, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="outside the head"):
+        lesion_shares(attention, lesion, head)
+
+
+def head_and_lesions(scans=6, shape=(8, 8, 8)):
+    """A head filling z < 6 of an (8, 8, 8) input and one 2×3×3 lesion per scan, moving along x."""
+    head = np.zeros(shape, bool)
+    head[:, :, :6] = True
+    lesions = []
+    for scan in range(scans):
+        lesion = np.zeros(shape, bool)
+        lesion[scan:scan + 2, 2:5, 1:4] = True
+        lesions.append(lesion)
+    return head, lesions
+
+
+def test_a_lesion_blind_map_that_favours_the_head_is_at_chance():
+    """The map that only knows tissue from air (1 on the head, 0.1 on air) scores 1× on any lesion; against the
+    whole cube it scored 18/396.8 ÷ 18/512 = 1.29×. A map focused on the lesion scores above 1, by hand."""
+    head, (lesion, *_) = head_and_lesions()
+    tissue = np.where(head, 1.0, 0.1)
+    share, chance = lesion_shares(tissue, lesion, head)
+    assert share / chance == pytest.approx(1.0)
+    focused = tissue + 4.0 * lesion  # 5 on the lesion's 18 voxels, 1 on the other 366 head voxels
+    share, chance = lesion_shares(focused, lesion, head)
+    assert share == pytest.approx(90 / 456) and chance == pytest.approx(18 / 384)
+    assert share / chance == pytest.approx(90 / 456 * 384 / 18)  # 4.21
 
 
 def test_lesion_table_and_summary_against_independent_computation():
     rng = np.random.default_rng(0)
-    shape = (8, 8, 8)
-    cases, expected = [], []
-    for scan in range(6):
-        mask = np.zeros(shape, bool)
-        mask[scan:scan + 2, 2:5, 1:4] = True
-        uniform = np.ones(shape)
-        focused = rng.random(shape) + 5.0 * mask  # extra weight on the lesion
-        cases += [{"scan_id": f"s{scan}", "task": "ich", "model": "pretrained", "attention": uniform, "mask": mask},
-                  {"scan_id": f"s{scan}", "task": "ich", "model": "finetuned", "attention": focused, "mask": mask}]
-        expected.append(focused[mask].sum() / focused.sum() / mask.mean())
-    cases.append({"scan_id": "empty", "task": "ich", "model": "finetuned", "attention": np.ones(shape),
-                  "mask": np.zeros(shape, bool)})
+    head, lesions = head_and_lesions()
+    cases, expected, maps = [], [], []
+    for scan, lesion in enumerate(lesions):
+        blind = np.where(head, 1.0, 0.1)  # lesion-blind, prefers tissue
+        focused = rng.random(head.shape) + 5.0 * lesion  # extra weight on the lesion, some mass on air too
+        maps.append(focused / focused.sum())
+        cases += [{"scan_id": f"s{scan}", "task": "ich", "model": "pretrained", "attention": blind,
+                   "lesion": lesion, "head": head},
+                  {"scan_id": f"s{scan}", "task": "ich", "model": "finetuned", "attention": focused,
+                   "lesion": lesion, "head": head}]
+        expected.append((focused[lesion].sum() / focused[head].sum()) / (lesion.sum() / head.sum()))
+    # a scan whose lesion left nothing on the model grid: counted, not measured; its map is another scan's map
+    cases.append({"scan_id": "outside", "task": "ich", "model": "finetuned", "attention": np.ones(head.shape),
+                  "lesion": np.zeros(head.shape), "head": head})
+    maps.append(np.full(head.shape, 1 / head.size))
+    controls = []
+    for scan, lesion in enumerate(lesions):  # the mean of the other scans' normalised maps, on this lesion
+        other = np.mean([m for i, m in enumerate(maps) if i != scan], axis=0)
+        controls.append((other[lesion].sum() / other[head].sum()) / (lesion.sum() / head.sum()))
     table = lesion_attention_table(cases)
-    assert len(table) == 12 and "empty" not in set(table["scan_id"])
+    assert len(table) == 13
+    lost = table.set_index("scan_id").loc["outside"]
+    assert lost["lesion_voxels"] == 0 and np.isnan(lost["enrichment"])
     pre = table[table.model == "pretrained"]
-    np.testing.assert_allclose(pre["enrichment"], 1.0)  # a uniform map has no preference
-    fine = table[table.model == "finetuned"].set_index("scan_id")
-    np.testing.assert_allclose(fine.loc[[f"s{i}" for i in range(6)], "enrichment"], expected)
+    np.testing.assert_allclose(pre["enrichment"], 1.0)  # tissue-favouring but lesion-blind: chance
+    np.testing.assert_allclose(pre["control_enrichment"], 1.0)
+    np.testing.assert_allclose(pre["attention_on_head"], 384 / (384 + 12.8))
+    np.testing.assert_allclose(pre["chance_share"], 18 / 384)
+    fine = table[table.model == "finetuned"].set_index("scan_id").loc[[f"s{i}" for i in range(6)]]
+    np.testing.assert_allclose(fine["enrichment"], expected)
+    np.testing.assert_allclose(fine["control_enrichment"], controls)
+    assert np.all(fine["enrichment"] > fine["control_enrichment"])
 
     summary = summarize_lesion_attention(table).set_index("model")
+    assert summary.loc["finetuned", "n_scans"] == 6 and summary.loc["finetuned", "n_no_lesion"] == 1
     assert summary.loc["finetuned", "frac_above_chance"] == 1.0
     assert summary.loc["pretrained", "frac_above_chance"] == 0.0
-    assert summary.loc["finetuned", "n_scans"] == 6
+    assert summary.loc["finetuned", "frac_above_control"] == 1.0
+    assert summary.loc["finetuned", "median_control_enrichment"] == pytest.approx(np.median(controls))
+    assert summary.loc["finetuned", "p_vs_control"] == pytest.approx(wilcoxon(expected, controls).pvalue)
+    assert np.isnan(summary.loc["pretrained", "p_vs_control"])  # own map = control on every scan
     assert np.isnan(summary.loc["pretrained", "p_vs_reference"])
     assert summary.loc["finetuned", "p_vs_reference"] == pytest.approx(wilcoxon(expected, np.ones(6)).pvalue)
 
@@ -249,27 +376,45 @@ def lesion_scan():
     hu = np.full((40, 36, 26), -1024, np.int16)
     hu[6:34, 5:31, 3:23] = 30 + rng.integers(-5, 5, size=(28, 26, 20))
     mask = np.zeros(hu.shape, np.uint8)
-    mask[14:26, 12:22, 8:16] = 2
+    mask[14:26, 12:25, 8:16] = 2  # half a model voxel thick on one side (toy profile)
     hu[mask > 0] = 1800
     affine = np.array([[-2.0, 0, 0, 10], [0, 2.0, 0, -5], [0, 0, 4.0, 3], [0, 0, 0, 1]])
     return hu, mask, affine
 
 
 def test_lesion_mask_follows_the_image_to_the_model_input():
-    """The lesion's voxels are the same through the image chain (preprocess) and the mask chain."""
-    spec = paper_spec("toy")
+    """The lesion's voxels are the same through the image chain (preprocess) and the mask chain, and on the model
+    grid the mask is averaged as the image is: the fraction of each model voxel that is lesion."""
+    spec = paper_spec("toy")  # canvas 37, crop 32 from 2, input 16: each model voxel averages 2³ canvas voxels
     hu, mask, affine = lesion_scan()
     canvas = to_canvas(hu, affine, spec)
-    image = model_input(canvas[None], spec)[0, 2].numpy()  # bone window: only the lesion is bright
     canvas_mask = mask_to_canvas(hu, mask, affine, spec)
     assert canvas_mask.shape == (spec.canvas,) * 3 and set(np.unique(canvas_mask)) == {0, 2}
     np.testing.assert_array_equal(canvas_mask > 0, canvas.numpy() > 900)  # same voxels on the canvas
-    lesion = mask_to_model_input(canvas_mask, spec) > 0
-    assert lesion.shape == (spec.input_size,) * 3 and lesion.any()
-    # the mask's model voxels are exactly those whose (area-averaged) image is mostly lesion
-    assert image[lesion].min() > 0.5 > image[~lesion].max()
+    fraction = mask_to_model_input(canvas_mask, spec)
+    crop = (canvas_mask[2:34, 2:34, 2:34] > 0).reshape(16, 2, 16, 2, 16, 2).mean(axis=(1, 3, 5))  # by hand
+    np.testing.assert_array_equal(fraction, crop)
+    assert fraction.dtype == np.float32 and np.any((fraction > 0) & (fraction < 1))  # partial voxels at the edges
+    # the image is averaged the same way: in the bone window (lesion bright) whole-lesion voxels are the brightest,
+    # half-lesion voxels between them and lesion-free ones (tissue (30 + 800) / 2800 = 0.30 ± noise, air 0)
+    image = model_input(canvas[None], spec)[0, 2].numpy()
+    half = (fraction > 0) & (fraction < 1)
+    assert image[fraction == 1].min() > image[half].max() and image[half].min() > 0.5 > image[fraction == 0].max()
     with pytest.raises(ValueError, match="canvas"):
         mask_to_model_input(canvas_mask[:-1], spec)
+
+
+def test_a_lesion_smaller_than_a_model_voxel_keeps_its_weight():
+    """One canvas voxel is 1/8 of a toy model voxel: kept with weight 1/8 where the nearest-neighbour resize
+    sampled only every other canvas voxel and lost it."""
+    spec = paper_spec("toy")
+    for i in (10, 11):
+        canvas_mask = np.zeros((spec.canvas,) * 3, np.uint8)
+        canvas_mask[i, i, i] = 1
+        fraction = mask_to_model_input(canvas_mask, spec)
+        expected = np.zeros((16, 16, 16), np.float32)
+        expected[(i - 2) // 2, (i - 2) // 2, (i - 2) // 2] = 1 / 8  # crop starts at 37 // 2 − 32 // 2 = 2
+        np.testing.assert_array_equal(fraction, expected)
 
 
 def test_load_scan_with_mask_from_nifti_files(tmp_path):
@@ -279,8 +424,11 @@ def test_load_scan_with_mask_from_nifti_files(tmp_path):
     nib.save(nib.Nifti1Image(mask, affine), tmp_path / "mask.nii.gz")
     image, labels = load_scan_with_mask(tmp_path / "scan.nii.gz", tmp_path / "mask.nii.gz", spec)
     torch.testing.assert_close(image, preprocess(tmp_path / "scan.nii.gz", spec))
-    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 2}
-    assert image[2][labels == 2].min() > 0.5 > image[2][labels == 0].max()
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, mask_to_canvas(hu, mask, affine, spec))  # the canvas label map
+    lesion = mask_to_model_input(labels == 2, spec)
+    assert image[2][lesion == 1].min() > 0.7 and image[2][lesion == 0].max() < 0.31  # bone window: lesion bright
+    assert not lesion[~head_mask(image)].any()  # the lesion lies in the head
     nib.save(nib.Nifti1Image(mask[:, :, :-1], affine), tmp_path / "short.nii.gz")
     with pytest.raises(ValueError, match="short.nii.gz"):
         load_scan_with_mask(tmp_path / "scan.nii.gz", tmp_path / "short.nii.gz", spec)
@@ -311,7 +459,9 @@ def hand_made_result(cls_grid, patch=4, distance_mm=30.0):
 
 
 def test_fig5_shows_enrichment_on_one_log_scale_and_prints_the_lesion_enrichment():
-    """A hand-made map whose 8 lesion patches (1/8 of the volume) hold 456 of 512 units: enrichment 7.125."""
+    """A hand-made map whose 8 lesion patches hold 456 units; the head is the first three patch rows (48 patches,
+    496 units), the last row is air (16 units, not counted): enrichment 456/496 ÷ 8/48 = 5.52 (the whole cube
+    would say 456/512 ÷ 8/64 = 7.125)."""
     from matplotlib.colors import LogNorm
     from fmct_lib.interpret import attention_figure, display_slice, lesion_enrichment
 
@@ -319,18 +469,18 @@ def test_fig5_shows_enrichment_on_one_log_scale_and_prints_the_lesion_enrichment
     focal[1:3, 1:3, 1:3] = 57.0
     mask = np.zeros((16, 16, 16), bool)
     mask[4:12, 4:12, 4:12] = True
+    head = np.zeros((16, 16, 16), bool)
+    head[:12] = True
     wobble = 1.0 + 0.05 * np.random.default_rng(0).uniform(-1, 1, (4, 4, 4))
     results = {"focal": hand_made_result(focal, distance_mm=60.0), "near uniform": hand_made_result(wobble)}
-    share, volume = attention_share_in_mask(results["focal"].attention_map(), mask)
-    assert share / volume == pytest.approx(7.125)
-    assert lesion_enrichment(results["focal"], mask) == pytest.approx(7.125, rel=1e-6)
-    near = attention_share_in_mask(results["near uniform"].attention_map(), mask)
+    assert lesion_enrichment(results["focal"], mask, head) == pytest.approx(456 / 496 * 6, rel=1e-6)
+    near = wobble[1:3, 1:3, 1:3].sum() / wobble[:3].sum() * 6
     image = np.random.default_rng(1).random((16, 16, 16)).astype(np.float32)
 
-    fig = attention_figure(image, results, index=6, mask=mask, label="hand-made")
+    fig = attention_figure(image, results, index=6, mask=mask, head_mask=head, label="hand-made")
     attention_row, distance_row = fig.axes[1:3], fig.axes[4:6]  # [CT, focal, near] per row, then the colour bars
     assert [ax.get_title() for ax in attention_row] == [
-        "focal\nlesion 7.12× uniform", f"near uniform\nlesion {near[0] / near[1]:.2f}× uniform"]
+        "focal\nlesion 5.52× chance", f"near uniform\nlesion {near:.2f}× chance"]
     for ax, result in zip(attention_row, results.values()):
         ct, overlay = ax.get_images()
         np.testing.assert_array_equal(ct.get_array(), display_slice(image, "axial", 6))
@@ -360,6 +510,8 @@ def test_fig5_refuses_inconsistent_inputs():
         attention_figure(image[:8], {"a": result}, index=2)
     with pytest.raises(ValueError, match="mask has shape"):
         attention_figure(image, {"a": result}, index=2, mask=np.zeros((8, 8, 8), bool))
+    with pytest.raises(ValueError, match="needs the head mask"):
+        attention_figure(image, {"a": result}, index=2, mask=np.zeros((16, 16, 16), bool))
     with pytest.raises(ValueError, match="patch grids differ"):
         attention_figure(image, {"a": result, "b": hand_made_result(np.ones((2, 2, 2)), patch=8)}, index=2)
     with pytest.raises(ValueError, match="outside"):

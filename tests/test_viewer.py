@@ -228,6 +228,28 @@ def test_bad_inputs_are_refused():
                              np.concatenate([result.distance_mm] * 2), P, result.voxel_mm)
     with pytest.raises(ValueError, match="differ in"):
         AttentionViewer(phantom(), {"a": result, "b": deeper})
+    # same volume, coarser patches (8 of 8 voxels instead of 64 of 4): the shared 1/N … N scale would mislead
+    coarse = AttentionResult(np.ones((1, 1, 2, 2, 2), np.float32) / 8, result.cls_to_prefix * 0,
+                             np.ones((1, 1, 2, 2, 2), np.float32), 2 * P, result.voxel_mm)
+    with pytest.raises(ValueError, match=r"different patch grids \(\[8, 64\] patches\)"):
+        AttentionViewer(phantom(), {"a": result, "b": coarse})
+
+
+def test_layer_and_head_controls_are_numbered_from_one_and_open_on_the_last_layer():
+    """3 layers × 2 heads: the labels are 1-based, their values the 0-based indices, and the viewer opens on the
+    last layer (as Fig. 5 does), heads averaged."""
+    g = S // P
+    cls = np.random.default_rng(0).random((3, 2, g, g, g)).astype(np.float32) / g**3
+    result = AttentionResult(cls, 1 - cls.sum(axis=(2, 3, 4)), np.full_like(cls, 10.0), P, (1.0, 1.0, 1.0))
+    view = AttentionViewer(phantom(), {"a": result})
+    assert view.layer.options == (("mean", "mean"), ("1", 0), ("2", 1), ("3", 2))
+    assert view.head.options == (("mean", "mean"), ("1", 0), ("2", 1))
+    assert (view.layer.value, view.head.value) == (2, "mean") and "layer 3, mean of heads" in view.info.value
+    np.testing.assert_allclose(view.overlay_volume("a")[::P, ::P, ::P], cls[2].mean(0) / cls[2].mean(0).sum() * g**3,
+                               rtol=1e-5)
+    view.layer.value, view.head.value = 0, 1
+    assert "layer 1, head 2" in view.info.value
+    np.testing.assert_allclose(view.overlay_volume("a")[::P, ::P, ::P], cls[0, 1] / cls[0, 1].sum() * g**3, rtol=1e-5)
 
 
 # -- lesion outline ---------------------------------------------------------------------------------
@@ -235,14 +257,20 @@ CYAN = np.array([0, 255, 255], np.uint8)
 
 
 def lesion_case():
-    """The 8 central patches hold 8·57 of 8·57 + 56 = 512 units (89.1 % of the attention) and 1/8 of the volume:
-    lesion enrichment 0.890625 / 0.125 = 7.125."""
+    """The 8 central patches hold 8·57 of the 8·57 + 56 = 512 units of attention; the lesion mask covers them."""
     g = S // P
     cls = np.ones((g, g, g))
     cls[1:3, 1:3, 1:3] = 57.0
     mask = np.zeros((S, S, S), bool)
     mask[P:3 * P, P:3 * P, P:3 * P] = True
     return grid_result(cls), mask
+
+
+def head_in_front():
+    """A model input whose head is the first three patch rows along x (only the bone window above its floor)."""
+    volume = np.zeros((3, S, S, S), np.float32)
+    volume[2, :3 * P] = 0.5
+    return volume
 
 
 def test_lesion_outline_is_drawn_on_every_panel_and_can_be_hidden():
@@ -270,16 +298,33 @@ def test_lesion_outline_is_drawn_on_every_panel_and_can_be_hidden():
     assert not np.any(np.all(view.render() == CYAN, axis=-1))
 
 
-def test_caption_gives_the_measured_lesion_enrichment():
-    from fmct_lib.interpret import attention_share_in_mask, lesion_enrichment
+def test_caption_gives_the_lesion_enrichment_within_the_head():
+    """Head: 48 patches; lesion: 8 of them, 456 of the head's 8·57 + 40 = 496 units (the air row's 16 units do not
+    count): 456/496 ÷ 8/48 = 5.52×; a uniform map 1.00×."""
     result, mask = lesion_case()
-    share, volume = attention_share_in_mask(result.attention_map(), mask)  # independent: mass and volume shares
-    assert share / volume == pytest.approx(7.125)
-    assert lesion_enrichment(result, mask) == pytest.approx(7.125, rel=1e-6)
-    view = AttentionViewer(phantom(), {"focal": result, "uniform": grid_result(np.ones((S // P,) * 3))}, mask=mask)
-    assert "lesion enrichment focal 7.12×, uniform 1.00×" in view.info.value
+    view = AttentionViewer(head_in_front(), {"focal": result, "uniform": grid_result(np.ones((S // P,) * 3))},
+                           mask=mask)
+    assert "lesion enrichment focal 5.52×, uniform 1.00×" in view.info.value
     with pytest.raises(ValueError, match="lesion mask has shape"):
         AttentionViewer(phantom(), {"focal": result}, mask=mask[:8])
+    with pytest.raises(ValueError, match="not a label map"):
+        AttentionViewer(phantom(), {"focal": result}, mask=2 * mask.astype(np.uint8))
+
+
+def test_caption_follows_the_chosen_head():
+    """Head 1 is the focal map, head 2 uniform, each with 0.7 of the cls row on the patches; their mean holds
+    0.35·(57 + 8)/512 on each lesion patch and 0.35·(1 + 8)/512 on each other head patch: 520/880 ÷ 8/48 = 3.55×."""
+    focal, mask = lesion_case()
+    uniform = grid_result(np.ones((S // P,) * 3))
+    two_heads = AttentionResult(np.concatenate([focal.cls_to_patch, uniform.cls_to_patch], axis=1),
+                                np.full((1, 2), 0.3, np.float32),
+                                np.concatenate([focal.distance_mm, uniform.distance_mm], axis=1), P, focal.voxel_mm)
+    view = AttentionViewer(head_in_front(), {"two heads": two_heads}, mask=mask)
+    assert "lesion enrichment two heads 3.55×" in view.info.value
+    view.head.value = 0
+    assert "lesion enrichment two heads 5.52×" in view.info.value
+    view.head.value = 1
+    assert "lesion enrichment two heads 1.00×" in view.info.value
 
 
 # -- from files ------------------------------------------------------------------------------------
@@ -301,7 +346,7 @@ def files(tmp_path_factory):
 
 def test_viewer_from_a_nifti_file_and_a_checkpoint(files):
     from fmct_lib.data.preprocess import paper_spec, preprocess
-    from fmct_lib.interpret import compute_attention, load_scan_with_mask
+    from fmct_lib.interpret import compute_attention, load_scan_with_mask, mask_to_model_input
     from fmct_lib.interpret.viewer import viewer_from_files
     from fmct_lib.models.checkpoints import load_encoder
 
@@ -317,7 +362,9 @@ def test_viewer_from_a_nifti_file_and_a_checkpoint(files):
 
     with_mask = viewer_from_files(files / "scan.nii.gz", files / "encoder.safetensors", mask_path=files / "mask.nii.gz")
     _, labels = load_scan_with_mask(files / "scan.nii.gz", files / "mask.nii.gz", spec)
-    np.testing.assert_array_equal(with_mask.mask, labels > 0)
+    lesion = mask_to_model_input(labels, spec)  # the fraction of each model voxel in the lesion
+    np.testing.assert_array_equal(with_mask.lesion, lesion)
+    np.testing.assert_array_equal(with_mask.mask, lesion > 0)
     assert with_mask.mask.any() and "lesion enrichment encoder.safetensors" in with_mask.info.value
 
     # the authors' chain: the head's box stretched to the input, voxel sizes per axis from its affine

@@ -10,8 +10,8 @@
 
 For display and for comparing encoders, :func:`enrichment` puts a cls-to-patch map on the scale of a uniform
 map: each patch's share of the patch attention times the number of patches N, so 1 is "as much as a uniform
-map gives every patch", N is "everything on this patch" and 0 is "nothing here". The mean enrichment over a
-lesion is the lesion enrichment of ``lesion.py`` (attention share / volume share).
+map gives every patch", N is "everything on this patch" and 0 is "nothing here". (The lesion enrichment of
+``lesion.py`` is measured against the head, not the whole input: ``lesion.lesion_shares``.)
 
 Both are small, ``(layers, heads, g0, g1, g2)``, so a viewer can move through layers, heads and slices
 without running the model again. :func:`upsample_to_volume` puts a grid map back at full resolution with
@@ -26,13 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distance import attention_distance, patch_attention_rows, patch_distance_matrix
+from .distance import attention_distance, patch_attention_rows, patch_distance_matrix, uniform_attention_distance
 
 __all__ = ["AttentionResult", "compute_attention", "upsample_to_volume", "reduce_layers_heads", "enrichment"]
 
 
 def reduce_layers_heads(values: np.ndarray, layer: int | None = None, head: int | None = None) -> np.ndarray:
-    """Select from a ``(layers, heads, …)`` array; ``None`` averages over that axis."""
+    """Select from a ``(layers, heads, …)`` array; ``None`` averages over that axis, negative indices count from
+    the end (-1: the last layer)."""
+    for name, index, size in (("layer", layer, values.shape[0]), ("head", head, values.shape[1])):
+        if index is not None and not -size <= index < size:
+            raise ValueError(f"{name} {index} does not exist: the encoder has {size} {name}s (0…{size - 1}, or "
+                             f"-{size}…-1 from the end)")
     values = values.mean(axis=0) if layer is None else values[layer]
     return values.mean(axis=0) if head is None else values[head]
 
@@ -114,6 +119,11 @@ class AttentionResult:
     def distance_map(self, layer: int | None = None, head: int | None = None, mode: str = "nearest") -> np.ndarray:
         """Attention distance (mm) at full resolution; the default averages over heads and layers (Fig. 5)."""
         return upsample_to_volume(reduce_layers_heads(self.distance_mm, layer, head), self.patch_size, mode)
+
+    def uniform_distance(self) -> float:
+        """The attention distance (mm) uniform attention gives on this grid (``distance.uniform_attention_distance``):
+        the reference a mean attention distance is read against."""
+        return uniform_attention_distance(self.grid, self.patch_size, self.voxel_mm)
 
     def mean_distance_per_layer(self) -> np.ndarray:
         """(layers,) mean attention distance over heads and patches: how far each layer looks, in mm."""

@@ -12,6 +12,10 @@ weighted *average* distance, so :func:`patch_attention_rows` drops the prefix co
 each patch row to sum to one over the patches before Eq. 1 is applied. Without that, a head that parks
 attention on the cls token (an "attention sink") would look short-sighted for a reason that has nothing to
 do with space.
+
+Eq. 1 has a floor and a ceiling set by the grid alone: 0 for attention on the patch itself, and for uniform
+attention the mean distance between patch centres (:func:`uniform_attention_distance`). A mean attention
+distance is read against the latter: at or below it, the heads look no farther than a uniform spread would.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from scipy.spatial.distance import cdist
 
 __all__ = [
     "model_voxel_mm", "patch_centres_mm", "patch_distance_matrix", "patch_attention_rows",
-    "attention_distance",
+    "attention_distance", "uniform_attention_distance",
 ]
 
 
@@ -77,3 +81,9 @@ def attention_distance(patch_attention: torch.Tensor | np.ndarray,
         raise ValueError(f"attention rows {tuple(weights.shape[-2:])} do not match the distance matrix "
                          f"{tuple(d.shape)}")
     return (weights * d).sum(dim=-1)
+
+
+def uniform_attention_distance(grid: Sequence[int], patch_size: int, voxel_mm: float | Sequence[float]) -> float:
+    """Eq. 1 averaged over patches for uniform attention (every row ``1/N``): the mean distance in mm between
+    patch centres over all N² ordered pairs (self pairs, at 0 mm, included, as a uniform row includes them)."""
+    return float(patch_distance_matrix(grid, patch_size, voxel_mm).mean())

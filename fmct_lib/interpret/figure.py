@@ -4,8 +4,9 @@ Attention is shown as **enrichment** (``attention.enrichment``: each patch's sha
 attention times the number of patches N), so 1 means "what a uniform map gives every patch". Every panel uses
 the same perceptually uniform colour map (magma) on the same fixed logarithmic range, ``1/N … N`` (N is the
 largest value a map can reach: all its attention on one patch), with one colour bar: a near-uniform map looks
-uniform, and a focal one looks focal. Each panel's title gives the measured lesion enrichment (the attention
-share inside the lesion mask over the mask's share of the volume, in 3-D) where a mask is given.
+uniform, and a focal one looks focal. Each panel's title gives the measured lesion enrichment, in 3-D, where a
+mask is given: the share of the head's attention inside the lesion over the lesion's share of the head
+(``lesion.lesion_shares``; air does not count), as "× chance".
 
 Attention distance (Eq. 1, mean of layers and heads) shares one mm range across its panels (viridis), with
 its own colour bar. The lesion mask, where there is one, is outlined in every panel.
@@ -21,9 +22,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 
 from .attention import AttentionResult
+from .lesion import lesion_shares
 
 __all__ = ["AXES", "display_slice", "ENRICHMENT_CMAP", "DISTANCE_CMAP", "OUTLINE_COLOUR", "enrichment_norm",
-           "enrichment_ticks",           "lesion_enrichment", "figure_scan", "attention_figure"]
+           "enrichment_ticks", "lesion_enrichment", "figure_scan", "attention_figure"]
 
 ENRICHMENT_CMAP = "magma"      # perceptually uniform, dark = little attention, light = much
 DISTANCE_CMAP = "viridis"
@@ -56,15 +58,16 @@ def enrichment_ticks(num_patches: int) -> tuple[list[float], list[str]]:
     return ticks, [f"{t:g}" if t >= 1 else f"1/{1 / t:g}" for t in ticks]
 
 
-def lesion_enrichment(result: AttentionResult, mask: np.ndarray, layer: int | None = -1,
+def lesion_enrichment(result: AttentionResult, lesion: np.ndarray, head_mask: np.ndarray, layer: int | None = -1,
                       head: int | None = None) -> float:
-    """The mean enrichment over the lesion ``mask`` (3-D, on the model-input grid) of the cls attention of ``layer``
-    and ``head`` (``None``: mean): the attention share inside the mask over the mask's share of the volume
-    (``lesion.attention_share_in_mask``). NaN for an empty mask."""
-    mask = np.asarray(mask, bool)
-    if not mask.any():
+    """The lesion enrichment of the cls attention of ``layer`` and attention ``head`` (``None``: mean) of one scan:
+    the share of the head's attention on the lesion over the lesion's share of the head
+    (``lesion.lesion_shares``). ``lesion``: voxel fractions or a boolean mask, ``head_mask``: ``lesion.head_mask``
+    of the model input, both on the model-input grid. NaN for an empty lesion."""
+    if not np.any(lesion):
         return float("nan")
-    return float(result.enrichment_map(layer, head)[mask].mean())
+    share, chance = lesion_shares(result.attention_map(layer, head), lesion, head_mask)
+    return share / chance
 
 
 def figure_scan(scans: pd.DataFrame, tasks) -> str:
@@ -79,13 +82,14 @@ def figure_scan(scans: pd.DataFrame, tasks) -> str:
 
 
 def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], *, index: int, axis: str = "axial",
-                     layer: int | None = -1, mask: np.ndarray | None = None, label: str = "",
-                     window: tuple[float, float] = (0.0, 1.0)) -> plt.Figure:
+                     layer: int | None = -1, mask: np.ndarray | None = None, head_mask: np.ndarray | None = None,
+                     label: str = "", window: tuple[float, float] = (0.0, 1.0)) -> plt.Figure:
     """Fig. 5 for one slice: the CT, then one column per encoder in ``results``; row 1 the cls attention of
     ``layer`` (``None``: mean of layers; heads averaged) as enrichment, row 2 the attention distance (Eq. 1,
     mean of layers and heads). ``image`` is one window channel of the model input (S, S, S), RAS order, shown
-    within ``window``; ``mask`` a boolean lesion mask on the same grid (outlined; its enrichment in the titles);
-    ``label`` names the scan. Slices are oriented by :func:`display_slice`."""
+    within ``window``; ``mask`` a lesion mask (voxel fractions or boolean) on the same grid, outlined where
+    non-zero, its enrichment (:func:`lesion_enrichment`, needs the ``head_mask`` of the model input) in the
+    titles; ``label`` names the scan. Slices are oriented by :func:`display_slice`."""
     image = np.asarray(image, dtype=np.float32)
     if not results:
         raise ValueError("attention_figure: no attention results to draw")
@@ -101,6 +105,9 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
                              f"{image.shape}")
     if mask is not None and np.shape(mask) != image.shape:
         raise ValueError(f"attention_figure: the mask has shape {np.shape(mask)}, the image {image.shape}")
+    if mask is not None and np.shape(head_mask) != image.shape:
+        raise ValueError(f"attention_figure: a lesion mask needs the head mask of the model input on the image's "
+                         f"grid {image.shape}, got {'none' if head_mask is None else np.shape(head_mask)}")
     if not 0 <= index < image.shape[AXES[axis]]:
         raise ValueError(f"attention_figure: {axis} slice {index} is outside 0…{image.shape[AXES[axis]] - 1}")
 
@@ -110,12 +117,12 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
     for name, result in results.items():
         title = name
         if mask is not None:
-            value = lesion_enrichment(result, mask, layer)
-            title += "\nlesion: no voxels" if np.isnan(value) else f"\nlesion {value:.2f}× uniform"
+            value = lesion_enrichment(result, mask, head_mask, layer)
+            title += "\nlesion: no voxels" if np.isnan(value) else f"\nlesion {value:.2f}× chance"
         attention_panels[title] = display_slice(result.enrichment_map(layer=layer, mode="trilinear"), axis, index)
         distance_panels[name] = display_slice(distances[name], axis, index)
     ct = display_slice(image, axis, index)
-    outline = display_slice(np.asarray(mask, float), axis, index) if mask is not None else None
+    outline = display_slice(np.asarray(mask) > 0, axis, index).astype(float) if mask is not None else None
     depth = next(iter(results.values())).num_layers
     layer_name = "mean of layers" if layer is None else f"layer {layer % depth + 1}"
 

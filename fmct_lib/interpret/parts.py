@@ -29,7 +29,7 @@ EMBEDDING_PARTS = {
 ATTENTION_PARTS = {
     "attention": "attention and attention-distance maps of the pretrained encoder, and the viewer (Fig. 5)",
     "fine-tuned": "the same for encoders fine-tuned per task",
-    "lesion": "attention share on the lesion against the lesion's share of the volume (lesion masks)",
+    "lesion": "the head's attention share on the lesion against the lesion's share of the head (lesion masks)",
 }
 # the notebooks whose one part is trained and scored per task: 02, 04, 10 and 12
 TASK_PARTS = {

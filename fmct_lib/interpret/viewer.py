@@ -42,6 +42,7 @@ from ..data.preprocess import PAPER_WINDOWS
 from .attention import AttentionResult, compute_attention
 from .figure import (AXES, DISTANCE_CMAP, ENRICHMENT_CMAP, OUTLINE_COLOUR, display_slice, enrichment_norm,
                      enrichment_ticks, lesion_enrichment)
+from .lesion import head_mask
 
 __all__ = ["WINDOW_CHANNELS", "AXES", "COLORMAPS", "display_slice", "AttentionViewer", "viewer_from_files"]
 
@@ -65,9 +66,11 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 class AttentionViewer:
     """Side-by-side attention viewer. ``results`` maps a panel name (``pretrained``, ``finetuned``…) to the
-    :class:`AttentionResult` of that encoder on ``volume``; ``mask`` (optional) is a lesion mask or label map
-    on the same grid (non-zero = lesion), outlined on every panel. Display it as the last expression of a cell;
-    :meth:`render` returns the panels currently shown and :meth:`render_colour_bar` their colour bar."""
+    :class:`AttentionResult` of that encoder on ``volume``; ``mask`` (optional) is a lesion mask on the same grid,
+    boolean or the fraction of each voxel in the lesion (``lesion.mask_to_model_input``), outlined where non-zero on
+    every panel; the caption gives its enrichment within the head (``figure.lesion_enrichment``). Display it as the
+    last expression of a cell; :meth:`render` returns the panels currently shown and :meth:`render_colour_bar`
+    their colour bar."""
 
     def __init__(self, volume, results: Mapping[str, AttentionResult], mask=None, interpolation: str = "nearest",
                  panel_pixels: int = 256, cache_size: int = 16):
@@ -80,14 +83,23 @@ class AttentionViewer:
         shapes = {(r.num_layers, r.num_heads) for r in results.values()}
         if len(shapes) > 1:
             raise ValueError(f"the panels' encoders differ in (layers, heads): {sorted(shapes)}")
+        patches = {r.num_patches for r in results.values()}
+        if len(patches) > 1:
+            raise ValueError(f"the panels' encoders have different patch grids ({sorted(patches)} patches): their "
+                             "enrichment scales (1/N … N) would differ under one colour bar")
         for name, result in results.items():
             if result.volume_shape != self.volume.shape[1:]:
                 raise ValueError(f"attention of {name!r} covers {result.volume_shape}, the volume is "
                                  f"{self.volume.shape[1:]}")
         if mask is not None and np.shape(mask) != self.volume.shape[1:]:
             raise ValueError(f"the lesion mask has shape {np.shape(mask)}, the volume {self.volume.shape[1:]}")
+        if mask is not None and not 0 <= np.min(mask) <= np.max(mask) <= 1:
+            raise ValueError("the lesion mask must be boolean or voxel fractions in [0, 1], not a label map: select "
+                             "the lesion with lesion.task_mask and lesion.mask_to_model_input")
         self.results = dict(results)
-        self.mask = None if mask is None else np.asarray(mask) != 0
+        self.lesion = None if mask is None else np.asarray(mask, dtype=np.float32)  # weights of lesion_enrichment
+        self.mask = None if mask is None else self.lesion != 0                     # outlined
+        self.head_mask = head_mask(self.volume)  # the anatomical head, against which the lesion is measured
         self.interpolation = interpolation
         self.zoom = max(1, math.ceil(panel_pixels / max(self.volume.shape[1:])))
         self.num_patches = next(iter(self.results.values())).num_patches
@@ -254,7 +266,8 @@ class AttentionViewer:
             what = (f"cls-to-patch attention ÷ uniform ({COLORMAPS['attention']}, log scale 1/{self.num_patches} → "
                     f"{self.num_patches}, the same for every panel)")
             if self.mask is not None and self.mask.any():
-                values = {name: lesion_enrichment(result, self.mask, self.selected_layer, self.selected_head)
+                values = {name: lesion_enrichment(result, self.lesion, self.head_mask, self.selected_layer,
+                                                  self.selected_head)
                           for name, result in self.results.items()}
                 what += "; lesion enrichment " + ", ".join(f"{name} {v:.2f}×" for name, v in values.items())
         else:
@@ -277,7 +290,7 @@ def viewer_from_files(nifti_path: str | os.PathLike, checkpoint_path: str | os.P
     from ..data.preprocess import load_volume, model_input, preset_spec, to_canvas_with_affine
     from ..models.checkpoints import load_encoder
     from .distance import model_voxel_mm
-    from .lesion import load_scan_with_mask
+    from .lesion import load_scan_with_mask, mask_to_model_input
 
     nifti_path, checkpoint_path = Path(nifti_path), Path(checkpoint_path)
     encoder = load_encoder(checkpoint_path)  # FileNotFoundError / CheckpointError naming the file
@@ -300,7 +313,8 @@ def viewer_from_files(nifti_path: str | os.PathLike, checkpoint_path: str | os.P
         if spec.canvas is None:
             raise ValueError(f"{mask_path}: a lesion mask needs the paper chain (preset 'paper'); the reference "
                              "chain stretches the head's bounding box")
-        volume, mask = load_scan_with_mask(nifti_path, mask_path, spec)
+        volume, labels = load_scan_with_mask(nifti_path, mask_path, spec)
+        mask = mask_to_model_input(labels, spec)
         voxel_mm = model_voxel_mm(profile)
     else:
         hu, affine = load_volume(nifti_path)  # PreprocessError naming the file

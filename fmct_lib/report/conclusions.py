@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from ..evaluate import paired_comparison, paired_runs
 from .encoders import paper_statements
@@ -469,34 +468,39 @@ def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance:
 
 
 # --------------------------------------------------------------------------------------- 07 · attention
-def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict) -> str:
-    """07_attention (Fig. 5): per task and encoder, the attention share on the lesion against the lesion's
-    share of the volume (``interpret.summarize_lesion_attention``; empty when no lesions were measured),
-    for how many tasks the fine-tuned encoders beat chance in most scans by a two-sided sign test (the scans
-    above chance against half of them, p < 0.05; paper: "attends to correct disease locations in the majority
-    of cases"), and each encoder's last-layer attention distance (Eq. 1; ``distance``: {encoder: per-layer mean
-    distance in mm})."""
-    lines, verdicts = [], []
+def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict, uniform_distance_mm: float | None = None) -> str:
+    """07_attention (Fig. 5): per task and encoder, the head's attention on the lesion against the lesion's share
+    of the head (``interpret.summarize_lesion_attention``; empty when no lesions were measured), and against a
+    lesion-blind map of the same encoder (the mean map of the other scans on the same lesion), which a map that
+    only follows anatomy also matches: an encoder "finds the lesion" where its own maps beat that control by the
+    two-sided Wilcoxon test (p < 0.05; paper: "attends to correct disease locations in the majority of cases").
+    Then each encoder's last-layer attention distance (Eq. 1; ``distance``: {encoder: per-layer mean distance in
+    mm}) beside what uniform attention gives on the same grid (``uniform_distance_mm``)."""
+    lines, verdicts = [], {}
     for _, r in lesion_summary.iterrows():
         n = int(r["n_scans"])
-        above = round(r["frac_above_chance"] * n) if n else 0
-        sign_p = binomtest(above, n, 0.5).pvalue if n else float("nan")
-        if r["model"] == "fine-tuned" and n:
-            verdicts.append(_verdict(above - n / 2, sign_p))
-        lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the attention on lesions that fill "
-                     f"{r['volume_share']:.1%} of the volume (median enrichment {r['median_enrichment']:.2f}×; above "
-                     f"chance in {r['frac_above_chance']:.0%} of {r['n_scans']} scans, sign test p = {sign_p:.3g}"
+        if not n or pd.isna(r["median_enrichment"]):
+            lines.append(f"{r['task']}, {r['model']}: no lesion measured.")
+            continue
+        verdicts.setdefault(r["model"], []).append(
+            _verdict(r["median_enrichment"] - r["median_control_enrichment"], r["p_vs_control"]))
+        lost = int(r.get("n_no_lesion", 0) or 0)
+        lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the head's attention on lesions that "
+                     f"fill {r['chance_share']:.1%} of the head (median enrichment {r['median_enrichment']:.2f}×, "
+                     f"the other scans' maps on the same lesions {r['median_control_enrichment']:.2f}×; own map "
+                     f"above them in {r['frac_above_control']:.0%} of {n} scans, Wilcoxon p = {r['p_vs_control']:.3g}"
                      + (f"; vs pretrained p = {r['p_vs_reference']:.3g}" if pd.notna(r["p_vs_reference"]) else "")
+                     + (f"; {lost} scan{'s' * (lost != 1)} without lesion at the model's resolution" if lost else "")
                      + ").")
-    if verdicts:
-        at_chance = len(verdicts) - verdicts.count("above") - verdicts.count("below")
-        lines.append(f"By a two-sided sign test (p < 0.05), fine-tuned encoders put more attention on the lesion than "
-                     f"chance in most scans for {verdicts.count('above')} of {len(verdicts)} tasks, at chance for "
-                     f"{at_chance}, below it for {verdicts.count('below')} (paper, qualitatively: 'attends to correct "
-                     "disease locations in the majority of cases').")
+    for model, found in verdicts.items():
+        lines.append(f"{model}: attention on the lesion beyond a lesion-blind map of the same encoder (Wilcoxon, "
+                     f"p < 0.05) for {found.count('above')} of {len(found)} tasks, level with it for "
+                     f"{found.count('tie')}, below it for {found.count('below')} (paper, qualitatively: 'attends to "
+                     "correct disease locations in the majority of cases').")
     far = {n: d[-1] for n, d in distance.items()}
     lines.append("Mean attention distance in the last layer: " + ", ".join(f"{n} {v:.0f} mm" for n, v in far.items())
-                 + ".")
+                 + (f" (uniform attention on this grid: {uniform_distance_mm:.0f} mm)"
+                    if uniform_distance_mm is not None else "") + ".")
     return _bullets(lines)
 
 
