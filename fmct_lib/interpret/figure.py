@@ -152,8 +152,8 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
     bar = draw_row(0, first.strip(), attention_panels, ENRICHMENT_CMAP, enrichment_norm(n))
     ticks, tick_labels = enrichment_ticks(n)
     bar.set_ticks(ticks, labels=tick_labels)
-    bar.set_label(f"attention ÷ uniform\n(log; 1 = uniform, {n} = all on one patch)", fontsize=6)
+    bar.set_label(f"attention ÷ uniform (log; {n}: one patch)", fontsize=6)
     low, high = min(float(d.min()) for d in distances.values()), max(float(d.max()) for d in distances.values())
     bar = draw_row(1, "attention distance", distance_panels, DISTANCE_CMAP, Normalize(low, high))
-    bar.set_label("attention distance (mm)\nEq. 1, mean of layers and heads", fontsize=6)
+    bar.set_label("distance (mm), Eq. 1", fontsize=6)
     return fig
