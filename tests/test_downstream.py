@@ -529,6 +529,32 @@ def test_a_finished_run_whose_evaluation_rows_changed_runs_again(toy_world):
         run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root, progress=False)
 
 
+def test_a_run_whose_training_labels_changed_is_trained_again_with_its_kept_classifier(toy_world):
+    """Six training labels corrected: neither the finished run nor its kept classifier (``trained/``) is reused;
+    both are trained again on today's rows, with warnings saying why."""
+    from fmct_lib.data.manifest import load_scans
+    _, ckpt, root = toy_world
+    internal = {"site": "internal"}
+    original = load_scans("toyset")
+    before = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, run_root=root, progress=False)
+    changed = original.copy()
+    flip = changed.scan_id.isin(changed.query("site == 'internal' and split == 'train'").scan_id.iloc[:6])
+    changed.loc[flip, "ich"] = 1 - changed.loc[flip, "ich"]
+    write_scans(changed, "toyset")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            after = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, run_root=root,
+                                 progress=False)
+        said = " ".join(str(w.message) for w in caught)
+        assert "training or validation rows or labels changed" in said and "training it again" in said
+        assert not np.allclose(after["probability"], before["probability"])   # a new fit, not the kept one
+        again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, run_root=root,
+                             progress=False)
+        np.testing.assert_array_equal(again["probability"], after["probability"])   # now reused as it is
+    finally:
+        write_scans(original, "toyset")
+
+
 def test_fewshot_runs_keep_no_classifier(toy_world):
     _, ckpt, root = toy_world
     run_protocol("toyset", "ich", "fewshot", ckpt, TOY, train_filter={"site": "internal"}, k_shot=3,

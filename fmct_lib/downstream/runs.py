@@ -34,8 +34,10 @@ A run's identity is its signature (every setting it depends on; a scratch run's 
 profile name's own, ``_own_architecture``); its directory name is made from it. Every
 run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
-(resume) and its predictions' scans and labels are still the evaluation rows of the scan table; where they are
-not (a scan added or withdrawn, a label corrected), it warns and runs again in its directory. A run on all
+(resume) and its predictions' scans and labels are still the evaluation rows of the scan table, and the digest
+of its training and validation rows it recorded (``_training_rows``) is still theirs; where either is not (a scan
+added or withdrawn, a label corrected), it warns and runs again in its directory, and a kept classifier trained
+on other rows is trained again. A run on all
 training data keeps its classifier (``trained/`` beside the runs), and a run that differs from it only in what it
 is evaluated on loads it instead of training again.
 """
@@ -130,6 +132,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         finished = read_predictions(run_dir / "predictions.csv")
         changes = _evaluation_changes(signature, spec, finished)
+        recorded = json.loads((run_dir / "config.json").read_text()).get("training_rows")
+        if recorded and recorded != _training_rows(signature, train_scans, default=recorded):
+            changes = ", ".join(filter(None, [changes, "training or validation rows or labels changed"]))
         if changes:
             import warnings
             warnings.warn(f"{run_dir}: the evaluation rows changed since this run finished ({changes}); running it "
@@ -149,15 +154,18 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
                                                            device, progress, num_workers, run_root / "features")
         torch.manual_seed(seed)
-        if model_file is not None and model_file.exists():
+        rows = _training_rows(signature, train_scans)
+        kept = _kept_classifier(model_file, signature, rows)
+        if kept is not None:
             model, kept = _load_trained(model_file, signature, proto, encoder, profile)
             trained = trained_classifier(model, job, kept["history"], kept["stopping"], kept["choice"], kept["scratch_grid"])
         else:
             trained = proto.train(job)
-        if model_file is not None and not model_file.exists():
+        if model_file is not None and kept is None:
             _save_trained(model_file, trained.model, proto, {"signature": training_signature(signature),
                                                              "history": trained.history, "stopping": trained.stopping,
-                                                             "choice": trained.choice, "scratch_grid": trained.grid})
+                                                             "choice": trained.choice, "scratch_grid": trained.grid,
+                                                             "training_rows": rows})
         predictions = pd.DataFrame({
             "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
             "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": trained.predict(test_source),
@@ -170,7 +178,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                   "n_eval": len(test), "train_scan_ids": None if job.train_indices is None
                   else list(train["scan_id"].iloc[job.train_indices].astype(str)),
                   "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict(),
-                  "device": job.device, "precision": precision_name(job.device),
+                  "device": job.device, "precision": precision_name(job.device), "training_rows": rows,
                   "split_warning": predictions["split_warning"].iloc[0],
                   **({"external_encoder": encoder.to_dict()} if external else {})}
         atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
@@ -250,6 +258,41 @@ def _evaluation_changes(signature: dict, spec, predictions: pd.DataFrame) -> str
     changed = sum(now[i] != before[i] for i in now.keys() & before.keys())
     return ", ".join([f"{n} scan(s) {what}" for what, n in counts.items() if n]
                      + ([f"{changed} label(s) changed"] if changed else []))
+
+
+def _training_rows(signature: dict, train_scans: pd.DataFrame | None, default: str = "") -> str:
+    """A digest of the rows a run trains and chooses on: (split, scan_id, label) of its training rows (the scan
+    table's, or ``train_scans``) and validation rows. A finished run or kept classifier records it; where the
+    scan table now gives another (a label corrected, a scan added or withdrawn), neither is reused. ``default``
+    where the scan table is not here to read."""
+    from ..data.manifest import DatasetNotAvailable
+    s, task = signature, signature["task"]
+    try:
+        table = _scan_table(s["dataset"])
+    except DatasetNotAvailable:
+        return default
+    where = f"{s['dataset']} " + "{}"
+    train = (train_scans if train_scans is not None
+             else select_rows(table, s["train_filter"], "train", task, where.format("train")))
+    val = select_rows(table, s["train_filter"], "val", task, where.format("val"))
+    lines = sorted(f"{split}:{i}:{y}" for split, rows in (("train", train), ("val", val))
+                   for i, y in zip(rows["scan_id"].astype(str), rows[task]) if pd.notna(y))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def _kept_classifier(path: Path | None, signature: dict, rows: str) -> Path | None:
+    """``path`` where it holds a classifier trained on today's ``rows`` (one kept before they were recorded
+    counts as such), else None (then it is trained again and replaced, with a warning where it was stale)."""
+    if path is None or not path.exists():
+        return None
+    from ..models.checkpoints import read_checkpoint_config
+    recorded = read_checkpoint_config(path).get("training_rows")
+    if recorded and recorded != rows:
+        import warnings
+        warnings.warn(f"{path}: trained on other training or validation rows than the scan table's now; training it "
+                      "again", stacklevel=3)
+        return None
+    return path
 
 
 _TABLES: dict = {}  # scan table file → (its stat, the table): the reuse check reads each table once while unchanged
