@@ -178,3 +178,28 @@ def test_a_volume_changed_under_the_same_scan_id_is_cached_again(dataset):
     build_cache("toyset", SPEC, **kw)
     index = pd.read_csv(out / "index.csv", dtype=str, keep_default_na=False).set_index("scan_id")
     assert index.loc["s0", "volume_stat"] == f"{stat.st_size}:{10**19}" and index.loc["s1", "volume_stat"] == ""
+
+
+def test_the_inputs_key_follows_a_volume_replaced_under_the_same_scan_id(dataset, monkeypatch):
+    """Cached features are named by their source's key: a re-ingested volume, re-cached, gives another key (its
+    old features are not read back); a cache whose index records no volume versions keeps the key it had."""
+    import os
+
+    from fmct_lib.data.inputs import volume_source
+    from fmct_lib.data.manifest import load_scans
+    monkeypatch.setenv("FMCT_DATA", str(dataset["data_root"]))
+    monkeypatch.setenv("FMCT_CACHE", str(dataset["root"]))
+    out = build_cache("toyset", SPEC, workers=1)
+    scans = load_scans("toyset").query("scan_id in ['s0', 's1']")
+    key = lambda: volume_source("toyset", scans, SPEC)[0].key  # noqa: E731
+    before = key()
+    assert key() == before                                      # nothing changed: the same name
+    volume = dataset["folder"] / "scan0.nii.gz"
+    nib.save(nib.Nifti1Image(head(0)[::-1].copy(), AFFINE), volume)
+    os.utime(volume, ns=(10**18, 10**18))
+    build_cache("toyset", SPEC, workers=1)
+    after = key()
+    assert after != before and after.rsplit("-", 1)[0] == before.rsplit("-", 1)[0]   # only the versions differ
+    index = pd.read_csv(out / "index.csv", dtype=str, keep_default_na=False)
+    index.drop(columns="volume_stat").to_csv(out / "index.csv", index=False)        # an older cache's index
+    assert key() == before.rsplit("-", 1)[0]                                          # its names as they were

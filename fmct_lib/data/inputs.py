@@ -95,9 +95,12 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
     the inputs of all rows fit in ``IN_MEMORY_BYTES`` (toy and demo profiles) they are computed once and
     held as one tensor (the inputs are deterministic: augmentation runs on the batch), else read per batch.
     Such a tensor is kept for later calls with the same scans of the same cache build (up to
-    ``HELD_BYTES``, least recently used first out)."""
+    ``HELD_BYTES``, least recently used first out). The source's ``key`` (what cached features are named by)
+    names the dataset, the spec, the scans and, where the cache recorded them, their volumes' versions
+    (``volume_stat``): features of a volume replaced under the same scan id are not read back."""
     ids = scans["scan_id"].astype(str)
-    cached = set(read_index(dataset, spec)["scan_id"].astype(str)) if len(scans) else set()
+    index_rows = read_index(dataset, spec) if len(scans) else None
+    cached = set(index_rows["scan_id"].astype(str)) if len(scans) else set()
     if not ids.isin(cached).all():
         rejected = set(read_rejects(dataset, spec)["scan_id"].astype(str))
         unbuilt = sorted(set(ids) - cached - rejected)
@@ -112,6 +115,10 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
                       f"preprocessing, see rejects.csv) and are left out")
     data = CachedVolumes(dataset, spec, scan_ids=list(kept["scan_id"]))
     name = f"{dataset}-{spec.hash}-{hashlib.sha256(','.join(kept['scan_id'].astype(str)).encode()).hexdigest()[:16]}"
+    if len(kept) and "volume_stat" in index_rows:  # the volumes' versions, where the cache recorded them
+        stats = index_rows.set_index(index_rows["scan_id"].astype(str))["volume_stat"].reindex(kept["scan_id"].astype(str))
+        if stats.fillna("").astype(bool).any():   # an older cache's rows have none: its names stay as they were
+            name += "-" + hashlib.sha256(",".join(stats.fillna("")).encode()).hexdigest()[:8]
     source = VolumeSource(data, to_input=partial(model_input, spec=spec), num_workers=num_workers, key=name)
     if len(kept) * 4 * len(spec.windows) * spec.input_size ** 3 <= IN_MEMORY_BYTES:  # small profiles: made once
         index = cache_dir(dataset, spec).resolve() / "index.csv"
