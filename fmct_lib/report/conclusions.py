@@ -9,92 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..evaluate import paired_comparison, paired_runs
+from ..evaluate import paired_runs
 from .encoders import paper_statements
 from .paper import PAPER_DATASET_NAMES, paper_values_for
+from .verdicts import (OTHER_VERDICTS, against_reference, describe_comparison, has_ci, judge_difference,
+                       paired_evidence, tally)
 
 __all__ = ["describe_comparison", "data_conclusion", "pretrain_conclusion", "finetune_conclusion",
            "transfer_conclusion", "fewshot_conclusion", "scaling_conclusion", "embeddings_conclusion",
            "attention_conclusion", "retrieval_conclusion", "other_encoders_conclusion", "modelling_choices_conclusion",
            "efficiency_conclusion", "patch_size_conclusion"]
-
-
-def describe_comparison(name_a: str, a: float, name_b: str, b: float, p_value: float | None = None,
-                        paper: str | None = None, ci: tuple[float, float] | None = None) -> str:
-    """One honest sentence: how two numbers compare, by how much (relative, as the paper reports it), with the
-    95% CI of the difference a − b (``ci``) and the p-value where there are, and what the paper found for the
-    same comparison. The verdict is ``_verdict``'s: a CI that contains 0 makes the two a tie whichever number is
-    higher; without a CI, p ≥ 0.05 does; without either the sentence says the difference is untested."""
-    if pd.isna(a) or pd.isna(b):
-        return f"{name_a} vs {name_b}: not measurable on this run (a metric is undefined)."
-    verdict = _verdict(a - b, p_value, ci)
-    verb = {"above": "beats", "below": "does NOT beat", "tie": "ties", "disagree": "vs",
-            "untested": "is above" if a > b else "is below" if a < b else "equals"}[verdict]
-    text = f"{name_a} ({a:.3f}) {verb} {name_b} ({b:.3f})"
-    if b > 0:
-        text += f": {100.0 * (a - b) / b:+.1f}% relative"
-    if _has_ci(ci):
-        note = {"tie": " (contains 0)",
-                "disagree": f" ({'above' if ci[0] > 0 else 'below'} 0, against the point estimate: no verdict)"}
-        text += (f"{',' if b > 0 else ':'} 95% CI of the difference {ci[0]:+.3f} to {ci[1]:+.3f}"
-                 + note.get(verdict, ""))
-    if p_value is not None and not pd.isna(p_value):
-        text += f", paired permutation p = {p_value:.3g}"
-    if verdict == "untested":
-        text += " (no test of the difference)"
-    text += "."
-    if paper:
-        text += f" Paper: {paper}."
-    return text
-
-
-def _has_ci(ci: tuple[float, float] | None) -> bool:
-    """Whether there is a 95% CI and it is defined (no NaN end)."""
-    return ci is not None and not np.isnan(ci).any()
-
-
-def _is_tie(ci: tuple[float, float] | None) -> bool:
-    """Whether a 95% CI of a difference contains 0 (False without a CI, or with an undefined one)."""
-    return _has_ci(ci) and ci[0] <= 0 <= ci[1]
-
-
-def _verdict(difference: float, p_value: float | None = None, ci: tuple[float, float] | None = None) -> str:
-    """What the evidence says of a difference a − b: ``above`` or ``below`` (its 95% CI lies on that side of 0;
-    without a CI, p < 0.05), ``tie`` (the CI contains 0; without a CI, p ≥ 0.05), ``disagree`` (the CI lies on
-    the side of 0 opposite the point estimate), ``untested`` (neither CI nor p) or ``undefined`` (a NaN
-    difference)."""
-    if pd.isna(difference):
-        return "undefined"
-    side = {1: "above", -1: "below", 0: "tie"}
-    if _has_ci(ci):
-        if _is_tie(ci):
-            return "tie"
-        sign = 1 if ci[0] > 0 else -1
-        return side[sign] if np.sign(difference) == sign else "disagree"
-    if p_value is not None and not pd.isna(p_value):
-        return side[int(np.sign(difference))] if p_value < 0.05 else "tie"
-    return "untested"
-
-
-# the verdicts other than "above", as a count of them reads: "ties on 2", "is below at K = [8]"
-_OTHER_VERDICTS = {"tie": "ties", "below": "is below", "disagree": "no verdict (CI against the point estimate)",
-                   "untested": "untested", "undefined": "not measurable"}
-
-
-def _tally(verdicts: list[str], preposition: str = "on") -> str:
-    """The verdicts other than ``above``, counted: "ties on 2, is below on 1" ("" where all are ``above``)."""
-    return ", ".join(f"{word} {preposition} {verdicts.count(v)}" for v, word in _OTHER_VERDICTS.items()
-                     if v in verdicts)
-
-
-def _evidence(test: pd.DataFrame, task: str = "macro") -> tuple[float | None, tuple[float, float] | None]:
-    """The AUROC p-value and 95% CI of the difference of ``task`` in a ``paired_comparison`` table (no CI in a
-    ``paired_permutation_test`` table; neither where the table has no such row)."""
-    row = test[(test["task"] == task) & (test["metric"] == "auroc")]
-    if len(row) != 1:
-        return None, None
-    ci = (float(row["ci_low"].item()), float(row["ci_high"].item())) if "ci_low" in row else None
-    return float(row["p_value"].item()), ci
 
 
 def _bullets(lines: list[str]) -> str:
@@ -104,39 +28,6 @@ def _bullets(lines: list[str]) -> str:
 def _macro_auroc(summary: pd.DataFrame) -> pd.Series:
     """Macro-AUROC per model of a ``bootstrap_ci`` summary (columns task, metric, model, value)."""
     return summary[(summary.task == "macro") & (summary.metric == "auroc")].set_index("model")["value"]
-
-
-def _macro_auroc_p(test: pd.DataFrame) -> float:
-    """The macro-AUROC p-value of a ``paired_permutation_test`` table."""
-    return test.query("task == 'macro' and metric == 'auroc'")["p_value"].item()
-
-
-def _macro_auroc_ci(test: pd.DataFrame) -> tuple[float, float] | None:
-    """The 95% CI of the macro-AUROC difference of a ``paired_comparison`` table (None for a
-    ``paired_permutation_test`` table, which has none)."""
-    if not {"ci_low", "ci_high"} <= set(test.columns):
-        return None
-    row = test.query("task == 'macro' and metric == 'auroc'")
-    return float(row["ci_low"].item()), float(row["ci_high"].item())
-
-
-def _against_reference(predictions: pd.DataFrame, model: str, reference: str, profile) -> str:
-    """Where ``model``'s macro-AUROC stands against ``reference``'s, on the tasks both have: ``above``, ``below``,
-    ``not comparable with`` (an undefined metric), or ``level with`` where the 95% bootstrap CI of the paired
-    difference (``paired_comparison``, the profile's resamples, seeded as the notebook's comparisons: the first
-    training seed) contains 0. A reference run with one seed (deterministic, as the histogram's) stands for every
-    seed of ``model``."""
-    pick = {m: predictions[predictions.protocol == m] for m in (model, reference)}
-    common = set(pick[model]["task"]) & set(pick[reference]["task"])
-    a, b = (pick[m][pick[m]["task"].isin(common)] for m in (model, reference))
-    if b["seed"].nunique() == 1 and a["seed"].nunique() > 1:
-        b = pd.concat([b.assign(seed=s) for s in sorted(a["seed"].unique())], ignore_index=True)
-    comparison = paired_comparison(a, b, n_boot=profile.n_bootstrap, n_perm=profile.n_permutations,
-                                   seed=int(predictions["seed"].min()))
-    lo, hi = _macro_auroc_ci(comparison)
-    if np.isnan([lo, hi]).any():
-        return "not comparable with"
-    return "level with" if _is_tie((lo, hi)) else ("above" if lo > 0 else "below")
 
 
 # --------------------------------------------------------------------------------------- 00 · data
@@ -237,7 +128,7 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
     ``predictions``: the sweep's table (``protocol``, ``seed``); ``paper``: the paper's Fig. 1e AUROCs for
     ``paper_name``; ``protocols``: the order in which the seeds' values are listed. Where ``tests`` hold the 95%
     CI of the difference (``paired_comparison``) and it contains 0, the two models tie; every deep model is placed
-    against the histogram reference by the same rule (``_against_reference``)."""
+    against the histogram reference by the same rule (``against_reference``)."""
     macro = _macro_auroc(summary)
     paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
     seeds = sorted(predictions["seed"].unique().tolist())
@@ -246,17 +137,18 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
         reported = paper_values_for("fig1e", paper_name, "relative_improvement_pct")["value"]
         claim = (f"{paper_macro['finetune']:.3f} vs {paper_macro['scratch']:.3f} ({reported.item():+.2f}%, "
                  f"P < 0.001) on {PAPER_DATASET_NAMES.get(paper_name, paper_name)}" if len(paper_macro) == 2 else None)
+        p_value, ci = paired_evidence(tests["scratch"])
         lines.append(describe_comparison("fine-tuned macro-AUC", macro["finetune"], "scratch", macro["scratch"],
-                                         _macro_auroc_p(tests["scratch"]), claim, _macro_auroc_ci(tests["scratch"])))
+                                         p_value, claim, ci))
     for probe in ("linear", "attentive"):
         if probe in macro and "finetune" in macro:
-            lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe],
-                                             _macro_auroc_p(tests[probe]),
+            p_value, ci = paired_evidence(tests[probe])
+            lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe], p_value,
                                              "probing comes close to full fine-tuning (Supplementary Figs 3 and 8)",
-                                             _macro_auroc_ci(tests[probe])))
+                                             ci))
     if "histogram" in macro:
         deep = [m for m in ("finetune", "scratch", "linear", "attentive") if m in macro]
-        places = {m: _against_reference(predictions, m, "histogram", profile) for m in deep}
+        places = {m: against_reference(predictions, m, "histogram", profile) for m in deep}
         lines.append("Reference without a deep model (window histograms + logistic regression): "
                      f"{macro['histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())
                      + (" (level: the 95% CI of the paired difference contains 0)" if "level with" in places.values()
@@ -264,9 +156,9 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
     per_task = summary[(summary.metric == "auroc") & (summary.task != "macro")].pivot(index="task", columns="model",
                                                                                       values="value")
     if {"finetune", "scratch"} <= set(per_task.columns):
-        verdicts = [_verdict(r["finetune"] - r["scratch"], *_evidence(tests["scratch"], task))
+        verdicts = [judge_difference(r["finetune"] - r["scratch"], *paired_evidence(tests["scratch"], task))
                     for task, r in per_task.iterrows()]
-        others = _tally(verdicts)
+        others = tally(verdicts)
         lines.append(f"Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on "
                      f"{verdicts.count('above')} of {len(verdicts)} tasks{', ' + others if others else ''} "
                      "(paper: beats it on all 10).")
@@ -295,7 +187,7 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
     ``summary`` has the models ``in-domain fine-tuned``, ``in-domain scratch``, ``external validation`` and
     ``in-domain histogram``; ``tests``: {model: ``paired_comparison`` of in-domain fine-tuned against it}, whose
     95% CI of the difference decides a tie (``describe_comparison``); ``predictions``: every model's predictions,
-    the model in ``protocol`` (placed against the histogram by ``_against_reference``); ``paper``: the paper's
+    the model in ``protocol`` (placed against the histogram by ``against_reference``); ``paper``: the paper's
     AUROCs for ``paper_name`` with its models renamed to ours; ``target_rows``: the target's scans (column
     ``split``). Without ``external validation`` (a dataset with one site and no target dataset) its line says it
     did not run."""
@@ -304,11 +196,12 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
     claim = (f"{paper_macro['in-domain fine-tuned']:.3f} vs {paper_macro['in-domain scratch']:.3f} on "
              f"{PAPER_DATASET_NAMES.get(paper_name, paper_name)}"
              if {"in-domain fine-tuned", "in-domain scratch"} <= set(paper_macro.index) else None)
-    against = lambda b, said: describe_comparison(  # noqa: E731
-        "in-domain fine-tuned", macro["in-domain fine-tuned"], b, macro[b], _macro_auroc_p(tests[b]), said,
-        _macro_auroc_ci(tests[b]))
+    def against(b: str, said: str | None) -> str:
+        p_value, ci = paired_evidence(tests[b])
+        return describe_comparison("in-domain fine-tuned", macro["in-domain fine-tuned"], b, macro[b], p_value, said,
+                                   ci)
     deep = [m for m in ("in-domain fine-tuned", "in-domain scratch", "external validation") if m in macro]
-    places = {m: _against_reference(predictions, m, "in-domain histogram", profile) for m in deep}
+    places = {m: against_reference(predictions, m, "in-domain histogram", profile) for m in deep}
     lines = [
         against("in-domain scratch", claim),
         against("external validation", "in-domain fine-tuning helps where the target has enough labels (NYU Long "
@@ -329,7 +222,7 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
 def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd.DataFrame | None,
                        comparison: pd.DataFrame, profile) -> str:
     """04_fewshot (Fig. 2): pretrained against scratch at each K by the 95% CI of the paired difference, every
-    deep model against the histogram reference on the same draws (``_against_reference``), and the largest K
+    deep model against the histogram reference on the same draws (``against_reference``), and the largest K
     against all data (paper: K = 256 comes close to full-data fine-tuning).
 
     ``curves``: few-shot means (task, metric, model, int ``k``, ``value``); ``full``: the all-data runs (task,
@@ -342,16 +235,16 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
     lines = []
     if "scratch" in macro:
         low = macro.index.min()
-        evidence = {k: _evidence(at_k(comparison, k)) for k in macro.index}
+        evidence = {k: paired_evidence(at_k(comparison, k)) for k in macro.index}
         p_value, ci = evidence[low]
         lines.append(describe_comparison(f"pretrained at K={low}", macro.loc[low, "pretrained"],
                                          f"scratch at K={low}", macro.loc[low, "scratch"], p_value, ci=ci))
-        verdicts = {k: _verdict(macro.loc[k, "pretrained"] - macro.loc[k, "scratch"], *evidence[k])
+        verdicts = {k: judge_difference(macro.loc[k, "pretrained"] - macro.loc[k, "scratch"], *evidence[k])
                     for k in macro.index}
         by = {v: [k for k, w in verdicts.items() if w == v] for v in dict.fromkeys(verdicts.values())}
         lines.append(f"By the 95% CI of the paired difference, pretrained beats scratch in macro-AUROC at K = "
                      f"{by.get('above') or 'none'} of {list(macro.index)}"
-                     + "".join(f"; {word} at K = {by[v]}" for v, word in _OTHER_VERDICTS.items() if v in by) + ".")
+                     + "".join(f"; {word} at K = {by[v]}" for v, word in OTHER_VERDICTS.items() if v in by) + ".")
         pairs = paired_runs(predictions[predictions.model == "pretrained"], predictions[predictions.model == "scratch"])
         pairs = pairs[pairs.k != "all"]
         lines.append(f"Run by run (same task, K and draw): pretrained above scratch in {int(pairs.a_wins.sum())} of "
@@ -367,7 +260,7 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
         for m in (m for m in ("pretrained", "scratch") if m in macro):
             for where, table in draws.items():
                 if {m, "histogram"} <= set(table["protocol"]):
-                    places.setdefault(_against_reference(table, m, "histogram", profile), []).append(f"{m} {where}")
+                    places.setdefault(against_reference(table, m, "histogram", profile), []).append(f"{m} {where}")
         if places:
             lines.append("Against that reference, by the 95% CI of the paired difference: "
                          + "; ".join(f"{place} it: {', '.join(names)}" for place, names in sorted(places.items()))
@@ -388,7 +281,7 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
     """05_scaling (Fig. 4): per evaluation and method, does macro-AUROC grow with the pretraining fraction (the
     encoder from the most data against the one from the least), and is DINO above each other method at each
     fraction (paper: both grow, DINO above MAE throughout), each by the 95% CI of the paired difference
-    (``_verdict``). ``macro``: the macro rows of the summary (evaluation, method, fraction, metric, value);
+    (``judge_difference``). ``macro``: the macro rows of the summary (evaluation, method, fraction, metric, value);
     ``comparison``: ``paired_comparison`` rows with ``evaluation``, ``model_a`` and ``model_b``: ``dino`` against
     each method at each ``fraction``, and "<method> <most>%" against "<method> <least>%".
     ``teacher_entropy`` (fraction → the DINO teacher's output entropy over the last 10% of its pretraining, from
@@ -412,9 +305,9 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
                              "of the pool only: no trend with pretraining data measured.")
                 continue
             low, high = v.index.min(), v.index.max()
-            p_value, ci = _evidence(tests[(tests.model_a == f"{method} {100 * high:g}%")
+            p_value, ci = paired_evidence(tests[(tests.model_a == f"{method} {100 * high:g}%")
                                           & (tests.model_b == f"{method} {100 * low:g}%")])
-            verdict = _verdict(v[high] - v[low], p_value, ci)
+            verdict = judge_difference(v[high] - v[low], p_value, ci)
             trend = {"above": "it grows with pretraining data", "below": "it FALLS with more pretraining data",
                      "tie": "it does NOT grow measurably with pretraining data (the CI contains 0)",
                      "disagree": "the CI lies against the point estimate: no verdict on growth",
@@ -422,15 +315,15 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
             lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "
                          f"{', '.join(f'{f:.0%}' for f in table.index)}; {high:.0%} against {low:.0%}: "
                          f"{v[high] - v[low]:+.3f}"
-                         + (f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}" if _has_ci(ci) else "")
+                         + (f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}" if has_ci(ci) else "")
                          + (f", p = {p_value:.3g}" if p_value is not None and not pd.isna(p_value) else "")
                          + f": {trend}.")
         for other in [m for m in table.columns if m != "dino"] if "dino" in table.columns else []:
-            verdicts = [_verdict(table.loc[f, "dino"] - table.loc[f, other],
-                                 *_evidence(tests[(tests.model_a == "dino") & (tests.model_b == other)
-                                                  & (tests.fraction == f)]))
+            verdicts = [judge_difference(table.loc[f, "dino"] - table.loc[f, other],
+                                         *paired_evidence(tests[(tests.model_a == "dino") & (tests.model_b == other)
+                                                                & (tests.fraction == f)]))
                         for f in table.index]
-            others = _tally(verdicts, "at")
+            others = tally(verdicts, "at")
             paper = ("paper: DINO above MAE throughout" if other == "mae" else
                      "a control the paper does not have: DINO below it means the result depends on the method")
             lines.append(f"{evaluation}, by the 95% CI of the paired difference: DINO above {other.upper()} at "
@@ -483,7 +376,7 @@ def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict, uniform_d
             lines.append(f"{r['task']}, {r['model']}: no lesion measured.")
             continue
         verdicts.setdefault(r["model"], []).append(
-            _verdict(r["median_enrichment"] - r["median_control_enrichment"], r["p_vs_control"]))
+            judge_difference(r["median_enrichment"] - r["median_control_enrichment"], r["p_vs_control"]))
         lost = int(r.get("n_no_lesion", 0) or 0)
         lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the head's attention on lesions that "
                      f"fill {r['chance_share']:.1%} of the head (median enrichment {r['median_enrichment']:.2f}×, "
@@ -572,8 +465,8 @@ def _model_comparison_lines(summary: pd.DataFrame, comparison: pd.DataFrame, pap
         if a not in macro or b not in macro:
             continue
         said = paper_statements(paper, names[a], names[b]) if a in names and b in names else ""
-        lines.append(describe_comparison(a, macro[a], b, macro[b], _macro_auroc_p(test), said or None,
-                                         _macro_auroc_ci(test)))
+        p_value, ci = paired_evidence(test)
+        lines.append(describe_comparison(a, macro[a], b, macro[b], p_value, said or None, ci))
     return lines
 
 
@@ -695,9 +588,9 @@ def patch_size_conclusion(summary: pd.DataFrame, comparison: pd.DataFrame, predi
     test = comparison[(comparison.model_a == fine) & (comparison.model_b == coarse)]
     lines = ["Macro-AUROC: " + ", ".join(f"{m} {v:.3f}" for m, v in macro.items()) + "."]
     if {fine, coarse} <= set(macro.index) and len(test):
-        lines.append(describe_comparison(fine, macro[fine], coarse, macro[coarse], _macro_auroc_p(test),
-                                         "512 patch tokens (12³) outperformed 216 (16³), Supplementary Fig. 2",
-                                         _macro_auroc_ci(test)))
+        p_value, ci = paired_evidence(test)
+        lines.append(describe_comparison(fine, macro[fine], coarse, macro[coarse], p_value,
+                                         "512 patch tokens (12³) outperformed 216 (16³), Supplementary Fig. 2", ci))
     by = cost.set_index(["architecture", "mode"])
     ratio = lambda column, mode="forward+backward": by.loc[("coarse", mode), column] / by.loc[("fine", mode), column]  # noqa: E731
     lines.append(f"Cost of {coarse} relative to {fine}: tokens {ratio('tokens'):.2f}×, forward+backward FLOPs "
