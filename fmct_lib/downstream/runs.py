@@ -209,15 +209,14 @@ def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, 
                   progress: bool, num_workers: int, feature_cache: Path):
     """The run's rows (training, validation, evaluation) and their cached inputs, as a ``TrainingJob`` plus
     the evaluation rows and their source."""
-    from ..data.manifest import load_scans
     s = signature
     dataset, task, eval_dataset = s["dataset"], s["task"], s["eval_dataset"]
-    table = load_scans(dataset)
+    table = _scan_table(dataset)  # read once while unchanged (the reuse checks read it too)
     train = (train_scans.reset_index(drop=True) if train_scans is not None
              else select_rows(table, s["train_filter"], "train", task, f"{dataset} train"))
     train = train[train[task].notna()].reset_index(drop=True)
     val = select_rows(table, s["train_filter"], "val", task, f"{dataset} val")
-    test = select_rows(load_scans(eval_dataset) if eval_dataset != dataset else table, s["eval_filter"],
+    test = select_rows(_scan_table(eval_dataset), s["eval_filter"],
                        s["eval_split"], task, f"{eval_dataset} {s['eval_split']}")
     if test.empty:
         raise ProtocolSkipped(f"no {s['eval_split']} scans with a {task!r} label in {eval_dataset} "
