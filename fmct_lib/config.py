@@ -67,13 +67,15 @@ class Profile:
     finetune_max_epochs: int     # the cap, set so that models stop by the rule (paper: at most 10)
     finetune_patience: int       # epochs without a better validation AUROC before a model stops
     finetune_batch_size: int
-    finetune_subset: int         # balanced subset drawn each epoch (paper 5,000 / 500 for CQ500-sized)
+    finetune_subset: int         # balanced subset drawn each epoch (paper 5,000; ``finetune_subset_by_dataset``)
     # encoder learning rate of fine-tuning (paper 1e-5 for ViT-B); Adam's LR scales ~1/width, so the narrow
     # demo encoder (96 wide, 768/96 = 8×) takes 1e-4
     finetune_lr_encoder: float = 1e-5
     scratch_grid: dict = field(default_factory=dict)  # scratch hyper-parameter sweep (paper Methods)
     # training seeds of every model in Fig. 1e, 1f-g and the stars of Fig. 2 (paper: 1); docs/experiments.md
     finetune_seeds: int = 1
+    # balanced draws per epoch on the datasets where they differ from ``finetune_subset`` (paper: 500 on CQ500)
+    finetune_subset_by_dataset: dict = field(default_factory=dict)
     # pretraining learning rate per 256 scans, by method; empty = the paper's (DINO 3e-4, MAE 1.5e-3)
     pretrain_base_lr: dict = field(default_factory=dict)
     # pretraining epochs by method where they differ from ``pretrain_epochs``
@@ -105,10 +107,14 @@ class Profile:
 
     @property
     def finetune_epoch_steps(self) -> int:
-        """Optimiser steps of one downstream epoch: ⌈balanced draws / batch⌉ (paper 5,000 / 16 = 313), a last
+        """Optimiser steps of one downstream epoch: ⌈balanced draws / batch⌉ (paper profile 5,000 / 16 = 313), a last
         batch of one left out (``downstream.training.fit`` skips it: the heads' BatchNorm needs two samples)."""
         full, rest = divmod(self.finetune_subset, self.finetune_batch_size)
         return full + (rest >= 2)
+
+    def finetune_draws(self, dataset: str | None = None) -> int:
+        """Balanced draws per downstream epoch on ``dataset`` (paper, Methods: 5,000; 500 on CQ500)."""
+        return self.finetune_subset_by_dataset.get(dataset, self.finetune_subset)
 
     def epochs_for(self, method: str) -> int:
         """Pretraining epochs of ``method`` in this profile."""
@@ -130,7 +136,8 @@ class Profile:
 
 # the fields no pretraining run reads: downstream training, the notebooks' defaults and the statistics
 DOWNSTREAM_FIELDS = frozenset({
-    "finetune_max_epochs", "finetune_patience", "finetune_batch_size", "finetune_subset", "finetune_lr_encoder",
+    "finetune_max_epochs", "finetune_patience", "finetune_batch_size", "finetune_subset", "finetune_subset_by_dataset",
+    "finetune_lr_encoder",
     "scratch_grid", "finetune_seeds", "pretrain_method", "fewshot_shots", "fewshot_resamples", "n_bootstrap",
     "n_permutations", "max_tasks"})
 
@@ -142,8 +149,14 @@ PROFILES: dict[str, Profile] = {
         model=ModelConfig(img_size=96, patch_size=12, embed_dim=768, depth=12, num_heads=12),
         dino_out_dim=65536, dino_hidden_dim=2048, dino_bottleneck_dim=256,
         mae_decoder_dim=768, mae_decoder_depth=8, mae_decoder_heads=16,
-        pretrain_epochs=100, pretrain_batch_size=64, pretrain_warmup_epochs=10,
+        # paper, Methods: DINO 1,000 epochs, warm-up 5 epochs; MAE 400 epochs (its warm-up: 5% of steps, mae.py);
+        # the paper saw downstream performance converge at ~300 (DINO) and ~250 (MAE) epochs
+        pretrain_epochs=1000, pretrain_batch_size=64, pretrain_warmup_epochs=5,
+        pretrain_epochs_by_method={"mae": 400},
+        # 5,000 balanced draws per epoch, 500 on CQ500 (paper, Methods); batch 16 is ours (the paper gives none;
+        # the authors' code uses 64)
         finetune_max_epochs=50, finetune_patience=5, finetune_batch_size=16, finetune_subset=5000,
+        finetune_subset_by_dataset={"cq500": 500},
         # the paper's scratch sweep (Methods); its grid over epochs {10, 15, 30, 50} is the convergence rule here
         scratch_grid={"lr": [1e-3, 1e-4, 1e-5], "weight_decay": [0.01, 0.05, 1e-4, 1e-5],
                       "optimizer": ["sgd", "adam", "adamw"]},

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from .config import Profile, get_profile
-from .data.manifest import PAPER_TASKS, dataset_info, is_available, load_scans, scan_table_path
+from .data.manifest import is_available, load_scans, paper_tasks, scan_table_path
 from .paths import runs_root
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
     from .downstream.runs import checkpoint_signature
     from .downstream.training import HParams
     from .models.checkpoints import read_checkpoint_config
-    hparams = json.loads(json.dumps(asdict(HParams.from_profile(p))))  # as stored: tuples become lists
+    hparams = json.loads(json.dumps(asdict(HParams.from_profile(p, dataset))))  # as stored: tuples become lists
     pretrained = checkpoint_signature(encoder)  # the weights, wherever they lie
     kept = read_checkpoint_config(out) if out.exists() else {}
     if (kept.get("hparams"), kept.get("pretrained")) == (hparams, pretrained):
@@ -333,15 +333,14 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
 
 def choose_tasks(scans: pd.DataFrame, tasks: list[str] | None, dataset: str, profile: str | Profile,
                  split: str = "test") -> list[str]:
-    """The tasks a notebook evaluates: ``tasks`` (default: the paper's ten tasks among the dataset's, else
-    all the dataset's tasks in the manifest) that have at least one positive and one negative in ``split``
+    """The tasks a notebook evaluates: ``tasks`` (default: the paper's tasks for the dataset among its own,
+    ``data.manifest.paper_tasks``) that have at least one positive and one negative in ``split``
     of ``scans`` (so an AUROC exists). Without an explicit list, at most ``profile.max_tasks`` of them
     (those with the most positives; a compute limit of the small profiles). What is left out is printed."""
     p = get_profile(profile)
     explicit = bool(tasks)
-    if not explicit:  # the paper's ten tasks where the dataset has them (not, e.g., CQ500's extra findings)
-        known = dataset_info(dataset)["tasks"]
-        tasks = [t for t in known if t in PAPER_TASKS] or known
+    if not explicit:  # the paper's tasks for the dataset (RSNA's five, CQ500's ten; else the NYU ten)
+        tasks = paper_tasks(dataset)
     held_out = scans[scans["split"] == split]
     positives, dropped = {}, []
     for task in tasks:

@@ -13,13 +13,13 @@ from fmct_lib.config import get_profile
 from fmct_lib.report import conclusions, paper
 
 NAN = float("nan")
-# The paper profile's rule: epochs of 5,000 draws of batch 16 = ceil(5000 / 16) = 313 steps, patience 5, cap 50
-# epochs = 50 × 313 = 15,650 steps.
+# The paper profile's rule: epochs of 5,000 draws (500 on CQ500) of batch 16 = ceil(5000 / 16) = 313 steps,
+# patience 5, cap 50 epochs = 50 × 313 = 15,650 steps.
 PAPER_PROFILE = get_profile("paper")
 RULE = ("- Every model trained by one rule: validation AUROC after each epoch of 5000 balanced draws (313 steps of "
-        "batch 16), stopped after 5 epochs without improvement, at most 50 epochs (15,650 steps).")
-BUDGET_02 = RULE + (" (Paper: at most 10 epochs × 5,000 draws / batch 16 = 3,130 steps, the epoch with the best "
-                    "validation AUROC kept.)")
+        "batch 16; 500 draws on cq500), stopped after 5 epochs without improvement, at most 50 epochs (15,650 steps).")
+BUDGET_02 = RULE + (" (Paper: at most 10 epochs of 5,000 draws, the epoch with the best validation AUROC kept; "
+                    "no batch size given.)")
 
 
 def _summary(values: dict[str, dict[str, float]], metric: str = "auroc") -> pd.DataFrame:

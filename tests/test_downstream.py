@@ -783,6 +783,39 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
     assert written[vectors].std(axis=0).gt(0).any()   # scans differ: not one constant vector
     with pytest.raises(SystemExit):
         main(["finetune", "--task", "ich", "--protocol", "knn"])
+    capsys.readouterr()
+    # what the user gave and cannot be used: one line on stderr, exit 2, nothing computed
+    demo = save_checkpoint(tmp_path / "demo.safetensors", vit_from_config(get_profile("demo").model),
+                           {"model": get_profile("demo").model.to_dict()})
+    refused = {
+        "dataset not ingested": ["finetune", "--dataset", "nosuch", "--task", "ich", "--protocol", "linear",
+                                 "--encoder", ckpt, "--profile", "toy", "--run-root", str(root)],
+        "unknown table format": ["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy",
+                                 "--out", str(tmp_path / "e.parquet")],
+        "encoder of another input size": ["embed", "--dataset", "toyset", "--encoder", str(demo), "--profile", "toy",
+                                          "--out", str(tmp_path / "e2.npz")],
+        "filter without =": ["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear",
+                             "--encoder", ckpt, "--profile", "toy", "--train-filter", "siteinternal",
+                             "--run-root", str(root)],
+    }
+    said = {}
+    for case, argv in refused.items():
+        assert main(argv) == 2, case
+        said[case] = capsys.readouterr().err
+        assert said[case].startswith(f"fmct {argv[0]}: error: ") and said[case].count("\n") == 1, case
+    assert "'nosuch'" in said["dataset not ingested"] and "siteinternal" in said["filter without ="]
+    assert "32³ inputs" in said["encoder of another input size"]
+    assert not (tmp_path / "e.parquet").exists() and not (tmp_path / "e2.npz").exists()
+
+
+def test_the_command_line_summary_orders_k_as_numbers():
+    from fmct_lib.cli.finetune import _summary
+    rng = np.random.default_rng(0)
+    rows = [{"task": "ich", "protocol": "finetune", "k": k, "seed": 0, "scan_id": f"s{i}", "label": i % 2,
+             "probability": rng.random()} for k in (16, 8, None, 128) for i in range(10)]
+    text, defined = _summary(pd.DataFrame(rows).astype({"k": "Int64"}), "test")
+    header = text.splitlines()[1].split()
+    assert defined and header[header.index("k") + 1:] == ["8", "16", "128", "all"]
 
 
 def test_real_cache_path_with_a_rejected_scan(tmp_path, isolated_roots, monkeypatch):
@@ -948,3 +981,25 @@ def test_encoder_id_is_the_files_sha256_and_follows_a_rewrite(tmp_path):
         f.write(bytes(data))
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert encoder_id(path) == hashlib.sha256(bytes(data)).hexdigest()[:16]
+
+
+def test_a_dataset_with_its_own_epoch_draws_trains_on_them(toy_world):
+    """The paper draws 5,000 scans per epoch, 500 on CQ500 (Methods): a profile's per-dataset draws reach the
+    run, and they are that dataset's default, so its run name carries no hyper-parameter suffix."""
+    assert HParams.from_profile("paper", "cq500").subset == 500
+    assert HParams.from_profile("paper", "rsna").subset == HParams.from_profile("paper").subset == 5000
+    _, ckpt, root = toy_world
+    own = TOY.replace(finetune_subset_by_dataset={"toyset": 8}, finetune_max_epochs=2, finetune_patience=2)
+    run_protocol("toyset", "ich", "finetune", ckpt, own, run_root=root / "own", progress=False)
+    path = next((root / "own").rglob("config.json"))
+    config = json.loads(path.read_text())
+    assert config["signature"]["hparams"]["subset"] == 8
+    assert config["stopping"]["stopped_step"] == config["stopping"]["stopped_epoch"] * 2  # 8 draws / batch 4
+    from dataclasses import asdict
+    from fmct_lib.data.preprocess import paper_spec
+    signature = {"dataset": "cq500", "train_filter": None, "train_scans": None, "profile": "paper", "task": "ich",
+                 "protocol": "scratch", "k": None, "seed": 0, "encoder": None, "eval_dataset": "cq500",
+                 "eval_filter": None, "eval_split": "test", "spec": paper_spec("paper").hash, "scratch_grid": None}
+    cq500 = runs_module.default_run_name({**signature, "hparams": asdict(HParams.from_profile("paper", "cq500"))})
+    assert cq500.endswith("/seed0")
+    assert not runs_module.default_run_name({**signature, "hparams": asdict(HParams.from_profile("paper"))}).endswith("/seed0")

@@ -4,8 +4,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from fmct_lib.data.manifest import (MANIFEST_COLUMNS, DatasetNotAvailable, dataset_info, load_scans,
-                                    read_manifest, register_dataset, write_scans)
+from fmct_lib.data.manifest import (MANIFEST_COLUMNS, PAPER_TASKS, DatasetNotAvailable, dataset_info, load_scans,
+                                    paper_tasks, read_manifest, register_dataset, retrieval_subtypes, write_scans)
 from fmct_lib.data.splits import assign_splits, patient_split, subsample_patients
 from fmct_lib.paths import REPO_ROOT
 
@@ -15,6 +15,24 @@ def test_committed_manifest_lists_the_known_datasets():
     assert {"synthetic", "rsna", "cq500"} <= set(df["name"])
     assert not df["scan_table"].str.startswith("/").any(), "no machine-specific paths in the committed file"
     assert dataset_info("rsna")["tasks"] == ["ich", "edh", "iph", "ivh", "sah", "sdh"]
+
+
+def test_each_dataset_defaults_to_the_tasks_the_paper_evaluates_on_it(tmp_path, monkeypatch):
+    # Methods, "Datasets": RSNA 5 tasks (any = ICH, IPH, IVH, SAH, SDH: not the EDH its labels have), CQ500 10
+    # (not its fractures or chronic bleed); retrieval: RSNA 4 subtypes, CQ500 6
+    assert paper_tasks("rsna") == ["ich", "iph", "ivh", "sah", "sdh"]
+    assert paper_tasks("cq500") == ["ich", "iph", "ivh", "sdh", "edh", "sah", "bleed_left", "bleed_right",
+                                    "midline_shift", "mass_effect"]
+    assert paper_tasks("synthetic") == PAPER_TASKS
+    assert retrieval_subtypes("rsna") == ["iph", "ivh", "sah", "sdh"]
+    assert retrieval_subtypes("cq500") == ["ich", "iph", "ivh", "sdh", "edh", "sah"]
+    assert retrieval_subtypes("synthetic") == ["iph", "ivh", "sdh", "edh", "sah"]
+    # another dataset: the paper's ten where it has them, else all of its own
+    path = tmp_path / "m.csv"
+    monkeypatch.setenv("FMCT_MANIFEST", str(path))
+    register_dataset("hosp", description="a hospital", tasks=["stroke", "sah", "ich"])
+    register_dataset("other", description="another", tasks=["stroke", "tumour"])
+    assert paper_tasks("hosp") == ["sah", "ich"] and paper_tasks("other") == ["stroke", "tumour"]
 
 
 def test_register_appends_and_never_rewrites(tmp_path):

@@ -47,14 +47,14 @@ def scan_table(n_per_split=(6, 2, 4), manufacturer=None, thickness=3.0, mask_pat
 # -- what a dataset allows ----------------------------------------------------------------------------------
 def test_a_table_without_manufacturer_or_test_split_skips_those_parts_with_the_reason():
     table = scan_table(n_per_split=(5, 0, 0), thickness=[5.0, 4.84, 5.0, 5.0, 5.0])
-    parts = embedding_parts("rsna", table, BINS)  # tasks: the manifest's RSNA tasks; only ich is a column
+    parts = embedding_parts("rsna", table, BINS)  # tasks: the paper's RSNA tasks; only ich is a column
     assert parts.runs("projection")
     assert parts.skipped["scanner"].startswith("no scan has a manufacturer")
     assert parts.skipped["thickness"] == ("fewer than two slice-thickness bins with at least 2 scans each "
                                           "((3.0, 5.01]: 5): nothing to separate")
     assert parts.skipped["by protocol"].startswith("no task has positive and negative scans in both the training "
                                                    "and the test split (ich: train 2 positive / 3 negative, test 0 "
-                                                   "positive / 0 negative; edh: no such column")
+                                                   "positive / 0 negative; iph: no such column")
     assert parts.tasks == ()
     text = str(parts)
     assert "runs    projection:" in text and "SKIPPED scanner:" in text and "why: no scan has a manufacturer" in text

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from fmct_lib import pipeline
+from fmct_lib.data import manifest
 from fmct_lib.config import get_profile
 from fmct_lib.data.manifest import DatasetNotAvailable
 
@@ -18,7 +19,7 @@ def _scans():
 
 
 def test_choose_tasks_keeps_tasks_with_an_auroc_and_limits_by_positives(monkeypatch, capsys):
-    monkeypatch.setattr(pipeline, "dataset_info", lambda name: {"tasks": ["a", "b", "c", "d", "missing"]})
+    monkeypatch.setattr(manifest, "dataset_info", lambda name: {"tasks": ["a", "b", "c", "d", "missing"]})
     unlimited = get_profile("demo").replace(max_tasks=0)
     assert pipeline.choose_tasks(_scans(), None, "x", unlimited) == ["a", "b"]
     out = capsys.readouterr().out

@@ -27,22 +27,25 @@ def _values(cfg: dict, step: int) -> dict:
 
 
 def test_paper_schedules_are_the_papers_epochs_at_any_run_length():
-    # 100 epochs of 1,000 steps (64,000 scans, batch 64): warm-up 10 epochs (paper), teacher temperature over 30
-    # and prototypes frozen for 1 (DINO's defaults)
+    # paper, Methods: DINO 1,000 epochs of 1,000 steps (64,000 scans, batch 64), warm-up on the first 5 epochs;
+    # teacher temperature over 30 epochs and prototypes frozen for 1 (DINO's defaults)
     cfg = run_config("dino", "paper", n_scans=64_000)
-    assert (cfg["steps_per_epoch"], cfg["total_steps"]) == (1000, 100_000)
-    assert (cfg["warmup_steps"], cfg["teacher_temp_warmup_steps"], cfg["freeze_last_layer_steps"]) == (10_000, 30_000, 1000)
-    v = _values(cfg, 5000)
+    assert (cfg["steps_per_epoch"], cfg["total_steps"]) == (1000, 1_000_000)
+    assert (cfg["warmup_steps"], cfg["teacher_temp_warmup_steps"], cfg["freeze_last_layer_steps"]) == (5000, 30_000, 1000)
+    v = _values(cfg, 2500)
     assert v["lr"] == pytest.approx(cfg["lr"] / 2) and v["prototypes_frozen"] is False
-    assert v["teacher_temp"] == pytest.approx(0.04 + 0.03 / 6)
+    assert _values(cfg, 5000)["teacher_temp"] == pytest.approx(0.04 + 0.03 / 6)
     assert _values(cfg, 999)["prototypes_frozen"] and not _values(cfg, 1000)["prototypes_frozen"]
-    assert _values(cfg, 30_000)["teacher_temp"] == 0.07 and _values(cfg, 10_000)["lr"] == pytest.approx(cfg["lr"])
-    half = 10_000 + (100_000 - 10_000) // 2   # half-way down the cosine
+    assert _values(cfg, 30_000)["teacher_temp"] == 0.07 and _values(cfg, 5000)["lr"] == pytest.approx(cfg["lr"])
+    half = 5000 + (1_000_000 - 5000) // 2   # half-way down the cosine
     assert _values(cfg, half)["lr"] == pytest.approx((cfg["lr"] + cfg["min_lr"]) / 2)
-    assert _values(cfg, 50_000)["momentum"] == pytest.approx(1 - 0.004 / 2)  # follows the global step
-    # a run ended early keeps the periods in steps: 10 epochs of warm-up do not shrink with max_steps
+    assert _values(cfg, 500_000)["momentum"] == pytest.approx(1 - 0.004 / 2)  # follows the global step
+    # MAE: 400 epochs, warm-up on the first 5% of steps (paper, Methods)
+    mae = run_config("mae", "paper", n_scans=64_000)
+    assert (mae["total_steps"], mae["warmup_steps"]) == (400_000, 20_000)
+    # a run ended early keeps the periods in steps: 5 epochs of warm-up do not shrink with max_steps
     short = run_config("dino", "paper", n_scans=64_000, max_steps=20_000)
-    assert (short["warmup_steps"], short["teacher_temp_warmup_steps"]) == (10_000, 20_000)
+    assert (short["warmup_steps"], short["teacher_temp_warmup_steps"]) == (5000, 20_000)
 
 
 def test_demo_schedules_follow_the_profile_in_epochs():

@@ -9,12 +9,15 @@ intensity-augmented. Paper, Methods "Self-distillation modelling" and Supplement
   ``profile.local_input_size`` (paper: the input size, 96³, as the authors' code; DINO's own recipe keeps
   local crops small, 96 px against 224, which a profile may choose). Crops are cubes at a uniformly random
   integer position; the side is a uniform integer in the range.
-- MAE (``mae_view``): one global-range crop (MAE's random-resized crop), flips and intensity shift.
+- MAE (``mae_view``): one global-range crop (MAE's random-resized crop, He et al. 2022), flips and
+  intensity shift, with DINO's probabilities. A departure from the authors' MAE code, which flips with
+  p = 0.1 per axis and does not crop (``reference_code_facts.md``, MAE): the paper gives no probabilities;
+  the released demo MAE encoders were trained with these views.
 - Flips along each of the three axes; intensity shift by a uniform offset in ±0.1 (all channels);
   Gaussian smoothing with σ ∈ [0.5, 1.0] voxels per axis; gamma (contrast) with γ ∈ [0.2, 1.0].
 
 The paper names transforms and ranges but not probabilities or which view gets which; those follow the
-authors' code (``reference_code_facts.md`` §3.1): flips p = 0.2 per axis and shift p = 0.5 on every view,
+authors' DINO code (``reference_code_facts.md`` §3.1): flips p = 0.2 per axis and shift p = 0.5 on every view,
 smoothing p = 0.2 on the first global view, gamma p = 0.2 on the second (DINO's asymmetric pair), and
 — where the code has none, since the paper applies the augmentations to all views — smoothing p = 0.2
 on local views.
@@ -42,7 +45,8 @@ __all__ = ["AugmentConfig", "ViewParams", "draw_view_params", "render_view", "mu
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Geometry from the profile, augmentation ranges from Supplement B, probabilities from the code."""
+    """Geometry from the profile, augmentation ranges from Supplement B, probabilities from the authors' DINO
+    code (MAE views use them too)."""
 
     canvas: int
     input_size: int

@@ -35,7 +35,8 @@ from ..io import atomic_path, atomic_write_csv, exclusive_lock
 from ..paths import StageMissing, data_root, manifest_path
 
 __all__ = [
-    "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS",
+    "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS", "PAPER_DATASET_TASKS",
+    "PAPER_RETRIEVAL_SUBTYPES", "RETRIEVAL_SUBTYPES", "paper_tasks", "retrieval_subtypes",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
     "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "PathOutsideRoot",
     "EXTERNAL_ROOTS_FILE", "external_roots", "USER_REGISTRY", "registry_files",
@@ -54,6 +55,15 @@ CQ500_FINDINGS = [
     "ich", "iph", "ivh", "sdh", "edh", "sah", "bleed_left", "bleed_right", "chronic_bleed",
     "fracture", "calvarial_fracture", "other_fracture", "mass_effect", "midline_shift",
 ]
+# The tasks the paper evaluates on the public datasets (Methods, "Datasets"): RSNA's five (any haemorrhage = ICH;
+# not its EDH), CQ500's ten (not its fractures or chronic bleed); and their retrieval subtypes ("RSNA - 4
+# retrieval tasks; CQ500 - 6 retrieval tasks"). Any other dataset: ``PAPER_TASKS`` and ``RETRIEVAL_SUBTYPES``.
+PAPER_DATASET_TASKS = {
+    "rsna": ["ich", "iph", "ivh", "sah", "sdh"],
+    "cq500": ["ich", "iph", "ivh", "sdh", "edh", "sah", "bleed_left", "bleed_right", "midline_shift", "mass_effect"],
+}
+PAPER_RETRIEVAL_SUBTYPES = {"rsna": ["iph", "ivh", "sah", "sdh"], "cq500": ["ich", "iph", "ivh", "sdh", "edh", "sah"]}
+RETRIEVAL_SUBTYPES = ["iph", "ivh", "sdh", "edh", "sah"]
 
 
 # A dataset name is one folder under the data root: a letter or digit, then letters, digits, '.', '_', '-'.
@@ -127,6 +137,21 @@ def dataset_info(name: str, manifest: Path | None = None) -> dict:
     info = rows.iloc[0].to_dict()
     info["tasks"] = [t for t in info["tasks"].split(";") if t]
     return info
+
+
+def paper_tasks(dataset: str) -> list[str]:
+    """The tasks the notebooks evaluate on ``dataset`` by default: those of the paper's for it
+    (``PAPER_DATASET_TASKS``: RSNA, CQ500; else the ten of ``PAPER_TASKS``) that the registry lists for it,
+    else every task it lists."""
+    known = dataset_info(dataset)["tasks"]
+    wanted = PAPER_DATASET_TASKS.get(dataset, PAPER_TASKS)
+    return [t for t in wanted if t in known] or known
+
+
+def retrieval_subtypes(dataset: str) -> list[str]:
+    """The haemorrhage subtypes retrieved by default on ``dataset``: the paper's for RSNA and CQ500
+    (``PAPER_RETRIEVAL_SUBTYPES``), else ``RETRIEVAL_SUBTYPES``."""
+    return list(PAPER_RETRIEVAL_SUBTYPES.get(dataset, RETRIEVAL_SUBTYPES))
 
 
 def register_dataset(name: str, *, description: str, tasks: list[str], licence: str = "private",

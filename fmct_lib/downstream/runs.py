@@ -3,7 +3,7 @@
 Training (``fit``): AdamW, LR ``profile.finetune_lr_encoder`` (paper 1e-5) encoder / 1e-3 head, a one-epoch
 linear warm-up then cosine to 0 at the cap (per step), weight decay 0.01 and gradient clipping at 1.0 (the
 authors' CLI values; the paper does not give them), two-class softmax cross-entropy, epochs of a class-balanced
-draw (with replacement) of ``profile.finetune_subset`` scans — for few-shot too, drawn from its 2K scans (the
+draw (with replacement) of ``profile.finetune_draws(dataset)`` scans (paper: 5,000; 500 on CQ500) — for few-shot too, drawn from its 2K scans (the
 paper: "the same hyperparameter settings"; the authors' code instead passes the 2K scans once per epoch).
 Augmentation on the input batch as the authors' downstream code: flips with p = 0.1 per axis (never left-right
 for lateralised tasks) and an intensity offset in ±0.1 with p = 0.5. Every model, pretrained or not, trains by
@@ -99,7 +99,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     eval_dataset = eval_dataset or dataset
     if eval_filter is None and eval_dataset == dataset:
         eval_filter = train_filter
-    hp = HParams.from_profile(profile, **(hparams or {}))
+    hp = HParams.from_profile(profile, dataset, **(hparams or {}))
     external = isinstance(encoder, ExternalRef) and proto.needs_encoder
     if spec is None:
         from ..data.preprocess import paper_spec
@@ -335,7 +335,7 @@ def default_run_name(signature: dict, evaluation: bool = True) -> str:
     train = s["dataset"] + (f"[{_filter_tag(s['train_filter'])}]" if s["train_filter"] else "")
     if s["train_scans"]:
         train += f"[scans={s['train_scans']}]"
-    defaults = asdict(HParams.from_profile(s["profile"]))
+    defaults = asdict(HParams.from_profile(s["profile"], s["dataset"]))
     tuned = {k: v for k, v in s["hparams"].items() if k != "flip_axes" and defaults.get(k) != v}
     from ..data.preprocess import paper_spec
     if s["spec"] != paper_spec(s["profile"]).hash:

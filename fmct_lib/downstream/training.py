@@ -49,10 +49,11 @@ class HParams:
     shift_p: float = 0.5
 
     @classmethod
-    def from_profile(cls, profile, **overrides) -> "HParams":
+    def from_profile(cls, profile, dataset: str | None = None, **overrides) -> "HParams":
+        """The profile's settings for training on ``dataset`` (its draws per epoch: ``Profile.finetune_draws``)."""
         p = get_profile(profile)
         base = cls(max_epochs=p.finetune_max_epochs, patience=p.finetune_patience, batch_size=p.finetune_batch_size,
-                   subset=p.finetune_subset, lr_encoder=p.finetune_lr_encoder)
+                   subset=p.finetune_draws(dataset), lr_encoder=p.finetune_lr_encoder)
         return replace(base, **overrides)
 
 

@@ -94,13 +94,10 @@ class Parts:
 
 
 def candidate_tasks(dataset: str, tasks: list[str] | None = None) -> list[str]:
-    """The tasks a notebook considers: ``tasks``, else the paper's ten among the dataset's tasks in the
-    manifest, else all of them (as ``pipeline.choose_tasks`` picks them)."""
-    from ..data.manifest import PAPER_TASKS, dataset_info
-    if tasks:
-        return list(tasks)
-    known = dataset_info(dataset)["tasks"]
-    return [t for t in known if t in PAPER_TASKS] or known
+    """The tasks a notebook considers: ``tasks``, else the paper's for the dataset (``data.manifest.paper_tasks``,
+    as ``pipeline.choose_tasks`` picks them)."""
+    from ..data.manifest import paper_tasks
+    return list(tasks) if tasks else paper_tasks(dataset)
 
 
 def finetunable_tasks(scans: pd.DataFrame, tasks: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -265,9 +262,12 @@ def scaling_parts(dataset: str, scans: pd.DataFrame, fractions, batch_size: int,
     return parts, fitting
 
 
-def retrieval_parts(dataset: str, gallery: pd.DataFrame, subtypes: list[str]) -> Parts:
-    """The part of ``08_retrieval``: it runs when a subtype of ``subtypes`` has at least two positive scans in
-    ``gallery`` (the scans searched); ``tasks`` holds those subtypes."""
+def retrieval_parts(dataset: str, gallery: pd.DataFrame, subtypes: list[str] | None = None) -> Parts:
+    """The part of ``08_retrieval``: it runs when a subtype of ``subtypes`` (default: the dataset's,
+    ``data.manifest.retrieval_subtypes``) has at least two positive scans in ``gallery`` (the scans searched);
+    ``tasks`` holds those subtypes."""
+    from ..data.manifest import retrieval_subtypes
+    subtypes = subtypes or retrieval_subtypes(dataset)
     counts = {s: int((pd.to_numeric(gallery[s], errors="coerce") == 1).sum()) if s in gallery else None
               for s in subtypes}
     kept = tuple(s for s, n in counts.items() if n is not None and n >= MIN_RETRIEVABLE)
@@ -277,7 +277,7 @@ def retrieval_parts(dataset: str, gallery: pd.DataFrame, subtypes: list[str]) ->
     return Parts("08_retrieval", dataset, {"retrieval": reason}, RETRIEVAL_PARTS, kept)
 
 
-def other_encoder_parts(dataset: str, scans: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str],
+def other_encoder_parts(dataset: str, scans: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str] | None,
                         tasks: list[str] | None = None) -> tuple[Parts, tuple[str, ...]]:
     """(the parts of ``09_other_encoders``, the subtypes retrieval can use): the comparison needs a task of
     ``tasks`` with positive and negative scans in both splits of the labelled rows ``scans``, the retrieval a

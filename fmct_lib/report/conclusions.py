@@ -96,8 +96,9 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
     """One sentence on the convergence rule and where the runs of ``predictions`` (if given) stopped: its
     ``stop_reason`` and ``stopped_step`` columns, one value per run; runs without a deep model have no reason
     and are left out."""
+    elsewhere = "".join(f"; {n} draws on {d}" for d, n in profile.finetune_subset_by_dataset.items())
     rule = (f"Every model trained by one rule: validation AUROC after each epoch of {profile.finetune_subset} balanced "
-            f"draws ({profile.finetune_epoch_steps} steps of batch {profile.finetune_batch_size}), stopped after "
+            f"draws ({profile.finetune_epoch_steps} steps of batch {profile.finetune_batch_size}{elsewhere}), stopped after "
             f"{profile.finetune_patience} epochs without improvement, at most {profile.finetune_max_epochs} epochs "
             f"({profile.finetune_max_epochs * profile.finetune_epoch_steps:,} steps).")
     if predictions is None or "stop_reason" not in predictions:
@@ -172,8 +173,8 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
                                 predictions[predictions.protocol == "scratch"], by=("task", "seed"))
             lines.append(f"Run by run (same task and seed): fine-tuned above scratch in {int(pairs.a_wins.sum())} of "
                          f"{len(pairs)}.")
-    lines.append(describe_stopping(predictions, profile) + " (Paper: at most 10 epochs × 5,000 draws / batch 16 = "
-                 "3,130 steps, the epoch with the best validation AUROC kept.)")
+    lines.append(describe_stopping(predictions, profile) + " (Paper: at most 10 epochs of 5,000 draws, the epoch "
+                 "with the best validation AUROC kept; no batch size given.)")
     return _bullets(lines)
 
 

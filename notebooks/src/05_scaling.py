@@ -59,8 +59,8 @@ if parts.runs("probes"):
             preds = S.sweep(tasks, [protocol], encoder, eval_filter=eval_filter or S.site_filter, progress=False)
             rows.append(preds.assign(method=method, fraction=fraction, evaluation=evaluation))
     # whether DINO learnt: its teacher's output entropy at the end of pretraining, from each encoder's log
-    from fmct_lib.train.release import final_teacher_entropy
-    teacher = {f: final_teacher_entropy(encoder.parent) for (m, f), encoder in encoders.items() if m == "dino"}
+    from fmct_lib.train.release import final_signal
+    teacher = {f: final_signal(encoder.parent, "teacher_entropy") for (m, f), encoder in encoders.items() if m == "dino"}
     teacher = {f: h for f, h in teacher.items() if h is not None}
 
 # %%

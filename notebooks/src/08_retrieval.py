@@ -16,7 +16,7 @@ seed = 0
 methods = ["dino", "mae", "vicreg"]   # pretrained encoders compared (plus random initialisation)
 checkpoint = None                # or one encoder checkpoint, compared with random initialisation
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
-subtypes = ["iph", "ivh", "sdh", "edh", "sah"]
+subtypes = None   # retrieval; None: the paper's for RSNA (4) and CQ500 (6), else IPH, IVH, SDH, EDH, SAH
 ks = [1, 5, 10]
 patient_disjoint = False         # True: a query's ranking leaves out its patient's other scans (paper: only itself)
 

@@ -3,7 +3,7 @@
 Student and teacher ViTs with a projection head; the teacher, initialised from the student, is an EMA of
 it; the student matches the centred, sharpened teacher distribution of the other crops (the loss and the
 EMA are ``ssl/dino.py``). Two global and three local crops per scan (DESIGN §4). The paper's base learning
-rate is 3e-4 per 256 scans, warmed up over the profile's warm-up epochs (paper: 10 of 100). The schedules are
+rate is 3e-4 per 256 scans, warmed up over the profile's warm-up epochs (paper: the first 5 of 1,000). The schedules are
 set in epochs (learning-rate warm-up: the profile's ``pretrain_warmup_epochs``; teacher-temperature warm-up
 and frozen prototypes: ``DINOConfig``, which a profile may set, ``pretrain_options``), converted to steps with
 the run's steps per epoch, so a run follows them whatever its length; the teacher momentum follows the global
@@ -22,6 +22,7 @@ from ...models.vit3d import VisionTransformer3d, vit_from_config
 from ...ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_cross_entropy, distribution_health,
                          ema_update, koleo_loss, teacher_targets, update_centre)
 from ...ssl.health import representation_health
+from ..distributed import all_gather_rows
 from ..schedules import cosine_momentum, teacher_temperature
 
 __all__ = ["BASE_LR", "DINOModel", "DINOTask"]
@@ -61,7 +62,7 @@ class DINOTask:
 
     @staticmethod
     def warmup_steps(profile, steps_per_epoch: int, total_steps: int) -> int:
-        """The profile's warm-up epochs in steps (paper: 10 epochs), at most the whole run."""
+        """The profile's warm-up epochs in steps (paper: 5 epochs), at most the whole run."""
         return min(total_steps, round(profile.pretrain_warmup_epochs * steps_per_epoch))
 
     @staticmethod
@@ -134,7 +135,7 @@ class DINOTask:
         v = self.values(step)
         ema_update(self.teacher, self.student, v["momentum"])
         teacher_out, targets, features = (torch.cat(x) for x in (self._teacher_out, self._targets, self._features))
-        health = {**distribution_health(targets), **representation_health(features)}
+        health = {**distribution_health(targets), **representation_health(all_gather_rows(features))}
         if self._koleo:
             health["koleo"] = sum(self._koleo) / len(self._koleo)
         self._teacher_out, self._targets, self._features, self._koleo = [], [], [], []
