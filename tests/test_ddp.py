@@ -22,7 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-METHODS = ("dino", "mae")
+METHODS = ("dino", "mae")  # VICReg's expander has BatchNorm, per process on CPUs (SyncBatchNorm needs GPUs)
 
 
 def _worker(rank: int, world: int, port: int, root: str) -> None:
@@ -69,9 +69,9 @@ def test_two_processes_match_one(runs, method):
         for k, v in tensors:
             w = b[part][k] if k else b[part]
             assert torch.allclose(v, w, atol=1e-5, rtol=1e-4), (part, k, (v - w).abs().max())
-    # per-step losses and (DINO) all-reduced health signals agree too
+    # per-step losses, loss terms and health signals (of the global batch: all-reduced or gathered) agree too
     for r1, r2 in zip(_rows(one), _rows(two), strict=True):
-        for key in ("loss", "teacher_entropy", "kl_to_uniform", "centre_norm"):
+        for key in ("loss", "teacher_entropy", "kl_to_uniform", "centre_norm", "feature_std", "effective_rank"):
             if key in r1:
                 assert r1[key] == pytest.approx(r2[key], rel=1e-4), (r1["step"], key)
     assert json.loads((two / "config.json").read_text())["run"]["world_size"] == 2

@@ -3,8 +3,12 @@
 For every encoder released under ``encoders/`` (``$FMCT_ENCODERS``), and for toy releases this module makes
 itself (so the machinery is tested where nothing is released yet), the first 2 optimiser steps are re-run from
 the released ``config.json`` and seed, on only the scans those steps read (generated from the deterministic
-synthetic cohort's plan), and their losses are compared with the released ``metrics.csv``; the weights'
-sha256 is checked against ``release.json`` and ``MODEL_CARD.md``. Also here: the plan-to-scan-table function
+synthetic cohort's plan), and their losses are compared with the released ``metrics.csv``; every file's
+sha256 is checked against ``release.json``, the weights' against ``MODEL_CARD.md``. The first steps lie in the
+learning-rate warm-up (step 1 at learning rate 0), so the replay checks the data, views, model, loss and
+configuration, not the optimiser's update: replaying 3 steps would not help (with plain SGD in place of AdamW,
+the demo VICReg encoder's step-3 loss moves by 3.4e-4 relative, under the tolerance; measured 2026-12-06). The
+update has unit tests of its own (``test_dino_update.py``, ``test_trainer.py``). Also here: the plan-to-scan-table function
 against a generated cohort, and the refusal of a tampered or half-copied release.
 """
 from __future__ import annotations
@@ -23,9 +27,10 @@ from fmct_lib.config import get_profile
 from fmct_lib.train import pretrain
 from fmct_lib.train.trainer import pretraining_scan_ids, run_config
 from fmct_lib.train.loop import epoch_permutation
+from fmct_lib.ssl.dino import distribution_health
 from fmct_lib.train.release import (CARD_FILE, RELEASE_FILE, ReleaseCorrupt, _first_step_indices, list_releases,
                                     release_name, release_run, released_encoder, replay_many, sha256_of,
-                                    verify_release, write_model_card)
+                                    teacher_left_uniform, verify_release, write_model_card)
 
 STEPS = 2
 # Tolerance on each replayed loss, relative to the logged one. The same code, configuration and seed on the same
@@ -212,6 +217,19 @@ def test_a_tampered_or_half_copied_release_is_refused(toy, tmp_path):
     with pytest.raises(ReleaseCorrupt, match="does not match"):
         released_encoder(*args, root=tmp_path)
     weights.write_bytes(intact)
+    # the log the card reads is hashed too: the last loss changed in metrics.csv
+    metrics = tmp_path / name / "metrics.csv"
+    logged = metrics.read_text()
+    table = pd.read_csv(metrics)
+    table.loc[table.index[-1], "loss"] = 0.5
+    table.to_csv(metrics, index=False)
+    with pytest.raises(ReleaseCorrupt, match=rf"{metrics}: sha256 does not match"):
+        released_encoder(*args, root=tmp_path)
+    metrics.write_text(logged)
+    record = json.loads((tmp_path / name / RELEASE_FILE).read_text())
+    (tmp_path / name / RELEASE_FILE).write_text(json.dumps({k: v for k, v in record.items() if k != "files"}))
+    with pytest.raises(ReleaseCorrupt, match="gives no sha256 for each of"):
+        released_encoder(*args, root=tmp_path)
     (tmp_path / name / RELEASE_FILE).unlink()
     with pytest.raises(ReleaseCorrupt, match=rf"{RELEASE_FILE} is missing"):
         released_encoder(*args, root=tmp_path)
@@ -239,3 +257,17 @@ def test_the_card_gives_the_downstream_scores_it_is_given(toy, tmp_path):
     assert "| mae | 0.5 | internal test | 0.612 [0.500, 0.700] |" in card
     assert "0.900" not in card and "0.300 [" not in card
     assert all(f"`{verify_release(f)['sha256']}`" in card for f in list_releases(tmp_path / "encoders"))
+
+
+def test_the_teacher_target_refuses_both_collapses():
+    """Issue 24's DINO target on ``distribution_health`` of hand-made teacher outputs (K = 64, 32 scans): uniform
+    for every scan (entropy ln K), one prototype for every scan (entropy 0, KL to uniform ln K), and the healthy
+    case, each scan peaked on a prototype of its own (entropy ~0, mean output uniform)."""
+    k, n = 64, 32
+    uniform = torch.full((n, k), 1 / k)
+    one_prototype = torch.zeros(n, k)
+    one_prototype[:, 3] = 1
+    spread = torch.full((n, k), 0.01 / (k - 1))
+    spread[torch.arange(n), torch.arange(n) * 2] = 0.99
+    verdicts = [teacher_left_uniform(**distribution_health(p), out_dim=k) for p in (uniform, one_prototype, spread)]
+    assert verdicts == [False, False, True]

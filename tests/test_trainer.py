@@ -518,3 +518,13 @@ def test_the_done_marker_is_written_atomically(tmp_path, volumes, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(dst)), replace(src, dst))[1])
     run_dir = pretrain_on(volumes, run_dir=tmp_path / "run", **dict(RESUMABLE, max_steps=1))
     assert "done" in renamed and json.loads((run_dir / "done").read_text())["steps"] == 1
+
+
+def test_a_koleo_run_logs_its_koleo_term_in_both_logs(tmp_path, volumes):
+    run = pretrain_on(volumes, run_dir=tmp_path / "koleo", method="dino", profile="toy", seed=1, batch_size=2,
+                      max_steps=2, options={"koleo_weight": 0.1}, progress=False, device="cpu")
+    jsonl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    csv = pd.read_csv(run / "metrics.csv").set_index("step")
+    logged = [r for r in jsonl if "koleo" in r]
+    assert len(logged) == 2 and all(math.isfinite(r["koleo"]) for r in logged)
+    assert csv.loc[[1, 2], "koleo"].tolist() == pytest.approx([r["koleo"] for r in logged])

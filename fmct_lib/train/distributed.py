@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "setup", "all_reduce_mean", "all_gather_rows", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,23 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return values
+
+
+def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
+    """The rows of ``values`` of every process, in rank order (``values`` for a single process); the processes
+    may hold different numbers of rows. Not differentiable: for statistics of a global batch."""
+    if not dist.is_initialized():
+        return values
+    values = values.detach().contiguous()
+    count = torch.tensor([values.shape[0]], device=values.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padded = values.new_zeros((max(counts), *values.shape[1:]))
+    padded[:values.shape[0]] = values
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
 
 def barrier() -> None:

@@ -42,10 +42,10 @@ __all__ = ["train", "epoch_permutation", "micro_batches", "make_optimizer", "STA
 
 STATE_FILE = "state_last.pt"
 DONE_FILE = "done"
-# one row per step; a method logs the columns it has (DINO: teacher signals; VICReg: its three terms), and the
-# rows at epoch ends carry the validation kNN score of the frozen encoder (``train/monitor.py``)
+# one row per step; a method logs the columns it has (DINO: teacher signals, KoLeo where weighted; VICReg: its
+# three terms), and the rows at epoch ends carry the validation kNN score of the frozen encoder (``train/monitor.py``)
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "momentum", "teacher_temp", "teacher_entropy", "kl_to_uniform",
-                  "centre_norm", "feature_std", "effective_rank", "invariance", "variance", "covariance",
+                  "centre_norm", "feature_std", "effective_rank", "koleo", "invariance", "variance", "covariance",
                   "knn_auroc", "throughput"]
 
 
@@ -194,6 +194,11 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     task.to(device)
     model = task.model
     if world > 1:
+        if device.type == "cuda":  # BatchNorm (VICReg's expander) over the global batch, as one process has it
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(task.model)
+        elif any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in task.model.modules()):
+            warnings.warn(f"{task.name}: BatchNorm statistics are per process on CPUs (torch's SyncBatchNorm needs "
+                          f"GPUs), so this {world}-process run differs from a one-process run", stacklevel=2)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(task.model, config["lr"], config["weight_decay"], config["betas"])
     autocast, needs_scaler = autocast_for(device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -42,7 +43,7 @@ from .loop import DONE_FILE, micro_batches
 from .methods import get_method
 from .trainer import ENCODER_FILE, default_run_dir, pretrain_on, pretraining_scan_ids, run_config
 
-__all__ = ["encoders_root", "final_teacher_entropy", "release_name", "release_run", "released_encoder",
+__all__ = ["encoders_root", "final_signal", "teacher_left_uniform", "release_name", "release_run", "released_encoder",
            "verify_release", "list_releases", "write_model_card", "replay_first_steps", "replay_many", "ReleaseCorrupt", "RELEASE_FILE", "CARD_FILE"]
 
 RELEASE_FILE = "release.json"
@@ -54,15 +55,24 @@ class ReleaseCorrupt(RuntimeError):
     """A released encoder whose files do not match its ``release.json`` (tampered with, or half copied)."""
 
 
-def final_teacher_entropy(folder) -> float | None:
-    """The DINO teacher's output entropy over the last 10% of the logged steps of a pretraining run or release
-    ``folder`` (its ``metrics.csv``); None where it logged none (another method, or no log)."""
+def final_signal(folder, column: str = "teacher_entropy") -> float | None:
+    """The mean of a logged signal (default: the DINO teacher's output entropy) over the last 10% of the logged
+    steps of a pretraining run or release ``folder`` (its ``metrics.csv``); None where it logged none (another
+    method, or no log)."""
     log = Path(folder) / "metrics.csv"
     if not log.exists():
         return None
     metrics = pd.read_csv(log)
-    entropy = metrics["teacher_entropy"].dropna() if "teacher_entropy" in metrics else pd.Series(dtype=float)
-    return float(entropy.tail(max(1, len(entropy) // 10)).mean()) if len(entropy) else None
+    values = metrics[column].dropna() if column in metrics else pd.Series(dtype=float)
+    return float(values.tail(max(1, len(values) // 10)).mean()) if len(values) else None
+
+
+def teacher_left_uniform(teacher_entropy: float, kl_to_uniform: float, out_dim: int) -> bool:
+    """Whether a DINO teacher (its ``final_signal`` values) escaped both collapses: each scan's output below
+    99% of the uniform entropy ln K (not uniform), and the mean output's KL to uniform below ln K / 2 (not the
+    same prototype for every scan, where the entropy is 0 and the KL ln K)."""
+    uniform = math.log(out_dim)
+    return teacher_entropy < 0.99 * uniform and kl_to_uniform < 0.5 * uniform
 
 
 def release_name(dataset: str, method: str, fraction: float, profile, seed: int) -> str:
@@ -129,6 +139,7 @@ def release_run(run_dir, dest_root=None) -> Path:
         "name": name, "method": run["method"], "dataset": meta["dataset"], "fraction": meta["fraction"],
         "profile": config["profile"]["name"], "seed": run["seed"],
         "sha256": sha256_of(folder / ENCODER_FILE), "bytes": (folder / ENCODER_FILE).stat().st_size,
+        "files": {file: sha256_of(folder / file) for file in COPIED_FILES},
         "steps": run["total_steps"],
         "step_minutes": round(float((run["global_batch"] / steps["throughput"]).sum()) / 60, 2),
         "finished": _iso(finished) if finished else None, "released": _iso(time.time()),
@@ -139,8 +150,9 @@ def release_run(run_dir, dest_root=None) -> Path:
 
 
 def verify_release(folder) -> dict:
-    """The ``release.json`` of the release ``folder`` once its weights' sha256 matches it; else
-    ``ReleaseCorrupt`` naming the file."""
+    """The ``release.json`` of the release ``folder`` once the sha256 of each of its files (the weights, the
+    run's ``config.json`` and its ``metrics.csv``, which the card reads) matches it; else ``ReleaseCorrupt``
+    naming the file."""
     folder = Path(folder)
     record_path, weights = folder / RELEASE_FILE, folder / ENCODER_FILE
     if not record_path.exists():
@@ -154,6 +166,16 @@ def verify_release(folder) -> dict:
         raise ReleaseCorrupt(f"{weights}: sha256 {actual[:16]}… does not match {record['sha256'][:16]}… in "
                              f"{record_path} (the file was changed or copied half way); restore it "
                              "(git checkout encoders/) or rebuild it (make pretrain)")
+    if set(record.get("files", {})) != set(COPIED_FILES):
+        raise ReleaseCorrupt(f"{record_path} gives no sha256 for each of {', '.join(COPIED_FILES)} (a release "
+                             "made before they were recorded?); release it again (make pretrain)")
+    for file, expected in record["files"].items():
+        path = folder / file
+        if not path.exists():
+            raise ReleaseCorrupt(f"{path} is missing, though {record_path} lists it")
+        if sha256_of(path) != expected:
+            raise ReleaseCorrupt(f"{path}: sha256 does not match {expected[:16]}… in {record_path} (the file was "
+                                 "changed); restore it (git checkout encoders/) or rebuild it (make pretrain)")
     return record
 
 
@@ -283,8 +305,11 @@ def write_model_card(root=None, downstream: pd.DataFrame | None = None, targets:
               "", "## Provenance", "",
               "`tests/test_provenance.py` (in `make test`) re-runs the first 2 optimiser steps of every encoder "
               "here from its `config.json` and seed, generating only the scans those steps read, and compares "
-              "the losses with its `metrics.csv`; it checks each file's sha256 against `release.json` and this "
-              "card.", ""]
+              "the losses with its `metrics.csv`, and the configuration this code derives with its `config.json`; "
+              "it checks each file's sha256 against `release.json`, and the weights' against this card. The "
+              "first steps run in the learning-rate warm-up (step 1 at learning rate 0), so the replay checks "
+              "the data, views, model, loss and configuration, not the optimiser's update (the unit tests of "
+              "`tests/test_dino_update.py` and `tests/test_trainer.py` check that).", ""]
     return atomic_write_text(root / CARD_FILE, "\n".join(lines))
 
 

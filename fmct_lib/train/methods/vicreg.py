@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ...data.augment import AugmentConfig, multicrop_views
 from ...models.vit3d import VisionTransformer3d, vit_from_config
 from ...ssl.health import representation_health
+from ..distributed import all_gather_rows
 
 __all__ = ["VICRegOptions", "VICRegTask", "vicreg_loss", "Expander"]
 
@@ -127,7 +128,8 @@ class VICRegTask:
         self.cfg, self.augment = VICRegOptions(**run["vicreg"]), augment
         self.net = _VICRegModel(vit_from_config(profile.model), Expander(profile.model.embed_dim,
                                                                            self.cfg.expander_dim))
-        self._signals: dict = {}
+        self._terms: list[dict] = []              # each micro-step's loss terms
+        self._features: list[torch.Tensor] = []   # the backbone's cls of the first views (health)
 
     @property
     def model(self) -> nn.Module:
@@ -145,14 +147,20 @@ class VICRegTask:
             features, z = model(torch.cat([view_a, view_b]))
         c = self.cfg
         loss, terms = vicreg_loss(z[:n], z[n:], c.sim_coeff, c.std_coeff, c.cov_coeff)
-        self._signals = {**terms, **representation_health(features[:n])}
+        self._terms.append(terms)
+        self._features.append(features[:n].detach().float())
         return loss
 
     def before_optimizer(self, step: int) -> None:
         pass
 
     def after_step(self, step: int) -> dict:
-        return self._signals
+        """The loss terms (mean over the step's micro-steps) and the health of the step's features, gathered
+        from every process."""
+        terms = {k: sum(t[k] for t in self._terms) / len(self._terms) for k in self._terms[0]}
+        health = representation_health(all_gather_rows(torch.cat(self._features)))
+        self._terms, self._features = [], []
+        return {**terms, **health}
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict()}
