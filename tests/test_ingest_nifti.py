@@ -87,8 +87,8 @@ def test_ingest_nifti_end_to_end(hospital, env):
     root, manifest = env
     known_before = read_manifest(manifest)
     assert fmct(["ingest", "nifti", "--name", "hosp", "--source", str(src), "--labels", str(labels),
-                 "--path-col", "file", "--patient-col", "mrn", "--map", "dx_tumor=tumor", "dx_edema=edema",
-                 "--workers", "1"]) == 0
+                 "--path-col", "file", "--patient-col", "mrn", "--map", "dx_tumor=tumor", "--map", "dx_edema=edema",
+                 "--workers", "1"]) == 0   # --map repeated: every mapping kept
     scans = load_scans("hosp")
     assert len(scans) == 40
     rejects = pd.read_csv(root / "hosp" / "rejects.csv")

@@ -1,15 +1,24 @@
-"""The ``fmct`` command line: thin subcommands over library calls (DESIGN §1).
+"""The ``fmct`` command line: thin subcommands over library calls (docs/architecture.md).
 
 One file per subcommand in this folder, each with two functions, ``add_arguments(parser)`` and
 ``run(args) -> int`` (the exit status); a new subcommand is one file plus one line in ``SUBCOMMANDS``.
 Arguments several subcommands share come from ``options`` with one default each. Modules are imported only
 when their subcommand runs, so ``fmct --help`` stays fast (no ``import monai`` or ``import umap`` at start-up).
+A problem with what the user gave (a dataset not ingested, a bad option value or file: ``USER_ERRORS``) is one
+line on stderr, ``fmct <command>: error: …``, and exit status 2, as argparse's own usage errors;
+``FMCT_TRACEBACK=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+EXIT_BAD_INPUT = 2
+# what a subcommand raises for input it cannot use: a missing dataset, cache or file (``StageMissing`` is a
+# FileNotFoundError), a bad value (a filter, an option, a fraction)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError)
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -43,4 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    try:
+        return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    except USER_ERRORS as e:
+        if os.environ.get("FMCT_TRACEBACK"):
+            raise
+        print(f"fmct {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -4,14 +4,17 @@
 
 The table holds scan_id, patient_id, split, the protocol columns (manufacturer, slice thickness, kVp,
 site), the label columns and the vector ``e0 … e{D-1}``; ``.csv`` or ``.npz`` by the file's suffix. A refused
-encoder file prints one line on stderr (the file and the problem, no traceback) and exits 2.
+encoder file, one whose input size is not the profile's, or another suffix prints one line on stderr (the file
+and the problem, no traceback) and exits 2, before anything is computed.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .options import add_dataset, add_device, add_preset, add_profile, parse_filter
+from pathlib import Path
+
+from .options import add_dataset, add_device, add_preset, add_profile, input_size_problem, parse_filter
 
 EXIT_BAD_INPUT = 2  # the encoder cannot be used (as ``fmct ingest``'s unusable source)
 
@@ -33,15 +36,20 @@ def run(args: argparse.Namespace) -> int:
     from ..downstream.embeddings import embed
     from ..models.checkpoints import CheckpointError, load_encoder
     from ..pipeline import ensure_cache
+    spec = preset_spec(args.preset, args.profile)
     try:  # before the cache: a refused file is one line (the file and the problem), not a traceback
         encoder = load_encoder(args.encoder)
+        problem = input_size_problem(args.encoder, encoder, spec)
     except (CheckpointError, FileNotFoundError) as e:
-        print(f"fmct embed: error: {' '.join(str(e).split())}", file=sys.stderr)
+        problem = str(e)
+    if Path(args.out).suffix not in (".csv", ".npz"):
+        problem = f"--out {args.out}: the table is written as .csv or .npz, by the file's suffix"
+    if problem:
+        print(f"fmct embed: error: {' '.join(problem.split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     ensure_cache(args.dataset, args.profile, args.preset)
     table = embed(args.dataset, encoder, args.profile, split=args.split, filter=parse_filter(args.filter),
-                  spec=preset_spec(args.preset, args.profile), batch_size=args.batch_size, out=args.out,
-                  device=args.device)
+                  spec=spec, batch_size=args.batch_size, out=args.out, device=args.device)
     dims = sum(c.startswith("e") and c[1:].isdigit() for c in table.columns)
     print(f"{len(table)} embeddings of dimension {dims} -> {args.out}")
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_dataset, add_device, add_preset, add_profile, csv_list, parse_filter
+from .options import add_dataset, add_device, add_preset, add_profile, csv_list, input_size_problem, parse_filter
 
 EXIT_BAD_INPUT = 2  # the encoder cannot be used (as ``fmct ingest``'s unusable source); 1: nothing evaluated
 
@@ -106,10 +106,7 @@ def _encoder_problem(encoder, protocols: list[str], spec) -> str | None:
         model = load_encoder(encoder)
     except (CheckpointError, FileNotFoundError) as e:
         return str(e)
-    if model.config.img_size != spec.input_size:
-        return (f"{encoder}: the encoder takes {model.config.img_size}³ inputs but the {spec.name} preprocessing "
-                f"of this profile makes {spec.input_size}³ (choose the encoder's --profile)")
-    return None
+    return input_size_problem(encoder, model, spec)
 
 
 def _summary(predictions, split: str) -> tuple[str, bool]:
@@ -121,6 +118,7 @@ def _summary(predictions, split: str) -> tuple[str, bool]:
     metrics = task_metrics(predictions, by=("protocol", "k", "seed", "task"))
     keys = ["task", "protocol", "k"]
     auroc = metrics.groupby(keys)["auroc"].mean().unstack(["protocol", "k"])
+    auroc = auroc[sorted(auroc.columns, key=lambda c: (c[0], float("inf") if c[1] == "all" else float(c[1])))]
     reason = metrics.groupby(keys)["reason"].first().unstack(["protocol", "k"]).reindex_like(auroc)
     table = auroc.round(3).astype(object)
     table[auroc.isna()] = reason[auroc.isna()].map(

@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None,
                    help="CSV with a path column, a patient column and label columns (format: docs/guide.md, "
                         "'Your own data'; sample: examples/labels.csv)")
-    p.add_argument("--map", nargs="*", default=[], metavar="COLUMN=TASK",
-                   help="a label column of the CSV and the task it becomes, e.g. bleed=ich; values 1/0, yes/no, y/n, "
+    p.add_argument("--map", nargs="+", action="extend", default=[], metavar="COLUMN=TASK",
+                   help="label columns of the CSV and the tasks they become, e.g. bleed=ich sah=sah (repeatable); "
+                        "values 1/0, yes/no, y/n, "
                         "true/false or positive/negative (any case), empty where unknown")
     p.add_argument("--path-col", default="path", metavar="COLUMN",
                    help="the CSV column of each volume's file, relative to --source or a bare name (default path)")

@@ -54,3 +54,12 @@ def parse_filter(items: list[str] | None) -> dict | None:
         key, value = item.split("=", 1)
         out[key] = value.split("+") if "+" in value else value
     return out
+
+
+def input_size_problem(encoder: str, model, spec) -> str | None:
+    """Why the encoder ``model`` (loaded from ``encoder``) cannot take the inputs of the preprocessing ``spec``,
+    or None: its input size must be the spec's."""
+    if model.config.img_size != spec.input_size:
+        return (f"{encoder}: the encoder takes {model.config.img_size}³ inputs but the {spec.name} preprocessing "
+                f"of this profile makes {spec.input_size}³ (choose the encoder's --profile)")
+    return None
