@@ -290,7 +290,7 @@ def test_cli_pretrains_a_dataset_through_the_cache(isolated_roots, monkeypatch):
     assert config["n_scans"] == 5 and config["n_rejected"] == 1  # the unreadable scan is skipped, not fatal
 
 
-def test_pretrain_reads_the_cache_and_never_builds_it(isolated_roots, monkeypatch):
+def test_pretrain_reads_the_cache_and_never_builds_it(isolated_roots, monkeypatch, capsys):
     from fmct_lib.cli import main
     from fmct_lib.data.cache import build_cache, read_index
     from fmct_lib.data.preprocess import paper_spec
@@ -309,6 +309,11 @@ def test_pretrain_reads_the_cache_and_never_builds_it(isolated_roots, monkeypatc
         pretrain(**args)
     # under torchrun (WORLD_SIZE > 1) the command line leaves the cache alone and says which command builds it
     monkeypatch.setenv("WORLD_SIZE", "2")
+    capsys.readouterr()
+    assert main(TINY_CLI) == 2   # one line on stderr, not a traceback
+    err = capsys.readouterr().err
+    assert err.startswith("fmct pretrain: error: ") and "fmct cache --dataset tiny --profile toy" in err
+    monkeypatch.setenv("FMCT_TRACEBACK", "1")   # the exception itself, for debugging
     with pytest.raises(StageMissing, match="fmct cache --dataset tiny --profile toy"):
         main(TINY_CLI)
     assert sorted(read_index("tiny", spec)["scan_id"]) == ["s0", "s1", "s2"]
@@ -392,7 +397,7 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, volumes, monk
         run_config("tiny", "toy", n_scans=8, options={"n_local_crops": 2})
 
 
-def test_the_registry_drives_the_command_line(monkeypatch):
+def test_the_registry_drives_the_command_line(monkeypatch, capsys):
     from fmct_lib.cli import build_parser, main
     from fmct_lib.cli.pretrain import parse_options
 
@@ -414,8 +419,9 @@ def test_the_registry_drives_the_command_line(monkeypatch):
     assert parse_options("mae", [("norm_pix_loss", "true")]) == {"norm_pix_loss": True}
     with pytest.raises(ValueError, match="expected true or false"):
         parse_options("mae", [("norm_pix_loss", "maybe")])
-    with pytest.raises(ValueError, match="'dino' has no option 'norm_pix_loss'"):  # before any work is done
-        main(["pretrain", "--method", "dino", "--option", "norm_pix_loss=true", "--dataset", "nowhere"])
+    # before any work is done (the dataset is not even looked for): one line, exit 2
+    assert main(["pretrain", "--method", "dino", "--option", "norm_pix_loss=true", "--dataset", "nowhere"]) == 2
+    assert "'dino' has no option 'norm_pix_loss'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser(load="pretrain").parse_args(["pretrain", "--option", "no-equals-sign"])
 
