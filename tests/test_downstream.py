@@ -1003,3 +1003,42 @@ def test_a_dataset_with_its_own_epoch_draws_trains_on_them(toy_world):
     cq500 = runs_module.default_run_name({**signature, "hparams": asdict(HParams.from_profile("paper", "cq500"))})
     assert cq500.endswith("/seed0")
     assert not runs_module.default_run_name({**signature, "hparams": asdict(HParams.from_profile("paper"))}).endswith("/seed0")
+
+
+def test_predict_runs_the_model_where_its_inputs_go(monkeypatch):
+    """A kept classifier is loaded on the CPU; ``predict`` on a GPU moves it there with its inputs ("meta" stands in
+    for the GPU: no CUDA here)."""
+    enc = vit_from_config(ModelConfig(img_size=8, patch_size=4, embed_dim=12, depth=1, num_heads=2))
+    model = Classifier(enc, build_head("linear", enc))
+    seen = []
+    monkeypatch.setattr(precision, "infer", lambda fn, batches, device: seen.append(
+        (str(device), {p.device.type for p in model.parameters()})) or [])
+    downstream.predict(model, VolumeSource(torch.rand(4, 3, 8, 8, 8)), 2, device="meta")
+    assert seen == [("meta", {"meta"})]
+
+
+@pytest.mark.parametrize("name", ["attentive", "abmil", "linear"])
+def test_a_frozen_probe_predicts_on_the_jobs_device(name, monkeypatch):
+    """The probes train on the job's device and must predict there too (on a GPU, a CPU prediction of a GPU head
+    is a device-mismatch error): every ``predict`` they make is given the job's device."""
+    from fmct_lib.downstream import features
+    enc = vit_from_config(ModelConfig(img_size=8, patch_size=4, embed_dim=12, depth=1, num_heads=2))
+    source = VolumeSource(torch.rand(8, 3, 8, 8, 8))
+    devices = []
+
+    def spy_predict(model, source, batch_size, indices=None, device="cpu"):
+        devices.append(device)
+        return np.linspace(0.1, 0.9, len(source))
+
+    monkeypatch.setattr(protocols, "predict", spy_predict)
+    monkeypatch.setattr(protocols, "encoder_module", lambda encoder, profile: enc)
+    monkeypatch.setattr(features, "encoder_id", lambda encoder: "enc")
+    monkeypatch.setattr(features, "encoder_tokens", lambda encoder, identity, source, batch_size, device="cpu",
+                        cache=None: torch.rand(len(source), 9, 12))
+    monkeypatch.setattr(protocols, "fit", lambda model, *a, device="cpu", **k: (
+        [], downstream.training.Stopping("cap", 1, 1, None, None, None, 1, 1, 1)))
+    job = protocols.TrainingJob(profile=TOY, hp=HParams.from_profile(TOY), seed=0, encoder="enc.safetensors",
+                                input_size=8, train=source, train_labels=np.array([0, 1] * 4), val=source,
+                                val_labels=np.array([0, 1] * 4), train_indices=None, device="cuda:1", progress=False)
+    protocols.get_protocol(name).train(job).predict(source)
+    assert devices and set(devices) == {"cuda:1"}

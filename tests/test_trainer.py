@@ -534,3 +534,33 @@ def test_a_koleo_run_logs_its_koleo_term_in_both_logs(tmp_path, volumes):
     logged = [r for r in jsonl if "koleo" in r]
     assert len(logged) == 2 and all(math.isfinite(r["koleo"]) for r in logged)
     assert csv.loc[[1, 2], "koleo"].tolist() == pytest.approx([r["koleo"] for r in logged])
+
+
+def test_a_run_saved_without_loss_scaling_resumes_where_the_device_needs_it(tmp_path, volumes, monkeypatch):
+    """A run saved on a CPU (or a bf16 GPU) holds an empty scaler state; resumed on an fp16 GPU (a V100, a T4),
+    where the loss is scaled, it starts a fresh scaler instead of failing. Loss scaling stands in for the GPU."""
+    import contextlib
+    from fmct_lib.train import loop
+    kwargs = dict(method="mae", profile="toy", seed=1, batch_size=2, progress=False, device="cpu")
+    run = pretrain_on(volumes, run_dir=tmp_path / "run", max_steps=4, stop_after=2, **kwargs)
+    assert torch.load(run / STATE_FILE, weights_only=True)["scaler"] == {}
+    monkeypatch.setattr(loop, "autocast_for", lambda device: (contextlib.nullcontext, True))
+    pretrain_on(volumes, run_dir=tmp_path / "run", max_steps=4, **kwargs)
+    assert torch.load(run / STATE_FILE, weights_only=True)["scaler"]["scale"] > 0  # scaled from step 3 on
+
+
+def test_a_resume_on_fewer_gpus_restores_the_random_states_they_have(monkeypatch):
+    """A state saved on a machine with 2 GPUs restores GPU 0's generator on a machine with 1 (torch's
+    ``set_rng_state_all`` would index a second GPU that is not there); CUDA stands in by monkeypatching."""
+    from fmct_lib.train import loop
+    generator = torch.Generator().manual_seed(0)
+    state = loop._rng_state(generator)
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append((int(s[0]), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend((int(s[0]), i) for i, s in
+                                                                                         enumerate(states)))
+    loop._set_rng_state(state, generator)
+    assert restored == [(0, 0)]

@@ -166,7 +166,8 @@ def train_attentive_probe(protocol: Protocol, job: TrainingJob) -> Trained:
     hp = replace(job.hp, flip_p=0.0, shift_p=0.0)
     args = {**job.fit_args(), "train": tokens(job.train), "val": tokens(job.val) if job.val is not None else None}
     history, stopping = fit(probe, hp=hp, frozen=True, seed=job.seed, **args)
-    return Trained(Classifier(encoder, head), lambda source: predict(probe, tokens(source), hp.batch_size),
+    return Trained(Classifier(encoder, head),
+                   lambda source: predict(probe, tokens(source), hp.batch_size, device=job.device),
                    history, asdict(stopping))
 
 
@@ -217,8 +218,8 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
                 "stopped_step": int(model.n_iter_.max()), "best_epoch": None, "best_step": None,
                 "best_val_auroc": scores[c] if scored else None, "patience": None, "max_epochs": None,
                 "steps_per_epoch": None}
-    return Trained(Classifier(encoder, head), lambda source: predict(probe, tokens(source), job.hp.batch_size),
-                   [], stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
+    return Trained(Classifier(encoder, head),
+                   lambda source: predict(probe, tokens(source), job.hp.batch_size, device=job.device), [], stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
 
 
 def _write_logistic(head: torch.nn.Module, scaler, model) -> None:

@@ -104,8 +104,9 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and torch.cuda.is_available():  # as many GPUs as both machines have (the views draw on the CPU)
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
@@ -202,7 +203,7 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(task.model, config["lr"], config["weight_decay"], config["betas"])
     autocast, needs_scaler = autocast_for(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
     generator = torch.Generator().manual_seed(config["seed"])
 
     step = 0
@@ -211,7 +212,8 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
         state = _load_state(state_path)
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty where the run was saved without loss scaling (CPU, bf16), as a fresh scaler
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], generator)
         step = int(state["step"])
     log = MetricsLog(run_dir, step) if dist_info.is_main else None
