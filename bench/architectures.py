@@ -30,11 +30,15 @@ DINO_TARGET = 90.0  # scans/s end to end on one H100 (issue 27)
 
 
 def versions() -> str:
-    import monai
-    import numpy
-    import transformers
-    parts = [f"torch {torch.__version__}", f"transformers {transformers.__version__}", f"monai {monai.__version__}",
-             f"numpy {numpy.__version__}", f"python {sys.version.split()[0]}"]
+    """The libraries the measurements ran on (a library that is not installed says so, and the table still prints)."""
+    import importlib.metadata as metadata
+    parts = [f"torch {torch.__version__}"]
+    for name in ("transformers", "monai", "numpy"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    parts.append(f"python {sys.version.split()[0]}")
     if torch.cuda.is_available():
         parts += [f"CUDA {torch.version.cuda}", f"cuDNN {torch.backends.cudnn.version()}"]
     return ", ".join(parts)

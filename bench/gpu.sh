@@ -6,14 +6,21 @@
 # on toy volumes (cohort, cache, DINO pretraining, fine-tuned / scratch / probes / few-shot, embeddings) on the GPU,
 # each run recording the precision it computed in.
 #
-#     bench/gpu.sh [OUTDIR]            # default runs/bench_gpu; ~6 min on an H100 (estimated)
+#     bench/gpu.sh [OUTDIR [STEP...]]   # default runs/bench_gpu, every step: dino smoke mae architectures precision
+#     bench/gpu.sh OUT dino smoke; bench/gpu.sh OUT mae architectures precision   # two calls of <= 10 min each
 #
-# Each step writes its own log under OUTDIR and has its own time limit, so one that fails (a package missing,
-# out of memory) leaves the others' numbers; DINO's step retries at half the batch when the paper's 64 does not
-# fit. A machine without network: put wheels of the fmct dependencies its Python lacks in a folder and set FMCT_WHEELS
-# to it (a stock CUDA PyTorch image typically lacks monai, platformdirs, nibabel and pydicom). Without a GPU the scripts measure the demo profile on the CPU instead.
+# Each step writes its own log under OUTDIR and has its own time limit (dino 240 s, and 240 s more for its retry;
+# smoke 240; mae 120; architectures 300; precision 180: at most 22 min in all, not yet measured on a GPU), so one
+# that fails (a package missing, out of memory) leaves the others' numbers; DINO's step retries at half the batch
+# when the paper's 64 does not fit. A machine without network: put wheels of the fmct dependencies its Python
+# lacks in a folder and set FMCT_WHEELS to it (a stock CUDA PyTorch image typically lacks monai, platformdirs,
+# nibabel, pydicom and nilearn, whose MNI152 templates the synthetic cohort is built on). Without a GPU the
+# scripts measure the demo profile on the CPU instead.
 set -u
 out=${1:-runs/bench_gpu}
+steps=" ${*:2} "
+[ "$steps" = "  " ] && steps=" dino smoke mae architectures precision "
+wanted() { [[ "$steps" == *" $1 "* ]]; }
 py=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -38,9 +45,11 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, keep its log
 } > "$out/machine.log" 2>&1
 cat "$out/machine.log"
 
-step dino 240 "$py" bench/architectures.py --architectures vit --repeats 3
-if grep -q "OutOfMemoryError" "$out/dino.log"; then
-  step dino_half_batch 240 "$py" bench/architectures.py --architectures vit --repeats 3 --dino-batch 32
+if wanted dino; then
+  step dino 240 "$py" bench/architectures.py --architectures vit --repeats 3
+  if grep -q "OutOfMemoryError" "$out/dino.log"; then
+    step dino_half_batch 240 "$py" bench/architectures.py --architectures vit --repeats 3 --dino-batch 32
+  fi
 fi
 smoke() {  # the library end to end on toy volumes, in this device's precision: cohort, cache, DINO, downstream, embed
   export FMCT_DATA="$out/smoke/data" FMCT_CACHE="$out/smoke/cache" FMCT_RUNS="$out/smoke/runs"
@@ -53,8 +62,8 @@ smoke() {  # the library end to end on toy volumes, in this device's precision: 
     && grep -rh '"precision"' "$out/smoke/runs/downstream" | sort | uniq -c
 }
 export -f smoke; export out py
-step smoke 240 bash -c smoke
-step mae 120 "$py" bench/pretrain.py --methods mae
-step architectures 300 "$py" bench/architectures.py --no-dino
-step precision 180 "$py" bench/precision.py --profiles demo paper
+wanted smoke && step smoke 240 bash -c smoke
+wanted mae && step mae 120 "$py" bench/pretrain.py --methods mae
+wanted architectures && step architectures 300 "$py" bench/architectures.py --no-dino
+wanted precision && step precision 180 "$py" bench/precision.py --profiles demo paper
 echo "logs in $out"

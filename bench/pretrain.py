@@ -71,7 +71,8 @@ def bench(method: str, profile, batch: int, steps: int, device: torch.device, pe
     augment = AugmentConfig.from_profile(profile, **Method.crops(run))
     task = Method(profile, augment, run).to(device)
     opt = make_optimizer(task.model, run["lr"], run["weight_decay"], run["betas"])
-    autocast, _ = autocast_for(device)
+    autocast, needs_scaler = autocast_for(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)  # fp16 GPUs (V100, T4) scale the loss, as loop.py
     gen = torch.Generator().manual_seed(0)
     data, source = _canvases(profile, batch * (steps + 1))
     loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=_collate, num_workers=2,
@@ -83,9 +84,11 @@ def bench(method: str, profile, batch: int, steps: int, device: torch.device, pe
 
     def model_step(canvases, step):
         loss = task.micro_step(task.model, canvases, gen, slice(None), batch, step, autocast)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         task.before_optimizer(step)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         task.after_step(step)
 
