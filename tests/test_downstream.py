@@ -118,9 +118,9 @@ class RecordingSource(VolumeSource):
         super().__init__(data)
         self.asked = []
 
-    def batches(self, indices, batch_size):
+    def batches(self, indices, batch_size, device=None):
         self.asked.append([int(i) for i in indices])
-        return super().batches(indices, batch_size)
+        return super().batches(indices, batch_size, device)
 
 
 @pytest.mark.parametrize("subset", [12, 0])
@@ -1042,3 +1042,22 @@ def test_a_frozen_probe_predicts_on_the_jobs_device(name, monkeypatch):
                                 val_labels=np.array([0, 1] * 4), train_indices=None, device="cuda:1", progress=False)
     protocols.get_protocol(name).train(job).predict(source)
     assert devices and set(devices) == {"cuda:1"}
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_model_inputs_are_made_on_the_device_they_go_to(held):
+    """The cached canvases go to the device first and the crop, windows and resize (``to_input``) run there, so a
+    GPU run does not preprocess in the CPU's main process ("meta" stands in for the GPU)."""
+    seen = []
+
+    def to_input(x):
+        seen.append(x.device.type)
+        return x * 2
+
+    canvases = [torch.full((2, 2, 2), i, dtype=torch.int16) for i in range(3)]
+    source = VolumeSource(torch.stack(canvases) if held else canvases, to_input=to_input)
+    out = list(source.batches([2, 0, 1], 2, device="meta"))
+    assert seen == ["meta", "meta"] and [b.shape[0] for b in out] == [2, 1]
+    assert all(b.device.type == "meta" and b.dtype == torch.float32 for b in out)
+    on_cpu = torch.cat(list(source.batches([2, 0, 1], 2)))   # no device: where they are read, as before
+    assert on_cpu.device.type == "cpu" and on_cpu[:, 0, 0, 0].tolist() == [4.0, 0.0, 2.0]

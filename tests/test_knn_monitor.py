@@ -33,7 +33,7 @@ class _Source:
     def __init__(self, rows, features):
         self.rows, self.features = rows, features
 
-    def batches(self, indices, batch_size):
+    def batches(self, indices, batch_size, device=None):
         ids = self.rows.scan_id.to_numpy()[list(indices)]
         for s in range(0, len(ids), batch_size):
             yield torch.tensor(np.stack([self.features[i] for i in ids[s:s + batch_size]]), dtype=torch.float32)

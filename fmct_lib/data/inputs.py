@@ -45,19 +45,24 @@ class VolumeSource:
     def __len__(self) -> int:
         return len(self.data)
 
-    def batches(self, indices, batch_size: int):
-        """Yield input batches (float32) for ``indices`` in order."""
+    def batches(self, indices, batch_size: int, device=None):
+        """Yield input batches (float32) for ``indices`` in order, on ``device`` (default: where they are read).
+        The cached canvases go to the device as they are read and ``to_input`` (crop, windows, resize) runs
+        there: on a GPU, not in the CPU's main process."""
         indices = [int(i) for i in indices]
         if torch.is_tensor(self.data):
             for s in range(0, len(indices), batch_size):
-                yield self._finish(self.data[indices[s:s + batch_size]])
+                yield self._finish(self.data[indices[s:s + batch_size]], device)
             return
+        pin = device is not None and torch.device(device).type == "cuda"
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
-                                             shuffle=False, num_workers=self.num_workers)
+                                             shuffle=False, num_workers=self.num_workers, pin_memory=pin)
         for batch in loader:
-            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch)
+            yield self._finish(batch["volume"] if isinstance(batch, dict) else batch, device)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, device=None) -> torch.Tensor:
+        if device is not None:
+            x = x.to(device, non_blocking=True)
         return (self.to_input(x) if self.to_input else x).float()
 
 

@@ -55,7 +55,7 @@ def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None =
             spec = paper_spec(profile)
         source, table = volume_source(dataset, table, spec)
     batch_size = batch_size or profile.finetune_batch_size
-    vectors = infer(model, tqdm(source.batches(range(len(table)), batch_size), total=-(-len(table) // batch_size),
+    vectors = infer(model, tqdm(source.batches(range(len(table)), batch_size, device), total=-(-len(table) // batch_size),
                                 desc=f"embed {dataset}", disable=not progress), device)
     vectors = torch.cat(vectors).numpy() if vectors else np.zeros((0, model.embed_dim), np.float32)
     try:

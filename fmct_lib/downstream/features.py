@@ -71,7 +71,7 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
         tokens = load_file(str(path))["tokens"]
     else:
         encoder.to(device).eval()
-        batches = infer(encoder.forward_features, source.batches(range(len(source)), batch_size), device)
+        batches = infer(encoder.forward_features, source.batches(range(len(source)), batch_size, device), device)
         tokens = torch.cat(batches) if batches else torch.zeros(0)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

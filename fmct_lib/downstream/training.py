@@ -119,7 +119,7 @@ def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=No
     ``device`` first (a kept classifier is loaded on the CPU)."""
     model.to(device).eval()
     indices = range(len(source)) if indices is None else indices
-    out = precision.infer(lambda x: F.softmax(model(x).float(), dim=1)[:, 1], source.batches(indices, batch_size), device)
+    out = precision.infer(lambda x: F.softmax(model(x).float(), dim=1)[:, 1], source.batches(indices, batch_size, device), device)
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -178,7 +178,7 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             idx = order[s:s + hp.batch_size]
             if len(idx) < 2:  # BatchNorm in the heads needs two samples
                 continue
-            x = augment_batch(next(train.batches(idx, len(idx))), hp, gen).to(device)
+            x = augment_batch(next(train.batches(idx, len(idx), device)), hp, gen)
             y = torch.as_tensor(labels[idx], device=device)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, total, warmup, group["peak"], 0.0)

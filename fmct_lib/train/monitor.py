@@ -60,7 +60,7 @@ class KnnMonitor:
     @torch.no_grad()
     def _embed(self, encoder, source, device) -> torch.Tensor:
         src, rows = source
-        return torch.cat(infer(encoder, src.batches(range(len(rows)), 32), device))
+        return torch.cat(infer(encoder, src.batches(range(len(rows)), 32, device), device))
 
     def __call__(self, encoder, device="cpu") -> dict:
         if not self.tasks:
