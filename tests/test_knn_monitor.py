@@ -83,3 +83,15 @@ def test_without_a_scorable_task_the_monitor_reads_nothing_and_says_nan(read):
     monitor = KnnMonitor("synthetic", scans, ["rare", "unread"], spec=None)
     assert monitor.tasks == [] and asked == []
     assert np.isnan(monitor(torch.nn.Identity())["knn_auroc"])
+
+
+def test_the_monitor_scores_a_fixed_subset_of_a_large_validation_split(read, monkeypatch):
+    """At most MAX_VAL validation scans (and MAX_TRAIN training scans), the same ones for a seed."""
+    scans, asked = read
+    internal = scans[scans.site == "internal"]
+    n_val = int((internal.split == "val").sum())
+    monkeypatch.setattr(monitor_module, "MAX_VAL", n_val - 3)
+    first = KnnMonitor("synthetic", scans, ["ich"], spec=None, seed=1)
+    again = KnnMonitor("synthetic", scans, ["ich"], spec=None, seed=1)
+    assert len(first.val_rows) == n_val - 3 and list(first.val_rows.scan_id) == list(again.val_rows.scan_id)
+    assert set(first.val_rows.scan_id) <= set(internal[internal.split == "val"].scan_id)

@@ -2,8 +2,8 @@
 
 A pretraining run that learns nothing looks healthy in its loss; it shows in what the encoder's features
 separate. At step 0 (the randomly initialised encoder: the reference every later row is read against) and at
-the end of every epoch, the monitor embeds a fixed set of labelled training scans and the validation scans
-(evaluation view, cls token), and scores each validation scan by the weighted vote of its ``k`` nearest
+the end of every epoch, the monitor embeds a fixed set of labelled training scans and of validation scans
+(at most ``MAX_TRAIN`` and ``MAX_VAL``; evaluation view, cls token), and scores each validation scan by the weighted vote of its ``k`` nearest
 training scans in cosine similarity, weights ``exp(sim / T)`` (the kNN classifier of DINO, Caron et al.
 2021, §4.1, k = 20, T = 0.07). The logged value is the macro AUROC over the tasks with at least
 ``MIN_CLASS`` positives and negatives in both sets. Labels are read here and nowhere else in pretraining;
@@ -24,6 +24,9 @@ __all__ = ["KnnMonitor", "knn_scores"]
 K, TEMPERATURE = 20, 0.07  # DINO's kNN
 MIN_CLASS = 5              # positives and negatives a task needs in both sets to be scored
 MAX_TRAIN = 600            # labelled training scans embedded (a seeded, fixed subset when there are more)
+# validation scans scored (likewise): under torchrun the monitor runs on rank 0 while the other processes wait at
+# their next collective, so a large validation split (27,000 scans at NYU's size) must not hold them for minutes
+MAX_VAL = 2000
 
 
 def knn_scores(train_features: torch.Tensor, train_labels: np.ndarray, query_features: torch.Tensor,
@@ -50,6 +53,8 @@ class KnnMonitor:
         if len(train) > MAX_TRAIN:
             train = train.sample(MAX_TRAIN, random_state=seed)
         val = labelled[labelled["split"] == "val"]
+        if len(val) > MAX_VAL:
+            val = val.sample(MAX_VAL, random_state=seed)
         self.tasks = [t for t in tasks if all(
             min((part[t] == 1).sum(), (part[t] == 0).sum()) >= MIN_CLASS for part in (train, val))]
         self.train_rows, self.val_rows, self.sources = train, val, None
