@@ -174,11 +174,12 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
         if frozen:
             model.encoder.eval()
         losses = []
-        for s in range(0, len(order), hp.batch_size):
+        # one reader per epoch (a loader's workers start once an epoch, not once a step)
+        for s, batch in zip(range(0, len(order), hp.batch_size), train.batches(order, hp.batch_size, device)):
             idx = order[s:s + hp.batch_size]
             if len(idx) < 2:  # BatchNorm in the heads needs two samples
                 continue
-            x = augment_batch(next(train.batches(idx, len(idx), device)), hp, gen)
+            x = augment_batch(batch, hp, gen)
             y = torch.as_tensor(labels[idx], device=device)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, total, warmup, group["peak"], 0.0)
