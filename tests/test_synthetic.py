@@ -267,6 +267,24 @@ def test_conditions_co_occur_as_in_real_data():
     assert p("sah", given="sdh") > 0.15 > p("sah", without="sdh") - 0.1
 
 
+def test_a_rate_outside_0_1_is_refused():
+    from fmct_lib.data.synthetic.cohort import site_prevalence
+    for rate in (7, -3):
+        with pytest.raises(ValueError, match=r"rates must lie in \[0, 1\]"):
+            site_prevalence("internal", {"iph": rate})
+
+
+def test_a_lesion_thinner_than_the_slab_spacing_stays_in_the_mask(atlas):
+    """Subject 604's small IPH falls between the 5 mm slices with less than half a slab's coverage; it is in the
+    scan's labels, so its slabs keep it in the mask (it vanished from the mask before)."""
+    ph = _render(atlas, 604, ("iph",))
+    assert ph.findings["iph"] == 1
+    for slice_mm in (5.0, 1.25):
+        _, lab, _ = acquire(ph.hu, ph.labels, ph.affine, "A", slice_mm, 120, np.random.default_rng(0))
+        assert (lab == LABEL_CODES["iph"]).any(), slice_mm
+        assert set(np.unique(lab)) <= set(np.unique(ph.labels)), slice_mm   # no code that was not drawn
+
+
 def test_sites_differ_and_are_patient_disjoint():
     plans = plan_cohort(dict(internal=600, external=600, pretrain=300), seed=3)
     by_site = {s: [pp for pp in plans if pp.site == s] for s in ("internal", "external", "pretrain")}

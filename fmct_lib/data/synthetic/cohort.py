@@ -2,8 +2,8 @@
 
 Three sites (DESIGN §3):
 
-- ``internal``: labeled; scanner mix 70% A / 30% B; prevalence ``DEFAULT_PREVALENCE``;
-- ``external``: labeled; 30% A / 70% B; prevalence shifted (``EXTERNAL_SHIFT``: an emergency-department
+- ``internal``: labeled; scanner mix 70% A / 30% B; condition draw rates ``DEFAULT_PREVALENCE``;
+- ``external``: labeled; 30% A / 70% B; draw rates shifted (``EXTERNAL_SHIFT``: an emergency-department
   mix with more haemorrhage and fewer tumours), for external validation and transfer (paper Fig. 1f-g);
 - ``pretrain``: the unlabelled pretraining pool (task columns empty, split ``pretrain``), several times the
   labelled training split (profile ``synth_pretrain``; demo: 6,000 scans, 5× the internal training split),
@@ -12,7 +12,10 @@ Three sites (DESIGN §3):
 
 Conditions co-occur as in real data (``sample_conditions``): IVH often extends from an IPH, EDH comes with
 a skull fracture, traumatic SAH with SDH or fracture, tumours with vasogenic oedema; mass effect and
-midline shift follow from the size of what was painted. About 15% of patients have a second
+midline shift follow from the size of what was painted. The label rates are therefore above the draw rates:
+on the demo's internal site IVH 0.095 (drawn 0.05), SAH 0.12 (0.09), fracture 0.06 (0.04), and oedema 0.16
+(0.07), since a tumour's oedema (75% of tumours) carries the oedema label: over half of the oedema positives
+are tumours (measured 2026-12-06; ``figures/fig0a_synthetic_conditions.csv`` gives a cohort's label rates). About 15% of patients have a second
 reconstruction of the same study (a thin and a thick series, as in CQ500), so patient-level splitting
 (8:1:1 of the labelled sites, ``splits.assign_splits``) matters.
 
@@ -124,6 +127,9 @@ def site_prevalence(site: str, prevalence: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"prevalence: unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
     base.update(prevalence or {})
+    invalid = {k: v for k, v in base.items() if not 0 <= v <= 1}
+    if invalid:
+        raise ValueError(f"prevalence: rates must lie in [0, 1], got {invalid}")
     if site == "external":
         base = {k: min(0.9, v * EXTERNAL_SHIFT[k]) for k, v in base.items()}
     return base

@@ -84,6 +84,11 @@ def acquire(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, scanner: Sca
     nearest = labels[:, :, np.rint(np.arange(x.shape[2]) * slice_mm / step).astype(int).clip(0, hu.shape[2] - 1)]
     covered = np.tensordot((labels > 0) & (labels < 10), profile, axes=(2, 1)) >= 0.5
     lab_out = np.where(covered & ((nearest == 0) | (nearest >= 10)), _slab_max(labels, profile), nearest)
+    # a lesion thinner than the slab spacing can fall between the sampled slices with less than half a slab's
+    # coverage: it still is in the scan's labels, so it is kept where its slabs touch it (over background)
+    for code in np.setdiff1d(np.unique(labels[(labels > 0) & (labels < 10)]), lab_out):
+        touched = np.tensordot(labels == code, profile, axes=(2, 1)) > 0
+        lab_out[touched & ((lab_out == 0) | (lab_out >= 10))] = code
 
     noise = rng.standard_normal(x.shape).astype(np.float32)
     if sc.grain == "coarse":
