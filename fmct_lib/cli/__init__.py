@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # what the user gave cannot be used (argparse's status for bad usage)
 # what a subcommand raises for input it cannot use: a missing dataset, cache or file (``StageMissing`` is a
 # FileNotFoundError), a bad value (a filter, an option, a fraction)
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
+from . import EXIT_BAD_INPUT
 from .options import add_dataset, add_device, add_preset, add_profile, input_size_problem, parse_filter
-
-EXIT_BAD_INPUT = 2  # the encoder cannot be used (as ``fmct ingest``'s unusable source)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

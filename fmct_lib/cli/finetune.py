@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import EXIT_BAD_INPUT  # the encoder cannot be used; 1: nothing evaluated
 from .options import add_dataset, add_device, add_preset, add_profile, csv_list, input_size_problem, parse_filter
-
-EXIT_BAD_INPUT = 2  # the encoder cannot be used (as ``fmct ingest``'s unusable source); 1: nothing evaluated
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-__all__ = ["add_arguments", "run"]
+from . import EXIT_BAD_INPUT  # the source, the labels or an option cannot be used
 
-EXIT_BAD_INPUT = 2  # the source, the labels or an option cannot be used (argparse's status for bad usage)
+__all__ = ["add_arguments", "run"]
 
 
 def _mapping(items: list[str]) -> dict[str, str]:

@@ -219,7 +219,8 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
                 "best_val_auroc": scores[c] if scored else None, "patience": None, "max_epochs": None,
                 "steps_per_epoch": None}
     return Trained(Classifier(encoder, head),
-                   lambda source: predict(probe, tokens(source), job.hp.batch_size, device=job.device), [], stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
+                   lambda source: predict(probe, tokens(source), job.hp.batch_size, device=job.device), [],
+                   stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
 
 
 def _write_logistic(head: torch.nn.Module, scaler, model) -> None:

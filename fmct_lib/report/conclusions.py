@@ -96,9 +96,10 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
     """One sentence on the convergence rule and where the runs of ``predictions`` (if given) stopped: its
     ``stop_reason`` and ``stopped_step`` columns, one value per run; runs without a deep model have no reason
     and are left out."""
-    elsewhere = "".join(f"; {n} draws on {d}" for d, n in profile.finetune_subset_by_dataset.items())
+    per_epoch = f"{profile.finetune_epoch_steps} steps of batch {profile.finetune_batch_size}" + "".join(
+        f"; {n} draws on {d}" for d, n in profile.finetune_subset_by_dataset.items())
     rule = (f"Every model trained by one rule: validation AUROC after each epoch of {profile.finetune_subset} balanced "
-            f"draws ({profile.finetune_epoch_steps} steps of batch {profile.finetune_batch_size}{elsewhere}), stopped after "
+            f"draws ({per_epoch}), stopped after "
             f"{profile.finetune_patience} epochs without improvement, at most {profile.finetune_max_epochs} epochs "
             f"({profile.finetune_max_epochs * profile.finetune_epoch_steps:,} steps).")
     if predictions is None or "stop_reason" not in predictions:

@@ -86,7 +86,8 @@ def acquire(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, scanner: Sca
     lab_out = np.where(covered & ((nearest == 0) | (nearest >= 10)), _slab_max(labels, profile), nearest)
     # a lesion thinner than the slab spacing can fall between the sampled slices with less than half a slab's
     # coverage: it still is in the scan's labels, so it is kept where its slabs touch it (over background)
-    for code in np.setdiff1d(np.unique(labels[(labels > 0) & (labels < 10)]), lab_out):
+    drawn, kept = (np.bincount(v.ravel(), minlength=10)[1:10] > 0 for v in (labels, lab_out))
+    for code in np.flatnonzero(drawn & ~kept) + 1:
         touched = np.tensordot(labels == code, profile, axes=(2, 1)) > 0
         lab_out[touched & ((lab_out == 0) | (lab_out >= 10))] = code
 
