@@ -14,6 +14,23 @@ import torch
 from fmct_lib.paths import REPO_ROOT
 
 ROOT_VARS = {"FMCT_DATA": "data", "FMCT_CACHE": "cache", "FMCT_RUNS": "runs", "FMCT_FIGURES": "figures"}
+# The files that take longest (each runs whole on one worker: `--dist loadfile`, Makefile), started
+# first so that neither of make test's two workers is left with one of them at the end.
+SLOWEST_FIRST = ["test_notebooks_datasets.py", "test_notebooks.py", "test_provenance.py", "test_viewer_browser.py",
+                 "test_install.py", "test_downstream.py"]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (make test runs two workers on CI's two cores) each worker, and every notebook kernel
+    or subprocess it starts, computes on one thread: two workers of two threads each would contend."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
 
 
 @pytest.fixture(scope="session", autouse=True)
