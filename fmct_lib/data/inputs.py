@@ -19,6 +19,7 @@ import torch
 from ..paths import StageMissing
 from .cache import CachedVolumes, cache_dir, read_index, read_rejects
 from .preprocess import model_input
+from .shared_memory import check_room_for_batches
 
 __all__ = ["VolumeSource", "ProtocolSkipped", "hold", "select_rows", "volume_source", "ACQUISITION_COLUMNS"]
 
@@ -54,6 +55,8 @@ class VolumeSource:
             for s in range(0, len(indices), batch_size):
                 yield self._finish(self.data[indices[s:s + batch_size]], device)
             return
+        check_room_for_batches(self.data, min(batch_size, len(indices)), self.num_workers,
+                               f"reading {getattr(self.data, 'folder', 'volumes')}")
         pin = device is not None and torch.device(device).type == "cuda"
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=batch_size,
                                              shuffle=False, num_workers=self.num_workers, pin_memory=pin)

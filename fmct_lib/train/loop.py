@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from ..progress import tqdm
 
+from ..data.shared_memory import check_room_for_batches
 from ..io import atomic_path, atomic_write_text
 from ..models.checkpoints import CheckpointError, load_state_dict_file
 from ..precision import autocast_for
+from ..progress import tqdm
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .schedules import warmup_cosine
 
@@ -191,6 +192,7 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     end = total if stop_after is None else min(total, stop_after)
     if world != config["world_size"]:
         raise ValueError(f"config was made for {config['world_size']} processes, running with {world}")
+    check_room_for_batches(dataset, b, num_workers, f"pretrain {task.name} ({run_dir})")
 
     task.to(device)
     model = task.model
