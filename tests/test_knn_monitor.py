@@ -95,3 +95,16 @@ def test_the_monitor_scores_a_fixed_subset_of_a_large_validation_split(read, mon
     again = KnnMonitor("synthetic", scans, ["ich"], spec=None, seed=1)
     assert len(first.val_rows) == n_val - 3 and list(first.val_rows.scan_id) == list(again.val_rows.scan_id)
     assert set(first.val_rows.scan_id) <= set(internal[internal.split == "val"].scan_id)
+
+
+def test_the_monitor_watches_the_tasks_the_notebooks_evaluate_on_the_dataset(isolated_roots):
+    """RSNA: the paper's five, not its EDH; a hospital's own tasks, none of them the paper's: those tasks."""
+    from fmct_lib.data.manifest import register_dataset
+    from fmct_lib.train.monitor import monitor_tasks
+    rsna = pd.DataFrame(columns=["scan_id", "split", "ich", "edh", "iph", "ivh", "sah", "sdh"])
+    assert monitor_tasks("rsna", rsna) == ["ich", "iph", "ivh", "sah", "sdh"]
+    assert monitor_tasks("rsna", rsna.drop(columns="sah")) == ["ich", "iph", "ivh", "sdh"]  # no column, no task
+    register_dataset("hosp", description="a hospital's own", tasks=["stroke", "ich"])
+    assert monitor_tasks("hosp", pd.DataFrame(columns=["scan_id", "stroke", "ich"])) == ["ich"]
+    register_dataset("hosp2", description="a hospital's own", tasks=["stroke"])
+    assert monitor_tasks("hosp2", pd.DataFrame(columns=["scan_id", "stroke"])) == ["stroke"]

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..precision import infer
 
-__all__ = ["KnnMonitor", "knn_scores"]
+__all__ = ["KnnMonitor", "knn_scores", "monitor_tasks"]
 
 K, TEMPERATURE = 20, 0.07  # DINO's kNN
 MIN_CLASS = 5              # positives and negatives a task needs in both sets to be scored
@@ -27,6 +27,14 @@ MAX_TRAIN = 600            # labelled training scans embedded (a seeded, fixed s
 # validation scans scored (likewise): under torchrun the monitor runs on rank 0 while the other processes wait at
 # their next collective, so a large validation split (27,000 scans at NYU's size) must not hold them for minutes
 MAX_VAL = 2000
+
+
+def monitor_tasks(dataset: str, scans: pd.DataFrame) -> list[str]:
+    """The tasks watched while ``dataset`` pretrains: those the notebooks evaluate on it by default
+    (``data.manifest.paper_tasks``: RSNA's five, CQ500's ten, the synthetic cohort's ten, a hospital's own)
+    that its scan table has a column for."""
+    from ..data.manifest import paper_tasks
+    return [t for t in paper_tasks(dataset) if t in scans.columns]
 
 
 def knn_scores(train_features: torch.Tensor, train_labels: np.ndarray, query_features: torch.Tensor,

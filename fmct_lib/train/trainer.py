@@ -230,10 +230,10 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
     volumes = CachedVolumes(dataset, spec, scan_ids=scan_ids)
     watch = None
     if monitor and is_main and not (resume and (run_dir / DONE_FILE).exists()):
-        from ..data.manifest import PAPER_TASKS, load_scans
-        from .monitor import KnnMonitor
+        from ..data.manifest import load_scans
+        from .monitor import KnnMonitor, monitor_tasks
         scans = load_scans(dataset)
-        watch = KnnMonitor(dataset, scans, [t for t in PAPER_TASKS if t in scans.columns], spec, seed)
+        watch = KnnMonitor(dataset, scans, monitor_tasks(dataset, scans), spec, seed)
     return pretrain_on(volumes, method=method, profile=profile, run_dir=run_dir, seed=seed, resume=resume,
                        max_steps=max_steps, device=device, progress=progress, batch_size=batch_size,
                        accum_steps=accum_steps, checkpoint_every=checkpoint_every, num_workers=num_workers,
