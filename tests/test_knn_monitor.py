@@ -108,3 +108,5 @@ def test_the_monitor_watches_the_tasks_the_notebooks_evaluate_on_the_dataset(iso
     assert monitor_tasks("hosp", pd.DataFrame(columns=["scan_id", "stroke", "ich"])) == ["ich"]
     register_dataset("hosp2", description="a hospital's own", tasks=["stroke"])
     assert monitor_tasks("hosp2", pd.DataFrame(columns=["scan_id", "stroke"])) == ["stroke"]
+    unlisted = pd.DataFrame(columns=["scan_id", "stroke", "sah", "ich"])  # a scan table the registry lacks
+    assert monitor_tasks("unlisted", unlisted) == ["sah", "ich"]

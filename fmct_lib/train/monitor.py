@@ -32,9 +32,13 @@ MAX_VAL = 2000
 def monitor_tasks(dataset: str, scans: pd.DataFrame) -> list[str]:
     """The tasks watched while ``dataset`` pretrains: those the notebooks evaluate on it by default
     (``data.manifest.paper_tasks``: RSNA's five, CQ500's ten, the synthetic cohort's ten, a hospital's own)
-    that its scan table has a column for."""
-    from ..data.manifest import paper_tasks
-    return [t for t in paper_tasks(dataset) if t in scans.columns]
+    that its scan table has a column for. A scan table the registry does not list: the paper's ten."""
+    from ..data.manifest import PAPER_TASKS, paper_tasks
+    try:
+        wanted = paper_tasks(dataset)
+    except KeyError:
+        wanted = PAPER_TASKS
+    return [t for t in wanted if t in scans.columns]
 
 
 def knn_scores(train_features: torch.Tensor, train_labels: np.ndarray, query_features: torch.Tensor,
