@@ -356,3 +356,28 @@ def test_paired_comparison_bootstraps_the_difference_on_the_same_scans():
     expected_p = paired_permutation_test(a, b, n_perm=200, seed=5).set_index(["task", "metric"])["p_value"]
     assert table["p_value"].to_dict() == expected_p.to_dict()
     assert macro.difference > 0 and macro.ci_low > 0 and macro.p_value < 0.05  # a is the better model here
+
+
+def test_a_replicate_that_draws_no_positive_of_a_rare_task_has_no_macro():
+    """The macro's interval averages the same tasks in every replicate as its point value does: a replicate
+    without a positive of the rare task (2 of 100 scans) is left out, never averaged over the other tasks."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((100, 3)) < 0.4).astype(float)
+    labels[:, 2] = 0.0
+    labels[[3, 60], 2] = 1.0                                   # "rare": two positives
+    scores = np.where(labels == 1, 0.7, 0.3) + 0.25 * rng.random((100, 3))  # the common tasks: AUROC 1
+    scores[:, 2] = rng.random(100)
+    scores[[3, 60], 2] = [0.2, 0.5]                             # the rare task: AUROC about 0.35
+    df = long_table(labels, scores, ["common1", "common2", "rare"])
+    table = bootstrap_ci(df, n_boot=100, seed=0).set_index(["task", "metric"])
+    # brute force: resample the scans, score each task with scikit-learn, average where every task is defined
+    idx = bootstrap_indices(100, 100, seed=0)
+    per_replicate = np.array([[_sk(pd.DataFrame({"label": labels[i, t], "probability": scores[i, t]}))
+                               for t in range(3)] for i in idx])
+    complete = ~np.isnan(per_replicate).any(axis=1)
+    assert 0 < (~complete).sum() < 50                           # some replicates miss both positives
+    macro = per_replicate[complete].mean(axis=1)
+    row = table.loc[("macro", "auroc")]
+    assert row["mean"] == pytest.approx(macro.mean(), abs=1e-12)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.percentile(macro, [2.5, 97.5])), abs=1e-12)
+    assert row["ci_high"] < 0.99  # the old macro (1.0 where "rare" had no positive) reached 1.0

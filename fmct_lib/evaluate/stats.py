@@ -120,13 +120,18 @@ def _point_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
 
 def _replicates(predictions: pd.DataFrame, n_boot: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """{metric: {task or ``macro``: (n_boot,) replicate values}}: each task's metric on every bootstrap replicate
-    of the scans (its seeds averaged), the macro the mean over the tasks of a replicate."""
+    of the scans (its seeds averaged), the macro the mean over the tasks the point value averages (those defined
+    on the held-out set). A replicate that draws no positive (or negative) of such a task has no macro (NaN, left
+    out of the interval): averaging the other tasks there would mix means over different tasks in one interval."""
     _, tasks, labels, scores, owner = _wide_by_seed(predictions)
     reps = {m: _seed_mean(r, owner, len(tasks)) for m, r in bootstrap_replicates(labels, scores, n_boot, seed).items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an undefined task: all NaN, reported by its reason
-        return {m: {**{t: reps[m][:, i] for i, t in enumerate(tasks)},
-                    MACRO: np.nanmean(reps[m], axis=1) if tasks else np.array([])} for m in METRICS}
+    reasons = _reasons(predictions)
+    out = {}
+    for m in METRICS:
+        defined = [i for i, t in enumerate(tasks) if not is_undefined(reasons[str(t)], m)]
+        macro = reps[m][:, defined].mean(axis=1) if defined else np.full(n_boot if tasks else 0, np.nan)
+        out[m] = {**{t: reps[m][:, i] for i, t in enumerate(tasks)}, MACRO: macro}
+    return out
 
 
 def _interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
