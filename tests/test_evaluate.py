@@ -381,3 +381,13 @@ def test_a_replicate_that_draws_no_positive_of_a_rare_task_has_no_macro():
     assert row["mean"] == pytest.approx(macro.mean(), abs=1e-12)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.percentile(macro, [2.5, 97.5])), abs=1e-12)
     assert row["ci_high"] < 0.99  # the old macro (1.0 where "rare" had no positive) reached 1.0
+
+
+def test_weighted_auroc_counts_a_label_positive_where_it_is_1_and_refuses_nan():
+    scores = np.array([0.9, 0.8, 0.4, 0.3, 0.2])
+    signed = np.array([1, -1, 1, -1, -1])  # -1/1 labels: -1 is negative, not positive
+    auroc, ap = weighted_auroc_ap(scores, signed, np.ones((1, 5)))
+    assert auroc[0] == pytest.approx(roc_auc_score(signed == 1, scores))
+    assert ap[0] == pytest.approx(average_precision_score(signed == 1, scores))
+    with pytest.raises(ValueError, match="labels contain NaN"):
+        weighted_auroc_ap(scores, np.array([1, 0, np.nan, 0, 1]), np.ones((1, 5)))

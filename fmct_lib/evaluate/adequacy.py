@@ -2,10 +2,11 @@
 
 The threshold is ``MIN_PER_CLASS = 10`` scans of each class. Below it an AUROC carries little information: by
 Hanley & McNeil's standard error (Radiology 1982), an AUROC of 0.8 measured on 10 positives has a 95% CI of
-at least ±0.16 however many negatives there are (±0.20 with 10 negatives too), wider than the largest gap the
-paper reports between two models (fine-tuned 0.852 vs scratch 0.734 on NYU Langone), and a bootstrap replicate of
-so few positives often holds only two or three of them. Ten is therefore a floor under which an estimate is not
-worth reading, not a size at which it becomes precise; the warning prints the CI half-width to say how wide it is.
+at least ±0.16 however many negatives there are (±0.20 with 10 negatives too), as wide as the gaps the paper
+reports between fine-tuned and scratch models (0.852 vs 0.734 on NYU Langone, 0.904 vs 0.748 on NYU Long
+Island), and a bootstrap replicate of so few positives often holds only two or three of them. Ten is therefore
+a floor under which an estimate is not worth reading, not a size at which it becomes precise; the warning prints
+the CI half-width to say how wide it is.
 
 ``class_count_warning`` is the sentence; ``split_warning`` counts a split's labels; ``adequacy_table`` gives one
 row per task of a predictions table (the figure's data). Downstream runs record the warning of their evaluation

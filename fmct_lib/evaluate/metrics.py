@@ -104,9 +104,9 @@ def macro_reason(reasons: dict, metric: str | None = None) -> str:
 def weighted_auroc_ap(scores, labels, weights) -> tuple[np.ndarray, np.ndarray]:
     """AUROC and AP of one score vector under each row of a weight matrix.
 
-    ``scores`` and ``labels`` are (n,), ``weights`` (B, n) non-negative (a row of resampling counts is a
-    bootstrap replicate; a 0/1 row selects a subset). Returns two (B,) arrays; NaN where a row has no
-    positive (AP, AUROC) or no negative (AUROC) weight.
+    ``scores`` and ``labels`` are (n,) (a label is positive where it is 1 or True; NaN is refused),
+    ``weights`` (B, n) non-negative (a row of resampling counts is a bootstrap replicate; a 0/1 row selects a
+    subset). Returns two (B,) arrays; NaN where a row has no positive (AP, AUROC) or no negative (AUROC) weight.
 
     Scores are sorted once (descending) and grouped by tied value. Per group g with positive weight
     ``p_g`` and negative weight ``q_g``, and cumulative ``TP_g``, ``FP_g`` down to and including g:
@@ -114,7 +114,10 @@ def weighted_auroc_ap(scores, labels, weights) -> tuple[np.ndarray, np.ndarray]:
     ``AUROC = Σ_g p_g · (N − FP_g + q_g / 2) / (P · N)`` (ties count one half).
     """
     scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(labels).astype(bool)
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise ValueError("labels contain NaN: leave the scans without a label out")
+    positive = labels == 1
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     if scores.ndim != 1 or positive.shape != scores.shape or weights.shape[1] != scores.shape[0]:
         raise ValueError(f"shapes do not match: scores {scores.shape}, labels {positive.shape}, "

@@ -13,9 +13,11 @@ each patch row to sum to one over the patches before Eq. 1 is applied. Without t
 attention on the cls token (an "attention sink") would look short-sighted for a reason that has nothing to
 do with space.
 
-Eq. 1 has a floor and a ceiling set by the grid alone: 0 for attention on the patch itself, and for uniform
-attention the mean distance between patch centres (:func:`uniform_attention_distance`). A mean attention
-distance is read against the latter: at or below it, the heads look no farther than a uniform spread would.
+Eq. 1 has a floor of 0 (attention on the patch itself) and a reference level set by the grid alone: for
+uniform attention, the mean distance between patch centres (:func:`uniform_attention_distance`; 126 mm on the
+paper's 8³ grid of 24 mm patches). It is not a ceiling: attention on distant patches goes beyond it, up to a
+patch's farthest centre (291 mm from a corner of the paper's grid). A mean attention distance is read against
+the reference: at or below it, the heads look no farther than a uniform spread would.
 """
 from __future__ import annotations
 
