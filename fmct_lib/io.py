@@ -35,10 +35,12 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
 
-    ``suffix`` (default: the target's) keeps writers that infer the format from the name happy.
+    ``suffix`` (default: the target's) keeps writers that infer the format from the name happy. ``mode``: the
+    file's permissions (default: what ``open`` gives under the umask). The temporary file is the owner's alone
+    (``mkstemp``) until it has them, so a private file is never readable by others, not even for a moment.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -91,10 +93,10 @@ def atomic_write_json(path: str | os.PathLike, obj, **kwargs) -> Path:
     return atomic_write_text(path, json.dumps(obj, **kwargs) + "\n")
 
 
-def atomic_write_csv(df, path: str | os.PathLike, **kwargs) -> Path:
-    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given)."""
+def atomic_write_csv(df, path: str | os.PathLike, mode: int | None = None, **kwargs) -> Path:
+    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given; ``mode`` as ``atomic_path``)."""
     kwargs.setdefault("index", False)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=mode) as tmp:
         df.to_csv(tmp, **kwargs)
     return Path(path)
 

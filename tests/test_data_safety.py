@@ -3,7 +3,9 @@ readable by their owner only (mode 600), pseudonyms are the HMAC-SHA256 of the o
 ``$FMCT_PSEUDONYM_KEY`` gives the same pseudonyms in every data root (a random per-dataset key does not)."""
 import hashlib
 import hmac
+import os
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,3 +55,24 @@ def test_without_the_variable_each_dataset_has_its_own_owner_only_key(hospital, 
     assert set(first.patient_id) == {"P" + hmac.new(key, f"P{p}".encode(), hashlib.sha256).hexdigest()[:16]
                                      for p in (0, 1)}
     assert "P0" not in set(first.astype(str).stack())                 # no original id in scans.csv
+
+
+def test_linkage_is_never_readable_by_others_not_even_while_it_is_renamed(hospital, tmp_path, monkeypatch):
+    import fmct_lib.io as io
+    modes, replace = {}, io.os.replace
+
+    def watching_replace(src, dst):
+        modes[Path(dst).name] = _mode(Path(src))
+        return replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", watching_replace)
+    _ingest(hospital, tmp_path / "a")
+    assert modes["linkage.csv"] == 0o600                    # the moment it appears under its name
+    assert modes["scans.csv"] == 0o666 & ~_umask()           # other tables as open() makes them
+    assert _mode(tmp_path / "a" / "myhospital" / "linkage.csv") == 0o600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

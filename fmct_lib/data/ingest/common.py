@@ -87,9 +87,7 @@ def pseudonym_key(dataset_dir: Path) -> bytes:
 
 def write_private_csv(df: pd.DataFrame, path: Path) -> Path:
     """Write a table that holds original identifiers (``linkage.csv``...) atomically, owner-only (mode 600)."""
-    atomic_write_csv(df, path)
-    os.chmod(path, PRIVATE_MODE)
-    return Path(path)
+    return atomic_write_csv(df, path, mode=PRIVATE_MODE)
 
 
 def pseudonym(raw_id: str, key: bytes, prefix: str) -> str:
