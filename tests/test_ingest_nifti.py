@@ -188,3 +188,19 @@ def test_a_bare_name_matches_only_a_file_of_its_own(env, tmp_path):
     labels.write_text("path,patient_id,bleed\nsiteA/scan.nii.gz,patA,0\nunique.nii.gz,patB,1\n")
     summary = ingest_nifti(src, name="mine2", labels=labels, mapping={"bleed": "ich"}, workers=1)
     assert (summary["not_in_labels"], summary["labels_without_volume"]) == (0, 0)
+
+
+def test_a_dataset_ingested_under_another_root_is_registered_in_that_root(tmp_path, monkeypatch):
+    """`--root B` with $FMCT_DATA=A (no $FMCT_MANIFEST, as a user has it): B's registry lists the dataset, so
+    pointing $FMCT_DATA at B (for `fmct cache`, the notebooks) finds it; A's registry is not touched."""
+    from _support import tiny_nifti_folder
+    labels = tiny_nifti_folder(tmp_path / "export", n_patients=2)
+    a, b = tmp_path / "A", tmp_path / "B"
+    monkeypatch.delenv("FMCT_MANIFEST", raising=False)
+    monkeypatch.setenv("FMCT_DATA", str(a))
+    assert fmct(["ingest", "nifti", "--name", "rooted", "--source", str(labels.parent / "volumes"),
+                 "--labels", str(labels), "--map", "ich=ich", "--root", str(b), "--workers", "1"]) == 0
+    assert (b / "datasets.csv").exists() and not (a / "datasets.csv").exists()
+    monkeypatch.setenv("FMCT_DATA", str(b))
+    assert dataset_info("rooted")["tasks"] == ["ich"]
+    assert len(load_scans("rooted")) == 4

@@ -93,12 +93,13 @@ def validate_dataset_name(name: str) -> str:
     return name
 
 
-def registry_files() -> list[Path]:
+def registry_files(root: Path | None = None) -> list[Path]:
     """The files the registry is read from, in order: ``$FMCT_MANIFEST`` alone, else the shipped
-    ``data_manifest.csv`` and ``<data root>/datasets.csv`` (where the user's datasets are registered)."""
+    ``data_manifest.csv`` and ``<data root>/datasets.csv`` (where the user's datasets are registered; ``root``:
+    another data root than ``$FMCT_DATA``'s)."""
     if os.environ.get("FMCT_MANIFEST"):
         return [manifest_path()]
-    return [manifest_path(), data_root() / USER_REGISTRY]
+    return [manifest_path(), Path(root or data_root()) / USER_REGISTRY]
 
 
 def _read_one(path: Path) -> pd.DataFrame:
@@ -109,13 +110,14 @@ def _read_one(path: Path) -> pd.DataFrame:
     return df
 
 
-def read_manifest(path: Path | None = None) -> pd.DataFrame:
-    """The registry: the file ``path`` alone, or every file of :func:`registry_files` (one that does not
-    exist yet is skipped, except the first), one row per dataset. A name listed in two files is an error."""
+def read_manifest(path: Path | None = None, root: Path | None = None) -> pd.DataFrame:
+    """The registry: the file ``path`` alone, or every file of :func:`registry_files` (of the data root ``root``,
+    default ``$FMCT_DATA``'s; one that does not exist yet is skipped, except the first), one row per dataset. A
+    name listed in two files is an error."""
     if path:
         files = [Path(path)]
     else:
-        files = registry_files()
+        files = registry_files(root)
         files = files[:1] + [f for f in files[1:] if f.exists()]
     if not files[0].exists():
         raise FileNotFoundError(f"{files[0]}: dataset manifest not found (set $FMCT_MANIFEST)")
@@ -156,23 +158,24 @@ def retrieval_subtypes(dataset: str) -> list[str]:
 
 def register_dataset(name: str, *, description: str, tasks: list[str], licence: str = "private",
                      how_to_obtain: str = "", ingest_command: str = "", paper_scans: str = "",
-                     paper_split: str = "", manifest: Path | None = None) -> bool:
+                     paper_split: str = "", manifest: Path | None = None, root: Path | None = None) -> bool:
     """Register ``name`` unless the registry knows it (known rows are never rewritten). Returns True if added.
 
     The row is appended to ``manifest`` if given, else to the last file of :func:`registry_files` (the
-    data root's ``datasets.csv``, or ``$FMCT_MANIFEST``): the shipped ``data_manifest.csv`` is never
+    ``datasets.csv`` of the data root ``root`` (default ``$FMCT_DATA``'s) where the dataset's data are written,
+    or ``$FMCT_MANIFEST``): the shipped ``data_manifest.csv`` is never
     written. The bytes already in the file are kept and the row ends as its lines do (CRLF or LF). The write
     is atomic (temp file + rename) so a crash never leaves a half-written registry, and the read-edit-write
     holds the registry's lock (``.<file name>.lock`` beside it), so concurrent registrations wait for each
     other and none is lost. A name already listed takes no lock.
     """
     validate_dataset_name(name)
-    target = Path(manifest) if manifest else registry_files()[-1]
+    target = Path(manifest) if manifest else registry_files(root)[-1]
 
     def known() -> bool:
-        if manifest or registry_files() == [target]:  # one file ($FMCT_MANIFEST): registering may create it
+        if manifest or registry_files(root) == [target]:  # one file ($FMCT_MANIFEST): registering may create it
             return target.exists() and (read_manifest(target)["name"] == name).any()
-        return (read_manifest()["name"] == name).any()
+        return (read_manifest(root=root)["name"] == name).any()
 
     if known():
         return False

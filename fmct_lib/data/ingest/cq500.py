@@ -137,6 +137,6 @@ def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_
                               or bool(row.get("contrast_agent")))
     register_dataset(name, description="CQ500 (qure.ai), one volume per series, majority-of-3 labels",
                      tasks=CQ500_FINDINGS, licence="CC BY-NC-SA 4.0",
-                     ingest_command=f"fmct ingest cq500 --source DIR --name {name}")
+                     ingest_command=f"fmct ingest cq500 --source DIR --name {name}", root=root)
     return finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
                   columns=[*DICOM_COLUMNS, "contrast", "category"])

@@ -107,7 +107,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
     description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
     register_dataset(name, tasks=tasks, description=description,
-                     ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv")
+                     ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
     summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
                      given_splits=given_splits)
     summary["not_in_labels"] = len(files) - len(rows_of)

@@ -133,7 +133,7 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
                                  workers=workers, desc=f"ingest {name}")
     register_dataset(name, description="RSNA Intracranial Hemorrhage Detection (Kaggle 2019), stage 2 train",
                      tasks=RSNA_TASKS, licence="RSNA challenge data terms",
-                     ingest_command=f"fmct ingest rsna --source DIR --name {name}")
+                     ingest_command=f"fmct ingest rsna --source DIR --name {name}", root=root)
     summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=RSNA_TASKS,
                      columns=DICOM_COLUMNS)
     sops = set(index["sop"])
