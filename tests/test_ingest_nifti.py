@@ -178,6 +178,7 @@ def test_a_bare_name_matches_only_a_file_of_its_own(env, tmp_path):
     labels.write_text("path,patient_id,bleed\nsiteC/scan.nii.gz,patC,1\nsiteA/scan.nii.gz,patA,0\n")
     summary = ingest_nifti(src, name="mine", labels=labels, mapping={"bleed": "ich"}, workers=1)
     assert (summary["not_in_labels"], summary["labels_without_volume"]) == (1, 1)
+    assert summary["labels_without_volume_rows"] == ["row 2: siteC/scan.nii.gz"]
     link = pd.read_csv(env[0] / "mine" / "linkage.csv", dtype=str).merge(load_scans("mine"))
     assert dict(zip(link["source"], link["original_patient_id"])) == {"siteA/scan.nii.gz": "patA",
                                                                       "siteB/scan.nii.gz": "siteB/scan.nii.gz"}
@@ -204,3 +205,26 @@ def test_a_dataset_ingested_under_another_root_is_registered_in_that_root(tmp_pa
     monkeypatch.setenv("FMCT_DATA", str(b))
     assert dataset_info("rooted")["tasks"] == ["ich"]
     assert len(load_scans("rooted")) == 4
+
+
+def test_windows_and_absolute_paths_in_the_labels_match_and_a_csv_matching_nothing_is_refused(env, tmp_path):
+    """A spreadsheet's ``siteA\\scan.nii.gz`` and an absolute path below the source match their volumes; a CSV
+    none of whose rows names a volume stops before anything is written, naming its rows and the volumes."""
+    src = tmp_path / "src"
+    for site in ("siteA", "siteB"):
+        save(las_volume(0), src / site / "scan.nii.gz")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,patient_id,bleed\nsiteA\\scan.nii.gz,patA,0\n{src / 'siteB' / 'scan.nii.gz'},patB,1\n")
+    summary = ingest_nifti(src, name="mine", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert (summary["not_in_labels"], summary["labels_without_volume"]) == (0, 0)
+    link = pd.read_csv(env[0] / "mine" / "linkage.csv", dtype=str).merge(load_scans("mine"))
+    assert dict(zip(link["source"], link["original_patient_id"])) == {"siteA/scan.nii.gz": "patA",
+                                                                      "siteB/scan.nii.gz": "patB"}
+
+    labels.write_text("path,patient_id,bleed\nexport/a.nii.gz,patA,0\nexport/b.nii.gz,patB,1\n")
+    with pytest.raises(ValueError, match=r"none of its 2 rows names a volume below .*row 2: export/a.nii.gz; "
+                                         r"row 3: export/b.nii.gz; below it are e.g. siteA/scan.nii.gz"):
+        ingest_nifti(src, name="nothing", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert not (env[0] / "nothing").exists()
+    assert fmct(["ingest", "nifti", "--name", "nothing", "--source", str(src), "--labels", str(labels),
+                 "--map", "bleed=ich", "--workers", "1"]) == 2

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
               f"(the flags column of {summary['scans_csv']})", file=sys.stderr)
     if summary.get("labels_without_volume"):
         print(f"fmct ingest {args.kind}: {summary['labels_without_volume']} row(s) of {args.labels} match no "
-              f"volume below {args.source}", file=sys.stderr)
+              f"volume below {args.source}: {'; '.join(summary['labels_without_volume_rows'][:3])}"
+              f"{' …' if summary['labels_without_volume'] > 3 else ''}", file=sys.stderr)
     for warning in _small_split_warnings(summary):
         print(f"fmct ingest {args.kind}: warning: {warning}", file=sys.stderr)
     return 0

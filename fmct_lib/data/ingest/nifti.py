@@ -40,18 +40,28 @@ def read_nifti_job(path):
     return hu_int16(data), affine, row, []
 
 
-def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, labels_file) -> dict[Path, int]:
-    """Row index in ``labels`` for each file, matched by its path relative to ``source``; a bare file name in
+def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame,
+                  labels_file) -> tuple[dict[Path, int], list[str]]:
+    """Row index in ``labels`` for each file, matched by its path relative to ``source`` (``\\`` read as ``/``,
+    as a Windows spreadsheet writes it; an absolute path below ``source`` made relative); a bare file name in
     the CSV (no folder part) matches the one file of that name anywhere below ``source``, and is refused
-    (``ValueError`` naming the row and the files) when several files have that name."""
+    (``ValueError`` naming the row and the files) when several files have that name. Also returns the rows
+    that match no file (``"row N: path"``, N as a spreadsheet numbers them); none matching is refused."""
     rel_of = {f: str(f.relative_to(source)) for f in files}
     by_rel = {rel: f for f, rel in rel_of.items()}
     by_name: dict[str, list[Path]] = {}
     for f in files:
         by_name.setdefault(f.name, []).append(f)
-    out = {}
-    for i, entry in sorted(zip(labels.index, labels["path"]), key=lambda r: str(Path(r[1])) not in by_rel):
-        entry = str(Path(entry))
+    resolved = source.resolve()
+
+    def relative(entry: str) -> str:
+        path = Path(str(entry).replace("\\", "/"))
+        if path.is_absolute() and path.resolve().is_relative_to(resolved):
+            path = path.resolve().relative_to(resolved)
+        return str(path)
+
+    out, unmatched = {}, []
+    for i, entry in sorted(zip(labels.index, labels["path"].map(relative)), key=lambda r: r[1] not in by_rel):
         candidates = [by_rel[entry]] if entry in by_rel else by_name.get(entry, []) if Path(entry).name == entry else []
         if len(candidates) > 1:
             raise ValueError(f"{labels_file}: row {i + 2}: {entry!r} names {len(candidates)} files below the source: "
@@ -62,7 +72,14 @@ def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, labels_
                              f"{rel_of[candidates[0]]}; one row per volume (row 1 is the header)")
         if candidates:
             out[candidates[0]] = i
-    return out
+        else:
+            unmatched.append((i + 2, entry))
+    unmatched = [f"row {n}: {entry}" for n, entry in sorted(unmatched)]
+    if len(labels) and not out:
+        raise ValueError(f"{labels_file}: none of its {len(labels)} rows names a volume below {source} (e.g. "
+                         f"{'; '.join(unmatched[:3])}; below it are e.g. {', '.join(list(by_rel)[:3])}): give each "
+                         "volume's path relative to the source folder, or its file name")
+    return out, unmatched
 
 
 def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
@@ -71,7 +88,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     """Ingest a NIfTI folder (+ labels CSV with ``mapping`` csv column -> task) as dataset ``name``.
 
     The summary (``common.finish``) adds ``not_in_labels`` (volumes the CSV does not list) and
-    ``labels_without_volume`` (CSV rows no volume matches)."""
+    ``labels_without_volume`` (CSV rows no volume matches) and ``labels_without_volume_rows`` (the first ten, named)."""
     validate_dataset_name(name)  # before anything is written
     source = Path(source)
     if not source.is_dir():
@@ -87,7 +104,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     if labels is not None:
         table = read_labels(labels, path_column=path_column, patient_column=patient_column, mapping=mapping,
                             split_column=split_column)
-    rows_of = _match_labels(files, source, table, labels)
+    rows_of, unmatched = _match_labels(files, source, table, labels)
 
     jobs = []
     for f in files:
@@ -111,5 +128,6 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
                      given_splits=given_splits)
     summary["not_in_labels"] = len(files) - len(rows_of)
-    summary["labels_without_volume"] = len(table) - len(set(rows_of.values()))
+    summary["labels_without_volume"] = len(unmatched)
+    summary["labels_without_volume_rows"] = unmatched[:10]
     return summary
