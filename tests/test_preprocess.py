@@ -247,7 +247,8 @@ def test_2d_and_4d_images(tmp_path):
         load_volume(_nifti(tmp_path / "one.nii", np.zeros((8, 8, 1), np.int16)))
     with pytest.raises(PreprocessError, match=r"series\.nii.*4-D image"):
         load_volume(_nifti(tmp_path / "series.nii", np.zeros((8, 8, 6, 3), np.int16)))
-    hu, _ = load_volume(_nifti(tmp_path / "single.nii", np.zeros((8, 8, 6, 1), np.int16)))
+    noise = np.random.default_rng(0).integers(-1000, 1000, (8, 8, 6, 1)).astype(np.int16)
+    hu, _ = load_volume(_nifti(tmp_path / "single.nii", noise))
     assert hu.shape == (8, 8, 6)  # a trailing singleton is just NIfTI's 4-D habit
 
 

@@ -34,6 +34,7 @@ BONE_MAX_HU = 3000.0               # densest bone (cortical 700-3000); only meta
 PADDING_BELOW_HU = AIR_BAND[0]     # below air is no tissue: the padding outside the reconstruction circle
 HEAD_MIN_HU = -800.0               # = preprocess.HEAD_HU, the lowest window edge: no voxel above it, no head
 STORAGE_OFFSET_HU = 1024.0         # unsigned storage keeps HU + 1024, undone by RescaleIntercept -1024
+HU_MIN_SPAN = 10.0                 # 1st to 99th percentile: CT noise alone (σ ≥ 5 HU) spans 23; [0, 1], z-scores < 10
 CENTRE_FRACTION = 0.5              # the central box (middle half of each axis), brain in a head CT
 LOW_PERCENTILE = 1.0               # the background: 1st percentile (a few odd voxels do not move it)
 STATS_VOXELS = 2_000_000           # percentiles on a strided subsample of about this many voxels
@@ -190,6 +191,12 @@ def check_hu(hu: np.ndarray, where: str, *, intercept: float | None = None, inte
         raise ScanError(f"{where}: the centre of the volume is at {centre:.0f} HU, outside anything CT "
                         f"measures (air {AIR_HU:g} to bone {BONE_MAX_HU:g} HU): not a volume in HU")
     if not background <= AIR_BAND[1]:
+        sample = _sample(hu)
+        span = float(np.percentile(sample, 99) - np.percentile(sample, LOW_PERCENTILE))
+        if span < HU_MIN_SPAN:
+            raise ScanError(f"{where}: no air, and its values span only {span:.3g} from the 1st to the 99th "
+                            f"percentile (a CT's noise alone spans more than {HU_MIN_SPAN:g} HU): not in HU (scaled "
+                            "to [0, 1], z-scored or attenuation values?); export the scan in Hounsfield units")
         found["hu_no_air"] = f"background at {background:.0f} HU; air is {AIR_HU:g}"
     if not _in(centre, SOFT_TISSUE_BAND):
         found["hu_brain_implausible"] = f"the centre at {centre:.0f} HU; brain is 20-45"

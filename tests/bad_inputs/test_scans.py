@@ -98,6 +98,8 @@ NIFTI_CASES = {
     "all_air.nii.gz": (lambda: (np.full((40, 44, 28), -1000, np.int16), AFFINE), ("refused", "no voxel above -800")),
     "metres.nii.gz": (lambda: (head(), np.diag([0.005, 0.005, 0.005, 1.0])), ("refused", "spacing")),
     "raw_unsigned.nii.gz": (lambda: (head() + 32768, AFFINE), ("refused", "not a volume in HU")),
+    "scaled_0_1.nii.gz": (lambda: ((head() + 1024) / 4024, AFFINE), ("refused", r"not in HU \(scaled to \[0, 1\]")),
+    "z_scored.nii.gz": (lambda: ((head() - head().mean()) / head().std(), AFFINE), ("refused", "span only")),
     "nan.nii.gz": (lambda: (np.where(np.arange(28) == 3, np.nan, head()).astype(np.float32), AFFINE),
                    ("refused", "NaN")),
 }
