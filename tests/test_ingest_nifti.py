@@ -228,3 +228,36 @@ def test_windows_and_absolute_paths_in_the_labels_match_and_a_csv_matching_nothi
     assert not (env[0] / "nothing").exists()
     assert fmct(["ingest", "nifti", "--name", "nothing", "--source", str(src), "--labels", str(labels),
                  "--map", "bleed=ich", "--workers", "1"]) == 2
+
+
+def test_a_source_exported_again_is_read_again_and_scans_no_longer_there_are_reported(env, tmp_path, capsys):
+    """A re-run reads a volume whose file changed since (a repaired scan), not its old copy; scans of the
+    earlier scans.csv that the source no longer holds leave the table, counted, named and said on stderr."""
+    import os
+    src = tmp_path / "src"
+    for p in range(3):
+        save(las_volume(p), src / f"p{p}.nii.gz")
+    ingest_nifti(src, name="again", workers=1)
+
+    def shapes():
+        table = load_scans("again")
+        return {s: nib.load(env[0] / "again" / p).shape for s, p in zip(table["scan_id"], table["path"])}
+
+    before = shapes()
+    assert set(before.values()) == {(6, 5, 4)}
+
+    repaired = nib.Nifti1Image(np.random.default_rng(9).integers(-1000, 1000, (6, 5, 9)).astype(np.int16),
+                               np.diag([-0.8, 0.8, 3.0, 1.0]))
+    save(repaired, src / "p0.nii.gz")
+    stat = (src / "p0.nii.gz").stat()
+    os.utime(src / "p0.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later export
+    (src / "p2.nii.gz").unlink()
+    assert fmct(["ingest", "nifti", "--name", "again", "--source", str(src), "--workers", "1"]) == 0
+    after = shapes()
+    assert sorted(after.values()) == [(6, 5, 4), (6, 5, 9)]     # p0 read again (RAS: its 9 slices), p1 kept
+    gone = sorted(set(before) - set(after))
+    assert len(gone) == 1
+    err = capsys.readouterr().err
+    assert f"1 scan(s) of the earlier scans.csv are not in {src} and left the table (e.g. {gone[0]};" in err
+    summary = ingest_nifti(src, name="again", workers=1)      # nothing changed since: nothing dropped, nothing read
+    assert (summary["dropped"], summary["dropped_scan_ids"]) == (0, [])

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fmct ingest {args.kind}: {summary['labels_without_volume']} row(s) of {args.labels} match no "
               f"volume below {args.source}: {'; '.join(summary['labels_without_volume_rows'][:3])}"
               f"{' …' if summary['labels_without_volume'] > 3 else ''}", file=sys.stderr)
+    if summary.get("dropped"):
+        print(f"fmct ingest {args.kind}: warning: {summary['dropped']} scan(s) of the earlier scans.csv are not in "
+              f"{args.source} and left the table (e.g. {', '.join(summary['dropped_scan_ids'][:3])}; their volumes "
+              "stay in volumes/): ingest every folder of the dataset in one run to keep them", file=sys.stderr)
     for warning in _small_split_warnings(summary):
         print(f"fmct ingest {args.kind}: warning: {warning}", file=sys.stderr)
     return 0

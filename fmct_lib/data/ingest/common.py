@@ -140,11 +140,30 @@ def read_dicom_job(inputs, *, on_gap: str = "flag", tilt: str = "resample"):
     return hu_int16(scan.hu), scan.affine, row, skipped
 
 
-def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict) -> tuple[dict | None, list]:
+def source_stat(inputs) -> str:
+    """A digest of the names, sizes and modification times of the files a job reads (a file, a series folder's
+    files, a list of files), kept in the volume's sidecar: a source exported again under the same name (a
+    repaired scan) is read again. ``""`` where a file is missing (the reader then says which)."""
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(f) for f in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        paths = [p for p in paths[0].rglob("*") if p.is_file()]
+    digest = hashlib.sha256()
+    try:
+        for path in sorted(paths):
+            st = path.stat()
+            digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return ""
+    return digest.hexdigest()[:16]
+
+
+def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict,
+             stat: str = "") -> tuple[dict | None, list]:
     """Read one job and write its volume + sidecar; returns (row or None, rejects).
 
     ``row["_notes"]`` (flag name -> finding) becomes the ``flags`` column and the sidecar's ``notes``;
-    ``options`` (the reader's) are kept in the sidecar, so a re-run with other options reads the scan again.
+    ``options`` (the reader's) and ``stat`` (``source_stat``) are kept in the sidecar, so a re-run with other
+    options, or on a changed source, reads the scan again.
     """
     try:
         data, affine, row, skipped = reader(job.inputs)
@@ -159,7 +178,7 @@ def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict) -> tu
         return None, [(str(job.source_key), f"could not write {volume.name}: {type(e).__name__}: {e}")]
     row = {**row, FLAGS_COLUMN: join_flags(notes), "spacing": format_spacing(affine),
            "shape": "x".join(map(str, data.shape))}
-    _write_json({"row": row, "rejects": skipped, "notes": notes, "options": options}, sidecar)
+    _write_json({"row": row, "rejects": skipped, "notes": notes, "options": options, "source_stat": stat}, sidecar)
     return row, skipped
 
 
@@ -170,7 +189,8 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
     ``reader(inputs) -> (data, affine, row, skipped)`` must be a picklable module-level callable when
     ``workers > 1``; ``row`` holds the reader's columns and, under ``"_notes"``, the checks' findings
     (``CheckedScan.notes``), ``skipped`` the ``(file, reason)`` pairs it dropped without failing the
-    volume. ``options`` are the reader's options (JSON values): a volume written with other options is
+    volume. ``options`` are the reader's options (JSON values): a volume written with other options, or from a
+    source whose files changed since (``source_stat``; volumes written before fmct recorded it are kept), is
     read again. A worker that dies is replaced (``pool.run_surviving``); only a scan that kills its worker
     when read alone is a rejection. Returns the rows (with scan/patient ids, path and the job's columns) and
     all rejections.
@@ -187,12 +207,14 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
         ids = {"scan_id": scan_id, "patient_id": pseudonym(job.patient, key, "P"),
                "path": f"{VOLUMES}/{volume.name}", "_patient": job.patient, "_source": job.source_key}
         done = json.loads(sidecar.read_text()) if volume.exists() and sidecar.exists() else None
-        if done is not None and FLAGS_COLUMN in done["row"] and done.get("options", {}) == options:
-            # done in an earlier run, with the checks and the same reader options
+        stat = source_stat(job.inputs)
+        if (done is not None and FLAGS_COLUMN in done["row"] and done.get("options", {}) == options
+                and done.get("source_stat", stat) == stat):
+            # done in an earlier run, with the checks, the same reader options and the same source files
             rows.append({**ids, **done["row"], **job.columns})
             rejects += [tuple(r) for r in done["rejects"]]
         else:
-            pending.append((job, ids, volume, sidecar))
+            pending.append((job, ids, volume, sidecar, stat))
 
     def collect(result, job, ids):
         row, skipped = result
@@ -201,10 +223,10 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
             rows.append({**ids, **row, **job.columns})
 
     bar = tqdm(total=len(pending), desc=desc, unit="scan", disable=not pending)
-    tasks = [(job, reader, volume, sidecar, options) for job, ids, volume, sidecar in pending]
+    tasks = [(job, reader, volume, sidecar, options, stat) for job, ids, volume, sidecar, stat in pending]
     outcomes = (((t, _convert(*t)) for t in tasks) if workers <= 1
                 else run_surviving(_convert, tasks, workers=workers))
-    ids_of = {job.source_key: ids for job, ids, _, _ in pending}
+    ids_of = {job.source_key: ids for job, ids, *_ in pending}
     for (job, *_), outcome in outcomes:
         if isinstance(outcome, BrokenProcessPool):
             rejects.append((str(job.source_key), "the worker process died reading this scan, also when it was read "
@@ -239,7 +261,9 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     ``stratified_splits`` of the original patient ids by their labels on ``tasks``, from ``seed``, keeping the
     split of every patient the dataset's earlier ``scans.csv`` holds (``extend_splits``). Returns a
     summary: counts and paths, the scans per split, ``labels`` (per task and split, the positive and
-    negative scans) and ``unlabelled`` (scans without a label for any task).
+    negative scans), ``unlabelled`` (scans without a label for any task) and ``dropped`` (scans of the earlier
+    ``scans.csv`` that this run's sources no longer hold, and the first ten ``dropped_scan_ids``: the table
+    lists what the sources hold now; their volumes stay under ``volumes/``).
     """
     dataset_dir = Path(dataset_dir)
     order = SCAN_COLUMNS + [c for c in [*columns, FLAGS_COLUMN] if c not in SCAN_COLUMNS] + tasks
@@ -258,6 +282,9 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
         split_source = "given"
     linkage = scans[["scan_id", "patient_id", "_patient", "_source"]].rename(
         columns={"_patient": "original_patient_id", "_source": "source"})
+    earlier_table = scan_table_path(name, root)
+    dropped = sorted(set(pd.read_csv(earlier_table, usecols=["scan_id"], dtype=str)["scan_id"])
+                     - set(scans["scan_id"])) if earlier_table.exists() else []
     scans_path = write_scans(scans[order], name, root)
     write_private_csv(linkage, dataset_dir / "linkage.csv")
     rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
@@ -271,4 +298,5 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
             "flagged": flagged, "rejects": len(rej), "scans_csv": str(scans_path),
             "rejects_csv": str(dataset_dir / "rejects.csv"),
             "splits": scans["split"].value_counts().to_dict(), "split_source": split_source,
-            "labels": labels, "unlabelled": int(scans[tasks].isna().all(axis=1).sum()) if tasks else len(scans)}
+            "labels": labels, "unlabelled": int(scans[tasks].isna().all(axis=1).sum()) if tasks else len(scans),
+            "dropped": len(dropped), "dropped_scan_ids": dropped[:10]}
