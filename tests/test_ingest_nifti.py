@@ -261,3 +261,23 @@ def test_a_source_exported_again_is_read_again_and_scans_no_longer_there_are_rep
     assert f"1 scan(s) of the earlier scans.csv are not in {src} and left the table (e.g. {gone[0]};" in err
     summary = ingest_nifti(src, name="again", workers=1)      # nothing changed since: nothing dropped, nothing read
     assert (summary["dropped"], summary["dropped_scan_ids"]) == (0, [])
+
+
+def test_ingesting_again_with_other_label_columns_registers_them(tmp_path, monkeypatch):
+    """First without labels, then with `--map bleed=ich`: the registry names `ich`, as the scan table does (it
+    kept the first run's empty task list); the shipped data_manifest.csv is never written."""
+    from _support import tiny_nifti_folder
+    from fmct_lib.paths import manifest_path
+    from fmct_lib.data.manifest import paper_tasks
+    labels = tiny_nifti_folder(tmp_path / "export", n_patients=2)
+    monkeypatch.delenv("FMCT_MANIFEST", raising=False)
+    monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    shipped = manifest_path().read_bytes()
+    volumes = str(labels.parent / "volumes")
+    assert fmct(["ingest", "nifti", "--name", "later", "--source", volumes, "--workers", "1"]) == 0
+    assert dataset_info("later")["tasks"] == []
+    assert fmct(["ingest", "nifti", "--name", "later", "--source", volumes, "--labels", str(labels),
+                 "--map", "ich=ich", "--workers", "1"]) == 0
+    assert dataset_info("later")["tasks"] == ["ich"] and "ich" in load_scans("later").columns
+    assert paper_tasks("later") == ["ich"]
+    assert manifest_path().read_bytes() == shipped

@@ -36,7 +36,7 @@ from ..paths import StageMissing, data_root, manifest_path
 
 __all__ = [
     "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS", "PAPER_DATASET_TASKS",
-    "PAPER_RETRIEVAL_SUBTYPES", "RETRIEVAL_SUBTYPES", "paper_tasks", "retrieval_subtypes",
+    "PAPER_RETRIEVAL_SUBTYPES", "RETRIEVAL_SUBTYPES", "paper_tasks", "retrieval_subtypes", "update_dataset_tasks",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
     "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "PathOutsideRoot",
     "EXTERNAL_ROOTS_FILE", "external_roots", "USER_REGISTRY", "registry_files",
@@ -190,6 +190,34 @@ def register_dataset(name: str, *, description: str, tasks: list[str], licence: 
         }
         _append_row(target, row)
     return True
+
+
+def update_dataset_tasks(name: str, tasks: list[str], description: str, *, root: Path | None = None) -> bool:
+    """Set the ``tasks`` and ``description`` of ``name`` where a user's registry lists it and they differ (a
+    dataset ingested again with other ``--map`` columns: its scan table has the new columns, so the registry must
+    name them). The shipped ``data_manifest.csv`` is never written. Returns True if the row was rewritten."""
+    files = registry_files(root)
+    for target in files[1:] if len(files) > 1 else files:
+        if not target.exists() or not (read_manifest(target)["name"] == name).any():
+            continue
+        with exclusive_lock(target.with_name(f".{target.name}.lock"), what=f"dataset registry {target}",
+                            wait=REGISTRY_WAIT_S):
+            old = target.read_bytes().decode()
+            rows = list(csv.reader(io.StringIO(old)))
+            header, changed = rows[0], False
+            for row in rows[1:]:
+                if row and row[header.index("name")] == name:
+                    new = {"tasks": ";".join(tasks), "description": description}
+                    changed = any(row[header.index(k)] != v for k, v in new.items())
+                    for k, v in new.items():
+                        row[header.index(k)] = v
+            if changed:
+                text = io.StringIO()
+                csv.writer(text, lineterminator="\r\n" if "\r\n" in old else "\n").writerows(rows)
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(text.getvalue().encode())
+        return changed
+    return False
 
 
 def _append_row(path: Path, row: dict) -> None:

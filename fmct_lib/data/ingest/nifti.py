@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ...paths import data_root
-from ..manifest import register_dataset, validate_dataset_name
+from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
 from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
@@ -125,6 +125,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
+    update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
     summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
                      given_splits=given_splits)
     summary["not_in_labels"] = len(files) - len(rows_of)
