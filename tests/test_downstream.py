@@ -1061,3 +1061,17 @@ def test_model_inputs_are_made_on_the_device_they_go_to(held):
     assert all(b.device.type == "meta" and b.dtype == torch.float32 for b in out)
     on_cpu = torch.cat(list(source.batches([2, 0, 1], 2)))   # no device: where they are read, as before
     assert on_cpu.device.type == "cpu" and on_cpu[:, 0, 0, 0].tolist() == [4.0, 0.0, 2.0]
+
+
+def test_a_profile_of_its_own_name_runs_and_keeps_its_runs_apart(toy_world):
+    """A profile made with ``replace(name=…)`` (not in config.PROFILES) runs under its own name; a changed
+    profile that keeps a known name still gets the hash of what it changed."""
+    table, ckpt, root = toy_world
+    mine = TOY.replace(name="mytoy")
+    preds = run_protocol("toyset", "ich", "linear", ckpt, mine, run_root=root, progress=False)
+    assert len(preds) == (table["split"] == "test").sum()
+    assert [p.relative_to(root).parts[0] for p in root.rglob("done")] == ["mytoy"]
+    changed = TOY.replace(finetune_patience=TOY.finetune_patience + 1)  # the name "toy", another setting
+    run_protocol("toyset", "ich", "linear", ckpt, changed, run_root=root, progress=False)
+    toy_run = next(p for p in root.rglob("done") if p.relative_to(root).parts[0] == "toy").parent
+    assert toy_run.name != "seed0" and toy_run.name.startswith("seed0-")

@@ -122,8 +122,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     }
     from ..paths import runs_root
     run_root = Path(run_root or runs_root() / "downstream")
-    run_dir = Path(run_dir or run_root / default_run_name(signature))
-    model_file = trained_model_path(signature, run_root) if proto.head is not None and not k_shot else None
+    run_dir = Path(run_dir or run_root / default_run_name(signature, profile=profile))
+    model_file = trained_model_path(signature, run_root, profile) if proto.head is not None and not k_shot else None
     where = f"{eval_dataset} {eval_split}" + (f" [{_filter_tag(eval_filter)}]" if eval_filter else "")
     stale = False
     if (run_dir / "done").exists():
@@ -328,19 +328,27 @@ def _check_classes(task: str, **splits) -> None:
 
 
 # ------------------------------------------------------------------------------------------ run identity
-def default_run_name(signature: dict, evaluation: bool = True) -> str:
+def default_run_name(signature: dict, evaluation: bool = True, profile=None) -> str:
     """``<profile>/<encoder>/<train data>__<eval data>/<task>/<protocol>[-k<K>]/seed<seed>[-<hparams hash>]``
-    (without ``__<eval data>`` where ``evaluation`` is false: the name of the trained classifier)."""
+    (without ``__<eval data>`` where ``evaluation`` is false: the name of the trained classifier). The hash
+    names the settings that differ from the named profile's; ``profile``: the ``Profile`` of a name that
+    ``config.PROFILES`` does not know (its own name tells its runs apart)."""
     s = signature
     train = s["dataset"] + (f"[{_filter_tag(s['train_filter'])}]" if s["train_filter"] else "")
     if s["train_scans"]:
         train += f"[scans={s['train_scans']}]"
-    defaults = asdict(HParams.from_profile(s["profile"], s["dataset"]))
+    try:
+        named = get_profile(s["profile"])
+    except ValueError:
+        if profile is None:
+            raise
+        named = profile
+    defaults = asdict(HParams.from_profile(named, s["dataset"]))
     tuned = {k: v for k, v in s["hparams"].items() if k != "flip_axes" and defaults.get(k) != v}
     from ..data.preprocess import paper_spec
-    if s["spec"] != paper_spec(s["profile"]).hash:
+    if s["spec"] != paper_spec(named).hash:
         tuned["spec"] = s["spec"]
-    if s.get("scratch_grid") and s["scratch_grid"] != get_profile(s["profile"]).scratch_grid:
+    if s.get("scratch_grid") and s["scratch_grid"] != named.scratch_grid:
         tuned["scratch_grid"] = s["scratch_grid"]
     if s.get("model"):
         tuned["model"] = s["model"]
@@ -416,9 +424,10 @@ def read_predictions(path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------ kept classifiers
-def trained_model_path(signature: dict, run_root) -> Path:
+def trained_model_path(signature: dict, run_root, profile=None) -> Path:
     """``<run_root>/trained/<default_run_name without the evaluation>/model.safetensors``."""
-    return Path(run_root) / "trained" / default_run_name(signature, evaluation=False) / "model.safetensors"
+    return (Path(run_root) / "trained" / default_run_name(signature, evaluation=False, profile=profile)
+            / "model.safetensors")
 
 
 def _save_trained(path: Path, model: Classifier, proto: Protocol, config: dict) -> None:
