@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import REPAIRS, SFORM_QFORM_ATOL_MM, CheckedScan, ScanError, ScanRepaired, check_scan
+from .checks import REPAIRS, SFORM_QFORM_ATOL_MM, CheckedScan, ScanError, ScanRepaired, check_scan, check_volume
 
 __all__ = [
     "AIR_HU", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
@@ -244,6 +244,18 @@ def load_volume(src, affine=None) -> tuple[np.ndarray, np.ndarray]:
         if name in REPAIRS:
             warnings.warn(f"{where}: {name}: {scan.notes[name]}", ScanRepaired, stacklevel=2)
     return scan.hu, scan.affine
+
+
+def load_label_map(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI label map (a lesion mask: small integers, not HU) as (float32 3-D array, affine), with the
+    geometry checks of a scan (``checks.check_volume``) and none of its HU checks."""
+    path = Path(path)
+    labels, affine, _ = _read_nifti(path)
+    try:
+        labels, affine, _ = check_volume(labels, affine, str(path))
+    except ScanError as e:
+        raise PreprocessError(str(e)) from e
+    return labels, affine
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:

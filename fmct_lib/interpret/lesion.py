@@ -120,10 +120,10 @@ def load_scan_with_mask(volume_path, mask_path, spec) -> tuple[torch.Tensor, np.
     (:func:`mask_to_model_input`). The mask must share the volume's grid (same shape and affine), as the
     synthetic cohort writes it.
     """
-    from ..data.preprocess import PreprocessError, load_volume, model_input, to_canvas
+    from ..data.preprocess import PreprocessError, load_label_map, load_volume, model_input, to_canvas
 
     hu, affine = load_volume(volume_path)
-    labels, mask_affine = load_volume(mask_path)
+    labels, mask_affine = load_label_map(mask_path)
     if labels.shape != hu.shape or not np.allclose(mask_affine, affine, atol=1e-4):
         raise PreprocessError(f"{mask_path}: the mask's grid (shape {labels.shape}) is not the grid of "
                               f"{volume_path} (shape {hu.shape}) or their affines differ")
