@@ -191,8 +191,8 @@ def check_hu(hu: np.ndarray, where: str, *, intercept: float | None = None, inte
         raise ScanError(f"{where}: the centre of the volume is at {centre:.0f} HU, outside anything CT "
                         f"measures (air {AIR_HU:g} to bone {BONE_MAX_HU:g} HU): not a volume in HU")
     if not background <= AIR_BAND[1]:
-        sample = _sample(hu)
-        span = float(np.percentile(sample, 99) - np.percentile(sample, LOW_PERCENTILE))
+        low, high = np.percentile(_sample(hu), [LOW_PERCENTILE, 99])
+        span = float(high - low)
         if span < HU_MIN_SPAN:
             raise ScanError(f"{where}: no air, and its values span only {span:.3g} from the 1st to the 99th "
                             f"percentile (a CT's noise alone spans more than {HU_MIN_SPAN:g} HU): not in HU (scaled "

@@ -203,17 +203,17 @@ def update_dataset_tasks(name: str, tasks: list[str], description: str, *, root:
         with exclusive_lock(target.with_name(f".{target.name}.lock"), what=f"dataset registry {target}",
                             wait=REGISTRY_WAIT_S):
             old = target.read_bytes().decode()
-            rows = list(csv.reader(io.StringIO(old)))
-            header, changed = rows[0], False
-            for row in rows[1:]:
-                if row and row[header.index("name")] == name:
-                    new = {"tasks": ";".join(tasks), "description": description}
-                    changed = any(row[header.index(k)] != v for k, v in new.items())
-                    for k, v in new.items():
-                        row[header.index(k)] = v
+            header, *rows = list(csv.reader(io.StringIO(old)))
+            new = {header.index("tasks"): ";".join(tasks), header.index("description"): description}
+            changed = False
+            for row in rows:
+                if row and row[header.index("name")] == name and any(row[i] != v for i, v in new.items()):
+                    changed = True
+                    for i, v in new.items():
+                        row[i] = v
             if changed:
                 text = io.StringIO()
-                csv.writer(text, lineterminator="\r\n" if "\r\n" in old else "\n").writerows(rows)
+                csv.writer(text, lineterminator="\r\n" if "\r\n" in old else "\n").writerows([header, *rows])
                 with atomic_path(target) as tmp:
                     tmp.write_bytes(text.getvalue().encode())
         return changed

@@ -240,12 +240,16 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
     return rows, rejects
 
 
-def _earlier_splits(scans: pd.DataFrame, name: str, root: Path | None) -> dict[str, str]:
-    """Original patient id -> split, for the patients of ``scans`` that the dataset's scans.csv already splits."""
+def _earlier_table(name: str, root: Path | None) -> pd.DataFrame:
+    """``scan_id, patient_id, split`` of the dataset's scans.csv before this run (no rows where there is none)."""
     path = scan_table_path(name, root)
-    if not path.exists():
-        return {}
-    earlier = pd.read_csv(path, usecols=["patient_id", "split"], dtype=str).dropna()
+    columns = ["scan_id", "patient_id", "split"]
+    return pd.read_csv(path, usecols=columns, dtype=str) if path.exists() else pd.DataFrame(columns=columns)
+
+
+def _earlier_splits(scans: pd.DataFrame, earlier: pd.DataFrame) -> dict[str, str]:
+    """Original patient id -> split, for the patients of ``scans`` that the earlier scans.csv already splits."""
+    earlier = earlier[["patient_id", "split"]].dropna()
     earlier = dict(zip(earlier["patient_id"], earlier["split"]))
     return {original: earlier[pid] for original, pid in zip(scans["_patient"].astype(str), scans["patient_id"])
             if earlier.get(pid) in SPLITS}
@@ -272,8 +276,9 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     for task in tasks:
         scans[task] = pd.to_numeric(scans[task], errors="coerce").astype("Int64")
     patients = scans["_patient"].astype(str)
+    earlier = _earlier_table(name, root)
     if given_splits is None:
-        kept = _earlier_splits(scans, name, root)
+        kept = _earlier_splits(scans, earlier)
         scans["split"] = extend_splits(patients, scans[tasks], kept, seed=seed)
         split_source = f"stratified by label, seed {seed}" + (
             f"; {len(kept)} patient(s) kept in their split from the earlier scans.csv" if kept else "")
@@ -282,9 +287,7 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
         split_source = "given"
     linkage = scans[["scan_id", "patient_id", "_patient", "_source"]].rename(
         columns={"_patient": "original_patient_id", "_source": "source"})
-    earlier_table = scan_table_path(name, root)
-    dropped = sorted(set(pd.read_csv(earlier_table, usecols=["scan_id"], dtype=str)["scan_id"])
-                     - set(scans["scan_id"])) if earlier_table.exists() else []
+    dropped = sorted(set(earlier["scan_id"]) - set(scans["scan_id"]))
     scans_path = write_scans(scans[order], name, root)
     write_private_csv(linkage, dataset_dir / "linkage.csv")
     rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
