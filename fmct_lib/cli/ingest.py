@@ -1,4 +1,4 @@
-"""``fmct ingest rsna|cq500|nifti --source DIR ...``: the command-line face of ``fmct_lib.data.ingest``."""
+"""``fmct ingest rsna|cq500|dicom|nifti --source DIR ...``: the command-line face of ``fmct_lib.data.ingest``."""
 from __future__ import annotations
 
 import argparse
@@ -39,23 +39,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("cq500", parents=[common, dicom], help="CQ500 reads.csv + qct*/ folders")
     p.add_argument("--name", default="cq500")
     p.add_argument("--drop-contrast", action="store_true", help="leave contrast-enhanced series out")
-    p = sub.add_parser("nifti", parents=[common], help="a NIfTI folder + labels CSV (a hospital's own data)")
-    p.add_argument("--name", required=True, help="dataset name (appended to the manifest)")
-    p.add_argument("--labels", default=None,
-                   help="CSV with a path column, a patient column and label columns (format: docs/guide.md, "
-                        "'Your own data'; sample: examples/labels.csv)")
-    p.add_argument("--map", nargs="+", action="extend", default=[], metavar="COLUMN=TASK",
-                   help="label columns of the CSV and the tasks they become, e.g. bleed=ich sah=sah (repeatable); "
-                        "values 1/0, yes/no, y/n, "
-                        "true/false or positive/negative (any case), empty where unknown")
+    labels = argparse.ArgumentParser(add_help=False)
+    labels.add_argument("--name", required=True, help="dataset name (appended to the manifest)")
+    labels.add_argument("--labels", default=None,
+                        help="CSV with a key column, label columns and optionally patient and split columns (format: "
+                             "docs/guide.md, 'Your own data'; samples: examples/)")
+    labels.add_argument("--map", nargs="+", action="extend", default=[], metavar="COLUMN=TASK",
+                        help="label columns of the CSV and the tasks they become, e.g. bleed=ich sah=sah "
+                             "(repeatable); values 1/0, yes/no, y/n, true/false or positive/negative (any case), "
+                             "empty where unknown")
+    labels.add_argument("--split-col", default=None, metavar="COLUMN",
+                        help="the CSV column of your own split (train, val or test per row); default: 8:1:1 by "
+                             "patient, exact in count and stratified by label, from --seed")
+    labels.add_argument("--description", default="")
+
+    p = sub.add_parser("dicom", parents=[common, dicom, labels],
+                       help="a DICOM export in any folder layout + labels CSV (a hospital's own data)")
+    p.add_argument("--key-col", default="accession", metavar="COLUMN",
+                   help="the CSV column naming each row's study or series (default accession)")
+    p.add_argument("--match-on", choices=["accession", "study", "series", "folder"], default="accession",
+                   help="what --key-col holds: AccessionNumber (default), StudyInstanceUID, SeriesInstanceUID, or "
+                        "a folder below --source; a study's row labels each of its series")
+    p.add_argument("--patient-col", default=None, metavar="COLUMN",
+                   help="the CSV column of the patient (default: the headers' PatientID)")
+    p.add_argument("--per-study", action="store_true", help="one volume per study (its largest series), not per series")
+    p.add_argument("--drop-contrast", action="store_true", help="leave contrast-enhanced series out")
+    p.add_argument("--min-slices", type=int, default=10,
+                   help="series with fewer images are refused (default 10, the paper's filter)")
+
+    p = sub.add_parser("nifti", parents=[common, labels], help="a NIfTI folder + labels CSV (a hospital's own data)")
     p.add_argument("--path-col", default="path", metavar="COLUMN",
                    help="the CSV column of each volume's file, relative to --source or a bare name (default path)")
     p.add_argument("--patient-col", default="patient_id", metavar="COLUMN",
                    help="the CSV column of the patient: a patient's scans share a split (default patient_id)")
-    p.add_argument("--split-col", default=None, metavar="COLUMN",
-                   help="the CSV column of your own split (train, val or test per row); default: 8:1:1 by patient, "
-                        "exact in count and stratified by label, from --seed")
-    p.add_argument("--description", default="")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     Bad scans never stop the command: they are rows of ``rejects.csv`` and the exit status is 0.
     """
-    from ..data.ingest import ingest_cq500, ingest_nifti, ingest_rsna
+    from ..data.ingest import ingest_cq500, ingest_dicom, ingest_nifti, ingest_rsna
 
     common = dict(root=args.root, workers=args.workers, seed=args.seed)
     try:
@@ -73,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         elif args.kind == "cq500":
             summary = ingest_cq500(args.source, name=args.name, drop_contrast=args.drop_contrast,
                                    on_gap=args.on_gap, tilt=args.tilt, **common)
+        elif args.kind == "dicom":
+            summary = ingest_dicom(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
+                                   key_column=args.key_col, match_on=args.match_on, patient_column=args.patient_col,
+                                   split_column=args.split_col, per_study=args.per_study,
+                                   drop_contrast=args.drop_contrast, min_slices=args.min_slices, on_gap=args.on_gap,
+                                   tilt=args.tilt, description=args.description, **common)
         else:
             summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    path_column=args.path_col, patient_column=args.patient_col,
@@ -96,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fmct ingest {args.kind}: warning: {summary['dropped']} scan(s) of the earlier scans.csv are not in "
               f"{args.source} and left the table (e.g. {', '.join(summary['dropped_scan_ids'][:3])}; their volumes "
               "stay in volumes/): ingest every folder of the dataset in one run to keep them", file=sys.stderr)
+    if summary.get("no_patient_id"):
+        print(f"fmct ingest {args.kind}: warning: {summary['no_patient_id']} scan(s) have no PatientID, so each is its "
+              "study's own patient and one patient's studies can fall in different splits: name the patient in the "
+              "labels CSV (--patient-col)", file=sys.stderr)
     for warning in _small_split_warnings(summary):
         print(f"fmct ingest {args.kind}: warning: {warning}", file=sys.stderr)
     return 0

@@ -104,7 +104,7 @@ def write_dicom_series(hu, affine, out_dir, *, flavour: str = "rsna", patient_id
                        multivalued_window: bool = False, j2k: bool = False, drop_slices=(),
                        duplicate_slices=(), corrupt_slices=(), add_localizer: bool = False,
                        modality: str = "CT", manufacturer: str = "GE MEDICAL SYSTEMS", kvp: float = 120.0,
-                       contrast_agent: str = "") -> list[Path]:
+                       contrast_agent: str = "", accession_number: str = "") -> list[Path]:
     """Write ``hu`` (3-D, HU, RAS affine) as one DICOM file per axial slice; returns the paths written.
 
     ``drop_slices``, ``duplicate_slices`` and ``corrupt_slices`` are slice indices along the written
@@ -166,6 +166,8 @@ def write_dicom_series(hu, affine, out_dir, *, flavour: str = "rsna", patient_id
             ds.GantryDetectorTilt = DS(tilt_deg, auto_format=True)
             if contrast_agent:
                 ds.ContrastBolusAgent = contrast_agent
+            if accession_number:
+                ds.AccessionNumber = accession_number
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = ""

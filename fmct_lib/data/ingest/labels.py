@@ -21,13 +21,23 @@ import pandas as pd
 
 from ..splits import SPLITS
 
-__all__ = ["POSITIVE", "NEGATIVE", "read_labels", "parse_labels", "parse_splits"]
+__all__ = ["POSITIVE", "NEGATIVE", "read_labels", "parse_labels", "parse_splits", "source_relative"]
 
 POSITIVE = frozenset({"1", "1.0", "yes", "y", "true", "positive"})
 NEGATIVE = frozenset({"0", "0.0", "no", "n", "false", "negative"})
 ACCEPTED = "1/0, yes/no, y/n, true/false or positive/negative (any case)"
 SHOWN = 5  # values, and rows per value, an error lists before "…"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def source_relative(entry: str, source: Path) -> str:
+    """A labels CSV's path as the path relative to ``source`` it names: ``\\`` read as ``/`` (a Windows
+    spreadsheet's), an absolute path below ``source`` made relative, a trailing ``/`` dropped."""
+    path = Path(str(entry).replace("\\", "/"))
+    resolved = Path(source).resolve()
+    if path.is_absolute() and path.resolve().is_relative_to(resolved):
+        path = path.resolve().relative_to(resolved)
+    return str(path)
 
 
 def _rows(index) -> str:
@@ -84,12 +94,15 @@ def _missing_columns_error(file, table: pd.DataFrame, wanted: dict[str, str], pa
     return ValueError(text + ". Name the file's columns with --path-col, --patient-col and --map COLUMN=TASK")
 
 
-def read_labels(path, *, path_column: str = "path", patient_column: str = "patient_id",
-                mapping: dict[str, str] | None = None, split_column: str | None = None) -> pd.DataFrame:
-    """The labels CSV as a checked table: ``path``, ``patient`` (strings), one ``Int64`` column per task of
-    ``mapping`` (csv column → task) and, with ``split_column``, ``split``; the index is the row position in the
-    file. Refused (``ValueError`` naming the file, column, flag and rows): a missing column, an empty path or
-    patient, a path listed twice, a value that is no label or no split, a patient in two splits."""
+def read_labels(path, *, path_column: str = "path", patient_column: str | None = "patient_id",
+                mapping: dict[str, str] | None = None, split_column: str | None = None,
+                path_flag: str = "--path-col", what: str = "volume") -> pd.DataFrame:
+    """The labels CSV as a checked table: ``path``, ``patient`` (strings; with ``patient_column=None`` there is no
+    patient column and ``patient`` is empty), one ``Int64`` column per task of ``mapping`` (csv column → task) and,
+    with ``split_column``, ``split``; the index is the row position in the file. ``path_column`` names each row's
+    ``what`` (a volume's path; a DICOM ingester's study or series key, chosen by ``path_flag``). Refused
+    (``ValueError`` naming the file, column, flag and rows): a missing column, an empty path or patient, a path
+    listed twice, a value that is no label or no split, a patient in two splits."""
     mapping = dict(mapping or {})
     tasks = list(mapping.values())
     if len(set(tasks)) < len(tasks):
@@ -102,26 +115,29 @@ def read_labels(path, *, path_column: str = "path", patient_column: str = "patie
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CSV file (--labels): {e}") from e
     table.columns = [str(c).strip() for c in table.columns]
-    wanted = {path_column: "--path-col", patient_column: "--patient-col",
+    wanted = {path_column: path_flag, **({patient_column: "--patient-col"} if patient_column else {}),
               **{column: f"--map {column}={task}" for column, task in mapping.items()}}
     if split_column:
         wanted[split_column] = "--split-col"
     if any(column not in table.columns for column in wanted):
         raise _missing_columns_error(path, table, wanted, path_column)
-    out = pd.DataFrame({"path": table[path_column].str.strip(), "patient": table[patient_column].str.strip()})
-    for column, flag in ((path_column, "--path-col"), (patient_column, "--patient-col")):
-        empty = table[column].str.strip() == ""
+    out = pd.DataFrame({"path": table[path_column].str.strip(),
+                        "patient": table[patient_column].str.strip() if patient_column else ""})
+    for column, flag in ((path_column, path_flag), (patient_column, "--patient-col")):
+        empty = table[column].str.strip() == "" if column else pd.Series(False, index=table.index)
         if empty.any():
             raise ValueError(f"{path}: column {column!r} ({flag}) is empty in {_rows(out.index[empty])}; every row "
-                             "needs a volume's path and its patient")
+                             f"needs its {what}" + (" and its patient" if patient_column else ""))
     twice = out["path"].duplicated(keep=False)
     if twice.any():
-        raise ValueError(f"{path}: column {path_column!r} (--path-col) lists a volume more than once: "
-                         f"{_offending(out['path'], twice)}; one row per volume")
+        raise ValueError(f"{path}: column {path_column!r} ({path_flag}) lists a {what} more than once: "
+                         f"{_offending(out['path'], twice)}; one row per {what}")
     for column, task in mapping.items():
         out[task] = parse_labels(table[column], file=path, column=column, flag=f"--map {column}={task}")
     if split_column:
         out["split"] = parse_splits(table[split_column], file=path, column=split_column)
+        if not patient_column:  # the caller knows the patients (a DICOM ingester: from the headers) and checks
+            return out
         per_patient = out.groupby("patient")["split"].nunique()
         crossing = out["patient"].isin(per_patient.index[per_patient > 1])
         if crossing.any():

@@ -16,6 +16,7 @@ dataset is appended to the manifest with its tasks.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
 from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
-from .labels import read_labels
+from .labels import read_labels, source_relative
 
 __all__ = ["read_nifti_job", "ingest_nifti"]
 
@@ -52,14 +53,7 @@ def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame,
     by_name: dict[str, list[Path]] = {}
     for f in files:
         by_name.setdefault(f.name, []).append(f)
-    resolved = source.resolve()
-
-    def relative(entry: str) -> str:
-        path = Path(str(entry).replace("\\", "/"))
-        if path.is_absolute() and path.resolve().is_relative_to(resolved):
-            path = path.resolve().relative_to(resolved)
-        return str(path)
-
+    relative = functools.partial(source_relative, source=source)
     out, unmatched = {}, []
     for i, entry in sorted(zip(labels.index, labels["path"].map(relative)), key=lambda r: r[1] not in by_rel):
         candidates = [by_rel[entry]] if entry in by_rel else by_name.get(entry, []) if Path(entry).name == entry else []

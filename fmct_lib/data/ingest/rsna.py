@@ -13,23 +13,21 @@ happens in the reader.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import pydicom
-from ...progress import tqdm
 
 from ...paths import data_root
-from ..dicom import lenient_validation
 from ..manifest import RSNA_TASKS, register_dataset, validate_dataset_name
-from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs, write_private_csv
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
+from .headers import index_headers
 
-__all__ = ["RSNA_SUBTYPES", "read_rsna_labels", "index_headers", "ingest_rsna"]
+__all__ = ["RSNA_SUBTYPES", "read_rsna_labels", "index_rsna_headers", "ingest_rsna"]
 
 RSNA_SUBTYPES = {"any": "ich", "epidural": "edh", "intraparenchymal": "iph", "intraventricular": "ivh",
                  "subarachnoid": "sah", "subdural": "sdh"}
-INDEX_COLUMNS = ["file", "sop", "patient", "study", "series", "error"]
+INDEX_TAGS = {"sop": "SOPInstanceUID", "patient": "PatientID", "study": "StudyInstanceUID",
+              "series": "SeriesInstanceUID"}
 
 
 def read_rsna_labels(csv_path: Path) -> pd.DataFrame:
@@ -55,40 +53,13 @@ def read_rsna_labels(csv_path: Path) -> pd.DataFrame:
     return wide.rename(columns=RSNA_SUBTYPES).reindex(columns=RSNA_TASKS).astype("Int64")
 
 
-def _index_chunk(files: list[str]) -> list[dict]:
-    out = []
-    with lenient_validation():  # RSNA's "ID_..." UIDs
-        for f in files:
-            try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
-                    "SOPInstanceUID", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"])
-                out.append({"file": f, "sop": str(ds.SOPInstanceUID), "patient": str(ds.PatientID),
-                            "study": str(ds.StudyInstanceUID), "series": str(ds.SeriesInstanceUID), "error": ""})
-            except Exception as e:  # noqa: BLE001 - recorded as a rejection
-                out.append({"file": f, "sop": "", "patient": "", "study": "", "series": "",
-                            "error": f"unreadable DICOM header: {type(e).__name__}: {e}"})
-    return out
-
-
-def index_headers(image_dir: Path, index_path: Path, *, workers: int = 2, chunk: int = 2000) -> pd.DataFrame:
-    """File -> SOP/patient/study/series from headers only; cached in ``index_path`` for re-runs."""
-    files = sorted(str(p) for p in Path(image_dir).glob("*.dcm"))
+def index_rsna_headers(image_dir: Path, index_path: Path, *, workers: int = 2) -> pd.DataFrame:
+    """File -> SOP/patient/study/series from headers only (``headers.index_headers``, cached in ``index_path``)."""
+    files = sorted(Path(image_dir).glob("*.dcm"))
     if not files:
         raise SourceError(f"{image_dir}: no .dcm files")
-    if index_path.exists():
-        cached = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-        if sorted(cached["file"]) == files:
-            return cached
-    chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
-    rows = []
-    with tqdm(total=len(files), desc="index RSNA headers", unit="file") as bar, \
-            ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
-        for part in (pool.map(_index_chunk, chunks) if workers > 1 else map(_index_chunk, chunks)):
-            rows += part
-            bar.update(len(part))
-    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    write_private_csv(index, index_path)  # original patient ids and UIDs: as private as linkage.csv
-    return index
+    return index_headers(files, index_path, tags=INDEX_TAGS, required=tuple(INDEX_TAGS), workers=workers,
+                         desc="index RSNA headers")
 
 
 def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_series: bool = False,
@@ -108,7 +79,7 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
             raise SourceError(f"{p} not found: --source must hold stage_2_train.csv and stage_2_train/")
     dataset_dir = Path(root or data_root()) / name
     labels = read_rsna_labels(csv_path)
-    index = index_headers(image_dir, dataset_dir / "dicom_index.csv", workers=workers)
+    index = index_rsna_headers(image_dir, dataset_dir / "dicom_index.csv", workers=workers)
     rejects = [(r.file, r.error) for r in index.itertuples() if r.error]
     index = index[index["error"] == ""]
 

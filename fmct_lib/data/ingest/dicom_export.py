@@ -1,0 +1,240 @@
+"""A hospital's DICOM export (any folder layout) plus an optional labels CSV -> a registered custom dataset.
+
+The source is every file below ``source``, whatever its names and folders: a PACS export of one folder per
+study or series, a tree with a DICOMDIR, a flat dump. The headers are indexed once (``headers.index_headers``,
+cached in the private ``dicom_index.csv``) and grouped by SeriesInstanceUID. **Each CT series is one scan**, as
+the paper counts scans (Methods, "Datasets": scan series, those with fewer than 10 slices left out); with
+``per_study`` a study keeps only its largest series, as RSNA's per-study mode does. Before any pixel is read these
+are rows of ``rejects.csv`` with their reason: files that are not DICOM or not an image of a series (a README, a
+DICOMDIR), series of another modality (a dose report), series of fewer than ``min_slices`` images (localizers not
+counted) and, with ``drop_contrast``, contrast-enhanced series (the paper includes non-contrast CT only: the
+``contrast`` column says which series are, from SeriesDescription and ContrastBolusAgent). Each series is then
+read by the shared DICOM reader (``read_dicom_job``: ordering, gaps, tilt, rescale, every check of ``checks.py``).
+
+The labels CSV (``labels.read_labels``: values, refusals) names each row's study or series in the column
+``key_column``, matched on ``match_on``:
+
+- ``accession``: the AccessionNumber (what a report or an EHR extract carries; the default),
+- ``study`` / ``series``: the StudyInstanceUID / SeriesInstanceUID,
+- ``folder``: a folder below ``source`` (relative, or absolute below it): the series whose files lie in it.
+
+A study's row labels each of its series. Rows that match no series are named in the summary; a CSV none of whose
+rows matches is refused, saying which other ``match_on`` its values would match. Series no row names are kept
+without labels (with ``split_column``: in the unlabelled pretraining pool). The patient of a scan is the CSV's
+``patient_column`` where given and the row matched, else the header's PatientID (a series without one is its own
+study's patient, counted as ``no_patient_id``: such a dataset's split cannot keep a patient's studies together).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ...paths import data_root
+from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
+from ..splits import POOL_SPLIT
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
+from .cq500 import is_contrast
+from .headers import index_headers
+from .labels import read_labels, source_relative
+
+__all__ = ["MATCH_ON", "MIN_SLICES", "index_series", "ingest_dicom"]
+
+INDEX_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
+              "accession": "AccessionNumber", "modality": "Modality", "image_type": "ImageType",
+              "description": "SeriesDescription", "contrast_agent": "ContrastBolusAgent"}
+MATCH_ON = {"accession": "AccessionNumber", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
+            "folder": "folder below --source"}
+MIN_SLICES = 10  # the paper leaves out series of fewer than 10 slices (Methods, "Datasets")
+
+
+def _source_files(source: Path) -> list[Path]:
+    """Every regular file below ``source``, hidden files and folders (``.DS_Store``, ``.git``) left out."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return out
+
+
+def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """One row per series (index: SeriesInstanceUID) from the readable rows of a header index: its study, patient,
+    accession, modality, description, contrast agent, ``files`` (sorted), ``n_images`` (localizers not counted)
+    and ``folder`` (the deepest folder below ``source`` holding all its files; ``.`` for the source itself)."""
+    def first(values):  # the first non-empty value (a tag some slices lack)
+        return next((v for v in values if v), "")
+
+    grouped = index.groupby("series", sort=True)
+    series = grouped[["study", "patient", "accession", "modality", "description", "contrast_agent"]].agg(first)
+    series["files"] = grouped["file"].agg(sorted)
+    series["n_images"] = grouped["image_type"].agg(lambda types: sum("LOCALIZER" not in t.upper() for t in types))
+    series["folder"] = [os.path.relpath(os.path.commonpath([os.path.dirname(f) for f in files]), source)
+                        for files in series["files"]]
+    return series
+
+
+def _series_keys(series: pd.DataFrame, match_on: str) -> pd.Series:
+    return pd.Series(series.index, index=series.index) if match_on == "series" else series[match_on]
+
+
+def _matches(key: str, series: pd.DataFrame, match_on: str) -> list[str]:
+    """The series a labels key names (``match_on``: the column compared; a folder names the series below it)."""
+    if match_on == "folder":
+        folder = series["folder"]
+        return list(series.index[(folder == key) | folder.str.startswith(f"{key}/") | (key == ".")])
+    keys = _series_keys(series, match_on)
+    return list(series.index[keys == key])
+
+
+def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, source: Path,
+                  labels_file) -> tuple[dict[str, int], list[str]]:
+    """Row of ``table`` for each series it labels, and the rows that match none (``"row N: key"``). Refused: a
+    series two rows name, and a CSV none of whose rows matches (naming the ``match_on`` its keys would match)."""
+    keys = table["path"].map(functools.partial(source_relative, source=source)) if match_on == "folder" \
+        else table["path"]
+    row_of, unmatched = {}, []
+    for i, key in zip(table.index, keys):
+        found = _matches(key, series, match_on)
+        if not found:
+            unmatched.append(f"row {i + 2}: {key}")
+        for uid in found:
+            if uid in row_of:
+                raise ValueError(f"{labels_file}: rows {row_of[uid] + 2} and {i + 2} both label series {uid} (folder "
+                                 f"{series.loc[uid, 'folder']}); one row per study or series (row 1 is the header)")
+            row_of[uid] = i
+    if len(table) and not row_of:
+        others = {mode: sum(bool(_matches(k, series, mode)) for k in table["path"]) for mode in MATCH_ON
+                  if mode != match_on}
+        best = max(others, key=others.get)
+        hint = (f"; {others[best]} of them name a series by its {MATCH_ON[best]}: --match-on {best}" if others[best]
+                else f"; the headers' {MATCH_ON[match_on]} values are e.g. "
+                     f"{', '.join(map(repr, _series_keys(series, match_on).head(3)))}" if match_on != "folder"
+                else f"; the series' folders are e.g. {', '.join(series['folder'].head(3))}")
+        raise ValueError(f"{labels_file}: none of its {len(table)} rows names a series below the source by its "
+                         f"{MATCH_ON[match_on]} (--match-on {match_on}; e.g. {'; '.join(unmatched[:3])}){hint}")
+    return row_of, unmatched
+
+
+def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool,
+            per_study: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """The series to read, and the others as rejections with their reason (nothing read but headers)."""
+    rejects = []
+
+    def refuse(mask, reason):
+        for uid in series.index[mask]:
+            rejects.append((uid, f"series in {series.loc[uid, 'folder']}: {reason(series.loc[uid])}"))
+        return series[~mask]
+
+    series = refuse(series["modality"].str.upper() != "CT",
+                    lambda s: f"modality {s['modality'] or 'missing'!r}, not CT ({len(s['files'])} file(s))")
+    if drop_contrast:
+        contrast = series["description"].map(is_contrast) | (series["contrast_agent"] != "")
+        series = refuse(contrast, lambda s: f"contrast series ({s['description'] or s['contrast_agent']!r}; "
+                                            "dropped by --drop-contrast)")
+    series = refuse(series["n_images"] < min_slices,
+                    lambda s: f"{s['n_images']} image(s), fewer than {min_slices} (--min-slices; the paper leaves "
+                              "out series of fewer than 10 slices)")
+    if per_study:
+        largest = series.rename_axis("uid").sort_values(["n_images", "uid"], ascending=[False, True]) \
+            .groupby("study", sort=False).head(1)
+        kept = series.index.isin(largest.index)
+        keep_of = dict(zip(largest["study"], largest.index))
+        series = refuse(~kept, lambda s: f"{s['n_images']} images of a study with several series; per-study mode "
+                                         f"keeps the largest ({keep_of[s['study']]})")
+    return series, rejects
+
+
+def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
+                 key_column: str = "accession", match_on: str = "accession", patient_column: str | None = None,
+                 split_column: str | None = None, per_study: bool = False, drop_contrast: bool = False,
+                 min_slices: int = MIN_SLICES, root: Path | None = None, workers: int = 2, seed: int = 0,
+                 on_gap: str = "flag", tilt: str = "resample", description: str = "") -> dict:
+    """Ingest the DICOM files below ``source`` (+ labels CSV with ``mapping`` csv column -> task) as ``name``.
+
+    The summary (``common.finish``) adds ``series`` (CT and other series found), ``not_in_labels`` (scans no row
+    labels), ``labels_without_volume`` (rows that match no scan) with ``labels_without_volume_rows`` (the first ten,
+    named) and ``no_patient_id`` (scans without a PatientID: each is its study's own patient)."""
+    validate_dataset_name(name)  # before anything is written
+    if match_on not in MATCH_ON:
+        raise ValueError(f"--match-on must be one of {', '.join(MATCH_ON)}, got {match_on!r}")
+    if min_slices < 2:
+        raise ValueError(f"--min-slices must be at least 2 (a volume), got {min_slices}")
+    source = Path(source)
+    if not source.is_dir():
+        raise SourceError(f"{source}: no such folder (--source must be the folder of the DICOM export)")
+    mapping = dict(mapping or {})
+    tasks = list(mapping.values())
+    if labels is None and (mapping or split_column or patient_column):
+        flag = "--map" if mapping else "--split-col" if split_column else "--patient-col"
+        raise ValueError(f"{flag} needs a labels CSV (--labels)")
+    table = pd.DataFrame(columns=["path", "patient", *tasks])
+    if labels is not None:  # read and checked before a header is
+        table = read_labels(labels, path_column=key_column, patient_column=patient_column, mapping=mapping,
+                            split_column=split_column, path_flag="--key-col", what=f"{match_on} key")
+    files = _source_files(source)
+    if not files:
+        raise SourceError(f"{source}: no files below this folder")
+
+    dataset_dir = Path(root or data_root()) / name
+    index = index_headers(files, dataset_dir / "dicom_index.csv", tags=INDEX_TAGS, required=("study", "series"),
+                          workers=workers, desc=f"index {name} headers")
+    rejects = [(r.file, r.error) for r in index.itertuples() if r.error]
+    readable = index[index["error"] == ""]
+    if readable.empty:
+        raise SourceError(f"{source}: none of its {len(files)} files is a DICOM image (e.g. {files[0]}: "
+                          f"{index['error'].iloc[0]})")
+    found = index_series(readable, source)
+    series, screened = _screen(found, min_slices=min_slices, drop_contrast=drop_contrast, per_study=per_study)
+    rejects += screened
+    row_of, unmatched = _match_labels(table, series, match_on, source, labels)
+
+    def patient(uid):
+        if patient_column and uid in row_of:
+            return table.loc[row_of[uid], "patient"]
+        return series.loc[uid, "patient"] or f"study {series.loc[uid, 'study']}"
+
+    patients = {uid: patient(uid) for uid in series.index}
+    given_splits = _given_splits(table, row_of, patients, labels) if split_column else None
+    jobs = []
+    for uid, s in series.iterrows():
+        columns = {task: table.loc[row_of[uid], task] if uid in row_of else pd.NA for task in tasks}
+        columns["contrast"] = int(is_contrast(s["description"]) or s["contrast_agent"] != "")
+        jobs.append(Job(source_key=s["study"] if per_study else uid, patient=patients[uid],
+                        inputs=tuple(s["files"]), columns=columns))
+
+    options = {"on_gap": on_gap, "tilt": tilt}
+    rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
+                                 workers=workers, desc=f"ingest {name}")
+    description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
+    register_dataset(name, tasks=tasks, description=description,
+                     ingest_command=f"fmct ingest dicom --name {name} --source DIR --labels LABELS.csv", root=root)
+    update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks,
+                     columns=[*DICOM_COLUMNS, "contrast"], given_splits=given_splits)
+    summary["series"] = len(found)
+    summary["not_in_labels"] = len(series) - len(row_of)
+    summary["labels_without_volume"] = len(unmatched)
+    summary["labels_without_volume_rows"] = unmatched[:10]
+    summary["no_patient_id"] = int((series["patient"] == "").sum())
+    return summary
+
+
+def _given_splits(table: pd.DataFrame, row_of: dict[str, int], patients: dict[str, str],
+                  labels_file) -> dict[str, str]:
+    """Patient -> split from the CSV's split column; patients no row names go to the pretraining pool. Refused: a
+    patient whose rows (matched through the headers' PatientID where the CSV has no patient column) disagree."""
+    splits: dict[str, set] = {}
+    for uid, i in row_of.items():
+        splits.setdefault(patients[uid], set()).add((table.loc[i, "split"], i))
+    crossing = {p: s for p, s in splits.items() if len({split for split, _ in s}) > 1}
+    if crossing:
+        p, s = next(iter(crossing.items()))
+        rows = ", ".join(f"row {i + 2} {split}" for split, i in sorted(s, key=lambda r: r[1]))
+        raise ValueError(f"{labels_file}: the split column puts one patient in several splits ({rows}; patient "
+                         f"{p!r}{' and ' + str(len(crossing) - 1) + ' more' if len(crossing) > 1 else ''}): all "
+                         "scans of a patient must share a split")
+    given = {p: POOL_SPLIT for p in patients.values()}
+    given.update({p: next(iter(s))[0] for p, s in splits.items()})
+    return given

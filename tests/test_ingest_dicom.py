@@ -1,0 +1,242 @@
+"""A hospital's DICOM export (`fmct ingest dicom`): any folder layout, series as scans, labels by accession,
+study, series or folder, the paper's series filters, patients from the headers, refusals named."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from fmct_lib.cli import main as cli_main
+from fmct_lib.data.dicom_write import write_dicom_series
+from fmct_lib.data.ingest import ingest_dicom
+from fmct_lib.data.ingest.headers import index_headers
+from fmct_lib.data.manifest import load_scans, read_manifest, registry_files
+from fmct_lib.data.splits import POOL_SPLIT
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+AFFINE = np.diag([0.5, 0.5, 1.0, 1.0])
+# (patient, accession, series description, slices, writer quirks); each series is written in its own study folder
+# <patient>/<accession>/ as IM<n> files without an extension, two series of ACC100 mixed in one folder
+EXPORT = [
+    ("MRN1", "ACC100", "Head 5mm", 12, {}),
+    ("MRN1", "ACC100", "Bone", 14, {}),
+    ("MRN1", "ACC101", "Head 5mm", 12, dict(add_localizer=True)),
+    ("MRN2", "ACC200", "Head 5mm", 12, {}),
+    ("MRN2", "ACC200", "Scout", 5, {}),                         # fewer than 10 slices: refused
+    ("MRN3", "ACC300", "Head +C", 12, dict(contrast_agent="IOHEXOL")),
+    ("MRN4", "ACC400", "T1 axial", 12, dict(modality="MR")),    # not CT: refused
+    ("", "ACC500", "Head 5mm", 12, {}),                         # no PatientID in the headers
+]
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """The export folder and, per series (description, accession), its truth: files, HU, study/series UIDs."""
+    work = tmp_path_factory.mktemp("dicom_export")
+    src = work / "export"
+    rng = np.random.default_rng(5)
+    truth = {}
+    for number, (patient, accession, desc, n, quirks) in enumerate(EXPORT, start=1):
+        hu = rng.integers(-1000, 1500, (16, 16, n)).astype(np.float32)
+        written = write_dicom_series(hu, AFFINE, work / "written", flavour="cq500", patient_id=patient or "NOID",
+                                     study_uid=pydicom.uid.generate_uid(entropy_srcs=[accession]),
+                                     series_description=desc, series_number=number, accession_number=accession,
+                                     **quirks)
+        folder = src / (patient or "unknown") / accession
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for k, f in enumerate(written):
+            ds = pydicom.dcmread(f)
+            if not patient:
+                del ds.PatientID
+            files.append(folder / f"IM{number:02d}{k:04d}")
+            ds.save_as(files[-1])
+        header = pydicom.dcmread(files[0], stop_before_pixels=True)
+        truth[(accession, desc)] = dict(patient=patient, hu=hu, files=files, study=str(header.StudyInstanceUID),
+                                        series=str(header.SeriesInstanceUID), folder=f"{patient or 'unknown'}/{accession}")
+    (src / "README.txt").write_text("exported by the PACS\n")
+    record = Dataset()  # a DICOM file that is no image: a DICOMDIR-like record without study and series UIDs
+    record.file_meta = FileMetaDataset()
+    record.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    record.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    record.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    record.preamble = b"\0" * 128
+    record.FileSetID = "EXPORT"
+    record.save_as(src / "DICOMDIR", enforce_file_format=True)
+    return src, truth
+
+
+def write_labels(path, rows, columns=("accession", "mrn", "bleed")):
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def labels(tmp_path):
+    return write_labels(tmp_path / "labels.csv", [("ACC100", "MRN1", "yes"), ("ACC101", "MRN1", "no"),
+                                                  ("ACC200", "MRN2", "1"), ("ACC999", "MRN9", "0")])
+
+
+def scans_by_series(name, env):
+    scans = load_scans(name).set_index("scan_id")
+    link = pd.read_csv(env / name / "linkage.csv", dtype=str).set_index("source")
+    return scans, link
+
+
+def test_export_end_to_end(export, labels, isolated_roots):
+    src, truth = export
+    summary = ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    scans, link = scans_by_series("hosp", isolated_roots.data)
+    rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
+    reasons = dict(zip(rejects["source"], rejects["reason"]))
+
+    kept = {k: t for k, t in truth.items() if k not in {("ACC200", "Scout"), ("ACC400", "T1 axial")}}
+    assert summary["series"] == len(truth) and summary["scans"] == len(kept) == 6
+    assert summary["not_in_labels"] == 2 and summary["no_patient_id"] == 1  # ACC300 and ACC500; ACC500
+    assert summary["labels_without_volume"] == 1 and summary["labels_without_volume_rows"] == ["row 5: ACC999"]
+    assert "modality 'MR', not CT" in reasons[truth[("ACC400", "T1 axial")]["series"]]
+    assert "5 image(s), fewer than 10" in reasons[truth[("ACC200", "Scout")]["series"]]
+    assert "unreadable DICOM header" in reasons[str(src / "README.txt")]
+    assert "without StudyInstanceUID, SeriesInstanceUID" in reasons[str(src / "DICOMDIR")]
+    want = {"ACC100": 1, "ACC101": 0, "ACC200": 1}  # a study's row labels each of its series
+    for (accession, desc), t in kept.items():
+        row = scans.loc[link.loc[t["series"], "scan_id"]]
+        assert (pd.isna(row["ich"]) if accession not in want else row["ich"] == want[accession]), (accession, desc)
+        assert row["series_description"] == desc and row["contrast"] == int(accession == "ACC300")
+        assert row["n_slices"] == t["hu"].shape[2]  # the localizer of ACC101 left out
+        np.testing.assert_array_equal(np.asarray(nib.load(isolated_roots.data / "hosp" / row["path"]).dataobj),
+                                      t["hu"])
+    by_patient = scans.groupby("patient_id")["split"].nunique()
+    assert by_patient.max() == 1 and scans["patient_id"].nunique() == 4  # MRN1's three series share a patient
+    assert "MRN1" not in (isolated_roots.data / "hosp" / "scans.csv").read_text()
+    manifest = read_manifest(registry_files()[-1]).set_index("name")
+    assert manifest.loc["hosp", "tasks"] == "ich"
+    assert oct(os.stat(isolated_roots.data / "hosp" / "dicom_index.csv").st_mode & 0o777) == "0o600"
+
+    again = ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, workers=1)  # resumes
+    assert again["scans"] == summary["scans"] and again["labels"] == summary["labels"]
+    assert load_scans("hosp").equals(scans.reset_index()[load_scans("hosp").columns])
+
+
+@pytest.mark.parametrize("match_on", ["study", "series", "folder"])
+def test_other_keys_label_the_same_series(export, isolated_roots, tmp_path, match_on):
+    src, truth = export
+    key = {"study": "study", "series": "series", "folder": "folder"}[match_on]
+    rows = [(truth[("ACC100", "Head 5mm")][key], "MRN1", "1"), (truth[("ACC101", "Head 5mm")][key], "MRN1", "0")]
+    if match_on == "folder":  # a Windows path and an absolute path name the same folders
+        rows = [(rows[0][0].replace("/", "\\"), *rows[0][1:]), (str(src / rows[1][0]), *rows[1][1:])]
+    labels = write_labels(tmp_path / "keys.csv", rows, columns=("key", "mrn", "bleed"))
+    ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, key_column="key", match_on=match_on,
+                 workers=1)
+    scans, link = scans_by_series("hosp", isolated_roots.data)
+    labelled = {k: scans.loc[link.loc[t["series"], "scan_id"], "ich"] for k, t in truth.items()
+                if t["series"] in link.index}
+    expected_series = 1 if match_on == "series" else 2  # ACC100 has two series; a series key names one
+    assert sum(v == 1 for v in labelled.values() if not pd.isna(v)) == expected_series
+    assert labelled[("ACC101", "Head 5mm")] == 0
+
+
+def test_wrong_key_kind_is_refused_naming_the_right_one(export, isolated_roots, tmp_path):
+    src, truth = export
+    labels = write_labels(tmp_path / "uids.csv", [(truth[("ACC100", "Head 5mm")]["study"], "MRN1", "1")])
+    with pytest.raises(ValueError, match=r"none of its 1 rows names a series .* AccessionNumber .* --match-on study"):
+        ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert not (isolated_roots.data / "hosp" / "volumes").exists()  # refused before any volume is read
+
+
+def test_per_study_keeps_the_largest_series(export, isolated_roots):
+    src, truth = export
+    summary = ingest_dicom(src, name="hosp", per_study=True, workers=1)
+    rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
+    reasons = dict(zip(rejects["source"], rejects["reason"]))
+    assert summary["scans"] == 5  # ACC100 keeps Bone (14 images), not Head 5mm (12)
+    head, bone = truth[("ACC100", "Head 5mm")], truth[("ACC100", "Bone")]
+    assert f"per-study mode keeps the largest ({bone['series']})" in reasons[head["series"]]
+    _, link = scans_by_series("hosp", isolated_roots.data)
+    assert bone["study"] in link.index  # the study is the scan's source
+
+
+def test_drop_contrast_and_min_slices(export, isolated_roots):
+    src, truth = export
+    summary = ingest_dicom(src, name="hosp", drop_contrast=True, min_slices=5, workers=1)
+    rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
+    reasons = dict(zip(rejects["source"], rejects["reason"]))
+    assert "contrast series" in reasons[truth[("ACC300", "Head +C")]["series"]]
+    assert truth[("ACC200", "Scout")]["series"] not in reasons  # 5 slices pass --min-slices 5
+    assert summary["scans"] == 6 and summary["unlabelled"] == 6 and summary["labels"] == {}
+
+
+def test_split_column(export, isolated_roots, tmp_path):
+    src, truth = export
+    labels = write_labels(tmp_path / "split.csv", [("ACC100", "1", "test"), ("ACC200", "0", "train")],
+                          columns=("accession", "bleed", "split"))
+    ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, split_column="split", workers=1)
+    scans, link = scans_by_series("hosp", isolated_roots.data)
+    split = {k: scans.loc[link.loc[t["series"], "scan_id"], "split"] for k, t in truth.items() if t["series"] in link.index}
+    assert split[("ACC100", "Head 5mm")] == split[("ACC100", "Bone")] == "test"
+    assert split[("ACC101", "Head 5mm")] == "test"  # unlabelled, but MRN1's: with its patient, never in the pool
+    assert split[("ACC200", "Head 5mm")] == "train" and split[("ACC300", "Head +C")] == POOL_SPLIT
+
+    crossing = write_labels(tmp_path / "crossing.csv", [("ACC100", "1", "test"), ("ACC101", "0", "train")],
+                            columns=("accession", "bleed", "split"))
+    with pytest.raises(ValueError, match=r"one patient in several splits \(row 2 test, row 3 train; patient 'MRN1'"):
+        ingest_dicom(src, name="hosp2", labels=crossing, mapping={"bleed": "ich"}, split_column="split", workers=1)
+
+
+def test_header_index_is_read_again_when_a_file_changes(export, tmp_path):
+    src, truth = export
+    files = sorted(truth[("ACC200", "Head 5mm")]["files"])
+    copies = []
+    for f in files:
+        copies.append(tmp_path / "src" / f.name)
+        copies[-1].parent.mkdir(exist_ok=True)
+        shutil.copy(f, copies[-1])
+    tags = {"accession": "AccessionNumber", "series": "SeriesInstanceUID"}
+    first = index_headers(copies, tmp_path / "index.csv", tags=tags, workers=1)
+    assert set(first["accession"]) == {"ACC200"} and (first["error"] == "").all()
+    ds = pydicom.dcmread(copies[0])
+    ds.AccessionNumber = "ACC201"  # exported again under its name
+    ds.save_as(copies[0])
+    os.utime(copies[0], ns=(os.stat(copies[0]).st_atime_ns, os.stat(copies[0]).st_mtime_ns + 10**9))
+    second = index_headers(copies, tmp_path / "index.csv", tags=tags, workers=1)
+    assert second.set_index("file").loc[str(copies[0]), "accession"] == "ACC201"
+    pd.testing.assert_frame_equal(index_headers(copies, tmp_path / "index.csv", tags=tags, workers=1), second)
+
+
+def test_cli_dicom(export, labels, isolated_roots, capsys, tmp_path):
+    src, _ = export
+    assert cli_main(["ingest", "dicom", "--name", "hosp", "--source", str(src), "--labels", str(labels),
+                     "--patient-col", "mrn", "--map", "bleed=ich", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "4 refused" in err and "row(s) of" in err and "ACC999" in err  # README, DICOMDIR, MR, 5 slices; the row
+    assert "no PatientID" in err  # ACC500's series: warned, with the way out
+    bad = write_labels(tmp_path / "bad.csv", [("ACC100", "MRN1", "maybe")])
+    assert cli_main(["ingest", "dicom", "--name", "hosp", "--source", str(src), "--labels", str(bad),
+                     "--patient-col", "mrn", "--map", "bleed=ich"]) == 2
+    assert "'maybe' (row 2)" in capsys.readouterr().err
+
+
+def test_the_committed_sample_with_its_readme_flags(isolated_roots, tmp_path, capsys):
+    """examples/accession_labels.csv, ingested with the command examples/README.md gives, onto an export holding
+    two of its studies (the other three rows are named as matching no series)."""
+    examples = EXAMPLES
+    flags = "--patient-col mrn --map bleed=ich sah=sah"
+    assert flags in (examples / "README.md").read_text()
+    rng = np.random.default_rng(6)
+    for accession, mrn in [("E2019000413", "MRN-1042"), ("E2020001207", "MRN-1077")]:
+        write_dicom_series(rng.integers(-1000, 1500, (16, 16, 10)).astype(np.float32), AFFINE, tmp_path / "pacs",
+                           flavour="cq500", patient_id=f"hdr-{mrn}", accession_number=accession,
+                           study_uid=pydicom.uid.generate_uid(entropy_srcs=[accession]))
+    assert cli_main(["ingest", "dicom", "--name", "mybleeds", "--source", str(tmp_path / "pacs"), "--labels",
+                     str(examples / "accession_labels.csv"), "--workers", "1", *flags.split()]) == 0
+    assert "3 row(s) of" in capsys.readouterr().err
+    scans = load_scans("mybleeds")
+    assert sorted(zip(scans["ich"], scans["sah"])) == [(1, 0), (1, 1)]
+    assert scans["patient_id"].nunique() == 2
