@@ -305,6 +305,7 @@ def test_features_under_autocast_are_cached_apart_from_fp32_ones(monkeypatch, tm
 def toy_world(tmp_path, monkeypatch):
     """A scan table with internal/external sites, volumes in memory, and a toy encoder checkpoint."""
     monkeypatch.setenv("FMCT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FMCT_CACHE", str(tmp_path / "cache"))  # no other test's cache of toyset: none is built
     rng = np.random.default_rng(0)
     rows = []
     for site, n in (("internal", 60), ("external", 40)):
@@ -551,6 +552,37 @@ def test_a_run_whose_training_labels_changed_is_trained_again_with_its_kept_clas
         again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, run_root=root,
                              progress=False)
         np.testing.assert_array_equal(again["probability"], after["probability"])   # now reused as it is
+    finally:
+        write_scans(original, "toyset")
+
+
+def test_a_finished_kshot_run_whose_draw_changed_runs_again(toy_world):
+    """The same training rows in another order draw other K shots from the same seed: the rows' digest cannot see
+    it, the recorded draw can. The finished run is run again on today's draw, with a warning; unchanged, reused."""
+    from fmct_lib.data.manifest import load_scans
+    _, _, root = toy_world
+    internal = {"site": "internal"}
+    original = load_scans("toyset")
+    run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, k_shot=3, run_root=root,
+                 progress=False)
+    run_dir = next(p.parent for p in root.rglob("done") if json.loads((p.parent / "config.json").read_text())
+                   ["signature"]["k"] == 3)
+    before = json.loads((run_dir / "config.json").read_text())["train_scan_ids"]
+    write_scans(original.iloc[::-1], "toyset")
+    try:
+        with pytest.warns(UserWarning, match=r"the K-shot draw from today's training rows differs in \d+ scan"):
+            run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, k_shot=3, run_root=root,
+                         progress=False)
+        after = json.loads((run_dir / "config.json").read_text())["train_scan_ids"]
+        train = original.iloc[::-1].query("site == 'internal' and split == 'train'").reset_index(drop=True)
+        drawn = fewshot_draw(train["ich"].to_numpy(), 3, np.random.default_rng(0))  # an independent redraw
+        assert after == list(train["scan_id"].iloc[drawn]) and set(after) != set(before)
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, k_shot=3, run_root=root,
+                         progress=False)
+        assert not [w for w in caught if "K-shot draw" in str(w.message)]
     finally:
         write_scans(original, "toyset")
 

@@ -132,9 +132,14 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         finished = read_predictions(run_dir / "predictions.csv")
         changes = _evaluation_changes(signature, spec, finished)
-        recorded = json.loads((run_dir / "config.json").read_text()).get("training_rows")
+        stored_config = json.loads((run_dir / "config.json").read_text())
+        recorded = stored_config.get("training_rows")
         if recorded and recorded != _training_rows(signature, train_scans, default=recorded):
             changes = ", ".join(filter(None, [changes, "training or validation rows or labels changed"]))
+        drawn = stored_config.get("train_scan_ids")
+        if k_shot and drawn and (today := _kshot_draw(signature, spec, train_scans)) is not None and today != drawn:
+            changes = ", ".join(filter(None, [changes, f"the K-shot draw from today's training rows differs in "
+                                                       f"{len(set(today) ^ set(drawn))} scan(s)"]))
         if changes:
             import warnings
             warnings.warn(f"{run_dir}: the evaluation rows changed since this run finished ({changes}); running it "
@@ -212,9 +217,7 @@ def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, 
     s = signature
     dataset, task, eval_dataset = s["dataset"], s["task"], s["eval_dataset"]
     table = _scan_table(dataset)  # read once while unchanged (the reuse checks read it too)
-    train = (train_scans.reset_index(drop=True) if train_scans is not None
-             else select_rows(table, s["train_filter"], "train", task, f"{dataset} train"))
-    train = train[train[task].notna()].reset_index(drop=True)
+    train = _train_rows(signature, train_scans)
     val = select_rows(table, s["train_filter"], "val", task, f"{dataset} val")
     test = select_rows(_scan_table(eval_dataset), s["eval_filter"],
                        s["eval_split"], task, f"{eval_dataset} {s['eval_split']}")
@@ -257,6 +260,38 @@ def _evaluation_changes(signature: dict, spec, predictions: pd.DataFrame) -> str
     changed = sum(now[i] != before[i] for i in now.keys() & before.keys())
     return ", ".join([f"{n} scan(s) {what}" for what, n in counts.items() if n]
                      + ([f"{changed} label(s) changed"] if changed else []))
+
+
+def _train_rows(signature: dict, train_scans: pd.DataFrame | None) -> pd.DataFrame:
+    """The training rows with a label: ``train_scans``, else the scan table's training split (its filter)."""
+    s, task = signature, signature["task"]
+    train = (train_scans.reset_index(drop=True) if train_scans is not None
+             else select_rows(_scan_table(s["dataset"]), s["train_filter"], "train", task, f"{s['dataset']} train"))
+    return train[train[task].notna()].reset_index(drop=True)
+
+
+def _kshot_draw(signature: dict, spec, train_scans: pd.DataFrame | None) -> list[str] | None:
+    """The scan ids a K-shot run would draw from today's training rows: those in the cache where it is built (as
+    ``volume_source`` keeps them), drawn by ``fewshot_draw`` from the run's seed. The rows' digest
+    (``_training_rows``) cannot see a reordered table or a scan the cache now rejects; the draw can. None where the
+    scan table is not here."""
+    from ..data.cache import read_index
+    from ..data.manifest import DatasetNotAvailable
+    s = signature
+    try:
+        train = _train_rows(signature, train_scans)
+    except DatasetNotAvailable:
+        return None
+    try:
+        cached = read_index(s["dataset"], spec)["scan_id"].astype(str)
+        train = train[train["scan_id"].astype(str).isin(set(cached))].reset_index(drop=True)
+    except FileNotFoundError:  # no cache (StageMissing): the rows as they are
+        pass
+    try:
+        drawn = fewshot_draw(train[s["task"]].to_numpy(), s["k"], np.random.default_rng(s["seed"]))
+    except ProtocolSkipped:
+        return []
+    return list(train["scan_id"].iloc[drawn].astype(str))
 
 
 def _training_rows(signature: dict, train_scans: pd.DataFrame | None, default: str = "") -> str:
