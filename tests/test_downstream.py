@@ -282,6 +282,36 @@ def test_autocast_per_device(monkeypatch):
         assert precision.autocast_for(device)[1] is scaled and precision.precision_name(device) == name
 
 
+# what FEATURES_VERSION 1's forward pass gives for the weights and input below (fp32, CPU)
+FEATURES_PIN = {1: dict(mean=0.03105282, std=0.27221584, first=[-0.19456273, 0.37272096, -0.17137109],
+                        last=[0.40645355, -0.08397411, 0.12387179])}
+
+
+def test_features_version_pins_the_encoders_numerics():
+    """The cached features are keyed by ``FEATURES_VERSION``: a change to the ViT's forward pass must bump it (and
+    record its numbers here), else features cached by older code would be read back as today's. Fixed weights
+    (every parameter drawn from a seeded generator, so the initialisation code plays no part) and a fixed input:
+    the tokens must match the version's record to 1e-4 (CPU kernels differ across machines by ~1e-6; a change of
+    the forward pass moves them by far more: without the final norm the std is 5.3, not 0.27)."""
+    from fmct_lib.downstream.features import FEATURES_VERSION
+    from fmct_lib.models.vit3d import VisionTransformer3d
+    assert FEATURES_VERSION in FEATURES_PIN, f"record FEATURES_VERSION {FEATURES_VERSION}'s numbers in FEATURES_PIN"
+    model = VisionTransformer3d(img_size=24, patch_size=6, embed_dim=48, depth=2, num_heads=4,
+                                num_register_tokens=1).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+        tokens = model.forward_features(torch.randn(2, 3, 24, 24, 24, generator=g))
+    pin = FEATURES_PIN[FEATURES_VERSION]
+    got = dict(mean=tokens.mean().item(), std=tokens.std().item(), first=tokens[0, 0, :3].tolist(),
+               last=tokens[1, -1, -3:].tolist())
+    assert tokens.shape == (2, 1 + 1 + 64, 48)
+    for name, value in pin.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-4, err_msg=f"the encoder's forward pass changed ({name}): "
+                                   "bump FEATURES_VERSION in fmct_lib/downstream/features.py and record its numbers")
+
+
 def test_features_under_autocast_are_cached_apart_from_fp32_ones(monkeypatch, tmp_path):
     """Tokens computed in bf16 (a GPU) and in fp32 (a CPU) differ: each is cached under its own key and neither
     is read back for the other."""

@@ -4,9 +4,10 @@ Where the encoder does not train (linear and attentive probes), running it again
 work: its output tokens (cls, registers and patches, after the final norm) are computed once per set of inputs
 and kept, in this process and on disk, under the encoder's identity (``encoder_id``: the sha256 of its checkpoint
 file, or an external encoder's ``ExternalRef.identity``: its weights' sha256, or ``random`` and the seed) and
-the inputs' key (``VolumeSource.key``: the dataset, the preprocessing spec's hash and the scans). The file is
-``<cache>/<encoder identity>/<sha256 of the inputs key>[:24].safetensors`` (the key in its metadata),
-written atomically and read without executing code.
+the inputs' key (``VolumeSource.key``: the dataset, the preprocessing spec's hash and the scans) and the version of
+fmct's encoder numerics (``FEATURES_VERSION``: the same weights give other tokens when the ViT's code changes). The
+file is ``<cache>/<encoder identity>/<sha256 of the inputs key and version>[:24].safetensors`` (both in its
+metadata), written atomically and read without executing code.
 """
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ from ..io import atomic_path
 from ..models.external import ExternalRef
 from ..precision import infer, precision_name
 
-__all__ = ["encoder_id", "encoder_tokens"]
+__all__ = ["FEATURES_VERSION", "encoder_id", "encoder_tokens"]
 
+# What the encoder code computes from given weights and inputs. Bump it with any change to the ViT's forward pass
+# (``tests/test_downstream.py::test_features_version_pins_the_encoders_numerics`` fails until it is bumped), so
+# that no feature cached by older code is read back.
+FEATURES_VERSION = 1
 HELD_BYTES = 2 << 30   # features kept in this process for the next runs of a sweep (least recently used out)
 _HELD: "OrderedDict[tuple[str, str], torch.Tensor]" = OrderedDict()
 
@@ -60,13 +65,14 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
     numerics = precision_name(device)
     if numerics != "float32":  # a GPU's bf16 tokens are not the CPU's fp32 ones: kept apart
         identity = f"{identity}@{numerics.split()[0]}"
-    held = (identity, source.key) if source.key else None
+    key = f"{source.key}|features-v{FEATURES_VERSION}" if source.key else None
+    held = (identity, key) if key else None
     if held in _HELD:
         _HELD.move_to_end(held)
         return _HELD[held]
     path = None
     if cache is not None and held:
-        path = Path(cache) / identity / f"{hashlib.sha256(source.key.encode()).hexdigest()[:24]}.safetensors"
+        path = Path(cache) / identity / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
     if path is not None and path.exists():
         tokens = load_file(str(path))["tokens"]
     else:
@@ -76,5 +82,6 @@ def encoder_tokens(encoder: torch.nn.Module, identity: str, source: VolumeSource
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                save_file({"tokens": tokens.contiguous()}, str(tmp), metadata={"inputs": source.key})
+                save_file({"tokens": tokens.contiguous()}, str(tmp), metadata={"inputs": source.key,
+                                                                                "version": str(FEATURES_VERSION)})
     return hold(_HELD, held, tokens, HELD_BYTES) if held else tokens
