@@ -149,6 +149,9 @@ def test_wrong_key_kind_is_refused_naming_the_right_one(export, isolated_roots, 
     with pytest.raises(ValueError, match=r"none of its 1 rows names a series .* AccessionNumber .* --match-on study"):
         ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, workers=1)
     assert not (isolated_roots.data / "hosp" / "volumes").exists()  # refused before any volume is read
+    nowhere = write_labels(tmp_path / "nowhere.csv", [("E0001", "MRN1", "1")])
+    with pytest.raises(ValueError, match=r"row 2: E0001\); the source's AccessionNumber values are e.g. 'ACC100'"):
+        ingest_dicom(src, name="hosp", labels=nowhere, mapping={"bleed": "ich"}, workers=1)
 
 
 def test_per_study_keeps_the_largest_series(export, isolated_roots):

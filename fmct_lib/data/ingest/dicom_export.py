@@ -75,17 +75,19 @@ def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
     return series
 
 
-def _series_keys(series: pd.DataFrame, match_on: str) -> pd.Series:
-    return pd.Series(series.index, index=series.index) if match_on == "series" else series[match_on]
-
-
-def _matches(key: str, series: pd.DataFrame, match_on: str) -> list[str]:
-    """The series a labels key names (``match_on``: the column compared; a folder names the series below it)."""
-    if match_on == "folder":
-        folder = series["folder"]
-        return list(series.index[(folder == key) | folder.str.startswith(f"{key}/") | (key == ".")])
-    keys = _series_keys(series, match_on)
-    return list(series.index[keys == key])
+def _series_by_key(series: pd.DataFrame, match_on: str) -> dict[str, list[str]]:
+    """Labels key -> the series it names (``match_on``: the header value compared; a folder names every series
+    in it or below it, ``.`` the whole source)."""
+    out: dict[str, list[str]] = {}
+    for uid, s in series.iterrows():
+        if match_on == "folder":
+            folder = Path(s["folder"])
+            keys = {".", *(str(folder.parents[i]) for i in range(len(folder.parts))), str(folder)}
+        else:
+            keys = {uid if match_on == "series" else s[match_on]}
+        for key in keys - {""}:
+            out.setdefault(key, []).append(uid)
+    return out
 
 
 def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, source: Path,
@@ -94,9 +96,10 @@ def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, sour
     series two rows name, and a CSV none of whose rows matches (naming the ``match_on`` its keys would match)."""
     keys = table["path"].map(functools.partial(source_relative, source=source)) if match_on == "folder" \
         else table["path"]
+    by_key = _series_by_key(series, match_on)
     row_of, unmatched = {}, []
     for i, key in zip(table.index, keys):
-        found = _matches(key, series, match_on)
+        found = by_key.get(key, [])
         if not found:
             unmatched.append(f"row {i + 2}: {key}")
         for uid in found:
@@ -105,13 +108,12 @@ def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, sour
                                  f"{series.loc[uid, 'folder']}); one row per study or series (row 1 is the header)")
             row_of[uid] = i
     if len(table) and not row_of:
-        others = {mode: sum(bool(_matches(k, series, mode)) for k in table["path"]) for mode in MATCH_ON
+        others = {mode: table["path"].isin(set(_series_by_key(series, mode))).sum() for mode in MATCH_ON
                   if mode != match_on}
         best = max(others, key=others.get)
+        examples = ", ".join(map(repr, sorted(by_key)[:3]))
         hint = (f"; {others[best]} of them name a series by its {MATCH_ON[best]}: --match-on {best}" if others[best]
-                else f"; the headers' {MATCH_ON[match_on]} values are e.g. "
-                     f"{', '.join(map(repr, _series_keys(series, match_on).head(3)))}" if match_on != "folder"
-                else f"; the series' folders are e.g. {', '.join(series['folder'].head(3))}")
+                else f"; the source's {MATCH_ON[match_on]} values are e.g. {examples}")
         raise ValueError(f"{labels_file}: none of its {len(table)} rows names a series below the source by its "
                          f"{MATCH_ON[match_on]} (--match-on {match_on}; e.g. {'; '.join(unmatched[:3])}){hint}")
     return row_of, unmatched
