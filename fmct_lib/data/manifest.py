@@ -266,7 +266,8 @@ def load_scans(name: str, root: Path | None = None, manifest: Path | None = None
         try:
             cmd = dataset_info(name, manifest).get("ingest_command") or f"fmct ingest {name} --source DIR"
         except KeyError:
-            cmd = f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv"
+            cmd = (f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv   "
+                   "(for a DICOM export: fmct ingest dicom)")
         raise DatasetNotAvailable(
             f"dataset {name!r} is not available: {path} does not exist. Create it with:\n    {cmd}\n"
             f"Known datasets: {', '.join(known)}")

@@ -8,7 +8,7 @@
 # canvas → centre crop → three HU windows → model input.
 
 # %% tags=["parameters"]
-dataset = "synthetic"   # synthetic | rsna | cq500 | a name registered by `fmct ingest nifti`
+dataset = "synthetic"   # synthetic | rsna | cq500 | a name registered by `fmct ingest nifti` or `fmct ingest dicom`
 profile = "demo"        # toy | demo | paper (fmct_lib/config.py)
 run_dir = None          # runs root (default $FMCT_RUNS or runs/)
 seed = 0
