@@ -3,7 +3,7 @@
 #
 # What the later notebooks train and evaluate on. By default the synthetic head-CT cohort (MNI152
 # phantoms with the paper's conditions inserted, two scanner makes, slice thickness 0.5–5 mm); with
-# `-p dataset rsna` (or `cq500`, or a hospital's NIfTI folder) the same notebook describes an ingested
+# `-p dataset rsna` (or `cq500`, or a hospital's NIfTI or DICOM export) the same notebook describes an ingested
 # dataset. The figure shows one scan through the paper's chain (Methods): RAS → isotropic resampling →
 # canvas → centre crop → three HU windows → model input.
 
