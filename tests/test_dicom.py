@@ -31,7 +31,7 @@ def canonical(hu, affine):
 
 @pytest.mark.parametrize("flavour, kwargs", [
     ("rsna", {}), ("rsna", {"bits_stored": 12}), ("rsna", {"multivalued_window": True}),
-    ("cq500", {}), ("cq500", {"j2k": True}),
+    ("cq500", {}), ("cq500", {"j2k": True}), ("cq500", {"jpeg_lossless": True}),
 ])
 def test_round_trip_is_exact_in_ras(tmp_path, flavour, kwargs):
     hu, affine = phantom()
@@ -48,6 +48,8 @@ def test_round_trip_is_exact_in_ras(tmp_path, flavour, kwargs):
     assert vol.meta["n_slices"] == 6 and not vol.meta["has_gap"] and vol.meta["tilt_deg"] == 0
     if kwargs.get("j2k"):
         assert vol.meta["transfer_syntax"] == pydicom.uid.JPEG2000Lossless
+    if kwargs.get("jpeg_lossless"):  # what many PACS exports use: decoded by GDCM (python-gdcm, a dependency)
+        assert vol.meta["transfer_syntax"] == pydicom.uid.JPEGLosslessSV1
     if kwargs.get("multivalued_window"):
         assert vol.meta["window_center"] == 36.0
 

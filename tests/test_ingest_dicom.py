@@ -27,7 +27,7 @@ AFFINE = np.diag([0.5, 0.5, 1.0, 1.0])
 EXPORT = [
     ("MRN1", "ACC100", "Head 5mm", 12, {}),
     ("MRN1", "ACC100", "Bone", 14, {}),
-    ("MRN1", "ACC101", "Head 5mm", 12, dict(add_localizer=True)),
+    ("MRN1", "ACC101", "Head 5mm", 12, dict(add_localizer=True, jpeg_lossless=True)),  # as many PACS export
     ("MRN2", "ACC200", "Head 5mm", 12, {}),
     ("MRN2", "ACC200", "Scout", 5, {}),                         # fewer than 10 slices: refused
     ("MRN3", "ACC300", "Head +C", 12, dict(contrast_agent="IOHEXOL")),
@@ -62,6 +62,12 @@ def export(tmp_path_factory):
         truth[(accession, desc)] = dict(patient=patient, hu=hu, files=files, study=str(header.StudyInstanceUID),
                                         series=str(header.SeriesInstanceUID), folder=f"{patient or 'unknown'}/{accession}")
     (src / "README.txt").write_text("exported by the PACS\n")
+    enhanced = pydicom.dcmread(truth[("ACC200", "Head 5mm")]["files"][0])  # a multi-frame (enhanced) CT object
+    enhanced.SeriesInstanceUID, enhanced.NumberOfFrames = pydicom.uid.generate_uid(entropy_srcs=["enhanced"]), 12
+    enhanced.PixelData = enhanced.PixelData * 12
+    (src / "MRN2" / "ENH").mkdir()
+    enhanced.save_as(src / "MRN2" / "ENH" / "IM0001")
+    truth["enhanced"] = dict(series=str(enhanced.SeriesInstanceUID))
     record = Dataset()  # a DICOM file that is no image: a DICOMDIR-like record without study and series UIDs
     record.file_meta = FileMetaDataset()
     record.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
@@ -97,12 +103,13 @@ def test_export_end_to_end(export, labels, isolated_roots):
     rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
     reasons = dict(zip(rejects["source"], rejects["reason"]))
 
-    kept = {k: t for k, t in truth.items() if k not in {("ACC200", "Scout"), ("ACC400", "T1 axial")}}
+    kept = {k: t for k, t in truth.items() if k not in {("ACC200", "Scout"), ("ACC400", "T1 axial"), "enhanced"}}
     assert summary["series"] == len(truth) and summary["scans"] == len(kept) == 6
     assert summary["not_in_labels"] == 2 and summary["no_patient_id"] == 1  # ACC300 and ACC500; ACC500
     assert summary["labels_without_volume"] == 1 and summary["labels_without_volume_rows"] == ["row 5: ACC999"]
     assert "modality 'MR', not CT" in reasons[truth[("ACC400", "T1 axial")]["series"]]
     assert "5 image(s), fewer than 10" in reasons[truth[("ACC200", "Scout")]["series"]]
+    assert "multi-frame (enhanced) CT object of 12 frames" in reasons[truth["enhanced"]["series"]]
     assert "unreadable DICOM header" in reasons[str(src / "README.txt")]
     assert "without StudyInstanceUID, SeriesInstanceUID" in reasons[str(src / "DICOMDIR")]
     want = {"ACC100": 1, "ACC101": 0, "ACC200": 1}  # a study's row labels each of its series
@@ -218,7 +225,7 @@ def test_cli_dicom(export, labels, isolated_roots, capsys, tmp_path):
     assert cli_main(["ingest", "dicom", "--name", "hosp", "--source", str(src), "--labels", str(labels),
                      "--patient-col", "mrn", "--map", "bleed=ich", "--workers", "1"]) == 0
     err = capsys.readouterr().err
-    assert "4 refused" in err and "row(s) of" in err and "ACC999" in err  # README, DICOMDIR, MR, 5 slices; the row
+    assert "5 refused" in err and "row(s) of" in err and "ACC999" in err  # README, DICOMDIR, MR, 5 slices, enhanced
     assert "no PatientID" in err  # ACC500's series: warned, with the way out
     bad = write_labels(tmp_path / "bad.csv", [("ACC100", "MRN1", "maybe")])
     assert cli_main(["ingest", "dicom", "--name", "hosp", "--source", str(src), "--labels", str(bad),

@@ -12,7 +12,8 @@ Flavours:
 - ``"cq500"``: ``CQ500CT<N> CQ500CT<N>/Unknown Study/CT <description>/CT000000.dcm`` under ``out_dir``
   (the description with ``/`` and ``+`` stripped, ``-2``, ``-3`` appended when repeated), PatientID
   ``CQ500-CT-<N>``, a full header (SeriesDescription, SliceThickness, Manufacturer, KVP, ...),
-  14-bit signed pixels, optionally JPEG 2000 lossless (pylibjpeg-openjpeg; slices need >= 32 pixels).
+  14-bit signed pixels, optionally JPEG 2000 lossless (pylibjpeg-openjpeg; slices need >= 32 pixels) or JPEG
+  Lossless Process 14 SV1 (GDCM), the compression many PACS exports use.
 
 Quirks, each off by default: gantry tilt (the volume is resampled onto tilted slice planes stacked
 along the table axis), the RSNA 12-bit wrong intercept (§1.3), multi-valued window tags, dropped
@@ -104,7 +105,7 @@ def write_dicom_series(hu, affine, out_dir, *, flavour: str = "rsna", patient_id
                        multivalued_window: bool = False, j2k: bool = False, drop_slices=(),
                        duplicate_slices=(), corrupt_slices=(), add_localizer: bool = False,
                        modality: str = "CT", manufacturer: str = "GE MEDICAL SYSTEMS", kvp: float = 120.0,
-                       contrast_agent: str = "", accession_number: str = "") -> list[Path]:
+                       contrast_agent: str = "", accession_number: str = "", jpeg_lossless: bool = False) -> list[Path]:
     """Write ``hu`` (3-D, HU, RAS affine) as one DICOM file per axial slice; returns the paths written.
 
     ``drop_slices``, ``duplicate_slices`` and ``corrupt_slices`` are slice indices along the written
@@ -128,6 +129,8 @@ def write_dicom_series(hu, affine, out_dir, *, flavour: str = "rsna", patient_id
         series_uid = series_uid or _uid(patient_id, study_uid, series_description, series_number)
 
     stack, lps = _lps_stack(hu, affine)
+    if jpeg_lossless and (rsna or j2k):
+        raise ValueError("jpeg_lossless is a CQ500-flavour option, and one compression at a time (not with j2k)")
     if j2k and min(stack.shape[:2]) < 32:
         raise ValueError(f"JPEG 2000 encoding needs slices of at least 32x32 pixels, got {stack.shape[:2]}")
     dc, dr, dz = (float(np.linalg.norm(lps[:3, i])) for i in range(3))
@@ -211,6 +214,8 @@ def write_dicom_series(hu, affine, out_dir, *, flavour: str = "rsna", patient_id
             ds.PixelSpacing = _ds([dr, dc])
             pixels(ds, stack[:, :, k].T, corrupt=k in set(corrupt_slices) and n < n_primary, compress=j2k)
             written.append(_save(ds, folder, sop, n, rsna))
+            if jpeg_lossless:
+                _to_jpeg_lossless(written[-1])
         if add_localizer:  # a coronal scout in the same series (ImageType only where the flavour has it)
             sop = ("ID_" + _hex(series_uid, "localizer", n=9)) if rsna else _uid(series_uid, "localizer")
             ds = header(sop)
@@ -235,6 +240,26 @@ def _free_series_folder(folder: Path, series_uid: str) -> Path:
         n += 1
         candidate = folder.with_name(f"{folder.name}-{n}")
     return candidate
+
+
+def _to_jpeg_lossless(path: Path) -> None:
+    """Re-encode a file as JPEG Lossless, Process 14 SV1 (what many PACS archive and export CT in), with GDCM."""
+    import gdcm
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise OSError(f"{path}: GDCM cannot read the file it is to re-encode")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise OSError(f"{path}: GDCM could not re-encode it as JPEG Lossless")
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(path))
+    if not writer.Write():
+        raise OSError(f"{path}: GDCM could not write it")
 
 
 def _save(ds: Dataset, folder: Path, sop: str, n: int, rsna: bool) -> Path:

@@ -6,7 +6,8 @@ cached in the private ``dicom_index.csv``) and grouped by SeriesInstanceUID. **E
 the paper counts scans (Methods, "Datasets": scan series, those with fewer than 10 slices left out); with
 ``per_study`` a study keeps only its largest series, as RSNA's per-study mode does. Before any pixel is read these
 are rows of ``rejects.csv`` with their reason: files that are not DICOM or not an image of a series (a README, a
-DICOMDIR), series of another modality (a dose report), series of fewer than ``min_slices`` images (localizers not
+DICOMDIR), series of another modality (a dose report), multi-frame (enhanced) CT objects (not read: convert them
+with dcm2niix), series of fewer than ``min_slices`` images (localizers not
 counted) and, with ``drop_contrast``, contrast-enhanced series (the paper includes non-contrast CT only: the
 ``contrast`` column says which series are, from SeriesDescription and ContrastBolusAgent). Each series is then
 read by the shared DICOM reader (``read_dicom_job``: ordering, gaps, tilt, rescale, every check of ``checks.py``).
@@ -44,7 +45,7 @@ __all__ = ["MATCH_ON", "MIN_SLICES", "index_series", "ingest_dicom"]
 
 INDEX_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "accession": "AccessionNumber", "modality": "Modality", "image_type": "ImageType",
-              "description": "SeriesDescription", "contrast_agent": "ContrastBolusAgent"}
+              "description": "SeriesDescription", "contrast_agent": "ContrastBolusAgent", "frames": "NumberOfFrames"}
 MATCH_ON = {"accession": "AccessionNumber", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
             "folder": "folder below --source"}
 MIN_SLICES = 10  # the paper leaves out series of fewer than 10 slices (Methods, "Datasets")
@@ -70,6 +71,7 @@ def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
     series = grouped[["study", "patient", "accession", "modality", "description", "contrast_agent"]].agg(first)
     series["files"] = grouped["file"].agg(sorted)
     series["n_images"] = grouped["image_type"].agg(lambda types: sum("LOCALIZER" not in t.upper() for t in types))
+    series["frames"] = grouped["frames"].agg(lambda frames: max((int(f) for f in frames if f.isdigit()), default=1))
     series["folder"] = [os.path.relpath(os.path.commonpath([os.path.dirname(f) for f in files]), source)
                         for files in series["files"]]
     return series
@@ -131,6 +133,9 @@ def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool,
 
     series = refuse(series["modality"].str.upper() != "CT",
                     lambda s: f"modality {s['modality'] or 'missing'!r}, not CT ({len(s['files'])} file(s))")
+    series = refuse(series["frames"] > 1,
+                    lambda s: f"a multi-frame (enhanced) CT object of {s['frames']} frames, which fmct does not read: "
+                              "convert the export with dcm2niix and use fmct ingest nifti")
     if drop_contrast:
         contrast = series["description"].map(is_contrast) | (series["contrast_agent"] != "")
         series = refuse(contrast, lambda s: f"contrast series ({s['description'] or s['contrast_agent']!r}; "
