@@ -314,3 +314,21 @@ def test_slices_differing_in_rescale_are_refused(tmp_path, tags):
         read_dicom_series(tmp_path)
     assert "in 6 slice(s)" in str(err.value) and "in 2 slice(s)" in str(err.value)
     assert files[2].name in str(err.value)
+
+
+def test_an_enhanced_ct_object_reads_as_its_classic_series(tmp_path):
+    """One multi-frame Enhanced CT file (geometry, rescale, kVp and kernel only in its functional groups) gives
+    the volume, affine and header facts that the same series as one file per slice gives."""
+    from fmct_lib.data.dicom_write import write_enhanced_ct
+    hu, affine = phantom()
+    classic = read_dicom_series(write_dicom_series(hu, affine, tmp_path / "classic", flavour="cq500",
+                                                   patient_id="P1", kvp=100.0))
+    path = write_enhanced_ct(hu, affine, tmp_path / "enhanced" / "IM0001", patient_id="P1", kvp=100.0)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert int(header.NumberOfFrames) == 6 and "ImagePositionPatient" not in header and "KVP" not in header
+    enhanced = read_dicom_series(path)
+    np.testing.assert_array_equal(enhanced.hu, classic.hu)
+    np.testing.assert_allclose(enhanced.affine, classic.affine, atol=1e-6)
+    for key in ("kvp", "convolution_kernel", "slice_thickness_mm", "pixel_spacing_mm", "n_slices", "rescale_intercept"):
+        assert enhanced.meta[key] == classic.meta[key], key
+    assert enhanced.meta["kvp"] == 100.0 and enhanced.meta["n_files"] == 1

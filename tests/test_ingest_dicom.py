@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from fmct_lib.cli import main as cli_main
-from fmct_lib.data.dicom_write import write_dicom_series
+from fmct_lib.data.dicom_write import write_dicom_series, write_enhanced_ct
 from fmct_lib.data.ingest import ingest_dicom
 from fmct_lib.data.ingest.headers import index_headers
 from fmct_lib.data.manifest import load_scans, read_manifest, registry_files
@@ -62,12 +62,18 @@ def export(tmp_path_factory):
         truth[(accession, desc)] = dict(patient=patient, hu=hu, files=files, study=str(header.StudyInstanceUID),
                                         series=str(header.SeriesInstanceUID), folder=f"{patient or 'unknown'}/{accession}")
     (src / "README.txt").write_text("exported by the PACS\n")
-    enhanced = pydicom.dcmread(truth[("ACC200", "Head 5mm")]["files"][0])  # a multi-frame (enhanced) CT object
-    enhanced.SeriesInstanceUID, enhanced.NumberOfFrames = pydicom.uid.generate_uid(entropy_srcs=["enhanced"]), 12
-    enhanced.PixelData = enhanced.PixelData * 12
-    (src / "MRN2" / "ENH").mkdir()
-    enhanced.save_as(src / "MRN2" / "ENH" / "IM0001")
-    truth["enhanced"] = dict(series=str(enhanced.SeriesInstanceUID))
+    hu = rng.integers(-1000, 1500, (16, 16, 11)).astype(np.float32)  # one multi-frame Enhanced CT object
+    enhanced = write_enhanced_ct(hu, AFFINE, src / "MRN5" / "ACC600" / "IM0001", patient_id="MRN5",
+                                 accession_number="ACC600", series_description="Head enhanced")
+    broken = pydicom.dcmread(enhanced)  # and one whose frames have no functional groups
+    broken.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["broken"])
+    broken.StudyInstanceUID, broken.AccessionNumber = pydicom.uid.generate_uid(entropy_srcs=["ACC601"]), "ACC601"
+    del broken.PerFrameFunctionalGroupsSequence
+    (src / "MRN5" / "ACC601").mkdir()
+    broken.save_as(src / "MRN5" / "ACC601" / "IM0001", enforce_file_format=False)
+    truth[("ACC600", "Head enhanced")] = dict(patient="MRN5", hu=hu, files=[enhanced], folder="MRN5/ACC600",
+                                              series=str(pydicom.dcmread(enhanced).SeriesInstanceUID))
+    truth["broken"] = dict(series=str(broken.SeriesInstanceUID))
     record = Dataset()  # a DICOM file that is no image: a DICOMDIR-like record without study and series UIDs
     record.file_meta = FileMetaDataset()
     record.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
@@ -103,13 +109,13 @@ def test_export_end_to_end(export, labels, isolated_roots):
     rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
     reasons = dict(zip(rejects["source"], rejects["reason"]))
 
-    kept = {k: t for k, t in truth.items() if k not in {("ACC200", "Scout"), ("ACC400", "T1 axial"), "enhanced"}}
-    assert summary["series"] == len(truth) and summary["scans"] == len(kept) == 6
-    assert summary["not_in_labels"] == 2 and summary["no_patient_id"] == 1  # ACC300 and ACC500; ACC500
+    kept = {k: t for k, t in truth.items() if k not in {("ACC200", "Scout"), ("ACC400", "T1 axial"), "broken"}}
+    assert summary["series"] == len(truth) and summary["scans"] == len(kept) == 7
+    assert summary["not_in_labels"] == 3 and summary["no_patient_id"] == 1  # ACC300, ACC500, ACC600; ACC500
     assert summary["labels_without_volume"] == 1 and summary["labels_without_volume_rows"] == ["row 5: ACC999"]
     assert "modality 'MR', not CT" in reasons[truth[("ACC400", "T1 axial")]["series"]]
     assert "5 image(s), fewer than 10" in reasons[truth[("ACC200", "Scout")]["series"]]
-    assert "multi-frame (enhanced) CT object of 12 frames" in reasons[truth["enhanced"]["series"]]
+    assert "11 frames but 0 per-frame functional groups" in reasons[truth["broken"]["series"]]
     assert "unreadable DICOM header" in reasons[str(src / "README.txt")]
     assert "without StudyInstanceUID, SeriesInstanceUID" in reasons[str(src / "DICOMDIR")]
     want = {"ACC100": 1, "ACC101": 0, "ACC200": 1}  # a study's row labels each of its series
@@ -121,7 +127,7 @@ def test_export_end_to_end(export, labels, isolated_roots):
         np.testing.assert_array_equal(np.asarray(nib.load(isolated_roots.data / "hosp" / row["path"]).dataobj),
                                       t["hu"])
     by_patient = scans.groupby("patient_id")["split"].nunique()
-    assert by_patient.max() == 1 and scans["patient_id"].nunique() == 4  # MRN1's three series share a patient
+    assert by_patient.max() == 1 and scans["patient_id"].nunique() == 5  # MRN1's three series share a patient
     assert "MRN1" not in (isolated_roots.data / "hosp" / "scans.csv").read_text()
     manifest = read_manifest(registry_files()[-1]).set_index("name")
     assert manifest.loc["hosp", "tasks"] == "ich"
@@ -166,7 +172,7 @@ def test_per_study_keeps_the_largest_series(export, isolated_roots):
     summary = ingest_dicom(src, name="hosp", per_study=True, workers=1)
     rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
     reasons = dict(zip(rejects["source"], rejects["reason"]))
-    assert summary["scans"] == 5  # ACC100 keeps Bone (14 images), not Head 5mm (12)
+    assert summary["scans"] == 6  # ACC100 keeps Bone (14 images), not Head 5mm (12)
     head, bone = truth[("ACC100", "Head 5mm")], truth[("ACC100", "Bone")]
     assert f"per-study mode keeps the largest ({bone['series']})" in reasons[head["series"]]
     _, link = scans_by_series("hosp", isolated_roots.data)
@@ -180,7 +186,7 @@ def test_drop_contrast_and_min_slices(export, isolated_roots):
     reasons = dict(zip(rejects["source"], rejects["reason"]))
     assert "contrast series" in reasons[truth[("ACC300", "Head +C")]["series"]]
     assert truth[("ACC200", "Scout")]["series"] not in reasons  # 5 slices pass --min-slices 5
-    assert summary["scans"] == 6 and summary["unlabelled"] == 6 and summary["labels"] == {}
+    assert summary["scans"] == 7 and summary["unlabelled"] == 7 and summary["labels"] == {}
 
 
 def test_split_column(export, isolated_roots, tmp_path):
@@ -225,7 +231,7 @@ def test_cli_dicom(export, labels, isolated_roots, capsys, tmp_path):
     assert cli_main(["ingest", "dicom", "--name", "hosp", "--source", str(src), "--labels", str(labels),
                      "--patient-col", "mrn", "--map", "bleed=ich", "--workers", "1"]) == 0
     err = capsys.readouterr().err
-    assert "5 refused" in err and "row(s) of" in err and "ACC999" in err  # README, DICOMDIR, MR, 5 slices, enhanced
+    assert "5 refused" in err and "row(s) of" in err and "ACC999" in err  # README, DICOMDIR, MR, 5 slices, no groups
     assert "no PatientID" in err  # ACC500's series: warned, with the way out
     bad = write_labels(tmp_path / "bad.csv", [("ACC100", "MRN1", "maybe")])
     assert cli_main(["ingest", "dicom", "--name", "hosp", "--source", str(src), "--labels", str(bad),

@@ -1,7 +1,8 @@
 """Reading a CT series from DICOM slices into one HU volume with a RAS affine (issue 3, "Ingestion").
 
-A CT series arrives as one file per slice. This module turns a folder (or a list of files) into a
-``DicomVolume``: HU values as float32 in RAS voxel order and the 4x4 RAS world affine in nibabel's
+A CT series arrives as one file per slice (or as one multi-frame Enhanced CT object, whose frames ``_frames`` turns
+into slices: geometry, rescale, kVp and kernel from its functional groups). This module turns a folder (or a list of
+files) into a ``DicomVolume``: HU values as float32 in RAS voxel order and the 4x4 RAS world affine in nibabel's
 convention, plus the header facts the scan table keeps (``meta``).
 
 What it handles, in order:
@@ -159,9 +160,10 @@ def _rescale(ds) -> tuple[float, float]:
     return float(_first(ds, "RescaleSlope", 1.0)), float(_first(ds, "RescaleIntercept", 0.0))
 
 
-def _hu_slice(ds) -> tuple[np.ndarray, float, bool]:
-    """Pixel values in HU (rows, columns), the intercept used, and whether the RSNA repair was applied."""
-    raw = ds.pixel_array.astype(np.int32)
+def _hu_slice(ds, raw: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
+    """Pixel values in HU (rows, columns), the intercept used, and whether the RSNA repair was applied. ``raw``: a
+    frame's stored values where ``ds`` is one frame of a multi-frame object (``_frames``), else its pixel array."""
+    raw = (ds.pixel_array if raw is None else raw).astype(np.int32)
     if raw.ndim != 2:
         raise ValueError(f"expected a single-frame 2-D slice, got pixel array of shape {raw.shape}")
     slope, intercept = _rescale(ds)
@@ -196,17 +198,66 @@ def _check_rescale(slices, label) -> dict:
     return {}
 
 
+# Functional groups of a multi-frame (Enhanced CT) object, PS3.3 C.7.6.16, and what each gives a frame.
+FRAME_GROUPS = {"PlanePositionSequence": ["ImagePositionPatient"], "PlaneOrientationSequence": ["ImageOrientationPatient"],
+                "PixelMeasuresSequence": ["PixelSpacing", "SliceThickness"],
+                "PixelValueTransformationSequence": ["RescaleSlope", "RescaleIntercept"],
+                "CTXRayDetailsSequence": ["KVP"], "CTReconstructionSequence": ["ConvolutionKernel"]}
+FRAME_SEQUENCES = ("PixelData", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "NumberOfFrames")
+
+
+def _frames(ds, path) -> list[tuple[pydicom.Dataset, np.ndarray, str]]:
+    """A multi-frame (Enhanced CT) object as single-frame datasets ``(frame, stored values, label)``, each with the
+    object's attributes and, from its functional groups (its own first, else the shared ones), the attributes
+    ``FRAME_GROUPS`` names; a frame whose ``CTImageFrameTypeSequence`` says LOCALIZER takes that ``ImageType``."""
+    n = int(ds.NumberOfFrames)
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    shared = (list(ds.get("SharedFunctionalGroupsSequence") or []) or [pydicom.Dataset()])[0]
+    if len(per_frame) != n:
+        raise DicomSeriesError(f"{path}: {n} frames but {len(per_frame)} per-frame functional groups")
+    pixels = ds.pixel_array.reshape(n, int(ds.Rows), int(ds.Columns))
+    top = {elem.tag: elem for elem in ds if elem.keyword not in FRAME_SEQUENCES}
+    out = []
+    for k, (groups, raw) in enumerate(zip(per_frame, pixels), start=1):
+        frame = pydicom.Dataset(dict(top))  # a dict of its own: a Dataset keeps the mapping it is given
+        frame.file_meta = ds.file_meta
+
+        def item(sequence):
+            found = next((g.get(sequence) for g in (groups, shared) if g.get(sequence)), None)
+            return found[0] if found else pydicom.Dataset()
+
+        for sequence, keywords in FRAME_GROUPS.items():
+            values = item(sequence)
+            for keyword in keywords:
+                if keyword in values:
+                    setattr(frame, keyword, values[keyword].value)
+        frame_type = item("CTImageFrameTypeSequence").get("FrameType")
+        if frame_type and "LOCALIZER" in [str(v).upper() for v in frame_type]:
+            frame.ImageType = frame_type
+        out.append((frame, raw, f"{path} frame {k}"))
+    return out
+
+
+def _images(ds, path) -> list[tuple[pydicom.Dataset, np.ndarray | None, str]]:
+    """The images of a file: itself, or each frame of a multi-frame object (``_frames``)."""
+    return _frames(ds, path) if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [(ds, None, str(path))]
+
+
 def _read_slices(files, on_bad_file):
-    """Datasets with pixel data, the files skipped (path, reason) and the localizers dropped."""
+    """Datasets with pixel data (a multi-frame object's frames each one), the files skipped (path, reason) and the
+    localizers dropped."""
     good, skipped, localizers = [], [], 0
+
+    def refuse(where, reason, e):
+        if on_bad_file == "reject":
+            raise DicomSeriesError(f"{where}: {reason}") from e
+        skipped.append((str(where), reason))
+
     for f in files:
         try:
             ds = pydicom.dcmread(f)
         except Exception as e:  # noqa: BLE001
-            reason = f"not a readable DICOM file: {type(e).__name__}: {e}"
-            if on_bad_file == "reject":
-                raise DicomSeriesError(f"{f}: {reason}") from e
-            skipped.append((str(f), reason))
+            refuse(f, f"not a readable DICOM file: {type(e).__name__}: {e}", e)
             continue
         modality = str(ds.get("Modality", "")).upper()
         if modality != "CT":
@@ -218,15 +269,23 @@ def _read_slices(files, on_bad_file):
             skipped.append((str(f), "no pixel data"))
             continue
         try:
-            ds.hu, ds.intercept_used, ds.rsna_repaired = _hu_slice(ds)
+            images = _images(ds, f)
+        except DicomSeriesError:
+            raise
         except Exception as e:  # noqa: BLE001 - e.g. truncated PixelData, missing J2K decoder
-            reason = f"undecodable pixel data: {type(e).__name__}: {e}"
-            if on_bad_file == "reject":
-                raise DicomSeriesError(f"{f}: {reason}") from e
-            skipped.append((str(f), reason))
+            refuse(f, f"undecodable pixel data: {type(e).__name__}: {e}", e)
             continue
-        ds.path = f
-        good.append(ds)
+        for image, raw, where in images:
+            if _is_localizer(image):
+                localizers += 1
+                continue
+            try:
+                image.hu, image.intercept_used, image.rsna_repaired = _hu_slice(image, raw)
+            except Exception as e:  # noqa: BLE001 - e.g. truncated PixelData, missing J2K decoder
+                refuse(where, f"undecodable pixel data: {type(e).__name__}: {e}", e)
+                continue
+            image.path = where if raw is not None else f
+            good.append(image)
     return good, skipped, localizers
 
 

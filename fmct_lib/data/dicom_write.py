@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from .dicom import lenient_validation
 
-__all__ = ["write_dicom_series", "cq500_series_folder"]
+__all__ = ["write_dicom_series", "write_enhanced_ct", "cq500_series_folder"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -228,6 +228,53 @@ def write_dicom_series(hu, affine, out_dir, *, flavour: str = "rsna", patient_id
             pixels(ds, stack.mean(axis=1).T[::-1], corrupt=False, compress=False)
             written.append(_save(ds, folder, sop, len(order), rsna))
     return written
+
+
+def write_enhanced_ct(hu, affine, path, **series) -> Path:
+    """Write ``hu`` as one multi-frame Enhanced CT object (PS3.3 A.38), the geometry, rescale, kVp and kernel in its
+    functional groups (each frame's position its own, the rest shared) and none of them at the top level, as a
+    scanner that exports Enhanced CT writes them. ``series`` are ``write_dicom_series`` options (CQ500 flavour,
+    no compression); returns ``path``."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_dicom_series(hu, affine, tmp, flavour="cq500", **series)
+        slices = [pydicom.dcmread(f) for f in files]
+    first = slices[0]
+
+    def group(**values) -> Dataset:
+        item = Dataset()
+        for keyword, value in values.items():
+            setattr(item, keyword, value)
+        return item
+
+    shared = group(PixelMeasuresSequence=[group(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)],
+                   PlaneOrientationSequence=[group(ImageOrientationPatient=first.ImageOrientationPatient)],
+                   PixelValueTransformationSequence=[group(RescaleSlope=first.RescaleSlope,
+                                                           RescaleIntercept=first.RescaleIntercept,
+                                                           RescaleType="HU")],
+                   CTXRayDetailsSequence=[group(KVP=first.KVP)],
+                   CTReconstructionSequence=[group(ConvolutionKernel=first.ConvolutionKernel)])
+    ds = Dataset()
+    for elem in first:  # the series' attributes; the per-slice and functional-group ones go to the groups
+        if elem.keyword not in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                                "RescaleSlope", "RescaleIntercept", "KVP", "ConvolutionKernel", "InstanceNumber",
+                                "SliceLocation", "PixelData"):
+            ds.add(elem)
+    ds.file_meta = first.file_meta
+    ds.preamble = first.preamble
+    sop = _uid(ds.SeriesInstanceUID, "enhanced")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.EnhancedCTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.NumberOfFrames = len(slices)
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [group(PlanePositionSequence=[group(ImagePositionPatient=s.ImagePositionPatient)])
+                                           for s in slices]
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=False)
+    return path
 
 
 def _free_series_folder(folder: Path, series_uid: str) -> Path:

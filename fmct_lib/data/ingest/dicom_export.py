@@ -6,11 +6,11 @@ cached in the private ``dicom_index.csv``) and grouped by SeriesInstanceUID. **E
 the paper counts scans (Methods, "Datasets": scan series, those with fewer than 10 slices left out); with
 ``per_study`` a study keeps only its largest series, as RSNA's per-study mode does. Before any pixel is read these
 are rows of ``rejects.csv`` with their reason: files that are not DICOM or not an image of a series (a README, a
-DICOMDIR), series of another modality (a dose report), multi-frame (enhanced) CT objects (not read: convert them
-with dcm2niix), series of fewer than ``min_slices`` images (localizers not
-counted) and, with ``drop_contrast``, contrast-enhanced series (the paper includes non-contrast CT only: the
-``contrast`` column says which series are, from SeriesDescription and ContrastBolusAgent). Each series is then
-read by the shared DICOM reader (``read_dicom_job``: ordering, gaps, tilt, rescale, every check of ``checks.py``).
+DICOMDIR), series of another modality (a dose report), series of fewer than ``min_slices`` images (localizers not
+counted; each frame of a multi-frame Enhanced CT object counted) and, with ``drop_contrast``, contrast-enhanced
+series (the paper includes non-contrast CT only: the ``contrast`` column says which series are, from
+SeriesDescription and ContrastBolusAgent). Each series is then read by the shared DICOM reader (``read_dicom_job``:
+ordering, gaps, tilt, rescale, Enhanced CT frames, every check of ``checks.py``).
 
 The labels CSV (``labels.read_labels``: values, refusals) names each row's study or series in the column
 ``key_column``, matched on ``match_on``:
@@ -62,7 +62,8 @@ def _source_files(source: Path) -> list[Path]:
 
 def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
     """One row per series (index: SeriesInstanceUID) from the readable rows of a header index: its study, patient,
-    accession, modality, description, contrast agent, ``files`` (sorted), ``n_images`` (localizers not counted)
+    accession, modality, description, contrast agent, ``files`` (sorted), ``n_images`` (localizers not counted; an
+    Enhanced CT object's frames counted)
     and ``folder`` (the deepest folder below ``source`` holding all its files; ``.`` for the source itself)."""
     def first(values):  # the first non-empty value (a tag some slices lack)
         return next((v for v in values if v), "")
@@ -70,8 +71,9 @@ def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
     grouped = index.groupby("series", sort=True)
     series = grouped[["study", "patient", "accession", "modality", "description", "contrast_agent"]].agg(first)
     series["files"] = grouped["file"].agg(sorted)
-    series["n_images"] = grouped["image_type"].agg(lambda types: sum("LOCALIZER" not in t.upper() for t in types))
-    series["frames"] = grouped["frames"].agg(lambda frames: max((int(f) for f in frames if f.isdigit()), default=1))
+    images = index["frames"].map(lambda f: int(f) if f.isdigit() else 1).where(
+        ~index["image_type"].str.upper().str.contains("LOCALIZER"), 0)  # an Enhanced CT object: one per frame
+    series["n_images"] = images.groupby(index["series"]).sum()
     series["folder"] = [os.path.relpath(os.path.commonpath([os.path.dirname(f) for f in files]), source)
                         for files in series["files"]]
     return series
@@ -133,9 +135,6 @@ def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool,
 
     series = refuse(series["modality"].str.upper() != "CT",
                     lambda s: f"modality {s['modality'] or 'missing'!r}, not CT ({len(s['files'])} file(s))")
-    series = refuse(series["frames"] > 1,
-                    lambda s: f"a multi-frame (enhanced) CT object of {s['frames']} frames, which fmct does not read: "
-                              "convert the export with dcm2niix and use fmct ingest nifti")
     if drop_contrast:
         contrast = series["description"].map(is_contrast) | (series["contrast_agent"] != "")
         series = refuse(contrast, lambda s: f"contrast series ({s['description'] or s['contrast_agent']!r}; "
@@ -221,7 +220,8 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks,
                      columns=[*DICOM_COLUMNS, "contrast"], given_splits=given_splits)
     summary["series"] = len(found)
-    summary["not_in_labels"] = len(series) - len(row_of)
+    labelled = {series.loc[uid, "study"] if per_study else uid for uid in row_of}
+    summary["not_in_labels"] = sum(row["_source"] not in labelled for row in rows)
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]
     summary["no_patient_id"] = int((series["patient"] == "").sum())
