@@ -63,8 +63,8 @@ def _source_files(source: Path) -> list[Path]:
 def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
     """One row per series (index: SeriesInstanceUID) from the readable rows of a header index: its study, patient,
     accession, modality, description, contrast agent, ``files`` (sorted), ``n_images`` (localizers not counted; an
-    Enhanced CT object's frames counted)
-    and ``folder`` (the deepest folder below ``source`` holding all its files; ``.`` for the source itself)."""
+    Enhanced CT object's frames counted) and ``folder`` (the deepest folder below ``source`` holding all its files;
+    ``.`` for the source itself)."""
     def first(values):  # the first non-empty value (a tag some slices lack)
         return next((v for v in values if v), "")
 
