@@ -256,3 +256,30 @@ def test_the_committed_sample_with_its_readme_flags(isolated_roots, tmp_path, ca
     scans = load_scans("mybleeds")
     assert sorted(zip(scans["ich"], scans["sah"])) == [(1, 0), (1, 1)]
     assert scans["patient_id"].nunique() == 2
+
+
+def test_plane_column_and_filter(isolated_roots, tmp_path):
+    """A sagittal reformat beside the axial series: both are scans with their plane; --plane axial keeps one and
+    records the other's refusal."""
+    rng = np.random.default_rng(7)
+    src = tmp_path / "pacs"
+    for desc in ("Head 5mm", "Sag MPR"):
+        files = write_dicom_series(rng.integers(-1000, 1500, (16, 16, 12)).astype(np.float32), AFFINE,
+                                   tmp_path / "written", flavour="cq500", patient_id="MRN1", series_description=desc,
+                                   accession_number="ACC1", study_uid=pydicom.uid.generate_uid(entropy_srcs=["ACC1"]))
+        (src / desc).mkdir(parents=True)
+        for k, f in enumerate(sorted(files, key=lambda f: pydicom.dcmread(f).InstanceNumber)):
+            ds = pydicom.dcmread(f)
+            if desc == "Sag MPR":  # rows along P, columns along -S: the slice normal is -L, stacked along L
+                ds.ImageOrientationPatient, ds.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [2.0 * k, 0, 0]
+            ds.save_as(src / desc / f"IM{k:03d}")
+    both = ingest_dicom(src, name="planes", workers=1)
+    scans = load_scans("planes")
+    assert both["scans"] == 2 and sorted(zip(scans["series_description"], scans["plane"])) == [
+        ("Head 5mm", "axial"), ("Sag MPR", "sagittal")]
+    axial = ingest_dicom(src, name="axial", planes=("axial",), workers=1)
+    rejects = pd.read_csv(isolated_roots.data / "axial" / "rejects.csv")
+    assert axial["scans"] == 1 and load_scans("axial")["plane"].tolist() == ["axial"]
+    assert rejects["reason"].str.contains(r"sagittal slices \(--plane axial\)").sum() == 1
+    with pytest.raises(ValueError, match="--plane takes axial, coronal, sagittal, got oblique"):
+        ingest_dicom(src, name="bad", planes=("oblique",), workers=1)

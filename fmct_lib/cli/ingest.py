@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-contrast", action="store_true", help="leave contrast-enhanced series out")
     p.add_argument("--min-slices", type=int, default=10,
                    help="series with fewer images are refused (default 10, the paper's filter)")
+    p.add_argument("--plane", nargs="+", choices=["axial", "coronal", "sagittal"], default=None,
+                   help="keep only series whose slices lie in these planes, e.g. --plane axial to leave out "
+                        "sagittal and coronal reformats (default: every plane; the scan table's plane column)")
 
     p = sub.add_parser("nifti", parents=[common, labels], help="a NIfTI folder + labels CSV (a hospital's own data)")
     p.add_argument("--path-col", default="path", metavar="COLUMN",
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             summary = ingest_dicom(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    key_column=args.key_col, match_on=args.match_on, patient_column=args.patient_col,
                                    split_column=args.split_col, per_study=args.per_study,
-                                   drop_contrast=args.drop_contrast, min_slices=args.min_slices, on_gap=args.on_gap,
+                                   drop_contrast=args.drop_contrast, min_slices=args.min_slices,
+                                   planes=tuple(args.plane) if args.plane else None, on_gap=args.on_gap,
                                    tilt=args.tilt, description=args.description, **common)
         else:
             summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),

@@ -444,6 +444,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
         "max_gap_mm": round(float(steps.max()), 4),
         "resampled_along_normal": not uniform,
         "tilt_deg": round(tilt_deg, 3),
+        "plane": ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))],  # of the slices, as acquired
         "sheared": sheared,
         "skipped_files": skipped,
         "rescale_intercept": float(first.intercept_used),

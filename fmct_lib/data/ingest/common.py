@@ -52,7 +52,7 @@ REJECT_COLUMNS = ["source", "reason"]
 FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
 # Protocol columns a DICOM series contributes to the scan table (no UIDs: they can embed dates).
 DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", "has_gap",
-                 "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg"]
+                 "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg", "plane"]
 VOLUMES = "volumes"
 PRIVATE_MODE = 0o600  # tables holding original identifiers: readable by their owner only (docs/data_safety.md)
 

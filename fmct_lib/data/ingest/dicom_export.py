@@ -10,7 +10,8 @@ DICOMDIR), series of another modality (a dose report), series of fewer than ``mi
 counted; each frame of a multi-frame Enhanced CT object counted) and, with ``drop_contrast``, contrast-enhanced
 series (the paper includes non-contrast CT only: the ``contrast`` column says which series are, from
 SeriesDescription and ContrastBolusAgent). Each series is then read by the shared DICOM reader (``read_dicom_job``:
-ordering, gaps, tilt, rescale, Enhanced CT frames, every check of ``checks.py``).
+ordering, gaps, tilt, rescale, Enhanced CT frames, every check of ``checks.py``); with ``planes``, a series whose
+slices lie in another plane (a sagittal or coronal reformat) is then a rejection too (the ``plane`` column).
 
 The labels CSV (``labels.read_labels``: values, refusals) names each row's study or series in the column
 ``key_column``, matched on ``match_on``:
@@ -41,7 +42,7 @@ from .cq500 import is_contrast
 from .headers import index_headers
 from .labels import read_labels, source_relative
 
-__all__ = ["MATCH_ON", "MIN_SLICES", "index_series", "ingest_dicom"]
+__all__ = ["MATCH_ON", "MIN_SLICES", "PLANES", "index_series", "ingest_dicom"]
 
 INDEX_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "accession": "AccessionNumber", "modality": "Modality", "image_type": "ImageType",
@@ -49,6 +50,7 @@ INDEX_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "Se
 MATCH_ON = {"accession": "AccessionNumber", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
             "folder": "folder below --source"}
 MIN_SLICES = 10  # the paper leaves out series of fewer than 10 slices (Methods, "Datasets")
+PLANES = ("axial", "coronal", "sagittal")
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -155,7 +157,7 @@ def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool,
 def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
                  key_column: str = "accession", match_on: str = "accession", patient_column: str | None = None,
                  split_column: str | None = None, per_study: bool = False, drop_contrast: bool = False,
-                 min_slices: int = MIN_SLICES, root: Path | None = None, workers: int = 2, seed: int = 0,
+                 min_slices: int = MIN_SLICES, planes: tuple[str, ...] | None = None, root: Path | None = None, workers: int = 2, seed: int = 0,
                  on_gap: str = "flag", tilt: str = "resample", description: str = "") -> dict:
     """Ingest the DICOM files below ``source`` (+ labels CSV with ``mapping`` csv column -> task) as ``name``.
 
@@ -167,6 +169,8 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
         raise ValueError(f"--match-on must be one of {', '.join(MATCH_ON)}, got {match_on!r}")
     if min_slices < 2:
         raise ValueError(f"--min-slices must be at least 2 (a volume), got {min_slices}")
+    if planes is not None and (not planes or set(planes) - set(PLANES)):
+        raise ValueError(f"--plane takes {', '.join(PLANES)}, got {', '.join(planes) or 'nothing'}")
     source = Path(source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must be the folder of the DICOM export)")
@@ -213,6 +217,10 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     options = {"on_gap": on_gap, "tilt": tilt}
     rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
                                  workers=workers, desc=f"ingest {name}")
+    if planes is not None:  # known once the series is read: the plane of its slices (a reformat's is not axial)
+        job_rejects += [(row["_source"], f"{row['plane']} slices (--plane {' '.join(planes)})") for row in rows
+                        if row["plane"] not in planes]
+        rows = [row for row in rows if row["plane"] in planes]
     description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest dicom --name {name} --source DIR --labels LABELS.csv", root=root)
