@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels = argparse.ArgumentParser(add_help=False)
     labels.add_argument("--name", required=True, help="dataset name (appended to the manifest)")
     labels.add_argument("--labels", default=None,
-                        help="CSV with a key column, label columns and optionally patient and split columns (format: "
-                             "docs/guide.md, 'Your own data'; samples: examples/)")
+                        help="CSV of one row per volume (nifti: --path-col) or per study or series (dicom: --key-col), "
+                             "with label columns and optionally patient and split columns (format: docs/guide.md, "
+                             "'Your own data'; samples: examples/)")
     labels.add_argument("--map", nargs="+", action="extend", default=[], metavar="COLUMN=TASK",
                         help="label columns of the CSV and the tasks they become, e.g. bleed=ich sah=sah "
                              "(repeatable); values 1/0, yes/no, y/n, true/false or positive/negative (any case), "
