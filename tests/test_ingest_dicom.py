@@ -261,18 +261,7 @@ def test_the_committed_sample_with_its_readme_flags(isolated_roots, tmp_path, ca
 def test_plane_column_and_filter(isolated_roots, tmp_path):
     """A sagittal reformat beside the axial series: both are scans with their plane; --plane axial keeps one and
     records the other's refusal."""
-    rng = np.random.default_rng(7)
-    src = tmp_path / "pacs"
-    for desc in ("Head 5mm", "Sag MPR"):
-        files = write_dicom_series(rng.integers(-1000, 1500, (16, 16, 12)).astype(np.float32), AFFINE,
-                                   tmp_path / "written", flavour="cq500", patient_id="MRN1", series_description=desc,
-                                   accession_number="ACC1", study_uid=pydicom.uid.generate_uid(entropy_srcs=["ACC1"]))
-        (src / desc).mkdir(parents=True)
-        for k, f in enumerate(sorted(files, key=lambda f: pydicom.dcmread(f).InstanceNumber)):
-            ds = pydicom.dcmread(f)
-            if desc == "Sag MPR":  # rows along P, columns along -S: the slice normal is -L, stacked along L
-                ds.ImageOrientationPatient, ds.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [2.0 * k, 0, 0]
-            ds.save_as(src / desc / f"IM{k:03d}")
+    src = _axial_and_sagittal(tmp_path, n_axial=12, n_sagittal=12)
     both = ingest_dicom(src, name="planes", workers=1)
     scans = load_scans("planes")
     assert both["scans"] == 2 and sorted(zip(scans["series_description"], scans["plane"])) == [
@@ -283,3 +272,118 @@ def test_plane_column_and_filter(isolated_roots, tmp_path):
     assert rejects["reason"].str.contains(r"sagittal slices \(--plane axial\)").sum() == 1
     with pytest.raises(ValueError, match="--plane takes axial, coronal, sagittal, got oblique"):
         ingest_dicom(src, name="bad", planes=("oblique",), workers=1)
+
+
+# ---------------------------------------------------------------- a user's audit of the export path (2026-12-07)
+def test_patient_col_names_every_series_of_that_header_patient(export, isolated_roots, tmp_path):
+    """--patient-col: the CSV names MRN1's first study only; its unlisted study takes the same patient (one person,
+    one split), and a header patient given two CSV patients is refused."""
+    src, truth = export
+    labels = write_labels(tmp_path / "one.csv", [("ACC100", "CSV-7", "1")])
+    ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, patient_column="mrn", workers=1)
+    scans, link = scans_by_series("hosp", isolated_roots.data)
+    mrn1 = {scans.loc[link.loc[t["series"], "scan_id"], "patient_id"] for t in truth.values()
+            if t.get("patient") == "MRN1"}
+    assert len(mrn1) == 1  # ACC100's two series and ACC101's, unlisted
+    originals = pd.read_csv(isolated_roots.data / "hosp" / "linkage.csv", dtype=str)["original_patient_id"]
+    assert "CSV-7" in set(originals) and "MRN1" not in set(originals)
+    two = write_labels(tmp_path / "two.csv", [("ACC100", "CSV-7", "1"), ("ACC101", "CSV-8", "0")])
+    with pytest.raises(ValueError, match=r"rows 2 and 3 name two patients \('CSV-7', 'CSV-8'; --patient-col\)"):
+        ingest_dicom(src, name="hosp2", labels=two, mapping={"bleed": "ich"}, patient_column="mrn", workers=1)
+
+
+def test_labels_of_series_left_out_are_said_not_called_unmatched(export, isolated_roots, tmp_path):
+    src, truth = export
+    labels = write_labels(tmp_path / "cta.csv", [("ACC300", "MRN3", "1"), ("ACC100", "MRN1", "0")])
+    summary = ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, drop_contrast=True, workers=1)
+    assert summary["labels_without_volume"] == 0 and summary["labels_of_left_out_series"] == 1
+    assert summary["labels_of_left_out_series_rows"][0].startswith("row 2: series in MRN3/ACC300: contrast series")
+    only = write_labels(tmp_path / "only.csv", [("ACC300", "MRN3", "1")])  # all of its rows left out: said, kept
+    assert ingest_dicom(src, name="hosp3", labels=only, mapping={"bleed": "ich"}, drop_contrast=True,
+                        workers=1)["labels_of_left_out_series"] == 1
+
+
+def test_per_study_takes_a_label_of_the_study_s_other_series(export, isolated_roots, tmp_path):
+    src, truth = export
+    head, bone = truth[("ACC100", "Head 5mm")], truth[("ACC100", "Bone")]
+    labels = write_labels(tmp_path / "series.csv", [(head["series"], "MRN1", "1")], columns=("uid", "mrn", "bleed"))
+    ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, key_column="uid", match_on="series",
+                 per_study=True, workers=1)
+    scans, link = scans_by_series("hosp", isolated_roots.data)
+    assert scans.loc[link.loc[bone["study"], "scan_id"], "ich"] == 1  # the kept Bone series carries Head's label
+
+
+def test_per_study_chooses_among_the_planes_kept(isolated_roots, tmp_path):
+    """A sagittal reformat with more images than the axial series: --per-study --plane axial keeps the axial one
+    (the plane filter comes first), where it used to keep the reformat and then refuse it."""
+    src = _axial_and_sagittal(tmp_path, n_axial=12, n_sagittal=16)
+    summary = ingest_dicom(src, name="both", per_study=True, planes=("axial",), workers=1)
+    scans = load_scans("both")
+    assert summary["scans"] == 1 and scans["plane"].tolist() == ["axial"]
+    assert ingest_dicom(src, name="largest", per_study=True, workers=1)["scans"] == 1
+    assert load_scans("largest")["plane"].tolist() == ["sagittal"]  # without --plane: the largest series
+
+
+def test_symlinked_folders_are_followed_once(export, isolated_roots, tmp_path):
+    src, _ = export
+    linked = tmp_path / "cohort"
+    linked.mkdir()
+    (linked / "MRN1").symlink_to(src / "MRN1", target_is_directory=True)
+    (linked / "again").symlink_to(linked, target_is_directory=True)  # a loop: walked once
+    summary = ingest_dicom(linked, name="linked", workers=1)
+    assert summary["scans"] == 3  # ACC100's two series and ACC101's
+
+
+def test_a_series_split_over_two_folders_is_labelled_by_either(isolated_roots, tmp_path):
+    rng = np.random.default_rng(8)
+    files = write_dicom_series(rng.integers(-1000, 1500, (16, 16, 12)).astype(np.float32), AFFINE, tmp_path / "w",
+                               flavour="cq500", patient_id="MRN1", accession_number="ACC1")
+    src = tmp_path / "pacs"
+    for k, f in enumerate(sorted(files)):
+        part = src / "Lee" / "CT" / f"part{1 + k // 6}"
+        part.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, part / f.name)
+    labels = write_labels(tmp_path / "folders.csv", [("Lee/CT/part1/", "MRN1", "1")], columns=("folder", "mrn", "bleed"))
+    summary = ingest_dicom(src, name="split", labels=labels, mapping={"bleed": "ich"}, key_column="folder",
+                           match_on="folder", workers=1)
+    assert summary["scans"] == 1 and load_scans("split")["ich"].tolist() == [1]
+    assert load_scans("split")["n_slices"].tolist() == [12]
+
+
+def test_small_refusals_name_the_right_flag_and_leave_nothing(export, isolated_roots, tmp_path):
+    src, _ = export
+    wrong = write_labels(tmp_path / "wrong.csv", [("ACC100", "MRN1", "1")], columns=("acc", "mrn", "bleed"))
+    with pytest.raises(ValueError, match=r"no column 'accession' \(--key-col\).*Name the file's columns with --key-col"):
+        ingest_dicom(src, name="hosp", labels=wrong, mapping={"bleed": "ich"}, workers=1)
+    empty = tmp_path / "notdicom"
+    empty.mkdir()
+    (empty / "README.txt").write_text("no images here\n")
+    with pytest.raises(FileNotFoundError, match="none of its 1 files is a DICOM image"):
+        ingest_dicom(empty, name="nothing", workers=1)
+    assert not (isolated_roots.data / "nothing").exists()
+    zeros = write_labels(tmp_path / "zeros.csv", [("ACC100", "MRN1", "1"), ("123", "MRN9", "0")])
+    padded = tmp_path / "padded"
+    rng = np.random.default_rng(9)
+    write_dicom_series(rng.integers(-1000, 1500, (16, 16, 12)).astype(np.float32), AFFINE, padded, flavour="cq500",
+                       patient_id="MRN9", accession_number="000123")
+    shutil.copytree(src / "MRN1", padded / "MRN1")
+    summary = ingest_dicom(padded, name="zeros", labels=zeros, mapping={"bleed": "ich"}, workers=1)
+    assert summary["labels_without_volume_rows"] == [
+        "row 3: 123 (the export has 000123: leading zeros lost, as a spreadsheet drops them? keep the column as text)"]
+
+
+def _axial_and_sagittal(tmp_path, n_axial: int, n_sagittal: int):
+    """An export of one study: an axial series and a sagittal reformat (rows along P, columns along -S)."""
+    rng = np.random.default_rng(7)
+    src = tmp_path / "pacs"
+    for desc, n in (("Head 5mm", n_axial), ("Sag MPR", n_sagittal)):
+        files = write_dicom_series(rng.integers(-1000, 1500, (16, 16, n)).astype(np.float32), AFFINE,
+                                   tmp_path / "written", flavour="cq500", patient_id="MRN1", series_description=desc,
+                                   accession_number="ACC1", study_uid=pydicom.uid.generate_uid(entropy_srcs=["ACC1"]))
+        (src / desc).mkdir(parents=True)
+        for k, f in enumerate(sorted(files, key=lambda f: pydicom.dcmread(f).InstanceNumber)):
+            ds = pydicom.dcmread(f)
+            if desc == "Sag MPR":
+                ds.ImageOrientationPatient, ds.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [2.0 * k, 0, 0]
+            ds.save_as(src / desc / f"IM{k:03d}")
+    return src

@@ -258,7 +258,8 @@ def test_a_source_exported_again_is_read_again_and_scans_no_longer_there_are_rep
     gone = sorted(set(before) - set(after))
     assert len(gone) == 1
     err = capsys.readouterr().err
-    assert f"1 scan(s) of the earlier scans.csv are not in {src} and left the table (e.g. {gone[0]};" in err
+    assert f"1 scan(s) of the earlier scans.csv are not in this run's and left the table (e.g. {gone[0]};" in err
+    assert f"no longer in {src}" in err
     summary = ingest_nifti(src, name="again", workers=1)      # nothing changed since: nothing dropped, nothing read
     assert (summary["dropped"], summary["dropped_scan_ids"]) == (0, [])
 

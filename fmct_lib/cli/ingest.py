@@ -121,8 +121,13 @@ def run(args: argparse.Namespace) -> int:
               f"{' …' if summary['labels_without_volume'] > 3 else ''}", file=sys.stderr)
     if summary.get("dropped"):
         print(f"fmct ingest {args.kind}: warning: {summary['dropped']} scan(s) of the earlier scans.csv are not in "
-              f"{args.source} and left the table (e.g. {', '.join(summary['dropped_scan_ids'][:3])}; their volumes "
-              "stay in volumes/): ingest every folder of the dataset in one run to keep them", file=sys.stderr)
+              f"this run's and left the table (e.g. {', '.join(summary['dropped_scan_ids'][:3])}; their volumes stay "
+              f"in volumes/): no longer in {args.source}, refused, or left out by this run's options; ingest every "
+              "folder of the dataset in one run, with the same options, to keep them", file=sys.stderr)
+    if summary.get("labels_of_left_out_series"):
+        print(f"fmct ingest {args.kind}: warning: {summary['labels_of_left_out_series']} row(s) of {args.labels} "
+              f"label only series this run leaves out: {'; '.join(summary['labels_of_left_out_series_rows'][:3])}",
+              file=sys.stderr)
     if summary.get("no_patient_id"):
         print(f"fmct ingest {args.kind}: warning: {summary['no_patient_id']} scan(s) have no PatientID, so each is its "
               "study's own patient and one patient's studies can fall in different splits: name the patient in the "

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["ScanError", "ScanRepaired", "CheckedScan", "REPAIRS", "FLAGS", "check_volume", "check_hu",
-           "check_scan", "check_orientations", "describe_orientation", "slice_steps", "join_flags",
+           "check_scan", "check_orientations", "describe_orientation", "slice_plane", "slice_steps", "join_flags",
            "HEAD_MIN_HU", "TILT_MIN_DEG", "SFORM_QFORM_ATOL_MM", "DUPLICATE_MM", "GAP_FACTOR"]
 
 # --- the Hounsfield scale (standard CT physics) --------------------------------------------------------
@@ -214,6 +214,11 @@ def check_scan(hu, affine, where: str, *, intercept: float | None = None, flags=
 
 
 # --------------------------------------------------------------------------------------- DICOM series
+
+def slice_plane(normal) -> str:
+    """``axial``, ``coronal`` or ``sagittal``: the plane nearest to slices with this normal (LPS or RAS alike)."""
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(np.asarray(normal, dtype=float))))]
+
 
 def describe_orientation(normal) -> str:
     """``axial``, ``coronal``, ``sagittal`` or ``at 25° from axial`` for a slice normal (LPS)."""

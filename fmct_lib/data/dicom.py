@@ -48,7 +48,7 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
-from .checks import DUPLICATE_MM, TILT_MIN_DEG, ScanError, check_orientations, slice_steps
+from .checks import DUPLICATE_MM, TILT_MIN_DEG, ScanError, check_orientations, slice_plane, slice_steps
 
 __all__ = ["DicomSeriesError", "DicomVolume", "group_series", "read_dicom_series", "list_files", "lenient_validation"]
 
@@ -444,7 +444,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
         "max_gap_mm": round(float(steps.max()), 4),
         "resampled_along_normal": not uniform,
         "tilt_deg": round(tilt_deg, 3),
-        "plane": ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))],  # of the slices, as acquired
+        "plane": slice_plane(normal),  # of the slices, as acquired or reformatted
         "sheared": sheared,
         "skipped_files": skipped,
         "rescale_intercept": float(first.intercept_used),

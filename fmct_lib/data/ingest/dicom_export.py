@@ -32,9 +32,11 @@ import functools
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ...paths import data_root
+from ..checks import slice_plane
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..splits import POOL_SPLIT
 from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
@@ -46,7 +48,8 @@ __all__ = ["MATCH_ON", "MIN_SLICES", "PLANES", "index_series", "ingest_dicom"]
 
 INDEX_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "accession": "AccessionNumber", "modality": "Modality", "image_type": "ImageType",
-              "description": "SeriesDescription", "contrast_agent": "ContrastBolusAgent", "frames": "NumberOfFrames"}
+              "description": "SeriesDescription", "contrast_agent": "ContrastBolusAgent", "frames": "NumberOfFrames",
+              "orientation": "ImageOrientationPatient"}
 MATCH_ON = {"accession": "AccessionNumber", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
             "folder": "folder below --source"}
 MIN_SLICES = 10  # the paper leaves out series of fewer than 10 slices (Methods, "Datasets")
@@ -54,41 +57,61 @@ PLANES = ("axial", "coronal", "sagittal")
 
 
 def _source_files(source: Path) -> list[Path]:
-    """Every regular file below ``source``, hidden files and folders (``.DS_Store``, ``.git``) left out."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(source):
+    """Every regular file below ``source``, symbolic links to folders followed (a cohort linked together from an
+    archive; each folder once), hidden files and folders (``.DS_Store``, ``.git``) left out."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder walked already
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return out
 
 
+def _plane(orientation: str) -> str:
+    """The plane of slices with this ImageOrientationPatient (``a\\b\\c\\d\\e\\f``); ``""`` where the header has none
+    (an Enhanced CT object keeps it in its functional groups: known once read)."""
+    try:
+        iop = np.array([float(v) for v in orientation.split("\\")])
+    except ValueError:
+        return ""
+    return slice_plane(np.cross(iop[:3], iop[3:])) if iop.shape == (6,) and np.isfinite(iop).all() else ""
+
+
 def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
     """One row per series (index: SeriesInstanceUID) from the readable rows of a header index: its study, patient,
     accession, modality, description, contrast agent, ``files`` (sorted), ``n_images`` (localizers not counted; an
-    Enhanced CT object's frames counted) and ``folder`` (the deepest folder below ``source`` holding all its files;
-    ``.`` for the source itself)."""
+    Enhanced CT object's frames counted), ``plane`` (of its slices, from the headers; ``""`` where unknown),
+    ``folders`` (those holding its files, relative to ``source``) and ``folder`` (the deepest folder holding all of
+    them; ``.`` for the source itself)."""
     def first(values):  # the first non-empty value (a tag some slices lack)
         return next((v for v in values if v), "")
 
     grouped = index.groupby("series", sort=True)
-    series = grouped[["study", "patient", "accession", "modality", "description", "contrast_agent"]].agg(first)
+    series = grouped[["study", "patient", "accession", "modality", "description", "contrast_agent",
+                      "orientation"]].agg(first)
+    series["plane"] = series.pop("orientation").map(_plane)
     series["files"] = grouped["file"].agg(sorted)
     images = index["frames"].map(lambda f: int(f) if f.isdigit() else 1).where(
         ~index["image_type"].str.upper().str.contains("LOCALIZER"), 0)  # an Enhanced CT object: one per frame
     series["n_images"] = images.groupby(index["series"]).sum()
-    series["folder"] = [os.path.relpath(os.path.commonpath([os.path.dirname(f) for f in files]), source)
-                        for files in series["files"]]
+    series["folders"] = [sorted({os.path.relpath(os.path.dirname(f), source) for f in files})
+                         for files in series["files"]]
+    series["folder"] = [os.path.relpath(os.path.commonpath([os.path.join(source, d) for d in folders]), source)
+                        for folders in series["folders"]]
     return series
 
 
 def _series_by_key(series: pd.DataFrame, match_on: str) -> dict[str, list[str]]:
     """Labels key -> the series it names (``match_on``: the header value compared; a folder names every series
-    in it or below it, ``.`` the whole source)."""
+    with files in it or below it, ``.`` the whole source)."""
     out: dict[str, list[str]] = {}
     for uid, s in series.iterrows():
-        if match_on == "folder":
-            folder = Path(s["folder"])
-            keys = {".", *(str(folder.parents[i]) for i in range(len(folder.parts))), str(folder)}
+        if match_on == "folder":  # a folder holding some of its files, or a folder above one
+            keys = {".", *(str(p) for d in s["folders"] for p in (Path(d), *Path(d).parents))}
         else:
             keys = {uid if match_on == "series" else s[match_on]}
         for key in keys - {""}:
@@ -103,11 +126,14 @@ def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, sour
     keys = table["path"].map(functools.partial(source_relative, source=source)) if match_on == "folder" \
         else table["path"]
     by_key = _series_by_key(series, match_on)
+    unpadded = {key.lstrip("0"): key for key in by_key} if match_on == "accession" else {}
     row_of, unmatched = {}, []
     for i, key in zip(table.index, keys):
         found = by_key.get(key, [])
         if not found:
-            unmatched.append(f"row {i + 2}: {key}")
+            near = unpadded.get(key.lstrip("0")) if key.lstrip("0") else None
+            unmatched.append(f"row {i + 2}: {key}" + (f" (the export has {near}: leading zeros lost, as a spreadsheet "
+                                                      "drops them? keep the column as text)" if near else ""))
         for uid in found:
             if uid in row_of:
                 raise ValueError(f"{labels_file}: rows {row_of[uid] + 2} and {i + 2} both label series {uid} (folder "
@@ -125,9 +151,10 @@ def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, sour
     return row_of, unmatched
 
 
-def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool,
+def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool, planes: tuple[str, ...] | None,
             per_study: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """The series to read, and the others as rejections with their reason (nothing read but headers)."""
+    """The series to read, and the others as rejections with their reason (nothing read but headers). Per study the
+    largest series is chosen among those the other filters keep."""
     rejects = []
 
     def refuse(mask, reason):
@@ -144,6 +171,9 @@ def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool,
     series = refuse(series["n_images"] < min_slices,
                     lambda s: f"{s['n_images']} image(s), fewer than {min_slices} (--min-slices; the paper leaves "
                               "out series of fewer than 10 slices)")
+    if planes is not None:  # a plane the headers do not give (Enhanced CT) is checked once the series is read
+        series = refuse((series["plane"] != "") & ~series["plane"].isin(planes),
+                        lambda s: f"{s['plane']} slices (--plane {' '.join(planes)})")
     if per_study:
         largest = series.rename_axis("uid").sort_values(["n_images", "uid"], ascending=[False, True]) \
             .groupby("study", sort=False).head(1)
@@ -192,20 +222,20 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
                           workers=workers, desc=f"index {name} headers")
     rejects = [(r.file, r.error) for r in index.itertuples() if r.error]
     readable = index[index["error"] == ""]
-    if readable.empty:
+    if readable.empty:  # nothing of the dataset is written for a source that holds no DICOM image
+        (dataset_dir / "dicom_index.csv").unlink(missing_ok=True)
+        if dataset_dir.is_dir() and not any(dataset_dir.iterdir()):
+            dataset_dir.rmdir()
         raise SourceError(f"{source}: none of its {len(files)} files is a DICOM image (e.g. {files[0]}: "
                           f"{index['error'].iloc[0]})")
     found = index_series(readable, source)
-    series, screened = _screen(found, min_slices=min_slices, drop_contrast=drop_contrast, per_study=per_study)
+    matched, unmatched = _match_labels(table, found, match_on, source, labels)  # every series, before the filters
+    series, screened = _screen(found, min_slices=min_slices, drop_contrast=drop_contrast, planes=planes,
+                               per_study=per_study)
     rejects += screened
-    row_of, unmatched = _match_labels(table, series, match_on, source, labels)
-
-    def patient(uid):
-        if patient_column and uid in row_of:
-            return table.loc[row_of[uid], "patient"]
-        return series.loc[uid, "patient"] or f"study {series.loc[uid, 'study']}"
-
-    patients = {uid: patient(uid) for uid in series.index}
+    row_of, left_out = _labels_of_kept(matched, found, series, per_study, dict(screened), labels)
+    patients = _patients(found, series, table, matched, labels) if patient_column else \
+        {uid: _header_patient(found, uid) for uid in series.index}
     given_splits = _given_splits(table, row_of, patients, labels) if split_column else None
     jobs = []
     for uid, s in series.iterrows():
@@ -217,9 +247,10 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     options = {"on_gap": on_gap, "tilt": tilt}
     rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
                                  workers=workers, desc=f"ingest {name}")
-    if planes is not None:  # known once the series is read: the plane of its slices (a reformat's is not axial)
-        job_rejects += [(row["_source"], f"{row['plane']} slices (--plane {' '.join(planes)})") for row in rows
-                        if row["plane"] not in planes]
+    if planes is not None:  # the series whose plane the headers did not give, now read
+        folder_of = {job.source_key: series.loc[uid, "folder"] for uid, job in zip(series.index, jobs)}
+        job_rejects += [(row["_source"], f"series in {folder_of[row['_source']]}: {row['plane']} slices "
+                                         f"(--plane {' '.join(planes)})") for row in rows if row["plane"] not in planes]
         rows = [row for row in rows if row["plane"] in planes]
     description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
     register_dataset(name, tasks=tasks, description=description,
@@ -232,8 +263,53 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     summary["not_in_labels"] = sum(row["_source"] not in labelled for row in rows)
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]
+    summary["labels_of_left_out_series"] = len(left_out)
+    summary["labels_of_left_out_series_rows"] = left_out[:10]
     summary["no_patient_id"] = int((series["patient"] == "").sum())
     return summary
+
+
+def _labels_of_kept(matched: dict[str, int], found: pd.DataFrame, series: pd.DataFrame, per_study: bool,
+                    reasons: dict[str, str], labels_file) -> tuple[dict[str, int], list[str]]:
+    """The labels row of each series to read, from the rows matched against every series found: in per-study mode
+    a row of a study's other series labels the series the study keeps. Also the rows that label only series left
+    out (``"row N: why"``). Two rows for one kept series are refused."""
+    kept_of_study = dict(zip(series["study"], series.index)) if per_study else {}
+    row_of, rows_kept = {}, set()
+    for uid, i in matched.items():
+        target = uid if uid in series.index else kept_of_study.get(found.loc[uid, "study"])
+        if target is None:
+            continue
+        if row_of.setdefault(target, i) != i:
+            raise ValueError(f"{labels_file}: rows {row_of[target] + 2} and {i + 2} both label the scan of series "
+                             f"{target} (folder {series.loc[target, 'folder']}"
+                             + ("; per-study mode keeps one series per study" if per_study else "") + ")")
+        rows_kept.add(i)
+    left_out = sorted({i for i in matched.values()} - rows_kept)
+    first_of = {i: uid for uid, i in reversed(list(matched.items()))}
+    return row_of, [f"row {i + 2}: {reasons.get(first_of[i], 'left out')}" for i in left_out]
+
+
+def _header_patient(found: pd.DataFrame, uid: str) -> str:
+    """A series' patient in the headers: its PatientID, else its own study's."""
+    return found.loc[uid, "patient"] or f"study {found.loc[uid, 'study']}"
+
+
+def _patients(found: pd.DataFrame, series: pd.DataFrame, table: pd.DataFrame, matched: dict[str, int],
+              labels_file) -> dict[str, str]:
+    """Each series' patient under ``--patient-col``: the CSV's patient of the rows that match it, taken over by every
+    series with that header PatientID (a patient's unlisted studies too), so one person is never two patients in
+    two splits; the header's where the CSV names none of the patient's series. A header patient given two CSV
+    patients is refused."""
+    csv_of: dict[str, tuple[str, int]] = {}
+    for uid, i in matched.items():
+        header, given = _header_patient(found, uid), table.loc[i, "patient"]
+        j = csv_of.setdefault(header, (given, i))[1]
+        if csv_of[header][0] != given:
+            raise ValueError(f"{labels_file}: rows {j + 2} and {i + 2} name two patients ({csv_of[header][0]!r}, "
+                             f"{given!r}; --patient-col) for series of one PatientID in the headers: one person is "
+                             "one patient")
+    return {uid: csv_of.get(_header_patient(found, uid), (_header_patient(found, uid),))[0] for uid in series.index}
 
 
 def _given_splits(table: pd.DataFrame, row_of: dict[str, int], patients: dict[str, str],

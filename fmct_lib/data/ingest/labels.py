@@ -79,7 +79,8 @@ def parse_splits(values: pd.Series, *, file, column: str) -> pd.Series:
     return text
 
 
-def _missing_columns_error(file, table: pd.DataFrame, wanted: dict[str, str], path_column: str) -> ValueError:
+def _missing_columns_error(file, table: pd.DataFrame, wanted: dict[str, str], path_column: str,
+                           path_flag: str) -> ValueError:
     """The error for columns the file lacks: each with the flag that named it, the file's own columns, and where
     the path column is missing and another column holds NIfTI file names, the ``--path-col`` that picks it."""
     missing = [f"no column {column!r} ({flag})" for column, flag in wanted.items() if column not in table.columns]
@@ -91,7 +92,7 @@ def _missing_columns_error(file, table: pd.DataFrame, wanted: dict[str, str], pa
             text += f". Column {names_files[0]!r} holds NIfTI file names: --path-col {names_files[0]}"
     if len(table.columns) == 1 and ";" in table.columns[0]:
         text += ". The header holds semicolons: save the file with commas as separators"
-    return ValueError(text + ". Name the file's columns with --path-col, --patient-col and --map COLUMN=TASK")
+    return ValueError(text + f". Name the file's columns with {path_flag}, --patient-col and --map COLUMN=TASK")
 
 
 def read_labels(path, *, path_column: str = "path", patient_column: str | None = "patient_id",
@@ -120,7 +121,7 @@ def read_labels(path, *, path_column: str = "path", patient_column: str | None =
     if split_column:
         wanted[split_column] = "--split-col"
     if any(column not in table.columns for column in wanted):
-        raise _missing_columns_error(path, table, wanted, path_column)
+        raise _missing_columns_error(path, table, wanted, path_column, path_flag)
     out = pd.DataFrame({"path": table[path_column].str.strip(),
                         "patient": table[patient_column].str.strip() if patient_column else ""})
     for column, flag in ((path_column, path_flag), (patient_column, "--patient-col")):
