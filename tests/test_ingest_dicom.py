@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from fmct_lib.cli import main as cli_main
 from fmct_lib.data.dicom_write import write_dicom_series, write_enhanced_ct
 from fmct_lib.data.ingest import ingest_dicom
+from fmct_lib.data.ingest.dicom_export import PAPER_COHORT, SeriesFilter
 from fmct_lib.data.ingest.headers import index_headers
 from fmct_lib.data.manifest import load_scans, read_manifest, registry_files
 from fmct_lib.data.splits import POOL_SPLIT
@@ -181,7 +182,7 @@ def test_per_study_keeps_the_largest_series(export, isolated_roots):
 
 def test_drop_contrast_and_min_slices(export, isolated_roots):
     src, truth = export
-    summary = ingest_dicom(src, name="hosp", drop_contrast=True, min_slices=5, workers=1)
+    summary = ingest_dicom(src, name="hosp", keep=SeriesFilter(drop_contrast=True, min_slices=5), workers=1)
     rejects = pd.read_csv(isolated_roots.data / "hosp" / "rejects.csv")
     reasons = dict(zip(rejects["source"], rejects["reason"]))
     assert "contrast series" in reasons[truth[("ACC300", "Head +C")]["series"]]
@@ -266,12 +267,12 @@ def test_plane_column_and_filter(isolated_roots, tmp_path):
     scans = load_scans("planes")
     assert both["scans"] == 2 and sorted(zip(scans["series_description"], scans["plane"])) == [
         ("Head 5mm", "axial"), ("Sag MPR", "sagittal")]
-    axial = ingest_dicom(src, name="axial", planes=("axial",), workers=1)
+    axial = ingest_dicom(src, name="axial", keep=SeriesFilter(planes=("axial",)), workers=1)
     rejects = pd.read_csv(isolated_roots.data / "axial" / "rejects.csv")
     assert axial["scans"] == 1 and load_scans("axial")["plane"].tolist() == ["axial"]
     assert rejects["reason"].str.contains(r"sagittal slices \(--plane axial\)").sum() == 1
     with pytest.raises(ValueError, match="--plane takes axial, coronal, sagittal, got oblique"):
-        ingest_dicom(src, name="bad", planes=("oblique",), workers=1)
+        ingest_dicom(src, name="bad", keep=SeriesFilter(planes=("oblique",)), workers=1)
 
 
 # ---------------------------------------------------------------- a user's audit of the export path (2026-12-07)
@@ -295,11 +296,12 @@ def test_patient_col_names_every_series_of_that_header_patient(export, isolated_
 def test_labels_of_series_left_out_are_said_not_called_unmatched(export, isolated_roots, tmp_path):
     src, truth = export
     labels = write_labels(tmp_path / "cta.csv", [("ACC300", "MRN3", "1"), ("ACC100", "MRN1", "0")])
-    summary = ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"}, drop_contrast=True, workers=1)
+    summary = ingest_dicom(src, name="hosp", labels=labels, mapping={"bleed": "ich"},
+                           keep=SeriesFilter(drop_contrast=True), workers=1)
     assert summary["labels_without_volume"] == 0 and summary["labels_of_left_out_series"] == 1
     assert summary["labels_of_left_out_series_rows"][0].startswith("row 2: series in MRN3/ACC300: contrast series")
     only = write_labels(tmp_path / "only.csv", [("ACC300", "MRN3", "1")])  # all of its rows left out: said, kept
-    assert ingest_dicom(src, name="hosp3", labels=only, mapping={"bleed": "ich"}, drop_contrast=True,
+    assert ingest_dicom(src, name="hosp3", labels=only, mapping={"bleed": "ich"}, keep=SeriesFilter(drop_contrast=True),
                         workers=1)["labels_of_left_out_series"] == 1
 
 
@@ -317,7 +319,7 @@ def test_per_study_chooses_among_the_planes_kept(isolated_roots, tmp_path):
     """A sagittal reformat with more images than the axial series: --per-study --plane axial keeps the axial one
     (the plane filter comes first), where it used to keep the reformat and then refuse it."""
     src = _axial_and_sagittal(tmp_path, n_axial=12, n_sagittal=16)
-    summary = ingest_dicom(src, name="both", per_study=True, planes=("axial",), workers=1)
+    summary = ingest_dicom(src, name="both", per_study=True, keep=SeriesFilter(planes=("axial",)), workers=1)
     scans = load_scans("both")
     assert summary["scans"] == 1 and scans["plane"].tolist() == ["axial"]
     assert ingest_dicom(src, name="largest", per_study=True, workers=1)["scans"] == 1
@@ -387,3 +389,34 @@ def _axial_and_sagittal(tmp_path, n_axial: int, n_sagittal: int):
                 ds.ImageOrientationPatient, ds.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [2.0 * k, 0, 0]
             ds.save_as(src / desc / f"IM{k:03d}")
     return src
+
+
+def test_the_paper_cohort_filters(isolated_roots, tmp_path):
+    """Slice thickness 0.5-5 mm and 70-150 kVp (the paper's cohort, ``PAPER_COHORT``) and a kernel pattern: refused
+    from the headers before reading, and for an Enhanced CT object (its thickness in its functional groups) once read."""
+    rng = np.random.default_rng(10)
+    src = tmp_path / "pacs"
+    series = {"thin": (1.0, 120.0, {}), "thick": (6.0, 120.0, {}), "hot": (1.0, 160.0, {}),
+              "enhanced thick": (6.0, 120.0, {"enhanced": True})}
+    for desc, (dz, kvp, how) in series.items():
+        hu = rng.integers(-1000, 1500, (16, 16, 12)).astype(np.float32)
+        affine = np.diag([0.5, 0.5, dz, 1.0])
+        if how:
+            write_enhanced_ct(hu, affine, src / desc / "IM0001", patient_id="MRN1", series_description=desc, kvp=kvp)
+        else:
+            write_dicom_series(hu, affine, src / desc, flavour="cq500", patient_id="MRN1", series_description=desc,
+                               kvp=kvp)
+    summary = ingest_dicom(src, name="paper", keep=PAPER_COHORT, workers=1)
+    reasons = pd.read_csv(isolated_roots.data / "paper" / "rejects.csv")["reason"]
+    assert summary["scans"] == 1 and load_scans("paper")["series_description"].tolist() == ["thin"]
+    assert reasons.str.contains(r"slice thickness 6 mm outside 0.5-5 \(--thickness-mm\)").sum() == 2  # one once read
+    assert reasons.str.contains(r"160 kVp outside 70-150 \(--kvp\)").sum() == 1
+    with pytest.raises(FileNotFoundError, match=r"kernel: no scan to keep: 4 refused or left out, each with its "
+                                                r"reason in .*rejects.csv \(e.g. "):  # the writer's kernel: STANDARD
+        ingest_dicom(src, name="kernel", keep=SeriesFilter(kernel="^bone"), workers=1)
+    assert pd.read_csv(isolated_roots.data / "kernel" / "rejects.csv")["reason"].str.contains(
+        "kernel 'STANDARD' not matched by --kernel '\\^bone'").sum() == 4
+    assert "kernel" not in set(read_manifest(registry_files()[-1])["name"])  # no empty dataset registered
+    for bad in (dict(thickness_mm=(5.0, 0.5)), dict(kvp=(-1.0, 10.0)), dict(kernel="(")):
+        with pytest.raises(ValueError, match="--thickness-mm|--kvp|--kernel"):
+            SeriesFilter(**bad)

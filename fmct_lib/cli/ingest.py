@@ -70,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--plane", nargs="+", choices=["axial", "coronal", "sagittal"], default=None,
                    help="keep only series whose slices lie in these planes, e.g. --plane axial to leave out "
                         "sagittal and coronal reformats (default: every plane; the scan table's plane column)")
+    p.add_argument("--thickness-mm", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
+                   help="keep only series of this slice thickness (the paper: 0.5 5)")
+    p.add_argument("--kvp", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
+                   help="keep only series of this tube voltage (the paper: 70 150)")
+    p.add_argument("--kernel", default=None, metavar="PATTERN",
+                   help="keep only series whose ConvolutionKernel this regular expression finds (any case), e.g. "
+                        "'^(Hr|Qr)(3[5-9]|4[0-5])' for the paper's Siemens kernels")
 
     p = sub.add_parser("nifti", parents=[common, labels], help="a NIfTI folder + labels CSV (a hospital's own data)")
     p.add_argument("--path-col", default="path", metavar="COLUMN",
@@ -94,12 +101,15 @@ def run(args: argparse.Namespace) -> int:
             summary = ingest_cq500(args.source, name=args.name, drop_contrast=args.drop_contrast,
                                    on_gap=args.on_gap, tilt=args.tilt, **common)
         elif args.kind == "dicom":
+            from ..data.ingest.dicom_export import SeriesFilter
+            keep = SeriesFilter(min_slices=args.min_slices, drop_contrast=args.drop_contrast,
+                                planes=tuple(args.plane) if args.plane else None,
+                                thickness_mm=tuple(args.thickness_mm) if args.thickness_mm else None,
+                                kvp=tuple(args.kvp) if args.kvp else None, kernel=args.kernel)
             summary = ingest_dicom(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    key_column=args.key_col, match_on=args.match_on, patient_column=args.patient_col,
-                                   split_column=args.split_col, per_study=args.per_study,
-                                   drop_contrast=args.drop_contrast, min_slices=args.min_slices,
-                                   planes=tuple(args.plane) if args.plane else None, on_gap=args.on_gap,
-                                   tilt=args.tilt, description=args.description, **common)
+                                   split_column=args.split_col, per_study=args.per_study, keep=keep,
+                                   on_gap=args.on_gap, tilt=args.tilt, description=args.description, **common)
         else:
             summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    path_column=args.path_col, patient_column=args.patient_col,

@@ -199,7 +199,8 @@ def _check_rescale(slices, label) -> dict:
 
 
 # Functional groups of a multi-frame (Enhanced CT) object, PS3.3 C.7.6.16, and what each gives a frame.
-FRAME_GROUPS = {"PlanePositionSequence": ["ImagePositionPatient"], "PlaneOrientationSequence": ["ImageOrientationPatient"],
+FRAME_GROUPS = {"PlanePositionSequence": ["ImagePositionPatient"],
+                "PlaneOrientationSequence": ["ImageOrientationPatient"],
                 "PixelMeasuresSequence": ["PixelSpacing", "SliceThickness"],
                 "PixelValueTransformationSequence": ["RescaleSlope", "RescaleIntercept"],
                 "CTXRayDetailsSequence": ["KVP"], "CTReconstructionSequence": ["ConvolutionKernel"]}

@@ -46,7 +46,8 @@ from ..preprocess import load_checked
 from ..splits import SPLITS, extend_splits
 
 __all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv", "run_jobs",
-           "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
+           "finish", "refuse_if_nothing_kept", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS",
+           "REJECT_COLUMNS", "FLAGS_COLUMN"]
 
 REJECT_COLUMNS = ["source", "reason"]
 FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
@@ -255,6 +256,19 @@ def _earlier_splits(scans: pd.DataFrame, earlier: pd.DataFrame) -> dict[str, str
             if earlier.get(pid) in SPLITS}
 
 
+def refuse_if_nothing_kept(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path) -> None:
+    """Where every scan was refused or left out: ``rejects.csv`` written and ``SourceError`` saying so (an ingester
+    calls it before it registers the dataset, so that no empty dataset is made)."""
+    if rows:
+        return
+    rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
+    Path(dataset_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(rej, Path(dataset_dir) / "rejects.csv")
+    raise SourceError(f"{name}: no scan to keep: {len(rej)} refused or left out, each with its reason in "
+                      f"{Path(dataset_dir) / 'rejects.csv'}" + (f" (e.g. {rej['source'].iloc[0]}: "
+                                                                 f"{rej['reason'].iloc[0]})" if len(rej) else ""))
+
+
 def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path, *,
            columns: list[str], tasks: list[str], seed: int = 0, root: Path | None = None,
            given_splits: dict[str, str] | None = None) -> dict:
@@ -270,6 +284,7 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     lists what the sources hold now; their volumes stay under ``volumes/``).
     """
     dataset_dir = Path(dataset_dir)
+    refuse_if_nothing_kept(rows, rejects, name, dataset_dir)
     order = SCAN_COLUMNS + [c for c in [*columns, FLAGS_COLUMN] if c not in SCAN_COLUMNS] + tasks
     scans = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | set(order) | {"_patient", "_source"}))
     scans = scans.sort_values("scan_id", kind="stable").reset_index(drop=True)

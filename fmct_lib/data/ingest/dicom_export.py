@@ -4,32 +4,34 @@ The source is every file below ``source``, whatever its names and folders: a PAC
 study or series, a tree with a DICOMDIR, a flat dump. The headers are indexed once (``headers.index_headers``,
 cached in the private ``dicom_index.csv``) and grouped by SeriesInstanceUID. **Each CT series is one scan**, as
 the paper counts scans (Methods, "Datasets": scan series, those with fewer than 10 slices left out); with
-``per_study`` a study keeps only its largest series, as RSNA's per-study mode does. Before any pixel is read these
-are rows of ``rejects.csv`` with their reason: files that are not DICOM or not an image of a series (a README, a
-DICOMDIR), series of another modality (a dose report), series of fewer than ``min_slices`` images (localizers not
-counted; each frame of a multi-frame Enhanced CT object counted) and, with ``drop_contrast``, contrast-enhanced
-series (the paper includes non-contrast CT only: the ``contrast`` column says which series are, from
-SeriesDescription and ContrastBolusAgent). Each series is then read by the shared DICOM reader (``read_dicom_job``:
-ordering, gaps, tilt, rescale, Enhanced CT frames, every check of ``checks.py``); with ``planes``, a series whose
-slices lie in another plane (a sagittal or coronal reformat) is then a rejection too (the ``plane`` column).
+``per_study`` a study keeps only its largest series (of those the filters keep), as RSNA's per-study mode does.
+Files that are not DICOM or not an image of a series (a README, a DICOMDIR) are rows of ``rejects.csv`` with their
+reason, and so are the series a ``SeriesFilter`` leaves out: another modality (a dose report), fewer than 10 images
+(the paper's filter), and on request contrast series, other planes (reformats), slice thicknesses, kVp or kernels
+(``PAPER_COHORT``: the paper's cohort). Each series kept is read by the shared DICOM reader (``read_dicom_job``:
+ordering, gaps, tilt, rescale, Enhanced CT frames, every check of ``checks.py``).
 
 The labels CSV (``labels.read_labels``: values, refusals) names each row's study or series in the column
 ``key_column``, matched on ``match_on``:
 
 - ``accession``: the AccessionNumber (what a report or an EHR extract carries; the default),
 - ``study`` / ``series``: the StudyInstanceUID / SeriesInstanceUID,
-- ``folder``: a folder below ``source`` (relative, or absolute below it): the series whose files lie in it.
+- ``folder``: a folder below ``source`` (relative, or absolute below it): the series with files in it or below it.
 
-A study's row labels each of its series. Rows that match no series are named in the summary; a CSV none of whose
-rows matches is refused, saying which other ``match_on`` its values would match. Series no row names are kept
-without labels (with ``split_column``: in the unlabelled pretraining pool). The patient of a scan is the CSV's
-``patient_column`` where given and the row matched, else the header's PatientID (a series without one is its own
-study's patient, counted as ``no_patient_id``: such a dataset's split cannot keep a patient's studies together).
+A study's row labels each of its series (in per-study mode, the series the study keeps). Rows are matched against
+every series found, before the filters: rows that match no series, and rows that label only series left out, are
+named in the summary; a CSV none of whose rows matches is refused, saying which other ``match_on`` its values would
+match. Series no row names are kept without labels. The patient of a scan is the header's PatientID, or with
+``patient_column`` the CSV's patient of the rows matching that PatientID's series (``_patients``: one person is one
+patient, in one split); a series without a PatientID is its study's own patient, counted as ``no_patient_id``. With
+``split_column`` a patient's scans take the split of its rows, and patients no row names go to the pretraining pool.
 """
 from __future__ import annotations
 
 import functools
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +41,77 @@ from ...paths import data_root
 from ..checks import slice_plane
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..splits import POOL_SPLIT
-from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
+from .common import (DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, refuse_if_nothing_kept,
+                     run_jobs)
 from .cq500 import is_contrast
 from .headers import index_headers
 from .labels import read_labels, source_relative
 
-__all__ = ["MATCH_ON", "MIN_SLICES", "PLANES", "index_series", "ingest_dicom"]
+__all__ = ["MATCH_ON", "MIN_SLICES", "PLANES", "PAPER_COHORT", "SeriesFilter", "index_series", "ingest_dicom"]
 
 INDEX_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
               "accession": "AccessionNumber", "modality": "Modality", "image_type": "ImageType",
               "description": "SeriesDescription", "contrast_agent": "ContrastBolusAgent", "frames": "NumberOfFrames",
-              "orientation": "ImageOrientationPatient"}
+              "orientation": "ImageOrientationPatient", "thickness": "SliceThickness", "kvp": "KVP",
+              "kernel": "ConvolutionKernel"}
 MATCH_ON = {"accession": "AccessionNumber", "study": "StudyInstanceUID", "series": "SeriesInstanceUID",
             "folder": "folder below --source"}
 MIN_SLICES = 10  # the paper leaves out series of fewer than 10 slices (Methods, "Datasets")
 PLANES = ("axial", "coronal", "sagittal")
+
+
+@dataclass(frozen=True)
+class SeriesFilter:
+    """Which series of an export become scans. Every refusal is a row of ``rejects.csv`` with its reason. The
+    header-only criteria (modality, images, contrast) are applied before any pixel is read; the others too where the
+    headers give the value, and again once the series is read (an Enhanced CT object keeps them in its functional
+    groups; a missing SliceThickness is then the slice step). The paper's cohort (Methods, "Datasets"):
+    ``PAPER_COHORT``, with its kernel criterion (Siemens Hr/Qr and Toshiba J, sharpness 35–45) left to ``kernel``."""
+
+    min_slices: int = MIN_SLICES                  # the paper leaves out series of fewer than 10 slices
+    drop_contrast: bool = False                   # the paper's cohort is non-contrast CT
+    planes: tuple[str, ...] | None = None         # e.g. ("axial",): sagittal and coronal reformats left out
+    thickness_mm: tuple[float, float] | None = None  # inclusive range of the slice thickness
+    kvp: tuple[float, float] | None = None        # inclusive range of the tube voltage
+    kernel: str | None = None                     # a regular expression searched in ConvolutionKernel (any case)
+
+    def __post_init__(self):
+        if self.min_slices < 2:
+            raise ValueError(f"--min-slices must be at least 2 (a volume), got {self.min_slices}")
+        if self.planes is not None and (not self.planes or set(self.planes) - set(PLANES)):
+            raise ValueError(f"--plane takes {', '.join(PLANES)}, got {', '.join(self.planes) or 'nothing'}")
+        for flag, bounds in (("--thickness-mm", self.thickness_mm), ("--kvp", self.kvp)):
+            if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] <= bounds[1]):
+                raise ValueError(f"{flag} takes MIN MAX with 0 <= MIN <= MAX, got {' '.join(map(str, bounds))}")
+        if self.kernel is not None:
+            try:
+                re.compile(self.kernel)
+            except re.error as e:
+                raise ValueError(f"--kernel {self.kernel!r} is not a regular expression: {e}") from e
+
+    def refusal(self, plane, thickness, kvp, kernel) -> str | None:
+        """Why a series with these values is left out, or None; a value not known (``""``, NaN) passes."""
+        for value, bounds, what, flag in ((_number(thickness), self.thickness_mm, "slice thickness {:g} mm",
+                                           "--thickness-mm"), (_number(kvp), self.kvp, "{:g} kVp", "--kvp")):
+            if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
+                return f"{what.format(value)} outside {bounds[0]:g}-{bounds[1]:g} ({flag})"
+        if self.planes is not None and plane and plane not in self.planes:
+            return f"{plane} slices (--plane {' '.join(self.planes)})"
+        kernel = "" if kernel is None or (isinstance(kernel, float) and np.isnan(kernel)) else str(kernel)
+        if self.kernel is not None and kernel and not re.search(self.kernel, kernel, re.IGNORECASE):
+            return f"kernel {kernel!r} not matched by --kernel {self.kernel!r}"
+        return None
+
+
+PAPER_COHORT = SeriesFilter(drop_contrast=True, thickness_mm=(0.5, 5.0), kvp=(70.0, 150.0))
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(str(value).split("\\")[0])
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -92,7 +150,7 @@ def index_series(index: pd.DataFrame, source: Path) -> pd.DataFrame:
 
     grouped = index.groupby("series", sort=True)
     series = grouped[["study", "patient", "accession", "modality", "description", "contrast_agent",
-                      "orientation"]].agg(first)
+                      "orientation", "thickness", "kvp", "kernel"]].agg(first)
     series["plane"] = series.pop("orientation").map(_plane)
     series["files"] = grouped["file"].agg(sorted)
     images = index["frames"].map(lambda f: int(f) if f.isdigit() else 1).where(
@@ -151,8 +209,7 @@ def _match_labels(table: pd.DataFrame, series: pd.DataFrame, match_on: str, sour
     return row_of, unmatched
 
 
-def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool, planes: tuple[str, ...] | None,
-            per_study: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def _screen(series: pd.DataFrame, keep: SeriesFilter, per_study: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """The series to read, and the others as rejections with their reason (nothing read but headers). Per study the
     largest series is chosen among those the other filters keep."""
     rejects = []
@@ -164,16 +221,15 @@ def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool, plane
 
     series = refuse(series["modality"].str.upper() != "CT",
                     lambda s: f"modality {s['modality'] or 'missing'!r}, not CT ({len(s['files'])} file(s))")
-    if drop_contrast:
+    if keep.drop_contrast:
         contrast = series["description"].map(is_contrast) | (series["contrast_agent"] != "")
         series = refuse(contrast, lambda s: f"contrast series ({s['description'] or s['contrast_agent']!r}; "
                                             "dropped by --drop-contrast)")
-    series = refuse(series["n_images"] < min_slices,
-                    lambda s: f"{s['n_images']} image(s), fewer than {min_slices} (--min-slices; the paper leaves "
-                              "out series of fewer than 10 slices)")
-    if planes is not None:  # a plane the headers do not give (Enhanced CT) is checked once the series is read
-        series = refuse((series["plane"] != "") & ~series["plane"].isin(planes),
-                        lambda s: f"{s['plane']} slices (--plane {' '.join(planes)})")
+    series = refuse(series["n_images"] < keep.min_slices,
+                    lambda s: f"{s['n_images']} image(s), fewer than {keep.min_slices} (--min-slices; the paper "
+                              "leaves out series of fewer than 10 slices)")
+    why = {uid: keep.refusal(s["plane"], s["thickness"], s["kvp"], s["kernel"]) for uid, s in series.iterrows()}
+    series = refuse(series.index.map(lambda uid: why[uid] is not None).to_numpy(bool), lambda s: why[s.name])
     if per_study:
         largest = series.rename_axis("uid").sort_values(["n_images", "uid"], ascending=[False, True]) \
             .groupby("study", sort=False).head(1)
@@ -186,9 +242,9 @@ def _screen(series: pd.DataFrame, *, min_slices: int, drop_contrast: bool, plane
 
 def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
                  key_column: str = "accession", match_on: str = "accession", patient_column: str | None = None,
-                 split_column: str | None = None, per_study: bool = False, drop_contrast: bool = False,
-                 min_slices: int = MIN_SLICES, planes: tuple[str, ...] | None = None, root: Path | None = None, workers: int = 2, seed: int = 0,
-                 on_gap: str = "flag", tilt: str = "resample", description: str = "") -> dict:
+                 split_column: str | None = None, per_study: bool = False, keep: SeriesFilter = SeriesFilter(),
+                 root: Path | None = None, workers: int = 2, seed: int = 0, on_gap: str = "flag",
+                 tilt: str = "resample", description: str = "") -> dict:
     """Ingest the DICOM files below ``source`` (+ labels CSV with ``mapping`` csv column -> task) as ``name``.
 
     The summary (``common.finish``) adds ``series`` (CT and other series found), ``not_in_labels`` (scans no row
@@ -197,10 +253,6 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     validate_dataset_name(name)  # before anything is written
     if match_on not in MATCH_ON:
         raise ValueError(f"--match-on must be one of {', '.join(MATCH_ON)}, got {match_on!r}")
-    if min_slices < 2:
-        raise ValueError(f"--min-slices must be at least 2 (a volume), got {min_slices}")
-    if planes is not None and (not planes or set(planes) - set(PLANES)):
-        raise ValueError(f"--plane takes {', '.join(PLANES)}, got {', '.join(planes) or 'nothing'}")
     source = Path(source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must be the folder of the DICOM export)")
@@ -230,8 +282,7 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
                           f"{index['error'].iloc[0]})")
     found = index_series(readable, source)
     matched, unmatched = _match_labels(table, found, match_on, source, labels)  # every series, before the filters
-    series, screened = _screen(found, min_slices=min_slices, drop_contrast=drop_contrast, planes=planes,
-                               per_study=per_study)
+    series, screened = _screen(found, keep, per_study)
     rejects += screened
     row_of, left_out = _labels_of_kept(matched, found, series, per_study, dict(screened), labels)
     patients = _patients(found, series, table, matched, labels) if patient_column else \
@@ -247,11 +298,13 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     options = {"on_gap": on_gap, "tilt": tilt}
     rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
                                  workers=workers, desc=f"ingest {name}")
-    if planes is not None:  # the series whose plane the headers did not give, now read
-        folder_of = {job.source_key: series.loc[uid, "folder"] for uid, job in zip(series.index, jobs)}
-        job_rejects += [(row["_source"], f"series in {folder_of[row['_source']]}: {row['plane']} slices "
-                                         f"(--plane {' '.join(planes)})") for row in rows if row["plane"] not in planes]
-        rows = [row for row in rows if row["plane"] in planes]
+    # again once read: the values the headers did not give (an Enhanced CT object's, a missing SliceThickness)
+    why = [keep.refusal(row["plane"], row["slice_thickness_mm"], row["kvp"], row["convolution_kernel"]) for row in rows]
+    folder_of = {job.source_key: series.loc[uid, "folder"] for uid, job in zip(series.index, jobs)}
+    job_rejects += [(row["_source"], f"series in {folder_of[row['_source']]}: {reason}")
+                    for row, reason in zip(rows, why) if reason]
+    rows = [row for row, reason in zip(rows, why) if not reason]
+    refuse_if_nothing_kept(rows, rejects + job_rejects, name, dataset_dir)  # before the registry names it
     description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest dicom --name {name} --source DIR --labels LABELS.csv", root=root)

@@ -26,7 +26,7 @@ from ...paths import data_root
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
-from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
+from .common import Job, SourceError, finish, refuse_if_nothing_kept, hu_int16, run_jobs, to_ras
 from .labels import read_labels, source_relative
 
 __all__ = ["read_nifti_job", "ingest_nifti"]
@@ -116,6 +116,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
 
     dataset_dir = Path(root or data_root()) / name
     rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
+    refuse_if_nothing_kept(rows, rejects, name, dataset_dir)  # before the registry names it
     description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
