@@ -50,7 +50,8 @@ from scipy import ndimage
 
 from .checks import DUPLICATE_MM, TILT_MIN_DEG, ScanError, check_orientations, slice_plane, slice_steps
 
-__all__ = ["DicomSeriesError", "DicomVolume", "group_series", "read_dicom_series", "list_files", "lenient_validation"]
+__all__ = ["DicomSeriesError", "DicomVolume", "group_series", "read_dicom_series", "list_files", "lenient_validation",
+           "header_number"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -110,11 +111,14 @@ def _first(ds, keyword: str, default=None):
     return value
 
 
-def _number(value) -> float | None:
+def header_number(value) -> float | None:
+    """A header value as a number: the first of a multi-valued one written as text (``36\\36``); None where it is
+    absent, not a number or not finite."""
     try:
-        return float(value)
+        number = float(str(value).split("\\")[0]) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         return None
+    return number if np.isfinite(number) else None
 
 
 def group_series(files, rejects: list | None = None) -> dict[tuple[str, str], list[Path]]:
@@ -418,7 +422,7 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
     if skipped:
         flags["slices_skipped"] = f"{len(skipped)} file(s) left out (rows of rejects.csv)"
     first = slices[0]
-    thickness = _number(_first(first, "SliceThickness"))
+    thickness = header_number(_first(first, "SliceThickness"))
     meta = {
         "source": label,
         "patient_id": str(first.get("PatientID", "")),
@@ -427,15 +431,15 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
         "series_description": str(first.get("SeriesDescription", "")),
         "series_number": str(first.get("SeriesNumber", "")),
         "manufacturer": str(first.get("Manufacturer", "")),
-        "kvp": _number(_first(first, "KVP")),
+        "kvp": header_number(_first(first, "KVP")),
         "convolution_kernel": str(_first(first, "ConvolutionKernel", "")),
         "contrast_agent": str(first.get("ContrastBolusAgent", "") or ""),
         "transfer_syntax": str(first.file_meta.get("TransferSyntaxUID", "")) if hasattr(first, "file_meta") else "",
         "slice_thickness_mm": thickness if thickness else round(step, 4),
         "slice_step_mm": round(step, 4),
         "pixel_spacing_mm": (dr, dc),
-        "window_center": _number(_first(first, "WindowCenter")),
-        "window_width": _number(_first(first, "WindowWidth")),
+        "window_center": header_number(_first(first, "WindowCenter")),
+        "window_width": header_number(_first(first, "WindowWidth")),
         "n_slices": len(slices),
         "n_files": len(files),
         "n_duplicates_dropped": n_duplicates,

@@ -46,8 +46,7 @@ from ..preprocess import load_checked
 from ..splits import SPLITS, extend_splits
 
 __all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv", "run_jobs",
-           "finish", "refuse_if_nothing_kept", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS",
-           "REJECT_COLUMNS", "FLAGS_COLUMN"]
+           "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
 
 REJECT_COLUMNS = ["source", "reason"]
 FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
@@ -256,9 +255,9 @@ def _earlier_splits(scans: pd.DataFrame, earlier: pd.DataFrame) -> dict[str, str
             if earlier.get(pid) in SPLITS}
 
 
-def refuse_if_nothing_kept(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path) -> None:
-    """Where every scan was refused or left out: ``rejects.csv`` written and ``SourceError`` saying so (an ingester
-    calls it before it registers the dataset, so that no empty dataset is made)."""
+def _refuse_if_nothing_kept(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_dir: Path) -> None:
+    """Where every scan was refused or left out: ``rejects.csv`` written and ``SourceError`` saying so (``finish``
+    runs before an ingester registers the dataset, so no empty dataset is made)."""
     if rows:
         return
     rej = pd.DataFrame(sorted(set(rejects)), columns=REJECT_COLUMNS)
@@ -284,7 +283,7 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     lists what the sources hold now; their volumes stay under ``volumes/``).
     """
     dataset_dir = Path(dataset_dir)
-    refuse_if_nothing_kept(rows, rejects, name, dataset_dir)
+    _refuse_if_nothing_kept(rows, rejects, name, dataset_dir)
     order = SCAN_COLUMNS + [c for c in [*columns, FLAGS_COLUMN] if c not in SCAN_COLUMNS] + tasks
     scans = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | set(order) | {"_patient", "_source"}))
     scans = scans.sort_values("scan_id", kind="stable").reset_index(drop=True)

@@ -17,8 +17,7 @@ import pandas as pd
 
 from ...paths import data_root
 from ..manifest import CQ500_FINDINGS, register_dataset, validate_dataset_name
-from .common import (DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, refuse_if_nothing_kept,
-                     run_jobs)
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
 
 __all__ = ["READS_FINDINGS", "read_cq500_labels", "find_series", "is_contrast", "ingest_cq500"]
 
@@ -136,9 +135,9 @@ def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_
     for row in rows:  # the header's description (with '/' and '+') is better than the folder's
         row["contrast"] = int(bool(row.get("contrast")) or is_contrast(str(row.get("series_description") or ""))
                               or bool(row.get("contrast_agent")))
-    refuse_if_nothing_kept(rows, rejects + job_rejects, name, dataset_dir)  # before the registry names it
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
+                     columns=[*DICOM_COLUMNS, "contrast", "category"])
     register_dataset(name, description="CQ500 (qure.ai), one volume per series, majority-of-3 labels",
                      tasks=CQ500_FINDINGS, licence="CC BY-NC-SA 4.0",
                      ingest_command=f"fmct ingest cq500 --source DIR --name {name}", root=root)
-    return finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
-                  columns=[*DICOM_COLUMNS, "contrast", "category"])
+    return summary

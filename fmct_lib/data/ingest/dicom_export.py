@@ -39,10 +39,10 @@ import pandas as pd
 
 from ...paths import data_root
 from ..checks import slice_plane
+from ..dicom import header_number
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..splits import POOL_SPLIT
-from .common import (DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, refuse_if_nothing_kept,
-                     run_jobs)
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
 from .cq500 import is_contrast
 from .headers import index_headers
 from .labels import read_labels, source_relative
@@ -91,27 +91,20 @@ class SeriesFilter:
 
     def refusal(self, plane, thickness, kvp, kernel) -> str | None:
         """Why a series with these values is left out, or None; a value not known (``""``, NaN) passes."""
-        for value, bounds, what, flag in ((_number(thickness), self.thickness_mm, "slice thickness {:g} mm",
-                                           "--thickness-mm"), (_number(kvp), self.kvp, "{:g} kVp", "--kvp")):
+        ranges = [(header_number(thickness), self.thickness_mm, "slice thickness {:g} mm", "--thickness-mm"),
+                  (header_number(kvp), self.kvp, "{:g} kVp", "--kvp")]
+        for value, bounds, what, flag in ranges:
             if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
                 return f"{what.format(value)} outside {bounds[0]:g}-{bounds[1]:g} ({flag})"
         if self.planes is not None and plane and plane not in self.planes:
             return f"{plane} slices (--plane {' '.join(self.planes)})"
-        kernel = "" if kernel is None or (isinstance(kernel, float) and np.isnan(kernel)) else str(kernel)
+        kernel = "" if pd.isna(kernel) else str(kernel)
         if self.kernel is not None and kernel and not re.search(self.kernel, kernel, re.IGNORECASE):
             return f"kernel {kernel!r} not matched by --kernel {self.kernel!r}"
         return None
 
 
 PAPER_COHORT = SeriesFilter(drop_contrast=True, thickness_mm=(0.5, 5.0), kvp=(70.0, 150.0))
-
-
-def _number(value) -> float | None:
-    try:
-        number = float(str(value).split("\\")[0])
-    except ValueError:
-        return None
-    return number if np.isfinite(number) else None
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -304,13 +297,12 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     job_rejects += [(row["_source"], f"series in {folder_of[row['_source']]}: {reason}")
                     for row, reason in zip(rows, why) if reason]
     rows = [row for row, reason in zip(rows, why) if not reason]
-    refuse_if_nothing_kept(rows, rejects + job_rejects, name, dataset_dir)  # before the registry names it
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks,
+                     columns=[*DICOM_COLUMNS, "contrast"], given_splits=given_splits)
     description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest dicom --name {name} --source DIR --labels LABELS.csv", root=root)
     update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
-    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks,
-                     columns=[*DICOM_COLUMNS, "contrast"], given_splits=given_splits)
     summary["series"] = len(found)
     labelled = {series.loc[uid, "study"] if per_study else uid for uid in row_of}
     summary["not_in_labels"] = sum(row["_source"] not in labelled for row in rows)

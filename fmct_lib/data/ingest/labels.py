@@ -137,8 +137,7 @@ def read_labels(path, *, path_column: str = "path", patient_column: str | None =
         out[task] = parse_labels(table[column], file=path, column=column, flag=f"--map {column}={task}")
     if split_column:
         out["split"] = parse_splits(table[split_column], file=path, column=split_column)
-        if not patient_column:  # the caller knows the patients (a DICOM ingester: from the headers) and checks
-            return out
+    if split_column and patient_column:  # without one, the caller knows the patients (DICOM: the headers) and checks
         per_patient = out.groupby("patient")["split"].nunique()
         crossing = out["patient"].isin(per_patient.index[per_patient > 1])
         if crossing.any():

@@ -26,7 +26,7 @@ from ...paths import data_root
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
-from .common import Job, SourceError, finish, refuse_if_nothing_kept, hu_int16, run_jobs, to_ras
+from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
 from .labels import read_labels, source_relative
 
 __all__ = ["read_nifti_job", "ingest_nifti"]
@@ -116,13 +116,12 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
 
     dataset_dir = Path(root or data_root()) / name
     rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
-    refuse_if_nothing_kept(rows, rejects, name, dataset_dir)  # before the registry names it
+    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
+                     given_splits=given_splits)
     description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
     update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
-    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
-                     given_splits=given_splits)
     summary["not_in_labels"] = len(files) - len(rows_of)
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]
