@@ -191,6 +191,21 @@ def test_a_bare_name_matches_only_a_file_of_its_own(env, tmp_path):
     assert (summary["not_in_labels"], summary["labels_without_volume"]) == (0, 0)
 
 
+def test_symlinked_folders_are_followed_once_and_hidden_files_left_out(env, tmp_path):
+    """A cohort linked together from an archive (a folder link, and a loop back to the source) ingests every
+    volume once; macOS's ``._scan.nii.gz`` (AppleDouble metadata, not a volume) is no rejection."""
+    archive, src = tmp_path / "archive", tmp_path / "cohort"
+    save(las_volume(1), archive / "siteA" / "scan.nii.gz")
+    save(las_volume(2), src / "siteB" / "scan.nii.gz")
+    (src / "siteB" / "._scan.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (src / "siteA").symlink_to(archive / "siteA", target_is_directory=True)
+    (src / "again").symlink_to(src, target_is_directory=True)
+    summary = ingest_nifti(src, name="linked", workers=1)
+    assert (summary["scans"], summary["rejects"]) == (2, 0)
+    sources = pd.read_csv(env[0] / "linked" / "linkage.csv", dtype=str)["source"]
+    assert sorted(sources) == ["siteA/scan.nii.gz", "siteB/scan.nii.gz"]
+
+
 def test_a_dataset_ingested_under_another_root_is_registered_in_that_root(tmp_path, monkeypatch):
     """`--root B` with $FMCT_DATA=A (no $FMCT_MANIFEST, as a user has it): B's registry lists the dataset, so
     pointing $FMCT_DATA at B (for `fmct cache`, the notebooks) finds it; A's registry is not touched."""

@@ -140,6 +140,22 @@ def read_dicom_job(inputs, *, on_gap: str = "flag", tilt: str = "resample"):
     return hu_int16(scan.hu), scan.affine, row, skipped
 
 
+def source_files(source: Path) -> list[Path]:
+    """Every regular file below ``source``, symbolic links to folders followed (a cohort linked together from an
+    archive; each folder once), hidden files and folders (``.DS_Store``, macOS's ``._scan.nii.gz``, ``.git``) left
+    out. The NIfTI and DICOM-export ingesters walk a source with it."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder walked already
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return out
+
+
 def source_stat(inputs) -> str:
     """A digest of the names, sizes and modification times of the files a job reads (a file, a series folder's
     files, a list of files), kept in the volume's sidecar: a source exported again under the same name (a

@@ -42,7 +42,7 @@ from ..checks import slice_plane
 from ..dicom import header_number
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..splits import POOL_SPLIT
-from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs
+from .common import DICOM_COLUMNS, Job, SourceError, finish, read_dicom_job, run_jobs, source_files
 from .cq500 import is_contrast
 from .headers import index_headers
 from .labels import read_labels, source_relative
@@ -105,21 +105,6 @@ class SeriesFilter:
 
 
 PAPER_COHORT = SeriesFilter(drop_contrast=True, thickness_mm=(0.5, 5.0), kvp=(70.0, 150.0))
-
-
-def _source_files(source: Path) -> list[Path]:
-    """Every regular file below ``source``, symbolic links to folders followed (a cohort linked together from an
-    archive; each folder once), hidden files and folders (``.DS_Store``, ``.git``) left out."""
-    out, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a link back to a folder walked already
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return out
 
 
 def _plane(orientation: str) -> str:
@@ -258,7 +243,7 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     if labels is not None:  # read and checked before a header is
         table = read_labels(labels, path_column=key_column, patient_column=patient_column, mapping=mapping,
                             split_column=split_column, path_flag="--key-col", what=f"{match_on} key")
-    files = _source_files(source)
+    files = source_files(source)
     if not files:
         raise SourceError(f"{source}: no files below this folder")
 

@@ -1,6 +1,7 @@
 """A folder of NIfTI volumes plus a labels CSV (a hospital's own data) -> a registered custom dataset.
 
-Every ``.nii``/``.nii.gz`` below ``source`` becomes one scan: read and checked by the loader that
+Every ``.nii``/``.nii.gz`` below ``source`` (symbolic links to folders followed, hidden files such as macOS's
+``._scan.nii.gz`` left out: ``common.source_files``) becomes one scan: read and checked by the loader that
 preprocessing uses too (``preprocess.load_checked``: readable to the end, 3-D, finite, plausible spacing
 and Hounsfield scale; ``checks.py``), so a file ingestion accepts is one the cache accepts. It is
 reoriented to RAS and written under ``<root>/<name>/volumes`` as int16 HU, with its flags. The labels CSV
@@ -26,7 +27,7 @@ from ...paths import data_root
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
-from .common import Job, SourceError, finish, hu_int16, run_jobs, to_ras
+from .common import Job, SourceError, finish, hu_int16, run_jobs, source_files, to_ras
 from .labels import read_labels, source_relative
 
 __all__ = ["read_nifti_job", "ingest_nifti"]
@@ -87,7 +88,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     source = Path(source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must be the folder of NIfTI volumes)")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.endswith((".nii", ".nii.gz")))
+    files = sorted(p for p in source_files(source) if p.name.endswith((".nii", ".nii.gz")))
     if not files:
         raise SourceError(f"{source}: no .nii or .nii.gz files below this folder")
     mapping = dict(mapping or {})
