@@ -11,6 +11,7 @@ dataset registry's read-edit-rename, a run directory's checkpoints and metrics l
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 __all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_write_csv",
-           "exclusive_lock", "LockBusy", "LOCK_FILE", "HOLDER_SUFFIX"]
+           "exclusive_lock", "LockBusy", "LOCK_FILE", "HOLDER_SUFFIX", "remove_leftovers"]
 
 LOCK_FILE = ".lock"                 # a directory's lock file (a run directory's)
 HOLDER_SUFFIX = ".holder.json"      # beside a lock file: who holds it (pid, host, since)
@@ -58,6 +59,17 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, mode: int | 
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files ``atomic_path`` left beside ``path`` when its process was killed mid-write
+    (SIGKILL, out of memory: no ``except`` ran); returns them. Call it only while holding the folder's lock, so
+    no live writer's file is taken."""
+    path = Path(path)
+    gone = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def _fsync_dir(folder: Path) -> None:

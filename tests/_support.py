@@ -37,3 +37,23 @@ def tiny_nifti_folder(folder, n_patients: int = 4, shape=(20, 20, 10)):
     labels = folder / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     return labels
+
+
+def tiny_pretrain_dataset(folder):
+    """Six small NIfTI heads (five train, one test) and one unreadable train scan, as dataset ``tiny``."""
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        hu = np.full((24, 24, 12), -1000, np.int16)
+        hu[4:20, 4:20, 2:10] = rng.integers(0, 80, (16, 16, 8))  # a "head" of soft tissue
+        nib.save(nib.Nifti1Image(hu, np.diag([4.0, 4.0, 8.0, 1.0])), folder / f"s{i}.nii")
+        rows.append({"scan_id": f"s{i}", "patient_id": f"p{i}", "path": f"s{i}.nii",
+                     "split": "test" if i == 5 else "train", "manufacturer": "A", "slice_thickness_mm": 8.0,
+                     "spacing": "4,4,8"})
+    rows.append({**rows[0], "scan_id": "broken", "patient_id": "p9", "path": "missing.nii", "split": "train"})
+    pd.DataFrame(rows).to_csv(folder / "scans.csv", index=False)

@@ -185,6 +185,10 @@ def test_pretrain_conclusion_says_whether_the_loss_fell():
         _pretrain_metrics([2.0] + [9.0] * 13 + [3.0]), "mae", TINY)
     assert "from 4 (first 10% of steps) to 1 (last 10%)" in conclusions.pretrain_conclusion(
         _pretrain_metrics([4.0, 9.0, 9.0, 9.0, 1.0]), "mae", TINY)
+    # the kNN row of the initial encoder (step 0, no loss) is no step: it made the first 10% "nan" in short runs
+    knn_row = pd.DataFrame({"step": [0], "loss": [float("nan")], "knn_auroc": [0.5]})
+    assert "from 4 (first 10% of steps) to 1 (last 10%): it decreased" in conclusions.pretrain_conclusion(
+        pd.concat([knn_row, _pretrain_metrics([4.0, 9.0, 9.0, 9.0, 1.0])]), "mae", TINY)
     # 20 steps: the first and last two, (6 + 4) / 2 = 5 and (2 + 1) / 2 = 1.5
     assert "from 5 (first 10% of steps) to 1.5 (last 10%)" in conclusions.pretrain_conclusion(
         _pretrain_metrics([6.0, 4.0] + [9.0] * 16 + [2.0, 1.0]), "mae", TINY)

@@ -31,7 +31,17 @@ def test_an_explicit_device_is_kept(two_gpus):
     assert setup("cpu").device == torch.device("cpu") and two_gpus == [0]  # no GPU chosen for the CPU
 
 
-def test_cuda_without_a_visible_gpu_is_a_clear_error(two_gpus, monkeypatch):
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_visible_gpu_is_a_clear_error(two_gpus, monkeypatch, device):
+    """A ValueError, so ``fmct pretrain --device cuda`` on a CPU machine is one line and exit status 2."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
-        setup("cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        setup(device)
+
+
+def test_a_gpu_index_past_the_visible_ones_and_a_bad_name_are_clear_errors(two_gpus):
+    with pytest.raises(ValueError, match=r"'cuda:2' asked for, but this process sees 2 GPU\(s\) \(cuda:0 to cuda:1\)"):
+        setup("cuda:2")
+    with pytest.raises(ValueError, match="'gpu': not a device name"):
+        setup("gpu")
+    assert two_gpus == []  # refused before any device was chosen

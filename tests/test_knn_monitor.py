@@ -83,6 +83,13 @@ def test_without_a_scorable_task_the_monitor_reads_nothing_and_says_nan(read):
     monitor = KnnMonitor("synthetic", scans, ["rare", "unread"], spec=None)
     assert monitor.tasks == [] and asked == []
     assert np.isnan(monitor(torch.nn.Identity())["knn_auroc"])
+    internal = scans[scans.site == "internal"]
+    counts = {(s, v): int((internal[internal.split == s].rare == v).sum()) for s in ("train", "val") for v in (1, 0)}
+    assert monitor.unscored == (  # what pretrain says once, instead of a NaN every epoch with no reason
+        "the validation kNN AUROC of 'synthetic' is not computed while pretraining: no task has 5 positive and 5 "
+        f"negative scans in both the training and the validation split (rare: train {counts['train', 1]}+/"
+        f"{counts['train', 0]}−, val {counts['val', 1]}+/{counts['val', 0]}−; unread: train 0+/0−, val 0+/0−)")
+    assert KnnMonitor("synthetic", scans, ["ich"], spec=None).unscored == ""
 
 
 def test_the_monitor_scores_a_fixed_subset_of_a_large_validation_split(read, monkeypatch):

@@ -18,7 +18,7 @@ from fmct_lib.config import get_profile
 from fmct_lib.ssl.dino import DINOConfig
 from fmct_lib.train import METHODS, get_method, pretrain_on, pretraining_scan_ids, run_config
 from fmct_lib.train.loop import STATE_FILE, epoch_permutation, micro_batches
-from _support import InMemoryVolumes
+from _support import InMemoryVolumes, tiny_pretrain_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -215,14 +215,20 @@ def test_toy_run_end_to_end(tmp_path, volumes):
     assert pretrain_on(volumes, method="dino", profile=downstream, run_dir=run_dir, batch_size=4, progress=False,
                        meta={"dataset": "memory", "fraction": 1.0}) == run_dir
     # a finished run made with another configuration is refused, not returned as if it were this one
-    with pytest.raises(ValueError, match=r"different configuration \(differs in \['run'\]"):
+    with pytest.raises(ValueError, match=r"another configuration \(run.batch_size: 4 → 2; run.total_steps: 4 → 8; "
+                                         r"run.freeze_last_layer_steps: 2 → 4; .*start over in it \(fmct pretrain "
+                                         r"--restart; pretrain\(resume=False\)\)"):
         pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=2, progress=False,
                     meta={"dataset": "memory", "fraction": 1.0})
     assert (run_dir / "encoder.safetensors").stat().st_mtime_ns == stamp
     # and so is an unfinished one: a different configuration in the same directory is never mixed
     (run_dir / "done").unlink()
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="another configuration"):
         pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=2, progress=False)
+    # how often it checkpoints is no part of what it computes: another --checkpoint-every resumes it
+    (run_dir / "done").write_text("{}")
+    assert pretrain_on(volumes, method="dino", profile="toy", run_dir=run_dir, batch_size=4, progress=False,
+                       checkpoint_every=1, meta={"dataset": "memory", "fraction": 1.0}) == run_dir
 
 
 def test_pretraining_set_is_train_split_internal_and_nested(tmp_path, monkeypatch):
@@ -243,25 +249,6 @@ def test_pretraining_set_is_train_split_internal_and_nested(tmp_path, monkeypatc
     assert all({f"scan{2 * (int(s[4:]) // 2)}", f"scan{2 * (int(s[4:]) // 2) + 1}"} <= mid for s in mid)
 
 
-def _tiny_dataset(folder):
-    """Six small NIfTI heads (five train, one test) and one unreadable train scan, as dataset ``tiny``."""
-    import nibabel as nib
-    import numpy as np
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        hu = np.full((24, 24, 12), -1000, np.int16)
-        hu[4:20, 4:20, 2:10] = rng.integers(0, 80, (16, 16, 8))  # a "head" of soft tissue
-        nib.save(nib.Nifti1Image(hu, np.diag([4.0, 4.0, 8.0, 1.0])), folder / f"s{i}.nii")
-        rows.append({"scan_id": f"s{i}", "patient_id": f"p{i}", "path": f"s{i}.nii",
-                     "split": "test" if i == 5 else "train", "manufacturer": "A", "slice_thickness_mm": 8.0,
-                     "spacing": "4,4,8"})
-    rows.append({**rows[0], "scan_id": "broken", "patient_id": "p9", "path": "missing.nii", "split": "train"})
-    pd.DataFrame(rows).to_csv(folder / "scans.csv", index=False)
-
-
 TINY_CLI = ["pretrain", "--method", "mae", "--dataset", "tiny", "--profile", "toy", "--steps", "2",
             "--batch-size", "2", "--workers", "0", "--no-progress"]
 
@@ -272,7 +259,7 @@ def test_cli_pretrains_a_dataset_through_the_cache(isolated_roots, monkeypatch):
     from fmct_lib.data.cache import build_cache
     from fmct_lib.data.preprocess import paper_spec
 
-    _tiny_dataset(isolated_roots.data / "tiny")
+    tiny_pretrain_dataset(isolated_roots.data / "tiny")
     built = []
 
     def ensure_cache(dataset, profile):  # pipeline.ensure_cache, in this process (CI's two cores)
@@ -297,7 +284,7 @@ def test_pretrain_reads_the_cache_and_never_builds_it(isolated_roots, monkeypatc
     from fmct_lib.paths import StageMissing
     from fmct_lib.train import pretrain
 
-    _tiny_dataset(isolated_roots.data / "tiny")
+    tiny_pretrain_dataset(isolated_roots.data / "tiny")
     spec = paper_spec("toy")
     args = dict(method="mae", dataset="tiny", profile="toy", max_steps=2, batch_size=2, num_workers=0,
                 progress=False)

@@ -15,10 +15,13 @@ import importlib
 import os
 import sys
 
+from ..io import LockBusy
+
 EXIT_BAD_INPUT = 2  # what the user gave cannot be used (argparse's status for bad usage)
 # what a subcommand raises for input it cannot use: a missing dataset, cache or file (``StageMissing`` is a
-# FileNotFoundError), a bad value (a filter, an option, a fraction)
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError)
+# FileNotFoundError), a bad value (a filter, an option, a fraction, a device), a run directory another process
+# holds (``LockBusy``)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError, LockBusy)
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_dataset, add_preset, add_profile
+from .options import add_dataset, add_preset, add_profile, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser)
     add_profile(parser)
     add_preset(parser)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count)")
     parser.add_argument("--scans", nargs="+", default=None, help="only these scan ids")
     parser.add_argument("--retry-rejected", action="store_true", help="try previously rejected scans again")
 

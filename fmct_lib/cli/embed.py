@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_BAD_INPUT
-from .options import add_dataset, add_device, add_preset, add_profile, input_size_problem, parse_filter
+from .options import add_dataset, add_device, add_preset, add_profile, input_size_problem, parse_filter, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_preset(parser)
     parser.add_argument("--split", default=None, help="only this split (default: all scans)")
     parser.add_argument("--filter", action="append", metavar="COLUMN=VALUE", help="select rows, e.g. site=external")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
     add_device(parser)
 
 

@@ -20,7 +20,8 @@ import argparse
 import sys
 
 from . import EXIT_BAD_INPUT  # the encoder cannot be used; 1: nothing evaluated
-from .options import add_dataset, add_device, add_preset, add_profile, csv_list, input_size_problem, parse_filter
+from .options import (add_dataset, add_device, add_preset, add_profile, count, csv_list, input_size_problem,
+                      parse_filter, positive_int)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,15 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="select evaluation rows (default: the training filter on the same dataset)")
     parser.add_argument("--shots", type=lambda t: [int(k) for k in csv_list(t)], default=None,
                         help="few-shot K values, e.g. 8,16,32 (default: the profile's)")
-    parser.add_argument("--resamples", type=int, default=None, help="few-shot resamples (default: the profile's)")
-    parser.add_argument("--max-epochs", type=int, default=None,
+    parser.add_argument("--resamples", type=positive_int, default=None, help="few-shot resamples (default: the profile's)")
+    parser.add_argument("--max-epochs", type=positive_int, default=None,
                         help="the cap of the convergence rule (default: the profile's)")
-    parser.add_argument("--patience", type=int, default=None,
+    parser.add_argument("--patience", type=positive_int, default=None,
                         help="epochs without a better validation AUROC before a model stops (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default=None, help="default: $FMCT_RUNS/downstream")
     add_device(parser)
-    parser.add_argument("--workers", type=int, default=0, help="data-loading workers")
+    parser.add_argument("--workers", type=count, default=0, help="data-loading workers")
     parser.add_argument("--out", default=None, help="write all predictions to this CSV")
 
 

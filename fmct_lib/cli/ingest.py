@@ -6,6 +6,7 @@ import json
 import sys
 
 from . import EXIT_BAD_INPUT  # the source, the labels or an option cannot be used
+from .options import positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--source", required=True, help="the folder as the distribution unpacks it")
     common.add_argument("--root", default=None, help="data root (default $FMCT_DATA, else as `fmct info` shows)")
-    common.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    common.add_argument("--workers", type=positive_int, default=2, help="parallel processes (default 2)")
     common.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 patient-level split")
     dicom = argparse.ArgumentParser(add_help=False)
     dicom.add_argument("--on-gap", choices=["flag", "reject"], default="flag",
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the CSV column of the patient (default: the headers' PatientID)")
     p.add_argument("--per-study", action="store_true", help="one volume per study (its largest series), not per series")
     p.add_argument("--drop-contrast", action="store_true", help="leave contrast-enhanced series out")
-    p.add_argument("--min-slices", type=int, default=10,
+    p.add_argument("--min-slices", type=positive_int, default=10,
                    help="series with fewer images are refused (default 10, the paper's filter)")
     p.add_argument("--plane", nargs="+", choices=["axial", "coronal", "sagittal"], default=None,
                    help="keep only series whose slices lie in these planes, e.g. --plane axial to leave out "

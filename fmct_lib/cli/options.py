@@ -18,6 +18,26 @@ def profile_name(text: str) -> str:
     return text
 
 
+def positive_int(text: str) -> int:
+    """A count that must be at least 1 (steps, a batch size, epochs): ``0`` or ``-5`` is a usage error."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """A count that may be 0 (data-loading workers, scans to generate)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {low}, got {value}")
+    return value
+
+
 def add_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=DEFAULT_PROFILE, type=profile_name,
                         help=f"geometry, model size and schedule: {' | '.join(PROFILES)}, or <profile>-p<patch> for "

@@ -15,7 +15,7 @@ import argparse
 import os
 from dataclasses import fields
 
-from .options import add_profile
+from .options import add_profile, count, positive_int
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -58,11 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile(parser)
     parser.add_argument("--run-dir", default=None, help="default: $FMCT_RUNS/pretrain/<dataset>_<method>_f…")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: profile epochs)")
-    parser.add_argument("--batch-size", type=int, default=None, help="per process (default: the profile's)")
-    parser.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
-    parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between resume checkpoints")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading workers per process")
+    parser.add_argument("--steps", type=positive_int, default=None, help="total optimiser steps (default: profile epochs)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="per process (default: the profile's)")
+    parser.add_argument("--accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between resume checkpoints")
+    parser.add_argument("--workers", type=count, default=2, help="data-loading workers per process")
     parser.add_argument("--device", default=None, help="default: this process's GPU if any, else cpu")
     parser.add_argument("--option", dest="options", action="append", type=_key_value, default=[],
                         metavar="KEY=VALUE", help=f"a method option (repeatable). Options and defaults: {known}")

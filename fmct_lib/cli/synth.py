@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_profile
+from .options import add_profile, count, positive_int
 
 
 def _prevalence(text: str) -> dict:
@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile(parser)
     parser.add_argument("--root", type=Path, default=None, help="data root (default $FMCT_DATA, else as `fmct info` shows)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
-    parser.add_argument("--n-internal", type=int, default=None, help="internal-site scans (default: profile)")
-    parser.add_argument("--n-external", type=int, default=None, help="external-site scans (default: profile)")
-    parser.add_argument("--n-pretrain", type=int, default=None, help="unlabeled pretraining scans (default: profile)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: all CPU cores)")
+    parser.add_argument("--n-internal", type=count, default=None, help="internal-site scans (default: profile)")
+    parser.add_argument("--n-external", type=count, default=None, help="external-site scans (default: profile)")
+    parser.add_argument("--n-pretrain", type=count, default=None, help="unlabeled pretraining scans (default: profile)")
     parser.add_argument("--prevalence", type=_prevalence, default=None,
                         help="override base rates, e.g. tumor=0.2,iph=0.15 (external keeps its shift)")
     parser.add_argument("--figure", type=Path, default=None, metavar="PATH",

@@ -39,7 +39,8 @@ from .pool import run_surviving
 from .preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
 from .manifest import load_scans
 
-__all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "CachedVolumes", "INDEX_COLUMNS", "REJECT_COLUMNS"]
+__all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "stale_scans", "CachedVolumes", "INDEX_COLUMNS",
+           "REJECT_COLUMNS"]
 
 INDEX_COLUMNS = ["scan_id", "file", "shape", "affine", "volume_stat"]
 REJECT_COLUMNS = ["scan_id", "path", "reason"]
@@ -109,6 +110,22 @@ def _current(entry: dict, volume: str | None, out: Path) -> bool:
         return False
 
 
+def _usable(entry: dict, volume: str | None, out: Path) -> bool:
+    """Whether an index row can be read: its canvas is there and was made from the volume now at ``volume``."""
+    return (out / entry["file"]).exists() and _current(entry, volume, out)
+
+
+def stale_scans(dataset: str, spec: PreprocessSpec, scan_ids, *, root: Path | None = None,
+                data_root: Path | None = None) -> list[str]:
+    """The scans among ``scan_ids`` whose cached canvas is gone or was made from another version of their volume
+    (re-ingested since under the same id): ``build_cache`` does them again, and a reader must not use them."""
+    out = cache_dir(dataset, spec, root)
+    table = load_scans(dataset, data_root)
+    volumes = dict(zip(table["scan_id"], table["path"].astype(str)))
+    index = {r["scan_id"]: r for r in read_index(dataset, spec, root).to_dict("records")}
+    return [s for s in map(str, scan_ids) if s in index and not _usable(index[s], volumes.get(s), out)]
+
+
 def _process_scan(scan_id: str, path: str, spec: PreprocessSpec, out_dir: Path) -> dict:
     """Preprocess one scan into ``out_dir``; a failure comes back as a rejection, never an exception."""
     try:
@@ -154,7 +171,7 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
 
     volumes = dict(zip(table["scan_id"], table["path"].astype(str)))
     index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
-             if (out / r["file"]).exists() and _current(r, volumes.get(r["scan_id"]), out)}
+             if _usable(r, volumes.get(r["scan_id"]), out)}
     rejects = {r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")}
     if retry_rejected:
         rejects = {}
@@ -229,7 +246,13 @@ class CachedVolumes(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.index.iloc[i]
-        return {"scan_id": row["scan_id"], "volume": torch.from_numpy(np.load(self.folder / row["file"]))}
+        path = self.folder / row["file"]
+        try:
+            volume = np.load(path)
+        except (OSError, ValueError, EOFError) as e:  # a half-copied cache, a disk error
+            raise ValueError(f"{path}: the cached canvas of scan {row['scan_id']} cannot be read ({e}); delete it "
+                             f"and run `fmct cache` again, which rebuilds it") from None
+        return {"scan_id": row["scan_id"], "volume": torch.from_numpy(volume)}
 
     def affine(self, i: int) -> np.ndarray:
         """Voxel-to-RAS (mm) affine of item ``i``'s grid (for ``reference``, the stretched box)."""

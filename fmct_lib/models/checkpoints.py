@@ -207,6 +207,10 @@ def _build(source: str, config: dict, state: dict, expect=None) -> VisionTransfo
             f"{name} {_listing(k)}" for name, k in keys if k and not (differ and shapes)]
         what = f"is not {label}" if differ else "keys do not match the encoder"
         raise CheckpointError(f"{source}: {what}: {'; '.join(problems)}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{source}: {len(broken)} of its {len(state)} tensors hold NaN or infinite values "
+                              f"({_listing(broken, 4)}): the training that wrote it diverged")
     return _assign(model, state)
 
 
@@ -271,6 +275,10 @@ def _select(obj, which: str, source: str) -> dict:
         raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a state dict or a dict of state dicts, got {type(obj).__name__}")
+    if {"step", "task", "optimizer", "rng"} <= set(obj):
+        raise CheckpointError(f"{source}: the resume state of an fmct pretraining run (step {obj['step']}), not an "
+                              f"encoder: let the run finish (fmct pretrain resumes it) and use the run's "
+                              f"encoder.safetensors")
     if "state_dict" in obj or "momentum_model_state_dict" in obj:
         state = obj.get(key)
         if not isinstance(state, dict):

@@ -54,7 +54,9 @@ def data_conclusion(scans: pd.DataFrame, tasks: list[str]) -> str:
 def pretrain_conclusion(metrics: pd.DataFrame, method: str, profile) -> str:
     """01_pretrain: did the loss fall (first vs last 10% of the logged steps), and, for DINO, is the teacher
     collapsed (Methods, "Self-supervised pretraining"): its output entropy against the uniform maximum
-    log(``profile.dino_out_dim``), and the KL of the batch-mean output to uniform."""
+    log(``profile.dino_out_dim``), and the KL of the batch-mean output to uniform. The rows without a loss (the
+    kNN score of the initial encoder at step 0) are left out."""
+    metrics = metrics.dropna(subset=["loss"])
     n = max(1, len(metrics) // 10)
     first, last = metrics["loss"].head(n).mean(), metrics["loss"].tail(n).mean()
     trend = "decreased" if last < first else "did NOT decrease"

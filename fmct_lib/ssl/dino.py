@@ -59,6 +59,18 @@ class DINOConfig:
     def __post_init__(self):
         if self.centring not in CENTRINGS:
             raise ValueError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
+        # a value outside its range trains on NaN or nothing (a temperature of 0 divides by 0): refused up front
+        ranges = {"n_global_crops": (2, None), "n_local_crops": (0, None), "student_temp": (0, None),
+                  "warmup_teacher_temp": (0, None), "teacher_temp": (0, None), "warmup_teacher_temp_epochs": (0, None),
+                  "centre_momentum": (0, 1), "momentum_teacher": (0, 1), "clip_grad": (0, None),
+                  "freeze_last_layer_epochs": (0, None), "koleo_weight": (0, None)}
+        positive = {"student_temp", "warmup_teacher_temp", "teacher_temp"}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value < low or (name in positive and value == 0) or (high is not None and value > high):
+                bound = f"above {low}" if name in positive else f"at least {low}"
+                raise ValueError(f"DINO option {name} must be {bound}" + (f" and at most {high}" if high else "")
+                                 + f", got {value!r}")
 
     def to_dict(self) -> dict:
         """The fields, less the DINOv2 options where they are off: a run that does not use them records what it

@@ -34,5 +34,8 @@ def effective_rank(z: torch.Tensor) -> float:
 
 
 def representation_health(z: torch.Tensor) -> dict:
-    """Both statistics of a batch of features (at least two rows)."""
+    """Both statistics of a batch of features (at least two rows); NaN for features that are not finite (the
+    training loop then stops on the loss: ``loop.TrainingDiverged``)."""
+    if not bool(torch.isfinite(z).all()):
+        return {"feature_std": math.nan, "effective_rank": math.nan}
     return {"feature_std": feature_std(z), "effective_rank": effective_rank(z)}

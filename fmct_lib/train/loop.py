@@ -39,7 +39,8 @@ from ..progress import tqdm
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .schedules import warmup_cosine
 
-__all__ = ["train", "epoch_permutation", "micro_batches", "make_optimizer", "STATE_FILE", "DONE_FILE"]
+__all__ = ["train", "epoch_permutation", "micro_batches", "make_optimizer", "TrainingDiverged", "STATE_FILE",
+           "DONE_FILE"]
 
 STATE_FILE = "state_last.pt"
 DONE_FILE = "done"
@@ -48,6 +49,11 @@ DONE_FILE = "done"
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "momentum", "teacher_temp", "teacher_entropy", "kl_to_uniform",
                   "centre_norm", "feature_std", "effective_rank", "koleo", "invariance", "variance", "covariance",
                   "knn_auroc", "throughput"]
+
+
+class TrainingDiverged(ValueError):
+    """The loss of a step is not finite: the run stops before that step changes the weights or is saved (a
+    ValueError: the settings given cannot train on this data; the command line says it in one line)."""
 
 
 # ------------------------------------------------------------------------------------------- data order
@@ -223,10 +229,14 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     if watching and step == 0:
         log.append({"step": 0, "epoch": 0, **monitor(task.encoder(), device)})
 
+    saved_step = step if state_path.exists() and resume else None  # the step the resume state on disk holds
+
     def save_state() -> None:
+        nonlocal saved_step
         if dist_info.is_main:
             _atomic_torch_save({"step": step, "task": task.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict(), "rng": _rng_state(generator)}, state_path)
+        saved_step = step
         barrier()
 
     bar = tqdm(total=total, initial=step, disable=not (progress and dist_info.is_main), unit="step",
@@ -254,6 +264,10 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
                                            b * world, step, autocast)
                     scaler.scale(loss / accum).backward()
                 loss_sum += float(loss.detach()) / accum
+            loss_mean = float(all_reduce_mean(torch.tensor([loss_sum], device=device))[0])
+            if not np.isfinite(loss_mean):  # every process sees the same mean, so all stop here together
+                bar.close()
+                raise TrainingDiverged(_diverged_message(loss_mean, step + 1, run_dir, saved_step))
             scaler.unscale_(optimizer)
             task.before_optimizer(step)
             scaler.step(optimizer)
@@ -261,13 +275,13 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
             optimizer.zero_grad(set_to_none=True)
             extra = task.after_step(step)
             step += 1
-            loss_mean = float(all_reduce_mean(torch.tensor([loss_sum], device=device))[0])
             dt = time.perf_counter() - t0
             row = {"step": step, "epoch": epoch, "loss": loss_mean, "lr": lr, **extra,
                    "throughput": global_batch / dt}
             if watching and (step % steps_per_epoch == 0 or step == total):
                 row.update(monitor(task.encoder(), device))
-                bar.write(f"step {step} (epoch {epoch + 1}): validation kNN AUROC {row['knn_auroc']:.3f}")
+                if np.isfinite(row["knn_auroc"]):  # NaN: no task can be scored (``pretrain`` said why, once)
+                    bar.write(f"step {step} (epoch {epoch + 1}): validation kNN AUROC {row['knn_auroc']:.3f}")
             if dist_info.is_main:
                 log.append(row)
                 bar.update(1)
@@ -279,6 +293,15 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
     bar.close()
     save_state()
     return step
+
+
+def _diverged_message(loss: float, step: int, run_dir: Path, saved_step: int | None) -> str:
+    saved = (f"its resume state {run_dir / STATE_FILE} holds step {saved_step}, before it, but resuming would take "
+             f"the same steps again" if saved_step else "no resume state was written")
+    return (f"{run_dir}: pretraining diverged: the loss of step {step} is {loss} (not finite); nothing of that step "
+            f"was applied or saved and no encoder was exported ({saved}). Lower the learning rate (--batch-size sets "
+            f"it by the global batch) or change the method's options, then start over (--restart, or another "
+            f"--run-dir); the run's metrics.csv shows the steps before it.")
 
 
 def _lr(config: dict, step: int) -> float:

@@ -69,6 +69,13 @@ class KnnMonitor:
             val = val.sample(MAX_VAL, random_state=seed)
         self.tasks = [t for t in tasks if all(
             min((part[t] == 1).sum(), (part[t] == 0).sum()) >= MIN_CLASS for part in (train, val))]
+        counts = "; ".join(f"{t}: train {int((train[t] == 1).sum())}+/{int((train[t] == 0).sum())}−, val "
+                           f"{int((val[t] == 1).sum())}+/{int((val[t] == 0).sum())}−" for t in tasks[:5])
+        # why nothing is scored, said once by ``pretrain`` (the log's knn_auroc column is then empty)
+        self.unscored = "" if self.tasks else (
+            f"the validation kNN AUROC of {dataset!r} is not computed while pretraining: no task has {MIN_CLASS} "
+            f"positive and {MIN_CLASS} negative scans in both the training and the validation split"
+            + (f" ({counts}{'; …' if len(tasks) > 5 else ''})" if tasks else " (it has no labelled task)"))
         self.train_rows, self.val_rows, self.sources = train, val, None
         if self.tasks:
             self.sources = [volume_source(dataset, part, spec) for part in (train, val)]

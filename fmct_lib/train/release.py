@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ..config import ModelConfig, Profile, get_profile
 from ..io import atomic_path, atomic_write_json, atomic_write_text
+from ..models.checkpoints import load_checkpoint
 from ..paths import encoders_root
 from .loop import DONE_FILE, micro_batches
 from .methods import get_method
@@ -116,6 +117,7 @@ def release_run(run_dir, dest_root=None) -> Path:
     if not (run_dir / DONE_FILE).exists():
         raise ValueError(f"{run_dir}: the run has not finished (no {DONE_FILE!r} marker); finish it first "
                          "(pretraining resumes where it stopped)")
+    load_checkpoint(run_dir / ENCODER_FILE)  # an encoder that loads, its weights finite (CheckpointError if not)
     config = json.loads((run_dir / "config.json").read_text())
     run, meta = config["run"], config.get("meta") or {}
     if "dataset" not in meta or "fraction" not in meta:
