@@ -107,3 +107,21 @@ def test_abmil_learns_to_attend_to_the_witness_instance():
         accuracy = (head(tokens).argmax(1) == labels).float().mean()
     assert accuracy > 0.95
     assert on_witness.mean() > 0.5
+
+
+def test_register_tokens_are_no_instances():
+    """A ViT with register tokens (the authors' yaml variant has 4): the head pools the patches alone, as the same
+    head does on the tokens without the registers; ``build_head`` sizes it from ``encoder.num_prefix_tokens``."""
+    from fmct_lib.models.heads import build_head
+    from fmct_lib.models.vit3d import vit_from_config
+    encoder = vit_from_config(dict(img_size=16, patch_size=8, in_chans=3, embed_dim=24, depth=1, num_heads=2,
+                                   mlp_ratio=2.0, qkv_bias=True, num_register_tokens=4))
+    head = build_head("abmil", encoder)
+    assert head.num_prefix_tokens == 5
+    tokens = encoder.forward_features(torch.randn(2, 3, 16, 16, 16))  # (2, 1 + 4 + 8, 24)
+    assert head.attention(tokens).shape == (2, 8)                      # 8 patches, not 12 "instances"
+    plain = ABMILHead(dim=24, num_classes=2)
+    plain.load_state_dict(head.state_dict())
+    without_registers = torch.cat([tokens[:, :1], tokens[:, 5:]], dim=1)
+    assert torch.allclose(head(tokens), plain(without_registers), atol=1e-6)
+    assert plain.attention(tokens).shape == (2, 12)  # what it pooled before: the registers as instances

@@ -77,13 +77,14 @@ HEADS = ("linear", "attentive", "abmil")
 
 def build_head(kind: str, encoder: nn.Module, num_classes: int = 2) -> nn.Module:
     """A head sized for ``encoder`` (this library's or an external one: ``embed_dim``, ``num_heads``): ``linear``
-    (cls token), ``attentive`` (all tokens) or ``abmil`` (gated attention over the tokens after the first)."""
+    (cls token), ``attentive`` (all tokens) or ``abmil`` (gated attention over the patch tokens: those after the cls
+    token and any register tokens, ``encoder.num_prefix_tokens``; a 2-D model's slices after its first token)."""
     if kind == "linear":
         return LinearHead(encoder.embed_dim, num_classes)
     if kind == "attentive":
         return AttentiveHead(encoder.embed_dim, encoder.num_heads, num_classes)
     if kind == "abmil":
-        return ABMILHead(encoder.embed_dim, num_classes)
+        return ABMILHead(encoder.embed_dim, num_classes, num_prefix_tokens=getattr(encoder, "num_prefix_tokens", 1))
     raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
 
 
