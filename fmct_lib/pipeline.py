@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .config import Profile, get_profile
+from .config import PROFILES, Profile, get_profile
 from .data.manifest import is_available, load_scans, paper_tasks, scan_table_path
 from .paths import runs_root
 
@@ -77,6 +78,24 @@ class Study:
         if self.site_filter is None:
             return self.scans
         return self.scans[self.scans["site"] == self.site_filter["site"]]
+
+    @property
+    def encoder_tag(self) -> str | None:
+        """What names the study's encoder in its figures when it starts from a ``checkpoint``: the file's name and
+        the first 8 hex digits of its sha256, and the preset where it is not the paper's (``model-1a2b3c4d-reference``);
+        None for the encoders this library pretrains or releases."""
+        if self.checkpoint is None:
+            return None
+        from .train.release import sha256_of
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", self.checkpoint.name.split(".")[0])[:40]
+        preset = "" if self.spec.name == "paper" else f"-{self.spec.name}"
+        return f"{stem}-{sha256_of(self.checkpoint)[:8]}{preset}"
+
+    def figure_name(self, base: str) -> str:
+        """``naming.figure_name`` of the study's dataset, profile and ``encoder_tag``: a study started from a
+        checkpoint (or on the reference chain) never overwrites another's figures, nor the gallery's."""
+        from .report.naming import figure_name
+        return figure_name(base, self.dataset, self.profile, self.encoder_tag)
 
     def tasks(self, tasks: list[str] | None = None, rows: pd.DataFrame | None = None, split: str = "test") -> list[str]:
         """``choose_tasks`` on ``rows`` (default: the labelled rows)."""
@@ -172,7 +191,9 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     spec = preset_spec(preset, p)
     get_method(method or p.pretrain_method)  # an unknown method fails here, before anything is built
     _require_checkpoint_for(preset, checkpoint)
-    checkpoint = _existing_checkpoint(checkpoint) if checkpoint else None
+    if checkpoint:
+        checkpoint = _existing_checkpoint(checkpoint)
+        method = method or _fitting_checkpoint(checkpoint, p, spec)
     scans = ensure_dataset(dataset, p)
     ensure_cache(dataset, p, preset)
     runs = Path(run_dir).expanduser().resolve() if run_dir else runs_root()
@@ -201,6 +222,23 @@ def _require_checkpoint_for(preset: str, checkpoint) -> None:
                          "pass their file as checkpoint (e.g. checkpoint='model_weights.pth'); the encoders this "
                          "library pretrains or releases use preset 'paper', and pretraining with the reference "
                          "preset is not offered")
+
+
+def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec) -> str | None:
+    """Load ``checkpoint`` (a refused file is a ``CheckpointError`` naming it) and check that it takes the inputs of
+    ``spec``, before any cache is built; returns the pretraining method its configuration records (our files; the
+    authors' carry none)."""
+    from .models.checkpoints import CheckpointError, load_encoder, read_checkpoint_config
+    size = load_encoder(checkpoint).config.img_size
+    if size != spec.input_size:
+        fits = [name for name, q in PROFILES.items() if q.model.img_size == size]
+        raise ValueError(f"checkpoint {checkpoint}: the encoder takes {size}³ inputs, but profile {profile.name!r} "
+                         f"makes {spec.input_size}³ ones; pass the profile it was made for"
+                         + (f" (-p profile {fits[0]})" if fits else ""))
+    try:
+        return read_checkpoint_config(checkpoint).get("method")
+    except CheckpointError:  # the authors' layouts carry no configuration
+        return None
 
 
 def _existing_checkpoint(checkpoint: str | os.PathLike) -> Path:

@@ -97,6 +97,47 @@ def test_dino_checkpoint_with_prefixes_student_and_teacher(released_state, tmp_p
     assert torch.equal(compiled.pos_embed, released_state["patch_embedding.position_embeddings"])
 
 
+def test_the_official_dino_and_mae_wrappers_load_their_networks(released_state):
+    """DINO's scripts save ``{"student", "teacher"}``, MAE's ``{"model"}``: each network is found by its name (the
+    first was refused as "key 'teacher' holds a dict", and which='teacher' said there was no teacher)."""
+    teacher = {k: v + 0.01 for k, v in released_state.items()}
+    dino = {"student": {f"module.backbone.{k}": v for k, v in released_state.items()},
+            "teacher": {f"backbone.{k}": v for k, v in teacher.items()}}
+    assert torch.equal(load_reference_checkpoint(dino).cls_token, released_state["cls_token"])
+    assert torch.equal(load_reference_checkpoint(dino, which="teacher").cls_token, teacher["cls_token"])
+    assert torch.equal(load_reference_checkpoint({"model": released_state}).cls_token, released_state["cls_token"])
+    with pytest.raises(CheckpointError, match=r"holds no teacher weights \(its networks: \['model'\]; the teacher's "
+                                              r"would be under 'momentum_model_state_dict' or 'teacher'\)"):
+        load_reference_checkpoint({"model": released_state}, which="teacher")
+
+
+def test_integer_weights_and_another_patch_size_are_refused_saying_what_to_do(released_state):
+    ints = dict(released_state, **{"blocks.0.attn.qkv.weight": released_state["blocks.0.attn.qkv.weight"].long()})
+    with pytest.raises(CheckpointError, match="key 'blocks.0.attn.qkv.weight' holds torch.int64 values, not an "
+                                              "encoder's floating-point weights"):
+        load_reference_checkpoint(ints)  # a raw RuntimeError (a traceback on the command line) before
+    patch16 = dict(released_state, **{"patch_embedding.patch_embeddings.weight": torch.zeros(768, 3, 16, 16, 16),
+                                      "patch_embedding.position_embeddings": torch.zeros(1, 216, 768)})
+    with pytest.raises(CheckpointError, match=r"patch kernel is \[16, 16, 16\], but ViT-B has patch 12; for another "
+                                              r"patch size pass expect=\{'patch_size': 16\}"):
+        load_reference_checkpoint(patch16)
+    assert load_reference_checkpoint(patch16, expect={"patch_size": 16}).config.patch_size == 16
+    with pytest.raises(CheckpointError, match=r"but patch_size=12 was given"):  # what the caller did give
+        load_reference_checkpoint(patch16, expect=None, patch_size=12)
+
+
+def test_one_of_our_files_carries_a_load_report_too(tmp_path):
+    from fmct_lib.models.checkpoints import load_encoder, save_checkpoint
+    from fmct_lib.models.vit3d import vit_from_config
+    from fmct_lib.config import get_profile
+    model = get_profile("toy").model
+    path = save_checkpoint(tmp_path / "ours.safetensors", vit_from_config(model), {"model": model.to_dict(),
+                                                                                  "method": "mae"})
+    report = load_encoder(path).load_report
+    assert str(report).startswith(f"{path} [mae]: loaded {len(vit_from_config(model).state_dict())} encoder "
+                                  f"tensors strictly (width 48, depth 2, heads 2")
+
+
 def test_yaml_variant_detects_registers_and_qkv_bias():
     state = state_from_tsv(TSV_VARIANT)
     assert len(state) == 151

@@ -21,3 +21,11 @@ def test_figure_names_keep_the_gallery_for_the_demo_run_only():
     assert naming.figure_name("fig2", "synthetic", patient.replace(finetune_patience=15)) == "fig2"  # as demo again
     assert naming.figure_name("fig2", "synthetic", get_profile("demo").replace(finetune_max_epochs=9)) != changed
     assert naming.figure_name("fig2", "rsna", get_profile("toy").replace(finetune_patience=3)).endswith("__rsna_toy")
+
+
+def test_an_encoder_tag_names_the_figure_even_for_the_gallerys_data_and_profile():
+    assert naming.figure_name("fig2", "synthetic", "demo", encoder="w-1a2b3c4d") == "fig2__synthetic_demo_w-1a2b3c4d"
+    assert naming.figure_name("fig2", "rsna", "paper", encoder="w-1a2b3c4d-reference") == (
+        "fig2__rsna_paper_w-1a2b3c4d-reference")
+    assert naming.figure_name("fig2", "rsna", "paper", encoder=None) == "fig2__rsna_paper"
+

@@ -91,6 +91,11 @@ def test_attention_parts_need_trainable_tasks_for_fine_tuning_and_masks_for_the_
                                        "cohort has them)"}
     masked = scan_table(mask_path="masks/m.nii.gz")
     assert attention_parts("synthetic", masked, tasks=["ich"]).skipped == {}
+    # tasks=[]: the pretrained encoder's maps alone (it meant every default task before: hours of fine-tuning)
+    alone = attention_parts("synthetic", masked, tasks=[])
+    assert alone.runs("attention") and alone.tasks == () and alone.skipped == {
+        "fine-tuned": "no task asked for (tasks=[]): the pretrained encoder's maps alone",
+        "lesion": "no fine-tuned encoder to compare with the pretrained one (see above)"}
     # a task without a lesion mask (ADRD): fine-tuned maps yes, lesion share no
     adrd = scan_table(mask_path="masks/m.nii.gz", labels={"adrd": [i % 2 for i in range(12)]})
     assert attention_parts("synthetic", adrd, tasks=["adrd"]).skipped["lesion"].startswith(

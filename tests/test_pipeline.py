@@ -247,15 +247,30 @@ def test_the_reference_preset_needs_a_checkpoint_and_reaches_every_run_embedding
         pipeline.Study("synthetic", get_profile("toy"), table, tmp_path, 0, "dino", None, spec=reference_spec("toy"))
     assert pipeline.start("synthetic", "toy").spec == paper_spec("toy")  # the default
 
-    weights = tmp_path / "authors" / "model_weights.pth"
-    weights.parent.mkdir()
-    weights.write_bytes(b"not read here")
+    from fmct_lib.models.checkpoints import save_checkpoint
+    from fmct_lib.train.release import sha256_of
+    weights = tmp_path / "authors" / "model_weights.pth"  # told by content: an fmct file under the authors' name
+    save_checkpoint(weights, vit_from_config(get_profile("toy").model),
+                    {"model": get_profile("toy").model.to_dict(), "method": "mae"})
+    larger = save_checkpoint(tmp_path / "demo.safetensors", vit_from_config(get_profile("demo").model),
+                             {"model": get_profile("demo").model.to_dict()})
     built.clear()
+    with pytest.raises(ValueError, match=r"demo.safetensors: the encoder takes 32³ inputs, but profile 'toy' makes "
+                                         r"16³ ones; pass the profile it was made for \(-p profile demo\)"):
+        pipeline.start("synthetic", "toy", checkpoint=str(larger))
+    assert built == []  # refused before the dataset or a cache was touched
     study = pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "runs"), preset="reference",
                            checkpoint=str(weights))
     reference = reference_spec("toy")
     assert built == ["synthetic", ("synthetic", "reference")] and study.spec == reference
-    assert study.encoder() == study.encoder("mae", fraction=0.3) == weights  # never a pretraining run
+    assert study.encoder() == study.encoder("dino", fraction=0.3) == weights  # never a pretraining run
+    assert study.method == "mae"  # what the checkpoint records, not the profile's default (dino)
+    # its figures are its own: never the gallery's, nor another checkpoint's or chain's
+    tag = f"model_weights-{sha256_of(weights)[:8]}-reference"
+    assert study.encoder_tag == tag and study.figure_name("fig1e") == f"fig1e__synthetic_toy_{tag}"
+    on_demo = pipeline.start("synthetic", "demo", checkpoint=str(larger))
+    assert on_demo.figure_name("fig1e") == f"fig1e__synthetic_demo_demo-{sha256_of(larger)[:8]}"
+    assert pipeline.start("synthetic", "demo").figure_name("fig1e") == "fig1e"  # the gallery's, as before
 
     calls = {}
     for name in ("run_sweep", "fewshot_sweep", "embed"):

@@ -180,12 +180,18 @@ def embedding_parts(dataset: str, scans: pd.DataFrame, thickness_bins, tasks: li
 
 def attention_parts(dataset: str, scans: pd.DataFrame, tasks: list[str] | None = None) -> Parts:
     """The parts of ``07_attention`` that the labelled rows ``scans`` of ``dataset`` allow (``tasks``: as the
-    notebook's parameter). Lesion masks are the ``mask_path`` column (the synthetic cohort's)."""
-    candidates = candidate_tasks(dataset, tasks)
-    trainable, task_reasons = finetunable_tasks(scans, candidates)
+    notebook's parameter; ``[]`` asks for no fine-tuned encoder). Lesion masks are the ``mask_path`` column (the
+    synthetic cohort's)."""
+    if tasks is not None and not list(tasks):  # tasks=[]: the pretrained encoder's maps alone, nothing fine-tuned
+        candidates, trainable = [], ()
+        no_task = "no task asked for (tasks=[]): the pretrained encoder's maps alone"
+    else:
+        candidates = candidate_tasks(dataset, tasks)
+        trainable, task_reasons = finetunable_tasks(scans, candidates)
+        no_task = None if trainable else _no_task_reason(candidates, task_reasons)
     reasons: dict[str, str | None] = {
         "attention": None if len(scans) else "the dataset has no labelled scans",
-        "fine-tuned": None if trainable else _no_task_reason(candidates, task_reasons),
+        "fine-tuned": no_task,
     }
     masked = [t for t in trainable if t in MASKED_TASKS]
     if "mask_path" not in scans or not scans["mask_path"].fillna("").astype(str).str.strip().any():

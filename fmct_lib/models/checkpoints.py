@@ -159,7 +159,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", expect=N
     if "model" not in config:
         raise CheckpointError(f"{path}: its configuration has no 'model' entry to build an encoder from")
     state = {k: v.to(map_location) for k, v in _safetensors(path).items()}
-    return _build(str(path), dict(config["model"]), state, expect), config
+    model = _build(str(path), dict(config["model"]), state, expect)
+    model.load_report = LoadReport(source=str(path), which=config.get("method") or "fmct", loaded=len(state),
+                                   config=model.config.to_dict())
+    return model, config
 
 
 def _assign(model: VisionTransformer3d, state: dict) -> VisionTransformer3d:
@@ -250,7 +253,8 @@ def _strip_prefixes(key: str) -> str:
 
 @dataclass
 class LoadReport:
-    """What ``load_reference_checkpoint`` did with the keys."""
+    """What loading did with the keys (``which``: the network of an authors' checkpoint, or the method that made
+    one of ours)."""
 
     source: str
     which: str
@@ -269,9 +273,13 @@ class LoadReport:
         return s
 
 
+# the wrappers a training script saves its networks under, per network: the authors' (``state_dict`` the student,
+# ``momentum_model_state_dict`` the teacher), DINO's (``student``, ``teacher``), MAE's (``model``)
+_WRAPPERS = {"student": ("state_dict", "student", "model"), "teacher": ("momentum_model_state_dict", "teacher")}
+
+
 def _select(obj, which: str, source: str) -> dict:
-    key = {"student": "state_dict", "teacher": "momentum_model_state_dict"}.get(which)
-    if key is None:
+    if which not in _WRAPPERS:
         raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a state dict or a dict of state dicts, got {type(obj).__name__}")
@@ -279,14 +287,16 @@ def _select(obj, which: str, source: str) -> dict:
         raise CheckpointError(f"{source}: the resume state of an fmct pretraining run (step {obj['step']}), not an "
                               f"encoder: let the run finish (fmct pretrain resumes it) and use the run's "
                               f"encoder.safetensors")
-    if "state_dict" in obj or "momentum_model_state_dict" in obj:
-        state = obj.get(key)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{source}: the checkpoint holds no {which} weights ('{key}' is {state!r:.40})")
-        return state
+    wrapped = [k for keys in _WRAPPERS.values() for k in keys if isinstance(obj.get(k), dict)]
+    if wrapped:
+        for key in _WRAPPERS[which]:
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        raise CheckpointError(f"{source}: the checkpoint holds no {which} weights (its networks: {wrapped}; the "
+                              f"{which}'s would be under {' or '.join(map(repr, _WRAPPERS[which]))})")
     if which == "teacher":
         raise CheckpointError(f"{source}: a bare state dict (one network), no teacher weights: which='teacher' "
-                              f"needs a DINO checkpoint with 'momentum_model_state_dict'")
+                              f"needs a DINO checkpoint with 'momentum_model_state_dict' or 'teacher'")
     return obj
 
 
@@ -328,6 +338,9 @@ def load_reference_checkpoint(path_or_state_dict, *, expect="ViT-B", num_heads: 
             continue
         if not torch.is_tensor(value):
             raise CheckpointError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():
+            raise CheckpointError(f"{source}: key {key!r} holds {value.dtype} values, not an encoder's floating-point "
+                                  f"weights")
         state[reference_to_fmct_key(key)] = value
 
     try:
@@ -337,7 +350,10 @@ def load_reference_checkpoint(path_or_state_dict, *, expect="ViT-B", num_heads: 
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{source}: does not look like an FM-CT encoder state dict (missing {e})") from None
     if kernel != [patch_size] * 3:
-        raise CheckpointError(f"{source}: patch kernel is {kernel}, but patch_size={patch_size} was given")
+        given = f"patch_size={patch_size} was given" if given["patch_size"] is not None else (
+            f"{label or 'ViT-B'} has patch {patch_size}; for another patch size pass "
+            f"expect={{'patch_size': {kernel[0]}}} (or expect=None and patch_size={kernel[0]})")
+        raise CheckpointError(f"{source}: patch kernel is {kernel}, but {given}")
     n_reg = state["register_tokens"].shape[1] if "register_tokens" in state else 0
     config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                   depth=depth, num_heads=num_heads, mlp_ratio=mlp_dim / embed_dim,

@@ -92,7 +92,7 @@ if parts.runs("comparison"):
                           ylabel=label, prevalence=prevalence, ax=ax,
                           points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None,
                           **(top if metric == "auroc" else {}))
-    name = naming.figure_name("fig1e_finetune_vs_scratch", dataset, P)
+    name = S.figure_name("fig1e_finetune_vs_scratch")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known))
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,

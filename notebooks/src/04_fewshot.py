@@ -94,7 +94,7 @@ if parts.runs("few-shot"):
         fig = plots.fewshot_curves(curves[curves.metric == metric], full=full[full.metric == metric], ylabel=label,
                                    paper=reported if metric == "auroc" else None, prevalence=prevalence, title=title,
                                    profile=P.name, training=plots.training_rule(P))
-        name = naming.figure_name(f"fig2_fewshot_{metric}", dataset, P)
+        name = S.figure_name(f"fig2_fewshot_{metric}")
         comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported,
                                                                  {"pretrained": "fewshot"}))
         plots.save_figure(fig, name, summary[summary.metric == metric],

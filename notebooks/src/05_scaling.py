@@ -20,12 +20,13 @@ tasks = None
 site = "internal"
 external_site = None     # e.g. "external": also test the internal-trained probes on that site (synthetic only)
 checkpoint = None        # or one encoder checkpoint: no pretraining (no fractions to compare), its probes only
+preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, naming, plots
+from fmct_lib.report import comparisons, conclusions, plots
 
-S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site, checkpoint=checkpoint)
+S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site, preset=preset, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
 
 # %% [markdown]
@@ -98,7 +99,7 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else
                            xlabel="pretraining data (%)", ylabel=label, logx=True, profile=P.name,
                            title=f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)",
                            training=plots.training_rule(P))
-    name = naming.figure_name(f"fig4_scaling_{metric}", dataset, P)
+    name = S.figure_name(f"fig4_scaling_{metric}")
     comparisons.save_comparison(name, comparison[comparison.metric == metric])
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,

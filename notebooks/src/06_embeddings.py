@@ -23,7 +23,7 @@ site = "internal"
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, plots
+from fmct_lib.report import conclusions, plots
 
 if projection not in ("tsne", "umap"):
     raise ValueError(f"projection {projection!r}: use 'tsne' or 'umap'")
@@ -76,7 +76,7 @@ if parts.runs("projection"):
                                   highlight=highlight_task if highlight_task in points else None,
                                   title=f"{dataset}: {projection.upper()} of the {method.upper()} encoder's embeddings "
                                         f"({len(points)} labelled scans)", profile=P.name)
-    plots.save_figure(fig, naming.figure_name("suppfig11_embeddings", dataset, P), points,
+    plots.save_figure(fig, S.figure_name("suppfig11_embeddings"), points,
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                        "preset": preset, "spec": S.spec.hash,
                        "projection": projection, "seed": seed, "skipped": parts.skipped,
@@ -100,7 +100,7 @@ if parts.runs("by protocol"):
     fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
                             title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)",
                             profile=P.name, training=plots.training_rule(P))
-    plots.save_figure(fig, naming.figure_name("suppfig12_performance_by_protocol", dataset, P), by_protocol,
+    plots.save_figure(fig, S.figure_name("suppfig12_performance_by_protocol"), by_protocol,
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
                        "preset": preset, "spec": S.spec.hash,
                        "thickness_bins": thickness_bins, "site": site, "seed": seed})

@@ -21,7 +21,7 @@ seed = 0
 method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
-tasks = None          # default: the profile's tasks (paper Fig. 5: oedema, ADRD, IPH, IVH, SAH)
+tasks = None          # default: the profile's tasks (paper Fig. 5: oedema, ADRD, IPH, IVH, SAH); []: pretrained maps alone
 scan_id = None        # default: the test scan with the most positive tasks
 site = "internal"
 max_scans = 40        # test scans measured per task for the lesion-attention table
@@ -29,7 +29,7 @@ layer = -1            # layer of the cls attention drawn in the figure (-1: last
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, plots
+from fmct_lib.report import conclusions, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
@@ -129,7 +129,7 @@ figure_data = pd.concat([share.assign(kind="lesion share"),
                                                                           uniform_distance_mm=uniform_distance),
                          pd.DataFrame([{"scan_id": scan_id, "model": n, "enrichment": e} for n, e in shown.items()])
                          .assign(kind="lesion enrichment of the scan shown")], ignore_index=True)
-plots.save_figure(fig, naming.figure_name("fig5_attention", dataset, P), figure_data,
+plots.save_figure(fig, S.figure_name("fig5_attention"), figure_data,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "preset": preset, "spec": S.spec.hash,
                    "finetuned": {t: str(p) for t, p in finetuned.items()}, "scan_id": scan_id, "slice": k,

@@ -80,7 +80,7 @@ if parts.runs("retrieval"):
              "scans (95% CI over queries)")
     training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
     fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
-    plots.save_figure(fig, naming.figure_name("fig3_retrieval", dataset, P), summary,
+    plots.save_figure(fig, S.figure_name("fig3_retrieval"), summary,
                       {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
                                                                                 for k, v in encoders.items()},
                        "preset": preset, "spec": S.spec.hash,
@@ -88,7 +88,7 @@ if parts.runs("retrieval"):
                        "gallery_prevalence": prevalence,
                        "neighbour_agreement": {"encoder": grouped, "k": 10, **{attr: {"observed": o, "random": c}
                                                                                for attr, (o, c) in grouping.items()}}})
-    comparisons.save_comparison(naming.figure_name("fig3_retrieval", dataset, P), comparison)
+    comparisons.save_comparison(S.figure_name("fig3_retrieval"), comparison)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -108,7 +108,7 @@ if parts.runs("comparison"):
     title = (f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
              f"(n = {predictions.scan_id.nunique()} scans), mean of {n_seeds} training seed(s); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training=plots.training_rule(P)), x=0.0, ha="left")
-    name = naming.figure_name("fig1f_other_encoders", dataset, P)
+    name = S.figure_name("fig1f_other_encoders")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "preset": preset,
@@ -144,7 +144,7 @@ if parts.runs("retrieval"):
     title = (f"{dataset}: all-vs-all{' patient-disjoint' if patient_disjoint else ''} retrieval over "
              f"{len(gallery)} scans (95% CI over queries); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training="frozen encoders"), x=0.0, ha="left")
-    plots.save_figure(fig, naming.figure_name("edfig6_retrieval_other_encoders", dataset, P), retrieval,
+    plots.save_figure(fig, S.figure_name("edfig6_retrieval_other_encoders"), retrieval,
                       {"dataset": dataset, "profile": P.to_dict(), "preset": preset, "weights": statement,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},
                        "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,

@@ -32,7 +32,7 @@ n_seeds = None           # training seeds of every model (default: the profile's
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, encoders as compare, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, encoders as compare, paper, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
@@ -95,7 +95,7 @@ if parts.runs("comparison"):
         plots.metric_bars(summary[summary.metric == metric], x="task", hue="model", order=order, hue_order=list(models),
                           ylabel=label, prevalence=prevalence, ax=ax, paper_notes=compare.paper_notes(known, metric),
                           **(heading if metric == "auroc" else {}))
-    name = naming.figure_name("edfig4_modelling_choices", dataset, P)
+    name = S.figure_name("edfig4_modelling_choices")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "preset": preset,
