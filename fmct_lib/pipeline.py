@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,7 +194,12 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     _require_checkpoint_for(preset, checkpoint)
     if checkpoint:
         checkpoint = _existing_checkpoint(checkpoint)
-        method = method or _fitting_checkpoint(checkpoint, p, spec)
+        recorded = _fitting_checkpoint(checkpoint, p, spec)
+        if recorded is None and spec.name == "paper":
+            warnings.warn(f"checkpoint {checkpoint} is in the authors' layout, whose weights were trained on their "
+                          f"own preprocessing: preset='reference' (-p preset reference) feeds them the inputs they "
+                          f"know; the paper chain runs, on inputs they were not trained on", stacklevel=2)
+        method = method or recorded
     scans = ensure_dataset(dataset, p)
     ensure_cache(dataset, p, preset)
     runs = Path(run_dir).expanduser().resolve() if run_dir else runs_root()

@@ -258,3 +258,21 @@ def test_a_teacher_asked_of_a_bare_state_dict_is_an_error(released_state, tmp_pa
     assert load_encoder(tmp_path / "bare.pth").load_report.which == "student"
     with pytest.raises(ValueError, match="which must be 'student' or 'teacher'"):
         load_reference_checkpoint(released_state, which="ema")
+
+
+def test_a_study_of_the_authors_weights_on_the_paper_chain_warns_and_on_theirs_does_not(released_state, tmp_path,
+                                                                                        monkeypatch):
+    import warnings
+    import pandas as pd
+    from fmct_lib import pipeline
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: pd.DataFrame({"scan_id": ["a"]}))
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset: None)
+    path = tmp_path / "model_weights.pth"
+    torch.save(released_state, path)
+    with pytest.warns(UserWarning, match=r"in the authors' layout.*preset='reference' \(-p preset reference\)"):
+        study = pipeline.start("rsna", "paper", checkpoint=str(path))
+    assert study.method == "dino"  # the authors' file records none: the profile's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.start("rsna", "paper", checkpoint=str(path), preset="reference")
+

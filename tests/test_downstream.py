@@ -818,6 +818,10 @@ def test_embed_table_and_round_trips(toy_world, tmp_path):
         assert np.allclose(back["ich"].astype(float), emb["ich"].astype(float), equal_nan=True)
     with pytest.raises(ValueError, match=".csv or .npz"):
         write_embeddings(emb, tmp_path / "emb.parquet")
+    # an encoder of another input size: refused naming both sizes (a "not divisible by the patch size" deep inside)
+    with pytest.raises(ValueError, match=r"encoder.safetensors: takes 16³ inputs, but the paper preprocessing of "
+                                         r"profile 'demo' makes 32³ ones"):
+        embed("toyset", ckpt, get_profile("demo"), split="test", progress=False)
 
 
 def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):

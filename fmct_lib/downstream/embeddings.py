@@ -53,6 +53,11 @@ def embed(dataset: str, encoder, profile="demo", *, scans: pd.DataFrame | None =
         if spec is None:
             from ..data.preprocess import paper_spec
             spec = paper_spec(profile)
+        size = getattr(getattr(model, "config", None), "img_size", spec.input_size)  # our ViT; external: checked above
+        if size != spec.input_size:
+            raise ValueError(f"{encoder if isinstance(encoder, (str, os.PathLike)) else 'the encoder'}: takes {size}³ "
+                             f"inputs, but the {spec.name} preprocessing of profile {profile.name!r} makes "
+                             f"{spec.input_size}³ ones; use the profile the encoder was made for")
         source, table = volume_source(dataset, table, spec)
     batch_size = batch_size or profile.finetune_batch_size
     vectors = infer(model, tqdm(source.batches(range(len(table)), batch_size, device), total=-(-len(table) // batch_size),
