@@ -268,9 +268,10 @@ def test_notebook_runs_on_a_users_dataset_and_states_what_it_skipped(user_data, 
         assert "Scanner: not measured on this dataset" in conclusion
     figures = Path(os.environ["FMCT_FIGURES"])
     figure = {"06_embeddings": "suppfig11_embeddings", "07_attention": "fig5_attention"}[notebook]
+    name = f"{figure}__{dataset}_toy_{checkpoint_tag(user_data)}"  # a checkpoint's figures are named after it
     if notebook == "07_attention" or parts.runs("projection"):
-        assert (figures / f"{figure}__{dataset}_toy.png").exists()
-        assert "skipped" in (figures / f"{figure}__{dataset}_toy.json").read_text()
+        assert (figures / f"{name}.png").exists()
+        assert "skipped" in (figures / f"{name}.json").read_text()
     if notebook == "07_attention":  # the viewer is shown
         assert any("VBox" in t for t in texts)
 
@@ -288,11 +289,18 @@ def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_d
     out = tmp_path / "06_embeddings_reference.ipynb"
     _execute(REPO / "notebooks" / "06_embeddings.ipynb", out, dataset="rsna", profile="toy", preset="reference",
              checkpoint=str(user_data))
-    config = json.loads((figures / "suppfig11_embeddings__rsna_toy.json").read_text())["config"]
+    name = f"suppfig11_embeddings__rsna_toy_{checkpoint_tag(user_data)}-reference"
+    config = json.loads((figures / f"{name}.json").read_text())["config"]
     reference = reference_spec("toy")
     assert config["preset"] == "reference" and config["spec"] == reference.hash != paper_spec("toy").hash
     assert (Path(os.environ["FMCT_CACHE"]) / "rsna" / reference.hash).is_dir()
 
+
+
+def checkpoint_tag(path) -> str:
+    """What a study started from the checkpoint ``path`` adds to its figures' names: file name and sha256."""
+    import hashlib
+    return f"{Path(path).name.split('.')[0]}-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]}"
 
 
 # -- every other notebook that takes a dataset, on the same data -------------------------------------------
