@@ -127,6 +127,41 @@ def test_compute_attention_on_toy_encoder(toy_encoder, toy_volume):
     assert volume.max() <= patch_distance_matrix(grid, TOY.model.patch_size, voxel).max()
 
 
+def test_compute_attention_refuses_nan_and_other_channels_and_warns_of_other_inputs(toy_encoder, toy_volume):
+    """One NaN voxel made every map NaN with a normal caption; a 1-channel volume failed deep in a matrix
+    product; raw HU and another input size gave plausible maps from inputs the encoder never saw."""
+    nan = toy_volume.clone()
+    nan[0, 1, 2, 3] = math.nan
+    with pytest.raises(ValueError, match="the volume holds 1 NaN or infinite voxels"):
+        compute_attention(toy_encoder, nan, 1.0)
+    with pytest.raises(ValueError, match="the volume has 1 channels, the encoder takes 3"):
+        compute_attention(toy_encoder, toy_volume[:1], 1.0)
+    size = TOY.model.img_size
+    with pytest.warns(UserWarning, match=rf"built for {size}³ inputs and this volume is {2 * size}×{2 * size}×"
+                                         rf"{2 * size}: its position table is interpolated"):
+        compute_attention(toy_encoder, torch.rand(3, 2 * size, 2 * size, 2 * size), 1.0)
+    with pytest.warns(UserWarning, match=r"outside the windowed \[0, 1\] the encoder takes \(raw HU\?"):
+        compute_attention(toy_encoder, toy_volume * 1500 - 1000, 1.0)
+
+
+def test_the_figure_choice_is_checked_before_any_training():
+    import pandas as pd
+    from fmct_lib.interpret.figure import check_figure_choice
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c"], "site": ["internal", "internal", "external"],
+                          "split": ["test", "train", "test"]})
+    labelled = scans[scans["site"] == "internal"]
+    check_figure_choice(scans, labelled, "a", -1, 4)
+    check_figure_choice(scans, labelled, None, None, 4)
+    with pytest.raises(ValueError, match=r"scan_id 'c' is not among the 2 labelled scans the notebook shows: the "
+                                         r"dataset has it at site 'external', split 'test' \(choose its site"):
+        check_figure_choice(scans, labelled, "c", -1, 4)
+    with pytest.raises(ValueError, match="scan_id 'zz' .*: no scan of the dataset has that id"):
+        check_figure_choice(scans, labelled, "zz", -1, 4)
+    for layer in (4, -5):
+        with pytest.raises(ValueError, match=rf"layer {layer}: the encoder has 4 layers"):
+            check_figure_choice(scans, labelled, "a", layer, 4)
+
+
 def test_compute_attention_rejects_a_batch_and_keeps_training_mode(toy_encoder, toy_volume):
     with pytest.raises(ValueError, match="one volume"):
         compute_attention(toy_encoder, toy_volume[None].repeat(2, 1, 1, 1, 1), 1.0)

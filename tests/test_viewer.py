@@ -311,6 +311,19 @@ def test_caption_gives_the_lesion_enrichment_within_the_head():
         AttentionViewer(phantom(), {"focal": result}, mask=2 * mask.astype(np.uint8))
 
 
+def test_a_mask_partly_in_the_air_is_outlined_not_measured_and_the_caption_names_the_mask():
+    """A lesion drawn loosely, past the head into the air: the viewer still opens and outlines it (it raised before,
+    from the enrichment), and says why the enrichment is not given; ``mask_name`` says what the outline holds."""
+    result, mask = lesion_case()
+    loose = mask.copy()
+    loose[3 * P:, P:3 * P, P:3 * P] = True  # rows beyond the head (head_in_front: the first three patch rows)
+    view = AttentionViewer(head_in_front(), {"focal": result}, mask=loose, mask_name="lesions (edema+ich)")
+    assert "lesions (edema+ich) enrichment not measured (" in view.info.value and "outside the head" in view.info.value
+    assert np.any(np.all(view.render() == CYAN, axis=-1))
+    named = AttentionViewer(head_in_front(), {"focal": result}, mask=mask, mask_name="lesions (ich)")
+    assert "lesions (ich) enrichment focal 5.52×" in named.info.value
+
+
 def test_caption_follows_the_chosen_head():
     """Head 1 is the focal map, head 2 uniform, each with 0.7 of the cls row on the patches; their mean holds
     0.35·(57 + 8)/512 on each lesion patch and 0.35·(1 + 8)/512 on each other head patch: 520/880 ÷ 8/48 = 3.55×."""
@@ -380,6 +393,8 @@ def test_viewer_from_a_nifti_file_and_a_checkpoint(files):
     ("corrupt checkpoint", ValueError, r"garbage\.pth"),
     ("wrong profile", ValueError, r"encoder\.safetensors: the encoder takes 16³ inputs, profile 'demo' makes 32³"),
     ("mask with the reference chain", ValueError, r"mask\.nii\.gz: a lesion mask needs the paper chain"),
+    ("an external encoder's preset", ValueError, r"preset 'ctfm': the viewer shows this library's ViT on the paper "
+                                                 r"chain or the authors' reference chain"),
 ])
 def test_viewer_from_files_names_the_bad_file(files, tmp_path, case, error, message):
     from fmct_lib.interpret.viewer import viewer_from_files
@@ -397,6 +412,8 @@ def test_viewer_from_files_names_the_bad_file(files, tmp_path, case, error, mess
         checkpoint.write_bytes(b"not a checkpoint at all" * 10)
     elif case == "wrong profile":
         kwargs = {"profile": "demo"}
+    elif case == "an external encoder's preset":
+        kwargs = {"preset": "ctfm"}
     else:
         kwargs = {"preset": "reference", "mask_path": files / "mask.nii.gz"}
     with pytest.raises(error, match=message):

@@ -19,6 +19,8 @@ the patch geometry of the encoder: patch (i, j, k) covers voxels ``[i·p, (i+1)�
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -135,13 +137,30 @@ def compute_attention(encoder: torch.nn.Module, volume: torch.Tensor | np.ndarra
                       voxel_mm: float | Sequence[float]) -> AttentionResult:
     """Run ``encoder`` once on one model-input ``volume`` (C, D0, D1, D2) and collect every layer's attention.
 
-    ``voxel_mm`` is the voxel size of the model input (``distance.model_voxel_mm(profile)``).
+    ``voxel_mm`` is the voxel size of the model input (``distance.model_voxel_mm(profile)``). A volume with NaN
+    or infinite voxels, or with another number of channels than the encoder's, is refused; one of another size
+    than the encoder was built for (its position table then interpolated) or outside the windows' [0, 1] (raw HU?)
+    is warned about: its maps come from inputs the encoder never saw.
     """
     x = torch.as_tensor(volume, dtype=torch.float32)
     if x.ndim == 5 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 4:
         raise ValueError(f"expected one volume (C, D0, D1, D2), got shape {tuple(x.shape)}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"the volume holds {bad} NaN or infinite voxels: every attention map would be NaN")
+    config = getattr(encoder, "config", None)
+    if config is not None and x.shape[0] != config.in_chans:
+        raise ValueError(f"the volume has {x.shape[0]} channels, the encoder takes {config.in_chans} (the windows of "
+                         f"the paper chain: data.preprocess.model_input)")
+    if config is not None and tuple(x.shape[1:]) != (config.img_size,) * 3:
+        warnings.warn(f"the encoder was built for {config.img_size}³ inputs and this volume is "
+                      f"{'×'.join(map(str, x.shape[1:]))}: its position table is interpolated, so the maps come from "
+                      f"inputs it was not trained on (preprocess with the encoder's profile)", stacklevel=2)
+    if float(x.min()) < -0.1 or float(x.max()) > 1.1:  # windowed inputs lie in [0, 1]; raw HU reach -1000
+        warnings.warn(f"the volume's values span {float(x.min()):.4g} … {float(x.max()):.4g}, outside the windowed "
+                      f"[0, 1] the encoder takes (raw HU? data.preprocess.model_input windows them)", stacklevel=2)
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()

@@ -25,7 +25,7 @@ from .attention import AttentionResult
 from .lesion import lesion_shares
 
 __all__ = ["AXES", "display_slice", "ENRICHMENT_CMAP", "DISTANCE_CMAP", "OUTLINE_COLOUR", "enrichment_norm",
-           "enrichment_ticks", "lesion_enrichment", "figure_scan", "attention_figure"]
+           "enrichment_ticks", "lesion_enrichment", "figure_scan", "check_figure_choice", "attention_figure"]
 
 ENRICHMENT_CMAP = "magma"      # perceptually uniform, dark = little attention, light = much
 DISTANCE_CMAP = "viridis"
@@ -81,15 +81,36 @@ def figure_scan(scans: pd.DataFrame, tasks) -> str:
     return str(pool.assign(n=positives).sort_values("n", ascending=False, kind="stable")["scan_id"].iloc[0])
 
 
+def check_figure_choice(scans: pd.DataFrame, labelled: pd.DataFrame, scan_id: str | None, layer: int | None,
+                        depth: int) -> None:
+    """Refuse, before any model is trained, a ``scan_id`` that ``labelled`` (the study's rows) lacks, saying where
+    it is if the dataset has it elsewhere (another site, the unlabelled pool), and a ``layer`` outside the
+    encoder's ``depth`` (``None``: mean of layers; negative counts from the last)."""
+    if scan_id is not None and str(scan_id) not in set(labelled["scan_id"].astype(str)):
+        other = scans[scans["scan_id"].astype(str) == str(scan_id)]
+        if other.empty:
+            where = "no scan of the dataset has that id"
+        else:
+            row = other.iloc[0]
+            site = f"site {row['site']!r}, " if "site" in other and pd.notna(row["site"]) else ""
+            where = f"the dataset has it at {site}split {row['split']!r} (choose its site with site=)"
+        raise ValueError(f"scan_id {scan_id!r} is not among the {len(labelled)} labelled scans the notebook shows: "
+                         f"{where}")
+    if layer is not None and not -depth <= layer < depth:
+        raise ValueError(f"layer {layer}: the encoder has {depth} layers (0 … {depth - 1}, or -1 for the last; None: "
+                         f"the mean of layers)")
+
+
 def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], *, index: int, axis: str = "axial",
                      layer: int | None = -1, mask: np.ndarray | None = None, head_mask: np.ndarray | None = None,
-                     label: str = "", window: tuple[float, float] = (0.0, 1.0)) -> plt.Figure:
+                     label: str = "", window: tuple[float, float] = (0.0, 1.0), mask_name: str = "lesion") -> plt.Figure:
     """Fig. 5 for one slice: the CT, then one column per encoder in ``results``; row 1 the cls attention of
     ``layer`` (``None``: mean of layers; heads averaged) as enrichment, row 2 the attention distance (Eq. 1,
     mean of layers and heads). ``image`` is one window channel of the model input (S, S, S), RAS order, shown
     within ``window``; ``mask`` a lesion mask (voxel fractions or boolean) on the same grid, outlined where
     non-zero, its enrichment (:func:`lesion_enrichment`, needs the ``head_mask`` of the model input) in the
-    titles; ``label`` names the scan. Slices are oriented by :func:`display_slice`."""
+    titles, named ``mask_name`` (say which lesions it holds: "lesions (edema+ich)"); ``label`` names the scan.
+    Slices are oriented by :func:`display_slice`."""
     image = np.asarray(image, dtype=np.float32)
     if not results:
         raise ValueError("attention_figure: no attention results to draw")
@@ -118,7 +139,7 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
         title = name
         if mask is not None:
             value = lesion_enrichment(result, mask, head_mask, layer)
-            title += "\nlesion: no voxels" if np.isnan(value) else f"\nlesion {value:.2f}× chance"
+            title += f"\n{mask_name}: no voxels" if np.isnan(value) else f"\n{mask_name} {value:.2f}× chance"
         attention_panels[title] = display_slice(result.enrichment_map(layer=layer, mode="trilinear"), axis, index)
         distance_panels[name] = display_slice(distances[name], axis, index)
     ct = display_slice(image, axis, index)
@@ -148,12 +169,13 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
         return bar
 
     first = f"{label}\n{axis} {index}; cls attention, {layer_name}"
-    first += "\ncyan outline: lesion" if mask is not None else ""
+    first += f"\ncyan outline: {mask_name}" if mask is not None else ""
     bar = draw_row(0, first.strip(), attention_panels, ENRICHMENT_CMAP, enrichment_norm(n))
     ticks, tick_labels = enrichment_ticks(n)
     bar.set_ticks(ticks, labels=tick_labels)
     bar.set_label(f"attention ÷ uniform (log; {n}: one patch)", fontsize=6)
     low, high = min(float(d.min()) for d in distances.values()), max(float(d.max()) for d in distances.values())
-    bar = draw_row(1, "attention distance", distance_panels, DISTANCE_CMAP, Normalize(low, high))
+    bar = draw_row(1, "attention distance\n(mean of layers and heads)", distance_panels, DISTANCE_CMAP,
+                   Normalize(low, high))
     bar.set_label("distance (mm), Eq. 1", fontsize=6)
     return fig

@@ -68,12 +68,13 @@ class AttentionViewer:
     """Side-by-side attention viewer. ``results`` maps a panel name (``pretrained``, ``finetuned``…) to the
     :class:`AttentionResult` of that encoder on ``volume``; ``mask`` (optional) is a lesion mask on the same grid,
     boolean or the fraction of each voxel in the lesion (``lesion.mask_to_model_input``), outlined where non-zero on
-    every panel; the caption gives its enrichment within the head (``figure.lesion_enrichment``). Display it as the
+    every panel; the caption gives its enrichment within the head (``figure.lesion_enrichment``; a mask partly in
+    the air, drawn loosely, is outlined but not measured, and the caption says why), under ``mask_name``. Display it as the
     last expression of a cell; :meth:`render` returns the panels currently shown and :meth:`render_colour_bar`
     their colour bar."""
 
     def __init__(self, volume, results: Mapping[str, AttentionResult], mask=None, interpolation: str = "nearest",
-                 panel_pixels: int = 256, cache_size: int = 16):
+                 panel_pixels: int = 256, cache_size: int = 16, mask_name: str = "lesion"):
         volume = volume.detach().cpu().numpy() if torch.is_tensor(volume) else volume
         self.volume = np.asarray(volume, dtype=np.float32)
         if self.volume.ndim != 4 or self.volume.shape[0] != len(WINDOW_CHANNELS):
@@ -99,6 +100,7 @@ class AttentionViewer:
         self.results = dict(results)
         self.lesion = None if mask is None else np.asarray(mask, dtype=np.float32)  # weights of lesion_enrichment
         self.mask = None if mask is None else self.lesion != 0                     # outlined
+        self.mask_name = mask_name  # what the mask holds, in the caption ("lesions (edema+ich)")
         self.head_mask = head_mask(self.volume)  # the anatomical head, against which the lesion is measured
         self.interpolation = interpolation
         self.zoom = max(1, math.ceil(panel_pixels / max(self.volume.shape[1:])))
@@ -266,10 +268,14 @@ class AttentionViewer:
             what = (f"cls-to-patch attention ÷ uniform ({COLORMAPS['attention']}, log scale 1/{self.num_patches} → "
                     f"{self.num_patches}, the same for every panel)")
             if self.mask is not None and self.mask.any():
-                values = {name: lesion_enrichment(result, self.lesion, self.head_mask, self.selected_layer,
-                                                  self.selected_head)
-                          for name, result in self.results.items()}
-                what += "; lesion enrichment " + ", ".join(f"{name} {v:.2f}×" for name, v in values.items())
+                try:
+                    values = {name: lesion_enrichment(result, self.lesion, self.head_mask, self.selected_layer,
+                                                      self.selected_head)
+                              for name, result in self.results.items()}
+                    what += f"; {self.mask_name} enrichment " + ", ".join(f"{name} {v:.2f}×"
+                                                                          for name, v in values.items())
+                except ValueError as e:  # a mask partly in air (drawn loosely): outlined, but not measured
+                    what += f"; {self.mask_name} enrichment not measured ({e})"
         else:
             what = f"attention distance, Eq. 1 ({COLORMAPS['distance']}, {low:.1f} → {high:.1f} mm)"
         self.info.value = (f"{what}; {layer}, {head}; {self.axis.value} slice {self.slice.value}"
@@ -288,6 +294,9 @@ def viewer_from_files(nifti_path: str | os.PathLike, checkpoint_path: str | os.P
     """
     from ..config import PROFILES, get_profile
     from ..data.preprocess import load_volume, model_input, preset_spec, to_canvas_with_affine
+    if preset not in ("paper", "reference"):  # other presets are external encoders' (other orientation, channels)
+        raise ValueError(f"preset {preset!r}: the viewer shows this library's ViT on the paper chain or the authors' "
+                         f"reference chain; choose 'paper' or 'reference'")
     from ..models.checkpoints import load_encoder
     from .distance import model_voxel_mm
     from .lesion import load_scan_with_mask, mask_to_model_input

@@ -41,6 +41,7 @@ P, scans, method = S.profile, S.scans, S.method
 # measurement needs lesion masks (the synthetic cohort's). The parts it does not allow are skipped, with the reason.
 
 # %%
+from fmct_lib.interpret.figure import check_figure_choice
 from fmct_lib.interpret.parts import attention_parts
 
 labelled = S.labelled
@@ -49,6 +50,7 @@ if S.spec.canvas is None and "mask_path" in labelled:  # the reference chain str
     labelled = labelled.drop(columns="mask_path")
 parts = attention_parts(dataset, labelled, tasks)
 print(parts)
+check_figure_choice(S.scans, labelled, scan_id, layer, P.model.depth)  # before any fine-tuning, not after it
 
 # %%
 tasks = [t for t in S.tasks(tasks) if t in parts.tasks] if parts.runs("fine-tuned") else []
@@ -80,8 +82,10 @@ if spec.canvas is None:  # reference chain: the head's box stretched to the inpu
 results = {name: compute_attention(model, x, voxel_mm) for name, model in encoders.items()}
 positive = [t for t in tasks if rows.loc[scan_id, t] == 1]
 print(f"scan {scan_id} ({rows.loc[scan_id, 'split']} split): positive for {positive or 'none of the tasks'}")
-lesion = (None if labels is None  # the fraction of each model voxel in a lesion (fractures aside)
+shown_lesions = [t for t in MASKED_TASKS if t != "fracture" and rows.loc[scan_id].get(t) == 1]
+lesion = (None if labels is None  # the fraction of each model voxel in one of the scan's lesions (fractures aside)
           else mask_to_model_input(task_mask(labels, [t for t in MASKED_TASKS if t != "fracture"]), spec))
+lesion_name = f"lesions ({'+'.join(shown_lesions) or 'none'})"  # every panel is scored on all of them together
 head = head_mask(x)
 distance = {name: r.mean_distance_per_layer() for name, r in results.items()}
 uniform_distance = next(iter(results.values())).uniform_distance()  # Eq. 1 for uniform attention, same grid
@@ -117,7 +121,7 @@ if len(lesion_summary):
 # %%
 k = int(np.argmax(lesion.sum(axis=(0, 1)))) if lesion is not None and lesion.any() else x.shape[-1] // 2
 fig = attention_figure(x[0].numpy(), results, index=k, axis="axial", layer=layer, mask=lesion, head_mask=head,
-                       label=f"{dataset} {scan_id} (profile {P.name})")
+                       label=f"{dataset} {scan_id} (profile {P.name})", mask_name=lesion_name)
 shown = {name: lesion_enrichment(r, lesion, head, layer) for name, r in results.items()} if lesion is not None else {}
 distance_table = pd.DataFrame(distance, index=pd.RangeIndex(1, len(next(iter(distance.values()))) + 1, name="layer"))
 distance_table["uniform attention"] = uniform_distance
@@ -127,12 +131,14 @@ figure_data = pd.concat([share.assign(kind="lesion share"),
                          pd.DataFrame([{"model": n, "layer": i + 1, "distance_mm": d} for n, ds in distance.items()
                                        for i, d in enumerate(ds)]).assign(kind="distance per layer",
                                                                           uniform_distance_mm=uniform_distance),
-                         pd.DataFrame([{"scan_id": scan_id, "model": n, "enrichment": e} for n, e in shown.items()])
+                         pd.DataFrame([{"scan_id": scan_id, "task": "+".join(shown_lesions), "model": n,
+                                        "enrichment": e} for n, e in shown.items()])
                          .assign(kind="lesion enrichment of the scan shown")], ignore_index=True)
 plots.save_figure(fig, S.figure_name("fig5_attention"), figure_data,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "preset": preset, "spec": S.spec.hash,
                    "finetuned": {t: str(p) for t, p in finetuned.items()}, "scan_id": scan_id, "slice": k,
+                   "lesions_outlined": shown_lesions,
                    "layer": layer, "tasks": tasks, "seed": seed, "skipped": parts.skipped})
 
 # %% [markdown]
@@ -141,7 +147,7 @@ plots.save_figure(fig, S.figure_name("fig5_attention"), figure_data,
 # %%
 from fmct_lib.interpret.viewer import AttentionViewer
 
-viewer = AttentionViewer(x.numpy(), results, mask=lesion)
+viewer = AttentionViewer(x.numpy(), results, mask=lesion, mask_name=lesion_name)
 viewer.widget
 
 # %% [markdown]
