@@ -515,7 +515,7 @@ def test_fig5_shows_enrichment_on_one_log_scale_and_prints_the_lesion_enrichment
     fig = attention_figure(image, results, index=6, mask=mask, head_mask=head, label="hand-made")
     attention_row, distance_row = fig.axes[1:3], fig.axes[4:6]  # [CT, focal, near] per row, then the colour bars
     assert [ax.get_title() for ax in attention_row] == [
-        "focal\nlesion 5.52× chance", f"near uniform\nlesion {near:.2f}× chance"]
+        "focal\n5.52× chance in outline", f"near uniform\n{near:.2f}× chance in outline"]
     for ax, result in zip(attention_row, results.values()):
         ct, overlay = ax.get_images()
         np.testing.assert_array_equal(ct.get_array(), display_slice(image, "axial", 6))
@@ -533,8 +533,11 @@ def test_fig5_shows_enrichment_on_one_log_scale_and_prints_the_lesion_enrichment
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 2 and "attention ÷ uniform" in bars[0].get_ylabel() and "mm" in bars[1].get_ylabel()
     assert [t.get_text() for t in bars[0].get_yticklabels()] == ["1/64", "1/8", "1", "8", "64"]
-    assert fig.axes[0].get_title().endswith("cyan outline: lesion")
+    assert fig.axes[0].get_title().endswith("cyan outline:\nlesion")
     plt.close(fig)
+    named = attention_figure(image, results, index=6, mask=mask, head_mask=head, mask_name="lesions (edema+ich)")
+    assert named.axes[0].get_title().endswith("cyan outline:\nlesions (edema+ich)")  # what the outline holds
+    plt.close(named)
 
 
 def test_fig5_refuses_inconsistent_inputs():

@@ -109,7 +109,8 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
     mean of layers and heads). ``image`` is one window channel of the model input (S, S, S), RAS order, shown
     within ``window``; ``mask`` a lesion mask (voxel fractions or boolean) on the same grid, outlined where
     non-zero, its enrichment (:func:`lesion_enrichment`, needs the ``head_mask`` of the model input) in the
-    titles, named ``mask_name`` (say which lesions it holds: "lesions (edema+ich)"); ``label`` names the scan.
+    titles ("× chance in outline"), the outline named ``mask_name`` in the first panel (say which lesions it holds:
+    "lesions (edema+ich)"); ``label`` names the scan.
     Slices are oriented by :func:`display_slice`."""
     image = np.asarray(image, dtype=np.float32)
     if not results:
@@ -139,7 +140,7 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
         title = name
         if mask is not None:
             value = lesion_enrichment(result, mask, head_mask, layer)
-            title += f"\n{mask_name}: no voxels" if np.isnan(value) else f"\n{mask_name} {value:.2f}× chance"
+            title += "\noutline: no voxels" if np.isnan(value) else f"\n{value:.2f}× chance in outline"
         attention_panels[title] = display_slice(result.enrichment_map(layer=layer, mode="trilinear"), axis, index)
         distance_panels[name] = display_slice(distances[name], axis, index)
     ct = display_slice(image, axis, index)
@@ -169,7 +170,7 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
         return bar
 
     first = f"{label}\n{axis} {index}; cls attention, {layer_name}"
-    first += f"\ncyan outline: {mask_name}" if mask is not None else ""
+    first += f"\ncyan outline:\n{mask_name}" if mask is not None else ""
     bar = draw_row(0, first.strip(), attention_panels, ENRICHMENT_CMAP, enrichment_norm(n))
     ticks, tick_labels = enrichment_ticks(n)
     bar.set_ticks(ticks, labels=tick_labels)
