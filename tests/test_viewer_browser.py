@@ -200,7 +200,8 @@ def test_the_attention_notebook_in_jupyterlab(attention_notebook, tmp_path):
         assert outline.is_checked() and outline.is_enabled()  # the synthetic cohort has lesion masks
         bar = page.locator("img.fmct-colour-bar").first
         assert bar.is_visible() and bar.bounding_box()["width"] > 200
-        assert "lesion enrichment" in page.locator(".widget-html-content").last.inner_text()
+        caption = page.locator(".widget-html-content").last.inner_text()
+        assert "lesions (" in caption and ") enrichment pretrained" in caption  # the scan's lesions, named
         page.locator(".jp-OutputArea").filter(has=page.locator("img.fmct-panel")).first.screenshot(
             path=str(tmp_path / "viewer_in_jupyterlab.png"))
         move_slider_and_check_the_image(page)
