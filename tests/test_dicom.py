@@ -158,6 +158,13 @@ def test_duplicates_dropped_and_gaps_flagged_or_rejected(tmp_path):
     np.testing.assert_allclose(vol.affine, canonical(hu, affine)[1], atol=1e-5)
     with pytest.raises(DicomSeriesError, match="gap"):
         read_dicom_series(tmp_path / "gap", on_gap="reject")
+    # the gap is an undecodable file left out: the refusal names it (only the skip list did, which is then lost)
+    files = write_dicom_series(hu, affine, tmp_path / "broken")
+    broken = sorted(files)[4]
+    broken.write_bytes(broken.read_bytes()[:400])
+    with pytest.raises(DicomSeriesError, match=rf"1 gap\(s\).*1 of its files could not be read and were left out, "
+                                               rf"which may be the missing slices: {broken}"):
+        read_dicom_series(tmp_path / "broken", on_gap="reject", on_bad_file="skip")
 
 
 @pytest.mark.parametrize("flavour", ["rsna", "cq500"])

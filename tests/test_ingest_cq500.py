@@ -80,6 +80,7 @@ def test_majority_labels(cq500_source):
     ("+C", True), ("C", True), ("C THIN", True), ("4cc sec 150cc D3D on", True), ("POST CONTRAST", True),
     ("PRE CONTRAST THIN", False), ("5/5mm Plain", False), ("55mm Plain", False), ("Plain 3mm", False),
     ("non contrast", False), ("CT 0.625mm", False),
+    ("C-2", True),  # the second '+C' series of a patient: folder 'CT C-2' (it was kept by --drop-contrast)
 ])
 def test_contrast_rule(description, contrast):
     assert is_contrast(description) == contrast
@@ -88,6 +89,7 @@ def test_contrast_rule(description, contrast):
 def test_ingest_cq500_end_to_end(cq500_source, env):
     src, truth, majority = cq500_source
     summary = ingest_cq500(src, workers=1)
+    assert (summary["reads_without_series"], summary["reads_without_series_rows"]) == (1, ["CQ500-CT-99"])
     scans = load_scans("cq500").set_index("scan_id")
     link = pd.read_csv(env / "cq500" / "linkage.csv", dtype=str).set_index("source")
     rejects = pd.read_csv(env / "cq500" / "rejects.csv")
@@ -132,6 +134,22 @@ def test_drop_contrast(cq500_source, env):
     assert (scans["contrast"] == 0).all() and len(scans) == len(truth) - 1
     rejects = pd.read_csv(env / "cq500" / "rejects.csv")
     assert rejects["reason"].str.contains("contrast series").sum() == 1
+
+
+def test_drop_contrast_also_drops_what_only_the_header_calls_contrast(cq500_source, env, tmp_path):
+    """A '+C' series in a folder whose name says nothing ('CT Series-9'): left out once its header is read (the
+    scan table marked it contrast=1, and --drop-contrast kept it)."""
+    import shutil
+    src, truth, _ = cq500_source
+    copy = tmp_path / "cq500"
+    shutil.copytree(src, copy)
+    contrast = next(k for k, t in truth.items() if t.get("desc") == "+C")
+    (copy / contrast).rename((copy / contrast).with_name("CT Series-9"))
+    ingest_cq500(copy, workers=1, drop_contrast=True)
+    scans = load_scans("cq500")
+    assert (scans["contrast"] == 0).all() and len(scans) == len(truth) - 1
+    rejects = pd.read_csv(env / "cq500" / "rejects.csv")
+    assert rejects["reason"].str.contains("contrast series by its DICOM header").sum() == 1
 
 
 @pytest.mark.parametrize("description", ["POST FOSSA", "BONE POST", "C-SPINE", "Posterior fossa 2.5mm"])

@@ -176,6 +176,7 @@ def test_unmatched_label_rows_and_unlabelled_images_are_reported(tmp_path, env):
     pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(src / "stage_2_train.csv", index=False)
     summary = ingest_rsna(src, workers=1)
     assert (summary["images_without_label"], summary["labels_without_image"]) == (6, 1)
+    assert summary["labels_without_image_rows"] == ["ID_ffffffff0"]  # named, as a partial download needs
     link = pd.read_csv(env[0] / "rsna" / "linkage.csv", dtype=str)
     scans = link.merge(load_scans("rsna")).set_index("source")
     assert scans.loc[f"ID_{0:010x}", ["ich", "sdh", "edh"]].tolist() == [1, 1, 0]

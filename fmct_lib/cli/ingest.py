@@ -130,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"fmct ingest {args.kind}: {summary['labels_without_volume']} row(s) of {args.labels} match no "
               f"volume below {args.source}: {'; '.join(summary['labels_without_volume_rows'][:3])}"
               f"{' …' if summary['labels_without_volume'] > 3 else ''}", file=sys.stderr)
+    for key, what in (("labels_without_image", "labelled image(s) of the labels CSV have no file"),
+                      ("reads_without_series", "patient(s) of reads.csv have no series folder")):
+        if summary.get(key):  # RSNA, CQ500: a partial download
+            print(f"fmct ingest {args.kind}: warning: {summary[key]} {what} below {args.source} (a partial "
+                  f"download?): {', '.join(summary[key + '_rows'][:3])}{' …' if summary[key] > 3 else ''}",
+                  file=sys.stderr)
     if summary.get("dropped"):
         print(f"fmct ingest {args.kind}: warning: {summary['dropped']} scan(s) of the earlier scans.csv are not in "
               f"this run's and left the table (e.g. {', '.join(summary['dropped_scan_ids'][:3])}; their volumes stay "

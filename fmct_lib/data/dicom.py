@@ -372,8 +372,10 @@ def _assemble(files, label, on_gap, tilt, on_bad_file) -> DicomVolume:
 
     step, steps, gaps, uneven = slice_steps(depth)
     if gaps.any() and on_gap == "reject":
+        unread = (f"; {len(skipped)} of its files could not be read and were left out, which may be the missing "
+                  f"slices: {'; '.join(f'{f}: {why}' for f, why in skipped[:3])}" if skipped else "")
         raise DicomSeriesError(f"{label}: {int(gaps.sum())} gap(s) between slices, largest "
-                               f"{steps.max():.2f} mm for a {step:.2f} mm step (missing slices?)")
+                               f"{steps.max():.2f} mm for a {step:.2f} mm step (missing slices?){unread}")
 
     # Gantry tilt: the in-plane offset of each slice grows linearly with depth (least squares).
     offsets = (positions - positions[0]) - np.outer(depth - depth[0], normal)

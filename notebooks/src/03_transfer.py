@@ -105,7 +105,7 @@ if runs:
     plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order, hue_order=list(runs),
                       paper=reported, paper_notes=known[known.metric != "auroc"], title=title, profile=P.name,
                       training=plots.training_rule(P), ax=ax)
-    name = S.figure_name("fig1fg_transfer")
+    name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""))
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
         "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
     plots.save_figure(fig, name, summary,

@@ -4,7 +4,8 @@ Source layout: ``reads.csv`` (``name,Category,R1:ICH,...,R3:MidlineShift``; 14 f
 radiologists) and the batch folders ``qct*/CQ500CT<N> CQ500CT<N>/Unknown Study/CT <description>/*.dcm``
 (found anywhere below ``source``). A finding is positive when at least 2 of the 3 readers marked it;
 every series of a patient carries the patient's labels, as in the paper. Series description, slice
-thickness and a contrast flag are kept as columns; ``drop_contrast=True`` leaves contrast series out.
+thickness and a contrast flag are kept as columns; ``drop_contrast=True`` leaves contrast series out: by the
+folder's name before reading, and by the header (its description, its contrast agent) once read.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ READS_FINDINGS = dict(zip(
      "calvarial_fracture", "other_fracture", "mass_effect", "midline_shift"]))
 PATIENT_FOLDER = re.compile(r"^CQ500CT(\d+)(?: CQ500CT\1)?$")
 # "C" alone or first ("C THIN", not "C-SPINE"), "+C", "POST C"/"POST CONTRAST" (not "POST FOSSA"), CECT, CTA, "150cc"
-_CONTRAST = re.compile(r"(\+\s*c\b|^c(?![\w-])|\bpost[\s-]*(?:c\b|con)|\bcect\b|\bcta\b|\d+\s*cc\b|"
+_CONTRAST = re.compile(r"(\+\s*c\b|^c(?:-\d+)?(?![\w-])|\bpost[\s-]*(?:c\b|con)|\bcect\b|\bcta\b|\d+\s*cc\b|"
                        r"(?<!pre )(?<!non )(?<!non-)(?<!without )\bcontrast\b)", re.IGNORECASE)
 
 
@@ -135,8 +136,15 @@ def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_
     for row in rows:  # the header's description (with '/' and '+') is better than the folder's
         row["contrast"] = int(bool(row.get("contrast")) or is_contrast(str(row.get("series_description") or ""))
                               or bool(row.get("contrast_agent")))
+    if drop_contrast:  # again once read: contrast that only the header shows (its description, its agent tag)
+        job_rejects += [(row["_source"], "contrast series by its DICOM header (dropped by drop_contrast)")
+                        for row in rows if row["contrast"]]
+        rows = [row for row in rows if not row["contrast"]]
     summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
                      columns=[*DICOM_COLUMNS, "contrast", "category"])
+    found = {patient for patient, _ in series}
+    summary["reads_without_series"] = int((~labels.index.isin(found)).sum())  # a partial download
+    summary["reads_without_series_rows"] = sorted(set(labels.index) - found)[:10]
     register_dataset(name, description="CQ500 (qure.ai), one volume per series, majority-of-3 labels",
                      tasks=CQ500_FINDINGS, licence="CC BY-NC-SA 4.0",
                      ingest_command=f"fmct ingest cq500 --source DIR --name {name}", root=root)

@@ -67,7 +67,7 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
     """Ingest the RSNA stage-2 training set from ``source`` into ``<root>/<name>/``; returns a summary.
 
     The summary (``common.finish``) adds ``images_without_label`` (indexed images the CSV has no row for) and
-    ``labels_without_image`` (CSV images no file holds). A scan with an unlabelled image is positive for a task
+    ``labels_without_image`` (CSV images no file holds; the first ten in ``labels_without_image_rows``). A scan with an unlabelled image is positive for a task
     where a labelled image is, else unknown (never a 0 that the missing image might contradict)."""
     validate_dataset_name(name)  # before anything is written
     source = Path(source)
@@ -109,5 +109,7 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
                      ingest_command=f"fmct ingest rsna --source DIR --name {name}", root=root)
     sops = set(index["sop"])
     summary["images_without_label"] = len(sops - set(labels.index))
-    summary["labels_without_image"] = len(set(labels.index) - sops)
+    without = sorted(set(labels.index) - sops)
+    summary["labels_without_image"] = len(without)
+    summary["labels_without_image_rows"] = without[:10]
     return summary
