@@ -248,7 +248,7 @@ def test_finetune_conclusion_when_fine_tuning_beats_scratch():
         "scratch below it, linear above it.",
         # ich 0.9 > 0.7 but p = 0.9: a tie; sdh has no row in the test table: untested
         "- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 0 of 2 tasks, ties on 1, "
-        "untested on 1 (paper: beats it on all 10).",
+        "untested on 1 (paper, NYU Langone: beats it on all 10).",
         BUDGET_02,  # one training seed: no sentence about seeds
     ])
 
@@ -296,7 +296,7 @@ def test_finetune_conclusion_when_scratch_wins_with_several_seeds():
         "Paper: 0.852 vs 0.734 (+16.07%, P < 0.001) on NYU Langone.",
         # ich 0.6 < 0.7 with p = 0.9: a tie; sdh 0.8 = 0.8 without a test row: untested
         "- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 0 of 2 tasks, ties on 1, "
-        "untested on 1 (paper: beats it on all 10).",
+        "untested on 1 (paper, NYU Langone: beats it on all 10).",
         "- Macro-AUC by training seed [0, 1]: scratch 0.250 / 0.750; finetune 1.000 / 0.750. Values above are seed "
         "means; the CI and P resample the test scans, not the seeds.",
         "- Run by run (same task and seed): fine-tuned above scratch in 3 of 4.",
@@ -316,7 +316,7 @@ def test_finetune_conclusion_edge_cases():
     assert _finetune(summary, {"scratch": _test_table(NAN)}, **no_paper).splitlines() == [
         "- fine-tuned macro-AUC vs scratch: not measurable on this run (a metric is undefined).",
         "- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 0 of 1 tasks, not "
-        "measurable on 1 (paper: beats it on all 10).",
+        "measurable on 1.",  # the paper's per-task claim is NYU Langone's: not said of another cohort
         BUDGET_02]
     # the paper's RSNA numbers are named as RSNA's: 0.923 vs 0.824, +12.01 %
     rsna = paper.paper_values_for("fig1e", "rsna", "auroc")
@@ -337,7 +337,7 @@ def test_finetune_conclusion_counts_per_task_wins_by_the_ci():
                                "ci_high": [0.3, 0.16, 0.027, 0.15]})
     lines = _finetune(summary, {"scratch": comparison}).splitlines()
     assert lines[1] == ("- Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on 2 of 3 "
-                        "tasks, ties on 1 (paper: beats it on all 10).")
+                        "tasks, ties on 1 (paper, NYU Langone: beats it on all 10).")
 
 
 # --------------------------------------------------------------------------------------- 03 · transfer
@@ -461,6 +461,15 @@ def test_describe_stopping_counts_runs_once_and_the_ones_at_the_cap():
     # deep runs: steps 100, 300, 200 → range 100–300, median 200; one reason starts with "cap"; histogram left out
     assert text == RULE[2:] + (" The 3 deep runs stopped at step 100–300 (median 200); 1 of them at the cap "
                                "(see their stop_reason).")
+
+
+def test_describe_stopping_leaves_the_linear_probes_solver_iterations_out_of_the_steps():
+    rows = [{"task": t, "protocol": p, "seed": 0, "scan_id": "s0", "stop_reason": r, "stopped_step": n}
+            for t, p, r, n in (("ich", "finetune", "rule", 32), ("ich", "linear", "converged (L-BFGS)", 54),
+                               ("sah", "linear", "cap: L-BFGS iterations", 500))]
+    text = conclusions.describe_stopping(pd.DataFrame(rows), PAPER_PROFILE)
+    assert text.endswith("The 1 deep runs stopped at step 32–32 (median 32); 0 of them at the cap. The 2 linear "
+                         "probes' L-BFGS converged in 1.")
 
 
 def test_describe_stopping_names_the_runs_that_diverged():

@@ -108,15 +108,20 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
         return rule
     keys = [c for c in ("task", "protocol", "model", "k", "seed") if c in predictions]
     runs = predictions[predictions["stop_reason"].fillna("") != ""].drop_duplicates(keys)
+    lbfgs = runs["stop_reason"].str.contains("L-BFGS")  # the linear probes: solver iterations, not training steps
+    converged = int((lbfgs & ~runs["stop_reason"].str.startswith("cap")).sum())
+    probes = f" The {int(lbfgs.sum())} linear probes' L-BFGS converged in {converged}." if lbfgs.any() else ""
+    runs = runs[~lbfgs]
     if runs.empty:
-        return rule
+        return rule + probes
     steps = runs["stopped_step"].astype(float)
     capped = int(runs["stop_reason"].str.startswith("cap").sum())
     diverged = int((runs["stop_reason"] == "diverged").sum())
     return (f"{rule} The {len(runs)} deep runs stopped at step {steps.min():,.0f}–{steps.max():,.0f} (median "
             f"{steps.median():,.0f}); {capped} of them at the cap"
             + (f", {diverged} because they diverged (non-finite validation predictions; their best epoch before "
-               f"is kept)" if diverged else "") + (" (see their stop_reason)." if capped or diverged else "."))
+               f"is kept)" if diverged else "") + (" (see their stop_reason)." if capped or diverged else ".")
+            + probes)
 
 
 # --------------------------------------------------------------------------------------- 02 · fine-tuning
@@ -164,8 +169,8 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
                     for task, r in per_task.iterrows()]
         others = tally(verdicts)
         lines.append(f"Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on "
-                     f"{verdicts.count('above')} of {len(verdicts)} tasks{', ' + others if others else ''} "
-                     "(paper: beats it on all 10).")
+                     f"{verdicts.count('above')} of {len(verdicts)} tasks{', ' + others if others else ''}"
+                     + (" (paper, NYU Langone: beats it on all 10)." if paper_name == "nyu_langone" else "."))
     if len(seeds) > 1:
         spread = runs[runs.task == "macro"].pivot(index="seed", columns="model", values="auroc")
         lines.append("Macro-AUC by training seed " + str(seeds) + ": " + "; ".join(
