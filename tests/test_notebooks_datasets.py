@@ -370,3 +370,19 @@ def test_every_notebook_completes_on_a_users_dataset_and_states_what_it_skipped(
         assert "Skipped on this dataset" not in conclusion
     nothing = (dataset, notebook) in NOTHING_MEASURED
     assert ("Nothing measured on this dataset." in conclusion) == nothing, conclusion
+
+
+@pytest.mark.notebook
+def test_a_transfer_to_another_dataset_names_its_figure_after_the_target(user_data, tmp_path, tmp_path_factory):
+    """03 with ``target_dataset``: trained on the hospital export, tested on a second export of the same hospital
+    (``hosp2``); the figure carries the target in its name, so a run with another target (or none) keeps its own."""
+    from fmct_lib.data.ingest import ingest_nifti
+    hospital, labels, _ = test_ingest_nifti.hospital.__wrapped__(tmp_path_factory.mktemp("hospital2"))
+    ingest_nifti(hospital, name="hosp2", labels=labels, mapping={"dx_tumor": "tumor", "dx_edema": "edema"},
+                 path_column="file", patient_column="mrn", workers=1)
+    _execute(REPO / "notebooks" / "03_transfer.ipynb", tmp_path / "03_to_hosp2.ipynb", dataset="hosp",
+             target_dataset="hosp2", profile="toy", n_seeds=1, checkpoint=str(user_data))
+    name = f"fig1fg_transfer_to_hosp2__hosp_toy_{checkpoint_tag(user_data)}"
+    figures = Path(os.environ["FMCT_FIGURES"])
+    assert (figures / f"{name}.png").exists() and (figures / f"{name}_comparison.csv").exists()
+    assert '"target_dataset": "hosp2"' in (figures / f"{name}.json").read_text()
