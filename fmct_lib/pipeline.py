@@ -23,6 +23,7 @@ for an encoder given as a checkpoint (the authors' weights), not for pretraining
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -80,7 +81,7 @@ class Study:
             return self.scans
         return self.scans[self.scans["site"] == self.site_filter["site"]]
 
-    @property
+    @functools.cached_property  # hashed once per study, however many figures it names
     def encoder_tag(self) -> str | None:
         """What names the study's encoder in its figures when it starts from a ``checkpoint``: the file's name and
         the first 8 hex digits of its sha256, and the preset where it is not the paper's (``model-1a2b3c4d-reference``);

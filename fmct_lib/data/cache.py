@@ -116,11 +116,12 @@ def _usable(entry: dict, volume: str | None, out: Path) -> bool:
 
 
 def stale_scans(dataset: str, spec: PreprocessSpec, scan_ids, *, root: Path | None = None,
-                data_root: Path | None = None) -> list[str]:
+                data_root: Path | None = None, scans: pd.DataFrame | None = None) -> list[str]:
     """The scans among ``scan_ids`` whose cached canvas is gone or was made from another version of their volume
-    (re-ingested since under the same id): ``build_cache`` does them again, and a reader must not use them."""
+    (re-ingested since under the same id): ``build_cache`` does them again, and a reader must not use them.
+    ``scans``: the dataset's scan table, where the caller has read it already."""
     out = cache_dir(dataset, spec, root)
-    table = load_scans(dataset, data_root)
+    table = load_scans(dataset, data_root) if scans is None else scans
     volumes = dict(zip(table["scan_id"], table["path"].astype(str)))
     index = {r["scan_id"]: r for r in read_index(dataset, spec, root).to_dict("records")}
     return [s for s in map(str, scan_ids) if s in index and not _usable(index[s], volumes.get(s), out)]

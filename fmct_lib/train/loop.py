@@ -297,7 +297,7 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
 
 def _diverged_message(loss: float, step: int, run_dir: Path, saved_step: int | None) -> str:
     saved = (f"its resume state {run_dir / STATE_FILE} holds step {saved_step}, before it, but resuming would take "
-             f"the same steps again" if saved_step else "no resume state was written")
+             f"the same steps again" if saved_step is not None else "no resume state was written")
     return (f"{run_dir}: pretraining diverged: the loss of step {step} is {loss} (not finite); nothing of that step "
             f"was applied or saved and no encoder was exported ({saved}). Lower the learning rate (--batch-size sets "
             f"it by the global batch) or change the method's options, then start over (--restart, or another "

@@ -260,11 +260,13 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
     scan (or list it in its ``rejects.csv``); otherwise ``StageMissing`` names the ``fmct cache`` command.
     """
     from ..data.cache import CachedVolumes, cache_dir, read_index, stale_scans
+    from ..data.manifest import load_scans
     profile_name = get_profile(profile).name
     method_options(method, options)  # an unknown method or option fails before anything is read
     run_dir = Path(run_dir) if run_dir else default_run_dir(dataset, method, fraction, profile_name, seed, max_steps)
     spec = paper_spec(profile)
-    wanted = pretraining_scan_ids(dataset, fraction, seed)
+    scans = load_scans(dataset)  # read once: the pretraining set, the cache's freshness, the monitor's labels
+    wanted = pretraining_scan_ids(dataset, fraction, seed, scans=scans)
     cached = set(read_index(dataset, spec)["scan_id"].astype(str))  # StageMissing when there is no cache
     folder = cache_dir(dataset, spec)
     rejects = folder / "rejects.csv"
@@ -275,7 +277,7 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
             f"{folder}: the cache lacks {len(missing)} of the {len(wanted)} pretraining scans "
             f"(e.g. {missing[:3]}). Build it with:\n    fmct cache --dataset {dataset} --profile {profile_name}")
     scan_ids = [s for s in wanted if s in cached]  # rejected scans are listed in the cache's rejects.csv
-    stale = stale_scans(dataset, spec, scan_ids)
+    stale = stale_scans(dataset, spec, scan_ids, scans=scans)
     if stale:  # torchrun's processes only read the cache: a re-ingested scan must not train from its old canvas
         raise StageMissing(
             f"{folder}: {len(stale)} of the pretraining scans changed since they were cached (re-ingested; e.g. "
@@ -287,9 +289,7 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
     volumes = CachedVolumes(dataset, spec, scan_ids=scan_ids)
     watch = None
     if monitor and is_main and not (resume and (run_dir / DONE_FILE).exists()):
-        from ..data.manifest import load_scans
         from .monitor import KnnMonitor, monitor_tasks
-        scans = load_scans(dataset)
         watch = KnnMonitor(dataset, scans, monitor_tasks(dataset, scans), spec, seed)
         if watch.unscored:
             log.warning(watch.unscored)
