@@ -277,24 +277,30 @@ def test_notebook_runs_on_a_users_dataset_and_states_what_it_skipped(user_data, 
 
 
 @pytest.mark.notebook
-def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("notebook, dataset, figure", [("06_embeddings", "rsna", "suppfig11_embeddings"),
+                                                       ("05_scaling", "hosp", "fig4_scaling_auroc")])
+def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_data, tmp_path, monkeypatch, notebook,
+                                                                          dataset, figure):
     """Issue 26, item 9: ``-p preset reference -p checkpoint FILE`` (the authors' weights' route) runs a notebook
     on the authors' chain: the cache of the reference spec is built, and the figure's configuration records the
-    preset and that spec's hash (the paper chain's cache is not needed)."""
+    preset and that spec's hash (the paper chain's cache is not needed). 05 with a checkpoint pretrains nothing:
+    its one encoder's probes, named after the file and the preset."""
     import json
 
     from fmct_lib.data.preprocess import paper_spec, reference_spec
     figures = tmp_path / "figures"
     monkeypatch.setenv("FMCT_FIGURES", str(figures))  # this run's figure alone, beside the paper-chain runs above
-    out = tmp_path / "06_embeddings_reference.ipynb"
-    _execute(REPO / "notebooks" / "06_embeddings.ipynb", out, dataset="rsna", profile="toy", preset="reference",
+    out = tmp_path / f"{notebook}_reference.ipynb"
+    _execute(REPO / "notebooks" / f"{notebook}.ipynb", out, dataset=dataset, profile="toy", preset="reference",
              checkpoint=str(user_data))
-    name = f"suppfig11_embeddings__rsna_toy_{checkpoint_tag(user_data)}-reference"
+    name = f"{figure}__{dataset}_toy_{checkpoint_tag(user_data)}-reference"
     config = json.loads((figures / f"{name}.json").read_text())["config"]
     reference = reference_spec("toy")
     assert config["preset"] == "reference" and config["spec"] == reference.hash != paper_spec("toy").hash
-    assert (Path(os.environ["FMCT_CACHE"]) / "rsna" / reference.hash).is_dir()
-
+    assert (Path(os.environ["FMCT_CACHE"]) / dataset / reference.hash).is_dir()
+    if notebook == "05_scaling":  # the checkpoint's probes alone: one row per evaluation, no fraction compared
+        data = pd.read_csv(figures / f"{name}.csv")
+        assert set(data.method) == {"checkpoint"} and set(data.fraction) == {1.0}
 
 
 def checkpoint_tag(path) -> str:
