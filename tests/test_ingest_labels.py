@@ -190,8 +190,10 @@ def test_the_users_split_column_is_kept_and_unlisted_volumes_go_to_the_pool(blee
 def test_stratified_split_counts_patients_exactly_with_several_scans_each(bleeds, tmp_path):
     src, _, _ = bleeds
     # 12 patients of 2 scans, 4 positive. Patients: 9.6 / 1.2 / 1.2 → 10 / 1 / 1 (the one left over to train's .6).
-    # Positives 3.2 / .4 / .4, negatives 6.4 / .8 / .8: floors 3 / 0 / 0 and 6 / 0 / 0; the negatives' .8s fill val
-    # and test, the positives' .2 in train takes train's last place: positives 4 / 0 / 0, negatives 6 / 1 / 1
+    # The positives, the rarer value, go first, each where they are wanted most: of 3.2 / .4 / .4, three to train
+    # (.2 left), the fourth to val (.4, a tie with test goes to the earlier split). The negatives want 6.4 / .8 / .8
+    # with val full: six to train (.4 left), then test (.8), the last to train. Positives 3 / 1 / 0, negatives
+    # 7 / 0 / 1: each within one patient of its quota
     lines = [f"ct_{i:02d}.nii.gz,M{i // 2},{int(i // 2 < 4)}" for i in range(24)]
     labels = write_csv(tmp_path / "pairs.csv", "filename,mrn,bleed\n" + "\n".join(lines) + "\n")
     ingest_nifti(src, name="pairs", labels=labels, mapping={"bleed": "ich"}, path_column="filename",
@@ -201,7 +203,7 @@ def test_stratified_split_counts_patients_exactly_with_several_scans_each(bleeds
     assert (per_patient["n"] == 1).all()
     assert per_patient["split"].value_counts().reindex(["train", "val", "test"]).tolist() == [10, 1, 1]
     assert per_patient.groupby("ich")["split"].value_counts().to_dict() == {
-        (0, "train"): 6, (0, "val"): 1, (0, "test"): 1, (1, "train"): 4}
+        (0, "train"): 7, (0, "test"): 1, (1, "train"): 3, (1, "val"): 1}
 
 
 # ------------------------------------------------------------------------------------------- the samples
