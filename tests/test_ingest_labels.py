@@ -206,6 +206,78 @@ def test_stratified_split_counts_patients_exactly_with_several_scans_each(bleeds
         (0, "train"): 7, (0, "test"): 1, (1, "train"): 3, (1, "val"): 1}
 
 
+# ------------------------------------------------------------------------------ rows that nearly name a volume
+def test_rows_writing_nii_for_nii_gz_are_refused_naming_rows_and_volumes_before_anything_is_written(bleeds, tmp_path):
+    """The audit's file: every other row writes ``ct_01.nii`` for ``ct_01.nii.gz``. Ingested, each such volume was
+    an unlabelled scan of a patient of its own, its patient's labelled scans perhaps in another split, and the
+    only word was "12 row(s) match no volume"; now one line, exit status 2, naming the file, the count, the rows
+    with their near volumes and the fix, and nothing is written."""
+    src, _, root = bleeds
+    names = [f"ct_{i:02d}.nii" + ("" if i % 2 else ".gz") for i in range(24)]
+    labels = write_csv(tmp_path / "lab_half.csv", "filename,mrn,bleed\n"
+                       + "".join(f"{name},M{i},{i % 3 == 0:d}\n" for i, name in enumerate(names)))
+    code, out, err = run_cli(["ingest", "nifti", "--name", "half", "--source", str(src), "--labels", str(labels),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich", "--workers", "1"])
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"fmct ingest nifti: error: {labels}: 12 row(s) of column 'filename' (--path-col) name no "
+                          f"volume below {src} but nearly name one that no row names")
+    assert ("row 3: 'ct_01.nii' -> volume 'ct_01.nii.gz'?; row 5: 'ct_03.nii' -> volume 'ct_03.nii.gz'?; "
+            "row 7: 'ct_05.nii' -> volume 'ct_05.nii.gz'? and 9 more. Correct the CSV's path column") in err
+    assert not (root / "half").exists()
+
+    # every row so: the near matches are named, not "none of its rows names a volume"
+    labels.write_text("filename,mrn,bleed\n" + "".join(f"ct_{i:02d}.nii,M{i},1\n" for i in range(24)))
+    with pytest.raises(ValueError, match=r"24 row\(s\) .* row 2: 'ct_00.nii' -> volume 'ct_00.nii.gz'\?"):
+        ingest_nifti(src, name="half", labels=labels, mapping={"bleed": "ich"}, path_column="filename",
+                     patient_column="mrn", workers=1)
+    assert not (root / "half").exists()
+
+
+@pytest.mark.parametrize("written, volume", [("CT_05.NII.GZ", "ct_05.nii.gz"),    # case only
+                                             ("ct_5.nii.gz", "ct_05.nii.gz"),     # leading zeros lost
+                                             ("export/ct_05.nii.gz", "ct_05.nii.gz"),  # a leading folder
+                                             ("Ct_005", "ct_05.nii.gz")])         # all at once, no extension
+def test_a_row_naming_a_volume_up_to_case_zeros_or_a_folder_is_refused(bleeds, tmp_path, written, volume):
+    src, _, root = bleeds
+    lines = [f"{written if i == 5 else f'ct_{i:02d}.nii.gz'},M{i},{i % 2}" for i in range(20)]
+    labels = write_csv(tmp_path / "near.csv", "filename,mrn,bleed\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as error:
+        ingest_nifti(src, name="near", labels=labels, mapping={"bleed": "ich"}, path_column="filename",
+                     patient_column="mrn", workers=1)
+    assert f"{labels}: 1 row(s) of column 'filename' (--path-col)" in str(error.value)
+    assert f"row 7: {written!r} -> volume {volume!r}?" in str(error.value)
+    assert not (root / "near").exists()
+
+
+def test_a_row_matching_nothing_near_still_ingests_and_says_what_became_of_the_unlisted_volumes(bleeds):
+    """The fixture's ``ct_99.nii.gz`` is no near match of ct_22 or ct_23 (the volumes no row names): ingested as
+    before, the row named on stderr with what became of those two volumes, so the user can judge."""
+    src, labels, root = bleeds
+    code, out, err = run_cli(["ingest", "nifti", "--name", "bleeds", "--source", str(src), "--labels", str(labels),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich", "--workers", "1"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["labels_without_volume_rows"] == ["row 24: ct_99.nii.gz"]
+    assert summary["not_in_labels_volumes"] == ["ct_22.nii.gz", "ct_23.nii.gz"]
+    line = next(line for line in err.splitlines() if "match no volume" in line)
+    assert line == (f"fmct ingest nifti: 1 row(s) of {labels} match no volume below {src}: row 24: ct_99.nii.gz; "
+                    "the 2 volume(s) no row names (e.g. ct_22.nii.gz, ct_23.nii.gz) are kept as unlabelled scans, "
+                    "each its own patient (its file), split 8:1:1 with the others, those in train read by "
+                    "pretraining: where a row means one of them, correct its path (--path-col filename) and run "
+                    "again, or that patient's scans can fall in different splits")
+    assert len(load_scans("bleeds")) == 24
+
+    # with the user's own split: the pool
+    split = write_csv(labels.parent / "split.csv", "filename,mrn,bleed,fold\nct_00.nii.gz,M0,1,train\n"
+                      "ct_01.nii.gz,M1,0,val\nct_02.nii.gz,M2,0,test\nnowhere.nii.gz,M9,1,train\n")
+    code, out, err = run_cli(["ingest", "nifti", "--name", "pooled", "--source", str(src), "--labels", str(split),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich",
+                              "--split-col", "fold", "--workers", "1"])
+    assert code == 0, err
+    assert ("the 21 volume(s) no row names (e.g. ct_03.nii.gz, ct_04.nii.gz, ct_05.nii.gz …) are kept as unlabelled "
+            "scans, each its own patient (its file), in the unlabelled pretraining pool (split 'pretrain')") in err
+
+
 # ------------------------------------------------------------------------------------------- the samples
 def test_the_committed_samples_read_with_the_flags_their_readme_gives():
     table = read_labels(EXAMPLES / "labels.csv", mapping={"report_bleed": "ich", "report_sah": "sah",

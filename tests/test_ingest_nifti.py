@@ -191,6 +191,20 @@ def test_a_bare_name_matches_only_a_file_of_its_own(env, tmp_path):
     assert (summary["not_in_labels"], summary["labels_without_volume"]) == (0, 0)
 
 
+def test_a_row_nearly_naming_several_volumes_is_unmatched_and_names_them(env, tmp_path):
+    """``scan.nii`` while siteA/ and siteB/ each hold a ``scan.nii.gz`` no row names: no one near match to point
+    to, so the row is unmatched as before (not refused), its near volumes named."""
+    src = tmp_path / "src"
+    for rel in ("siteA/scan.nii.gz", "siteB/scan.nii.gz", "siteA/other.nii.gz"):
+        save(las_volume(0), src / rel)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,patient_id,bleed\nsiteA/other.nii.gz,patO,0\nscan.nii,patS,1\n")
+    summary = ingest_nifti(src, name="twice", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert summary["labels_without_volume_rows"] == [
+        "row 3: scan.nii (nearly names 2 volumes no row names: siteA/scan.nii.gz, siteB/scan.nii.gz)"]
+    assert summary["not_in_labels"] == 2
+
+
 def test_symlinked_folders_are_followed_once_and_hidden_files_left_out(env, tmp_path):
     """A cohort linked together from an archive (a folder link, and a loop back to the source) ingests every
     volume once; macOS's ``._scan.nii.gz`` (AppleDouble metadata, not a volume) is no rejection."""

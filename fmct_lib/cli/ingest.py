@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("labels_without_volume"):
         print(f"fmct ingest {args.kind}: {summary['labels_without_volume']} row(s) of {args.labels} match no "
               f"volume below {args.source}: {'; '.join(summary['labels_without_volume_rows'][:3])}"
-              f"{' …' if summary['labels_without_volume'] > 3 else ''}", file=sys.stderr)
+              f"{' …' if summary['labels_without_volume'] > 3 else ''}"
+              f"{_unlisted_volumes(summary, args) if args.kind == 'nifti' else ''}", file=sys.stderr)
     for key, what in (("labels_without_image", "labelled image(s) of the labels CSV have no file"),
                       ("reads_without_series", "patient(s) of reads.csv have no series folder")):
         if summary.get(key):  # RSNA, CQ500: a partial download
@@ -152,6 +153,22 @@ def run(args: argparse.Namespace) -> int:
     for warning in _small_split_warnings(summary):
         print(f"fmct ingest {args.kind}: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _unlisted_volumes(summary: dict, args: argparse.Namespace) -> str:
+    """What became of the volumes no row names (``fmct ingest nifti``), for the line on rows that match no volume:
+    the user judges whether a row meant one of them (a near match, ``ct_03.nii`` for ``ct_03.nii.gz``, is refused
+    before this)."""
+    n = summary.get("not_in_labels", 0)
+    if not n:
+        return "; every volume has a row"
+    shown = summary.get("not_in_labels_volumes", [])[:3]
+    where = ("in the unlabelled pretraining pool (split 'pretrain')" if args.split_col else
+             "split 8:1:1 with the others, those in train read by pretraining")
+    return (f"; the {n} volume(s) no row names (e.g. {', '.join(shown)}{' …' if n > len(shown) else ''}) are kept "
+            f"as unlabelled scans, each its own patient (its file), {where}: where a row means one of them, correct "
+            f"its path (--path-col {args.path_col}) and run again, or that patient's scans can fall in different "
+            "splits")
 
 
 def _small_split_warnings(summary: dict) -> list[str]:

@@ -7,17 +7,18 @@ and Hounsfield scale; ``checks.py``), so a file ingestion accepts is one the cac
 reoriented to RAS and written under ``<root>/<name>/volumes`` as int16 HU, with its flags. The labels CSV
 (``labels.read_labels``: its format, and what it refuses) has one row per volume: a path column (relative to
 ``source``, or a bare file name where no other file below ``source`` has that name; a bare name that several
-files share is refused, naming the row and the files), a patient column, label columns renamed to task names
-through ``mapping`` (``{"csv column": "task"}``; e.g. EHR-derived labels as in the paper) and optionally a
-split column. Volumes
-missing from the CSV are kept with empty labels and their own file as patient (with a split column: in the
-unlabelled pretraining pool, ``splits.POOL_SPLIT``); bad volumes are rejections. Without a split column the
-split is ``splits.stratified_splits`` (exact 8:1:1 by patient, stratified by label, from ``seed``). The
-dataset is appended to the manifest with its tasks.
+files share is refused, naming the row and the files; so is a row that names no file but nearly names one that
+no row names, ``ct_03.nii`` for ``ct_03.nii.gz``: ``_match_labels``), a patient column, label columns renamed to
+task names through ``mapping`` (``{"csv column": "task"}``; e.g. EHR-derived labels as in the paper) and
+optionally a split column. Volumes missing from the CSV are kept with empty labels and their own file as
+patient (with a split column: in the unlabelled pretraining pool, ``splits.POOL_SPLIT``); bad volumes are
+rejections. Without a split column the split is ``splits.stratified_splits`` (exact 8:1:1 by patient,
+stratified by label, from ``seed``). The dataset is appended to the manifest with its tasks.
 """
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +43,47 @@ def read_nifti_job(path):
     return hu_int16(data), affine, row, []
 
 
-def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame,
-                  labels_file) -> tuple[dict[Path, int], list[str]]:
+NEAR_SHOWN = 3  # near matches a refusal names before "…"
+_LEADING_ZEROS = re.compile(r"(?<!\d)0+(?=\d)")  # zeros before a digit, at the start of a number
+
+
+def _near_key(path: str) -> tuple[str, ...]:
+    """A path as compared for a near match: its folders and file name in lower case, the NIfTI extension
+    (``.nii.gz``, ``.nii``) dropped and leading zeros of every number dropped (``Site_A/CT_003.nii`` and
+    ``site_a/ct_3.nii.gz`` are one key), ``.`` and empty parts left out."""
+    parts = [part for part in path.replace("\\", "/").lower().split("/") if part not in ("", ".")]
+    if parts:
+        for suffix in (".nii.gz", ".nii"):
+            if parts[-1].endswith(suffix) and len(parts[-1]) > len(suffix):
+                parts[-1] = parts[-1][:-len(suffix)]
+                break
+    return tuple(_LEADING_ZEROS.sub("", part) for part in parts)
+
+
+def _near_volumes(entry: str, by_stem: dict[str, list[tuple[tuple[str, ...], Path]]]) -> list[Path]:
+    """The volumes whose path (relative to the source) names ``entry`` up to the NIfTI extension, case, leading
+    zeros and leading folders: one key the other's last parts (``export/ct_03.nii`` and ``ct_03.nii.gz``,
+    ``ct_3.nii.gz`` and ``site/CT_03.nii.gz``), never two different folders (``siteC/scan`` is no ``siteB/scan``)."""
+    key = _near_key(entry)
+    if not key:
+        return []
+    return [f for other, f in by_stem.get(key[-1], [])
+            if other[-len(key):] == key or key[-len(other):] == other]
+
+
+def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, labels_file,
+                  path_column: str = "path") -> tuple[dict[Path, int], list[str]]:
     """Row index in ``labels`` for each file, matched by its path relative to ``source`` (``\\`` read as ``/``,
     as a Windows spreadsheet writes it; an absolute path below ``source`` made relative); a bare file name in
     the CSV (no folder part) matches the one file of that name anywhere below ``source``, and is refused
     (``ValueError`` naming the row and the files) when several files have that name. Also returns the rows
-    that match no file (``"row N: path"``, N as a spreadsheet numbers them); none matching is refused."""
+    that match no file (``"row N: path"``, N as a spreadsheet numbers them); none matching is refused.
+
+    A row that matches no file but nearly names exactly one file no row names (``_near_volumes``: ``ct_03.nii``
+    for ``ct_03.nii.gz``, another case, a leading folder, lost leading zeros) is refused, naming the rows and their
+    volumes: ingested, that volume would be an unlabelled scan of a patient of its own, its patient's labelled
+    scans perhaps in another split (a patient leak), so the CSV is to be corrected, not guessed at. A row with
+    several near matches stays unmatched, its near matches named."""
     rel_of = {f: str(f.relative_to(source)) for f in files}
     by_rel = {rel: f for f, rel in rel_of.items()}
     by_name: dict[str, list[Path]] = {}
@@ -69,7 +104,26 @@ def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame,
             out[candidates[0]] = i
         else:
             unmatched.append((i + 2, entry))
-    unmatched = [f"row {n}: {entry}" for n, entry in sorted(unmatched)]
+    unmatched.sort()
+    by_stem: dict[str, list[tuple[tuple[str, ...], Path]]] = {}
+    for f in files:
+        if f not in out and (key := _near_key(rel_of[f])):
+            by_stem.setdefault(key[-1], []).append((key, f))
+    near = {n: _near_volumes(entry, by_stem) for n, entry in unmatched}
+    single = [f"row {n}: {entry!r} -> volume {rel_of[near[n][0]]!r}?" for n, entry in unmatched if len(near[n]) == 1]
+    if single:
+        raise ValueError(
+            f"{labels_file}: {len(single)} row(s) of column {path_column!r} (--path-col) name no volume below "
+            f"{source} but nearly name one that no row names (another extension, case, leading folder or leading "
+            f"zeros): {'; '.join(single[:NEAR_SHOWN])}"
+            f"{f' and {len(single) - NEAR_SHOWN} more' if len(single) > NEAR_SHOWN else ''}. Correct the CSV's "
+            f"path column to each volume's path relative to the source (or its file name) and run again; as it is, "
+            "each such volume would be an unlabelled scan of a patient of its own, its patient's labelled scans "
+            "perhaps in another split (row 1 is the header)")
+    unmatched = [f"row {n}: {entry}" + (f" (nearly names {len(near[n])} volumes no row names: "
+                                        f"{', '.join(sorted(rel_of[f] for f in near[n])[:NEAR_SHOWN])}"
+                                        f"{' …' if len(near[n]) > NEAR_SHOWN else ''})" if near[n] else "")
+                 for n, entry in unmatched]
     if len(labels) and not out:
         raise ValueError(f"{labels_file}: none of its {len(labels)} rows names a volume below {source} (e.g. "
                          f"{'; '.join(unmatched[:3])}; below it are e.g. {', '.join(list(by_rel)[:3])}): give each "
@@ -99,7 +153,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     if labels is not None:
         table = read_labels(labels, path_column=path_column, patient_column=patient_column, mapping=mapping,
                             split_column=split_column)
-    rows_of, unmatched = _match_labels(files, source, table, labels)
+    rows_of, unmatched = _match_labels(files, source, table, labels, path_column)
 
     jobs = []
     for f in files:
@@ -126,4 +180,5 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     summary["not_in_labels"] = len(files) - len(rows_of)
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]
+    summary["not_in_labels_volumes"] = [str(f.relative_to(source)) for f in files if f not in rows_of][:10]
     return summary
