@@ -358,6 +358,25 @@ def test_paired_comparison_bootstraps_the_difference_on_the_same_scans():
     assert macro.difference > 0 and macro.ci_low > 0 and macro.p_value < 0.05  # a is the better model here
 
 
+def test_paired_comparison_leaves_a_macro_over_fewer_tasks_undefined():
+    """A K-shot comparison at a K one task has no run of (too few positives): its macro would be the other tasks'
+    alone, which the macro rows at other K are not; with ``tasks`` named it is NaN and says which task is missing,
+    while the per-task rows stand as they are."""
+    from fmct_lib.evaluate import paired_comparison
+    labels, scores_a = synthetic_predictions(n=60, seed=1, signal=1.5, missing=False)
+    _, scores_b = synthetic_predictions(n=60, seed=2, signal=0.3, missing=False)
+    a, b = (long_table(labels[:, :2], s[:, :2], ("ich", "sdh")) for s in (scores_a, scores_b))
+    whole = paired_comparison(a, b, n_boot=20, n_perm=50, seed=0)
+    short = paired_comparison(a, b, n_boot=20, n_perm=50, seed=0, tasks=["ich", "sdh", "edema"])
+    per_task = short["task"] != "macro"
+    pd.testing.assert_frame_equal(short[per_task], whole[per_task])
+    macro = short[~per_task]
+    assert len(macro) == 2 and macro[["a", "b", "difference", "ci_low", "ci_high", "p_value"]].isna().all().all()
+    assert (macro["reason"] == "no run of edema: a macro over the other tasks would not be the same comparison").all()
+    assert whole.loc[whole.task == "macro", "difference"].notna().all()  # every task named present: as before
+    pd.testing.assert_frame_equal(paired_comparison(a, b, n_boot=20, n_perm=50, seed=0, tasks=["sdh", "ich"]), whole)
+
+
 def test_a_replicate_that_draws_no_positive_of_a_rare_task_has_no_macro():
     """The macro's interval averages the same tasks in every replicate as its point value does: a replicate
     without a positive of the rare task (2 of 100 scans) is left out, never averaged over the other tasks."""

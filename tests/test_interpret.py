@@ -400,6 +400,10 @@ def test_lesion_table_and_summary_against_independent_computation():
     assert summary.loc["finetuned", "frac_above_control"] == 1.0
     assert summary.loc["finetuned", "median_control_enrichment"] == pytest.approx(np.median(controls))
     assert summary.loc["finetuned", "p_vs_control"] == pytest.approx(wilcoxon(expected, controls).pvalue)
+    # the direction of the pairing: the median of the per-scan differences, not the difference of the medians
+    assert summary.loc["finetuned", "median_difference_vs_control"] == pytest.approx(
+        np.median(np.asarray(expected) - np.asarray(controls)))
+    assert summary.loc["finetuned", "median_difference_vs_reference"] == pytest.approx(np.median(expected) - 1.0)
     assert np.isnan(summary.loc["pretrained", "p_vs_control"])  # own map = control on every scan
     assert np.isnan(summary.loc["pretrained", "p_vs_reference"])
     assert summary.loc["finetuned", "p_vs_reference"] == pytest.approx(wilcoxon(expected, np.ones(6)).pvalue)

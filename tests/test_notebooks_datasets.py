@@ -122,9 +122,14 @@ def test_the_parts_of_02_to_05_and_08_on_small_tables():
     from fmct_lib.interpret.parts import retrieval_parts, scaling_parts, task_parts, transfer_parts
     table = scan_table()  # ich: 3 positive / 3 negative training scans, 2 / 2 test scans; one site, no subtypes
     assert task_parts("02_finetune", "synthetic", table, ["ich"]).skipped == {}
-    few = task_parts("04_fewshot", "synthetic", table, ["edh"])
+    # a task named that is not a column is refused (tests/test_task_checks.py); one that is, without a positive,
+    # skips the part naming its counts (this asked for a missing column before the refusal existed)
+    few = task_parts("04_fewshot", "synthetic", table.assign(edh=0), ["edh"])
     assert few.skipped == {"few-shot": "no task has positive and negative scans in both the training and the test "
-                                       "split (edh: no such column in the scan table)"} and few.tasks == ()
+                                       "split (edh: train 0 positive / 6 negative, test 0 positive / 4 negative)"}
+    assert few.tasks == ()
+    with pytest.raises(ValueError, match="task 'edh' is not a label column"):
+        task_parts("04_fewshot", "synthetic", table, ["edh"])
     # one site and no target dataset: the in-domain models only; another dataset as the target: both
     alone = transfer_parts("hosp", table, has_sites=False, target_dataset="hosp", tasks=["ich"])
     assert list(alone.skipped) == ["external validation"] and alone.runs("in-domain")
@@ -151,14 +156,17 @@ def test_the_parts_of_09_and_10_on_small_tables():
     table["sdh"] = [1, 1] + [0] * 10
     parts, subtypes = other_encoder_parts("synthetic", table, table, ["sdh", "edh"], tasks=["ich"])
     assert parts.skipped == {} and parts.tasks == ("ich",) and subtypes == ("sdh",)
-    parts, subtypes = other_encoder_parts("hosp", table, table, ["edh"], tasks=["tumor"])
+    # tumor: a column without labels (a missing column is refused now: tests/test_task_checks.py)
+    parts, subtypes = other_encoder_parts("hosp", table.assign(tumor=np.nan), table, ["edh"], tasks=["tumor"])
     assert subtypes == () and parts.skipped == {
-        "comparison": "no task has positive and negative scans in both the training and the test split (tumor: no "
-                      "such column in the scan table)",
+        "comparison": "no task has positive and negative scans in both the training and the test split (tumor: "
+                      "train 0 positive / 0 negative, test 0 positive / 0 negative)",
         "retrieval": "no subtype label with at least 2 positive scans (edh: no such column); retrieval needs the "
                      "haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)"}
     assert task_parts("10_modelling_choices", "synthetic", table, ["ich"]).runs("comparison")
-    assert not task_parts("10_modelling_choices", "synthetic", table, ["edh"]).runs("comparison")
+    assert not task_parts("10_modelling_choices", "synthetic", table.assign(edh=0), ["edh"]).runs("comparison")
+    with pytest.raises(ValueError, match="not a label column"):  # a missing column: refused, not skipped
+        task_parts("10_modelling_choices", "synthetic", table, ["edh"])
 
 
 # -- the protocol helpers of 06 ------------------------------------------------------------------------------
@@ -198,6 +206,16 @@ def test_performance_by_protocol_is_the_bootstrap_within_each_group():
     expected = expected[(expected.task == "macro") & (expected.metric == "auroc")].iloc[0]
     assert (ge.value, ge.ci_low, ge.ci_high, ge.n_scans) == (expected.value, expected.ci_low, expected.ci_high, 20)
     assert performance_by_protocol(predictions, {"scanner": scanner[:0]}, n_boot=20).empty
+    # a second task whose Siemens scans are all negative: Siemens has no SAH row, so no macro (a mean of ICH alone
+    # would not compare with GE's mean of ICH and SAH); GE's macro is the mean of both
+    sah = predictions.assign(task="sah", label=[1, 0] * 10 + [0] * 20)
+    both = performance_by_protocol(pd.concat([predictions, sah]), {"scanner": scanner}, n_boot=20, seed=3)
+    macro = both[(both.task == "macro") & (both.metric == "auroc")].set_index("group")
+    assert macro.loc["scanner: Siemens", ["value", "ci_low", "ci_high"]].isna().all()
+    assert macro.loc["scanner: Siemens", "reason"].startswith("no positive and negative scans of sah in this group")
+    assert not both[(both.group == "scanner: Siemens") & (both.task == "sah")].shape[0]
+    per_task = both[(both.group == "scanner: GE") & (both.metric == "auroc") & (both.task != "macro")]
+    assert macro.loc["scanner: GE", "value"] == pytest.approx(per_task["value"].mean())
 
 
 # -- the notebooks on RSNA-layout and NIfTI-layout data ------------------------------------------------------

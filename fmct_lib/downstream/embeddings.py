@@ -156,10 +156,14 @@ def performance_by_protocol(predictions: pd.DataFrame, groups: dict[str, pd.Seri
                             seed: int = 0) -> pd.DataFrame:
     """``evaluate.bootstrap_ci`` of ``predictions`` (``scan_id, task, label, …``) within each protocol group:
     ``groups`` maps a protocol's name to each scan's group (a Series indexed by ``scan_id``; NaN = unknown, left
-    out). Only the tasks with both labels in a group count there. Columns: ``bootstrap_ci``'s plus ``group``
-    (``"<protocol>: <value>"``), ``by`` (the protocol) and ``n_scans``."""
+    out). Only the tasks with both labels in a group count there; a group that lacks one of ``predictions``' tasks
+    so has no macro (NaN, its ``reason`` naming the tasks missing): a mean over fewer tasks would not compare with
+    the other groups' macros. Columns: ``bootstrap_ci``'s plus ``group`` (``"<protocol>: <value>"``), ``by`` (the
+    protocol) and ``n_scans``."""
     from ..evaluate import bootstrap_ci
+    from ..evaluate.metrics import MACRO
 
+    tasks = set(predictions["task"])
     parts = []
     for name, group_of in groups.items():
         grouped = predictions.assign(_group=predictions["scan_id"].map(group_of)).dropna(subset=["_group"])
@@ -167,7 +171,13 @@ def performance_by_protocol(predictions: pd.DataFrame, groups: dict[str, pd.Seri
             usable = g.groupby("task")["label"].agg(lambda s: s.nunique() == 2)
             g = g[g.task.isin(usable[usable].index)].drop(columns="_group")
             if len(g):
-                parts.append(bootstrap_ci(g, n_boot=n_boot, seed=seed).assign(
-                    group=f"{name}: {value}", by=name, n_scans=g.scan_id.nunique()))
+                table = bootstrap_ci(g, n_boot=n_boot, seed=seed)
+                missing = sorted(tasks - set(g["task"]))
+                if missing:
+                    macro = table["task"] == MACRO
+                    table.loc[macro, ["value", "mean", "ci_low", "ci_high"]] = np.nan
+                    table.loc[macro, "reason"] = (f"no positive and negative scans of {', '.join(missing)} in this "
+                                                  "group: a macro over the other tasks would not compare")
+                parts.append(table.assign(group=f"{name}: {value}", by=name, n_scans=g.scan_id.nunique()))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["task", "metric", "value", "ci_low", "ci_high", "group", "by", "n_scans"])

@@ -24,6 +24,7 @@ permutation evaluation on 10,000 scans × 10 tasks.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -403,13 +404,16 @@ def _as_matrix(x) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- comparison
 def paired_comparison(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame, n_boot: int = 100,
-                      n_perm: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+                      n_perm: int = 1000, seed: int = 0, ci: float = 0.95,
+                      tasks: Sequence[str] | None = None) -> pd.DataFrame:
     """Model a against model b on the same scans, as a figure's comparison table (paper, Methods, "Statistical
     analysis"): per task, ``macro`` and metric, ``a, b, difference`` (a − b), ``relative_pct`` (``100 (a − b) / b``,
     as the paper reports), ``ci_low, ci_high`` (the 95% bootstrap interval of the difference: both models on
     the same resampled scans in each replicate), ``p_value`` (two-sided paired permutation test), ``n_boot``,
     ``n_perm`` and ``reason`` (as in ``bootstrap_ci``). The tables must cover the same (scan_id, task) pairs,
-    as ``paired_permutation_test`` requires."""
+    as ``paired_permutation_test`` requires. ``tasks``: the tasks the comparison is about, where the tables may
+    lack some (a K-shot run a task's positives are too few for): the macro is then undefined, its ``reason``
+    naming the tasks missing, as a mean over the others would not be the same comparison as the other rows'."""
     tests = paired_permutation_test(predictions_a, predictions_b, n_perm=n_perm, seed=seed)
     reps_a, reps_b = _replicates(predictions_a, n_boot, seed), _replicates(predictions_b, n_boot, seed)
     alpha = 100 * (1 - ci) / 2
@@ -419,4 +423,11 @@ def paired_comparison(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame, 
         rows.append({"task": r.task, "metric": r.metric, "a": r.a, "b": r.b, "difference": r.a - r.b,
                      "relative_pct": relative_improvement(r.a, r.b), "ci_low": lo, "ci_high": hi,
                      "p_value": r.p_value, "n_boot": n_boot, "n_perm": n_perm, "reason": r.reason})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    missing = sorted(set(tasks or ()) - set(out["task"]))
+    if missing:
+        macro = out["task"] == MACRO
+        out.loc[macro, ["a", "b", "difference", "relative_pct", "ci_low", "ci_high", "p_value"]] = np.nan
+        out.loc[macro, "reason"] = (f"no run of {', '.join(missing)}: a macro over the other tasks would not be the "
+                                    "same comparison")
+    return out

@@ -236,10 +236,12 @@ def summarize_lesion_attention(table: pd.DataFrame, reference: str = "pretrained
     - ``attention_share``, ``chance_share`` (means), ``median_enrichment``, ``median_control_enrichment``;
     - ``frac_above_chance``: the share of scans with enrichment > 1;
     - ``frac_above_control``: the share of scans whose own map scores their lesion higher than the other scans'
-      mean map does, and ``p_vs_control``, the two-sided Wilcoxon signed-rank p of that pairing: does the map
-      follow *this* scan's lesion, beyond where the encoder looks anyway?
-    - ``p_vs_reference``, for every model other than ``reference``: the same test of its enrichment against the
-      ``reference`` model's on the same scans.
+      mean map does, ``median_difference_vs_control``, the median over scans of that paired difference (own minus
+      control; its sign, not the two columns' medians, says which way the pairing goes), and ``p_vs_control``,
+      the two-sided Wilcoxon signed-rank p of that pairing: does the map follow *this* scan's lesion, beyond where
+      the encoder looks anyway?
+    - ``median_difference_vs_reference`` and ``p_vs_reference``, for every model other than ``reference``: the
+      same of its enrichment against the ``reference`` model's on the same scans.
     """
     rows = []
     for (task, model), group in table.groupby(["task", "model"], sort=True):
@@ -252,11 +254,13 @@ def summarize_lesion_attention(table: pd.DataFrame, reference: str = "pretrained
                "frac_above_chance": float((measured["enrichment"] > 1).mean()) if len(measured) else np.nan,
                "frac_above_control": float((controlled["enrichment"] > controlled["control_enrichment"]).mean())
                if len(controlled) else np.nan,
+               "median_difference_vs_control": (measured["enrichment"] - measured["control_enrichment"]).median(),
                "p_vs_control": _paired_p(measured["enrichment"], measured["control_enrichment"]),
-               "p_vs_reference": np.nan}
+               "median_difference_vs_reference": np.nan, "p_vs_reference": np.nan}
         if model != reference:
             ref = table[(table["task"] == task) & (table["model"] == reference)]
             paired = measured.merge(ref, on="scan_id", suffixes=("", "_ref"))
+            row["median_difference_vs_reference"] = (paired["enrichment"] - paired["enrichment_ref"]).median()
             row["p_vs_reference"] = _paired_p(paired["enrichment"], paired["enrichment_ref"])
         rows.append(row)
     return pd.DataFrame(rows)

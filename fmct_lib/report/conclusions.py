@@ -136,8 +136,8 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
     fine-tuned against it}; ``runs``: per model, seed and task (``macro`` included) ``auroc``;
     ``predictions``: the sweep's table (``protocol``, ``seed``); ``paper``: the paper's Fig. 1e AUROCs for
     ``paper_name``; ``protocols``: the order in which the seeds' values are listed. Where ``tests`` hold the 95%
-    CI of the difference (``paired_comparison``) and it contains 0, the two models tie; every deep model is placed
-    against the histogram reference by the same rule (``against_reference``)."""
+    CI of the difference (``paired_comparison``), the verdict is ``judge_difference``'s (CI and p together); every
+    deep model is placed against the histogram reference by the same rule (``against_reference``)."""
     macro = _macro_auroc(summary)
     paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
     seeds = sorted(predictions["seed"].unique().tolist())
@@ -160,7 +160,7 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
         places = {m: against_reference(predictions, m, "histogram", profile) for m in deep}
         lines.append("Reference without a deep model (window histograms + logistic regression): "
                      f"{macro['histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())
-                     + (" (level: the 95% CI of the paired difference contains 0)" if "level with" in places.values()
+                     + (" (level: the 95% CI of the paired difference contains 0 and p ≥ 0.05)" if "level with" in places.values()
                         else "") + ".")
     per_task = summary[(summary.metric == "auroc") & (summary.task != "macro")].pivot(index="task", columns="model",
                                                                                       values="value")
@@ -168,7 +168,7 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
         verdicts = [judge_difference(r["finetune"] - r["scratch"], *paired_evidence(tests["scratch"], task))
                     for task, r in per_task.iterrows()]
         others = tally(verdicts)
-        lines.append(f"Per task, by the 95% CI of the paired difference: fine-tuned beats scratch on "
+        lines.append(f"Per task, by the paired difference's 95% CI and p: fine-tuned beats scratch on "
                      f"{verdicts.count('above')} of {len(verdicts)} tasks{', ' + others if others else ''}"
                      + (" (paper, NYU Langone: beats it on all 10)." if paper_name == "nyu_langone" else "."))
     if len(seeds) > 1:
@@ -219,7 +219,7 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
         "External validation: not run (no source and target to transfer between; see the skipped parts).",
         "Reference without a deep model (in-domain window histograms + logistic regression): "
         f"{macro['in-domain histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())
-        + (" (level: the 95% CI of the paired difference contains 0)" if "level with" in places.values() else "")
+        + (" (level: the 95% CI of the paired difference contains 0 and p ≥ 0.05)" if "level with" in places.values() else "")
         + ".",
         f"The target's training split has {int((target_rows['split'] == 'train').sum())} scans "
         "(paper: CQ500 1,120; RSNA ~8,000).",
@@ -230,7 +230,7 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
 # --------------------------------------------------------------------------------------- 04 · few-shot
 def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd.DataFrame | None,
                        comparison: pd.DataFrame, profile) -> str:
-    """04_fewshot (Fig. 2): pretrained against scratch at each K by the 95% CI of the paired difference, every
+    """04_fewshot (Fig. 2): pretrained against scratch at each K by the paired difference's CI and p, every
     deep model against the histogram reference on the same draws (``against_reference``), and the largest K
     against all data (paper: K = 256 comes close to full-data fine-tuning).
 
@@ -251,7 +251,7 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
         verdicts = {k: judge_difference(macro.loc[k, "pretrained"] - macro.loc[k, "scratch"], *evidence[k])
                     for k in macro.index}
         by = {v: [k for k, w in verdicts.items() if w == v] for v in dict.fromkeys(verdicts.values())}
-        lines.append(f"By the 95% CI of the paired difference, pretrained beats scratch in macro-AUROC at K = "
+        lines.append(f"By the paired difference's 95% CI and p, pretrained beats scratch in macro-AUROC at K = "
                      f"{by.get('above') or 'none'} of {list(macro.index)}"
                      + "".join(f"; {word} at K = {by[v]}" for v, word in OTHER_VERDICTS.items() if v in by) + ".")
         pairs = paired_runs(predictions[predictions.model == "pretrained"], predictions[predictions.model == "scratch"])
@@ -271,7 +271,7 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
                 if {m, "histogram"} <= set(table["protocol"]):
                     places.setdefault(against_reference(table, m, "histogram", profile), []).append(f"{m} {where}")
         if places:
-            lines.append("Against that reference, by the 95% CI of the paired difference: "
+            lines.append("Against that reference, by the paired difference's 95% CI and p: "
                          + "; ".join(f"{place} it: {', '.join(names)}" for place, names in sorted(places.items()))
                          + ".")
     top = macro.index.max()
@@ -289,7 +289,7 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
                        teacher_entropy: dict[float, float] | None = None, uniform: float | None = None) -> str:
     """05_scaling (Fig. 4): per evaluation and method, does macro-AUROC grow with the pretraining fraction (the
     encoder from the most data against the one from the least), and is DINO above each other method at each
-    fraction (paper: both grow, DINO above MAE throughout), each by the 95% CI of the paired difference
+    fraction (paper: both grow, DINO above MAE throughout), each by the paired difference's 95% CI and p
     (``judge_difference``). ``macro``: the macro rows of the summary (evaluation, method, fraction, metric, value);
     ``comparison``: ``paired_comparison`` rows with ``evaluation``, ``model_a`` and ``model_b``: ``dino`` against
     each method at each ``fraction``, and "<method> <most>%" against "<method> <least>%".
@@ -318,7 +318,8 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
                                           & (tests.model_b == f"{method} {100 * low:g}%")])
             verdict = judge_difference(v[high] - v[low], p_value, ci)
             trend = {"above": "it grows with pretraining data", "below": "it FALLS with more pretraining data",
-                     "tie": "it does NOT grow measurably with pretraining data (the CI contains 0)",
+                     "tie": "it does NOT grow measurably with pretraining data (the CI contains 0, p ≥ 0.05)",
+                     "mixed": "the CI and the permutation test disagree: no verdict on growth",
                      "disagree": "the CI lies against the point estimate: no verdict on growth",
                      "untested": "not tested, so no verdict on growth", "undefined": "not measurable"}[verdict]
             lines.append(f"{evaluation}, {method.upper()}: macro-AUROC {' → '.join(f'{x:.3f}' for x in v)} over "
@@ -335,7 +336,7 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
             others = tally(verdicts, "at")
             paper = ("paper: DINO above MAE throughout" if other == "mae" else
                      "a control the paper does not have: DINO below it means the result depends on the method")
-            lines.append(f"{evaluation}, by the 95% CI of the paired difference: DINO above {other.upper()} at "
+            lines.append(f"{evaluation}, by the paired difference's 95% CI and p: DINO above {other.upper()} at "
                          f"{verdicts.count('above')} of {len(verdicts)} fractions{', ' + others if others else ''} "
                          f"({paper}).")
     return _bullets(lines)
@@ -360,9 +361,15 @@ def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance:
                                                                                 thick_chance))}
     verdict = ("Not tested here." if accuracy is None and thick_accuracy is None else
                "Here: " + ", ".join(f"{name} {state}" for name, state in separable.items()) + ".")
+    values = macro["value"].dropna() if not macro.empty else macro
+    undefined = macro[macro["value"].isna()] if not macro.empty else macro
+    left_out = [f"{g} ({r})" for g, r in zip(undefined.get("group", []), undefined.get("reason", []))]
     protocols = ("Fine-tuned macro-AUROC by protocol group: not measured on this dataset" if macro.empty else
-                 f"Fine-tuned macro-AUROC across protocol groups ranges {macro['value'].min():.3f}–"
-                 f"{macro['value'].max():.3f} (spread {macro['value'].max() - macro['value'].min():.3f})")
+                 "Fine-tuned macro-AUROC by protocol group: no group has every task" if values.empty else
+                 f"Fine-tuned macro-AUROC across protocol groups ranges {values.min():.3f}–"
+                 f"{values.max():.3f} (spread {values.max() - values.min():.3f})")
+    if left_out:
+        protocols += "; without a macro: " + "; ".join(left_out)
     return _bullets([
         f"{scanner}; {thickness}. Paper: embeddings are separable by manufacturer and slice thickness. {verdict}",
         f"{protocols}. Paper: comparable performance across scanner protocols.",
@@ -385,12 +392,13 @@ def attention_conclusion(lesion_summary: pd.DataFrame, distance: dict, uniform_d
             lines.append(f"{r['task']}, {r['model']}: no lesion measured.")
             continue
         verdicts.setdefault(r["model"], []).append(
-            judge_difference(r["median_enrichment"] - r["median_control_enrichment"], r["p_vs_control"]))
+            judge_difference(r["median_difference_vs_control"], r["p_vs_control"]))  # the pairs' way, not the medians'
         lost = int(r.get("n_no_lesion", 0) or 0)
         lines.append(f"{r['task']}, {r['model']}: {r['attention_share']:.1%} of the head's attention on lesions that "
                      f"fill {r['chance_share']:.1%} of the head (median enrichment {r['median_enrichment']:.2f}×, "
                      f"the other scans' maps on the same lesions {r['median_control_enrichment']:.2f}×; own map "
-                     f"above them in {r['frac_above_control']:.0%} of {n} scans, Wilcoxon p = {r['p_vs_control']:.3g}"
+                     f"above them in {r['frac_above_control']:.0%} of {n} scans, median paired difference "
+                     f"{r['median_difference_vs_control']:+.2f}, Wilcoxon p = {r['p_vs_control']:.3g}"
                      + (f"; vs pretrained p = {r['p_vs_reference']:.3g}" if pd.notna(r["p_vs_reference"]) else "")
                      + (f"; {lost} scan{'s' * (lost != 1)} without lesion at the model's resolution" if lost else "")
                      + ").")
