@@ -97,13 +97,13 @@ def test_notebook_runs_on_the_toy_profile(path, shared_roots):
     before = {p.name: p.stat().st_mtime_ns for p in figures.glob("*")} if figures.exists() else {}
     _execute(path, out, profile="toy", **TOY_PARAMETERS.get(path.stem, {}))
     written = {p.name for p in figures.glob("*") if before.get(p.name) != p.stat().st_mtime_ns}
-    comparisons = {n for n in written if n.endswith("_comparison.csv")}
-    stems = {n.rsplit(".", 1)[0] for n in written - comparisons}
+    beside = {n for n in written if n.endswith(("_comparison.csv", "_runs.csv"))}
+    stems = {n.rsplit(".", 1)[0] for n in written - beside}
     assert stems, f"{path.name} wrote no figure"
     for stem in stems:  # every figure comes with its data and configuration
         assert {f"{stem}.{ext}" for ext in ("png", "pdf", "csv", "json")} <= written, stem
-    for name in comparisons:  # a comparison table sits beside its figure
-        assert name.removesuffix("_comparison.csv") in stems, name
+    for name in beside:  # a comparison table, and where its models stopped, sit beside their figure
+        assert name.removesuffix("_comparison.csv").removesuffix("_runs.csv") in stems, name
 
 
 @pytest.mark.notebook
@@ -125,6 +125,13 @@ def test_fig1e_states_where_every_model_stopped_and_writes_its_comparison(shared
     assert (macro.paper_a, macro.paper_b, macro.paper_relative_pct) == (0.852, 0.734, 16.07)
     assert (macro.paper_p, macro.paper_p_relation) == (0.001, "<")   # "P < 0.001", as printed
     assert 0 < macro.p_value <= 1 and macro.difference == pytest.approx(macro.a - macro.b)
+    # where each model stopped, beside the figure: one row per protocol, task and seed, the deep ones by the rule
+    runs = pd.read_csv(Path(os.environ["FMCT_FIGURES"]) / "fig1e_finetune_vs_scratch__synthetic_toy_runs.csv")
+    predictions = pd.read_csv(Path(os.environ["FMCT_FIGURES"]) / "fig1e_finetune_vs_scratch__synthetic_toy.csv")
+    assert len(runs) == len(runs.drop_duplicates(["protocol", "task", "seed"]))
+    deep = runs[runs.protocol.isin(["finetune", "scratch", "attentive"])]
+    assert len(deep) and deep["stop_reason"].isin(["rule", "cap"]).all() and deep["stopped_step"].gt(0).all()
+    assert set(runs.protocol) == set(predictions["model"])  # every model drawn has its runs' record
 
 
 @pytest.mark.notebook

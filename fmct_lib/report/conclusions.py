@@ -12,6 +12,7 @@ import pandas as pd
 from ..evaluate import paired_runs
 from .encoders import paper_statements
 from .paper import PAPER_DATASET_NAMES, paper_values_for
+from .run_records import stopping_table
 from .verdicts import (OTHER_VERDICTS, against_reference, describe_comparison, has_ci, judge_difference,
                        paired_evidence, tally)
 
@@ -106,8 +107,8 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
             f"({profile.finetune_max_epochs * profile.finetune_epoch_steps:,} steps).")
     if predictions is None or "stop_reason" not in predictions:
         return rule
-    keys = [c for c in ("task", "protocol", "model", "k", "seed") if c in predictions]
-    runs = predictions[predictions["stop_reason"].fillna("") != ""].drop_duplicates(keys)
+    runs = stopping_table(predictions)
+    runs = runs[runs["stop_reason"].fillna("") != ""]
     lbfgs = runs["stop_reason"].str.contains("L-BFGS")  # the linear probes: solver iterations, not training steps
     converged = int((lbfgs & ~runs["stop_reason"].str.startswith("cap")).sum())
     probes = f" The {int(lbfgs.sum())} linear probes' L-BFGS converged in {converged}." if lbfgs.any() else ""

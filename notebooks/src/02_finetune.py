@@ -26,7 +26,7 @@ n_seeds = None           # training seeds seed, seed+1, … of every model (defa
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
@@ -94,6 +94,7 @@ if parts.runs("comparison"):
                           **(top if metric == "auroc" else {}))
     name = S.figure_name("fig1e_finetune_vs_scratch")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known))
+    run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                        "encoder": str(encoder),

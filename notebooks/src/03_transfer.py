@@ -29,7 +29,7 @@ n_seeds = None             # training seeds seed, seed+1, … of every model (de
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, preset=preset,
                    checkpoint=checkpoint)
@@ -108,6 +108,7 @@ if runs:
     name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""))
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
         "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
+    run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
                        "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),

@@ -24,7 +24,7 @@ preset = "paper"         # paper | reference (the authors' weights' preprocessin
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, plots
+from fmct_lib.report import comparisons, conclusions, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site, preset=preset, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
@@ -101,6 +101,7 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else
                            training=plots.training_rule(P))
     name = S.figure_name(f"fig4_scaling_{metric}")
     comparisons.save_comparison(name, comparison[comparison.metric == metric])
+    run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,
                        "protocol": protocol, "preset": S.spec.name, "spec": S.spec.hash, "tasks": tasks, "site": site,

@@ -23,7 +23,7 @@ site = "internal"
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, plots
+from fmct_lib.report import conclusions, plots, run_records
 
 if projection not in ("tsne", "umap"):
     raise ValueError(f"projection {projection!r}: use 'tsne' or 'umap'")
@@ -100,6 +100,7 @@ if parts.runs("by protocol"):
     fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
                             title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)",
                             profile=P.name, training=plots.training_rule(P))
+    run_records.save_runs(S.figure_name("suppfig12_performance_by_protocol"), predictions)  # where each stopped
     plots.save_figure(fig, S.figure_name("suppfig12_performance_by_protocol"), by_protocol,
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
                        "preset": preset, "spec": S.spec.hash,

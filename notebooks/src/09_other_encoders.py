@@ -38,7 +38,7 @@ n_seeds = None           # training seeds of every model (default: the profile's
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, encoders as compare, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, encoders as compare, naming, paper, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
@@ -110,6 +110,7 @@ if parts.runs("comparison"):
     fig.suptitle(plots.figure_title(title, profile=P.name, training=plots.training_rule(P)), x=0.0, ha="left")
     name = S.figure_name("fig1f_other_encoders")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
+    run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "preset": preset,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},

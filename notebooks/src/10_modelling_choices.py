@@ -32,7 +32,7 @@ n_seeds = None           # training seeds of every model (default: the profile's
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, encoders as compare, paper, plots
+from fmct_lib.report import comparisons, conclusions, encoders as compare, paper, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
@@ -97,6 +97,7 @@ if parts.runs("comparison"):
                           **(heading if metric == "auroc" else {}))
     name = S.figure_name("edfig4_modelling_choices")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
+    run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "preset": preset,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},

@@ -33,7 +33,7 @@ n_seeds = None           # training seeds of every model (default: the profile's
 # %%
 from fmct_lib import pipeline
 from fmct_lib.config import patch_variant
-from fmct_lib.report import comparisons, conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
 P, method = S.profile, S.method
@@ -124,6 +124,7 @@ if parts.runs("comparison"):
     name = naming.figure_name("suppfig2_patch_size", dataset, P)
     names = {fine: "fmct", coarse: "fmct_p16"}
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
+    run_records.save_runs(name, predictions)  # where each model stopped, and why
     paths = plots.save_figure(fig, name, pd.concat([summary.assign(panel="performance"),
                                                     drawn.assign(panel="cost")], ignore_index=True),
                               {"dataset": dataset, "profile": P.to_dict(), "coarse_profile": Q.to_dict(),
