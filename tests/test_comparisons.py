@@ -1,5 +1,6 @@
 """A figure's comparison table (fmct_lib.report.comparisons): the paper's values joined by model, task, metric
 and K, each with the relation it is printed with."""
+import numpy as np
 import pandas as pd
 
 from fmct_lib.report import comparisons, paper
@@ -48,3 +49,30 @@ def test_with_paper_matches_few_shot_values_only_at_their_k():
     # Fig. 2: IVH on RSNA above 0.90 at K = 8; the paper prints no value at other K nor on all data
     assert table.loc[0, ["paper_a", "paper_a_relation"]].tolist() == [0.90, ">"]
     assert table.loc[1:, "paper_a"].isna().all()
+
+
+def test_holm_adjust_equals_its_definition_and_a_hand_computed_case():
+    from fmct_lib.evaluate import holm_adjust
+    # hand: p = 0.01, 0.04, 0.03, NaN (m = 3): sorted 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 → max(0.06, 0.04) = 0.06
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan])
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # brute force: the step-down maximum over every smaller p
+        p = rng.random(int(rng.integers(1, 12))) ** 3
+        m, order = len(p), np.argsort(p)
+        expected = np.empty(m)
+        for i, idx in enumerate(order):
+            expected[idx] = max(min(1.0, (m - j) * p[order[j]]) for j in range(i + 1))
+        np.testing.assert_allclose(holm_adjust(p), expected)
+
+
+def test_a_saved_comparison_adds_holm_within_each_metric(tmp_path):
+    from fmct_lib.evaluate import holm_adjust
+    table = pd.DataFrame({"task": ["ich", "sah", "macro", "ich", "sah", "macro"], "metric": ["auroc"] * 3 + ["ap"] * 3,
+                          "difference": 0.1, "p_value": [0.001, 0.04, 0.02, 0.5, np.nan, 0.01], "n_perm": 1000})
+    path = comparisons.save_comparison("fig_y", table, root=tmp_path)
+    written = pd.read_csv(path)
+    assert list(written.columns) == ["task", "metric", "difference", "p_value", "p_holm", "n_perm"]
+    np.testing.assert_allclose(written.p_holm[:3], holm_adjust([0.001, 0.04, 0.02]))   # 0.003, 0.04, 0.04
+    np.testing.assert_allclose(written.p_holm[3:], [0.5, np.nan, 0.02])  # AP, its own family of 2: 0.01·2, 0.5·1
+    again = comparisons.with_holm(written)   # idempotent: a table read back is adjusted afresh, not twice
+    pd.testing.assert_frame_equal(again, written)

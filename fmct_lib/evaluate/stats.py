@@ -36,7 +36,7 @@ from .metrics import (MACRO, is_undefined, macro_reason, predictions_to_wide, so
 __all__ = [
     "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "permutation_swaps", "permutation_null",
     "paired_permutation_test", "paired_comparison", "relative_improvement", "fewshot_summary", "paired_runs",
-    "mean_ci",
+    "mean_ci", "holm_adjust",
 ]
 METRICS = ("auroc", "ap")
 _SEED_MARK = " @ seed "  # joins task and training seed into one column key (_wide_by_seed)
@@ -325,6 +325,19 @@ def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataF
 
 
 # --------------------------------------------------------------------------------------- summaries
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979; controls the family-wise error rate):
+    the i-th smallest of m becomes ``max_{j ≤ i} min(1, (m − j + 1) p_(j))``. NaN stays NaN and does not count
+    towards m."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    out[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    return out
+
+
 def relative_improvement(new, old):
     """Relative improvement in percent, ``100 · (new − old) / old`` (the paper's "+16.07% macro-AUC")."""
     new, old = np.asarray(new, dtype=float), np.asarray(old, dtype=float)

@@ -3,18 +3,23 @@ the paper's where it gives the same comparison.
 
 ``evaluate.paired_comparison`` computes a comparison of two models on the same scans; ``with_paper`` adds the
 paper's numbers for the same pair (``paper_values.csv``: the two models' values, the relative improvement and
-the P value it reports, each with its printed relation), and ``save_comparison`` writes ``<figures>/<name>_comparison.csv``.
+the P value it reports, each with its printed relation), and ``save_comparison`` writes ``<figures>/<name>_comparison.csv``
+with ``p_holm``: each p-value adjusted by Holm's method over the figure's tests of the same metric, for a reader who
+asks which of a figure's many tests survive as a family (the paper reports unadjusted P values; so do the
+conclusions).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ..evaluate import holm_adjust
 from ..io import atomic_write_csv
 from ..paths import figures_root
 
-__all__ = ["with_paper", "save_comparison"]
+__all__ = ["with_paper", "with_holm", "save_comparison"]
 
 
 def with_paper(comparison: pd.DataFrame, paper: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
@@ -47,7 +52,21 @@ def with_paper(comparison: pd.DataFrame, paper: pd.DataFrame, names: dict[str, s
 
 
 def save_comparison(name: str, comparison: pd.DataFrame, root: Path | str | None = None) -> Path:
-    """Write ``<root>/<name>_comparison.csv`` (root: the figures root), atomically; returns its path."""
+    """Write ``<root>/<name>_comparison.csv`` (root: the figures root), atomically, with ``p_holm`` (``with_holm``);
+    returns its path."""
     path = Path(root or figures_root()) / f"{name}_comparison.csv"
-    atomic_write_csv(comparison, path)
+    atomic_write_csv(with_holm(comparison), path)
     return path
+
+
+def with_holm(comparison: pd.DataFrame) -> pd.DataFrame:
+    """``comparison`` with ``p_holm`` after ``p_value``: Holm's adjustment within each ``metric`` (the family: a
+    figure's tests of one metric, every task, macro, pair and K); NaN where ``p_value`` is."""
+    out = comparison.drop(columns="p_holm", errors="ignore")
+    if "p_value" not in out:
+        return out
+    holm = pd.Series(np.nan, index=out.index)
+    for _, family in (out.groupby("metric", sort=False) if "metric" in out else [(None, out)]):
+        holm[family.index] = holm_adjust(pd.to_numeric(family["p_value"], errors="coerce"))
+    out.insert(out.columns.get_loc("p_value") + 1, "p_holm", holm)
+    return out
