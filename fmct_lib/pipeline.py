@@ -100,7 +100,12 @@ class Study:
         return figure_name(base, self.dataset, self.profile, self.encoder_tag)
 
     def tasks(self, tasks: list[str] | None = None, rows: pd.DataFrame | None = None, split: str = "test") -> list[str]:
-        """``choose_tasks`` on ``rows`` (default: the labelled rows)."""
+        """``choose_tasks`` on ``rows`` (default: the labelled rows). A task asked for that is not a label column of
+        the study's scan table is refused first (``interpret.parts.check_tasks``: a ``ValueError`` naming the
+        dataset's tasks and the one meant), not reported as a task without positives."""
+        if tasks:
+            from .interpret.parts import check_tasks
+            tasks = check_tasks(self.scans, tasks, self.dataset)
         return choose_tasks(self.labelled if rows is None else rows, tasks, self.dataset, self.profile, split)
 
     def encoder(self, method: str | None = None, fraction: float = 1.0) -> Path:

@@ -11,8 +11,9 @@ Finished runs are read back, so an interrupted sweep continues where it stopped.
 the end is AUROC per task (mean over seeds; "undefined (no positives in test)" where a test set holds one
 class); ``--out`` writes all predictions as one CSV. A run the data cannot support (a split without positives
 or negatives, too few shots) is skipped and listed with its reason, and the rest of the sweep runs. The exit
-status is 2 for an encoder that cannot be used (one line on stderr: the file and the problem, no traceback)
-and 1 where nothing could be evaluated.
+status is 2 for an encoder that cannot be used or a task that is not a label column of the dataset's scan
+table (one line on stderr: the problem, the dataset's tasks, no traceback; nothing runs) and 1 where nothing
+could be evaluated.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     tasks = [t for group in args.task for t in group]
     protocols = args.protocol or ["finetune"]
+    _check_task_names(tasks, args.dataset, args.eval_dataset)  # a typo is refused before anything runs
     spec = preset_spec(args.preset, args.profile)
     problem = _encoder_problem(args.encoder, protocols, spec)
     if problem:
@@ -90,6 +92,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing could be evaluated: no AUROC is defined on the {args.eval_split} split")
         return 1
     return 0
+
+
+def _check_task_names(tasks: list[str], dataset: str, eval_dataset: str | None) -> None:
+    """Refuse (``ValueError``: one line, exit 2) a task that is not a label column of the scan table of
+    ``dataset`` or of ``eval_dataset`` (``interpret.parts.check_tasks``: it names the dataset's tasks and the one
+    meant). A task that exists but lacks positives is not refused: its runs are skipped, saying why."""
+    from ..data.manifest import load_scans
+    from ..interpret.parts import check_tasks
+    for name in dict.fromkeys([dataset, eval_dataset or dataset]):
+        check_tasks(load_scans(name), tasks, name)
 
 
 def _encoder_problem(encoder, protocols: list[str], spec) -> str | None:

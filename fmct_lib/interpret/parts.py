@@ -5,9 +5,14 @@ export has no acquisition tags at all, only the synthetic cohort has lesion mask
 no task with positive and negative scans in both the training and the test split. A notebook asks
 :func:`embedding_parts` or :func:`attention_parts` first, prints the answer, runs the parts that can run and
 skips the others; the reasons are printed with it.
+
+A task asked for by name that is not a label column of the scan table is a typo, not a data problem:
+:func:`check_tasks` refuses it (a ``ValueError`` naming the dataset's tasks and the one meant) before any part
+is weighed; a task that exists but lacks positives is a data problem, reported as the reason a part is skipped.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import pandas as pd
@@ -15,7 +20,7 @@ import pandas as pd
 from ..downstream.embeddings import protocol_labels
 from .lesion import MASKED_TASKS
 
-__all__ = ["Parts", "candidate_tasks", "finetunable_tasks", "embedding_parts", "attention_parts", "task_parts",
+__all__ = ["Parts", "candidate_tasks", "label_columns", "check_tasks", "finetunable_tasks", "fewshot_parts", "embedding_parts", "attention_parts", "task_parts",
            "transfer_parts", "scaling_parts", "EMBEDDING_PARTS", "ATTENTION_PARTS", "TASK_PARTS", "TRANSFER_PARTS",
            "SCALING_PARTS", "retrieval_parts", "RETRIEVAL_PARTS", "other_encoder_parts", "ENCODER_PARTS"]
 
@@ -72,6 +77,7 @@ class Parts:
     reasons: dict[str, str | None]
     descriptions: dict[str, str]
     tasks: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what a running part leaves out, and why (printed after the parts)
 
     def runs(self, part: str) -> bool:
         """Whether ``part`` runs on this dataset."""
@@ -90,14 +96,63 @@ class Parts:
             state = "runs   " if reason is None else "SKIPPED"
             lines.append(f"  {state} {part}: {self.descriptions[part]}"
                          + ("" if reason is None else f"\n            why: {reason}"))
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
-def candidate_tasks(dataset: str, tasks: list[str] | None = None) -> list[str]:
-    """The tasks a notebook considers: ``tasks``, else the paper's for the dataset (``data.manifest.paper_tasks``,
-    as ``pipeline.choose_tasks`` picks them)."""
+def candidate_tasks(dataset: str, tasks: list[str] | None = None, scans: pd.DataFrame | None = None) -> list[str]:
+    """The tasks a notebook considers: ``tasks`` (one name or a list), else the paper's for the dataset
+    (``data.manifest.paper_tasks``, as ``pipeline.choose_tasks`` picks them). With ``scans``, a task asked for
+    that is not a label column of them is refused (``check_tasks``); the paper's tasks are not checked (those the
+    table lacks are reported as skipped)."""
     from ..data.manifest import paper_tasks
-    return list(tasks) if tasks else paper_tasks(dataset)
+    if not tasks:
+        return paper_tasks(dataset)
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    return tasks if scans is None else check_tasks(scans, tasks, dataset)
+
+
+# columns every scan table may carry that are not labels, whatever their values
+NOT_LABELS = frozenset({"scan_id", "patient_id", "path", "split", "manufacturer", "slice_thickness_mm", "spacing",
+                        "site", "series"})
+
+
+def label_columns(scans: pd.DataFrame) -> list[str]:
+    """The label (task) columns of the scan table ``scans``: the columns other than its bookkeeping
+    (``NOT_LABELS``, ``*_path``) whose known values are all 0 or 1 (a column without any known value counts: a
+    task without labels in these rows)."""
+    labels = []
+    for column in scans.columns:
+        if column in NOT_LABELS or str(column).endswith("_path"):
+            continue
+        known = scans[column].dropna()
+        values = pd.to_numeric(known, errors="coerce")
+        if values.notna().all() and values.isin([0, 1]).all():
+            labels.append(column)
+    return labels
+
+
+def check_tasks(scans: pd.DataFrame, tasks, dataset: str) -> list[str]:
+    """``tasks`` (one name or a list), or a ``ValueError`` when one of them is not a label column of the scan
+    table ``scans`` of ``dataset`` (``label_columns``): it names the unknown tasks, the dataset's tasks and, where
+    one is close (``difflib``), the task meant. Whether a task has positives is not checked here."""
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    labels = label_columns(scans)
+    unknown = [t for t in tasks if t not in labels]
+    if not unknown:
+        return tasks
+    meant = {}
+    for task in unknown:
+        close = difflib.get_close_matches(str(task), labels, n=1, cutoff=0.6) or difflib.get_close_matches(
+            str(task).lower(), labels, n=1, cutoff=0.6)
+        if close:
+            meant[task] = close[0]
+    what = (f"task {unknown[0]!r} is not a label column" if len(unknown) == 1
+            else f"tasks {', '.join(map(repr, unknown))} are not label columns")
+    hint = ("" if not meant else f"; did you mean {next(iter(meant.values()))!r}?" if len(unknown) == 1
+            else "; did you mean " + ", ".join(f"{m!r} for {t!r}" for t, m in meant.items()) + "?")
+    raise ValueError(f"{what} of the scan table of dataset {dataset!r} (its tasks: {', '.join(labels) or 'none'})"
+                     + hint)
 
 
 def finetunable_tasks(scans: pd.DataFrame, tasks: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -157,7 +212,7 @@ def embedding_parts(dataset: str, scans: pd.DataFrame, thickness_bins, tasks: li
     """The parts of ``06_embeddings`` that the labelled rows ``scans`` of ``dataset`` allow (``tasks``: as the
     notebook's parameter; ``thickness_bins``: the bin edges in mm)."""
     labels = protocol_labels(scans, thickness_bins)
-    candidates = candidate_tasks(dataset, tasks)
+    candidates = candidate_tasks(dataset, tasks, scans)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
     reasons: dict[str, str | None] = {
         "projection": None if len(scans) >= MIN_PROJECTED else
@@ -186,7 +241,7 @@ def attention_parts(dataset: str, scans: pd.DataFrame, tasks: list[str] | None =
         candidates, trainable = [], ()
         no_task = "no task asked for (tasks=[]): the pretrained encoder's maps alone"
     else:
-        candidates = candidate_tasks(dataset, tasks)
+        candidates = candidate_tasks(dataset, tasks, scans)
         trainable, task_reasons = finetunable_tasks(scans, candidates)
         no_task = None if trainable else _no_task_reason(candidates, task_reasons)
     reasons: dict[str, str | None] = {
@@ -210,10 +265,48 @@ def task_parts(notebook: str, dataset: str, scans: pd.DataFrame, tasks: list[str
     task of ``tasks`` (as the notebook's parameter) has positive and negative scans in both the training and the
     test split of ``scans``."""
     descriptions = TASK_PARTS[notebook]
-    candidates = candidate_tasks(dataset, tasks)
+    candidates = candidate_tasks(dataset, tasks, scans)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
     reason = None if trainable else _no_task_reason(candidates, task_reasons)
     return Parts(notebook, dataset, {part: reason for part in descriptions}, descriptions, trainable)
+
+
+def fewshot_parts(dataset: str, scans: pd.DataFrame, shots, tasks: list[str] | None = None,
+                  rejected=()) -> tuple[Parts, dict[str, tuple[int, ...]]]:
+    """(the part of ``04_fewshot``, {task: the K of ``shots`` it runs at}). A K-shot draw is K positive and K
+    negative training scans (``downstream.training.fewshot_draw``), so a task runs at K only where the
+    ``train`` split of ``scans`` (the study's labelled rows) holds K of each, not counting the scans the cache
+    ``rejected`` (their ids: the runs leave them out); a task runs at all where it also has positive and negative
+    scans in both splits (``task_parts``) and at least one K. The (task, K) pairs left out are the parts'
+    ``notes``; with none left the part is skipped, saying why (each task's training counts)."""
+    descriptions = TASK_PARTS["04_fewshot"]
+    shots = sorted({int(k) for k in ([shots] if isinstance(shots, int) else shots)})
+    candidates = candidate_tasks(dataset, tasks, scans)
+    trainable, task_reasons = finetunable_tasks(scans, candidates)
+    if not trainable:
+        reason = _no_task_reason(candidates, task_reasons)
+        return Parts("04_fewshot", dataset, {"few-shot": reason}, descriptions, ()), {}
+    train = scans[(scans["split"] == "train") & ~scans["scan_id"].astype(str).isin({str(r) for r in rejected})]
+    plan, counts, notes = {}, {}, []
+    for task in trainable:
+        labels = pd.to_numeric(train[task], errors="coerce")
+        counts[task] = n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+        kept = tuple(k for k in shots if k <= min(n_pos, n_neg))
+        left_out = [k for k in shots if k not in kept]
+        if kept:
+            plan[task] = kept
+        if left_out:
+            notes.append(f"{task} left out at K = {', '.join(map(str, left_out))}: {n_pos} positive / {n_neg} "
+                         f"negative training scans, and K shots need K of each")
+    if not plan:
+        listed = "; ".join(f"{t}: {p} positive / {n} negative" for t, (p, n) in counts.items())
+        reason = (f"no task has K positive and K negative training scans for any K of shots {shots} ({listed}); "
+                  f"pass smaller shots (-y \"shots: [...]\")")
+        return Parts("04_fewshot", dataset, {"few-shot": reason}, descriptions, ()), {}
+    if task_reasons:
+        notes.append("left out, no positive and negative scans in both splits: "
+                     + "; ".join(f"{t} ({r})" for t, r in task_reasons.items()))
+    return Parts("04_fewshot", dataset, {"few-shot": None}, descriptions, tuple(plan), tuple(notes)), plan
 
 
 def transfer_parts(dataset: str, target_rows: pd.DataFrame, *, has_sites: bool, target_dataset: str,
@@ -221,7 +314,7 @@ def transfer_parts(dataset: str, target_rows: pd.DataFrame, *, has_sites: bool, 
     """The parts of ``03_transfer``: external validation needs a source and a target (two sites of ``dataset``,
     ``has_sites``, or a ``target_dataset`` other than ``dataset``); the in-domain models need a task with positive
     and negative scans in both splits of the target's rows ``target_rows``."""
-    candidates = candidate_tasks(target_dataset, tasks)
+    candidates = candidate_tasks(target_dataset, tasks, target_rows)
     trainable, task_reasons = finetunable_tasks(target_rows, candidates)
     in_domain = None if trainable else _no_task_reason(candidates, task_reasons)
     if not has_sites and target_dataset == dataset:
@@ -256,7 +349,7 @@ def scaling_parts(dataset: str, scans: pd.DataFrame, fractions, batch_size: int,
         if len(fitting) < len(fractions):
             print("fractions left out, fewer pretraining scans than one batch of "
                   f"{batch_size}: " + ", ".join(f"{f:.0%} ({sizes[f]})" for f in fractions if f not in fitting))
-    candidates = candidate_tasks(dataset, tasks)
+    candidates = candidate_tasks(dataset, tasks, scans)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
     if not trainable:
         probes = _no_task_reason(candidates, task_reasons)
@@ -288,7 +381,7 @@ def other_encoder_parts(dataset: str, scans: pd.DataFrame, gallery: pd.DataFrame
     """(the parts of ``09_other_encoders``, the subtypes retrieval can use): the comparison needs a task of
     ``tasks`` with positive and negative scans in both splits of the labelled rows ``scans``, the retrieval a
     subtype of ``subtypes`` with two positive scans in ``gallery`` (as ``retrieval_parts``)."""
-    candidates = candidate_tasks(dataset, tasks)
+    candidates = candidate_tasks(dataset, tasks, scans)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
     retrieval = retrieval_parts(dataset, gallery, subtypes)
     reasons = {"comparison": None if trainable else _no_task_reason(candidates, task_reasons),

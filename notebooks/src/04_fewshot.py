@@ -18,7 +18,7 @@ seed = 0
 method = None           # dino | mae | vicreg; default: the profile's (paper, toy: dino; demo: vicreg)
 checkpoint = None
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
-tasks = None            # default: the dataset's tasks with at least max(shots) training positives
+tasks = None            # default: the dataset's tasks; K runs where a task has K positive and K negative training scans
 shots = None            # default: the profile's (paper: 8, 16, 32, 64, 128, 256)
 resamples = None        # default: the profile's (paper: 5)
 compare_scratch = True  # also train from random initialisation on the same K-shot draws
@@ -38,32 +38,51 @@ P, scans, method = S.profile, S.scans, S.method
 # ## What this dataset allows
 #
 # Training and scoring a classifier needs a task with positive and negative scans in the training and the test
-# split; without one the notebook stops here and says so.
+# split, and a K-shot draw needs K positive and K negative training scans: a task runs at the K it has them
+# for (the pairs left out are noted); without any the notebook stops here and says so. A task name that is not
+# a label column of the scan table is refused here, naming the dataset's tasks.
 
 # %%
-from fmct_lib.interpret.parts import task_parts
+from fmct_lib.data.cache import read_rejects
+from fmct_lib.interpret.parts import fewshot_parts
 
-parts = task_parts("04_fewshot", dataset, S.labelled, tasks)
+shots = list(shots or P.fewshot_shots)
+resamples = resamples or P.fewshot_resamples
+# the scans the cache rejected are left out of every run, so they are not counted as shots either
+parts, shots_of = fewshot_parts(dataset, S.labelled, shots, tasks, rejected=read_rejects(dataset, S.spec)["scan_id"])
 print(parts)
 
 # %%
 if parts.runs("few-shot"):
+    import dataclasses
+
     import pandas as pd
 
-    shots = list(shots or P.fewshot_shots)
-    resamples = resamples or P.fewshot_resamples
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
     encoder = S.encoder()
     n_seeds = n_seeds or P.finetune_seeds  # the stars: the all-data runs of 02, reused when it ran
-    # every model sees the same K-shot draws (resample r: seed + r); runs that lack K positives are skipped
-    draws = dict(shots=shots, resamples=resamples)
-    frames = [S.fewshot(tasks, "finetune", encoder, n_seeds=n_seeds, **draws).assign(model="pretrained")]
+    # every model sees the same K-shot draws (resample r: seed + r); the tasks that run the same K run together
+    groups = {}
+    for task in tasks:
+        groups.setdefault(shots_of[task], []).append(task)
+
+    def fewshot(protocol, start, seeds):
+        tables = [S.fewshot(group, protocol, start, n_seeds=seeds, shots=list(ks), resamples=resamples)
+                  for ks, group in groups.items()]
+        return pd.concat([t for t in tables if len(t)] or [pd.DataFrame(columns=["k"])], ignore_index=True)
+
+    frames = [fewshot("finetune", encoder, n_seeds).assign(model="pretrained")]
     if compare_scratch:
-        frames.append(S.fewshot(tasks, "scratch", None, n_seeds=n_seeds, **draws).assign(model="scratch"))
+        frames.append(fewshot("scratch", None, n_seeds).assign(model="scratch"))
     if compare_histogram:  # deterministic: one run per draw and one on all data
-        frames.append(S.fewshot(tasks, "histogram", None, n_seeds=1, **draws).assign(model="histogram"))
+        frames.append(fewshot("histogram", None, 1).assign(model="histogram"))
     predictions = pd.concat(frames, ignore_index=True)
-    display(predictions.groupby(["model", "k"], dropna=False)["seed"].nunique())
+    if not predictions["k"].notna().any():  # every K-shot run was skipped (their warnings say why): no curve to draw
+        parts = dataclasses.replace(parts, reasons={"few-shot": "every K-shot run was skipped (see the warnings "
+                                                                "above): no few-shot curve to draw"})
+        print(parts)
+    else:
+        display(predictions.groupby(["model", "k"], dropna=False)["seed"].nunique())
 
 # %%
 if parts.runs("few-shot"):
@@ -100,7 +119,8 @@ if parts.runs("few-shot"):
         plots.save_figure(fig, name, summary[summary.metric == metric],
                           {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                            "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
-                           "shots": shots, "resamples": resamples,
+                           "shots": shots, "shots_per_task": {t: list(shots_of[t]) for t in tasks},
+                           "resamples": resamples,
                            "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds,
                            "test_prevalence": prevalence})
 
