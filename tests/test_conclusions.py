@@ -596,6 +596,26 @@ def test_fewshot_conclusion_edge_cases():
                          "[16] of [8, 16]; not measurable at K = [8]."]
 
 
+def test_fewshot_conclusion_with_a_k_some_task_has_no_run_of():
+    # the audit's hospital: SAH has 5 training positives, so no K = 16 run of it; the K = 16 macros are NaN
+    # (fewshot_summary); the largest K set against all data is the largest with a macro (8), the histogram's K = 16
+    # reads n/a and no model is placed against it there (a placing on ICH alone would not be the macro's)
+    curves = _curves({"pretrained": [0.70, NAN], "scratch": [0.60, NAN], "histogram": [0.65, NAN]})
+    comparison = _fewshot_comparison({"8": (0.3, -0.05, 0.2), "16": (NAN, NAN, NAN)})
+    predictions = _predictions({(m, "ich", 0, k): PERFECT for m in ("pretrained", "scratch", "histogram")
+                                for k in (8, 16)}, "model")
+    text = conclusions.fewshot_conclusion(curves, _full({"pretrained": 0.867, "histogram": 0.7}), predictions,
+                                          comparison, PAPER_PROFILE)
+    assert "nan" not in text.lower(), text
+    assert ("Reference without a deep model (window histograms + logistic regression, same draws): K=8 0.650, K=16 "
+            "n/a; all data 0.700 (n/a: a K some task has no run of, too few positives).") in text
+    assert "at K=16" not in text.split("Against that reference")[1].split("\n")[0]
+    assert "- Pretrained at K=8: 0.700 vs all data 0.867 (80.7% of it)." in text
+    none = _curves({"pretrained": [NAN, NAN], "scratch": [NAN, NAN]})
+    assert "Pretrained: no K with a run of every task" in conclusions.fewshot_conclusion(
+        none, _full({"pretrained": 0.867}), predictions, comparison, PAPER_PROFILE)
+
+
 # --------------------------------------------------------------------------------------- 05 · scaling
 def _scaling(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
     rows = [{"evaluation": e, "method": m, "fraction": f, "task": "macro", "metric": metric,

@@ -260,11 +260,14 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
         lines.append(f"Run by run (same task, K and draw): pretrained above scratch in {int(pairs.a_wins.sum())} of "
                      f"{len(pairs)} few-shot runs; they share one test set, so this describes, it does not test.")
     if "histogram" in macro:
-        ref = ", ".join(f"K={k} {macro.loc[k, 'histogram']:.3f}" for k in macro.index)
+        ref = ", ".join(f"K={k} " + ("n/a" if pd.isna(macro.loc[k, "histogram"]) else f"{macro.loc[k, 'histogram']:.3f}")
+                        for k in macro.index)
         lines.append(f"Reference without a deep model (window histograms + logistic regression, same draws): {ref}; "
-                     f"all data {star['histogram']:.3f}.")
+                     f"all data {star['histogram']:.3f}"
+                     + (" (n/a: a K some task has no run of, too few positives)" if "n/a" in ref else "") + ".")
         runs = predictions.drop(columns="protocol", errors="ignore").rename(columns={"model": "protocol"})
-        draws = {f"at K={k}": at_k(runs, k) for k in macro.index}
+        # a K with a task missing has no macro: no placing there either (it would be the other tasks' alone)
+        draws = {f"at K={k}": at_k(runs, k) for k in macro.index if macro.loc[k].notna().all()}
         draws["on all data"] = runs[pd.to_numeric(runs["k"], errors="coerce").isna()]
         places: dict[str, list[str]] = {}
         for m in (m for m in ("pretrained", "scratch") if m in macro):
@@ -275,8 +278,12 @@ def fewshot_conclusion(curves: pd.DataFrame, full: pd.DataFrame, predictions: pd
             lines.append("Against that reference, by the paired difference's 95% CI and p: "
                          + "; ".join(f"{place} it: {', '.join(names)}" for place, names in sorted(places.items()))
                          + ".")
-    top = macro.index.max()
-    if "pretrained" in star:
+    defined = macro["pretrained"].dropna() if "pretrained" in macro else pd.Series(dtype=float)
+    top = defined.index.max() if len(defined) else None
+    if "pretrained" in star and top is None:
+        lines.append("Pretrained: no K with a run of every task (too few positives for the K asked), so no few-shot "
+                     "macro to set against all data.")
+    elif "pretrained" in star:
         lines.append(f"Pretrained at K={top}: {macro.loc[top, 'pretrained']:.3f} vs all data {star['pretrained']:.3f} "
                      f"({macro.loc[top, 'pretrained'] / star['pretrained']:.1%} of it). Paper: K=256 comes close to "
                      "full-data fine-tuning.")

@@ -28,7 +28,7 @@ n_seeds = None          # training seeds of the all-data runs (the stars), as in
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import comparisons, conclusions, naming, paper, plots
+from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
@@ -94,9 +94,10 @@ if parts.runs("few-shot"):
     full = summary[summary.k == "all"].rename(columns={"mean": "value"})
     # pretrained against scratch at each K (and on all data), on the same draws: a draw is paired by its seed
     pairs = predictions.assign(k=predictions["k"].astype("string").fillna("all"))
+    # a K some task has no run of compares the other tasks alone: no macro there (tasks=)
     comparison = pd.concat([paired_comparison(g[g.model == "pretrained"], g[g.model == "scratch"], n_boot=P.n_bootstrap,
-                                              n_perm=P.n_permutations, seed=seed).assign(model_a="pretrained",
-                                                                                         model_b="scratch", k=k)
+                                              n_perm=P.n_permutations, seed=seed, tasks=tasks)
+                            .assign(model_a="pretrained", model_b="scratch", k=k)
                             for k, g in pairs.groupby("k") if {"pretrained", "scratch"} <= set(g.model)]
                            or [pd.DataFrame(columns=["task", "metric", "model_a", "model_b", "k", "p_value"])])
     display(summary.pivot_table(index=["task", "k"], columns=["metric", "model"], values="mean", sort=False).round(3))
@@ -116,6 +117,7 @@ if parts.runs("few-shot"):
         name = S.figure_name(f"fig2_fewshot_{metric}")
         comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported,
                                                                  {"pretrained": "fewshot"}))
+        run_records.save_runs(name, predictions)  # where each model stopped, and why
         plots.save_figure(fig, name, summary[summary.metric == metric],
                           {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                            "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
