@@ -285,7 +285,7 @@ def test_notebook_runs_on_a_users_dataset_and_states_what_it_skipped(user_data, 
     if notebook == "06_embeddings":
         assert "Scanner: not measured on this dataset" in conclusion
     figures = Path(os.environ["FMCT_FIGURES"])
-    figure = {"06_embeddings": "suppfig11_embeddings", "07_attention": "fig5_attention"}[notebook]
+    figure = {"06_embeddings": "suppfig10_embeddings", "07_attention": "fig5_attention"}[notebook]
     name = f"{figure}__{dataset}_toy_{checkpoint_tag(user_data)}"  # a checkpoint's figures are named after it
     if notebook == "07_attention" or parts.runs("projection"):
         assert (figures / f"{name}.png").exists()
@@ -295,7 +295,7 @@ def test_notebook_runs_on_a_users_dataset_and_states_what_it_skipped(user_data, 
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("notebook, dataset, figure", [("06_embeddings", "rsna", "suppfig11_embeddings"),
+@pytest.mark.parametrize("notebook, dataset, figure", [("06_embeddings", "rsna", "suppfig10_embeddings"),
                                                        ("05_scaling", "hosp", "fig4_scaling_auroc")])
 def test_a_notebook_runs_on_the_reference_preprocessing_with_a_checkpoint(user_data, tmp_path, monkeypatch, notebook,
                                                                           dataset, figure):

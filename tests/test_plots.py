@@ -270,7 +270,7 @@ def test_each_model_has_one_colour_in_every_figure_from_the_colour_blind_palette
         plots.fewshot_curves(fewshot, full=stars),                                                  # Fig. 2
         plots.band_lines(scaling, x="percent", hue="method"),                                      # Fig. 4
         _bars(["dino", "mae", "vicreg", "random init"], ylabel="retrieval mAP"),                   # Fig. 3
-        _bars(["fine-tuned"], tasks=("scanner: A", "scanner: B")),                                 # Supp. Fig. 12
+        _bars(["fine-tuned"], tasks=("scanner: A", "scanner: B")),                                 # Supp. Fig. 11
     ]
     by_model = {}
     for fig in figures:

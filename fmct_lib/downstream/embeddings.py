@@ -4,7 +4,7 @@
 one row per scan: ids, split, the protocol columns, the labels, then the cls vector ``e0 … e{D-1}``;
 ``write_embeddings`` / ``read_embeddings`` keep it as ``.csv`` or ``.npz`` (``fmct embed``).
 
-Supp. Figs. 11–12 ask whether the embedding separates acquisition protocols and whether fine-tuned classifiers
+Supp. Figs. 10–11 ask whether the embedding separates acquisition protocols and whether fine-tuned classifiers
 score alike across them: ``protocol_labels`` gives each scan's scanner and slice-thickness bin (NaN where the
 scan table does not know it: RSNA has no manufacturer, a NIfTI export neither), ``separability`` the
 cross-validated accuracy of predicting one from the embedding, ``performance_by_protocol`` the metrics per group.

@@ -26,10 +26,10 @@ __all__ = ["Parts", "candidate_tasks", "label_columns", "check_tasks", "finetuna
 
 # part -> what it is, in each notebook's order
 EMBEDDING_PARTS = {
-    "projection": "2-D projection (t-SNE / UMAP) of the frozen embeddings (Supp. Fig. 11)",
+    "projection": "2-D projection (t-SNE / UMAP) of the frozen embeddings (Supp. Fig. 10)",
     "scanner": "scanner manufacturer predicted from the embedding",
     "thickness": "slice-thickness bin predicted from the embedding",
-    "by protocol": "fine-tuned classifiers scored per scanner and per slice-thickness bin (Supp. Fig. 12)",
+    "by protocol": "fine-tuned classifiers scored per scanner and per slice-thickness bin (Supp. Fig. 11)",
 }
 ATTENTION_PARTS = {
     "attention": "attention and attention-distance maps of the pretrained encoder, and the viewer (Fig. 5)",

@@ -76,7 +76,7 @@ if parts.runs("projection"):
                                   highlight=highlight_task if highlight_task in points else None,
                                   title=f"{dataset}: {projection.upper()} of the {method.upper()} encoder's embeddings "
                                         f"({len(points)} labelled scans)", profile=P.name)
-    plots.save_figure(fig, S.figure_name("suppfig11_embeddings"), points,
+    plots.save_figure(fig, S.figure_name("suppfig10_embeddings"), points,
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                        "preset": preset, "spec": S.spec.hash,
                        "projection": projection, "seed": seed, "skipped": parts.skipped,
@@ -100,8 +100,8 @@ if parts.runs("by protocol"):
     fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
                             title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)",
                             profile=P.name, training=plots.training_rule(P))
-    run_records.save_runs(S.figure_name("suppfig12_performance_by_protocol"), predictions)  # where each stopped
-    plots.save_figure(fig, S.figure_name("suppfig12_performance_by_protocol"), by_protocol,
+    run_records.save_runs(S.figure_name("suppfig11_performance_by_protocol"), predictions)  # where each stopped
+    plots.save_figure(fig, S.figure_name("suppfig11_performance_by_protocol"), by_protocol,
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
                        "preset": preset, "spec": S.spec.hash,
                        "thickness_bins": thickness_bins, "site": site, "seed": seed})
