@@ -187,3 +187,103 @@ def test_neighbour_agreement_against_brute_force():
     assert observed > chance + 0.1  # the embedding groups by make
     with pytest.raises(ValueError, match="fewer than k"):
         neighbour_agreement(emb[:5], make[:5], k=7)
+
+
+# ------------------------------------------------------------------ exact rankings and nearly collapsed embeddings
+def near_collapsed(n=240, d=256, seed=4):
+    """A DINO encoder whose teacher went uniform: every embedding a common direction plus a 1e-3 wobble (pairwise
+    cosines 0.9999…), a little of it along the subtypes, so float32 similarities near-tie."""
+    rng = np.random.default_rng(seed)
+    labels = pd.DataFrame((rng.random((n, 3)) < 0.25).astype(float), columns=["iph", "ivh", "sdh"])
+    emb = rng.normal(size=d) + 1e-3 * (rng.normal(size=(n, d)) + 0.5 * labels.to_numpy() @ rng.normal(size=(3, d)))
+    return emb.astype(np.float32), labels
+
+
+def test_near_collapsed_retrieval_does_not_depend_on_the_order_of_the_rows():
+    """Shuffling the gallery rows (with their ids, labels and patients) gives every query the same AP and P@K and
+    the same mAP to 1e-12 (float32 faiss broke near-ties by row order: the query APs moved by up to ~0.1)."""
+    emb, labels = near_collapsed()
+    ids = np.array([f"scan{i}" for i in range(len(emb))])
+    patients = np.arange(len(emb)) // 2
+    with pytest.warns(UserWarning, match="nearly collapsed"):
+        a = retrieve_all_vs_all(emb, labels, scan_ids=ids, groups=patients)
+    order = np.random.default_rng(0).permutation(len(emb))
+    with pytest.warns(UserWarning, match="nearly collapsed"):
+        b = retrieve_all_vs_all(emb[order], labels.iloc[order].reset_index(drop=True), scan_ids=ids[order],
+                                groups=patients[order], chunk=7)
+    a, b = a.set_index(["subtype", "scan_id"]).sort_index(), b.set_index(["subtype", "scan_id"]).sort_index()
+    assert a.index.equals(b.index) and len(a) > 100
+    for c in ["n_relevant", "ap", "p@1", "p@5", "p@10"]:
+        np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=0, atol=1e-12)
+    assert abs(a["ap"].mean() - b["ap"].mean()) < 1e-12
+
+
+def test_near_collapsed_retrieval_equals_a_float64_brute_force_and_scikit_learn():
+    """Each query's AP is scikit-learn's average_precision_score of its float64 cosines over the other patients'
+    scans, and P@K the precision of the float64 top K, to 1e-12."""
+    from sklearn.metrics import average_precision_score
+    emb, labels = near_collapsed(seed=5)
+    patients = np.arange(len(emb)) // 3
+    with pytest.warns(UserWarning, match="nearly collapsed"):
+        ours = retrieve_all_vs_all(emb, labels, groups=patients, ks=(1, 5)).set_index(["subtype", "scan_id"])
+    x = emb.astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    n_checked = 0
+    for subtype in labels.columns:
+        y = labels[subtype].to_numpy()
+        for q in np.flatnonzero(y == 1):
+            others = np.flatnonzero(patients != patients[q])
+            if y[others].sum() == 0:
+                continue
+            sims = x[others] @ x[q]
+            assert len(np.unique(sims)) == len(sims)       # no float64 ties: the ranking is unique
+            top = y[others][np.argsort(-sims)]
+            row = ours.loc[(subtype, str(q))]
+            assert row["ap"] == pytest.approx(average_precision_score(y[others], sims), abs=1e-12)
+            assert row["p@1"] == top[0] and row["p@5"] == pytest.approx(top[:5].mean(), abs=1e-12)
+            n_checked += 1
+    assert n_checked == len(ours) > 100
+
+
+def test_tied_neighbours_are_scored_as_a_group_by_hand():
+    """Scans 1 and 2 have the same embedding (a tie for query 0), one relevant: scikit-learn's rule gives both the
+    precision at the group's end, AP(0) = (1/2 + 2/3) / 2 = 7/12, whichever row comes first; P@1 is the expected
+    1/2. A fully collapsed encoder (every embedding the same) gets the prevalence among the other scans."""
+    from sklearn.metrics import average_precision_score
+    angles = np.array([0.0, 0.1, 0.1, 0.25, 0.4])          # 1 and 2 identical; 3 next, 4 last from query 0
+    emb = np.c_[np.cos(angles), np.sin(angles)]
+    labels = pd.DataFrame({"sah": [1, 1, 0, 1, 0]})
+    for rows in ([0, 1, 2, 3, 4], [0, 2, 1, 3, 4], [4, 3, 2, 1, 0]):
+        out = retrieve_all_vs_all(emb[rows], labels.iloc[rows].reset_index(drop=True), ks=(1, 2, 3),
+                                  scan_ids=np.array(rows)).set_index("scan_id")
+        assert out.loc["0", "ap"] == pytest.approx(7 / 12, abs=1e-15)
+        assert out.loc["0", ["p@1", "p@2", "p@3"]].tolist() == pytest.approx([1 / 2, 1 / 2, 2 / 3], abs=1e-15)
+    u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    assert average_precision_score([1, 0, 1, 0], u[1:] @ u[0]) == pytest.approx(7 / 12)  # the same rule
+
+    same = np.tile([[0.3, -1.2, 0.5]], (6, 1))
+    labels = pd.DataFrame({"ivh": [1, 1, 0, 0, 0, 0], "sdh": [1, 1, 1, 0, 0, 0]})
+    with pytest.warns(UserWarning, match="nearly collapsed"):
+        out = retrieve_all_vs_all(same, labels, ks=(1, 2)).set_index(["subtype", "scan_id"])
+    assert out.loc[("ivh", "0"), ["ap", "p@1", "p@2"]].tolist() == pytest.approx([1 / 5] * 3, abs=1e-15)
+    assert out.loc[("sdh", "2"), ["ap", "p@1", "p@2"]].tolist() == pytest.approx([2 / 5] * 3, abs=1e-15)
+
+
+def test_the_collapse_warning_fires_on_collapsed_embeddings_only():
+    import warnings
+    from fmct_lib.evaluate.retrieval import COLLAPSE_SPREAD, embedding_spread
+    rng = np.random.default_rng(6)
+    labels = pd.DataFrame({"ich": (rng.random(200) < 0.3).astype(float)})
+    collapsed = rng.normal(size=64) + 1e-2 * rng.normal(size=(200, 64))     # pairwise cosines ~0.998
+    with pytest.warns(UserWarning, match="nearly collapsed.*not meaningful"):
+        retrieve_all_vs_all(collapsed, labels)
+    assert embedding_spread(collapsed) < COLLAPSE_SPREAD
+    healthy = rng.normal(size=(200, 64))
+    anisotropic = 3 * rng.normal(size=64) + rng.normal(size=(200, 64))     # mean cosine ~0.9: an encoder's norm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for emb in (healthy, anisotropic):
+            retrieve_all_vs_all(emb, labels)
+        retrieve_all_vs_all(collapsed, labels, warn_collapse=False)
+    assert embedding_spread(healthy) == pytest.approx(1, abs=0.02)
+    assert 0.05 < embedding_spread(anisotropic) < 0.2

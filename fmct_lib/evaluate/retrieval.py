@@ -1,15 +1,22 @@
 """Volume-to-volume retrieval (paper, Methods "Volume-to-volume retrieval evaluation"; Fig. 3).
 
-Embeddings are L2-normalised and put in a faiss inner-product index (cosine similarity). For each
-subtype c, every positive scan for c is a query once, ranked against the whole gallery minus itself;
-an item is relevant when it is also positive for c. Per query, with R relevant items retrieved at
-ranks k_1 < … < k_R, ``AP = (1/R) Σ_i P(k_i)`` and ``P@K`` is the fraction of relevant items in the top K;
-mAP is the mean over queries. CIs come from bootstrapping the query scans (scan-level retrievals), one draw per
-replicate shared by every subtype, so a mean over subtypes counts each scan once. Two encoders are
-compared on the same queries (``retrieval_comparison``): the difference of their mAPs, its bootstrap CI over the
-queries, and a two-sided paired permutation p that swaps a query scan's two results.
+Embeddings are L2-normalised and compared by cosine similarity. For each subtype c, every positive scan for c is
+a query once, ranked against the whole gallery minus itself; an item is relevant when it is also positive for c.
+Per query, with R relevant items retrieved at ranks k_1 < … < k_R, ``AP = (1/R) Σ_i P(k_i)`` and ``P@K`` is the
+fraction of relevant items in the top K; mAP is the mean over queries. CIs come from bootstrapping the query scans
+(scan-level retrievals), one draw per replicate shared by every subtype, so a mean over subtypes counts each scan
+once. Two encoders are compared on the same queries (``retrieval_comparison``): the difference of their mAPs, its
+bootstrap CI over the queries, and a two-sided paired permutation p that swaps a query scan's two results.
+
+Rankings are exact and do not depend on the order of the rows (``retrieve_all_vs_all``): similarities in float64,
+computed on the distinct unit vectors in a canonical order, and tied neighbours scored as scikit-learn scores ties.
+A float32 inner-product index (faiss ``IndexFlatIP``, used here before) broke ties and float32 near-ties by row
+order: on near-collapsed embeddings (pairwise cosines 0.99944–0.999999) the patient-disjoint mAP moved by 1e-4 when
+the rows were shuffled and by 2e-4 against float64, the size of the differences then reported between encoders.
 """
 from __future__ import annotations
+
+import warnings
 
 import faiss
 import numpy as np
@@ -17,11 +24,39 @@ import pandas as pd
 
 from .stats import _counts, _interval, _p_value, relative_improvement
 
-__all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement"]
+__all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement",
+           "embedding_spread", "COLLAPSE_SPREAD"]
+
+# Below this spread (``embedding_spread``: 1 - |mean unit vector|², the mean squared distance of the unit vectors to
+# their centroid; about the mean of 1 - cosine over pairs) the embeddings are nearly collapsed: the typical angle
+# between two scans is under sqrt(2e-3) ≈ 0.045 rad (2.6°), within an order of magnitude of how far bf16 inference
+# (relative precision 2^-8 ≈ 4e-3) or any small perturbation of the encoder moves a unit vector, so which scan is a
+# neighbour of which is decided by noise. Independent random directions give ~1, healthy but anisotropic encoders
+# (mean cosine 0.9) ~0.1; a DINO encoder whose teacher went uniform gives ~1e-4 (cosines 0.9994–0.999999).
+COLLAPSE_SPREAD = 1e-3
+_BLOCK_ELEMENTS = 1 << 21  # a query block's similarity matrix holds at most this many float64 (16 MiB) per array
+
+
+def embedding_spread(embeddings: np.ndarray) -> float:
+    """``1 - |mean of the L2-normalised embeddings|²`` (zero vectors left out): the mean squared distance of the unit
+    vectors to their centroid, ``(n-1)/n`` × the mean of ``1 - cosine`` over pairs of distinct rows. ~1 for random
+    directions, 0 when every embedding points the same way; below ``COLLAPSE_SPREAD`` retrieval rankings are noise."""
+    u = _unit_rows(np.asarray(embeddings, dtype=np.float64))
+    u = u[np.any(u != 0, axis=1)]
+    if len(u) < 2:
+        return float("nan")
+    return float(1.0 - np.sum(u.mean(axis=0) ** 2))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm in float64 (zero rows stay zero); each row's result depends on that row alone."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return x / np.where(norm > 0, norm, 1.0)[:, None]
 
 
 def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[int, ...] = (1, 5, 10),
-                        scan_ids=None, groups=None, chunk: int = 256) -> pd.DataFrame:
+                        scan_ids=None, groups=None, chunk: int = 256, warn_collapse: bool = True) -> pd.DataFrame:
     """Per-query retrieval metrics: one row per (subtype, query) with ``ap`` and ``p@K``.
 
     ``embeddings`` (n, D); ``labels`` a DataFrame of n rows with one 0/1 column per subtype (multi-hot).
@@ -30,8 +65,25 @@ def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[
     ``groups`` (n patient ids) makes the retrieval patient-disjoint: a query's ranking leaves out every scan of
     its patient, not only itself (the paper leaves out only the query, so another series of the same patient,
     with the same findings, can be its top hit).
+
+    Exact and independent of the order of the rows. Cosine similarities are computed in float64 between the
+    distinct unit vectors taken in lexicographic order (``np.unique``), so neither float32 rounding nor the position
+    of a row in a BLAS product can reorder two neighbours, and identical embeddings have bitwise-equal similarities.
+    Exact ties (identical embeddings, a fully collapsed encoder) are scored without any order among them, as
+    scikit-learn's ``average_precision_score`` scores tied scores (its precision-recall curve has one threshold per
+    distinct score): the relevant items of a tie group all take the precision at the group's end,
+    ``AP = (1/R) Σ_groups h_g · P(end of g)``; a fully collapsed encoder then gets the prevalence, the chance level.
+    ``p@K`` is the expected precision over the orders of a tie group that straddles rank K:
+    ``(H + h · (K - N) / g) / K`` with H hits in the N items above the group and h hits among its g items. Breaking
+    ties by scan id instead would be order-free too, but arbitrary (ids can follow site or date); the alternative
+    rules differ only where ties exist. Memory: ``chunk`` queries at a time (fewer when the gallery is large, at most
+    2²¹ similarities per block), so any gallery that fits in memory as embeddings can be retrieved; time is the
+    all-vs-all product, ~n² D float64 multiply-adds.
+
+    With ``warn_collapse``, a ``UserWarning`` when ``embedding_spread`` is below ``COLLAPSE_SPREAD``: the rankings
+    of nearly collapsed embeddings reflect noise, and mAP differences between such encoders are not meaningful.
     """
-    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or len(x) != len(labels):
         raise ValueError(f"embeddings {x.shape} and labels ({len(labels)} rows) do not match")
     if not np.isfinite(x).all():
@@ -40,38 +92,83 @@ def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[
     if groups is not None and len(groups) != len(x):
         raise ValueError(f"groups ({len(groups)}) and embeddings ({len(x)} rows) do not match")
     groups = pd.factorize(pd.Series(np.asarray(groups)))[0] if groups is not None else np.arange(len(x))
+    columns = ["subtype", "scan_id", "n_relevant", "ap", *[f"p@{k}" for k in ks]]
+    if len(x) == 0:
+        return pd.DataFrame(columns=columns)
+    if warn_collapse:
+        spread = embedding_spread(x)
+        if spread < COLLAPSE_SPREAD:
+            warnings.warn(f"retrieval: the embeddings are nearly collapsed (spread 1 - |mean unit vector|² = "
+                          f"{spread:.2g} < {COLLAPSE_SPREAD:g}): rankings reflect noise, and mAP differences between "
+                          "such encoders are not meaningful", stacklevel=2)
+    unique, vector = np.unique(_unit_rows(x), axis=0, return_inverse=True)  # canonical order; vector: row → unique
+    vector = vector.reshape(-1)
     rows = []
     for subtype in labels.columns:
         column = pd.to_numeric(labels[subtype], errors="coerce").to_numpy(float)
         known = np.flatnonzero(~np.isnan(column))
-        gallery = x[known].copy()
-        faiss.normalize_L2(gallery)
-        index = faiss.IndexFlatIP(gallery.shape[1])
-        index.add(gallery)
         relevant = column[known] == 1
         group = groups[known]
-        queries = np.flatnonzero(relevant)
-        n = len(known)
-        for start in range(0, len(queries), chunk):
-            q = queries[start:start + chunk]
-            _, ranked = index.search(gallery[q], n)              # (m, n) gallery positions, best first
-            kept = group[ranked] != group[q][:, None]            # the query (and its patient's scans) left out
-            rank = np.cumsum(kept, axis=1)                       # rank among the kept scans
-            hits = relevant[ranked] & kept
-            cum_hits = np.cumsum(hits, axis=1)
-            R = cum_hits[:, -1]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ap = (hits * cum_hits / np.maximum(rank, 1)).sum(axis=1) / R
+        gallery = vector[known]                                    # the gallery's columns among the unique vectors
+        queries = np.flatnonzero(relevant)                         # positions in the gallery
+        if len(queries) == 0:
+            continue
+        # blocks of distinct query vectors, in their canonical order: each similarity row depends on content alone
+        distinct = np.unique(gallery[queries])
+        block = max(1, min(chunk, _BLOCK_ELEMENTS // max(len(unique), len(known))))
+        per_query = {}
+        for start in range(0, len(distinct), block):
+            b = distinct[start:start + block]
+            sims = (unique[b] @ unique.T)[:, gallery]              # (m, n) float64 cosines to the gallery
+            q = queries[np.isin(gallery[queries], b)]
+            ap, n_relevant, precision = _rank_metrics(sims[np.searchsorted(b, gallery[q])], relevant,
+                                                      group[q][:, None] != group[None, :], ks)
             for j, qi in enumerate(q):
-                if R[j] == 0:
-                    continue
-                row = {"subtype": subtype, "scan_id": scan_ids[known[qi]], "n_relevant": int(R[j]),
-                       "ap": float(ap[j])}
-                for k in ks:  # hits among the first k kept scans
-                    row[f"p@{k}"] = (float(cum_hits[j, np.argmax(rank[j] >= k)] / k) if rank[j, -1] >= k
-                                     else np.nan)
-                rows.append(row)
-    return pd.DataFrame(rows, columns=["subtype", "scan_id", "n_relevant", "ap", *[f"p@{k}" for k in ks]])
+                per_query[qi] = (n_relevant[j], ap[j], precision[j])
+        for qi in queries:                                         # the queries in the order of the rows
+            n_relevant, ap, precision = per_query[qi]
+            if n_relevant == 0:
+                continue
+            rows.append({"subtype": subtype, "scan_id": scan_ids[known[qi]], "n_relevant": int(n_relevant),
+                         "ap": float(ap), **{f"p@{k}": float(p) for k, p in zip(ks, precision)}})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _rank_metrics(sims: np.ndarray, relevant: np.ndarray, kept: np.ndarray, ks) -> tuple:
+    """AP, R and P@K of each row of ``sims`` (m, n) (float64 similarities of m queries to the n gallery items;
+    ``relevant`` (n,), ``kept`` (m, n): the items each query ranks), tied similarities scored as one group: AP by
+    the precision at the group's end (scikit-learn's rule), P@K by its expectation over the orders of the group."""
+    m, n = sims.shape
+    order = np.argsort(-sims, axis=1)                                  # within a tie group any order: it is pooled
+    s = np.take_along_axis(sims, order, axis=1)
+    count = np.take_along_axis(kept, order, axis=1)
+    hits = count & relevant[order]
+    cum_count = np.cumsum(count, axis=1)
+    cum_hits = np.cumsum(hits, axis=1)
+    positions = np.broadcast_to(np.arange(n), (m, n))
+    last = np.ones((m, n), bool)
+    last[:, :-1] = s[:, 1:] != s[:, :-1]                               # the last item of its tie group
+    first = np.ones((m, n), bool)
+    first[:, 1:] = last[:, :-1]
+    end = np.minimum.accumulate(np.where(last, positions, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    begin = np.maximum.accumulate(np.where(first, positions, 0), axis=1)
+    count_end = np.take_along_axis(cum_count, end, axis=1)
+    hits_end = np.take_along_axis(cum_hits, end, axis=1)
+    R = cum_hits[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (hits * hits_end / np.maximum(count_end, 1)).sum(axis=1) / R
+        count_before = np.take_along_axis(cum_count - count, begin, axis=1)   # kept items above the group
+        hits_before = np.take_along_axis(cum_hits - hits, begin, axis=1)
+        precision = np.full((m, len(ks)), np.nan)
+        for i, k in enumerate(ks):
+            enough = cum_count[:, -1] >= k
+            at = np.argmax(cum_count >= k, axis=1)                      # the item at kept rank k
+            pick = lambda a: a[np.arange(m), at]
+            g = pick(count_end) - pick(count_before)
+            h = pick(hits_end) - pick(hits_before)
+            expected = pick(hits_before) + h * (k - pick(count_before)) / np.maximum(g, 1)
+            precision[:, i] = np.where(enough, expected / k, np.nan)
+    return ap, R, precision
 
 
 def retrieval_summary(per_query: pd.DataFrame, n_boot: int = 100, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
@@ -172,7 +269,9 @@ def neighbour_agreement(embeddings: np.ndarray, values, k: int = 10) -> tuple[fl
     """What a scan's nearest neighbours have in common with it: the fraction of its ``k`` nearest (cosine, itself
     left out) that share its value in ``values`` (a scanner make, a slice thickness, a label), averaged over the
     scans with a value, and the same fraction for ``k`` others drawn at random (``(n_v - 1) / (n - 1)`` for a scan
-    whose value ``n_v`` scans share). Where a retrieval finds nothing, this says what the embedding groups by."""
+    whose value ``n_v`` scans share). Where a retrieval finds nothing, this says what the embedding groups by.
+    A float32 faiss top-``k`` (fast at any size) whose ties and float32 near-ties at rank ``k`` are broken by row
+    order: a description of the embedding, not a score to compare at 1e-4 (``retrieve_all_vs_all`` is exact)."""
     values = pd.Series(np.asarray(values, dtype=object))
     keep = values.notna().to_numpy()
     x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[keep])
