@@ -76,3 +76,6 @@ def test_a_saved_comparison_adds_holm_within_each_metric(tmp_path):
     np.testing.assert_allclose(written.p_holm[3:], [0.5, np.nan, 0.02])  # AP, its own family of 2: 0.01·2, 0.5·1
     again = comparisons.with_holm(written)   # idempotent: a table read back is adjusted afresh, not twice
     pd.testing.assert_frame_equal(again, written)
+    # a notebook's table is a concat of comparisons, its index repeated: adjusted all the same
+    stacked = pd.concat([table.iloc[:3], table.iloc[:3]])
+    np.testing.assert_allclose(comparisons.with_holm(stacked).p_holm, holm_adjust([0.001, 0.04, 0.02] * 2))

@@ -130,7 +130,7 @@ def test_fig1e_states_where_every_model_stopped_and_writes_its_comparison(shared
     predictions = pd.read_csv(Path(os.environ["FMCT_FIGURES"]) / "fig1e_finetune_vs_scratch__synthetic_toy.csv")
     assert len(runs) == len(runs.drop_duplicates(["protocol", "task", "seed"]))
     deep = runs[runs.protocol.isin(["finetune", "scratch", "attentive"])]
-    assert len(deep) and deep["stop_reason"].isin(["rule", "cap"]).all() and deep["stopped_step"].gt(0).all()
+    assert len(deep) and deep["stop_reason"].str.startswith(("rule", "cap")).all() and deep["stopped_step"].gt(0).all()
     assert set(runs.protocol) == set(predictions["model"])  # every model drawn has its runs' record
 
 

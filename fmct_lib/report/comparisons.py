@@ -62,7 +62,7 @@ def save_comparison(name: str, comparison: pd.DataFrame, root: Path | str | None
 def with_holm(comparison: pd.DataFrame) -> pd.DataFrame:
     """``comparison`` with ``p_holm`` after ``p_value``: Holm's adjustment within each ``metric`` (the family: a
     figure's tests of one metric, every task, macro, pair and K); NaN where ``p_value`` is."""
-    out = comparison.drop(columns="p_holm", errors="ignore")
+    out = comparison.drop(columns="p_holm", errors="ignore").reset_index(drop=True)
     if "p_value" not in out:
         return out
     holm = pd.Series(np.nan, index=out.index)

@@ -281,7 +281,9 @@ def test_the_summary_shows_an_undefined_auroc_with_its_reason(world, monkeypatch
     """A finished run read back (made before one-class test sets were skipped) still has a one-class test set."""
     from fmct_lib import downstream
     make, root = world
-    make()
+    table = make()
+    # the dataset labels edema too, so the command takes the task (an unknown task is refused: test_task_checks)
+    write_scans(table.assign(edema=[int(i % 3 == 0) for i in range(len(table))]), "bad")
     a, _ = one_class_predictions()
     a = a.assign(protocol="histogram", seed=0, k=pd.array([None] * len(a), dtype="Int64"))
     both = pd.concat([a, a[a.task == "ich"].assign(protocol="scratch")])  # scratch: no AUROC defined at all
