@@ -289,6 +289,19 @@ def test_fewshot_summary_mean_and_t_interval():
         assert summary.loc[key, "n_resamples"] == 5
 
 
+def test_fewshot_interval_over_two_draws_is_clipped_to_the_metric_range():
+    # the audit's case: AUROC 0.2 and 1.0 over two draws; t(0.975, 1) = 12.71, sem 0.4: 0.6 ± 5.08 (-4.5 … 5.7)
+    y = np.array([0, 1] * 5)
+    scores = {0: np.where(y == 1, 0.4, 0.6) + np.r_[0, 0, 0, 0, 0, 0, 0, 0.3, 0, 0], 1: y + 0.0}
+    rows = [{"scan_id": f"s{i}", "task": "ich", "k": 4, "seed": seed, "probability": s[i], "label": y[i]}
+            for seed, s in scores.items() for i in range(10)]
+    row = fewshot_summary(pd.DataFrame(rows)).query("metric == 'auroc' and task == 'ich'").iloc[0]
+    aucs = [roc_auc_score(y, scores[0]), roc_auc_score(y, scores[1])]
+    lo, hi = sps.t.interval(0.95, df=1, loc=np.mean(aucs), scale=sps.sem(aucs))
+    assert lo < 0 and hi > 1  # what the unclipped interval was
+    assert row["mean"] == pytest.approx(np.mean(aucs)) and (row.ci_low, row.ci_high) == (0.0, 1.0)
+
+
 def test_fewshot_macro_is_drawn_only_where_every_task_has_its_runs():
     """A K too large for one task's positives has no run of it: the macro there is NaN with the task named, not
     the mean of the other tasks (which would jump to their level); elsewhere the mean of the tasks per resample."""

@@ -45,6 +45,22 @@ def test_save_figure_defaults_to_the_figures_root(tmp_path, monkeypatch):
     assert paths["png"].parent == tmp_path / "figs"
 
 
+def test_save_figure_says_when_it_replaces_a_figure_made_with_other_settings(tmp_path):
+    import warnings
+    data = pd.DataFrame({"a": [1]})
+    config = {"dataset": "myhosp", "tasks": ["ich", "sah"], "protocols": ["finetune", "scratch"]}
+    plots.save_figure(plt.figure(), "fig1e", data, config, root=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same settings again (a re-run): no warning
+        plots.save_figure(plt.figure(), "fig1e", data, dict(config), root=tmp_path)
+    other = dict(config, tasks=["ich", "bleed"], protocols=["finetune", "linear"])
+    with pytest.warns(UserWarning, match=r"figure 'fig1e': replacing the one made with other settings \(protocols: "
+                                         r'\["finetune", "scratch"\] → \["finetune", "linear"\]; tasks: \["ich", '
+                                         r'"sah"\] → \["ich", "bleed"\]\)'):
+        plots.save_figure(plt.figure(), "fig1e", data, other, root=tmp_path)
+    assert '"bleed"' in (tmp_path / "fig1e.json").read_text()  # replaced all the same: the newest run is shown
+
+
 def test_save_figure_rejects_bad_input_before_writing(tmp_path):
     fig = plt.figure()
     df = pd.DataFrame({"a": [1]})

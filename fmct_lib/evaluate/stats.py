@@ -366,7 +366,9 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     where every task of ``predictions`` has that run: a K too large for a task's positives has no run of it
     (``ProtocolSkipped``), and a mean over the other tasks would not be the same curve; there the macro is NaN
     and its ``reason`` names the tasks missing.
-    Columns: ``task, k, metric, mean, ci_low, ci_high, n_resamples, reason`` (as in ``bootstrap_ci``).
+    Columns: ``task, k, metric, mean, ci_low, ci_high, n_resamples, reason`` (as in ``bootstrap_ci``). The t-interval
+    is clipped to the metrics' range [0, 1]: over few draws it leaves it (two draws: the mean ± 6.4 of their
+    spread), and a bound outside [0, 1] says nothing more than the bound itself.
     """
     reasons = _reasons(predictions)
     per_run = task_metrics(_with_k_labels(predictions), by=("k", "seed", "task"))
@@ -379,6 +381,7 @@ def fewshot_summary(predictions: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     for (task, k), g in per_run.groupby(["task", "k"], sort=False):
         for metric in METRICS:
             mean, lo, hi = mean_ci(g[metric], ci)
+            lo, hi = max(lo, 0.0), min(hi, 1.0)  # NaN stays NaN: max/min with a NaN first argument return it
             reason = (f"no run of {', '.join(missing[k])} at this K" if task == MACRO and missing[k]
                       else _reason(reasons, task, metric))
             rows.append({"task": task, "k": k, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,

@@ -305,9 +305,31 @@ def _check_figure_args(name, data, config, root) -> tuple[Path, str]:
 
 def _write_data_and_config(root: Path, name: str, data: pd.DataFrame, text: str) -> dict[str, Path]:
     paths = {"csv": root / f"{name}.csv", "json": root / f"{name}.json"}
+    _warn_if_replacing_other_settings(paths["json"], name, text)
     _atomic_write(paths["csv"], lambda p: data.to_csv(p, index=False))
     _atomic_write(paths["json"], lambda p: Path(p).write_text(text + "\n"))
     return paths
+
+
+def _warn_if_replacing_other_settings(path: Path, name: str, text: str) -> None:
+    """A figure's name holds its dataset, profile and encoder, not every parameter: a run with other ``tasks`` or
+    ``protocols`` writes the same files. Say so (the settings that differ, old → new) before replacing them."""
+    try:
+        old = json.loads(path.read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return  # no earlier figure, or not one of ours
+    new = json.loads(text)["config"]
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if changed:
+        shown = "; ".join(f"{key}: {_short(old.get(key))} → {_short(new.get(key))}" for key in changed[:4])
+        more = f"; and {len(changed) - 4} more" if len(changed) > 4 else ""
+        warnings.warn(f"figure {name!r}: replacing the one made with other settings ({shown}{more}); give this run "
+                      "its own FMCT_FIGURES to keep both", stacklevel=3)
+
+
+def _short(value, width: int = 40) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 # --------------------------------------------------------------------------------------- bars
