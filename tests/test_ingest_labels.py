@@ -278,6 +278,130 @@ def test_a_row_matching_nothing_near_still_ingests_and_says_what_became_of_the_u
             "scans, each its own patient (its file), in the unlabelled pretraining pool (split 'pretrain')") in err
 
 
+# ------------------------------------------------------------------------------- acquisition metadata (--meta)
+def meta_csv(path: Path, thickness: dict[int, str] | None = None) -> Path:
+    """``filename, mrn, bleed, scanner, thickness_mm`` for ct_00 … ct_19 (the volumes are 1 x 1 x 3 mm): ct_03 has
+    no scanner, ct_04 no thickness, ct_05 a thickness of 0.5 (cm written for 5 mm?), ``thickness`` overrides."""
+    thickness = {4: "", 5: "0.5", **(thickness or {})}
+    lines = [f"ct_{i:02d}.nii.gz,M{i},{int(i < 8)},{'' if i == 3 else ' GE MEDICAL SYSTEMS ' if i % 2 else 'SIEMENS'},"
+             f"{thickness.get(i, '3')}" for i in range(20)]
+    return write_csv(path, "filename,mrn,bleed,scanner,thickness_mm\n" + "\n".join(lines) + "\n")
+
+
+def test_meta_copies_the_scanner_and_thickness_columns_into_the_scan_table(bleeds, tmp_path):
+    """The audit's case: the CSV's ``scanner`` and ``thickness_mm`` become the scan table's ``manufacturer`` and
+    ``slice_thickness_mm`` (what notebook 06 groups by); an empty cell keeps the default (no manufacturer, the
+    thickness as the z-spacing), a thickness unlike the spacing is kept as given, counted and named."""
+    src, _, root = bleeds
+    labels = meta_csv(tmp_path / "meta.csv")
+    code, out, err = run_cli(["ingest", "nifti", "--name", "meta", "--source", str(src), "--labels", str(labels),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich",
+                              "--meta", "manufacturer=scanner", "slice_thickness_mm=thickness_mm", "--workers", "1"])
+    assert code == 0, err
+    summary = json.loads(out)
+    scans = load_scans("meta")
+    link = pd.read_csv(root / "meta" / "linkage.csv", dtype=str).merge(scans).set_index("source")
+    maker = link["manufacturer"].fillna("").to_dict()
+    thick = link["slice_thickness_mm"].to_dict()
+    assert maker["ct_00.nii.gz"] == "SIEMENS" and maker["ct_01.nii.gz"] == "GE MEDICAL SYSTEMS"  # spaces stripped
+    assert maker["ct_03.nii.gz"] == "" and maker["ct_22.nii.gz"] == ""   # an empty cell; a volume the CSV lacks
+    assert thick["ct_00.nii.gz"] == 3.0 and thick["ct_05.nii.gz"] == 0.5   # as given, even unlike the spacing
+    assert thick["ct_04.nii.gz"] == 3.0 and thick["ct_22.nii.gz"] == 3.0   # the z-spacing
+    assert summary["meta_given"] == {"manufacturer": 19, "slice_thickness_mm": 19}
+    assert summary["thickness_unlike_spacing"] == 1
+    assert summary["thickness_unlike_spacing_scans"] == ["ct_05.nii.gz (row 7): 0.5 mm given, z-spacing 3 mm"]
+    assert (f"warning: 1 scan(s) have a slice thickness in {labels} (--meta slice_thickness_mm=thickness_mm) more "
+            "than 1.5 times their volume's z-spacing or under 1/1.5 of it: ct_05.nii.gz (row 7): 0.5 mm given, "
+            "z-spacing 3 mm; kept as given") in err
+    # what notebook 06 reads: two makes, one thickness bin besides the odd scan
+    from fmct_lib.downstream.embeddings import protocol_labels
+    protocol = protocol_labels(scans, [0.0, 1.5, 3.0, 5.01])
+    assert protocol["scanner"].value_counts().to_dict() == {"SIEMENS": 10, "GE MEDICAL SYSTEMS": 9}
+
+    # the rule's edges: 4.5 mm on 3 mm spacing is 1.5 times, not more; 2 mm is under 1/1.5 of it
+    labels = meta_csv(tmp_path / "edges.csv", {5: "4.5", 6: "2", 7: "1.99"})
+    summary = ingest_nifti(src, name="edges", labels=labels, mapping={"bleed": "ich"}, path_column="filename",
+                           patient_column="mrn", meta={"slice_thickness_mm": "thickness_mm"}, workers=1)
+    assert [s.split(" ")[0] for s in summary["thickness_unlike_spacing_scans"]] == ["ct_07.nii.gz"]
+    assert "manufacturer" not in summary["meta_given"]
+    assert load_scans("edges")["manufacturer"].isna().all()  # not asked for: left empty
+
+
+@pytest.mark.parametrize("meta, message", [
+    (["manufacturer=scannr"], "{labels}: no column 'scannr' (--meta manufacturer=scannr); the file's columns are "
+                              "'filename', 'mrn', 'bleed', 'scanner', 'thickness_mm'"),
+    (["split=bleed"], "--meta split=bleed: 'split' is not a column --meta sets; it sets the acquisition columns "
+                      "manufacturer, slice_thickness_mm, kvp, convolution_kernel"),
+    (["patient_id=mrn"], "'patient_id' is not a column --meta sets"),
+    (["ich=bleed"], "'ich' is not a column --meta sets"),
+    (["scanner=manufacturer"], "(the scan-table column comes first: --meta manufacturer=scanner?)"),
+    (["slice_thickness_mm=scanner"], "{labels}: column 'scanner' (--meta slice_thickness_mm=scanner) holds values "
+                                     "that are not positive numbers (in mm): 'SIEMENS' (rows 2, 4, 6, 8, 10, …)"),
+    (["manufacturer=scanner", "manufacturer=mrn"], "--meta names 'manufacturer' twice"),
+    (["manufacturer"], "--meta expects SCAN_COLUMN=CSV_COLUMN, got 'manufacturer'"),
+])
+def test_meta_naming_a_missing_column_or_a_column_it_may_not_set_is_refused_before_anything_is_written(
+        bleeds, tmp_path, meta, message):
+    src, _, root = bleeds
+    labels = meta_csv(tmp_path / "meta.csv")
+    code, out, err = run_cli(["ingest", "nifti", "--name", "refused", "--source", str(src), "--labels", str(labels),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich",
+                              "--meta", *meta, "--workers", "1"])
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("fmct ingest nifti: error: ") and message.format(labels=labels) in err
+    assert not (root / "refused").exists()
+
+
+@pytest.mark.parametrize("value", ["5mm", "0", "-1.25", "nan", "5,0"])
+def test_a_thickness_that_is_no_positive_number_is_refused_naming_its_rows(bleeds, tmp_path, value):
+    src, _, root = bleeds
+    labels = meta_csv(tmp_path / "meta.csv", {9: value, 12: value})
+    if "," in value:  # a decimal comma: quoted, as a spreadsheet writes it
+        labels.write_text(labels.read_text().replace(f",{value}\n", f',"{value}"\n'))
+    code, out, err = run_cli(["ingest", "nifti", "--name", "refused", "--source", str(src), "--labels", str(labels),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich",
+                              "--meta", "slice_thickness_mm=thickness_mm", "--workers", "1"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert (f"{labels}: column 'thickness_mm' (--meta slice_thickness_mm=thickness_mm) holds values that are not "
+            f"positive numbers (in mm): {value!r} (rows 11, 14)") in err
+    assert not (root / "refused").exists()
+    with pytest.raises(ValueError, match="needs a labels CSV"):
+        ingest_nifti(src, name="refused", meta={"manufacturer": "scanner"}, workers=1)
+
+
+# ------------------------------------------------------------------------------ a task nothing can train on
+def test_a_task_without_training_positives_is_warned_about_and_in_the_summary(bleeds, tmp_path):
+    """The audit's case: ``edh`` positive only in val and test of the user's split ingested in silence, and
+    ``fmct finetune --task edh`` later had nothing to train on; now stderr and ``untrainable_tasks`` name it."""
+    src, _, _ = bleeds
+    fold = {0: "val", 1: "val", 2: "test", 3: "test"}  # patients M0 … M3; the others train
+    lines = [f"ct_{i:02d}.nii.gz,M{i},{int(i < 10)},{int(i < 4)},{fold.get(i, 'train')}" for i in range(20)]
+    labels = write_csv(tmp_path / "edh.csv", "filename,mrn,bleed,edh,fold\n" + "\n".join(lines) + "\n")
+    code, out, err = run_cli(["ingest", "nifti", "--name", "edh", "--source", str(src), "--labels", str(labels),
+                              "--path-col", "filename", "--patient-col", "mrn", "--map", "bleed=ich", "edh=edh",
+                              "--split-col", "fold", "--workers", "1"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["untrainable_tasks"] == {"edh": {"positive": 0, "negative": 16}}   # ich has both: not named
+    assert ("fmct ingest nifti: warning: edh train: 0 positive and 16 negative 'edh' scans: no positives, nothing to "
+            "fine-tune or probe 'edh' on (fmct finetune --task edh and the notebooks skip it); its positives are all "
+            "in other splits (val 2, test 2): give some of their patients the train split (--split-col)") in err
+    assert [line for line in err.splitlines() if "train:" in line and "'ich'" in line] == []
+    # negatives only outside train: named the same way
+    lines = [f"ct_{i:02d}.nii.gz,M{i},{int(i >= 4)},{fold.get(i, 'train')}" for i in range(20)]
+    labels = write_csv(tmp_path / "all_positive.csv", "filename,mrn,bleed,fold\n" + "\n".join(lines) + "\n")
+    summary = ingest_nifti(src, name="allpos", labels=labels, mapping={"bleed": "ich"}, path_column="filename",
+                           patient_column="mrn", split_column="fold", workers=1)
+    assert summary["untrainable_tasks"] == {"ich": {"positive": 16, "negative": 0}}
+
+
+def test_a_stratified_split_with_both_classes_in_train_names_no_task(bleeds):
+    src, labels, _ = bleeds
+    summary = ingest_nifti(src, name="fine", labels=labels, mapping={"bleed": "ich"}, path_column="filename",
+                           patient_column="mrn", workers=1)
+    assert summary["untrainable_tasks"] == {}
+
+
 # ------------------------------------------------------------------------------------------- the samples
 def test_the_committed_samples_read_with_the_flags_their_readme_gives():
     table = read_labels(EXAMPLES / "labels.csv", mapping={"report_bleed": "ich", "report_sah": "sah",

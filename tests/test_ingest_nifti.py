@@ -311,3 +311,28 @@ def test_ingesting_again_with_other_label_columns_registers_them(tmp_path, monke
     assert dataset_info("later")["tasks"] == ["ich"] and "ich" in load_scans("later").columns
     assert paper_tasks("later") == ["ich"]
     assert manifest_path().read_bytes() == shipped
+
+
+def test_meta_given_in_a_later_run_fills_the_table_without_reading_the_volumes_again(hospital, env, tmp_path):
+    """The hospital's export ingested first without its acquisition columns, then with ``--meta``: the resumed
+    run (volumes not read again) sets manufacturer and kVp from the CSV; a run without ``--meta`` clears them."""
+    src, _, table = hospital
+    root, _ = env
+    labels = tmp_path / "with_meta.csv"
+    table.assign(vendor=["TOSHIBA" if i % 2 else "Philips" for i in range(len(table))],
+                 kv=[120 if i % 3 else "" for i in range(len(table))]).to_csv(labels, index=False)
+    base = ["ingest", "nifti", "--name", "hosp", "--source", str(src), "--labels", str(labels), "--path-col", "file",
+            "--patient-col", "mrn", "--map", "dx_tumor=tumor", "--workers", "1"]
+    assert fmct(base) == 0
+    written = {p: p.stat().st_mtime_ns for p in (root / "hosp" / "volumes").glob("*.nii.gz")}
+    assert fmct([*base, "--meta", "manufacturer=vendor", "kvp=kv"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (root / "hosp" / "volumes").glob("*.nii.gz")} == written
+    scans = pd.read_csv(root / "hosp" / "linkage.csv", dtype=str).merge(load_scans("hosp")).set_index("source")
+    assert list(load_scans("hosp").columns[:8]) == ["scan_id", "patient_id", "path", "split", "manufacturer",
+                                                   "slice_thickness_mm", "spacing", "kvp"]
+    assert scans.loc["p00/scan0.nii.gz", "manufacturer"] == "Philips"
+    assert scans.loc["p00/scan1.nii.gz", "manufacturer"] == "TOSHIBA"
+    assert pd.isna(scans.loc["p00/scan0.nii.gz", "kvp"]) and scans.loc["p00/scan1.nii.gz", "kvp"] == 120
+    assert (scans["slice_thickness_mm"] == 3.0).all()   # not given: the z-spacing, as before
+    assert fmct(base) == 0
+    assert "kvp" not in load_scans("hosp").columns and load_scans("hosp")["manufacturer"].isna().all()

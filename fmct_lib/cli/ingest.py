@@ -21,6 +21,21 @@ def _mapping(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _meta(items: list[str]) -> dict[str, str]:
+    """``--meta SCAN_COLUMN=CSV_COLUMN ...`` as ``{scan-table column: csv column}`` (which columns it may set:
+    ``data.ingest.nifti.check_meta``)."""
+    out = {}
+    for item in items:
+        target, sep, column = item.partition("=")
+        if not sep or not target or not column:
+            raise argparse.ArgumentTypeError(f"--meta expects SCAN_COLUMN=CSV_COLUMN, got {item!r}")
+        if target in out:
+            raise argparse.ArgumentTypeError(f"--meta names {target!r} twice ({target}={out[target]}, {item}); one "
+                                             "CSV column per scan-table column")
+        out[target] = column
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -84,6 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the CSV column of each volume's file, relative to --source or a bare name (default path)")
     p.add_argument("--patient-col", default="patient_id", metavar="COLUMN",
                    help="the CSV column of the patient: a patient's scans share a split (default patient_id)")
+    p.add_argument("--meta", nargs="+", action="extend", default=[], metavar="SCAN_COLUMN=CSV_COLUMN",
+                   help="acquisition columns of the CSV copied into the scan table, e.g. manufacturer=scanner "
+                        "slice_thickness_mm=thickness_mm (repeatable; SCAN_COLUMN one of manufacturer, "
+                        "slice_thickness_mm, kvp, convolution_kernel); an empty cell keeps the default (no "
+                        "manufacturer; the thickness as the volume's z-spacing)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    path_column=args.path_col, patient_column=args.patient_col,
-                                   split_column=args.split_col, description=args.description, **common)
+                                   split_column=args.split_col, meta=_meta(args.meta),
+                                   description=args.description, **common)
     except (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError) as e:
         message = " ".join(str(e).split())  # one line, whatever the exception's text
         print(f"fmct ingest {args.kind}: error: {message}", file=sys.stderr)
@@ -150,6 +171,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"fmct ingest {args.kind}: warning: {summary['no_patient_id']} scan(s) have no PatientID, so each is its "
               "study's own patient and one patient's studies can fall in different splits: name the patient in the "
               "labels CSV (--patient-col)", file=sys.stderr)
+    if summary.get("thickness_unlike_spacing"):
+        from ..data.ingest.nifti import THICKNESS_RATIO
+        n, shown = summary["thickness_unlike_spacing"], summary["thickness_unlike_spacing_scans"][:3]
+        column = _meta(args.meta).get("slice_thickness_mm")
+        print(f"fmct ingest {args.kind}: warning: {n} scan(s) have a slice thickness in {args.labels} (--meta "
+              f"slice_thickness_mm={column}) more than {THICKNESS_RATIO:g} times their volume's z-spacing or under "
+              f"1/{THICKNESS_RATIO:g} of it: {'; '.join(shown)}{' …' if n > len(shown) else ''}; kept as given (the "
+              "acquisition's thickness, which the protocol analyses group by; a reconstruction can space slices "
+              "otherwise): check that the column is in mm and names each volume's own series", file=sys.stderr)
     for warning in _small_split_warnings(summary):
         print(f"fmct ingest {args.kind}: warning: {warning}", file=sys.stderr)
     return 0
@@ -172,12 +202,32 @@ def _unlisted_volumes(summary: dict, args: argparse.Namespace) -> str:
 
 
 def _small_split_warnings(summary: dict) -> list[str]:
-    """``evaluate.adequacy.class_count_warning`` for the validation and test split of every task."""
+    """For every task: where its training split holds no positive or no negative scan (``untrainable_tasks``),
+    that nothing can be trained on it; ``evaluate.adequacy.class_count_warning`` for its validation and test
+    split."""
     from ..evaluate.adequacy import class_count_warning
     out = []
     for task, by_split in summary["labels"].items():
+        if task in summary.get("untrainable_tasks", {}):
+            out.append(_untrainable_warning(summary, task))
         for split in ("val", "test"):
             counts = by_split.get(split, {"positive": 0, "negative": 0})
             out.append(class_count_warning(counts["positive"], counts["negative"],
                                            where=f"{summary['dataset']} {split}", task=task))
     return [w for w in out if w]
+
+
+def _untrainable_warning(summary: dict, task: str) -> str:
+    """The warning for a task whose training split holds no positive (or no negative) scan: nothing to fine-tune
+    or probe it on (``fmct finetune`` and the notebooks skip it), and where val or test hold them, which."""
+    counts = summary["untrainable_tasks"][task]
+    missing = [c for c in ("positive", "negative") if not counts[c]]
+    held = [f"{split} {sum(by.get(c, 0) for c in missing)}" for split, by in summary["labels"][task].items()
+            if split != "train" and sum(by.get(c, 0) for c in missing)]
+    return (f"{summary['dataset']} train: {counts['positive']} positive and {counts['negative']} negative {task!r} "
+            f"scans: no {' and no '.join(c + 's' for c in missing)}, nothing to fine-tune or probe {task!r} on (fmct "
+            f"finetune --task {task} and the notebooks skip it)"
+            + (f"; its {' and '.join(c + 's' for c in missing)} are all in other splits ({', '.join(held)})"
+               if held else "")
+            + (": give some of their patients the train split (--split-col)"
+               if held and summary.get("split_source") == "given" else ""))

@@ -294,9 +294,10 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     ``stratified_splits`` of the original patient ids by their labels on ``tasks``, from ``seed``, keeping the
     split of every patient the dataset's earlier ``scans.csv`` holds (``extend_splits``). Returns a
     summary: counts and paths, the scans per split, ``labels`` (per task and split, the positive and
-    negative scans), ``unlabelled`` (scans without a label for any task) and ``dropped`` (scans of the earlier
-    ``scans.csv`` that this run's sources no longer hold, and the first ten ``dropped_scan_ids``: the table
-    lists what the sources hold now; their volumes stay under ``volumes/``).
+    negative scans), ``untrainable_tasks`` (the tasks whose training split holds no positive or no negative scan,
+    with its counts: nothing to fine-tune or probe them on), ``unlabelled`` (scans without a label for any task)
+    and ``dropped`` (scans of the earlier ``scans.csv`` that this run's sources no longer hold, and the first ten
+    ``dropped_scan_ids``: the table lists what the sources hold now; their volumes stay under ``volumes/``).
     """
     dataset_dir = Path(dataset_dir)
     _refuse_if_nothing_kept(rows, rejects, name, dataset_dir)
@@ -327,9 +328,13 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     labels = {task: {split: {"positive": int((scans.loc[scans["split"] == split, task] == 1).sum()),
                              "negative": int((scans.loc[scans["split"] == split, task] == 0).sum())}
                      for split in splits} for task in tasks}
+    no_train = {"positive": 0, "negative": 0}
+    untrainable = {task: dict(by_split.get("train", no_train)) for task, by_split in labels.items()
+                   if not all(by_split.get("train", no_train).values())}
     return {"dataset": name, "scans": len(scans), "patients": int(scans["patient_id"].nunique()),
             "flagged": flagged, "rejects": len(rej), "scans_csv": str(scans_path),
             "rejects_csv": str(dataset_dir / "rejects.csv"),
             "splits": scans["split"].value_counts().to_dict(), "split_source": split_source,
-            "labels": labels, "unlabelled": int(scans[tasks].isna().all(axis=1).sum()) if tasks else len(scans),
+            "labels": labels, "untrainable_tasks": untrainable,
+            "unlabelled": int(scans[tasks].isna().all(axis=1).sum()) if tasks else len(scans),
             "dropped": len(dropped), "dropped_scan_ids": dropped[:10]}

@@ -14,6 +14,12 @@ optionally a split column. Volumes missing from the CSV are kept with empty labe
 patient (with a split column: in the unlabelled pretraining pool, ``splits.POOL_SPLIT``); bad volumes are
 rejections. Without a split column the split is ``splits.stratified_splits`` (exact 8:1:1 by patient,
 stratified by label, from ``seed``). The dataset is appended to the manifest with its tasks.
+
+Acquisition metadata a NIfTI header lacks (the scanner's manufacturer, the slice thickness, kVp, the kernel)
+comes from the same CSV through ``meta`` (``{"scan-table column": "csv column"}``, ``--meta``; ``META_COLUMNS``
+are the columns it may set; ``read_meta``): a row's value replaces the default (an empty manufacturer, the
+thickness as the volume's z-spacing), an empty cell keeps it. A given thickness unlike the z-spacing
+(``THICKNESS_RATIO``) is kept as given, and counted and named in the summary.
 """
 from __future__ import annotations
 
@@ -29,9 +35,20 @@ from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
 from .common import Job, SourceError, finish, hu_int16, run_jobs, source_files, to_ras
-from .labels import read_labels, source_relative
+from .labels import _offending, read_labels, source_relative
 
-__all__ = ["read_nifti_job", "ingest_nifti"]
+__all__ = ["META_COLUMNS", "THICKNESS_RATIO", "read_nifti_job", "check_meta", "read_meta", "ingest_nifti"]
+
+# The scan table's acquisition columns ``--meta`` may set from the labels CSV, each with the unit of a number
+# (``None``: text, kept as written, surrounding spaces stripped). manufacturer and slice_thickness_mm are what
+# notebook 06 groups by (Supp. Figs 10-11); kvp and convolution_kernel are the DICOM ingesters' protocol columns.
+# Nothing else: the split, ids, paths, labels (--map) and site (which decides pretraining) are not metadata.
+META_COLUMNS = {"manufacturer": None, "slice_thickness_mm": "mm", "kvp": "kV", "convolution_kernel": None}
+# A given slice thickness more than this many times the volume's z-spacing, or less than its inverse, is counted
+# and named (kept as given: thickness is the acquisition's, spacing the reconstruction's; 1.25 mm slices at
+# 0.625 mm spacing is an overlapping reconstruction, 0.5 for 5 mm a thickness in cm).
+THICKNESS_RATIO = 1.5
+SHOWN_META = 10  # scans the summary names for a thickness unlike its spacing
 
 
 def read_nifti_job(path):
@@ -131,14 +148,93 @@ def _match_labels(files: list[Path], source: Path, labels: pd.DataFrame, labels_
     return out, unmatched
 
 
+def check_meta(meta: dict[str, str] | None) -> dict[str, str]:
+    """``meta`` (scan-table column -> labels CSV column), or a ``ValueError`` for a scan-table column that is not
+    one of ``META_COLUMNS`` (naming them, and the pair written the other way round where it is one) or an empty
+    name."""
+    meta = dict(meta or {})
+    for target, column in meta.items():
+        if target not in META_COLUMNS:
+            hint = (f" (the scan-table column comes first: --meta {column}={target}?)" if column in META_COLUMNS
+                    else "")
+            raise ValueError(f"--meta {target}={column}: {target!r} is not a column --meta sets{hint}; it sets the "
+                             f"acquisition columns {', '.join(META_COLUMNS)} (SCAN_COLUMN=CSV_COLUMN; labels are "
+                             "--map, the split --split-col)")
+        if not column:
+            raise ValueError(f"--meta {target}=: no CSV column named; --meta expects SCAN_COLUMN=CSV_COLUMN")
+    return meta
+
+
+def _positive_number(text: str) -> float:
+    """``text`` as a finite positive number, else NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        return np.nan
+    return value if np.isfinite(value) and value > 0 else np.nan
+
+
+def read_meta(path, meta: dict[str, str]) -> pd.DataFrame:
+    """The ``meta`` columns of the labels CSV at ``path`` (``check_meta``'s), one column per scan-table column,
+    indexed by row position as ``labels.read_labels``'s table: text stripped, numbers (``META_COLUMNS`` with a
+    unit) as floats; missing (``None``/NaN) where the cell is empty. Refused (``ValueError`` naming the file): a
+    CSV column the file lacks (listing the file's columns), a number column holding anything but a positive
+    number (each value with its rows)."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [f"no column {column!r} (--meta {target}={column})" for target, column in meta.items()
+               if column not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: {', '.join(missing)}; the file's columns are "
+                         f"{', '.join(map(repr, table.columns))}. Name its acquisition columns with --meta "
+                         "SCAN_COLUMN=CSV_COLUMN, e.g. --meta manufacturer=scanner")
+    out = pd.DataFrame(index=table.index)
+    for target, column in meta.items():
+        text = table[column].fillna("").astype(str).str.strip()
+        if META_COLUMNS[target] is None:
+            out[target] = text.where(text != "", None).astype(object)
+            continue
+        number = text.map(_positive_number)
+        bad = (text != "") & number.isna()
+        if bad.any():
+            example = "120" if META_COLUMNS[target] == "kV" else "5 or 0.625"
+            raise ValueError(f"{path}: column {column!r} (--meta {target}={column}) holds values that are not "
+                             f"positive numbers (in {META_COLUMNS[target]}): {_offending(text, bad)}; write the "
+                             f"number alone, e.g. {example}, and leave the cell empty where it is unknown (row 1 is "
+                             "the header)")
+        out[target] = number
+    return out
+
+
+def _thickness_unlike_spacing(rows: list[dict], given: dict[str, tuple[int, float]]) -> list[str]:
+    """``"p01/ct.nii.gz (row 3): 5 mm given, z-spacing 0.5 mm"`` for each kept scan whose thickness ``given``
+    (source -> (CSV row, thickness)) is more than ``THICKNESS_RATIO`` times its z-spacing or less than its
+    inverse, in source order."""
+    out = []
+    for row in sorted(rows, key=lambda r: str(r["_source"])):
+        if row["_source"] not in given:
+            continue
+        n, thickness = given[row["_source"]]
+        z = float(str(row["spacing"]).split(",")[2])
+        if max(thickness, z) > THICKNESS_RATIO * min(thickness, z):
+            out.append(f"{row['_source']} (row {n}): {thickness:g} mm given, z-spacing {z:g} mm")
+    return out
+
+
 def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
                  path_column: str = "path", patient_column: str = "patient_id", split_column: str | None = None,
-                 root: Path | None = None, workers: int = 2, seed: int = 0, description: str = "") -> dict:
-    """Ingest a NIfTI folder (+ labels CSV with ``mapping`` csv column -> task) as dataset ``name``.
+                 meta: dict[str, str] | None = None, root: Path | None = None, workers: int = 2, seed: int = 0,
+                 description: str = "") -> dict:
+    """Ingest a NIfTI folder (+ labels CSV with ``mapping`` csv column -> task, ``meta`` scan-table column -> csv
+    column) as dataset ``name``.
 
     The summary (``common.finish``) adds ``not_in_labels`` (volumes the CSV does not list) and
-    ``labels_without_volume`` (CSV rows no volume matches) and ``labels_without_volume_rows`` (the first ten, named)."""
+    ``labels_without_volume`` (CSV rows no volume matches) and ``labels_without_volume_rows`` (the first ten,
+    named); with ``meta``, ``meta_given`` (per scan-table column, the kept scans whose value the CSV gave) and
+    ``thickness_unlike_spacing`` (kept scans whose given thickness is unlike their z-spacing: ``THICKNESS_RATIO``)
+    with ``thickness_unlike_spacing_scans`` (the first ten, named)."""
     validate_dataset_name(name)  # before anything is written
+    meta = check_meta(meta)
     source = Path(source)
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must be the folder of NIfTI volumes)")
@@ -147,20 +243,28 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
         raise SourceError(f"{source}: no .nii or .nii.gz files below this folder")
     mapping = dict(mapping or {})
     tasks = list(mapping.values())
-    if labels is None and (mapping or split_column):
-        raise ValueError(f"{'--map' if mapping else '--split-col'} needs a labels CSV (--labels)")
+    if labels is None and (mapping or split_column or meta):
+        raise ValueError(f"{'--map' if mapping else '--split-col' if split_column else '--meta'} needs a labels CSV "
+                         "(--labels)")
     table = pd.DataFrame(columns=["path", "patient", *tasks])
+    acquisition = pd.DataFrame(columns=list(meta))
     if labels is not None:
         table = read_labels(labels, path_column=path_column, patient_column=patient_column, mapping=mapping,
                             split_column=split_column)
+        acquisition = read_meta(labels, meta)
     rows_of, unmatched = _match_labels(files, source, table, labels, path_column)
 
-    jobs = []
+    jobs, given_thickness = [], {}
     for f in files:
         rel = str(f.relative_to(source))
         if f in rows_of:
             rec = table.loc[rows_of[f]]
             columns, patient = {task: rec[task] for task in tasks}, rec["patient"]
+            # the CSV's acquisition values replace the reader's defaults (job columns come last); empty: kept
+            columns.update({target: value for target, value in acquisition.loc[rows_of[f]].items()
+                            if value is not None and pd.notna(value)})
+            if "slice_thickness_mm" in columns:
+                given_thickness[rel] = (rows_of[f] + 2, float(columns["slice_thickness_mm"]))
         else:
             columns, patient = {task: pd.NA for task in tasks}, rel
         jobs.append(Job(source_key=rel, patient=patient, inputs=str(f), columns=columns))
@@ -171,7 +275,8 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
 
     dataset_dir = Path(root or data_root()) / name
     rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
-    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=[],
+    unlike = _thickness_unlike_spacing(rows, given_thickness)
+    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=list(meta),
                      given_splits=given_splits)
     description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
     register_dataset(name, tasks=tasks, description=description,
@@ -181,4 +286,10 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]
     summary["not_in_labels_volumes"] = [str(f.relative_to(source)) for f in files if f not in rows_of][:10]
+    if meta:
+        kept = {row["_source"] for row in rows}
+        summary["meta_given"] = {target: sum(job.source_key in kept and target in job.columns for job in jobs)
+                                 for target in meta}
+        summary["thickness_unlike_spacing"] = len(unlike)
+        summary["thickness_unlike_spacing_scans"] = unlike[:SHOWN_META]
     return summary
