@@ -218,8 +218,8 @@ def embedding_parts(dataset: str, scans: pd.DataFrame, thickness_bins, tasks: li
         "projection": None if len(scans) >= MIN_PROJECTED else
         f"{len(scans)} labelled scans; a 2-D projection needs at least {MIN_PROJECTED}",
         "scanner": _separable_reason(labels["scanner"], "manufacturer",
-                                     "no scan has a manufacturer (the DICOM Manufacturer tag: RSNA's headers and "
-                                     "NIfTI files carry none)"),
+                                     "no scan has a manufacturer (the DICOM Manufacturer tag: RSNA's headers carry "
+                                     "none; for NIfTI, `fmct ingest nifti --meta manufacturer=<CSV column>`)"),
         "thickness": _separable_reason(labels["slice thickness (mm)"], "slice-thickness bin",
                                        "no scan has a slice thickness"),
     }

@@ -32,8 +32,8 @@ S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, 
 P, scans, method = S.profile, S.scans, S.method
 
 # %% [markdown]
-# What this dataset allows: the scanner needs a manufacturer (RSNA's DICOM headers and NIfTI files carry
-# none), the thickness bins need two of them, the per-protocol scores need a task with positive and negative
+# What this dataset allows: the scanner needs a manufacturer (RSNA's DICOM headers carry none; a NIfTI export's
+# comes from its labels CSV: `fmct ingest nifti --meta manufacturer=<column>`), the thickness bins need two of them, the per-protocol scores need a task with positive and negative
 # scans in the training and the test split. The parts it does not allow are skipped, with the reason.
 
 # %%
