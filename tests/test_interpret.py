@@ -544,6 +544,39 @@ def test_fig5_shows_enrichment_on_one_log_scale_and_prints_the_lesion_enrichment
     plt.close(named)
 
 
+def test_fig5_saves_the_slices_it_draws_beside_the_figure(tmp_path):
+    """What the panels show, as arrays (``attention_slices``), written and read back (``plots.save_arrays``): the
+    CT slice, each encoder's enrichment and distance slice, the outline; equal to what the figure's images hold."""
+    from fmct_lib.interpret import attention_figure, display_slice
+    from fmct_lib.interpret.figure import attention_slices
+    from fmct_lib.report import plots
+
+    focal = np.ones((4, 4, 4))
+    focal[1:3, 1:3, 1:3] = 57.0
+    results = {"focal": hand_made_result(focal, distance_mm=60.0), "flat": hand_made_result(np.ones((4, 4, 4)))}
+    image = np.random.default_rng(1).random((16, 16, 16)).astype(np.float32)
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:12, 4:12, 4:12] = True
+    drawn = attention_slices(image, results, index=6, mask=mask)
+    assert sorted(drawn) == ["ct", "distance_mm flat", "distance_mm focal", "enrichment flat", "enrichment focal",
+                             "outline"]
+    np.testing.assert_array_equal(drawn["ct"], display_slice(image, "axial", 6))
+    np.testing.assert_array_equal(drawn["outline"], display_slice(mask, "axial", 6).astype(float))
+    assert np.allclose(drawn["enrichment flat"], 1.0) and np.allclose(drawn["distance_mm focal"], 60.0)
+    fig = attention_figure(image, results, index=6, mask=mask, head_mask=mask | True)
+    for ax, name in zip(fig.axes[1:3], results):  # the figure draws exactly these arrays
+        np.testing.assert_array_equal(ax.get_images()[1].get_array(), drawn[f"enrichment {name}"])
+    plt.close(fig)
+    path = plots.save_arrays("fig5_test", drawn, root=tmp_path)
+    assert path == tmp_path / "fig5_test_arrays.npz"
+    with np.load(path) as back:  # plain arrays: no pickle needed to read them
+        assert sorted(back.files) == sorted(drawn)
+        for key, value in drawn.items():
+            np.testing.assert_array_equal(back[key], value)
+    with pytest.raises(TypeError, match="arrays must be numeric"):
+        plots.save_arrays("bad", {"names": np.array(["a", "b"])}, root=tmp_path)
+
+
 def test_fig5_refuses_inconsistent_inputs():
     from fmct_lib.interpret import attention_figure
     result = hand_made_result(np.ones((4, 4, 4)))

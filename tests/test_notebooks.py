@@ -97,13 +97,15 @@ def test_notebook_runs_on_the_toy_profile(path, shared_roots):
     before = {p.name: p.stat().st_mtime_ns for p in figures.glob("*")} if figures.exists() else {}
     _execute(path, out, profile="toy", **TOY_PARAMETERS.get(path.stem, {}))
     written = {p.name for p in figures.glob("*") if before.get(p.name) != p.stat().st_mtime_ns}
-    beside = {n for n in written if n.endswith(("_comparison.csv", "_runs.csv"))}
+    beside = {n for n in written if n.endswith(("_comparison.csv", "_runs.csv", "_arrays.npz"))}
     stems = {n.rsplit(".", 1)[0] for n in written - beside}
     assert stems, f"{path.name} wrote no figure"
     for stem in stems:  # every figure comes with its data and configuration
         assert {f"{stem}.{ext}" for ext in ("png", "pdf", "csv", "json")} <= written, stem
-    for name in beside:  # a comparison table, and where its models stopped, sit beside their figure
-        assert name.removesuffix("_comparison.csv").removesuffix("_runs.csv") in stems, name
+    for name in beside:  # a comparison table, where its models stopped and the images drawn sit beside their figure
+        assert name.removesuffix("_comparison.csv").removesuffix("_runs.csv").removesuffix("_arrays.npz") in stems, name
+    if path.stem == "07_attention":
+        assert any(n.endswith("_arrays.npz") for n in written), written
 
 
 @pytest.mark.notebook

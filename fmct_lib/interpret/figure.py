@@ -25,7 +25,8 @@ from .attention import AttentionResult
 from .lesion import lesion_shares
 
 __all__ = ["AXES", "display_slice", "ENRICHMENT_CMAP", "DISTANCE_CMAP", "OUTLINE_COLOUR", "enrichment_norm",
-           "enrichment_ticks", "lesion_enrichment", "figure_scan", "check_figure_choice", "attention_figure"]
+           "enrichment_ticks", "lesion_enrichment", "figure_scan", "check_figure_choice", "attention_slices",
+           "attention_figure"]
 
 ENRICHMENT_CMAP = "magma"      # perceptually uniform, dark = little attention, light = much
 DISTANCE_CMAP = "viridis"
@@ -101,6 +102,21 @@ def check_figure_choice(scans: pd.DataFrame, labelled: pd.DataFrame, scan_id: st
                          f"the mean of layers)")
 
 
+def attention_slices(image: np.ndarray, results: Mapping[str, AttentionResult], *, index: int, axis: str = "axial",
+                     layer: int | None = -1, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The 2-D arrays ``attention_figure`` draws, as it draws them (``display_slice`` orientation), to be saved
+    beside the figure: ``ct`` (the image's slice), per encoder ``enrichment <name>`` (cls attention ÷ uniform,
+    trilinear on the voxel grid) and ``distance_mm <name>`` (Eq. 1, mean of layers and heads), and ``outline``
+    (1 inside the mask) where a mask is given."""
+    drawn = {"ct": display_slice(np.asarray(image, dtype=np.float32), axis, index)}
+    for name, result in results.items():
+        drawn[f"enrichment {name}"] = display_slice(result.enrichment_map(layer=layer, mode="trilinear"), axis, index)
+        drawn[f"distance_mm {name}"] = display_slice(result.distance_map(mode="trilinear"), axis, index)
+    if mask is not None:
+        drawn["outline"] = display_slice(np.asarray(mask) > 0, axis, index).astype(float)
+    return drawn
+
+
 def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], *, index: int, axis: str = "axial",
                      layer: int | None = -1, mask: np.ndarray | None = None, head_mask: np.ndarray | None = None,
                      label: str = "", window: tuple[float, float] = (0.0, 1.0), mask_name: str = "lesion") -> plt.Figure:
@@ -134,17 +150,16 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
         raise ValueError(f"attention_figure: {axis} slice {index} is outside 0…{image.shape[AXES[axis]] - 1}")
 
     n = patches.pop()
-    distances = {name: r.distance_map(mode="trilinear") for name, r in results.items()}
+    drawn = attention_slices(image, results, index=index, axis=axis, layer=layer, mask=mask)
     attention_panels, distance_panels = {}, {}
     for name, result in results.items():
         title = name
         if mask is not None:
             value = lesion_enrichment(result, mask, head_mask, layer)
             title += "\noutline: no voxels" if np.isnan(value) else f"\n{value:.2f}× chance in outline"
-        attention_panels[title] = display_slice(result.enrichment_map(layer=layer, mode="trilinear"), axis, index)
-        distance_panels[name] = display_slice(distances[name], axis, index)
-    ct = display_slice(image, axis, index)
-    outline = display_slice(np.asarray(mask) > 0, axis, index).astype(float) if mask is not None else None
+        attention_panels[title] = drawn[f"enrichment {name}"]
+        distance_panels[name] = drawn[f"distance_mm {name}"]
+    ct, outline = drawn["ct"], drawn.get("outline")
     depth = next(iter(results.values())).num_layers
     layer_name = "mean of layers" if layer is None else f"layer {layer % depth + 1}"
 
@@ -175,7 +190,7 @@ def attention_figure(image: np.ndarray, results: Mapping[str, AttentionResult], 
     ticks, tick_labels = enrichment_ticks(n)
     bar.set_ticks(ticks, labels=tick_labels)
     bar.set_label(f"attention ÷ uniform (log; {n}: one patch)", fontsize=6)
-    low, high = min(float(d.min()) for d in distances.values()), max(float(d.max()) for d in distances.values())
+    low, high = min(float(d.min()) for d in distance_panels.values()), max(float(d.max()) for d in distance_panels.values())
     bar = draw_row(1, "attention distance\n(mean of layers and heads)", distance_panels, DISTANCE_CMAP,
                    Normalize(low, high))
     bar.set_label("distance (mm), Eq. 1", fontsize=6)

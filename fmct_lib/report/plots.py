@@ -54,8 +54,8 @@ from .paper import PAPER_DATASET_NAMES, describe_paper_value
 
 __all__ = [
     "MODEL_COLOURS", "PALETTE", "colour_of", "model_key", "use_print_style", "smallest_type_pt", "figure_title",
-    "training_rule", "print_subplots", "save_figure", "save_figure_data", "metric_bars", "fewshot_curves", "band_lines",
-    "embedding_scatter",
+    "training_rule", "print_subplots", "save_figure", "save_figure_data", "save_arrays", "metric_bars",
+    "fewshot_curves", "band_lines", "embedding_scatter",
 ]
 
 # --------------------------------------------------------------------------------------- colours
@@ -260,6 +260,25 @@ def save_figure(fig: plt.Figure, name: str, data: pd.DataFrame, config: dict,
     _atomic_write(paths["png"], lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
     _atomic_write(paths["pdf"], lambda p: fig.savefig(p, format="pdf", bbox_inches="tight"))
     return {**paths, **_write_data_and_config(root, name, data, text)}
+
+
+def save_arrays(name: str, arrays: Mapping[str, np.ndarray], root: Path | str | None = None) -> Path:
+    """Write ``<root>/<name>_arrays.npz`` (compressed; root: the figures root), atomically: the images a figure
+    draws (Fig. 5's slices), which its CSV cannot hold. Read back with ``np.load(path)`` (no pickles: plain
+    numeric arrays only). Returns its path."""
+    if not arrays:
+        raise ValueError(f"figure {name!r}: no arrays to save")
+    bad = {key: np.asarray(a).dtype for key, a in arrays.items() if np.asarray(a).dtype.kind not in "biuf"}
+    if bad:
+        raise TypeError(f"figure {name!r}: arrays must be numeric, got {bad}")
+    path = Path(root or figures_root()) / f"{name}_arrays.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp):  # a file object: given a path, numpy would append ".npz" to the temporary name
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{key: np.asarray(a) for key, a in arrays.items()})
+    _atomic_write(path, write)
+    return path
 
 
 def save_figure_data(name: str, data: pd.DataFrame, config: dict, root: Path | str | None = None) -> dict[str, Path]:

@@ -64,7 +64,7 @@ from fmct_lib.data.manifest import scan_table_path
 from fmct_lib.data.preprocess import load_volume, to_canvas_with_affine
 from fmct_lib.interpret import (MASKED_TASKS, attention_figure, compute_attention, head_mask, lesion_enrichment,
                                 load_case, mask_to_model_input, model_voxel_mm, task_mask)
-from fmct_lib.interpret.figure import figure_scan
+from fmct_lib.interpret.figure import attention_slices, figure_scan
 from fmct_lib.models.checkpoints import load_encoder
 
 spec = S.spec
@@ -134,6 +134,8 @@ figure_data = pd.concat([share.assign(kind="lesion share"),
                          pd.DataFrame([{"scan_id": scan_id, "task": "+".join(shown_lesions), "model": n,
                                         "enrichment": e} for n, e in shown.items()])
                          .assign(kind="lesion enrichment of the scan shown")], ignore_index=True)
+plots.save_arrays(S.figure_name("fig5_attention"), attention_slices(x[0].numpy(), results, index=k, axis="axial",
+                                                                    layer=layer, mask=lesion))  # the slices drawn
 plots.save_figure(fig, S.figure_name("fig5_attention"), figure_data,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "preset": preset, "spec": S.spec.hash,
