@@ -7,7 +7,9 @@
 - figures root ``$FMCT_FIGURES`` (default ``<runs root>/figures``). The checkout's committed gallery,
   ``figures/``, is written only where ``$FMCT_FIGURES`` names it (``make reproduce`` on the demo profile),
   so a run on other data never adds to it.
-- released encoders ``$FMCT_ENCODERS`` (default: the checkout's committed ``encoders/``; ``fmct_lib.train.release``).
+- released encoders ``$FMCT_ENCODERS`` (default: the checkout's committed ``encoders/``; an installed package,
+  which does not ship them, a per-user ``encoders/``; ``fmct_lib.train.release``).
+- the synthetic cohort's atlas ``$FMCT_CACHE_HOME`` (default: the per-user cache folder; ``atlas_root``).
 - shipped dataset registry ``$FMCT_MANIFEST`` (default: ``data_manifest.csv``, package data).
 
 Without the variable, a root is the checkout's ``data/``, ``cache/`` or ``runs/`` (ignored by git) when fmct
@@ -72,9 +74,19 @@ def figures_root() -> Path:
 
 
 def encoders_root() -> Path:
-    """The released encoders: ``$FMCT_ENCODERS``, else the checkout's ``encoders/``."""
+    """The released encoders: ``$FMCT_ENCODERS``, else the checkout's committed ``encoders/``, else (an installed
+    package, which does not ship them) a per-user folder, never the package's own install folder."""
     env = os.environ.get("FMCT_ENCODERS")
-    return Path(env).expanduser() if env else REPO_ROOT / "encoders"
+    if env:
+        return Path(env).expanduser()
+    return REPO_ROOT / "encoders" if in_checkout() else platformdirs.user_data_path("fmct") / "encoders"
+
+
+def atlas_root() -> Path:
+    """Where the synthetic cohort's anatomy, derived once from the MNI152 template, is kept: ``$FMCT_CACHE_HOME``,
+    else the per-user cache folder (shared by every checkout and install; a few MB)."""
+    env = os.environ.get("FMCT_CACHE_HOME")
+    return Path(env).expanduser() if env else platformdirs.user_cache_path("fmct")
 
 
 def manifest_path() -> Path:
@@ -84,12 +96,14 @@ def manifest_path() -> Path:
 
 
 def roots() -> dict[str, tuple[Path, str]]:
-    """Each root (data, cache, runs, figures) with where it came from: its variable, the checkout, or the
+    """Each root (data, cache, runs, figures, encoders, atlas) with where it came from: its variable, the checkout, or the
     per-user default. ``fmct info`` prints these."""
     default = "checkout" if in_checkout() else "per-user default"
     out = {}
     for name, var, where in [("data", "FMCT_DATA", data_root), ("cache", "FMCT_CACHE", cache_root),
-                             ("runs", "FMCT_RUNS", runs_root), ("figures", "FMCT_FIGURES", figures_root)]:
-        how = f"${var}" if os.environ.get(var) else ("under the runs root" if name == "figures" else default)
+                             ("runs", "FMCT_RUNS", runs_root), ("figures", "FMCT_FIGURES", figures_root),
+                             ("encoders", "FMCT_ENCODERS", encoders_root), ("atlas", "FMCT_CACHE_HOME", atlas_root)]:
+        how = f"${var}" if os.environ.get(var) else {"figures": "under the runs root",
+                                                     "atlas": "per-user cache"}.get(name, default)
         out[name] = (where(), how)
     return out

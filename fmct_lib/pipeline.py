@@ -36,7 +36,7 @@ import pandas as pd
 
 from .config import PROFILES, Profile, get_profile
 from .data.manifest import is_available, load_scans, paper_tasks, scan_table_path
-from .paths import runs_root
+from .paths import in_checkout, runs_root
 
 if TYPE_CHECKING:
     from .data.preprocess import PreprocessSpec
@@ -319,7 +319,9 @@ def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fractio
     if afresh:
         why = f"pretraining afresh ({PRETRAIN_ENV}=1 or afresh=True)"
     elif released is None:
-        why = f"no released encoder under {encoders_root()}"
+        why = f"no released encoder under {encoders_root()}" + ("" if in_checkout() else (
+            " (the demo's released encoders ship with the repository, not the package: FMCT_ENCODERS=<clone>/encoders "
+            "finds them)"))
     else:
         why = _unfit_release(released.parent, p)
         if not why:

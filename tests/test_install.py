@@ -86,6 +86,9 @@ def test_an_installed_wheel_runs_fmct_info_ingest_and_a_notebook_in_per_user_fol
     assert f"data root     {data}  (per-user default)" in info, info
     assert f"cache root    {cache}  (per-user default)" in info and f"figures root  {runs / 'figures'}" in info, info
     assert f"registry      {purelib / 'fmct_lib/data/data_manifest.csv'} + {data / 'datasets.csv'}" in info, info
+    # the released encoders ship with the repository, not the wheel: a per-user folder, never site-packages
+    assert f"encoders root {home / 'share/fmct/encoders'}  (per-user default)" in info, info
+    assert f"atlas root    {home / 'cache/fmct'}  (per-user cache)" in info, info
     assert "synthetic" in info and "rsna" in info
 
     labels = tiny_nifti_folder(tmp_path / "hospital", n_patients=4)

@@ -138,6 +138,26 @@ def test_cli_entry_point():
         assert sub in out.stdout
     out = subprocess.run([str(exe), "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "paper" in out.stdout and "synthetic" in out.stdout, out.stderr
+    # a reader that stops early (`fmct info | head -1`): no BrokenPipeError traceback
+    reader = subprocess.Popen([str(exe), "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.readline()
+    reader.stdout.close()
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_outside_a_checkout_the_encoders_root_is_a_per_user_folder(monkeypatch, tmp_path):
+    """An installed package has no committed encoders/: the root is a per-user folder (it was site-packages'
+    'encoders', where a release was then written and left behind by pip uninstall)."""
+    from fmct_lib import paths
+    monkeypatch.delenv("FMCT_ENCODERS", raising=False)
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "site-packages")
+    monkeypatch.setattr(paths.platformdirs, "user_data_path", lambda app: tmp_path / "share" / app)
+    assert not paths.in_checkout()
+    assert paths.encoders_root() == tmp_path / "share/fmct/encoders"
+    assert paths.roots()["encoders"] == (tmp_path / "share/fmct/encoders", "per-user default")
+    monkeypatch.setenv("FMCT_ENCODERS", str(tmp_path / "clone/encoders"))
+    assert paths.roots()["encoders"] == (tmp_path / "clone/encoders", "$FMCT_ENCODERS")
 
 
 def test_version_and_the_module_entry_point_that_torchrun_uses():

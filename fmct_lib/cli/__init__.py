@@ -62,3 +62,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fmct {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader stopped early (`fmct info | head`): its choice, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit
+        return 0

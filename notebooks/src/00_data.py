@@ -10,7 +10,7 @@
 # %% tags=["parameters"]
 dataset = "synthetic"   # synthetic | rsna | cq500 | a name registered by `fmct ingest nifti` or `fmct ingest dicom`
 profile = "demo"        # toy | demo | paper (fmct_lib/config.py)
-run_dir = None          # runs root (default $FMCT_RUNS or runs/)
+run_dir = None          # runs root (default: $FMCT_RUNS, else the checkout's runs/ or a per-user folder: fmct info)
 seed = 0
 example_scan = None     # scan_id to draw through the chain (default: the first test scan with a lesion)
 

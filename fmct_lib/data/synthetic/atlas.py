@@ -17,7 +17,6 @@ directory (``$FMCT_CACHE_HOME``, default ``platformdirs.user_cache_dir("fmct")``
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +71,9 @@ def grid_shape(step: float) -> tuple[int, int, int]:
 
 
 def atlas_cache_dir() -> Path:
-    """``$FMCT_CACHE_HOME`` or the platform's user cache directory for fmct."""
-    env = os.environ.get("FMCT_CACHE_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("fmct"))
+    """``$FMCT_CACHE_HOME`` or the platform's user cache directory for fmct (``paths.atlas_root``)."""
+    from ...paths import atlas_root
+    return atlas_root()
 
 
 # ------------------------------------------------------------------------------------------ resampling
