@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["ModelConfig", "Profile", "PROFILES", "get_profile", "patch_variant"]
+__all__ = ["ModelConfig", "Profile", "PROFILES", "get_profile", "patch_variant", "coarser_variant"]
 
 
 @dataclass(frozen=True)
@@ -243,3 +243,17 @@ def patch_variant(profile: "str | Profile", patch_size: int | None = None) -> Pr
     local = patch_size * math.ceil(p.local_input_size * img / (m.img_size * patch_size))
     return p.replace(name=f"{p.name}-p{patch_size}", model=replace(m, img_size=img, patch_size=patch_size),
                      local_input_size=local)
+
+
+def coarser_variant(profile: "str | Profile", patch_size: int | None = None) -> Profile:
+    """``patch_variant`` for a comparison with the profile's own encoder (Supp. Fig. 2: the coarser patch, fewer
+    tokens): a ``patch_size`` whose grid has as many tokens as the profile's or more is refused, naming the
+    grids, where the comparison would otherwise report the finer encoder as the paper's coarser p16 model."""
+    p = get_profile(profile)
+    q = patch_variant(p, patch_size)
+    grid, coarse = p.model.img_size // p.model.patch_size, q.model.img_size // q.model.patch_size
+    if coarse >= grid:
+        raise ValueError(f"patch_size {q.model.patch_size} gives {coarse}³ patch tokens against the profile's {grid}³ "
+                         f"(patch {p.model.patch_size}): the comparison needs a coarser patch, fewer tokens (default: "
+                         f"{patch_variant(p).model.patch_size})")
+    return q

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .models.external import ExternalRef
 
 __all__ = ["Study", "start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensure_finetuned",
-           "choose_tasks", "pretrain_afresh"]
+           "choose_tasks", "pretrain_afresh", "check_choices", "ENCODER_PROTOCOLS"]
 
 PRETRAIN_ENV = "FMCT_PRETRAIN"
 
@@ -212,6 +212,33 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     site_filter = _site_filter(dataset, scans, site)
     afresh = pretrain_afresh() if afresh is None else bool(afresh)
     return Study(dataset, p, scans, runs, seed, method or p.pretrain_method, site_filter, afresh, spec, checkpoint)
+
+
+# the ways a notebook trains an encoder's classifier when it compares encoders (05, 10, 12)
+ENCODER_PROTOCOLS = ("finetune", "linear", "attentive")
+
+
+def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFrame] | None = None) -> None:
+    """Refuse a notebook's names before any work (a typo used to fail after the first encoders had pretrained):
+    ``methods``, pretraining methods (at least one, each registered); ``protocols``, ways to train an encoder's
+    classifier, each one of ``ENCODER_PROTOCOLS``; ``site``, ``(name, dataset, scans)``: a labelled site of that
+    scan table."""
+    if methods is not None:
+        if not list(methods):
+            from .train.methods import METHODS
+            raise ValueError(f"methods is empty: name at least one of {', '.join(METHODS)}")
+        from .train import get_method
+        for method in methods:
+            get_method(method)
+    for protocol in protocols:
+        if protocol not in ENCODER_PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r}: an encoder's classifier here is trained by one of "
+                             f"{', '.join(ENCODER_PROTOCOLS)}")
+    if site is not None:
+        name, dataset, scans = site
+        if "site" not in scans:
+            raise ValueError(f"site {name!r} asked for, but {dataset!r} has no sites (no site column)")
+        _site_filter(dataset, scans, name)
 
 
 def _site_filter(dataset: str, scans: pd.DataFrame, site: str | None) -> dict | None:

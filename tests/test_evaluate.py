@@ -266,6 +266,12 @@ def test_relative_improvement_as_the_paper_reports():
     assert 16.07 <= relative_improvement(0.852, 0.734) <= 16.08
     assert relative_improvement(0.85205, 0.73416) == pytest.approx(16.06, abs=0.01)
     assert np.allclose(relative_improvement([1.0, 0.5], [0.5, 1.0]), [100.0, -50.0])
+    # from 0 there is no relative change: NaN, without a RuntimeWarning leaking into a notebook
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(relative_improvement(0.4, 0.0))
+        np.testing.assert_allclose(relative_improvement([0.4, 0.6], [0.0, 0.5]), [np.nan, 20.0])
 
 
 def test_fewshot_summary_mean_and_t_interval():

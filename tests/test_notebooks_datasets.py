@@ -108,6 +108,15 @@ def test_attention_parts_need_trainable_tasks_for_fine_tuning_and_masks_for_the_
     assert parts.skipped["lesion"].startswith("no fine-tuned encoder")
 
 
+def test_scaling_parts_with_a_checkpoint_name_its_file_not_the_machines_path():
+    # the figure's JSON records the skipped parts: an absolute path there was the machine's, not the figure's
+    from fmct_lib.interpret.parts import scaling_parts
+    parts, fractions = scaling_parts("synthetic", scan_table(), [0.1, 1.0], 4,
+                                     checkpoint="/home/someone/runs/pretrain/x/encoder.safetensors")
+    assert parts.skipped["pretraining"] == ("an encoder checkpoint was given (encoder.safetensors): no pretraining, "
+                                            "so no fractions to compare; the probes run on the checkpoint")
+
+
 def test_finetunable_tasks_counts_both_splits():
     table = scan_table(labels={"a": [1, 0] * 6, "b": [1] * 6 + [0] * 6, "c": [np.nan] * 12})
     kept, reasons = finetunable_tasks(table, ["a", "b", "c", "d"])

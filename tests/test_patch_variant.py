@@ -51,3 +51,15 @@ def test_a_variant_resolves_by_its_name_as_runs_record_it():
 def test_the_profiles_keep_their_values():
     assert [(p.name, p.input_size, p.patch_size, p.local_input_size) for p in PROFILES.values()] == [
         ("paper", 96, 12, 96), ("demo", 32, 8, 16), ("toy", 16, 4, 16)]
+
+
+def test_the_comparison_of_12_takes_a_coarser_patch_only():
+    """12_patch_size compares the profile's encoder with a coarser one (Supp. Fig. 2: 216 against 512 tokens); a
+    patch giving as many tokens or more (toy: patch 4 is the profile's, 3 gives 6³ > 4³) is refused, where the
+    finer encoder was reported as the paper's coarser p16 model."""
+    from fmct_lib.config import coarser_variant
+    assert coarser_variant("toy") == patch_variant("toy") and coarser_variant("demo", 16) == patch_variant("demo", 16)
+    for patch, tokens in ((4, 4), (3, 6), (2, 8)):
+        with pytest.raises(ValueError, match=rf"patch_size {patch} gives {tokens}³ patch tokens against the "
+                                             r"profile's 4³ \(patch 4\): the comparison needs a coarser patch"):
+            coarser_variant("toy", patch)

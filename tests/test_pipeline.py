@@ -295,3 +295,24 @@ def test_the_reference_preset_needs_a_checkpoint_and_reaches_every_run_embedding
                             / "encoder.safetensors")
     assert on_paper == finetuned / "authors" / "synthetic" / "ich" / "seed0" / "encoder.safetensors"
     assert load_checkpoint(on_reference)[1]["preprocess"] == reference.to_dict()
+
+
+def test_a_notebooks_method_protocol_and_site_names_are_checked_before_any_work():
+    """05, 10 and 12 call check_choices right after start: a typo used to fail after the first encoders had
+    pretrained (05's 'dnio' after MAE; 12's 'finetun' after its p-variant), an unknown external site was ignored,
+    and 10's vit_protocol 'scratch' was reported as the pretrained 3D ViT."""
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c"], "site": ["internal", "external", "pretrain"]})
+    pipeline.check_choices(methods=["mae", "dino"], protocols=["linear"], site=("external", "synthetic", scans))
+    with pytest.raises(ValueError, match="unknown method 'dnio'; the known methods are dino, mae"):
+        pipeline.check_choices(methods=["mae", "dnio"])
+    with pytest.raises(ValueError, match="methods is empty: name at least one of dino"):
+        pipeline.check_choices(methods=[])
+    for protocol in ("scratch", "histogram", "finetun"):
+        with pytest.raises(ValueError, match=f"protocol '{protocol}': an encoder's classifier here is trained by one "
+                                             "of finetune, linear, attentive"):
+            pipeline.check_choices(protocols=[protocol])
+    with pytest.raises(ValueError, match="site 'externl' is not a labelled site of 'synthetic'; its labelled sites "
+                                         "are external, internal"):
+        pipeline.check_choices(site=("externl", "synthetic", scans))
+    with pytest.raises(ValueError, match="site 'external' asked for, but 'myhosp' has no sites"):
+        pipeline.check_choices(site=("external", "myhosp", scans.drop(columns="site")))

@@ -339,9 +339,11 @@ def holm_adjust(p_values) -> np.ndarray:
 
 
 def relative_improvement(new, old):
-    """Relative improvement in percent, ``100 · (new − old) / old`` (the paper's "+16.07% macro-AUC")."""
+    """Relative improvement in percent, ``100 · (new − old) / old`` (the paper's "+16.07% macro-AUC"); NaN where
+    ``old`` is 0 (no relative change from nothing)."""
     new, old = np.asarray(new, dtype=float), np.asarray(old, dtype=float)
-    result = 100.0 * (new - old) / old
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = np.where(old == 0, np.nan, 100.0 * (new - old) / np.where(old == 0, 1.0, old))
     return float(result) if result.ndim == 0 else result
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -339,8 +340,8 @@ def scaling_parts(dataset: str, scans: pd.DataFrame, fractions, batch_size: int,
              if len(pool) else 0 for f in fractions}
     fitting = [f for f in fractions if sizes[f] >= batch_size]
     if checkpoint:
-        pretraining = (f"an encoder checkpoint was given ({checkpoint}): no pretraining, so no fractions to compare; "
-                       "the probes run on the checkpoint")
+        pretraining = (f"an encoder checkpoint was given ({Path(checkpoint).name}): no pretraining, so no fractions to "
+                       "compare; the probes run on the checkpoint")
     elif not fitting:
         pretraining = ("fewer pretraining scans than one batch of " f"{batch_size} at every fraction ("
                        + ", ".join(f"{f:.0%}: {n}" for f, n in sizes.items()) + ")")

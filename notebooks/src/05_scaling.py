@@ -28,6 +28,8 @@ from fmct_lib.report import comparisons, conclusions, plots, run_records
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, site=site, preset=preset, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
+pipeline.check_choices(methods=None if checkpoint else methods, protocols=[protocol],
+                       site=(external_site, dataset, scans) if external_site else None)
 
 # %% [markdown]
 # ## What this dataset allows
@@ -103,7 +105,8 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else
     comparisons.save_comparison(name, comparison[comparison.metric == metric])
     run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary[summary.metric == metric],
-                      {"dataset": dataset, "profile": P.to_dict(), "methods": methods, "fractions": fractions,
+                      {"dataset": dataset, "profile": P.to_dict(), "methods": ["checkpoint"] if checkpoint else methods,
+                       "fractions": [1.0] if checkpoint else fractions,
                        "protocol": protocol, "preset": S.spec.name, "spec": S.spec.hash, "tasks": tasks, "site": site,
                        "checkpoint": checkpoint, "seed": seed, "skipped": parts.skipped})
 

@@ -37,6 +37,7 @@ from fmct_lib.report import comparisons, conclusions, encoders as compare, paper
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+pipeline.check_choices(protocols=[vit_protocol])
 
 # %% [markdown]
 # ## What this dataset allows

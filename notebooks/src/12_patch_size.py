@@ -32,14 +32,13 @@ n_seeds = None           # training seeds of every model (default: the profile's
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.config import patch_variant
+from fmct_lib.config import coarser_variant
 from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
 
+pipeline.check_choices(protocols=[protocol])
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
 P, method = S.profile, S.method
-Q = patch_variant(P, patch_size)
-if Q == P:
-    raise ValueError(f"patch_size {patch_size} is the profile's own: nothing to compare")
+Q = coarser_variant(P, patch_size)
 C = pipeline.start(dataset, Q, run_dir=run_dir, seed=seed, method=method, site=site)
 fine, coarse = f"patch {P.patch_size}", f"patch {Q.patch_size}"
 for name, p in ((fine, P), (coarse, Q)):
