@@ -952,6 +952,8 @@ def test_efficiency_conclusion_without_memory_judges_throughput_only():
     measured = conclusions.efficiency_conclusion(_efficiency_table([100.0, 300.0]), PATCH_COST, stand_ins=False)
     assert "their memory CT-FM 3.00×: the 3-D ViT is the fastest and the lightest." in measured
     assert "(Extended Data Fig. 5): reproduced on this machine." in measured
+    # attention 0.04× at s = 0.5 and 36× at s = 2: the slope of the table, log(900) / log(4) = 4.9, not "s^6 exactly"
+    assert "(attention's FLOPs as s^4.9, → s^6 as the token count grows; the patch tokens as s^3)" in measured
 
 
 # --------------------------------------------------------------------------------------- notebook parameters

@@ -4,6 +4,7 @@ conclusions. Timings are never asserted beyond an ordering that a 60-fold differ
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,79 @@ def test_measured_table_is_positive_and_orders_a_tiny_and_a_bigger_vit(one_threa
     assert (ratios.loc["big", "throughput_ratio"] < 1).all() and (ratios.loc["big", "memory_ratio"] > 1).all()
 
 
+# ------------------------------------------------------------------------------------------------ parameters
+def _unbuildable(name="never"):
+    """A candidate whose building fails the test: a refusal must come before anything is built or measured."""
+    def build():
+        raise AssertionError("built: the parameters should have been refused before this")
+    return efficiency.Candidate(name, name, build, 16)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """torch sees no CUDA GPU, whatever machine runs the test."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(repeats=0), "repeats must be a whole number ≥ 1, got 0"),
+    (dict(batch_size=0), "batch_size must be a whole number ≥ 1, got 0"),
+    (dict(warmup=-1), "warmup must be a whole number ≥ 0, got -1"),
+    (dict(repeats=2.5), "repeats must be a whole number ≥ 1, got 2.5"),
+    (dict(modes=("backward",)), "unknown mode"),
+    (dict(device="cuda"), "device 'cuda' asked for, but no CUDA GPU is visible to this process; use device='cpu'"),
+], ids=["repeats", "batch_size", "warmup", "fractional", "mode", "cuda"])
+def test_measure_refuses_its_parameters_before_building_anything(kwargs, message, no_gpu):
+    """Were: min() of an empty sequence (repeats 0), a reshape of 0 elements (batch 0), torch's "not compiled with
+    CUDA" 8 frames deep in machine_name (cuda without a GPU)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        efficiency.measure([_unbuildable()], **kwargs)
+    with pytest.raises(ValueError, match="nothing to measure"):
+        efficiency.measure([])
+
+
+def test_pick_device(no_gpu):
+    assert efficiency.pick_device(None) == torch.device("cpu") == efficiency.pick_device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' asked for, but no CUDA GPU is visible to this process; "
+                                         r"use device='cpu'$"):
+        efficiency.pick_device("cuda:1")
+    with pytest.raises(ValueError, match="device 'gpu': not a device name"):
+        efficiency.pick_device("gpu")
+    with pytest.raises(ValueError, match="run on 'cpu' or 'cuda'"):
+        efficiency.pick_device("meta")
+
+
+def test_check_parameters_resolves_notebook_11s_parameters(no_gpu):
+    """The defaults; vit, the reference of every ratio, always measured (was: every architecture measured, then
+    relative_to's "no 'vit' rows in the table"); a name list given as one string (papermill -p)."""
+    assert efficiency.check_parameters("toy") == (
+        ["vit", "vit_p6", "ctfm", "merlin", "resnet3d", "dinov3", "vjepa2"], 16, [2, 4, 8], "cpu")
+    settings = efficiency.check_parameters("toy", ["ctfm", "merlin"], patch_sizes=[8, 16], device="cpu")
+    assert settings.architectures == ["vit", "ctfm", "merlin"] and settings.patch_sizes == [4, 8, 16]
+    assert efficiency.check_parameters("toy", "ctfm", patch_sizes=2).architectures == ["vit", "ctfm"]
+    assert efficiency.check_parameters("toy", "ctfm,vit").architectures == ["ctfm", "vit"]
+    assert efficiency.check_parameters("demo", input_size=40).patch_sizes == [4, 5, 8, 10, 20]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(patch_sizes=[3]), "patch_sizes: 3 does not divide the input side 16; the patch sizes that do: 1, 2, 4, 8, "
+                            "16 (default 2, 4, 8: at most 8× the profile's tokens)"),
+    (dict(patch_sizes=[0]), "patch_sizes: 0 is not a whole number ≥ 1; the patch sizes that divide the input side "
+                            "16: 1, 2, 4, 8, 16"),
+    (dict(input_size=18), "input_size 18 is not a multiple of the toy profile's patch 4 (e.g. 16 or 20)"),
+    (dict(architectures=["ctfm", "vit16"]), "unknown architecture 'vit16'"),
+    (dict(repeats=0), "repeats must be a whole number ≥ 1, got 0"),
+    (dict(batch_size=0), "batch_size must be a whole number ≥ 1, got 0"),
+    (dict(device="cuda"), "device 'cuda' asked for, but no CUDA GPU is visible to this process; use device='cpu'"),
+], ids=["patch", "patch0", "input_size", "architecture", "repeats", "batch_size", "cuda"])
+def test_check_parameters_refuses_in_one_line(kwargs, message, no_gpu):
+    """Was: a patch that does not divide the input refused only once the whole architecture table was measured."""
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        efficiency.check_parameters("toy", **kwargs)
+    assert "\n" not in str(refused.value)
+
+
 def _table(vit, other):
     """A relative_to table for the ViT and one other architecture: (scans/s, MiB) per mode."""
     rows = [{"architecture": a, "model": m, "mode": mode, "scans_per_s": s, "peak_memory_mb": mb, "machine": "X CPU",
@@ -114,9 +188,21 @@ def test_efficiency_conclusion_states_the_ratios_and_the_papers_claim():
     slope = np.polyfit(np.log([1.5, 1.0, 0.75]), np.log([3.0, 1.0, 0.5]), 1)[0]
     assert f"measured forward time as s^{slope:.1f}" in text and "Paper: O(s^6)" in text
     assert f"attention is {cost.attention_flops[1] / cost.flops[1]:.0%} of the FLOPs" in text
+    attention = np.polyfit(np.log(cost.s), np.log(cost.attention_ratio), 1)[0]
+    assert f"attention's FLOPs as s^{attention:.1f}, → s^6 as the token count grows" in text and "exactly" not in text
     heavier = conclusions.efficiency_conclusion(_table((10.0, 100.0), (4.0, 50.0)), cost, stand_ins=True)
     assert "NOT the lightest" in heavier and "NOT reproduced on this machine: the other encoders here are randomly" \
         in heavier
+
+
+def test_efficiency_conclusion_states_attentions_slope_from_the_table():
+    """At the toy and demo geometry (64 patch tokens and the cls token at s = 1) attention's FLOPs grow 62.3-fold at
+    s = 2 and 0.019-fold at s = 0.5: a slope of 5.8, not the s^6 the text stated "exactly" (T = patches + 1)."""
+    cost = efficiency.patch_cost(get_profile("toy").model, [2, 4, 8]).assign(measured_ratio=[4.0, 1.0, 0.8])
+    assert cost.attention_ratio.round(2).tolist() == [62.29, 1.0, 0.02]
+    text = conclusions.efficiency_conclusion(_table((10.0, 100.0), (4.0, 300.0)), cost, stand_ins=True)
+    assert "attention's FLOPs as s^5.8, → s^6 as the token count grows; the patch tokens as s^3)" in text
+    assert "s^6 exactly" not in text
 
 
 def test_patch_size_conclusion_compares_and_prices_the_two_patch_sizes():

@@ -23,6 +23,10 @@ to three steps (on a CPU, whether a freed buffer is reused or mapped anew varies
 **Analytic** (:func:`vit_flops`, :func:`patch_cost`): the 3-D ViT's FLOPs from its configuration, 2 per
 multiply-add: patch embedding, qkv, attention (QKᵀ and AV), output projection, MLP (norms, softmax, GELU and biases
 are left out, as the counter leaves them out).
+
+**Checked** (:func:`check_parameters`, :func:`pick_device`; :func:`measure` checks its own): a device that cannot run
+here, a count below 1, a patch that does not divide the input, an unknown architecture are refused in one line
+before anything is built or measured; the 3-D ViT, the reference of every ratio, is always among the architectures.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import ctypes.util
 import gc
 import inspect
 import math
+import numbers
 import platform
 import re
 import statistics
@@ -39,7 +44,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pandas as pd
 import torch
@@ -48,8 +53,9 @@ import torch.nn as nn
 from ..config import ModelConfig, Profile, get_profile, patch_variant
 from ..precision import autocast_for, precision_name
 
-__all__ = ["MODES", "Candidate", "vit_flops", "patch_cost", "dividing_patches", "counted_flops", "cpu_name",
-           "machine_name", "vit_candidate", "candidates", "measure", "measure_architectures", "relative_to"]
+__all__ = ["MODES", "Candidate", "Settings", "vit_flops", "patch_cost", "dividing_patches", "counted_flops",
+           "cpu_name", "machine_name", "vit_candidate", "candidates", "pick_device", "check_parameters", "measure",
+           "measure_architectures", "relative_to"]
 
 MODES = ("forward", "forward+backward")
 EXTERNAL = ("ctfm", "merlin", "resnet3d", "dinov3", "vjepa2")   # models.external.ENCODERS, in the paper's order
@@ -165,7 +171,7 @@ def candidates(profile: str | Profile, names=None, input_size: int | None = None
     p = get_profile(profile)
     size = input_size or p.input_size
     at_size = p.replace(model=replace(p.model, img_size=size))
-    names = list(names) if names else ["vit", f"vit_p{patch_variant(at_size).patch_size}", *EXTERNAL]
+    names = _names(names) or _default_names(at_size)
     out = []
     for name in names:
         if name == "vit":
@@ -177,6 +183,109 @@ def candidates(profile: str | Profile, names=None, input_size: int | None = None
         else:
             raise ValueError(f"unknown architecture {name!r}; choose from 'vit', 'vit_p<patch>', {', '.join(EXTERNAL)}")
     return out
+
+
+def _default_names(at_size: Profile) -> list[str]:
+    return ["vit", f"vit_p{patch_variant(at_size).patch_size}", *EXTERNAL]
+
+
+def _names(names) -> list[str]:
+    """``names`` as a list; one string is a comma- or space-separated list (``papermill -p architectures ctfm``)."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return [n for n in re.split(r"[,\s]+", names) if n]
+    return list(names)
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else CUDA when torch sees a GPU, else the CPU; one that cannot run here is refused in
+    one line (the wording of ``train.distributed``), before anything is built."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: not a device name (cpu, cuda, cuda:1): {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the efficiency measurements run on 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to this process; "
+                             "use device='cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} asked for, but this process sees {count} GPU(s) (cuda:0 to "
+                             f"cuda:{count - 1})")
+    return dev
+
+
+def _whole(name: str, value, least: int) -> int:
+    """``value`` as an int, refused in one line unless a whole number at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or value < least:
+        raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+    return int(value)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class Settings(NamedTuple):
+    """Notebook 11's parameters, checked and resolved by :func:`check_parameters`."""
+
+    architectures: list[str]
+    input_size: int
+    patch_sizes: list[int]
+    device: str
+
+
+def check_parameters(profile: str | Profile, architectures=None, *, input_size: int | None = None, patch_sizes=None,
+                     batch_size: int = 1, repeats: int = 3, warmup: int = 1,
+                     device: str | torch.device | None = None) -> Settings:
+    """Notebook 11's parameters (Extended Data Fig. 5, Supp. Fig. 2's cost), checked before anything is measured,
+    each refusal a one-line ``ValueError``; returns them resolved:
+
+    - ``architectures``: as :func:`candidates` takes them (default its default); ``vit``, the reference every ratio
+      is relative to (:func:`relative_to`), is always measured: put first where not named.
+    - ``input_size``: default the profile's; a multiple of the profile's patch.
+    - ``patch_sizes``: the ViT's patch sizes for the cost curve, each dividing ``input_size`` (the divisors are named
+      where one does not); default :func:`dividing_patches`; sorted, the profile's patch included.
+    - ``batch_size``, ``repeats`` ≥ 1, ``warmup`` ≥ 0 (as :func:`measure` requires).
+    - ``device``: :func:`pick_device`, as a string."""
+    p = get_profile(profile)
+    size = _whole("input_size", input_size, 1) if input_size is not None else p.input_size
+    patch = p.model.patch_size
+    if size % patch:
+        lower, upper = max(patch, size // patch * patch), (size // patch + 1) * patch
+        raise ValueError(f"input_size {size} is not a multiple of the {p.name} profile's patch {patch} "
+                         f"(e.g. {lower} or {upper})")
+    names = _names(architectures) or _default_names(p.replace(model=replace(p.model, img_size=size)))
+    if "vit" not in names:
+        names = ["vit", *names]
+    candidates(p, names, size)  # refuses an unknown name
+    cfg = replace(p.model, img_size=size)
+    given = [patch_sizes] if isinstance(patch_sizes, numbers.Real) else _names(patch_sizes)
+    given = given or dividing_patches(cfg)  # None or empty: the default
+    sizes = set()
+    for q in given:
+        try:
+            q = _whole("a patch size", float(q) if isinstance(q, str) else q, 1)
+        except (TypeError, ValueError):
+            raise ValueError(f"patch_sizes: {q!r} is not a whole number ≥ 1; the patch sizes that divide the input "
+                             f"side {size}: {', '.join(map(str, _divisors(size)))}") from None
+        if size % q:
+            raise ValueError(f"patch_sizes: {q} does not divide the input side {size}; the patch sizes that do: "
+                             f"{', '.join(map(str, _divisors(size)))} (default "
+                             f"{', '.join(map(str, dividing_patches(cfg)))}: at most 8× the profile's tokens)")
+        sizes.add(q)
+    _check_counts(batch_size, repeats, warmup)
+    return Settings(names, size, sorted(sizes | {patch}), str(pick_device(device)))
+
+
+def _check_counts(batch_size, repeats, warmup) -> tuple[int, int, int]:
+    return _whole("batch_size", batch_size, 1), _whole("repeats", repeats, 1), _whole("warmup", warmup, 0)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -278,8 +387,16 @@ def measure(cands: list[Candidate], *, batch_size: int = 1, repeats: int = 3, wa
     """One row per candidate and mode: ``architecture``, ``model``, ``detail``, ``params_m``, ``input_size``,
     ``in_chans``, ``batch_size``, ``mode``, ``seconds`` (median step), ``scans_per_s``, ``peak_memory_mb`` (MiB),
     ``gflops_per_scan`` (counted), ``device``, ``machine``, ``torch``, ``dtype``, ``memory`` (what the peak is),
-    ``repeats``, ``warmup``. ``device`` defaults to CUDA when present (module docstring)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ``repeats``, ``warmup``. ``device`` defaults to CUDA when present (module docstring). ``batch_size`` and
+    ``repeats`` are at least 1, ``warmup`` at least 0, ``device`` one that runs here (:func:`pick_device`): refused
+    in one line before anything is built."""
+    batch_size, repeats, warmup = _check_counts(batch_size, repeats, warmup)
+    modes = tuple(modes)
+    if set(modes) - set(MODES):
+        raise ValueError(f"unknown mode(s) {sorted(set(modes) - set(MODES))}; choose from {MODES}")
+    if not cands or not modes:
+        raise ValueError(f"nothing to measure: {len(cands)} architecture(s) in {len(modes)} mode(s)")
+    device = pick_device(device)
     memory = _PeakMemory(device)
     common = {"batch_size": batch_size, "device": device.type, "machine": machine_name(device),
               "torch": torch.__version__, "dtype": precision_name(device),

@@ -19,12 +19,14 @@ dataset = "synthetic"    # names the figure only: the inputs are random volumes
 profile = "demo"
 run_dir = None           # the table is also written under <runs>/efficiency/, one file per machine and setting
 seed = 0                 # the random inputs and initial weights
-architectures = None     # default: vit, its Supp. Fig. 2 counterpart (paper: vit_p16), ctfm, merlin, resnet3d, dinov3, vjepa2
-batch_size = 1
-input_size = None        # default: the profile's (paper 96)
-repeats = 3              # timed steps per architecture and mode after a warm-up step; the median is reported
-patch_sizes = None       # the ViT's patch sizes timed for the cost curve; default: those dividing the input, up to 8x the tokens
-device = None            # default: cuda when available, else cpu
+architectures = None     # default: vit, its Supp. Fig. 2 counterpart (paper: vit_p16), ctfm, merlin, resnet3d,
+                         # dinov3, vjepa2; vit is always measured (every ratio is relative to it): put first if not listed
+batch_size = 1           # at least 1
+input_size = None        # default: the profile's (paper 96); a multiple of the profile's patch
+repeats = 3              # timed steps (at least 1) per architecture and mode after a warm-up step; the median is reported
+patch_sizes = None       # the ViT's patch sizes timed for the cost curve, each dividing the input (a refusal names
+                         # those that do); default: those dividing it, up to 8x the tokens
+device = None            # default: cuda when available, else cpu; cuda without a GPU is refused
 
 # %%
 import re
@@ -33,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.models import efficiency
@@ -42,8 +43,10 @@ from fmct_lib.paths import runs_root
 from fmct_lib.report import conclusions, naming, paper, plots
 
 P = get_profile(profile)
-device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-input_size = input_size or P.input_size
+# every parameter checked before anything is measured (a refusal is one line naming what would do)
+architectures, input_size, sizes, device = efficiency.check_parameters(
+    P, architectures, input_size=input_size, patch_sizes=patch_sizes, batch_size=batch_size, repeats=repeats,
+    device=device)
 table = efficiency.relative_to(efficiency.measure_architectures(
     P, architectures, input_size=input_size, batch_size=batch_size, repeats=repeats, device=device, seed=seed))
 machine = f"{table.machine[0]}, torch {table.torch[0]}, {table.dtype[0]}, batch {batch_size}, input {input_size}³"
@@ -65,7 +68,6 @@ display(table.pivot_table(index=["model", "detail"], columns="mode", sort=False,
 
 # %%
 cfg = replace(P.model, img_size=input_size)
-sizes = sorted(set(patch_sizes or efficiency.dividing_patches(cfg)) | {cfg.patch_size})
 timed = efficiency.measure([efficiency.vit_candidate(replace(cfg, patch_size=p), f"p{p}") for p in sizes],
                            batch_size=batch_size, repeats=repeats, device=device, modes=("forward",), seed=seed)
 seconds = timed.set_index("architecture")["seconds"]
