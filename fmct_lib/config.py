@@ -253,7 +253,7 @@ def coarser_variant(profile: "str | Profile", patch_size: int | None = None) -> 
     q = patch_variant(p, patch_size)
     grid, coarse = p.model.img_size // p.model.patch_size, q.model.img_size // q.model.patch_size
     if coarse >= grid:
-        raise ValueError(f"patch_size {q.model.patch_size} gives {coarse}³ patch tokens against the profile's {grid}³ "
-                         f"(patch {p.model.patch_size}): the comparison needs a coarser patch, fewer tokens (default: "
-                         f"{patch_variant(p).model.patch_size})")
+        raise ValueError(f"patch_size {q.model.patch_size} gives {coarse}³ patch tokens against the profile's "
+                         f"{grid}³ (patch {p.model.patch_size}): the comparison needs a coarser patch, fewer tokens "
+                         f"(default: {patch_variant(p).model.patch_size})")
     return q

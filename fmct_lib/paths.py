@@ -102,7 +102,8 @@ def roots() -> dict[str, tuple[Path, str]]:
     out = {}
     for name, var, where in [("data", "FMCT_DATA", data_root), ("cache", "FMCT_CACHE", cache_root),
                              ("runs", "FMCT_RUNS", runs_root), ("figures", "FMCT_FIGURES", figures_root),
-                             ("encoders", "FMCT_ENCODERS", encoders_root), ("atlas", "FMCT_CACHE_HOME", atlas_root)]:
+                             ("encoders", "FMCT_ENCODERS", encoders_root),
+                             ("atlas", "FMCT_CACHE_HOME", atlas_root)]:
         how = f"${var}" if os.environ.get(var) else {"figures": "under the runs root",
                                                      "atlas": "per-user cache"}.get(name, default)
         out[name] = (where(), how)

@@ -346,9 +346,12 @@ def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fractio
     if afresh:
         why = f"pretraining afresh ({PRETRAIN_ENV}=1 or afresh=True)"
     elif released is None:
-        why = f"no released encoder under {encoders_root()}" + ("" if in_checkout() else (
-            " (the demo's released encoders ship with the repository, not the package: FMCT_ENCODERS=<clone>/encoders "
-            "finds them)"))
+        why = f"no released encoder under {encoders_root()}"
+        if os.environ.get("FMCT_ENCODERS") and not encoders_root().is_dir():
+            why += " (FMCT_ENCODERS names a folder that does not exist: a typo?)"
+        elif not in_checkout():
+            why += (" (the demo's released encoders ship with the repository, not the package: "
+                    "FMCT_ENCODERS=<clone>/encoders finds them)")
     else:
         why = _unfit_release(released.parent, p)
         if not why:

@@ -199,7 +199,14 @@ def test_ensure_pretrained_starts_from_the_released_encoder_unless_asked_to_pret
     monkeypatch.delenv("FMCT_PRETRAIN")
     # nothing released for this seed; a release made for another model does not serve a profile of the same name
     pipeline.ensure_pretrained("mae", "synthetic", "toy", seed=1, runs=tmp_path / "runs")
-    assert f"no released encoder under {tmp_path / 'encoders'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"no released encoder under {tmp_path / 'encoders'}" in out and "a typo?" not in out
+    # a mistyped FMCT_ENCODERS (a folder that does not exist) is said so before pretraining starts
+    monkeypatch.setenv("FMCT_ENCODERS", str(tmp_path / "encodres"))
+    pipeline.ensure_pretrained("mae", "synthetic", "toy", seed=1, runs=tmp_path / "runs")
+    assert (f"no released encoder under {tmp_path / 'encodres'} (FMCT_ENCODERS names a folder that does not exist: "
+            "a typo?)") in capsys.readouterr().out
+    monkeypatch.setenv("FMCT_ENCODERS", str(tmp_path / "encoders"))
     from fmct_lib.config import ModelConfig
     wider = get_profile("toy").replace(model=ModelConfig(img_size=16, patch_size=4, embed_dim=96, depth=2, num_heads=2))
     pipeline.ensure_pretrained("mae", "synthetic", wider, runs=tmp_path / "runs")
