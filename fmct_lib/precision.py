@@ -12,7 +12,25 @@ from typing import Callable, ContextManager, Iterable
 
 import torch
 
-__all__ = ["autocast_for", "precision_name", "infer"]
+__all__ = ["autocast_for", "precision_name", "infer", "check_device"]
+
+
+def check_device(device: "torch.device | str") -> torch.device:
+    """``device`` as a ``torch.device`` that can run here (a bare ``"cuda"`` stays bare); a name torch does not
+    know, a GPU where torch sees none, or a GPU index beyond those visible is refused in one line."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: not a device name (cpu, cuda, cuda:1): {e}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to this process; "
+                             "use device='cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} asked for, but this process sees {count} GPU(s) (cuda:0 to "
+                             f"cuda:{count - 1})")
+    return dev
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

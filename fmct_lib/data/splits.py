@@ -159,8 +159,8 @@ def extend_splits(patient_ids: Sequence[str], labels: pd.DataFrame, kept: dict[s
     for patient in sorted(set(per_patient.index) - set(kept), key=lambda p: _unit_interval(p, seed, "stratified")):
         holds = per_patient.loc[patient].to_numpy()
         values = np.flatnonzero(holds)
-        gap = (ratios_arr * size[values[np.argmin(size[values])]] - have[values[np.argmin(size[values])]]
-               if len(values) else np.zeros(len(SPLITS)))
+        rarest = values[np.argmin(size[values])] if len(values) else None
+        gap = ratios_arr * size[rarest] - have[rarest] if rarest is not None else np.zeros(len(SPLITS))
         cohort_gap = ratios_arr * len(per_patient) - cohort
         k = max(range(len(SPLITS)), key=lambda k: (gap[k], cohort_gap[k], -k))
         split_of[patient] = SPLITS[k]

@@ -161,7 +161,7 @@ def performance_by_protocol(predictions: pd.DataFrame, groups: dict[str, pd.Seri
     the other groups' macros. Columns: ``bootstrap_ci``'s plus ``group`` (``"<protocol>: <value>"``), ``by`` (the
     protocol) and ``n_scans``."""
     from ..evaluate import bootstrap_ci
-    from ..evaluate.metrics import MACRO
+    from ..evaluate.stats import without_macro
 
     tasks = set(predictions["task"])
     parts = []
@@ -174,10 +174,9 @@ def performance_by_protocol(predictions: pd.DataFrame, groups: dict[str, pd.Seri
                 table = bootstrap_ci(g, n_boot=n_boot, seed=seed)
                 missing = sorted(tasks - set(g["task"]))
                 if missing:
-                    macro = table["task"] == MACRO
-                    table.loc[macro, ["value", "mean", "ci_low", "ci_high"]] = np.nan
-                    table.loc[macro, "reason"] = (f"no positive and negative scans of {', '.join(missing)} in this "
-                                                  "group: a macro over the other tasks would not compare")
+                    table = without_macro(table, ["value", "mean", "ci_low", "ci_high"],
+                                          f"no positive and negative scans of {', '.join(missing)} in this group: a "
+                                          "macro over the other tasks would not compare")
                 parts.append(table.assign(group=f"{name}: {value}", by=name, n_scans=g.scan_id.nunique()))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["task", "metric", "value", "ci_low", "ci_high", "group", "by", "n_scans"])

@@ -36,7 +36,7 @@ from .metrics import (MACRO, is_undefined, macro_reason, predictions_to_wide, so
 __all__ = [
     "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "permutation_swaps", "permutation_null",
     "paired_permutation_test", "paired_comparison", "relative_improvement", "fewshot_summary", "paired_runs",
-    "mean_ci", "holm_adjust",
+    "mean_ci", "holm_adjust", "without_macro",
 ]
 METRICS = ("auroc", "ap")
 _SEED_MARK = " @ seed "  # joins task and training seed into one column key (_wide_by_seed)
@@ -444,8 +444,18 @@ def paired_comparison(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame, 
     out = pd.DataFrame(rows)
     missing = sorted(set(tasks or ()) - set(out["task"]))
     if missing:
-        macro = out["task"] == MACRO
-        out.loc[macro, ["a", "b", "difference", "relative_pct", "ci_low", "ci_high", "p_value"]] = np.nan
-        out.loc[macro, "reason"] = (f"no run of {', '.join(missing)}: a macro over the other tasks would not be the "
-                                    "same comparison")
+        out = without_macro(out, ["a", "b", "difference", "relative_pct", "ci_low", "ci_high", "p_value"],
+                            f"no run of {', '.join(missing)}: a macro over the other tasks would not be the same "
+                            "comparison")
+    return out
+
+
+def without_macro(table: pd.DataFrame, columns: list[str], reason: str) -> pd.DataFrame:
+    """``table`` (rows per task and ``macro``) with its macro rows' ``columns`` NaN and their ``reason`` set: where
+    the table lacks a task the other tables it is compared with hold, a mean over its other tasks would not be the
+    same macro."""
+    out = table.copy()
+    macro = out["task"] == MACRO
+    out.loc[macro, columns] = np.nan
+    out.loc[macro, "reason"] = reason
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.manifest import SCAN_COLUMNS
 from ..downstream.embeddings import protocol_labels
 from .lesion import MASKED_TASKS
 
@@ -114,8 +115,7 @@ def candidate_tasks(dataset: str, tasks: list[str] | None = None, scans: pd.Data
 
 
 # columns every scan table may carry that are not labels, whatever their values
-NOT_LABELS = frozenset({"scan_id", "patient_id", "path", "split", "manufacturer", "slice_thickness_mm", "spacing",
-                        "site", "series"})
+NOT_LABELS = frozenset({*SCAN_COLUMNS, "site", "series"})  # the scan table's bookkeeping, never a task
 
 
 def label_columns(scans: pd.DataFrame) -> list[str]:

@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig, Profile, get_profile, patch_variant
-from ..precision import autocast_for, precision_name
+from ..precision import autocast_for, check_device, precision_name
 
 __all__ = ["MODES", "Candidate", "Settings", "vit_flops", "patch_cost", "dividing_patches", "counted_flops",
            "cpu_name", "machine_name", "vit_candidate", "candidates", "pick_device", "check_parameters", "measure",
@@ -204,20 +204,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     one line (the wording of ``train.distributed``), before anything is built."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {device!r}: not a device name (cpu, cuda, cuda:1): {e}") from None
+    dev = check_device(device)
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r}: the efficiency measurements run on 'cpu' or 'cuda'")
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to this process; "
-                             "use device='cpu'")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r} asked for, but this process sees {count} GPU(s) (cuda:0 to "
-                             f"cuda:{count - 1})")
     return dev
 
 

@@ -369,9 +369,8 @@ def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance:
                                                                                 thick_chance))}
     verdict = ("Not tested here." if accuracy is None and thick_accuracy is None else
                "Here: " + ", ".join(f"{name} {state}" for name, state in separable.items()) + ".")
-    values = macro["value"].dropna() if not macro.empty else macro
-    undefined = macro[macro["value"].isna()] if not macro.empty else macro
-    left_out = [f"{g} ({r})" for g, r in zip(undefined.get("group", []), undefined.get("reason", []))]
+    values, undefined = macro["value"].dropna(), macro[macro["value"].isna()]
+    left_out = [f"{g} ({r})" for g, r in zip(undefined["group"], undefined.get("reason", []))]
     protocols = ("Fine-tuned macro-AUROC by protocol group: not measured on this dataset" if macro.empty else
                  "Fine-tuned macro-AUROC by protocol group: no group has every task" if values.empty else
                  f"Fine-tuned macro-AUROC across protocol groups ranges {values.min():.3f}–"

@@ -117,9 +117,9 @@ def against_reference(predictions: pd.DataFrame, model: str, reference: str, pro
     comparison = paired_comparison(a, b, n_boot=profile.n_bootstrap, n_perm=profile.n_permutations,
                                    seed=int(predictions["seed"].min()))
     p_value, ci = paired_evidence(comparison)
-    row = comparison[(comparison["task"] == "macro") & (comparison["metric"] == "auroc")]
-    if np.isnan(ci).any() or row.empty:
+    if not has_ci(ci):
         return "not comparable with"
-    verdict = judge_difference(float(row["difference"].item()), p_value, ci)
+    difference = comparison.loc[(comparison["task"] == "macro") & (comparison["metric"] == "auroc"), "difference"]
+    verdict = judge_difference(float(difference.item()), p_value, ci)
     return {"above": "above", "below": "below", "tie": "level with", "mixed": "not settled against",
             "disagree": "not settled against"}[verdict]

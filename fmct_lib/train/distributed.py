@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..precision import check_device
+
 __all__ = ["DistInfo", "setup", "all_reduce_mean", "all_gather_rows", "barrier"]
 
 
@@ -31,19 +33,9 @@ def _pick_device(device, local_rank: int) -> torch.device:
     """``device`` as given, else this process's GPU, else the CPU; a bare ``"cuda"`` is this process's GPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {device!r}: not a device name (cpu, cuda, cuda:1): {e}") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to this process")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % count)
-        elif dev.index >= count:
-            raise ValueError(f"device {device!r} asked for, but this process sees {count} GPU(s) (cuda:0 to "
-                             f"cuda:{count - 1})")
+    dev = check_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..splits import SPLITS
 
-__all__ = ["POSITIVE", "NEGATIVE", "read_labels", "parse_labels", "parse_splits", "source_relative"]
+__all__ = ["POSITIVE", "NEGATIVE", "read_labels", "parse_labels", "parse_splits", "source_relative", "read_text_table"]
 
 POSITIVE = frozenset({"1", "1.0", "yes", "y", "true", "positive"})
 NEGATIVE = frozenset({"0", "0.0", "no", "n", "false", "negative"})
@@ -95,6 +95,18 @@ def _missing_columns_error(file, table: pd.DataFrame, wanted: dict[str, str], pa
     return ValueError(text + f". Name the file's columns with {path_flag}, --patient-col and --map COLUMN=TASK")
 
 
+def read_text_table(path) -> pd.DataFrame:
+    """The labels CSV at ``path`` as text, as every reader of it takes it: each cell a string (an empty cell
+    ``""``), spaces after a comma and a spreadsheet's byte-order mark dropped, column names stripped; an unreadable
+    file is a ``ValueError`` naming it."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV file (--labels): {e}") from e
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
 def read_labels(path, *, path_column: str = "path", patient_column: str | None = "patient_id",
                 mapping: dict[str, str] | None = None, split_column: str | None = None,
                 path_flag: str = "--path-col", what: str = "volume") -> pd.DataFrame:
@@ -111,11 +123,7 @@ def read_labels(path, *, path_column: str = "path", patient_column: str | None =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such labels file (--labels)")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV file (--labels): {e}") from e
-    table.columns = [str(c).strip() for c in table.columns]
+    table = read_text_table(path)
     wanted = {path_column: path_flag, **({patient_column: "--patient-col"} if patient_column else {}),
               **{column: f"--map {column}={task}" for column, task in mapping.items()}}
     if split_column:

@@ -35,7 +35,7 @@ from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
 from .common import Job, SourceError, finish, hu_int16, run_jobs, source_files, to_ras
-from .labels import _offending, read_labels, source_relative
+from .labels import _offending, read_labels, read_text_table, source_relative
 
 __all__ = ["META_COLUMNS", "THICKNESS_RATIO", "read_nifti_job", "check_meta", "read_meta", "ingest_nifti"]
 
@@ -180,8 +180,7 @@ def read_meta(path, meta: dict[str, str]) -> pd.DataFrame:
     unit) as floats; missing (``None``/NaN) where the cell is empty. Refused (``ValueError`` naming the file): a
     CSV column the file lacks (listing the file's columns), a number column holding anything but a positive
     number (each value with its rows)."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
-    table.columns = [str(c).strip() for c in table.columns]
+    table = read_text_table(path)
     missing = [f"no column {column!r} (--meta {target}={column})" for target, column in meta.items()
                if column not in table.columns]
     if missing:
