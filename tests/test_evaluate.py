@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from fmct_lib.evaluate import (bootstrap_ci, bootstrap_replicates, fewshot_summary, paired_permutation_test,
                                label_prevalence, paired_runs, permutation_null, relative_improvement, task_metrics,
                                weighted_auroc_ap)
-from fmct_lib.evaluate.stats import bootstrap_indices, permutation_swaps
+from fmct_lib.evaluate.stats import bootstrap_indices, normalised_ranks, permutation_swaps
 
 
 def long_table(labels, scores, tasks):
@@ -168,6 +168,8 @@ def test_permutation_over_training_seeds_swaps_a_scan_in_every_seed():
     swaps = permutation_swaps(len(ids), 30, seed=2)
     key = ["scan_id", "task", "seed"]
     pair = a.merge(b, on=key + ["label"], suffixes=("_a", "_b"))
+    for side in ("a", "b"):  # what is swapped: each model's ranks per (task, seed), divided by their count
+        pair[f"probability_{side}"] = pair.groupby(["task", "seed"])[f"probability_{side}"].rank(pct=True)
 
     def diff(p):
         d = {}
@@ -190,6 +192,36 @@ def test_permutation_over_training_seeds_swaps_a_scan_in_every_seed():
     macro_obs = np.mean(list(observed.values()))
     extreme = sum(abs(np.mean(list(n.values()))) >= abs(macro_obs) - 1e-12 for n in null)
     assert result.loc[("macro", "auroc"), "p_value"] == pytest.approx((1 + extreme) / 31)
+
+
+def test_permutation_p_does_not_depend_on_a_models_scale():
+    """A probe's scores near 0.5 against a classifier's near 0 and 1: squashing one model's scores (a strictly
+    increasing map) changes neither AUROC nor AP, and must not change p. Swapping raw probabilities did (the
+    squashed model's swapped-in scores sat in the middle of the other's): 7 of these 8 p-values moved, one AP's
+    from 0.04 to 0.07, one AUROC's from 0.09 to 0.06."""
+    labels, scores_a = synthetic_predictions(n=70, seed=11, signal=0.6)
+    _, scores_b = synthetic_predictions(n=70, seed=12, signal=0.3)
+    tasks = ["ich", "sdh", "edema"]
+    a, b = long_table(labels, scores_a, tasks), long_table(labels, scores_b, tasks)
+    squashed = b.assign(probability=0.5 + 0.02 * (b["probability"] - 0.5))
+    as_is = paired_permutation_test(a, b, n_perm=300, seed=3)
+    rescaled = paired_permutation_test(a, squashed, n_perm=300, seed=3)
+    assert np.allclose(as_is["diff"], rescaled["diff"], atol=1e-12)
+    assert as_is["p_value"].tolist() == rescaled["p_value"].tolist()
+    assert (as_is["p_value"] < 0.5).any()  # not a case where every p is 1 anyway
+
+
+def test_normalised_ranks_equal_pandas_ranks_over_the_labelled_scans():
+    labels, scores = synthetic_predictions(n=40, seed=6)  # ties (2 decimals) and unlabelled scans of one task
+    ranks = normalised_ranks(scores, labels)
+    for t in range(3):
+        known = ~np.isnan(labels[:, t])
+        expect = pd.Series(scores[known, t]).rank(pct=True).to_numpy()
+        assert np.allclose(ranks[known, t], expect, atol=1e-12) and np.isnan(ranks[~known, t]).all()
+        assert roc_auc_score(labels[known, t], ranks[known, t]) == pytest.approx(
+            roc_auc_score(labels[known, t], scores[known, t]), abs=1e-12)
+        assert average_precision_score(labels[known, t], ranks[known, t]) == pytest.approx(
+            average_precision_score(labels[known, t], scores[known, t]), abs=1e-12)
 
 
 def test_paired_test_over_seeds_needs_the_same_seeds():

@@ -4,7 +4,12 @@
   all tasks, and the CI is the 2.5–97.5 percentile interval of the replicate metrics.
 - P values by a two-sided paired permutation test (1,000×): for every scan the two models' predictions
   are swapped with probability ½ (the same swap for all tasks of a scan), and
-  ``p = (1 + #{|Δ_perm| ≥ |Δ_obs|}) / (1 + n_perm)``.
+  ``p = (1 + #{|Δ_perm| ≥ |Δ_obs|}) / (1 + n_perm)``. What is swapped is each model's *ranks* (per task and
+  training seed, over the labelled scans, divided by their count; ties averaged), as in Venkatraman & Begg's
+  paired test of ROC curves (Biometrika 1996): AUROC and AP are rank statistics, so every observed value stays
+  as it is, while two models whose scores live on different scales (a fine-tuned classifier near 0 and 1, a
+  probe near 0.5) become exchangeable under the null. Swapping raw probabilities mixed the scales: on 7 scans,
+  a difference of +0.15 had p = 1 over all 128 swaps (docs/experiments.md).
 - Relative improvement ``100 · (new − old) / old`` (macro-AUC 0.904 vs 0.748 → +20.86%).
 - Few-shot: mean over the training-set resamples and a Student-t 95% CI across them.
 - Undefined metrics (a task whose held-out scans are all of one class: AUROC, and AP without positives) are
@@ -36,7 +41,7 @@ from .metrics import (MACRO, is_undefined, macro_reason, predictions_to_wide, so
 __all__ = [
     "bootstrap_indices", "bootstrap_replicates", "bootstrap_ci", "permutation_swaps", "permutation_null",
     "paired_permutation_test", "paired_comparison", "relative_improvement", "fewshot_summary", "paired_runs",
-    "mean_ci", "holm_adjust", "without_macro",
+    "mean_ci", "holm_adjust", "without_macro", "normalised_ranks",
 ]
 METRICS = ("auroc", "ap")
 _SEED_MARK = " @ seed "  # joins task and training seed into one column key (_wide_by_seed)
@@ -272,6 +277,15 @@ class _PooledPair:
         return auc_a - auc_b, ap_a - ap_b
 
 
+def normalised_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each column's scores on its labelled scans (``labels`` not NaN) as ranks divided by their count, ties
+    averaged (``scipy.stats.rankdata``), in (0, 1]; NaN where the label is. Every AUROC and AP is unchanged
+    (a strictly increasing map that keeps ties), and two models' columns share one scale."""
+    scores = np.where(np.isnan(_as_matrix(labels)), np.nan, _as_matrix(scores))
+    ranks = sps.rankdata(scores, axis=0, nan_policy="omit")
+    return ranks / np.maximum((~np.isnan(scores)).sum(axis=0), 1)
+
+
 def _p_value(observed: float, null: np.ndarray) -> float:
     """Two-sided permutation p value with the +1 correction; a tiny tolerance absorbs float round-off."""
     null = null[np.isfinite(null)]
@@ -283,7 +297,8 @@ def _p_value(observed: float, null: np.ndarray) -> float:
 
 def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataFrame, n_perm: int = 1000,
                             seed: int = 0) -> pd.DataFrame:
-    """Two-sided paired permutation test of model a against model b on the same scans.
+    """Two-sided paired permutation test of model a against model b on the same scans, swapping each scan's
+    two normalised ranks (``normalised_ranks``: the models' scales do not enter the null).
 
     Rows per task and ``macro`` (the mean of the per-task differences under the same permutation), per
     metric: ``task, metric, a, b, diff, p_value, n_perm, reason`` (as in ``bootstrap_ci``). The two tables must
@@ -304,8 +319,9 @@ def paired_permutation_test(predictions_a: pd.DataFrame, predictions_b: pd.DataF
         raise ValueError("the two prediction tables disagree on the labels of the same scans")
     if np.isnan(scores_a[~np.isnan(labels)]).any() or np.isnan(scores_b[~np.isnan(labels)]).any():
         raise ValueError("a model lacks predictions for some labelled (scan_id, task) pairs")
+    ranks_a, ranks_b = normalised_ranks(scores_a, labels), normalised_ranks(scores_b, labels)
     null = {m: (_seed_mean(o, owner, len(tasks)), _seed_mean(p, owner, len(tasks)))
-            for m, (o, p) in permutation_null(labels, scores_a, scores_b, n_perm, seed).items()}
+            for m, (o, p) in permutation_null(labels, ranks_a, ranks_b, n_perm, seed).items()}
     metric_a, metric_b = _point_metrics(predictions_a), _point_metrics(predictions_b)
     reasons = _reasons(predictions_a)
     rows = []
