@@ -46,6 +46,23 @@ def test_classifier_without_validation_and_with_one_class():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(30, 4)), np.r_[np.ones(15), np.zeros(15)]
     _, chosen = fit_histogram_classifier(X, y, X[:5], np.ones(5))  # one-class validation: not scored
-    assert chosen == {"C": max(C_GRID), "val_auroc": None}
+    assert (chosen["C"], chosen["val_auroc"]) == (max(C_GRID), None)
     with pytest.raises(ValueError, match="one class"):
         fit_histogram_classifier(X, np.ones(30))
+
+
+def test_classifier_records_the_solver_iterations_and_a_fit_left_unsolved(monkeypatch):
+    """Each C's L-BFGS iterations are scikit-learn's own (an independent fit by hand), and a fit stopped by the
+    iteration cap is recorded as unsolved and said so, never passed as converged."""
+    from fmct_lib.downstream import histogram
+    rng = np.random.default_rng(2)
+    y = rng.random(150) < 0.5
+    X = rng.normal(size=(150, 6)) + 1.5 * y[:, None]
+    _, chosen = fit_histogram_classifier(X[:100], y[:100], X[100:], y[100:])
+    for c in C_GRID:
+        lr = LogisticRegression(C=c, max_iter=5000).fit(StandardScaler().fit_transform(X[:100]), y[:100])
+        assert chosen["iterations"][c] == int(lr.n_iter_.max()) and chosen["converged"][c]
+    monkeypatch.setattr(histogram, "MAX_ITER", 2)
+    with pytest.warns(UserWarning, match=r"did not converge in 2 iterations for C = \[0.001, 0.01, 0.1, 1.0\]"):
+        _, capped = fit_histogram_classifier(X[:100], y[:100], X[100:], y[100:])
+    assert not any(capped["converged"].values()) and set(capped["iterations"].values()) == {2}

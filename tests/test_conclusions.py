@@ -500,8 +500,12 @@ def test_describe_stopping_leaves_the_linear_probes_solver_iterations_out_of_the
             for t, p, r, n in (("ich", "finetune", "rule", 32), ("ich", "linear", "converged (L-BFGS)", 54),
                                ("sah", "linear", "cap: L-BFGS iterations", 500))]
     text = conclusions.describe_stopping(pd.DataFrame(rows), PAPER_PROFILE)
-    assert text.endswith("The 1 deep runs stopped at step 32–32 (median 32); 0 of them at the cap. The 2 linear "
-                         "probes' L-BFGS converged in 1.")
+    assert text.endswith("The 1 deep runs stopped at step 32–32 (median 32); 0 of them at the cap. The L-BFGS fits "
+                         "of the 2 linear probes converged in 1.")
+    rows.append({"task": "ich", "protocol": "in-domain histogram", "seed": 0, "scan_id": "s0",
+                 "stop_reason": "converged (L-BFGS)", "stopped_step": 80})  # 03 names its protocols by site
+    text = conclusions.describe_stopping(pd.DataFrame(rows), PAPER_PROFILE)
+    assert text.endswith("The L-BFGS fits of the 2 linear probes and 1 histogram references converged in 2.")
 
 
 def test_describe_stopping_names_the_runs_that_diverged():

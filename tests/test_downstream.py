@@ -21,6 +21,7 @@ from fmct_lib.evaluate import auroc
 from fmct_lib.models.checkpoints import save_checkpoint
 from fmct_lib.models.heads import Classifier, build_head
 from fmct_lib.models.vit3d import vit_from_config
+from fmct_lib.report.run_records import stopping_table
 
 # the toy profile's geometry (16³ inputs) with a smaller encoder and schedule, to keep these tests fast
 TOY = get_profile("toy").replace(
@@ -957,6 +958,11 @@ def test_histogram_reference_sees_the_same_draws_learns_and_resumes(toy_world, m
     assert configs[("histogram", 3, 0)]["train_scan_ids"] == configs[("finetune", 3, 0)]["train_scan_ids"]
     assert configs[("histogram", 3, 0)]["train_scan_ids"] != configs[("histogram", 3, 1)]["train_scan_ids"]
     assert configs[("histogram", None, 0)]["choice"]["C"] in C_GRID
+    # where and why each stopped, as every run records it: the chosen C's L-BFGS iterations, converged
+    runs = stopping_table(hist)
+    assert (runs["stop_reason"] == "converged (L-BFGS)").all() and (runs["stopped_step"] > 0).all()
+    chosen = configs[("histogram", None, 0)]["choice"]
+    assert configs[("histogram", None, 0)]["stopping"]["stopped_step"] == chosen["iterations"][str(chosen["C"])]
     assert folders[("histogram", 3, 1)][:2] == ("toy", "histogram") and folders[("finetune", 3, 0)][1].startswith("toydino-")
     full = hist[hist["k"].isna()]
     assert auroc(full["label"], full["probability"]) > 0.9  # the positives' bright cube fills the top bins

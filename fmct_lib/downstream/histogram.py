@@ -12,6 +12,8 @@ from ``C_GRID``, as the deep protocols pick their epoch.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -19,10 +21,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..evaluate.metrics import auroc
+from .logistic import fit_to_convergence
 
 __all__ = ["C_GRID", "window_histograms", "fit_histogram_classifier"]
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+MAX_ITER = 5000  # L-BFGS iterations
 
 
 def window_histograms(x: torch.Tensor, bins: int = 32) -> np.ndarray:
@@ -44,16 +48,22 @@ def fit_histogram_classifier(train_features: np.ndarray, train_labels, val_featu
     """Standardise + logistic regression for each ``C`` in ``c_grid``; keep the best by validation AUROC.
 
     Without a two-class validation set the largest ``C`` (weakest regularisation) is kept. Returns the
-    fitted pipeline and ``{"C": chosen, "val_auroc": {C: AUROC}}``."""
+    fitted pipeline and ``{"C": chosen, "val_auroc": {C: AUROC}, "iterations": {C: L-BFGS iterations},
+    "converged": {C: bool}}`` (``logistic.fit_to_convergence``; a C left unsolved is warned about)."""
     y = np.asarray(train_labels).astype(int)
     if len(np.unique(y)) < 2:
         raise ValueError("fit_histogram_classifier: the training labels hold one class only")
     scored = val_features is not None and val_labels is not None and len(np.unique(val_labels)) == 2
-    best, record = None, {}
+    best, record, iterations, converged = None, {}, {}, {}
     for c in c_grid:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(train_features, y)
+        model, iterations[c], converged[c] = fit_to_convergence(
+            make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=MAX_ITER)), train_features, y, MAX_ITER)
         score = auroc(val_labels, model.predict_proba(val_features)[:, 1]) if scored else float(c)
         record[c] = score
         if best is None or score > best[0]:
             best = (score, c, model)
-    return best[2], {"C": best[1], "val_auroc": record if scored else None}
+    if not all(converged.values()):
+        warnings.warn(f"histogram reference: L-BFGS did not converge in {MAX_ITER} iterations for C = "
+                      f"{[c for c, ok in converged.items() if not ok]}", stacklevel=2)
+    return best[2], {"C": best[1], "val_auroc": record if scored else None, "iterations": iterations,
+                     "converged": converged}

@@ -39,6 +39,7 @@ from ..data.inputs import ProtocolSkipped, VolumeSource
 from ..models.checkpoints import load_encoder
 from ..models.external import ExternalRef
 from ..models.heads import Classifier, build_head
+from .logistic import fit_to_convergence, lbfgs_stopping
 from .training import HParams, fit, predict
 
 LINEAR_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths of the linear probe, chosen on validation
@@ -178,7 +179,6 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
     scaled regression), so the kept classifier is an ordinary one (``_write_logistic``)."""
     import warnings
 
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -195,29 +195,19 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
     scored = val_x is not None and len(np.unique(job.val_labels)) == 2
     best, scores, solved = None, {}, {}
     for c in LINEAR_C_GRID:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model = LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER).fit(
-                scaler.transform(x), y)
-        unsolved = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
-        for w in caught:  # any other warning goes on as it came
-            if w not in unsolved:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        solved[c] = int(model.n_iter_.max()) < LINEAR_MAX_ITER and not unsolved
+        model, iterations, solved[c] = fit_to_convergence(
+            LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER), scaler.transform(x), y,
+            LINEAR_MAX_ITER)
         scores[c] = auroc(job.val_labels, model.predict_proba(val_x)[:, 1]) if scored else float(c)
         if best is None or scores[c] > scores[best[0]]:
-            best = (c, model)
-    c, model = best
-    converged = solved[c]
+            best = (c, model, iterations)
+    c, model, iterations = best
     if not all(solved.values()):
         warnings.warn(f"linear probe: L-BFGS did not converge in {LINEAR_MAX_ITER} iterations for C = "
                       f"{[k for k, ok in solved.items() if not ok]} (the run's choice records it per C)", stacklevel=2)
     _write_logistic(head, scaler, model)
     probe = Classifier(_Tokens(), head)
-    stopping = {"reason": "converged (L-BFGS)" if converged else "cap: L-BFGS iterations", "stopped_epoch": None,
-                "stopped_step": int(model.n_iter_.max()), "best_epoch": None, "best_step": None,
-                "best_val_auroc": scores[c] if scored else None, "patience": None, "max_epochs": None,
-                "steps_per_epoch": None}
+    stopping = lbfgs_stopping(solved[c], iterations, scores[c] if scored else None)
     return Trained(Classifier(encoder, head),
                    lambda source: predict(probe, tokens(source), job.hp.batch_size, device=job.device), [],
                    stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
@@ -266,7 +256,7 @@ def train_scratch(protocol: Protocol, job: TrainingJob) -> Trained:
 
 def train_histogram(protocol: Protocol, job: TrainingJob) -> Trained:
     """``histogram.fit_histogram_classifier`` on the training rows (or the K-shot draw), C chosen on
-    validation."""
+    validation; its stopping record is the chosen fit's (``logistic.lbfgs_stopping``)."""
     from .histogram import fit_histogram_classifier, window_histograms
 
     def features(source, indices=None):
@@ -277,8 +267,11 @@ def train_histogram(protocol: Protocol, job: TrainingJob) -> Trained:
     rows = np.arange(len(labels)) if job.train_indices is None else np.asarray(job.train_indices)
     model, chosen = fit_histogram_classifier(features(job.train, rows), labels[rows],
                                              None if job.val is None else features(job.val), job.val_labels)
+    c = chosen["C"]
+    stopping = lbfgs_stopping(chosen["converged"][c], chosen["iterations"][c],
+                              chosen["val_auroc"][c] if chosen["val_auroc"] else None)
     return Trained(None, lambda source: model.predict_proba(features(source))[:, 1].astype(np.float64), [],
-                   choice=chosen)
+                   stopping, choice=chosen)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (

@@ -109,9 +109,14 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
         return rule
     runs = stopping_table(predictions)
     runs = runs[runs["stop_reason"].fillna("") != ""]
-    lbfgs = runs["stop_reason"].str.contains("L-BFGS")  # the linear probes: solver iterations, not training steps
+    lbfgs = runs["stop_reason"].str.contains("L-BFGS")  # logistic fits: solver iterations, not training steps
     converged = int((lbfgs & ~runs["stop_reason"].str.startswith("cap")).sum())
-    probes = f" The {int(lbfgs.sum())} linear probes' L-BFGS converged in {converged}." if lbfgs.any() else ""
+    fits = runs[lbfgs]
+    histogram = (fits["protocol"].astype(str).str.contains("histogram") if "protocol" in fits
+                 else pd.Series(False, index=fits.index))
+    named = " and ".join(f"{n} {what}" for what, n in (("linear probes", int((~histogram).sum())),
+                                                       ("histogram references", int(histogram.sum()))) if n)
+    probes = f" The L-BFGS fits of the {named} converged in {converged}." if lbfgs.any() else ""
     runs = runs[~lbfgs]
     if runs.empty:
         return rule + probes

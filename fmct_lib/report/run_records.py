@@ -23,8 +23,9 @@ RUN_KEYS = ["model", "method", "fraction", "protocol", "task", "k", "seed", "dat
 
 def stopping_table(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per trained run of ``predictions`` (a sweep's table, one row per scan): the ``RUN_KEYS`` it has,
-    then ``STOP_COLUMNS`` (empty for a run without training steps, as the histogram reference). A linear probe's
-    ``stopped_step`` counts L-BFGS iterations (its ``stop_reason`` says so), not training steps."""
+    then ``STOP_COLUMNS`` (empty for a run that recorded none: the histogram reference's, stored before
+    2026-12-07). A logistic fit's (linear probe, histogram reference) ``stopped_step`` counts L-BFGS iterations
+    (its ``stop_reason`` says so), not training steps."""
     if "stop_reason" not in predictions:
         raise ValueError("these predictions carry no stop_reason column: they are not a sweep's table "
                          "(downstream.sweeps), so there is no record of where their runs stopped")
