@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fmct_lib"
 
 # bottom to top; a module may import from its own layer and the layers below it
 LAYERS = [
-    {"config", "paths", "io", "progress", "precision", "__init__"},  # foundations: profiles, roots, files, bars
+    {"config", "paths", "io", "progress", "precision", "workers", "__init__"},  # foundations: roots, files, bars
     {"data"},                                # scan tables, preprocessing, cache, model inputs
     {"ssl", "evaluate"},                     # pure math: SSL losses, metrics and statistics
     {"models"},                              # encoder, heads, checkpoints

@@ -35,6 +35,7 @@ from ..progress import tqdm
 
 from ..io import atomic_open
 from ..paths import StageMissing, cache_root
+from ..workers import init_worker
 from .pool import run_surviving
 from .preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
 from .manifest import load_scans
@@ -141,10 +142,6 @@ def _process_scan(scan_id: str, path: str, spec: PreprocessSpec, out_dir: Path) 
         return {"scan_id": scan_id, "path": path, "reason": f"{type(e).__name__}: {e}"}
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None, data_root: Path | None = None,
                 scans: list[str] | None = None, workers: int | None = None,
                 retry_rejected: bool = False) -> Path:
@@ -201,7 +198,7 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         results = run_surviving(_process_scan, tasks, workers=workers, mp_context=mp.get_context("spawn"),
-                                initializer=_init_worker, initargs=(threads,))
+                                initializer=init_worker, initargs=(os.getpid(), threads))
     try:
         for (scan_id, path, *_), result in results:
             if isinstance(result, Exception):  # the worker died on this scan, also alone (or could not run it)

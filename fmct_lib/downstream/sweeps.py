@@ -21,6 +21,7 @@ import torch
 from ..config import get_profile
 from ..data.inputs import ProtocolSkipped
 from ..progress import tqdm
+from ..workers import init_worker
 from .protocols import get_protocol
 from .runs import run_protocol
 
@@ -109,8 +110,8 @@ def _run_all(runs, dataset: str, encoder, profile, progress: bool = True, worker
         if pooled:
             workers = min(workers, len(pooled))
             threads = max(1, torch.get_num_threads() // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
-                                     initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                                     initargs=(os.getpid(), threads)) as pool:
                 futures = {pool.submit(_run_one, run, dataset, encoder, profile, kwargs): run for run in pooled}
                 for future in as_completed(futures):
                     try:

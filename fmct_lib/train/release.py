@@ -40,6 +40,7 @@ from ..config import ModelConfig, Profile, get_profile
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..models.checkpoints import load_checkpoint
 from ..paths import encoders_root
+from ..workers import watch_parent
 from .loop import DONE_FILE, micro_batches
 from .methods import get_method
 from .trainer import ENCODER_FILE, default_run_dir, pretrain_on, pretraining_scan_ids, run_config
@@ -499,7 +500,8 @@ def replay_many(jobs: list[tuple[Path, int, int | None]], workers: int | None = 
     batches = [[jobs[i] for i in g] for g in order]
     workers = min(workers or os.cpu_count() or 1, len(batches))
     if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=watch_parent,
+                                 initargs=(os.getpid(),)) as pool:
             results = list(pool.map(_replay_group, batches))
     else:
         results = [_replay_group(batch) for batch in batches]

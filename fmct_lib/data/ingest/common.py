@@ -40,6 +40,7 @@ from ...progress import tqdm
 
 from ..checks import ScanError, join_flags
 from ...io import atomic_path, atomic_write_csv, atomic_write_json
+from ...workers import watch_parent
 from ..manifest import SCAN_COLUMNS, scan_table_path, write_scans
 from ..pool import run_surviving
 from ..preprocess import load_checked
@@ -241,7 +242,7 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
     bar = tqdm(total=len(pending), desc=desc, unit="scan", disable=not pending)
     tasks = [(job, reader, volume, sidecar, options, stat) for job, ids, volume, sidecar, stat in pending]
     outcomes = (((t, _convert(*t)) for t in tasks) if workers <= 1
-                else run_surviving(_convert, tasks, workers=workers))
+                else run_surviving(_convert, tasks, workers=workers, initializer=watch_parent, initargs=(os.getpid(),)))
     ids_of = {job.source_key: ids for job, ids, *_ in pending}
     for (job, *_), outcome in outcomes:
         if isinstance(outcome, BrokenProcessPool):

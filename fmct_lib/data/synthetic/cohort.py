@@ -50,6 +50,7 @@ from ...progress import tqdm
 from ...config import get_profile
 from ...io import atomic_open
 from ...paths import data_root
+from ...workers import watch_parent
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
 from ..splits import POOL_SPLIT, assign_splits
 from .atlas import load_atlas
@@ -206,7 +207,8 @@ def _build_patient_files(pp: PatientPlan, out: Path, step: float) -> list[dict]:
     return rows
 
 
-def _worker_init(step: float) -> None:
+def _worker_init(step: float, parent: int) -> None:
+    watch_parent(parent)
     load_atlas(step)
 
 
@@ -276,7 +278,7 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
             bar.update(len(pp.slices_mm))
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(step,)) as pool:
+                                 initargs=(step, os.getpid())) as pool:
             futures = {pool.submit(_build_safely, pp, out, step): pp for pp in todo}
             for fut in as_completed(futures):
                 pid, rows, err = fut.result()

@@ -1,0 +1,34 @@
+"""Worker processes that end with the process that started them.
+
+fmct runs its long work in process pools: the downstream sweeps, the replays of the released encoders, the
+synthetic cohort, the preprocessing cache and ingestion. A parent killed outright (a notebook's kernel restarted,
+a job cancelled with SIGKILL) cannot stop its workers: they would compute on, orphaned, until their task ended (a
+downstream run: minutes of every core), beside whatever the user starts next. Each pool's initializer calls
+``watch_parent``, which ends its worker within a second of the parent's death (Linux and macOS hand an orphan to
+another parent, so its parent pid changes).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+__all__ = ["watch_parent", "init_worker"]
+
+
+def watch_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Start a daemon thread that ends this process (``os._exit``) once its parent is no longer ``parent``."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fmct-parent-watch", daemon=True).start()
+
+
+def init_worker(parent: int, threads: int | None = None) -> None:
+    """A pool worker's set-up: the watch on ``parent`` and, where given, its share of torch's threads."""
+    watch_parent(parent)
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)

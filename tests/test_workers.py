@@ -1,0 +1,68 @@
+"""Pool workers end with the process that started them (``fmct_lib.workers``): a parent killed outright (a
+notebook's kernel restarted) leaves no worker computing on, orphaned."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+PARENT = textwrap.dedent("""
+    import os, sys, time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    from fmct_lib.workers import watch_parent
+
+    if __name__ == "__main__":
+        options = dict(initializer=watch_parent, initargs=(os.getpid(),)) if sys.argv[1] == "watched" else {}
+        pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), **options)
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 120)  # a long task: the worker is busy when its parent dies
+        time.sleep(120)
+""")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _orphan(tmp_path, mode: str) -> int:
+    """Start a parent whose one pool worker is busy, kill the parent with SIGKILL; the worker's pid."""
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)  # the long task has reached the worker
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    return worker
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_watched_worker_ends_when_its_parent_is_killed(tmp_path):
+    worker = _orphan(tmp_path, "watched")
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), "the orphaned worker is still running"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_unwatched_worker_would_run_on(tmp_path):
+    """The control: without the watch the same orphan is still busy seconds later (what the watch is for)."""
+    worker = _orphan(tmp_path, "bare")
+    try:
+        time.sleep(3)
+        assert _alive(worker)
+    finally:
+        os.kill(worker, signal.SIGKILL)
