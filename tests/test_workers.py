@@ -19,8 +19,10 @@ PARENT = textwrap.dedent("""
 
     if __name__ == "__main__":
         options = dict(initializer=watch_parent, initargs=(os.getpid(),)) if sys.argv[1] == "watched" else {}
-        pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), **options)
+        pool = ProcessPoolExecutor(1, mp_context=get_context(sys.argv[2]), **options)
         print(pool.submit(os.getpid).result(), flush=True)
+        time.sleep(1.5)  # longer than the watch's poll: a worker that wrongly ended would break the pool here
+        assert pool.submit(os.getpid).result()
         pool.submit(time.sleep, 120)  # a long task: the worker is busy when its parent dies
         time.sleep(120)
 """)
@@ -35,22 +37,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _orphan(tmp_path, mode: str) -> int:
-    """Start a parent whose one pool worker is busy, kill the parent with SIGKILL; the worker's pid."""
+def _orphan(tmp_path, mode: str, context: str = "spawn") -> int:
+    """Start a parent whose one pool worker (``context``: how the pool starts it) is busy, kill the parent with
+    SIGKILL; the worker's pid."""
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
-    parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True,
+    parent = subprocess.Popen([sys.executable, str(script), mode, context], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     worker = int(parent.stdout.readline())
-    time.sleep(0.5)  # the long task has reached the worker
+    time.sleep(2.5)  # the pool has outlived the watch's first polls, and the long task has reached the worker
+    assert parent.poll() is None, "the pool broke while its owner was alive"
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     return worker
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_watched_worker_ends_when_its_parent_is_killed(tmp_path):
-    worker = _orphan(tmp_path, "watched")
+@pytest.mark.parametrize("context", ["spawn", "fork", "forkserver"])
+def test_a_watched_worker_ends_when_its_parent_is_killed(tmp_path, context):
+    """Whatever starts the worker: under "forkserver" (Python 3.14's default on Linux) its direct parent is the fork
+    server, not the pool's owner, and the worker must neither end at once nor outlive the owner."""
+    worker = _orphan(tmp_path, "watched", context)
     deadline = time.monotonic() + 10
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
