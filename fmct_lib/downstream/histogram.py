@@ -12,8 +12,6 @@ from ``C_GRID``, as the deep protocols pick their epoch.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -21,7 +19,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..evaluate.metrics import auroc
-from .logistic import fit_to_convergence
+from .logistic import choose_c
 
 __all__ = ["C_GRID", "window_histograms", "fit_histogram_classifier"]
 
@@ -49,21 +47,10 @@ def fit_histogram_classifier(train_features: np.ndarray, train_labels, val_featu
 
     Without a two-class validation set the largest ``C`` (weakest regularisation) is kept. Returns the
     fitted pipeline and ``{"C": chosen, "val_auroc": {C: AUROC}, "iterations": {C: L-BFGS iterations},
-    "converged": {C: bool}}`` (``logistic.fit_to_convergence``; a C left unsolved is warned about)."""
+    "converged": {C: bool}}`` (``logistic.choose_c``; a C left unsolved is warned about)."""
     y = np.asarray(train_labels).astype(int)
     if len(np.unique(y)) < 2:
         raise ValueError("fit_histogram_classifier: the training labels hold one class only")
-    scored = val_features is not None and val_labels is not None and len(np.unique(val_labels)) == 2
-    best, record, iterations, converged = None, {}, {}, {}
-    for c in c_grid:
-        model, iterations[c], converged[c] = fit_to_convergence(
-            make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=MAX_ITER)), train_features, y, MAX_ITER)
-        score = auroc(val_labels, model.predict_proba(val_features)[:, 1]) if scored else float(c)
-        record[c] = score
-        if best is None or score > best[0]:
-            best = (score, c, model)
-    if not all(converged.values()):
-        warnings.warn(f"histogram reference: L-BFGS did not converge in {MAX_ITER} iterations for C = "
-                      f"{[c for c, ok in converged.items() if not ok]}", stacklevel=2)
-    return best[2], {"C": best[1], "val_auroc": record if scored else None, "iterations": iterations,
-                     "converged": converged}
+    c, model, record = choose_c(lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=MAX_ITER)),
+                                c_grid, train_features, y, val_features, val_labels, MAX_ITER, "histogram reference")
+    return model, {"C": c, **record}

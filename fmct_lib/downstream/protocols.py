@@ -39,7 +39,7 @@ from ..data.inputs import ProtocolSkipped, VolumeSource
 from ..models.checkpoints import load_encoder
 from ..models.external import ExternalRef
 from ..models.heads import Classifier, build_head
-from .logistic import fit_to_convergence, lbfgs_stopping
+from .logistic import choose_c, lbfgs_stopping
 from .training import HParams, fit, predict
 
 LINEAR_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths of the linear probe, chosen on validation
@@ -177,12 +177,9 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
     convergence (L-BFGS) for each C of ``LINEAR_C_GRID`` (whether it converged is recorded per C), the C chosen
     by validation AUROC; then written into the ``LinearHead`` (its BatchNorm centres, its linear layer holds the
     scaled regression), so the kept classifier is an ordinary one (``_write_logistic``)."""
-    import warnings
-
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from ..evaluate.metrics import auroc
     encoder, head, tokens = _frozen(protocol, job)
     cls = lambda source: tokens(source).data[:, 0].double().numpy()  # noqa: E731
     labels = np.asarray(job.train_labels).astype(int)
@@ -192,25 +189,15 @@ def train_linear_probe(protocol: Protocol, job: TrainingJob) -> Trained:
         raise ProtocolSkipped(f"the training rows hold one class only ({'positives' if y.any() else 'negatives'})")
     scaler = StandardScaler().fit(x)
     val_x = scaler.transform(cls(job.val)) if job.val is not None else None
-    scored = val_x is not None and len(np.unique(job.val_labels)) == 2
-    best, scores, solved = None, {}, {}
-    for c in LINEAR_C_GRID:
-        model, iterations, solved[c] = fit_to_convergence(
-            LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER), scaler.transform(x), y,
-            LINEAR_MAX_ITER)
-        scores[c] = auroc(job.val_labels, model.predict_proba(val_x)[:, 1]) if scored else float(c)
-        if best is None or scores[c] > scores[best[0]]:
-            best = (c, model, iterations)
-    c, model, iterations = best
-    if not all(solved.values()):
-        warnings.warn(f"linear probe: L-BFGS did not converge in {LINEAR_MAX_ITER} iterations for C = "
-                      f"{[k for k, ok in solved.items() if not ok]} (the run's choice records it per C)", stacklevel=2)
+    c, model, record = choose_c(lambda c: LogisticRegression(C=c, class_weight="balanced", max_iter=LINEAR_MAX_ITER),
+                                LINEAR_C_GRID, scaler.transform(x), y, val_x, job.val_labels, LINEAR_MAX_ITER,
+                                "linear probe")
     _write_logistic(head, scaler, model)
     probe = Classifier(_Tokens(), head)
-    stopping = lbfgs_stopping(solved[c], iterations, scores[c] if scored else None)
+    choice = {"C": c, **record}
     return Trained(Classifier(encoder, head),
                    lambda source: predict(probe, tokens(source), job.hp.batch_size, device=job.device), [],
-                   stopping, choice={"C": c, "val_auroc": scores if scored else None, "converged": solved})
+                   lbfgs_stopping(choice), choice=choice)
 
 
 def _write_logistic(head: torch.nn.Module, scaler, model) -> None:
@@ -267,11 +254,8 @@ def train_histogram(protocol: Protocol, job: TrainingJob) -> Trained:
     rows = np.arange(len(labels)) if job.train_indices is None else np.asarray(job.train_indices)
     model, chosen = fit_histogram_classifier(features(job.train, rows), labels[rows],
                                              None if job.val is None else features(job.val), job.val_labels)
-    c = chosen["C"]
-    stopping = lbfgs_stopping(chosen["converged"][c], chosen["iterations"][c],
-                              chosen["val_auroc"][c] if chosen["val_auroc"] else None)
     return Trained(None, lambda source: model.predict_proba(features(source))[:, 1].astype(np.float64), [],
-                   stopping, choice=chosen)
+                   lbfgs_stopping(chosen), choice=chosen)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (

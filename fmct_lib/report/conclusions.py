@@ -112,8 +112,7 @@ def describe_stopping(predictions: pd.DataFrame, profile) -> str:
     lbfgs = runs["stop_reason"].str.contains("L-BFGS")  # logistic fits: solver iterations, not training steps
     converged = int((lbfgs & ~runs["stop_reason"].str.startswith("cap")).sum())
     fits = runs[lbfgs]
-    histogram = (fits["protocol"].astype(str).str.contains("histogram") if "protocol" in fits
-                 else pd.Series(False, index=fits.index))
+    histogram = fits.get("protocol", pd.Series("", index=fits.index)).astype(str).str.contains("histogram")
     named = " and ".join(f"{n} {what}" for what, n in (("linear probes", int((~histogram).sum())),
                                                        ("histogram references", int(histogram.sum()))) if n)
     probes = f" The L-BFGS fits of the {named} converged in {converged}." if lbfgs.any() else ""
