@@ -55,3 +55,24 @@ def test_downstream_reading_through_workers_is_checked_too(monkeypatch):
                                          r"\(--workers 0; 0 reads in the main process\)"):
         next(source.batches(range(4), 3))
     assert next(VolumeSource(InMemoryVolumes(4, 37)).batches(range(4), 3)).shape == (3, 37, 37, 37)
+
+
+def test_torchruns_processes_on_one_machine_share_its_shared_memory(monkeypatch):
+    """Under torchrun each of LOCAL_WORLD_SIZE processes has its own workers, all in one /dev/shm: room for one
+    process's batches is not room for eight (an 8-GPU run passed the check and died of a bus error)."""
+    volumes = InMemoryVolumes(4, 37)
+    one_process = 5 * 3 * ITEM  # 2 workers: 5 batches of 3 canvases
+    _free(monkeypatch, one_process)
+    shared_memory.check_room_for_batches(volumes, 3, 2, "one process")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(ValueError) as refused:
+        shared_memory.check_room_for_batches(volumes, 3, 2, "eight processes")
+    message = str(refused.value)
+    assert "with --workers 2 in each of the 8 processes on this machine, up to 40 batches" in message
+    assert "(12.2 MB in all)" in message and "--workers 0;" in message  # 8 × 3 batches do not fit either
+    _free(monkeypatch, 8 * one_process)
+    shared_memory.check_room_for_batches(volumes, 3, 2, "eight processes")  # exactly enough
+    _free(monkeypatch, 8 * one_process - 1)
+    with pytest.raises(ValueError, match="--workers 1;"):  # one worker each: 8 × 3 batches fit
+        shared_memory.check_room_for_batches(volumes, 3, 2, "one byte short")
+    shared_memory.check_room_for_batches(volumes, 3, 2, "given", processes=1)  # an explicit count wins
