@@ -45,3 +45,29 @@ def test_a_gpu_index_past_the_visible_ones_and_a_bad_name_are_clear_errors(two_g
     with pytest.raises(ValueError, match="'gpu': not a device name"):
         setup("gpu")
     assert two_gpus == []  # refused before any device was chosen
+
+
+def test_a_group_waits_an_hour_at_a_collective_and_a_command_line_run_leaves_it(tmp_path, monkeypatch):
+    """Rank 0 alone scores the validation monitor while the others wait (NCCL's default 10 minutes could end a
+    healthy run on slow storage); ``teardown`` leaves the group (torch warns at exit otherwise), once."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from fmct_lib.train import distributed
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the group joined is a real gloo group of one
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    joined = []
+    real = dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda **kw: joined.append(kw) or real(init_method=f"file://{tmp_path / 'store'}",
+                                                               world_size=1, rank=0, **kw))
+    try:
+        assert setup("cpu").world_size == 1  # the group's own size
+        assert joined == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=60)}]
+        assert dist.is_initialized()
+    finally:
+        distributed.teardown()
+    assert not dist.is_initialized()
+    distributed.teardown()  # no group: nothing to leave

@@ -551,3 +551,23 @@ def test_a_resume_on_fewer_gpus_restores_the_random_states_they_have(monkeypatch
                                                                                          enumerate(states)))
     loop._set_rng_state(state, generator)
     assert restored == [(0, 0)]
+
+
+def test_cli_no_monitor_skips_the_validation_score(isolated_roots, monkeypatch):
+    """``--no-monitor``: no kNN score at step 0 or any epoch end (under torchrun rank 0 computes it while every
+    other process waits); by default the log has the monitor's step-0 row."""
+    import fmct_lib.pipeline as pipeline
+    from fmct_lib.cli import main
+    from fmct_lib.data.cache import build_cache
+    from fmct_lib.data.preprocess import paper_spec
+
+    tiny_pretrain_dataset(isolated_roots.data / "tiny")
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda d, p: build_cache(d, paper_spec(p), workers=1))
+    logged = {}
+    for flags in ([], ["--no-monitor"]):
+        run_dir = isolated_roots.runs / f"run{len(flags)}"
+        assert main([*TINY_CLI, "--run-dir", str(run_dir), *flags]) == 0
+        logged[tuple(flags)] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged[()][0]["step"] == 0 and "knn_auroc" in logged[()][0]  # the monitor's row before the first step
+    assert [r["step"] for r in logged[("--no-monitor",)]] == [1, 2]
+    assert not any("knn_auroc" in r for r in logged[("--no-monitor",)])

@@ -71,10 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue an interrupted run in the run directory (default)")
     group.add_argument("--restart", dest="resume", action="store_false", help="start the run over")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-monitor", dest="monitor", action="store_false",
+                        help="skip the validation kNN score logged at step 0 and every epoch (train/monitor.py; under "
+                             "torchrun rank 0 computes it while the others wait)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import pretrain
+    from ..train.distributed import teardown
     from ..train.methods import method_options
     options = parse_options(args.method, args.options)
     method_options(args.method, options)  # a bad option fails before any work
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                        run_dir=args.run_dir, seed=args.seed, resume=args.resume, max_steps=args.steps,
                        device=args.device, progress=args.progress, batch_size=args.batch_size,
                        accum_steps=args.accum_steps, checkpoint_every=args.checkpoint_every,
-                       num_workers=args.workers, options=options)
+                       num_workers=args.workers, options=options, monitor=args.monitor)
     print(f"pretraining run: {run_dir}")
+    teardown()
     return 0

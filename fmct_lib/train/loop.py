@@ -1,8 +1,8 @@
 """The one training loop for DINO and MAE: optimiser, schedules, AMP, accumulation, checkpoints, resume.
 
 Paper, Methods: AdamW (β = 0.9, 0.95; weight decay 0.05), base LR 3e-4 (DINO) or 1.5e-3 (MAE) scaled by
-global batch / 256, linear warm-up then cosine. Weight decay skips biases, norms, tokens and position
-tables (DINO's and MAE's practice). bf16 autocast where the GPU supports it, else fp16 with loss
+global batch / 256, linear warm-up then cosine. Weight decay, constant as the paper states it, skips biases,
+norms, tokens and position tables (MAE's and timm's practice; DINO's code spares only biases and norms). bf16 autocast where the GPU supports it, else fp16 with loss
 scaling; fp32 on the CPU.
 
 Data order: a seeded permutation of the scans per epoch (shuffled, as the paper); a global batch of
