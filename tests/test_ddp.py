@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo, DDP) agree with one process on the same global batch."""
+"""Two CPU processes (gloo, DDP) agree with one process on the same global batch, with gradient accumulation:
+two micro-batches per optimiser step, the first under DDP's ``no_sync``."""
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ from fmct_lib.train.loop import STATE_FILE
 from _support import InMemoryVolumes
 
 
-RUN = dict(profile="toy", seed=3, max_steps=3, progress=False, device="cpu")
+RUN = dict(profile="toy", seed=3, max_steps=3, accum_steps=2, progress=False, device="cpu")
 
 
 def _free_port() -> int:
@@ -31,7 +32,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     try:
         for method in METHODS:
-            pretrain_on(InMemoryVolumes(), method=method, run_dir=f"{root}/{method}", batch_size=2, **RUN)
+            pretrain_on(InMemoryVolumes(), method=method, run_dir=f"{root}/{method}", batch_size=1, **RUN)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -39,14 +40,14 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Each method run by one process (batch 4) and by two (batch 2 each): the same global batch."""
+    """Each method run by one process (micro-batches of 2) and by two (of 1 each): the same global batch of 4."""
     root = tmp_path_factory.mktemp("ddp")
     saved = {v: os.environ.pop(v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if v in os.environ}
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for method in METHODS:
-            pretrain_on(InMemoryVolumes(), method=method, run_dir=root / "one" / method, batch_size=4, **RUN)
+            pretrain_on(InMemoryVolumes(), method=method, run_dir=root / "one" / method, batch_size=2, **RUN)
     finally:
         torch.set_num_threads(n_threads)
         os.environ.update(saved)
