@@ -436,8 +436,8 @@ def choose_tasks(scans: pd.DataFrame, tasks: list[str] | None, dataset: str, pro
         print(f"left out, no AUROC on the {split} split: {', '.join(dropped)}")
     kept = list(positives)
     if not explicit and p.max_tasks and len(kept) > p.max_tasks:
-        top = sorted(kept, key=lambda t: -positives[t])[:p.max_tasks]
-        kept = [t for t in kept if t in top]
+        from .interpret.parts import most_positive_tasks
+        kept = most_positive_tasks(scans, kept, p.max_tasks, split)
         print(f"profile {p.name!r} evaluates at most {p.max_tasks} tasks: {', '.join(kept)} "
               f"(pass tasks=[...] for others)")
     if not kept:

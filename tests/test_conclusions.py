@@ -749,30 +749,33 @@ SPREAD = ("- Fine-tuned macro-AUROC across protocol groups ranges 0.790–0.860 
 
 
 def test_embeddings_conclusion_when_the_scanner_is_separable():
-    # folds' accuracy: scanner (0.8 + 0.9) / 2 = 85.0 % > chance 50 % + 5 points; thickness (0.6 + 0.7) / 2 = 65.0 %
-    text = conclusions.embeddings_conclusion(np.array([0.8, 0.9]), 0.5, np.array([0.6, 0.7]), 0.4, PROTOCOL_MACRO)
+    # folds' accuracy: scanner (0.8 + 0.9) / 2 = 85.0 %, p 0.0099 < 0.05; thickness (0.6 + 0.7) / 2 = 65.0 %, p 0.03
+    text = conclusions.embeddings_conclusion((np.array([0.8, 0.9]), 0.5, 1 / 101), (np.array([0.6, 0.7]), 0.4, 0.03),
+                                             PROTOCOL_MACRO)
     assert text == (
-        "- Scanner is predictable from the frozen embedding with 85.0% accuracy (chance 50.0%); thickness bin with "
-        "65.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. Here: scanner "
-        "separable, thickness separable.\n"
+        "- Scanner is predictable from the frozen embedding with 85.0% accuracy (chance 50.0%, p = 0.0099); thickness "
+        "bin with 65.0% (chance 40.0%, p = 0.03). Paper: embeddings are separable by manufacturer and slice "
+        "thickness. Here: scanner separable, thickness separable.\n"
         + SPREAD)
 
 
 def test_embeddings_conclusion_when_the_scanner_is_not_separable():
-    # 54 % is above chance (50 %) but within 5 points of it
-    text = conclusions.embeddings_conclusion(np.array([0.54]), 0.5, np.array([0.3]), 0.4, PROTOCOL_MACRO)
+    # 60 % is 10 points above chance (50 %), but shuffled labels do as well 8% of the time; p = 0.05 is not below
+    text = conclusions.embeddings_conclusion((np.array([0.6]), 0.5, 0.08), (np.array([0.3]), 0.4, 0.05),
+                                             PROTOCOL_MACRO)
     assert text.splitlines()[0] == (
-        "- Scanner is predictable from the frozen embedding with 54.0% accuracy (chance 50.0%); thickness bin with "
-        "30.0% (chance 40.0%). Paper: embeddings are separable by manufacturer and slice thickness. Here: scanner "
-        "NOT separable (within 5 points of chance), thickness NOT separable (within 5 points of chance).")
+        "- Scanner is predictable from the frozen embedding with 60.0% accuracy (chance 50.0%, p = 0.08); thickness "
+        "bin with 30.0% (chance 40.0%, p = 0.05). Paper: embeddings are separable by manufacturer and slice "
+        "thickness. Here: scanner NOT separable (permutation p ≥ 0.05), thickness NOT separable (permutation p ≥ "
+        "0.05).")
 
 
 def test_embeddings_conclusion_gives_a_verdict_per_attribute():
-    # the scanner is separable (90 % against 60 %), the thickness bin at chance (45 % against 46 %)
-    first = conclusions.embeddings_conclusion(np.array([0.9]), 0.6, np.array([0.45]), 0.46,
+    # the scanner is separable (90 % against 60 %, p 0.01), the thickness bin at chance (45 % against 46 %, p 0.6)
+    first = conclusions.embeddings_conclusion((np.array([0.9]), 0.6, 0.01), (np.array([0.45]), 0.46, 0.6),
                                               PROTOCOL_MACRO).splitlines()[0]
     assert first.endswith("Paper: embeddings are separable by manufacturer and slice thickness. Here: scanner "
-                          "separable, thickness NOT separable (within 5 points of chance).")
+                          "separable, thickness NOT separable (permutation p ≥ 0.05).")
 
 
 def test_embeddings_conclusion_leaves_a_group_without_every_task_out_of_the_spread():
@@ -782,25 +785,29 @@ def test_embeddings_conclusion_leaves_a_group_without_every_task_out_of_the_spre
                           "value": [0.75, NAN, 0.85],
                           "reason": ["", "no positive and negative scans of sah in this group: a macro over the "
                                          "other tasks would not compare", ""]})
-    last = conclusions.embeddings_conclusion(None, None, None, None, macro).splitlines()[-1]
+    last = conclusions.embeddings_conclusion(None, None, macro).splitlines()[-1]
     assert last == ("- Fine-tuned macro-AUROC across protocol groups ranges 0.750–0.850 (spread 0.100); without a "
                     "macro: thickness: 5 mm (no positive and negative scans of sah in this group: a macro over the "
                     "other tasks would not compare). Paper: comparable performance across scanner protocols.")
-    alone = conclusions.embeddings_conclusion(None, None, None, None, macro.iloc[[1]]).splitlines()[-1]
+    alone = conclusions.embeddings_conclusion(None, None, macro.iloc[[1]]).splitlines()[-1]
     assert alone.startswith("- Fine-tuned macro-AUROC by protocol group: no group has every task; without a macro: ")
+    # one group scored: no range over one value (the audit's toy run read "ranges 0.250–0.250 … comparable")
+    one = conclusions.embeddings_conclusion(None, None, macro.iloc[[0, 1]]).splitlines()[-1]
+    assert one.startswith("- Fine-tuned macro-AUROC by protocol group: only thickness: 2.5 mm has one (0.750): "
+                          "nothing to compare; without a macro: thickness: 5 mm")
 
 
 def test_embeddings_conclusion_says_what_the_dataset_did_not_allow():
     # RSNA: no manufacturer, one thickness bin, no protocol groups (interpret.parts skipped them)
-    text = conclusions.embeddings_conclusion(None, None, None, None, pd.DataFrame(columns=["group", "value"]))
+    text = conclusions.embeddings_conclusion(None, None, pd.DataFrame(columns=["group", "value"]))
     assert text == (
         "- Scanner: not measured on this dataset; thickness bin: not measured. Paper: embeddings are separable by "
         "manufacturer and slice thickness. Not tested here.\n"
         "- Fine-tuned macro-AUROC by protocol group: not measured on this dataset. Paper: comparable performance "
         "across scanner protocols.")
     # the thickness alone measured
-    first = conclusions.embeddings_conclusion(None, None, np.array([0.6, 0.7]), 0.4, PROTOCOL_MACRO).splitlines()[0]
-    assert first == ("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%). Paper: "
+    first = conclusions.embeddings_conclusion(None, (np.array([0.6, 0.7]), 0.4, 0.02), PROTOCOL_MACRO).splitlines()[0]
+    assert first == ("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%, p = 0.02). Paper: "
                      "embeddings are separable by manufacturer and slice thickness. Here: scanner not measured, "
                      "thickness separable.")
 
@@ -879,6 +886,14 @@ def test_retrieval_conclusion_against_random_initialisation():
         "- mae mAP (0.300) is below random-init mAP (0.400): -25.0% relative (no test of the difference).",
         RETRIEVAL_PAPER,
     ])
+
+
+def test_retrieval_conclusion_reads_the_prevalence_of_known_labels():
+    # iph known for 4 scans (2 positive), unknown for 4: the figure's line, the JSON and the retrieval say 0.5; a
+    # prevalence that counted the unknown as negative said 0.25
+    gallery = pd.DataFrame({"iph": [1, 1, 0, 0, NAN, NAN, NAN, NAN]})
+    first = conclusions.retrieval_conclusion(_retrieval({"random init": 0.4}), gallery, ["iph"]).splitlines()[0]
+    assert first.endswith("(a random ranking scores about the prevalence: 0.500 on average).")
 
 
 def test_retrieval_conclusion_with_an_undefined_map():

@@ -83,6 +83,35 @@ def test_a_table_with_two_scanners_and_thicknesses_runs_every_part():
     assert embedding_parts("synthetic", by_split, BINS, tasks=["ich"]).runs("by protocol")
 
 
+def test_the_per_protocol_part_is_judged_on_what_it_scores():
+    """The audit's toy run: both sites together had two scanners with positive and negative test scans, so the part
+    ran; the classifiers, trained and tested on the internal site only, scored one group ("ranges 0.250–0.250").
+    ``scored`` (the study's site) and ``max_tasks`` (the profile's limit) make the check see what is scored."""
+    n = 12
+    table = scan_table(manufacturer=["GE", "Siemens"] * (n // 2), labels={"ich": [i % 2 for i in range(n)],
+                                                                         "sah": [i % 2 for i in range(8)] + [1, 1, 1, 0]})
+    table["ich"] = [i % 2 for i in range(8)] + [0, 1, 1, 0]
+    table["site"] = ["internal"] * 8 + ["internal", "internal", "external", "external"]  # test: s8–s11
+    internal = table[table.site == "internal"]  # its test scans s8 (GE, ich 0), s9 (Siemens, ich 1): one class each
+    assert embedding_parts("synthetic", table, BINS, tasks=["ich"]).runs("by protocol")
+    parts = embedding_parts("synthetic", table, BINS, tasks=["ich"], scored=internal)
+    assert parts.skipped["by protocol"].endswith("nothing to compare") and parts.runs("scanner")
+    # the profile's limit keeps the tasks with the most test positives (sah 3, ich 2), as pipeline.choose_tasks does
+    assert embedding_parts("synthetic", table, BINS, max_tasks=1).tasks == ("sah",)
+    assert embedding_parts("synthetic", table, BINS, max_tasks=2).tasks == ("sah", "ich")  # the paper's order
+    assert embedding_parts("synthetic", table, BINS, tasks=["ich", "sah"], max_tasks=1).tasks == ("ich", "sah")
+
+
+def test_thickness_bins_are_checked_and_a_skip_says_where_the_thicknesses_lie():
+    table = scan_table(thickness=[0.5, 1.0, 2.0, 5.0] * 3)
+    for bins in ([3.0, 1.5, 0.0], [1.0], "thin", [0, 1, 1, 2]):
+        with pytest.raises(ValueError, match=r"^thickness_bins "):
+            embedding_parts("synthetic", table, bins, tasks=["ich"])
+    parts = embedding_parts("synthetic", table, [10, 20], tasks=["ich"])
+    assert parts.skipped["thickness"] == ("no slice thickness falls in the bins [10.0, 20.0] (the scans' range from "
+                                          "0.5 to 5 mm; a bin holds (low, high])")
+
+
 def test_attention_parts_need_trainable_tasks_for_fine_tuning_and_masks_for_the_lesion():
     table = scan_table()
     parts = attention_parts("synthetic", table, tasks=["ich"])
@@ -155,23 +184,34 @@ def test_the_parts_of_02_to_05_and_08_on_small_tables():
     # retrieval: a subtype needs two positive scans in the gallery
     table["sdh"] = [1] + [0] * 11
     table["ivh"] = [1, 1] + [0] * 10
-    assert retrieval_parts("x", table, ["sdh", "ivh"]).tasks == ("ivh",)
-    assert retrieval_parts("x", table, ["sdh", "edh"]).skipped["retrieval"].startswith(
-        "no subtype label with at least 2 positive scans (sdh: 1, edh: no such column)")
+    kept = retrieval_parts("x", table, ["sdh", "ivh"])
+    assert kept.tasks == ("ivh",)  # a subtype asked for and left out is named, not dropped in silence
+    assert kept.notes == ("left out, fewer than 2 positive scans to retrieve: sdh (1 positive scan)",)
+    assert retrieval_parts("x", table.assign(edh=0), ["sdh", "edh"]).skipped["retrieval"].startswith(
+        "no subtype label with at least 2 positive scans (sdh: 1, edh: 0)")
+    assert retrieval_parts("x", table, "ivh").tasks == ("ivh",)  # one name, not its letters
+    with pytest.raises(ValueError, match="'edh' is not a label column"):  # as tasks are: refused, not skipped
+        retrieval_parts("x", table, ["sdh", "edh"])
+    with pytest.raises(ValueError, match=r"subtypes \[\]: name at least one"):
+        retrieval_parts("x", table, [])
+    assert retrieval_parts("rsna", table.assign(iph=[1, 1] + [0] * 10)).notes  # the defaults: RSNA's others left out
 
 def test_the_parts_of_09_and_10_on_small_tables():
     from fmct_lib.interpret.parts import other_encoder_parts, task_parts
     table = scan_table()  # ich: 3 positive / 3 negative training scans, 2 / 2 test scans
     table["sdh"] = [1, 1] + [0] * 10
-    parts, subtypes = other_encoder_parts("synthetic", table, table, ["sdh", "edh"], tasks=["ich"])
+    parts, subtypes = other_encoder_parts("synthetic", table, table.assign(edh=0), ["sdh", "edh"], tasks=["ich"])
     assert parts.skipped == {} and parts.tasks == ("ich",) and subtypes == ("sdh",)
+    assert parts.notes == ("left out, fewer than 2 positive scans to retrieve: edh (0 positive scans)",)
     # tumor: a column without labels (a missing column is refused now: tests/test_task_checks.py)
-    parts, subtypes = other_encoder_parts("hosp", table.assign(tumor=np.nan), table, ["edh"], tasks=["tumor"])
+    parts, subtypes = other_encoder_parts("hosp", table.assign(tumor=np.nan), table.drop(columns="sdh"), None,
+                                          tasks=["tumor"])  # the default subtypes: none is a column of this gallery
     assert subtypes == () and parts.skipped == {
         "comparison": "no task has positive and negative scans in both the training and the test split (tumor: "
                       "train 0 positive / 0 negative, test 0 positive / 0 negative)",
-        "retrieval": "no subtype label with at least 2 positive scans (edh: no such column); retrieval needs the "
-                     "haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)"}
+        "retrieval": "no subtype label with at least 2 positive scans (iph: no such column, ivh: no such column, "
+                     "sdh: no such column, edh: no such column, sah: no such column); retrieval needs the haemorrhage subtypes "
+                     "(RSNA, CQ500, the synthetic cohort)"}
     assert task_parts("10_modelling_choices", "synthetic", table, ["ich"]).runs("comparison")
     assert not task_parts("10_modelling_choices", "synthetic", table.assign(edh=0), ["edh"]).runs("comparison")
     with pytest.raises(ValueError, match="not a label column"):  # a missing column: refused, not skipped
@@ -193,11 +233,34 @@ def test_separability_drops_unknown_rows_and_singleton_groups():
     groups = np.array(["A"] * 10 + ["B"] * 6 + ["C"] + [None] * 3, dtype=object)
     vectors = rng.normal(size=(len(groups), 4))
     vectors[groups == "B", 0] += 20.0  # B lies far away on the first axis: perfectly separable
-    accuracy, chance = separability(vectors, pd.Series(groups), seed=0)
+    accuracy, chance, p = separability(vectors, pd.Series(groups), seed=0, n_permutations=19)
     assert len(accuracy) == 5 and np.all(accuracy == 1.0)  # k = min(5, 6 B rows); C (1 row) and None left out
     assert chance == pytest.approx(10 / 16)
+    assert p == pytest.approx(1 / 20)  # no shuffling of 16 labels separates as well: the smallest p of 19
     with pytest.raises(ValueError, match="two groups"):
         separability(vectors, pd.Series(["A"] * 19 + ["B"]))
+
+
+def test_separability_p_is_the_share_of_shuffled_labels_that_do_as_well():
+    """The permutation p against a brute-force loop over the same shufflings (scikit-learn's generator). It replaced
+    "5 points above the largest group's share", which called 12 of 100 shufflings of 120 scans' labels separable."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.utils import check_random_state
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, 3))
+    labels = pd.Series(np.where(vectors[:, 0] + rng.normal(scale=4.0, size=40) > 0, "GE", "Siemens"))
+    accuracy, _, p = separability(vectors, labels, seed=4, n_permutations=30)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=4)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    shuffler = check_random_state(4)  # permutation_test_score's shuffling: one generator, 30 draws in turn
+    null = [cross_val_score(model, vectors, labels.to_numpy()[shuffler.permutation(40)], cv=folds).mean()
+            for _ in range(30)]
+    assert p == pytest.approx((1 + sum(n >= accuracy.mean() for n in null)) / 31)
+    assert 1 / 31 < p < 1  # neither extreme: the test discriminates on this weak signal
 
 
 def test_performance_by_protocol_is_the_bootstrap_within_each_group():

@@ -183,8 +183,12 @@ def test_embedding_scatter_categorical_legend_and_numeric_colourbar():
                        "ich": [1, 0, 0, 0] * 10})
     fig = plots.embedding_scatter(df, highlight="ich")
     manufacturer_ax, thickness_ax = fig.axes[:2]
-    assert [t.get_text() for t in manufacturer_ax.get_legend().get_texts()] == ["A", "B"]
+    # the highlighted positives have an entry too (the legend was drawn before them, without one)
+    assert [t.get_text() for t in manufacturer_ax.get_legend().get_texts()] == ["A", "B", "ich positive"]
+    assert [t.get_text() for t in thickness_ax.get_legend().get_texts()] == ["ich positive"]
     assert len(fig.axes) == 3  # two panels and one colour bar
+    plain = plots.embedding_scatter(df)
+    assert plain.axes[1].get_legend() is None  # a colour bar alone: no empty legend
     edged = manufacturer_ax.collections[-1]
     assert len(edged.get_offsets()) == 10
 

@@ -1,4 +1,5 @@
 """Volume-to-volume retrieval, checked against a brute-force NumPy ranking and a hand-computed case."""
+import re
 import numpy as np
 import pandas as pd
 import pytest
@@ -287,3 +288,23 @@ def test_the_collapse_warning_fires_on_collapsed_embeddings_only():
         retrieve_all_vs_all(collapsed, labels, warn_collapse=False)
     assert embedding_spread(healthy) == pytest.approx(1, abs=0.02)
     assert 0.05 < embedding_spread(anisotropic) < 0.2
+
+
+@pytest.mark.parametrize("ks, error", [([-1, 5], "-1 is not a whole number of at least 1"),
+                                       ([0], "0 is not a whole number"), ([2.5], "2.5 is not a whole number"),
+                                       ([True], "True is not a whole number"), ([5, 5], "a rank is named twice"),
+                                       ([], "name at least one rank"), ("1,5", "a list of ranks, not text"),
+                                       ([1, 200], "ranked against 119 others, so K = 200 has no precision")])
+def test_ks_that_measure_nothing_are_refused_naming_ks(ks, error):
+    """The audit: -1 drew p@-1 = 0.000 with CI [0, 0], K above the gallery all-NaN panels, [5, 5] an IndexError."""
+    from fmct_lib.evaluate import check_ks
+    with pytest.raises(ValueError, match=re.escape(error)) as refused:
+        check_ks(ks, 120)
+    assert str(refused.value).startswith(f"ks {ks!r}: ")
+
+
+def test_ks_as_given_are_kept():
+    from fmct_lib.evaluate import check_ks
+    assert check_ks([10, 1, 5], 120) == [10, 1, 5] and check_ks(5) == [5] and check_ks((1.0, 119), 120) == [1, 119]
+    with pytest.raises(ValueError, match="a rank is named twice"):  # retrieve_all_vs_all checks them too
+        retrieve_all_vs_all(np.eye(3), pd.DataFrame({"iph": [1, 1, 0]}), ks=(1, 1))

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .stats import _counts, _interval, _p_value, relative_improvement
 
-__all__ = ["retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement",
+__all__ = ["check_ks", "retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement",
            "embedding_spread", "COLLAPSE_SPREAD"]
 
 # Below this spread (``embedding_spread``: 1 - |mean unit vector|², the mean squared distance of the unit vectors to
@@ -55,6 +55,28 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)[:, None]
 
 
+def check_ks(ks, n_gallery: int | None = None) -> list[int]:
+    """The ranks K of Precision@K as a list of distinct whole numbers ≥ 1 (one number alone is a list of one), each
+    at most ``n_gallery - 1`` (the scans a query is ranked against) where ``n_gallery`` is given; else a one-line
+    ``ValueError`` naming ``ks``."""
+    usable = "; ks are distinct whole numbers of at least 1, e.g. [1, 5, 10]"
+    if isinstance(ks, str):
+        raise ValueError(f"ks {ks!r}: a list of ranks, not text (papermill: -y \"ks: [1, 5, 10]\")")
+    listed = [ks] if isinstance(ks, (int, float, np.integer)) else list(ks)
+    for k in listed:
+        if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or k != int(k) or k < 1:
+            raise ValueError(f"ks {ks!r}: {k!r} is not a whole number of at least 1{usable}")
+    listed = [int(k) for k in listed]
+    if not listed:
+        raise ValueError(f"ks {ks!r}: name at least one rank{usable}")
+    if len(set(listed)) < len(listed):
+        raise ValueError(f"ks {ks!r}: a rank is named twice{usable}")
+    if n_gallery is not None and max(listed) > n_gallery - 1:
+        raise ValueError(f"ks {ks!r}: a query of the {n_gallery} scans is ranked against {n_gallery - 1} others, "
+                         f"so K = {max(listed)} has no precision")
+    return listed
+
+
 def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[int, ...] = (1, 5, 10),
                         scan_ids=None, groups=None, chunk: int = 256, warn_collapse: bool = True) -> pd.DataFrame:
     """Per-query retrieval metrics: one row per (subtype, query) with ``ap`` and ``p@K``.
@@ -83,6 +105,7 @@ def retrieve_all_vs_all(embeddings: np.ndarray, labels: pd.DataFrame, ks: tuple[
     With ``warn_collapse``, a ``UserWarning`` when ``embedding_spread`` is below ``COLLAPSE_SPREAD``: the rankings
     of nearly collapsed embeddings reflect noise, and mAP differences between such encoders are not meaningful.
     """
+    ks = tuple(check_ks(ks))
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or len(x) != len(labels):
         raise ValueError(f"embeddings {x.shape} and labels ({len(labels)} rows) do not match")

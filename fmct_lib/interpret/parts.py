@@ -209,24 +209,60 @@ def _comparable_protocols(scans: pd.DataFrame, labels: dict[str, pd.Series], tas
     return comparable
 
 
-def embedding_parts(dataset: str, scans: pd.DataFrame, thickness_bins, tasks: list[str] | None = None) -> Parts:
+def check_thickness_bins(thickness_bins) -> list[float]:
+    """06's ``thickness_bins`` as floats: at least two edges, strictly increasing (else a ``ValueError`` naming the
+    parameter: ``pd.cut``'s own message does not)."""
+    try:
+        edges = [float(b) for b in thickness_bins]
+    except (TypeError, ValueError):
+        raise ValueError(f"thickness_bins {thickness_bins!r}: a list of bin edges in mm, e.g. [0, 1.5, 3, 5.01]") from None
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"thickness_bins {thickness_bins!r}: at least two edges in mm, strictly increasing "
+                         f"(e.g. [0, 1.5, 3, 5.01])")
+    return edges
+
+
+def most_positive_tasks(rows: pd.DataFrame, tasks, limit: int | None, split: str = "test") -> list[str]:
+    """``tasks`` in their order, at most ``limit`` of them (None: all): those with the most positive scans in
+    ``split`` of ``rows`` (a small profile's compute limit, ``Profile.max_tasks``; ``pipeline.choose_tasks``)."""
+    tasks = list(tasks)
+    if not limit or len(tasks) <= limit:
+        return tasks
+    held_out = rows[rows["split"] == split]
+    positives = {t: int((pd.to_numeric(held_out[t], errors="coerce") == 1).sum()) for t in tasks}
+    top = sorted(tasks, key=lambda t: -positives[t])[:limit]
+    return [t for t in tasks if t in top]
+
+
+def embedding_parts(dataset: str, scans: pd.DataFrame, thickness_bins, tasks: list[str] | None = None, *,
+                    scored: pd.DataFrame | None = None, max_tasks: int | None = None) -> Parts:
     """The parts of ``06_embeddings`` that the labelled rows ``scans`` of ``dataset`` allow (``tasks``: as the
-    notebook's parameter; ``thickness_bins``: the bin edges in mm)."""
-    labels = protocol_labels(scans, thickness_bins)
+    notebook's parameter; ``thickness_bins``: the bin edges in mm). The per-protocol part is judged on what it
+    scores: the rows its classifiers train and test on (``scored``: the study's site; default ``scans``) and the
+    tasks it trains, at most ``max_tasks`` where ``tasks`` is not given (the profile's limit); ``tasks`` of the
+    returned parts are those."""
+    edges = check_thickness_bins(thickness_bins)
+    labels = protocol_labels(scans, edges)
     candidates = candidate_tasks(dataset, tasks, scans)
-    trainable, task_reasons = finetunable_tasks(scans, candidates)
+    scored = scans if scored is None else scored
+    trainable, task_reasons = finetunable_tasks(scored, candidates)
+    trainable = tuple(most_positive_tasks(scored, trainable, None if tasks else max_tasks))
+    thickness_missing = "no scan has a slice thickness"
+    if "slice_thickness_mm" in scans and pd.to_numeric(scans["slice_thickness_mm"], errors="coerce").notna().any():
+        known = pd.to_numeric(scans["slice_thickness_mm"], errors="coerce").dropna()
+        thickness_missing = (f"no slice thickness falls in the bins {edges} (the scans' range from {known.min():g} to "
+                             f"{known.max():g} mm; a bin holds (low, high])")
     reasons: dict[str, str | None] = {
         "projection": None if len(scans) >= MIN_PROJECTED else
         f"{len(scans)} labelled scans; a 2-D projection needs at least {MIN_PROJECTED}",
         "scanner": _separable_reason(labels["scanner"], "manufacturer",
                                      "no scan has a manufacturer (the DICOM Manufacturer tag: RSNA's headers carry "
                                      "none; for NIfTI, `fmct ingest nifti --meta manufacturer=<CSV column>`)"),
-        "thickness": _separable_reason(labels["slice thickness (mm)"], "slice-thickness bin",
-                                       "no scan has a slice thickness"),
+        "thickness": _separable_reason(labels["slice thickness (mm)"], "slice-thickness bin", thickness_missing),
     }
     if not trainable:
         reasons["by protocol"] = _no_task_reason(candidates, task_reasons)
-    elif not _comparable_protocols(scans, labels, trainable):
+    elif not _comparable_protocols(scored, protocol_labels(scored, edges), trainable):
         reasons["by protocol"] = ("fewer than two scanners, and fewer than two slice-thickness bins, whose test scans "
                                   f"hold positive and negative scans of one of {list(trainable)}: nothing to compare")
     else:
@@ -365,16 +401,25 @@ def scaling_parts(dataset: str, scans: pd.DataFrame, fractions, batch_size: int,
 def retrieval_parts(dataset: str, gallery: pd.DataFrame, subtypes: list[str] | None = None) -> Parts:
     """The part of ``08_retrieval``: it runs when a subtype of ``subtypes`` (default: the dataset's,
     ``data.manifest.retrieval_subtypes``) has at least two positive scans in ``gallery`` (the scans searched);
-    ``tasks`` holds those subtypes."""
+    ``tasks`` holds those subtypes, and a note names each subtype asked for that is left out. A subtype asked for
+    that is not a label column is refused (``check_tasks``), as is an empty list."""
     from ..data.manifest import retrieval_subtypes
-    subtypes = subtypes or retrieval_subtypes(dataset)
+    if subtypes is not None and not isinstance(subtypes, str) and not list(subtypes):
+        raise ValueError("subtypes []: name at least one subtype label, or None for the dataset's "
+                         f"({', '.join(retrieval_subtypes(dataset))})")
+    asked = subtypes is not None
+    subtypes = candidate_tasks(dataset, subtypes, gallery) if asked else retrieval_subtypes(dataset)
     counts = {s: int((pd.to_numeric(gallery[s], errors="coerce") == 1).sum()) if s in gallery else None
               for s in subtypes}
     kept = tuple(s for s, n in counts.items() if n is not None and n >= MIN_RETRIEVABLE)
     listed = ", ".join(f"{s}: {'no such column' if n is None else n}" for s, n in counts.items())
     reason = None if kept else (f"no subtype label with at least {MIN_RETRIEVABLE} positive scans ({listed}); "
                                 "retrieval needs the haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)")
-    return Parts("08_retrieval", dataset, {"retrieval": reason}, RETRIEVAL_PARTS, kept)
+    left_out = [f"{s} ({'no such column' if n is None else f'{n} positive scan' + ('s' if n != 1 else '')})"
+                for s, n in counts.items() if s not in kept]
+    notes = (f"left out, fewer than {MIN_RETRIEVABLE} positive scans to retrieve: {', '.join(left_out)}",) \
+        if kept and left_out else ()
+    return Parts("08_retrieval", dataset, {"retrieval": reason}, RETRIEVAL_PARTS, kept, notes)
 
 
 def other_encoder_parts(dataset: str, scans: pd.DataFrame, gallery: pd.DataFrame, subtypes: list[str] | None,
@@ -387,4 +432,4 @@ def other_encoder_parts(dataset: str, scans: pd.DataFrame, gallery: pd.DataFrame
     retrieval = retrieval_parts(dataset, gallery, subtypes)
     reasons = {"comparison": None if trainable else _no_task_reason(candidates, task_reasons),
                "retrieval": retrieval.reasons["retrieval"]}
-    return Parts("09_other_encoders", dataset, reasons, ENCODER_PARTS, trainable), retrieval.tasks
+    return Parts("09_other_encoders", dataset, reasons, ENCODER_PARTS, trainable, retrieval.notes), retrieval.tasks

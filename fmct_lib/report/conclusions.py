@@ -355,34 +355,35 @@ def scaling_conclusion(macro: pd.DataFrame, comparison: pd.DataFrame,
 
 
 # --------------------------------------------------------------------------------------- 06 · embeddings
-def embeddings_conclusion(accuracy, chance: float, thick_accuracy, thick_chance: float, macro: pd.DataFrame) -> str:
+def embeddings_conclusion(scanner, thickness, macro: pd.DataFrame) -> str:
     """06_embeddings (Supp. Figs. 10–13): how well the scanner and the slice-thickness bin are predicted from the
-    frozen embedding (``accuracy``, ``thick_accuracy``: the folds' accuracies) against chance (paper: separable
-    by both; separable here where the mean accuracy is more than 5 points above chance, a verdict per attribute),
+    frozen embedding (``scanner``, ``thickness``: ``downstream.embeddings.separability``'s (the folds' accuracies,
+    chance, permutation p)) (paper: separable by both; separable here where p < 0.05, a verdict per attribute),
     and the spread of fine-tuned macro-AUROC over protocol groups (``macro``: one ``value`` per group; paper:
-    comparable performance). A part the dataset did not allow (``interpret.parts``) is passed as ``None`` (an
-    accuracy) or an empty ``macro`` and reported as not measured."""
-    scanner = ("Scanner: not measured on this dataset" if accuracy is None else
-               f"Scanner is predictable from the frozen embedding with {accuracy.mean():.1%} accuracy "
-               f"(chance {chance:.1%})")
-    thickness = ("thickness bin: not measured" if thick_accuracy is None else
-                 f"thickness bin with {thick_accuracy.mean():.1%} (chance {thick_chance:.1%})")
-    separable = {name: "not measured" if acc is None else "separable" if acc.mean() > at_chance + 0.05 else
-                 "NOT separable (within 5 points of chance)"
-                 for name, acc, at_chance in (("scanner", accuracy, chance), ("thickness", thick_accuracy,
-                                                                                thick_chance))}
-    verdict = ("Not tested here." if accuracy is None and thick_accuracy is None else
+    comparable performance). A part the dataset did not allow (``interpret.parts``) is passed as ``None`` (a
+    separability) or an empty ``macro`` and reported as not measured."""
+    first = ("Scanner: not measured on this dataset" if scanner is None else
+             f"Scanner is predictable from the frozen embedding with {scanner[0].mean():.1%} accuracy (chance "
+             f"{scanner[1]:.1%}, p = {scanner[2]:.2g})")
+    second = ("thickness bin: not measured" if thickness is None else
+              f"thickness bin with {thickness[0].mean():.1%} (chance {thickness[1]:.1%}, p = {thickness[2]:.2g})")
+    separable = {name: "not measured" if result is None else "separable" if result[2] < 0.05 else
+                 "NOT separable (permutation p ≥ 0.05)"
+                 for name, result in (("scanner", scanner), ("thickness", thickness))}
+    verdict = ("Not tested here." if scanner is None and thickness is None else
                "Here: " + ", ".join(f"{name} {state}" for name, state in separable.items()) + ".")
     values, undefined = macro["value"].dropna(), macro[macro["value"].isna()]
     left_out = [f"{g} ({r})" for g, r in zip(undefined["group"], undefined.get("reason", []))]
     protocols = ("Fine-tuned macro-AUROC by protocol group: not measured on this dataset" if macro.empty else
                  "Fine-tuned macro-AUROC by protocol group: no group has every task" if values.empty else
+                 f"Fine-tuned macro-AUROC by protocol group: only {macro.loc[values.index[0], 'group']} has one "
+                 f"({values.iloc[0]:.3f}): nothing to compare" if len(values) == 1 else
                  f"Fine-tuned macro-AUROC across protocol groups ranges {values.min():.3f}–"
                  f"{values.max():.3f} (spread {values.max() - values.min():.3f})")
     if left_out:
         protocols += "; without a macro: " + "; ".join(left_out)
     return _bullets([
-        f"{scanner}; {thickness}. Paper: embeddings are separable by manufacturer and slice thickness. {verdict}",
+        f"{first}; {second}. Paper: embeddings are separable by manufacturer and slice thickness. {verdict}",
         f"{protocols}. Paper: comparable performance across scanner protocols.",
     ])
 
@@ -462,7 +463,7 @@ def retrieval_conclusion(summary: pd.DataFrame, gallery: pd.DataFrame, subtypes:
     gives each sentence its CI and p; ``grouping`` (``neighbour_agreement`` by attribute, of the ``grouped``
     encoder) says what its embedding groups scans by."""
     mean_map = summary[(summary.metric == "map") & (summary.subtype == "mean")].set_index("model")["value"]
-    prevalence = {s: (gallery[s] == 1).mean() for s in subtypes}
+    prevalence = {s: pd.to_numeric(gallery[s], errors="coerce").dropna().eq(1).mean() for s in subtypes}  # known only
     lines = ["Mean mAP over subtypes: " + ", ".join(f"{m} {v:.3f}" for m, v in mean_map.items())
              + f" (a random ranking scores about the prevalence: {sum(prevalence.values()) / len(prevalence):.3f} "
              "on average)."]

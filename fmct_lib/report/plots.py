@@ -542,18 +542,20 @@ def embedding_scatter(df: pd.DataFrame, *, x: str = "x", y: str = "y",
     fig, axes = print_subplots(1, len(color_by), width_mm=width_mm, height_mm=70, squeeze=False)
     for ax, column in zip(axes[0], color_by):
         values = df[column]
-        if pd.api.types.is_numeric_dtype(values) and values.nunique() > 6:
+        continuous = pd.api.types.is_numeric_dtype(values) and values.nunique() > 6  # a colour bar, not a legend
+        if continuous:
             sc = ax.scatter(df[x], df[y], c=values, cmap="viridis", s=4, lw=0)
             fig.colorbar(sc, ax=ax, label=column)
         else:
             levels = sorted(values.dropna().unique(), key=str)
             sns.scatterplot(data=df, x=x, y=y, hue=column, hue_order=levels, palette=list(PALETTE[:len(levels)]),
                             s=4, linewidth=0, ax=ax)
-            ax.legend(title=column, markerscale=1.5)
         if highlight:
             pos = df[df[highlight] == 1]
             ax.scatter(pos[x], pos[y], s=6, facecolors="none", edgecolors="black", lw=0.4,
                        label=f"{highlight} positive")
+        if not continuous or highlight:  # after the highlight, so that its ring has an entry too
+            ax.legend(title=None if continuous else column, markerscale=1.5)
         ax.set_title(f"coloured by {column}")
         ax.set(xticks=[], yticks=[], xlabel="", ylabel="")
     heading = figure_title(title, profile=profile, training=training, width_mm=width_mm)

@@ -16,10 +16,11 @@ method = None           # dino | mae | vicreg; default: the profile's (paper, to
 checkpoint = None
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 projection = "tsne"       # tsne | umap
-highlight_task = "ich"    # positives of this task drawn with an edge ("all" vs positive cases)
+highlight_task = "ich"    # positives of this task drawn with an edge ("all" vs positive cases); None: none
 thickness_bins = [0.0, 1.5, 3.0, 5.01]  # mm
 tasks = None
-site = "internal"
+site = "internal"         # the per-protocol scores' site (training and test); the projection and separability
+                          # read every labelled scan, of every site
 
 # %%
 from fmct_lib import pipeline
@@ -40,7 +41,8 @@ P, scans, method = S.profile, S.scans, S.method
 from fmct_lib.interpret.parts import embedding_parts
 
 labelled = scans[scans["site"] != "pretrain"] if "site" in scans else scans
-parts = embedding_parts(dataset, labelled, thickness_bins, tasks)
+# the projection and separability read every labelled scan; the per-protocol scores, the study's site (`site`)
+parts = embedding_parts(dataset, labelled, thickness_bins, tasks, scored=S.labelled, max_tasks=P.max_tasks)
 print(parts)
 
 # %%
@@ -60,18 +62,22 @@ if parts.runs("projection"):
     points = points.assign(x=xy[:, 0], y=xy[:, 1])
 
 # %%
-accuracy = chance = thick_accuracy = thick_chance = None
+# (the folds' accuracies, chance = the largest group's share, permutation p) of each attribute the data allow
+scanner = thickness = None
 if parts.runs("scanner"):
-    accuracy, chance = separability(vectors, protocol["scanner"], seed)
-    print(f"scanner from embedding: {accuracy.mean():.3f} accuracy (chance {chance:.3f})")
+    scanner = separability(vectors, protocol["scanner"], seed)
+    print(f"scanner from embedding: {scanner[0].mean():.3f} accuracy (chance {scanner[1]:.3f}, p = {scanner[2]:.3g})")
 if parts.runs("thickness"):
-    thick_accuracy, thick_chance = separability(vectors, protocol["slice thickness (mm)"], seed)
-    print(f"thickness bin from embedding: {thick_accuracy.mean():.3f} accuracy (chance {thick_chance:.3f})")
+    thickness = separability(vectors, protocol["slice thickness (mm)"], seed)
+    print(f"thickness bin from embedding: {thickness[0].mean():.3f} accuracy (chance {thickness[1]:.3f}, "
+          f"p = {thickness[2]:.3g})")
 
 if parts.runs("projection"):
     # colour by the protocol columns the scan table knows (by split where it knows none)
     known = [c for c, name in (("manufacturer", "scanner"), ("slice_thickness_mm", "slice thickness (mm)"))
              if protocol[name].notna().any()]
+    if highlight_task and highlight_task not in points:
+        print(f"highlight_task {highlight_task!r} is not a label column of {dataset!r}: no positives highlighted")
     fig = plots.embedding_scatter(points, color_by=tuple(known) or ("split",),
                                   highlight=highlight_task if highlight_task in points else None,
                                   title=f"{dataset}: {projection.upper()} of the {method.upper()} encoder's embeddings "
@@ -80,8 +86,11 @@ if parts.runs("projection"):
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                        "preset": preset, "spec": S.spec.hash,
                        "projection": projection, "seed": seed, "skipped": parts.skipped,
-                       "scanner_fold_accuracies": accuracy, "scanner_chance": chance,
-                       "thickness_fold_accuracies": thick_accuracy, "thickness_chance": thick_chance})
+                       "highlight_task": highlight_task if highlight_task in points else None,
+                       "thickness_bins": thickness_bins, "scans": "every labelled scan, every site",
+                       **{f"{name}_{key}": None if result is None else result[i]
+                          for name, result in (("scanner", scanner), ("thickness", thickness))
+                          for i, key in enumerate(("fold_accuracies", "chance", "permutation_p"))}})
 
 # %% [markdown]
 # ## Performance by scanner and by slice thickness (fine-tuned classifiers of 02_finetune)
@@ -92,7 +101,7 @@ from fmct_lib.downstream.embeddings import performance_by_protocol
 
 macro = pd.DataFrame(columns=["group", "value"])
 if parts.runs("by protocol"):
-    tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
+    tasks = list(parts.tasks)
     predictions = S.sweep(tasks, ["finetune"], encoder, progress=False)
     by_protocol = performance_by_protocol(predictions, protocol_labels(scans.set_index("scan_id"), thickness_bins),
                                           n_boot=P.n_bootstrap, seed=seed)
@@ -111,6 +120,6 @@ if parts.runs("by protocol"):
 # ## Conclusion (computed from this run)
 
 # %%
-print(conclusions.embeddings_conclusion(accuracy, chance, thick_accuracy, thick_chance, macro))
+print(conclusions.embeddings_conclusion(scanner, thickness, macro))
 if parts.skipped:
     print("\nSkipped on this dataset: " + "; ".join(f"{part} ({why})" for part, why in parts.skipped.items()))

@@ -30,7 +30,7 @@ P, scans = S.profile, S.scans
 # %%
 import pandas as pd
 import torch
-from fmct_lib.evaluate import retrieval_comparison
+from fmct_lib.evaluate import check_ks, retrieval_comparison
 from fmct_lib.interpret.parts import retrieval_parts
 from fmct_lib.models.vit3d import vit_from_config
 from fmct_lib.report.encoders import retrieval_by_model
@@ -39,6 +39,7 @@ gallery = scans[scans["site"] != "pretrain"] if "site" in scans else scans
 parts = retrieval_parts(dataset, gallery, subtypes)
 print(parts)
 subtypes = list(parts.tasks)
+ks = check_ks(ks, len(gallery))
 
 # %%
 if parts.runs("retrieval"):

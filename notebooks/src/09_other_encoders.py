@@ -51,11 +51,13 @@ P, scans, method = S.profile, S.scans, S.method
 # haemorrhage subtype with at least two positive scans.
 
 # %%
+from fmct_lib.evaluate import check_ks
 from fmct_lib.interpret.parts import other_encoder_parts
 
 gallery = scans[scans["site"] != "pretrain"] if "site" in scans else scans
 parts, retrievable = other_encoder_parts(dataset, S.labelled, gallery, subtypes, tasks)
 subtypes = list(retrievable)
+ks = check_ks(ks, len(gallery))
 print(parts)
 
 # %% [markdown]
