@@ -46,7 +46,7 @@ parts = embedding_parts(dataset, labelled, thickness_bins, tasks, scored=S.label
 print(parts)
 
 # %%
-from fmct_lib.downstream.embeddings import embedding_vectors, protocol_labels, separability
+from fmct_lib.downstream.embeddings import SEPARABILITY_PERMUTATIONS, embedding_vectors, protocol_labels, separability
 
 encoder = S.encoder()
 table = S.embed(encoder, scans=labelled, progress=False)
@@ -62,13 +62,15 @@ if parts.runs("projection"):
     points = points.assign(x=xy[:, 0], y=xy[:, 1])
 
 # %%
-# (the folds' accuracies, chance = the largest group's share, permutation p) of each attribute the data allow
+# (the folds' accuracies, chance = the largest group's share, permutation p) of each attribute the data allow;
+# at most 100 shufflings (the smallest p, 0.0099, decides p < 0.05), fewer where the profile's tests use fewer
+shufflings = min(P.n_permutations, SEPARABILITY_PERMUTATIONS)
 scanner = thickness = None
 if parts.runs("scanner"):
-    scanner = separability(vectors, protocol["scanner"], seed)
+    scanner = separability(vectors, protocol["scanner"], seed, n_permutations=shufflings)
     print(f"scanner from embedding: {scanner[0].mean():.3f} accuracy (chance {scanner[1]:.3f}, p = {scanner[2]:.3g})")
 if parts.runs("thickness"):
-    thickness = separability(vectors, protocol["slice thickness (mm)"], seed)
+    thickness = separability(vectors, protocol["slice thickness (mm)"], seed, n_permutations=shufflings)
     print(f"thickness bin from embedding: {thickness[0].mean():.3f} accuracy (chance {thickness[1]:.3f}, "
           f"p = {thickness[2]:.3g})")
 
