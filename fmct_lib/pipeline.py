@@ -218,6 +218,17 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
 ENCODER_PROTOCOLS = ("finetune", "linear", "attentive")
 
 
+def count(name: str, value, default: int) -> int:
+    """A notebook's count parameter (``n_seeds``, ``resamples``): ``default`` (the profile's) for None, else a whole
+    number of at least 1; 0, a negative or a fraction is refused in one line naming the parameter (0 used to mean
+    the default in silence, a negative to train nothing)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ValueError(f"{name} {value!r}: a whole number of at least 1, or None for the profile's ({default})")
+    return int(value)
+
+
 def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFrame] | None = None) -> None:
     """Refuse a notebook's names before any work (a typo used to fail after the first encoders had pretrained):
     ``methods``, pretraining methods (at least one, each registered); ``protocols``, ways to train an encoder's

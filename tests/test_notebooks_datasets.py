@@ -10,6 +10,7 @@ scans stops, naming the cause).
 """
 from __future__ import annotations
 
+import re
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ import test_ingest_rsna
 from test_notebooks import REPO, _execute
 
 from fmct_lib.downstream.embeddings import performance_by_protocol, protocol_labels, separability
-from fmct_lib.interpret.parts import attention_parts, embedding_parts, finetunable_tasks
+from fmct_lib.interpret.parts import attention_parts, embedding_parts, fewshot_parts, finetunable_tasks
 
 BINS = [0.0, 1.5, 3.0, 5.01]  # 06_embeddings' default thickness_bins
 
@@ -195,6 +196,19 @@ def test_the_parts_of_02_to_05_and_08_on_small_tables():
     with pytest.raises(ValueError, match=r"subtypes \[\]: name at least one"):
         retrieval_parts("x", table, [])
     assert retrieval_parts("rsna", table.assign(iph=[1, 1] + [0] * 10)).notes  # the defaults: RSNA's others left out
+
+@pytest.mark.parametrize("shots, error", [([0, 2], "0 is not a whole number of at least 1"),
+                                          ([-1], "-1 is not a whole number"), ([2.5], "2.5 is not a whole number"),
+                                          ([2, 2], "name each K once"), ([], "name each K once, at least one"),
+                                          ("2,4", "a list of K, not text")])
+def test_shots_that_are_no_k_shot_draw_are_refused(shots, error):
+    """K = 0 and −1 passed as K-shot draws and 2.5 ran as K = 2 (an audit of 04's parameters)."""
+    with pytest.raises(ValueError, match=re.escape(error)) as refused:
+        fewshot_parts("synthetic", scan_table(), shots, ["ich"])
+    assert str(refused.value).startswith(f"shots {shots!r}: ")
+    assert fewshot_parts("synthetic", scan_table(), [3, 1.0], ["ich"])[1] == {"ich": (1, 3)}  # sorted, whole
+    assert fewshot_parts("synthetic", scan_table(), 2, ["ich"])[1] == {"ich": (2,)}  # one K
+
 
 def test_the_parts_of_09_and_10_on_small_tables():
     from fmct_lib.interpret.parts import other_encoder_parts, task_parts

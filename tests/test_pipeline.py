@@ -1,6 +1,7 @@
 """The pipeline (fmct_lib.pipeline): the notebooks' set-up, task choice, the stages it builds and what it refuses."""
 from __future__ import annotations
 
+import re
 import pandas as pd
 import pytest
 
@@ -323,3 +324,17 @@ def test_a_notebooks_method_protocol_and_site_names_are_checked_before_any_work(
         pipeline.check_choices(site=("externl", "synthetic", scans))
     with pytest.raises(ValueError, match="site 'external' asked for, but 'myhosp' has no sites"):
         pipeline.check_choices(site=("external", "myhosp", scans.drop(columns="site")))
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "3"])
+def test_a_count_parameter_that_is_not_a_whole_number_of_at_least_1_is_refused(value):
+    """n_seeds = 0 meant the profile's default in silence; −1 trained nothing; 2.5 failed deep in a sweep."""
+    from fmct_lib.pipeline import count
+    with pytest.raises(ValueError, match=rf"^n_seeds {re.escape(repr(value))}: a whole number of at least 1, or None "
+                                         r"for the profile's \(3\)$"):
+        count("n_seeds", value, 3)
+
+
+def test_a_count_parameter_takes_the_default_for_none():
+    from fmct_lib.pipeline import count
+    assert count("n_seeds", None, 3) == 3 and count("resamples", 2, 5) == 2 and count("resamples", 4.0, 5) == 4

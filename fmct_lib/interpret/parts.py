@@ -308,6 +308,21 @@ def task_parts(notebook: str, dataset: str, scans: pd.DataFrame, tasks: list[str
     return Parts(notebook, dataset, {part: reason for part in descriptions}, descriptions, trainable)
 
 
+def check_shots(shots) -> list[int]:
+    """04's ``shots`` (one K or a list), sorted: whole numbers K ≥ 1, each once; else a one-line ``ValueError``
+    naming ``shots`` (K = 0 or −1 used to pass as a K-shot draw, 2.5 to run as K = 2)."""
+    if isinstance(shots, str):
+        raise ValueError(f"shots {shots!r}: a list of K, not text (papermill: -y \"shots: [8, 32]\")")
+    listed = [shots] if isinstance(shots, (int, float)) else list(shots)
+    for k in listed:
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or k < 1:
+            raise ValueError(f"shots {shots!r}: {k!r} is not a whole number of at least 1 (K positive and K "
+                             f"negative training scans per draw)")
+    if not listed or len(set(map(int, listed))) < len(listed):
+        raise ValueError(f"shots {shots!r}: name each K once, at least one (or None for the profile's)")
+    return sorted(int(k) for k in listed)
+
+
 def fewshot_parts(dataset: str, scans: pd.DataFrame, shots, tasks: list[str] | None = None,
                   rejected=()) -> tuple[Parts, dict[str, tuple[int, ...]]]:
     """(the part of ``04_fewshot``, {task: the K of ``shots`` it runs at}). A K-shot draw is K positive and K
@@ -317,7 +332,7 @@ def fewshot_parts(dataset: str, scans: pd.DataFrame, shots, tasks: list[str] | N
     scans in both splits (``task_parts``) and at least one K. The (task, K) pairs left out are the parts'
     ``notes``; with none left the part is skipped, saying why (each task's training counts)."""
     descriptions = TASK_PARTS["04_fewshot"]
-    shots = sorted({int(k) for k in ([shots] if isinstance(shots, int) else shots)})
+    shots = check_shots(shots)
     candidates = candidate_tasks(dataset, tasks, scans)
     trainable, task_reasons = finetunable_tasks(scans, candidates)
     if not trainable:

@@ -48,7 +48,7 @@ print(parts)
 if parts.runs("comparison"):
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
     encoder = S.encoder()
-    n_seeds = n_seeds or P.finetune_seeds
+    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     predictions = S.sweep(tasks, protocols, encoder, n_seeds=n_seeds)
     seeds = sorted(predictions["seed"].unique().tolist())
     display(predictions.groupby(["protocol", "seed"])["scan_id"].nunique())

@@ -59,7 +59,7 @@ runs = {}
 if parts.runs("in-domain"):
     tasks = [t for t in S.tasks(tasks, rows=target_rows) if t in parts.tasks]  # the source's tasks the target has
     encoder = S.encoder()
-    n_seeds = n_seeds or P.finetune_seeds
+    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     if parts.runs("external validation"):
         runs["external validation"] = S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
                                               eval_dataset=target_dataset, eval_filter=target)

@@ -46,8 +46,8 @@ P, scans, method = S.profile, S.scans, S.method
 from fmct_lib.data.cache import read_rejects
 from fmct_lib.interpret.parts import fewshot_parts
 
-shots = list(shots or P.fewshot_shots)
-resamples = resamples or P.fewshot_resamples
+shots = list(P.fewshot_shots) if shots is None else shots  # checked by fewshot_parts (K ≥ 1, each once)
+resamples = pipeline.count("resamples", resamples, P.fewshot_resamples)
 # the scans the cache rejected are left out of every run, so they are not counted as shots either
 parts, shots_of = fewshot_parts(dataset, S.labelled, shots, tasks, rejected=read_rejects(dataset, S.spec)["scan_id"])
 print(parts)
@@ -60,7 +60,7 @@ if parts.runs("few-shot"):
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
     encoder = S.encoder()
-    n_seeds = n_seeds or P.finetune_seeds  # the stars: the all-data runs of 02, reused when it ran
+    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # the stars: 02's all-data runs, reused
     # every model sees the same K-shot draws (resample r: seed + r); the tasks that run the same K run together
     groups = {}
     for task in tasks:

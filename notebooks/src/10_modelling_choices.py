@@ -71,7 +71,7 @@ if parts.runs("comparison"):
     from fmct_lib.evaluate import bootstrap_ci
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
-    n_seeds = n_seeds or P.finetune_seeds
+    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     predictions = S.sweep_models(models, tasks, n_seeds=n_seeds)
     summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=m)
                          for m, g in predictions.groupby("model", sort=False)], ignore_index=True)

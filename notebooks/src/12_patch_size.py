@@ -68,7 +68,7 @@ if parts.runs("comparison"):
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
     encoders = {fine: S.encoder(), coarse: C.encoder()}
-    n_seeds = n_seeds or P.finetune_seeds
+    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     predictions = pd.concat([study.sweep(tasks, [protocol], encoders[name], n_seeds=n_seeds).assign(model=name)
                              for name, study in ((fine, S), (coarse, C))], ignore_index=True)
     summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=m)
