@@ -807,7 +807,8 @@ def test_embeddings_conclusion_says_what_the_dataset_did_not_allow():
         "across scanner protocols.")
     # the thickness alone measured
     first = conclusions.embeddings_conclusion(None, (np.array([0.6, 0.7]), 0.4, 0.02), PROTOCOL_MACRO).splitlines()[0]
-    assert first == ("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%, p = 0.02). Paper: "
+    assert first == ("- Scanner: not measured on this dataset; thickness bin with 65.0% (chance 40.0%, p = 0.02). "
+                     "Paper: "
                      "embeddings are separable by manufacturer and slice thickness. Here: scanner not measured, "
                      "thickness separable.")
 

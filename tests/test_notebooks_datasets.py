@@ -89,9 +89,9 @@ def test_the_per_protocol_part_is_judged_on_what_it_scores():
     ran; the classifiers, trained and tested on the internal site only, scored one group ("ranges 0.250–0.250").
     ``scored`` (the study's site) and ``max_tasks`` (the profile's limit) make the check see what is scored."""
     n = 12
-    table = scan_table(manufacturer=["GE", "Siemens"] * (n // 2), labels={"ich": [i % 2 for i in range(n)],
-                                                                         "sah": [i % 2 for i in range(8)] + [1, 1, 1, 0]})
-    table["ich"] = [i % 2 for i in range(8)] + [0, 1, 1, 0]
+    table = scan_table(manufacturer=["GE", "Siemens"] * (n // 2),
+                       labels={"ich": [i % 2 for i in range(8)] + [0, 1, 1, 0],
+                               "sah": [i % 2 for i in range(8)] + [1, 1, 1, 0]})
     table["site"] = ["internal"] * 8 + ["internal", "internal", "external", "external"]  # test: s8–s11
     internal = table[table.site == "internal"]  # its test scans s8 (GE, ich 0), s9 (Siemens, ich 1): one class each
     assert embedding_parts("synthetic", table, BINS, tasks=["ich"]).runs("by protocol")
@@ -224,8 +224,8 @@ def test_the_parts_of_09_and_10_on_small_tables():
         "comparison": "no task has positive and negative scans in both the training and the test split (tumor: "
                       "train 0 positive / 0 negative, test 0 positive / 0 negative)",
         "retrieval": "no subtype label with at least 2 positive scans (iph: no such column, ivh: no such column, "
-                     "sdh: no such column, edh: no such column, sah: no such column); retrieval needs the haemorrhage subtypes "
-                     "(RSNA, CQ500, the synthetic cohort)"}
+                     "sdh: no such column, edh: no such column, sah: no such column); retrieval needs the "
+                     "haemorrhage subtypes (RSNA, CQ500, the synthetic cohort)"}
     assert task_parts("10_modelling_choices", "synthetic", table, ["ich"]).runs("comparison")
     assert not task_parts("10_modelling_choices", "synthetic", table.assign(edh=0), ["edh"]).runs("comparison")
     with pytest.raises(ValueError, match="not a label column"):  # a missing column: refused, not skipped

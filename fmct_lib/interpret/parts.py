@@ -215,7 +215,8 @@ def check_thickness_bins(thickness_bins) -> list[float]:
     try:
         edges = [float(b) for b in thickness_bins]
     except (TypeError, ValueError):
-        raise ValueError(f"thickness_bins {thickness_bins!r}: a list of bin edges in mm, e.g. [0, 1.5, 3, 5.01]") from None
+        raise ValueError(f"thickness_bins {thickness_bins!r}: a list of bin edges in mm, "
+                         f"e.g. [0, 1.5, 3, 5.01]") from None
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError(f"thickness_bins {thickness_bins!r}: at least two edges in mm, strictly increasing "
                          f"(e.g. [0, 1.5, 3, 5.01])")

@@ -2,8 +2,8 @@
 
 Paper, Methods: AdamW (β = 0.9, 0.95; weight decay 0.05), base LR 3e-4 (DINO) or 1.5e-3 (MAE) scaled by
 global batch / 256, linear warm-up then cosine. Weight decay, constant as the paper states it, skips biases,
-norms, tokens and position tables (MAE's and timm's practice; DINO's code spares only biases and norms). bf16 autocast where the GPU supports it, else fp16 with loss
-scaling; fp32 on the CPU.
+norms, tokens and position tables (MAE's and timm's practice; DINO's code spares only biases and norms).
+bf16 autocast where the GPU supports it, else fp16 with loss scaling; fp32 on the CPU.
 
 Data order: a seeded permutation of the scans per epoch (shuffled, as the paper); a global batch of
 ``batch_size × world × accum_steps`` scans per optimiser step, the tail of each epoch dropped. Process
