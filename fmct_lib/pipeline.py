@@ -103,9 +103,9 @@ class Study:
         """``choose_tasks`` on ``rows`` (default: the labelled rows). A task asked for that is not a label column of
         the study's scan table is refused first (``interpret.parts.check_tasks``: a ``ValueError`` naming the
         dataset's tasks and the one meant), not reported as a task without positives."""
-        if tasks:
-            from .interpret.parts import check_tasks
-            tasks = check_tasks(self.scans, tasks, self.dataset)
+        if tasks is not None:  # [] is refused, not read as the default (candidate_tasks)
+            from .interpret.parts import candidate_tasks
+            tasks = candidate_tasks(self.dataset, tasks, self.scans)
         return choose_tasks(self.labelled if rows is None else rows, tasks, self.dataset, self.profile, split)
 
     def encoder(self, method: str | None = None, fraction: float = 1.0) -> Path:
@@ -227,6 +227,34 @@ def count(name: str, value, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
         raise ValueError(f"{name} {value!r}: a whole number of at least 1, or None for the profile's ({default})")
     return int(value)
+
+
+def check_protocols(protocols) -> list[str]:
+    """A notebook's ``protocols`` (one name or a list) as a list: at least one, each once, each a registered way to
+    train a classifier (``downstream.protocols.PROTOCOLS``; K-shot runs are 04's). Refused in one line before any
+    work: one name used to be read letter by letter, ``[]`` failed after the encoder was built, a name given twice
+    drew its bars twice."""
+    from .downstream.protocols import PROTOCOLS
+    listed = [protocols] if isinstance(protocols, str) else list(protocols or [])
+    known = ", ".join(PROTOCOLS)
+    if not listed:
+        raise ValueError(f"protocols {protocols!r}: name at least one of {known}")
+    unknown = [p for p in listed if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"protocols {protocols!r}: {unknown[0]!r} is not a protocol here; choose from {known}"
+                         + (" (K-shot runs: 04_fewshot)" if unknown[0] == "fewshot" else ""))
+    if len(set(listed)) < len(listed):
+        raise ValueError(f"protocols {protocols!r}: name each protocol once")
+    return listed
+
+
+def check_transfer_sites(dataset: str, scans: pd.DataFrame, source_site: str, target_site: str) -> None:
+    """03's sites: each a labelled site of ``scans`` (``check_choices``), and not the same one (its "transfer"
+    trained and tested in-domain, and its paired test read a difference of 0 against itself)."""
+    for site in (source_site, target_site):
+        check_choices(site=(site, dataset, scans))
+    if source_site == target_site:
+        raise ValueError(f"source_site and target_site are both {source_site!r}: nothing is transferred")
 
 
 def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFrame] | None = None) -> None:

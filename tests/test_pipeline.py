@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import pandas as pd
 import pytest
 
@@ -338,3 +339,48 @@ def test_a_count_parameter_that_is_not_a_whole_number_of_at_least_1_is_refused(v
 def test_a_count_parameter_takes_the_default_for_none():
     from fmct_lib.pipeline import count
     assert count("n_seeds", None, 3) == 3 and count("resamples", 2, 5) == 2 and count("resamples", 4.0, 5) == 4
+
+
+def test_03s_sites_are_two_labelled_sites_of_the_table():
+    """source_site = target_site trained and tested in-domain and read a difference of 0 against itself; a typo
+    failed with KeyError 'task' after every in-domain model had trained (a review of 03's parameters)."""
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c"], "site": ["internal", "external", "pretrain"]})
+    pipeline.check_transfer_sites("synthetic", scans, "internal", "external")
+    pipeline.check_transfer_sites("synthetic", scans, "external", "internal")
+    with pytest.raises(ValueError, match="source_site and target_site are both 'internal': nothing is transferred"):
+        pipeline.check_transfer_sites("synthetic", scans, "internal", "internal")
+    for source, target in (("internl", "external"), ("internal", "pretrain")):
+        with pytest.raises(ValueError, match="is not a labelled site of 'synthetic'; its labelled sites are external, "
+                                             "internal"):
+            pipeline.check_transfer_sites("synthetic", scans, source, target)
+
+
+@pytest.mark.parametrize("protocols, error", [
+    ([], "name at least one of finetune"), (None, "name at least one of"),
+    (["finetune", "linaer"], "'linaer' is not a protocol here; choose from finetune"),
+    (["fewshot"], "'fewshot' is not a protocol here; choose from finetune, linear, attentive, abmil, scratch, "
+                  "histogram (K-shot runs: 04_fewshot)"),
+    (["finetune", "scratch", "scratch"], "name each protocol once")])
+def test_02s_protocols_are_checked_before_any_work(protocols, error):
+    """A name given once was read letter by letter (papermill -p protocols scratch drew an empty figure), [] and
+    None failed after the encoder was built, 'fewshot' after every K-shot run, a repeated name drew twice."""
+    with pytest.raises(ValueError, match=re.escape(f"protocols {protocols!r}: {error}")):
+        pipeline.check_protocols(protocols)
+
+
+def test_02s_protocols_one_name_is_a_list_of_one():
+    assert pipeline.check_protocols("scratch") == ["scratch"]
+    assert pipeline.check_protocols(("finetune", "linear")) == ["finetune", "linear"]
+
+
+def test_no_tasks_is_refused_not_read_as_the_default():
+    """tasks=[] trained the default tasks in 02 and 03 (07's [] means the pretrained maps alone, 08's [] is refused)."""
+    from fmct_lib.interpret.parts import candidate_tasks
+    scans = pd.DataFrame({"scan_id": list("abcd"), "split": ["train", "train", "test", "test"], "ich": [1, 0, 1, 0]})
+    with pytest.raises(ValueError, match=r"^tasks \[\]: name at least one task, or None for the dataset's \(tumor, "):
+        candidate_tasks("synthetic", [], scans)
+    assert candidate_tasks("synthetic", "ich", scans) == ["ich"]
+    study = pipeline.Study("synthetic", get_profile("toy"), scans, Path("runs"), 0, "dino", None)
+    with pytest.raises(ValueError, match=r"^tasks \[\]: name at least one task"):
+        study.tasks([])
+    assert study.tasks(None) == ["ich"]  # the default: the paper's tasks this table has, with test labels

@@ -108,6 +108,9 @@ def candidate_tasks(dataset: str, tasks: list[str] | None = None, scans: pd.Data
     that is not a label column of them is refused (``check_tasks``); the paper's tasks are not checked (those the
     table lacks are reported as skipped)."""
     from ..data.manifest import paper_tasks
+    if tasks is not None and not isinstance(tasks, str) and not list(tasks):
+        raise ValueError(f"tasks []: name at least one task, or None for the dataset's "
+                         f"({', '.join(paper_tasks(dataset))})")
     if not tasks:
         return paper_tasks(dataset)
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)

@@ -28,9 +28,11 @@ n_seeds = None           # training seeds seed, seed+1, … of every model (defa
 from fmct_lib import pipeline
 from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
 
+protocols = pipeline.check_protocols(protocols)  # one name or a list; each once, each a protocol
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
 
 # %% [markdown]
 # ## What this dataset allows
@@ -48,7 +50,6 @@ print(parts)
 if parts.runs("comparison"):
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
     encoder = S.encoder()
-    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     predictions = S.sweep(tasks, protocols, encoder, n_seeds=n_seeds)
     seeds = sorted(predictions["seed"].unique().tolist())
     display(predictions.groupby(["protocol", "seed"])["scan_id"].nunique())

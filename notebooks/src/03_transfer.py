@@ -34,6 +34,7 @@ from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
 target_dataset = target_dataset or dataset
 target_scans = scans if target_dataset == dataset else S.other(target_dataset)
 
@@ -48,6 +49,8 @@ import pandas as pd
 from fmct_lib.interpret.parts import transfer_parts
 
 has_sites = "site" in scans and target_dataset == dataset
+if has_sites:  # two labelled sites of the table (a typo failed after the in-domain models had trained)
+    pipeline.check_transfer_sites(dataset, scans, source_site, target_site)
 source = {"site": source_site} if has_sites else None
 target = {"site": target_site} if has_sites else None
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
@@ -59,7 +62,6 @@ runs = {}
 if parts.runs("in-domain"):
     tasks = [t for t in S.tasks(tasks, rows=target_rows) if t in parts.tasks]  # the source's tasks the target has
     encoder = S.encoder()
-    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     if parts.runs("external validation"):
         runs["external validation"] = S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
                                               eval_dataset=target_dataset, eval_filter=target)

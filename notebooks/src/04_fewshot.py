@@ -33,6 +33,7 @@ from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
 
 # %% [markdown]
 # ## What this dataset allows
@@ -60,7 +61,6 @@ if parts.runs("few-shot"):
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
     encoder = S.encoder()
-    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # the stars: 02's all-data runs, reused
     # every model sees the same K-shot draws (resample r: seed + r); the tasks that run the same K run together
     groups = {}
     for task in tasks:

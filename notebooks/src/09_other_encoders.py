@@ -43,6 +43,7 @@ from fmct_lib.report import comparisons, conclusions, encoders as compare, namin
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
 
 # %% [markdown]
 # ## What this dataset allows
@@ -82,7 +83,6 @@ if parts.runs("comparison"):
     from fmct_lib.evaluate import bootstrap_ci
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
-    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     models = compare.model_grid(used, protocols)
     predictions = S.sweep_models(models, tasks, n_seeds=n_seeds)
     summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=m)

@@ -37,6 +37,7 @@ from fmct_lib.report import comparisons, conclusions, encoders as compare, paper
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
 pipeline.check_choices(protocols=[vit_protocol])
 
 # %% [markdown]
@@ -71,7 +72,6 @@ if parts.runs("comparison"):
     from fmct_lib.evaluate import bootstrap_ci
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
-    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     predictions = S.sweep_models(models, tasks, n_seeds=n_seeds)
     summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=m)
                          for m, g in predictions.groupby("model", sort=False)], ignore_index=True)

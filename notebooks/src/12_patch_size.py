@@ -67,8 +67,8 @@ if parts.runs("comparison"):
     from fmct_lib.report.encoders import paired_comparisons
 
     tasks = [t for t in S.tasks(tasks) if t in parts.tasks]
+    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before the encoders are built
     encoders = {fine: S.encoder(), coarse: C.encoder()}
-    n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)
     predictions = pd.concat([study.sweep(tasks, [protocol], encoders[name], n_seeds=n_seeds).assign(model=name)
                              for name, study in ((fine, S), (coarse, C))], ignore_index=True)
     summary = pd.concat([bootstrap_ci(g, n_boot=P.n_bootstrap, seed=seed).assign(model=m)
