@@ -14,6 +14,7 @@ crop ~192 mm, as in the paper's Methods; coarser profiles use coarser voxels.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, replace
 
@@ -205,6 +206,13 @@ PROFILES: dict[str, Profile] = {
         synth_grid_mm=3.0, synth_internal=80, synth_external=40, synth_pretrain=60, max_tasks=2,
     ),
 }
+
+
+def is_whole_number(value, least: int = 1) -> bool:
+    """Whether a parameter's ``value`` is a whole number (an int, or a float or NumPy number without a fraction;
+    not a bool) of at least ``least``: what every count and rank a notebook takes must be."""
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+            and value == int(value) and value >= least)
 
 
 def get_profile(profile: "str | Profile") -> Profile:

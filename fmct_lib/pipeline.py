@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .config import PROFILES, Profile, get_profile
+from .config import PROFILES, Profile, get_profile, is_whole_number
 from .data.manifest import is_available, load_scans, paper_tasks, scan_table_path
 from .paths import in_checkout, runs_root
 
@@ -224,7 +224,7 @@ def count(name: str, value, default: int) -> int:
     the default in silence, a negative to train nothing)."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+    if not is_whole_number(value):
         raise ValueError(f"{name} {value!r}: a whole number of at least 1, or None for the profile's ({default})")
     return int(value)
 

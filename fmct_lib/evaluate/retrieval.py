@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..config import is_whole_number
 from .stats import _counts, _interval, _p_value, relative_improvement
 
 __all__ = ["check_ks", "retrieve_all_vs_all", "retrieval_summary", "retrieval_comparison", "neighbour_agreement",
@@ -64,7 +65,7 @@ def check_ks(ks, n_gallery: int | None = None) -> list[int]:
         raise ValueError(f"ks {ks!r}: a list of ranks, not text (papermill: -y \"ks: [1, 5, 10]\")")
     listed = [ks] if isinstance(ks, (int, float, np.integer)) else list(ks)
     for k in listed:
-        if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or k != int(k) or k < 1:
+        if not is_whole_number(k):
             raise ValueError(f"ks {ks!r}: {k!r} is not a whole number of at least 1{usable}")
     listed = [int(k) for k in listed]
     if not listed:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import is_whole_number
 from ..data.manifest import SCAN_COLUMNS
 from ..downstream.embeddings import protocol_labels
 from .lesion import MASKED_TASKS
@@ -252,8 +253,8 @@ def embedding_parts(dataset: str, scans: pd.DataFrame, thickness_bins, tasks: li
     trainable, task_reasons = finetunable_tasks(scored, candidates)
     trainable = tuple(most_positive_tasks(scored, trainable, None if tasks else max_tasks))
     thickness_missing = "no scan has a slice thickness"
-    if "slice_thickness_mm" in scans and pd.to_numeric(scans["slice_thickness_mm"], errors="coerce").notna().any():
-        known = pd.to_numeric(scans["slice_thickness_mm"], errors="coerce").dropna()
+    known = pd.to_numeric(scans.get("slice_thickness_mm", pd.Series(dtype=float)), errors="coerce").dropna()
+    if len(known):
         thickness_missing = (f"no slice thickness falls in the bins {edges} (the scans' range from {known.min():g} to "
                              f"{known.max():g} mm; a bin holds (low, high])")
     reasons: dict[str, str | None] = {
@@ -319,7 +320,7 @@ def check_shots(shots) -> list[int]:
         raise ValueError(f"shots {shots!r}: a list of K, not text (papermill: -y \"shots: [8, 32]\")")
     listed = [shots] if isinstance(shots, (int, float)) else list(shots)
     for k in listed:
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or k < 1:
+        if not is_whole_number(k):
             raise ValueError(f"shots {shots!r}: {k!r} is not a whole number of at least 1 (K positive and K "
                              f"negative training scans per draw)")
     if not listed or len(set(map(int, listed))) < len(listed):

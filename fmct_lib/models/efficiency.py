@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..config import ModelConfig, Profile, get_profile, patch_variant
+from ..config import ModelConfig, Profile, get_profile, is_whole_number, patch_variant
 from ..precision import autocast_for, check_device, precision_name
 
 __all__ = ["MODES", "Candidate", "Settings", "vit_flops", "patch_cost", "dividing_patches", "counted_flops",
@@ -212,7 +212,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 def _whole(name: str, value, least: int) -> int:
     """``value`` as an int, refused in one line unless a whole number at least ``least``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or value < least:
+    if not is_whole_number(value, least):
         raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
     return int(value)
 
