@@ -46,6 +46,7 @@ __all__ = ["Study", "start", "ensure_dataset", "ensure_cache", "ensure_pretraine
            "choose_tasks", "pretrain_afresh", "check_choices", "ENCODER_PROTOCOLS"]
 
 PRETRAIN_ENV = "FMCT_PRETRAIN"
+DEFAULT_SITE = "internal"  # the site the notebooks train and test on by default (the gallery's)
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,24 @@ class Study:
         preset = "" if self.spec.name == "paper" else f"-{self.spec.name}"
         return f"{stem}-{sha256_of(self.checkpoint)[:8]}{preset}"
 
-    def figure_name(self, base: str) -> str:
-        """``naming.figure_name`` of the study's dataset, profile and ``encoder_tag``: a study started from a
-        checkpoint (or on the reference chain) never overwrites another's figures, nor the gallery's."""
+    @property
+    def settings_tag(self) -> str | None:
+        """What names the study's settings in its figures where they are not a notebook's defaults: the
+        pretraining method where it is not the profile's (a checkpoint's is named by ``encoder_tag``), a site other
+        than ``internal``, a seed other than 0 (``mae_site-external_seed1``); None with the defaults."""
+        named = [self.method if self.checkpoint is None and self.method != self.profile.pretrain_method else "",
+                 f"site-{self.site_filter['site']}" if self.site_filter and self.site_filter["site"] != DEFAULT_SITE
+                 else "", f"seed{self.seed}" if self.seed else ""]
+        return "_".join(n for n in named if n) or None
+
+    def figure_name(self, base: str, *settings: str) -> str:
+        """``naming.figure_name`` of the study's dataset, profile, ``encoder_tag``, ``settings_tag`` and a
+        notebook's own ``settings`` that differ from its defaults (empty ones are left out): a study started from a
+        checkpoint, on the reference chain or with other settings never overwrites another's figures, nor the
+        gallery's."""
         from .report.naming import figure_name
-        return figure_name(base, self.dataset, self.profile, self.encoder_tag)
+        tag = "_".join(t for t in (self.encoder_tag, self.settings_tag, *settings) if t)
+        return figure_name(base, self.dataset, self.profile, tag or None)
 
     def tasks(self, tasks: list[str] | None = None, rows: pd.DataFrame | None = None, split: str = "test") -> list[str]:
         """``choose_tasks`` on ``rows`` (default: the labelled rows). A task asked for that is not a label column of
@@ -187,7 +201,8 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     ``ValueError`` naming the known ones); ``site`` restricts training and testing to one labelled site where the
     table has sites (one it lacks is a ``ValueError`` naming those it has); ``afresh`` pretrains the encoders
     instead of starting from the released ones (default: ``pretrain_afresh()``, the environment variable
-    ``FMCT_PRETRAIN``); ``checkpoint`` is an encoder file to start from instead (ours or the authors' ``.pth``).
+    ``FMCT_PRETRAIN``); ``checkpoint`` is an encoder file to start from instead (ours or the authors' ``.pth``);
+    the pretraining method ours records is the study's (another ``method`` beside it is a ``ValueError``).
 
     ``preset`` is the preprocessing of every run, embedding and attention map: ``paper`` (default) or the
     authors' ``reference`` chain, which is for their released weights and so needs ``checkpoint``; pretraining
@@ -200,11 +215,15 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     _require_checkpoint_for(preset, checkpoint)
     if checkpoint:
         checkpoint = _existing_checkpoint(checkpoint)
-        recorded = _fitting_checkpoint(checkpoint, p, spec)
-        if recorded is None and spec.name == "paper":
+        config = _fitting_checkpoint(checkpoint, p, spec)
+        if config is None and spec.name == "paper":
             warnings.warn(f"checkpoint {checkpoint} is in the authors' layout, whose weights were trained on their "
                           f"own preprocessing: preset='reference' (-p preset reference) feeds them the inputs they "
                           f"know; the paper chain runs, on inputs they were not trained on", stacklevel=2)
+        recorded = (config or {}).get("method")
+        if method and recorded and method != recorded:  # the figures would name a method the encoder never had
+            raise ValueError(f"checkpoint {checkpoint} was pretrained with {recorded!r}, not method {method!r}: leave "
+                             f"method unset (None) to take the checkpoint's, or pass the {method} encoder's file")
         method = method or recorded
     scans = ensure_dataset(dataset, p)
     ensure_cache(dataset, p, preset)
@@ -302,10 +321,10 @@ def _require_checkpoint_for(preset: str, checkpoint) -> None:
                          "preset is not offered")
 
 
-def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec) -> str | None:
+def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec) -> dict | None:
     """Load ``checkpoint`` (a refused file is a ``CheckpointError`` naming it) and check that it takes the inputs of
-    ``spec``, before any cache is built; returns the pretraining method its configuration records (our files; the
-    authors' carry none)."""
+    ``spec``, before any cache is built; returns the configuration it records (ours: the pretraining ``method``
+    among it), None for the authors' layouts, which carry none."""
     from .models.checkpoints import CheckpointError, load_encoder, read_checkpoint_config
     size = load_encoder(checkpoint).config.img_size
     if size != spec.input_size:
@@ -314,7 +333,7 @@ def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec
                          f"makes {spec.input_size}³ ones; pass the profile it was made for"
                          + (f" (-p profile {fits[0]})" if fits else ""))
     try:
-        return read_checkpoint_config(checkpoint).get("method")
+        return read_checkpoint_config(checkpoint)
     except CheckpointError:  # the authors' layouts carry no configuration
         return None
 

@@ -24,8 +24,8 @@ def test_figure_names_keep_the_gallery_for_the_demo_run_only():
 
 
 def test_an_encoder_tag_names_the_figure_even_for_the_gallerys_data_and_profile():
-    assert naming.figure_name("fig2", "synthetic", "demo", encoder="w-1a2b3c4d") == "fig2__synthetic_demo_w-1a2b3c4d"
-    assert naming.figure_name("fig2", "rsna", "paper", encoder="w-1a2b3c4d-reference") == (
+    assert naming.figure_name("fig2", "synthetic", "demo", tag="w-1a2b3c4d") == "fig2__synthetic_demo_w-1a2b3c4d"
+    assert naming.figure_name("fig2", "rsna", "paper", tag="w-1a2b3c4d-reference") == (
         "fig2__rsna_paper_w-1a2b3c4d-reference")
-    assert naming.figure_name("fig2", "rsna", "paper", encoder=None) == "fig2__rsna_paper"
+    assert naming.figure_name("fig2", "rsna", "paper", tag=None) == "fig2__rsna_paper"
 

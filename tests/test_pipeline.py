@@ -280,6 +280,11 @@ def test_the_reference_preset_needs_a_checkpoint_and_reaches_every_run_embedding
     on_demo = pipeline.start("synthetic", "demo", checkpoint=str(larger))
     assert on_demo.figure_name("fig1e") == f"fig1e__synthetic_demo_demo-{sha256_of(larger)[:8]}"
     assert pipeline.start("synthetic", "demo").figure_name("fig1e") == "fig1e"  # the gallery's, as before
+    # the checkpoint's recorded method is the study's: another one beside it would name the wrong method
+    with pytest.raises(ValueError, match=r"model_weights.pth was pretrained with 'mae', not method 'dino': leave "
+                                         r"method unset \(None\)"):
+        pipeline.start("synthetic", "toy", preset="reference", checkpoint=str(weights), method="dino")
+    assert pipeline.start("synthetic", "toy", preset="reference", checkpoint=str(weights), method="mae").method == "mae"
 
     calls = {}
     for name in ("run_sweep", "fewshot_sweep", "embed"):
@@ -304,6 +309,25 @@ def test_the_reference_preset_needs_a_checkpoint_and_reaches_every_run_embedding
                             / "encoder.safetensors")
     assert on_paper == finetuned / "authors" / "synthetic" / "ich" / "seed0" / "encoder.safetensors"
     assert load_checkpoint(on_reference)[1]["preprocess"] == reference.to_dict()
+
+
+def test_a_study_with_other_settings_never_writes_the_gallerys_figures(tmp_path):
+    """Another method, site or seed, or a notebook's own setting, names the figure: a second run with other
+    settings used to overwrite the first's (and, under ``make reproduce``, the gallery's); the defaults keep the
+    gallery's name."""
+    demo = get_profile("demo")
+    table = pd.DataFrame({"scan_id": ["a", "b"], "site": ["internal", "external"]})
+
+    def study(method="vicreg", site="internal", seed=0):
+        return pipeline.Study("synthetic", demo, table, tmp_path, seed, method, {"site": site})
+    assert demo.pretrain_method == "vicreg" and study().figure_name("fig1e") == "fig1e"
+    assert study().figure_name("fig1e", "", "") == "fig1e"  # a notebook's settings at their defaults
+    assert study("mae").figure_name("fig1e") == "fig1e__synthetic_demo_mae"
+    assert study(site="external").figure_name("fig2") == "fig2__synthetic_demo_site-external"
+    assert study("dino", "external", 2).figure_name("fig2") == "fig2__synthetic_demo_dino_site-external_seed2"
+    assert study().figure_name("fig1fg", "internal-to-internal") == "fig1fg__synthetic_demo_internal-to-internal"
+    no_sites = pipeline.Study("rsna", demo, table, tmp_path, 0, "vicreg", None)
+    assert no_sites.figure_name("fig1e") == "fig1e__rsna_demo" and no_sites.settings_tag is None
 
 
 def test_a_notebooks_method_protocol_and_site_names_are_checked_before_any_work():

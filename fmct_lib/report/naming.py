@@ -25,17 +25,18 @@ def paper_dataset(dataset: str, site: str | None = None) -> str:
     return _PAPER_COUNTERPART.get((dataset, site), dataset)
 
 
-def figure_name(base: str, dataset: str, profile: str | Profile, encoder: str | None = None) -> str:
+def figure_name(base: str, dataset: str, profile: str | Profile, tag: str | None = None) -> str:
     """``base`` for the committed gallery (synthetic cohort, ``demo`` profile), else ``base__<dataset>_<profile>``,
     so a run on other data or at another size never overwrites the gallery's figures; a profile changed from
-    its namesake (``Profile.replace``) adds ``_<hash of the changes>`` to ``base``. ``encoder`` names a study
-    started from a checkpoint (``Study.encoder_tag``: its file and sha256, and a preprocessing other than the
-    paper's), added as ``_<encoder>``: two encoders compared on the same data keep a figure each."""
+    its namesake (``Profile.replace``) adds ``_<hash of the changes>`` to ``base``. ``tag`` names what else sets
+    a run apart (``Study.figure_name``: a checkpoint's file and sha256, a preprocessing other than the paper's,
+    another method, site or seed), added as ``_<tag>``: two encoders or settings compared on the same data keep
+    a figure each."""
     p = get_profile(profile)
     named = PROFILES.get(p.name)
     if named is not None and p != named:
         changed = {k: v for k, v in p.to_dict().items() if named.to_dict().get(k) != v}
         base = f"{base}_{hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:6]}"
-    if encoder:
-        return f"{base}__{dataset}_{p.name}_{encoder}"
+    if tag:
+        return f"{base}__{dataset}_{p.name}_{tag}"
     return base if (dataset, p.name) == ("synthetic", "demo") else f"{base}__{dataset}_{p.name}"

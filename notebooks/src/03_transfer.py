@@ -107,7 +107,9 @@ if runs:
     plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order, hue_order=list(runs),
                       paper=reported, paper_notes=known[known.metric != "auroc"], title=title, profile=P.name,
                       training=plots.training_rule(P), ax=ax)
-    name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""))
+    other_sites = has_sites and (source_site, target_site) != ("internal", "external")  # a figure of their own
+    sites = f"{source_site}-to-{target_site}" if other_sites else ""
+    name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""), sites)
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
         "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
     run_records.save_runs(name, predictions)  # where each model stopped, and why

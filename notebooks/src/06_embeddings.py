@@ -75,8 +75,10 @@ if parts.runs("thickness"):
           f"p = {thickness[2]:.3g})")
 
 if parts.runs("projection"):
-    # colour by the protocol columns the scan table knows (by split where it knows none)
-    known = [c for c, name in (("manufacturer", "scanner"), ("slice_thickness_mm", "slice thickness (mm)"))
+    # colour by the protocol columns the scan table knows (by split where it knows none); the thickness by the
+    # bins the separability test reads
+    points = points.assign(**{"slice thickness bin (mm)": protocol["slice thickness (mm)"]})
+    known = [c for c, name in (("manufacturer", "scanner"), ("slice thickness bin (mm)", "slice thickness (mm)"))
              if protocol[name].notna().any()]
     if highlight_task and highlight_task not in points:
         print(f"highlight_task {highlight_task!r} is not a label column of {dataset!r}: no positives highlighted")

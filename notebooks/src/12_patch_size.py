@@ -33,7 +33,7 @@ n_seeds = None           # training seeds of every model (default: the profile's
 # %%
 from fmct_lib import pipeline
 from fmct_lib.config import coarser_variant
-from fmct_lib.report import comparisons, conclusions, naming, paper, plots, run_records
+from fmct_lib.report import comparisons, conclusions, paper, plots, run_records
 
 pipeline.check_choices(protocols=[protocol])
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site)
@@ -120,7 +120,8 @@ if parts.runs("comparison"):
                           for column, label in measures.items() for a in ("fine", "coarse")])
     plots.metric_bars(drawn, x="measure", hue="model", ylabel=f"forward+backward, relative to {fine}",
                       hue_order=[fine, coarse], ylim=None, ax=axes[2], paper_notes=known)
-    name = naming.figure_name("suppfig2_patch_size", dataset, P)
+    name = S.figure_name("suppfig2_patch_size", f"p{Q.patch_size}" if patch_size else "",  # a run of its own
+                         protocol if protocol != "finetune" else "")
     names = {fine: "fmct", coarse: "fmct_p16"}
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
     run_records.save_runs(name, predictions)  # where each model stopped, and why
