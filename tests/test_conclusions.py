@@ -459,10 +459,26 @@ def test_transfer_conclusion_without_external_validation_says_it_did_not_run():
     assert text.splitlines()[:3] == [
         "- in-domain fine-tuned (0.900) beats in-domain scratch (0.800): +12.5% relative, paired permutation "
         "p = 0.001.",
-        "- External validation: not run (no source and target to transfer between; see the skipped parts).",
+        "- External validation: not run (see the skipped parts for why).",
         "- Reference without a deep model (in-domain window histograms + logistic regression): 0.600; in-domain "
         "fine-tuned above it, in-domain scratch level with it (level: the 95% CI of the paired difference "
         "contains 0 and p ≥ 0.05)."]
+
+
+def test_transfer_conclusion_of_a_target_with_test_labels_only_reports_external_validation_alone():
+    # a small external set, labelled for testing only: the transferred model's macro-AUROC and its CI, nothing
+    # compared (no in-domain model, no histogram reference: both need the target's training split)
+    summary = _summary({"external validation": {"ich": 0.8, "macro": 0.8}}).assign(ci_low=0.71, ci_high=0.874)
+    text = _transfer(summary, {}, {"external validation": "perfect"}, "cq500",
+                     pd.DataFrame({"split": ["test"] * 4}))
+    assert text.splitlines() == [
+        "- External validation (the model fine-tuned on the source, tested on the target): macro-AUROC 0.800 "
+        "(95% CI 0.710–0.874).",
+        "- In-domain models: not run (no task to train on in the target; see the skipped parts), so nothing here "
+        "says whether fine-tuning on the target would do better (paper: the transferred model is better on small "
+        "CQ500).",
+        "- The target's training split has 0 scans (paper: CQ500 1,120; RSNA ~8,000).",
+    ]
 
 
 # --------------------------------------------------------------------------------------- 04 · few-shot

@@ -170,9 +170,27 @@ def test_the_parts_of_02_to_05_and_08_on_small_tables():
     with pytest.raises(ValueError, match="task 'edh' is not a label column"):
         task_parts("04_fewshot", "synthetic", table, ["edh"])
     # one site and no target dataset: the in-domain models only; another dataset as the target: both
-    alone = transfer_parts("hosp", table, has_sites=False, target_dataset="hosp", tasks=["ich"])
+    alone = transfer_parts("hosp", table, source_rows=table, has_sites=False, target_dataset="hosp", tasks=["ich"])
     assert list(alone.skipped) == ["external validation"] and alone.runs("in-domain")
-    assert transfer_parts("hosp", table, has_sites=False, target_dataset="cq500", tasks=["ich"]).skipped == {}
+    assert alone.tasks_of("in-domain") == ("ich",) and alone.tasks_of("external validation") == ()
+    both = transfer_parts("hosp", table, source_rows=table, has_sites=False, target_dataset="cq500", tasks=["ich"])
+    assert both.skipped == {} and both.tasks_of("external validation") == both.tasks_of("in-domain") == ("ich",)
+    # a target labelled for testing only (a small external set): external validation alone, on the tasks the
+    # source trains (its training split) and the target tests (its test split)
+    test_only = scan_table((0, 0, 4), labels={"ich": [1, 0, 1, 0], "sdh": [1, 0, 0, 0]})
+    source = table.assign(sdh=0)  # no sdh positive to train on
+    parts = transfer_parts("hosp", test_only, source_rows=source, has_sites=False, target_dataset="ext",
+                           tasks=["ich", "sdh"])
+    assert parts.tasks_of("external validation") == ("ich",) and parts.tasks_of("in-domain") == ()
+    assert parts.skipped == {"in-domain": "no task has positive and negative scans in both the training and the "
+                                          "test split (ich: train 0 positive / 0 negative, test 2 positive / 2 "
+                                          "negative; sdh: train 0 positive / 0 negative, test 1 positive / 3 "
+                                          "negative)"}
+    nothing = transfer_parts("hosp", test_only, source_rows=table.assign(ich=0), has_sites=False,
+                             target_dataset="ext", tasks=["ich"])
+    assert nothing.skipped["external validation"] == (
+        "no task has positive and negative scans in the source's training split and the target's test split "
+        "(ich: source train 0 positive / 6 negative)")
     # the pool is the 6 training scans of 6 patients: a batch of 4 fits all of them, one of 8 none
     parts, fitting = scaling_parts("synthetic", table, [1.0], 4, tasks=["ich"])
     assert parts.skipped == {} and fitting == [1.0]
@@ -486,16 +504,27 @@ def test_every_notebook_completes_on_a_users_dataset_and_states_what_it_skipped(
 
 
 @pytest.mark.notebook
-def test_a_transfer_to_another_dataset_names_its_figure_after_the_target(user_data, tmp_path, tmp_path_factory):
+def test_a_transfer_to_a_dataset_labelled_for_testing_only_is_external_validation_alone(user_data, tmp_path,
+                                                                                         tmp_path_factory):
     """03 with ``target_dataset``: trained on the hospital export, tested on a second export of the same hospital
-    (``hosp2``); the figure carries the target in its name, so a run with another target (or none) keeps its own."""
+    (``hosp2``) whose labels CSV puts every patient in the test split (``--split-col``), as a small external set
+    is: external validation runs (it used to be skipped with the in-domain models, which need the target's
+    training split), nothing is compared, and the conclusion says so; the figure carries the target in its name,
+    so a run with another target (or none) keeps its own."""
     from fmct_lib.data.ingest import ingest_nifti
-    hospital, labels, _ = test_ingest_nifti.hospital.__wrapped__(tmp_path_factory.mktemp("hospital2"))
+    hospital, _, rows = test_ingest_nifti.hospital.__wrapped__(tmp_path_factory.mktemp("hospital2"))
+    labels = tmp_path / "labels_test_only.csv"
+    rows.assign(split="test").to_csv(labels, index=False)
     ingest_nifti(hospital, name="hosp2", labels=labels, mapping={"dx_tumor": "tumor", "dx_edema": "edema"},
-                 path_column="file", patient_column="mrn", workers=1)
-    _execute(REPO / "notebooks" / "03_transfer.ipynb", tmp_path / "03_to_hosp2.ipynb", dataset="hosp",
-             target_dataset="hosp2", profile="toy", n_seeds=1, checkpoint=str(user_data))
+                 path_column="file", patient_column="mrn", split_column="split", workers=1)
+    out = tmp_path / "03_to_hosp2.ipynb"
+    _execute(REPO / "notebooks" / "03_transfer.ipynb", out, dataset="hosp", target_dataset="hosp2", profile="toy",
+             n_seeds=1, checkpoint=str(user_data))
+    text = "\n".join(outputs(nbformat.read(out, as_version=4)))
+    assert "runs    external validation" in text and "SKIPPED in-domain" in text
+    assert "External validation (the model fine-tuned on the source, tested on the target): macro-AUROC" in text
     name = f"fig1fg_transfer_to_hosp2__hosp_toy_{checkpoint_tag(user_data)}"
     figures = Path(os.environ["FMCT_FIGURES"])
-    assert (figures / f"{name}.png").exists() and (figures / f"{name}_comparison.csv").exists()
+    assert (figures / f"{name}.png").exists() and not (figures / f"{name}_comparison.csv").exists()
+    assert set(pd.read_csv(figures / f"{name}.csv")["model"]) == {"external validation"}
     assert '"target_dataset": "hosp2"' in (figures / f"{name}.json").read_text()

@@ -13,7 +13,7 @@ is weighed; a task that exists but lacks positives is a data problem, reported a
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +81,14 @@ class Parts:
     descriptions: dict[str, str]
     tasks: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what a running part leaves out, and why (printed after the parts)
+    part_tasks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # a part's own tasks, where they differ
+
+    def tasks_of(self, part: str) -> tuple[str, ...]:
+        """The tasks ``part`` can run on: its own where the notebook's parts need different splits (03's external
+        validation: the source's training and the target's test split), else ``tasks``; () where it is skipped."""
+        if not self.runs(part):
+            return ()
+        return self.part_tasks.get(part, self.tasks)
 
     def runs(self, part: str) -> bool:
         """Whether ``part`` runs on this dataset."""
@@ -160,16 +168,17 @@ def check_tasks(scans: pd.DataFrame, tasks, dataset: str) -> list[str]:
                      + hint)
 
 
-def finetunable_tasks(scans: pd.DataFrame, tasks: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
-    """(the tasks of ``tasks`` with positive and negative scans in both the ``train`` and the ``test`` split of
-    ``scans``, {every other task: its counts, as the reason})."""
+def finetunable_tasks(scans: pd.DataFrame, tasks: list[str], splits: tuple[str, ...] = ("train", "test")
+                      ) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the tasks of ``tasks`` with positive and negative scans in each of ``splits`` of ``scans`` (default: the
+    ``train`` and the ``test`` split), {every other task: its counts, as the reason})."""
     kept, reasons = [], {}
     for task in tasks:
         if task not in scans:
             reasons[task] = "no such column in the scan table"
             continue
         counts = {}
-        for split in ("train", "test"):
+        for split in splits:
             labels = pd.to_numeric(scans.loc[scans["split"] == split, task], errors="coerce")
             counts[split] = (int((labels == 1).sum()), int((labels == 0).sum()))
         if all(min(c) > 0 for c in counts.values()):
@@ -366,21 +375,32 @@ def fewshot_parts(dataset: str, scans: pd.DataFrame, shots, tasks: list[str] | N
     return Parts("04_fewshot", dataset, {"few-shot": None}, descriptions, tuple(plan), tuple(notes)), plan
 
 
-def transfer_parts(dataset: str, target_rows: pd.DataFrame, *, has_sites: bool, target_dataset: str,
-                   tasks: list[str] | None = None) -> Parts:
+def transfer_parts(dataset: str, target_rows: pd.DataFrame, *, source_rows: pd.DataFrame, has_sites: bool,
+                   target_dataset: str, tasks: list[str] | None = None) -> Parts:
     """The parts of ``03_transfer``: external validation needs a source and a target (two sites of ``dataset``,
-    ``has_sites``, or a ``target_dataset`` other than ``dataset``); the in-domain models need a task with positive
-    and negative scans in both splits of the target's rows ``target_rows``."""
+    ``has_sites``, or a ``target_dataset`` other than ``dataset``) and a task with positive and negative scans in
+    the training split of the source's rows ``source_rows`` and the test split of the target's rows
+    ``target_rows`` (a target with test labels only is validated on); the in-domain models need a task with
+    positive and negative scans in both splits of ``target_rows``. ``tasks_of`` gives each part's tasks."""
     candidates = candidate_tasks(target_dataset, tasks, target_rows)
     trainable, task_reasons = finetunable_tasks(target_rows, candidates)
     in_domain = None if trainable else _no_task_reason(candidates, task_reasons)
+    transferable: tuple[str, ...] = ()
     if not has_sites and target_dataset == dataset:
         external = (f"{dataset!r} has no sites (a site column) to transfer between and no target_dataset was given "
                     "(-p target_dataset NAME tests on another ingested dataset)")
     else:
-        external = in_domain and "no task to train and test on (see in-domain)"
+        on_source, source_reasons = finetunable_tasks(source_rows, candidates, splits=("train",))
+        on_target, target_reasons = finetunable_tasks(target_rows, candidates, splits=("test",))
+        transferable = tuple(t for t in on_source if t in on_target)
+        counts = "; ".join(f"{t}: " + ", ".join(f"{side} {reasons[t]}" for side, reasons in
+                                                 (("source", source_reasons), ("target", target_reasons))
+                                                 if t in reasons) for t in candidates if t not in transferable)
+        external = None if transferable else (
+            f"no task has positive and negative scans in the source's training split and the target's test split "
+            f"({counts})" if candidates else "the dataset has no task (label column) in the manifest")
     return Parts("03_transfer", dataset, {"external validation": external, "in-domain": in_domain},
-                 TRANSFER_PARTS, trainable)
+                 TRANSFER_PARTS, trainable, part_tasks={"external validation": transferable})
 
 
 def scaling_parts(dataset: str, scans: pd.DataFrame, fractions, batch_size: int, *, checkpoint: str | None = None,

@@ -204,8 +204,21 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
     the model in ``protocol`` (placed against the histogram by ``against_reference``); ``paper``: the paper's
     AUROCs for ``paper_name`` with its models renamed to ours; ``target_rows``: the target's scans (column
     ``split``). Without ``external validation`` (a dataset with one site and no target dataset) its line says it
-    did not run."""
+    did not run; without the in-domain models (a target with test labels only) the transferred model's macro-AUROC
+    and its 95% CI are all there is, and the conclusion says there is nothing to compare it with."""
     macro = _macro_auroc(summary)
+    training = (f"The target's training split has {int((target_rows['split'] == 'train').sum())} scans "
+                "(paper: CQ500 1,120; RSNA ~8,000).")
+    if "in-domain fine-tuned" not in macro:
+        row = summary[(summary.task == "macro") & (summary.metric == "auroc")].set_index("model").loc[
+            "external validation"]
+        return _bullets([
+            f"External validation (the model fine-tuned on the source, tested on the target): macro-AUROC "
+            f"{row['value']:.3f} (95% CI {row['ci_low']:.3f}–{row['ci_high']:.3f}).",
+            "In-domain models: not run (no task to train on in the target; see the skipped parts), so nothing here "
+            "says whether fine-tuning on the target would do better (paper: the transferred model is better on "
+            "small CQ500).",
+            training])
     paper_macro = paper[paper.task == "macro"].set_index("model")["value"]
     claim = (f"{paper_macro['in-domain fine-tuned']:.3f} vs {paper_macro['in-domain scratch']:.3f} on "
              f"{PAPER_DATASET_NAMES.get(paper_name, paper_name)}"
@@ -221,13 +234,12 @@ def transfer_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], p
         against("external validation", "in-domain fine-tuning helps where the target has enough labels (NYU Long "
                 "Island, RSNA); the transferred model is better on small CQ500")
         if "external validation" in macro else
-        "External validation: not run (no source and target to transfer between; see the skipped parts).",
+        "External validation: not run (see the skipped parts for why).",
         "Reference without a deep model (in-domain window histograms + logistic regression): "
         f"{macro['in-domain histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())
         + (" (level: the 95% CI of the paired difference contains 0 and p ≥ 0.05)" if "level with" in places.values() else "")
         + ".",
-        f"The target's training split has {int((target_rows['split'] == 'train').sum())} scans "
-        "(paper: CQ500 1,120; RSNA ~8,000).",
+        training,
     ]
     return _bullets(lines)
 

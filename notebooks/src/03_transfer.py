@@ -41,8 +41,10 @@ target_scans = scans if target_dataset == dataset else S.other(target_dataset)
 # %% [markdown]
 # ## What this dataset allows
 #
-# External validation needs a source and a target: two sites of the dataset, or a `target_dataset`. The
-# in-domain models need a task with positive and negative scans in the target's training and test split.
+# External validation needs a source and a target (two sites of the dataset, or a `target_dataset`) and a task
+# with positive and negative scans in the source's training split and the target's test split: a target with
+# test labels only (a small external set) is validated on. The in-domain models need a task with positive and
+# negative scans in the target's training and test split.
 
 # %%
 import pandas as pd
@@ -53,24 +55,31 @@ if has_sites:  # two labelled sites of the table (a typo failed after the in-dom
     pipeline.check_transfer_sites(dataset, scans, source_site, target_site)
 source = {"site": source_site} if has_sites else None
 target = {"site": target_site} if has_sites else None
+source_rows = scans[scans["site"] == source_site] if has_sites else scans
 target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
-parts = transfer_parts(dataset, target_rows, has_sites=has_sites, target_dataset=target_dataset, tasks=tasks)
+parts = transfer_parts(dataset, target_rows, source_rows=source_rows, has_sites=has_sites,
+                       target_dataset=target_dataset, tasks=tasks)
 print(parts)
 
 # %%
 runs = {}
-if parts.runs("in-domain"):
-    tasks = [t for t in S.tasks(tasks, rows=target_rows) if t in parts.tasks]  # the source's tasks the target has
+if parts.runs("external validation") or parts.runs("in-domain"):
+    tasks = [t for t in S.tasks(tasks, rows=target_rows)  # the tasks either part runs on, in the study's order
+             if t in parts.tasks_of("external validation") + parts.tasks_of("in-domain")]
     encoder = S.encoder()
-    if parts.runs("external validation"):
-        runs["external validation"] = S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
-                                              eval_dataset=target_dataset, eval_filter=target)
+if parts.runs("external validation"):  # beside the in-domain models, on their tasks: one macro for all
+    transferred = [t for t in tasks if t in parts.tasks_of("external validation")
+                   and (not parts.runs("in-domain") or t in parts.tasks_of("in-domain"))]
+    runs["external validation"] = S.sweep(transferred, ["finetune"], encoder, n_seeds=n_seeds, train_filter=source,
+                                          eval_dataset=target_dataset, eval_filter=target)
+if parts.runs("in-domain"):
+    in_domain = [t for t in tasks if t in parts.tasks_of("in-domain")]
     runs.update({
-        "in-domain fine-tuned": S.sweep(tasks, ["finetune"], encoder, n_seeds=n_seeds, dataset=target_dataset,
+        "in-domain fine-tuned": S.sweep(in_domain, ["finetune"], encoder, n_seeds=n_seeds, dataset=target_dataset,
                                         train_filter=target),
-        "in-domain scratch": S.sweep(tasks, ["scratch"], encoder, n_seeds=n_seeds, dataset=target_dataset,
+        "in-domain scratch": S.sweep(in_domain, ["scratch"], encoder, n_seeds=n_seeds, dataset=target_dataset,
                                      train_filter=target),
-        "in-domain histogram": S.sweep(tasks, ["histogram"], None, n_seeds=n_seeds, dataset=target_dataset,
+        "in-domain histogram": S.sweep(in_domain, ["histogram"], None, n_seeds=n_seeds, dataset=target_dataset,
                                        train_filter=target),
     })
 {name: len(p) for name, p in runs.items()}
@@ -78,15 +87,18 @@ if parts.runs("in-domain"):
 # %%
 from fmct_lib.evaluate import bootstrap_ci, paired_comparison
 
-baselines = [b for b in ("external validation", "in-domain scratch") if b in runs]
+# in-domain fine-tuned against each other model; without in-domain models, external validation has no comparison
+baselines = [b for b in ("external validation", "in-domain scratch") if b in runs and "in-domain fine-tuned" in runs]
+comparison = None
 if runs:
     summary = pd.concat([bootstrap_ci(p, n_boot=P.n_bootstrap, seed=seed).assign(model=name)
                          for name, p in runs.items() if len(p)], ignore_index=True)
     common = set.intersection(*(set(p["task"]) for p in runs.values()))
     pick = lambda name: runs[name][runs[name].task.isin(common)]  # noqa: E731
-    comparison = pd.concat([paired_comparison(pick("in-domain fine-tuned"), pick(b), n_boot=P.n_bootstrap,
-                                              n_perm=P.n_permutations, seed=seed)
-                            .assign(model_a="in-domain fine-tuned", model_b=b) for b in baselines])
+    if baselines:
+        comparison = pd.concat([paired_comparison(pick("in-domain fine-tuned"), pick(b), n_boot=P.n_bootstrap,
+                                                  n_perm=P.n_permutations, seed=seed)
+                                .assign(model_a="in-domain fine-tuned", model_b=b) for b in baselines])
     tests = {b: comparison[comparison.model_b == b] for b in baselines}
     predictions = pd.concat([p.assign(protocol=name) for name, p in runs.items() if len(p)], ignore_index=True)
     display(summary.pivot_table(index="task", columns=["metric", "model"], values="value").round(3))
@@ -110,8 +122,9 @@ if runs:
     other_sites = has_sites and (source_site, target_site) != ("internal", "external")  # a figure of their own
     sites = f"{source_site}-to-{target_site}" if other_sites else ""
     name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""), sites)
-    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
-        "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
+    if comparison is not None:
+        comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
+            "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
     run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
