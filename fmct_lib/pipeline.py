@@ -98,12 +98,11 @@ class Study:
     def settings_tag(self) -> str | None:
         """What names the study's settings in its figures where they are not a notebook's defaults: the
         pretraining method where it is not the profile's (a checkpoint's is named by ``encoder_tag``), a site other
-        than ``internal`` (``all-sites`` for a table with sites and no site chosen), a seed other than 0
-        (``mae_site-external_seed1``); None with the defaults."""
-        site = self.site_filter["site"] if self.site_filter else None
+        than ``internal``, a seed other than 0 (``mae_site-external_seed1``); None with the defaults (03, which
+        chooses its sites itself, names them in its ``figure_name`` call)."""
+        site = self.site_filter["site"] if self.site_filter else DEFAULT_SITE
         named = [self.method if self.checkpoint is None and self.method != self.profile.pretrain_method else "",
-                 f"site-{site}" if site and site != DEFAULT_SITE else "all-sites" if "site" in self.scans and not site
-                 else "", f"seed{self.seed}" if self.seed else ""]
+                 f"site-{site}" if site != DEFAULT_SITE else "", f"seed{self.seed}" if self.seed else ""]
         return "_".join(n for n in named if n) or None
 
     def figure_name(self, base: str, *settings: str) -> str:
