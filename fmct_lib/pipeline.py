@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 import re
 import warnings
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from .config import PROFILES, Profile, get_profile, is_whole_number
@@ -94,24 +96,24 @@ class Study:
         preset = "" if self.spec.name == "paper" else f"-{self.spec.name}"
         return f"{stem}-{sha256_of(self.checkpoint)[:8]}{preset}"
 
-    @property
-    def settings_tag(self) -> str | None:
+    def settings_tag(self, site: bool = True) -> str | None:
         """What names the study's settings in its figures where they are not a notebook's defaults: the
         pretraining method where it is not the profile's (a checkpoint's is named by ``encoder_tag``), a site other
         than ``internal``, a seed other than 0 (``mae_site-external_seed1``); None with the defaults (03, which
-        chooses its sites itself, names them in its ``figure_name`` call)."""
-        site = self.site_filter["site"] if self.site_filter else DEFAULT_SITE
+        chooses its sites itself, names them in its ``figure_name`` call); ``site=False`` for a figure that reads
+        every site whatever the study's."""
+        chosen = self.site_filter["site"] if self.site_filter and site else DEFAULT_SITE
         named = [self.method if self.checkpoint is None and self.method != self.profile.pretrain_method else "",
-                 f"site-{site}" if site != DEFAULT_SITE else "", f"seed{self.seed}" if self.seed else ""]
+                 f"site-{chosen}" if chosen != DEFAULT_SITE else "", f"seed{self.seed}" if self.seed else ""]
         return "_".join(n for n in named if n) or None
 
-    def figure_name(self, base: str, *settings: str) -> str:
-        """``naming.figure_name`` of the study's dataset, profile, ``encoder_tag``, ``settings_tag`` and a
+    def figure_name(self, base: str, *settings: str, site: bool = True) -> str:
+        """``naming.figure_name`` of the study's dataset, profile, ``encoder_tag``, ``settings_tag(site)`` and a
         notebook's own ``settings`` that differ from its defaults (empty ones are left out): a study started from a
         checkpoint, on the reference chain or with other settings never overwrites another's figures, nor the
         gallery's."""
         from .report.naming import figure_name
-        tag = "_".join(t for t in (self.encoder_tag, self.settings_tag, *settings) if t)
+        tag = "_".join(t for t in (self.encoder_tag, self.settings_tag(site), *settings) if t)
         return figure_name(base, self.dataset, self.profile, tag or None)
 
     def tasks(self, tasks: list[str] | None = None, rows: pd.DataFrame | None = None, split: str = "test") -> list[str]:
@@ -210,6 +212,9 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     with the reference chain is not offered (a ``ValueError`` says so before anything is built)."""
     from .data.preprocess import preset_spec
     from .train.methods import get_method
+    if not is_whole_number(seed, least=0):  # -1 ran to the end, 1.5 failed in the training loop after its folder
+        raise ValueError(f"seed {seed!r}: a whole number of at least 0")
+    seed = int(seed)
     p = get_profile(profile)
     spec = preset_spec(preset, p)
     get_method(method or p.pretrain_method)  # an unknown method fails here, before anything is built
@@ -247,6 +252,39 @@ def count(name: str, value, default: int) -> int:
     if not is_whole_number(value):
         raise ValueError(f"{name} {value!r}: a whole number of at least 1, or None for the profile's ({default})")
     return int(value)
+
+
+def flag(name: str, value) -> bool:
+    """A notebook's yes/no parameter (``patient_disjoint``, ``compare_scratch``): True or False; anything else is
+    refused in one line naming the parameter (``-r patient_disjoint no`` used to read as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} {value!r}: True or False (papermill: -p {name} True)")
+    return bool(value)
+
+
+def fraction(name: str, value) -> float:
+    """A notebook's share of the pretraining pool (01's ``fraction``): a number in (0, 1], refused in one line
+    before any work (a string failed in a format code, 0 after the cache was built)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        raise ValueError(f"{name} {value!r}: a share of the pretraining pool in (0, 1], e.g. 0.1, 0.3 or 1.0")
+    return float(value)
+
+
+def check_encoders(encoders) -> dict[str, str | None]:
+    """09's ``encoders``: {name: its local weights file or folder, or None for a random initialisation}, each name
+    one of ``models.external.ENCODERS`` and each file there; refused in one line before any work (a typo, a list
+    or a missing file failed after FM-CT had pretrained and the caches were built). ``{}``: FM-CT alone."""
+    from .models.external import ENCODERS
+    known = ", ".join(ENCODERS)
+    if not isinstance(encoders, dict):
+        raise ValueError(f"encoders {encoders!r}: a mapping of encoder name to its weights (a local file or folder, "
+                         f"or None), e.g. {{'ctfm': None}}; the encoders: {known}")
+    for name, weights in encoders.items():
+        if name not in ENCODERS:
+            raise ValueError(f"encoders: {name!r} is not an external encoder; choose from {known}")
+        if weights is not None and not Path(weights).expanduser().exists():
+            raise FileNotFoundError(f"encoders: the weights of {name!r}, {weights}, do not exist")
+    return dict(encoders)
 
 
 def check_protocols(protocols) -> list[str]:

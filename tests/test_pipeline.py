@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -327,8 +328,35 @@ def test_a_study_with_other_settings_never_writes_the_gallerys_figures(tmp_path)
     assert study("dino", "external", 2).figure_name("fig2") == "fig2__synthetic_demo_dino_site-external_seed2"
     assert study().figure_name("fig1fg", "internal-to-internal") == "fig1fg__synthetic_demo_internal-to-internal"
     no_sites = pipeline.Study("rsna", demo, table.drop(columns="site"), tmp_path, 0, "vicreg", None)
-    assert pipeline.Study("synthetic", demo, table, tmp_path, 0, "vicreg", None).settings_tag is None  # 03's study
-    assert no_sites.figure_name("fig1e") == "fig1e__rsna_demo" and no_sites.settings_tag is None
+    assert pipeline.Study("synthetic", demo, table, tmp_path, 0, "vicreg", None).settings_tag() is None  # 03's study
+    assert no_sites.figure_name("fig1e") == "fig1e__rsna_demo" and no_sites.settings_tag() is None
+
+
+def test_a_notebooks_seed_flags_share_and_encoders_are_checked_before_any_work(tmp_path):
+    """01 and 09 as a user ran them: seed -1 ran to the end, 1.5 failed in the training loop after its run folder
+    was made; ``-r patient_disjoint no`` read as True; fraction '0.5' failed in a format code; an encoder typo, a
+    list or a missing weights file failed after FM-CT had pretrained. Each is now one line naming the parameter."""
+    for seed in (-1, 1.5, "abc", True):
+        with pytest.raises(ValueError, match=f"seed {seed!r}: a whole number of at least 0"):
+            pipeline.start("synthetic", "toy", seed=seed)
+    assert pipeline.flag("patient_disjoint", np.bool_(True)) is True and pipeline.flag("x", False) is False
+    for value in ("no", 1, None):
+        with pytest.raises(ValueError, match=f"patient_disjoint {value!r}: True or False"):
+            pipeline.flag("patient_disjoint", value)
+    assert pipeline.fraction("fraction", 1) == 1.0 and pipeline.fraction("fraction", np.float64(0.1)) == 0.1
+    for value in (0, 1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match=rf"fraction {value!r}: a share of the pretraining pool in \(0, 1\]"):
+            pipeline.fraction("fraction", value)
+    weights = tmp_path / "ctfm.safetensors"
+    weights.write_bytes(b"")
+    assert pipeline.check_encoders({"ctfm": str(weights), "merlin": None}) == {"ctfm": str(weights), "merlin": None}
+    assert pipeline.check_encoders({}) == {}
+    with pytest.raises(ValueError, match="encoders: 'ctfn' is not an external encoder; choose from ctfm, merlin"):
+        pipeline.check_encoders({"ctfn": None})
+    with pytest.raises(ValueError, match=r"encoders \['ctfm'\]: a mapping of encoder name to its weights"):
+        pipeline.check_encoders(["ctfm"])
+    with pytest.raises(FileNotFoundError, match="encoders: the weights of 'merlin', .*nothing.pt, do not exist"):
+        pipeline.check_encoders({"merlin": str(tmp_path / "nothing.pt")})
 
 
 def test_a_notebooks_method_protocol_and_site_names_are_checked_before_any_work():

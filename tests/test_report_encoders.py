@@ -153,3 +153,22 @@ def test_embedding_grouping_skips_what_a_dataset_does_not_have():
     bleed = table[["iph", "sah"]].max(axis=1)
     assert grouping["haemorrhage (any subtype)"] == neighbour_agreement(vectors, bleed, k=5)
     assert compare.embedding_grouping(table.drop(columns=["manufacturer", "iph", "sah"]), ["iph"], k=5) == {}
+
+
+def test_09s_figures_are_named_by_encoders_that_are_not_its_defaults(tmp_path):
+    """09's figures carry the encoders where they are not the notebook's defaults (a run with FM-CT alone, or with
+    published weights, used to overwrite the default run's figures), and the defaults are the notebook's own."""
+    import ast
+    from pathlib import Path
+    source = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "09_other_encoders.py").read_text()
+    defaults = {}  # the first assignment of each: the parameters cell's
+    for node in ast.parse(source).body:
+        name = getattr(node.targets[0], "id", None) if isinstance(node, ast.Assign) else None
+        if name in ("encoders", "protocols") and name not in defaults:
+            defaults[name] = ast.literal_eval(node.value)
+    assert defaults == {"encoders": compare.DEFAULT_ENCODERS, "protocols": compare.DEFAULT_PROTOCOLS}
+    assert compare.encoders_tag(dict(compare.DEFAULT_ENCODERS)) == ""
+    assert compare.encoders_tag({}) == "fmct-only"
+    weights = tmp_path / "CT-FM weights" / "model.safetensors"
+    assert compare.encoders_tag({"ctfm": str(weights), "merlin": None}) == "ctfm-model.safetensors+merlin"
+    assert compare.encoders_tag({"ctfm": str(tmp_path / "CT FM")}) == "ctfm-CT_FM"

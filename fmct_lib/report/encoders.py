@@ -10,6 +10,7 @@ paper's names for ours (``PAPER_KEYS``), the paper's statements about a pair (``
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,9 @@ from ..evaluate import neighbour_agreement, paired_comparison, retrieval_summary
 from ..models.external import ExternalRef
 from .paper import PAPER_DATASET_NAMES, describe_paper_value
 
-__all__ = ["PAPER_KEYS", "MODELLING_CHOICES", "model_grid", "weights_summary", "paired_comparisons",
-           "as_the_paper_orders", "paper_statements", "paper_notes", "retrieval_by_model", "embedding_grouping"]
+__all__ = ["PAPER_KEYS", "MODELLING_CHOICES", "DEFAULT_ENCODERS", "DEFAULT_PROTOCOLS", "encoders_tag", "model_grid",
+           "weights_summary", "paired_comparisons", "as_the_paper_orders", "paper_statements", "paper_notes",
+           "retrieval_by_model", "embedding_grouping"]
 
 # our labels of the encoders and modelling choices → the paper's model keys (``paper_values.csv``)
 PAPER_KEYS = {"FM-CT": "fmct", "3D ViT": "fmct", "CT-FM": "ct_fm", "Merlin": "merlin",
@@ -33,6 +35,23 @@ PAPER_KEYS = {"FM-CT": "fmct", "3D ViT": "fmct", "CT-FM": "ct_fm", "Merlin": "me
 # on cached tokens, as multiple-instance learning on a 2-D model's features does.
 MODELLING_CHOICES = {"DINOv3 + ABMIL": ("dinov3", "abmil"), "DINOv3 mean pooling": ("dinov3", "linear"),
                      "V-JEPA 2": ("vjepa2", "attentive")}
+
+
+# 09's defaults (its parameters cell; a test holds the two equal): the external encoders, randomly initialised
+# where no weights are given, and the frozen protocols (fine-tuning the 3-D CNNs takes hours on a CPU)
+DEFAULT_ENCODERS = {"ctfm": None, "merlin": None, "resnet3d": None}
+DEFAULT_PROTOCOLS = ["linear", "attentive"]
+
+
+def encoders_tag(encoders: dict) -> str:
+    """What names 09's figures where its ``encoders`` are not ``DEFAULT_ENCODERS``: each name, with its weights'
+    file or folder name where it has weights (``ctfm-model.safetensors+merlin``; ``fmct-only`` for none), so a
+    run with other encoders or weights never overwrites another's figures; "" at the defaults."""
+    if encoders == DEFAULT_ENCODERS:
+        return ""
+    named = [name + (f"-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(weights).name)[:40]}" if weights else "")
+             for name, weights in encoders.items()]
+    return "+".join(named) or "fmct-only"
 
 
 def model_grid(encoders: dict, protocols) -> dict[str, tuple]:

@@ -66,7 +66,8 @@ def run_config(method: str, profile, n_scans: int, world_size: int = 1, *, seed:
     steps_per_epoch = n_scans // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{n_scans} pretraining scans are fewer than one global batch of {global_batch} "
-                         f"(batch {b} × {world_size} processes × {accum_steps} accumulation steps); lower batch_size")
+                         f"(batch {b} × {world_size} processes × {accum_steps} accumulation steps); lower batch_size "
+                         "or pretrain on more scans (a larger fraction of the pool)")
     epochs = profile.epochs_for(method)
     total = epochs * steps_per_epoch if max_steps is None else max_steps
     base_lr = profile.pretrain_base_lr.get(method, Method.base_lr)

@@ -20,10 +20,11 @@ fraction = 1.0      # share of the pretraining pool (paper: 0.1, 0.3, 1.0 in Fig
 
 # %%
 from fmct_lib import pipeline
-from fmct_lib.report import conclusions, naming, plots
+from fmct_lib.report import conclusions, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method)
 P, scans, method = S.profile, S.scans, S.method
+fraction = pipeline.fraction("fraction", fraction)  # checked before any work
 
 # %%
 import pandas as pd
@@ -35,7 +36,6 @@ print(f"encoder: {encoder_path}")
 metrics.tail()
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 
 x = "step" if "step" in metrics else metrics.index.name or "index"
@@ -43,8 +43,8 @@ metrics = metrics.reset_index() if x == "index" else metrics
 curves = [c for c in ("loss", "lr", "teacher_entropy", "kl_to_uniform", "centre_norm", "invariance", "variance",
                       "feature_std", "effective_rank", "knn_auroc") if c in metrics and metrics[c].notna().any()]
 ncol = min(4, len(curves))
-fig, axes = plt.subplots(-(-len(curves) // ncol), ncol, figsize=(2.6 * ncol, 2.3 * -(-len(curves) // ncol)),
-                         squeeze=False)
+nrow = -(-len(curves) // ncol)
+fig, axes = plots.print_subplots(nrow, ncol, height_mm=10 + 42 * nrow, squeeze=False)  # at its printed size
 for ax in axes.flat[len(curves):]:
     ax.set_visible(False)
 for ax, c in zip(axes.flat, curves):
@@ -58,11 +58,10 @@ for ax, c in zip(axes.flat, curves):
         c = "validation kNN macro-AUROC"
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6, frameon=False)
-    ax.set_title(c, fontsize=8)
+    ax.set_title(c)
     ax.set_xlabel(x)
-fig.suptitle(f"{method.upper()} pretraining on {dataset} ({fraction:.0%} of the pool, profile {P.name})", fontsize=10)
-fig.tight_layout()
-name = naming.figure_name(f"fig_pretrain_{method}_{int(round(fraction * 100))}pct", dataset, P)
+fig.suptitle(f"{method.upper()} pretraining on {dataset} ({fraction * 100:g}% of the pool, profile {P.name})")
+name = S.figure_name(f"fig_pretrain_{method}_{fraction * 100:g}pct")  # another seed: a figure of its own
 plots.save_figure(fig, name, metrics,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "fraction": fraction,
                    "seed": seed, "run": str(run)})

@@ -34,6 +34,8 @@ S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, 
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
+compare_scratch = pipeline.flag("compare_scratch", compare_scratch)
+compare_histogram = pipeline.flag("compare_histogram", compare_histogram)
 
 # %% [markdown]
 # ## What this dataset allows

@@ -26,6 +26,7 @@ from fmct_lib.report import comparisons, conclusions, naming, paper, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, preset=preset, checkpoint=checkpoint)
 P, scans = S.profile, S.scans
+patient_disjoint = pipeline.flag("patient_disjoint", patient_disjoint)
 
 # %%
 import pandas as pd
@@ -81,7 +82,8 @@ if parts.runs("retrieval"):
              "scans (95% CI over queries)")
     training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
     fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
-    plots.save_figure(fig, S.figure_name("fig3_retrieval"), summary,
+    name = S.figure_name("fig3_retrieval", "patient-disjoint" if patient_disjoint else "")  # a figure of its own
+    plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
                                                                                 for k, v in encoders.items()},
                        "preset": preset, "spec": S.spec.hash,
@@ -89,7 +91,7 @@ if parts.runs("retrieval"):
                        "gallery_prevalence": prevalence,
                        "neighbour_agreement": {"encoder": grouped, "k": 10, **{attr: {"observed": o, "random": c}
                                                                                for attr, (o, c) in grouping.items()}}})
-    comparisons.save_comparison(S.figure_name("fig3_retrieval"), comparison)
+    comparisons.save_comparison(name, comparison)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -33,7 +33,7 @@ protocols = ["linear", "attentive"]  # + "finetune" (Fig. 1f's protocol): hours 
 subtypes = None   # retrieval; None: the paper's for RSNA (4) and CQ500 (6), else IPH, IVH, SDH, EDH, SAH
 ks = [1, 5, 10]
 patient_disjoint = False # True: a query's ranking leaves out its patient's other scans (paper: only itself)
-site = "internal"        # synthetic cohort: train and test on this site (ignored without a site column)
+site = "internal"        # synthetic cohort: the comparison's training and test site (retrieval reads every site)
 n_seeds = None           # training seeds of every model (default: the profile's; paper 1, demo 3)
 
 # %%
@@ -44,6 +44,10 @@ S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, 
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
 n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
+protocols = pipeline.check_protocols(protocols)  # one name or a list; each once
+pipeline.check_choices(protocols=protocols)      # each a way to train an encoder's classifier
+encoders = pipeline.check_encoders(encoders)     # known names, weights that exist
+patient_disjoint = pipeline.flag("patient_disjoint", patient_disjoint)
 
 # %% [markdown]
 # ## What this dataset allows
@@ -110,7 +114,8 @@ if parts.runs("comparison"):
     title = (f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
              f"(n = {predictions.scan_id.nunique()} scans), mean of {n_seeds} training seed(s); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training=plots.training_rule(P)), x=0.0, ha="left")
-    name = S.figure_name("fig1f_other_encoders")
+    name = S.figure_name("fig1f_other_encoders", compare.encoders_tag(encoders),  # other choices: their own figure
+                         "+".join(protocols) if protocols != compare.DEFAULT_PROTOCOLS else "")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
     run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
@@ -147,7 +152,10 @@ if parts.runs("retrieval"):
     title = (f"{dataset}: all-vs-all{' patient-disjoint' if patient_disjoint else ''} retrieval over "
              f"{len(gallery)} scans (95% CI over queries); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training="frozen encoders"), x=0.0, ha="left")
-    plots.save_figure(fig, S.figure_name("edfig6_retrieval_other_encoders"), retrieval,
+    # the gallery is every labelled scan, whatever the study's site: the site is not in the name
+    name = S.figure_name("edfig6_retrieval_other_encoders", compare.encoders_tag(encoders),
+                         "patient-disjoint" if patient_disjoint else "", site=False)
+    plots.save_figure(fig, name, retrieval,
                       {"dataset": dataset, "profile": P.to_dict(), "preset": preset, "weights": statement,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},
                        "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,
