@@ -56,8 +56,8 @@ def pretrain_conclusion(metrics: pd.DataFrame, method: str, profile) -> str:
     """01_pretrain: did the loss fall (first vs last 10% of the logged steps), and, for DINO, is the teacher
     collapsed (Methods, "Self-supervised pretraining"): its output entropy against the uniform maximum
     log(``profile.dino_out_dim``), and the KL of the batch-mean output to uniform. The rows without a loss (the
-    kNN score of the initial encoder at step 0) are left out."""
-    metrics = metrics.dropna(subset=["loss"])
+    kNN score of the initial encoder at step 0) are left out of the loss, and read for the kNN monitor."""
+    logged, metrics = metrics, metrics.dropna(subset=["loss"])
     n = max(1, len(metrics) // 10)
     first, last = metrics["loss"].head(n).mean(), metrics["loss"].tail(n).mean()
     trend = "decreased" if last < first else "did NOT decrease"
@@ -84,13 +84,14 @@ def pretrain_conclusion(metrics: pd.DataFrame, method: str, profile) -> str:
                      f"{std.head(k).mean():.3f} to {std.tail(k).mean():.3f}"
                      + (f"; effective rank {metrics['effective_rank'].dropna().tail(k).mean():.1f}"
                         if "effective_rank" in metrics else "") + ".")
-    if "knn_auroc" in metrics and metrics["knn_auroc"].notna().sum() >= 2:
-        knn = metrics.dropna(subset=["knn_auroc"])
+    if "knn_auroc" in logged and logged["knn_auroc"].notna().sum() >= 2:
+        knn = logged.dropna(subset=["knn_auroc"])  # the random encoder's score is logged before the first loss
         start, end = knn["knn_auroc"].iloc[0], knn["knn_auroc"].iloc[-1]
         verdict = ("the encoder learnt features the labels separate better than the random encoder's"
                    if end > start + 0.02 else "NOT better than the random encoder: the pretraining learnt no "
                    "feature the findings separate (see docs/experiments.md)")
-        lines.append(f"Validation kNN macro-AUROC of the frozen encoder: {start:.3f} at step 0 (the random encoder), "
+        lines.append(f"Validation kNN macro-AUROC of the frozen encoder: {start:.3f} at step "
+                     f"{int(knn['step'].iloc[0])} (the random encoder), "
                      f"{end:.3f} at step {int(knn['step'].iloc[-1])}: {verdict}.")
     return _bullets(lines)
 
