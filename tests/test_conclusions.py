@@ -737,7 +737,8 @@ def test_pretrain_conclusion_reads_the_spread_and_the_knn_monitor():
     # as the loop logs it: the random encoder's score on a row of its own, before the first loss (the committed
     # 01 once read its first epoch's score, 0.576, as step 0's and called the encoder no better than random)
     logged = pd.concat([pd.DataFrame({"step": [0], "loss": [float("nan")], "knn_auroc": [0.473]}),
-                        metrics.assign(step=metrics["step"] + 1, knn_auroc=[None] * 4 + [0.576] + [None] * 4 + [0.584])])
+                        metrics.assign(step=metrics["step"] + 1,
+                                       knn_auroc=[None] * 4 + [0.576] + [None] * 4 + [0.584])])
     assert conclusions.pretrain_conclusion(logged, "vicreg", TINY).splitlines()[-1] == (
         "- Validation kNN macro-AUROC of the frozen encoder: 0.473 at step 0 (the random encoder), 0.584 at step 10: "
         "the encoder learnt features the labels separate better than the random encoder's.")
