@@ -212,9 +212,7 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     with the reference chain is not offered (a ``ValueError`` says so before anything is built)."""
     from .data.preprocess import preset_spec
     from .train.methods import get_method
-    if not is_whole_number(seed, least=0):  # -1 ran to the end, 1.5 failed in the training loop after its folder
-        raise ValueError(f"seed {seed!r}: a whole number of at least 0")
-    seed = int(seed)
+    seed = check_seed(seed)
     p = get_profile(profile)
     spec = preset_spec(preset, p)
     get_method(method or p.pretrain_method)  # an unknown method fails here, before anything is built
@@ -252,6 +250,14 @@ def count(name: str, value, default: int) -> int:
     if not is_whole_number(value):
         raise ValueError(f"{name} {value!r}: a whole number of at least 1, or None for the profile's ({default})")
     return int(value)
+
+
+def check_seed(seed) -> int:
+    """A notebook's ``seed``: a whole number of at least 0, refused in one line before any work (-1 ran to the end,
+    1.5 failed in the training loop after its run folder was made)."""
+    if not is_whole_number(seed, least=0):
+        raise ValueError(f"seed {seed!r}: a whole number of at least 0")
+    return int(seed)
 
 
 def flag(name: str, value) -> bool:

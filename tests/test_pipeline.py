@@ -339,6 +339,7 @@ def test_a_notebooks_seed_flags_share_and_encoders_are_checked_before_any_work(t
     for seed in (-1, 1.5, "abc", True):
         with pytest.raises(ValueError, match=f"seed {seed!r}: a whole number of at least 0"):
             pipeline.start("synthetic", "toy", seed=seed)
+    assert pipeline.check_seed(np.int64(3)) == 3 and pipeline.check_seed(2.0) == 2  # 11 checks its seed with it
     assert pipeline.flag("patient_disjoint", np.bool_(True)) is True and pipeline.flag("x", False) is False
     for value in ("no", 1, None):
         with pytest.raises(ValueError, match=f"patient_disjoint {value!r}: True or False"):

@@ -40,9 +40,11 @@ from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.models import efficiency
 from fmct_lib.io import atomic_write_csv
 from fmct_lib.paths import runs_root
+from fmct_lib.pipeline import check_seed
 from fmct_lib.report import conclusions, naming, paper, plots
 
 P = get_profile(profile)
+seed = check_seed(seed)
 # every parameter checked before anything is measured (a refusal is one line naming what would do)
 architectures, input_size, sizes, device = efficiency.check_parameters(
     P, architectures, input_size=input_size, patch_sizes=patch_sizes, batch_size=batch_size, repeats=repeats,
