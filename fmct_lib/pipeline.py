@@ -96,24 +96,25 @@ class Study:
         preset = "" if self.spec.name == "paper" else f"-{self.spec.name}"
         return f"{stem}-{sha256_of(self.checkpoint)[:8]}{preset}"
 
-    def settings_tag(self, site: bool = True) -> str | None:
+    def settings_tag(self, site: bool = True, method: bool = True) -> str | None:
         """What names the study's settings in its figures where they are not a notebook's defaults: the
         pretraining method where it is not the profile's (a checkpoint's is named by ``encoder_tag``), a site other
         than ``internal``, a seed other than 0 (``mae_site-external_seed1``); None with the defaults (03, which
         chooses its sites itself, names them in its ``figure_name`` call); ``site=False`` for a figure that reads
-        every site whatever the study's."""
+        every site whatever the study's, ``method=False`` for one whose name holds the method already (01's)."""
         chosen = self.site_filter["site"] if self.site_filter and site else DEFAULT_SITE
-        named = [self.method if self.checkpoint is None and self.method != self.profile.pretrain_method else "",
+        other_method = method and self.checkpoint is None and self.method != self.profile.pretrain_method
+        named = [self.method if other_method else "",
                  f"site-{chosen}" if chosen != DEFAULT_SITE else "", f"seed{self.seed}" if self.seed else ""]
         return "_".join(n for n in named if n) or None
 
-    def figure_name(self, base: str, *settings: str, site: bool = True) -> str:
-        """``naming.figure_name`` of the study's dataset, profile, ``encoder_tag``, ``settings_tag(site)`` and a
+    def figure_name(self, base: str, *settings: str, site: bool = True, method: bool = True) -> str:
+        """``naming.figure_name`` of the study's dataset, profile, ``encoder_tag``, ``settings_tag`` and a
         notebook's own ``settings`` that differ from its defaults (empty ones are left out): a study started from a
         checkpoint, on the reference chain or with other settings never overwrites another's figures, nor the
         gallery's."""
         from .report.naming import figure_name
-        tag = "_".join(t for t in (self.encoder_tag, self.settings_tag(site), *settings) if t)
+        tag = "_".join(t for t in (self.encoder_tag, self.settings_tag(site, method), *settings) if t)
         return figure_name(base, self.dataset, self.profile, tag or None)
 
     def tasks(self, tasks: list[str] | None = None, rows: pd.DataFrame | None = None, split: str = "test") -> list[str]:

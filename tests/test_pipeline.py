@@ -324,6 +324,7 @@ def test_a_study_with_other_settings_never_writes_the_gallerys_figures(tmp_path)
     assert demo.pretrain_method == "vicreg" and study().figure_name("fig1e") == "fig1e"
     assert study().figure_name("fig1e", "", "") == "fig1e"  # a notebook's settings at their defaults
     assert study("mae").figure_name("fig1e") == "fig1e__synthetic_demo_mae"
+    assert study("mae").figure_name("fig_pretrain_mae", method=False) == "fig_pretrain_mae"  # 01 names it itself
     assert study(site="external").figure_name("fig2") == "fig2__synthetic_demo_site-external"
     assert study("dino", "external", 2).figure_name("fig2") == "fig2__synthetic_demo_dino_site-external_seed2"
     assert study().figure_name("fig1fg", "internal-to-internal") == "fig1fg__synthetic_demo_internal-to-internal"
