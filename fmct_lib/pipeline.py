@@ -277,18 +277,19 @@ def fraction(name: str, value) -> float:
     return float(value)
 
 
-def check_encoders(encoders) -> dict[str, str | None]:
-    """09's ``encoders``: {name: its local weights file or folder, or None for a random initialisation}, each name
-    one of ``models.external.ENCODERS`` and each file there; refused in one line before any work (a typo, a list
-    or a missing file failed after FM-CT had pretrained and the caches were built). ``{}``: FM-CT alone."""
+def check_encoders(encoders, known=None) -> dict[str, str | None]:
+    """09's and 10's ``encoders``: {name: its local weights file or folder, or None for a random initialisation},
+    each name one of ``known`` (default: ``models.external.ENCODERS``) and each file there; refused in one line
+    before any work (a typo, a list or a missing file failed after FM-CT had pretrained and the caches were built;
+    10 ran an encoder it does not know of, randomly initialised, in silence). ``{}``: FM-CT alone (09)."""
     from .models.external import ENCODERS
-    known = ", ".join(ENCODERS)
+    known = list(known or ENCODERS)
     if not isinstance(encoders, dict):
         raise ValueError(f"encoders {encoders!r}: a mapping of encoder name to its weights (a local file or folder, "
-                         f"or None), e.g. {{'ctfm': None}}; the encoders: {known}")
+                         f"or None), e.g. {{{known[0]!r}: None}}; the encoders: {', '.join(known)}")
     for name, weights in encoders.items():
-        if name not in ENCODERS:
-            raise ValueError(f"encoders: {name!r} is not an external encoder; choose from {known}")
+        if name not in known:
+            raise ValueError(f"encoders: {name!r} is not an external encoder here; choose from {', '.join(known)}")
         if weights is not None and not Path(weights).expanduser().exists():
             raise FileNotFoundError(f"encoders: the weights of {name!r}, {weights}, do not exist")
     return dict(encoders)

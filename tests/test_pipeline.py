@@ -353,8 +353,10 @@ def test_a_notebooks_seed_flags_share_and_encoders_are_checked_before_any_work(t
     weights.write_bytes(b"")
     assert pipeline.check_encoders({"ctfm": str(weights), "merlin": None}) == {"ctfm": str(weights), "merlin": None}
     assert pipeline.check_encoders({}) == {}
-    with pytest.raises(ValueError, match="encoders: 'ctfn' is not an external encoder; choose from ctfm, merlin"):
+    with pytest.raises(ValueError, match="encoders: 'ctfn' is not an external encoder here; choose from ctfm, merlin"):
         pipeline.check_encoders({"ctfn": None})
+    with pytest.raises(ValueError, match="'dinov' is not an external encoder here; choose from dinov3, vjepa2$"):
+        pipeline.check_encoders({"dinov": None}, known=["dinov3", "vjepa2"])  # 10 ran it, random, in silence
     with pytest.raises(ValueError, match=r"encoders \['ctfm'\]: a mapping of encoder name to its weights"):
         pipeline.check_encoders(["ctfm"])
     with pytest.raises(FileNotFoundError, match="encoders: the weights of 'merlin', .*nothing.pt, do not exist"):

@@ -160,13 +160,18 @@ def test_09s_figures_are_named_by_encoders_that_are_not_its_defaults(tmp_path):
     published weights, used to overwrite the default run's figures), and the defaults are the notebook's own."""
     import ast
     from pathlib import Path
-    source = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "09_other_encoders.py").read_text()
-    defaults = {}  # the first assignment of each: the parameters cell's
-    for node in ast.parse(source).body:
-        name = getattr(node.targets[0], "id", None) if isinstance(node, ast.Assign) else None
-        if name in ("encoders", "protocols") and name not in defaults:
-            defaults[name] = ast.literal_eval(node.value)
-    assert defaults == {"encoders": compare.DEFAULT_ENCODERS, "protocols": compare.DEFAULT_PROTOCOLS}
+    def defaults(notebook):  # the first assignment of each: the parameters cell's
+        source = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / f"{notebook}.py").read_text()
+        found = {}
+        for node in ast.parse(source).body:
+            name = getattr(node.targets[0], "id", None) if isinstance(node, ast.Assign) else None
+            if name in ("encoders", "protocols") and name not in found:
+                found[name] = ast.literal_eval(node.value)
+        return found
+    assert defaults("09_other_encoders") == {"encoders": compare.DEFAULT_ENCODERS,
+                                             "protocols": compare.DEFAULT_PROTOCOLS}
+    assert defaults("10_modelling_choices") == {"encoders": compare.CHOICE_ENCODERS}
+    assert compare.encoders_tag({"dinov3": None, "vjepa2": None}, compare.CHOICE_ENCODERS) == ""
     assert compare.encoders_tag(dict(compare.DEFAULT_ENCODERS)) == ""
     assert compare.encoders_tag({}) == "fmct-only"
     weights = tmp_path / "CT-FM weights" / "model.safetensors"

@@ -20,7 +20,8 @@ from ..evaluate import neighbour_agreement, paired_comparison, retrieval_summary
 from ..models.external import ExternalRef
 from .paper import PAPER_DATASET_NAMES, describe_paper_value
 
-__all__ = ["PAPER_KEYS", "MODELLING_CHOICES", "DEFAULT_ENCODERS", "DEFAULT_PROTOCOLS", "encoders_tag", "model_grid",
+__all__ = ["PAPER_KEYS", "MODELLING_CHOICES", "DEFAULT_ENCODERS", "DEFAULT_PROTOCOLS", "CHOICE_ENCODERS",
+           "encoders_tag", "model_grid",
            "weights_summary", "paired_comparisons", "as_the_paper_orders", "paper_statements", "paper_notes",
            "retrieval_by_model", "embedding_grouping"]
 
@@ -41,13 +42,16 @@ MODELLING_CHOICES = {"DINOv3 + ABMIL": ("dinov3", "abmil"), "DINOv3 mean pooling
 # where no weights are given, and the frozen protocols (fine-tuning the 3-D CNNs takes hours on a CPU)
 DEFAULT_ENCODERS = {"ctfm": None, "merlin": None, "resnet3d": None}
 DEFAULT_PROTOCOLS = ["linear", "attentive"]
+# 10's (its parameters cell; the same test): the 2-D models of the modelling choices, randomly initialised
+CHOICE_ENCODERS = {"dinov3": None, "vjepa2": None}
 
 
-def encoders_tag(encoders: dict) -> str:
-    """What names 09's figures where its ``encoders`` are not ``DEFAULT_ENCODERS``: each name, with its weights'
-    file or folder name where it has weights (``ctfm-model.safetensors+merlin``; ``fmct-only`` for none), so a
-    run with other encoders or weights never overwrites another's figures; "" at the defaults."""
-    if encoders == DEFAULT_ENCODERS:
+def encoders_tag(encoders: dict, defaults: dict = DEFAULT_ENCODERS) -> str:
+    """What names 09's (10's: ``defaults=CHOICE_ENCODERS``) figures where its ``encoders`` are not the defaults:
+    each name, with its weights' file or folder name where it has weights (``ctfm-model.safetensors+merlin``;
+    ``fmct-only`` for none), so a run with other encoders or weights never overwrites another's figures; "" at the
+    defaults."""
+    if encoders == defaults:
         return ""
     named = [name + (f"-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(weights).name)[:40]}" if weights else "")
              for name, weights in encoders.items()]

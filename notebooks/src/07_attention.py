@@ -34,6 +34,7 @@ from fmct_lib.report import conclusions, plots
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, site=site, preset=preset,
                    checkpoint=checkpoint)
 P, scans, method = S.profile, S.scans, S.method
+max_scans = pipeline.count("max_scans", max_scans, 40)  # checked before any work
 
 # %% [markdown]
 # What this dataset allows: the maps of the pretrained encoder and the viewer run on any dataset; fine-tuned

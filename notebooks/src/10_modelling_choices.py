@@ -39,6 +39,7 @@ S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed, method=method, 
 P, scans, method = S.profile, S.scans, S.method
 n_seeds = pipeline.count("n_seeds", n_seeds, P.finetune_seeds)  # checked before any work
 pipeline.check_choices(protocols=[vit_protocol])
+encoders = pipeline.check_encoders(encoders, known=list(compare.CHOICE_ENCODERS))  # names and weights, first
 
 # %% [markdown]
 # ## What this dataset allows
@@ -96,7 +97,7 @@ if parts.runs("comparison"):
         plots.metric_bars(summary[summary.metric == metric], x="task", hue="model", order=order, hue_order=list(models),
                           ylabel=label, prevalence=prevalence, ax=ax, paper_notes=compare.paper_notes(known, metric),
                           **(heading if metric == "auroc" else {}))
-    name = S.figure_name("edfig4_modelling_choices")
+    name = S.figure_name("edfig4_modelling_choices", compare.encoders_tag(encoders, compare.CHOICE_ENCODERS))
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
     run_records.save_runs(name, predictions)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
