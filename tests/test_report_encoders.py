@@ -174,6 +174,10 @@ def test_09s_figures_are_named_by_encoders_that_are_not_its_defaults(tmp_path):
     assert compare.encoders_tag({"dinov3": None, "vjepa2": None}, compare.CHOICE_ENCODERS) == ""
     assert compare.encoders_tag(dict(compare.DEFAULT_ENCODERS)) == ""
     assert compare.encoders_tag({}) == "fmct-only"
+    import hashlib
     weights = tmp_path / "CT-FM weights" / "model.safetensors"
-    assert compare.encoders_tag({"ctfm": str(weights), "merlin": None}) == "ctfm-model.safetensors+merlin"
-    assert compare.encoders_tag({"ctfm": str(tmp_path / "CT FM")}) == "ctfm-CT_FM"
+    weights.parent.mkdir()
+    weights.write_bytes(b"some weights")
+    digest = hashlib.sha256(b"some weights").hexdigest()[:8]  # two files of one name keep a figure each
+    assert compare.encoders_tag({"ctfm": str(weights), "merlin": None}) == f"ctfm-model.safetensors-{digest}+merlin"
+    assert compare.encoders_tag({"ctfm": str(tmp_path / "CT-FM weights")}) == "ctfm-CT-FM_weights"  # a folder

@@ -48,14 +48,21 @@ CHOICE_ENCODERS = {"dinov3": None, "vjepa2": None}
 
 def encoders_tag(encoders: dict, defaults: dict = DEFAULT_ENCODERS) -> str:
     """What names 09's (10's: ``defaults=CHOICE_ENCODERS``) figures where its ``encoders`` are not the defaults:
-    each name, with its weights' file or folder name where it has weights (``ctfm-model.safetensors+merlin``;
+    each name, with its weights' file name and the first 8 hex digits of its sha256 where it has a weights file
+    (as ``Study.encoder_tag`` names a checkpoint), or its folder's name (``ctfm-model.safetensors-1a2b3c4d+merlin``;
     ``fmct-only`` for none), so a run with other encoders or weights never overwrites another's figures; "" at the
     defaults."""
     if encoders == defaults:
         return ""
-    named = [name + (f"-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(weights).name)[:40]}" if weights else "")
-             for name, weights in encoders.items()]
-    return "+".join(named) or "fmct-only"
+    return "+".join(name + (f"-{_weights_name(Path(weights))}" if weights else "")
+                    for name, weights in encoders.items()) or "fmct-only"
+
+
+def _weights_name(path: Path) -> str:
+    """A weights file's name and sha256 prefix, or a model folder's name, safe in a file name."""
+    from ..train.release import sha256_of
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)[:40]
+    return f"{name}-{sha256_of(path)[:8]}" if path.is_file() else name
 
 
 def model_grid(encoders: dict, protocols) -> dict[str, tuple]:
