@@ -393,9 +393,9 @@ def transfer_parts(dataset: str, target_rows: pd.DataFrame, *, source_rows: pd.D
         on_source, source_reasons = finetunable_tasks(source_rows, candidates, splits=("train",))
         on_target, target_reasons = finetunable_tasks(target_rows, candidates, splits=("test",))
         transferable = tuple(t for t in on_source if t in on_target)
-        counts = "; ".join(f"{t}: " + ", ".join(f"{side} {reasons[t]}" for side, reasons in
-                                                 (("source", source_reasons), ("target", target_reasons))
-                                                 if t in reasons) for t in candidates if t not in transferable)
+        sides = (("source", source_reasons), ("target", target_reasons))
+        counts = "; ".join(f"{t}: " + ", ".join(f"{side} {why[t]}" for side, why in sides if t in why)
+                           for t in candidates if t not in transferable)
         external = None if transferable else (
             f"no task has positive and negative scans in the source's training split and the target's test split "
             f"({counts})" if candidates else "the dataset has no task (label column) in the manifest")

@@ -48,6 +48,7 @@ protocols = pipeline.check_protocols(protocols)  # one name or a list; each once
 pipeline.check_choices(protocols=protocols)      # each a way to train an encoder's classifier
 encoders = pipeline.check_encoders(encoders)     # known names, weights that exist
 patient_disjoint = pipeline.flag("patient_disjoint", patient_disjoint)
+encoders_named = compare.encoders_tag(encoders)  # in the figures' names where not the defaults (hashed once)
 
 # %% [markdown]
 # ## What this dataset allows
@@ -114,7 +115,7 @@ if parts.runs("comparison"):
     title = (f"{dataset}{f' ({site} site)' if S.site_filter else ''}: test split, 95% bootstrap CI "
              f"(n = {predictions.scan_id.nunique()} scans), mean of {n_seeds} training seed(s); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training=plots.training_rule(P)), x=0.0, ha="left")
-    name = S.figure_name("fig1f_other_encoders", compare.encoders_tag(encoders),  # other choices: their own figure
+    name = S.figure_name("fig1f_other_encoders", encoders_named,  # other choices: their own figure
                          "+".join(protocols) if protocols != compare.DEFAULT_PROTOCOLS else "")
     comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
     run_records.save_runs(name, predictions)  # where each model stopped, and why
@@ -153,7 +154,7 @@ if parts.runs("retrieval"):
              f"{len(gallery)} scans (95% CI over queries); {short}")
     fig.suptitle(plots.figure_title(title, profile=P.name, training="frozen encoders"), x=0.0, ha="left")
     # the gallery is every labelled scan, whatever the study's site: the site is not in the name
-    name = S.figure_name("edfig6_retrieval_other_encoders", compare.encoders_tag(encoders),
+    name = S.figure_name("edfig6_retrieval_other_encoders", encoders_named,
                          "patient-disjoint" if patient_disjoint else "", site=False)
     plots.save_figure(fig, name, retrieval,
                       {"dataset": dataset, "profile": P.to_dict(), "preset": preset, "weights": statement,
