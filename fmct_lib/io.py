@@ -14,6 +14,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -69,6 +70,19 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     gone = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if p.is_file()]
     for p in gone:
         p.unlink(missing_ok=True)
+    return gone
+
+
+def remove_leftovers_in(folder: str | os.PathLike) -> list[Path]:
+    """``remove_leftovers`` for every file of ``folder`` (a cache's canvases, named by scan): the temporary files
+    ``atomic_path`` names ``.<name>.<8 random characters><the name's suffix>``; returns them. Only while holding
+    the folder's lock."""
+    gone = []
+    for path in Path(folder).glob(".*"):
+        match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(\.[^.]*)?", path.name)
+        if match and Path(match[1]).suffix == (match[2] or "") and path.is_file():
+            path.unlink(missing_ok=True)
+            gone.append(path)
     return gone
 
 

@@ -111,6 +111,29 @@ def test_resume_does_nothing_then_only_the_missing(dataset, monkeypatch):
     assert len(CachedVolumes("toyset", SPEC, root=dataset["root"])) == 4
 
 
+def test_one_builder_at_a_time_and_a_killed_writers_temporary_files_go(dataset):
+    """An audit: two ``fmct cache`` on one folder both ran, each rewrote index.csv from its own view and the last
+    dropped the other's rows (180 canvases, 90 rows); a writer killed mid-canvas left its temporary file for good.
+    A second builder is refused naming the first; a complete cache is read without the lock."""
+    from fmct_lib.io import LOCK_FILE, LockBusy, exclusive_lock
+    kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    out = cache_dir("toyset", SPEC, dataset["root"])
+    out.mkdir(parents=True)
+    killed = [out / ".s0.npy.ab12cd_9.npy", out / ".index.csv.zz99zz99.csv"]  # atomic_open's temporary names
+    for path in killed:
+        path.write_bytes(b"half written")
+    (out / ".notes").write_text("a user's file")  # hidden, but no temporary file of ours
+    with exclusive_lock(out / LOCK_FILE, what="another builder"):
+        with pytest.raises(LockBusy, match=rf"cache folder {out} is in use by another process \(pid "):
+            build_cache("toyset", SPEC, **kw)
+    assert all(p.exists() for p in killed)  # not touched without the lock
+    build_cache("toyset", SPEC, **kw)
+    assert not any(p.exists() for p in killed) and (out / ".notes").exists()
+    assert len(read_index("toyset", SPEC, dataset["root"])) == 3
+    with exclusive_lock(out / LOCK_FILE, what="another builder"):  # complete: readers never wait for the lock
+        assert build_cache("toyset", SPEC, **kw) == out
+
+
 def test_a_changed_spec_never_reuses_a_stale_cache(dataset):
     kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
     build_cache("toyset", SPEC, **kw)

@@ -76,3 +76,32 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_an_empty_or_cut_key_is_refused_and_two_first_ingests_share_one_key(tmp_path, monkeypatch):
+    """An audit: the key file was created empty, then written, so an ingest killed between the two (or a second
+    ingest reading in that moment) left an empty key, and the pseudonyms were HMAC("", MRN): anyone could compute
+    them. The key now appears whole or not at all, and a key shorter than 32 characters is refused."""
+    from fmct_lib.data.ingest.common import pseudonym_key
+    monkeypatch.delenv("FMCT_PSEUDONYM_KEY", raising=False)
+    for damaged in ("", "\n", "0123456789abcdef"):
+        folder = tmp_path / f"damaged{len(damaged)}"
+        folder.mkdir()
+        (folder / ".pseudonym_key").write_text(damaged)
+        with pytest.raises(ValueError, match=r"\.pseudonym_key: the dataset's pseudonym key is \d+ characters long"):
+            pseudonym_key(folder)
+    fresh = tmp_path / "fresh"
+    key = pseudonym_key(fresh)
+    assert len(key) == 64 and _mode(fresh / ".pseudonym_key") == 0o600
+    assert pseudonym_key(fresh) == key and [p.name for p in fresh.iterdir()] == [".pseudonym_key"]  # no temp left
+    # a second ingest that made its own key meanwhile: the one already linked into place is kept, not replaced
+    import fmct_lib.data.ingest.common as common
+    other = tmp_path / "race"
+    real_link = common.os.link
+
+    def first_made_by_another(src, dst):
+        Path(dst).write_text("f" * 64)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(common.os, "link", first_made_by_another)
+    assert pseudonym_key(other) == b"f" * 64 and [p.name for p in other.iterdir()] == [".pseudonym_key"]

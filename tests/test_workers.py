@@ -73,3 +73,24 @@ def test_an_unwatched_worker_would_run_on(tmp_path):
         assert _alive(worker)
     finally:
         os.kill(worker, signal.SIGKILL)
+
+
+def test_an_interrupted_pool_cancels_its_queued_tasks():
+    """An audit: Ctrl-C in ``fmct synth`` or a sweep in worker processes left ``with ProcessPoolExecutor(...)``,
+    which waits for every queued task, so the cohort ran on to its last scan (178 of 180) and the sweep to its last
+    run. ``cancelling_pool`` cancels what is queued; the tasks running finish."""
+    from concurrent.futures import as_completed
+    from multiprocessing import get_context
+
+    from fmct_lib.data.pool import cancelling_pool
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with cancelling_pool(2, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(time.sleep, 0.2) for _ in range(40)]  # 4 s of work on 2 workers
+            next(as_completed(futures))
+            raise KeyboardInterrupt
+    assert sum(f.cancelled() for f in futures) >= 30 and all(f.done() for f in futures)
+    assert time.monotonic() - started < 3.5
+    with cancelling_pool(2, mp_context=get_context("spawn")) as pool:  # left normally: every task runs
+        futures = [pool.submit(abs, -i) for i in range(5)]
+    assert [f.result() for f in futures] == [0, 1, 2, 3, 4]

@@ -18,6 +18,7 @@ import sys
 from ..io import LockBusy
 
 EXIT_BAD_INPUT = 2  # what the user gave cannot be used (argparse's status for bad usage)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process SIGINT stopped (128 + 2)
 # what a subcommand raises for input it cannot use: a missing dataset, cache or file (``StageMissing`` is a
 # FileNotFoundError), a bad value (a filter, an option, a fraction, a device), a run directory another process
 # holds (``LockBusy``)
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fmct {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every stage keeps what it finished
+        if os.environ.get("FMCT_TRACEBACK"):
+            raise
+        print(f"\nfmct {args.command}: interrupted. What was finished is kept: run the same command again to go on "
+              f"from there.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader stopped early (`fmct info | head`): its choice, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit
         return 0

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from ..progress import tqdm
 
-from ..io import atomic_open
+from ..io import LOCK_FILE, atomic_open, exclusive_lock, remove_leftovers_in
 from ..paths import StageMissing, cache_root
 from ..workers import init_worker
 from .pool import run_surviving
@@ -168,15 +168,31 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
         _atomic_write(spec_path, lambda f: f.write(json.dumps(spec.stored(), indent=2).encode()))
 
     volumes = dict(zip(table["scan_id"], table["path"].astype(str)))
-    index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
-             if _usable(r, volumes.get(r["scan_id"]), out)}
-    rejects = {r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")}
-    if retry_rejected:
-        rejects = {}
-    todo = [(s, p) for s, p in volumes.items() if s not in index and s not in rejects]
-    if not todo:  # nothing to add: leave index and rejects (and their mtimes, which key held inputs) as they are
-        return out
 
+    def pending():
+        index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
+                 if _usable(r, volumes.get(r["scan_id"]), out)}
+        rejects = {} if retry_rejected else {
+            r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")}
+        return index, rejects, [(s, p) for s, p in volumes.items() if s not in index and s not in rejects]
+
+    if not pending()[2]:  # nothing to add: leave index and rejects (and their mtimes, which key inputs) as they are
+        return out
+    # one builder at a time (two rewrote index.csv each from its own view, and the last dropped the other's rows);
+    # readers of a complete cache never wait. Under the lock: what is still to do, and no killed writer's temporary
+    # file (a canvas each, never read, but they piled up)
+    with exclusive_lock(out / LOCK_FILE, what=f"cache folder {out}", wait=0):
+        remove_leftovers_in(out)
+        index, rejects, todo = pending()
+        if todo:
+            _build(out, spec, index, rejects, todo, workers, dataset)
+    return out
+
+
+def _build(out: Path, spec: PreprocessSpec, index: dict, rejects: dict, todo: list, workers: int | None,
+           dataset: str) -> None:
+    """Preprocess the scans ``todo`` into ``out``, adding them to ``index`` (or ``rejects``), which are saved every
+    ``_SAVE_EVERY_S`` and at the end, also when interrupted."""
     def save():
         _write_table(list(index.values()), INDEX_COLUMNS, out / "index.csv")
         _write_table(list(rejects.values()), REJECT_COLUMNS, out / "rejects.csv")
@@ -215,7 +231,6 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
             results.close()  # a pool still running (an interrupt): shut it down
         progress.close()
         save()
-    return out
 
 
 class CachedVolumes(torch.utils.data.Dataset):

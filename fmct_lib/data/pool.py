@@ -7,11 +7,27 @@ that kills its own pool fails. One bad scan never stops the batch or takes the s
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-__all__ = ["run_surviving"]
+__all__ = ["cancelling_pool", "run_surviving"]
+
+
+@contextlib.contextmanager
+def cancelling_pool(workers: int, **pool_options) -> Iterator[ProcessPoolExecutor]:
+    """A ``ProcessPoolExecutor`` for the block whose queued tasks are cancelled when the block is left by an
+    exception (Ctrl-C, Jupyter's "interrupt kernel"): leaving ``with ProcessPoolExecutor(...)`` waits for every
+    task submitted, so an interrupted cohort or sweep ran on to its end (hours at the demo scale). The tasks
+    already running finish (each keeps its work: they write atomically), and a run resumes from them."""
+    pool = ProcessPoolExecutor(workers, **pool_options)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def run_surviving(fn: Callable, tasks: list[tuple], *, workers: int, **pool_options) -> Iterator[tuple[tuple, object]]:

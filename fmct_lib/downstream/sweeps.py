@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
@@ -20,6 +20,7 @@ import torch
 
 from ..config import get_profile
 from ..data.inputs import ProtocolSkipped
+from ..data.pool import cancelling_pool
 from ..progress import tqdm
 from ..workers import init_worker
 from .protocols import get_protocol
@@ -110,8 +111,8 @@ def _run_all(runs, dataset: str, encoder, profile, progress: bool = True, worker
         if pooled:
             workers = min(workers, len(pooled))
             threads = max(1, torch.get_num_threads() // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
-                                     initargs=(os.getpid(), threads)) as pool:
+            with cancelling_pool(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                                 initargs=(os.getpid(), threads)) as pool:
                 futures = {pool.submit(_run_one, run, dataset, encoder, profile, kwargs): run for run in pooled}
                 for future in as_completed(futures):
                     try:

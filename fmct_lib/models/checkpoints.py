@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +138,27 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module | dict, conf
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata(tmp)
     return path
+
+
+def _sort_metadata(path: Path) -> None:
+    """Sort a safetensors header's metadata keys, in place. safetensors writes them in a hash map's order, which
+    changes from call to call, so the same tensors and configuration gave files of different sha256, and a run,
+    cache or figure keyed by it (``downstream.features.encoder_id``) took a resumed pretraining's encoder for
+    another. The keys and values are the same, so the header keeps its length (its padding is spaces)."""
+    with open(path, "r+b") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        if not meta or len(meta) < 2:
+            return
+        text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) > size:  # not safetensors' own serialisation: leave the file as it was written
+            raise CheckpointError(f"{path}: its header could not be written in a fixed order ({len(text)} > {size})")
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:

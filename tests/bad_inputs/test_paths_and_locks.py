@@ -195,3 +195,20 @@ def test_a_downstream_run_directory_in_use_is_refused(isolated_roots, tmp_path):
         with pytest.raises(RuntimeError, match=rf"run directory {run_dir} is in use by another process \(pid "):
             run_protocol("nowhere", "ich", "histogram", profile="toy", run_dir=run_dir, progress=False)
     assert _files(run_dir) == [LOCK_FILE]
+
+
+def test_ctrl_c_in_a_command_is_one_line_saying_the_finished_work_is_kept(monkeypatch, capsys):
+    """An audit: Ctrl-C printed a KeyboardInterrupt traceback and nothing said the work done was kept."""
+    import fmct_lib.cli.info as info
+    from fmct_lib.cli import main as fmct
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(info, "run", interrupted)
+    monkeypatch.delenv("FMCT_TRACEBACK", raising=False)
+    assert fmct(["info"]) == 130
+    assert capsys.readouterr().err.strip() == ("fmct info: interrupted. What was finished is kept: run the same "
+                                               "command again to go on from there.")
+    monkeypatch.setenv("FMCT_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        fmct(["info"])

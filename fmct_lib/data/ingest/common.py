@@ -24,11 +24,13 @@ docs/data_safety.md).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import tempfile
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,7 @@ DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", 
                  "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg", "plane"]
 VOLUMES = "volumes"
 PRIVATE_MODE = 0o600  # tables holding original identifiers: readable by their owner only (docs/data_safety.md)
+MIN_KEY_CHARS = 32  # a dataset's pseudonym key shorter than this is refused (ingestion writes 64 hex digits)
 
 
 class SourceError(FileNotFoundError):
@@ -78,12 +81,25 @@ def pseudonym_key(dataset_dir: Path) -> bytes:
     if env:
         return env.encode()
     path = Path(dataset_dir) / ".pseudonym_key"
-    if not path.exists():
+    if not path.exists():  # written whole, then linked into place: never seen empty, and the first of two wins
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pseudonym_key.")  # mode 600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another ingest made it meanwhile: its key is the key
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    key = path.read_text().strip()
+    if len(key) < MIN_KEY_CHARS:
+        raise ValueError(f"{path}: the dataset's pseudonym key is {len(key)} characters long (at least "
+                         f"{MIN_KEY_CHARS} expected; ingestion writes 64): an empty or cut key makes the pseudonyms "
+                         f"computable from the original identifiers. If it was damaged, restore it from a backup; "
+                         f"otherwise delete it and ingest this dataset again from the start (its pseudonyms change)")
+    return key.encode()
 
 
 def write_private_csv(df: pd.DataFrame, path: Path) -> Path:

@@ -37,7 +37,7 @@ import gzip
 import json
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,6 +52,7 @@ from ...io import atomic_open
 from ...paths import data_root
 from ...workers import watch_parent
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
+from ..pool import cancelling_pool
 from ..splits import POOL_SPLIT, assign_splits
 from .atlas import load_atlas
 from .lesions import CONDITIONS
@@ -277,8 +278,8 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
             failures += [(pid, err)] if err else []
             bar.update(len(pp.slices_mm))
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(step, os.getpid())) as pool:
+        with cancelling_pool(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(step, os.getpid())) as pool:
             futures = {pool.submit(_build_safely, pp, out, step): pp for pp in todo}
             for fut in as_completed(futures):
                 pid, rows, err = fut.result()
