@@ -68,9 +68,11 @@ def runs_root() -> Path:
     return _root("FMCT_RUNS", "runs")
 
 
-def figures_root() -> Path:
+def figures_root(runs: Path | None = None) -> Path:
+    """``$FMCT_FIGURES``, else ``<runs>/figures``: ``runs`` is a study's runs root (``pipeline.start(run_dir=)``),
+    default ``runs_root()``."""
     env = os.environ.get("FMCT_FIGURES")
-    return Path(env).expanduser() if env else runs_root() / "figures"
+    return Path(env).expanduser() if env else (runs or runs_root()) / "figures"
 
 
 def encoders_root() -> Path:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from .config import PROFILES, Profile, get_profile, is_whole_number
 from .data.manifest import is_available, load_scans, paper_tasks, scan_table_path
-from .paths import in_checkout, runs_root
+from .paths import figures_root, in_checkout, runs_root
 
 if TYPE_CHECKING:
     from .data.preprocess import PreprocessSpec
@@ -84,6 +84,12 @@ class Study:
             return self.scans
         return self.scans[self.scans["site"] == self.site_filter["site"]]
 
+    @property
+    def figures(self) -> Path:
+        """Where the study's figures go: ``$FMCT_FIGURES``, else ``<runs>/figures`` of the study's runs root (a
+        ``run_dir``'s figures stay beside its runs)."""
+        return figures_root(self.runs)
+
     @functools.cached_property  # hashed once per study, however many figures it names
     def encoder_tag(self) -> str | None:
         """What names the study's encoder in its figures when it starts from a ``checkpoint``: the file's name and
@@ -99,10 +105,15 @@ class Study:
     def settings_tag(self, site: bool = True, method: bool = True) -> str | None:
         """What names the study's settings in its figures where they are not a notebook's defaults: the
         pretraining method where it is not the profile's (a checkpoint's is named by ``encoder_tag``), a site other
-        than ``internal``, a seed other than 0 (``mae_site-external_seed1``); None with the defaults (03, which
-        chooses its sites itself, names them in its ``figure_name`` call); ``site=False`` for a figure that reads
-        every site whatever the study's, ``method=False`` for one whose name holds the method already (01's)."""
-        chosen = self.site_filter["site"] if self.site_filter and site else DEFAULT_SITE
+        than ``internal`` (``site-all`` where a table with sites is read whole: ``site=None``), a seed other than 0
+        (``mae_site-external_seed1``); None with the defaults (03, which chooses its sites itself, names them in its
+        ``figure_name`` call); ``site=False`` for a figure that reads every site whatever the study's,
+        ``method=False`` for one whose name holds the method already (01's)."""
+        chosen = DEFAULT_SITE
+        if site and self.site_filter:
+            chosen = self.site_filter["site"]
+        elif site and "site" in self.scans:
+            chosen = "all"
         other_method = method and self.checkpoint is None and self.method != self.profile.pretrain_method
         named = [self.method if other_method else "",
                  f"site-{chosen}" if chosen != DEFAULT_SITE else "", f"seed{self.seed}" if self.seed else ""]
@@ -314,13 +325,23 @@ def check_protocols(protocols) -> list[str]:
     return listed
 
 
-def check_transfer_sites(dataset: str, scans: pd.DataFrame, source_site: str, target_site: str) -> None:
-    """03's sites: each a labelled site of ``scans`` (``check_choices``), and not the same one (its "transfer"
-    trained and tested in-domain, and its paired test read a difference of 0 against itself)."""
-    for site in (source_site, target_site):
-        check_choices(site=(site, dataset, scans))
+def transfer_sites(dataset: str, scans: pd.DataFrame, target_dataset: str, source_site: str,
+                   target_site: str) -> tuple[dict | None, dict | None]:
+    """03's site filters ``(source, target)``: the transferred model trains on ``source`` rows of ``dataset`` and is
+    tested on ``target`` rows of ``target_dataset`` (None: every row). Within one dataset with sites, two labelled
+    sites of ``scans`` (``check_choices``), not the same one (its "transfer" trained and tested in-domain, and its
+    paired test read a difference of 0 against itself). With another ``target_dataset``, the source is still
+    ``source_site`` where ``scans`` has sites (it trained on every site pooled before) and the target is read whole.
+    Without sites, ``(None, None)``."""
+    if "site" not in scans:
+        return None, None
+    check_choices(site=(source_site, dataset, scans))
+    if target_dataset != dataset:
+        return {"site": source_site}, None
+    check_choices(site=(target_site, dataset, scans))
     if source_site == target_site:
         raise ValueError(f"source_site and target_site are both {source_site!r}: nothing is transferred")
+    return {"site": source_site}, {"site": target_site}
 
 
 def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFrame] | None = None) -> None:

@@ -329,8 +329,25 @@ def test_a_study_with_other_settings_never_writes_the_gallerys_figures(tmp_path)
     assert study("dino", "external", 2).figure_name("fig2") == "fig2__synthetic_demo_dino_site-external_seed2"
     assert study().figure_name("fig1fg", "internal-to-internal") == "fig1fg__synthetic_demo_internal-to-internal"
     no_sites = pipeline.Study("rsna", demo, table.drop(columns="site"), tmp_path, 0, "vicreg", None)
-    assert pipeline.Study("synthetic", demo, table, tmp_path, 0, "vicreg", None).settings_tag() is None  # 03's study
     assert no_sites.figure_name("fig1e") == "fig1e__rsna_demo" and no_sites.settings_tag() is None
+    # site=None on a table with sites reads every site: an audit found it wrote the internal site's figure
+    every_site = pipeline.Study("synthetic", demo, table, tmp_path, 0, "vicreg", None)
+    assert every_site.figure_name("fig1e") == "fig1e__synthetic_demo_site-all"
+    assert every_site.settings_tag(site=False) is None  # 03, 08: they choose (or read) the sites themselves
+
+
+def test_a_run_dirs_figures_are_written_beside_its_runs(tmp_path, monkeypatch):
+    """An audit: ``run_dir`` moved the runs but the figures went to ``$FMCT_RUNS/figures`` under the default name,
+    where they could replace another study's. ``Study.figures`` is ``$FMCT_FIGURES``, else ``<run_dir>/figures``."""
+    table = pd.DataFrame({"scan_id": ["a", "b"], "site": ["internal", "external"], "split": ["test", "test"]})
+    monkeypatch.setattr(pipeline, "ensure_dataset", lambda dataset, profile: table)
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset: None)
+    monkeypatch.setenv("FMCT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("FMCT_FIGURES")
+    assert pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "mine")).figures == tmp_path / "mine" / "figures"
+    assert pipeline.start("synthetic", "toy").figures == tmp_path / "runs" / "figures"
+    monkeypatch.setenv("FMCT_FIGURES", str(tmp_path / "gallery"))  # make reproduce's gallery: where it says
+    assert pipeline.start("synthetic", "toy", run_dir=str(tmp_path / "mine")).figures == tmp_path / "gallery"
 
 
 def test_a_notebooks_seed_flags_share_and_encoders_are_checked_before_any_work(tmp_path):
@@ -402,14 +419,31 @@ def test_03s_sites_are_two_labelled_sites_of_the_table():
     """source_site = target_site trained and tested in-domain and read a difference of 0 against itself; a typo
     failed with KeyError 'task' after every in-domain model had trained (a review of 03's parameters)."""
     scans = pd.DataFrame({"scan_id": ["a", "b", "c"], "site": ["internal", "external", "pretrain"]})
-    pipeline.check_transfer_sites("synthetic", scans, "internal", "external")
-    pipeline.check_transfer_sites("synthetic", scans, "external", "internal")
+    sites = pipeline.transfer_sites
+    assert sites("synthetic", scans, "synthetic", "internal", "external") == ({"site": "internal"},
+                                                                              {"site": "external"})
+    assert sites("synthetic", scans, "synthetic", "external", "internal") == ({"site": "external"},
+                                                                              {"site": "internal"})
     with pytest.raises(ValueError, match="source_site and target_site are both 'internal': nothing is transferred"):
-        pipeline.check_transfer_sites("synthetic", scans, "internal", "internal")
+        sites("synthetic", scans, "synthetic", "internal", "internal")
     for source, target in (("internl", "external"), ("internal", "pretrain")):
         with pytest.raises(ValueError, match="is not a labelled site of 'synthetic'; its labelled sites are external, "
                                              "internal"):
-            pipeline.check_transfer_sites("synthetic", scans, source, target)
+            sites("synthetic", scans, "synthetic", source, target)
+
+
+def test_03_trains_on_the_source_site_when_testing_on_another_dataset():
+    """An audit of 03: with another target_dataset the transferred model trained on every site of the synthetic
+    cohort pooled, while the figure recorded source_site 'internal'. The source's site holds whatever the target;
+    the target dataset is read whole (its target_site, a site of the source's table, is not applied)."""
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c"], "site": ["internal", "external", "pretrain"]})
+    assert pipeline.transfer_sites("synthetic", scans, "hosp", "internal", "external") == ({"site": "internal"}, None)
+    assert pipeline.transfer_sites("synthetic", scans, "hosp", "external", "anything") == ({"site": "external"}, None)
+    with pytest.raises(ValueError, match="site 'internl' is not a labelled site of 'synthetic'"):
+        pipeline.transfer_sites("synthetic", scans, "hosp", "internl", "external")
+    no_sites = scans.drop(columns="site")  # a hospital's export: nothing to filter, on either side
+    assert pipeline.transfer_sites("hosp", no_sites, "hosp2", "internal", "external") == (None, None)
+    assert pipeline.transfer_sites("hosp", no_sites, "hosp", "internal", "external") == (None, None)
 
 
 @pytest.mark.parametrize("protocols, error", [

@@ -224,6 +224,16 @@ def test_figure_configurations_record_no_absolute_paths(tmp_path, monkeypatch):
         "released": "<encoders>/synthetic_vicreg_f1_demo_s0/encoder.safetensors",
         "nested": {"scans": ["<data>/synthetic/scans.csv", "not/a/path", 3]},
         "outside": "<elsewhere>/model_weights.pth", "repo": "<repo>/figures/a.png"}
+    # a file outside every root (a run_dir of its own, weights in /opt) is named by its sha256 prefix as well: two
+    # runs' encoder.safetensors were both "<elsewhere>/encoder.safetensors" (an audit)
+    import hashlib
+    outside = tmp_path.parent / f"{tmp_path.name}_outside" / "encoder.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"weights")
+    config = plots.save_figure_data("outside", pd.DataFrame({"a": [1]}), {"encoder": str(outside)},
+                                    root=tmp_path / "figs")["json"]
+    expected = f"<elsewhere>/encoder.safetensors@{hashlib.sha256(b'weights').hexdigest()[:16]}"
+    assert json.loads(config.read_text())["config"] == {"encoder": expected}
 
 
 def test_the_committed_gallery_records_no_absolute_paths():

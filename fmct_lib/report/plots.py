@@ -289,8 +289,10 @@ def save_figure_data(name: str, data: pd.DataFrame, config: dict, root: Path | s
 
 def _portable(value):
     """``value`` with every absolute path written relative to the root it lies in (``<runs>/pretrain/…``, also
-    ``<encoders>``, ``<data>``, ``<cache>``, ``<figures>``, ``<repo>``, ``<home>``), or as ``<elsewhere>/<file name>``: a figure's
-    configuration never records the machine's absolute paths."""
+    ``<encoders>``, ``<data>``, ``<cache>``, ``<figures>``, ``<repo>``, ``<home>``), or as ``<elsewhere>/<file name>``
+    with, for a file, the first 16 hex digits of its sha256 (``<elsewhere>/encoder.safetensors@5fc3dcc82914d338``:
+    which of many ``encoder.safetensors`` it was): a figure's configuration never records the machine's absolute
+    paths."""
     if isinstance(value, dict):
         return {k: _portable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -304,6 +306,9 @@ def _portable(value):
         for base in dict.fromkeys((Path(root).expanduser(), Path(root).expanduser().resolve())):
             if path.is_relative_to(base) and base != Path("/"):
                 return f"<{name}>/{path.relative_to(base).as_posix()}"
+    if path.is_file():
+        from ..downstream.features import encoder_id  # the sha256 prefix runs name a checkpoint by, hashed once
+        return f"<elsewhere>/{path.name}@{encoder_id(path)}"
     return f"<elsewhere>/{path.name}"
 
 

@@ -42,12 +42,12 @@ display(prevalence)
 if dataset == "synthetic":
     from IPython.display import Image
     from fmct_lib.data.synthetic.figure import condition_figure
-    from fmct_lib.paths import figures_root
 
     name = naming.figure_name("fig0a_synthetic_conditions", dataset, P)
-    png = condition_figure(figures_root() / name, step=P.synth_grid_mm, seed=seed)
+    png = condition_figure(S.figures / name, step=P.synth_grid_mm, seed=seed)
     plots.save_figure_data(name, prevalence.reset_index(),
-                           {"dataset": dataset, "profile": P.to_dict(), "phantom_grid_mm": P.synth_grid_mm, "seed": seed})
+                           {"dataset": dataset, "profile": P.to_dict(), "phantom_grid_mm": P.synth_grid_mm, "seed": seed},
+                           root=S.figures)
     display(Image(filename=str(png)))
 
 # %% [markdown]
@@ -86,7 +86,7 @@ fig.suptitle(plots.figure_title(f"{dataset} scan {example_scan}: axial mid-slice
 summary = counts.join(protocol).join(prevalence).reset_index()
 plots.save_figure(fig, naming.figure_name("fig0b_preprocessing_chain", dataset, P), summary,
                   {"dataset": dataset, "profile": P.to_dict(), "spec": spec.to_dict(), "spec_hash": spec.hash,
-                   "example_scan": example_scan, "seed": seed})
+                   "example_scan": example_scan, "seed": seed}, root=S.figures)
 
 # %%
 pipeline.ensure_cache(dataset, P)  # built by pipeline.start: the folder the other notebooks read

@@ -61,10 +61,11 @@ for ax, c in zip(axes.flat, curves):
     ax.set_title(c)
     ax.set_xlabel(x)
 fig.suptitle(f"{method.upper()} pretraining on {dataset} ({fraction * 100:g}% of the pool, profile {P.name})")
-name = S.figure_name(f"fig_pretrain_{method}_{fraction * 100:g}pct", method=False)  # another seed: its own
+# a seed other than 0 names a figure of its own; pretraining reads the pool (no site); the name holds the method
+name = S.figure_name(f"fig_pretrain_{method}_{fraction * 100:g}pct", site=False, method=False)
 plots.save_figure(fig, name, metrics,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "fraction": fraction,
-                   "seed": seed, "run": str(run)})
+                   "seed": seed, "run": str(run)}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

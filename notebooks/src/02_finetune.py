@@ -94,14 +94,14 @@ if parts.runs("comparison"):
                           points=runs.rename(columns={metric: "value"}) if len(seeds) > 1 else None,
                           **(top if metric == "auroc" else {}))
     name = S.figure_name("fig1e_finetune_vs_scratch")
-    comparisons.save_comparison(name, comparisons.with_paper(comparison, known))
-    run_records.save_runs(name, predictions)  # where each model stopped, and why
+    comparisons.save_comparison(name, comparisons.with_paper(comparison, known), root=S.figures)
+    run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                        "encoder": str(encoder),
                        "preset": preset, "spec": S.spec.hash,
                        "tasks": tasks, "protocols": protocols, "seed": seed, "seeds": seeds,
-                       "paper_counterpart": paper_name, "test_prevalence": prevalence})
+                       "paper_counterpart": paper_name, "test_prevalence": prevalence}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -22,9 +22,10 @@ method = None           # dino | mae | vicreg; default: the profile's (paper, to
 checkpoint = None
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 tasks = None
-source_site = "internal"   # synthetic: the site the transferred model is trained on
-target_site = "external"   # synthetic: the site it is tested on (and fine-tuned on, in-domain)
-target_dataset = None      # real data: test (and fine-tune in-domain) on another dataset
+source_site = "internal"   # synthetic: the site the transferred model is trained on (also with a target_dataset)
+target_site = "external"   # synthetic: the site it is tested on (and fine-tuned on, in-domain); unused with a
+                           # target_dataset
+target_dataset = None      # real data: test (and fine-tune in-domain) on all of another dataset
 n_seeds = None             # training seeds seed, seed+1, … of every model (default: the profile's; paper 1, demo 3)
 
 # %%
@@ -50,13 +51,11 @@ target_scans = scans if target_dataset == dataset else S.other(target_dataset)
 import pandas as pd
 from fmct_lib.interpret.parts import transfer_parts
 
-has_sites = "site" in scans and target_dataset == dataset
-if has_sites:  # two labelled sites of the table (a typo failed after the in-domain models had trained)
-    pipeline.check_transfer_sites(dataset, scans, source_site, target_site)
-source = {"site": source_site} if has_sites else None
-target = {"site": target_site} if has_sites else None
-source_rows = scans[scans["site"] == source_site] if has_sites else scans
-target_rows = target_scans[target_scans["site"] == target_site] if has_sites else target_scans
+# checked before any work (a typo failed after the in-domain models had trained); another target_dataset is read whole
+source, target = pipeline.transfer_sites(dataset, scans, target_dataset, source_site, target_site)
+has_sites = target is not None  # two sites of one dataset to transfer between
+source_rows = scans[scans["site"] == source_site] if source else scans
+target_rows = target_scans[target_scans["site"] == target_site] if target else target_scans
 parts = transfer_parts(dataset, target_rows, source_rows=source_rows, has_sites=has_sites,
                        target_dataset=target_dataset, tasks=tasks)
 print(parts)
@@ -112,25 +111,29 @@ reported = reported.assign(model=reported["model"].map({"finetune": "in-domain f
 if runs:
     order = [t for t in tasks if t in common] + ["macro"]
     title = (f"test on {target_dataset}{f' ({target_site} site)' if has_sites else ''}; "
-             + (f"transferred model trained on {dataset}{f' ({source_site})' if has_sites else ''}"
+             + (f"transferred model trained on {dataset}{f' ({source_site})' if source else ''}"
                 if "external validation" in runs else "in-domain models only (no transfer: see the skipped parts)")
              + (f"; mean of {n_seeds} training seeds" if n_seeds > 1 else ""))
     fig, ax = plots.print_subplots(height_mm=70)  # two columns wide: the legend lists the paper's gain, P and n
     plots.metric_bars(summary[summary.metric == "auroc"], x="task", hue="model", order=order, hue_order=list(runs),
                       paper=reported, paper_notes=known[known.metric != "auroc"], title=title, profile=P.name,
                       training=plots.training_rule(P), ax=ax)
-    other_sites = has_sites and (source_site, target_site) != ("internal", "external")  # a figure of their own
-    sites = f"{source_site}-to-{target_site}" if other_sites else ""
-    name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""), sites)
+    if target:  # two sites of the dataset: named where they are not internal to external (a figure of their own)
+        sites = f"{source_site}-to-{target_site}" if (source_site, target_site) != ("internal", "external") else ""
+    else:  # another target dataset: the source's site named where it is not internal
+        sites = f"from-{source_site}" if source and source_site != "internal" else ""
+    name = S.figure_name("fig1fg_transfer" + (f"_to_{target_dataset}" if target_dataset != dataset else ""), sites,
+                         site=False)
     if comparison is not None:
         comparisons.save_comparison(name, comparisons.with_paper(comparison, known, {
-            "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}))
-    run_records.save_runs(name, predictions)  # where each model stopped, and why
+            "in-domain fine-tuned": "finetune", "in-domain scratch": "scratch"}), root=S.figures)
+    run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
-                      {"dataset": dataset, "target_dataset": target_dataset, "source_site": source_site,
-                       "target_site": target_site, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
+                      {"dataset": dataset, "target_dataset": target_dataset,  # the sites applied (None: all)
+                       "source_site": source_site if source else None, "target_site": target_site if target else None,
+                       "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                        "preset": preset, "spec": S.spec.hash, "tasks": tasks, "seed": seed, "n_seeds": n_seeds,
-                       "paper_counterpart": paper_name, "skipped": parts.skipped})
+                       "paper_counterpart": paper_name, "skipped": parts.skipped}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

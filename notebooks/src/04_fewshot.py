@@ -118,15 +118,16 @@ if parts.runs("few-shot"):
                                    profile=P.name, training=plots.training_rule(P))
         name = S.figure_name(f"fig2_fewshot_{metric}")
         comparisons.save_comparison(name, comparisons.with_paper(comparison[comparison.metric == metric], reported,
-                                                                 {"pretrained": "fewshot"}))
-        run_records.save_runs(name, predictions)  # where each model stopped, and why
+                                                                 {"pretrained": "fewshot"}), root=S.figures)
+        run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
         plots.save_figure(fig, name, summary[summary.metric == metric],
                           {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method,
                            "encoder": str(encoder), "preset": preset, "spec": S.spec.hash, "tasks": tasks,
                            "shots": shots, "shots_per_task": {t: list(shots_of[t]) for t in tasks},
                            "resamples": resamples,
-                           "compare_scratch": compare_scratch, "seed": seed, "n_seeds": n_seeds,
-                           "test_prevalence": prevalence})
+                           "compare_scratch": compare_scratch, "compare_histogram": compare_histogram, "seed": seed,
+                           "n_seeds": n_seeds,
+                           "test_prevalence": prevalence}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -102,13 +102,13 @@ for metric, label in (("auroc", "macro-AUROC"), ("ap", "macro-AP")) if rows else
                            title=f"{dataset}: {protocol} on encoders pretrained on part of the pool (95% bootstrap CI)",
                            training=plots.training_rule(P))
     name = S.figure_name(f"fig4_scaling_{metric}")
-    comparisons.save_comparison(name, comparison[comparison.metric == metric])
-    run_records.save_runs(name, predictions)  # where each model stopped, and why
+    comparisons.save_comparison(name, comparison[comparison.metric == metric], root=S.figures)
+    run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
     plots.save_figure(fig, name, summary[summary.metric == metric],
                       {"dataset": dataset, "profile": P.to_dict(), "methods": ["checkpoint"] if checkpoint else methods,
                        "fractions": [1.0] if checkpoint else fractions,
                        "protocol": protocol, "preset": S.spec.name, "spec": S.spec.hash, "tasks": tasks, "site": site,
-                       "checkpoint": checkpoint, "seed": seed, "skipped": parts.skipped})
+                       "checkpoint": checkpoint, "seed": seed, "skipped": parts.skipped}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

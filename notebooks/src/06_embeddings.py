@@ -94,7 +94,7 @@ if parts.runs("projection"):
                        "thickness_bins": thickness_bins, "scans": "every labelled scan, every site",
                        **{f"{name}_{key}": None if result is None else result[i]
                           for name, result in (("scanner", scanner), ("thickness", thickness))
-                          for i, key in enumerate(("fold_accuracies", "chance", "permutation_p"))}})
+                          for i, key in enumerate(("fold_accuracies", "chance", "permutation_p"))}}, root=S.figures)
 
 # %% [markdown]
 # ## Performance by scanner and by slice thickness (fine-tuned classifiers of 02_finetune)
@@ -113,11 +113,12 @@ if parts.runs("by protocol"):
     fig = plots.metric_bars(macro.assign(model="fine-tuned"), x="group", hue="model", ylabel="macro-AUROC",
                             title=f"{dataset}: fine-tuned classifiers by acquisition protocol (95% bootstrap CI)",
                             profile=P.name, training=plots.training_rule(P))
-    run_records.save_runs(S.figure_name("suppfig11_performance_by_protocol"), predictions)  # where each stopped
+    # where each model stopped
+    run_records.save_runs(S.figure_name("suppfig11_performance_by_protocol"), predictions, root=S.figures)
     plots.save_figure(fig, S.figure_name("suppfig11_performance_by_protocol"), by_protocol,
                       {"dataset": dataset, "profile": P.to_dict(), "method": method, "tasks": tasks,
                        "preset": preset, "spec": S.spec.hash,
-                       "thickness_bins": thickness_bins, "site": site, "seed": seed})
+                       "thickness_bins": thickness_bins, "site": site, "seed": seed}, root=S.figures)
     display(macro[["group", "value", "ci_low", "ci_high", "n_scans"]].round(3))
 
 # %% [markdown]

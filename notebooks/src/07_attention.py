@@ -136,13 +136,14 @@ figure_data = pd.concat([share.assign(kind="lesion share"),
                                         "enrichment": e} for n, e in shown.items()])
                          .assign(kind="lesion enrichment of the scan shown")], ignore_index=True)
 plots.save_arrays(S.figure_name("fig5_attention"), attention_slices(x[0].numpy(), results, index=k, axis="axial",
-                                                                    layer=layer, mask=lesion))  # the slices drawn
+                                                                    layer=layer, mask=lesion),
+                  root=S.figures)  # the slices drawn
 plots.save_figure(fig, S.figure_name("fig5_attention"), figure_data,
                   {"dataset": dataset, "profile": P.to_dict(), "method": method, "encoder": str(encoder),
                    "preset": preset, "spec": S.spec.hash,
                    "finetuned": {t: str(p) for t, p in finetuned.items()}, "scan_id": scan_id, "slice": k,
                    "lesions_outlined": shown_lesions,
-                   "layer": layer, "tasks": tasks, "seed": seed, "skipped": parts.skipped})
+                   "layer": layer, "tasks": tasks, "seed": seed, "skipped": parts.skipped}, root=S.figures)
 
 # %% [markdown]
 # ## Interactive viewer (pretrained vs fine-tuned; slices, layers, heads, windows)

@@ -82,7 +82,8 @@ if parts.runs("retrieval"):
              "scans (95% CI over queries)")
     training = f"frozen encoders: {', '.join(encoded)}; random init untrained"
     fig.suptitle(plots.figure_title(title, profile=P.name, training=training), x=0.0, ha="left")  # above all panels
-    name = S.figure_name("fig3_retrieval", "patient-disjoint" if patient_disjoint else "")  # a figure of its own
+    # a figure of its own; the gallery is every site's scans, so the site is not in the name
+    name = S.figure_name("fig3_retrieval", "patient-disjoint" if patient_disjoint else "", site=False)
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "encoders": {k: str(v) if not hasattr(v, "config") else "random init"
                                                                                 for k, v in encoders.items()},
@@ -90,8 +91,9 @@ if parts.runs("retrieval"):
                        "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,
                        "gallery_prevalence": prevalence,
                        "neighbour_agreement": {"encoder": grouped, "k": 10, **{attr: {"observed": o, "random": c}
-                                                                               for attr, (o, c) in grouping.items()}}})
-    comparisons.save_comparison(name, comparison)
+                                                                               for attr, (o, c) in grouping.items()}}},
+                      root=S.figures)
+    comparisons.save_comparison(name, comparison, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -117,13 +117,13 @@ if parts.runs("comparison"):
     fig.suptitle(plots.figure_title(title, profile=P.name, training=plots.training_rule(P)), x=0.0, ha="left")
     name = S.figure_name("fig1f_other_encoders", encoders_named,  # other choices: their own figure
                          "+".join(protocols) if protocols != compare.DEFAULT_PROTOCOLS else "")
-    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
-    run_records.save_runs(name, predictions)  # where each model stopped, and why
+    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names), root=S.figures)
+    run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "preset": preset,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},
                        "weights": statement, "tasks": tasks, "protocols": protocols, "seed": seed,
-                       "n_seeds": n_seeds, "test_prevalence": prevalence, "skipped": parts.skipped})
+                       "n_seeds": n_seeds, "test_prevalence": prevalence, "skipped": parts.skipped}, root=S.figures)
 
 # %% [markdown]
 # ## Retrieval with each encoder's embedding (Fig. 3, Extended Data Fig. 6)
@@ -160,7 +160,7 @@ if parts.runs("retrieval"):
                       {"dataset": dataset, "profile": P.to_dict(), "preset": preset, "weights": statement,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},
                        "subtypes": subtypes, "ks": ks, "patient_disjoint": patient_disjoint, "seed": seed,
-                       "skipped": parts.skipped})
+                       "skipped": parts.skipped}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

@@ -98,13 +98,13 @@ if parts.runs("comparison"):
                           ylabel=label, prevalence=prevalence, ax=ax, paper_notes=compare.paper_notes(known, metric),
                           **(heading if metric == "auroc" else {}))
     name = S.figure_name("edfig4_modelling_choices", compare.encoders_tag(encoders, compare.CHOICE_ENCODERS))
-    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
-    run_records.save_runs(name, predictions)  # where each model stopped, and why
+    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names), root=S.figures)
+    run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
     plots.save_figure(fig, name, summary,
                       {"dataset": dataset, "profile": P.to_dict(), "site": site, "method": method, "preset": preset,
                        "encoders": {k: v.to_dict() if hasattr(v, "to_dict") else str(v) for k, v in used.items()},
                        "models": {m: protocol for m, (_, protocol) in models.items()}, "weights": statement,
-                       "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "test_prevalence": prevalence})
+                       "tasks": tasks, "seed": seed, "n_seeds": n_seeds, "test_prevalence": prevalence}, root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

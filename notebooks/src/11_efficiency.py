@@ -39,7 +39,7 @@ import pandas as pd
 from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.models import efficiency
 from fmct_lib.io import atomic_write_csv
-from fmct_lib.paths import runs_root
+from fmct_lib.paths import figures_root, runs_root
 from fmct_lib.pipeline import check_seed
 from fmct_lib.report import conclusions, naming, paper, plots
 
@@ -53,7 +53,8 @@ table = efficiency.relative_to(efficiency.measure_architectures(
     P, architectures, input_size=input_size, batch_size=batch_size, repeats=repeats, device=device, seed=seed))
 machine = f"{table.machine[0]}, torch {table.torch[0]}, {table.dtype[0]}, batch {batch_size}, input {input_size}³"
 print(f"{machine}; peak memory: {table.memory[0]}")
-saved = Path(run_dir or runs_root()) / "efficiency" / (
+runs = Path(run_dir).expanduser() if run_dir else runs_root()
+saved = runs / "efficiency" / (
     re.sub(r"[^\w.-]+", "_", f"{P.name}_{table.machine[0]}_b{batch_size}_s{input_size}").strip("_") + ".csv")
 atomic_write_csv(table, saved)
 print(f"written to {saved}")
@@ -114,7 +115,8 @@ paths = plots.save_figure(fig, name, pd.concat([table.assign(panel="architecture
                   {"profile": P.to_dict(), "architectures": list(dict.fromkeys(table.architecture)),
                    "batch_size": batch_size, "input_size": input_size, "repeats": repeats, "device": device,
                    "machine": table.machine[0], "torch": table.torch[0], "dtype": table.dtype[0],
-                   "memory": table.memory[0], "patch_sizes": sizes, "seed": seed, "table": str(saved)})
+                   "memory": table.memory[0], "patch_sizes": sizes, "seed": seed, "table": str(saved)},
+                  root=figures_root(runs))
 
 # %% [markdown]
 # ## Conclusion (computed from this run)

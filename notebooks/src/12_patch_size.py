@@ -123,14 +123,15 @@ if parts.runs("comparison"):
     name = S.figure_name("suppfig2_patch_size", f"p{Q.patch_size}" if patch_size else "",  # a run of its own
                          protocol if protocol != "finetune" else "")
     names = {fine: "fmct", coarse: "fmct_p16"}
-    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names))
-    run_records.save_runs(name, predictions)  # where each model stopped, and why
+    comparisons.save_comparison(name, comparisons.with_paper(comparison, known, names), root=S.figures)
+    run_records.save_runs(name, predictions, root=S.figures)  # where each model stopped, and why
     paths = plots.save_figure(fig, name, pd.concat([summary.assign(panel="performance"),
                                                     drawn.assign(panel="cost")], ignore_index=True),
                               {"dataset": dataset, "profile": P.to_dict(), "coarse_profile": Q.to_dict(),
                                "site": site, "method": method, "protocol": protocol,
                                "encoders": {k: str(v) for k, v in encoders.items()}, "tasks": tasks, "seed": seed,
-                               "n_seeds": n_seeds, "machine": cost.machine[0], "test_prevalence": prevalence})
+                               "n_seeds": n_seeds, "machine": cost.machine[0], "test_prevalence": prevalence},
+                              root=S.figures)
 
 # %% [markdown]
 # ## Conclusion (computed from this run)
