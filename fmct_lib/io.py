@@ -73,17 +73,23 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     return gone
 
 
-def remove_leftovers_in(folder: str | os.PathLike) -> list[Path]:
-    """``remove_leftovers`` for every file of ``folder`` (a cache's canvases, named by scan): the temporary files
-    ``atomic_path`` names ``.<name>.<8 random characters><the name's suffix>``; returns them. Only while holding
-    the folder's lock."""
+def remove_leftovers_in(folder: str | os.PathLike, names=None) -> list[Path]:
+    """``remove_leftovers`` for the files of ``folder`` named ``names`` (default: every file; a cache's canvases,
+    an ingestion's volumes), reading the folder once: the temporary files ``atomic_path`` names
+    ``.<name>.<8 random characters><the name's suffix>``; returns them. Only for files no live process writes
+    (those its caller is about to write, or under the folder's lock)."""
+    names = None if names is None else set(names)
     gone = []
     for path in Path(folder).glob(".*"):
-        match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(\.[^.]*)?", path.name)
-        if match and Path(match[1]).suffix == (match[2] or "") and path.is_file():
+        match = _TEMPORARY.fullmatch(path.name)  # the suffix: the target's (.npy) or the one given (.nii.gz)
+        if (match and match["name"].endswith(match["suffix"]) and (names is None or match["name"] in names)
+                and path.is_file()):
             path.unlink(missing_ok=True)
             gone.append(path)
     return gone
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>(\.[^.]+)*)")  # mkstemp's 8 random characters
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -67,3 +68,25 @@ def test_a_rerun_with_other_reader_options_reads_the_scans_again(tmp_path):
     sidecar = json.loads((tmp_path / rows[0]["path"]).with_suffix("").with_suffix(".json").read_text())
     assert sidecar["options"] == {"scale": 2}
     assert np.asarray(nib.load(tmp_path / rows[0]["path"]).dataobj).max() == 6
+
+
+def test_a_rerun_says_what_it_kept_and_removes_a_killed_writers_temporary_files(tmp_path, capsys):
+    """An audit: after 8 ``kill -9`` of an ingestion, 4 half-written volumes (``.<scan>.nii.gz.<random>.nii.gz``,
+    ~1.4 MB each) stayed in ``volumes/`` for good, and a rerun did not say it resumed. The temporary files of the
+    scans a run is about to write go; another scan's (a writer of its own) stay."""
+    import tempfile
+
+    from fmct_lib.data.ingest.common import pseudonym, pseudonym_key
+    jobs = [Job(source_key=f"s{i}", patient=f"p{i}", inputs=str(i)) for i in range(3)]
+    rows, _ = run_jobs(jobs[:1], cube_reader, tmp_path, workers=1)
+    volumes, to_read = tmp_path / "volumes", pseudonym("s1", pseudonym_key(tmp_path), "S")  # as run_jobs names it
+    killed = {}
+    for name, suffix in ((f"{to_read}.nii.gz", ".nii.gz"), (f"{to_read}.json", ".json"),
+                         (rows[0]["path"].removeprefix("volumes/"), ".nii.gz")):  # s0's: done, not read again
+        fd, killed[name] = tempfile.mkstemp(dir=volumes, prefix=f".{name}.", suffix=suffix)
+        os.close(fd)
+    capsys.readouterr()
+    run_jobs(jobs, cube_reader, tmp_path, workers=1, desc="ingest toy")
+    assert "ingest toy: 1 of 3 scans were done in an earlier run and are kept; reading the other 2" in "".join(
+        capsys.readouterr())
+    assert sorted(volumes.glob(".*")) == [Path(killed[rows[0]["path"].removeprefix("volumes/")])]

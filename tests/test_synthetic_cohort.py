@@ -138,12 +138,29 @@ def test_same_seed_same_bytes_any_worker_count(cohort, env):
     pd.testing.assert_frame_equal(common, df_b.reset_index(drop=True), check_dtype=False)
 
 
-def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env):
+def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env, capsys):
     root, df = cohort
     vol = root / "synthetic" / df["path"].iloc[0]
     before = vol.stat().st_mtime_ns
     again = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
     assert vol.stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(again, df)
+    # a run killed while writing one patient: its files are missing, a half-written volume is left; the rerun says
+    # what it kept, writes that patient's scans as they were and removes the temporary file (an audit: it stayed)
+    out = root / "synthetic"
+    scans = df[df.patient_id == df.patient_id.iloc[0]].scan_id.tolist()
+    volume = out / "volumes" / f"{scans[0]}.nii.gz"
+    written = volume.read_bytes()
+    for sid in scans:
+        for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")):
+            (out / sub / f"{sid}{ext}").unlink()
+    half = out / "volumes" / f".{scans[0]}.nii.gz.k1ll3d_x.gz"  # atomic_open's temporary name
+    half.write_bytes(written[:100])
+    capsys.readouterr()
+    again = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
+    assert (f"{len(df) - len(scans)} of {len(df)} scans were generated in an earlier run and are kept; generating "
+            f"the other {len(scans)}") in "".join(capsys.readouterr())
+    assert volume.read_bytes() == written and not half.exists()
     pd.testing.assert_frame_equal(again, df)
     with pytest.raises(ValueError, match="cohort.json.*another configuration.*seed"):
         generate_cohort("toy", root=root, seed=6, workers=1, prevalence=PREVALENCE, **SIZES)

@@ -115,7 +115,7 @@ def _final_state(run_dir):
     return torch.load(run_dir / STATE_FILE, weights_only=True)
 
 
-def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, volumes):
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, volumes, capsys):
     kwargs = dict(method="dino", profile="toy", seed=1, batch_size=2, max_steps=6, checkpoint_every=2,
                   progress=False, device="cpu")
     full = pretrain_on(volumes, run_dir=tmp_path / "full", **kwargs)
@@ -127,7 +127,9 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, volumes):
     with pytest.raises(KeyboardInterrupt):
         pretrain_on(volumes, run_dir=tmp_path / "killed", on_step=crash_after_step_3, **kwargs)
     assert _final_state(tmp_path / "killed")["step"] == 2  # step 3 is lost and redone
-    pretrain_on(volumes, run_dir=tmp_path / "killed", **kwargs)
+    capsys.readouterr()
+    pretrain_on(volumes, run_dir=tmp_path / "killed", **{**kwargs, "progress": True})
+    assert f"pretrain dino: resumed at step 2 of 6 from {tmp_path / 'killed'}" in "".join(capsys.readouterr())
 
     a, b = _final_state(full), _final_state(tmp_path / "killed")
     assert a["step"] == b["step"] == 6
@@ -142,6 +144,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, volumes):
     enc_a = load_file(str(full / "encoder.safetensors"))
     enc_b = load_file(str(tmp_path / "killed" / "encoder.safetensors"))
     assert all(torch.allclose(enc_a[k], enc_b[k], atol=1e-6) for k in enc_a)
+    if all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a):  # the same weights: the same file, whose sha256 names it
+        assert (full / "encoder.safetensors").read_bytes() == (tmp_path / "killed" / "encoder.safetensors").read_bytes()
 
 
 def test_a_run_stopped_after_k_steps_keeps_its_schedules_and_resumes_to_the_uninterrupted_run(tmp_path, volumes):

@@ -241,6 +241,8 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
 
     bar = tqdm(total=total, initial=step, disable=not (progress and dist_info.is_main), unit="step",
                desc=f"pretrain {task.name}")
+    if step and progress and dist_info.is_main:
+        bar.write(f"pretrain {task.name}: resumed at step {step} of {total} from {state_path}")
     n = len(dataset)
     while step < end:
         epoch, first = divmod(step, steps_per_epoch)

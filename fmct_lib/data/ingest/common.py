@@ -41,7 +41,7 @@ import pandas as pd
 from ...progress import tqdm
 
 from ..checks import ScanError, join_flags
-from ...io import atomic_path, atomic_write_csv, atomic_write_json
+from ...io import atomic_path, atomic_write_csv, atomic_write_json, remove_leftovers_in
 from ...workers import watch_parent
 from ..manifest import SCAN_COLUMNS, scan_table_path, write_scans
 from ..pool import run_surviving
@@ -255,6 +255,13 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
         if row is not None:
             rows.append({**ids, **row, **job.columns})
 
+    # the temporary files of the volumes and sidecars to write that a killed ingestion left (never read, but one
+    # volume each, piling up)
+    remove_leftovers_in(dataset_dir / VOLUMES, [path.name for _, _, volume, sidecar, _ in pending
+                                                for path in (volume, sidecar)])
+    if pending and len(pending) < len(jobs):
+        tqdm.write(f"{desc}: {len(jobs) - len(pending)} of {len(jobs)} scans were done in an earlier run and are "
+                   f"kept; reading the other {len(pending)}")
     bar = tqdm(total=len(pending), desc=desc, unit="scan", disable=not pending)
     tasks = [(job, reader, volume, sidecar, options, stat) for job, ids, volume, sidecar, stat in pending]
     outcomes = (((t, _convert(*t)) for t in tasks) if workers <= 1

@@ -48,7 +48,7 @@ import pandas as pd
 from ...progress import tqdm
 
 from ...config import get_profile
-from ...io import atomic_open
+from ...io import atomic_open, remove_leftovers_in
 from ...paths import data_root
 from ...workers import watch_parent
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
@@ -270,6 +270,11 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
     failures = []
     n_total, n_todo = (sum(len(pp.slices_mm) for pp in group) for group in (plans, todo))
+    for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")):  # a killed run's temporaries
+        remove_leftovers_in(out / sub, [f"{sid}{ext}" for pp in todo for sid in pp.scan_ids()])
+    if todo and n_todo < n_total:
+        tqdm.write(f"synthetic cohort: {n_total - n_todo} of {n_total} scans were generated in an earlier run and "
+                   f"are kept; generating the other {n_todo}")
     bar = tqdm(total=n_total, initial=n_total - n_todo, desc=f"synthetic cohort ({prof.name}, {step:g} mm)",
                unit="scan")
     if workers <= 1:
