@@ -24,7 +24,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 __all__ = ["atomic_path", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_write_csv",
-           "exclusive_lock", "LockBusy", "LOCK_FILE", "HOLDER_SUFFIX", "remove_leftovers"]
+           "exclusive_lock", "LockBusy", "LOCK_FILE", "HOLDER_SUFFIX", "remove_leftovers", "remove_leftovers_in",
+           "LEFTOVER_IDLE_S"]
 
 LOCK_FILE = ".lock"                 # a directory's lock file (a run directory's)
 HOLDER_SUFFIX = ".holder.json"      # beside a lock file: who holds it (pid, host, since)
@@ -73,23 +74,27 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     return gone
 
 
-def remove_leftovers_in(folder: str | os.PathLike, names=None) -> list[Path]:
+def remove_leftovers_in(folder: str | os.PathLike, names=None, *, idle_s: float = 0.0) -> list[Path]:
     """``remove_leftovers`` for the files of ``folder`` named ``names`` (default: every file; a cache's canvases,
     an ingestion's volumes), reading the folder once: the temporary files ``atomic_path`` names
-    ``.<name>.<8 random characters><the name's suffix>``; returns them. Only for files no live process writes
-    (those its caller is about to write, or under the folder's lock)."""
+    ``.<name>.<8 random characters><the name's suffix>``; returns them. Under the folder's lock, every one; a
+    caller without one passes ``idle_s``: only those unmodified that long, which no live writer leaves them."""
     names = None if names is None else set(names)
+    idle_before = time.time() - idle_s
     gone = []
     for path in Path(folder).glob(".*"):
         match = _TEMPORARY.fullmatch(path.name)  # the suffix: the target's (.npy) or the one given (.nii.gz)
         if (match and match["name"].endswith(match["suffix"]) and (names is None or match["name"] in names)
-                and path.is_file()):
+                and path.is_file() and (not idle_s or path.stat().st_mtime < idle_before)):
             path.unlink(missing_ok=True)
             gone.append(path)
     return gone
 
 
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>(\.[^.]+)*)")  # mkstemp's 8 random characters
+LEFTOVER_IDLE_S = 300.0  # a temporary file unmodified this long has no live writer (one scan is written in seconds)
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>(\.[^.]+)+)")  # mkstemp's 8 random characters
 
 
 def _fsync_dir(folder: Path) -> None:

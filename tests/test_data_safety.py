@@ -32,10 +32,11 @@ def _mode(path) -> int:
 
 
 def test_the_key_variable_gives_the_hmac_pseudonyms_in_every_root(hospital, tmp_path, monkeypatch):
-    monkeypatch.setenv("FMCT_PSEUDONYM_KEY", "a shared secret")
+    monkeypatch.setenv("FMCT_PSEUDONYM_KEY", "a shared secret of ours")
     first, second = _ingest(hospital, tmp_path / "a"), _ingest(hospital, tmp_path / "b")
     assert first.patient_id.tolist() == second.patient_id.tolist()
-    by_hand = {"P" + hmac.new(b"a shared secret", f"P{p}".encode(), hashlib.sha256).hexdigest()[:16] for p in (0, 1)}
+    by_hand = {"P" + hmac.new(b"a shared secret of ours", f"P{p}".encode(), hashlib.sha256).hexdigest()[:16]
+               for p in (0, 1)}
     assert set(first.patient_id) == by_hand
     assert not (tmp_path / "a" / "myhospital" / ".pseudonym_key").exists()   # the variable is the key
     linkage = tmp_path / "a" / "myhospital" / "linkage.csv"
@@ -81,10 +82,14 @@ def _umask() -> int:
 def test_an_empty_or_cut_key_is_refused_and_two_first_ingests_share_one_key(tmp_path, monkeypatch):
     """An audit: the key file was created empty, then written, so an ingest killed between the two (or a second
     ingest reading in that moment) left an empty key, and the pseudonyms were HMAC("", MRN): anyone could compute
-    them. The key now appears whole or not at all, and a key shorter than 32 characters is refused."""
+    them. The key now appears whole or not at all, and a key shorter than 16 characters is refused, in the file
+    or in ``$FMCT_PSEUDONYM_KEY``."""
     from fmct_lib.data.ingest.common import pseudonym_key
+    monkeypatch.setenv("FMCT_PSEUDONYM_KEY", "x")
+    with pytest.raises(ValueError, match=r"\$FMCT_PSEUDONYM_KEY is 1 characters long: a key shorter than 16"):
+        pseudonym_key(tmp_path)
     monkeypatch.delenv("FMCT_PSEUDONYM_KEY", raising=False)
-    for damaged in ("", "\n", "0123456789abcdef"):
+    for damaged in ("", "\n", "0123456789abcde"):
         folder = tmp_path / f"damaged{len(damaged)}"
         folder.mkdir()
         (folder / ".pseudonym_key").write_text(damaged)
@@ -105,3 +110,17 @@ def test_an_empty_or_cut_key_is_refused_and_two_first_ingests_share_one_key(tmp_
 
     monkeypatch.setattr(common.os, "link", first_made_by_another)
     assert pseudonym_key(other) == b"f" * 64 and [p.name for p in other.iterdir()] == [".pseudonym_key"]
+    # a file system without hard links (FAT, some shares): created exclusively, then written
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(common.os, "link", no_links)
+    fat = tmp_path / "fat"
+    key = pseudonym_key(fat)
+    assert len(key) == 64 and _mode(fat / ".pseudonym_key") == 0o600 and pseudonym_key(fat) == key
+    # a copy of the key a first ingestion killed before removing it left: gone once no writer can hold it
+    import time
+    copy = fat / ".pseudonym_key.k1ll3d_x"
+    copy.write_bytes(key)
+    assert pseudonym_key(fat) == key and copy.exists()  # recent: perhaps a live first ingestion's
+    os.utime(copy, (time.time() - 3600,) * 2)
+    assert pseudonym_key(fat) == key and not copy.exists()

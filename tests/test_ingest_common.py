@@ -85,8 +85,12 @@ def test_a_rerun_says_what_it_kept_and_removes_a_killed_writers_temporary_files(
                          (rows[0]["path"].removeprefix("volumes/"), ".nii.gz")):  # s0's: done, not read again
         fd, killed[name] = tempfile.mkstemp(dir=volumes, prefix=f".{name}.", suffix=suffix)
         os.close(fd)
+    for path in killed.values():  # no lock is held: a temporary file goes once it is idle (LEFTOVER_IDLE_S)
+        os.utime(path, (time.time() - 3600,) * 2)
+    fd, live = tempfile.mkstemp(dir=volumes, prefix=f".{to_read}.nii.gz.", suffix=".nii.gz")  # a live writer's
+    os.close(fd)
     capsys.readouterr()
     run_jobs(jobs, cube_reader, tmp_path, workers=1, desc="ingest toy")
     assert "ingest toy: 1 of 3 scans were done in an earlier run and are kept; reading the other 2" in "".join(
         capsys.readouterr())
-    assert sorted(volumes.glob(".*")) == [Path(killed[rows[0]["path"].removeprefix("volumes/")])]
+    assert sorted(volumes.glob(".*")) == sorted([Path(killed[rows[0]["path"].removeprefix("volumes/")]), Path(live)])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 
 import nibabel as nib
 import numpy as np
@@ -156,6 +158,7 @@ def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env, cap
             (out / sub / f"{sid}{ext}").unlink()
     half = out / "volumes" / f".{scans[0]}.nii.gz.k1ll3d_x.gz"  # atomic_open's temporary name
     half.write_bytes(written[:100])
+    os.utime(half, (time.time() - 3600,) * 2)  # idle for an hour: no live writer's (no lock is held)
     capsys.readouterr()
     again = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
     assert (f"{len(df) - len(scans)} of {len(df)} scans were generated in an earlier run and are kept; generating "

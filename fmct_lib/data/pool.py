@@ -19,8 +19,10 @@ __all__ = ["cancelling_pool", "run_surviving"]
 def cancelling_pool(workers: int, **pool_options) -> Iterator[ProcessPoolExecutor]:
     """A ``ProcessPoolExecutor`` for the block whose queued tasks are cancelled when the block is left by an
     exception (Ctrl-C, Jupyter's "interrupt kernel"): leaving ``with ProcessPoolExecutor(...)`` waits for every
-    task submitted, so an interrupted cohort or sweep ran on to its end (hours at the demo scale). The tasks
-    already running finish (each keeps its work: they write atomically), and a run resumes from them."""
+    task submitted, so an interrupted cohort or sweep ran on to its end (hours at the demo scale). Jupyter's
+    interrupt reaches this process alone: the tasks running finish and are kept. A terminal's Ctrl-C reaches the
+    workers too: the tasks running stop, their files never written (every write is atomic), and are done again
+    by the next run."""
     pool = ProcessPoolExecutor(workers, **pool_options)
     try:
         yield pool

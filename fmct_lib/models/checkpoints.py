@@ -155,7 +155,7 @@ def _sort_metadata(path: Path) -> None:
             return
         text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
                           ensure_ascii=False).encode()
-        if len(text) > size:  # not safetensors' own serialisation: leave the file as it was written
+        if len(text) > size:  # not safetensors' own serialisation: refused (the save fails, nothing is written)
             raise CheckpointError(f"{path}: its header could not be written in a fixed order ({len(text)} > {size})")
         f.seek(8)
         f.write(text.ljust(size))

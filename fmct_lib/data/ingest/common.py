@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import pandas as pd
 from ...progress import tqdm
 
 from ..checks import ScanError, join_flags
-from ...io import atomic_path, atomic_write_csv, atomic_write_json, remove_leftovers_in
+from ...io import LEFTOVER_IDLE_S, atomic_path, atomic_write_csv, atomic_write_json, remove_leftovers_in
 from ...workers import watch_parent
 from ..manifest import SCAN_COLUMNS, scan_table_path, write_scans
 from ..pool import run_surviving
@@ -58,7 +59,7 @@ DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", 
                  "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg", "plane"]
 VOLUMES = "volumes"
 PRIVATE_MODE = 0o600  # tables holding original identifiers: readable by their owner only (docs/data_safety.md)
-MIN_KEY_CHARS = 32  # a dataset's pseudonym key shorter than this is refused (ingestion writes 64 hex digits)
+MIN_KEY_CHARS = 16  # a pseudonym key (file or $FMCT_PSEUDONYM_KEY) shorter than this is refused (ingestion writes 64)
 
 
 class SourceError(FileNotFoundError):
@@ -79,20 +80,18 @@ def pseudonym_key(dataset_dir: Path) -> bytes:
     """``$FMCT_PSEUDONYM_KEY``, else the dataset's own random key (created on first use, mode 600)."""
     env = os.environ.get("FMCT_PSEUDONYM_KEY")
     if env:
+        if len(env) < MIN_KEY_CHARS:
+            raise ValueError(f"$FMCT_PSEUDONYM_KEY is {len(env)} characters long: a key shorter than "
+                             f"{MIN_KEY_CHARS} makes the pseudonyms computable from the original identifiers by "
+                             f"trying keys; set a longer secret (python -c 'import secrets; "
+                             f"print(secrets.token_hex(32))')")
         return env.encode()
     path = Path(dataset_dir) / ".pseudonym_key"
-    if not path.exists():  # written whole, then linked into place: never seen empty, and the first of two wins
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pseudonym_key.")  # mode 600
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # another ingest made it meanwhile: its key is the key
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+    if not path.exists():
+        _create_key(path)
+    for copy in path.parent.glob(".pseudonym_key.*"):  # a copy a first ingestion killed before removing it left
+        if time.time() - copy.stat().st_mtime > LEFTOVER_IDLE_S:
+            copy.unlink(missing_ok=True)
     key = path.read_text().strip()
     if len(key) < MIN_KEY_CHARS:
         raise ValueError(f"{path}: the dataset's pseudonym key is {len(key)} characters long (at least "
@@ -100,6 +99,30 @@ def pseudonym_key(dataset_dir: Path) -> bytes:
                          f"computable from the original identifiers. If it was damaged, restore it from a backup; "
                          f"otherwise delete it and ingest this dataset again from the start (its pseudonyms change)")
     return key.encode()
+
+
+def _create_key(path: Path) -> None:
+    """Write a random key to ``path`` (mode 600), whole or not at all: written beside it, then linked into place,
+    so a process killed meanwhile never leaves an empty key, and of two first ingestions the first key stays.
+    Where the file system has no hard links (FAT, some network shares), created exclusively and then written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pseudonym_key.")  # mode 600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another ingestion made it meanwhile: its key is the key
+            pass
+        except OSError:  # no hard links here
+            with contextlib.suppress(FileExistsError), os.fdopen(
+                    os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(key)
+    finally:
+        os.unlink(tmp)
 
 
 def write_private_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -256,9 +279,9 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
             rows.append({**ids, **row, **job.columns})
 
     # the temporary files of the volumes and sidecars to write that a killed ingestion left (never read, but one
-    # volume each, piling up)
+    # volume each, piling up); no lock is held, so only those no live writer touches
     remove_leftovers_in(dataset_dir / VOLUMES, [path.name for _, _, volume, sidecar, _ in pending
-                                                for path in (volume, sidecar)])
+                                                for path in (volume, sidecar)], idle_s=LEFTOVER_IDLE_S)
     if pending and len(pending) < len(jobs):
         tqdm.write(f"{desc}: {len(jobs) - len(pending)} of {len(jobs)} scans were done in an earlier run and are "
                    f"kept; reading the other {len(pending)}")

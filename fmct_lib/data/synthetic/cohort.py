@@ -48,7 +48,7 @@ import pandas as pd
 from ...progress import tqdm
 
 from ...config import get_profile
-from ...io import atomic_open, remove_leftovers_in
+from ...io import LEFTOVER_IDLE_S, atomic_open, remove_leftovers_in
 from ...paths import data_root
 from ...workers import watch_parent
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
@@ -271,7 +271,8 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
     failures = []
     n_total, n_todo = (sum(len(pp.slices_mm) for pp in group) for group in (plans, todo))
     for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")):  # a killed run's temporaries
-        remove_leftovers_in(out / sub, [f"{sid}{ext}" for pp in todo for sid in pp.scan_ids()])
+        remove_leftovers_in(out / sub, [f"{sid}{ext}" for pp in todo for sid in pp.scan_ids()],
+                            idle_s=LEFTOVER_IDLE_S)  # no lock: only those no live writer touches
     if todo and n_todo < n_total:
         tqdm.write(f"synthetic cohort: {n_total - n_todo} of {n_total} scans were generated in an earlier run and "
                    f"are kept; generating the other {n_todo}")
