@@ -125,6 +125,9 @@ def test_a_k_runs_for_a_task_only_where_it_has_k_positive_and_k_negative_trainin
     # a task with no K left is left out; the scans the cache rejected are not counted as shots
     parts, shots_of = fewshot_parts("myhosp", table, [8], ["ich", "sah"])
     assert shots_of == {"ich": (8,)} and parts.tasks == ("ich",)
+    # and the note says so: it said "left out at K = 8" while sah left the all-data comparison as well (an audit)
+    assert parts.notes == ("sah left out at every K, so also from the all-data runs: 5 positive / 15 negative "
+                           "training scans, and K shots need K of each",)
     rejected = table.loc[(table.split == "train") & (table.ich == 1), "scan_id"][:3]
     assert fewshot_parts("myhosp", table, [8], ["ich"], rejected=rejected)[1] == {}
 

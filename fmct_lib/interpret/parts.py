@@ -361,9 +361,10 @@ def fewshot_parts(dataset: str, scans: pd.DataFrame, shots, tasks: list[str] | N
         left_out = [k for k in shots if k not in kept]
         if kept:
             plan[task] = kept
-        if left_out:
-            notes.append(f"{task} left out at K = {', '.join(map(str, left_out))}: {n_pos} positive / {n_neg} "
-                         f"negative training scans, and K shots need K of each")
+        if left_out:  # at every K: the task is left out of the whole study, its all-data runs too
+            at = f"K = {', '.join(map(str, left_out))}" if kept else "every K, so also from the all-data runs"
+            notes.append(f"{task} left out at {at}: {n_pos} positive / {n_neg} negative training scans, and K shots "
+                         f"need K of each")
     if not plan:
         listed = "; ".join(f"{t}: {p} positive / {n} negative" for t, (p, n) in counts.items())
         reason = (f"no task has K positive and K negative training scans for any K of shots {shots} ({listed}); "
