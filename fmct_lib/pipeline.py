@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .models.external import ExternalRef
 
 __all__ = ["Study", "start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensure_finetuned",
-           "choose_tasks", "pretrain_afresh", "check_choices", "ENCODER_PROTOCOLS"]
+           "choose_tasks", "pretrain_afresh", "check_choices", "encoder_protocols"]
 
 PRETRAIN_ENV = "FMCT_PRETRAIN"
 DEFAULT_SITE = "internal"  # the site the notebooks train and test on by default (the gallery's)
@@ -249,8 +249,12 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     return Study(dataset, p, scans, runs, seed, method or p.pretrain_method, site_filter, afresh, spec, checkpoint)
 
 
-# the ways a notebook trains an encoder's classifier when it compares encoders (05, 10, 12)
-ENCODER_PROTOCOLS = ("finetune", "linear", "attentive")
+def encoder_protocols() -> tuple[str, ...]:
+    """The ways a notebook trains a pretrained encoder's classifier when it compares encoders (05, 09, 10, 12):
+    every registered protocol that starts from one (``downstream.protocols.PROTOCOLS``; a protocol added there is
+    one here too, docs/extending.md)."""
+    from .downstream.protocols import PROTOCOLS
+    return tuple(name for name, protocol in PROTOCOLS.items() if protocol.needs_encoder)
 
 
 def count(name: str, value, default: int) -> int:
@@ -347,7 +351,7 @@ def transfer_sites(dataset: str, scans: pd.DataFrame, target_dataset: str, sourc
 def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFrame] | None = None) -> None:
     """Refuse a notebook's names before any work (a typo used to fail after the first encoders had pretrained):
     ``methods``, pretraining methods (at least one, each registered); ``protocols``, ways to train an encoder's
-    classifier, each one of ``ENCODER_PROTOCOLS``; ``site``, ``(name, dataset, scans)``: a labelled site of that
+    classifier, each one of ``encoder_protocols()``; ``site``, ``(name, dataset, scans)``: a labelled site of that
     scan table."""
     if methods is not None:
         if not list(methods):
@@ -357,9 +361,9 @@ def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFr
         for method in methods:
             get_method(method)
     for protocol in protocols:
-        if protocol not in ENCODER_PROTOCOLS:
+        if protocol not in encoder_protocols():
             raise ValueError(f"protocol {protocol!r}: an encoder's classifier here is trained by one of "
-                             f"{', '.join(ENCODER_PROTOCOLS)}")
+                             f"{', '.join(encoder_protocols())}")
     if site is not None:
         name, dataset, scans = site
         if "site" not in scans:

@@ -185,6 +185,9 @@ def test_data_conclusion_takes_prevalence_over_all_labelled_scans_not_per_site()
 def test_data_conclusion_without_sites_counts_every_scan_as_labelled():
     first = conclusions.data_conclusion(_scans(with_site=False), ["ich", "sdh"]).splitlines()[0]
     assert first.startswith("- 6 scans, 5 patients; 0 unlabelled pretraining scans and 6 labelled scans ")
+    # a NIfTI export without a manufacturer printed "makes: ." (an audit)
+    no_makes = conclusions.data_conclusion(_scans(with_site=False).assign(manufacturer=None), ["ich", "sdh"])
+    assert "(paper: 0.5–5 mm); makes: none recorded." in no_makes
 
 
 # --------------------------------------------------------------------------------------- 01 · pretraining
@@ -281,6 +284,23 @@ def test_finetune_conclusion_when_fine_tuning_beats_scratch():
         "untested on 1 (paper, NYU Langone: beats it on all 10).",
         BUDGET_02,  # one training seed: no sentence about seeds
     ])
+
+
+def test_finetune_conclusion_speaks_of_every_protocol_it_compares():
+    """An audit following docs/extending.md: a protocol added to the registry ("partial") was drawn and tested in
+    02, but its conclusion named only the linear and attentive probes, and abmil not at all."""
+    summary = _summary({"finetune": {"ich": 0.9, "macro": 0.9}, "partial": {"ich": 0.8, "macro": 0.8},
+                        "abmil": {"ich": 0.7, "macro": 0.7}, "histogram": {"ich": 0.6, "macro": 0.6}})
+    tests = {"partial": _test_table(0.5), "abmil": _test_table(0.01), "histogram": _test_table(0.3)}
+    predictions = _scored({"finetune": "perfect", "partial": "perfect", "abmil": "inverse", "histogram": "constant"})
+    lines = _finetune(summary, tests, predictions=predictions,
+                      protocols=("finetune", "partial", "abmil", "histogram")).splitlines()
+    assert lines[:3] == [
+        "- fine-tuned (0.900) ties partial (0.800): +12.5% relative, paired permutation p = 0.5.",
+        "- fine-tuned (0.900) beats abmil probe (0.700): +28.6% relative, paired permutation p = 0.01. "
+        "Paper: probing comes close to full fine-tuning (Supplementary Figs 3 and 8).",
+        "- Reference without a deep model (window histograms + logistic regression): 0.600; finetune above it, "
+        "partial above it, abmil below it."]
 
 
 def test_finetune_conclusion_does_not_call_a_tie_below():

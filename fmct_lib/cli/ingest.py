@@ -131,11 +131,14 @@ def run(args: argparse.Namespace) -> int:
                                    key_column=args.key_col, match_on=args.match_on, patient_column=args.patient_col,
                                    split_column=args.split_col, per_study=args.per_study, keep=keep,
                                    on_gap=args.on_gap, tilt=args.tilt, description=args.description, **common)
-        else:
+        elif args.kind == "nifti":
             summary = ingest_nifti(args.source, name=args.name, labels=args.labels, mapping=_mapping(args.map),
                                    path_column=args.path_col, patient_column=args.patient_col,
                                    split_column=args.split_col, meta=_meta(args.meta),
                                    description=args.description, **common)
+        else:  # a subparser added without its branch here (docs/extending.md): never another ingester's defaults
+            raise NotImplementedError(f"fmct ingest {args.kind}: its subparser has no branch in "
+                                      f"fmct_lib/cli/ingest.py run() calling its ingester")
     except (FileNotFoundError, NotADirectoryError, ValueError, argparse.ArgumentTypeError) as e:
         message = " ".join(str(e).split())  # one line, whatever the exception's text
         print(f"fmct ingest {args.kind}: error: {message}", file=sys.stderr)

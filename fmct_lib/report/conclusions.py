@@ -40,7 +40,7 @@ def data_conclusion(scans: pd.DataFrame, tasks: list[str]) -> str:
     internal = scans[scans.get("site", pd.Series("internal", index=scans.index)) != "pretrain"]
     prevalence = internal[list(tasks)].astype(float).mean()
     unlabelled = len(scans) - len(internal)
-    makes = ", ".join(f"{k} {v}" for k, v in scans["manufacturer"].value_counts().items())
+    makes = ", ".join(f"{k} {v}" for k, v in scans["manufacturer"].value_counts().items()) or "none recorded"
     return _bullets([
         f"{len(scans)} scans, {scans['patient_id'].nunique()} patients; {unlabelled} unlabelled pretraining scans "
         f"and {len(internal)} labelled scans (paper: 361,663 pretraining scans, 270,205 labelled internal scans).",
@@ -155,14 +155,17 @@ def finetune_conclusion(summary: pd.DataFrame, tests: dict[str, pd.DataFrame], r
         p_value, ci = paired_evidence(tests["scratch"])
         lines.append(describe_comparison("fine-tuned macro-AUC", macro["finetune"], "scratch", macro["scratch"],
                                          p_value, claim, ci))
-    for probe in ("linear", "attentive"):
-        if probe in macro and "finetune" in macro:
-            p_value, ci = paired_evidence(tests[probe])
-            lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{probe} probe", macro[probe], p_value,
-                                             "probing comes close to full fine-tuning (Supplementary Figs 3 and 8)",
-                                             ci))
+    from ..downstream.protocols import PROTOCOLS
+    for other in protocols:  # the probes (linear, attentive, abmil) and any protocol a user registered
+        if other in ("finetune", "scratch", "histogram") or other not in macro or "finetune" not in macro:
+            continue
+        probe = other in PROTOCOLS and PROTOCOLS[other].frozen
+        p_value, ci = paired_evidence(tests[other])
+        lines.append(describe_comparison("fine-tuned", macro["finetune"], f"{other} probe" if probe else other,
+                                         macro[other], p_value, "probing comes close to full fine-tuning "
+                                         "(Supplementary Figs 3 and 8)" if probe else None, ci))
     if "histogram" in macro:
-        deep = [m for m in ("finetune", "scratch", "linear", "attentive") if m in macro]
+        deep = [m for m in dict.fromkeys(["finetune", *protocols]) if m in macro and m != "histogram"]
         places = {m: against_reference(predictions, m, "histogram", profile) for m in deep}
         lines.append("Reference without a deep model (window histograms + logistic regression): "
                      f"{macro['histogram']:.3f}; " + ", ".join(f"{m} {place} it" for m, place in places.items())

@@ -76,7 +76,8 @@ MODEL_COLOURS = {
     "scratch": PALETTE[7],              # grey: ViT trained from random initialisation
     "external_validation": PALETTE[8],  # yellow: fine-tuned on one site, tested on another
     "vicreg": PALETTE[9],               # sky blue: VICReg-pretrained encoder (a control, not in the paper)
-}
+    "abmil": "#12711c",                 # dark green (seaborn's "dark" palette): the attention-MIL probe, beside
+}                                       # the attentive probe's green; the ten colour-blind-safe colours are taken
 # Other names the notebooks and the paper give the same models (after lower-casing, '-' and ' ' read as '_').
 MODEL_ALIASES = {
     "fine_tuned": "finetune", "pretrained": "finetune", "fewshot": "finetune", "in_domain": "finetune",
