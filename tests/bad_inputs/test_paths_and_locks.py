@@ -212,3 +212,14 @@ def test_ctrl_c_in_a_command_is_one_line_saying_the_finished_work_is_kept(monkey
     monkeypatch.setenv("FMCT_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt):
         fmct(["info"])
+
+
+def test_an_ingest_kind_without_its_branch_is_refused_not_read_as_a_nifti_folder():
+    """docs/extending.md followed as written (an audit): a subparser added without its branch in ``run()`` fell
+    into the NIfTI ingester's and failed with "'Namespace' object has no attribute 'labels'"."""
+    import argparse
+
+    from fmct_lib.cli.ingest import run
+    with pytest.raises(NotImplementedError, match="fmct ingest toyhead: its subparser has no branch in "
+                                                  "fmct_lib/cli/ingest.py run"):
+        run(argparse.Namespace(kind="toyhead", source="x", name=None, root=None, workers=1, seed=0))
