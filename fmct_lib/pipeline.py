@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .models.external import ExternalRef
 
 __all__ = ["Study", "start", "ensure_dataset", "ensure_cache", "ensure_pretrained", "ensure_finetuned",
-           "choose_tasks", "pretrain_afresh", "check_choices", "encoder_protocols"]
+           "choose_tasks", "pretrain_afresh", "check_choices", "encoder_protocols", "check_scan_id"]
 
 PRETRAIN_ENV = "FMCT_PRETRAIN"
 DEFAULT_SITE = "internal"  # the site the notebooks train and test on by default (the gallery's)
@@ -274,6 +274,21 @@ def check_seed(seed) -> int:
     if not is_whole_number(seed, least=0):
         raise ValueError(f"seed {seed!r}: a whole number of at least 0")
     return int(seed)
+
+
+def check_scan_id(name: str, scan_id, scans: pd.DataFrame) -> str | None:
+    """A notebook's scan parameter (00's ``example_scan``): None, or a ``scan_id`` of ``scans``, refused in one line
+    naming the parameter and the closest ids before any work (a typo failed with a pandas KeyError after the
+    cohort's figure was written)."""
+    if scan_id is None:
+        return None
+    ids = scans["scan_id"].astype(str)
+    if str(scan_id) not in set(ids):
+        import difflib
+        close = difflib.get_close_matches(str(scan_id), ids.tolist(), n=3)
+        raise ValueError(f"{name} {scan_id!r}: no scan of the dataset has that id"
+                         + (f"; close: {', '.join(close)}" if close else f" (its ids look like {ids.iloc[0]!r})"))
+    return str(scan_id)
 
 
 def flag(name: str, value) -> bool:

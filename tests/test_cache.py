@@ -134,6 +134,15 @@ def test_one_builder_at_a_time_and_a_killed_writers_temporary_files_go(dataset):
         assert build_cache("toyset", SPEC, **kw) == out
 
 
+def test_a_scan_asked_for_that_the_table_lacks_is_one_line_from_the_command(dataset, monkeypatch, capsys):
+    """An audit: ``fmct cache --scans <typo>`` raised a KeyError, which the command line showed as a traceback."""
+    from fmct_lib.cli import main
+    monkeypatch.setenv("FMCT_DATA", str(dataset["data_root"]))
+    monkeypatch.setenv("FMCT_CACHE", str(dataset["root"]))
+    assert main(["cache", "--dataset", "toyset", "--profile", "toy", "--workers", "1", "--scans", "s9"]) == 2
+    assert capsys.readouterr().err == "fmct cache: error: scans not in the 'toyset' scan table: ['s9']\n"
+
+
 def test_a_changed_spec_never_reuses_a_stale_cache(dataset):
     kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
     build_cache("toyset", SPEC, **kw)

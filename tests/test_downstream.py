@@ -795,6 +795,15 @@ def test_bad_requests_fail_clearly(toy_world):
         run_protocol("toyset", "tumor", "linear", ckpt, TOY, run_root=root)
     with pytest.raises(ValueError, match="filter column"):
         run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"hospital": "x"}, run_root=root)
+    # a value no row has (a typo): it ended in "nothing could be evaluated" or in torch.cat (an audit of the CLI)
+    with pytest.raises(ValueError, match=r"toyset train: filter site=internl matches no row \(its values: external, "
+                                         r"internal\)"):
+        run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": ["internal", "internl"]},
+                     run_root=root)
+    # K = 0 trained on all the data in the all-data run's folder, recorded as k 0, and barred the real run after it
+    for k in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=rf"k_shot {k!r}: a whole number of at least 1"):
+            run_protocol("toyset", "ich", "fewshot", ckpt, TOY, k_shot=k, run_root=root)
     demo = get_profile("demo")  # a 32³ profile cannot feed the 16³ toy encoder
     with pytest.raises(ValueError, match="16³ inputs"):
         run_protocol("toyset", "ich", "linear", ckpt, demo, run_root=root, progress=False)
@@ -828,7 +837,7 @@ def test_embed_table_and_round_trips(toy_world, tmp_path):
 def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
     from fmct_lib.cli import main
     _, ckpt, root = toy_world
-    out = tmp_path / "preds.csv"
+    out = tmp_path / "not_yet" / "preds.csv"  # its folder is made (the sweep used to fail after training)
     code = main(["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder", ckpt,
                  "--profile", "toy", "--max-epochs", "1", "--train-filter", "site=internal", "--eval-filter",
                  "site=external", "--run-root", str(root), "--out", str(out)])
@@ -864,6 +873,19 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
         "filter without =": ["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear",
                              "--encoder", ckpt, "--profile", "toy", "--train-filter", "siteinternal",
                              "--run-root", str(root)],
+        # an audit's: each ran (exit 1 "nothing could be evaluated", a torch traceback) or trained first
+        "no task": ["finetune", "--dataset", "toyset", "--task", ",", "--protocol", "linear", "--encoder", ckpt,
+                    "--profile", "toy", "--run-root", str(root)],
+        "no such split": ["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder",
+                          ckpt, "--profile", "toy", "--eval-split", "tset", "--run-root", str(root)],
+        "no such device": ["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder",
+                           ckpt, "--profile", "toy", "--device", "cuad", "--run-root", str(root)],
+        "filter value no row has": ["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy",
+                                    "--filter", "site=internl", "--out", str(tmp_path / "e3.npz")],
+        "embed split": ["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy", "--split", "tset",
+                        "--out", str(tmp_path / "e4.npz")],
+        "embed device": ["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy", "--device", "cuad",
+                         "--out", str(tmp_path / "e5.npz")],
     }
     said = {}
     for case, argv in refused.items():
@@ -872,6 +894,17 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
         assert said[case].startswith(f"fmct {argv[0]}: error: ") and said[case].count("\n") == 1, case
     assert "'nosuch'" in said["dataset not ingested"] and "siteinternal" in said["filter without ="]
     assert "32³ inputs" in said["encoder of another input size"]
+    assert said["no such split"].endswith("--eval-split 'tset' is not a split of 'toyset' (its splits: test, train, "
+                                          "val)\n") and "device 'cuad'" in said["no such device"]
+    assert "filter site=internl matches no row" in said["filter value no row has"]
+    for argv in (["--shots", "0"], ["--shots", "2,-1"], ["--seed", "-1"]):  # usage errors of argparse: exit 2
+        with pytest.raises(SystemExit) as usage:
+            main(["finetune", "--task", "ich", "--protocol", "fewshot", *argv])
+        assert usage.value.code == 2 and "expected a whole number of at least" in capsys.readouterr().err
+    # an encoder that nothing reads is said to be unused, not ignored in silence
+    assert main(["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "histogram", "--encoder",
+                 str(tmp_path / "missing.safetensors"), "--profile", "toy", "--run-root", str(root)]) == 0
+    assert "--encoder " + str(tmp_path / "missing.safetensors") + " is not used" in capsys.readouterr().err
     assert not (tmp_path / "e.parquet").exists() and not (tmp_path / "e2.npz").exists()
 
 

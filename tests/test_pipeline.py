@@ -336,6 +336,18 @@ def test_a_study_with_other_settings_never_writes_the_gallerys_figures(tmp_path)
     assert every_site.settings_tag(site=False) is None  # 03, 08: they choose (or read) the sites themselves
 
 
+def test_00s_example_scan_is_checked_before_any_work():
+    """An audit: a misspelt example_scan failed with a pandas KeyError after the cohort's figure was written."""
+    scans = pd.DataFrame({"scan_id": ["SYNI00031-S1", "SYNI00032-S1", "SYNE00027-S1"]})
+    assert pipeline.check_scan_id("example_scan", None, scans) is None
+    assert pipeline.check_scan_id("example_scan", "SYNE00027-S1", scans) == "SYNE00027-S1"
+    with pytest.raises(ValueError, match="example_scan 'SYNE0027-S1': no scan of the dataset has that id; close: "
+                                         "SYNE00027-S1"):
+        pipeline.check_scan_id("example_scan", "SYNE0027-S1", scans)
+    with pytest.raises(ValueError, match=r"example_scan 5: no scan of the dataset has that id \(its ids look like "):
+        pipeline.check_scan_id("example_scan", 5, scans)
+
+
 def test_a_run_dirs_figures_are_written_beside_its_runs(tmp_path, monkeypatch):
     """An audit: ``run_dir`` moved the runs but the figures went to ``$FMCT_RUNS/figures`` under the default name,
     where they could replace another study's. ``Study.figures`` is ``$FMCT_FIGURES``, else ``<run_dir>/figures``."""

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from . import EXIT_BAD_INPUT
-from .options import add_dataset, add_device, add_preset, add_profile, input_size_problem, parse_filter, positive_int
+from .options import (add_dataset, add_device, add_preset, add_profile, check_split, input_size_problem, parse_filter,
+                      positive_int)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from ..downstream.embeddings import embed
     from ..models.checkpoints import CheckpointError, load_encoder
     from ..pipeline import ensure_cache
+    from ..precision import check_device
     spec = preset_spec(args.preset, args.profile)
+    if args.device:
+        check_device(args.device)  # a typo failed in torch after the encoder and the cache, with a traceback
+    if args.split is not None:
+        check_split("--split", args.split, args.dataset)
     try:  # before the cache: a refused file is one line (the file and the problem), not a traceback
         encoder = load_encoder(args.encoder)
         problem = input_size_problem(args.encoder, encoder, spec)

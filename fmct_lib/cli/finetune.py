@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import EXIT_BAD_INPUT  # the encoder cannot be used; 1: nothing evaluated
-from .options import (add_dataset, add_device, add_preset, add_profile, count, csv_list, input_size_problem,
-                      parse_filter, positive_int)
+from .options import (add_dataset, add_device, add_preset, add_profile, check_split, count, csv_list,
+                      input_size_problem, parse_filter, positive_int)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="select training rows, e.g. site=internal (repeatable; VALUE may be A+B)")
     parser.add_argument("--eval-filter", action="append", metavar="COLUMN=VALUE",
                         help="select evaluation rows (default: the training filter on the same dataset)")
-    parser.add_argument("--shots", type=lambda t: [int(k) for k in csv_list(t)], default=None,
+    parser.add_argument("--shots", type=lambda t: [positive_int(k) for k in csv_list(t)], default=None,
                         help="few-shot K values, e.g. 8,16,32 (default: the profile's)")
     parser.add_argument("--resamples", type=positive_int, default=None, help="few-shot resamples (default: the profile's)")
     parser.add_argument("--max-epochs", type=positive_int, default=None,
                         help="the cap of the convergence rule (default: the profile's)")
     parser.add_argument("--patience", type=positive_int, default=None,
                         help="epochs without a better validation AUROC before a model stops (default: the profile's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=count, default=0, help="the first training seed (default 0)")
     parser.add_argument("--run-root", default=None, help="default: $FMCT_RUNS/downstream")
     add_device(parser)
     parser.add_argument("--workers", type=count, default=0, help="data-loading workers")
@@ -59,11 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.preprocess import preset_spec
     from ..downstream import run_sweep
+    from ..io import atomic_write_csv
     from ..pipeline import ensure_cache
+    from ..precision import check_device
 
     tasks = [t for group in args.task for t in group]
     protocols = args.protocol or ["finetune"]
+    if not tasks:  # "--task ," ran nothing and said "every run was skipped"
+        raise ValueError("--task: no task named (e.g. --task ich,sah)")
     _check_task_names(tasks, args.dataset, args.eval_dataset)  # a typo is refused before anything runs
+    check_split("--eval-split", args.eval_split, args.eval_dataset or args.dataset)
+    if args.device:
+        check_device(args.device)
+    if args.out:  # before any training: a missing folder failed after the whole sweep
+        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
     spec = preset_spec(args.preset, args.profile)
     problem = _encoder_problem(args.encoder, protocols, spec)
     if problem:
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print("nothing could be evaluated: every run was skipped")
         return 1
     if args.out:
-        predictions.to_csv(args.out, index=False)
+        atomic_write_csv(predictions, Path(args.out).expanduser())
         print(f"predictions: {args.out}")
     table, evaluated = _summary(predictions, args.eval_split)
     print("AUROC (mean over seeds)\n" + table)
@@ -111,6 +121,9 @@ def _encoder_problem(encoder, protocols: list[str], spec) -> str | None:
     from ..models.checkpoints import CheckpointError, load_encoder
     needing = [p for p in protocols if p == "fewshot" or PROTOCOLS[p].needs_encoder]
     if not needing:
+        if encoder is not None:  # given, and read by nothing: said, not ignored in silence
+            print(f"fmct finetune: note: --encoder {encoder} is not used: {', '.join(protocols)} start from no "
+                  f"pretrained encoder", file=sys.stderr)
         return None
     if encoder is None:
         return f"protocol {needing[0]!r} needs --encoder (a pretrained encoder checkpoint)"

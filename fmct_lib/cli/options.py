@@ -76,6 +76,15 @@ def parse_filter(items: list[str] | None) -> dict | None:
     return out
 
 
+def check_split(option: str, split: str, dataset: str) -> None:
+    """Refuse a split (``--eval-split``, ``--split``) that no row of ``dataset``'s scan table has: ``tset``
+    selected nothing and ended in "nothing could be evaluated" or a torch error."""
+    from ..data.manifest import load_scans
+    splits = sorted(set(load_scans(dataset)["split"].dropna().astype(str)))
+    if split not in splits:
+        raise ValueError(f"{option} {split!r} is not a split of {dataset!r} (its splits: {', '.join(splits)})")
+
+
 def input_size_problem(encoder: str, model, spec) -> str | None:
     """Why the encoder ``model`` (loaded from ``encoder``) cannot take the inputs of the preprocessing ``spec``,
     or None: its input size must be the spec's."""

@@ -156,7 +156,7 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
         wanted = set(map(str, scans))
         missing = wanted - set(table["scan_id"])
         if missing:
-            raise KeyError(f"scans not in the {dataset!r} scan table: {sorted(missing)[:10]}")
+            raise ValueError(f"scans not in the {dataset!r} scan table: {sorted(missing)[:10]}")
         table = table[table["scan_id"].isin(wanted)]
     out = cache_dir(dataset, spec, root)
     out.mkdir(parents=True, exist_ok=True)

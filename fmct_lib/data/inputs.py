@@ -88,8 +88,13 @@ def select_rows(scans: pd.DataFrame, filt: dict | None, split: str | None, task:
     for column, value in (filt or {}).items():
         if column not in scans.columns:
             raise ValueError(f"{where}: filter column {column!r} is not in the scan table")
-        values = value if isinstance(value, (list, tuple, set)) else [value]
-        scans = scans[scans[column].astype(str).isin([str(v) for v in values])]
+        values = [str(v) for v in (value if isinstance(value, (list, tuple, set)) else [value])]
+        present = set(scans[column].dropna().astype(str))
+        absent = [v for v in values if v not in present]
+        if absent:  # a typo selected nothing, and failed later as "nothing could be evaluated" or in torch.cat
+            raise ValueError(f"{where}: filter {column}={absent[0]} matches no row (its values: "
+                             f"{', '.join(sorted(present)[:12]) or 'none'})")
+        scans = scans[scans[column].astype(str).isin(values)]
     if split is not None:
         scans = scans[scans["split"] == split]
     return (scans[scans[task].notna()] if task is not None else scans).reset_index(drop=True)

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import get_profile
+from ..config import get_profile, is_whole_number
 from ..data.inputs import ProtocolSkipped, select_rows, volume_source
 from ..evaluate.adequacy import split_warning
 from ..io import LOCK_FILE, atomic_write_text, exclusive_lock
@@ -89,6 +89,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     ``<run_root or runs/downstream>/<default_run_name(...)>``.
     """
     profile = get_profile(profile)
+    # K = 0 trained on all the data under the all-data run's folder, recorded as k 0, and barred the real one
+    if k_shot is not None and not is_whole_number(k_shot, least=1):
+        raise ValueError(f"k_shot {k_shot!r}: a whole number of at least 1 (None: all training data)")
     if protocol == "fewshot":
         if not k_shot:
             raise ValueError("protocol 'fewshot' needs k_shot")

@@ -20,6 +20,7 @@ from fmct_lib.report import conclusions, naming, plots
 
 S = pipeline.start(dataset, profile, run_dir=run_dir, seed=seed)  # stops here, naming the ingest command, if missing
 P, scans = S.profile, S.scans
+example_scan = pipeline.check_scan_id("example_scan", example_scan, scans)  # checked before any work
 print(f"{dataset}: {len(scans)} scans from {scans['patient_id'].nunique()} patients (profile {P.name})")
 
 # %% [markdown]
