@@ -287,7 +287,8 @@ def check_scan_id(name: str, scan_id, scans: pd.DataFrame) -> str | None:
         import difflib
         close = difflib.get_close_matches(str(scan_id), ids.tolist(), n=3)
         raise ValueError(f"{name} {scan_id!r}: no scan of the dataset has that id"
-                         + (f"; close: {', '.join(close)}" if close else f" (its ids look like {ids.iloc[0]!r})"))
+                         + (f"; close: {', '.join(close)}" if close else
+                            f" (its ids look like {ids.iloc[0]!r})" if len(ids) else " (it has no scans)"))
     return str(scan_id)
 
 

@@ -800,6 +800,14 @@ def test_bad_requests_fail_clearly(toy_world):
                                          r"internal\)"):
         run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": ["internal", "internl"]},
                      run_root=root)
+    # filters combine in any order: a value of the table that an earlier column's filter removed is no typo (a
+    # review: site=internal then manufacturer=GE+Siemens was refused, Siemens being external only)
+    from fmct_lib.data.inputs import select_rows
+    table = pd.DataFrame({"site": ["internal", "internal", "external", "external"],
+                          "manufacturer": ["GE", "GE", "GE", "Siemens"], "split": "train"})
+    for filt in ({"site": "internal", "manufacturer": ["GE", "Siemens"]},
+                 {"manufacturer": ["GE", "Siemens"], "site": "internal"}):
+        assert len(select_rows(table, filt, None, None, "t")) == 2
     # K = 0 trained on all the data in the all-data run's folder, recorded as k 0, and barred the real run after it
     for k in (0, -3, 2.5):
         with pytest.raises(ValueError, match=rf"k_shot {k!r}: a whole number of at least 1"):
@@ -886,6 +894,12 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
                         "--out", str(tmp_path / "e4.npz")],
         "embed device": ["embed", "--dataset", "toyset", "--encoder", ckpt, "--profile", "toy", "--device", "cuad",
                          "--out", str(tmp_path / "e5.npz")],
+        "out is a folder": ["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder",
+                            ckpt, "--profile", "toy", "--out", str(tmp_path), "--run-root", str(root)],
+        "out under a file": ["finetune", "--dataset", "toyset", "--task", "ich", "--protocol", "linear", "--encoder",
+                             ckpt, "--profile", "toy", "--out", str(out / "p.csv"), "--run-root", str(root)],
+        "pretrain device": ["pretrain", "--method", "dino", "--dataset", "toyset", "--profile", "toy", "--device",
+                            "cuad"],
     }
     said = {}
     for case, argv in refused.items():
@@ -897,6 +911,8 @@ def test_command_line_finetune_and_embed(toy_world, tmp_path, capsys):
     assert said["no such split"].endswith("--eval-split 'tset' is not a split of 'toyset' (its splits: test, train, "
                                           "val)\n") and "device 'cuad'" in said["no such device"]
     assert "filter site=internl matches no row" in said["filter value no row has"]
+    assert "a folder; name the CSV file" in said["out is a folder"]
+    assert "its folder cannot be made" in said["out under a file"] and "device 'cuad'" in said["pretrain device"]
     for argv in (["--shots", "0"], ["--shots", "2,-1"], ["--seed", "-1"]):  # usage errors of argparse: exit 2
         with pytest.raises(SystemExit) as usage:
             main(["finetune", "--task", "ich", "--protocol", "fewshot", *argv])

@@ -346,6 +346,8 @@ def test_00s_example_scan_is_checked_before_any_work():
         pipeline.check_scan_id("example_scan", "SYNE0027-S1", scans)
     with pytest.raises(ValueError, match=r"example_scan 5: no scan of the dataset has that id \(its ids look like "):
         pipeline.check_scan_id("example_scan", 5, scans)
+    with pytest.raises(ValueError, match=r"example_scan 'x': no scan of the dataset has that id \(it has no scans\)"):
+        pipeline.check_scan_id("example_scan", "x", scans.iloc[:0])
 
 
 def test_a_run_dirs_figures_are_written_beside_its_runs(tmp_path, monkeypatch):

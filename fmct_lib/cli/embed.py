@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from . import EXIT_BAD_INPUT
-from .options import (add_dataset, add_device, add_preset, add_profile, check_split, input_size_problem, parse_filter,
-                      positive_int)
+from .options import (add_dataset, add_device, add_preset, add_profile, check_filter, check_split, input_size_problem,
+                      parse_filter, positive_int)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)  # a typo failed in torch after the encoder and the cache, with a traceback
     if args.split is not None:
         check_split("--split", args.split, args.dataset)
+    check_filter("--filter", parse_filter(args.filter), args.dataset)  # before the cache is built
     try:  # before the cache: a refused file is one line (the file and the problem), not a traceback
         encoder = load_encoder(args.encoder)
         problem = input_size_problem(args.encoder, encoder, spec)

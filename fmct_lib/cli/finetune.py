@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_BAD_INPUT  # the encoder cannot be used; 1: nothing evaluated
-from .options import (add_dataset, add_device, add_preset, add_profile, check_split, count, csv_list,
+from .options import (add_dataset, add_device, add_preset, add_profile, check_filter, check_split, count, csv_list,
                       input_size_problem, parse_filter, positive_int)
 
 
@@ -69,22 +69,26 @@ def run(args: argparse.Namespace) -> int:
     if not tasks:  # "--task ," ran nothing and said "every run was skipped"
         raise ValueError("--task: no task named (e.g. --task ich,sah)")
     _check_task_names(tasks, args.dataset, args.eval_dataset)  # a typo is refused before anything runs
-    check_split("--eval-split", args.eval_split, args.eval_dataset or args.dataset)
+    eval_dataset = args.eval_dataset or args.dataset
+    check_split("--eval-split", args.eval_split, eval_dataset)
+    train_filter, eval_filter = parse_filter(args.train_filter), parse_filter(args.eval_filter)
+    check_filter("--train-filter", train_filter, args.dataset)  # before the cache is built
+    check_filter("--eval-filter", eval_filter, eval_dataset)
     if args.device:
         check_device(args.device)
-    if args.out:  # before any training: a missing folder failed after the whole sweep
-        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
     spec = preset_spec(args.preset, args.profile)
     problem = _encoder_problem(args.encoder, protocols, spec)
     if problem:
         print(f"fmct finetune: error: {' '.join(problem.split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.out:  # before any training: a missing folder failed after the whole sweep
+        _make_out_folder(args.out)
     for dataset in dict.fromkeys([args.dataset, args.eval_dataset or args.dataset]):
         ensure_cache(dataset, args.profile, args.preset)
     predictions = run_sweep(args.dataset, tasks, protocols, args.encoder, args.profile,
                             shots=args.shots, resamples=args.resamples, eval_dataset=args.eval_dataset,
-                            run_root=args.run_root, seed=args.seed, train_filter=parse_filter(args.train_filter),
-                            eval_filter=parse_filter(args.eval_filter), eval_split=args.eval_split,
+                            run_root=args.run_root, seed=args.seed, train_filter=train_filter,
+                            eval_filter=eval_filter, eval_split=args.eval_split,
                             hparams={k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience))
                                      if v is not None} or None, device=args.device,
                             spec=spec, num_workers=args.workers)
@@ -102,6 +106,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing could be evaluated: no AUROC is defined on the {args.eval_split} split")
         return 1
     return 0
+
+
+def _make_out_folder(out: str) -> None:
+    """Make ``--out``'s folder, or refuse it in one line (a folder given as the file, a file in its path)."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ValueError(f"--out {out}: a folder; name the CSV file to write (e.g. {Path(out) / 'predictions.csv'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: its folder cannot be made ({e.strerror or e})") from None
 
 
 def _check_task_names(tasks: list[str], dataset: str, eval_dataset: str | None) -> None:

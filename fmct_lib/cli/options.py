@@ -85,6 +85,15 @@ def check_split(option: str, split: str, dataset: str) -> None:
         raise ValueError(f"{option} {split!r} is not a split of {dataset!r} (its splits: {', '.join(splits)})")
 
 
+def check_filter(option: str, filt: dict | None, dataset: str) -> None:
+    """Refuse a filter (``--train-filter``, ``--filter``) whose column ``dataset``'s scan table lacks or whose value no
+    row has (``data.inputs.select_rows``' check), before the cache is built."""
+    if filt:
+        from ..data.inputs import select_rows
+        from ..data.manifest import load_scans
+        select_rows(load_scans(dataset), filt, None, None, f"{option} on {dataset}")
+
+
 def input_size_problem(encoder: str, model, spec) -> str | None:
     """Why the encoder ``model`` (loaded from ``encoder``) cannot take the inputs of the preprocessing ``spec``,
     or None: its input size must be the spec's."""

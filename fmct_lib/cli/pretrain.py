@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     method_options(args.method, options)  # a bad option fails before any work
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from ..pipeline import ensure_cache  # one process builds what is missing; torchrun's only read it
+        from ..precision import check_device
+        if args.device:
+            check_device(args.device)  # before the cache, which a device typo used to wait for
         ensure_cache(args.dataset, args.profile)
     run_dir = pretrain(method=args.method, dataset=args.dataset, profile=args.profile, fraction=args.fraction,
                        run_dir=args.run_dir, seed=args.seed, resume=args.resume, max_steps=args.steps,

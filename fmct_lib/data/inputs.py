@@ -82,14 +82,16 @@ def hold(held: OrderedDict, key, tensor: torch.Tensor, max_bytes: int) -> torch.
 def select_rows(scans: pd.DataFrame, filt: dict | None, split: str | None, task: str | None,
                 where: str) -> pd.DataFrame:
     """Rows matching ``filt`` (column → value or list of values) and ``split``, with a known ``task`` label.
-    ``where`` names the table in errors (``"synthetic train"``)."""
+    ``where`` names the table in errors (``"synthetic train"``). A filter column the table lacks, or a value no
+    row of the table has (a typo), is a ``ValueError``."""
     if task is not None and task not in scans.columns:
         raise ProtocolSkipped(f"{where}: no label column {task!r}")
+    table = scans
     for column, value in (filt or {}).items():
         if column not in scans.columns:
             raise ValueError(f"{where}: filter column {column!r} is not in the scan table")
         values = [str(v) for v in (value if isinstance(value, (list, tuple, set)) else [value])]
-        present = set(scans[column].dropna().astype(str))
+        present = set(table[column].dropna().astype(str))  # the whole table's: filters combine in any order
         absent = [v for v in values if v not in present]
         if absent:  # a typo selected nothing, and failed later as "nothing could be evaluated" or in torch.cat
             raise ValueError(f"{where}: filter {column}={absent[0]} matches no row (its values: "

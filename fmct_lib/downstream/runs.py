@@ -92,6 +92,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     # K = 0 trained on all the data under the all-data run's folder, recorded as k 0, and barred the real one
     if k_shot is not None and not is_whole_number(k_shot, least=1):
         raise ValueError(f"k_shot {k_shot!r}: a whole number of at least 1 (None: all training data)")
+    k_shot = None if k_shot is None else int(k_shot)  # 8.0 is K = 8, and its run is named so
     if protocol == "fewshot":
         if not k_shot:
             raise ValueError("protocol 'fewshot' needs k_shot")
