@@ -376,10 +376,11 @@ def check_choices(*, methods=None, protocols=(), site: tuple[str, str, pd.DataFr
         from .train import get_method
         for method in methods:
             get_method(method)
+    known = encoder_protocols() if protocols else ()
     for protocol in protocols:
-        if protocol not in encoder_protocols():
+        if protocol not in known:
             raise ValueError(f"protocol {protocol!r}: an encoder's classifier here is trained by one of "
-                             f"{', '.join(encoder_protocols())}")
+                             f"{', '.join(known)}")
     if site is not None:
         name, dataset, scans = site
         if "site" not in scans:

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.manifest import load_scans
     from ..data.preprocess import preset_spec
     from ..downstream.embeddings import embed
     from ..models.checkpoints import CheckpointError, load_encoder
@@ -39,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
     spec = preset_spec(args.preset, args.profile)
     if args.device:
         check_device(args.device)  # a typo failed in torch after the encoder and the cache, with a traceback
+    scans = load_scans(args.dataset)
     if args.split is not None:
-        check_split("--split", args.split, args.dataset)
-    check_filter("--filter", parse_filter(args.filter), args.dataset)  # before the cache is built
+        check_split("--split", args.split, scans, args.dataset)
+    check_filter("--filter", parse_filter(args.filter), scans, args.dataset)  # before the cache is built
     try:  # before the cache: a refused file is one line (the file and the problem), not a traceback
         encoder = load_encoder(args.encoder)
         problem = input_size_problem(args.encoder, encoder, spec)

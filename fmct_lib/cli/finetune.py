@@ -58,8 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.manifest import load_scans
     from ..data.preprocess import preset_spec
     from ..downstream import run_sweep
+    from ..interpret.parts import check_tasks
     from ..io import atomic_write_csv
     from ..pipeline import ensure_cache
     from ..precision import check_device
@@ -68,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
     protocols = args.protocol or ["finetune"]
     if not tasks:  # "--task ," ran nothing and said "every run was skipped"
         raise ValueError("--task: no task named (e.g. --task ich,sah)")
-    _check_task_names(tasks, args.dataset, args.eval_dataset)  # a typo is refused before anything runs
     eval_dataset = args.eval_dataset or args.dataset
-    check_split("--eval-split", args.eval_split, eval_dataset)
+    tables = {name: load_scans(name) for name in dict.fromkeys([args.dataset, eval_dataset])}  # read once
+    # every check before anything runs: a task typo (check_tasks names the one meant; a task without positives is
+    # not refused, its runs are skipped saying why), a split or filter value no row has
+    for name, scans in tables.items():
+        check_tasks(scans, tasks, name)
+    check_split("--eval-split", args.eval_split, tables[eval_dataset], eval_dataset)
     train_filter, eval_filter = parse_filter(args.train_filter), parse_filter(args.eval_filter)
-    check_filter("--train-filter", train_filter, args.dataset)  # before the cache is built
-    check_filter("--eval-filter", eval_filter, eval_dataset)
+    check_filter("--train-filter", train_filter, tables[args.dataset], args.dataset)  # before the cache is built
+    check_filter("--eval-filter", eval_filter, tables[eval_dataset], eval_dataset)
     if args.device:
         check_device(args.device)
     spec = preset_spec(args.preset, args.profile)
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.out:  # before any training: a missing folder failed after the whole sweep
         _make_out_folder(args.out)
-    for dataset in dict.fromkeys([args.dataset, args.eval_dataset or args.dataset]):
+    for dataset in tables:
         ensure_cache(dataset, args.profile, args.preset)
     predictions = run_sweep(args.dataset, tasks, protocols, args.encoder, args.profile,
                             shots=args.shots, resamples=args.resamples, eval_dataset=args.eval_dataset,
@@ -117,16 +123,6 @@ def _make_out_folder(out: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"--out {out}: its folder cannot be made ({e.strerror or e})") from None
-
-
-def _check_task_names(tasks: list[str], dataset: str, eval_dataset: str | None) -> None:
-    """Refuse (``ValueError``: one line, exit 2) a task that is not a label column of the scan table of
-    ``dataset`` or of ``eval_dataset`` (``interpret.parts.check_tasks``: it names the dataset's tasks and the one
-    meant). A task that exists but lacks positives is not refused: its runs are skipped, saying why."""
-    from ..data.manifest import load_scans
-    from ..interpret.parts import check_tasks
-    for name in dict.fromkeys([dataset, eval_dataset or dataset]):
-        check_tasks(load_scans(name), tasks, name)
 
 
 def _encoder_problem(encoder, protocols: list[str], spec) -> str | None:

@@ -76,22 +76,20 @@ def parse_filter(items: list[str] | None) -> dict | None:
     return out
 
 
-def check_split(option: str, split: str, dataset: str) -> None:
-    """Refuse a split (``--eval-split``, ``--split``) that no row of ``dataset``'s scan table has: ``tset``
-    selected nothing and ended in "nothing could be evaluated" or a torch error."""
-    from ..data.manifest import load_scans
-    splits = sorted(set(load_scans(dataset)["split"].dropna().astype(str)))
+def check_split(option: str, split: str, scans, dataset: str) -> None:
+    """Refuse a split (``--eval-split``, ``--split``) that no row of ``scans`` (``dataset``'s scan table) has:
+    ``tset`` selected nothing and ended in "nothing could be evaluated" or a torch error."""
+    splits = sorted(set(scans["split"].dropna().astype(str)))
     if split not in splits:
         raise ValueError(f"{option} {split!r} is not a split of {dataset!r} (its splits: {', '.join(splits)})")
 
 
-def check_filter(option: str, filt: dict | None, dataset: str) -> None:
-    """Refuse a filter (``--train-filter``, ``--filter``) whose column ``dataset``'s scan table lacks or whose value no
-    row has (``data.inputs.select_rows``' check), before the cache is built."""
+def check_filter(option: str, filt: dict | None, scans, dataset: str) -> None:
+    """Refuse a filter (``--train-filter``, ``--filter``) whose column ``scans`` (``dataset``'s scan table) lacks or
+    whose value no row has (``data.inputs.select_rows``' check), before the cache is built."""
     if filt:
         from ..data.inputs import select_rows
-        from ..data.manifest import load_scans
-        select_rows(load_scans(dataset), filt, None, None, f"{option} on {dataset}")
+        select_rows(scans, filt, None, None, f"{option} on {dataset}")
 
 
 def input_size_problem(encoder: str, model, spec) -> str | None:
