@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import nibabel as nib
 import numpy as np
@@ -157,14 +156,22 @@ def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env, cap
         for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")):
             (out / sub / f"{sid}{ext}").unlink()
     half = out / "volumes" / f".{scans[0]}.nii.gz.k1ll3d_x.gz"  # atomic_open's temporary name
-    half.write_bytes(written[:100])
-    os.utime(half, (time.time() - 3600,) * 2)  # idle for an hour: no live writer's (no lock is held)
+    half.write_bytes(written[:100])  # just written: under the cohort's lock no live writer's, so it goes at once
+    # one generator at a time: while another holds the lock, finishing the cohort is refused at once, naming it
+    from fmct_lib.io import LOCK_FILE, LockBusy, exclusive_lock
+    with exclusive_lock(out / LOCK_FILE, what="another generator"):
+        with pytest.raises(LockBusy, match=rf"synthetic cohort {out} is in use by another process \(pid {os.getpid()}"):
+            generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
+    assert half.exists() and not volume.exists()
     capsys.readouterr()
     again = generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
     assert (f"{len(df) - len(scans)} of {len(df)} scans were generated in an earlier run and are kept; generating "
             f"the other {len(scans)}") in "".join(capsys.readouterr())
     assert volume.read_bytes() == written and not half.exists()
     pd.testing.assert_frame_equal(again, df)
+    with exclusive_lock(out / LOCK_FILE, what="another generator"):  # complete: read without waiting for the lock
+        pd.testing.assert_frame_equal(generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE,
+                                                      **SIZES), df)
     with pytest.raises(ValueError, match="cohort.json.*another configuration.*seed"):
         generate_cohort("toy", root=root, seed=6, workers=1, prevalence=PREVALENCE, **SIZES)
     from fmct_lib.cli import main

@@ -48,7 +48,7 @@ import pandas as pd
 from ...progress import tqdm
 
 from ...config import get_profile
-from ...io import LEFTOVER_IDLE_S, atomic_open, remove_leftovers_in
+from ...io import LOCK_FILE, atomic_open, exclusive_lock, remove_leftovers_in
 from ...paths import data_root
 from ...workers import watch_parent
 from ..manifest import PAPER_TASKS, register_dataset, write_scans
@@ -263,20 +263,29 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
                   sizes=sizes,
                   prevalence={s: site_prevalence(s, prevalence) for s in SITES})
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
     plans = plan_cohort(sizes, seed, prevalence, pool_seed)
-    todo = [pp for pp in plans if not _is_done(pp, out)]
+    if all(_is_done(pp, out) for pp in plans):  # complete: read without the lock, so readers never wait
+        _check_config(out, config)
+    else:  # one generator at a time (two wrote the same scans twice); under the lock what is still to do
+        with exclusive_lock(out / LOCK_FILE, what=f"synthetic cohort {out}", wait=0):
+            _check_config(out, config)
+            _generate(plans, [pp for pp in plans if not _is_done(pp, out)], out, prof.name, step, workers)
+    return _assemble_table(plans, out, root, seed)
+
+
+def _generate(plans: list, todo: list, out: Path, profile: str, step: float, workers: int | None) -> None:
+    """Write the scans of ``todo`` (of the cohort's ``plans``) under ``out``, ``workers`` processes; a patient that
+    fails is listed in ``failed.csv`` and warned about, never stopping the others. Call it holding the lock."""
     load_atlas(step)                                   # build the atlas cache once, before the workers
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
     failures = []
     n_total, n_todo = (sum(len(pp.slices_mm) for pp in group) for group in (plans, todo))
     for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")):  # a killed run's temporaries
-        remove_leftovers_in(out / sub, [f"{sid}{ext}" for pp in todo for sid in pp.scan_ids()],
-                            idle_s=LEFTOVER_IDLE_S)  # no lock: only those no live writer touches
+        remove_leftovers_in(out / sub, [f"{sid}{ext}" for pp in todo for sid in pp.scan_ids()])
     if todo and n_todo < n_total:
         tqdm.write(f"synthetic cohort: {n_total - n_todo} of {n_total} scans were generated in an earlier run and "
                    f"are kept; generating the other {n_todo}")
-    bar = tqdm(total=n_total, initial=n_total - n_todo, desc=f"synthetic cohort ({prof.name}, {step:g} mm)",
+    bar = tqdm(total=n_total, initial=n_total - n_todo, desc=f"synthetic cohort ({profile}, {step:g} mm)",
                unit="scan")
     if workers <= 1:
         for pp in todo:
@@ -296,7 +305,6 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
         pd.DataFrame(failures, columns=["patient_id", "reason"]).to_csv(out / "failed.csv", index=False)
         warnings.warn(f"{len(failures)} synthetic patients failed (see {out / 'failed.csv'}); "
                       f"first: {failures[0]}")
-    return _assemble_table(plans, out, root, seed)
 
 
 def planned_scan_table(profile="demo", seed: int = 0, prevalence: dict | None = None,
