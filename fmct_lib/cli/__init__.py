@@ -28,9 +28,10 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, argparse.Argum
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("fmct_lib.cli.info", "show the profiles, the datasets in the manifest and which are available"),
     "synth": ("fmct_lib.cli.synth", "generate the synthetic head-CT cohort under $FMCT_DATA/synthetic"),
-    "ingest": ("fmct_lib.cli.ingest", "ingest RSNA, CQ500 or a NIfTI folder into a scan table"),
+    "ingest": ("fmct_lib.cli.ingest", "ingest RSNA, CQ500, a DICOM export or a NIfTI folder into a scan table"),
     "cache": ("fmct_lib.cli.cache", "preprocess a dataset into the model-ready cache"),
-    "pretrain": ("fmct_lib.cli.pretrain", "self-supervised pretraining (DINO, MAE or VICReg); resumable; torchrun for many GPUs"),
+    "pretrain": ("fmct_lib.cli.pretrain",  # the methods: ``--help`` lists ``train.methods.METHODS``
+                 "self-supervised pretraining (DINO, MAE, VICReg, ...); resumable; torchrun for many GPUs"),
     "finetune": ("fmct_lib.cli.finetune", "fine-tune, probe, scratch and few-shot runs per task"),
     "embed": ("fmct_lib.cli.embed", "export frozen-encoder embeddings as a table"),
 }
