@@ -127,7 +127,7 @@ def test_integer_weights_and_another_patch_size_are_refused_saying_what_to_do(re
         load_reference_checkpoint(patch16, expect=None, patch_size=12)
 
 
-def test_one_of_our_files_carries_a_load_report_too(tmp_path):
+def test_one_of_our_files_carries_a_load_report_too(tmp_path, monkeypatch):
     from fmct_lib.models.checkpoints import load_encoder, save_checkpoint
     from fmct_lib.models.vit3d import vit_from_config
     from fmct_lib.config import get_profile
@@ -135,6 +135,8 @@ def test_one_of_our_files_carries_a_load_report_too(tmp_path):
     path = save_checkpoint(tmp_path / "ours.safetensors", vit_from_config(model), {"model": model.to_dict(),
                                                                                   "method": "mae"})
     report = load_encoder(path).load_report
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_encoder("~/ours.safetensors").load_report.source == report.source  # ~ is the home folder
     assert str(report).startswith(f"{path} [mae]: loaded {len(vit_from_config(model).state_dict())} encoder "
                                   f"tensors strictly (width 48, depth 2, heads 2")
 

@@ -377,7 +377,7 @@ def test_axial_slices_are_read_as_a_radiologist_reads_them():
     torch.testing.assert_close(axial_slices(x), _radiological(x))
 
 
-def test_a_model_folder_may_hold_its_weights_in_shards(tmp_path):
+def test_a_model_folder_may_hold_its_weights_in_shards_and_be_named_from_home(tmp_path, monkeypatch):
     case = CASES["ctfm"]
     folder, published, _ = case.publish(tmp_path)
     (folder / "model.safetensors").unlink()
@@ -388,6 +388,8 @@ def test_a_model_folder_may_hold_its_weights_in_shards(tmp_path):
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {k: shard for shard, names in shards.items() for k in names}}))
     assert build_encoder("ctfm", folder).load_report.complete
+    monkeypatch.setenv("HOME", str(folder.parent))  # as docs/other_encoders.md writes it: ~/weights/<model folder>
+    assert build_encoder("ctfm", f"~/{folder.name}").load_report.complete
     for shard in shards:
         (folder / shard).unlink()
     (folder / "model.safetensors.index.json").unlink()

@@ -338,7 +338,7 @@ def test_meta_given_in_a_later_run_fills_the_table_without_reading_the_volumes_a
     assert "kvp" not in load_scans("hosp").columns and load_scans("hosp")["manufacturer"].isna().all()
 
 
-def test_a_second_ingestion_of_a_dataset_being_ingested_is_refused_at_once(env, tmp_path, capsys):
+def test_a_second_ingestion_of_a_dataset_being_ingested_is_refused_at_once(env, tmp_path, capsys, monkeypatch):
     """Two ingestions of one name at once read every scan twice and the last ``scans.csv`` written held only its own
     view: the second is refused at once, naming the holder, and writes nothing; once the first is done the name is
     ingested as before, and a finished dataset is read while another ingestion holds the lock."""
@@ -356,7 +356,8 @@ def test_a_second_ingestion_of_a_dataset_being_ingested_is_refused_at_once(env, 
         assert len(err.strip().splitlines()) == 1
         assert sorted(p.name for p in dataset.rglob("*")) == [LOCK_FILE, f"{LOCK_FILE}.holder.json"]
         assert "busy" not in set(read_manifest(env[1])["name"])
-    summary = ingest_nifti(src, name="busy", workers=1)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    summary = ingest_nifti("~/src", name="busy", workers=1)  # ~ is the home folder
     assert summary["scans"] == 2 and not (dataset / f"{LOCK_FILE}.holder.json").exists()
     with exclusive_lock(dataset / LOCK_FILE, what="another ingestion"):
         assert len(load_scans("busy")) == 2

@@ -402,9 +402,9 @@ def load_encoder(path: str | os.PathLike, expect=None, *, which: str = "student"
     ``ModelConfig`` or a dict of some of its fields. Our files build what their configuration says, checked
     against ``expect`` where given; the authors' layouts are checked against ``expect``, by default ViT-B
     (the only one they released; their keys cannot tell heads, input or patch size). ``which`` picks the
-    student or the teacher of an authors' DINO checkpoint.
+    student or the teacher of an authors' DINO checkpoint. ``~`` in ``path`` is your home.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if checkpoint_format(path) == "safetensors":
         if "fmct_config" in _safetensors(path, "metadata"):
             return load_checkpoint(path, expect=expect)[0]

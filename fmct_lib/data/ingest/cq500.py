@@ -104,7 +104,7 @@ def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_
                  workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
     """Ingest CQ500 from ``source`` (``reads.csv`` + ``qct*/``) into ``<root>/<name>/``; returns a summary."""
     validate_dataset_name(name)  # before anything is written
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must hold reads.csv and the qct*/ folders)")
     reads = source / "reads.csv"

@@ -231,7 +231,7 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     validate_dataset_name(name)  # before anything is written
     if match_on not in MATCH_ON:
         raise ValueError(f"--match-on must be one of {', '.join(MATCH_ON)}, got {match_on!r}")
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must be the folder of the DICOM export)")
     mapping = dict(mapping or {})

@@ -234,7 +234,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     with ``thickness_unlike_spacing_scans`` (the first ten, named)."""
     validate_dataset_name(name)  # before anything is written
     meta = check_meta(meta)
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must be the folder of NIfTI volumes)")
     files = sorted(p for p in source_files(source) if p.name.endswith((".nii", ".nii.gz")))

@@ -70,7 +70,7 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
     ``labels_without_image`` (CSV images no file holds; the first ten in ``labels_without_image_rows``). A scan with an unlabelled image is positive for a task
     where a labelled image is, else unknown (never a 0 that the missing image might contradict)."""
     validate_dataset_name(name)  # before anything is written
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must hold stage_2_train.csv and stage_2_train/)")
     csv_path, image_dir = source / "stage_2_train.csv", source / "stage_2_train"

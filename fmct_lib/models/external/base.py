@@ -124,8 +124,9 @@ def load_weights(module: nn.Module, state: dict, source: str, *, name: str, stri
 def model_files(path, weights_name: str = "model.safetensors") -> tuple[dict, dict | None]:
     """The tensors at ``path`` and the configuration beside them: a file (its tensors, no configuration) or a
     model folder as Hugging Face publishes one (``weights_name``, or its shards listed in
-    ``<weights_name>.index.json``, and ``config.json`` where present). Reads files only, never the network."""
-    path = Path(path)
+    ``<weights_name>.index.json``, and ``config.json`` where present; ``~`` is your home). Reads files only, never
+    the network."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file or model folder")
     if path.is_file():
