@@ -6,7 +6,7 @@ Arguments several subcommands share come from ``options`` with one default each.
 when their subcommand runs, so ``fmct --help`` stays fast (no ``import monai`` or ``import umap`` at start-up).
 A problem with what the user gave (a dataset not ingested, a bad option value or file: ``USER_ERRORS``) is one
 line on stderr, ``fmct <command>: error: …``, and exit status 2, as argparse's own usage errors;
-``FMCT_TRACEBACK=1`` shows the traceback instead.
+``FMCT_TRACEBACK=1`` shows the traceback instead (``0`` or empty: the line).
 """
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _traceback_wanted() -> bool:
+    """``$FMCT_TRACEBACK`` set to anything but empty or ``0``: errors raise as tracebacks, for debugging."""
+    return os.environ.get("FMCT_TRACEBACK", "").strip() not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
@@ -60,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
     except USER_ERRORS as e:
-        if os.environ.get("FMCT_TRACEBACK"):
+        if _traceback_wanted():
             raise
         print(f"fmct {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every stage keeps what it finished
-        if os.environ.get("FMCT_TRACEBACK"):
+        if _traceback_wanted():
             raise
         print(f"\nfmct {args.command}: interrupted. What was finished is kept: run the same command again to go on "
               f"from there.", file=sys.stderr)

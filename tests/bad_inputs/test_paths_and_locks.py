@@ -205,10 +205,14 @@ def test_ctrl_c_in_a_command_is_one_line_saying_the_finished_work_is_kept(monkey
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setattr(info, "run", interrupted)
-    monkeypatch.delenv("FMCT_TRACEBACK", raising=False)
-    assert fmct(["info"]) == 130
-    assert capsys.readouterr().err.strip() == ("fmct info: interrupted. What was finished is kept: run the same "
-                                               "command again to go on from there.")
+    for off in (None, "0", ""):  # FMCT_TRACEBACK=0 is off (an audit: any value turned it on)
+        if off is None:
+            monkeypatch.delenv("FMCT_TRACEBACK", raising=False)
+        else:
+            monkeypatch.setenv("FMCT_TRACEBACK", off)
+        assert fmct(["info"]) == 130
+        assert capsys.readouterr().err.strip() == ("fmct info: interrupted. What was finished is kept: run the same "
+                                                   "command again to go on from there.")
     monkeypatch.setenv("FMCT_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt):
         fmct(["info"])
