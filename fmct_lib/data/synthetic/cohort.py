@@ -269,7 +269,9 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
     else:  # one generator at a time (two wrote the same scans twice); under the lock what is still to do
         with exclusive_lock(out / LOCK_FILE, what=f"synthetic cohort {out}", wait=0):
             _check_config(out, config)
-            _generate(plans, [pp for pp in plans if not _is_done(pp, out)], out, prof.name, step, workers)
+            todo = [pp for pp in plans if not _is_done(pp, out)]  # none where another process just finished it
+            if todo:
+                _generate(plans, todo, out, prof.name, step, workers)
     return _assemble_table(plans, out, root, seed)
 
 
@@ -277,12 +279,12 @@ def _generate(plans: list, todo: list, out: Path, profile: str, step: float, wor
     """Write the scans of ``todo`` (of the cohort's ``plans``) under ``out``, ``workers`` processes; a patient that
     fails is listed in ``failed.csv`` and warned about, never stopping the others. Call it holding the lock."""
     load_atlas(step)                                   # build the atlas cache once, before the workers
-    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+    workers = min(workers or os.cpu_count() or 1, len(todo))
     failures = []
     n_total, n_todo = (sum(len(pp.slices_mm) for pp in group) for group in (plans, todo))
     for sub, ext in (("meta", ".json"), ("volumes", ".nii.gz"), ("masks", ".nii.gz")):  # a killed run's temporaries
         remove_leftovers_in(out / sub, [f"{sid}{ext}" for pp in todo for sid in pp.scan_ids()])
-    if todo and n_todo < n_total:
+    if n_todo < n_total:
         tqdm.write(f"synthetic cohort: {n_total - n_todo} of {n_total} scans were generated in an earlier run and "
                    f"are kept; generating the other {n_todo}")
     bar = tqdm(total=n_total, initial=n_total - n_todo, desc=f"synthetic cohort ({profile}, {step:g} mm)",
