@@ -68,6 +68,14 @@ def test_round_trip_and_rejects(dataset):
     with pytest.raises(KeyError, match="s3"):
         CachedVolumes("toyset", SPEC, scan_ids=["s0", "s3"], root=dataset["root"])
     assert CachedVolumes("toyset", SPEC, scan_ids=["s1"], root=dataset["root"])[0]["scan_id"] == "s1"
+    # in the order asked for, not the index's (the order scans finished): labels are paired with volumes by position
+    order = ["s1", "CQ500CT2 CT/Plain", "s0"]
+    asked = CachedVolumes("toyset", SPEC, scan_ids=order, root=dataset["root"])
+    assert [asked[i]["scan_id"] for i in range(3)] == order
+    for i, n in enumerate((1, 2, 0)):
+        expected, affine = to_canvas_with_affine(*load_volume(dataset["folder"] / f"scan{n}.nii.gz"), SPEC)
+        torch.testing.assert_close(asked[i]["volume"], expected, rtol=0, atol=0)
+        np.testing.assert_allclose(asked.affine(i), affine, atol=1e-5)
 
 
 def test_a_chain_that_differs_only_on_reading_shares_the_cache_and_another_does_not(dataset, monkeypatch):

@@ -80,6 +80,24 @@ def test_teacher_health_extremes():
     assert h["kl_to_uniform"] == pytest.approx(math.log(k), rel=1e-3)
 
 
+def test_teacher_health_of_a_diverse_teacher_and_a_centre_against_numpy():
+    """The extremes above cannot tell the mean per-sample entropy from the entropy of the batch mean (they are equal
+    there). A healthy teacher (sample i sure of prototype i) has entropy ~0 and KL ~0; a random batch with a centre
+    against the formulas in numpy: softmax((t - c) / T), mean_i H(p_i), sum_k pbar_k log(K pbar_k)."""
+    k = 8
+    diverse = teacher_health(torch.eye(k) * 10.0, torch.zeros(k), 0.04)
+    assert diverse["teacher_entropy"] < 1e-3 and diverse["kl_to_uniform"] == pytest.approx(0.0, abs=1e-3)
+    rng = np.random.default_rng(0)
+    logits, centre, temp = rng.normal(size=(12, k)), rng.normal(size=k), 0.5
+    z = (logits - centre) / temp
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pbar = p.mean(0)
+    h = teacher_health(torch.tensor(logits, dtype=torch.float32), torch.tensor(centre, dtype=torch.float32), temp)
+    assert h["teacher_entropy"] == pytest.approx(-(p * np.log(p)).sum(1).mean(), rel=1e-5)
+    assert h["kl_to_uniform"] == pytest.approx((pbar * np.log(k * pbar)).sum(), rel=1e-4, abs=1e-6)
+
+
 def test_head_weight_norm_keys_and_unit_prototypes():
     head = DINOHead(12, 7, hidden_dim=16, bottleneck_dim=5)
     keys = set(head.state_dict())

@@ -11,9 +11,14 @@ from pydicom.data import get_testdata_file
 
 from fmct_lib.data.dicom_write import cq500_series_folder, write_dicom_series
 from fmct_lib.data.ingest import ingest_cq500
-from fmct_lib.data.ingest.cq500 import READS_FINDINGS, is_contrast, read_cq500_labels
+from fmct_lib.data.ingest.cq500 import is_contrast, read_cq500_labels
 from fmct_lib.data.manifest import CQ500_FINDINGS, load_scans
 
+# CQ500's reads.csv findings, in its order (R1:ICH ... R3:MidlineShift; qure.ai's file), and the task each one is
+CQ500_READS = {"ICH": "ich", "IPH": "iph", "IVH": "ivh", "SDH": "sdh", "EDH": "edh", "SAH": "sah",
+               "BleedLocation-Left": "bleed_left", "BleedLocation-Right": "bleed_right",
+               "ChronicBleed": "chronic_bleed", "Fracture": "fracture", "CalvarialFracture": "calvarial_fracture", "OtherFracture": "other_fracture",
+               "MassEffect": "mass_effect", "MidlineShift": "midline_shift"}
 # patient -> [(series description, writer quirks)]
 SERIES = {
     "CQ500-CT-0": [("5/5mm Plain", dict(j2k=True)), ("PRE CONTRAST THIN", dict(tilt_deg=-20.0))],
@@ -44,13 +49,15 @@ def cq500_source(tmp_path_factory):
         ds.save_as(real / f"CT{k:06d}.dcm")
     (src / "qct03" / "README.txt").write_text("stray file outside a patient folder")
 
-    # reads.csv: 3 readers x 14 findings, random votes; patient 310 included, one listed patient absent
+    # reads.csv: 3 readers x 14 findings, random votes; patient 310 included, one listed patient absent. Its header
+    # and what each finding means are written here from CQ500's own file, not from the code's READS_FINDINGS
     names = [*SERIES, "CQ500-CT-310", "CQ500-CT-99"]
-    header = ["name", "Category"] + [f"R{r}:{f}" for r in (1, 2, 3) for f in READS_FINDINGS]
-    votes = rng.integers(0, 2, (len(names), 3, len(READS_FINDINGS)))
+    header = ["name", "Category"] + [f"R{r}:{f}" for r in (1, 2, 3) for f in CQ500_READS]
+    votes = rng.integers(0, 2, (len(names), 3, len(CQ500_READS)))
     rows = [[n, "B1", *v.reshape(-1)] for n, v in zip(names, votes)]
     pd.DataFrame(rows, columns=header).to_csv(src / "reads.csv", index=False)
-    majority = {n: dict(zip(CQ500_FINDINGS, (v.sum(axis=0) >= 2).astype(int))) for n, v in zip(names, votes)}
+    majority = {n: {CQ500_READS[f]: int(v[:, i].sum() >= 2) for i, f in enumerate(CQ500_READS)}
+                for n, v in zip(names, votes)}
     return src, truth, majority
 
 
@@ -163,7 +170,7 @@ def test_contrast_rule_still_finds_contrast(description):
 
 
 def _reads(tmp_path, rows):
-    header = ["name", "Category"] + [f"R{r}:{f}" for r in (1, 2, 3) for f in READS_FINDINGS]
+    header = ["name", "Category"] + [f"R{r}:{f}" for r in (1, 2, 3) for f in CQ500_READS]
     path = tmp_path / "reads.csv"
     pd.DataFrame([[name, "B1", *([vote] * 42)] for name, vote in rows], columns=header).to_csv(path, index=False)
     return path

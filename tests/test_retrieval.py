@@ -89,6 +89,30 @@ def test_single_positive_queries_are_dropped_and_summary():
     assert "mean" in set(summary["subtype"])
 
 
+def test_the_summary_cis_are_a_scan_bootstrap_by_a_plain_loop():
+    """retrieval_summary's intervals against a loop over the same draws of query scans (numpy's generator, seeded as
+    the summary is): each replicate's mean AP of the drawn scans per subtype, and the mean over subtypes."""
+    rng = np.random.default_rng(5)
+    queries = [("ich", f"s{i}") for i in range(30)] + [("sah", f"s{i}") for i in range(20, 45)]  # 10 scans in both
+    per_query = pd.DataFrame([{"subtype": st, "scan_id": q, "n_relevant": 2, "ap": rng.random(),
+                               "p@1": float(rng.random() < 0.3)} for st, q in queries])
+    summary = retrieval_summary(per_query, n_boot=300, seed=7).set_index(["subtype", "metric"])
+    scans = list(per_query["scan_id"].unique())
+    draws = np.random.default_rng(7).integers(0, len(scans), (300, len(scans)))
+    for column, metric in (("ap", "map"), ("p@1", "p@1")):
+        reps = {}
+        for st in ("ich", "sah"):
+            value = dict(zip(per_query.loc[per_query.subtype == st, "scan_id"],
+                             per_query.loc[per_query.subtype == st, column]))
+            reps[st] = [np.mean([value[scans[j]] for j in draw if scans[j] in value]) for draw in draws]
+            row = summary.loc[(st, metric)]
+            assert [row.ci_low, row.ci_high] == pytest.approx(list(np.percentile(reps[st], [2.5, 97.5])), abs=1e-12)
+            assert row.ci_high - row.ci_low > 0.05  # 25-30 queries of uniform values: an interval, not a point
+        mean = summary.loc[("mean", metric)]
+        want = np.percentile((np.array(reps["ich"]) + np.array(reps["sah"])) / 2, [2.5, 97.5])
+        assert [mean.ci_low, mean.ci_high] == pytest.approx(list(want), abs=1e-12)
+
+
 def test_bad_embeddings_are_rejected():
     labels = pd.DataFrame({"ivh": [1, 1, 0]})
     with pytest.raises(ValueError, match="do not match"):

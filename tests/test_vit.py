@@ -69,6 +69,7 @@ def test_shapes_tokens_and_cls():
     torch.testing.assert_close(enc(x), tokens[:, 0])
     # final norm applied: each token has zero mean and unit variance before the affine (identity here)
     torch.testing.assert_close(tokens.mean(-1), torch.zeros(2, 67), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens.var(-1, unbiased=False), torch.ones(2, 67), atol=1e-3, rtol=0)
 
 
 def test_get_attention_is_probabilities_and_matches_fused_path():
