@@ -133,10 +133,6 @@ def test_model_input_is_crop_then_windows_then_resize():
     crop = canvas[:, 4:36, 4:36, 4:36]
     expected = F.avg_pool3d(apply_windows(crop, SMALL.windows), 2)  # 32 -> 16 area resize = 2x2x2 mean
     torch.testing.assert_close(out, expected)
-    rand = model_input(canvas, SMALL, crop="random", generator=g)
-    assert rand.shape == out.shape and not torch.equal(rand, out)
-    with pytest.raises(ValueError, match="crop"):
-        model_input(canvas, SMALL, crop="corner")
 
 
 def test_paper_chain_matches_the_monai_compose():

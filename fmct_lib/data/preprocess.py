@@ -480,27 +480,21 @@ def apply_windows(hu: torch.Tensor, windows=PAPER_WINDOWS) -> torch.Tensor:
     return out
 
 
-def model_input(canvas_batch: torch.Tensor, spec: PreprocessSpec, *, crop: str = "center",
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def model_input(canvas_batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Stage 2: cached canvases (B, C, C, C) to the encoder input (B, K, S, S, S) float32, K the windows.
 
-    ``paper``: an ``eval_crop``³ crop (``center`` as MONAI's ``CenterSpatialCrop``, or ``random``
-    per scan for fine-tuning), then windows, then the resize to ``input_size``³ (the paper's order:
-    windows before the resize). ``reference``: the cached stack is already the input (cast only).
+    ``paper``: the centre ``eval_crop``³ crop (MONAI's ``CenterSpatialCrop``; fine-tuning augments with flips and
+    an intensity shift only, Supplement B: ``downstream.training.augment_batch``), then windows, then the resize to
+    ``input_size``³ (the paper's order: windows before the resize). ``reference``: the cached stack is already the
+    input (cast only).
     """
     if spec.canvas is None:
         return canvas_batch.float()
     if canvas_batch.ndim == 3:
         canvas_batch = canvas_batch[None]
     c, k = canvas_batch.shape[-1], spec.eval_crop
-    if crop == "center":
-        s = c // 2 - k // 2
-        crops = canvas_batch[:, s:s + k, s:s + k, s:s + k]
-    elif crop == "random":
-        starts = torch.randint(0, c - k + 1, (len(canvas_batch), 3), generator=generator).tolist()
-        crops = torch.stack([v[a:a + k, b:b + k, d:d + k] for v, (a, b, d) in zip(canvas_batch, starts)])
-    else:
-        raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
+    s = c // 2 - k // 2
+    crops = canvas_batch[:, s:s + k, s:s + k, s:s + k]
     stack = apply_windows(crops, spec.windows)
     return F.interpolate(stack, size=(spec.input_size,) * 3, mode=spec.resize_mode)
 
