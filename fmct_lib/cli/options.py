@@ -78,7 +78,8 @@ def parse_filter(items: list[str] | None) -> dict | None:
 
 def check_split(option: str, split: str, scans, dataset: str) -> None:
     """Refuse a split (``--eval-split``, ``--split``) that no row of ``scans`` (``dataset``'s scan table) has:
-    ``tset`` selected nothing and ended in "nothing could be evaluated" or a torch error."""
+    a misspelt one (``--eval-split tset``) selected nothing and ended in "nothing could be evaluated" or a torch
+    error."""
     splits = sorted(set(scans["split"].dropna().astype(str)))
     if split not in splits:
         raise ValueError(f"{option} {split!r} is not a split of {dataset!r} (its splits: {', '.join(splits)})")

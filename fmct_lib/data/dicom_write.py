@@ -1,8 +1,9 @@
 """Writing a HU volume as a realistic CT DICOM series, in the RSNA or the CQ500 layout, quirks included.
 
-Used by the ingestion tests (files written in the exact layouts of datasets.md §1-2) and by the
-synthetic cohort to export phantoms as DICOM. The input is a 3-D HU array with its RAS affine (what a
-NIfTI holds, what ``read_dicom_series`` returns); the output is one axial file per slice.
+Used by the ingestion tests (files written in the exact layouts of datasets.md §1-2) and, through
+``synthetic.dicom.write_phantom_dicom``, to write a synthetic phantom as DICOM (the cohort itself is NIfTI).
+The input is a 3-D HU array with its RAS affine (what a NIfTI holds, what ``read_dicom_series`` returns); the
+output is one axial file per slice.
 
 Flavours:
 

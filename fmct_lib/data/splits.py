@@ -22,7 +22,7 @@ The allocation below is the same algorithm with both, in a few lines of bookkeep
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -114,12 +114,12 @@ def _optimizer(model: Classifier, hp: HParams, frozen: bool) -> torch.optim.Opti
 
 
 @torch.no_grad()
-def predict(model: Classifier, source: VolumeSource, batch_size: int, indices=None, device="cpu") -> np.ndarray:
-    """P(positive) = softmax(logits)[:, 1] for every scan of ``source`` (or ``indices``), the model moved to
-    ``device`` first (a kept classifier is loaded on the CPU)."""
+def predict(model: Classifier, source: VolumeSource, batch_size: int, device="cpu") -> np.ndarray:
+    """P(positive) = softmax(logits)[:, 1] for every scan of ``source``, the model moved to ``device`` first (a kept
+    classifier is loaded on the CPU)."""
     model.to(device).eval()
-    indices = range(len(source)) if indices is None else indices
-    out = precision.infer(lambda x: F.softmax(model(x).float(), dim=1)[:, 1], source.batches(indices, batch_size, device), device)
+    out = precision.infer(lambda x: F.softmax(model(x).float(), dim=1)[:, 1],
+                          source.batches(range(len(source)), batch_size, device), device)
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 

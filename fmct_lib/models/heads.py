@@ -75,16 +75,17 @@ class AttentiveHead(nn.Module):
 HEADS = ("linear", "attentive", "abmil")
 
 
-def build_head(kind: str, encoder: nn.Module, num_classes: int = 2) -> nn.Module:
-    """A head sized for ``encoder`` (this library's or an external one: ``embed_dim``, ``num_heads``): ``linear``
-    (cls token), ``attentive`` (all tokens) or ``abmil`` (gated attention over the patch tokens: those after the cls
-    token and any register tokens, ``encoder.num_prefix_tokens``; a 2-D model's slices after its first token)."""
+def build_head(kind: str, encoder: nn.Module) -> nn.Module:
+    """A two-class head (absent, present: ``training.predict`` reads the second) sized for ``encoder`` (this
+    library's or an external one: ``embed_dim``, ``num_heads``): ``linear`` (cls token), ``attentive`` (all tokens)
+    or ``abmil`` (gated attention over the patch tokens: those after the cls token and any register tokens,
+    ``encoder.num_prefix_tokens``; a 2-D model's slices after its first token)."""
     if kind == "linear":
-        return LinearHead(encoder.embed_dim, num_classes)
+        return LinearHead(encoder.embed_dim, 2)
     if kind == "attentive":
-        return AttentiveHead(encoder.embed_dim, encoder.num_heads, num_classes)
+        return AttentiveHead(encoder.embed_dim, encoder.num_heads, 2)
     if kind == "abmil":
-        return ABMILHead(encoder.embed_dim, num_classes, num_prefix_tokens=getattr(encoder, "num_prefix_tokens", 1))
+        return ABMILHead(encoder.embed_dim, 2, num_prefix_tokens=getattr(encoder, "num_prefix_tokens", 1))
     raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
 
 

@@ -443,14 +443,13 @@ def metric_bars(df: pd.DataFrame, *, x: str = "task", hue: str = "model", value:
 
 # --------------------------------------------------------------------------------------- lines
 def band_lines(df: pd.DataFrame, *, x: str, hue: str, value: str = "value", facet: str | None = None,
-               xlabel: str | None = None, ylabel: str = "AUROC", logx: bool = False,
-               paper: pd.DataFrame | None = None, ncols: int = 4, sharey: bool = True,
+               xlabel: str | None = None, ylabel: str = "AUROC", logx: bool = False, ncols: int = 4,
                ylim: tuple | None = (0.0, 1.0), prevalence: float | Mapping | None = None,
                title: str | None = None, profile: str | None = None, training: str | None = None) -> plt.Figure:
     """Mean lines with 95% CI bands (``ci_low``/``ci_high``), one line per ``hue`` in its model's colour, one
-    panel per ``facet`` (a ``macro`` panel last): Fig. 4 (DINO vs MAE against the pretraining fraction).
-    ``paper`` rows with a ``facet`` value and ``x`` are drawn as open diamonds labelled as the paper's.
-    ``ylim`` bounds the axis (bands of a few resamples can reach past the metric's range).
+    panel per ``facet`` (a ``macro`` panel last): Fig. 4 (DINO vs MAE against the pretraining fraction; the paper
+    gives no values to draw beside them). ``ylim`` bounds the axis (bands of a few resamples can reach past the
+    metric's range).
 
     Chance: a dashed line at 0.5 when ``ylabel`` names an AUROC, else at ``prevalence`` (one number or
     {facet value: prevalence}). The figure's title is ``title`` with ``profile`` and ``training``."""
@@ -458,7 +457,7 @@ def band_lines(df: pd.DataFrame, *, x: str, hue: str, value: str = "value", face
     if missing:
         raise ValueError(f"band_lines: data lacks columns {sorted(missing)}")
     facets = sorted(dict.fromkeys(df[facet]), key=lambda f: f == "macro") if facet else [None]
-    fig, axes = _facets(len(facets), ncols, sharey=sharey)
+    fig, axes = _facets(len(facets), ncols, sharey=True)
     colours = _colours_for(df[hue])
     chance, chance_label = _chance_levels(facets, prevalence, ylabel)
     for ax, f in zip(axes, facets):
@@ -470,9 +469,6 @@ def band_lines(df: pd.DataFrame, *, x: str, hue: str, value: str = "value", face
                 ax.fill_between(line[x].to_numpy(float), line["ci_low"].to_numpy(float),
                                 line["ci_high"].to_numpy(float), color=colours[level], alpha=0.2, lw=0)
         _draw_chance(ax, chance.get(f) if isinstance(chance, dict) else chance, chance_label)
-        if paper is not None and len(paper) and facet in paper.columns:
-            for _, row in paper[paper[facet] == f].iterrows():
-                _paper_point(ax, row[x], row, _paper_label(row))
         if logx:
             ax.set_xscale("log", base=2)
             ticks = sorted(part[x].unique())

@@ -84,7 +84,8 @@ class DINOConfig:
 
 def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, centre: torch.Tensor,
               student_temp: float, teacher_temp: float, n_global: int = 2) -> torch.Tensor:
-    """The DINO cross-entropy against the centred, sharpened teacher.
+    """The DINO cross-entropy against the centred, sharpened teacher, in one call (training calls its two parts,
+    ``teacher_targets`` and ``dino_cross_entropy``, to watch the targets between them).
 
     ``student_logits`` is (n_crops · B, K), crops stacked crop-major (all samples of crop 0, then crop 1,
     …), the global crops first; ``teacher_logits`` is (n_global · B, K) in the same order. Computed in

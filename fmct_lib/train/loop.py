@@ -1,4 +1,5 @@
-"""The one training loop for DINO and MAE: optimiser, schedules, AMP, accumulation, checkpoints, resume.
+"""The one training loop of every pretraining method (DINO, MAE, VICReg): optimiser, schedules, AMP, accumulation,
+checkpoints, resume.
 
 Paper, Methods: AdamW (β = 0.9, 0.95; weight decay 0.05), base LR 3e-4 (DINO) or 1.5e-3 (MAE) scaled by
 global batch / 256, linear warm-up then cosine. Weight decay, constant as the paper states it, skips biases,

@@ -249,7 +249,7 @@ def pretrain(method: str = "dino", dataset: str = "synthetic", profile: str = "d
              checkpoint_every: int | None = None, num_workers: int = 2, options=None, monitor: bool = True) -> Path:
     """Self-supervised pretraining of the encoder on a dataset's cached volumes; returns the run directory.
 
-    ``method`` a name in ``train.methods.METHODS``: "dino" (the paper's final model) or "mae".
+    ``method`` a name in ``train.methods.METHODS``: "dino" (the paper's final model), "mae", "vicreg", ...
     ``fraction`` of the training patients is used (nested subsamples for the scaling study, Fig. 4).
     ``batch_size`` is per process (default: the profile's); the global batch is ``batch_size × processes ×
     accum_steps``. Under ``torchrun`` every process calls this with the same arguments. The exported
