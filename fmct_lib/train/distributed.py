@@ -76,6 +76,15 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def mean_over_processes(values: dict[str, float], device) -> dict[str, float]:
+    """Each logged number's mean over processes (one all-reduce on ``device``; as it is for a single process): a
+    term a process computes on its own rows, logged by rank 0 beside the loss, which is such a mean."""
+    if not values or not dist.is_initialized():
+        return dict(values)
+    means = all_reduce_mean(torch.tensor(list(values.values()), dtype=torch.float64, device=device))
+    return dict(zip(values, means.tolist()))
+
+
 def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
     """The rows of ``values`` of every process, in rank order (``values`` for a single process); the processes
     may hold different numbers of rows. Not differentiable: for statistics of a global batch."""

@@ -22,7 +22,7 @@ from ...models.vit3d import VisionTransformer3d, vit_from_config
 from ...ssl.dino import (DINOConfig, cancel_last_layer_grads, clip_gradients, dino_cross_entropy, distribution_health,
                          ema_update, koleo_loss, teacher_targets, update_centre)
 from ...ssl.health import representation_health
-from ..distributed import all_gather_rows
+from ..distributed import all_gather_rows, mean_over_processes
 from ..schedules import cosine_momentum, teacher_temperature
 
 __all__ = ["BASE_LR", "DINOModel", "DINOTask"]
@@ -136,8 +136,8 @@ class DINOTask:
         ema_update(self.teacher, self.student, v["momentum"])
         teacher_out, targets, features = (torch.cat(x) for x in (self._teacher_out, self._targets, self._features))
         health = {**distribution_health(targets), **representation_health(all_gather_rows(features))}
-        if self._koleo:
-            health["koleo"] = sum(self._koleo) / len(self._koleo)
+        if self._koleo:  # each process's own rows (as DINOv2), so the mean over processes, as the loss
+            health.update(mean_over_processes({"koleo": sum(self._koleo) / len(self._koleo)}, teacher_out.device))
         self._teacher_out, self._targets, self._features, self._koleo = [], [], [], []
         update_centre(self.centre, teacher_out.sum(0), teacher_out.shape[0], self.cfg.centre_momentum)
         return {**v, **health, "centre_norm": float(self.centre.norm())}

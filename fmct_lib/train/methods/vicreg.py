@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ...data.augment import AugmentConfig, multicrop_views
 from ...models.vit3d import VisionTransformer3d, vit_from_config
 from ...ssl.health import representation_health
-from ..distributed import all_gather_rows
+from ..distributed import all_gather_rows, mean_over_processes
 
 __all__ = ["VICRegOptions", "VICRegTask", "vicreg_loss", "Expander"]
 
@@ -158,6 +158,7 @@ class VICRegTask:
         """The loss terms (mean over the step's micro-steps) and the health of the step's features, gathered
         from every process."""
         terms = {k: sum(t[k] for t in self._terms) / len(self._terms) for k in self._terms[0]}
+        terms = mean_over_processes(terms, self._features[0].device)  # invariance is each process's rows'
         health = representation_health(all_gather_rows(torch.cat(self._features)))
         self._terms, self._features = [], []
         return {**terms, **health}
