@@ -24,6 +24,7 @@ for an encoder given as a checkpoint (the authors' weights), not for pretraining
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import numbers
 import os
@@ -547,15 +548,18 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
     from .models.checkpoints import read_checkpoint_config
     hparams = json.loads(json.dumps(asdict(HParams.from_profile(p, dataset))))  # as stored: tuples become lists
     pretrained = checkpoint_signature(encoder)  # the weights, wherever they lie
-    kept = read_checkpoint_config(out) if out.exists() else {}
-    if (kept.get("hparams"), kept.get("pretrained")) == (hparams, pretrained):
-        return out  # else it was fine-tuned from other weights or under other settings: derive it again
+    # the run's kept classifier, trained again where its rows, volumes or settings changed (run_protocol's checks)
     _, classifier = run_protocol(dataset, task, "finetune", str(encoder), p, train_filter=train_filter, seed=seed,
                                  spec=spec, progress=False, return_model=True, run_root=runs / "downstream")
+    weights = hashlib.sha256(b"".join(t.detach().cpu().float().numpy().tobytes()
+                                      for _, t in sorted(classifier.encoder.state_dict().items()))).hexdigest()[:16]
+    kept = read_checkpoint_config(out) if out.exists() else {}
+    if (kept.get("hparams"), kept.get("pretrained"), kept.get("weights")) == (hparams, pretrained, weights):
+        return out  # else it holds another fine-tuning's encoder: written again
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, classifier.encoder, config={"model": classifier.encoder.config.to_dict(), "task": task,
                                                      "dataset": dataset, "train_filter": train_filter,
-                                                     "pretrained": pretrained, "seed": seed,
+                                                     "pretrained": pretrained, "seed": seed, "weights": weights,
                                                      "preprocess": spec.to_dict(), "hparams": hparams})
     return out
 

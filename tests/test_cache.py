@@ -243,3 +243,25 @@ def test_the_inputs_key_follows_a_volume_replaced_under_the_same_scan_id(dataset
     index = pd.read_csv(out / "index.csv", dtype=str, keep_default_na=False)
     index.drop(columns="volume_stat").to_csv(out / "index.csv", index=False)        # an older cache's index
     assert key() == before.rsplit("-", 1)[0]                                          # its names as they were
+
+
+def test_a_reader_refuses_canvases_of_a_volume_changed_since_it_was_cached(dataset, monkeypatch):
+    """An audit: a volume re-ingested under its scan id and no ``fmct cache`` since; a run or ``embed`` read the
+    old canvas without a word (only pretraining refused). ``volume_source`` now refuses, naming the command."""
+    from fmct_lib.data.inputs import volume_source
+    from fmct_lib.data.manifest import load_scans
+    from fmct_lib.paths import StageMissing
+    monkeypatch.setenv("FMCT_DATA", str(dataset["data_root"]))
+    monkeypatch.setenv("FMCT_CACHE", str(dataset["root"]))
+    build_cache("toyset", SPEC, workers=1)
+    rows = load_scans("toyset").query("scan_id in ['s0', 's1']")
+    assert len(volume_source("toyset", rows, SPEC)[1]) == 2
+    nib.save(nib.Nifti1Image(head(9), AFFINE), dataset["folder"] / "scan1.nii.gz")  # re-ingested under s1
+    with pytest.raises(StageMissing, match=r"1 scan\(s\) of 'toyset' changed since the paper cache \(\w+\) was built "
+                                           r"\(re-ingested under the same id\), e.g. \['s1'\]. (.|\n)*fmct cache --dataset "
+                                           r"toyset --preset paper"):
+        volume_source("toyset", rows, SPEC)
+    build_cache("toyset", SPEC, workers=1)  # brought up to date: read again, the new volume's canvas
+    source, kept = volume_source("toyset", rows, SPEC)
+    expected, _ = to_canvas_with_affine(*load_volume(dataset["folder"] / "scan1.nii.gz"), SPEC)
+    torch.testing.assert_close(CachedVolumes("toyset", SPEC, scan_ids=["s1"])[0]["volume"], expected, rtol=0, atol=0)

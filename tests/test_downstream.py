@@ -538,7 +538,8 @@ def test_a_finished_run_whose_evaluation_rows_changed_runs_again(toy_world):
     changed = table.copy()
     changed.loc[changed.scan_id == "int009", "ich"] = 1 - changed.loc[changed.scan_id == "int009", "ich"]
     write_scans(changed[changed.scan_id != "int019"], "toyset")
-    with pytest.warns(UserWarning, match=r"evaluation rows changed .*1 scan\(s\) removed, 1 label\(s\) changed"):
+    with pytest.warns(UserWarning, match=r"changed since this run finished \(1 scan\(s\) removed, 1 label\(s\) "
+                                         r"changed\); running it again"):
         after = run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root,
                              progress=False)
     current = changed.query("site == 'internal' and split == 'test' and scan_id != 'int019'")
@@ -553,7 +554,7 @@ def test_a_finished_run_whose_evaluation_rows_changed_runs_again(toy_world):
         warnings.simplefilter("always")
         again = run_protocol("toyset", "ich", "histogram", None, TOY, train_filter=internal, run_root=root,
                              progress=False)
-    assert not [w for w in caught if "evaluation rows changed" in str(w.message)]
+    assert not [w for w in caught if "changed since this run finished" in str(w.message)]
     np.testing.assert_array_equal(again["probability"], after["probability"])
     # a scan added to the test split is a change too
     write_scans(changed, "toyset")
@@ -585,6 +586,78 @@ def test_a_run_whose_training_labels_changed_is_trained_again_with_its_kept_clas
         np.testing.assert_array_equal(again["probability"], after["probability"])   # now reused as it is
     finally:
         write_scans(original, "toyset")
+
+
+def test_a_run_made_from_other_volumes_precision_or_features_is_not_reused(toy_world, monkeypatch):
+    """An audit: a volume re-ingested under its scan id, a GPU's bf16 run read on a CPU and a new version of the
+    frozen features' numerics all returned the finished run (and its kept classifier) as it was. Each is now run
+    (and trained) again, with a warning saying what changed; unchanged, the run is reused as it is."""
+    import warnings
+
+    from fmct_lib.data.manifest import load_scans
+    from fmct_lib.paths import data_root
+    _, ckpt, root = toy_world
+    internal = {"site": "internal"}
+    table = load_scans("toyset")
+    folder = data_root() / "toyset"
+    table["path"] = [f"{s}.nii.gz" for s in table["scan_id"]]  # a file of its own per scan (their stats are read)
+    for s in table["scan_id"]:
+        (folder / f"{s}.nii.gz").write_bytes(b"v1")
+    write_scans(table, "toyset")
+
+    def run():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter=internal, run_root=root, progress=False)
+        return " ".join(str(w.message) for w in caught if "changed since" in str(w.message)
+                        or "training it again" in str(w.message))
+
+    assert run() == ""
+    run_dir = next(root.rglob("done")).parent
+    kept = next((root / "trained").rglob("model.safetensors"))
+    assert run() == ""  # nothing changed: reused, nothing said
+    test_scan = table.query("site == 'internal' and split == 'test'").scan_id.iloc[0]
+    (folder / f"{test_scan}.nii.gz").write_bytes(b"v2, re-ingested")
+    said = run()
+    assert "changed since this run finished (evaluation volumes re-ingested since)" in said
+    assert "training it again" not in said  # its classifier's volumes are as they were: kept
+    train_scan = table.query("site == 'internal' and split == 'train'").scan_id.iloc[0]
+    (folder / f"{train_scan}.nii.gz").write_bytes(b"v2, re-ingested")
+    before = kept.stat().st_mtime_ns
+    said = run()
+    assert "(training or validation volumes re-ingested since)" in said
+    assert f"{kept}: trained on training or validation volumes re-ingested since; training it again" in said
+    assert kept.stat().st_mtime_ns != before and run() == ""
+    config = json.loads((run_dir / "config.json").read_text())  # as a GPU's run would have recorded it
+    config["reuse_record"]["precision"] = "bfloat16 autocast"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert "computed in bfloat16 autocast then, float32 now" in run()
+    monkeypatch.setattr(runs_module, "FEATURES_VERSION", runs_module.FEATURES_VERSION + 1)
+    said = run()
+    assert f"frozen features of numerics version {runs_module.FEATURES_VERSION - 1}, " in said
+    assert "training it again" in said  # the kept head was fit on the old features
+
+
+def test_a_scratch_run_of_a_profile_whose_model_changed_is_trained_again(toy_world, monkeypatch):
+    """An audit: a scratch run is named by its profile, so after the library changed the profile's model the
+    finished run and its kept classifier were reused. The architecture is recorded and compared."""
+    import warnings
+
+    from fmct_lib import config
+    _, _, root = toy_world
+    monkeypatch.setitem(config.PROFILES, "toy", TOY)
+    kw = dict(train_filter={"site": "internal"}, run_root=root, progress=False)
+    before = run_protocol("toyset", "ich", "scratch", None, "toy", **kw)
+    wider = TOY.replace(model=ModelConfig(img_size=16, patch_size=8, embed_dim=36, depth=1, num_heads=2))
+    monkeypatch.setitem(config.PROFILES, "toy", wider)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after = run_protocol("toyset", "ich", "scratch", None, "toy", **kw)
+    said = " ".join(str(w.message) for w in caught)
+    assert "changed since this run finished (a scratch model of another architecture than the profile's now)" in said
+    assert "training it again" in said
+    assert not np.allclose(after["probability"], before["probability"])
+    assert len(list(root.rglob("done"))) == 1  # the same run, made again in its directory
 
 
 def test_a_finished_kshot_run_whose_draw_changed_runs_again(toy_world):

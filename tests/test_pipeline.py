@@ -155,6 +155,16 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     monkeypatch.setattr(runs, "volume_source", reads_volumes)
     with pytest.raises(RuntimeError, match="trained again"):
         pipeline.ensure_finetuned("toyset", "ich", copy, profile.replace(finetune_patience=3), seed=3)
+    # training labels corrected since (an audit: the kept encoder was returned as it was): fine-tuned again
+    monkeypatch.setattr(runs, "volume_source", lambda dataset, scans, spec, num_workers=0: (
+        downstream.VolumeSource(vols[[int(s[1:]) for s in scans["scan_id"]]]), scans.reset_index(drop=True)))
+    before = load_checkpoint(again)[0].state_dict()
+    write_scans(pd.DataFrame([{**r, "ich": 1 - r["ich"] if r["split"] == "train" else r["ich"]} for r in rows]),
+                "toyset")
+    with pytest.warns(UserWarning, match="training or validation rows or labels changed"):
+        relabelled = pipeline.ensure_finetuned("toyset", "ich", encoder, profile.replace(finetune_patience=3), seed=3)
+    assert relabelled == again
+    assert not all(torch.equal(before[k], v) for k, v in load_checkpoint(relabelled)[0].state_dict().items())
 
 
 def test_ensure_pretrained_starts_from_the_released_encoder_unless_asked_to_pretrain_afresh(tmp_path, monkeypatch,

@@ -40,8 +40,8 @@ from .pool import run_surviving
 from .preprocess import PreprocessSpec, load_volume, to_canvas_with_affine
 from .manifest import load_scans
 
-__all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "stale_scans", "CachedVolumes", "INDEX_COLUMNS",
-           "REJECT_COLUMNS"]
+__all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "stale_scans", "volume_stat", "CachedVolumes",
+           "INDEX_COLUMNS", "REJECT_COLUMNS"]
 
 INDEX_COLUMNS = ["scan_id", "file", "shape", "affine", "volume_stat"]
 REJECT_COLUMNS = ["scan_id", "path", "reason"]
@@ -90,7 +90,7 @@ def read_rejects(dataset: str, spec: PreprocessSpec, root: Path | None = None) -
     return _read_table(cache_dir(dataset, spec, root) / "rejects.csv", REJECT_COLUMNS)
 
 
-def _volume_stat(path) -> str:
+def volume_stat(path) -> str:
     """``size:mtime_ns`` of a scan's volume (``""`` when it cannot be read): how the cache notices a change."""
     try:
         stat = os.stat(path)
@@ -104,7 +104,7 @@ def _current(entry: dict, volume: str | None, out: Path) -> bool:
     if volume is None:
         return True
     if entry.get("volume_stat"):
-        return entry["volume_stat"] == _volume_stat(volume)
+        return entry["volume_stat"] == volume_stat(volume)
     try:  # an older cache's row, without volume_stat: changed if the volume is newer than its canvas
         return os.stat(volume).st_mtime_ns <= os.stat(out / entry["file"]).st_mtime_ns
     except OSError:
@@ -207,7 +207,7 @@ def _build(out: Path, spec: PreprocessSpec, index: dict, rejects: dict, todo: li
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     progress = tqdm(total=len(todo), desc=f"cache {dataset} {spec.name} {spec.cache_key}", unit="scan")
     last_save = time.monotonic()
-    stats = {s: _volume_stat(p) for s, p in todo}  # before reading: a volume changed meanwhile is done again
+    stats = {s: volume_stat(p) for s, p in todo}  # before reading: a volume changed meanwhile is done again
     tasks = [(s, p, spec, out) for s, p in todo]
     if workers == 1:
         results = ((t, _process_scan(*t)) for t in tasks)

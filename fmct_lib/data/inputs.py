@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..paths import StageMissing
-from .cache import CachedVolumes, cache_dir, read_index, read_rejects
+from .cache import CachedVolumes, cache_dir, read_index, read_rejects, stale_scans
 from .preprocess import model_input
 from .shared_memory import check_room_for_batches
 
@@ -106,7 +106,8 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
     """Cached model inputs for the rows of ``scans`` → ``(VolumeSource, rows)``.
 
     Scans the cache rejected (its ``rejects.csv``) are left out with a warning; the rows returned say which
-    remain. A scan that is neither cached nor rejected raises ``StageMissing`` naming ``fmct cache``. Where
+    remain. A scan that is neither cached nor rejected, or whose volume changed since it was cached
+    (``cache.stale_scans``), raises ``StageMissing`` naming ``fmct cache``. Where
     the inputs of all rows fit in ``IN_MEMORY_BYTES`` (toy and demo profiles) they are computed once and
     held as one tensor (the inputs are deterministic: augmentation runs on the batch), else read per batch.
     Such a tensor is kept for later calls with the same scans of the same cache build (up to
@@ -125,6 +126,12 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
                 f"{unbuilt[:3]}. Build it with:\n    fmct cache --dataset {dataset} --preset {spec.name} "
                 f"--profile PROFILE")
     kept = scans[ids.isin(cached)].reset_index(drop=True)
+    stale = stale_scans(dataset, spec, kept["scan_id"], scans=kept) if len(kept) else []
+    if stale:  # a volume re-ingested under its id since the cache was built: its canvas is of the old one
+        raise StageMissing(
+            f"{len(stale)} scan(s) of {dataset!r} changed since the {spec.name} cache ({spec.cache_key}) was built "
+            f"(re-ingested under the same id), e.g. {stale[:3]}. Bring it up to date with:\n    fmct cache --dataset "
+            f"{dataset} --preset {spec.name} --profile PROFILE")
     if len(kept) < len(scans):
         warnings.warn(f"{dataset}: {len(scans) - len(kept)} scan(s) are not in the cache (rejected by "
                       f"preprocessing, see rejects.csv) and are left out")

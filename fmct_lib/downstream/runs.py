@@ -34,10 +34,12 @@ A run's identity is its signature (every setting it depends on; a scratch run's 
 profile name's own, ``_own_architecture``); its directory name is made from it. Every
 run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
-(resume) and its predictions' scans and labels are still the evaluation rows of the scan table, and the digest
-of its training and validation rows it recorded (``_training_rows``) is still theirs; where either is not (a scan
-added or withdrawn, a label corrected), it warns and runs again in its directory, and a kept classifier trained
-on other rows is trained again. A run on all
+(resume) and its predictions' scans and labels are still the evaluation rows of the scan table, the digest
+of its training and validation rows it recorded (``_training_rows``) is still theirs, and what else it was made
+from (``_reuse_record``: the versions of its volumes, the precision, a scratch model's architecture, the frozen
+features' version) is unchanged; where any is not (a scan added or withdrawn, a label corrected, a volume
+re-ingested under its id, a GPU's bf16 run read on a CPU), it warns, saying what changed, and runs again in its
+directory, and a kept classifier trained otherwise is trained again. A run on all
 training data keeps its classifier (``trained/`` beside the runs), and a run that differs from it only in what it
 is evaluated on loads it instead of training again.
 """
@@ -60,7 +62,7 @@ from ..models.external import ExternalRef
 from ..models.external.reference import EXTERNAL_PREFIX
 from ..models.heads import Classifier
 from ..precision import precision_name
-from .features import encoder_id
+from .features import FEATURES_VERSION, encoder_id
 from .training import HParams, fewshot_draw
 from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
 
@@ -135,19 +137,24 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         finished = read_predictions(run_dir / "predictions.csv")
-        changes = _evaluation_changes(signature, spec, finished)
+        evaluation = _evaluation_changes(signature, spec, finished)
         stored_config = json.loads((run_dir / "config.json").read_text())
         recorded = stored_config.get("training_rows")
-        if recorded and recorded != _training_rows(signature, train_scans, default=recorded):
-            changes = ", ".join(filter(None, [changes, "training or validation rows or labels changed"]))
+        rows_changed = bool(recorded) and recorded != _training_rows(signature, train_scans, default=recorded)
+        said = {"eval_images"} if evaluation else set()  # other rows have other volumes: said once, as rows
+        if rows_changed:
+            said.add("training_images")
+        record = stored_config.get("reuse_record") or {"precision": stored_config.get("precision")}
+        changes = [evaluation] + (["training or validation rows or labels changed"] if rows_changed else [])
+        changes += _record_changes(record, _reuse_record(signature, proto, profile, train_scans, device), said)
+        changes = ", ".join(filter(None, changes))
         drawn = stored_config.get("train_scan_ids")
         if k_shot and drawn and (today := _kshot_draw(signature, spec, train_scans)) is not None and today != drawn:
             changes = ", ".join(filter(None, [changes, f"the K-shot draw from today's training rows differs in "
                                                        f"{len(set(today) ^ set(drawn))} scan(s)"]))
         if changes:
             import warnings
-            warnings.warn(f"{run_dir}: the evaluation rows changed since this run finished ({changes}); running it "
-                          f"again", stacklevel=2)
+            warnings.warn(f"{run_dir}: changed since this run finished ({changes}); running it again", stacklevel=2)
             stale = True
         elif not return_model:
             return _with_split_warning(finished, task, where)
@@ -164,7 +171,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                                                            device, progress, num_workers, run_root / "features")
         torch.manual_seed(seed)
         rows = _training_rows(signature, train_scans)
-        kept = _kept_classifier(model_file, signature, rows)
+        record = _reuse_record(signature, proto, profile, train_scans, job.device)
+        kept = _kept_classifier(model_file, signature, rows, record)
         if kept is not None:
             model, kept = _load_trained(model_file, signature, proto, encoder, profile)
             trained = trained_classifier(model, job, kept["history"], kept["stopping"], kept["choice"], kept["scratch_grid"])
@@ -174,7 +182,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
             _save_trained(model_file, trained.model, proto, {"signature": training_signature(signature),
                                                              "history": trained.history, "stopping": trained.stopping,
                                                              "choice": trained.choice, "scratch_grid": trained.grid,
-                                                             "training_rows": rows})
+                                                             "training_rows": rows,
+                                                             "reuse_record": _training_part(record)})
         predictions = pd.DataFrame({
             "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
             "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": trained.predict(test_source),
@@ -188,6 +197,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                   else list(train["scan_id"].iloc[job.train_indices].astype(str)),
                   "choice": trained.choice, "scratch_grid": trained.grid, "spec": spec.to_dict(),
                   "device": job.device, "precision": precision_name(job.device), "training_rows": rows,
+                  "reuse_record": record,
                   "split_warning": predictions["split_warning"].iloc[0],
                   **({"external_encoder": encoder.to_dict()} if external else {})}
         atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
@@ -318,19 +328,76 @@ def _training_rows(signature: dict, train_scans: pd.DataFrame | None, default: s
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def _kept_classifier(path: Path | None, signature: dict, rows: str) -> Path | None:
-    """``path`` where it holds a classifier trained on today's ``rows`` (one kept before they were recorded
-    counts as such), else None (then it is trained again and replaced, with a warning where it was stale)."""
+def _kept_classifier(path: Path | None, signature: dict, rows: str, record: dict) -> Path | None:
+    """``path`` where it holds a classifier trained on today's ``rows`` and, where it recorded them, today's
+    ``record``'s training part (one kept before they were recorded counts as such), else None (then it is trained
+    again and replaced, with a warning where it was stale)."""
     if path is None or not path.exists():
         return None
     from ..models.checkpoints import read_checkpoint_config
-    recorded = read_checkpoint_config(path).get("training_rows")
-    if recorded and recorded != rows:
+    kept = read_checkpoint_config(path)
+    changes = _record_changes(kept.get("reuse_record") or {}, _training_part(record))
+    if kept.get("training_rows") and kept["training_rows"] != rows:  # other rows have other volumes: said once
+        changes = ["other training or validation rows than the scan table's now"] + [
+            c for c in changes if c != _RECORD_CHANGES["training_images"]]
+    if changes:
         import warnings
-        warnings.warn(f"{path}: trained on other training or validation rows than the scan table's now; training it "
-                      "again", stacklevel=3)
+        warnings.warn(f"{path}: trained on {'; '.join(changes)}; training it again", stacklevel=3)
         return None
     return path
+
+
+def _reuse_record(signature: dict, proto: Protocol, profile, train_scans: pd.DataFrame | None, device) -> dict:
+    """What a run and its kept classifier are made from beyond their signature, recorded beside them and compared
+    before either is reused (``_record_changes``): the versions (size and modification time, as the cache tells a
+    re-ingested volume) of the training and validation volumes and of the evaluation volumes, the precision it
+    computes in (a deep model's), a scratch model's architecture (the profile's may change under its name) and,
+    where the encoder is frozen, the version of the features' numerics (``features.FEATURES_VERSION``)."""
+    from ..data.manifest import DatasetNotAvailable
+    s, task = signature, signature["task"]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    record = {"precision": precision_name(device)} if proto.head is not None else {}  # a deep model's numerics
+    try:
+        table = _scan_table(s["dataset"])
+        val = select_rows(table, s["train_filter"], "val", task, f"{s['dataset']} val")
+        record["training_images"] = _volume_versions(pd.concat([_train_rows(signature, train_scans), val]))
+        record["eval_images"] = _volume_versions(select_rows(
+            _scan_table(s["eval_dataset"]), s["eval_filter"], s["eval_split"], task, f"{s['eval_dataset']} eval"))
+    except DatasetNotAvailable:  # a finished run read where its data is not: judged on what can be read
+        pass
+    if not proto.needs_encoder and proto.head is not None:
+        record["model"] = profile.model.to_dict()
+    if proto.frozen:
+        record["features_version"] = FEATURES_VERSION
+    return record
+
+
+def _training_part(record: dict) -> dict:
+    """What a kept classifier depends on of a ``_reuse_record``: all but the evaluation volumes."""
+    return {k: v for k, v in record.items() if k != "eval_images"}
+
+
+def _volume_versions(rows: pd.DataFrame) -> str:
+    """A digest of the rows' volumes as they are now: scan id, size and modification time of each."""
+    from ..data.cache import volume_stat
+    ids, paths = rows["scan_id"].astype(str), rows["path"].astype(str)
+    lines = sorted(f"{i}:{volume_stat(path)}" for i, path in zip(ids, paths))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+_RECORD_CHANGES = {"training_images": "training or validation volumes re-ingested since",
+                   "eval_images": "evaluation volumes re-ingested since",
+                   "precision": "computed in {was} then, {now} now",
+                   "model": "a scratch model of another architecture than the profile's now",
+                   "features_version": "frozen features of numerics version {was}, {now} now"}
+
+
+def _record_changes(recorded: dict, now: dict, leave_out=frozenset()) -> list[str]:
+    """What differs between a recorded ``_reuse_record`` and today's, in words, but for the fields ``leave_out``
+    (said otherwise); fields the record lacks (a run made before they were recorded) or that cannot be read today
+    are not judged."""
+    return [text.format(was=recorded[k], now=now[k]) for k, text in _RECORD_CHANGES.items()
+            if k not in leave_out and recorded.get(k) and now.get(k) and recorded[k] != now[k]]
 
 
 _TABLES: dict = {}  # scan table file → (its stat, the table): the reuse check reads each table once while unchanged
