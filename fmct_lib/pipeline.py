@@ -460,6 +460,12 @@ def ensure_dataset(dataset: str, profile: str | Profile) -> pd.DataFrame:
         if sizes and sizes != wanted:
             print(f"note: the synthetic cohort under {cohort.parent} was generated with sizes {sizes}, "
                   f"not profile {p.name!r}'s {wanted}; using it as it is")
+        from .data.synthetic.cohort import GENERATOR_VERSION
+        made_by = json.loads(cohort.read_text()).get("generator_version") if cohort.exists() else GENERATOR_VERSION
+        if made_by != GENERATOR_VERSION:
+            print(f"note: the synthetic cohort under {cohort.parent} was made by another version of its generator "
+                  f"({made_by}; this fmct's is {GENERATOR_VERSION}), so its scans are not this fmct's; delete that "
+                  f"folder to generate it anew")
     return load_scans(dataset)
 
 

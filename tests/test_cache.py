@@ -110,13 +110,19 @@ def test_resume_does_nothing_then_only_the_missing(dataset, monkeypatch):
     index[index["scan_id"] != "s1"].to_csv(out / "index.csv", index=False)
     build_cache("toyset", SPEC, **kw)
     assert calls == ["s1"] and len(read_index("toyset", SPEC, dataset["root"])) == 3
-    # rejected scans are retried only when asked; a repaired file then enters the cache
-    nib.save(nib.Nifti1Image(head(3), AFFINE), dataset["folder"] / "scan3.nii.gz")
+    # a rejected scan is tried again only when asked while its volume is the one refused (an audit: a repaired
+    # volume stayed refused too); a repaired volume, replaced since, is tried again and enters the cache
     build_cache("toyset", SPEC, **kw)
     assert calls == ["s1"]
     build_cache("toyset", SPEC, retry_rejected=True, **kw)
-    assert calls == ["s1", "s3"] and pd.read_csv(out / "rejects.csv").empty
+    assert calls == ["s1", "s3"] and pd.read_csv(out / "rejects.csv")["scan_id"].tolist() == ["s3"]  # still bad
+    nib.save(nib.Nifti1Image(head(3), AFFINE), dataset["folder"] / "scan3.nii.gz")
+    build_cache("toyset", SPEC, **kw)
+    assert calls == ["s1", "s3", "s3"] and pd.read_csv(out / "rejects.csv").empty
     assert len(CachedVolumes("toyset", SPEC, root=dataset["root"])) == 4
+    expected, _ = to_canvas_with_affine(*load_volume(dataset["folder"] / "scan3.nii.gz"), SPEC)
+    got = CachedVolumes("toyset", SPEC, scan_ids=["s3"], root=dataset["root"])[0]["volume"]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_one_builder_at_a_time_and_a_killed_writers_temporary_files_go(dataset):
@@ -257,11 +263,12 @@ def test_a_reader_refuses_canvases_of_a_volume_changed_since_it_was_cached(datas
     rows = load_scans("toyset").query("scan_id in ['s0', 's1']")
     assert len(volume_source("toyset", rows, SPEC)[1]) == 2
     nib.save(nib.Nifti1Image(head(9), AFFINE), dataset["folder"] / "scan1.nii.gz")  # re-ingested under s1
-    with pytest.raises(StageMissing, match=r"1 scan\(s\) of 'toyset' changed since the paper cache \(\w+\) was built "
-                                           r"\(re-ingested under the same id\), e.g. \['s1'\]. (.|\n)*fmct cache --dataset "
-                                           r"toyset --preset paper"):
+    with pytest.raises(StageMissing, match=r"(?s)1 scan\(s\) of 'toyset' changed since the paper cache \(\w+\) was "
+                                           r"built \(re-ingested under the same id\), e.g. \['s1'\]. .*fmct cache "
+                                           r"--dataset toyset --preset paper"):
         volume_source("toyset", rows, SPEC)
     build_cache("toyset", SPEC, workers=1)  # brought up to date: read again, the new volume's canvas
     source, kept = volume_source("toyset", rows, SPEC)
     expected, _ = to_canvas_with_affine(*load_volume(dataset["folder"] / "scan1.nii.gz"), SPEC)
     torch.testing.assert_close(CachedVolumes("toyset", SPEC, scan_ids=["s1"])[0]["volume"], expected, rtol=0, atol=0)
+

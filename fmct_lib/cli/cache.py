@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_preset(parser)
     parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count)")
     parser.add_argument("--scans", nargs="+", default=None, help="only these scan ids")
-    parser.add_argument("--retry-rejected", action="store_true", help="try previously rejected scans again")
+    parser.add_argument("--retry-rejected", action="store_true",
+                        help="try previously rejected scans again (one whose volume was replaced since is tried anyway)")
 
 
 def run(args: argparse.Namespace) -> int:

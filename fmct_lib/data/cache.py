@@ -44,7 +44,7 @@ __all__ = ["cache_dir", "build_cache", "read_index", "read_rejects", "stale_scan
            "INDEX_COLUMNS", "REJECT_COLUMNS"]
 
 INDEX_COLUMNS = ["scan_id", "file", "shape", "affine", "volume_stat"]
-REJECT_COLUMNS = ["scan_id", "path", "reason"]
+REJECT_COLUMNS = ["scan_id", "path", "reason", "volume_stat"]
 _SAVE_EVERY_S = 10.0  # how often the index is rewritten during a build (a crash loses at most this)
 
 
@@ -86,7 +86,8 @@ def read_index(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> 
 
 
 def read_rejects(dataset: str, spec: PreprocessSpec, root: Path | None = None) -> pd.DataFrame:
-    """The scans a cache build could not preprocess (``scan_id, path, reason``); empty when there are none."""
+    """The scans a cache build could not preprocess (``scan_id, path, reason, volume_stat``: a refused volume
+    replaced since is tried again); empty when there are none."""
     return _read_table(cache_dir(dataset, spec, root) / "rejects.csv", REJECT_COLUMNS)
 
 
@@ -99,12 +100,16 @@ def volume_stat(path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _current(entry: dict, volume: str | None, out: Path) -> bool:
-    """Whether an index row was made from the volume now at ``volume`` (``None``: a scan not in the table)."""
+def _current(entry: dict, volume: str | None, out: Path | None) -> bool:
+    """Whether an index (or rejects) row was made from the volume now at ``volume`` (``None``: a scan not in the
+    table). A row of an older cache, without ``volume_stat``: an index row where the volume is not newer than its
+    canvas in ``out``, a rejects row always."""
     if volume is None:
         return True
     if entry.get("volume_stat"):
         return entry["volume_stat"] == volume_stat(volume)
+    if out is None:
+        return True
     try:  # an older cache's row, without volume_stat: changed if the volume is newer than its canvas
         return os.stat(volume).st_mtime_ns <= os.stat(out / entry["file"]).st_mtime_ns
     except OSError:
@@ -172,8 +177,9 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     def pending():
         index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
                  if _usable(r, volumes.get(r["scan_id"]), out)}
-        rejects = {} if retry_rejected else {
-            r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")}
+        rejects = {} if retry_rejected else {  # a refused volume replaced since (repaired) is tried again
+            r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")
+            if _current(r, volumes.get(r["scan_id"]), None)}
         return index, rejects, [(s, p) for s, p in volumes.items() if s not in index and s not in rejects]
 
     if not pending()[2]:  # nothing to add: leave index and rejects (and their mtimes, which key inputs) as they are
@@ -221,7 +227,7 @@ def _build(out: Path, spec: PreprocessSpec, index: dict, rejects: dict, todo: li
                 result = {"scan_id": scan_id, "path": path, "reason": (
                     "the worker process died preprocessing this scan, also when it ran alone (out of memory?)"
                     if isinstance(result, BrokenProcessPool) else f"worker failed: {type(result).__name__}: {result}")}
-            record({**result, "volume_stat": stats[scan_id]} if "file" in result else result)
+            record({**result, "volume_stat": stats[scan_id]})
             progress.update()
             if time.monotonic() - last_save > _SAVE_EVERY_S:
                 save()

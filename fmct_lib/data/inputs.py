@@ -9,6 +9,7 @@ process (a sweep, a notebook), so a sweep of a hundred runs makes each split's i
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections import OrderedDict
 from functools import partial
@@ -126,7 +127,9 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
                 f"{unbuilt[:3]}. Build it with:\n    fmct cache --dataset {dataset} --preset {spec.name} "
                 f"--profile PROFILE")
     kept = scans[ids.isin(cached)].reset_index(drop=True)
-    stale = stale_scans(dataset, spec, kept["scan_id"], scans=kept) if len(kept) else []
+    # rows of a loaded scan table name their volumes by absolute paths; others (rows built by hand): the table's
+    resolved = "path" in kept and all(os.path.isabs(path) for path in kept["path"].astype(str))
+    stale = stale_scans(dataset, spec, kept["scan_id"], scans=kept if resolved else None) if len(kept) else []
     if stale:  # a volume re-ingested under its id since the cache was built: its canvas is of the old one
         raise StageMissing(
             f"{len(stale)} scan(s) of {dataset!r} changed since the {spec.name} cache ({spec.cache_key}) was built "
