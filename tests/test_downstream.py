@@ -386,9 +386,12 @@ def test_internal_to_external_run_writes_predictions_and_resumes(toy_world, monk
     again = run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
                          eval_filter={"site": "external"}, run_root=root, progress=False)
     assert np.allclose(again["probability"], preds["probability"])
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"holds a finished run with other settings \(seed 0 there, 1 here\); "):
         run_protocol("toyset", "ich", "linear", ckpt, TOY, train_filter={"site": "internal"},
                      eval_filter={"site": "external"}, run_dir=run_dir, seed=1, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(hparams.patience 2 there, 5 here\); "):
+        run_protocol("toyset", "ich", "linear", ckpt, TOY.replace(finetune_patience=5), run_dir=run_dir,
+                     train_filter={"site": "internal"}, eval_filter={"site": "external"}, progress=False)
 
 
 def test_the_linear_probe_is_scikit_learns_logistic_regression_on_the_cls_token(toy_world, monkeypatch):

@@ -135,7 +135,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     if (run_dir / "done").exists():
         stored = json.loads((run_dir / "config.json").read_text())["signature"]
         if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
-            raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
+            raise ValueError(f"{run_dir} holds a finished run with other settings "
+                             f"({_differences({**stored, **_no_encoder(stored)}, _as_stored(signature))}); "
+                             f"choose another run_dir")
         finished = read_predictions(run_dir / "predictions.csv")
         evaluation = _evaluation_changes(signature, spec, finished)
         stored_config = json.loads((run_dir / "config.json").read_text())
@@ -516,6 +518,18 @@ def _as_stored(signature: dict) -> dict:
     return json.loads(json.dumps(signature))
 
 
+def _differences(stored: dict, now: dict) -> str:
+    """``"hparams.patience 10 there, 15 here; seed 0 there, 1 here"``: the settings two signatures differ in."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    a, b = flat(stored), flat(now)
+    return "; ".join(f"{k} {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(a.keys() | b.keys())
+                     if a.get(k) != b.get(k))
+
+
 def _no_encoder(signature: dict) -> dict:
     """Runs of encoder-free protocols stored before their signature dropped the (unused) encoder still match."""
     return {"encoder": None} if not get_protocol(signature["protocol"]).needs_encoder else {}
@@ -550,7 +564,9 @@ def _load_trained(path: Path, signature: dict, proto: Protocol, encoder, profile
     from ..models.checkpoints import read_checkpoint_config
     kept = read_checkpoint_config(path)
     if kept["signature"] != _as_stored(training_signature(signature)):
-        raise ValueError(f"{path} holds a classifier trained with other settings; move it away or choose another "
+        raise ValueError(f"{path} holds a classifier trained with other settings "
+                         f"({_differences(kept['signature'], _as_stored(training_signature(signature)))}); "
+                         f"move it away or choose another "
                          f"run_root")
     model = build_classifier(proto, encoder, profile)
     (model.head if proto.frozen else model).load_state_dict(load_file(str(path)))
