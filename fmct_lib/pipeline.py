@@ -557,8 +557,10 @@ def ensure_finetuned(dataset: str, task: str, encoder: Path, profile: str | Prof
     # the run's kept classifier, trained again where its rows, volumes or settings changed (run_protocol's checks)
     _, classifier = run_protocol(dataset, task, "finetune", str(encoder), p, train_filter=train_filter, seed=seed,
                                  spec=spec, progress=False, return_model=True, run_root=runs / "downstream")
-    weights = hashlib.sha256(b"".join(t.detach().cpu().float().numpy().tobytes()
-                                      for _, t in sorted(classifier.encoder.state_dict().items()))).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for _, tensor in sorted(classifier.encoder.state_dict().items()):
+        digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    weights = digest.hexdigest()[:16]
     kept = read_checkpoint_config(out) if out.exists() else {}
     if (kept.get("hparams"), kept.get("pretrained"), kept.get("weights")) == (hparams, pretrained, weights):
         return out  # else it holds another fine-tuning's encoder: written again

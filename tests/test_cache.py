@@ -264,7 +264,8 @@ def test_a_reader_refuses_canvases_of_a_volume_changed_since_it_was_cached(datas
     assert len(volume_source("toyset", rows, SPEC)[1]) == 2
     nib.save(nib.Nifti1Image(head(9), AFFINE), dataset["folder"] / "scan1.nii.gz")  # re-ingested under s1
     with pytest.raises(StageMissing, match=r"(?s)1 scan\(s\) of 'toyset' changed since the paper cache \(\w+\) was "
-                                           r"built \(re-ingested under the same id\), e.g. \['s1'\]. .*fmct cache "
+                                           r"built \(re-ingested under the same id, or their volume is missing now\), "
+                                           r"e.g. \['s1'\]. .*fmct cache "
                                            r"--dataset toyset --preset paper"):
         volume_source("toyset", rows, SPEC)
     build_cache("toyset", SPEC, workers=1)  # brought up to date: read again, the new volume's canvas
@@ -272,3 +273,19 @@ def test_a_reader_refuses_canvases_of_a_volume_changed_since_it_was_cached(datas
     expected, _ = to_canvas_with_affine(*load_volume(dataset["folder"] / "scan1.nii.gz"), SPEC)
     torch.testing.assert_close(CachedVolumes("toyset", SPEC, scan_ids=["s1"])[0]["volume"], expected, rtol=0, atol=0)
 
+
+
+def test_a_volume_missing_when_the_cache_was_built_is_cached_once_it_is_back(dataset):
+    """A review: a volume away when the cache was built (a disk not mounted) was refused for good, its empty version
+    read as "unchanged"; it is tried again once it is back, without --retry-rejected."""
+    kw = dict(root=dataset["root"], data_root=dataset["data_root"], workers=1)
+    volume = dataset["folder"] / "scan1.nii.gz"
+    away = volume.rename(volume.with_name("elsewhere.nii.gz"))
+    out = build_cache("toyset", SPEC, **kw)
+    assert sorted(pd.read_csv(out / "rejects.csv")["scan_id"]) == ["s1", "s3"]
+    build_cache("toyset", SPEC, **kw)
+    assert sorted(pd.read_csv(out / "rejects.csv")["scan_id"]) == ["s1", "s3"]  # still away: still refused
+    away.rename(volume)
+    build_cache("toyset", SPEC, **kw)
+    assert pd.read_csv(out / "rejects.csv")["scan_id"].tolist() == ["s3"]
+    assert "s1" in set(read_index("toyset", SPEC, dataset["root"])["scan_id"])

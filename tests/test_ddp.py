@@ -139,8 +139,8 @@ def _rows(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-# the logged signals of the global batch (all-reduced or gathered); VICReg's invariance and DINO's KoLeo are logged
-# as process 0's own (test_logged_loss_terms_are_of_the_global_batch), not compared here
+# the logged signals of the global batch (all-reduced or gathered); VICReg's invariance and DINO's KoLeo, means over
+# the processes of terms each computes on its own rows, are compared in test_logged_loss_terms_are_of_the_global_batch
 GLOBAL_SIGNALS = ("loss", "teacher_entropy", "kl_to_uniform", "centre_norm", "feature_std", "effective_rank",
                   "variance", "covariance")
 # VICReg's tensors whose gradient is zero in exact arithmetic: a constant they add to every row is removed by the

@@ -591,22 +591,27 @@ def test_a_run_whose_training_labels_changed_is_trained_again_with_its_kept_clas
         write_scans(original, "toyset")
 
 
-def test_a_run_made_from_other_volumes_precision_or_features_is_not_reused(toy_world, monkeypatch):
-    """An audit: a volume re-ingested under its scan id, a GPU's bf16 run read on a CPU and a new version of the
-    frozen features' numerics all returned the finished run (and its kept classifier) as it was. Each is now run
-    (and trained) again, with a warning saying what changed; unchanged, the run is reused as it is."""
+def test_a_run_made_from_other_volumes_or_features_is_not_reused(toy_world, monkeypatch):
+    """An audit: a volume re-ingested under its scan id (the cache's index then records its new version) and a new
+    version of the frozen features' numerics returned the finished run (and its kept classifier) as it was. Each
+    is now run (and trained) again, with a warning saying what changed; unchanged, the run is reused as it is. A
+    run computed in another precision (a GPU's bf16) is reused: it is what that run computed, and says so."""
     import warnings
 
+    from fmct_lib.data.cache import INDEX_COLUMNS, cache_dir
     from fmct_lib.data.manifest import load_scans
-    from fmct_lib.paths import data_root
+    from fmct_lib.data.preprocess import paper_spec
     _, ckpt, root = toy_world
     internal = {"site": "internal"}
     table = load_scans("toyset")
-    folder = data_root() / "toyset"
-    table["path"] = [f"{s}.nii.gz" for s in table["scan_id"]]  # a file of its own per scan (their stats are read)
-    for s in table["scan_id"]:
-        (folder / f"{s}.nii.gz").write_bytes(b"v1")
-    write_scans(table, "toyset")
+    index = pd.DataFrame({"scan_id": table["scan_id"], "file": "x.npy", "shape": "1", "affine": "1",
+                          "volume_stat": "100:1"})[INDEX_COLUMNS]  # as `fmct cache` writes it (the inputs are faked)
+    index_csv = cache_dir("toyset", paper_spec(TOY)) / "index.csv"
+    index_csv.parent.mkdir(parents=True)
+
+    def cache_records(scan_id, version):  # what `fmct cache` records after a volume is re-ingested under scan_id
+        index.loc[index.scan_id == scan_id, "volume_stat"] = version
+        index.to_csv(index_csv, index=False)
 
     def run():
         with warnings.catch_warnings(record=True) as caught:
@@ -615,30 +620,32 @@ def test_a_run_made_from_other_volumes_precision_or_features_is_not_reused(toy_w
         return " ".join(str(w.message) for w in caught if "changed since" in str(w.message)
                         or "training it again" in str(w.message))
 
+    index.to_csv(index_csv, index=False)
     assert run() == ""
     run_dir = next(root.rglob("done")).parent
     kept = next((root / "trained").rglob("model.safetensors"))
     assert run() == ""  # nothing changed: reused, nothing said
-    test_scan = table.query("site == 'internal' and split == 'test'").scan_id.iloc[0]
-    (folder / f"{test_scan}.nii.gz").write_bytes(b"v2, re-ingested")
+    cache_records(table.query("site == 'internal' and split == 'test'").scan_id.iloc[0], "200:2")
     said = run()
     assert "changed since this run finished (evaluation volumes re-ingested since)" in said
     assert "training it again" not in said  # its classifier's volumes are as they were: kept
-    train_scan = table.query("site == 'internal' and split == 'train'").scan_id.iloc[0]
-    (folder / f"{train_scan}.nii.gz").write_bytes(b"v2, re-ingested")
+    cache_records(table.query("site == 'internal' and split == 'train'").scan_id.iloc[0], "200:2")
     before = kept.stat().st_mtime_ns
     said = run()
     assert "(training or validation volumes re-ingested since)" in said
     assert f"{kept}: trained on training or validation volumes re-ingested since; training it again" in said
     assert kept.stat().st_mtime_ns != before and run() == ""
-    config = json.loads((run_dir / "config.json").read_text())  # as a GPU's run would have recorded it
-    config["reuse_record"]["precision"] = "bfloat16 autocast"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["reuse_record"]["precision"] == "float32"
+    config["reuse_record"]["precision"] = "bfloat16 autocast"  # as a GPU's run records it
     (run_dir / "config.json").write_text(json.dumps(config))
-    assert "computed in bfloat16 autocast then, float32 now" in run()
+    assert run() == ""  # reused: what that run computed, its config.json says in which precision
     monkeypatch.setattr(runs_module, "FEATURES_VERSION", runs_module.FEATURES_VERSION + 1)
     said = run()
     assert f"frozen features of numerics version {runs_module.FEATURES_VERSION - 1}, " in said
     assert "training it again" in said  # the kept head was fit on the old features
+    index.drop(columns="volume_stat").to_csv(index_csv, index=False)  # an older cache, without versions
+    assert run() == ""  # not judged on them
 
 
 def test_a_scratch_run_of_a_profile_whose_model_changed_is_trained_again(toy_world, monkeypatch):

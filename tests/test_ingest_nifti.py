@@ -340,20 +340,26 @@ def test_a_second_ingestion_of_a_dataset_being_ingested_is_refused_at_once(env, 
     ingested as before, and a finished dataset is read while another ingestion holds the lock."""
     import os
 
-    from fmct_lib.io import LOCK_FILE, exclusive_lock
+    from fmct_lib.io import exclusive_lock
     src = tmp_path / "src"
     for p in range(2):
         save(las_volume(p), src / f"p{p}.nii.gz")
-    dataset = env[0] / "busy"
-    with exclusive_lock(dataset / LOCK_FILE, what="another ingestion"):
+    dataset, lock = env[0] / "busy", env[0] / ".busy.lock"
+    with exclusive_lock(lock, what="another ingestion"):
         assert fmct(["ingest", "nifti", "--name", "busy", "--source", str(src), "--workers", "1"]) == 2
         err = capsys.readouterr().err
         assert f"dataset busy ({dataset}) is in use by another process (pid {os.getpid()} on host " in err
         assert len(err.strip().splitlines()) == 1
-        assert sorted(p.name for p in dataset.rglob("*")) == [LOCK_FILE, f"{LOCK_FILE}.holder.json"]
+        assert not dataset.exists()
         assert "busy" not in set(read_manifest(env[1])["name"])
+        # every ingester takes the lock first, before reading (indexing RSNA's headers is its longest part)
+        from fmct_lib.data.ingest import ingest_cq500, ingest_dicom, ingest_rsna
+        from fmct_lib.io import LockBusy
+        for ingest in (ingest_rsna, ingest_cq500, ingest_dicom, ingest_nifti):
+            with pytest.raises(LockBusy, match=r"dataset busy \("):
+                ingest(tmp_path / "nowhere", name="busy")
     monkeypatch.setenv("HOME", str(tmp_path))
     summary = ingest_nifti("~/src", name="busy", workers=1)  # ~ is the home folder
-    assert summary["scans"] == 2 and not (dataset / f"{LOCK_FILE}.holder.json").exists()
-    with exclusive_lock(dataset / LOCK_FILE, what="another ingestion"):
+    assert summary["scans"] == 2 and not lock.with_name(".busy.lock.holder.json").exists()
+    with exclusive_lock(lock, what="another ingestion"):
         assert len(load_scans("busy")) == 2

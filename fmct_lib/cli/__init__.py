@@ -50,8 +50,9 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 
 
 def _traceback_wanted() -> bool:
-    """``$FMCT_TRACEBACK`` set to anything but empty or ``0``: errors raise as tracebacks, for debugging."""
-    return os.environ.get("FMCT_TRACEBACK", "").strip() not in ("", "0")
+    """``$FMCT_TRACEBACK`` set to anything but empty, ``0``, ``false``, ``no`` or ``off``: errors raise as
+    tracebacks, for debugging."""
+    return os.environ.get("FMCT_TRACEBACK", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def main(argv: list[str] | None = None) -> int:

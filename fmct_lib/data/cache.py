@@ -9,7 +9,8 @@
 - ``spec.json``: the stored part of the spec (``PreprocessSpec.stored``), so the folder explains itself;
 - ``index.csv``: ``scan_id, file, shape, affine`` (the canvas voxel-to-RAS affine, 16 numbers), ``volume_stat``
   (``size:mtime_ns`` of the scan's volume when it was read);
-- ``rejects.csv``: ``scan_id, path, reason`` for scans that could not be preprocessed.
+- ``rejects.csv``: ``scan_id, path, reason, volume_stat`` for scans that could not be preprocessed (a volume
+  replaced since, or back after it was missing, is tried again).
 
 Every file is written atomically (temp + rename). A re-run skips scans already in the index (and, unless
 asked, those already rejected), so a killed job resumes; a scan whose volume changed since it was cached
@@ -100,16 +101,12 @@ def volume_stat(path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _current(entry: dict, volume: str | None, out: Path | None) -> bool:
-    """Whether an index (or rejects) row was made from the volume now at ``volume`` (``None``: a scan not in the
-    table). A row of an older cache, without ``volume_stat``: an index row where the volume is not newer than its
-    canvas in ``out``, a rejects row always."""
+def _current(entry: dict, volume: str | None, out: Path) -> bool:
+    """Whether an index row was made from the volume now at ``volume`` (``None``: a scan not in the table)."""
     if volume is None:
         return True
     if entry.get("volume_stat"):
         return entry["volume_stat"] == volume_stat(volume)
-    if out is None:
-        return True
     try:  # an older cache's row, without volume_stat: changed if the volume is newer than its canvas
         return os.stat(volume).st_mtime_ns <= os.stat(out / entry["file"]).st_mtime_ns
     except OSError:
@@ -122,14 +119,16 @@ def _usable(entry: dict, volume: str | None, out: Path) -> bool:
 
 
 def stale_scans(dataset: str, spec: PreprocessSpec, scan_ids, *, root: Path | None = None,
-                data_root: Path | None = None, scans: pd.DataFrame | None = None) -> list[str]:
+                data_root: Path | None = None, scans: pd.DataFrame | None = None,
+                index: pd.DataFrame | None = None) -> list[str]:
     """The scans among ``scan_ids`` whose cached canvas is gone or was made from another version of their volume
-    (re-ingested since under the same id): ``build_cache`` does them again, and a reader must not use them.
-    ``scans``: the dataset's scan table, where the caller has read it already."""
+    (re-ingested since under the same id, or missing now): ``build_cache`` does them again, and a reader must not
+    use them. ``scans``, ``index``: the dataset's scan table and the cache's index, where the caller has read them."""
     out = cache_dir(dataset, spec, root)
     table = load_scans(dataset, data_root) if scans is None else scans
     volumes = dict(zip(table["scan_id"], table["path"].astype(str)))
-    index = {r["scan_id"]: r for r in read_index(dataset, spec, root).to_dict("records")}
+    index = read_index(dataset, spec, root) if index is None else index
+    index = {r["scan_id"]: r for r in index.to_dict("records")}
     return [s for s in map(str, scan_ids) if s in index and not _usable(index[s], volumes.get(s), out)]
 
 
@@ -177,9 +176,10 @@ def build_cache(dataset: str, spec: PreprocessSpec, *, root: Path | None = None,
     def pending():
         index = {r["scan_id"]: r for r in _read_table(out / "index.csv", INDEX_COLUMNS).to_dict("records")
                  if _usable(r, volumes.get(r["scan_id"]), out)}
-        rejects = {} if retry_rejected else {  # a refused volume replaced since (repaired) is tried again
+        rejects = {} if retry_rejected else {  # a refused volume replaced since (repaired, back) is tried again
             r["scan_id"]: r for r in _read_table(out / "rejects.csv", REJECT_COLUMNS).to_dict("records")
-            if _current(r, volumes.get(r["scan_id"]), None)}
+            if "volume_stat" not in r or volumes.get(r["scan_id"]) is None
+            or r["volume_stat"] == volume_stat(volumes[r["scan_id"]])}
         return index, rejects, [(s, p) for s, p in volumes.items() if s not in index and s not in rejects]
 
     if not pending()[2]:  # nothing to add: leave index and rejects (and their mtimes, which key inputs) as they are

@@ -39,7 +39,7 @@ def encoder_id(encoder) -> str:
     encoder, its ``ExternalRef.identity`` (``<name>-<weights sha256[:16]>`` or ``<name>-random-s<seed>``)."""
     if isinstance(encoder, ExternalRef):
         return encoder.identity
-    path = Path(encoder).resolve()
+    path = Path(encoder).expanduser().resolve()
     stat = path.stat()
     return _file_sha256(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)[:16]
 

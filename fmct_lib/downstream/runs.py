@@ -36,9 +36,9 @@ run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, l
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
 (resume) and its predictions' scans and labels are still the evaluation rows of the scan table, the digest
 of its training and validation rows it recorded (``_training_rows``) is still theirs, and what else it was made
-from (``_reuse_record``: the versions of its volumes, the precision, a scratch model's architecture, the frozen
-features' version) is unchanged; where any is not (a scan added or withdrawn, a label corrected, a volume
-re-ingested under its id, a GPU's bf16 run read on a CPU), it warns, saying what changed, and runs again in its
+from (``_reuse_record``: the versions of its volumes, a scratch model's architecture, the frozen features' version)
+is unchanged; where any is not (a scan added or withdrawn, a label corrected, a volume re-ingested under its id),
+it warns, saying what changed, and runs again in its
 directory, and a kept classifier trained otherwise is trained again. A run on all
 training data keeps its classifier (``trained/`` beside the runs), and a run that differs from it only in what it
 is evaluated on loads it instead of training again.
@@ -91,6 +91,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     ``<run_root or runs/downstream>/<default_run_name(...)>``.
     """
     profile = get_profile(profile)
+    if encoder is not None and not isinstance(encoder, ExternalRef):
+        encoder = str(Path(encoder).expanduser())  # ~ is the home folder
     # K = 0 trained on all the data under the all-data run's folder, recorded as k 0, and barred the real one
     if k_shot is not None and not is_whole_number(k_shot, least=1):
         raise ValueError(f"k_shot {k_shot!r}: a whole number of at least 1 (None: all training data)")
@@ -146,9 +148,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
         said = {"eval_images"} if evaluation else set()  # other rows have other volumes: said once, as rows
         if rows_changed:
             said.add("training_images")
-        record = stored_config.get("reuse_record") or {"precision": stored_config.get("precision")}
         changes = [evaluation] + (["training or validation rows or labels changed"] if rows_changed else [])
-        changes += _record_changes(record, _reuse_record(signature, proto, profile, train_scans, device), said)
+        changes += _record_changes(stored_config.get("reuse_record") or {},
+                                   _reuse_record(signature, proto, profile, spec, train_scans, device), said)
         changes = ", ".join(filter(None, changes))
         drawn = stored_config.get("train_scan_ids")
         if k_shot and drawn and (today := _kshot_draw(signature, spec, train_scans)) is not None and today != drawn:
@@ -167,13 +169,11 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
 
     # one process per run directory: a second one fails at once (LockBusy names the holder)
     with exclusive_lock(run_dir / LOCK_FILE, what=f"run directory {run_dir}", wait=0):
-        if stale:  # unfinished until its new predictions are written
-            (run_dir / "done").unlink(missing_ok=True)
         job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
                                                            device, progress, num_workers, run_root / "features")
         torch.manual_seed(seed)
         rows = _training_rows(signature, train_scans)
-        record = _reuse_record(signature, proto, profile, train_scans, job.device)
+        record = _reuse_record(signature, proto, profile, spec, train_scans, job.device)
         kept = _kept_classifier(model_file, signature, rows, record)
         if kept is not None:
             model, kept = _load_trained(model_file, signature, proto, encoder, profile)
@@ -202,6 +202,8 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                   "reuse_record": record,
                   "split_warning": predictions["split_warning"].iloc[0],
                   **({"external_encoder": encoder.to_dict()} if external else {})}
+        if stale:  # unfinished until its new predictions are written (a failure before keeps the finished run)
+            (run_dir / "done").unlink(missing_ok=True)
         atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
         atomic_write_text(run_dir / "done", "")
@@ -349,22 +351,26 @@ def _kept_classifier(path: Path | None, signature: dict, rows: str, record: dict
     return path
 
 
-def _reuse_record(signature: dict, proto: Protocol, profile, train_scans: pd.DataFrame | None, device) -> dict:
+def _reuse_record(signature: dict, proto: Protocol, profile, spec, train_scans: pd.DataFrame | None,
+                  device) -> dict:
     """What a run and its kept classifier are made from beyond their signature, recorded beside them and compared
-    before either is reused (``_record_changes``): the versions (size and modification time, as the cache tells a
-    re-ingested volume) of the training and validation volumes and of the evaluation volumes, the precision it
-    computes in (a deep model's), a scratch model's architecture (the profile's may change under its name) and,
-    where the encoder is frozen, the version of the features' numerics (``features.FEATURES_VERSION``)."""
+    before either is reused (``_record_changes``): the versions of the training and validation volumes and of the
+    evaluation volumes their cached inputs were made from (``_volume_versions``), a scratch model's architecture
+    (the profile's may change under its name) and, where the encoder is frozen, the version of the features'
+    numerics (``features.FEATURES_VERSION``); and, recorded only, the precision a deep model computed in (a GPU's
+    bf16 run read on a CPU is what that run computed, not a reason to train it again)."""
     from ..data.manifest import DatasetNotAvailable
     s, task = signature, signature["task"]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    record = {"precision": precision_name(device)} if proto.head is not None else {}  # a deep model's numerics
+    record = {"precision": precision_name(device)} if proto.head is not None else {}
     try:
         table = _scan_table(s["dataset"])
         val = select_rows(table, s["train_filter"], "val", task, f"{s['dataset']} val")
-        record["training_images"] = _volume_versions(pd.concat([_train_rows(signature, train_scans), val]))
-        record["eval_images"] = _volume_versions(select_rows(
-            _scan_table(s["eval_dataset"]), s["eval_filter"], s["eval_split"], task, f"{s['eval_dataset']} eval"))
+        trained_on = pd.concat([_train_rows(signature, train_scans)["scan_id"], val["scan_id"]])
+        record["training_images"] = _volume_versions(s["dataset"], spec, trained_on)
+        evaluated = select_rows(_scan_table(s["eval_dataset"]), s["eval_filter"], s["eval_split"], task,
+                                f"{s['eval_dataset']} {s['eval_split']}")
+        record["eval_images"] = _volume_versions(s["eval_dataset"], spec, evaluated["scan_id"])
     except DatasetNotAvailable:  # a finished run read where its data is not: judged on what can be read
         pass
     if not proto.needs_encoder and proto.head is not None:
@@ -379,17 +385,39 @@ def _training_part(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "eval_images"}
 
 
-def _volume_versions(rows: pd.DataFrame) -> str:
-    """A digest of the rows' volumes as they are now: scan id, size and modification time of each."""
-    from ..data.cache import volume_stat
-    ids, paths = rows["scan_id"].astype(str), rows["path"].astype(str)
-    lines = sorted(f"{i}:{volume_stat(path)}" for i, path in zip(ids, paths))
+def _volume_versions(dataset: str, spec, scan_ids) -> str:
+    """A digest of the versions of the scans' volumes that the cache's inputs were made from (its index's
+    ``volume_stat``: size and modification time; ``-`` for a scan not cached, e.g. refused): another digest after
+    ``fmct cache`` means a volume re-ingested under its id (or refused, or repaired). ``""`` (not judged) where there
+    is no cache, or an older one without versions: no volume is read, so a run is reused while its disk is away."""
+    versions = _cached_versions(dataset, spec)
+    lines = sorted(f"{i}:{versions.get(i, '-')}" for i in map(str, scan_ids)) if versions else []
+    if not versions or any(line.endswith(":") for line in lines):
+        return ""
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+_VERSIONS: dict = {}  # cache index file -> (its stat, scan id -> volume_stat): read once while unchanged
+
+
+def _cached_versions(dataset: str, spec) -> dict[str, str]:
+    """scan id -> ``volume_stat`` of ``dataset``'s cache for ``spec`` (empty where it is not built)."""
+    from ..data.cache import cache_dir, read_index
+    path = (cache_dir(dataset, spec) / "index.csv").resolve()
+    stat = path.stat() if path.exists() else None
+    if stat is None:
+        return {}
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if _VERSIONS.get(path, (None,))[0] != stamp:
+        index = read_index(dataset, spec)
+        versions = dict(zip(index["scan_id"].astype(str), index.get("volume_stat", pd.Series("", index=index.index))
+                            .fillna("").astype(str)))
+        _VERSIONS[path] = (stamp, versions)
+    return _VERSIONS[path][1]
 
 
 _RECORD_CHANGES = {"training_images": "training or validation volumes re-ingested since",
                    "eval_images": "evaluation volumes re-ingested since",
-                   "precision": "computed in {was} then, {now} now",
                    "model": "a scratch model of another architecture than the profile's now",
                    "features_version": "frozen features of numerics version {was}, {now} now"}
 
@@ -497,7 +525,7 @@ def _filter_tag(filt: dict | None) -> str:
 def checkpoint_signature(path) -> str:
     """A checkpoint as a run's signature names it: its run folder (or the file's stem) and the first 16 hex digits
     of its sha256 (``downstream.features.encoder_id``), ``synthetic_vicreg_f1_demo_s0@5fc3dcc82914d338``."""
-    p = Path(path)
+    p = Path(path).expanduser()
     name = p.parent.name if p.stem in ("encoder", "model", "checkpoint") else p.stem
     return f"{name}@{encoder_id(p)}"
 

@@ -205,7 +205,7 @@ def test_ctrl_c_in_a_command_is_one_line_saying_the_finished_work_is_kept(monkey
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setattr(info, "run", interrupted)
-    for off in (None, "0", ""):  # FMCT_TRACEBACK=0 is off (an audit: any value turned it on)
+    for off in (None, "0", "", "false", "No", "off"):  # FMCT_TRACEBACK=0 is off (an audit: any value turned it on)
         if off is None:
             monkeypatch.delenv("FMCT_TRACEBACK", raising=False)
         else:

@@ -1,8 +1,8 @@
 """The parts every ingester shares: pseudonyms, atomic NIfTI writing, the resumable job loop, the tables.
 
 An ingester (RSNA, CQ500, a NIfTI folder) turns its source into a list of ``Job``s, one per output
-volume, and, holding the dataset's lock (``ingesting``: one ingestion of a dataset at a time), hands them to
-``run_jobs`` with a reader, then to ``finish``. For each job the loop
+volume, and hands them to ``run_jobs`` with a reader, then to ``finish``; it holds the dataset's lock all along
+(``one_ingestion_at_a_time``: one ingestion of a dataset at a time). For each job the loop
 
 - derives a pseudonymous ``scan_id`` and ``patient_id`` (keyed HMAC-SHA256 of the source key and of the
   original patient identifier; the key is ``$FMCT_PSEUDONYM_KEY`` or a random key kept beside the
@@ -26,8 +26,10 @@ docs/data_safety.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import secrets
@@ -43,17 +45,18 @@ import pandas as pd
 from ...progress import tqdm
 
 from ..checks import ScanError, join_flags
-from ...io import (LEFTOVER_IDLE_S, LOCK_FILE, atomic_path, atomic_write_csv, atomic_write_json, exclusive_lock,
+from ...io import (LEFTOVER_IDLE_S, atomic_path, atomic_write_csv, atomic_write_json, exclusive_lock,
                    remove_leftovers_in)
+from ...paths import data_root
 from ...workers import watch_parent
-from ..manifest import SCAN_COLUMNS, scan_table_path, write_scans
+from ..manifest import SCAN_COLUMNS, scan_table_path, validate_dataset_name, write_scans
 from ..pool import run_surviving
 from ..preprocess import load_checked
 from ..splits import SPLITS, extend_splits
 
-__all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv", "ingesting",
-           "run_jobs", "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS", "REJECT_COLUMNS",
-           "FLAGS_COLUMN"]
+__all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv",
+           "one_ingestion_at_a_time", "run_jobs", "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS",
+           "REJECT_COLUMNS", "FLAGS_COLUMN"]
 
 REJECT_COLUMNS = ["source", "reason"]
 FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
@@ -241,13 +244,23 @@ def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict,
     return row, skipped
 
 
-@contextlib.contextmanager
-def ingesting(dataset_dir: Path, name: str):
-    """Hold dataset ``name``'s lock (``<dataset_dir>/.lock``) from reading its scans to registering it: one ingestion
-    of a dataset at a time. A second one fails at once with ``LockBusy`` naming the holder (two wrote the same
-    volumes twice, and the last ``scans.csv`` written dropped the other's view); readers never wait."""
-    with exclusive_lock(Path(dataset_dir) / LOCK_FILE, what=f"dataset {name} ({dataset_dir})", wait=0):
-        yield
+def one_ingestion_at_a_time(ingest):
+    """An ingester (``source, *, name, root, ...``) that holds dataset ``name``'s lock (``<data root>/.<name>.lock``,
+    beside its folder: a refused ingestion leaves no folder) for the whole of its run, from indexing the source's headers to registering the dataset: a second ingestion of
+    the name fails at once with ``LockBusy`` naming the holder, before writing anything (two read every scan twice,
+    and the last ``scans.csv`` written held only its own view); readers never wait. The name is checked first."""
+    signature = inspect.signature(ingest)
+
+    @functools.wraps(ingest)
+    def locked(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        name, root = call.arguments["name"], call.arguments["root"]
+        validate_dataset_name(name)  # before a lock file is made for it
+        dataset_dir = Path(root or data_root()) / name
+        with exclusive_lock(dataset_dir.with_name(f".{name}.lock"), what=f"dataset {name} ({dataset_dir})", wait=0):
+            return ingest(*args, **kwargs)
+    return locked
 
 
 def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None = None, workers: int = 2,
@@ -291,7 +304,8 @@ def run_jobs(jobs: list[Job], reader, dataset_dir: Path, *, options: dict | None
             rows.append({**ids, **row, **job.columns})
 
     # the temporary files of the volumes and sidecars to write that a killed ingestion left (never read, but one
-    # volume each, piling up); a caller need not hold the lock (``ingesting``), so only those no live writer touches
+    # volume each, piling up); a caller need not hold the lock (``one_ingestion_at_a_time``), so only those no live
+    # writer touches
     remove_leftovers_in(dataset_dir / VOLUMES, [path.name for _, _, volume, sidecar, _ in pending
                                                 for path in (volume, sidecar)], idle_s=LEFTOVER_IDLE_S)
     if pending and len(pending) < len(jobs):

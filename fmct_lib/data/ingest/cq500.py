@@ -18,7 +18,7 @@ import pandas as pd
 
 from ...paths import data_root
 from ..manifest import CQ500_FINDINGS, register_dataset, validate_dataset_name
-from .common import DICOM_COLUMNS, Job, SourceError, finish, ingesting, read_dicom_job, run_jobs
+from .common import DICOM_COLUMNS, Job, SourceError, finish, one_ingestion_at_a_time, read_dicom_job, run_jobs
 
 __all__ = ["READS_FINDINGS", "read_cq500_labels", "find_series", "is_contrast", "ingest_cq500"]
 
@@ -100,6 +100,7 @@ def find_series(source: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, s
     return series, rejects
 
 
+@one_ingestion_at_a_time
 def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_contrast: bool = False,
                  workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
     """Ingest CQ500 from ``source`` (``reads.csv`` + ``qct*/``) into ``<root>/<name>/``; returns a summary."""
@@ -131,22 +132,21 @@ def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_
                         columns=columns))
 
     options = {"on_gap": on_gap, "tilt": tilt}
-    with ingesting(dataset_dir, name):
-        rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
-                                     workers=workers, desc=f"ingest {name}")
-        for row in rows:  # the header's description (with '/' and '+') is better than the folder's
-            row["contrast"] = int(bool(row.get("contrast")) or is_contrast(str(row.get("series_description") or ""))
-                                  or bool(row.get("contrast_agent")))
-        if drop_contrast:  # again once read: contrast that only the header shows (its description, its agent tag)
-            job_rejects += [(row["_source"], "contrast series by its DICOM header (dropped by drop_contrast)")
-                            for row in rows if row["contrast"]]
-            rows = [row for row in rows if not row["contrast"]]
-        summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
-                         columns=[*DICOM_COLUMNS, "contrast", "category"])
-        found = {patient for patient, _ in series}
-        summary["reads_without_series"] = int((~labels.index.isin(found)).sum())  # a partial download
-        summary["reads_without_series_rows"] = sorted(set(labels.index) - found)[:10]
-        register_dataset(name, description="CQ500 (qure.ai), one volume per series, majority-of-3 labels",
-                         tasks=CQ500_FINDINGS, licence="CC BY-NC-SA 4.0",
-                         ingest_command=f"fmct ingest cq500 --source DIR --name {name}", root=root)
+    rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
+                                 workers=workers, desc=f"ingest {name}")
+    for row in rows:  # the header's description (with '/' and '+') is better than the folder's
+        row["contrast"] = int(bool(row.get("contrast")) or is_contrast(str(row.get("series_description") or ""))
+                              or bool(row.get("contrast_agent")))
+    if drop_contrast:  # again once read: contrast that only the header shows (its description, its agent tag)
+        job_rejects += [(row["_source"], "contrast series by its DICOM header (dropped by drop_contrast)")
+                        for row in rows if row["contrast"]]
+        rows = [row for row in rows if not row["contrast"]]
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=CQ500_FINDINGS,
+                     columns=[*DICOM_COLUMNS, "contrast", "category"])
+    found = {patient for patient, _ in series}
+    summary["reads_without_series"] = int((~labels.index.isin(found)).sum())  # a partial download
+    summary["reads_without_series_rows"] = sorted(set(labels.index) - found)[:10]
+    register_dataset(name, description="CQ500 (qure.ai), one volume per series, majority-of-3 labels",
+                     tasks=CQ500_FINDINGS, licence="CC BY-NC-SA 4.0",
+                     ingest_command=f"fmct ingest cq500 --source DIR --name {name}", root=root)
     return summary

@@ -42,7 +42,8 @@ from ..checks import slice_plane
 from ..dicom import header_number
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..splits import POOL_SPLIT
-from .common import DICOM_COLUMNS, Job, SourceError, finish, ingesting, read_dicom_job, run_jobs, source_files
+from .common import (DICOM_COLUMNS, Job, SourceError, finish, one_ingestion_at_a_time, read_dicom_job, run_jobs,
+                     source_files)
 from .cq500 import is_contrast
 from .headers import index_headers
 from .labels import read_labels, source_relative
@@ -218,6 +219,7 @@ def _screen(series: pd.DataFrame, keep: SeriesFilter, per_study: bool) -> tuple[
     return series, rejects
 
 
+@one_ingestion_at_a_time
 def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
                  key_column: str = "accession", match_on: str = "accession", patient_column: str | None = None,
                  split_column: str | None = None, per_study: bool = False, keep: SeriesFilter = SeriesFilter(),
@@ -274,22 +276,21 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
                         inputs=tuple(s["files"]), columns=columns))
 
     options = {"on_gap": on_gap, "tilt": tilt}
-    with ingesting(dataset_dir, name):
-        rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
-                                     workers=workers, desc=f"ingest {name}")
-        # again once read: the values the headers did not give (an Enhanced CT object's, a missing SliceThickness)
-        why = [keep.refusal(row["plane"], row["slice_thickness_mm"], row["kvp"], row["convolution_kernel"])
-               for row in rows]
-        folder_of = {job.source_key: series.loc[uid, "folder"] for uid, job in zip(series.index, jobs)}
-        job_rejects += [(row["_source"], f"series in {folder_of[row['_source']]}: {reason}")
-                        for row, reason in zip(rows, why) if reason]
-        rows = [row for row, reason in zip(rows, why) if not reason]
-        summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks,
-                         columns=[*DICOM_COLUMNS, "contrast"], given_splits=given_splits)
-        description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
-        register_dataset(name, tasks=tasks, description=description,
-                         ingest_command=f"fmct ingest dicom --name {name} --source DIR --labels LABELS.csv", root=root)
-        update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
+    rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
+                                 workers=workers, desc=f"ingest {name}")
+    # again once read: the values the headers did not give (an Enhanced CT object's, a missing SliceThickness)
+    why = [keep.refusal(row["plane"], row["slice_thickness_mm"], row["kvp"], row["convolution_kernel"])
+           for row in rows]
+    folder_of = {job.source_key: series.loc[uid, "folder"] for uid, job in zip(series.index, jobs)}
+    job_rejects += [(row["_source"], f"series in {folder_of[row['_source']]}: {reason}")
+                    for row, reason in zip(rows, why) if reason]
+    rows = [row for row, reason in zip(rows, why) if not reason]
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks,
+                     columns=[*DICOM_COLUMNS, "contrast"], given_splits=given_splits)
+    description = description or f"custom DICOM dataset ingested from an export ({len(series)} series)"
+    register_dataset(name, tasks=tasks, description=description,
+                     ingest_command=f"fmct ingest dicom --name {name} --source DIR --labels LABELS.csv", root=root)
+    update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
     summary["series"] = len(found)
     labelled = {series.loc[uid, "study"] if per_study else uid for uid in row_of}
     summary["not_in_labels"] = sum(row["_source"] not in labelled for row in rows)

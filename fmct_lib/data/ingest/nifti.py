@@ -34,7 +34,7 @@ from ...paths import data_root
 from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
-from .common import Job, SourceError, finish, hu_int16, ingesting, run_jobs, source_files, to_ras
+from .common import Job, SourceError, finish, hu_int16, one_ingestion_at_a_time, run_jobs, source_files, to_ras
 from .labels import _offending, read_labels, read_text_table, source_relative
 
 __all__ = ["META_COLUMNS", "THICKNESS_RATIO", "read_nifti_job", "check_meta", "read_meta", "ingest_nifti"]
@@ -220,6 +220,7 @@ def _thickness_unlike_spacing(rows: list[dict], given: dict[str, tuple[int, floa
     return out
 
 
+@one_ingestion_at_a_time
 def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict[str, str] | None = None,
                  path_column: str = "path", patient_column: str = "patient_id", split_column: str | None = None,
                  meta: dict[str, str] | None = None, root: Path | None = None, workers: int = 2, seed: int = 0,
@@ -273,15 +274,14 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
         given_splits.update(zip(table["patient"], table["split"]))
 
     dataset_dir = Path(root or data_root()) / name
-    with ingesting(dataset_dir, name):
-        rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
-        unlike = _thickness_unlike_spacing(rows, given_thickness)
-        summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=list(meta),
-                         given_splits=given_splits)
-        description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
-        register_dataset(name, tasks=tasks, description=description,
-                         ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
-        update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
+    rows, rejects = run_jobs(jobs, read_nifti_job, dataset_dir, workers=workers, desc=f"ingest {name}")
+    unlike = _thickness_unlike_spacing(rows, given_thickness)
+    summary = finish(rows, rejects, name, dataset_dir, seed=seed, root=root, tasks=tasks, columns=list(meta),
+                     given_splits=given_splits)
+    description = description or f"custom NIfTI dataset ingested from a folder ({len(files)} files)"
+    register_dataset(name, tasks=tasks, description=description,
+                     ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
+    update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
     summary["not_in_labels"] = len(files) - len(rows_of)
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]

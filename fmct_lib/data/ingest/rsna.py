@@ -19,7 +19,7 @@ import pandas as pd
 
 from ...paths import data_root
 from ..manifest import RSNA_TASKS, register_dataset, validate_dataset_name
-from .common import DICOM_COLUMNS, Job, SourceError, finish, ingesting, read_dicom_job, run_jobs
+from .common import DICOM_COLUMNS, Job, SourceError, finish, one_ingestion_at_a_time, read_dicom_job, run_jobs
 from .headers import index_headers
 
 __all__ = ["RSNA_SUBTYPES", "read_rsna_labels", "index_rsna_headers", "ingest_rsna"]
@@ -62,6 +62,7 @@ def index_rsna_headers(image_dir: Path, index_path: Path, *, workers: int = 2) -
                          desc="index RSNA headers")
 
 
+@one_ingestion_at_a_time
 def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_series: bool = False,
                 workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
     """Ingest the RSNA stage-2 training set from ``source`` into ``<root>/<name>/``; returns a summary.
@@ -100,14 +101,13 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
                             columns={t: scan_labels[t] for t in RSNA_TASKS}))
 
     options = {"on_gap": on_gap, "tilt": tilt}
-    with ingesting(dataset_dir, name):
-        rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
-                                     workers=workers, desc=f"ingest {name}")
-        summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=RSNA_TASKS,
-                         columns=DICOM_COLUMNS)
-        register_dataset(name, description="RSNA Intracranial Hemorrhage Detection (Kaggle 2019), stage 2 train",
-                         tasks=RSNA_TASKS, licence="RSNA challenge data terms",
-                         ingest_command=f"fmct ingest rsna --source DIR --name {name}", root=root)
+    rows, job_rejects = run_jobs(jobs, functools.partial(read_dicom_job, **options), dataset_dir, options=options,
+                                 workers=workers, desc=f"ingest {name}")
+    summary = finish(rows, rejects + job_rejects, name, dataset_dir, seed=seed, root=root, tasks=RSNA_TASKS,
+                     columns=DICOM_COLUMNS)
+    register_dataset(name, description="RSNA Intracranial Hemorrhage Detection (Kaggle 2019), stage 2 train",
+                     tasks=RSNA_TASKS, licence="RSNA challenge data terms",
+                     ingest_command=f"fmct ingest rsna --source DIR --name {name}", root=root)
     sops = set(index["sop"])
     summary["images_without_label"] = len(sops - set(labels.index))
     without = sorted(set(labels.index) - sops)
