@@ -648,6 +648,24 @@ def test_a_run_made_from_other_volumes_or_features_is_not_reused(toy_world, monk
     assert run() == ""  # not judged on them
 
 
+def test_a_stale_run_that_fails_to_run_again_keeps_its_finished_predictions(toy_world, monkeypatch):
+    """A review: a finished run lost its ``done`` marker before running again, so a failure (data away, a crash)
+    left neither the old run nor a new one. It is now unmarked only when its new predictions are written."""
+    _, ckpt, root = toy_world
+    kw = dict(train_filter={"site": "internal"}, run_root=root, progress=False)
+    run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
+    run_dir = next(root.rglob("done")).parent
+    before = (run_dir / "predictions.csv").read_text()
+    monkeypatch.setattr(runs_module, "FEATURES_VERSION", runs_module.FEATURES_VERSION + 1)  # stale now
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the data is away")
+    monkeypatch.setattr(runs_module, "_training_job", fails)
+    with pytest.warns(UserWarning, match="changed since this run finished"), pytest.raises(RuntimeError, match="away"):
+        run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
+    assert (run_dir / "done").exists() and (run_dir / "predictions.csv").read_text() == before
+
+
 def test_a_scratch_run_of_a_profile_whose_model_changed_is_trained_again(toy_world, monkeypatch):
     """An audit: a scratch run is named by its profile, so after the library changed the profile's model the
     finished run and its kept classifier were reused. The architecture is recorded and compared."""

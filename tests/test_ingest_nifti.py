@@ -344,7 +344,7 @@ def test_a_second_ingestion_of_a_dataset_being_ingested_is_refused_at_once(env, 
     src = tmp_path / "src"
     for p in range(2):
         save(las_volume(p), src / f"p{p}.nii.gz")
-    dataset, lock = env[0] / "busy", env[0] / ".busy.lock"
+    dataset, lock = env[0] / "busy", env[0] / ".locks" / "busy.lock"
     with exclusive_lock(lock, what="another ingestion"):
         assert fmct(["ingest", "nifti", "--name", "busy", "--source", str(src), "--workers", "1"]) == 2
         err = capsys.readouterr().err
@@ -360,6 +360,6 @@ def test_a_second_ingestion_of_a_dataset_being_ingested_is_refused_at_once(env, 
                 ingest(tmp_path / "nowhere", name="busy")
     monkeypatch.setenv("HOME", str(tmp_path))
     summary = ingest_nifti("~/src", name="busy", workers=1)  # ~ is the home folder
-    assert summary["scans"] == 2 and not lock.with_name(".busy.lock.holder.json").exists()
+    assert summary["scans"] == 2 and not lock.with_name("busy.lock.holder.json").exists()
     with exclusive_lock(lock, what="another ingestion"):
         assert len(load_scans("busy")) == 2

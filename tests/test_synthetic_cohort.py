@@ -158,8 +158,9 @@ def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env, cap
     half = out / "volumes" / f".{scans[0]}.nii.gz.k1ll3d_x.gz"  # atomic_open's temporary name
     half.write_bytes(written[:100])  # just written: under the cohort's lock no live writer's, so it goes at once
     # one generator at a time: while another holds the lock, finishing the cohort is refused at once, naming it
-    from fmct_lib.io import LOCK_FILE, LockBusy, exclusive_lock
-    with exclusive_lock(out / LOCK_FILE, what="another generator"):
+    from fmct_lib.data.manifest import dataset_lock
+    from fmct_lib.io import LockBusy, exclusive_lock
+    with exclusive_lock(dataset_lock("synthetic", root), what="another generator"):
         with pytest.raises(LockBusy, match=rf"synthetic cohort {out} is in use by another process \(pid {os.getpid()}"):
             generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE, **SIZES)
     assert half.exists() and not volume.exists()
@@ -169,7 +170,7 @@ def test_resume_skips_finished_scans_and_refuses_another_config(cohort, env, cap
             f"the other {len(scans)}") in "".join(capsys.readouterr())
     assert volume.read_bytes() == written and not half.exists()
     pd.testing.assert_frame_equal(again, df)
-    with exclusive_lock(out / LOCK_FILE, what="another generator"):  # complete: read without waiting for the lock
+    with exclusive_lock(dataset_lock("synthetic", root), what="another generator"):  # complete: read at once
         pd.testing.assert_frame_equal(generate_cohort("toy", root=root, seed=5, workers=1, prevalence=PREVALENCE,
                                                       **SIZES), df)
     with pytest.raises(ValueError, match="cohort.json.*another configuration.*seed"):

@@ -6,7 +6,7 @@ Arguments several subcommands share come from ``options`` with one default each.
 when their subcommand runs, so ``fmct --help`` stays fast (no ``import monai`` or ``import umap`` at start-up).
 A problem with what the user gave (a dataset not ingested, a bad option value or file: ``USER_ERRORS``) is one
 line on stderr, ``fmct <command>: error: …``, and exit status 2, as argparse's own usage errors;
-``FMCT_TRACEBACK=1`` shows the traceback instead (``0`` or empty: the line).
+``FMCT_TRACEBACK=1`` shows the traceback instead (``0``, ``false``, ``no``, ``off`` or empty: the line).
 """
 from __future__ import annotations
 

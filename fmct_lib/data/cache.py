@@ -102,11 +102,14 @@ def volume_stat(path) -> str:
 
 
 def _current(entry: dict, volume: str | None, out: Path) -> bool:
-    """Whether an index row was made from the volume now at ``volume`` (``None``: a scan not in the table)."""
+    """Whether an index row was made from the volume now at ``volume`` (``None``: a scan not in the table). A volume
+    that cannot be read now (a disk not mounted) leaves its canvas as it is: it was made from that volume, and
+    another version of it would have another size or modification time once it is back."""
     if volume is None:
         return True
     if entry.get("volume_stat"):
-        return entry["volume_stat"] == volume_stat(volume)
+        now = volume_stat(volume)
+        return now == "" or entry["volume_stat"] == now
     try:  # an older cache's row, without volume_stat: changed if the volume is newer than its canvas
         return os.stat(volume).st_mtime_ns <= os.stat(out / entry["file"]).st_mtime_ns
     except OSError:
@@ -122,8 +125,8 @@ def stale_scans(dataset: str, spec: PreprocessSpec, scan_ids, *, root: Path | No
                 data_root: Path | None = None, scans: pd.DataFrame | None = None,
                 index: pd.DataFrame | None = None) -> list[str]:
     """The scans among ``scan_ids`` whose cached canvas is gone or was made from another version of their volume
-    (re-ingested since under the same id, or missing now): ``build_cache`` does them again, and a reader must not
-    use them. ``scans``, ``index``: the dataset's scan table and the cache's index, where the caller has read them."""
+    (re-ingested since under the same id): ``build_cache`` does them again, and a reader must not use them.
+    ``scans``, ``index``: the dataset's scan table and the cache's index, where the caller has read them."""
     out = cache_dir(dataset, spec, root)
     table = load_scans(dataset, data_root) if scans is None else scans
     volumes = dict(zip(table["scan_id"], table["path"].astype(str)))

@@ -134,8 +134,8 @@ def volume_source(dataset: str, scans: pd.DataFrame, spec, num_workers: int = 0)
     if stale:  # a volume re-ingested under its id since the cache was built: its canvas is of the old one
         raise StageMissing(
             f"{len(stale)} scan(s) of {dataset!r} changed since the {spec.name} cache ({spec.cache_key}) was built "
-            f"(re-ingested under the same id, or their volume is missing now), e.g. {stale[:3]}. Bring it up to date "
-            f"with:\n    fmct cache --dataset {dataset} --preset {spec.name} --profile PROFILE")
+            f"(re-ingested under the same id), e.g. {stale[:3]}. Bring it up to date with:\n    fmct cache --dataset "
+            f"{dataset} --preset {spec.name} --profile PROFILE")
     if len(kept) < len(scans):
         warnings.warn(f"{dataset}: {len(scans) - len(kept)} scan(s) are not in the cache (rejected by "
                       f"preprocessing, see rejects.csv) and are left out")

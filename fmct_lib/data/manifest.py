@@ -38,7 +38,7 @@ __all__ = [
     "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS", "PAPER_DATASET_TASKS",
     "PAPER_RETRIEVAL_SUBTYPES", "RETRIEVAL_SUBTYPES", "paper_tasks", "retrieval_subtypes", "update_dataset_tasks",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
-    "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "PathOutsideRoot",
+    "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "dataset_lock", "PathOutsideRoot",
     "EXTERNAL_ROOTS_FILE", "external_roots", "USER_REGISTRY", "registry_files",
 ]
 
@@ -91,6 +91,13 @@ def validate_dataset_name(name: str) -> str:
     if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
         raise ValueError(f"dataset name {name!r} is not allowed: a name must be {DATASET_NAME_RULE}")
     return name
+
+
+def dataset_lock(name: str, root: Path | None = None) -> Path:
+    """The lock file of dataset ``name`` under the data root (``root``, else ``$FMCT_DATA``'s): held while the dataset
+    is written (an ingestion, the synthetic cohort's generation); kept apart, in ``.locks/``, so a refused
+    ingestion leaves no dataset folder and no name meets another file's lock."""
+    return Path(root or data_root()) / ".locks" / f"{validate_dataset_name(name)}.lock"
 
 
 def registry_files(root: Path | None = None) -> list[Path]:

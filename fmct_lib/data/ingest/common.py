@@ -49,14 +49,14 @@ from ...io import (LEFTOVER_IDLE_S, atomic_path, atomic_write_csv, atomic_write_
                    remove_leftovers_in)
 from ...paths import data_root
 from ...workers import watch_parent
-from ..manifest import SCAN_COLUMNS, scan_table_path, validate_dataset_name, write_scans
+from ..manifest import SCAN_COLUMNS, dataset_lock, scan_table_path, validate_dataset_name, write_scans
 from ..pool import run_surviving
 from ..preprocess import load_checked
 from ..splits import SPLITS, extend_splits
 
 __all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv",
-           "one_ingestion_at_a_time", "run_jobs", "finish", "format_spacing", "to_ras", "read_dicom_job", "DICOM_COLUMNS",
-           "REJECT_COLUMNS", "FLAGS_COLUMN"]
+           "one_ingestion_at_a_time", "run_jobs", "finish", "format_spacing", "to_ras", "read_dicom_job",
+           "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
 
 REJECT_COLUMNS = ["source", "reason"]
 FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
@@ -245,10 +245,11 @@ def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict,
 
 
 def one_ingestion_at_a_time(ingest):
-    """An ingester (``source, *, name, root, ...``) that holds dataset ``name``'s lock (``<data root>/.<name>.lock``,
-    beside its folder: a refused ingestion leaves no folder) for the whole of its run, from indexing the source's headers to registering the dataset: a second ingestion of
-    the name fails at once with ``LockBusy`` naming the holder, before writing anything (two read every scan twice,
-    and the last ``scans.csv`` written held only its own view); readers never wait. The name is checked first."""
+    """An ingester (``source, *, name, root, ...``) that holds dataset ``name``'s lock (``manifest.dataset_lock``:
+    ``<data root>/.locks/<name>.lock``, so a refused ingestion leaves no folder) for the whole of its run, from
+    indexing the source's headers to registering the dataset: a second ingestion of the name fails at once with
+    ``LockBusy`` naming the holder, before writing anything (two read every scan twice, and the last ``scans.csv``
+    written held only its own view); readers never wait. The name is checked first."""
     signature = inspect.signature(ingest)
 
     @functools.wraps(ingest)
@@ -256,9 +257,8 @@ def one_ingestion_at_a_time(ingest):
         call = signature.bind(*args, **kwargs)
         call.apply_defaults()
         name, root = call.arguments["name"], call.arguments["root"]
-        validate_dataset_name(name)  # before a lock file is made for it
-        dataset_dir = Path(root or data_root()) / name
-        with exclusive_lock(dataset_dir.with_name(f".{name}.lock"), what=f"dataset {name} ({dataset_dir})", wait=0):
+        dataset_dir = Path(root or data_root()) / validate_dataset_name(name)  # before a lock file is made for it
+        with exclusive_lock(dataset_lock(name, root), what=f"dataset {name} ({dataset_dir})", wait=0):
             return ingest(*args, **kwargs)
     return locked
 

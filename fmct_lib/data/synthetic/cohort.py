@@ -48,10 +48,10 @@ import pandas as pd
 from ...progress import tqdm
 
 from ...config import get_profile
-from ...io import LOCK_FILE, atomic_open, exclusive_lock, remove_leftovers_in
+from ...io import atomic_open, exclusive_lock, remove_leftovers_in
 from ...paths import data_root
 from ...workers import watch_parent
-from ..manifest import PAPER_TASKS, register_dataset, write_scans
+from ..manifest import PAPER_TASKS, dataset_lock, register_dataset, write_scans
 from ..pool import cancelling_pool
 from ..splits import POOL_SPLIT, assign_splits
 from .atlas import load_atlas
@@ -267,7 +267,7 @@ def generate_cohort(profile="demo", root=None, seed: int = 0, workers: int | Non
     if all(_is_done(pp, out) for pp in plans):  # complete: read without the lock, so readers never wait
         _check_config(out, config)
     else:  # one generator at a time (two wrote the same scans twice); under the lock what is still to do
-        with exclusive_lock(out / LOCK_FILE, what=f"synthetic cohort {out}", wait=0):
+        with exclusive_lock(dataset_lock(DATASET, root), what=f"synthetic cohort {out}", wait=0):  # as ingestion
             _check_config(out, config)
             todo = [pp for pp in plans if not _is_done(pp, out)]  # none where another process just finished it
             if todo:
