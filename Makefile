@@ -71,8 +71,10 @@ reproduce: setup
 
 # The released encoders (encoders/): DINO, MAE and VICReg at the fractions of Fig. 4, with their logs, sha256
 # and MODEL_CARD.md. `make reproduce` starts from them; `make reproduce PRETRAIN=1` pretrains afresh instead.
+# Another profile's releases go to runs/encoders (encoders/ holds the demo's, with its model card).
 pretrain: setup
-	$(GALLERY) $(PY) tools/release_encoders.py --profile $(PROFILE)
+	$(GALLERY) $(if $(filter demo,$(PROFILE)),,FMCT_ENCODERS=$${FMCT_ENCODERS:-$(CURDIR)/runs/encoders}) \
+	  $(PY) tools/release_encoders.py --profile $(PROFILE)
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

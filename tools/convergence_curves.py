@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
                            study.site_filter)
     study.sweep(tasks, args.protocols, encoder, n_seeds=args.seeds)
 
+    from fmct_lib.downstream.runs import checkpoint_signature
+    encoders = {checkpoint_signature(encoder), None}  # this encoder's runs, and scratch's (no encoder)
     rows = []
-    for path in sorted((study.runs / "downstream").rglob("config.json")):
-        config = json.loads(path.read_text())
+    for path in sorted((study.runs / "downstream").rglob("config.json")):  # this call's runs only (a review: the
+        config = json.loads(path.read_text())                            # curves of earlier calls were mixed in)
         s = config["signature"]
-        if s["protocol"] not in args.protocols or s["hparams"]["max_epochs"] != args.cap:
+        if (s["protocol"] not in args.protocols or s["hparams"]["max_epochs"] != args.cap
+                or s["profile"] != profile.name or s["encoder"] not in encoders or s["task"] not in tasks
+                or s["seed"] not in range(study.seed, study.seed + args.seeds) or s["eval_split"] != "test"):
             continue
         for h in config["history"]:
             rows.append({"task": s["task"], "protocol": s["protocol"], "seed": s["seed"], "epoch": h["epoch"],
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rule = pd.DataFrame(rule)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     curves.to_csv(args.out.with_suffix(".csv"), index=False)
-    rule.to_csv(args.out.parent / f"{args.out.name}_rule.csv", index=False)
+    rule.to_csv(args.out.with_name(f"{args.out.with_suffix('').name}_rule.csv"), index=False)
     summary = rule.groupby("patience").agg(median_stop=("stopped_epoch", "median"), max_stop=("stopped_epoch", "max"),
                                            mean_regret=("regret", "mean"), max_regret=("regret", "max"),
                                            at_cap=("reason", lambda r: int((r == "cap").sum())))

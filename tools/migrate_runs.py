@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list what would move, move nothing")
     args = ap.parse_args(argv)
     runs = args.runs or runs_root()
+    if not runs.is_dir():  # a mistyped --runs moved nothing and said so as a success
+        ap.error(f"{runs}: no such runs folder")
     downstream, missing, moved = runs / "downstream", set(), {"runs": 0, "classifiers": 0, "fine-tuned": 0}
 
     for config_path in sorted(downstream.glob("*/*/**/config.json")):

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    S = pipeline.start("synthetic", args.profile, seed=args.seed)
+    S = pipeline.start("synthetic", args.profile, seed=args.seed, site="internal")  # the notebooks' site
     P = S.profile
     random_path = S.runs / "probe" / f"random_init_{P.name}_s{args.seed}.safetensors"
     if not random_path.exists():

@@ -24,6 +24,8 @@ import pandas as pd
 from fmct_lib import pipeline
 from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.paths import figures_root
+from fmct_lib.report.naming import figure_name
+from fmct_lib.train.methods import get_method
 from fmct_lib.train.release import (RELEASE_FILE, ReleaseCorrupt, encoders_root, final_signal, release_name,
                                     release_run, sha256_of, teacher_left_uniform, verify_release, write_model_card)
 
@@ -68,30 +70,32 @@ def issue_24_targets(dest: Path, profile, figures: Path) -> pd.DataFrame:
                      "ours": f"{h:.3f} nats; KL {kl:.3f}", "against": f"uniform {uniform:.3f}; KL < {uniform / 2:.3f}",
                      "p_value": np.nan, "met": teacher_left_uniform(h, kl, profile.dino_out_dim)})
     method = profile.pretrain_method
-    probe = _macro(REPO / "docs" / "measurements" / "probe_demo_comparison.csv", model_a=method,
-                   model_b="random init")
+    probes = REPO / "docs" / "measurements" / f"probe_{profile.name}_comparison.csv"  # tools/probe_encoders.py
+    probe = _macro(probes, model_a=method, model_b="random init")
     if probe is not None:
         rows.append({"target": f"frozen linear probe: {method} above the random encoder, p < 0.01",
                      "ours": f"{probe.a:.3f}", "against": f"{probe.b:.3f}", "p_value": probe.p_value,
                      "met": probe.a > probe.b and probe.p_value < 0.01})
-    histogram = _macro(REPO / "docs" / "measurements" / "probe_demo_comparison.csv", model_a=method,
-                       model_b="histogram")
+    histogram = _macro(probes, model_a=method, model_b="histogram")
     if histogram is not None:
         rows.append({"target": "frozen linear probe level with (p ≥ 0.05) or above the HU-histogram reference",
                      "ours": f"{histogram.a:.3f}", "against": f"histogram {histogram.b:.3f}", "p_value": histogram.p_value,
                      "met": histogram.a >= histogram.b or histogram.p_value >= 0.05})
     for k in profile.fewshot_shots:
-        few = _macro(figures / "fig2_fewshot_auroc_comparison.csv", model_a="pretrained", model_b="scratch", k=k)
+        few = _macro(figures / f"{figure_name('fig2_fewshot_auroc', DATASET, profile)}_comparison.csv",
+                     model_a="pretrained", model_b="scratch", k=k)
         if few is not None:
             rows.append({"target": f"few-shot K = {k}: pretrained above scratch, p < 0.05", "ours": f"{few.a:.3f}",
                          "against": f"scratch {few.b:.3f}", "p_value": few.p_value,
                          "met": few.a > few.b and few.p_value < 0.05})
-    retrieval = _macro(figures / "fig3_retrieval_comparison.csv", model_a=method, model_b="random init")
+    retrieval = _macro(figures / f"{figure_name('fig3_retrieval', DATASET, profile)}_comparison.csv",
+                       model_a=method, model_b="random init")
     if retrieval is not None:
         rows.append({"target": f"retrieval mAP: {method} above the random encoder, p < 0.01 (paper's protocol)",
                      "ours": f"{retrieval.a:.4f}", "against": f"{retrieval.b:.4f}", "p_value": retrieval.p_value,
                      "met": retrieval.a > retrieval.b and retrieval.p_value < 0.01})
-    scaling = _macro(figures / "fig4_scaling_auroc_comparison.csv", model_a=f"{method} 100%", model_b=f"{method} 10%")
+    scaling = _macro(figures / f"{figure_name('fig4_scaling_auroc', DATASET, profile)}_comparison.csv",
+                     model_a=f"{method} 100%", model_b=f"{method} 10%")
     if scaling is not None:
         rows.append({"target": f"more pretraining data: {method} at 100% above 10% of the pool",
                      "ours": f"{scaling.a:.3f}", "against": f"{scaling.b:.3f}", "p_value": scaling.p_value,
@@ -112,7 +116,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     profile = get_profile(args.profile)
     dest = args.dest or encoders_root()
-    jobs = [(m, float(f), profile) for m in args.methods.split(",") for f in args.fractions.split(",")]
+    if dest.resolve() == (REPO / "encoders").resolve() and profile.name != "demo":
+        ap.error(f"{dest} holds the demo profile's committed releases and model card; release the {profile.name!r} "
+                 "encoders elsewhere (--dest, or $FMCT_ENCODERS; `make pretrain` does for other profiles)")
+    methods = args.methods.split(",")
+    try:  # before anything is built (the cohort takes minutes)
+        for method in methods:
+            get_method(method)
+        fractions = [pipeline.fraction("--fractions", float(f)) for f in args.fractions.split(",")]
+    except ValueError as e:
+        ap.error(str(e))
+    jobs = [(m, f, profile) for m in methods for f in fractions]
     if not args.no_patch_variant:  # 12_patch_size's coarser encoder, by default pretrained there otherwise
         jobs.append((profile.pretrain_method, 1.0, patch_variant(profile)))
     pipeline.ensure_dataset(DATASET, profile)
@@ -127,7 +141,7 @@ def main(argv=None) -> int:
         else:
             print(f"   released in {release_run(encoder.parent, dest)}")
         print(f"== [{i}/{len(jobs)}] {name} done in {(time.time() - t0) / 60:.1f} min", flush=True)
-    scores = figures_root() / "fig4_scaling_auroc.csv"  # notebook 05's test-split scores, once it has run
+    scores = figures_root() / f"{figure_name('fig4_scaling_auroc', DATASET, profile)}.csv"  # 05's, once it ran
     card = write_model_card(dest, pd.read_csv(scores) if scores.exists() else None,
                             issue_24_targets(dest, profile, figures_root()))
     print(f"all {len(jobs)} encoders released under {dest} in {(time.time() - start) / 60:.1f} min; model card: {card}")

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                        "PYTHONPATH": str(checkout) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     notebooks = sorted((checkout / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
+        unknown = sorted(set(args.only) - {nb.stem for nb in notebooks})
+        if unknown:  # a typo ran nothing, and two empty digests compared equal
+            parser.error(f"--only: no notebook {', '.join(unknown)}; they are {', '.join(nb.stem for nb in notebooks)}")
         notebooks = [nb for nb in notebooks if nb.stem in args.only]
     timings = {}
     for nb in [] if args.hash_only else notebooks:
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             digests[path.name] = csv_digest(path)
         else:
             digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digests:
+        parser.error(f"no figures under {roots['figures']} to digest (--hash-only needs the --work of an earlier run)")
     args.out.write_text(json.dumps({"figures": digests, "seconds": timings}, indent=1, sort_keys=True) + "\n")
     print(f"{len(digests)} figure files -> {args.out} (roots under {work})")
     return 0
