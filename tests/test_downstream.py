@@ -650,7 +650,9 @@ def test_a_run_made_from_other_volumes_or_features_is_not_reused(toy_world, monk
 
 def test_a_stale_run_that_fails_to_run_again_keeps_its_finished_predictions(toy_world, monkeypatch):
     """A review: a finished run lost its ``done`` marker before running again, so a failure (data away, a crash)
-    left neither the old run nor a new one. It is now unmarked only when its new predictions are written."""
+    left neither the old run nor a new one. It is now unmarked only when its new predictions are written, or when
+    today's rows cannot make the run at all (``ProtocolSkipped``: then the old run was returned as this one, warning
+    at every call)."""
     _, ckpt, root = toy_world
     kw = dict(train_filter={"site": "internal"}, run_root=root, progress=False)
     run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
@@ -664,6 +666,15 @@ def test_a_stale_run_that_fails_to_run_again_keeps_its_finished_predictions(toy_
     with pytest.warns(UserWarning, match="changed since this run finished"), pytest.raises(RuntimeError, match="away"):
         run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
     assert (run_dir / "done").exists() and (run_dir / "predictions.csv").read_text() == before
+    # today's rows cannot make it at all (one class left): the old run is no longer this run, and is not returned
+
+    def skipped(*args, **kwargs):
+        raise ProtocolSkipped("no positive 'ich' scans left")
+    monkeypatch.setattr(runs_module, "_training_job", skipped)
+    for _ in range(2):  # the second call runs it as a run never made, not as a finished one gone stale
+        with pytest.raises(ProtocolSkipped, match="no positive"):
+            run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
+        assert not (run_dir / "done").exists()
 
 
 def test_a_scratch_run_of_a_profile_whose_model_changed_is_trained_again(toy_world, monkeypatch):

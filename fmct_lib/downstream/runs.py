@@ -169,8 +169,14 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
 
     # one process per run directory: a second one fails at once (LockBusy names the holder)
     with exclusive_lock(run_dir / LOCK_FILE, what=f"run directory {run_dir}", wait=0):
-        job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder, train_scans,
-                                                           device, progress, num_workers, run_root / "features")
+        try:
+            job, train, val, test, test_source = _training_job(signature, proto, profile, hp, spec, encoder,
+                                                               train_scans, device, progress, num_workers,
+                                                               run_root / "features")
+        except ProtocolSkipped:  # today's rows cannot make this run (one class left): its old one is no longer it
+            if stale:
+                (run_dir / "done").unlink(missing_ok=True)
+            raise
         torch.manual_seed(seed)
         rows = _training_rows(signature, train_scans)
         record = _reuse_record(signature, proto, profile, spec, train_scans, job.device)
