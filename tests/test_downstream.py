@@ -651,8 +651,8 @@ def test_a_run_made_from_other_volumes_or_features_is_not_reused(toy_world, monk
 def test_a_stale_run_that_fails_to_run_again_keeps_its_finished_predictions(toy_world, monkeypatch):
     """A review: a finished run lost its ``done`` marker before running again, so a failure (data away, a crash)
     left neither the old run nor a new one. It is now unmarked only when its new predictions are written, or when
-    today's rows cannot make the run at all (``ProtocolSkipped``: then the old run was returned as this one, warning
-    at every call)."""
+    today's rows cannot make the run at all (``ProtocolSkipped``: the old predictions stayed marked finished, read
+    as this run's by anyone looking in ``runs/``, and every call warned and was skipped again)."""
     _, ckpt, root = toy_world
     kw = dict(train_filter={"site": "internal"}, run_root=root, progress=False)
     run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
