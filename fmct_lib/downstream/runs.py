@@ -135,14 +135,13 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
     where = f"{eval_dataset} {eval_split}" + (f" [{_filter_tag(eval_filter)}]" if eval_filter else "")
     stale = False
     if (run_dir / "done").exists():
-        stored = json.loads((run_dir / "config.json").read_text())["signature"]
-        if _as_stored(signature) != {**stored, **_no_encoder(stored)}:
+        stored_config = json.loads((run_dir / "config.json").read_text())
+        stored = {**stored_config["signature"], **_no_encoder(stored_config["signature"])}
+        if _as_stored(signature) != stored:
             raise ValueError(f"{run_dir} holds a finished run with other settings "
-                             f"({_differences({**stored, **_no_encoder(stored)}, _as_stored(signature))}); "
-                             f"choose another run_dir")
+                             f"({_differences(stored, _as_stored(signature))}); choose another run_dir")
         finished = read_predictions(run_dir / "predictions.csv")
         evaluation = _evaluation_changes(signature, spec, finished)
-        stored_config = json.loads((run_dir / "config.json").read_text())
         recorded = stored_config.get("training_rows")
         rows_changed = bool(recorded) and recorded != _training_rows(signature, train_scans, default=recorded)
         said = {"eval_images"} if evaluation else set()  # other rows have other volumes: said once, as rows
@@ -346,10 +345,10 @@ def _kept_classifier(path: Path | None, signature: dict, rows: str, record: dict
         return None
     from ..models.checkpoints import read_checkpoint_config
     kept = read_checkpoint_config(path)
-    changes = _record_changes(kept.get("reuse_record") or {}, _training_part(record))
-    if kept.get("training_rows") and kept["training_rows"] != rows:  # other rows have other volumes: said once
-        changes = ["other training or validation rows than the scan table's now"] + [
-            c for c in changes if c != _RECORD_CHANGES["training_images"]]
+    rows_changed = bool(kept.get("training_rows")) and kept["training_rows"] != rows
+    changes = ["other training or validation rows than the scan table's now"] if rows_changed else []
+    changes += _record_changes(kept.get("reuse_record") or {}, _training_part(record),
+                               {"training_images"} if rows_changed else set())  # other rows: other volumes, said once
     if changes:
         import warnings
         warnings.warn(f"{path}: trained on {'; '.join(changes)}; training it again", stacklevel=3)
@@ -403,23 +402,18 @@ def _volume_versions(dataset: str, spec, scan_ids) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-_VERSIONS: dict = {}  # cache index file -> (its stat, scan id -> volume_stat): read once while unchanged
-
-
 def _cached_versions(dataset: str, spec) -> dict[str, str]:
     """scan id -> ``volume_stat`` of ``dataset``'s cache for ``spec`` (empty where it is not built)."""
     from ..data.cache import cache_dir, read_index
-    path = (cache_dir(dataset, spec) / "index.csv").resolve()
-    stat = path.stat() if path.exists() else None
-    if stat is None:
+    path = cache_dir(dataset, spec) / "index.csv"
+    if not path.exists():
         return {}
-    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    if _VERSIONS.get(path, (None,))[0] != stamp:
+
+    def versions() -> dict[str, str]:
         index = read_index(dataset, spec)
-        versions = dict(zip(index["scan_id"].astype(str), index.get("volume_stat", pd.Series("", index=index.index))
-                            .fillna("").astype(str)))
-        _VERSIONS[path] = (stamp, versions)
-    return _VERSIONS[path][1]
+        stats = index["volume_stat"] if "volume_stat" in index else pd.Series("", index=index.index)
+        return dict(zip(index["scan_id"].astype(str), stats.fillna("").astype(str)))
+    return _read_while_unchanged(path, versions)
 
 
 _RECORD_CHANGES = {"training_images": "training or validation volumes re-ingested since",
@@ -436,18 +430,26 @@ def _record_changes(recorded: dict, now: dict, leave_out=frozenset()) -> list[st
             if k not in leave_out and recorded.get(k) and now.get(k) and recorded[k] != now[k]]
 
 
-_TABLES: dict = {}  # scan table file → (its stat, the table): the reuse check reads each table once while unchanged
-
-
 def _scan_table(dataset: str) -> pd.DataFrame:
     """``load_scans(dataset)``, read again only when its file changed (checking many finished runs stays quick)."""
     from ..data.manifest import load_scans, scan_table_path
-    path = scan_table_path(dataset).resolve()
-    stat = path.stat() if path.exists() else None
-    stamp = stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    if stamp is None or _TABLES.get(path, (None,))[0] != stamp:
-        _TABLES[path] = (stamp, load_scans(dataset))
-    return _TABLES[path][1]
+    return _read_while_unchanged(scan_table_path(dataset), lambda: load_scans(dataset))
+
+
+_READ: dict = {}  # file -> (its inode, mtime and size, what was read from it)
+
+
+def _read_while_unchanged(path: Path, read):
+    """``read()``, called again only when the file at ``path`` changed (its inode, modification time or size; a
+    missing file every time, ``read`` saying why): the reuse checks read each scan table and cache index once."""
+    path = Path(path).resolve()
+    if not path.exists():
+        return read()
+    stat = path.stat()
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if _READ.get(path, (None,))[0] != stamp:
+        _READ[path] = (stamp, read())
+    return _READ[path][1]
 
 
 def _check_classes(task: str, **splits) -> None:
