@@ -164,7 +164,8 @@ def test_fit_learns_and_keeps_the_best_validation_epoch():
 ])
 def test_fit_stops_by_the_rule_and_keeps_the_best_state(monkeypatch, scores, patience, expected):
     """The validation AUROCs are scripted (``fit`` scores the model through ``auroc``); the model's state at
-    each evaluation is recorded, so the kept state can be checked against the best epoch's."""
+    each evaluation is recorded, so the kept state can be checked against the best epoch's. The replay that
+    chooses the patience (``tools/convergence_curves.py``) stops where ``fit`` does on the same curve."""
     from fmct_lib.downstream import training as fit_module
     y = np.array([0, 1] * 8)
     model = tiny_model()
@@ -182,6 +183,12 @@ def test_fit_stops_by_the_rule_and_keeps_the_best_state(monkeypatch, scores, pat
     assert len(history) == stopped and stopping.stopped_step == stopped * 2 and stopping.best_step == best * 2
     assert stopping.best_val_auroc == scores[best - 1] and [h.get("best", False) for h in history].count(True) >= 1
     assert all(torch.equal(v, states[best - 1][k]) for k, v in model.state_dict().items())
+    import runpy
+    from pathlib import Path
+    replay = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "convergence_curves.py"))["replay"]
+    replayed = replay(scores, patience)
+    assert (replayed["reason"], replayed["stopped_epoch"], replayed["kept_epoch"]) == expected
+    assert replayed["kept_val_auroc"] == scores[best - 1]
 
 
 def test_fit_without_a_two_class_validation_split_trains_to_the_cap():

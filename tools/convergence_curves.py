@@ -19,18 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from fmct_lib.downstream.training import ConvergenceRule
+
 PATIENCES = (2, 3, 5, 8, 10, 15, 20)
 
 
 def replay(val_auroc: list[float], patience: int) -> dict:
-    """The convergence rule on a recorded curve: stop after ``patience`` epochs without a better value."""
-    best_epoch, best = 1, val_auroc[0]
+    """The library's convergence rule (``ConvergenceRule``, the one ``fit`` applies) on a recorded curve."""
+    rule = ConvergenceRule(patience)
     for epoch, value in enumerate(val_auroc, start=1):
-        if value > best:
-            best_epoch, best = epoch, value
-        if epoch - best_epoch >= patience:
-            return {"stopped_epoch": epoch, "kept_epoch": best_epoch, "kept_val_auroc": best, "reason": "rule"}
-    return {"stopped_epoch": len(val_auroc), "kept_epoch": best_epoch, "kept_val_auroc": best, "reason": "cap"}
+        rule.improved(epoch, value)
+        if rule.should_stop(epoch):
+            return {"stopped_epoch": epoch, "kept_epoch": rule.best_epoch, "kept_val_auroc": rule.best_val_auroc,
+                    "reason": "rule"}
+    return {"stopped_epoch": len(val_auroc), "kept_epoch": rule.best_epoch, "kept_val_auroc": rule.best_val_auroc,
+            "reason": "cap"}
 
 
 def main(argv: list[str] | None = None) -> int:

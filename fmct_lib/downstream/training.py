@@ -26,7 +26,7 @@ from ..models.heads import Classifier
 from .. import precision
 from ..train.schedules import warmup_cosine
 
-__all__ = ["HParams", "Stopping", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
+__all__ = ["HParams", "ConvergenceRule", "Stopping", "balanced_draw", "fewshot_draw", "augment_batch", "predict", "fit"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,28 @@ def predict(model: Classifier, source: VolumeSource, batch_size: int, device="cp
 
 
 @dataclass
+class ConvergenceRule:
+    """The convergence rule over one run's epochs: the epoch with the best validation AUROC so far is kept, and
+    training stops once ``patience`` epochs have passed without a better one (``fit`` applies it after every
+    epoch; ``tools/convergence_curves.py`` replays it on recorded curves to choose the patience)."""
+
+    patience: int
+    best_epoch: int | None = None
+    best_val_auroc: float | None = None
+
+    def improved(self, epoch: int, val_auroc: float) -> bool:
+        """Record ``epoch``'s validation AUROC; True when it beats every earlier epoch (its state is the kept one)."""
+        if self.best_val_auroc is None or val_auroc > self.best_val_auroc:
+            self.best_epoch, self.best_val_auroc = epoch, val_auroc
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        """True once ``patience`` epochs have passed since the best one."""
+        return self.best_epoch is not None and epoch - self.best_epoch >= self.patience
+
+
+@dataclass
 class Stopping:
     """Where and why a model stopped: ``reason`` is ``"rule"`` (no better validation AUROC for ``patience``
     epochs), ``"cap"`` (``max_epochs`` reached first), ``"cap: no validation AUROC"`` (no two-class
@@ -168,6 +190,7 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     warmup = min(total, hp.warmup_epochs * steps_per_epoch)
     scored = val is not None and val_labels is not None and len(np.unique(val_labels)) == 2
     history, best_state, best, step, reason = [], None, None, 0, None
+    rule = ConvergenceRule(hp.patience)
     for epoch in tqdm(range(hp.max_epochs), desc="epochs", leave=False, disable=not progress):
         order = rows[balanced_draw(labels[rows], hp.subset, rng)] if hp.subset else rng.permutation(rows)
         model.train()
@@ -206,10 +229,10 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             record["val_auroc"], reason = float("nan"), "diverged"
             break
         record["val_auroc"] = auroc(val_labels, probabilities)
-        if best is None or record["val_auroc"] > best["val_auroc"]:
+        if rule.improved(record["epoch"], record["val_auroc"]):
             best, best_state = record, copy.deepcopy(model.state_dict())
             record["best"] = True
-        if record["epoch"] - best["epoch"] >= hp.patience:
+        if rule.should_stop(record["epoch"]):
             reason = "rule"
             break
     if best_state is not None:
