@@ -1170,6 +1170,47 @@ def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_bare_broken_pool
     assert 'if __name__ == "__main__":' in done.stderr and "FMCT_WORKERS=1" in done.stderr
 
 
+@pytest.mark.parametrize("tool, argv, said", [
+    ("probe_encoders", ["e=x.safetensors", "--profile", "nope"], "unknown profile 'nope'"),
+    ("pretrain_trial", ["t", "--method", "dino", "--epochs", "1", "--profile", "nope"], "unknown profile 'nope'"),
+    ("release_encoders", ["--profile", "nope"], "unknown profile 'nope'"),
+    ("convergence_curves", ["--profile", "nope", "--out", "x"], "unknown profile 'nope'"),
+])
+def test_the_tools_say_bad_input_in_one_line_as_the_cli_does(tool, argv, said, monkeypatch, capsys):
+    """A typo given to a script in ``tools/`` is one line and exit status 2 (``cli.report_errors``), not a
+    traceback; ``FMCT_TRACEBACK=1`` gives the traceback."""
+    import runpy
+    import sys
+    from pathlib import Path
+    path = str(Path(__file__).resolve().parents[1] / "tools" / f"{tool}.py")
+    monkeypatch.setattr(sys, "argv", [path, *argv])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(path, run_name="__main__")
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith(f"tools/{tool}.py: error: ") and err.count("\n") == 1, err
+    assert said in err
+    monkeypatch.setenv("FMCT_TRACEBACK", "1")
+    with pytest.raises(ValueError):
+        runpy.run_path(path, run_name="__main__")
+
+
+def test_a_pretraining_trial_records_every_setting_of_its_recipe():
+    """``tools/pretrain_trial.py``'s recipe column (docs/measurements/ssl_trials.csv): MAE's own options and the
+    profile are in it (they were left out: two MAE trials of different mask ratios read the same), bookkeeping
+    such as the seed or the checkpoint interval is not."""
+    import runpy
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    recipe = runpy.run_path(str(root / "tools" / "pretrain_trial.py"))["recipe"]
+    run = json.loads((root / "encoders" / "synthetic_mae_f0.1_demo_s0" / "config.json").read_text())["run"]
+    said = json.loads(recipe(run, "demo", [("global_crop", "[48, 75]")]))
+    assert said["mask_ratio"] == 0.75 and said["norm_pix_loss"] is False and said["profile"] == "demo"
+    assert said["lr"] == run["lr"] and said["total_steps"] == run["total_steps"] and said["global_crop"] == "[48, 75]"
+    assert not {"seed", "checkpoint_every", "method", "n_scans"} & set(said)
+    other = json.loads(recipe({**run, "mask_ratio": 0.9}, "demo", []))
+    assert other["mask_ratio"] == 0.9
+
+
 def test_runs_recorded_by_their_encoders_path_are_migrated_and_reused(toy_world, monkeypatch):
     """tools/migrate_runs.py: a run made when signatures named the checkpoint by its path is renamed to the name
     its weights give it, and found again without training; one whose checkpoint is gone stays where it is."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fmct_lib.cli import report_errors
 from fmct_lib.downstream.training import ConvergenceRule
 
 PATIENCES = (2, 3, 5, 8, 10, 15, 20)
@@ -102,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_errors("tools/convergence_curves.py", main))

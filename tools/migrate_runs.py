@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from fmct_lib.cli import report_errors
 from fmct_lib.downstream.runs import (checkpoint_signature, default_run_name, trained_model_path,
                                       training_signature)
 from fmct_lib.io import atomic_write_text
@@ -115,4 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(report_errors("tools/migrate_runs.py", main))

@@ -5,24 +5,38 @@
 
 Runs (or resumes) ``<runs>/trials/NAME`` with the profile's values replaced by the flags, then appends the
 run's validation kNN AUROC per epoch (step 0 = the randomly initialised encoder) to
-``docs/measurements/ssl_trials.csv``. Recipes are chosen on these validation scores; the test split is not
-read here.
+``docs/measurements/ssl_trials.csv`` (its ``recipe`` column: every setting of the run and the profile's name).
+Recipes are chosen on these validation scores; the test split is not read here.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from fmct_lib.cli import report_errors
 from fmct_lib.cli.pretrain import parse_options
 from fmct_lib.config import get_profile
 from fmct_lib.paths import runs_root
 from fmct_lib.train import pretrain
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "ssl_trials.csv"
+
+
+# the run's settings that are bookkeeping, not recipe (the recipe column keeps every other, MAE's options included)
+BOOKKEEPING = ("method", "seed", "checkpoint_every", "world_size", "accum_steps", "n_scans", "steps_per_epoch",
+               "batch_size", "base_lr")
+
+
+def recipe(run: dict, profile: str, fields) -> str:
+    """The trial's recipe as JSON: the run's settings (``config.json``'s ``run``) less its bookkeeping, the profile
+    and the profile fields ``--set`` replaced."""
+    return json.dumps({k: v for k, v in run.items() if k not in BOOKKEEPING} | {"profile": profile} | dict(fields),
+                      sort_keys=True)
 
 
 def main() -> None:
@@ -55,9 +69,7 @@ def main() -> None:
     run = json.loads((run_dir / "config.json").read_text())["run"]
     rows = pd.DataFrame({"trial": args.name, "method": args.method, "epoch_end_step": scored["step"],
                          "epoch": scored["step"] // run["steps_per_epoch"], "knn_auroc_val": scored["knn_auroc"],
-                         "loss": scored["loss"], "recipe": json.dumps({k: v for k, v in run.items() if k in (
-                             "total_steps", "lr", "warmup_steps", "global_batch", "dino", "vicreg",
-                             "teacher_temp_warmup_steps", "freeze_last_layer_steps")} | dict(args.fields), sort_keys=True),
+                         "loss": scored["loss"], "recipe": recipe(run, profile.name, args.fields),
                          "minutes_this_call": round((time.time() - start) / 60, 1)})
     OUT.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(OUT, mode="a", header=not OUT.exists(), index=False)
@@ -65,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("tools/pretrain_trial.py", main))

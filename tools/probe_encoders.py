@@ -13,12 +13,14 @@ difference, 95% bootstrap CI, paired permutation p).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from fmct_lib import pipeline
+from fmct_lib.cli import report_errors
 from fmct_lib.evaluate import bootstrap_ci, paired_comparison
 from fmct_lib.models.checkpoints import save_checkpoint
 from fmct_lib.models.vit3d import vit_from_config
@@ -60,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("tools/probe_encoders.py", main))

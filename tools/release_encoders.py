@@ -15,6 +15,7 @@ Run it on the machine you want the model card to name (it records this machine).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fmct_lib import pipeline
+from fmct_lib.cli import report_errors
 from fmct_lib.config import get_profile, patch_variant
 from fmct_lib.paths import figures_root
 from fmct_lib.report.naming import figure_name
@@ -149,4 +151,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(report_errors("tools/release_encoders.py", main))

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fmct_lib.cli import report_errors
+
 TOY_PARAMETERS = {"05_scaling": {"fractions": [0.5, 1.0]}}  # as tests/test_notebooks.py
 CLOCK_COLUMNS = ("throughput",)  # measured in seconds of this machine: differ from run to run by nature
 
@@ -99,4 +101,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_errors("tools/toy_figure_digests.py", main))

@@ -63,17 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    subcommand = importlib.import_module(SUBCOMMANDS[args.command][0])
+    return report_errors(f"fmct {args.command}", lambda: subcommand.run(args))
+
+
+def report_errors(prog: str, work) -> int:
+    """Run ``work()`` (a command's body; its exit status, None for 0) as every fmct command runs: a problem with
+    what the user gave (``USER_ERRORS``) is one line on stderr, ``<prog>: error: …``, and exit status 2; Ctrl-C
+    one line and 130; ``$FMCT_TRACEBACK`` shows the traceback instead. The scripts in ``tools/`` run through it."""
     try:
-        return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+        return int(work() or 0)
     except USER_ERRORS as e:
         if _traceback_wanted():
             raise
-        print(f"fmct {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every stage keeps what it finished
         if _traceback_wanted():
             raise
-        print(f"\nfmct {args.command}: interrupted. What was finished is kept: run the same command again to go on "
+        print(f"\n{prog}: interrupted. What was finished is kept: run the same command again to go on "
               f"from there.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader stopped early (`fmct info | head`): its choice, not an error
