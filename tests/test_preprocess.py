@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from fmct_lib.data import preprocess as preprocess_module
 from fmct_lib.data.preprocess import (AIR_HU, PreprocessError, PreprocessSpec, apply_windows, load_volume,
                                  model_input, paper_spec, preprocess, reference_spec, resample, to_canvas,
                                  to_canvas_with_affine)
@@ -212,6 +214,63 @@ def test_spec_hash_is_stable_and_changes_with_the_chain():
         PreprocessSpec(name="x", canvas=100, eval_crop=120)
 
 
+def test_the_chains_code_version_renames_its_caches_and_runs(monkeypatch):
+    """A bumped ``CHAIN_VERSION`` gives every spec another hash (runs, frozen features) and cache key (cache folder)
+    and is written into the cache's ``spec.json``; version 1 leaves the names pinned above as they were."""
+    spec, stack = paper_spec("paper"), reference_spec()
+    names = {spec.hash, spec.cache_key, stack.hash, stack.cache_key}
+    assert (spec.hash, spec.cache_key) == ("5aa148469caa", "a75336beb321") and "chain_version" not in spec.stored()
+    monkeypatch.setattr(preprocess_module, "CHAIN_VERSION", 2)
+    bumped = {spec.hash, spec.cache_key, stack.hash, stack.cache_key}
+    assert len(bumped) == 3 and not bumped & names  # a window stack's cache key is its hash, bumped or not
+    assert spec.stored()["chain_version"] == 2 and stack.stored()["chain_version"] == 2
+
+
+CHAIN_GOLDEN = Path(__file__).parent / "assets" / f"preprocess_chain_v{preprocess_module.CHAIN_VERSION}.npz"
+GOLDEN_SPECS = (PreprocessSpec("golden-canvas", canvas=40, eval_crop=32, input_size=16),
+                PreprocessSpec("golden-stack", canvas=None, eval_crop=None, input_size=16, foreground_hu=0.0,
+                               dtype="float16"))
+
+
+def chain_outputs(folder: Path) -> dict[str, np.ndarray]:
+    """A head (skull shell, brain, a bleed, noise) on a permuted, flipped grid of 0.9 × 0.8 × 4 mm, written as
+    NIfTI and read back, through both stages of a canvas chain and through a window-stack chain."""
+    shape = (36, 40, 10)
+    affine = np.array([[0, -0.8, 0, 16.0], [0.9, 0, 0, -14.0], [0, 0, 4.0, -18.0], [0, 0, 0, 1]])
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    r = np.sqrt(((world / [15.0, 14.0, 17.0]) ** 2).sum(-1))
+    hu = np.where(r < 0.85, 35.0, np.where(r < 1.0, 1000.0, -1000.0))
+    hu[((world - [4.0, 3.0, 2.0]) ** 2).sum(-1) < 16] = 70.0
+    hu = np.round(hu + np.random.default_rng(0).normal(0, 5, shape)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, affine), folder / "head.nii.gz")
+    volume, read_affine = load_volume(folder / "head.nii.gz")
+    canvas, canvas_affine = to_canvas_with_affine(volume, read_affine, GOLDEN_SPECS[0])
+    stack, stack_affine = to_canvas_with_affine(volume, read_affine, GOLDEN_SPECS[1])
+    return {"canvas": canvas.numpy(), "canvas_affine": canvas_affine,
+            "input": model_input(canvas[None], GOLDEN_SPECS[0])[0].numpy(),
+            "stack": stack.float().numpy(), "stack_affine": stack_affine}
+
+
+def test_the_chain_computes_what_its_code_version_computed(tmp_path):
+    """What the chain computes is keyed by ``CHAIN_VERSION`` (the spec's fields cannot say that the code changed):
+    its output on a fixed scan is compared with what this version computed when it was made. When this fails because the chain was
+    changed on purpose, bump ``CHAIN_VERSION`` in ``fmct_lib/data/preprocess.py`` and write the new outputs
+    (``python tests/test_preprocess.py``). Tolerances: a canvas voxel may differ by 1 HU (the int16 rounding of the
+    float spline on another CPU's kernels) in at most 0.1% of voxels; window and stack values by 1e-3 of their
+    [0, 1] range; a changed resampling, canvas placement, window or resize moves far more."""
+    assert CHAIN_GOLDEN.exists(), f"{CHAIN_GOLDEN}: write the outputs of this CHAIN_VERSION (python {__file__})"
+    golden, now = np.load(CHAIN_GOLDEN), chain_outputs(tmp_path)
+    assert now["canvas"].shape == golden["canvas"].shape and now["stack"].shape == golden["stack"].shape
+    off = np.abs(now["canvas"].astype(np.int32) - golden["canvas"])
+    assert off.max() <= 1 and (off > 0).mean() <= 1e-3, (
+        f"the canvas differs from this CHAIN_VERSION's (max {off.max()} HU, {(off > 0).mean():.2%} of voxels): "
+        "bump CHAIN_VERSION if the chain changed on purpose")
+    for name, atol in (("input", 1e-3), ("stack", 1e-3), ("canvas_affine", 1e-6), ("stack_affine", 1e-6)):
+        np.testing.assert_allclose(now[name], golden[name], atol=atol, rtol=0, err_msg=(
+            f"{name} differs from this CHAIN_VERSION's: bump CHAIN_VERSION if the chain changed on purpose"))
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 def _nifti(path, data, affine=np.eye(4)):
@@ -311,3 +370,10 @@ def test_nifti_sform_and_qform_disagreeing_are_refused_or_flagged(tmp_path):
     assert scan.flags == ("sform_qform_differ",) and "5 mm" in scan.notes["sform_qform_differ"]
     np.testing.assert_array_equal(scan.affine, ras)
     assert load_checked(_head_nifti(tmp_path / "same.nii.gz", sform=(ras, 1), qform=(ras, 1))).flags == ()
+
+
+if __name__ == "__main__":  # write the chain's outputs for the current CHAIN_VERSION (see the test above)
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        np.savez_compressed(CHAIN_GOLDEN, **chain_outputs(Path(folder)))
+        print(f"wrote {CHAIN_GOLDEN}")

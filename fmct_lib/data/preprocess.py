@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .checks import REPAIRS, SFORM_QFORM_ATOL_MM, CheckedScan, ScanError, ScanRepaired, check_scan, check_volume
 
 __all__ = [
-    "AIR_HU", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
+    "AIR_HU", "CHAIN_VERSION", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
     "ctfm_spec", "merlin_spec", "PRESETS", "preset_spec",
     "load_checked", "load_volume", "resample", "place_on_canvas", "to_canvas", "to_canvas_with_affine", "apply_windows",
     "model_input", "preprocess",
@@ -53,6 +53,12 @@ PAPER_WINDOWS = ((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0))  # (level, width)
 # Outside it every window is 0, so whether a scan's voxels there are kept or blanked to air cannot
 # change the model input; air (−1000 ± noise) stays out, scalp, hair and partial volume stay in.
 HEAD_HU = -800.0
+# The version of the chain's code. Bump it when a change alters what a spec computes (the resampling, the canvas,
+# the windows, the resize): the spec's hash and cache key change with it, so no cache folder, frozen feature or
+# downstream run made by the old code is read again. Version 1 is not written into the digests (the caches and
+# runs made before the version existed keep their names). tests/test_preprocess.py compares the chain's output
+# with the one version 1 computed and fails, asking for the bump, when they differ.
+CHAIN_VERSION = 1
 
 
 class PreprocessError(ScanError):
@@ -117,24 +123,29 @@ class PreprocessSpec:
 
     @property
     def hash(self) -> str:
-        """12 hex characters of SHA-256 over the canonical JSON: stable across runs and machines."""
-        return _digest(self.to_dict())
+        """12 hex characters of SHA-256 over the canonical JSON of the fields and the chain's code version
+        (``CHAIN_VERSION``, from 2 on): stable across runs and machines."""
+        return _digest(_with_chain_version(self.to_dict()))
 
     def stored(self) -> dict:
-        """The fields that decide what the cache stores. A canvas chain caches HU canvases and applies its windows,
-        evaluation crop and resize when a volume is read, so those are left out; a chain without a canvas caches
-        its final window stack, so every field counts."""
+        """The fields that decide what the cache stores, and the chain's code version (from 2 on). A canvas chain
+        caches HU canvases and applies its windows, evaluation crop and resize when a volume is read, so those are
+        left out; a chain without a canvas caches its final window stack, so every field counts."""
         d = self.to_dict()
         if self.canvas is not None:
             for field in ("windows", "eval_crop", "input_size", "resize_mode"):
                 d.pop(field)
-        return d
+        return _with_chain_version(d)
 
     @property
     def cache_key(self) -> str:
         """The cache folder's name (``data.cache``): the digest of :meth:`stored`. Chains that differ only in what
         is applied on reading share one cache (Supp. Fig. 2's 33³ input reads the canvases of the 32³ input)."""
         return _digest(self.stored())
+
+
+def _with_chain_version(fields: dict) -> dict:
+    return fields if CHAIN_VERSION == 1 else {**fields, "chain_version": CHAIN_VERSION}
 
 
 def _digest(fields: dict) -> str:
