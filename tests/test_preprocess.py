@@ -229,12 +229,15 @@ def test_the_chains_code_version_renames_its_caches_and_runs(monkeypatch):
 CHAIN_GOLDEN = Path(__file__).parent / "assets" / f"preprocess_chain_v{preprocess_module.CHAIN_VERSION}.npz"
 GOLDEN_SPECS = (PreprocessSpec("golden-canvas", canvas=40, eval_crop=32, input_size=16),
                 PreprocessSpec("golden-stack", canvas=None, eval_crop=None, input_size=16, foreground_hu=0.0,
-                               dtype="float16"))
+                               dtype="float16"),
+                PreprocessSpec("golden-spl-linear", orientation="SPL", interp_order=1, windows=((512.0, 3072.0),),
+                               canvas=None, eval_crop=None, input_size=16, foreground_hu=0.0, dtype="float16"))
 
 
 def chain_outputs(folder: Path) -> dict[str, np.ndarray]:
     """A head (skull shell, brain, a bleed, noise) on a permuted, flipped grid of 0.9 × 0.8 × 4 mm, written as
-    NIfTI and read back, through both stages of a canvas chain and through a window-stack chain."""
+    NIfTI and read back, through both stages of a canvas chain and through two window-stack chains (RAS and cubic as
+    the authors', SPL and linear as CT-FM's)."""
     shape = (36, 40, 10)
     affine = np.array([[0, -0.8, 0, 16.0], [0.9, 0, 0, -14.0], [0, 0, 4.0, -18.0], [0, 0, 0, 1]])
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
@@ -247,9 +250,11 @@ def chain_outputs(folder: Path) -> dict[str, np.ndarray]:
     volume, read_affine = load_volume(folder / "head.nii.gz")
     canvas, canvas_affine = to_canvas_with_affine(volume, read_affine, GOLDEN_SPECS[0])
     stack, stack_affine = to_canvas_with_affine(volume, read_affine, GOLDEN_SPECS[1])
+    other, other_affine = to_canvas_with_affine(volume, read_affine, GOLDEN_SPECS[2])  # CT-FM's kind of chain
     return {"canvas": canvas.numpy(), "canvas_affine": canvas_affine,
             "input": model_input(canvas[None], GOLDEN_SPECS[0])[0].numpy(),
-            "stack": stack.float().numpy(), "stack_affine": stack_affine}
+            "stack": stack.float().numpy(), "stack_affine": stack_affine,
+            "spl_linear": other.float().numpy(), "spl_linear_affine": other_affine}
 
 
 def test_the_chain_computes_what_its_code_version_computed(tmp_path):
@@ -266,7 +271,8 @@ def test_the_chain_computes_what_its_code_version_computed(tmp_path):
     assert off.max() <= 1 and (off > 0).mean() <= 1e-3, (
         f"the canvas differs from this CHAIN_VERSION's (max {off.max()} HU, {(off > 0).mean():.2%} of voxels): "
         "bump CHAIN_VERSION if the chain changed on purpose")
-    for name, atol in (("input", 1e-3), ("stack", 1e-3), ("canvas_affine", 1e-6), ("stack_affine", 1e-6)):
+    for name, atol in (("input", 1e-3), ("stack", 1e-3), ("spl_linear", 1e-3), ("canvas_affine", 1e-6),
+                       ("stack_affine", 1e-6), ("spl_linear_affine", 1e-6)):
         np.testing.assert_allclose(now[name], golden[name], atol=atol, rtol=0, err_msg=(
             f"{name} differs from this CHAIN_VERSION's: bump CHAIN_VERSION if the chain changed on purpose"))
 
