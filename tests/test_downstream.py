@@ -9,7 +9,7 @@ import torch
 
 from fmct_lib import downstream, precision
 from fmct_lib.data import inputs
-from fmct_lib.downstream import embeddings as embed_module, protocols, runs as runs_module
+from fmct_lib.downstream import embeddings as embed_module, protocols, reuse as reuse_module, runs as runs_module
 from fmct_lib.downstream import histogram
 from fmct_lib.downstream.histogram import C_GRID
 from fmct_lib.config import ModelConfig, get_profile
@@ -647,9 +647,9 @@ def test_a_run_made_from_other_volumes_or_features_is_not_reused(toy_world, monk
     config["reuse_record"]["precision"] = "bfloat16 autocast"  # as a GPU's run records it
     (run_dir / "config.json").write_text(json.dumps(config))
     assert run() == ""  # reused: what that run computed, its config.json says in which precision
-    monkeypatch.setattr(runs_module, "FEATURES_VERSION", runs_module.FEATURES_VERSION + 1)
+    monkeypatch.setattr(reuse_module, "FEATURES_VERSION", reuse_module.FEATURES_VERSION + 1)
     said = run()
-    assert f"frozen features of numerics version {runs_module.FEATURES_VERSION - 1}, " in said
+    assert f"frozen features of numerics version {reuse_module.FEATURES_VERSION - 1}, " in said
     assert "training it again" in said  # the kept head was fit on the old features
     index.drop(columns="volume_stat").to_csv(index_csv, index=False)  # an older cache, without versions
     assert run() == ""  # not judged on them
@@ -665,7 +665,7 @@ def test_a_stale_run_that_fails_to_run_again_keeps_its_finished_predictions(toy_
     run_protocol("toyset", "ich", "linear", ckpt, TOY, **kw)
     run_dir = next(root.rglob("done")).parent
     before = (run_dir / "predictions.csv").read_text()
-    monkeypatch.setattr(runs_module, "FEATURES_VERSION", runs_module.FEATURES_VERSION + 1)  # stale now
+    monkeypatch.setattr(reuse_module, "FEATURES_VERSION", reuse_module.FEATURES_VERSION + 1)  # stale now
 
     def fails(*args, **kwargs):
         raise RuntimeError("the data is away")

@@ -35,8 +35,8 @@ profile name's own, ``_own_architecture``); its directory name is made from it. 
 run writes ``predictions.csv`` (scan_id, task, protocol, seed, k, probability, label, dataset, eval_dataset,
 train_filter, eval_filter), ``config.json`` and a ``done`` marker, and returns at once when the marker exists
 (resume) and its predictions' scans and labels are still the evaluation rows of the scan table, the digest
-of its training and validation rows it recorded (``_training_rows``) is still theirs, and what else it was made
-from (``_reuse_record``: the versions of its volumes, a scratch model's architecture, the frozen features' version)
+of its training and validation rows it recorded (``reuse.training_rows``) is still theirs, and what else it was made
+from (``reuse.reuse_record``: the versions of its volumes, a scratch model's architecture, the frozen features' version)
 is unchanged; where any is not (a scan added or withdrawn, a label corrected, a volume re-ingested under its id),
 it warns, saying what changed, and runs again in its
 directory, and a kept classifier trained otherwise is trained again. A run on all
@@ -62,9 +62,11 @@ from ..models.external import ExternalRef
 from ..models.external.reference import EXTERNAL_PREFIX
 from ..models.heads import Classifier
 from ..precision import precision_name
-from .features import FEATURES_VERSION, encoder_id
+from .features import encoder_id
 from .training import HParams, fewshot_draw
 from .protocols import Protocol, TrainingJob, build_classifier, get_protocol, trained_classifier
+from .reuse import (evaluation_changes, kept_classifier, kshot_draw, record_changes, reuse_record, scan_table,
+                    train_rows, training_part, training_rows)
 
 __all__ = ["run_protocol", "default_run_name", "training_signature", "trained_model_path", "read_predictions",
            "checkpoint_signature"]
@@ -141,18 +143,18 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
             raise ValueError(f"{run_dir} holds a finished run with other settings "
                              f"({_differences(stored, _as_stored(signature))}); choose another run_dir")
         finished = read_predictions(run_dir / "predictions.csv")
-        evaluation = _evaluation_changes(signature, spec, finished)
+        evaluation = evaluation_changes(signature, spec, finished)
         recorded = stored_config.get("training_rows")
-        rows_changed = bool(recorded) and recorded != _training_rows(signature, train_scans, default=recorded)
+        rows_changed = bool(recorded) and recorded != training_rows(signature, train_scans, default=recorded)
         said = {"eval_images"} if evaluation else set()  # other rows have other volumes: said once, as rows
         if rows_changed:
             said.add("training_images")
         changes = [evaluation] + (["training or validation rows or labels changed"] if rows_changed else [])
-        changes += _record_changes(stored_config.get("reuse_record") or {},
-                                   _reuse_record(signature, proto, profile, spec, train_scans, device), said)
+        changes += record_changes(stored_config.get("reuse_record") or {},
+                                   reuse_record(signature, proto, profile, spec, train_scans, device), said)
         changes = ", ".join(filter(None, changes))
         drawn = stored_config.get("train_scan_ids")
-        if k_shot and drawn and (today := _kshot_draw(signature, spec, train_scans)) is not None and today != drawn:
+        if k_shot and drawn and (today := kshot_draw(signature, spec, train_scans)) is not None and today != drawn:
             changes = ", ".join(filter(None, [changes, f"the K-shot draw from today's training rows differs in "
                                                        f"{len(set(today) ^ set(drawn))} scan(s)"]))
         if changes:
@@ -177,9 +179,9 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                 (run_dir / "done").unlink(missing_ok=True)
             raise
         torch.manual_seed(seed)
-        rows = _training_rows(signature, train_scans)
-        record = _reuse_record(signature, proto, profile, spec, train_scans, job.device)
-        kept = _kept_classifier(model_file, signature, rows, record)
+        rows = training_rows(signature, train_scans)
+        record = reuse_record(signature, proto, profile, spec, train_scans, job.device)
+        kept = kept_classifier(model_file, signature, rows, record)
         if kept is not None:
             model, kept = _load_trained(model_file, signature, proto, encoder, profile)
             trained = trained_classifier(model, job, kept["history"], kept["stopping"], kept["choice"], kept["scratch_grid"])
@@ -190,7 +192,7 @@ def run_protocol(dataset: str = "synthetic", task: str = "ich", protocol: str = 
                                                              "history": trained.history, "stopping": trained.stopping,
                                                              "choice": trained.choice, "scratch_grid": trained.grid,
                                                              "training_rows": rows,
-                                                             "reuse_record": _training_part(record)})
+                                                             "reuse_record": training_part(record)})
         predictions = pd.DataFrame({
             "scan_id": test["scan_id"].astype(str), "task": task, "protocol": protocol, "seed": seed,
             "k": pd.array([k_shot or None] * len(test), dtype="Int64"), "probability": trained.predict(test_source),
@@ -239,10 +241,10 @@ def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, 
     the evaluation rows and their source."""
     s = signature
     dataset, task, eval_dataset = s["dataset"], s["task"], s["eval_dataset"]
-    table = _scan_table(dataset)  # read once while unchanged (the reuse checks read it too)
-    train = _train_rows(signature, train_scans)
+    table = scan_table(dataset)  # read once while unchanged (the reuse checks read it too)
+    train = train_rows(signature, train_scans)
     val = select_rows(table, s["train_filter"], "val", task, f"{dataset} val")
-    test = select_rows(_scan_table(eval_dataset), s["eval_filter"],
+    test = select_rows(scan_table(eval_dataset), s["eval_filter"],
                        s["eval_split"], task, f"{eval_dataset} {s['eval_split']}")
     if test.empty:
         raise ProtocolSkipped(f"no {s['eval_split']} scans with a {task!r} label in {eval_dataset} "
@@ -262,194 +264,6 @@ def _training_job(signature: dict, proto: Protocol, profile, hp: HParams, spec, 
                       device=device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=progress,
                       feature_cache=feature_cache)
     return job, train, val, test, test_source
-
-
-def _evaluation_changes(signature: dict, spec, predictions: pd.DataFrame) -> str:
-    """How the evaluation rows in the scan table now differ from a finished run's ``predictions`` (scan_id,
-    label), e.g. ``"1 scan(s) removed, 1 label(s) changed"``; ``""`` where they do not (scans the cache rejected
-    are not counted as added), or where the scan table is not here to compare with."""
-    from ..data.cache import read_rejects
-    from ..data.manifest import DatasetNotAvailable
-    s = signature
-    try:
-        table = _scan_table(s["eval_dataset"])
-    except DatasetNotAvailable:
-        return ""
-    rows = select_rows(table, s["eval_filter"], s["eval_split"], s["task"], f"{s['eval_dataset']} {s['eval_split']}")
-    now = dict(zip(rows["scan_id"].astype(str), rows[s["task"]].astype(int)))
-    before = dict(zip(predictions["scan_id"].astype(str), predictions["label"].astype(int)))
-    rejected = set(read_rejects(s["eval_dataset"], spec)["scan_id"].astype(str))
-    counts = {"added": len(now.keys() - before.keys() - rejected), "removed": len(before.keys() - now.keys())}
-    changed = sum(now[i] != before[i] for i in now.keys() & before.keys())
-    return ", ".join([f"{n} scan(s) {what}" for what, n in counts.items() if n]
-                     + ([f"{changed} label(s) changed"] if changed else []))
-
-
-def _train_rows(signature: dict, train_scans: pd.DataFrame | None) -> pd.DataFrame:
-    """The training rows with a label: ``train_scans``, else the scan table's training split (its filter)."""
-    s, task = signature, signature["task"]
-    train = (train_scans.reset_index(drop=True) if train_scans is not None
-             else select_rows(_scan_table(s["dataset"]), s["train_filter"], "train", task, f"{s['dataset']} train"))
-    return train[train[task].notna()].reset_index(drop=True)
-
-
-def _kshot_draw(signature: dict, spec, train_scans: pd.DataFrame | None) -> list[str] | None:
-    """The scan ids a K-shot run would draw from today's training rows: those in the cache where it is built (as
-    ``volume_source`` keeps them), drawn by ``fewshot_draw`` from the run's seed. The rows' digest
-    (``_training_rows``) cannot see a reordered table or a scan the cache now rejects; the draw can. None where the
-    scan table is not here."""
-    from ..data.cache import read_index
-    from ..data.manifest import DatasetNotAvailable
-    s = signature
-    try:
-        train = _train_rows(signature, train_scans)
-    except DatasetNotAvailable:
-        return None
-    try:
-        cached = read_index(s["dataset"], spec)["scan_id"].astype(str)
-        train = train[train["scan_id"].astype(str).isin(set(cached))].reset_index(drop=True)
-    except FileNotFoundError:  # no cache (StageMissing): the rows as they are
-        pass
-    try:
-        drawn = fewshot_draw(train[s["task"]].to_numpy(), s["k"], np.random.default_rng(s["seed"]))
-    except ProtocolSkipped:
-        return []
-    return list(train["scan_id"].iloc[drawn].astype(str))
-
-
-def _training_rows(signature: dict, train_scans: pd.DataFrame | None, default: str = "") -> str:
-    """A digest of the rows a run trains and chooses on: (split, scan_id, label) of its training rows (the scan
-    table's, or ``train_scans``) and validation rows. A finished run or kept classifier records it; where the
-    scan table now gives another (a label corrected, a scan added or withdrawn), neither is reused. ``default``
-    where the scan table is not here to read."""
-    from ..data.manifest import DatasetNotAvailable
-    s, task = signature, signature["task"]
-    try:
-        table = _scan_table(s["dataset"])
-    except DatasetNotAvailable:
-        return default
-    where = f"{s['dataset']} " + "{}"
-    train = (train_scans if train_scans is not None
-             else select_rows(table, s["train_filter"], "train", task, where.format("train")))
-    val = select_rows(table, s["train_filter"], "val", task, where.format("val"))
-    lines = sorted(f"{split}:{i}:{y}" for split, rows in (("train", train), ("val", val))
-                   for i, y in zip(rows["scan_id"].astype(str), rows[task]) if pd.notna(y))
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-def _kept_classifier(path: Path | None, signature: dict, rows: str, record: dict) -> Path | None:
-    """``path`` where it holds a classifier trained on today's ``rows`` and, where it recorded them, today's
-    ``record``'s training part (one kept before they were recorded counts as such), else None (then it is trained
-    again and replaced, with a warning where it was stale)."""
-    if path is None or not path.exists():
-        return None
-    from ..models.checkpoints import read_checkpoint_config
-    kept = read_checkpoint_config(path)
-    rows_changed = bool(kept.get("training_rows")) and kept["training_rows"] != rows
-    changes = ["other training or validation rows than the scan table's now"] if rows_changed else []
-    changes += _record_changes(kept.get("reuse_record") or {}, _training_part(record),
-                               {"training_images"} if rows_changed else set())  # other rows: other volumes, said once
-    if changes:
-        import warnings
-        warnings.warn(f"{path}: trained on {'; '.join(changes)}; training it again", stacklevel=3)
-        return None
-    return path
-
-
-def _reuse_record(signature: dict, proto: Protocol, profile, spec, train_scans: pd.DataFrame | None,
-                  device) -> dict:
-    """What a run and its kept classifier are made from beyond their signature, recorded beside them and compared
-    before either is reused (``_record_changes``): the versions of the training and validation volumes and of the
-    evaluation volumes their cached inputs were made from (``_volume_versions``), a scratch model's architecture
-    (the profile's may change under its name) and, where the encoder is frozen, the version of the features'
-    numerics (``features.FEATURES_VERSION``); and, recorded only, the precision a deep model computed in (a GPU's
-    bf16 run read on a CPU is what that run computed, not a reason to train it again)."""
-    from ..data.manifest import DatasetNotAvailable
-    s, task = signature, signature["task"]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    record = {"precision": precision_name(device)} if proto.head is not None else {}
-    try:
-        table = _scan_table(s["dataset"])
-        val = select_rows(table, s["train_filter"], "val", task, f"{s['dataset']} val")
-        trained_on = pd.concat([_train_rows(signature, train_scans)["scan_id"], val["scan_id"]])
-        record["training_images"] = _volume_versions(s["dataset"], spec, trained_on)
-        evaluated = select_rows(_scan_table(s["eval_dataset"]), s["eval_filter"], s["eval_split"], task,
-                                f"{s['eval_dataset']} {s['eval_split']}")
-        record["eval_images"] = _volume_versions(s["eval_dataset"], spec, evaluated["scan_id"])
-    except DatasetNotAvailable:  # a finished run read where its data is not: judged on what can be read
-        pass
-    if not proto.needs_encoder and proto.head is not None:
-        record["model"] = profile.model.to_dict()
-    if proto.frozen:
-        record["features_version"] = FEATURES_VERSION
-    return record
-
-
-def _training_part(record: dict) -> dict:
-    """What a kept classifier depends on of a ``_reuse_record``: all but the evaluation volumes."""
-    return {k: v for k, v in record.items() if k != "eval_images"}
-
-
-def _volume_versions(dataset: str, spec, scan_ids) -> str:
-    """A digest of the versions of the scans' volumes that the cache's inputs were made from (its index's
-    ``volume_stat``: size and modification time; ``-`` for a scan not cached, e.g. refused): another digest after
-    ``fmct cache`` means a volume re-ingested under its id (or refused, or repaired). ``""`` (not judged) where there
-    is no cache, or an older one without versions: no volume is read, so a run is reused while its disk is away."""
-    versions = _cached_versions(dataset, spec)
-    lines = sorted(f"{i}:{versions.get(i, '-')}" for i in map(str, scan_ids)) if versions else []
-    if not versions or any(line.endswith(":") for line in lines):
-        return ""
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-def _cached_versions(dataset: str, spec) -> dict[str, str]:
-    """scan id -> ``volume_stat`` of ``dataset``'s cache for ``spec`` (empty where it is not built)."""
-    from ..data.cache import cache_dir, read_index
-    path = cache_dir(dataset, spec) / "index.csv"
-    if not path.exists():
-        return {}
-
-    def versions() -> dict[str, str]:
-        index = read_index(dataset, spec)
-        stats = index["volume_stat"] if "volume_stat" in index else pd.Series("", index=index.index)
-        return dict(zip(index["scan_id"].astype(str), stats.fillna("").astype(str)))
-    return _read_while_unchanged(path, versions)
-
-
-_RECORD_CHANGES = {"training_images": "training or validation volumes re-ingested since",
-                   "eval_images": "evaluation volumes re-ingested since",
-                   "model": "a scratch model of another architecture than the profile's now",
-                   "features_version": "frozen features of numerics version {was}, {now} now"}
-
-
-def _record_changes(recorded: dict, now: dict, leave_out=frozenset()) -> list[str]:
-    """What differs between a recorded ``_reuse_record`` and today's, in words, but for the fields ``leave_out``
-    (said otherwise); fields the record lacks (a run made before they were recorded) or that cannot be read today
-    are not judged."""
-    return [text.format(was=recorded[k], now=now[k]) for k, text in _RECORD_CHANGES.items()
-            if k not in leave_out and recorded.get(k) and now.get(k) and recorded[k] != now[k]]
-
-
-def _scan_table(dataset: str) -> pd.DataFrame:
-    """``load_scans(dataset)``, read again only when its file changed (checking many finished runs stays quick)."""
-    from ..data.manifest import load_scans, scan_table_path
-    return _read_while_unchanged(scan_table_path(dataset), lambda: load_scans(dataset))
-
-
-_READ: dict = {}  # file -> (its inode, mtime and size, what was read from it)
-
-
-def _read_while_unchanged(path: Path, read):
-    """``read()``, called again only when the file at ``path`` changed (its inode, modification time or size; a
-    missing file every time, ``read`` saying why): the reuse checks read each scan table and cache index once."""
-    path = Path(path).resolve()
-    if not path.exists():
-        return read()
-    stat = path.stat()
-    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    if _READ.get(path, (None,))[0] != stamp:
-        _READ[path] = (stamp, read())
-    return _READ[path][1]
 
 
 def _check_classes(task: str, **splits) -> None:
