@@ -218,9 +218,10 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
                     torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), hp.clip_grad)
             scaler.step(opt)
             scaler.update()
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read once an epoch: no host sync per step on a GPU
             step += 1
-        record = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else float("nan")}
+        record = {"epoch": epoch + 1, "step": step,
+                  "loss": float(np.mean(torch.stack(losses).tolist())) if losses else float("nan")}
         history.append(record)
         if not scored:
             continue

@@ -258,7 +258,7 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
             lr = _lr(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per micro-batch
             for m in range(accum):
                 canvases = next(micro).to(device, non_blocking=True)
                 sync = contextlib.nullcontext() if (m == accum - 1 or world == 1) else model.no_sync()
@@ -266,8 +266,8 @@ def train(task, dataset: Dataset, config: dict, run_dir: Path, dist_info: DistIn
                     loss = task.micro_step(model, canvases, generator, slice(rank * b, (rank + 1) * b),
                                            b * world, step, autocast)
                     scaler.scale(loss / accum).backward()
-                loss_sum += float(loss.detach()) / accum
-            loss_mean = float(all_reduce_mean(torch.tensor([loss_sum], device=device))[0])
+                loss_sum += loss.detach().float() / accum
+            loss_mean = float(all_reduce_mean(loss_sum.reshape(1))[0])  # one sync a step: the divergence check
             if not np.isfinite(loss_mean):  # every process sees the same mean, so all stop here together
                 bar.close()
                 raise TrainingDiverged(_diverged_message(loss_mean, step + 1, run_dir, saved_step))
