@@ -38,6 +38,12 @@ def myhosp(n_train=20, n_val=4, n_test=8) -> pd.DataFrame:
 def test_the_label_columns_are_the_binary_columns_other_than_the_bookkeeping():
     table = myhosp().assign(empty=np.nan, age=[40.5] * 32, bleed_left=0)
     assert label_columns(table) == ["ich", "sah", "empty", "bleed_left"]  # not kvp, site, mask_path, age
+    # what ingestion adds beside them holds only 0/1 or nothing on a plain export (a NIfTI folder's empty flags; a
+    # DICOM export's gap, duplicate, localizer, tilt and contrast columns): bookkeeping, never a task (an audit:
+    # `--task flags` was offered and accepted)
+    ingested = table.assign(flags=np.nan, has_gap=0, n_duplicates_dropped=0, n_localizers_dropped=0, tilt_deg=0.0,
+                            contrast=0, n_slices=1, plane=np.nan, kvp=np.nan)
+    assert label_columns(ingested) == ["ich", "sah", "empty", "bleed_left"]
 
 
 def test_a_task_that_is_not_a_label_column_is_refused_naming_the_tasks_and_the_one_meant():

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import is_whole_number
+from ..data.ingest.common import INGESTION_COLUMNS
 from ..data.manifest import SCAN_COLUMNS
 from ..downstream.embeddings import protocol_labels
 from .lesion import MASKED_TASKS
@@ -127,7 +128,7 @@ def candidate_tasks(dataset: str, tasks: list[str] | None = None, scans: pd.Data
 
 
 # columns every scan table may carry that are not labels, whatever their values
-NOT_LABELS = frozenset({*SCAN_COLUMNS, "site", "series"})  # the scan table's bookkeeping, never a task
+NOT_LABELS = frozenset({*SCAN_COLUMNS, *INGESTION_COLUMNS, "site", "series"})  # bookkeeping, never a task
 
 
 def label_columns(scans: pd.DataFrame) -> list[str]:

@@ -56,13 +56,16 @@ from ..splits import SPLITS, extend_splits
 
 __all__ = ["Job", "SourceError", "pseudonym", "pseudonym_key", "write_nifti", "write_private_csv",
            "one_ingestion_at_a_time", "run_jobs", "finish", "format_spacing", "to_ras", "read_dicom_job",
-           "DICOM_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
+           "DICOM_COLUMNS", "INGESTION_COLUMNS", "REJECT_COLUMNS", "FLAGS_COLUMN"]
 
 REJECT_COLUMNS = ["source", "reason"]
 FLAGS_COLUMN = "flags"  # checks.FLAGS names, semicolon-separated; empty for a scan with nothing to note
 # Protocol columns a DICOM series contributes to the scan table (no UIDs: they can embed dates).
 DICOM_COLUMNS = ["series_description", "kvp", "convolution_kernel", "n_slices", "has_gap",
                  "n_duplicates_dropped", "n_localizers_dropped", "tilt_deg", "plane"]
+# Every column ingestion adds beside the scan table's own and the labels: never a task, whatever its values
+# (``has_gap``, ``contrast`` or an empty ``flags`` hold only 0/1 or nothing, as a label column does).
+INGESTION_COLUMNS = frozenset({FLAGS_COLUMN, *DICOM_COLUMNS, "contrast", "category"})
 VOLUMES = "volumes"
 PRIVATE_MODE = 0o600  # tables holding original identifiers: readable by their owner only (docs/data_safety.md)
 MIN_KEY_CHARS = 16  # a pseudonym key (file or $FMCT_PSEUDONYM_KEY) shorter than this is refused (ingestion writes 64)
