@@ -233,10 +233,8 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     if checkpoint:
         checkpoint = _existing_checkpoint(checkpoint)
         config = _fitting_checkpoint(checkpoint, p, spec)
-        if config is None and spec.name == "paper":
-            warnings.warn(f"checkpoint {checkpoint} is in the authors' layout, whose weights were trained on their "
-                          f"own preprocessing: preset='reference' (-p preset reference) feeds them the inputs they "
-                          f"know; the paper chain runs, on inputs they were not trained on", stacklevel=2)
+        if (said := chain_warning(checkpoint, config, spec)) is not None:
+            warnings.warn(said, stacklevel=2)
         recorded = (config or {}).get("method")
         if method and recorded and method != recorded:  # the figures would name a method the encoder never had
             raise ValueError(f"checkpoint {checkpoint} was pretrained with {recorded!r}, not method {method!r}: leave "
@@ -426,6 +424,24 @@ def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec
         return read_checkpoint_config(checkpoint)
     except CheckpointError:  # the authors' layouts carry no configuration
         return None
+
+
+def chain_warning(checkpoint, config: dict | None, spec: PreprocessSpec) -> str | None:
+    """What to warn about where an encoder runs on a preprocessing chain its weights were not trained on, or None:
+    the authors' layout (``config`` None: their files record none) on a chain other than their ``reference``, or
+    one of ours on a chain other than the one it records (``config["preprocess"]``; ``paper`` where it records
+    none). The notebooks (``start``) and ``fmct embed`` / ``fmct finetune`` warn with it."""
+    if config is None:
+        if spec.name == "reference":
+            return None
+        return (f"checkpoint {checkpoint} is in the authors' layout, whose weights were trained on their own "
+                f"preprocessing: preset 'reference' (-p preset reference, --preset reference) feeds them the inputs "
+                f"they know; the {spec.name} chain runs, on inputs they were not trained on")
+    trained_on = (config.get("preprocess") or {}).get("name", "paper")
+    if spec.name == trained_on:
+        return None
+    return (f"checkpoint {checkpoint} was pretrained on the {trained_on!r} preprocessing chain; preset {spec.name!r} "
+            f"feeds it inputs it was not trained on (preset {trained_on!r} is its own)")
 
 
 def _existing_checkpoint(checkpoint: str | os.PathLike) -> Path:

@@ -295,10 +295,44 @@ def test_a_study_of_the_authors_weights_on_the_paper_chain_warns_and_on_theirs_d
     monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset: None)
     path = tmp_path / "model_weights.pth"
     torch.save(released_state, path)
-    with pytest.warns(UserWarning, match=r"in the authors' layout.*preset='reference' \(-p preset reference\)"):
+    with pytest.warns(UserWarning, match=r"in the authors' layout.*preset 'reference' \(-p preset reference, "
+                                         r"--preset reference\)"):
         study = pipeline.start("rsna", "paper", checkpoint=str(path))
     assert study.method == "dino"  # the authors' file records none: the profile's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipeline.start("rsna", "paper", checkpoint=str(path), preset="reference")
+
+
+def test_the_command_line_warns_of_a_chain_the_weights_were_not_trained_on(released_state, tmp_path, capsys):
+    """``fmct embed`` and ``fmct finetune`` (``options.warn_of_chain``) warn as the notebooks do, in one line (an
+    audit: the authors' weights ran on the paper chain without a word; ours on the reference chain too)."""
+    import sys
+    import warnings
+    from fmct_lib.cli import report_errors
+    from fmct_lib.cli.options import warn_of_chain
+    from fmct_lib.data.preprocess import paper_spec, reference_spec
+    from fmct_lib.models.checkpoints import save_checkpoint
+    from fmct_lib.config import get_profile
+    from fmct_lib.models.vit3d import vit_from_config
+    authors = tmp_path / "model_weights.pth"
+    torch.save(released_state, authors)
+    ours = save_checkpoint(tmp_path / "ours.safetensors", vit_from_config(get_profile("toy").model),
+                           config={"method": "dino", "preprocess": paper_spec("toy").to_dict()})
+    cases = {(authors, "paper"): "in the authors' layout", (authors, "reference"): None,
+             (ours, "paper"): None, (ours, "reference"): "pretrained on the 'paper' preprocessing chain"}
+    for (encoder, chain), said in cases.items():
+        spec = paper_spec("paper") if chain == "paper" else reference_spec("paper")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warn_of_chain(str(encoder), spec)
+        assert [str(w.message) for w in caught if said and said in str(w.message)] or not said, (encoder, chain)
+        assert said or not caught, (encoder, chain)
+    with warnings.catch_warnings():  # as a command prints it (Python's printer, not pytest's recorder): one line
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        assert report_errors("fmct embed", lambda: warn_of_chain(str(authors), paper_spec("paper"))) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"fmct embed: warning: checkpoint {authors} is in the authors' layout") and err.count("\n") == 1
 

@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 def report_errors(prog: str, work) -> int:
     """Run ``work()`` (a command's body; its exit status, None for 0) as every fmct command runs: a problem with
     what the user gave (``USER_ERRORS``) is one line on stderr, ``<prog>: error: …``, and exit status 2; Ctrl-C
-    one line and 130; ``$FMCT_TRACEBACK`` shows the traceback instead. The scripts in ``tools/`` run through it."""
+    one line and 130; ``$FMCT_TRACEBACK`` shows the traceback instead. A warning is one line too,
+    ``<prog>: warning: …`` (not Python's file, line and source line). The scripts in ``tools/`` run through it."""
+    import warnings
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{prog}: warning: {' '.join(str(message).split())}\n"
     try:
         return int(work() or 0)
     except USER_ERRORS as e:
@@ -87,3 +91,5 @@ def report_errors(prog: str, work) -> int:
     except BrokenPipeError:  # the reader stopped early (`fmct info | head`): its choice, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit
         return 0
+    finally:
+        warnings.formatwarning = formatwarning

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import EXIT_BAD_INPUT
 from .options import (add_dataset, add_device, add_preset, add_profile, check_filter, check_split, input_size_problem,
-                      parse_filter, positive_int)
+                      parse_filter, positive_int, warn_of_chain)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # before the cache: a refused file is one line (the file and the problem), not a traceback
         encoder = load_encoder(args.encoder)
         problem = input_size_problem(args.encoder, encoder, spec)
+        if problem is None:
+            warn_of_chain(args.encoder, spec)
     except (CheckpointError, FileNotFoundError) as e:
         problem = str(e)
     if Path(args.out).suffix not in (".csv", ".npz"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import EXIT_BAD_INPUT  # the encoder cannot be used; 1: nothing evaluated
 from .options import (add_dataset, add_device, add_preset, add_profile, check_filter, check_split, count, csv_list,
-                      input_size_problem, parse_filter, positive_int)
+                      input_size_problem, parse_filter, positive_int, warn_of_chain)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +142,10 @@ def _encoder_problem(encoder, protocols: list[str], spec) -> str | None:
         model = load_encoder(encoder)
     except (CheckpointError, FileNotFoundError) as e:
         return str(e)
-    return input_size_problem(encoder, model, spec)
+    problem = input_size_problem(encoder, model, spec)
+    if problem is None:
+        warn_of_chain(encoder, spec)
+    return problem
 
 
 def _summary(predictions, split: str) -> tuple[str, bool]:

@@ -100,3 +100,17 @@ def input_size_problem(encoder: str, model, spec) -> str | None:
         return (f"{encoder}: the encoder takes {model.config.img_size}³ inputs but the {spec.name} preprocessing "
                 f"of this profile makes {spec.input_size}³ (choose the encoder's --profile)")
     return None
+
+
+def warn_of_chain(encoder: str, spec) -> None:
+    """Warn where the encoder file runs on a preprocessing chain its weights were not trained on (the authors' on
+    the paper chain, ours on the reference chain: ``pipeline.chain_warning``), as the notebooks do."""
+    import warnings
+    from ..models.checkpoints import CheckpointError, read_checkpoint_config
+    from ..pipeline import chain_warning
+    try:
+        config = read_checkpoint_config(encoder)
+    except CheckpointError:  # the authors' layouts carry no configuration
+        config = None
+    if (said := chain_warning(encoder, config, spec)) is not None:
+        warnings.warn(said, stacklevel=2)
