@@ -445,8 +445,9 @@ def chain_warning(checkpoint, config: dict | None, spec: PreprocessSpec) -> str 
 
 
 def _existing_checkpoint(checkpoint: str | os.PathLike) -> Path:
-    """``checkpoint`` as a path, or ``FileNotFoundError`` naming it."""
-    path = Path(checkpoint).expanduser()
+    """``checkpoint`` as an absolute path (a relative one is of the working folder: what the figures record must not
+    depend on it), or ``FileNotFoundError`` naming it."""
+    path = Path(checkpoint).expanduser().absolute()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path

@@ -302,6 +302,9 @@ def test_a_study_of_the_authors_weights_on_the_paper_chain_warns_and_on_theirs_d
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipeline.start("rsna", "paper", checkpoint=str(path), preset="reference")
+    monkeypatch.chdir(tmp_path)  # a path relative to the working folder is recorded as the file it names (an audit:
+    relative = pipeline.start("rsna", "paper", checkpoint="model_weights.pth", preset="reference")  # as typed)
+    assert relative.checkpoint == path and relative.checkpoint.is_absolute()
 
 
 def test_the_command_line_warns_of_a_chain_the_weights_were_not_trained_on(released_state, tmp_path, capsys):
