@@ -133,6 +133,26 @@ def test_mapping_errors_name_the_column(hospital, env):
                      patient_column="mrn")
 
 
+def test_ones_own_scans_cannot_take_the_name_of_a_dataset_fmct_makes_otherwise(env, tmp_path):
+    """An audit ingested a NIfTI folder as ``synthetic``: the notebooks ran on it as the synthetic cohort, and a later
+    ``fmct synth`` replaced its scan table. A name the shipped registry gives a dataset made by another command is
+    refused before anything is written; one made by this kind of command (the paper's private cohorts) is not."""
+    from fmct_lib.data.ingest import ingest_dicom, ingest_rsna
+    src = tmp_path / "src"
+    for p in range(4):
+        save(las_volume(p), src / f"p{p}.nii.gz")
+    for name, made_by in (("synthetic", "fmct synth"), ("rsna", "fmct ingest rsna"), ("cq500", "fmct ingest cq500")):
+        with pytest.raises(ValueError, match=rf"dataset name '{name}' is taken by a dataset fmct knows, made by "
+                                             rf"`{made_by}`, not `fmct ingest nifti`: .* --name {name}_nifti"):
+            ingest_nifti(src, name=name, workers=1)
+        assert not (env[0] / name).exists()
+    with pytest.raises(ValueError, match="'cq500' is taken .* made by `fmct ingest cq500`, not `fmct ingest rsna`"):
+        ingest_rsna(tmp_path / "not_read", name="cq500")
+    with pytest.raises(ValueError, match="'rsna' is taken .* not `fmct ingest dicom`"):
+        ingest_dicom(tmp_path / "not_read", name="rsna")
+    assert ingest_nifti(src, name="nyu_langone", workers=1)["scans"] == 4  # the paper's cohort, as a site ingests it
+
+
 def test_a_rerun_that_accepts_more_patients_keeps_the_earlier_split(env, tmp_path):
     """Patients split in a first run stay in their split when a later run (a scan repaired, more data) adds
     patients; only the new ones are placed."""

@@ -34,7 +34,7 @@ import pandas as pd
 from ..io import atomic_path, atomic_write_csv, exclusive_lock
 from ..paths import StageMissing, data_root, manifest_path
 
-__all__ = [
+__all__ = ["check_ingestion_name", 
     "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS", "PAPER_DATASET_TASKS",
     "PAPER_RETRIEVAL_SUBTYPES", "RETRIEVAL_SUBTYPES", "paper_tasks", "retrieval_subtypes", "update_dataset_tasks",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
@@ -90,6 +90,23 @@ def validate_dataset_name(name: str) -> str:
     """``name`` if it is a safe dataset folder name (``DATASET_NAME_RULE``), else ``ValueError`` saying why."""
     if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
         raise ValueError(f"dataset name {name!r} is not allowed: a name must be {DATASET_NAME_RULE}")
+    return name
+
+
+def check_ingestion_name(name: str, kind: str) -> str:
+    """``name`` (``validate_dataset_name``) where ``fmct ingest <kind>`` may write it: a dataset the shipped registry
+    knows is made only by the command it names (its ``ingest_command``; ``nifti`` and ``dicom`` count as one, a
+    site's own scans), so one's own scans never take the name of the synthetic cohort, RSNA or CQ500 (whose own
+    command would later replace them, and whose registered tasks are not theirs), else ``ValueError`` saying so."""
+    validate_dataset_name(name)
+    from ..paths import SHIPPED_MANIFEST
+    shipped = read_manifest(SHIPPED_MANIFEST)
+    made_by = shipped.loc[shipped["name"] == name, "ingest_command"].astype(str).str.split(" --").str[0].tolist()
+    own_scans = ("fmct ingest nifti", "fmct ingest dicom")
+    command = f"fmct ingest {kind}"
+    if made_by and made_by[0] != command and not (made_by[0] in own_scans and command in own_scans):
+        raise ValueError(f"dataset name {name!r} is taken by a dataset fmct knows, made by `{made_by[0]}`, not "
+                         f"`{command}`: name this dataset otherwise (e.g. --name {name}_{kind})")
     return name
 
 

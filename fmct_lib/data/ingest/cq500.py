@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...paths import data_root
-from ..manifest import CQ500_FINDINGS, register_dataset, validate_dataset_name
+from ..manifest import CQ500_FINDINGS, check_ingestion_name, register_dataset
 from .common import DICOM_COLUMNS, Job, SourceError, finish, one_ingestion_at_a_time, read_dicom_job, run_jobs
 
 __all__ = ["READS_FINDINGS", "read_cq500_labels", "find_series", "is_contrast", "ingest_cq500"]
@@ -104,7 +104,7 @@ def find_series(source: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, s
 def ingest_cq500(source, *, name: str = "cq500", root: Path | None = None, drop_contrast: bool = False,
                  workers: int = 2, seed: int = 0, on_gap: str = "flag", tilt: str = "resample") -> dict:
     """Ingest CQ500 from ``source`` (``reads.csv`` + ``qct*/``) into ``<root>/<name>/``; returns a summary."""
-    validate_dataset_name(name)  # before anything is written
+    check_ingestion_name(name, "cq500")  # before anything is written
     source = Path(source).expanduser()
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must hold reads.csv and the qct*/ folders)")

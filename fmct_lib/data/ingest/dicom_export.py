@@ -40,7 +40,7 @@ import pandas as pd
 from ...paths import data_root
 from ..checks import slice_plane
 from ..dicom import header_number
-from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
+from ..manifest import check_ingestion_name, register_dataset, update_dataset_tasks
 from ..splits import POOL_SPLIT
 from .common import (DICOM_COLUMNS, Job, SourceError, finish, one_ingestion_at_a_time, read_dicom_job, run_jobs,
                      source_files)
@@ -230,7 +230,7 @@ def ingest_dicom(source, *, name: str, labels: Path | None = None, mapping: dict
     The summary (``common.finish``) adds ``series`` (CT and other series found), ``not_in_labels`` (scans no row
     labels), ``labels_without_volume`` (rows that match no scan) with ``labels_without_volume_rows`` (the first ten,
     named) and ``no_patient_id`` (scans without a PatientID: each is its study's own patient)."""
-    validate_dataset_name(name)  # before anything is written
+    check_ingestion_name(name, "dicom")  # before anything is written
     if match_on not in MATCH_ON:
         raise ValueError(f"--match-on must be one of {', '.join(MATCH_ON)}, got {match_on!r}")
     source = Path(source).expanduser()

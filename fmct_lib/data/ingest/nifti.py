@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ...paths import data_root
-from ..manifest import register_dataset, update_dataset_tasks, validate_dataset_name
+from ..manifest import check_ingestion_name, register_dataset, update_dataset_tasks
 from ..preprocess import load_checked
 from ..splits import POOL_SPLIT
 from .common import Job, SourceError, finish, hu_int16, one_ingestion_at_a_time, run_jobs, source_files, to_ras
@@ -233,7 +233,7 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     named); with ``meta``, ``meta_given`` (per scan-table column, the kept scans whose value the CSV gave) and
     ``thickness_unlike_spacing`` (kept scans whose given thickness is unlike their z-spacing: ``THICKNESS_RATIO``)
     with ``thickness_unlike_spacing_scans`` (the first ten, named)."""
-    validate_dataset_name(name)  # before anything is written
+    check_ingestion_name(name, "nifti")  # before anything is written
     meta = check_meta(meta)
     source = Path(source).expanduser()
     if not source.is_dir():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...paths import data_root
-from ..manifest import RSNA_TASKS, register_dataset, validate_dataset_name
+from ..manifest import RSNA_TASKS, check_ingestion_name, register_dataset
 from .common import DICOM_COLUMNS, Job, SourceError, finish, one_ingestion_at_a_time, read_dicom_job, run_jobs
 from .headers import index_headers
 
@@ -70,7 +70,7 @@ def ingest_rsna(source, *, name: str = "rsna", root: Path | None = None, per_ser
     The summary (``common.finish``) adds ``images_without_label`` (indexed images the CSV has no row for) and
     ``labels_without_image`` (CSV images no file holds; the first ten in ``labels_without_image_rows``). A scan with an unlabelled image is positive for a task
     where a labelled image is, else unknown (never a 0 that the missing image might contradict)."""
-    validate_dataset_name(name)  # before anything is written
+    check_ingestion_name(name, "rsna")  # before anything is written
     source = Path(source).expanduser()
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder (--source must hold stage_2_train.csv and stage_2_train/)")
