@@ -153,6 +153,20 @@ def test_ones_own_scans_cannot_take_the_name_of_a_dataset_fmct_makes_otherwise(e
     assert ingest_nifti(src, name="nyu_langone", workers=1)["scans"] == 4  # the paper's cohort, as a site ingests it
 
 
+def test_a_refused_volume_no_row_names_is_not_counted_as_kept(env, tmp_path):
+    """``not_in_labels`` counts the unlisted volumes kept as unlabelled scans: an unlisted file refused (in
+    rejects.csv) is not one (an audit: 3 corrupt unlisted files were reported as 4 volumes "kept")."""
+    src = tmp_path / "src"
+    for p in range(3):
+        save(las_volume(p), src / f"p{p}.nii.gz")
+    (src / "junk.nii.gz").write_bytes(b"not a volume")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,patient_id,bleed\np0.nii.gz,a,1\np1.nii.gz,b,0\n")
+    summary = ingest_nifti(src, name="mine", labels=labels, mapping={"bleed": "ich"}, workers=1)
+    assert summary["not_in_labels"] == 1 and summary["not_in_labels_volumes"] == ["p2.nii.gz"]
+    assert list(pd.read_csv(env[0] / "mine" / "rejects.csv")["source"]) == ["junk.nii.gz"]
+
+
 def test_a_rerun_that_accepts_more_patients_keeps_the_earlier_split(env, tmp_path):
     """Patients split in a first run stay in their split when a later run (a scan repaired, more data) adds
     patients; only the new ones are placed."""

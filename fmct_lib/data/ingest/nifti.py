@@ -282,12 +282,13 @@ def ingest_nifti(source, *, name: str, labels: Path | None = None, mapping: dict
     register_dataset(name, tasks=tasks, description=description,
                      ingest_command=f"fmct ingest nifti --name {name} --source DIR --labels LABELS.csv", root=root)
     update_dataset_tasks(name, tasks, description, root=root)  # ingested before with other --map columns
-    summary["not_in_labels"] = len(files) - len(rows_of)
+    kept = {row["_source"] for row in rows}  # a volume refused (rejects.csv) is not kept, listed or not
+    unlisted = [rel for rel in (str(f.relative_to(source)) for f in files if f not in rows_of) if rel in kept]
+    summary["not_in_labels"] = len(unlisted)
     summary["labels_without_volume"] = len(unmatched)
     summary["labels_without_volume_rows"] = unmatched[:10]
-    summary["not_in_labels_volumes"] = [str(f.relative_to(source)) for f in files if f not in rows_of][:10]
+    summary["not_in_labels_volumes"] = unlisted[:10]
     if meta:
-        kept = {row["_source"] for row in rows}
         summary["meta_given"] = {target: sum(job.source_key in kept and target in job.columns for job in jobs)
                                  for target in meta}
         summary["thickness_unlike_spacing"] = len(unlike)
