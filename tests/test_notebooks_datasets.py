@@ -256,7 +256,9 @@ def test_protocol_labels_mark_unknown_values():
     labels = protocol_labels(table, BINS)
     assert labels["scanner"].tolist()[0::3] == ["GE", "Siemens"] and labels["scanner"][1:3].isna().all()
     assert labels["slice thickness (mm)"][:2].tolist() == ["(0.0, 1.5]", "(1.5, 3.0]"]
-    assert labels["slice thickness (mm)"][2:].isna().all()  # unknown, and outside the bins
+    assert pd.isna(labels["slice thickness (mm)"][2])  # unknown
+    # above the last edge: a bin of its own (an audit's 5.08-5.50 mm scans were called "unknown" and left out)
+    assert labels["slice thickness (mm)"][3] == "(5.01, inf]"
     assert protocol_labels(table[[]], BINS)["scanner"].isna().all()  # a table without the columns
 
 

@@ -117,15 +117,17 @@ def embedding_vectors(table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
 
 def protocol_labels(table: pd.DataFrame, thickness_bins) -> dict[str, pd.Series]:
     """Each row's ``scanner`` (the manufacturer) and ``slice thickness (mm)`` bin (``pd.cut`` with the edges
-    ``thickness_bins``, e.g. ``"(1.5, 3.0]"``), as strings on ``table``'s index; NaN where unknown (a column the
-    table lacks, an empty value, a thickness outside the bins)."""
+    ``thickness_bins``, e.g. ``"(1.5, 3.0]"``; a thickness above the last edge is a bin of its own, ``"(5.01, inf]"``,
+    not unknown), as strings on ``table``'s index; NaN where unknown (a column the table lacks, an empty value, a
+    thickness at or below the first edge)."""
     unknown = pd.Series(np.nan, index=table.index, dtype=object)
     scanner = unknown
     if "manufacturer" in table:
         scanner = table["manufacturer"].map(lambda v: (str(v).strip() or np.nan) if pd.notna(v) else np.nan)
     thickness = unknown
     if "slice_thickness_mm" in table:
-        bins = pd.cut(pd.to_numeric(table["slice_thickness_mm"], errors="coerce"), thickness_bins)
+        edges = [*thickness_bins, *([np.inf] if thickness_bins[-1] < np.inf else [])]
+        bins = pd.cut(pd.to_numeric(table["slice_thickness_mm"], errors="coerce"), edges)
         thickness = bins.astype(str).where(bins.notna(), np.nan).astype(object)
     return {"scanner": scanner, "slice thickness (mm)": thickness}
 

@@ -17,7 +17,7 @@ checkpoint = None
 preset = "paper"         # paper | reference (the authors' weights' preprocessing; needs checkpoint)
 projection = "tsne"       # tsne | umap
 highlight_task = "ich"    # positives of this task drawn with an edge ("all" vs positive cases); None: none
-thickness_bins = [0.0, 1.5, 3.0, 5.01]  # mm
+thickness_bins = [0.0, 1.5, 3.0, 5.01]  # mm; thicker than the last edge: a bin of its own
 tasks = None
 site = "internal"         # the per-protocol scores' site (training and test); the projection and separability
                           # read every labelled scan, of every site
