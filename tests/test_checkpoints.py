@@ -125,6 +125,10 @@ def test_integer_weights_and_another_patch_size_are_refused_saying_what_to_do(re
     assert load_reference_checkpoint(patch16, expect={"patch_size": 16}).config.patch_size == 16
     with pytest.raises(CheckpointError, match=r"but patch_size=12 was given"):  # what the caller did give
         load_reference_checkpoint(patch16, expect=None, patch_size=12)
+    flat = dict(released_state, **{"patch_embedding.patch_embeddings.weight": torch.zeros(768, 3, 16, 16)})
+    for expect in ({"patch_size": 16}, None):  # a 2-D ViT: the advice to pass patch 16 cannot make it load (an audit)
+        with pytest.raises(CheckpointError, match=r"patch kernel is \[16, 16\], a 2-D encoder's; FM-CT's is 3-D"):
+            load_reference_checkpoint(flat, expect=expect)
 
 
 def test_one_of_our_files_carries_a_load_report_too(tmp_path, monkeypatch):

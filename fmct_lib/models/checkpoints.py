@@ -370,6 +370,9 @@ def load_reference_checkpoint(path_or_state_dict, *, expect="ViT-B", num_heads: 
         mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{source}: does not look like an FM-CT encoder state dict (missing {e})") from None
+    if len(kernel) != 3:  # a 2-D ViT's patch embedding: no patch size makes it a 3-D encoder
+        raise CheckpointError(f"{source}: patch kernel is {list(kernel)}, a {len(kernel)}-D encoder's; FM-CT's is "
+                              f"3-D (a 3-D convolution over patch³ voxels)")
     if kernel != [patch_size] * 3:
         given = f"patch_size={patch_size} was given" if given["patch_size"] is not None else (
             f"{label or 'ViT-B'} has patch {patch_size}; for another patch size pass "
