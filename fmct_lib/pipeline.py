@@ -232,10 +232,10 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     _require_checkpoint_for(preset, checkpoint)
     if checkpoint:
         checkpoint = _existing_checkpoint(checkpoint)
-        config = _fitting_checkpoint(checkpoint, p, spec)
+        config, report = _fitting_checkpoint(checkpoint, p, spec)
         if (said := chain_warning(checkpoint, config, spec)) is not None:
             warnings.warn(said, stacklevel=2)
-        recorded = (config or {}).get("method")
+        recorded = config.get("method") if config is not None else _authors_method(report)
         if method and recorded and method != recorded:  # the figures would name a method the encoder never had
             raise ValueError(f"checkpoint {checkpoint} was pretrained with {recorded!r}, not method {method!r}: leave "
                              f"method unset (None) to take the checkpoint's, or pass the {method} encoder's file")
@@ -409,21 +409,32 @@ def _require_checkpoint_for(preset: str, checkpoint) -> None:
                          "preset is not offered")
 
 
-def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec) -> dict | None:
+def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec):
     """Load ``checkpoint`` (a refused file is a ``CheckpointError`` naming it) and check that it takes the inputs of
     ``spec``, before any cache is built; returns the configuration it records (ours: the pretraining ``method``
-    among it), None for the authors' layouts, which carry none."""
+    among it; None for the authors' layouts, which carry none) and the encoder's ``LoadReport``."""
     from .models.checkpoints import CheckpointError, load_encoder, read_checkpoint_config
-    size = load_encoder(checkpoint).config.img_size
+    encoder = load_encoder(checkpoint)
+    size = encoder.config.img_size
     if size != spec.input_size:
         fits = [name for name, q in PROFILES.items() if q.model.img_size == size]
         raise ValueError(f"checkpoint {checkpoint}: the encoder takes {size}³ inputs, but profile {profile.name!r} "
                          f"makes {spec.input_size}³ ones; pass the profile it was made for"
                          + (f" (-p profile {fits[0]})" if fits else ""))
     try:
-        return read_checkpoint_config(checkpoint)
+        return read_checkpoint_config(checkpoint), encoder.load_report
     except CheckpointError:  # the authors' layouts carry no configuration
-        return None
+        return None, encoder.load_report
+
+
+def _authors_method(report) -> str | None:
+    """The method an authors' training checkpoint shows by what it held beside the encoder (an MAE decoder, a DINO
+    head; ``LoadReport.dropped``), else None: their bare weights (``model_weights.pth``) say none."""
+    if any(key.startswith(("decoder", "mask_token")) for key in report.dropped):
+        return "mae"
+    if any(key.startswith("head.") for key in report.dropped):
+        return "dino"
+    return None
 
 
 def chain_warning(checkpoint, config: dict | None, spec: PreprocessSpec) -> str | None:

@@ -309,6 +309,15 @@ def test_a_study_of_the_authors_weights_on_the_paper_chain_warns_and_on_theirs_d
     monkeypatch.chdir(tmp_path)  # a path relative to the working folder is recorded as the file it names (an audit:
     relative = pipeline.start("rsna", "paper", checkpoint="model_weights.pth", preset="reference")  # as typed)
     assert relative.checkpoint == path and relative.checkpoint.is_absolute()
+    # an authors' MAE checkpoint (its decoder beside the encoder) is labelled MAE, and no other method (an audit: it
+    # was labelled with the profile's DINO, and -p method vicreg was taken as given)
+    mae = tmp_path / "mae_checkpoint.pth"
+    torch.save({**released_state, "decoder_embed.weight": torch.zeros(512, 768), "mask_token": torch.zeros(1, 1, 512)},
+               mae)
+    assert pipeline.start("rsna", "paper", checkpoint=str(mae), preset="reference").method == "mae"
+    with pytest.raises(ValueError, match="mae_checkpoint.pth was pretrained with 'mae', not method 'vicreg'"):
+        pipeline.start("rsna", "paper", checkpoint=str(mae), preset="reference", method="vicreg")
+    assert pipeline.start("rsna", "paper", checkpoint=str(path), preset="reference", method="mae").method == "mae"
 
 
 def test_the_command_line_warns_of_a_chain_the_weights_were_not_trained_on(released_state, tmp_path, capsys):
