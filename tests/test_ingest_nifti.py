@@ -167,6 +167,32 @@ def test_a_refused_volume_no_row_names_is_not_counted_as_kept(env, tmp_path):
     assert list(pd.read_csv(env[0] / "mine" / "rejects.csv")["source"]) == ["junk.nii.gz"]
 
 
+def test_a_volume_filed_twice_is_found_and_said(env, tmp_path, capsys):
+    """An audit filed a test scan's file again under another name: it went to training as another patient's, so the
+    test split held a scan trained on, and nothing said so. Identical voxels are now counted and warned about,
+    across resumed runs too (the digest is kept in each volume's sidecar)."""
+    from fmct_lib.cli import main
+    src = tmp_path / "src"
+    for p in range(20):
+        save(las_volume(p), src / f"p{p:02d}.nii.gz")
+    (src / "copy_of_p03.nii.gz").write_bytes((src / "p03.nii.gz").read_bytes())
+    (src / "p07_moved.nii.gz").write_bytes(b"")  # a file refused is no copy of anything
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(src / "p05.nii.gz").dataobj), np.diag([-0.8, 0.8, 3.0, 1.0])
+                             @ np.array([[1, 0, 0, 9], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])),
+             src / "p05_shifted.nii.gz")  # the same voxels at another position: still one volume filed twice
+    summary = ingest_nifti(src, name="twice", workers=1)
+    groups = summary["identical_volumes_groups"]
+    assert summary["identical_volumes"] == 2 and all(len(g["scan_ids"]) == 2 and g["patients"] == 2 for g in groups)
+    link = pd.read_csv(env[0] / "twice" / "linkage.csv", dtype=str).set_index("source")["scan_id"]
+    assert {tuple(g["scan_ids"]) for g in groups} == {tuple(sorted(link[[a, b]])) for a, b in (
+        ("p03.nii.gz", "copy_of_p03.nii.gz"), ("p05.nii.gz", "p05_shifted.nii.gz"))}
+    assert main(["ingest", "nifti", "--name", "twice", "--source", str(src)]) == 0  # resumed: read from sidecars
+    err = capsys.readouterr().err
+    assert "warning: 2 volume(s) were filed more than once, voxel for voxel (e.g. " in err
+    assert "remove the copies from" in err and "give each copy its scan's patient (--patient-col)" in err
+    assert "_voxels" not in pd.read_csv(env[0] / "twice" / "scans.csv").columns  # bookkeeping, not a column
+
+
 def test_a_rerun_that_accepts_more_patients_keeps_the_earlier_split(env, tmp_path):
     """Patients split in a first run stay in their split when a later run (a scan repaired, more data) adds
     patients; only the new ones are placed."""

@@ -166,6 +166,14 @@ def run(args: argparse.Namespace) -> int:
               f"this run's and left the table (e.g. {', '.join(summary['dropped_scan_ids'][:3])}; their volumes stay "
               f"in volumes/): no longer in {args.source}, refused, or left out by this run's options; ingest every "
               "folder of the dataset in one run, with the same options, to keep them", file=sys.stderr)
+    if summary.get("identical_volumes"):
+        groups = summary["identical_volumes_groups"]
+        across = sum(len(g["splits"]) > 1 for g in groups)
+        print(f"fmct ingest {args.kind}: warning: {summary['identical_volumes']} volume(s) were filed more than once, "
+              f"voxel for voxel (e.g. {' = '.join(groups[0]['scan_ids'][:3])}, split {'/'.join(groups[0]['splits'])})"
+              + (f"; {across} of the first {len(groups)} span splits, so the test split holds scans trained on"
+                 if across else "") + f": remove the copies from {args.source}, or give each copy its scan's patient "
+              "(--patient-col), and ingest again", file=sys.stderr)
     if summary.get("labels_of_left_out_series"):
         print(f"fmct ingest {args.kind}: warning: {summary['labels_of_left_out_series']} row(s) of {args.labels} "
               f"label only series this run leaves out: {'; '.join(summary['labels_of_left_out_series_rows'][:3])}",

@@ -164,6 +164,32 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, *, sheared: bo
         nib.save(img, tmp)
 
 
+VOXELS = "_voxels"  # a row's voxel digest (``voxel_digest``): finds one volume filed twice; not a scan-table column
+
+
+def voxel_digest(data: np.ndarray, spacing: str) -> str:
+    """A digest of a written volume's voxels, shape, dtype and spacing (not its grid's position: a copy moved in the
+    scanner's frame is still a copy): two scans with one digest are one volume filed twice."""
+    digest = hashlib.sha256(f"{data.shape}{data.dtype}{spacing}".encode())
+    digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _identical_volumes(scans: pd.DataFrame) -> list[dict]:
+    """The groups of scans whose voxels are identical (``VOXELS``; rows read before it was recorded are not
+    compared), each with its scan ids, splits and whether they are of more than one patient."""
+    if VOXELS not in scans:
+        return []
+    known = scans[scans[VOXELS].notna() & (scans[VOXELS].astype(str) != "")]
+    groups = []
+    for _, group in known.groupby(VOXELS, sort=False):
+        if len(group) > 1:
+            groups.append({"scan_ids": sorted(group["scan_id"].astype(str)),
+                           "splits": sorted(set(group["split"].astype(str))),
+                           "patients": int(group["patient_id"].nunique())})
+    return sorted(groups, key=lambda g: g["scan_ids"])
+
+
 def _write_json(obj: dict, path: Path) -> None:
     atomic_write_json(path, obj, indent=1, default=str, sort_keys=False)
 
@@ -241,8 +267,9 @@ def _convert(job: Job, reader, volume: Path, sidecar: Path, options: dict,
         write_nifti(data, affine, volume, sheared="sheared_affine" in notes)
     except Exception as e:  # noqa: BLE001
         return None, [(str(job.source_key), f"could not write {volume.name}: {type(e).__name__}: {e}")]
-    row = {**row, FLAGS_COLUMN: join_flags(notes), "spacing": format_spacing(affine),
-           "shape": "x".join(map(str, data.shape))}
+    spacing = format_spacing(affine)
+    row = {**row, FLAGS_COLUMN: join_flags(notes), "spacing": spacing, "shape": "x".join(map(str, data.shape)),
+           VOXELS: voxel_digest(data, spacing)}
     _write_json({"row": row, "rejects": skipped, "notes": notes, "options": options, "source_stat": stat}, sidecar)
     return row, skipped
 
@@ -404,6 +431,7 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
     labels = {task: {split: {"positive": int((scans.loc[scans["split"] == split, task] == 1).sum()),
                              "negative": int((scans.loc[scans["split"] == split, task] == 0).sum())}
                      for split in splits} for task in tasks}
+    identical = _identical_volumes(scans)
     no_train = {"positive": 0, "negative": 0}
     untrainable = {task: dict(by_split.get("train", no_train)) for task, by_split in labels.items()
                    if not all(by_split.get("train", no_train).values())}
@@ -413,4 +441,5 @@ def finish(rows: list[dict], rejects: list[tuple[str, str]], name: str, dataset_
             "splits": scans["split"].value_counts().to_dict(), "split_source": split_source,
             "labels": labels, "untrainable_tasks": untrainable,
             "unlabelled": int(scans[tasks].isna().all(axis=1).sum()) if tasks else len(scans),
-            "dropped": len(dropped), "dropped_scan_ids": dropped[:10]}
+            "dropped": len(dropped), "dropped_scan_ids": dropped[:10],
+            "identical_volumes": len(identical), "identical_volumes_groups": identical[:10]}
