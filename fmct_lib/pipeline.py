@@ -508,6 +508,9 @@ def ensure_cache(dataset: str, profile: str | Profile, preset: str = "paper", *,
                        retry_rejected=retry_rejected)
 
 
+FEW_PRETRAINING_STEPS = 100  # fewer optimiser steps than this: an encoder barely moved from its initialisation
+
+
 def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fraction: float = 1.0,
                       seed: int = 0, checkpoint: str | None = None, runs: Path | None = None,
                       afresh: bool | None = None) -> Path:
@@ -543,7 +546,18 @@ def ensure_pretrained(method: str, dataset: str, profile: str | Profile, fractio
     run_dir = Path(runs or runs_root()) / "pretrain" / default_run_dir(dataset, method, fraction, p.name, seed).name
     print(f"encoder: {why}; the pretraining run {run_dir} (resumed where it stopped, reused when finished)")
     run = pretrain(method=method, dataset=dataset, profile=p, fraction=fraction, seed=seed, run_dir=run_dir)
+    if dataset != "synthetic":  # the cohort is sized per profile; a dataset of one's own may be a few dozen scans
+        _warn_if_barely_pretrained(Path(run), dataset)
     return Path(run) / "encoder.safetensors"
+
+
+def _warn_if_barely_pretrained(run: Path, dataset: str) -> None:
+    recorded = json.loads((run / "config.json").read_text())["run"]
+    if recorded["total_steps"] < FEW_PRETRAINING_STEPS:
+        warnings.warn(f"encoder: pretrained {recorded['total_steps']} steps on {recorded['n_scans']} scans of "
+                      f"{dataset!r}, too few for it to learn much: what it is compared with says little about "
+                      f"pretraining; give it more scans (an unlabelled pool: docs/guide.md, Your own data) or start "
+                      f"from an encoder pretrained elsewhere (checkpoint=…)", stacklevel=3)
 
 
 def _unfit_release(folder: Path, profile: Profile) -> str:

@@ -167,6 +167,31 @@ def test_ensure_finetuned_is_the_same_model_whatever_ran_before(tmp_path, monkey
     assert not all(torch.equal(before[k], v) for k, v in load_checkpoint(relabelled)[0].state_dict().items())
 
 
+def test_an_encoder_barely_pretrained_on_ones_own_dataset_is_warned_about(tmp_path, monkeypatch):
+    """An audit's notebook on 21 scans of its own pretrained its encoder 3 steps and compared it with scratch as
+    "pretrained" in silence. Under FEW_PRETRAINING_STEPS optimiser steps a dataset's own encoder is warned about;
+    the synthetic cohort (sized per profile, its toy runs a few steps) is not."""
+    import json
+    import warnings
+    import fmct_lib.train
+
+    def fake_pretrain(steps):
+        def pretrain(**kw):
+            Path(kw["run_dir"]).mkdir(parents=True, exist_ok=True)
+            (Path(kw["run_dir"]) / "config.json").write_text(json.dumps({"run": {"total_steps": steps, "n_scans": 21}}))
+            return kw["run_dir"]
+        return pretrain
+    monkeypatch.setattr(pipeline, "ensure_cache", lambda dataset, profile, preset="paper": None)
+    monkeypatch.setattr(fmct_lib.train, "pretrain", fake_pretrain(3))
+    with pytest.warns(UserWarning, match=r"pretrained 3 steps on 21 scans of 'mine', too few .* \(checkpoint="):
+        pipeline.ensure_pretrained("vicreg", "mine", "demo", runs=tmp_path / "a", afresh=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.ensure_pretrained("vicreg", "synthetic", "toy", runs=tmp_path / "b", afresh=True)
+        monkeypatch.setattr(fmct_lib.train, "pretrain", fake_pretrain(pipeline.FEW_PRETRAINING_STEPS))
+        pipeline.ensure_pretrained("vicreg", "mine", "demo", runs=tmp_path / "c", afresh=True)
+
+
 def test_ensure_pretrained_starts_from_the_released_encoder_unless_asked_to_pretrain_afresh(tmp_path, monkeypatch,
                                                                                             capsys):
     """A released encoder (encoders/, train/release.py) is used, its sha256 checked, unless ``afresh`` or
