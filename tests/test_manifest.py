@@ -105,6 +105,19 @@ def test_a_dataset_name_in_the_wrong_case_names_the_dataset_meant(tmp_path, monk
     assert "fmct ingest" not in str(err.value) and "synthetic" in str(err.value)
     with pytest.raises(DatasetNotAvailable, match="Known datasets: .*cq500"):
         load_scans("cq500")
+    # a typo of a dataset that is there (an audit's `-p dataset mien`): the one meant, not an ingest command
+    register_dataset("mine", description="a hospital", tasks=["ich"], root=tmp_path)
+    write_scans(pd.DataFrame({"scan_id": ["s0"], "patient_id": ["p0"], "path": ["volumes/s0.nii.gz"],
+                              "split": ["train"], "manufacturer": ["GE"], "slice_thickness_mm": [5.0],
+                              "spacing": ["1x1x5"], "ich": [1]}), "mine")
+    with pytest.raises(DatasetNotAvailable, match="dataset 'mien' is not known; did you mean 'mine'") as err:
+        load_scans("mien")
+    assert "fmct ingest" not in str(err.value)
+    with pytest.raises(DatasetNotAvailable, match="(?s)dataset 'hospital' is not available: .* fmct ingest nifti"):
+        load_scans("hospital")  # no dataset near it: a new one to ingest
+    monkeypatch.setenv("FMCT_MANIFEST", str(tmp_path / "not_yet.csv"))  # set, but nothing ingested yet
+    with pytest.raises(FileNotFoundError, match=r"not_yet.csv: no such dataset registry; \$FMCT_MANIFEST names it"):
+        read_manifest()
 
 
 # ------------------------------------------------------------- the user's registry (issue 26, items 2-3)

@@ -144,6 +144,9 @@ def read_manifest(path: Path | None = None, root: Path | None = None) -> pd.Data
         files = registry_files(root)
         files = files[:1] + [f for f in files[1:] if f.exists()]
     if not files[0].exists():
+        if os.environ.get("FMCT_MANIFEST") and files[0] == manifest_path():
+            raise FileNotFoundError(f"{files[0]}: no such dataset registry; $FMCT_MANIFEST names it (an ingestion "
+                                    "creates it; unset $FMCT_MANIFEST to read the shipped one)")
         raise FileNotFoundError(f"{files[0]}: dataset manifest not found (set $FMCT_MANIFEST)")
     tables = [_read_one(f) for f in files]
     for later, table in zip(files[1:], tables[1:]):
@@ -284,7 +287,11 @@ def load_scans(name: str, root: Path | None = None, manifest: Path | None = None
     if not path.exists():
         known = list(read_manifest(manifest)["name"])
         similar = [k for k in known if k.lower() == name.lower() and k != name]
-        if similar:  # a typo of case: point at the dataset meant, not at an ingest command for a new one
+        if not similar and name not in known:  # a typo of a dataset that is there (mien for mine)
+            import difflib
+            there = [k for k in known if scan_table_path(k, root).exists()]
+            similar = difflib.get_close_matches(name, there, n=1, cutoff=0.75)
+        if similar:  # a typo: point at the dataset meant, not at an ingest command for a new one
             raise DatasetNotAvailable(f"dataset {name!r} is not known; did you mean {similar[0]!r}? "
                                       f"Known datasets: {', '.join(known)}")
         try:
