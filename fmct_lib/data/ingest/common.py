@@ -177,7 +177,7 @@ def voxel_digest(data: np.ndarray, spacing: str) -> str:
 
 def _identical_volumes(scans: pd.DataFrame) -> list[dict]:
     """The groups of scans whose voxels are identical (``VOXELS``; rows read before it was recorded are not
-    compared), each with its scan ids, splits and whether they are of more than one patient."""
+    compared), each with its scan ids, its splits and the number of patients it is filed under."""
     if VOXELS not in scans:
         return []
     known = scans[scans[VOXELS].notna() & (scans[VOXELS].astype(str) != "")]
