@@ -66,6 +66,14 @@ def test_values_that_are_no_label_are_refused_with_file_column_flag_values_and_r
     rows = "".join(f"v{i}.nii,P{i},2\n" for i in range(8))
     with pytest.raises(ValueError, match=r"'2' \(rows 2, 3, 4, 5, 6, …\)"):
         read_labels(write_csv(tmp_path / "many.csv", "path,patient_id,bleed\n" + rows), mapping={"bleed": "ich"})
+    # two columns: both said at once (an audit fixed one column, ran again, and met the next)
+    two = write_csv(tmp_path / "two.csv", "path,patient_id,bleed,sah\na.nii,P1,maybe,1\nb.nii,P2,no,unk\n")
+    with pytest.raises(ValueError) as error:
+        read_labels(two, mapping={"bleed": "ich", "sah": "sah"})
+    assert str(error.value) == (
+        f"{two}: column 'bleed' (--map bleed=ich) holds values that are not labels: 'maybe' (row 2); {two}: column "
+        "'sah' (--map sah=sah) holds values that are not labels: 'unk' (row 3). A label is 1/0, yes/no, y/n, "
+        "true/false or positive/negative (any case); leave the cell empty where it is unknown (row 1 is the header)")
 
 
 def test_missing_columns_name_the_flags_and_the_columns_the_file_has(tmp_path):

@@ -141,8 +141,17 @@ def read_labels(path, *, path_column: str = "path", patient_column: str | None =
     if twice.any():
         raise ValueError(f"{path}: column {path_column!r} ({path_flag}) lists a {what} more than once: "
                          f"{_offending(out['path'], twice)}; one row per {what}")
+    problems = []  # every label column's values that are not labels, said at once (not one column a run)
     for column, task in mapping.items():
-        out[task] = parse_labels(table[column], file=path, column=column, flag=f"--map {column}={task}")
+        try:
+            out[task] = parse_labels(table[column], file=path, column=column, flag=f"--map {column}={task}")
+        except ValueError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError("; ".join(problem.split(". A label is")[0] for problem in problems)
+                         + f". A label is {ACCEPTED}; leave the cell empty where it is unknown (row 1 is the header)")
     if split_column:
         out["split"] = parse_splits(table[split_column], file=path, column=split_column)
     if split_column and patient_column:  # without one, the caller knows the patients (DICOM: the headers) and checks
