@@ -191,7 +191,10 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     scored = val is not None and val_labels is not None and len(np.unique(val_labels)) == 2
     history, best_state, best, step, reason = [], None, None, 0, None
     rule = ConvergenceRule(hp.patience)
-    for epoch in tqdm(range(hp.max_epochs), desc="epochs", leave=False, disable=not progress):
+    # one bar of optimiser steps (to the cap; the rule usually stops it earlier): an epoch of a large model on a CPU
+    # can take hours, so its steps show, and the epoch and best validation AUROC so far beside them
+    bar = tqdm(total=total, desc="steps", unit="step", leave=False, disable=not progress)
+    for epoch in range(hp.max_epochs):
         order = rows[balanced_draw(labels[rows], hp.subset, rng)] if hp.subset else rng.permutation(rows)
         model.train()
         if frozen:
@@ -220,6 +223,7 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             scaler.update()
             losses.append(loss.detach())  # read once an epoch: no host sync per step on a GPU
             step += 1
+            bar.update()
         record = {"epoch": epoch + 1, "step": step,
                   "loss": float(np.mean(torch.stack(losses).tolist())) if losses else float("nan")}
         history.append(record)
@@ -233,9 +237,11 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
         if rule.improved(record["epoch"], record["val_auroc"]):
             best, best_state = record, copy.deepcopy(model.state_dict())
             record["best"] = True
+        bar.set_postfix(epoch=record["epoch"], best_val_auroc=f"{rule.best_val_auroc:.3f}", refresh=False)
         if rule.should_stop(record["epoch"]):
             reason = "rule"
             break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     stopping = Stopping(reason=reason or ("cap" if scored else "cap: no validation AUROC"),
