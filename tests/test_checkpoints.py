@@ -344,6 +344,15 @@ def test_the_command_line_warns_of_a_chain_the_weights_were_not_trained_on(relea
             warn_of_chain(str(encoder), spec)
         assert [str(w.message) for w in caught if said and said in str(w.message)] or not said, (encoder, chain)
         assert said or not caught, (encoder, chain)
+    import os
+    with warnings.catch_warnings(record=True) as caught:  # --encoder=~/x reaches the command unexpanded (a review)
+        warnings.simplefilter("always")
+        os.environ["HOME"], home = str(tmp_path), os.environ.get("HOME", "")
+        try:
+            warn_of_chain("~/ours.safetensors", reference_spec("paper"))
+        finally:
+            os.environ["HOME"] = home
+    assert any("pretrained on the 'paper' preprocessing chain" in str(w.message) for w in caught)
     with warnings.catch_warnings():  # as a command prints it (Python's printer, not pytest's recorder): one line
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(

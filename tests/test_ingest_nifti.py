@@ -141,7 +141,8 @@ def test_ones_own_scans_cannot_take_the_name_of_a_dataset_fmct_makes_otherwise(e
     src = tmp_path / "src"
     for p in range(4):
         save(las_volume(p), src / f"p{p}.nii.gz")
-    for name, made_by in (("synthetic", "fmct synth"), ("rsna", "fmct ingest rsna"), ("cq500", "fmct ingest cq500")):
+    for name, made_by in (("synthetic", "fmct synth"), ("rsna", "fmct ingest rsna"), ("cq500", "fmct ingest cq500"),
+                          ("Synthetic", "fmct synth")):  # one folder with synthetic's on macOS and Windows
         with pytest.raises(ValueError, match=rf"dataset name '{name}' is taken by a dataset fmct knows, made by "
                                              rf"`{made_by}`, not `fmct ingest nifti`: .* --name {name}_nifti"):
             ingest_nifti(src, name=name, workers=1)
@@ -190,6 +191,9 @@ def test_a_volume_filed_twice_is_found_and_said(env, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: 2 volume(s) were filed more than once, voxel for voxel (e.g. " in err
     assert "remove the copies from" in err and "give each copy its scan's patient (--patient-col)" in err
+    spans = [g for g in groups if len(g["splits"]) > 1]  # the splits said are the copies' own (a review: "test" was
+    assert ("copies in more than one split" in err) == bool(spans)  # said whatever they were)
+    assert not spans or f"e.g. {'/'.join(spans[0]['splits'])})" in err
     assert "_voxels" not in pd.read_csv(env[0] / "twice" / "scans.csv").columns  # bookkeeping, not a column
 
 

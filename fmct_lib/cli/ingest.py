@@ -168,12 +168,13 @@ def run(args: argparse.Namespace) -> int:
               "folder of the dataset in one run, with the same options, to keep them", file=sys.stderr)
     if summary.get("identical_volumes"):
         groups = summary["identical_volumes_groups"]
-        across = sum(len(g["splits"]) > 1 for g in groups)
+        across = [g for g in groups if len(g["splits"]) > 1]
+        fix = "give each copy its scan's patient (--patient-col), or " if args.kind in ("nifti", "dicom") else ""
         print(f"fmct ingest {args.kind}: warning: {summary['identical_volumes']} volume(s) were filed more than once, "
               f"voxel for voxel (e.g. {' = '.join(groups[0]['scan_ids'][:3])}, split {'/'.join(groups[0]['splits'])})"
-              + (f"; {across} of the first {len(groups)} span splits, so the test split holds scans trained on"
-                 if across else "") + f": remove the copies from {args.source}, or give each copy its scan's patient "
-              "(--patient-col), and ingest again", file=sys.stderr)
+              + (f"; copies in more than one split ({len(across)} of those listed, e.g. "
+                 f"{'/'.join(across[0]['splits'])}) let a model be evaluated on scans it was trained or chosen on"
+                 if across else "") + f": {fix}remove the copies from {args.source} and ingest again", file=sys.stderr)
     if summary.get("labels_of_left_out_series"):
         print(f"fmct ingest {args.kind}: warning: {summary['labels_of_left_out_series']} row(s) of {args.labels} "
               f"label only series this run leaves out: {'; '.join(summary['labels_of_left_out_series_rows'][:3])}",
@@ -202,7 +203,7 @@ def _unlisted_volumes(summary: dict, args: argparse.Namespace) -> str:
     before this)."""
     n = summary.get("not_in_labels", 0)
     if not n:
-        return "; every volume has a row"
+        return "; every volume kept has a row (the files refused are in rejects.csv)"
     shown = summary.get("not_in_labels_volumes", [])[:3]
     where = ("in the unlabelled pretraining pool (split 'pretrain')" if args.split_col else
              "split 8:1:1 with the others, those in train read by pretraining")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import PROFILES, get_profile
 
@@ -109,7 +110,7 @@ def warn_of_chain(encoder: str, spec) -> None:
     from ..models.checkpoints import CheckpointError, read_checkpoint_config
     from ..pipeline import chain_warning
     try:
-        config = read_checkpoint_config(encoder)
+        config = read_checkpoint_config(Path(encoder).expanduser())  # --encoder=~/x reaches us unexpanded
     except CheckpointError:  # the authors' layouts carry no configuration
         config = None
     if (said := chain_warning(encoder, config, spec)) is not None:

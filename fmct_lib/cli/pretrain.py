@@ -3,7 +3,7 @@
 One process:   fmct pretrain --method dino --dataset synthetic --fraction 0.3 --profile demo
 Many GPUs:     fmct cache --dataset rsna --profile paper     # first: torchrun processes only read the cache
                torchrun --nproc_per_node 4 -m fmct_lib.cli pretrain --method dino --dataset rsna --profile paper
-Options:       fmct pretrain --method mae --option norm_pix_loss=true
+Options:       fmct pretrain --method mae --option norm_pix_loss=true --run-dir runs/pretrain/mae_normpix
                fmct pretrain --method dino --option n_local_crops=2 --option teacher_temp=0.04   # authors' code
 
 ``--method`` is any method of ``train.methods.METHODS``; ``--option KEY=VALUE`` sets one of its options

@@ -101,7 +101,8 @@ def check_ingestion_name(name: str, kind: str) -> str:
     validate_dataset_name(name)
     from ..paths import SHIPPED_MANIFEST
     shipped = read_manifest(SHIPPED_MANIFEST)
-    made_by = shipped.loc[shipped["name"] == name, "ingest_command"].astype(str).str.split(" --").str[0].tolist()
+    same = shipped["name"].str.lower() == name.lower()  # Synthetic is synthetic's folder on macOS and Windows
+    made_by = shipped.loc[same, "ingest_command"].astype(str).str.split(" --").str[0].tolist()
     own_scans = ("fmct ingest nifti", "fmct ingest dicom")
     command = f"fmct ingest {kind}"
     if made_by and made_by[0] != command and not (made_by[0] in own_scans and command in own_scans):

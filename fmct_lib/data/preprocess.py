@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from .checks import REPAIRS, SFORM_QFORM_ATOL_MM, CheckedScan, ScanError, ScanRepaired, check_scan, check_volume
 
 __all__ = [
-    "AIR_HU", "CHAIN_VERSION", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec", "reference_spec",
-    "ctfm_spec", "merlin_spec", "PRESETS", "preset_spec",
+    "AIR_HU", "CHAIN_VERSION", "HEAD_HU", "PAPER_WINDOWS", "PreprocessError", "PreprocessSpec", "paper_spec",
+    "reference_spec", "ctfm_spec", "merlin_spec", "PRESETS", "preset_spec",
     "load_checked", "load_volume", "resample", "place_on_canvas", "to_canvas", "to_canvas_with_affine", "apply_windows",
     "model_input", "preprocess",
 ]
@@ -55,7 +55,8 @@ PAPER_WINDOWS = ((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0))  # (level, width)
 HEAD_HU = -800.0
 # The version of the chain's code. Bump it when a change alters what a spec computes (the resampling, the canvas,
 # the windows, the resize): the spec's hash and cache key change with it, so no cache folder, frozen feature or
-# downstream run made by the old code is read again. Version 1 is not written into the digests (the caches and
+# downstream run made by the old code is read again (pretraining runs and releases record the spec's fields only:
+# pretrain afresh after a bump). Version 1 is not written into the digests (the caches and
 # runs made before the version existed keep their names). tests/test_preprocess.py compares the chain's output
 # with the one version 1 computed and fails, asking for the bump, when they differ.
 CHAIN_VERSION = 1
