@@ -232,10 +232,11 @@ def start(dataset: str, profile: str | Profile, *, run_dir: str | None = None, s
     _require_checkpoint_for(preset, checkpoint)
     if checkpoint:
         checkpoint = _existing_checkpoint(checkpoint)
+        from .models.checkpoints import authors_method, chain_warning
         config, report = _fitting_checkpoint(checkpoint, p, spec)
         if (said := chain_warning(checkpoint, config, spec)) is not None:
             warnings.warn(said, stacklevel=2)
-        recorded = config.get("method") if config is not None else _authors_method(report)
+        recorded = config.get("method") if config is not None else authors_method(report)
         if method and recorded and method != recorded:  # the figures would name a method the encoder never had
             raise ValueError(f"checkpoint {checkpoint} was pretrained with {recorded!r}, not method {method!r}: leave "
                              f"method unset (None) to take the checkpoint's, or pass the {method} encoder's file")
@@ -413,7 +414,7 @@ def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec
     """Load ``checkpoint`` (a refused file is a ``CheckpointError`` naming it) and check that it takes the inputs of
     ``spec``, before any cache is built; returns the configuration it records (ours: the pretraining ``method``
     among it; None for the authors' layouts, which carry none) and the encoder's ``LoadReport``."""
-    from .models.checkpoints import CheckpointError, load_encoder, read_checkpoint_config
+    from .models.checkpoints import load_encoder, recorded_config
     encoder = load_encoder(checkpoint)
     size = encoder.config.img_size
     if size != spec.input_size:
@@ -421,38 +422,7 @@ def _fitting_checkpoint(checkpoint: Path, profile: Profile, spec: PreprocessSpec
         raise ValueError(f"checkpoint {checkpoint}: the encoder takes {size}³ inputs, but profile {profile.name!r} "
                          f"makes {spec.input_size}³ ones; pass the profile it was made for"
                          + (f" (-p profile {fits[0]})" if fits else ""))
-    try:
-        return read_checkpoint_config(checkpoint), encoder.load_report
-    except CheckpointError:  # the authors' layouts carry no configuration
-        return None, encoder.load_report
-
-
-def _authors_method(report) -> str | None:
-    """The method an authors' training checkpoint shows by what it held beside the encoder (an MAE decoder, a DINO
-    head; ``LoadReport.dropped``), else None: their bare weights (``model_weights.pth``) say none."""
-    if any(key.startswith(("decoder", "mask_token")) for key in report.dropped):
-        return "mae"
-    if any(key.startswith("head.") for key in report.dropped):
-        return "dino"
-    return None
-
-
-def chain_warning(checkpoint, config: dict | None, spec: PreprocessSpec) -> str | None:
-    """What to warn about where an encoder runs on a preprocessing chain its weights were not trained on, or None:
-    the authors' layout (``config`` None: their files record none) on a chain other than their ``reference``, or
-    one of ours on a chain other than the one it records (``config["preprocess"]``; ``paper`` where it records
-    none). The notebooks (``start``) and ``fmct embed`` / ``fmct finetune`` warn with it."""
-    if config is None:
-        if spec.name == "reference":
-            return None
-        return (f"checkpoint {checkpoint} is in the authors' layout, whose weights were trained on their own "
-                f"preprocessing: preset 'reference' (-p preset reference, --preset reference) feeds them the inputs "
-                f"they know; the {spec.name} chain runs, on inputs they were not trained on")
-    trained_on = (config.get("preprocess") or {}).get("name", "paper")
-    if spec.name == trained_on:
-        return None
-    return (f"checkpoint {checkpoint} was pretrained on the {trained_on!r} preprocessing chain; preset {spec.name!r} "
-            f"feeds it inputs it was not trained on (preset {trained_on!r} is its own)")
+    return recorded_config(checkpoint), encoder.load_report
 
 
 def _existing_checkpoint(checkpoint: str | os.PathLike) -> Path:

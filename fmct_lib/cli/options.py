@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import PROFILES, get_profile
 
@@ -105,13 +104,8 @@ def input_size_problem(encoder: str, model, spec) -> str | None:
 
 def warn_of_chain(encoder: str, spec) -> None:
     """Warn where the encoder file runs on a preprocessing chain its weights were not trained on (the authors' on
-    the paper chain, ours on the reference chain: ``pipeline.chain_warning``), as the notebooks do."""
+    the paper chain, ours on the reference chain: ``models.checkpoints.chain_warning``), as the notebooks do."""
     import warnings
-    from ..models.checkpoints import CheckpointError, read_checkpoint_config
-    from ..pipeline import chain_warning
-    try:
-        config = read_checkpoint_config(Path(encoder).expanduser())  # --encoder=~/x reaches us unexpanded
-    except CheckpointError:  # the authors' layouts carry no configuration
-        config = None
-    if (said := chain_warning(encoder, config, spec)) is not None:
+    from ..models.checkpoints import chain_warning, recorded_config
+    if (said := chain_warning(encoder, recorded_config(encoder), spec)) is not None:
         warnings.warn(said, stacklevel=2)

@@ -34,8 +34,8 @@ import pandas as pd
 from ..io import atomic_path, atomic_write_csv, exclusive_lock
 from ..paths import StageMissing, data_root, manifest_path
 
-__all__ = ["check_ingestion_name", 
-    "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS", "PAPER_DATASET_TASKS",
+__all__ = [
+    "check_ingestion_name", "MANIFEST_COLUMNS", "SCAN_COLUMNS", "PAPER_TASKS", "CQ500_FINDINGS", "RSNA_TASKS", "PAPER_DATASET_TASKS",
     "PAPER_RETRIEVAL_SUBTYPES", "RETRIEVAL_SUBTYPES", "paper_tasks", "retrieval_subtypes", "update_dataset_tasks",
     "read_manifest", "dataset_info", "register_dataset", "scan_table_path", "is_available",
     "load_scans", "write_scans", "DatasetNotAvailable", "validate_dataset_name", "dataset_lock", "PathOutsideRoot",

@@ -189,7 +189,7 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
     total = hp.max_epochs * steps_per_epoch
     warmup = min(total, hp.warmup_epochs * steps_per_epoch)
     scored = val is not None and val_labels is not None and len(np.unique(val_labels)) == 2
-    history, best_state, best, step, reason = [], None, None, 0, None
+    history, best_state, step, reason = [], None, 0, None
     rule = ConvergenceRule(hp.patience)
     # one bar of optimiser steps (to the cap; the rule usually stops it earlier): an epoch of a large model on a CPU
     # can take hours, so its steps show, and the epoch and best validation AUROC so far beside them
@@ -235,7 +235,7 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
             break
         record["val_auroc"] = auroc(val_labels, probabilities)
         if rule.improved(record["epoch"], record["val_auroc"]):
-            best, best_state = record, copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(model.state_dict())
             record["best"] = True
         bar.set_postfix(epoch=record["epoch"], best_val_auroc=f"{rule.best_val_auroc:.3f}", refresh=False)
         if rule.should_stop(record["epoch"]):
@@ -246,7 +246,8 @@ def fit(model: Classifier, train: VolumeSource, train_labels, hp: HParams, *, fr
         model.load_state_dict(best_state)
     stopping = Stopping(reason=reason or ("cap" if scored else "cap: no validation AUROC"),
                         stopped_epoch=history[-1]["epoch"], stopped_step=step,
-                        best_epoch=best and best["epoch"], best_step=best and best["step"],
-                        best_val_auroc=best and best["val_auroc"], patience=hp.patience, max_epochs=hp.max_epochs,
+                        best_epoch=rule.best_epoch,
+                        best_step=history[rule.best_epoch - 1]["step"] if rule.best_epoch else None,
+                        best_val_auroc=rule.best_val_auroc, patience=hp.patience, max_epochs=hp.max_epochs,
                         steps_per_epoch=steps_per_epoch)
     return history, stopping

@@ -32,7 +32,8 @@ from ..io import atomic_path
 from .vit3d import VisionTransformer3d, vit_from_config
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "load_encoder", "read_checkpoint_config", "load_state_dict_file",
+    "save_checkpoint", "load_checkpoint", "load_encoder", "read_checkpoint_config", "recorded_config",
+    "authors_method", "chain_warning", "load_state_dict_file",
     "load_reference_checkpoint", "reference_to_fmct_key", "checkpoint_format", "LoadReport", "CheckpointError",
     "ARCHITECTURES",
 ]
@@ -163,13 +164,49 @@ def _sort_metadata(path: Path) -> None:
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The configuration stored in one of our checkpoints (reads the header only)."""
-    path = Path(path)
+    path = Path(path).expanduser()  # as load_encoder: --encoder=~/x reaches a command unexpanded
     if checkpoint_format(path) != "safetensors":
         raise CheckpointError(f"{path}: not an fmct checkpoint (a PyTorch file, not safetensors)")
     meta = _safetensors(path, "metadata")
     if "fmct_config" not in meta:
         raise CheckpointError(f"{path}: not an fmct checkpoint (no 'fmct_config' in its metadata)")
     return json.loads(meta["fmct_config"])
+
+
+def recorded_config(path: str | os.PathLike) -> dict | None:
+    """The configuration one of our checkpoints records, None for a file in the authors' layouts (they record none)."""
+    try:
+        return read_checkpoint_config(path)
+    except CheckpointError:
+        return None
+
+
+def authors_method(report: "LoadReport") -> str | None:
+    """The method an authors' training checkpoint shows by what it held beside the encoder (an MAE decoder, a DINO
+    head; ``LoadReport.dropped``), else None: their bare weights (``model_weights.pth``) say none."""
+    if any(key.startswith(("decoder", "mask_token")) for key in report.dropped):
+        return "mae"
+    if any(key.startswith("head.") for key in report.dropped):
+        return "dino"
+    return None
+
+
+def chain_warning(checkpoint, config: dict | None, spec) -> str | None:
+    """What to warn about where an encoder runs on a preprocessing chain (``spec``) its weights were not trained on,
+    or None: the authors' layout (``config`` None: ``recorded_config``) on a chain other than their ``reference``, or
+    one of ours on a chain other than the one it records (``config["preprocess"]``; ``paper`` where it records
+    none). The notebooks (``pipeline.start``) and ``fmct embed`` / ``fmct finetune`` warn with it."""
+    if config is None:
+        if spec.name == "reference":
+            return None
+        return (f"checkpoint {checkpoint} is in the authors' layout, whose weights were trained on their own "
+                f"preprocessing: preset 'reference' (-p preset reference, --preset reference) feeds them the inputs "
+                f"they know; the {spec.name} chain runs, on inputs they were not trained on")
+    trained_on = (config.get("preprocess") or {}).get("name", "paper")
+    if spec.name == trained_on:
+        return None
+    return (f"checkpoint {checkpoint} was pretrained on the {trained_on!r} preprocessing chain; preset {spec.name!r} "
+            f"feeds it inputs it was not trained on (preset {trained_on!r} is its own)")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", expect=None):

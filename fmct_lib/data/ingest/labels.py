@@ -53,16 +53,26 @@ def _offending(values: pd.Series, bad: pd.Series) -> str:
     return ", ".join(parts) + (f" and {len(groups) - SHOWN} more values" if len(groups) > SHOWN else "")
 
 
+LABEL_RULE = f"A label is {ACCEPTED}; leave the cell empty where it is unknown (row 1 is the header)"
+
+
+def _not_labels(values: pd.Series, *, file, column: str, flag: str) -> str | None:
+    """What in one label column is no label (``'maybe' (rows 3, 6)``, with the file, column and option), or None."""
+    text = values.fillna("").astype(str).str.strip().str.lower()
+    bad = ~(text.isin(POSITIVE) | text.isin(NEGATIVE) | (text == ""))
+    if not bad.any():
+        return None
+    return (f"{file}: column {column!r} ({flag}) holds values that are not labels: "
+            f"{_offending(values.astype(str).str.strip(), bad)}")
+
+
 def parse_labels(values: pd.Series, *, file, column: str, flag: str) -> pd.Series:
     """One label column as nullable 0/1 (``Int64``; missing where the cell is empty). ``values``: the column as
     read (strings, index = the table's row positions); ``flag`` names the option that chose it."""
+    if problem := _not_labels(values, file=file, column=column, flag=flag):
+        raise ValueError(f"{problem}. {LABEL_RULE}")
     text = values.fillna("").astype(str).str.strip().str.lower()
-    positive, negative, empty = text.isin(POSITIVE), text.isin(NEGATIVE), text == ""
-    bad = ~(positive | negative | empty)
-    if bad.any():
-        raise ValueError(f"{file}: column {column!r} ({flag}) holds values that are not labels: "
-                         f"{_offending(values.astype(str).str.strip(), bad)}. A label is {ACCEPTED}; leave the cell "
-                         "empty where it is unknown (row 1 is the header)")
+    positive, negative = text.isin(POSITIVE), text.isin(NEGATIVE)
     return pd.Series(pd.array([1 if p else (0 if n else pd.NA) for p, n in zip(positive, negative)], dtype="Int64"),
                      index=values.index)
 
@@ -141,17 +151,13 @@ def read_labels(path, *, path_column: str = "path", patient_column: str | None =
     if twice.any():
         raise ValueError(f"{path}: column {path_column!r} ({path_flag}) lists a {what} more than once: "
                          f"{_offending(out['path'], twice)}; one row per {what}")
-    problems = []  # every label column's values that are not labels, said at once (not one column a run)
-    for column, task in mapping.items():
-        try:
-            out[task] = parse_labels(table[column], file=path, column=column, flag=f"--map {column}={task}")
-        except ValueError as e:
-            problems.append(str(e))
-    if len(problems) == 1:
-        raise ValueError(problems[0])
+    flags = {column: f"--map {column}={task}" for column, task in mapping.items()}
+    problems = [problem for column, flag in flags.items()  # every column's, at once (not one column a run)
+                if (problem := _not_labels(table[column], file=path, column=column, flag=flag))]
     if problems:
-        raise ValueError("; ".join(problem.split(". A label is")[0] for problem in problems)
-                         + f". A label is {ACCEPTED}; leave the cell empty where it is unknown (row 1 is the header)")
+        raise ValueError(f"{'; '.join(problems)}. {LABEL_RULE}")
+    for column, task in mapping.items():
+        out[task] = parse_labels(table[column], file=path, column=column, flag=flags[column])
     if split_column:
         out["split"] = parse_splits(table[split_column], file=path, column=split_column)
     if split_column and patient_column:  # without one, the caller knows the patients (DICOM: the headers) and checks
